@@ -1,0 +1,251 @@
+"""Change capture: snapshot, then streaming from the change log, at least once.
+
+Checkpoint order (per batch): read change rows → read current state → publish events →
+``flush`` (every record acknowledged by the broker, acks=all) → save checkpoint. A crash
+anywhere before the checkpoint re-sends the batch: duplicates carry the same versions,
+and consumers ignore versions they have seen.
+
+Snapshot without a gap: the change-log position P is recorded *before* the snapshot reads
+any entity, snapshot events carry version P, and streaming resumes after P, so a change
+committed during the snapshot is emitted by streaming even if the snapshot saw it too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from producers.kafka_publisher import KafkaRecordPublisher
+from producers.mapping import RowRejected, SourceInfo, deleted_event, record_to_event
+from producers.metrics import ProducerMetrics
+from producers.model import ChangeRow
+from producers.ports import ChangeLog
+from schemas.deadletter import HEADER_SOURCE_ROW, error_headers
+from schemas.directory import EntityType
+from schemas.events import Op
+from schemas.topics import DIRECTORY_DLQ, DIRECTORY_TOPICS
+
+log = logging.getLogger(__name__)
+
+# Catalogues before the objects that refer to them; companies before users.
+SNAPSHOT_ORDER: tuple[EntityType, ...] = (
+    EntityType.APPLICATION_INSTANCE,
+    EntityType.ROLE,
+    EntityType.LAYOUT_GROUP,
+    EntityType.MODULE,
+    EntityType.COMPANY,
+    EntityType.USER,
+)
+
+ProgressFn = Callable[[EntityType, int, int], None]
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    name: str = "default"
+    topic_prefix: str = ""
+    batch_size: int = 2000
+    fingerprint_key: bytes = b""
+
+
+@dataclass
+class BatchStats:
+    rows: int = 0
+    emitted: int = 0
+    rejected: int = 0
+    superseded: int = 0
+    last_seq: int = 0
+
+
+class ChangeCapture:
+    """Drives one store's change log into the directory topics."""
+
+    def __init__(
+        self,
+        change_log: ChangeLog,
+        publisher: KafkaRecordPublisher,
+        metrics: ProducerMetrics,
+        config: CaptureConfig,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.log = change_log
+        self.publisher = publisher
+        self.metrics = metrics
+        self.config = config
+        self.clock = clock
+        self.source = SourceInfo(store=change_log.store_kind, db=change_log.db_name)
+        self._key = config.fingerprint_key
+
+    # -- topics -----------------------------------------------------------------------
+
+    def _topic(self, entity: EntityType) -> str:
+        return self.config.topic_prefix + DIRECTORY_TOPICS[entity].name
+
+    def _dlq_topic(self) -> str:
+        return self.config.topic_prefix + DIRECTORY_DLQ.name
+
+    def _reject(self, rejection: RowRejected) -> None:
+        body = {
+            "entity": rejection.entity.value,
+            "entity_id": rejection.entity_id,
+            "version": rejection.version,
+            "reason": rejection.reason,
+            "source_row": rejection.row_ref,
+            "store": self.source.store,
+            "db": self.source.db,
+        }
+        headers = error_headers(
+            reason=rejection.reason,
+            stage="capture",
+            exception="RowRejected",
+            extra={HEADER_SOURCE_ROW: rejection.row_ref},
+        )
+        self.publisher.publish(self._dlq_topic(), rejection.entity_id, json.dumps(body).encode(), headers)
+        self.metrics.dlq.labels(topic=DIRECTORY_DLQ.name).inc()
+        log.warning("capture rejected %s v%d: %s", rejection.row_ref, rejection.version, rejection.reason)
+
+    # -- snapshot ---------------------------------------------------------------------
+
+    def snapshot(self, progress: ProgressFn | None = None) -> int:
+        """Emit every current entity (op ``r``); returns the position streaming resumes after."""
+        position = self.log.position()
+        self.log.save_checkpoint(self.config.name, "snapshot", position)
+        log.info("snapshot: starting at change-log position %d", position)
+        totals = {e: self.log.count(e) for e in SNAPSHOT_ORDER}
+        for entity, total in totals.items():
+            self.metrics.snapshot_entities.labels(entity=entity.value).set(total)
+            self.metrics.snapshot_done.labels(entity=entity.value).set(0)
+        now_ts = time.time()
+        for entity in SNAPSHOT_ORDER:
+            done = 0
+            for ids in self.log.snapshot_ids(entity, self.config.batch_size):
+                records = self.log.read_entities(entity, ids)
+                now = self.clock()
+                for entity_id in ids:
+                    record = records.get(entity_id)
+                    if record is None:  # deleted since listed: streaming emits the delete
+                        continue
+                    event, rejections = record_to_event(
+                        record,
+                        op=Op.READ,
+                        version=position,
+                        seq=position,
+                        committed_at=now_ts,
+                        source=self.source,
+                        now=now,
+                        fingerprint_key=self._key,
+                        snapshot=True,
+                    )
+                    for rejection in rejections:
+                        self._reject(rejection)
+                    if event is not None:
+                        self.publisher.publish(
+                            self._topic(entity), entity_id, event.model_dump_json().encode()
+                        )
+                acked = self.publisher.flush()
+                done += len(ids)
+                self.metrics.captured.labels(entity=entity.value).inc(len(ids))
+                self.metrics.snapshot_done.labels(entity=entity.value).set(done)
+                log.debug("snapshot %s: %d/%d (%d records acked)", entity.value, done, totals[entity], acked)
+                if progress:
+                    progress(entity, done, totals[entity])
+        self.log.save_checkpoint(self.config.name, "streaming", position)
+        self.metrics.position.set(position)
+        log.info("snapshot: done, streaming from position %d", position)
+        return position
+
+    # -- streaming --------------------------------------------------------------------
+
+    def poll_once(self, after_seq: int) -> BatchStats:
+        """Capture one batch of change rows after ``after_seq``; checkpoint after the ack."""
+        rows = self.log.read_changes(after_seq, self.config.batch_size)
+        stats = BatchStats(rows=len(rows), last_seq=after_seq)
+        if not rows:
+            self.metrics.capture_lag.set(0)
+            return stats
+        last: dict[tuple[EntityType, str], ChangeRow] = {}
+        deletes: dict[tuple[EntityType, str], ChangeRow] = {}
+        for row in rows:
+            key = (row.entity, row.entity_id)
+            last[key] = row
+            if row.op == "d":
+                deletes[key] = row
+        by_entity: dict[EntityType, list[str]] = {}
+        for entity, entity_id in last:
+            by_entity.setdefault(entity, []).append(entity_id)
+        current = {e: self.log.read_entities(e, ids) for e, ids in by_entity.items()}
+        now = self.clock()
+        for key, row in sorted(last.items(), key=lambda kv: kv[1].seq):
+            entity, entity_id = key
+            record = current[entity].get(entity_id)
+            if record is not None:
+                op = Op.CREATE if row.op == "c" else Op.UPDATE
+                event, rejections = record_to_event(
+                    record,
+                    op=op,
+                    version=row.seq,
+                    seq=row.seq,
+                    committed_at=row.committed_at,
+                    source=self.source,
+                    now=now,
+                    fingerprint_key=self._key,
+                )
+            elif key in deletes:
+                gone = deletes[key]
+                event, rejections = deleted_event(
+                    entity,
+                    entity_id,
+                    gone.before,
+                    version=row.seq,
+                    seq=row.seq,
+                    committed_at=gone.committed_at,
+                    source=self.source,
+                    now=now,
+                    fingerprint_key=self._key,
+                )
+            else:
+                # deleted by a later change-log row, whose delete event carries it
+                stats.superseded += 1
+                self.metrics.superseded.labels(entity=entity.value).inc()
+                continue
+            for rejection in rejections:
+                self._reject(rejection)
+                stats.rejected += 1
+            if event is None:
+                continue
+            topic = self._topic(entity)
+            self.publisher.publish(topic, entity_id, event.model_dump_json().encode())
+            if event.op is Op.DELETE:
+                self.publisher.publish(topic, entity_id, None)  # tombstone for compaction
+            stats.emitted += 1
+            self.metrics.captured.labels(entity=entity.value).inc()
+        self.publisher.flush()
+        stats.last_seq = rows[-1].seq
+        self.log.save_checkpoint(self.config.name, "streaming", stats.last_seq)
+        self.metrics.position.set(stats.last_seq)
+        oldest = self.log.oldest_uncaptured(stats.last_seq)
+        self.metrics.capture_lag.set(0 if oldest is None else max(0.0, time.time() - oldest))
+        return stats
+
+    def run(self, stop: threading.Event, progress: ProgressFn | None = None) -> None:
+        """Snapshot if needed, then stream until ``stop`` is set (finishing the batch)."""
+        checkpoint = self.log.load_checkpoint(self.config.name)
+        if checkpoint is None or checkpoint[0] != "streaming":
+            position = self.snapshot(progress)
+        else:
+            position = checkpoint[1]
+            log.info("streaming: resuming after change-log position %d", position)
+        while not stop.is_set():
+            stats = self.poll_once(position)
+            position = stats.last_seq
+            if stats.rows:
+                mark = getattr(self.log, "mark_busy", None)
+                if mark:
+                    mark()
+            else:
+                self.log.wait_for_changes(0.5)

@@ -1,0 +1,229 @@
+"""Row → event mapping: pure, no I/O. The clock and the fingerprint key are arguments.
+
+Validation happens here. A row that cannot become a valid event yields a
+:class:`RowRejected` (which capture dead-letters with its reason and row reference) instead
+of an event; part of a row that cannot be used (an access grant to an unknown company)
+yields a rejection beside the event.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from producers.model import EntityRecord
+from schemas.directory import (
+    ApplicationInstanceState,
+    ApplicationType,
+    CompanyAccess,
+    CompanyState,
+    EntityType,
+    LayoutGroupState,
+    ModuleState,
+    RoleState,
+    ServiceAccess,
+    UserState,
+)
+from schemas.events import EVENT_BY_ENTITY, Op, Source, event_id_for
+from schemas.fingerprint import license_fingerprint
+
+
+@dataclass(frozen=True, slots=True)
+class RowRejected:
+    """A source row that failed validation. ``row_ref`` names the row, never its secrets."""
+
+    entity: EntityType
+    entity_id: str
+    reason: str
+    row_ref: str
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class SourceInfo:
+    store: str  # 'sqlite' | 'postgresql'
+    db: str
+
+
+_KIND_FIELD = {"role": "roles", "layout_group": "layout_groups", "module": "modules"}
+
+
+def _access_list(
+    access: tuple[tuple[str, str, str, str], ...],
+) -> tuple[tuple[CompanyAccess, ...], list[str]]:
+    """Group (company, application, kind, name) rows; returns grants and invalid-row reasons."""
+    grouped: dict[str, dict[str, dict[str, list[str]]]] = defaultdict(lambda: defaultdict(dict))
+    problems: list[str] = []
+    for company_id, application, kind, name in access:
+        if application not in ApplicationType._value2member_map_:
+            problems.append(f"access {company_id}/{application}/{kind}/{name}: unknown application")
+            continue
+        field = _KIND_FIELD.get(kind)
+        if field is None:
+            problems.append(f"access {company_id}/{application}/{kind}/{name}: unknown kind")
+            continue
+        grouped[company_id][application].setdefault(field, []).append(name)
+    grants = tuple(
+        CompanyAccess(
+            company_id=company_id,
+            services={
+                ApplicationType(app): ServiceAccess(**{k: tuple(sorted(v)) for k, v in kinds.items()})
+                for app, kinds in sorted(apps.items())
+            },
+        )
+        for company_id, apps in sorted(grouped.items())
+    )
+    return grants, problems
+
+
+def _state(record: EntityRecord, fingerprint_key: bytes) -> tuple[Any, list[str]]:
+    row = record.row
+    entity = record.entity
+    if entity is EntityType.USER:
+        valid = tuple(a for a in record.access if a[0] not in record.unknown_companies)
+        problems = [
+            f"access to unknown company {company_id}"
+            for company_id in sorted({a[0] for a in record.access} & record.unknown_companies)
+        ]
+        grants, more = _access_list(valid)
+        state = UserState(
+            id=row["id"],
+            username=row["username"],
+            email=row["email"],
+            first_name=row["first_name"],
+            last_name=row["last_name"],
+            language=row["language"],
+            active=bool(row["active"]),
+            access=grants,
+        )
+        return state, problems + more
+    if entity is EntityType.COMPANY:
+        return CompanyState(**row), []
+    if entity is EntityType.ROLE:
+        return RoleState(id=record.entity_id, **row), []
+    if entity is EntityType.LAYOUT_GROUP:
+        return LayoutGroupState(id=record.entity_id, **row), []
+    if entity is EntityType.MODULE:
+        return ModuleState(id=record.entity_id, **row), []
+    if entity is EntityType.APPLICATION_INSTANCE:
+        if record.instances > 1:
+            raise ValueError(
+                f"{record.instances} instances of application type {record.entity_id}; "
+                "VUD supports a single instance per application type"
+            )
+        return ApplicationInstanceState(
+            id=record.entity_id,
+            application=row["application"],
+            uri=row["uri"],
+            license_fingerprint=license_fingerprint(row["license_key"], fingerprint_key),
+        ), []
+    raise ValueError(f"unknown entity type {entity}")
+
+
+def row_ref(entity: EntityType, entity_id: str) -> str:
+    return f"{entity.value}:{entity_id}"
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return f"invalid {where}: {first.get('msg')}"
+    return str(exc)
+
+
+def record_to_event(
+    record: EntityRecord,
+    *,
+    op: Op,
+    version: int,
+    seq: int,
+    committed_at: float,
+    source: SourceInfo,
+    now: datetime,
+    fingerprint_key: bytes,
+    snapshot: bool = False,
+) -> tuple[Any | None, list[RowRejected]]:
+    """Map the current rows of one entity to its event (or a rejection).
+
+    Returns ``(event, rejections)``: ``event`` is None when the entity itself is invalid.
+    """
+    try:
+        state, problems = _state(record, fingerprint_key)
+    except (ValidationError, ValueError, KeyError, TypeError) as exc:
+        return None, [
+            RowRejected(
+                record.entity,
+                record.entity_id,
+                _reason(exc),
+                row_ref(record.entity, record.entity_id),
+                version,
+            )
+        ]
+    rejections = [
+        RowRejected(record.entity, record.entity_id, p, row_ref(record.entity, record.entity_id), version)
+        for p in problems
+    ]
+    event_cls = EVENT_BY_ENTITY[record.entity]
+    event = event_cls(
+        event_id=event_id_for(record.entity, record.entity_id, version, op),
+        entity_id=record.entity_id,
+        version=version,
+        op=op,
+        ts=now,
+        source=Source(
+            store=source.store,  # type: ignore[arg-type]
+            db=source.db,
+            seq=seq,
+            snapshot=snapshot,
+            committed_at=datetime.fromtimestamp(committed_at, UTC),
+        ),
+        state=state,
+    )
+    return event, rejections
+
+
+def deleted_event(
+    entity: EntityType,
+    entity_id: str,
+    before: dict[str, Any] | None,
+    *,
+    version: int,
+    seq: int,
+    committed_at: float,
+    source: SourceInfo,
+    now: datetime,
+    fingerprint_key: bytes,
+) -> tuple[Any | None, list[RowRejected]]:
+    """The ``op = d`` event of a deleted entity, carrying its last known state.
+
+    Application instances keep no license key in the change log, so their last state
+    carries the fingerprint of an empty key; consumers only need the application type.
+    """
+    row = dict(before or {})
+    if entity is EntityType.USER:
+        row.setdefault("active", 0)
+        record = EntityRecord(entity, entity_id, row)
+    elif entity is EntityType.APPLICATION_INSTANCE:
+        row.setdefault("application", entity_id)
+        row.setdefault("uri", "(deleted)")
+        row["license_key"] = ""
+        record = EntityRecord(entity, entity_id, row)
+    elif entity in (EntityType.ROLE, EntityType.LAYOUT_GROUP, EntityType.MODULE):
+        record = EntityRecord(entity, entity_id, {k: v for k, v in row.items() if k != "id"})
+    else:
+        record = EntityRecord(entity, entity_id, row)
+    return record_to_event(
+        record,
+        op=Op.DELETE,
+        version=version,
+        seq=seq,
+        committed_at=committed_at,
+        source=source,
+        now=now,
+        fingerprint_key=fingerprint_key,
+    )

@@ -1,0 +1,103 @@
+"""Composition root of the producer process: settings → change log, publisher, capture."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+from producers.capture import CaptureConfig, ChangeCapture, ProgressFn
+from producers.kafka_publisher import KafkaRecordPublisher
+from producers.metrics import ProducerMetrics
+from producers.ports import ChangeLog
+from producers.sqlite_changelog import SqliteChangeLog, sqlite_path
+from vudsync.errors import ConfigurationError
+from vudsync.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def open_change_log(url: str) -> ChangeLog:
+    """The change-log adapter for a store URL (``sqlite:///…`` or ``postgresql://…``)."""
+    if url.startswith("sqlite:///"):
+        return SqliteChangeLog(sqlite_path(url))
+    if url.startswith(("postgresql://", "postgres://")):
+        from producers.postgres_changelog import PostgresChangeLog
+
+        return PostgresChangeLog(url)
+    raise ConfigurationError(
+        f"unsupported store URL scheme in {url.split('://')[0]!r}",
+        hint="use sqlite:///path/to/directory.db or postgresql://user@host/db",
+    )
+
+
+def open_store_migrations(url: str) -> list[str]:
+    """Apply pending migrations to a store; returns the versions applied now."""
+    if url.startswith("sqlite:///"):
+        from producers.migrations import apply_sqlite_migrations
+        from producers.sqlite_changelog import connect_sqlite
+
+        path = sqlite_path(url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = connect_sqlite(path)
+        try:
+            return apply_sqlite_migrations(conn)
+        finally:
+            conn.close()
+    if url.startswith(("postgresql://", "postgres://")):
+        import psycopg
+
+        from producers.migrations import apply_postgres_migrations
+
+        with psycopg.connect(url, autocommit=True) as conn:
+            return apply_postgres_migrations(conn)
+    raise ConfigurationError(f"unsupported store URL scheme in {url.split('://')[0]!r}")
+
+
+def build_capture(
+    settings: Settings, bootstrap: str, registry: CollectorRegistry | None = None
+) -> ChangeCapture:
+    registry = registry or CollectorRegistry()
+    change_log = open_change_log(settings.resolved_store_url())
+    publisher = KafkaRecordPublisher(bootstrap)
+    return ChangeCapture(
+        change_log,
+        publisher,
+        ProducerMetrics(registry),
+        CaptureConfig(
+            topic_prefix=settings.topic_prefix,
+            batch_size=settings.capture_batch_size,
+            fingerprint_key=settings.fingerprint_key.get_secret_value().encode(),
+        ),
+    )
+
+
+def run_producer(
+    settings: Settings,
+    bootstrap: str,
+    *,
+    metrics_port: int | None = None,
+    progress: ProgressFn | None = None,
+) -> None:
+    """Run capture until SIGTERM/SIGINT; the batch in flight is finished and checkpointed."""
+    registry = CollectorRegistry()
+    if metrics_port is not None:
+        start_http_server(metrics_port, addr=settings.metrics_host, registry=registry)
+    capture = build_capture(settings, bootstrap, registry)
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("producer: signal %d, finishing the batch in flight", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        capture.run(stop, progress)
+    finally:
+        capture.publisher.close()
+        capture.log.close()
+        log.info("producer: stopped")

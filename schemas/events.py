@@ -1,0 +1,113 @@
+"""Directory events: what changed in the directory store, in Debezium's vocabulary.
+
+An event carries the entity's full current state (event-carried state). ``op`` is ``r``
+(read during a snapshot), ``c`` (create), ``u`` (update) or ``d`` (delete; ``state`` is
+then the last known state, and a tombstone follows on the topic). ``version`` is the
+entity's monotonic source version: a consumer that has seen version V ignores any event
+with a version ≤ V.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import Field, TypeAdapter
+
+from schemas.base import Message
+from schemas.directory import (
+    ApplicationInstanceState,
+    CompanyState,
+    EntityType,
+    LayoutGroupState,
+    ModuleState,
+    RoleState,
+    UserState,
+)
+
+_EVENT_NAMESPACE = uuid.UUID("6f1d3c52-9a2e-4c1b-8f7e-0a5d2b9c4e10")
+
+
+class Op(StrEnum):
+    READ = "r"
+    CREATE = "c"
+    UPDATE = "u"
+    DELETE = "d"
+
+
+class Source(Message):
+    """Where and when the change happened in the directory store."""
+
+    store: Literal["sqlite", "postgresql"]
+    db: str = Field(description="database name or file name (no credentials)")
+    seq: int = Field(ge=0, description="change-log position of the change")
+    snapshot: bool = False
+    committed_at: datetime = Field(description="when the change was committed in the store")
+
+
+class _DirectoryEvent(Message):
+    event_id: str
+    entity_id: str = Field(min_length=1)
+    version: int = Field(ge=0)
+    op: Op
+    ts: datetime = Field(description="when the producer emitted the event")
+    source: Source
+
+
+class UserChanged(_DirectoryEvent):
+    entity: Literal[EntityType.USER] = EntityType.USER
+    state: UserState
+
+
+class CompanyChanged(_DirectoryEvent):
+    entity: Literal[EntityType.COMPANY] = EntityType.COMPANY
+    state: CompanyState
+
+
+class RoleChanged(_DirectoryEvent):
+    entity: Literal[EntityType.ROLE] = EntityType.ROLE
+    state: RoleState
+
+
+class LayoutGroupChanged(_DirectoryEvent):
+    entity: Literal[EntityType.LAYOUT_GROUP] = EntityType.LAYOUT_GROUP
+    state: LayoutGroupState
+
+
+class ModuleChanged(_DirectoryEvent):
+    entity: Literal[EntityType.MODULE] = EntityType.MODULE
+    state: ModuleState
+
+
+class ApplicationInstanceChanged(_DirectoryEvent):
+    entity: Literal[EntityType.APPLICATION_INSTANCE] = EntityType.APPLICATION_INSTANCE
+    state: ApplicationInstanceState
+
+
+DirectoryEvent = Annotated[
+    UserChanged
+    | CompanyChanged
+    | RoleChanged
+    | LayoutGroupChanged
+    | ModuleChanged
+    | ApplicationInstanceChanged,
+    Field(discriminator="entity"),
+]
+
+DIRECTORY_EVENT_ADAPTER: TypeAdapter[DirectoryEvent] = TypeAdapter(DirectoryEvent)
+
+EVENT_BY_ENTITY: dict[EntityType, type[_DirectoryEvent]] = {
+    EntityType.USER: UserChanged,
+    EntityType.COMPANY: CompanyChanged,
+    EntityType.ROLE: RoleChanged,
+    EntityType.LAYOUT_GROUP: LayoutGroupChanged,
+    EntityType.MODULE: ModuleChanged,
+    EntityType.APPLICATION_INSTANCE: ApplicationInstanceChanged,
+}
+
+
+def event_id_for(entity: EntityType, entity_id: str, version: int, op: Op) -> str:
+    """Deterministic: a re-send of the same change carries the same event id."""
+    return str(uuid.uuid5(_EVENT_NAMESPACE, f"{entity.value}|{entity_id}|{version}|{op.value}"))

@@ -1,0 +1,131 @@
+"""Cloud operations: what the planner commands the sink to do, as imperatives.
+
+Every operation has a deterministic ``operation_id`` (same planning input → same id), used
+as the ``Idempotency-Key`` of its cloud writes, so replays and redeliveries have no second
+effect. ``aggregate`` is the Kafka key (``user:<id>`` or ``company:<id>``): operations on
+one aggregate are applied in order.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import Field, TypeAdapter
+
+from schemas.base import Message
+from schemas.directory import ApplicationType, EntityType, ServiceAccess
+
+_OPERATION_NAMESPACE = uuid.UUID("0b8e5f2a-3c41-4d7e-9a6b-5e2f1c8d7a30")
+
+
+def operation_id_for(kind: str, entity_id: str, version: int, discriminator: str = "") -> str:
+    """The deterministic operation id of (kind, entity, version[, discriminator])."""
+    name = f"{kind}|{entity_id}|{version}|{discriminator}"
+    return str(uuid.uuid5(_OPERATION_NAMESPACE, name))
+
+
+class _Operation(Message):
+    operation_id: str
+    aggregate: str = Field(description="Kafka key: user:<id> or company:<id>")
+    entity: EntityType
+    entity_id: str
+    source_version: int = Field(ge=0)
+    source_committed_at: datetime = Field(description="for end-to-end latency")
+    planned_at: datetime
+
+
+class UpsertUser(_Operation):
+    """Make the cloud user match: by known cloud id, else by e-mail (case-insensitive), else create."""
+
+    kind: Literal["user.upsert"] = "user.upsert"
+    cloud_id: str | None = None
+    username: str
+    email: str
+    first_name: str
+    last_name: str
+    language: str
+    active: bool = True
+
+
+class DeactivateUser(_Operation):
+    """Removal on premise deactivates the cloud user; it is never hard-deleted."""
+
+    kind: Literal["user.deactivate"] = "user.deactivate"
+    cloud_id: str | None = None
+    email: str
+
+
+class UpsertCompany(_Operation):
+    """Register the company: update if linked, else link to the cloud company with the same
+    normalised organisation number, else create. Never two cloud companies for one company."""
+
+    kind: Literal["company.upsert"] = "company.upsert"
+    cloud_id: str | None = None
+    name: str
+    organisation_number: str = Field(description="normalised: digits only")
+    country: str
+    status: str
+
+
+class AssignAccess(_Operation):
+    """Replace the user's assignments in one company with exactly ``services``."""
+
+    kind: Literal["access.assign"] = "access.assign"
+    user_id: str
+    company_id: str
+    cloud_user_id: str | None = Field(default=None, description="unset only while parked")
+    cloud_company_id: str | None = Field(default=None, description="unset only while parked")
+    services: dict[ApplicationType, ServiceAccess]
+
+
+class RevokeAccess(_Operation):
+    """Remove every assignment the user holds in one company."""
+
+    kind: Literal["access.revoke"] = "access.revoke"
+    user_id: str
+    company_id: str
+    cloud_user_id: str | None = Field(default=None, description="unset only while parked")
+    cloud_company_id: str | None = Field(default=None, description="unset only while parked")
+
+
+class UpsertCatalogueEntry(_Operation):
+    """Publish a role, layout group or module in its service's catalogue."""
+
+    kind: Literal["catalogue.upsert"] = "catalogue.upsert"
+    application: ApplicationType
+    catalogue: Literal["roles", "layout_groups", "modules"]
+    name: str
+    description: str = ""
+
+
+class RemoveCatalogueEntry(_Operation):
+    kind: Literal["catalogue.remove"] = "catalogue.remove"
+    application: ApplicationType
+    catalogue: Literal["roles", "layout_groups", "modules"]
+    name: str
+
+
+class RegisterApplicationInstance(_Operation):
+    """Register an instance the cloud does not know yet (URI + license fingerprint)."""
+
+    kind: Literal["application_instance.register"] = "application_instance.register"
+    application: ApplicationType
+    uri: str
+    license_fingerprint: str
+
+
+CloudOperation = Annotated[
+    UpsertUser
+    | DeactivateUser
+    | UpsertCompany
+    | AssignAccess
+    | RevokeAccess
+    | UpsertCatalogueEntry
+    | RemoveCatalogueEntry
+    | RegisterApplicationInstance,
+    Field(discriminator="kind"),
+]
+
+CLOUD_OPERATION_ADAPTER: TypeAdapter[CloudOperation] = TypeAdapter(CloudOperation)

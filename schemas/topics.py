@@ -1,0 +1,89 @@
+"""The topic catalogue: every topic vudsync uses, its key and its retention.
+
+Directory topics are compacted (latest state per entity) but keep days of history
+(``min.compaction.lag.ms``) so that ``vudsync replay --since`` can rewind into them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from schemas.directory import EntityType
+
+DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    key: str
+    compacted: bool
+    retention_ms: int
+    description: str
+    config: dict[str, str] = field(default_factory=dict)
+
+    def kafka_config(self, history_days: int = 7) -> dict[str, str]:
+        history_ms = str(history_days * DAY_MS)
+        if self.compacted:
+            base = {
+                "cleanup.policy": "compact",
+                "min.compaction.lag.ms": history_ms,
+                "delete.retention.ms": history_ms,
+            }
+        else:
+            base = {"cleanup.policy": "delete", "retention.ms": str(self.retention_ms)}
+        return {**base, **self.config}
+
+
+DIRECTORY_TOPICS: dict[EntityType, TopicSpec] = {
+    EntityType.COMPANY: TopicSpec(
+        "vud.directory.companies", "company id", True, -1, "company state per company"
+    ),
+    EntityType.USER: TopicSpec(
+        "vud.directory.users", "user id", True, -1, "user state incl. complete access list"
+    ),
+    EntityType.ROLE: TopicSpec("vud.directory.roles", "<application>:<name>", True, -1, "role catalogue"),
+    EntityType.LAYOUT_GROUP: TopicSpec(
+        "vud.directory.layout-groups", "<application>:<name>", True, -1, "layout groups"
+    ),
+    EntityType.MODULE: TopicSpec(
+        "vud.directory.modules", "<application>:<code>", True, -1, "module catalogue"
+    ),
+    EntityType.APPLICATION_INSTANCE: TopicSpec(
+        "vud.directory.application-instances",
+        "application type",
+        True,
+        -1,
+        "one instance per application type (license fingerprint only)",
+    ),
+}
+
+DIRECTORY_DLQ = TopicSpec("vud.directory.dlq", "original key", False, 30 * DAY_MS, "invalid directory input")
+OPERATIONS = TopicSpec(
+    "vud.cloud.operations",
+    "cloud aggregate (user:<id> | company:<id>)",
+    False,
+    7 * DAY_MS,
+    "planned cloud operations",
+)
+OPERATIONS_DLQ = TopicSpec(
+    "vud.cloud.operations.dlq", "cloud aggregate", False, 30 * DAY_MS, "failed operations"
+)
+RESULTS = TopicSpec(
+    "vud.cloud.results", "cloud aggregate", False, 30 * DAY_MS, "what became of each operation"
+)
+
+ALL_TOPICS: tuple[TopicSpec, ...] = (
+    *DIRECTORY_TOPICS.values(),
+    DIRECTORY_DLQ,
+    OPERATIONS,
+    OPERATIONS_DLQ,
+    RESULTS,
+)
+
+
+def entity_for_topic(name: str, prefix: str = "") -> EntityType | None:
+    for entity, spec in DIRECTORY_TOPICS.items():
+        if prefix + spec.name == name:
+            return entity
+    return None

@@ -1,0 +1,54 @@
+"""Builders of directory events and states for tests (no I/O)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from schemas.directory import (
+    ApplicationType,
+    CompanyAccess,
+    CompanyState,
+    ServiceAccess,
+    UserState,
+)
+from schemas.events import CompanyChanged, Op, Source, UserChanged, event_id_for
+
+T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+def source(seq: int) -> Source:
+    return Source(store="sqlite", db="test.db", seq=seq, committed_at=T0 + timedelta(seconds=seq))
+
+
+def user_state(uid: str = "u1", **kw: Any) -> UserState:
+    base: dict[str, Any] = dict(id=uid, username=f"user{uid}", email=f"{uid}@firma.no", first_name="Kari",
+                                last_name="Nordmann", language="nb", active=True)
+    base.update(kw)
+    return UserState(**base)
+
+
+def access(company_id: str, roles: tuple[str, ...] = ("Regnskap",),
+           app: ApplicationType = ApplicationType.BUSINESS) -> CompanyAccess:
+    return CompanyAccess(company_id=company_id, services={app: ServiceAccess(roles=roles)})
+
+
+def user_event(version: int, op: Op = Op.UPDATE, state: UserState | None = None, **kw: Any) -> UserChanged:
+    state = state or user_state(**kw)
+    return UserChanged(event_id=event_id_for(state_entity(), state.id, version, op), entity_id=state.id,
+                       version=version, op=op, ts=T0, source=source(version), state=state)
+
+
+def state_entity() -> Any:
+    from schemas.directory import EntityType
+
+    return EntityType.USER
+
+
+def company_event(version: int, cid: str = "c1", org: str = "923609016", op: Op = Op.UPDATE,
+                  **kw: Any) -> CompanyChanged:
+    from schemas.directory import EntityType
+
+    state = CompanyState(id=cid, name=kw.pop("name", "Fjord AS"), organisation_number=org, **kw)
+    return CompanyChanged(event_id=event_id_for(EntityType.COMPANY, cid, version, op), entity_id=cid,
+                          version=version, op=op, ts=T0, source=source(version), state=state)

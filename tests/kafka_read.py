@@ -1,0 +1,37 @@
+"""Reading topics back in tests: every record until a condition holds or a deadline passes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kafka import KafkaConsumer
+
+
+def read_all(bootstrap: str, topic: str, *, until: Callable[[list[Any]], bool] | None = None,
+             timeout: float = 30.0, idle: float = 1.0) -> list[Any]:
+    """Records of ``topic`` from the beginning: until ``until(records)`` holds, or else until no
+    record has arrived for ``idle`` seconds; fails the test at ``timeout``."""
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             enable_auto_commit=False, group_id=None, consumer_timeout_ms=200)
+    records: list[Any] = []
+    deadline = time.monotonic() + timeout
+    last_arrival = time.monotonic()
+    try:
+        while time.monotonic() < deadline:
+            batch = consumer.poll(timeout_ms=200)
+            fresh = [r for rs in batch.values() for r in rs]
+            if fresh:
+                records.extend(fresh)
+                last_arrival = time.monotonic()
+            if until is not None:
+                if until(records):
+                    return records
+            elif not fresh and records and time.monotonic() - last_arrival > idle:
+                return records
+        if until is not None:
+            raise AssertionError(f"{topic}: condition not met within {timeout}s ({len(records)} records)")
+        return records
+    finally:
+        consumer.close()

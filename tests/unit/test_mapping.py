@@ -1,0 +1,61 @@
+"""Row → event mapping and validation (pure)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from producers.mapping import SourceInfo, record_to_event
+from producers.model import EntityRecord
+from schemas.directory import EntityType
+from schemas.events import Op
+
+NOW = datetime(2026, 11, 27, tzinfo=UTC)
+SRC = SourceInfo("sqlite", "test.db")
+KEY = b"k"
+
+
+def _map(record: EntityRecord, version: int = 7):
+    return record_to_event(record, op=Op.UPDATE, version=version, seq=version, committed_at=1.0e9,
+                           source=SRC, now=NOW, fingerprint_key=KEY)
+
+
+USER = {"id": "u1", "username": "kari", "email": "kari@firma.no", "first_name": "Kari",
+        "last_name": "Ødegård", "language": "nb", "active": 1}
+
+
+def test_user_with_access_groups_by_company_and_application() -> None:
+    record = EntityRecord(EntityType.USER, "u1", USER, access=(
+        ("c2", "business", "role", "Lønn"), ("c1", "business", "role", "Regnskap"),
+        ("c1", "business", "module", "M1"), ("c1", "reporting", "layout_group", "Standard")))
+    event, rejected = _map(record)
+    assert rejected == []
+    assert [a.company_id for a in event.state.access] == ["c1", "c2"]
+    c1 = event.state.access[0].services
+    assert c1["business"].roles == ("Regnskap",) and c1["business"].modules == ("M1",)
+    assert c1["reporting"].layout_groups == ("Standard",)
+    assert event.version == 7 and event.source.seq == 7
+
+
+def test_malformed_email_is_rejected_with_a_reason() -> None:
+    event, rejected = _map(EntityRecord(EntityType.USER, "u1", {**USER, "email": "not-an-email"}))
+    assert event is None
+    (r,) = rejected
+    assert "e-mail" in r.reason and r.row_ref == "user:u1"
+
+
+def test_access_to_unknown_company_is_rejected_but_user_still_emitted() -> None:
+    record = EntityRecord(EntityType.USER, "u1", USER, access=(("c9", "business", "role", "X"),),
+                          unknown_companies=frozenset({"c9"}))
+    event, rejected = _map(record)
+    assert event is not None and event.state.access == ()
+    assert [r.reason for r in rejected] == ["access to unknown company c9"]
+
+
+def test_second_instance_of_a_type_is_rejected_and_the_key_never_leaves() -> None:
+    row = {"application": "business", "uri": "https://vb", "license_key": "SECRET-LICENSE-123"}
+    ok, _ = _map(EntityRecord(EntityType.APPLICATION_INSTANCE, "business", row))
+    assert "SECRET-LICENSE-123" not in ok.model_dump_json()
+    assert ok.state.license_fingerprint.startswith("hmac-sha256:")
+    none, rejected = _map(EntityRecord(EntityType.APPLICATION_INSTANCE, "business", row, instances=2))
+    assert none is None and "single instance" in rejected[0].reason
+    assert "SECRET-LICENSE-123" not in rejected[0].reason

@@ -1,0 +1,60 @@
+"""``vudsync run <component>``: one pipeline component in the foreground until SIGTERM."""
+
+from __future__ import annotations
+
+import click
+
+from vudsync.bootstrap import resolve_bootstrap
+from vudsync.settings import load_settings
+from vudsync.topics import ensure_catalogue
+
+_METRICS = click.option(
+    "--metrics-port",
+    type=int,
+    default=None,
+    help="serve Prometheus metrics on this port (127.0.0.1 unless VUDSYNC_METRICS_HOST)",
+)
+
+
+@click.group()
+def run() -> None:
+    """Run one component of the pipeline in the foreground (SIGTERM stops it gracefully)."""
+
+
+@run.command()
+@_METRICS
+def producer(metrics_port: int | None) -> None:
+    """Change capture: snapshot the directory store, then stream its change log to Kafka."""
+    from producers.service import run_producer
+
+    settings = load_settings()
+    bootstrap = resolve_bootstrap(settings)
+    ensure_catalogue(settings, bootstrap)
+    run_producer(settings, bootstrap, metrics_port=metrics_port)
+
+
+@run.command()
+@_METRICS
+@click.option("--worker-name", default=None, help="names this worker's state folder (default worker-1)")
+@click.option("--loglevel", default="warning", show_default=True)
+def planner(metrics_port: int | None, worker_name: str | None, loglevel: str) -> None:
+    """Reconciliation: Faust worker that plans cloud operations from directory events."""
+    from processors.service import run_planner
+
+    settings = load_settings(**({"worker_name": worker_name} if worker_name else {}))
+    bootstrap = resolve_bootstrap(settings)
+    ensure_catalogue(settings, bootstrap)
+    run_planner(settings, bootstrap, metrics_port=metrics_port, loglevel=loglevel)
+
+
+@run.command()
+@_METRICS
+@click.option("--worker-name", default=None, help="names this worker (client id)")
+def sink(metrics_port: int | None, worker_name: str | None) -> None:
+    """Apply cloud operations to the cloud API, idempotently, and publish their results."""
+    from sinks.service import run_sink
+
+    settings = load_settings(**({"worker_name": worker_name} if worker_name else {}))
+    bootstrap = resolve_bootstrap(settings)
+    ensure_catalogue(settings, bootstrap)
+    run_sink(settings, bootstrap, metrics_port=metrics_port)

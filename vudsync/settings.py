@@ -1,0 +1,93 @@
+"""Settings for every vudsync process: environment (``VUDSYNC_*``) and an optional TOML file.
+
+One ``Settings`` object is built per process, in its composition root, and passed down.
+Nothing reads the environment anywhere else.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+def _default_home() -> Path:
+    return Path(os.environ.get("VUDSYNC_HOME", Path.cwd() / "var")).resolve()
+
+
+class Settings(BaseSettings):
+    """Every knob of vudsync. Field ``foo`` is read from ``VUDSYNC_FOO``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="VUDSYNC_",
+        toml_file=os.environ.get("VUDSYNC_CONFIG", "vudsync.toml"),
+        extra="ignore",
+    )
+
+    home: Path = Field(default_factory=_default_home, description="state folder (broker, stores, ledgers)")
+
+    # Kafka
+    kafka_bootstrap: str | None = Field(
+        default=None, description="bootstrap servers; unset = the local broker managed by vudsync"
+    )
+    kafka_version: str = "4.4.0"
+    kafka_port: int = 0
+    kafka_heap: str = "512m"
+    topic_prefix: str = Field(default="", description="prefix for every topic name (tests use it)")
+    topic_partitions: int = 6
+    topic_replication: int = 1
+    history_days: int = Field(default=7, description="days of history kept on compacted topics (replay)")
+
+    # directory store
+    store_url: str = Field(
+        default="", description="sqlite:///path or postgresql://…; empty = home/directory.db"
+    )
+    capture_batch_size: int = 2000
+
+    # planner
+    planner_store: str = Field(default="memory", description="memory | rocksdb (large installations)")
+    worker_name: str = Field(default="worker-1", description="names this process's state folder")
+
+    # reference cloud API
+    cloud_url: str = "http://127.0.0.1:8700"
+    cloud_client_id: str = "vudsync"
+    cloud_client_secret: SecretStr = SecretStr("vudsync-demo-secret")
+    cloud_admin_token: SecretStr = SecretStr("vudsync-admin")
+    fingerprint_key: SecretStr = SecretStr("vudsync-fingerprint-key")
+
+    # sink
+    sink_concurrency: int = 16
+    sink_max_attempts: int = 8
+
+    # metrics
+    metrics_host: str = "127.0.0.1"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    def resolved_store_url(self) -> str:
+        return self.store_url or f"sqlite:///{self.home / 'directory.db'}"
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings of this process (environment, TOML file, then ``overrides``)."""
+    return Settings(**overrides)
