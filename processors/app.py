@@ -13,11 +13,13 @@ def app_id(settings: Settings) -> str:
 
 
 def create_app(settings: Settings, bootstrap: str) -> faust.App:
+    datadir = settings.home / "planner" / settings.worker_name
+    datadir.parent.mkdir(parents=True, exist_ok=True)
     return faust.App(
         app_id(settings),
         broker=f"kafka://{bootstrap}",
         store="rocksdb://" if settings.planner_store == "rocksdb" else "memory://",
-        datadir=str(settings.home / "planner" / settings.worker_name),
+        datadir=str(datadir),
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication,
         producer_acks=-1,

@@ -25,20 +25,14 @@ class PlannerTables:
 
 def declare_tables(app: faust.App) -> PlannerTables:
     return PlannerTables(
-        entities=app.Table(
-            "entities", key_type=str, value_type=dict, key_serializer="raw", value_serializer="json"
-        ),
-        parked=app.Table(
-            "parked", key_type=str, value_type=list, key_serializer="raw", value_serializer="json"
-        ),
+        entities=app.Table("entities", key_type=str, value_type=dict),
+        parked=app.Table("parked", key_type=str, value_type=list),
         # faust's advice for global tables with several workers: one partition, small
         # recovery buffer; writes pick the changelog partition through the partitioner.
         identities=app.GlobalTable(
             "identities",
             key_type=str,
             value_type=str,
-            key_serializer="raw",
-            value_serializer="json",
             partitions=1,
             recovery_buffer_size=1,
             use_partitioner=True,

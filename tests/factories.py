@@ -22,21 +22,36 @@ def source(seq: int) -> Source:
 
 
 def user_state(uid: str = "u1", **kw: Any) -> UserState:
-    base: dict[str, Any] = dict(id=uid, username=f"user{uid}", email=f"{uid}@firma.no", first_name="Kari",
-                                last_name="Nordmann", language="nb", active=True)
+    base: dict[str, Any] = dict(
+        id=uid,
+        username=f"user{uid}",
+        email=f"{uid}@firma.no",
+        first_name="Kari",
+        last_name="Nordmann",
+        language="nb",
+        active=True,
+    )
     base.update(kw)
     return UserState(**base)
 
 
-def access(company_id: str, roles: tuple[str, ...] = ("Regnskap",),
-           app: ApplicationType = ApplicationType.BUSINESS) -> CompanyAccess:
+def access(
+    company_id: str, roles: tuple[str, ...] = ("Regnskap",), app: ApplicationType = ApplicationType.BUSINESS
+) -> CompanyAccess:
     return CompanyAccess(company_id=company_id, services={app: ServiceAccess(roles=roles)})
 
 
 def user_event(version: int, op: Op = Op.UPDATE, state: UserState | None = None, **kw: Any) -> UserChanged:
     state = state or user_state(**kw)
-    return UserChanged(event_id=event_id_for(state_entity(), state.id, version, op), entity_id=state.id,
-                       version=version, op=op, ts=T0, source=source(version), state=state)
+    return UserChanged(
+        event_id=event_id_for(state_entity(), state.id, version, op),
+        entity_id=state.id,
+        version=version,
+        op=op,
+        ts=T0,
+        source=source(version),
+        state=state,
+    )
 
 
 def state_entity() -> Any:
@@ -45,10 +60,18 @@ def state_entity() -> Any:
     return EntityType.USER
 
 
-def company_event(version: int, cid: str = "c1", org: str = "923609016", op: Op = Op.UPDATE,
-                  **kw: Any) -> CompanyChanged:
+def company_event(
+    version: int, cid: str = "c1", org: str = "923609016", op: Op = Op.UPDATE, **kw: Any
+) -> CompanyChanged:
     from schemas.directory import EntityType
 
     state = CompanyState(id=cid, name=kw.pop("name", "Fjord AS"), organisation_number=org, **kw)
-    return CompanyChanged(event_id=event_id_for(EntityType.COMPANY, cid, version, op), entity_id=cid,
-                          version=version, op=op, ts=T0, source=source(version), state=state)
+    return CompanyChanged(
+        event_id=event_id_for(EntityType.COMPANY, cid, version, op),
+        entity_id=cid,
+        version=version,
+        op=op,
+        ts=T0,
+        source=source(version),
+        state=state,
+    )

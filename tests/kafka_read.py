@@ -9,12 +9,24 @@ from typing import Any
 from kafka import KafkaConsumer
 
 
-def read_all(bootstrap: str, topic: str, *, until: Callable[[list[Any]], bool] | None = None,
-             timeout: float = 30.0, idle: float = 1.0) -> list[Any]:
+def read_all(
+    bootstrap: str,
+    topic: str,
+    *,
+    until: Callable[[list[Any]], bool] | None = None,
+    timeout: float = 30.0,
+    idle: float = 1.0,
+) -> list[Any]:
     """Records of ``topic`` from the beginning: until ``until(records)`` holds, or else until no
     record has arrived for ``idle`` seconds; fails the test at ``timeout``."""
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             enable_auto_commit=False, group_id=None, consumer_timeout_ms=200)
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        consumer_timeout_ms=200,
+    )
     records: list[Any] = []
     deadline = time.monotonic() + timeout
     last_arrival = time.monotonic()

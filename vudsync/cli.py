@@ -16,7 +16,12 @@ import click
 from vudsync.errors import VudsyncError
 
 # (module under vudsync.commands, attribute) — a group or command each.
-_COMMANDS: tuple[tuple[str, str], ...] = (("kafka", "kafka"),)
+_COMMANDS: tuple[tuple[str, str], ...] = (
+    ("kafka", "kafka"),
+    ("run", "run"),
+    ("topics", "topics"),
+    ("store", "store"),
+)
 
 
 class _Main(click.Group):

@@ -6,7 +6,6 @@ import json
 from collections.abc import Callable, Iterator
 
 import pytest
-
 from prometheus_client import CollectorRegistry
 
 from producers.capture import CaptureConfig, ChangeCapture
@@ -15,8 +14,8 @@ from producers.metrics import ProducerMetrics
 from producers.sqlite_changelog import SqliteChangeLog
 from schemas.codec import decode_event
 from schemas.deadletter import HEADER_REASON, HEADER_SOURCE_ROW, headers_dict
-from schemas.topics import DIRECTORY_DLQ, DIRECTORY_TOPICS
 from schemas.directory import EntityType
+from schemas.topics import DIRECTORY_DLQ, DIRECTORY_TOPICS
 from tests.kafka_read import read_all
 from vudsync.seed.writer import SqliteDirectoryWriter
 from vudsync.settings import Settings
@@ -38,9 +37,12 @@ def make_capture(kafka_bootstrap: str) -> Iterator[Callable[[Settings], ChangeCa
 
 
 def _capture(settings: Settings, bootstrap: str) -> ChangeCapture:
-    return ChangeCapture(SqliteChangeLog(settings.home / "dir.db"), KafkaRecordPublisher(bootstrap),
-                         ProducerMetrics(CollectorRegistry()),
-                         CaptureConfig(topic_prefix=settings.topic_prefix, fingerprint_key=b"k"))
+    return ChangeCapture(
+        SqliteChangeLog(settings.home / "dir.db"),
+        KafkaRecordPublisher(bootstrap),
+        ProducerMetrics(CollectorRegistry()),
+        CaptureConfig(topic_prefix=settings.topic_prefix, fingerprint_key=b"k"),
+    )
 
 
 def test_snapshot_then_stream_create_update_delete(
@@ -49,7 +51,9 @@ def test_snapshot_then_stream_create_update_delete(
     ensure_catalogue(kafka_settings, kafka_bootstrap)
     writer = SqliteDirectoryWriter(kafka_settings.home / "dir.db")
     writer.upsert_companies([{"id": "c1", "name": "Fjord AS", "organisation_number": "923 609 016"}])
-    writer.upsert_user(id="u1", username="kari", email="kari@fjord.no", first_name="Kari", last_name="Ødegård")
+    writer.upsert_user(
+        id="u1", username="kari", email="kari@fjord.no", first_name="Kari", last_name="Ødegård"
+    )
     writer.grant([("u1", "c1", "business", "role", "Regnskap")])
     capture = make_capture(kafka_settings)
     position = capture.snapshot()
@@ -88,12 +92,17 @@ def test_invalid_rows_are_dead_lettered_and_capture_goes_on(
     writer.upsert_user(id="after", username="z", email="z@fjord.no")
     capture.poll_once(position)
     dlq = read_all(kafka_bootstrap, kafka_settings.topic(DIRECTORY_DLQ.name), until=lambda rs: len(rs) >= 3)
-    reasons = {headers_dict(r.headers)[HEADER_SOURCE_ROW]: headers_dict(r.headers)[HEADER_REASON] for r in dlq}
+    reasons = {
+        headers_dict(r.headers)[HEADER_SOURCE_ROW]: headers_dict(r.headers)[HEADER_REASON] for r in dlq
+    }
     assert "e-mail" in reasons["user:bad"]
     assert reasons["user:u9"] == "access to unknown company nope"
     assert "single instance" in reasons["application_instance:business"]
     for r in dlq:
         assert b"LICENSE-" not in (r.value or b"") and "LICENSE-" not in json.dumps(headers_dict(r.headers))
-    users = read_all(kafka_bootstrap, kafka_settings.topic(DIRECTORY_TOPICS[EntityType.USER].name),
-                     until=lambda rs: {r.key for r in rs} >= {b"u9", b"after"})
+    users = read_all(
+        kafka_bootstrap,
+        kafka_settings.topic(DIRECTORY_TOPICS[EntityType.USER].name),
+        until=lambda rs: {r.key for r in rs} >= {b"u9", b"after"},
+    )
     assert b"bad" not in {r.key for r in users}

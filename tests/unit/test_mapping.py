@@ -15,18 +15,41 @@ KEY = b"k"
 
 
 def _map(record: EntityRecord, version: int = 7):
-    return record_to_event(record, op=Op.UPDATE, version=version, seq=version, committed_at=1.0e9,
-                           source=SRC, now=NOW, fingerprint_key=KEY)
+    return record_to_event(
+        record,
+        op=Op.UPDATE,
+        version=version,
+        seq=version,
+        committed_at=1.0e9,
+        source=SRC,
+        now=NOW,
+        fingerprint_key=KEY,
+    )
 
 
-USER = {"id": "u1", "username": "kari", "email": "kari@firma.no", "first_name": "Kari",
-        "last_name": "Ødegård", "language": "nb", "active": 1}
+USER = {
+    "id": "u1",
+    "username": "kari",
+    "email": "kari@firma.no",
+    "first_name": "Kari",
+    "last_name": "Ødegård",
+    "language": "nb",
+    "active": 1,
+}
 
 
 def test_user_with_access_groups_by_company_and_application() -> None:
-    record = EntityRecord(EntityType.USER, "u1", USER, access=(
-        ("c2", "business", "role", "Lønn"), ("c1", "business", "role", "Regnskap"),
-        ("c1", "business", "module", "M1"), ("c1", "reporting", "layout_group", "Standard")))
+    record = EntityRecord(
+        EntityType.USER,
+        "u1",
+        USER,
+        access=(
+            ("c2", "business", "role", "Lønn"),
+            ("c1", "business", "role", "Regnskap"),
+            ("c1", "business", "module", "M1"),
+            ("c1", "reporting", "layout_group", "Standard"),
+        ),
+    )
     event, rejected = _map(record)
     assert rejected == []
     assert [a.company_id for a in event.state.access] == ["c1", "c2"]
@@ -44,8 +67,13 @@ def test_malformed_email_is_rejected_with_a_reason() -> None:
 
 
 def test_access_to_unknown_company_is_rejected_but_user_still_emitted() -> None:
-    record = EntityRecord(EntityType.USER, "u1", USER, access=(("c9", "business", "role", "X"),),
-                          unknown_companies=frozenset({"c9"}))
+    record = EntityRecord(
+        EntityType.USER,
+        "u1",
+        USER,
+        access=(("c9", "business", "role", "X"),),
+        unknown_companies=frozenset({"c9"}),
+    )
     event, rejected = _map(record)
     assert event is not None and event.state.access == ()
     assert [r.reason for r in rejected] == ["access to unknown company c9"]

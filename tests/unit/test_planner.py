@@ -82,8 +82,9 @@ def test_access_diff_assigns_changed_companies_and_revokes_dropped_ones() -> Non
 
 
 def test_blocked_application_holds_its_access_with_a_journal_entry() -> None:
-    ids = Identities(users={"u1": "cu-1"}, companies={"c1": "cc-1"},
-                     blocked=frozenset({ApplicationType.BUSINESS}))
+    ids = Identities(
+        users={"u1": "cu-1"}, companies={"c1": "cc-1"}, blocked=frozenset({ApplicationType.BUSINESS})
+    )
     result = plan(None, user_event(2, access=(access("c1"),)), ids, T0)
     assert not any(isinstance(o, AssignAccess) for o in result.operations)
     assert [j.code for j in result.journal] == ["application_blocked"]
@@ -102,11 +103,18 @@ def test_company_delete_marks_it_inactive() -> None:
 
 
 def _instance_event(version: int, uri: str, fp: str) -> ApplicationInstanceChanged:
-    state = ApplicationInstanceState(id="business", application=ApplicationType.BUSINESS, uri=uri,
-                                     license_fingerprint=fp)
+    state = ApplicationInstanceState(
+        id="business", application=ApplicationType.BUSINESS, uri=uri, license_fingerprint=fp
+    )
     return ApplicationInstanceChanged(
         event_id=event_id_for(EntityType.APPLICATION_INSTANCE, "business", version, Op.UPDATE),
-        entity_id="business", version=version, op=Op.UPDATE, ts=T0, source=source(version), state=state)
+        entity_id="business",
+        version=version,
+        op=Op.UPDATE,
+        ts=T0,
+        source=source(version),
+        state=state,
+    )
 
 
 def test_instance_mismatch_blocks_and_names_the_field_never_the_key() -> None:

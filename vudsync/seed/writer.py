@@ -103,8 +103,11 @@ class SqliteDirectoryWriter:
     def upsert_catalogue(self, table: str, rows: Iterable[tuple[str, str, str]]) -> None:
         """``table`` is roles | layout_groups (application, name, description) or modules
         (application, code, name)."""
-        key, other = {"roles": ("name", "description"), "layout_groups": ("name", "description"),
-                      "modules": ("code", "name")}[table]
+        key, other = {
+            "roles": ("name", "description"),
+            "layout_groups": ("name", "description"),
+            "modules": ("code", "name"),
+        }[table]
         self._many(
             f"INSERT INTO {table} (application, {key}, {other}) VALUES (?, ?, ?) "
             f"ON CONFLICT(application, {key}) DO UPDATE SET {other} = excluded.{other}",
@@ -112,21 +115,27 @@ class SqliteDirectoryWriter:
         )
 
     def add_application_instance(self, application: str, uri: str, license_key: str) -> None:
-        self._exec("INSERT INTO application_instances (application, uri, license_key) VALUES (?, ?, ?)",
-                   (application, uri, license_key))
+        self._exec(
+            "INSERT INTO application_instances (application, uri, license_key) VALUES (?, ?, ?)",
+            (application, uri, license_key),
+        )
 
     def set_application_instance(self, application: str, uri: str, license_key: str) -> None:
         with self.transaction():
             updated = self.conn.execute(
                 "UPDATE application_instances SET uri = ?, license_key = ? WHERE application = ?",
-                (uri, license_key, application)).rowcount
+                (uri, license_key, application),
+            ).rowcount
             if not updated:
                 self.add_application_instance(application, uri, license_key)
 
     def grant(self, rows: Iterable[tuple[str, str, str, str, str]]) -> None:
         """Rows of (user_id, company_id, application, kind, name); kind is role|layout_group|module."""
-        self._many("INSERT OR IGNORE INTO access (user_id, company_id, application, kind, name) "
-                   "VALUES (?, ?, ?, ?, ?)", rows)
+        self._many(
+            "INSERT OR IGNORE INTO access (user_id, company_id, application, kind, name) "
+            "VALUES (?, ?, ?, ?, ?)",
+            rows,
+        )
 
     def revoke(self, user_id: str, company_id: str) -> None:
         self._exec("DELETE FROM access WHERE user_id = ? AND company_id = ?", (user_id, company_id))
@@ -147,5 +156,3 @@ def open_writer(url: str) -> SqliteDirectoryWriter:
 
         return PostgresDirectoryWriter(url)  # type: ignore[return-value]
     raise ValueError(f"unsupported store URL {url.split('://')[0]!r}")
-
-

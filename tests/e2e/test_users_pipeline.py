@@ -1,0 +1,125 @@
+"""The walking skeleton, end to end on real parts: SQLite → producer → Kafka → Faust planner →
+Kafka → sink → cloud API over HTTP."""
+
+from __future__ import annotations
+
+import collections
+
+import httpx
+from kafka import KafkaAdminClient, TopicPartition
+
+from schemas.topics import OPERATIONS
+from sinks.service import sink_group
+from tests.fixtures.cloud import CloudReader
+from tests.pipeline import alive_or_fail, components
+from vudsync.processes import wait_until
+from vudsync.seed.writer import SqliteDirectoryWriter
+from vudsync.settings import Settings
+from vudsync.topics import ensure_catalogue
+
+
+def _writer(settings: Settings) -> SqliteDirectoryWriter:
+    return SqliteDirectoryWriter(settings.resolved_store_url().removeprefix("sqlite:///"))
+
+
+def test_insert_update_delete_reach_the_cloud(
+    pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
+) -> None:
+    ensure_catalogue(pipeline_settings, kafka_bootstrap)
+    writer = _writer(pipeline_settings)
+    with components(pipeline_settings, kafka_bootstrap, "producer", "planner", "sink") as procs:
+        writer.upsert_user(
+            id="u1", username="kari", email="Kari.Odegard@fjord.no", first_name="Kari", last_name="Ødegård"
+        )
+
+        def created() -> bool:
+            alive_or_fail(procs)
+            user = cloud.user("u1")
+            return user is not None and user["last_name"] == "Ødegård"
+
+        wait_until(created, 120, what="user u1 created in the cloud")
+        writer.update_user("u1", first_name="Kari Anne")
+        wait_until(
+            lambda: alive_or_fail(procs) and cloud.user("u1")["first_name"] == "Kari Anne",
+            60,
+            what="user u1 updated in the cloud",
+        )
+        writer.delete_user("u1")
+        wait_until(
+            lambda: alive_or_fail(procs) and cloud.user("u1")["active"] is False,
+            60,
+            what="user u1 deactivated in the cloud",
+        )
+    effects = [e["effect"] for e in cloud.audit() if e["resource_id"] == cloud.user("u1")["id"]]
+    assert effects == ["created", "updated", "deactivated"]
+    writer.close()
+
+
+def _committed(bootstrap: str, group: str, topic: str, partitions: int) -> int:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        offsets = admin.list_group_offsets({group: None}).get(group, {})
+    finally:
+        admin.close()
+    return sum(
+        max(offsets[TopicPartition(topic, p)].offset, 0)
+        for p in range(partitions)
+        if TopicPartition(topic, p) in offsets
+    )
+
+
+def test_sink_killed_after_apply_before_commit_has_no_second_effect(
+    pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
+) -> None:
+    """SIGKILL the sink while a polled batch is applied but not yet committed; restart it; the
+    cloud's own audit shows one effect per write and every user present once."""
+    ensure_catalogue(pipeline_settings, kafka_bootstrap)
+    # a slow cloud keeps one polled batch in flight long enough to kill the sink inside it
+    httpx.put(
+        f"{cloud.server.url}/admin/faults",
+        headers=cloud.server.admin_headers(),
+        json={"latency_ms": [40, 60]},
+    ).raise_for_status()
+    writer = _writer(pipeline_settings)
+    n = 200
+    writer.upsert_users(
+        {
+            "id": f"u{i:04d}",
+            "username": f"bruker{i}",
+            "email": f"bruker{i}@fjord.no",
+            "first_name": "Åse",
+            "last_name": "Brækken",
+        }
+        for i in range(n)
+    )
+    ops_topic = pipeline_settings.topic(OPERATIONS.name)
+    group = sink_group(pipeline_settings)
+    with components(pipeline_settings, kafka_bootstrap, "producer", "planner", "sink") as procs:
+        wait_until(
+            lambda: alive_or_fail(procs) and len(cloud.audit()) >= 5,
+            120,
+            what="the sink applying its first operations",
+        )
+        procs["sink"].kill()
+        applied_at_kill = len(cloud.audit())
+        committed_at_kill = _committed(kafka_bootstrap, group, ops_topic, pipeline_settings.topic_partitions)
+        assert committed_at_kill < applied_at_kill, "the kill must land between apply and commit"
+        httpx.put(
+            f"{cloud.server.url}/admin/faults", headers=cloud.server.admin_headers(), json={}
+        ).raise_for_status()
+    with components(pipeline_settings, kafka_bootstrap, "sink") as procs:
+        wait_until(
+            lambda: (
+                alive_or_fail(procs)
+                and _committed(kafka_bootstrap, group, ops_topic, pipeline_settings.topic_partitions) >= n
+            ),
+            120,
+            what="every operation committed",
+        )
+    audit = cloud.audit()
+    per_key = collections.Counter(e["idempotency_key"] for e in audit)
+    assert max(per_key.values()) == 1, [k for k, c in per_key.items() if c > 1]
+    created = collections.Counter(e["resource_id"] for e in audit if e["effect"] == "created")
+    assert len(created) == n and max(created.values()) == 1
+    assert all(cloud.user(f"u{i:04d}") is not None for i in range(0, n, 17))
+    writer.close()

@@ -1,0 +1,3 @@
+from vudsync.cli import main
+
+main()
