@@ -21,6 +21,7 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
     ("run", "run"),
     ("topics", "topics"),
     ("store", "store"),
+    ("bench", "bench"),
 )
 
 

@@ -1,0 +1,67 @@
+"""Benchmarks behind ``vudsync bench``: one module per area, each exposing ``command``.
+
+Speed and memory targets live here and in docs/benchmarks.md, never in timed test assertions.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+AREAS = ("capture", "planner", "sink", "journal")
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    try:
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        cpu = platform.processor()
+    try:
+        mem_kb = int(
+            next(
+                line.split()[1]
+                for line in Path("/proc/meminfo").read_text().splitlines()
+                if line.startswith("MemTotal")
+            )
+        )
+    except (OSError, StopIteration):
+        mem_kb = 0
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    import os
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kb / 2**20, 1),
+        "python": platform.python_version(),
+        "commit": commit,
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def emit(result: dict[str, Any], as_json: bool) -> None:
+    """Print one benchmark result: JSON for scripts, else an aligned table."""
+    import click
+
+    result = {**result, "machine": machine()}
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))
+        return
+    for key, value in result.items():
+        if isinstance(value, dict):
+            click.echo(f"{key}:")
+            for k, v in value.items():
+                click.echo(f"  {k:<28} {v}")
+        else:
+            click.echo(f"{key:<30} {value}")
