@@ -1,0 +1,230 @@
+"""Thin Kafka admin helpers (kafka-python), shared by every component and by the tests.
+
+Contracts:
+
+* :func:`ensure_topics` is idempotent: a topic that already exists is fine (only
+  ``TOPIC_ALREADY_EXISTS`` is swallowed, every other per-topic error is raised), and it
+  returns only when every requested topic is visible in the broker's metadata with a
+  leader for each partition.
+* :func:`delete_topics` is idempotent too: an unknown topic is fine.
+* :func:`wait_for_broker` returns the cluster description once a metadata request
+  succeeds, or raises :class:`BrokerUnavailable` at its deadline.
+
+kafka-python errors never leave this module: they become :class:`vudsync.errors.RetryableError`
+(the error is marked retriable by Kafka, or is a time-out / connection failure) or
+:class:`vudsync.errors.PermanentError` (everything else).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, NamedTuple
+
+from kafka import KafkaAdminClient
+from kafka import errors as kafka_errors
+
+from vudsync.errors import PermanentError, RetryableError, VudsyncError
+
+log = logging.getLogger(__name__)
+
+#: back-off ceiling for admin connections; kafka-python's default (30 s, exponential) makes
+#: a client created while the broker is still starting wait far longer than needed.
+_RECONNECT_BACKOFF_MAX_MS = 500
+
+
+class TopicSpec(NamedTuple):
+    """One topic to create. A plain ``(name, partitions, replication, config)`` tuple works too."""
+
+    name: str
+    partitions: int = 1
+    replication: int = 1
+    config: Mapping[str, str] | None = None
+
+
+class BrokerUnavailable(RetryableError):
+    """No broker answered a metadata request before the deadline."""
+
+
+class TopicError(PermanentError):
+    """The broker refused to create or delete a topic (invalid name, config, replication…)."""
+
+
+def translate(exc: BaseException, what: str) -> VudsyncError:
+    """Map a kafka-python error onto the vudsync error tree (``what`` says what was attempted)."""
+    if isinstance(exc, VudsyncError):
+        return exc
+    message = f"{what}: {type(exc).__name__}: {exc}"
+    if isinstance(exc, kafka_errors.KafkaError) and exc.retriable:
+        return RetryableError(message)
+    if isinstance(exc, (OSError, TimeoutError, kafka_errors.KafkaConnectionError)):
+        return RetryableError(message)
+    return PermanentError(message)
+
+
+@contextmanager
+def admin_client(bootstrap: str, *, timeout: float = 30.0) -> Iterator[KafkaAdminClient]:
+    """A short-lived ``KafkaAdminClient``; bootstrap failures become :class:`BrokerUnavailable`."""
+    timeout_ms = max(int(timeout * 1000), 1000)
+    try:
+        client = KafkaAdminClient(
+            bootstrap_servers=bootstrap,
+            client_id="vudsync-admin",
+            request_timeout_ms=timeout_ms,
+            bootstrap_timeout_ms=timeout_ms,
+            reconnect_backoff_max_ms=_RECONNECT_BACKOFF_MAX_MS,
+        )
+    except Exception as exc:
+        raise BrokerUnavailable(
+            f"no Kafka broker answers at {bootstrap}: {type(exc).__name__}: {exc}",
+            hint="start one with `vudsync kafka up`, or set VUDSYNC_KAFKA_BOOTSTRAP",
+        ) from exc
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def tcp_answers(bootstrap: str, timeout: float) -> bool:
+    """True when at least one bootstrap address accepts a TCP connection."""
+    for address in bootstrap.split(","):
+        host, _, port = address.strip().rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+def wait_for_broker(bootstrap: str, timeout: float = 30.0) -> dict[str, Any]:
+    """Block until a broker at ``bootstrap`` answers a metadata request; ``timeout`` in seconds.
+
+    Polls a plain TCP connect first (cheap, no client back-off), then asks for the cluster
+    description. Returns it (``cluster_id``, ``controller_id``, ``brokers``).
+    """
+    deadline = time.monotonic() + timeout
+    last_error = "the port never accepted a connection"
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise BrokerUnavailable(
+                f"no Kafka broker answered at {bootstrap} within {timeout:.0f} s ({last_error})",
+                hint="start one with `vudsync kafka up`, or check VUDSYNC_KAFKA_BOOTSTRAP",
+            )
+        if tcp_answers(bootstrap, timeout=min(1.0, remaining)):
+            try:
+                with admin_client(bootstrap, timeout=min(5.0, max(remaining, 1.0))) as admin:
+                    cluster: dict[str, Any] = admin.describe_cluster()
+                if cluster.get("brokers"):
+                    return cluster
+                last_error = "metadata lists no broker yet"
+            except Exception as exc:
+                last_error = f"{type(exc).__name__}: {exc}"
+        time.sleep(min(0.1, max(deadline - time.monotonic(), 0)))
+
+
+def _as_specs(specs: Iterable[TopicSpec | tuple[Any, ...]]) -> list[TopicSpec]:
+    return [spec if isinstance(spec, TopicSpec) else TopicSpec(*spec) for spec in specs]
+
+
+def ensure_topics(
+    bootstrap: str,
+    specs: Iterable[TopicSpec | tuple[Any, ...]],
+    *,
+    timeout: float = 30.0,
+) -> list[str]:
+    """Create the topics that do not exist yet; return the names this call created.
+
+    Existing topics are left as they are (a partition count that differs from the spec is
+    logged, not changed). Returns once every requested topic has a leader for each partition.
+    """
+    wanted = _as_specs(specs)
+    if not wanted:
+        return []
+    request = {
+        spec.name: {
+            "num_partitions": spec.partitions,
+            "replication_factor": spec.replication,
+            "configs": {k: str(v) for k, v in (spec.config or {}).items()},
+        }
+        for spec in wanted
+    }
+    created: list[str] = []
+    with admin_client(bootstrap, timeout=timeout) as admin:
+        try:
+            response = admin.create_topics(
+                request, timeout_ms=int(timeout * 1000), raise_errors=False
+            )
+        except Exception as exc:
+            raise translate(exc, f"create topics {sorted(request)}") from exc
+        existing: list[str] = []
+        for result in response["topics"]:
+            error = kafka_errors.for_code(result["error_code"])
+            if error is kafka_errors.NoError:
+                created.append(result["name"])
+            elif error is kafka_errors.TopicAlreadyExistsError:
+                existing.append(result["name"])
+            elif error.retriable:
+                raise RetryableError(
+                    f"create topic {result['name']}: {error.__name__}: {result.get('error_message')}"
+                )
+            else:
+                raise TopicError(
+                    f"create topic {result['name']}: {error.__name__}: {result.get('error_message')}"
+                )
+        try:
+            admin.wait_for_topics([spec.name for spec in wanted], timeout_ms=int(timeout * 1000))
+            if existing:
+                _warn_on_partition_mismatch(admin, [s for s in wanted if s.name in existing])
+        except VudsyncError:
+            raise
+        except Exception as exc:
+            raise translate(exc, f"wait for topics {sorted(request)}") from exc
+    if created:
+        log.info("created topics %s", created)
+    return created
+
+
+def _warn_on_partition_mismatch(admin: KafkaAdminClient, specs: list[TopicSpec]) -> None:
+    described = {t["name"]: t for t in admin.describe_topics([s.name for s in specs])}
+    for spec in specs:
+        have = len(described.get(spec.name, {}).get("partitions") or [])
+        if have and have != spec.partitions:
+            log.warning(
+                "topic %s exists with %d partitions, spec asks for %d: left unchanged",
+                spec.name, have, spec.partitions,
+            )
+
+
+def delete_topics(bootstrap: str, names: Iterable[str], *, timeout: float = 30.0) -> list[str]:
+    """Delete topics; unknown ones are fine. Returns the names this call deleted."""
+    names = list(names)
+    if not names:
+        return []
+    deleted: list[str] = []
+    with admin_client(bootstrap, timeout=timeout) as admin:
+        try:
+            response = admin.delete_topics(names, timeout_ms=int(timeout * 1000), raise_errors=False)
+        except Exception as exc:
+            raise translate(exc, f"delete topics {names}") from exc
+    for result in response["topics"]:
+        error = kafka_errors.for_code(result["error_code"])
+        if error is kafka_errors.NoError:
+            deleted.append(result["name"])
+        elif error is not kafka_errors.UnknownTopicOrPartitionError:
+            kind = RetryableError if error.retriable else TopicError
+            raise kind(f"delete topic {result['name']}: {error.__name__}")
+    return deleted
+
+
+def list_topics(bootstrap: str, *, timeout: float = 30.0) -> list[str]:
+    """Names of every topic in the cluster (internal ones included)."""
+    with admin_client(bootstrap, timeout=timeout) as admin:
+        try:
+            return sorted(admin.list_topics())
+        except Exception as exc:
+            raise translate(exc, "list topics") from exc
