@@ -18,6 +18,7 @@ from vudsync.errors import VudsyncError
 # (module under vudsync.commands, attribute) — a group or command each.
 _COMMANDS: tuple[tuple[str, str], ...] = (
     ("kafka", "kafka"),
+    ("cloud", "cloud"),
     ("run", "run"),
     ("topics", "topics"),
     ("store", "store"),

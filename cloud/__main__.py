@@ -1,0 +1,116 @@
+"""``python -m cloud``: run the reference cloud directory API.
+
+Secrets come from the environment (``CLOUD_API_CLIENT_SECRET``, ``CLOUD_API_ADMIN_TOKEN``)
+so they never show in a process list; ``--client-secret``/``--admin-token`` exist for
+local experiments only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from cloud.faults import FaultConfig
+from cloud.server import ADMIN_TOKEN_ENV, SECRET_ENV, serve
+from cloud.settings import CloudSettings
+
+
+def parse_latency(text: str) -> tuple[int, int]:
+    """``"20"`` → (20, 20); ``"10,50"`` or ``"10-50"`` → (10, 50)."""
+    parts = text.replace("-", ",").split(",")
+    try:
+        values = [int(p) for p in parts if p.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError("latency is MIN,MAX in milliseconds") from exc
+    if len(values) == 1:
+        return values[0], values[0]
+    if len(values) != 2:
+        raise argparse.ArgumentTypeError("latency is MIN,MAX in milliseconds")
+    return values[0], values[1]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m cloud", description="Run the reference cloud directory API."
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8700, help="0 = any free port")
+    parser.add_argument("--port-file", type=Path, help="write the bound port here")
+    parser.add_argument("--db", type=Path, default=Path("cloud.db"), help="SQLite file")
+    parser.add_argument("--customer-name", default="Demo customer")
+    parser.add_argument("--client-id", default="vudsync")
+    parser.add_argument("--client-secret", help=f"default: ${SECRET_ENV}")
+    parser.add_argument("--admin-token", help=f"default: ${ADMIN_TOKEN_ENV}")
+    parser.add_argument("--token-ttl", type=float, default=3600.0, help="seconds")
+    parser.add_argument("--rate-limit-per-second", type=float, default=0.0)
+    parser.add_argument("--rate-limit-burst", type=float)
+    parser.add_argument("--faults-json", help="a whole fault configuration as JSON")
+    parser.add_argument("--error-rate", type=float)
+    parser.add_argument("--rate-limit-rate", type=float)
+    parser.add_argument("--retry-after-seconds", type=float)
+    parser.add_argument("--latency-ms", type=parse_latency, help="MIN,MAX")
+    parser.add_argument("--drop-rate", type=float)
+    parser.add_argument("--drop-after-effect", action="store_true", default=None)
+    parser.add_argument("--timeout-rate", type=float)
+    parser.add_argument("--timeout-seconds", type=float)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--synchronous", choices=["NORMAL", "FULL"], default="NORMAL")
+    parser.add_argument("--secret-hash-iterations", type=int, default=100_000)
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--access-log", action="store_true")
+    return parser
+
+
+FAULT_FLAGS = (
+    "error_rate",
+    "rate_limit_rate",
+    "retry_after_seconds",
+    "latency_ms",
+    "drop_rate",
+    "drop_after_effect",
+    "timeout_rate",
+    "timeout_seconds",
+    "seed",
+)
+
+
+def settings_from(args: argparse.Namespace) -> CloudSettings:
+    base = FaultConfig.model_validate_json(args.faults_json) if args.faults_json else FaultConfig()
+    overrides = {k: getattr(args, k) for k in FAULT_FLAGS if getattr(args, k) is not None}
+    faults = FaultConfig.model_validate({**base.model_dump(), **overrides})
+    return CloudSettings(
+        db_path=args.db,
+        customer_name=args.customer_name,
+        client_id=args.client_id,
+        client_secret=SecretStr(args.client_secret or os.environ.get(SECRET_ENV, "vudsync-demo-secret")),
+        admin_token=SecretStr(args.admin_token or os.environ.get(ADMIN_TOKEN_ENV, "vudsync-admin")),
+        token_ttl_seconds=args.token_ttl,
+        rate_limit_per_second=args.rate_limit_per_second,
+        rate_limit_burst=args.rate_limit_burst,
+        faults=faults,
+        sqlite_synchronous=args.synchronous,
+        secret_hash_iterations=args.secret_hash_iterations,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    serve(
+        settings_from(args),
+        args.host,
+        args.port,
+        port_file=args.port_file,
+        log_level=args.log_level,
+        access_log=args.access_log,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""``/admin``: faults, rate limit, statistics, clients and reset (``X-Admin-Token``)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from cloud import models
+from cloud.deps import Context, check_admin
+from cloud.faults import FaultConfig
+from cloud.responses import ADMIN, CONFLICT, merge
+
+router = APIRouter(prefix="/admin", dependencies=[Depends(check_admin)], tags=["admin"])
+
+
+@router.get("/faults", response_model=FaultConfig, responses=ADMIN)
+def get_faults(context: Context) -> JSONResponse:
+    return JSONResponse(context.faults.config.model_dump(mode="json"))
+
+
+@router.put(
+    "/faults",
+    response_model=FaultConfig,
+    responses=ADMIN,
+    summary="Replace the fault configuration (omitted fields = off); the RNG restarts",
+)
+def put_faults(config: FaultConfig, context: Context) -> JSONResponse:
+    context.faults.configure(config)
+    return JSONResponse(config.model_dump(mode="json"))
+
+
+@router.get("/rate-limit", response_model=models.RateLimitConfig, responses=ADMIN)
+def get_rate_limit(context: Context) -> JSONResponse:
+    limiter = context.limiter
+    burst = limiter.burst if limiter.rate > 0 else None
+    return JSONResponse({"rate_limit_per_second": limiter.rate, "burst": burst})
+
+
+@router.put(
+    "/rate-limit",
+    response_model=models.RateLimitConfig,
+    responses=ADMIN,
+    summary="Set the per-client token bucket (0 = off); buckets restart full",
+)
+def put_rate_limit(config: models.RateLimitConfig, context: Context) -> JSONResponse:
+    context.limiter.configure(config.rate_limit_per_second, config.burst)
+    return JSONResponse(config.model_dump(mode="json"))
+
+
+@router.get(
+    "/stats",
+    response_model=models.Stats,
+    responses=ADMIN,
+    summary="Request counts by route template and status, token requests, faults",
+)
+def get_stats(context: Context) -> JSONResponse:
+    return JSONResponse(context.stats.snapshot())
+
+
+@router.post(
+    "/clients",
+    status_code=201,
+    response_model=models.ClientInfo,
+    responses=merge(ADMIN, CONFLICT),
+    summary="Add a client (customer administrator or not)",
+)
+async def add_client(body: models.ClientCreate, context: Context) -> JSONResponse:
+    await run_in_threadpool(
+        context.auth.add_client,
+        body.client_id,
+        body.client_secret,
+        is_customer_admin=body.is_customer_admin,
+        scopes=body.scopes,
+    )
+    info = {
+        "client_id": body.client_id,
+        "is_customer_admin": body.is_customer_admin,
+        "scopes": sorted(set(body.scopes)),
+    }
+    return JSONResponse(info, status_code=201)
+
+
+@router.post(
+    "/reset",
+    response_model=models.ResetResult,
+    responses=ADMIN,
+    summary="Wipe directory data, audit, idempotency keys and statistics (clients stay)",
+)
+def reset(context: Context) -> JSONResponse:
+    context.store.reset()
+    context.stats.reset()
+    return JSONResponse({"status": "reset"})

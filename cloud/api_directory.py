@@ -1,0 +1,226 @@
+"""``/v1`` companies, users and access: thin routes over :mod:`cloud.directory`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Response
+from fastapi.responses import JSONResponse
+
+from cloud import directory, models
+from cloud.deps import Context, IfMatch, Reader, WriteDep
+from cloud.normalise import etag
+from cloud.responses import CONFLICT, ETAG_HEADER, NOT_FOUND, PRECONDITION, V1, merge
+
+router = APIRouter(prefix="/v1", responses=V1)
+
+CompanyId = Annotated[str, Path(min_length=1, max_length=64)]
+UserId = Annotated[str, Path(min_length=1, max_length=64)]
+Limit = Annotated[int, Query(ge=1, le=10_000, description="at most this many items")]
+_ETAG = {"headers": ETAG_HEADER}
+
+
+def _with_etag(body: directory.Body) -> JSONResponse:
+    return JSONResponse(body, headers={"ETag": etag(body["version"])})
+
+
+# -- companies ---------------------------------------------------------------------
+
+
+@router.post(
+    "/companies",
+    status_code=201,
+    response_model=models.Company,
+    responses=merge({201: _ETAG}, CONFLICT),
+    tags=["companies"],
+    summary="Create a company (409 if its organisation number exists)",
+)
+def create_company(body: models.CompanyCreate, write: WriteDep) -> Response:
+    return write.run(lambda conn, now: directory.create_company(conn, now, body))
+
+
+@router.get(
+    "/companies",
+    response_model=models.CompanyList,
+    tags=["companies"],
+    summary="Find companies by organisation number (normalised) or external id",
+)
+def list_companies(
+    context: Context,
+    _: Reader,
+    organisation_number: Annotated[str | None, Query(max_length=64)] = None,
+    external_id: Annotated[str | None, Query(max_length=255)] = None,
+    limit: Limit = 1000,
+) -> JSONResponse:
+    items = directory.find_companies(context.store.reader(), organisation_number, external_id, limit)
+    return JSONResponse({"items": items})
+
+
+@router.get(
+    "/companies/{company_id}",
+    response_model=models.Company,
+    responses=merge({200: _ETAG}, NOT_FOUND),
+    tags=["companies"],
+)
+def get_company(company_id: CompanyId, context: Context, _: Reader) -> JSONResponse:
+    row = directory.get_company_row(context.store.reader(), company_id)
+    return _with_etag(directory.company_body(row))
+
+
+@router.patch(
+    "/companies/{company_id}",
+    response_model=models.Company,
+    responses=merge({200: _ETAG}, NOT_FOUND, CONFLICT, PRECONDITION),
+    tags=["companies"],
+    summary="Change some fields (If-Match: version → 412 when it moved on)",
+)
+def patch_company(
+    company_id: CompanyId, body: models.CompanyPatch, write: WriteDep, if_match: IfMatch = None
+) -> Response:
+    return write.run(lambda conn, now: directory.patch_company(conn, now, company_id, body, if_match))
+
+
+@router.post(
+    "/companies/{company_id}/link",
+    response_model=models.Company,
+    responses=merge({200: _ETAG}, NOT_FOUND, CONFLICT),
+    tags=["companies"],
+    summary="Link an existing cloud company to an on-premise company (external id)",
+)
+def link_company(company_id: CompanyId, body: models.Link, write: WriteDep) -> Response:
+    return write.run(lambda conn, now: directory.link_company(conn, now, company_id, body.external_id))
+
+
+# -- users -------------------------------------------------------------------------
+
+
+@router.post(
+    "/users",
+    status_code=201,
+    response_model=models.User,
+    responses=merge({201: _ETAG}, CONFLICT),
+    tags=["users"],
+    summary="Create a user (409 if the e-mail exists, case-insensitively)",
+)
+def create_user(body: models.UserCreate, write: WriteDep) -> Response:
+    return write.run(lambda conn, now: directory.create_user(conn, now, body))
+
+
+@router.get(
+    "/users",
+    response_model=models.UserList,
+    tags=["users"],
+    summary="Find users by e-mail (case-insensitive) or external id",
+)
+def list_users(
+    context: Context,
+    _: Reader,
+    email: Annotated[str | None, Query(max_length=254)] = None,
+    external_id: Annotated[str | None, Query(max_length=255)] = None,
+    limit: Limit = 1000,
+) -> JSONResponse:
+    items = directory.find_users(context.store.reader(), email, external_id, limit)
+    return JSONResponse({"items": items})
+
+
+@router.get(
+    "/users/{user_id}",
+    response_model=models.User,
+    responses=merge({200: _ETAG}, NOT_FOUND),
+    tags=["users"],
+)
+def get_user(user_id: UserId, context: Context, _: Reader) -> JSONResponse:
+    return _with_etag(directory.user_body(directory.get_user_row(context.store.reader(), user_id)))
+
+
+@router.patch(
+    "/users/{user_id}",
+    response_model=models.User,
+    responses=merge({200: _ETAG}, NOT_FOUND, CONFLICT, PRECONDITION),
+    tags=["users"],
+    summary="Change some fields (If-Match: version → 412 when it moved on)",
+)
+def patch_user(
+    user_id: UserId, body: models.UserPatch, write: WriteDep, if_match: IfMatch = None
+) -> Response:
+    return write.run(lambda conn, now: directory.patch_user(conn, now, user_id, body, if_match))
+
+
+@router.post(
+    "/users/{user_id}/deactivate",
+    response_model=models.User,
+    responses=merge({200: _ETAG}, NOT_FOUND),
+    tags=["users"],
+    summary="Deactivate (users are never deleted); an inactive user → 200, no effect",
+)
+def deactivate_user(user_id: UserId, write: WriteDep) -> Response:
+    return write.run(lambda conn, now: directory.set_user_active(conn, now, user_id, False))
+
+
+@router.post(
+    "/users/{user_id}/reactivate",
+    response_model=models.User,
+    responses=merge({200: _ETAG}, NOT_FOUND),
+    tags=["users"],
+    summary="Reactivate; an active user → 200, no effect",
+)
+def reactivate_user(user_id: UserId, write: WriteDep) -> Response:
+    return write.run(lambda conn, now: directory.set_user_active(conn, now, user_id, True))
+
+
+@router.post(
+    "/users/{user_id}/link",
+    response_model=models.User,
+    responses=merge({200: _ETAG}, NOT_FOUND, CONFLICT),
+    tags=["users"],
+    summary="Link an existing cloud user to an on-premise user (external id)",
+)
+def link_user(user_id: UserId, body: models.Link, write: WriteDep) -> Response:
+    return write.run(lambda conn, now: directory.link_user(conn, now, user_id, body.external_id))
+
+
+# -- access ------------------------------------------------------------------------
+
+
+@router.get(
+    "/users/{user_id}/access",
+    response_model=models.AccessList,
+    responses=NOT_FOUND,
+    tags=["access"],
+    summary="The user's assignments, one item per company",
+)
+def list_access(user_id: UserId, context: Context, _: Reader) -> JSONResponse:
+    return JSONResponse({"items": directory.list_access(context.store.reader(), user_id)})
+
+
+@router.get(
+    "/users/{user_id}/access/{company_id}",
+    response_model=models.Access,
+    responses=merge({200: _ETAG}, NOT_FOUND),
+    tags=["access"],
+)
+def get_access(user_id: UserId, company_id: CompanyId, context: Context, _: Reader) -> JSONResponse:
+    return _with_etag(directory.get_access(context.store.reader(), user_id, company_id))
+
+
+@router.put(
+    "/users/{user_id}/access/{company_id}",
+    response_model=models.Access,
+    responses=merge({200: _ETAG}, NOT_FOUND),
+    tags=["access"],
+    summary="Replace the user's assignments in the company (422: name not in the catalogue)",
+)
+def put_access(user_id: UserId, company_id: CompanyId, body: models.AccessBody, write: WriteDep) -> Response:
+    return write.run(lambda conn, now: directory.put_access(conn, now, user_id, company_id, body))
+
+
+@router.delete(
+    "/users/{user_id}/access/{company_id}",
+    status_code=204,
+    response_class=Response,
+    responses=NOT_FOUND,
+    tags=["access"],
+    summary="Revoke all of the user's access to the company",
+)
+def delete_access(user_id: UserId, company_id: CompanyId, write: WriteDep) -> Response:
+    return write.run(lambda conn, now: directory.delete_access(conn, now, user_id, company_id))

@@ -1,0 +1,57 @@
+"""Idempotency keys: what makes two requests "the same request".
+
+The fingerprint of a write is SHA-256 over its method, path and canonical body (JSON
+re-serialised with sorted keys, so key order and white space do not matter). The same
+``Idempotency-Key`` with the same fingerprint replays the stored response; with another
+fingerprint it is refused (``idempotency_key_reused``).
+
+Only successful (2xx) responses are stored, in the same SQLite transaction as the effect
+(see :meth:`cloud.store.Store.write`). A refused request (4xx) had no effect, so the same
+key may be sent again once the cause is fixed (``vudsync dlq retry`` relies on that).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+MAX_KEY_LENGTH = 255
+
+
+def canonical_body(raw: bytes) -> bytes:
+    """JSON bodies in canonical form; anything else (empty, not JSON) as sent."""
+    if not raw.strip():
+        return b""
+    try:
+        parsed = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return raw
+    return canonical_json(parsed)
+
+
+def canonical_json(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8", "surrogatepass"
+    )
+
+
+def request_fingerprint(method: str, path: str, body: bytes) -> str:
+    """Hex SHA-256 of method, path and canonical body."""
+    digest = hashlib.sha256()
+    digest.update(method.upper().encode("ascii"))
+    digest.update(b"\n")
+    digest.update(path.encode("utf-8", "surrogatepass"))
+    digest.update(b"\n")
+    digest.update(canonical_body(body))
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    """A response as stored under an idempotency key (and replayed from it)."""
+
+    status: int
+    body: Any
+    headers: dict[str, str]

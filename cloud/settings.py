@@ -1,0 +1,50 @@
+"""Start-up settings of the reference cloud directory API.
+
+One :class:`CloudSettings` is built per server process (by ``python -m cloud`` or the
+``vudsync cloud serve`` command) and handed to :func:`cloud.app.build_app`. This package
+never reads the environment itself outside ``cloud.__main__``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from cloud.faults import FaultConfig
+
+DEFAULT_SCOPES: tuple[str, ...] = ("directory:read", "directory:write")
+
+
+class CloudSettings(BaseModel):
+    """Everything the server needs to start. Secrets are ``SecretStr`` so they never print."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    db_path: Path = Field(description="SQLite database file (WAL mode); created if missing")
+    customer_name: str = Field(default="Demo customer", min_length=1)
+    client_id: str = Field(default="vudsync", min_length=1, description="the configured client")
+    client_secret: SecretStr = Field(default=SecretStr("vudsync-demo-secret"))
+    client_is_customer_admin: bool = Field(
+        default=True, description="the configured client is a customer administrator"
+    )
+    admin_token: SecretStr = Field(
+        default=SecretStr("vudsync-admin"), description="X-Admin-Token for /admin/*"
+    )
+    token_ttl_seconds: float = Field(default=3600.0, gt=0)
+    rate_limit_per_second: float = Field(
+        default=0.0, ge=0, description="token-bucket rate per client on /v1; 0 = off"
+    )
+    rate_limit_burst: float | None = Field(
+        default=None, gt=0, description="bucket size; default max(1, rate)"
+    )
+    faults: FaultConfig = Field(default_factory=FaultConfig)
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = Field(
+        default="NORMAL",
+        description="NORMAL: a crash of the process loses nothing, a power cut may lose the "
+        "last commits (never half of one); FULL: fsync on every commit",
+    )
+    secret_hash_iterations: int = Field(
+        default=100_000, ge=1, description="PBKDF2-SHA256 rounds for client secrets"
+    )

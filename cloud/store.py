@@ -1,0 +1,332 @@
+"""SQLite persistence of the cloud: schema, connections and the write unit of work.
+
+* WAL journal: readers never block the writer nor each other.
+* One writer connection behind a lock, ``BEGIN IMMEDIATE`` per write: writes are
+  serialised in this process and safe against another process on the same file.
+* One reader connection per thread (the request thread pool).
+* :meth:`Store.write` runs an effect, its audit row and the idempotency record in **one**
+  transaction, so a crash never keeps one without the others.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cloud.errors import ApiError
+from cloud.idempotency import StoredResponse
+
+Clock = Callable[[], float]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS clients (
+    client_id TEXT PRIMARY KEY,
+    secret_hash TEXT NOT NULL,
+    is_customer_admin INTEGER NOT NULL,
+    scopes TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    token_hash TEXT PRIMARY KEY,
+    client_id TEXT NOT NULL REFERENCES clients(client_id) ON DELETE CASCADE,
+    scopes TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tokens_expiry ON tokens(expires_at);
+CREATE TABLE IF NOT EXISTS companies (
+    id TEXT PRIMARY KEY,
+    external_id TEXT UNIQUE,
+    name TEXT NOT NULL,
+    organisation_number TEXT NOT NULL UNIQUE,
+    country TEXT,
+    status TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS users (
+    id TEXT PRIMARY KEY,
+    external_id TEXT UNIQUE,
+    email TEXT NOT NULL,
+    email_key TEXT NOT NULL UNIQUE,
+    username TEXT,
+    first_name TEXT,
+    last_name TEXT,
+    language TEXT,
+    active INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS catalogue (
+    service TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    description TEXT,
+    version INTEGER NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (service, kind, name)
+);
+CREATE TABLE IF NOT EXISTS application_instances (
+    service TEXT PRIMARY KEY,
+    uri TEXT NOT NULL,
+    license_fingerprint TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS access (
+    user_id TEXT NOT NULL REFERENCES users(id),
+    company_id TEXT NOT NULL REFERENCES companies(id),
+    services TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (user_id, company_id)
+);
+CREATE TABLE IF NOT EXISTS idempotency (
+    client_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    body TEXT,
+    headers TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (client_id, key)
+);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    idempotency_key TEXT,
+    client_id TEXT NOT NULL,
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    resource_type TEXT NOT NULL,
+    resource_id TEXT NOT NULL,
+    effect TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_key ON audit(idempotency_key);
+CREATE INDEX IF NOT EXISTS audit_resource ON audit(resource_id);
+"""
+
+# wiped by POST /admin/reset (clients and tokens stay)
+DATA_TABLES: tuple[str, ...] = (
+    "access",
+    "companies",
+    "users",
+    "catalogue",
+    "application_instances",
+    "idempotency",
+    "audit",
+)
+
+
+def _dumps(body: Any) -> str:
+    """As the response was rendered (key order kept), so a replay is byte-identical."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+
+
+def iso(ts: float) -> str:
+    """RFC 3339 UTC timestamp with microseconds."""
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Effect:
+    """One audited change. ``effect`` is a past participle or ``noop``."""
+
+    resource_type: str
+    resource_id: str
+    effect: str
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What a write action answers; ``effect`` is audited when present."""
+
+    status: int
+    body: Any
+    effect: Effect | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRequest:
+    """Who writes what, and under which idempotency key."""
+
+    client_id: str
+    method: str
+    path: str
+    idempotency_key: str | None
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    response: StoredResponse
+    replayed: bool
+
+
+WriteAction = Callable[[sqlite3.Connection, float], Outcome]
+
+
+class Store:
+    """The cloud's database. Open with :meth:`open`, close with :meth:`close`."""
+
+    def __init__(self, path: Path, *, clock: Clock, synchronous: str = "NORMAL") -> None:
+        self._path = path
+        self._clock = clock
+        self._synchronous = synchronous
+        self._write_lock = threading.Lock()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._writer: sqlite3.Connection | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def open(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        writer = self._connect()
+        writer.executescript(SCHEMA)
+        self._writer = writer
+
+    def close(self) -> None:
+        with self._write_lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        conn.execute("PRAGMA busy_timeout=10000")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    @property
+    def journal_mode(self) -> str:
+        row = self.reader().execute("PRAGMA journal_mode").fetchone()
+        return str(row[0])
+
+    # -- reads -----------------------------------------------------------------------
+
+    def reader(self) -> sqlite3.Connection:
+        """This thread's read connection (autocommit: each statement sees the latest commit)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            conn.execute("PRAGMA query_only=ON")
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    # -- writes ----------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A plain write transaction (tokens, clients, reset): commit or roll back."""
+        with self._write_lock:
+            conn = self._writer
+            if conn is None:
+                raise RuntimeError("store is closed")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def write(self, request: WriteRequest, action: WriteAction) -> WriteResult:
+        """Apply ``action`` exactly once per idempotency key.
+
+        Order inside one transaction: look the key up (replay or refuse) → run the
+        action → append its audit row → store the response under the key → commit.
+        An :class:`ApiError` from the action rolls everything back and stores nothing.
+        """
+        with self.transaction() as conn:
+            key = request.idempotency_key
+            if key is not None:
+                row = conn.execute(
+                    "SELECT fingerprint, status, body, headers FROM idempotency "
+                    "WHERE client_id = ? AND key = ?",
+                    (request.client_id, key),
+                ).fetchone()
+                if row is not None:
+                    if row["fingerprint"] != request.fingerprint:
+                        raise ApiError(
+                            422,
+                            "idempotency_key_reused",
+                            "this Idempotency-Key was used for a different request",
+                        )
+                    body = None if row["body"] is None else json.loads(row["body"])
+                    stored = StoredResponse(row["status"], body, json.loads(row["headers"]))
+                    return WriteResult(stored, replayed=True)
+            now = self._clock()
+            outcome = action(conn, now)
+            if outcome.effect is not None:
+                conn.execute(
+                    "INSERT INTO audit (at, idempotency_key, client_id, method, path, "
+                    "resource_type, resource_id, effect) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        iso(now),
+                        key,
+                        request.client_id,
+                        request.method,
+                        request.path,
+                        outcome.effect.resource_type,
+                        outcome.effect.resource_id,
+                        outcome.effect.effect,
+                    ),
+                )
+            if key is not None and 200 <= outcome.status < 300:
+                conn.execute(
+                    "INSERT INTO idempotency (client_id, key, fingerprint, status, body, "
+                    "headers, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        request.client_id,
+                        key,
+                        request.fingerprint,
+                        outcome.status,
+                        None if outcome.body is None else _dumps(outcome.body),
+                        json.dumps(outcome.headers),
+                        iso(now),
+                    ),
+                )
+            stored = StoredResponse(outcome.status, outcome.body, dict(outcome.headers))
+            return WriteResult(stored, replayed=False)
+
+    def reset(self) -> None:
+        """Wipe the directory data, audit and idempotency keys; keep clients and tokens."""
+        with self.transaction() as conn:
+            for table in DATA_TABLES:
+                conn.execute(f"DELETE FROM {table}")
+
+    # -- meta ------------------------------------------------------------------------
+
+    def meta(self, key: str, default: Callable[[], str]) -> str:
+        """A persistent setting of this database, created with ``default()`` if missing."""
+        with self.transaction() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            if row is not None:
+                return str(row["value"])
+            value = default()
+            conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (key, value))
+            return value

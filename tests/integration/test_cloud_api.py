@@ -1,0 +1,691 @@
+"""The reference cloud API over real HTTP: a ``python -m cloud`` subprocess per module/test.
+
+Data is per test (random organisation numbers, e-mails and keys), so the module shares
+one server; tests that change faults, rate limits or the token TTL start their own.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from cloud.faults import FaultConfig
+from cloud.server import CloudServer
+from vudsync.commands.cloud import cloud as cloud_cli
+
+pytestmark = pytest.mark.integration
+
+LICENSE_KEY = "LK-7f3a-SECRET-LICENSE"
+
+
+# -- helpers -----------------------------------------------------------------------
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll ``condition`` until it returns something truthy, or fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def org_number() -> str:
+    digits = f"{uuid.uuid4().int % 10**9:09d}"
+    return f"{digits[:3]} {digits[3:6]} {digits[6:]}"
+
+
+def email() -> str:
+    return f"User.{uuid.uuid4().hex[:10]}@Example.NO"
+
+
+def key() -> str:
+    return f"op-{uuid.uuid4()}"
+
+
+def effects(api: httpx.Client, idempotency_key: str) -> list[dict[str, Any]]:
+    response = api.get("/v1/audit", params={"idempotency_key": idempotency_key})
+    assert response.status_code == 200, response.text
+    items: list[dict[str, Any]] = response.json()["items"]
+    return items
+
+
+def client_for(server: CloudServer, scope: str | None = None) -> httpx.Client:
+    return httpx.Client(base_url=server.url, headers=server.auth_headers(scope), timeout=30.0)
+
+
+def admin(server: CloudServer) -> httpx.Client:
+    return httpx.Client(base_url=server.url, headers=server.admin_headers(), timeout=30.0)
+
+
+# -- fixtures ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[CloudServer]:
+    cloud = CloudServer(customer_name="Fjellvik AS")
+    with cloud:
+        yield cloud
+    cloud.cleanup()
+
+
+@pytest.fixture()
+def api(server: CloudServer) -> Iterator[httpx.Client]:
+    with client_for(server) as client:
+        yield client
+
+
+@pytest.fixture()
+def fresh_server() -> Iterator[Callable[..., CloudServer]]:
+    """Start a server of its own (faults, TTL, rate limits); stopped by pid afterwards."""
+    started: list[CloudServer] = []
+
+    def start(**options: Any) -> CloudServer:
+        cloud = CloudServer(**options)
+        started.append(cloud)
+        return cloud.start()
+
+    yield start
+    for cloud in started:
+        cloud.stop()
+        cloud.cleanup()
+
+
+def create_user(api: httpx.Client, **fields: Any) -> dict[str, Any]:
+    response = api.post("/v1/users", json={"email": email(), **fields})
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def create_company(api: httpx.Client, **fields: Any) -> dict[str, Any]:
+    response = api.post(
+        "/v1/companies", json={"name": "Fjellvik AS", "organisation_number": org_number(), **fields}
+    )
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+# -- health, OpenAPI, auth ---------------------------------------------------------
+
+
+def test_health_needs_no_token_and_openapi_lists_every_path(server: CloudServer) -> None:
+    assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
+    paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]
+    for path in (
+        "/oauth/token",
+        "/v1/me",
+        "/v1/companies/{company_id}/link",
+        "/v1/users/{user_id}/access/{company_id}",
+        "/v1/services/{service}/{kind}/{name}",
+        "/v1/application-instances/{service}",
+        "/v1/audit",
+        "/v1/batch",
+        "/admin/faults",
+        "/admin/stats",
+        "/admin/clients",
+        "/admin/reset",
+    ):
+        assert path in paths
+
+
+def test_wrong_secret_is_invalid_client_and_never_echoed(server: CloudServer) -> None:
+    response = httpx.post(
+        f"{server.url}/oauth/token",
+        data={"grant_type": "client_credentials", "client_id": server.client_id, "client_secret": "nope-x1"},
+    )
+    assert response.status_code == 401
+    assert response.json()["error"] == "invalid_client"
+    assert "nope-x1" not in response.text
+    unknown = httpx.post(
+        f"{server.url}/oauth/token",
+        data={"grant_type": "client_credentials", "client_id": "who", "client_secret": "x"},
+    )
+    assert unknown.status_code == 401
+
+
+def test_token_response_and_basic_auth(server: CloudServer) -> None:
+    response = httpx.post(
+        f"{server.url}/oauth/token",
+        data={"grant_type": "client_credentials", "scope": "directory:read directory:write"},
+        auth=(server.client_id, server.client_secret),
+    )
+    assert response.status_code == 200
+    body = response.json()
+    assert body["token_type"] == "bearer"
+    assert body["expires_in"] == 3600
+    assert body["scope"] == "directory:read directory:write"
+    assert response.headers["cache-control"] == "no-store"
+
+
+def test_bad_grant_type_and_scope_are_400(server: CloudServer) -> None:
+    form = {"client_id": server.client_id, "client_secret": server.client_secret}
+    bad_grant = httpx.post(f"{server.url}/oauth/token", data={**form, "grant_type": "password"})
+    assert (bad_grant.status_code, bad_grant.json()["error"]) == (400, "unsupported_grant_type")
+    bad_scope = httpx.post(
+        f"{server.url}/oauth/token", data={**form, "grant_type": "client_credentials", "scope": "root"}
+    )
+    assert (bad_scope.status_code, bad_scope.json()["error"]) == (400, "invalid_scope")
+
+
+@pytest.mark.parametrize(
+    ("headers", "description"),
+    [
+        ({}, "missing bearer token"),
+        ({"Authorization": "Bearer not-a-token"}, "unknown token"),
+        ({"Authorization": "Basic dXNlcjpwYXNz"}, "the Authorization header is not a bearer token"),
+    ],
+)
+def test_v1_without_a_valid_token_is_401(
+    server: CloudServer, headers: dict[str, str], description: str
+) -> None:
+    response = httpx.get(f"{server.url}/v1/me", headers=headers)
+    assert response.status_code == 401
+    assert response.json() == {"error": "invalid_token", "error_description": description}
+    assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_expired_token_is_401_token_expired(fresh_server: Callable[..., CloudServer]) -> None:
+    cloud = fresh_server(token_ttl_seconds=1)
+    headers = cloud.auth_headers()
+    assert httpx.get(f"{cloud.url}/v1/me", headers=headers).status_code == 200
+    response = wait_until(
+        lambda: (r := httpx.get(f"{cloud.url}/v1/me", headers=headers)).status_code == 401 and r,
+        timeout=5,
+        what="the token to expire",
+    )
+    assert response.json() == {"error": "invalid_token", "error_description": "token expired"}
+
+
+def test_write_without_write_scope_is_403(server: CloudServer) -> None:
+    with client_for(server, scope="directory:read") as reader:
+        assert reader.get("/v1/companies").status_code == 200
+        response = reader.post("/v1/companies", json={"name": "X", "organisation_number": org_number()})
+        assert response.status_code == 403
+        assert response.json()["error"] == "insufficient_scope"
+    with client_for(server, scope="directory:write") as writer:
+        assert writer.get("/v1/companies").status_code == 403
+
+
+def test_me_tells_customer_administrators_apart(server: CloudServer, api: httpx.Client) -> None:
+    me = api.get("/v1/me").json()
+    assert me["customer_name"] == "Fjellvik AS"
+    assert (me["client_id"], me["is_customer_admin"]) == (server.client_id, True)
+    client_id = f"helpdesk-{uuid.uuid4().hex[:6]}"
+    with admin(server) as admin_api:
+        created = admin_api.post(
+            "/admin/clients",
+            json={"client_id": client_id, "client_secret": "helpdesk-secret", "is_customer_admin": False},
+        )
+        assert created.status_code == 201, created.text
+        assert "helpdesk-secret" not in created.text
+        again = admin_api.post(
+            "/admin/clients", json={"client_id": client_id, "client_secret": "helpdesk-secret"}
+        )
+        assert again.status_code == 409
+    token = server.token(client_id=client_id, client_secret="helpdesk-secret")
+    other = httpx.get(f"{server.url}/v1/me", headers={"Authorization": f"Bearer {token}"}).json()
+    assert other["customer_id"] == me["customer_id"]
+    assert (other["client_id"], other["is_customer_admin"]) == (client_id, False)
+
+
+def test_admin_endpoints_need_the_admin_token(server: CloudServer) -> None:
+    assert httpx.get(f"{server.url}/admin/stats").status_code == 401
+    wrong = httpx.get(f"{server.url}/admin/stats", headers={"X-Admin-Token": "guess"})
+    assert wrong.status_code == 401
+
+
+# -- companies ---------------------------------------------------------------------
+
+
+def test_org_number_is_normalised_and_a_duplicate_written_differently_is_409(api: httpx.Client) -> None:
+    digits = f"{uuid.uuid4().int % 10**9:09d}"
+    spaced = f"{digits[:3]} {digits[3:6]} {digits[6:]}"
+    first = api.post(
+        "/v1/companies",
+        json={"external_id": key(), "name": "Fjellvik AS", "organisation_number": spaced, "country": "no"},
+    )
+    assert first.status_code == 201, first.text
+    company = first.json()
+    assert company["organisation_number"] == digits
+    assert (company["country"], company["status"], company["version"]) == ("NO", "active", 1)
+    assert first.headers["etag"] == '"1"'
+    duplicate = api.post("/v1/companies", json={"name": "Other", "organisation_number": digits})
+    assert duplicate.status_code == 409
+    assert duplicate.json()["existing_id"] == company["id"]
+    found = api.get("/v1/companies", params={"organisation_number": f"NO{spaced}MVA"}).json()["items"]
+    assert [c["id"] for c in found] == [company["id"]]
+    by_external = api.get("/v1/companies", params={"external_id": company["external_id"]}).json()
+    assert [c["id"] for c in by_external["items"]] == [company["id"]]
+    assert api.get(f"/v1/companies/{company['id']}").json() == company
+    assert api.get(f"/v1/companies/{uuid.uuid4()}").status_code == 404
+
+
+def test_patch_with_if_match(api: httpx.Client) -> None:
+    company = create_company(api)
+    path = f"/v1/companies/{company['id']}"
+    stale = api.patch(path, json={"name": "New"}, headers={"If-Match": '"7"'})
+    assert stale.status_code == 412
+    assert stale.json()["current_version"] == 1
+    updated = api.patch(path, json={"name": "New", "status": "inactive"}, headers={"If-Match": '"1"'})
+    assert updated.status_code == 200, updated.text
+    assert (updated.json()["name"], updated.json()["status"], updated.json()["version"]) == (
+        "New",
+        "inactive",
+        2,
+    )
+    assert updated.headers["etag"] == '"2"'
+    again = api.patch(path, json={"name": "New"}, headers={"If-Match": "1"})
+    assert again.status_code == 412
+    unchanged = api.patch(path, json={"name": "New"})
+    assert (unchanged.status_code, unchanged.json()["version"]) == (200, 2)
+
+
+def test_link_company_to_an_external_id(api: httpx.Client) -> None:
+    company = create_company(api)
+    external = key()
+    linked = api.post(f"/v1/companies/{company['id']}/link", json={"external_id": external})
+    assert (linked.status_code, linked.json()["external_id"]) == (200, external)
+    same = api.post(f"/v1/companies/{company['id']}/link", json={"external_id": external})
+    assert (same.status_code, same.json()["version"]) == (200, linked.json()["version"])
+    other = api.post(f"/v1/companies/{company['id']}/link", json={"external_id": key()})
+    assert other.status_code == 409
+
+
+# -- users -------------------------------------------------------------------------
+
+
+def test_email_is_unique_case_insensitively(api: httpx.Client) -> None:
+    address = email()
+    user = create_user(api, email=address, username="kari", language="nb")
+    duplicate = api.post("/v1/users", json={"email": address.lower()})
+    assert duplicate.status_code == 409
+    assert duplicate.json()["existing_id"] == user["id"]
+    found = api.get("/v1/users", params={"email": address.upper()}).json()["items"]
+    assert [u["id"] for u in found] == [user["id"]]
+    assert user["active"] is True
+
+
+def test_deactivate_and_reactivate_are_idempotent_state_changes(api: httpx.Client) -> None:
+    user = create_user(api)
+    path = f"/v1/users/{user['id']}"
+    first = api.post(f"{path}/deactivate")
+    assert (first.status_code, first.json()["active"], first.json()["version"]) == (200, False, 2)
+    second = api.post(f"{path}/deactivate")
+    assert (second.status_code, second.json()["version"]) == (200, 2)
+    assert api.post(f"{path}/reactivate").json()["active"] is True
+    audit = api.get("/v1/audit", params={"resource_id": user["id"]}).json()["items"]
+    assert [a["effect"] for a in audit] == ["created", "deactivated", "noop", "reactivated"]
+
+
+def test_patch_user_if_match_and_email_conflict(api: httpx.Client) -> None:
+    taken = create_user(api)
+    user = create_user(api)
+    path = f"/v1/users/{user['id']}"
+    assert api.patch(path, json={"first_name": "Ola"}, headers={"If-Match": "5"}).status_code == 412
+    conflict = api.patch(path, json={"email": taken["email"].upper()})
+    assert (conflict.status_code, conflict.json()["existing_id"]) == (409, taken["id"])
+    ok = api.patch(path, json={"first_name": "Ola", "language": None}, headers={"If-Match": "1"})
+    assert (ok.status_code, ok.json()["first_name"], ok.json()["version"]) == (200, "Ola", 2)
+
+
+# -- idempotency -------------------------------------------------------------------
+
+
+def test_same_key_twice_has_one_effect_and_the_same_answer(api: httpx.Client) -> None:
+    op = key()
+    body = {"email": email(), "username": "same"}
+    first = api.post("/v1/users", json=body, headers={"Idempotency-Key": op})
+    second = api.post("/v1/users", json=body, headers={"Idempotency-Key": op})
+    assert (first.status_code, second.status_code) == (201, 201)
+    assert second.content == first.content
+    assert second.headers["idempotent-replayed"] == "true"
+    assert "idempotent-replayed" not in first.headers
+    assert second.headers["etag"] == first.headers["etag"]
+    [effect] = effects(api, op)
+    assert (effect["effect"], effect["resource_id"]) == ("created", first.json()["id"])
+
+
+def test_same_key_with_another_body_is_422_and_has_no_effect(api: httpx.Client) -> None:
+    op = key()
+    assert api.post("/v1/users", json={"email": email()}, headers={"Idempotency-Key": op}).status_code == 201
+    reused = api.post("/v1/users", json={"email": email()}, headers={"Idempotency-Key": op})
+    assert reused.status_code == 422
+    assert reused.json()["error"] == "idempotency_key_reused"
+    assert len(effects(api, op)) == 1
+
+
+def test_a_refused_write_stores_nothing_so_the_key_works_after_the_fix(api: httpx.Client) -> None:
+    user, company = create_user(api), create_company(api)
+    role = f"Role-{uuid.uuid4().hex[:6]}"
+    op = key()
+    body = {"services": {"business": {"roles": [role]}}}
+    path = f"/v1/users/{user['id']}/access/{company['id']}"
+    refused = api.put(path, json=body, headers={"Idempotency-Key": op})
+    assert refused.status_code == 422
+    assert api.put(f"/v1/services/business/roles/{role}", json={"description": "d"}).status_code == 201
+    fixed = api.put(path, json=body, headers={"Idempotency-Key": op})
+    assert fixed.status_code == 200, fixed.text
+    assert [e["effect"] for e in effects(api, op)] == ["assigned"]
+
+
+# -- services, instances, access ---------------------------------------------------
+
+
+def test_catalogue_upsert_delete_and_unknown_service(api: httpx.Client) -> None:
+    name = f"Lønn-{uuid.uuid4().hex[:6]}"
+    path = f"/v1/services/reporting/layout_groups/{name}"
+    created = api.put(path, json={"description": "Salary"})
+    assert (created.status_code, created.json()["version"]) == (201, 1)
+    updated = api.put(path, json={"description": "Salaries"})
+    assert (updated.status_code, updated.json()["version"]) == (200, 2)
+    services = {s["service"]: s for s in api.get("/v1/services").json()["items"]}
+    assert set(services) == {"business", "document_center", "reporting"}
+    assert {"name": name, "description": "Salaries"} in services["reporting"]["layout_groups"]
+    assert api.put("/v1/services/payroll/roles/x", json={}).status_code == 404
+    assert api.put("/v1/services/business/widgets/x", json={}).status_code == 404
+    assert api.get("/v1/services/payroll").status_code == 404
+    assert api.delete(path).status_code == 204
+    assert api.get(path).status_code == 404
+    assert api.delete(path).status_code == 404
+
+
+def test_application_instance_never_takes_a_clear_license_key(server: CloudServer, api: httpx.Client) -> None:
+    refused = api.put(
+        "/v1/application-instances/business",
+        json={"uri": "https://vbs.example.no", "license_key": LICENSE_KEY},
+    )
+    assert refused.status_code == 422
+    assert refused.json()["error"] == "license_key_rejected"
+    assert LICENSE_KEY not in refused.text
+    fingerprint = f"hmac-sha256:{uuid.uuid4().hex}"
+    stored = api.put(
+        "/v1/application-instances/document_center",
+        json={"uri": "https://vdc.example.no", "license_fingerprint": fingerprint},
+    )
+    assert stored.status_code in (200, 201), stored.text
+    items = api.get("/v1/application-instances").json()["items"]
+    [instance] = [i for i in items if i["service"] == "document_center"]
+    assert (instance["uri"], instance["license_fingerprint"]) == ("https://vdc.example.no", fingerprint)
+    assert (
+        api.put("/v1/application-instances/nope", json={"uri": "u", "license_fingerprint": "f"}).status_code
+        == 404
+    )
+    assert LICENSE_KEY not in server.log_path.read_text()
+
+
+def test_access_replace_get_list_delete(api: httpx.Client) -> None:
+    user, company = create_user(api), create_company(api)
+    role, module = f"Regnskap-{uuid.uuid4().hex[:6]}", f"M{uuid.uuid4().hex[:6]}"
+    assert api.put(f"/v1/services/business/roles/{role}", json={}).status_code == 201
+    assert api.put(f"/v1/services/business/modules/{module}", json={}).status_code == 201
+    path = f"/v1/users/{user['id']}/access/{company['id']}"
+    unknown = api.put(path, json={"services": {"business": {"roles": [role, "Nonexistent"]}}})
+    assert unknown.status_code == 422
+    assert unknown.json()["error"] == "unknown_catalogue_entry"
+    assert [d["name"] for d in unknown.json()["detail"]] == ["Nonexistent"]
+    body = {"services": {"business": {"roles": [role, role], "modules": [module]}}}
+    assigned = api.put(path, json=body)
+    assert assigned.status_code == 200, assigned.text
+    assert assigned.json()["services"] == {
+        "business": {"roles": [role], "layout_groups": [], "modules": [module]}
+    }
+    assert api.get(path).json() == assigned.json()
+    listed = api.get(f"/v1/users/{user['id']}/access").json()["items"]
+    assert [a["company_id"] for a in listed] == [company["id"]]
+    assert api.put(f"/v1/users/{uuid.uuid4()}/access/{company['id']}", json=body).status_code == 404
+    assert api.put(f"/v1/users/{user['id']}/access/{uuid.uuid4()}", json=body).status_code == 404
+    # removing a role from the catalogue takes it out of the assignment
+    assert api.delete(f"/v1/services/business/roles/{role}").status_code == 204
+    assert api.get(path).json()["services"]["business"]["roles"] == []
+    assert api.delete(path).status_code == 204
+    assert api.get(path).status_code == 404
+    assert api.delete(path).status_code == 404
+    assert [
+        a["effect"]
+        for a in api.get("/v1/audit", params={"resource_id": f"{user['id']}/{company['id']}"}).json()["items"]
+    ] == ["assigned", "revoked"]
+
+
+# -- batch -------------------------------------------------------------------------
+
+
+def test_batch_applies_each_item_as_if_sent_alone(server: CloudServer, api: httpx.Client) -> None:
+    keys = [key() for _ in range(3)]
+    address = email()
+    requests = [
+        {"idempotency_key": keys[0], "method": "POST", "path": "/v1/users", "body": {"email": address}},
+        {
+            "idempotency_key": keys[1],
+            "method": "POST",
+            "path": "/v1/companies",
+            "body": {"name": "B", "organisation_number": org_number()},
+        },
+        {
+            "idempotency_key": keys[2],
+            "method": "POST",
+            "path": "/v1/users",
+            "body": {"email": address.upper()},
+        },
+        {"method": "GET", "path": f"/v1/users?email={address}"},
+        {"method": "POST", "path": "/v1/batch", "body": {"requests": []}},
+    ]
+    first = api.post("/v1/batch", json={"requests": requests})
+    assert first.status_code == 200, first.text
+    responses = first.json()["responses"]
+    assert [r["status"] for r in responses] == [201, 201, 409, 200, 422]
+    user_id = responses[0]["body"]["id"]
+    assert responses[0]["headers"]["etag"] == '"1"'
+    assert responses[2]["body"]["existing_id"] == user_id
+    assert [u["id"] for u in responses[3]["body"]["items"]] == [user_id]
+    replay = api.post("/v1/batch", json={"requests": requests[:2]}).json()["responses"]
+    assert [r["status"] for r in replay] == [201, 201]
+    assert all(r["headers"]["idempotent-replayed"] == "true" for r in replay)
+    assert replay[0]["body"] == responses[0]["body"]
+    assert [len(effects(api, k)) for k in keys] == [1, 1, 0]
+    with client_for(server, scope="directory:read") as reader:
+        denied = reader.post(
+            "/v1/batch",
+            json={"requests": [{"method": "POST", "path": "/v1/users", "body": {"email": email()}}]},
+        )
+        assert denied.json()["responses"][0]["status"] == 403
+
+
+def test_batch_of_more_than_500_is_refused(api: httpx.Client) -> None:
+    requests = [{"method": "GET", "path": "/v1/me"}] * 501
+    assert api.post("/v1/batch", json={"requests": requests}).status_code == 422
+
+
+# -- faults and rate limits --------------------------------------------------------
+
+
+def test_injected_errors_never_have_an_effect(fresh_server: Callable[..., CloudServer]) -> None:
+    cloud = fresh_server(faults=FaultConfig(error_rate=1.0, seed=1))
+    with client_for(cloud) as api, admin(cloud) as admin_api:
+        ops = [key() for _ in range(20)]
+        statuses = {
+            api.post("/v1/users", json={"email": email()}, headers={"Idempotency-Key": op}).status_code
+            for op in ops
+        }
+        assert statuses <= {500, 502, 503}
+        assert httpx.get(f"{cloud.url}/healthz").status_code == 200  # faults are /v1 only
+        assert admin_api.put("/admin/faults", json={}).json()["error_rate"] == 0
+        assert all(effects(api, op) == [] for op in ops)
+        assert api.get("/v1/audit").json()["items"] == []
+        stats = admin_api.get("/admin/stats").json()
+        assert stats["faults_injected"]["error"] == 20
+
+
+def test_injected_rate_limit_is_429_with_retry_after(fresh_server: Callable[..., CloudServer]) -> None:
+    cloud = fresh_server(faults=FaultConfig(rate_limit_rate=1.0, retry_after_seconds=2))
+    with client_for(cloud) as api, admin(cloud) as admin_api:
+        op = key()
+        limited = api.post("/v1/users", json={"email": email()}, headers={"Idempotency-Key": op})
+        assert limited.status_code == 429
+        assert limited.headers["retry-after"] == "2"
+        admin_api.put("/admin/faults", json={})
+        assert effects(api, op) == []
+
+
+def test_real_rate_limit_per_client(fresh_server: Callable[..., CloudServer]) -> None:
+    cloud = fresh_server(rate_limit_per_second=0.5)
+    with client_for(cloud) as api, admin(cloud) as admin_api:
+        assert api.get("/v1/me").status_code == 200
+        limited = api.get("/v1/me")
+        assert limited.status_code == 429
+        assert int(limited.headers["retry-after"]) >= 1
+        assert limited.json()["error"] == "rate_limited"
+        admin_api.put("/admin/rate-limit", json={"rate_limit_per_second": 0})
+        assert api.get("/v1/me").status_code == 200
+        assert admin_api.get("/admin/stats").json()["rate_limited"] == 1
+
+
+def test_lost_response_after_the_effect_then_retry_has_exactly_one_effect(
+    fresh_server: Callable[..., CloudServer],
+) -> None:
+    cloud = fresh_server(faults=FaultConfig(drop_rate=1.0, drop_after_effect=True))
+    with client_for(cloud) as api, admin(cloud) as admin_api:
+        op = key()
+        body = {"email": email()}
+        with pytest.raises(httpx.TransportError):
+            api.post("/v1/users", json=body, headers={"Idempotency-Key": op})
+        admin_api.put("/admin/faults", json={})
+        retry = api.post("/v1/users", json=body, headers={"Idempotency-Key": op})
+        assert retry.status_code == 201
+        assert retry.headers["idempotent-replayed"] == "true"
+        [effect] = effects(api, op)
+        assert effect["resource_id"] == retry.json()["id"]
+
+
+def test_dropped_before_the_effect_then_retry_applies_once(
+    fresh_server: Callable[..., CloudServer],
+) -> None:
+    cloud = fresh_server(faults=FaultConfig(drop_rate=1.0))
+    with client_for(cloud) as api, admin(cloud) as admin_api:
+        op = key()
+        body = {"email": email()}
+        with pytest.raises(httpx.TransportError):
+            api.post("/v1/users", json=body, headers={"Idempotency-Key": op})
+        admin_api.put("/admin/faults", json={})
+        assert effects(api, op) == []
+        retry = api.post("/v1/users", json=body, headers={"Idempotency-Key": op})
+        assert (retry.status_code, retry.headers.get("idempotent-replayed")) == (201, None)
+        assert len(effects(api, op)) == 1
+
+
+def test_timeout_applies_late_and_the_retry_is_replayed(fresh_server: Callable[..., CloudServer]) -> None:
+    cloud = fresh_server(faults=FaultConfig(timeout_rate=1.0, timeout_seconds=1.0))
+    with client_for(cloud) as api, admin(cloud) as admin_api:
+        op = key()
+        body = {"email": email()}
+        with pytest.raises(httpx.ReadTimeout):
+            api.post("/v1/users", json=body, headers={"Idempotency-Key": op}, timeout=0.3)
+        admin_api.put("/admin/faults", json={})
+        wait_until(lambda: effects(api, op), timeout=10, what="the held request to apply")
+        retry = api.post("/v1/users", json=body, headers={"Idempotency-Key": op})
+        assert retry.headers["idempotent-replayed"] == "true"
+        assert len(effects(api, op)) == 1
+
+
+def test_faults_and_rate_limit_from_the_cli(fresh_server: Callable[..., CloudServer]) -> None:
+    cloud = fresh_server()
+    runner = CliRunner()
+    common = ["--url", cloud.url, "--admin-token", cloud.admin_token]
+    result = runner.invoke(cloud_cli, ["faults", *common, "--error-rate", "0.25", "--latency-ms", "1,3"])
+    assert result.exit_code == 0, result.output
+    with admin(cloud) as admin_api:
+        config = admin_api.get("/admin/faults").json()
+        assert (config["error_rate"], config["latency_ms"]) == (0.25, [1, 3])
+        kept = runner.invoke(cloud_cli, ["faults", *common, "--keep", "--seed", "3"])
+        assert kept.exit_code == 0, kept.output
+        assert admin_api.get("/admin/faults").json()["error_rate"] == 0.25
+        assert runner.invoke(cloud_cli, ["faults", *common, "--clear"]).exit_code == 0
+        assert admin_api.get("/admin/faults").json()["error_rate"] == 0
+        limited = runner.invoke(cloud_cli, ["rate-limit", *common, "--per-second", "50"])
+        assert limited.exit_code == 0, limited.output
+        assert admin_api.get("/admin/rate-limit").json()["rate_limit_per_second"] == 50
+    wrong = runner.invoke(cloud_cli, ["stats", "--url", cloud.url, "--admin-token", "wrong"])
+    assert wrong.exit_code != 0
+
+
+# -- stats, concurrency, shutdown --------------------------------------------------
+
+
+def test_stats_count_requests_by_route_template(fresh_server: Callable[..., CloudServer]) -> None:
+    cloud = fresh_server()
+    with client_for(cloud) as api, admin(cloud) as admin_api:
+        users = [create_user(api) for _ in range(5)]
+        for user in users:
+            api.get(f"/v1/users/{user['id']}")
+        api.post("/v1/batch", json={"requests": [{"method": "GET", "path": "/v1/me"}] * 3})
+        stats = admin_api.get("/admin/stats").json()
+        assert stats["requests"]["POST /v1/users"] == {"201": 5}
+        assert stats["requests"]["GET /v1/users/{user_id}"] == {"200": 5}
+        assert stats["requests"]["POST /v1/batch"] == {"200": 1}
+        assert stats["batch_items"]["GET /v1/me"] == {"200": 3}
+        assert stats["token_requests"] == 1
+        assert admin_api.post("/admin/reset").json() == {"status": "reset"}
+        # counted after it answered: the reset itself is the only request since
+        assert admin_api.get("/admin/stats").json()["requests"] == {"POST /admin/reset": {"200": 1}}
+        assert api.get(f"/v1/users/{users[0]['id']}").status_code == 404
+
+
+def test_parallel_writes_do_not_corrupt(server: CloudServer, api: httpx.Client) -> None:
+    shared_op, shared_body = key(), {"email": email()}
+    barrier = threading.Barrier(10)
+    headers = dict(api.headers)
+
+    def write(i: int) -> tuple[int, str]:
+        with httpx.Client(base_url=server.url, headers=headers, timeout=30) as client:
+            if i < 10:
+                barrier.wait(timeout=10)
+                r = client.post("/v1/users", json=shared_body, headers={"Idempotency-Key": shared_op})
+            else:
+                r = client.post("/v1/users", json={"email": email()}, headers={"Idempotency-Key": key()})
+            return r.status_code, r.json()["id"]
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        results = list(pool.map(write, range(60)))
+    assert {status for status, _ in results} == {201}
+    assert len({user_id for _, user_id in results[:10]}) == 1
+    assert len({user_id for _, user_id in results[10:]}) == 50
+    assert len(effects(api, shared_op)) == 1
+    db = sqlite3.connect(f"file:{server.db_path}?mode=ro", uri=True)
+    try:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        db.close()
+
+
+def test_no_secret_in_the_server_log(server: CloudServer, api: httpx.Client) -> None:
+    token = api.headers["authorization"].split()[1]
+    log = server.log_path.read_text()
+    for secret in (server.client_secret, server.admin_token, token, LICENSE_KEY):
+        assert secret not in log
+
+
+def test_sigterm_stops_the_server_gracefully(fresh_server: Callable[..., CloudServer]) -> None:
+    cloud = fresh_server()
+    pid = cloud.pid
+    started = time.monotonic()
+    code = cloud.stop(timeout=10)
+    assert code in (0, -15), code  # uvicorn re-raises the SIGTERM after its clean shutdown
+    assert time.monotonic() - started < 10
+    assert "Application shutdown complete" in cloud.log_path.read_text()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
