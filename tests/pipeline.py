@@ -6,25 +6,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from vudsync.processes import ComponentProcess
+from vudsync.processes import ComponentProcess, component_env
 from vudsync.settings import Settings
-
-
-def component_env(settings: Settings, bootstrap: str, **extra: str) -> dict[str, str]:
-    env = {
-        "VUDSYNC_HOME": str(settings.home),
-        "VUDSYNC_KAFKA_BOOTSTRAP": bootstrap,
-        "VUDSYNC_TOPIC_PREFIX": settings.topic_prefix,
-        "VUDSYNC_TOPIC_PARTITIONS": str(settings.topic_partitions),
-        "VUDSYNC_STORE_URL": settings.resolved_store_url(),
-        "VUDSYNC_CLOUD_URL": settings.cloud_url,
-        "VUDSYNC_CLOUD_CLIENT_ID": settings.cloud_client_id,
-        "VUDSYNC_CLOUD_CLIENT_SECRET": settings.cloud_client_secret.get_secret_value(),
-        "VUDSYNC_CONFIG": "/nonexistent/vudsync.toml",
-        "PYTHONUNBUFFERED": "1",
-    }
-    env.update(extra)
-    return env
 
 
 @contextmanager

@@ -23,6 +23,7 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
     ("topics", "topics"),
     ("store", "store"),
     ("bench", "bench"),
+    ("demo", "demo"),
 )
 
 

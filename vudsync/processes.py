@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
+from vudsync.settings import Settings
+
 
 class ComponentProcess:
     def __init__(self, name: str, args: Sequence[str], *, env: Mapping[str, str], log_dir: Path) -> None:
@@ -85,3 +87,22 @@ def wait_until(condition: object, timeout: float, interval: float = 0.1, what: s
             return
         time.sleep(interval)
     raise TimeoutError(f"{what} not reached within {timeout:.0f}s")
+
+
+def component_env(settings: Settings, bootstrap: str, **extra: str) -> dict[str, str]:
+    """The environment of a child component: the same settings as this process, explicitly."""
+    env = {
+        "VUDSYNC_HOME": str(settings.home),
+        "VUDSYNC_KAFKA_BOOTSTRAP": bootstrap,
+        "VUDSYNC_TOPIC_PREFIX": settings.topic_prefix,
+        "VUDSYNC_TOPIC_PARTITIONS": str(settings.topic_partitions),
+        "VUDSYNC_STORE_URL": settings.resolved_store_url(),
+        "VUDSYNC_CLOUD_URL": settings.cloud_url,
+        "VUDSYNC_CLOUD_CLIENT_ID": settings.cloud_client_id,
+        "VUDSYNC_CLOUD_CLIENT_SECRET": settings.cloud_client_secret.get_secret_value(),
+        "VUDSYNC_FINGERPRINT_KEY": settings.fingerprint_key.get_secret_value(),
+        "VUDSYNC_CONFIG": "/nonexistent/vudsync.toml",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.update(extra)
+    return env

@@ -1,0 +1,44 @@
+"""``vudsync demo``."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+from rich.console import Console
+
+from vudsync.settings import load_settings
+
+
+@click.command()
+@click.option("--users", default=300, show_default=True, help="users in the sample directory")
+@click.option("--companies", default=20, show_default=True, help="companies in the sample directory")
+@click.option("--changes", default=60, show_default=True, help="live changes made after the initial sync")
+@click.option("--timeout", default=600.0, show_default=True, help="seconds to wait for each backlog")
+@click.option("--keep-running", is_flag=True, help="leave the broker, cloud API and workers running")
+@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
+def demo(users: int, companies: int, changes: int, timeout: float, keep_running: bool, as_json: bool) -> None:
+    """Run the whole pipeline on the embedded default (SQLite, local Kafka, reference cloud).
+
+    Seeds a sample directory with Norwegian users and companies, syncs it to the cloud,
+    makes live changes (renames, removals, new users), waits for them to arrive and prints
+    a summary with end-to-end latency. Stops everything it started on exit or Ctrl-C.
+    """
+    from vudsync.demo import Demo, DemoOptions, render
+
+    console = Console(stderr=as_json)
+    report = Demo(
+        load_settings(), DemoOptions(users, companies, changes, timeout, keep_running), console
+    ).run()
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        render(report, console)
+    if report.applied == 0 or report.users_in_cloud != report.users_in_store:
+        console.print("[red]the cloud does not match the directory[/]")
+        sys.exit(1)
+    if keep_running:
+        console.print(
+            "left running; stop with Ctrl-C in their terminals, `kill <pid>`, and `vudsync kafka down`"
+        )

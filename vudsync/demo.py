@@ -1,0 +1,359 @@
+"""``vudsync demo``: the whole pipeline on the embedded default, in one command.
+
+Starts (or reuses) the local Kafka broker, the reference cloud API, the producer, a planner
+worker and a sink worker; seeds a sample directory; makes live changes; shows the backlog
+draining; prints a summary. Everything it started is stopped on exit, Ctrl-C or SIGTERM,
+unless ``--keep-running``.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import statistics
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from kafka import KafkaConsumer
+from pydantic import SecretStr
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cloud.server import CloudServer
+from schemas.codec import decode_model
+from schemas.results import OperationResult, ResultOutcome
+from schemas.topics import RESULTS
+from vudsync.broker import LocalKafkaBroker, free_port
+from vudsync.errors import VudsyncError
+from vudsync.metrics_client import scrape, total
+from vudsync.processes import ComponentProcess, component_env
+from vudsync.seed.data import FIRST_NAMES, sample_directory, write_sample
+from vudsync.seed.writer import SqliteDirectoryWriter
+from vudsync.settings import Settings
+from vudsync.topics import ensure_catalogue
+
+
+@dataclass
+class DemoOptions:
+    users: int = 300
+    companies: int = 20
+    changes: int = 60
+    timeout: float = 600.0
+    keep_running: bool = False
+
+
+@dataclass
+class DemoReport:
+    captured: float = 0
+    planned: float = 0
+    applied: float = 0
+    already_applied: float = 0
+    stale_or_redelivered: float = 0
+    dead_lettered: float = 0
+    parked_now: float = 0
+    users_in_store: int = 0
+    users_in_cloud: int = 0
+    latencies: list[float] = field(default_factory=list)
+    metrics_urls: dict[str, str] = field(default_factory=dict)
+    elapsed: float = 0.0
+
+    def percentile(self, q: float) -> float | None:
+        if not self.latencies:
+            return None
+        if len(self.latencies) == 1:
+            return self.latencies[0]
+        return statistics.quantiles(self.latencies, n=100, method="inclusive")[int(q) - 1]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "captured": int(self.captured),
+            "planned": int(self.planned),
+            "applied": int(self.applied),
+            "duplicates_avoided": int(self.already_applied + self.stale_or_redelivered),
+            "dead_lettered": int(self.dead_lettered),
+            "parked": int(self.parked_now),
+            "users_in_store": self.users_in_store,
+            "users_in_cloud": self.users_in_cloud,
+            "end_to_end_p50_seconds": self.percentile(50),
+            "end_to_end_p99_seconds": self.percentile(99),
+            "elapsed_seconds": round(self.elapsed, 1),
+            "metrics": self.metrics_urls,
+        }
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _on_term(_signum: int, _frame: FrameType | None) -> None:
+    raise _Interrupted
+
+
+class Demo:
+    def __init__(self, settings: Settings, options: DemoOptions, console: Console) -> None:
+        self.base = settings
+        self.options = options
+        self.console = console
+        self.procs: dict[str, ComponentProcess] = {}
+        self.ports: dict[str, int] = {}
+        self.cloud: CloudServer | None = None
+        self.broker: LocalKafkaBroker | None = None
+        self.started_broker = False
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def run(self) -> DemoReport:
+        previous = signal.signal(signal.SIGTERM, _on_term)
+        started = time.monotonic()
+        try:
+            report = self._run()
+            report.elapsed = time.monotonic() - started
+            return report
+        except (KeyboardInterrupt, _Interrupted):
+            self.console.print("[yellow]interrupted: stopping what the demo started[/]")
+            raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            if not self.options.keep_running:
+                self.stop()
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            proc.stop()
+        if self.cloud is not None:
+            self.cloud.stop()
+        if self.started_broker and self.broker is not None:
+            self.broker.down()
+
+    def _run(self) -> DemoReport:
+        con = self.console
+        run_id = uuid.uuid4().hex[:8]
+        home = self.base.home / "demo"
+        home.mkdir(parents=True, exist_ok=True)
+        for stale in (
+            "directory.db",
+            "directory.db-wal",
+            "directory.db-shm",
+            "cloud.db",
+            "cloud.db-wal",
+            "cloud.db-shm",
+        ):
+            (home / stale).unlink(missing_ok=True)
+        bootstrap = self._broker()
+        with con.status("starting the reference cloud API"):
+            self.cloud = CloudServer(
+                db_path=home / "cloud.db",
+                client_id=self.base.cloud_client_id,
+                client_secret=self.base.cloud_client_secret.get_secret_value(),
+            ).start()
+        settings = self.base.model_copy(
+            update={
+                "home": home,
+                "topic_prefix": f"demo-{run_id}-",
+                "store_url": f"sqlite:///{home / 'directory.db'}",
+                "cloud_url": self.cloud.url,
+                "cloud_client_secret": SecretStr(self.cloud.client_secret),
+            }
+        )
+        ensure_catalogue(settings, bootstrap)
+        writer = SqliteDirectoryWriter(home / "directory.db")
+        sample = sample_directory(self.options.users, self.options.companies)
+        with con.status(
+            f"seeding {len(sample.users)} users, {len(sample.companies)} companies, "
+            f"{len(sample.access)} access rows"
+        ):
+            write_sample(writer, sample)
+        self._start_components(settings, bootstrap)
+        con.print(
+            f"pipeline up: broker {bootstrap}, cloud {self.cloud.url}, "
+            f"producer/planner/sink pids {[p.pid for p in self.procs.values()]}"
+        )
+        self._drain("initial sync (snapshot)")
+        self._live_changes(writer, sample.users)
+        self._drain("live changes")
+        writer.close()
+        return self._report(settings, bootstrap, sample_users=self._store_users(home))
+
+    def _broker(self) -> str:
+        if self.base.kafka_bootstrap:
+            return self.base.kafka_bootstrap
+        self.broker = LocalKafkaBroker.from_settings(self.base)
+        already = self.broker.status().running
+        with self.console.status("starting the local Kafka broker" if not already else "reusing the broker"):
+            status = self.broker.up()
+        self.started_broker = not already
+        if not status.bootstrap:
+            raise VudsyncError(
+                "the local broker did not report its address", hint="see `vudsync kafka status`"
+            )
+        return status.bootstrap
+
+    def _start_components(self, settings: Settings, bootstrap: str) -> None:
+        env = component_env(settings, bootstrap)
+        for name in ("producer", "planner", "sink"):
+            self.ports[name] = free_port()
+            self.procs[name] = ComponentProcess(
+                name,
+                ["run", name, "--metrics-port", str(self.ports[name])],
+                env=env,
+                log_dir=settings.home / "logs",
+            ).start()
+
+    # -- progress -----------------------------------------------------------------------
+
+    def _scrape(self) -> dict[str, dict[str, list[tuple[dict[str, str], float]]]]:
+        return {name: scrape(f"http://127.0.0.1:{port}/metrics") for name, port in self.ports.items()}
+
+    def _check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if not proc.alive():
+                raise VudsyncError(
+                    f"the {name} stopped (exit {proc.returncode()}):\n{proc.tail(20)}",
+                    hint=f"its log: {proc.log_path}",
+                )
+
+    def _drain(self, label: str) -> None:
+        """Wait, with a progress bar, until every planned operation is handled and nothing moves."""
+        deadline = time.monotonic() + self.options.timeout
+        stable_since: float | None = None
+        last: tuple[float, ...] = ()
+        with Progress(
+            TextColumn(f"[bold]{label}[/]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("operations applied"),
+            TimeElapsedColumn(),
+            console=self.console,
+        ) as bar:
+            task = bar.add_task(label, total=None)
+            while time.monotonic() < deadline:
+                self._check_alive()
+                m = self._scrape()
+                captured = total(m["producer"], "vudsync_source_changes_captured_total")
+                planned = total(m["planner"], "vudsync_operations_planned_total")
+                handled = total(m["sink"], "vudsync_sink_operations_total")
+                parked = total(m["planner"], "vudsync_parked_operations")
+                lag = total(m["producer"], "vudsync_source_capture_lag_seconds")
+                bar.update(task, total=max(planned, 1), completed=handled)
+                now = (captured, planned, handled)
+                settled = captured > 0 and planned > 0 and handled >= planned and lag == 0 and parked == 0
+                if settled and now == last:
+                    stable_since = stable_since or time.monotonic()
+                    if time.monotonic() - stable_since >= 3.0:
+                        return
+                else:
+                    stable_since = None
+                last = now
+                time.sleep(0.5)
+        raise VudsyncError(
+            f"{label}: the backlog did not drain within {self.options.timeout:.0f}s",
+            hint=f"look at the logs in {self.base.home / 'demo' / 'logs'}",
+        )
+
+    def _live_changes(self, writer: SqliteDirectoryWriter, users: list[dict[str, Any]]) -> None:
+        rng = random.Random(11)
+        n = self.options.changes
+        renamed = rng.sample(users, min(len(users), n // 2))
+        removed = rng.sample([u for u in users if u not in renamed], min(len(users) - len(renamed), n // 6))
+        with self.console.status(f"making {n} live changes in the directory store"):
+            for user in renamed:
+                writer.update_user(user["id"], first_name=rng.choice(FIRST_NAMES))
+            for user in removed:
+                writer.delete_user(user["id"])
+            for i in range(n - len(renamed) - len(removed)):
+                writer.upsert_user(
+                    id=f"n{i:05d}",
+                    username=f"ny.bruker.{i}",
+                    email=f"ny.bruker.{i}@fjord.no",
+                    first_name="Solveig",
+                    last_name="Ærø",
+                )
+
+    # -- summary ------------------------------------------------------------------------
+
+    @staticmethod
+    def _store_users(home: Path) -> int:
+        w = SqliteDirectoryWriter(home / "directory.db")
+        try:
+            return int(w.conn.execute("SELECT COUNT(*) FROM users").fetchone()[0])
+        finally:
+            w.close()
+
+    def _report(self, settings: Settings, bootstrap: str, sample_users: int) -> DemoReport:
+        m = self._scrape()
+        report = DemoReport(
+            captured=total(m["producer"], "vudsync_source_changes_captured_total"),
+            planned=total(m["planner"], "vudsync_operations_planned_total"),
+            applied=total(m["sink"], "vudsync_sink_operations_total", outcome="applied"),
+            already_applied=total(m["sink"], "vudsync_sink_operations_total", outcome="already_applied"),
+            stale_or_redelivered=total(m["planner"], "vudsync_planner_events_total", outcome="stale")
+            + total(m["planner"], "vudsync_planner_events_total", outcome="redelivered"),
+            dead_lettered=total(m["sink"], "vudsync_sink_operations_total", outcome="dead_lettered"),
+            parked_now=total(m["planner"], "vudsync_parked_operations"),
+            users_in_store=sample_users,
+            metrics_urls={n: f"http://127.0.0.1:{p}/metrics" for n, p in self.ports.items()},
+        )
+        report.latencies = _latencies(bootstrap, settings.topic(RESULTS.name))
+        assert self.cloud is not None
+        import httpx
+
+        with httpx.Client(base_url=self.cloud.url, headers=self.cloud.auth_headers(), timeout=10) as client:
+            response = client.get("/v1/users", params={"limit": 10_000})
+            response.raise_for_status()
+            items = response.json()["items"]
+        report.users_in_cloud = sum(1 for u in items if u.get("active"))
+        return report
+
+
+def _latencies(bootstrap: str, topic: str) -> list[float]:
+    """End-to-end seconds (committed in the store → applied in the cloud) of every applied operation."""
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        consumer_timeout_ms=1500,
+    )
+    out: list[float] = []
+    try:
+        for record in consumer:
+            result = decode_model(OperationResult, record.value)
+            if result.outcome is ResultOutcome.APPLIED:
+                out.append((result.recorded_at - result.source_committed_at).total_seconds())
+    finally:
+        consumer.close()
+    return sorted(out)
+
+
+def render(report: DemoReport, console: Console) -> None:
+    table = Table(title="vudsync demo — summary", show_header=True, header_style="bold")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    d = report.as_dict()
+    rows = [
+        ("changes captured", d["captured"]),
+        ("operations planned", d["planned"]),
+        ("operations applied", d["applied"]),
+        ("duplicates avoided", d["duplicates_avoided"]),
+        ("dead-lettered", d["dead_lettered"]),
+        ("parked (waiting)", d["parked"]),
+        ("active users: store / cloud", f"{d['users_in_store']} / {d['users_in_cloud']}"),
+        ("end-to-end p50", _secs(d["end_to_end_p50_seconds"])),
+        ("end-to-end p99", _secs(d["end_to_end_p99_seconds"])),
+        ("elapsed", f"{d['elapsed_seconds']} s"),
+    ]
+    for what, value in rows:
+        table.add_row(what, str(value))
+    console.print(table)
+    for name, url in report.metrics_urls.items():
+        console.print(f"metrics of the {name}: {url}")
+
+
+def _secs(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 1000:.0f} ms"
