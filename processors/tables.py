@@ -27,14 +27,9 @@ def declare_tables(app: faust.App) -> PlannerTables:
     return PlannerTables(
         entities=app.Table("entities", key_type=str, value_type=dict),
         parked=app.Table("parked", key_type=str, value_type=list),
-        # faust's advice for global tables with several workers: one partition, small
-        # recovery buffer; writes pick the changelog partition through the partitioner.
-        identities=app.GlobalTable(
-            "identities",
-            key_type=str,
-            value_type=str,
-            partitions=1,
-            recovery_buffer_size=1,
-            use_partitioner=True,
-        ),
+        # Same partition count as the source topics, written to the partition of the event
+        # being processed. (partitions=1 + use_partitioner=True, faust's advice for global
+        # tables, crashed: aiokafka's producer had no metadata for the changelog topic yet
+        # and key_partition() raised, which dead-lettered the results carrying identities.)
+        identities=app.GlobalTable("identities", key_type=str, value_type=str),
     )

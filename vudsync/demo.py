@@ -222,6 +222,7 @@ class Demo:
         deadline = time.monotonic() + self.options.timeout
         stable_since: float | None = None
         last: tuple[float, ...] = ()
+        seen = "nothing yet"
         with Progress(
             TextColumn(f"[bold]{label}[/]"),
             BarColumn(),
@@ -240,6 +241,10 @@ class Demo:
                 parked = total(m["planner"], "vudsync_parked_operations")
                 lag = total(m["producer"], "vudsync_source_capture_lag_seconds")
                 bar.update(task, total=max(planned, 1), completed=handled)
+                seen = (
+                    f"captured {captured:.0f}, planned {planned:.0f}, handled {handled:.0f}, "
+                    f"parked {parked:.0f}, capture lag {lag:.1f}s"
+                )
                 now = (captured, planned, handled)
                 settled = captured > 0 and planned > 0 and handled >= planned and lag == 0 and parked == 0
                 if settled and now == last:
