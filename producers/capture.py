@@ -16,15 +16,15 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from producers.kafka_publisher import KafkaRecordPublisher
 from producers.mapping import RowRejected, SourceInfo, deleted_event, record_to_event
 from producers.metrics import ProducerMetrics
-from producers.model import ChangeRow
-from producers.ports import ChangeLog
+from producers.model import ChangeRow, EntityRecord
+from producers.ports import ChangeLog, RecordPublisher
 from schemas.deadletter import HEADER_SOURCE_ROW, error_headers
 from schemas.directory import EntityType
 from schemas.events import Op
@@ -51,6 +51,7 @@ class CaptureConfig:
     topic_prefix: str = ""
     batch_size: int = 2000
     fingerprint_key: bytes = b""
+    snapshot_flush_every: int = 20_000  # records between two waits for broker acks in a snapshot
 
 
 @dataclass
@@ -68,7 +69,7 @@ class ChangeCapture:
     def __init__(
         self,
         change_log: ChangeLog,
-        publisher: KafkaRecordPublisher,
+        publisher: RecordPublisher,
         metrics: ProducerMetrics,
         config: CaptureConfig,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -111,6 +112,22 @@ class ChangeCapture:
 
     # -- snapshot ---------------------------------------------------------------------
 
+    def _read_ahead(self, entity: EntityType) -> Iterator[tuple[list[str], dict[str, EntityRecord]]]:
+        """Snapshot batches ``(ids, records)``; the next batch is read on a helper thread while
+        the caller maps and publishes this one (the database works meanwhile). Only the helper
+        touches the change log until the generator is exhausted."""
+        batches = iter(self.log.snapshot_ids(entity, self.config.batch_size))
+
+        def read_next() -> tuple[list[str], dict[str, EntityRecord]] | None:
+            ids = next(batches, None)
+            return None if ids is None else (ids, self.log.read_entities(entity, ids))
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-read") as pool:
+            upcoming = pool.submit(read_next)
+            while (batch := upcoming.result()) is not None:
+                upcoming = pool.submit(read_next)
+                yield batch
+
     def snapshot(self, progress: ProgressFn | None = None) -> int:
         """Emit every current entity (op ``r``); returns the position streaming resumes after."""
         position = self.log.position()
@@ -122,9 +139,8 @@ class ChangeCapture:
             self.metrics.snapshot_done.labels(entity=entity.value).set(0)
         now_ts = time.time()
         for entity in SNAPSHOT_ORDER:
-            done = 0
-            for ids in self.log.snapshot_ids(entity, self.config.batch_size):
-                records = self.log.read_entities(entity, ids)
+            done = unacked = 0
+            for ids, records in self._read_ahead(entity):
                 now = self.clock()
                 for entity_id in ids:
                     record = records.get(entity_id)
@@ -147,13 +163,21 @@ class ChangeCapture:
                         self.publisher.publish(
                             self._topic(entity), entity_id, event.model_dump_json().encode()
                         )
-                acked = self.publisher.flush()
                 done += len(ids)
-                self.metrics.captured.labels(entity=entity.value).inc(len(ids))
+                unacked += len(ids)
+                # wait for acks every many batches, not every batch: the snapshot's checkpoint
+                # is only written at its end, and a per-batch flush stalls the pipeline
+                if unacked >= self.config.snapshot_flush_every:
+                    self.publisher.flush()
+                    self.metrics.captured.labels(entity=entity.value).inc(unacked)
+                    unacked = 0
                 self.metrics.snapshot_done.labels(entity=entity.value).set(done)
-                log.debug("snapshot %s: %d/%d (%d records acked)", entity.value, done, totals[entity], acked)
+                log.debug("snapshot %s: %d/%d emitted", entity.value, done, totals[entity])
                 if progress:
                     progress(entity, done, totals[entity])
+            if unacked:
+                self.publisher.flush()
+                self.metrics.captured.labels(entity=entity.value).inc(unacked)
         self.log.save_checkpoint(self.config.name, "streaming", position)
         self.metrics.position.set(position)
         log.info("snapshot: done, streaming from position %d", position)

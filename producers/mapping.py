@@ -8,7 +8,6 @@ yields a rejection beside the event.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -17,18 +16,10 @@ from pydantic import ValidationError
 
 from producers.model import EntityRecord
 from schemas.directory import (
-    ApplicationInstanceState,
     ApplicationType,
-    CompanyAccess,
-    CompanyState,
     EntityType,
-    LayoutGroupState,
-    ModuleState,
-    RoleState,
-    ServiceAccess,
-    UserState,
 )
-from schemas.events import EVENT_BY_ENTITY, Op, Source, event_id_for
+from schemas.events import EVENT_BY_ENTITY, Op, event_id_for
 from schemas.fingerprint import license_fingerprint
 
 
@@ -54,33 +45,40 @@ _KIND_FIELD = {"role": "roles", "layout_group": "layout_groups", "module": "modu
 
 def _access_list(
     access: tuple[tuple[str, str, str, str], ...],
-) -> tuple[tuple[CompanyAccess, ...], list[str]]:
-    """Group (company, application, kind, name) rows; returns grants and invalid-row reasons."""
-    grouped: dict[str, dict[str, dict[str, list[str]]]] = defaultdict(lambda: defaultdict(dict))
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Group (company, application, kind, name) rows; returns grants and invalid-row reasons.
+
+    Grants are plain dicts in the shape of ``CompanyAccess``: the event is validated once, as
+    a whole, in :func:`record_to_event` (one pydantic call per event instead of one per model).
+    """
+    grouped: dict[str, dict[str, dict[str, list[str]]]] = {}
     problems: list[str] = []
     for company_id, application, kind, name in access:
-        if application not in ApplicationType._value2member_map_:
+        if application not in _APPLICATIONS:
             problems.append(f"access {company_id}/{application}/{kind}/{name}: unknown application")
             continue
         field = _KIND_FIELD.get(kind)
         if field is None:
             problems.append(f"access {company_id}/{application}/{kind}/{name}: unknown kind")
             continue
-        grouped[company_id][application].setdefault(field, []).append(name)
-    grants = tuple(
-        CompanyAccess(
-            company_id=company_id,
-            services={
-                ApplicationType(app): ServiceAccess(**{k: tuple(sorted(v)) for k, v in kinds.items()})
-                for app, kinds in sorted(apps.items())
+        grouped.setdefault(company_id, {}).setdefault(application, {}).setdefault(field, []).append(name)
+    grants = [
+        {
+            "company_id": company_id,
+            "services": {
+                app: {k: sorted(v) for k, v in kinds.items()} for app, kinds in sorted(apps.items())
             },
-        )
+        }
         for company_id, apps in sorted(grouped.items())
-    )
+    ]
     return grants, problems
 
 
-def _state(record: EntityRecord, fingerprint_key: bytes) -> tuple[Any, list[str]]:
+_APPLICATIONS = frozenset(ApplicationType._value2member_map_)
+
+
+def _state(record: EntityRecord, fingerprint_key: bytes) -> tuple[dict[str, Any], list[str]]:
+    """The entity's state as a dict in the shape of its state model (validated with the event)."""
     row = record.row
     entity = record.entity
     if entity is EntityType.USER:
@@ -90,37 +88,33 @@ def _state(record: EntityRecord, fingerprint_key: bytes) -> tuple[Any, list[str]
             for company_id in sorted({a[0] for a in record.access} & record.unknown_companies)
         ]
         grants, more = _access_list(valid)
-        state = UserState(
-            id=row["id"],
-            username=row["username"],
-            email=row["email"],
-            first_name=row["first_name"],
-            last_name=row["last_name"],
-            language=row["language"],
-            active=bool(row["active"]),
-            access=grants,
-        )
+        state = {
+            "id": row["id"],
+            "username": row["username"],
+            "email": row["email"],
+            "first_name": row["first_name"],
+            "last_name": row["last_name"],
+            "language": row["language"],
+            "active": bool(row["active"]),
+            "access": grants,
+        }
         return state, problems + more
     if entity is EntityType.COMPANY:
-        return CompanyState(**row), []
-    if entity is EntityType.ROLE:
-        return RoleState(id=record.entity_id, **row), []
-    if entity is EntityType.LAYOUT_GROUP:
-        return LayoutGroupState(id=record.entity_id, **row), []
-    if entity is EntityType.MODULE:
-        return ModuleState(id=record.entity_id, **row), []
+        return dict(row), []
+    if entity in (EntityType.ROLE, EntityType.LAYOUT_GROUP, EntityType.MODULE):
+        return {"id": record.entity_id, **row}, []
     if entity is EntityType.APPLICATION_INSTANCE:
         if record.instances > 1:
             raise ValueError(
                 f"{record.instances} instances of application type {record.entity_id}; "
                 "VUD supports a single instance per application type"
             )
-        return ApplicationInstanceState(
-            id=record.entity_id,
-            application=row["application"],
-            uri=row["uri"],
-            license_fingerprint=license_fingerprint(row["license_key"], fingerprint_key),
-        ), []
+        return {
+            "id": record.entity_id,
+            "application": row["application"],
+            "uri": row["uri"],
+            "license_fingerprint": license_fingerprint(row["license_key"], fingerprint_key),
+        }, []
     raise ValueError(f"unknown entity type {entity}")
 
 
@@ -131,7 +125,8 @@ def row_ref(entity: EntityType, entity_id: str) -> str:
 def _reason(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
+        loc = tuple(first.get("loc", ()))
+        where = ".".join(str(p) for p in (loc[1:] if loc[:1] == ("state",) else loc))  # names the column
         return f"invalid {where}: {first.get('msg')}"
     return str(exc)
 
@@ -154,6 +149,23 @@ def record_to_event(
     """
     try:
         state, problems = _state(record, fingerprint_key)
+        event = EVENT_BY_ENTITY[record.entity].model_validate(
+            {
+                "event_id": event_id_for(record.entity, record.entity_id, version, op),
+                "entity_id": record.entity_id,
+                "version": version,
+                "op": op,
+                "ts": now,
+                "source": {
+                    "store": source.store,
+                    "db": source.db,
+                    "seq": seq,
+                    "snapshot": snapshot,
+                    "committed_at": datetime.fromtimestamp(committed_at, UTC),
+                },
+                "state": state,
+            }
+        )
     except (ValidationError, ValueError, KeyError, TypeError) as exc:
         return None, [
             RowRejected(
@@ -168,22 +180,6 @@ def record_to_event(
         RowRejected(record.entity, record.entity_id, p, row_ref(record.entity, record.entity_id), version)
         for p in problems
     ]
-    event_cls = EVENT_BY_ENTITY[record.entity]
-    event = event_cls(
-        event_id=event_id_for(record.entity, record.entity_id, version, op),
-        entity_id=record.entity_id,
-        version=version,
-        op=op,
-        ts=now,
-        source=Source(
-            store=source.store,  # type: ignore[arg-type]
-            db=source.db,
-            seq=seq,
-            snapshot=snapshot,
-            committed_at=datetime.fromtimestamp(committed_at, UTC),
-        ),
-        state=state,
-    )
     return event, rejections
 
 

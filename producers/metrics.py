@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from schemas.topics import DIRECTORY_DLQ
+
 
 class ProducerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -42,6 +44,8 @@ class ProducerMetrics:
             ["topic"],
             registry=registry,
         )
+        # exported at 0 from the start, so that increase() sees the first dead letter
+        self.dlq.labels(topic=DIRECTORY_DLQ.name)
         self.position = Gauge(
             "vudsync_source_checkpoint_seq",
             "Change-log position of the durable checkpoint",

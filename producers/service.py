@@ -10,9 +10,10 @@ from types import FrameType
 from prometheus_client import CollectorRegistry, start_http_server
 
 from producers.capture import CaptureConfig, ChangeCapture, ProgressFn
+from producers.confluent_publisher import ConfluentRecordPublisher
 from producers.kafka_publisher import KafkaRecordPublisher
 from producers.metrics import ProducerMetrics
-from producers.ports import ChangeLog
+from producers.ports import ChangeLog, RecordPublisher
 from producers.sqlite_changelog import SqliteChangeLog, sqlite_path
 from vudsync.errors import ConfigurationError
 from vudsync.settings import Settings
@@ -62,7 +63,11 @@ def build_capture(
 ) -> ChangeCapture:
     registry = registry or CollectorRegistry()
     change_log = open_change_log(settings.resolved_store_url())
-    publisher = KafkaRecordPublisher(bootstrap)
+    publisher: RecordPublisher
+    if settings.capture_client == "confluent":
+        publisher = ConfluentRecordPublisher(bootstrap)
+    else:
+        publisher = KafkaRecordPublisher(bootstrap)
     return ChangeCapture(
         change_log,
         publisher,

@@ -47,7 +47,7 @@ class SqliteChangeLog:
 
     store_kind = "sqlite"
 
-    def __init__(self, path: str | Path, *, poll_min: float = 0.005, poll_max: float = 0.2) -> None:
+    def __init__(self, path: str | Path, *, poll_min: float = 0.005, poll_max: float = 0.05) -> None:
         self.path = Path(path)
         self.db_name = self.path.name
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -185,7 +185,9 @@ class SqliteChangeLog:
         return float(rows[0][0]) if rows else None
 
     def wait_for_changes(self, timeout: float) -> None:
-        """SQLite has no notifications: poll with an interval that grows while idle."""
+        """SQLite has no notifications: poll with an interval that grows while idle, up to
+        ``poll_max`` (50 ms: the first change after a quiet spell waits at most that long,
+        which keeps capture p99 under 100 ms; an idle poll is one indexed query)."""
         time.sleep(min(self._idle, timeout))
         self._idle = min(self._idle * 2, self._poll_max)
 

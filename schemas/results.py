@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -26,6 +26,8 @@ class ResultOutcome(StrEnum):
     HELD = "held"
     BLOCKED = "blocked"
     REVIEW = "review"
+    # planner: a held deletion the operator rejected (it is never applied); settles the operation
+    REJECTED = "rejected"
 
 
 class OperationResult(Message):
@@ -49,3 +51,38 @@ class OperationResult(Message):
     attempts: int = 1
     source_committed_at: datetime
     recorded_at: datetime = Field(description="when the outcome was recorded")
+
+
+# planner: facts every planner partition must know (topic ``vud.planner.facts``)
+
+
+class FactKind(StrEnum):
+    COMPANY = "company"  # subject: company id; cloud_id: its linked cloud company
+    USER = "user"  # subject: user id; cloud_id: its linked cloud user
+    CATALOGUE = "catalogue"  # subject: <application>:<roles|layout_groups|modules>:<name>; present
+    REGISTRY = "registry"  # subject: application; the cloud's registered instance (present, uri, …)
+    INSTANCE = "instance"  # subject: application; the on-premise instance (present, uri, …, version)
+
+
+class PlannerFact(Message):
+    """Something the planner must know, learned from results or from ``vudsync connect``.
+
+    Keyed by ``<kind>:<subject>``. User facts go to the user's partition (by key); the others
+    are written to every partition, so that each partition decides from its own copy. A later
+    ``observed_at`` (instances: a higher ``version``) wins; license keys appear only as their
+    keyed fingerprint.
+    """
+
+    kind: FactKind
+    subject: str = Field(min_length=1)
+    present: bool = True
+    cloud_id: str | None = None
+    uri: str | None = None
+    license_fingerprint: str | None = Field(default=None, pattern=r"^hmac-sha256:[0-9a-f]{64}$")
+    version: int = Field(default=0, ge=0, description="instances: the on-premise source version")
+    observed_at: datetime
+    source: Literal["connect", "results", "planner"]
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind.value}:{self.subject}"

@@ -73,6 +73,23 @@ RESULTS = TopicSpec(
     "vud.cloud.results", "cloud aggregate", False, 30 * DAY_MS, "what became of each operation"
 )
 
+# planner: what every planner partition must know, and accidental-delete protection
+PLANNER_FACTS = TopicSpec(
+    "vud.planner.facts",
+    "fact key (company:<id>, user:<id>, registry:<app>, instance:<app>, catalogue:<app>:<kind>:<name>)",
+    True,
+    -1,
+    "cloud identities, the cloud's registry and catalogue, on-premise instances; "
+    "facts every partition needs are written to every partition (vudsync connect, the planner)",
+)
+PLANNER_CONTROL = TopicSpec(
+    "vud.planner.control",
+    "deletion candidate (requests, decisions) or 'operator'",
+    False,
+    30 * DAY_MS,
+    "accidental-delete protection: requests to the gate (partition 0), operator approvals, releases",
+)
+
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     *DIRECTORY_TOPICS.values(),
     DIRECTORY_DLQ,
@@ -80,6 +97,10 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     OPERATIONS_DLQ,
     RESULTS,
 )
+
+# The planner's own topics; `vudsync run planner`, `connect` and `deletes` create them.
+# (To join ALL_TOPICS once schemas/export.py describes them.)
+PLANNER_TOPICS: tuple[TopicSpec, ...] = (PLANNER_FACTS, PLANNER_CONTROL)
 
 
 def entity_for_topic(name: str, prefix: str = "") -> EntityType | None:

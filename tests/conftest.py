@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.fixtures.kafka", "tests.fixtures.cloud"]
+pytest_plugins = ["tests.fixtures.kafka", "tests.fixtures.cloud", "tests.fixtures.postgres"]

@@ -23,6 +23,8 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
     ("topics", "topics"),
     ("store", "store"),
     ("bench", "bench"),
+    ("seed", "seed"),
+    ("schemas", "schemas"),
     ("demo", "demo"),
 )
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import (
@@ -51,10 +51,24 @@ class Settings(BaseSettings):
         default="", description="sqlite:///path or postgresql://…; empty = home/directory.db"
     )
     capture_batch_size: int = 2000
+    capture_client: Literal["confluent", "kafka-python"] = Field(
+        default="confluent", description="Kafka client of the producer (librdkafka: ~4x the records/s)"
+    )
 
     # planner
     planner_store: str = Field(default="memory", description="memory | rocksdb (large installations)")
     worker_name: str = Field(default="worker-1", description="names this process's state folder")
+    planner_deletes_threshold: int = Field(
+        default=500, ge=0, description="more deletions than this within the window are held"
+    )
+    planner_deletes_percent: float | None = Field(
+        default=None, gt=0, le=100, description="… or more than this % of the live entities (unset: off)"
+    )
+    planner_deletes_window: float = Field(default=3600.0, gt=0, description="seconds (source commit time)")
+    planner_linger: float = Field(default=0.002, ge=0, description="producer linger of the planner, seconds")
+    planner_session_timeout: float = Field(
+        default=30.0, gt=0, description="seconds until a silent planner worker's partitions move"
+    )
 
     # reference cloud API
     cloud_url: str = "http://127.0.0.1:8700"
@@ -64,11 +78,30 @@ class Settings(BaseSettings):
     fingerprint_key: SecretStr = SecretStr("vudsync-fingerprint-key")
 
     # sink
-    sink_concurrency: int = 16
-    sink_max_attempts: int = 8
+    sink_concurrency: int = Field(default=16, description="cloud calls in flight per worker (a batch = 1)")
+    sink_batch: bool = Field(default=True, description="POST /v1/batch when simple operations queue up")
+    sink_batch_size: int = Field(default=200, ge=1, le=500, description="operations per batch call")
+    sink_max_attempts: int = Field(default=8, description="give up a retryable failure after this many …")
+    sink_retry_timeout: float = Field(default=300.0, description="… and this many seconds (then DLQ)")
+    sink_http_timeout: float = Field(default=10.0, description="seconds per cloud call")
+    sink_auth_cooldown: float = Field(default=30.0, description="circuit open after refused credentials")
+    sink_ledger_url: str = Field(
+        default="", description="sqlite:///path or postgresql://…; empty = home/sink/<prefix>ledger.db"
+    )
 
     # metrics
     metrics_host: str = "127.0.0.1"
+    # metrics: consumer-lag exporter (vudsync run lag-exporter)
+    lag_interval: float = Field(default=10.0, gt=0, description="seconds between two reads of consumer lag")
+
+    # operations (vudsync status / replay / dlq / journal / verify)
+    journal_path: Path | None = Field(default=None, description="journal index; unset = home/journal.db")
+    status_metrics: str = Field(
+        default="", description="name=url,… of the components' /metrics endpoints `vudsync status` reads"
+    )
+    verify_every: str = Field(
+        default="", description="`vudsync verify` repeats at this interval (10m); empty = once"
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
 import click
 
 from vudsync.bootstrap import resolve_bootstrap
@@ -30,7 +35,38 @@ def producer(metrics_port: int | None) -> None:
     settings = load_settings()
     bootstrap = resolve_bootstrap(settings)
     ensure_catalogue(settings, bootstrap)
-    run_producer(settings, bootstrap, metrics_port=metrics_port)
+    with _snapshot_bar() as progress:
+        run_producer(settings, bootstrap, metrics_port=metrics_port, progress=progress)
+
+
+@contextmanager
+def _snapshot_bar() -> Iterator[Callable[[Any, int, int], None] | None]:
+    """A rich progress bar per entity type for the snapshot, when stderr is a terminal."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(
+        TextColumn("snapshot {task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=Console(stderr=True),
+    )  # fmt: skip
+    tasks: dict[Any, Any] = {}
+
+    def update(entity: Any, done: int, total: int) -> None:
+        if not tasks:
+            bar.start()
+        if entity not in tasks:
+            tasks[entity] = bar.add_task(str(entity.value), total=total)
+        bar.update(tasks[entity], completed=done, total=total)
+        if entity.value == "user" and done >= total:  # users come last in the snapshot
+            bar.stop()
+
+    try:
+        yield update
+    finally:
+        bar.stop()
 
 
 @run.command()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -241,9 +241,34 @@ def grants_for(
                     yield (user_id, company_id, app, _KIND_OF[kind], name)
 
 
+def grants_sized(
+    rng: random.Random, user_id: str, company_ids: list[str], rows: float
+) -> list[tuple[str, str, str, str, str]]:
+    """About ``rows`` access rows on average (at least one, a role): few companies per user,
+    roles, layout groups and modules mixed. Used where the access-table size matters."""
+    wanted = 1 + int(rng.expovariate(1 / max(rows - 0.5, 0.01)))
+    n_companies = max(1, min(len(company_ids), wanted, 1 + int(rng.expovariate(2.0))))
+    chosen = rng.sample(company_ids, n_companies)
+    app = rng.choice(APPLICATIONS)
+    out = {(user_id, chosen[0], app, "role", rng.choice(CATALOGUE[app]["roles"]))}
+    for _ in range(wanted * 3):  # bounded: small catalogues run out of distinct rows
+        if len(out) >= wanted:
+            break
+        app = rng.choice(APPLICATIONS)
+        kind = rng.choices(("roles", "layout_groups", "modules"), weights=(2, 1, 1))[0]
+        out.add((user_id, rng.choice(chosen), app, _KIND_OF[kind], rng.choice(CATALOGUE[app][kind])))
+    return sorted(out)
+
+
 def sample_directory(
-    users: int, companies: int, *, seed: int = 7, companies_per_user: float = 1.5
+    users: int,
+    companies: int,
+    *,
+    seed: int = 7,
+    companies_per_user: float = 1.5,
+    access_per_user: float | None = None,
 ) -> SampleDirectory:
+    """``access_per_user`` (average access rows per user) replaces the default, richer access."""
     rng = random.Random(seed)
     out = SampleDirectory(catalogue=catalogue_rows())
     out.companies = [make_company(rng, i + 1) for i in range(companies)]
@@ -252,7 +277,9 @@ def sample_directory(
     for i in range(users):
         user = make_user(rng, i + 1, domains)
         out.users.append(user)
-        if company_ids:
+        if company_ids and access_per_user is not None:
+            out.access.extend(grants_sized(rng, user["id"], company_ids, access_per_user))
+        elif company_ids:
             out.access.extend(grants_for(rng, user["id"], company_ids, companies_per_user))
     out.instances = [
         (
@@ -265,16 +292,29 @@ def sample_directory(
     return out
 
 
-def write_sample(writer: Any, sample: SampleDirectory, batch: int = 5000) -> None:
-    """Write a sample directory through a directory writer, in batched transactions."""
+def write_sample(
+    writer: Any,
+    sample: SampleDirectory,
+    batch: int = 5000,
+    progress: Callable[[str, int], None] | None = None,
+) -> None:
+    """Write a sample directory through a directory writer, in batched transactions.
+
+    ``progress(what, rows)`` is called after each batch ('catalogue', 'companies', 'users',
+    'access') with the number of rows just written."""
+    report = progress or (lambda _what, _rows: None)
     with writer.transaction():
         for table, rows in sample.catalogue.items():
             writer.upsert_catalogue(table, rows)
         for app, uri, key in sample.instances:
             writer.set_application_instance(app, uri, key)
+    report("catalogue", sum(len(r) for r in sample.catalogue.values()) + len(sample.instances))
     for start in range(0, len(sample.companies), batch):
         writer.upsert_companies(sample.companies[start : start + batch])
+        report("companies", len(sample.companies[start : start + batch]))
     for start in range(0, len(sample.users), batch):
         writer.upsert_users(sample.users[start : start + batch])
+        report("users", len(sample.users[start : start + batch]))
     for start in range(0, len(sample.access), batch):
         writer.grant(sample.access[start : start + batch])
+        report("access", len(sample.access[start : start + batch]))

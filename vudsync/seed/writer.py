@@ -95,6 +95,10 @@ class SqliteDirectoryWriter:
             ([c.get(k, _COMPANY_DEFAULTS.get(k)) for k in COMPANY_COLUMNS] for c in companies),
         )
 
+    def update_company(self, company_id: str, **fields: Any) -> None:
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        self._exec(f"UPDATE companies SET {sets} WHERE id = ?", [*fields.values(), company_id])
+
     def delete_company(self, company_id: str) -> None:
         self._exec("DELETE FROM companies WHERE id = ?", (company_id,))
 

@@ -1,0 +1,352 @@
+"""PostgreSQL adapter of the ``ChangeLog`` port (larger installations), psycopg 3.
+
+Reading the change log without skipping a change
+-------------------------------------------------
+``change_log.seq`` is an identity column: its value is drawn when the row is inserted, not
+when the transaction commits. With concurrent writers, seq 7 can become visible *after*
+seq 8; a reader that checkpoints "everything up to 8" would never see 7. (Reading only rows
+whose ``xid < pg_snapshot_xmin(pg_current_snapshot())`` does not fix this on its own: a
+transaction that is still open may already hold a seq below rows of older, finished
+transactions.)
+
+The rule used here: a seq missing from the visible log is a *gap*. Rows are returned in seq
+order up to the first gap that is not known to be *settled*. A gap is settled once every
+transaction that could still fill it has ended:
+
+* In one snapshot S, every visible row was inserted before S, so every seq up to the
+  highest visible seq ``M`` was drawn before S. A seq ≤ M that S cannot see belongs to a
+  transaction that was in progress at S (its xid is in ``pg_snapshot_xip(S)``) or that
+  rolled back. Transactions starting after S draw seqs above M.
+* So once every xid of ``xip(S)`` has ended (judged in a later snapshot, the same one the
+  rows are read in), each seq ≤ M is final: visible now, or never. This is the *barrier*
+  ``(M, xip(S))``; passing it raises ``settled`` to M.
+
+Without concurrent writers there are no gaps and rows flow at once; a rolled-back
+transaction leaves a gap that settles on the next poll (a rollback sends no NOTIFY, so
+while a barrier is pending the tailer polls every ``barrier_poll`` seconds). Every read runs
+in a REPEATABLE READ, READ ONLY transaction so that the snapshot, the rows and ``max(seq)``
+agree.
+
+``wait_for_changes`` sleeps on ``LISTEN vud_change_log`` (a statement trigger on
+``change_log`` sends the NOTIFY at commit): no busy polling.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from producers.migrations import apply_postgres_migrations
+from producers.model import ChangeRow, EntityRecord
+from schemas.directory import EntityType
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "vud_change_log"
+
+_TABLES: dict[EntityType, tuple[str, str]] = {
+    # entity -> (table, SQL expression of the entity id); same ids as the SQLite store
+    EntityType.COMPANY: ("companies", "id"),
+    EntityType.USER: ("users", "id"),
+    EntityType.ROLE: ("roles", "application || ':' || name"),
+    EntityType.LAYOUT_GROUP: ("layout_groups", "application || ':' || name"),
+    EntityType.MODULE: ("modules", "application || ':' || code"),
+    EntityType.APPLICATION_INSTANCE: ("application_instances", "application"),
+}
+_CATALOGUE = (EntityType.ROLE, EntityType.LAYOUT_GROUP, EntityType.MODULE, EntityType.APPLICATION_INSTANCE)
+
+_SNAPSHOT_SQL = (
+    "SELECT pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint, "
+    "ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(s) AS x) FROM pg_current_snapshot() AS s"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The parts of a ``pg_snapshot`` the reader needs (xids as 64-bit integers)."""
+
+    xmin: int
+    xmax: int
+    xip: frozenset[int]
+
+    def has_ended(self, xid: int) -> bool:
+        """Whether transaction ``xid`` had ended (committed or rolled back) when this was taken."""
+        return xid < self.xmin or (xid < self.xmax and xid not in self.xip)
+
+
+@dataclass(frozen=True, slots=True)
+class Barrier:
+    """Once every transaction in ``xids`` has ended, every seq ≤ ``seq`` is final."""
+
+    seq: int
+    xids: frozenset[int]
+
+    def passed(self, snapshot: Snapshot) -> bool:
+        return all(snapshot.has_ended(x) for x in self.xids)
+
+
+def accept_in_order(rows: Sequence[ChangeRow], after_seq: int, settled: int) -> list[ChangeRow]:
+    """The prefix of ``rows`` (sorted by seq) that is safe to emit after ``after_seq``.
+
+    A row is safe when no seq between the previous row and it can still appear: it follows
+    directly, or the gap before it lies at or below ``settled`` (pure; unit-tested).
+    """
+    out: list[ChangeRow] = []
+    expected = after_seq + 1
+    for row in rows:
+        if row.seq != expected and row.seq - 1 > settled:
+            break
+        out.append(row)
+        expected = row.seq + 1
+    return out
+
+
+def _dbname(url: str) -> str:
+    return str(psycopg.conninfo.conninfo_to_dict(url).get("dbname") or "postgres")
+
+
+class PostgresChangeLog:
+    """Reads the change log and current rows of a PostgreSQL directory store."""
+
+    store_kind = "postgresql"
+
+    def __init__(self, url: str, *, barrier_poll: float = 0.02, apply_migrations: bool = True) -> None:
+        self.db_name = _dbname(url)
+        self._url = url
+        self._conn: psycopg.Connection[Any] = psycopg.connect(url, autocommit=True)
+        if apply_migrations:
+            apply_postgres_migrations(self._conn)
+        self._conn.row_factory = dict_row
+        self._listener: psycopg.Connection[Any] | None = None
+        self._listen()  # subscribed before the first read: no commit after it goes unnoticed
+        self._lock = threading.Lock()
+        self._settled = 0
+        self._barrier: Barrier | None = None
+        self._barrier_poll = barrier_poll
+
+    # -- reading in one snapshot ----------------------------------------------------------
+
+    @contextmanager
+    def _read(self) -> Iterator[psycopg.Cursor[Any]]:
+        """A cursor in a REPEATABLE READ, READ ONLY transaction: every query sees one snapshot."""
+        with self._lock:
+            self._conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            try:
+                with self._conn.cursor() as cur:
+                    yield cur
+            finally:
+                self._conn.execute("COMMIT")
+
+    @staticmethod
+    def _snapshot(cur: psycopg.Cursor[Any]) -> Snapshot:
+        row = cur.execute(_SNAPSHOT_SQL).fetchone()
+        assert row is not None
+        xmin, xmax, xip = row.values()
+        return Snapshot(int(xmin), int(xmax), frozenset(int(x) for x in xip))
+
+    def _advance(self, snapshot: Snapshot, max_seq: int) -> None:
+        """Pass the pending barrier if its transactions have ended; set one from ``snapshot``."""
+        if self._barrier is not None and self._barrier.passed(snapshot):
+            self._settled = max(self._settled, self._barrier.seq)
+            self._barrier = None
+        if self._barrier is None and max_seq > self._settled:
+            barrier = Barrier(max_seq, snapshot.xip)
+            if barrier.passed(snapshot):  # nothing in flight: final already
+                self._settled = max_seq
+            else:
+                self._barrier = barrier
+
+    def position(self) -> int:
+        """The newest position P such that every change ≤ P is final (waits for in-flight writers)."""
+        started = time.monotonic()
+        warned = False
+        target: int | None = None
+        while True:
+            with self._read() as cur:
+                snapshot = self._snapshot(cur)
+                max_seq = self._max_seq(cur)
+            self._advance(snapshot, max_seq)
+            target = max_seq if target is None else target
+            if self._settled >= target:
+                return self._settled
+            assert self._barrier is not None
+            if not warned and time.monotonic() - started > 5:
+                log.warning(
+                    "position: waiting for %d open transaction(s) before the snapshot starts",
+                    len(self._barrier.xids),
+                )
+                warned = True
+            self.wait_for_changes(self._barrier_poll)
+
+    @staticmethod
+    def _max_seq(cur: psycopg.Cursor[Any]) -> int:
+        row = cur.execute("SELECT COALESCE(MAX(seq), 0) AS m FROM change_log").fetchone()
+        return int(row["m"]) if row else 0
+
+    def read_changes(self, after_seq: int, limit: int) -> list[ChangeRow]:
+        """Change rows after ``after_seq`` in seq order, stopping before an unsettled gap."""
+        with self._read() as cur:
+            snapshot = self._snapshot(cur)
+            max_seq = self._max_seq(cur)
+            raw = cur.execute(
+                "SELECT seq, entity, entity_id, op, before, committed_at FROM change_log "
+                "WHERE seq > %s ORDER BY seq LIMIT %s",
+                (after_seq, limit),
+            ).fetchall()
+        self._advance(snapshot, max_seq)
+        rows = [
+            ChangeRow(
+                seq=int(r["seq"]),
+                entity=EntityType(r["entity"]),
+                entity_id=r["entity_id"],
+                op=r["op"],
+                committed_at=float(r["committed_at"]),
+                before=r["before"] if not isinstance(r["before"], str) else json.loads(r["before"]),
+            )
+            for r in raw
+        ]
+        accepted = accept_in_order(rows, after_seq, self._settled)
+        if len(accepted) < len(rows):
+            log.debug(
+                "change log: %d row(s) wait behind seq %d (open transactions)",
+                len(rows) - len(accepted),
+                (accepted[-1].seq if accepted else after_seq) + 1,
+            )
+        return accepted
+
+    def read_entities(self, entity: EntityType, ids: Sequence[str]) -> dict[str, EntityRecord]:
+        if not ids:
+            return {}
+        table, id_expr = _TABLES[entity]
+        ids = list(ids)
+        access: dict[str, list[tuple[str, str, str, str]]] = {}
+        unknown: set[str] = set()
+        with self._read() as cur:
+            rows = cur.execute(
+                sql.SQL("SELECT {} AS _eid, * FROM {} WHERE {} = ANY(%s)").format(
+                    sql.SQL(id_expr), sql.Identifier(table), sql.SQL(id_expr)
+                ),
+                (ids,),
+            ).fetchall()
+            if entity is EntityType.USER and rows:
+                cur.row_factory = psycopg.rows.tuple_row
+                for a in cur.execute(
+                    "SELECT user_id, company_id, application, kind, name FROM access "
+                    "WHERE user_id = ANY(%s) ORDER BY user_id, company_id, application, kind, name",
+                    (ids,),
+                ):
+                    access.setdefault(a[0], []).append((a[1], a[2], a[3], a[4]))
+                companies = sorted({c for grants in access.values() for c, *_ in grants})
+                if companies:
+                    known = {
+                        r[0] for r in cur.execute("SELECT id FROM companies WHERE id = ANY(%s)", (companies,))
+                    }
+                    unknown = set(companies) - known
+        out: dict[str, EntityRecord] = {}
+        counts: dict[str, int] = {}
+        for r in rows:
+            eid = r.pop("_eid")
+            counts[eid] = counts.get(eid, 0) + 1
+            if entity in _CATALOGUE:
+                r.pop("id", None)
+            grants = tuple(access.get(eid, ()))
+            out[eid] = EntityRecord(
+                entity,
+                eid,
+                r,
+                access=grants,
+                unknown_companies=frozenset(c for c, *_ in grants if c in unknown),
+                instances=counts[eid],
+            )
+        return out
+
+    def snapshot_ids(self, entity: EntityType, batch_size: int) -> Iterator[list[str]]:
+        table, id_expr = _TABLES[entity]
+        query = sql.SQL("SELECT DISTINCT {e} AS eid FROM {t} WHERE {e} > %s ORDER BY eid LIMIT %s").format(
+            e=sql.SQL(id_expr), t=sql.Identifier(table)
+        )
+        last = ""
+        while True:
+            with self._lock:
+                rows = self._conn.execute(query, (last, batch_size)).fetchall()
+            if not rows:
+                return
+            ids = [r["eid"] for r in rows]
+            yield ids
+            last = ids[-1]
+
+    def count(self, entity: EntityType) -> int:
+        table, id_expr = _TABLES[entity]
+        query = sql.SQL("SELECT COUNT(DISTINCT {}) AS n FROM {}").format(
+            sql.SQL(id_expr), sql.Identifier(table)
+        )
+        with self._lock:
+            row = self._conn.execute(query).fetchone()
+        return int(row["n"]) if row else 0
+
+    # -- checkpoint ----------------------------------------------------------------------
+
+    def load_checkpoint(self, name: str) -> tuple[str, int] | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT phase, seq FROM capture_checkpoint WHERE name = %s", (name,)
+            ).fetchone()
+        return (row["phase"], int(row["seq"])) if row else None
+
+    def save_checkpoint(self, name: str, phase: str, seq: int) -> None:
+        """Upsert the checkpoint. Committed asynchronously: should the *database server* crash
+        and lose the last few commits, capture resumes from an older checkpoint and re-sends
+        (at least once), so the fsync wait buys nothing."""
+        with self._lock, self._conn.transaction():
+            self._conn.execute("SET LOCAL synchronous_commit TO off")
+            self._conn.execute(
+                "INSERT INTO capture_checkpoint (name, phase, seq, updated_at) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (name) DO UPDATE SET phase = excluded.phase, seq = excluded.seq, "
+                "updated_at = excluded.updated_at",
+                (name, phase, seq, time.time()),
+            )
+
+    def oldest_uncaptured(self, after_seq: int) -> float | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT committed_at FROM change_log WHERE seq > %s ORDER BY seq LIMIT 1", (after_seq,)
+            ).fetchone()
+        return float(row["committed_at"]) if row else None
+
+    # -- waking up -----------------------------------------------------------------------
+
+    def _listen(self) -> psycopg.Connection[Any]:
+        if self._listener is None or self._listener.closed:
+            self._listener = psycopg.connect(self._url, autocommit=True)
+            self._listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+        return self._listener
+
+    def wait_for_changes(self, timeout: float) -> None:
+        """Sleep on LISTEN until a commit that wrote change-log rows, or ``timeout`` seconds.
+
+        The listener is subscribed from the first call on, so a commit that lands between a
+        read and this call still wakes it. While a gap waits on open transactions, sleep at
+        most ``barrier_poll`` seconds: a rollback (or a transaction that wrote no change-log
+        row) ends without a NOTIFY.
+        """
+        listener = self._listen()
+        if self._barrier is not None:
+            timeout = min(timeout, self._barrier_poll)
+        for _ in listener.notifies(timeout=timeout, stop_after=1):
+            pass
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+            if self._listener is not None:
+                self._listener.close()

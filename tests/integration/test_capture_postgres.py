@@ -1,0 +1,312 @@
+"""Change capture from a real PostgreSQL store to the real broker.
+
+Besides the SQLite suite's cases, what only PostgreSQL has: seq values drawn at INSERT time
+become visible in commit order, so a lower seq can appear after a higher one; the reader must
+never step over such a gap while a transaction may still fill it, and must not stall on a
+gap a rollback left. And LISTEN/NOTIFY wakes the tailer.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from prometheus_client import CollectorRegistry
+
+from producers.capture import CaptureConfig, ChangeCapture
+from producers.kafka_publisher import KafkaRecordPublisher
+from producers.metrics import ProducerMetrics
+from producers.postgres_changelog import PostgresChangeLog
+from schemas.codec import decode_event
+from schemas.deadletter import HEADER_REASON, HEADER_SOURCE_ROW, headers_dict
+from schemas.directory import EntityType
+from schemas.topics import DIRECTORY_DLQ, DIRECTORY_TOPICS
+from tests.capture_check import change_log_end, read_topics, store_query
+from tests.kafka_read import read_all
+from vudsync.processes import wait_until
+from vudsync.seed.pg_writer import PostgresDirectoryWriter
+from vudsync.settings import Settings
+from vudsync.topics import ensure_catalogue
+
+MakeCapture = Callable[[Settings, str], ChangeCapture]
+
+
+@pytest.fixture
+def make_capture(kafka_bootstrap: str) -> Iterator[MakeCapture]:
+    made: list[ChangeCapture] = []
+
+    def make(settings: Settings, url: str) -> ChangeCapture:
+        made.append(
+            ChangeCapture(
+                PostgresChangeLog(url),
+                KafkaRecordPublisher(kafka_bootstrap),
+                ProducerMetrics(CollectorRegistry()),
+                CaptureConfig(topic_prefix=settings.topic_prefix, fingerprint_key=b"k"),
+            )
+        )
+        return made[-1]
+
+    yield make
+    for capture in made:
+        capture.publisher.close()
+        capture.log.close()
+
+
+@pytest.fixture
+def writer(postgres_url: str) -> Iterator[PostgresDirectoryWriter]:
+    made = PostgresDirectoryWriter(postgres_url)
+    yield made
+    made.close()
+
+
+def _insert_user(conn: psycopg.Connection[Any], user_id: str) -> None:
+    conn.execute(
+        "INSERT INTO users (id, username, email) VALUES (%s, %s, %s)",
+        (user_id, user_id, f"{user_id}@fjord.no"),
+    )
+
+
+def test_snapshot_then_stream_create_update_delete(
+    kafka_settings: Settings,
+    kafka_bootstrap: str,
+    postgres_url: str,
+    writer: PostgresDirectoryWriter,
+    make_capture: MakeCapture,
+) -> None:
+    ensure_catalogue(kafka_settings, kafka_bootstrap)
+    writer.upsert_companies([{"id": "c1", "name": "Fjord AS", "organisation_number": "923 609 016"}])
+    writer.upsert_user(
+        id="u1", username="kari", email="kari@fjord.no", first_name="Kari", last_name="Ødegård"
+    )
+    writer.grant([("u1", "c1", "business", "role", "Regnskap")])
+    capture = make_capture(kafka_settings, postgres_url)
+    position = capture.snapshot()
+    writer.update_user("u1", first_name="Kari Anne")
+    writer.upsert_user(id="u2", username="ola", email="ola@fjord.no")
+    writer.delete_user("u2")
+    stats = capture.poll_once(position)
+    assert stats.last_seq == writer.change_log_position()
+    users_topic = kafka_settings.topic(DIRECTORY_TOPICS[EntityType.USER].name)
+    records = read_all(kafka_bootstrap, users_topic, until=lambda rs: len(rs) >= 4)
+    by_key: dict[str, list[Any]] = {}
+    for r in records:
+        by_key.setdefault(r.key.decode(), []).append(r)
+    u1 = [decode_event(r.value) for r in by_key["u1"]]
+    assert [e.op.value for e in u1] == ["r", "u"]
+    assert u1[0].state.access[0].company_id == "c1"
+    assert u1[-1].state.first_name == "Kari Anne" and u1[-1].version > u1[0].version
+    assert u1[-1].source.store == "postgresql"
+    gone = decode_event(by_key["u2"][0].value)
+    assert gone.op.value == "d" and gone.state.email == "ola@fjord.no"
+    assert by_key["u2"][-1].value is None  # tombstone
+    assert capture.log.load_checkpoint("default") == ("streaming", stats.last_seq)
+
+
+def test_invalid_rows_are_dead_lettered_and_capture_goes_on(
+    kafka_settings: Settings,
+    kafka_bootstrap: str,
+    postgres_url: str,
+    writer: PostgresDirectoryWriter,
+    make_capture: MakeCapture,
+) -> None:
+    ensure_catalogue(kafka_settings, kafka_bootstrap)
+    capture = make_capture(kafka_settings, postgres_url)
+    position = capture.snapshot()
+    writer.upsert_user(id="bad", username="x", email="not-an-email")
+    writer.upsert_user(id="u9", username="y", email="y@fjord.no")
+    writer.grant([("u9", "nope", "business", "role", "R")])
+    writer.add_application_instance("business", "https://vb.local", "LICENSE-AAA-111")
+    writer.add_application_instance("business", "https://vb2.local", "LICENSE-BBB-222")
+    writer.upsert_user(id="after", username="z", email="z@fjord.no")
+    capture.poll_once(position)
+    dlq = read_all(kafka_bootstrap, kafka_settings.topic(DIRECTORY_DLQ.name), until=lambda rs: len(rs) >= 3)
+    reasons = {
+        headers_dict(r.headers)[HEADER_SOURCE_ROW]: headers_dict(r.headers)[HEADER_REASON] for r in dlq
+    }
+    assert "e-mail" in reasons["user:bad"]
+    assert reasons["user:u9"] == "access to unknown company nope"
+    assert "single instance" in reasons["application_instance:business"]
+    for r in dlq:
+        assert b"LICENSE-" not in (r.value or b"") and "LICENSE-" not in json.dumps(headers_dict(r.headers))
+        assert json.loads(r.value)["store"] == "postgresql"
+    users = read_all(
+        kafka_bootstrap,
+        kafka_settings.topic(DIRECTORY_TOPICS[EntityType.USER].name),
+        until=lambda rs: {r.key for r in rs} >= {b"u9", b"after"},
+    )
+    assert b"bad" not in {r.key for r in users}
+
+
+def test_a_lower_seq_committed_after_a_higher_one_is_not_skipped(postgres_url: str) -> None:
+    change_log = PostgresChangeLog(postgres_url)
+    start = change_log.position()
+    slow = psycopg.connect(postgres_url)  # a transaction left open: it holds the lower seq
+    fast = psycopg.connect(postgres_url, autocommit=True)
+    try:
+        _insert_user(slow, "slow")
+        _insert_user(fast, "fast")  # higher seq, committed first
+        assert change_log_end(postgres_url) == start + 2  # visible: only the higher one
+        assert change_log.read_changes(start, 100) == []  # must not step over the open one
+        assert change_log.oldest_uncaptured(start) is not None
+        slow.commit()
+        rows = change_log.read_changes(start, 100)
+        assert [(r.seq, r.entity_id) for r in rows] == [(start + 1, "slow"), (start + 2, "fast")]
+    finally:
+        slow.close()
+        fast.close()
+        change_log.close()
+
+
+def test_a_rolled_back_seq_does_not_stall_capture(postgres_url: str) -> None:
+    change_log = PostgresChangeLog(postgres_url)
+    start = change_log.position()
+    with psycopg.connect(postgres_url) as conn:
+        _insert_user(conn, "ghost")
+        conn.rollback()
+        _insert_user(conn, "real")
+        conn.commit()
+    seen: list[int] = []
+
+    def read() -> bool:
+        seen.extend(r.seq for r in change_log.read_changes(start, 100))
+        return bool(seen)
+
+    wait_until(read, 30, what="the row after a rolled-back seq")
+    assert seen == [start + 2]
+    assert change_log.position() == start + 2
+    change_log.close()
+
+
+def test_position_waits_for_open_transactions_below_it(postgres_url: str) -> None:
+    change_log = PostgresChangeLog(postgres_url, barrier_poll=0.01)
+    slow = psycopg.connect(postgres_url)
+    try:
+        _insert_user(slow, "slow")
+        with psycopg.connect(postgres_url, autocommit=True) as fast:
+            _insert_user(fast, "fast")
+        result: list[int] = []
+        thread = threading.Thread(target=lambda: result.append(change_log.position()))
+        thread.start()
+        thread.join(timeout=1.0)
+        assert thread.is_alive() and not result  # the snapshot must not start below an open writer
+        slow.commit()
+        thread.join(timeout=60)
+        assert result == [2]
+    finally:
+        slow.close()
+        change_log.close()
+
+
+def test_listen_notify_wakes_the_tailer(postgres_url: str) -> None:
+    change_log = PostgresChangeLog(postgres_url)
+    woke = threading.Event()
+
+    def wait() -> None:
+        change_log.wait_for_changes(600)  # only a NOTIFY ends this in time
+        woke.set()
+
+    thread = threading.Thread(target=wait, daemon=True)
+    thread.start()
+    assert not woke.wait(0.3)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        _insert_user(conn, "u1")
+    assert woke.wait(60), "no NOTIFY reached the tailer"
+    thread.join(timeout=10)
+    change_log.close()
+
+
+def test_concurrent_writers_every_change_captured_in_order(
+    kafka_settings: Settings, kafka_bootstrap: str, postgres_url: str, make_capture: MakeCapture
+) -> None:
+    """Four writers commit small, randomly delayed transactions (some rolled back) while
+    capture streams; afterwards every committed change-log row was covered by an event, and
+    each user's events arrived in increasing versions ending at its last change."""
+    ensure_catalogue(kafka_settings, kafka_bootstrap)
+    capture = make_capture(kafka_settings, postgres_url)
+    position = capture.snapshot()
+    read_seqs: list[int] = []
+    read_changes = capture.log.read_changes
+
+    def recording(after_seq: int, limit: int) -> list[Any]:
+        rows = read_changes(after_seq, limit)
+        read_seqs.extend(r.seq for r in rows)
+        return rows
+
+    capture.log.read_changes = recording  # type: ignore[method-assign]  # observe, not fake
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def write(worker: int) -> None:
+        rng = random.Random(worker)
+        try:
+            with psycopg.connect(postgres_url) as conn:
+                n = 0
+                while not stop.is_set():
+                    n += 1
+                    user_id = f"w{worker}-{rng.randrange(15)}"
+                    conn.execute(
+                        "INSERT INTO users (id, username, email, first_name) VALUES (%s, %s, %s, %s) "
+                        "ON CONFLICT (id) DO UPDATE SET first_name = excluded.first_name",
+                        (user_id, user_id, f"{user_id}@fjord.no", f"n{n}"),
+                    )
+                    stop.wait(rng.random() * 0.02)  # hold the transaction open a little
+                    if rng.random() < 0.1:
+                        conn.rollback()
+                    else:
+                        conn.commit()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(w,), daemon=True) for w in range(4)]
+    for t in threads:
+        t.start()
+    after = position
+    try:
+        while after - position < 300:
+            after = capture.poll_once(after).last_seq
+            assert not errors, errors
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    assert not errors, errors
+
+    def drained() -> bool:
+        nonlocal after
+        stats = capture.poll_once(after)
+        after = stats.last_seq
+        return stats.rows == 0 and after >= change_log_end(postgres_url)
+
+    wait_until(drained, 60, what="capture caught up")
+    committed = [
+        int(r[0])
+        for r in store_query(
+            postgres_url, "SELECT seq FROM change_log WHERE seq > ? ORDER BY seq", (position,)
+        )
+    ]
+    assert read_seqs == committed, f"rows never read: {sorted(set(committed) - set(read_seqs))[:10]}"
+    users_topic = kafka_settings.topic(DIRECTORY_TOPICS[EntityType.USER].name)
+    events: dict[str, list[Any]] = {}
+    for record in read_topics(kafka_bootstrap, [users_topic])[users_topic]:
+        events.setdefault(record.key.decode(), []).append(decode_event(record.value))
+    last_change = dict(
+        store_query(
+            postgres_url,
+            "SELECT entity_id, MAX(seq) FROM change_log WHERE seq > ? GROUP BY entity_id",
+            (position,),
+        )
+    )
+    assert last_change and set(events) == set(last_change)
+    for user_id, first_name in store_query(postgres_url, "SELECT id, first_name FROM users"):
+        versions = [e.version for e in events[user_id]]
+        assert versions == sorted(versions), f"{user_id}: versions out of order {versions}"
+        assert versions[-1] == last_change[user_id], (
+            f"{user_id}: last change {last_change[user_id]} not emitted"
+        )
+        assert events[user_id][-1].state.first_name == first_name
+    assert capture.log.load_checkpoint("default") == ("streaming", after)
