@@ -62,6 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--secret-hash-iterations", type=int, default=100_000)
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--access-log", action="store_true")
+    parser.add_argument(
+        "--no-direct",
+        dest="direct_dispatch",
+        action="store_false",
+        help="send every request and batch item through the whole FastAPI stack (slower; a reference)",
+    )
+    parser.add_argument(
+        "--loop", choices=["auto", "asyncio", "uvloop"], default="auto", help="uvicorn's event loop"
+    )
+    parser.add_argument(
+        "--http", choices=["auto", "h11", "httptools"], default="auto", help="uvicorn's HTTP parser"
+    )
     return parser
 
 
@@ -94,6 +106,7 @@ def settings_from(args: argparse.Namespace) -> CloudSettings:
         faults=faults,
         sqlite_synchronous=args.synchronous,
         secret_hash_iterations=args.secret_hash_iterations,
+        direct_dispatch=args.direct_dispatch,
     )
 
 
@@ -109,6 +122,8 @@ def main(argv: list[str] | None = None) -> None:
         port_file=args.port_file,
         log_level=args.log_level,
         access_log=args.access_log,
+        loop=args.loop,
+        http=args.http,
     )
 
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from cloud import directory, models
-from cloud.batch import dispatch
+from cloud.batch import render_answers, run_batch
 from cloud.deps import Caller, Context, Reader, WriteDep
 from cloud.responses import ETAG_HEADER, NOT_FOUND, V1, merge
 
@@ -165,6 +165,6 @@ def audit(
     "Idempotency-Key header on the batch itself is ignored. Faults and the rate limit "
     "apply to the batch request, not to its items. Item headers have lower-case names.",
 )
-async def batch(body: models.BatchBody, request: Request, _: Caller) -> JSONResponse:
-    responses = [await dispatch(request.app, request.scope, item) for item in body.requests]
-    return JSONResponse({"responses": responses})
+async def batch(body: models.BatchBody, request: Request, _: Caller) -> Response:
+    responses = await run_batch(request.app, request.scope, request.app.state.direct, body.requests)
+    return render_answers(responses)

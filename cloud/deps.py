@@ -6,8 +6,9 @@ rate limit (429) → scope (403) → parameters and body (422) → the handler.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request, Response
 from fastapi.responses import JSONResponse
@@ -35,14 +36,13 @@ def get_context(request: Request) -> CloudContext:
 Context = Annotated[CloudContext, Depends(get_context)]
 
 
-async def get_principal(
-    request: Request,
-    context: Context,
-    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Principal:
-    """The authenticated caller (401), held to the per-client rate limit (429)."""
-    principal = context.auth.authenticate(request.headers.get("authorization"))
-    if not request.scope.get(BATCH_ITEM):
+def authorise(context: CloudContext, authorization: str | None, *, rate_limited: bool) -> Principal:
+    """The authenticated caller (401), held to the per-client rate limit (429) if asked.
+
+    Batch items are not rate limited: their batch request was.
+    """
+    principal = context.auth.authenticate(authorization)
+    if rate_limited:
         wait = context.limiter.check(principal.client_id)
         if wait is not None:
             context.stats.record_rate_limited()
@@ -54,6 +54,17 @@ async def get_principal(
                 retry_after_seconds=round(wait, 3),
             )
     return principal
+
+
+async def get_principal(
+    request: Request,
+    context: Context,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """The authenticated caller (401), held to the per-client rate limit (429)."""
+    return authorise(
+        context, request.headers.get("authorization"), rate_limited=not request.scope.get(BATCH_ITEM)
+    )
 
 
 async def get_reader(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
@@ -75,10 +86,16 @@ async def check_admin(context: Context, token: Annotated[str | None, Depends(_ad
     check_admin_token(token, context.settings.admin_token.get_secret_value())
 
 
-def render(response: StoredResponse, *, replayed: bool = False) -> Response:
+def response_headers(response: StoredResponse, *, replayed: bool) -> dict[str, str]:
+    """The headers a write answers with (a replay says so)."""
     headers = dict(response.headers)
     if replayed:
         headers["Idempotent-Replayed"] = "true"
+    return headers
+
+
+def render(response: StoredResponse, *, replayed: bool = False) -> Response:
+    headers = response_headers(response, replayed=replayed)
     if response.body is None:
         return Response(status_code=response.status, headers=headers)
     return JSONResponse(response.body, status_code=response.status, headers=headers)
@@ -86,16 +103,23 @@ def render(response: StoredResponse, *, replayed: bool = False) -> Response:
 
 @dataclass(frozen=True, slots=True)
 class Write:
-    """One write request, ready to run its action exactly once per idempotency key."""
+    """One write request, ready to run its action exactly once per idempotency key.
+
+    ``renderer`` turns the stored response into the endpoint's return value: an HTTP
+    response, or for a batch item (``cloud.direct``) its answer, without the JSON round
+    trip.
+    """
 
     context: CloudContext
     request: WriteRequest
+    renderer: Callable[..., Any] = render
 
     def run(self, action: WriteAction) -> Response:
         result: WriteResult = self.context.store.write(self.request, action)
         if result.replayed:
             self.context.stats.record_replayed()
-        return render(result.response, replayed=result.replayed)
+        rendered: Response = self.renderer(result.response, replayed=result.replayed)
+        return rendered
 
 
 async def get_write(

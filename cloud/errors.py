@@ -1,8 +1,14 @@
-"""The one error type of the API: raised anywhere below a route, rendered once in ``app``."""
+"""The one error type of the API: raised anywhere below a route, rendered by :func:`error_response`.
+
+``cloud.app`` installs the renderers as exception handlers; the batch's direct dispatch
+(``cloud.direct``) calls the same functions, so an item answers byte for byte as if sent alone.
+"""
 
 from __future__ import annotations
 
 from typing import Any
+
+from starlette.responses import JSONResponse
 
 
 class ApiError(Exception):
@@ -39,3 +45,16 @@ class ApiError(Exception):
 def not_found(kind: str, ident: str | None = None) -> ApiError:
     del ident  # never echoed: path parameters may be anything a client typed
     return ApiError(404, "not_found", f"{kind} not found")
+
+
+def error_response(exc: ApiError) -> JSONResponse:
+    """The answer to an :class:`ApiError`."""
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+def unicode_error_response() -> JSONResponse:
+    """The answer when text is not valid Unicode (a lone surrogate cannot be stored)."""
+    return JSONResponse(
+        {"error": "validation_error", "error_description": "text is not valid Unicode"},
+        status_code=422,
+    )

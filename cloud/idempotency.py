@@ -39,12 +39,25 @@ def canonical_json(value: Any) -> bytes:
 
 def request_fingerprint(method: str, path: str, body: bytes) -> str:
     """Hex SHA-256 of method, path and canonical body."""
+    return _fingerprint(method, path, canonical_body(body))
+
+
+def json_fingerprint(method: str, path: str, body: Any) -> str:
+    """:func:`request_fingerprint` of a body already parsed from JSON (``None``: no body).
+
+    The same digest as the request ``json.dumps(body)`` would have: the canonical form of
+    parsed JSON does not depend on how it was written.
+    """
+    return _fingerprint(method, path, b"" if body is None else canonical_json(body))
+
+
+def _fingerprint(method: str, path: str, canonical: bytes) -> str:
     digest = hashlib.sha256()
     digest.update(method.upper().encode("ascii"))
     digest.update(b"\n")
     digest.update(path.encode("utf-8", "surrogatepass"))
     digest.update(b"\n")
-    digest.update(canonical_body(body))
+    digest.update(canonical)
     return digest.hexdigest()
 
 

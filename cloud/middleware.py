@@ -77,25 +77,38 @@ async def drop_connection(receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": b"{", "more_body": True})
 
 
-async def _buffered(receive: Receive) -> Receive:
-    """Read the whole request body now; the returned ``receive`` replays it."""
+async def read_body(receive: Receive) -> tuple[Receive, bytes, bool]:
+    """Read the request body now: a ``receive`` that replays it, the body, and whether it is whole.
+
+    When the client went away before the end, the replay says more is to come and then
+    hands on the disconnect, so the application sees what it would have seen.
+    """
     chunks: list[bytes] = []
+    complete = False
     while True:
         message = await receive()
         if message["type"] != "http.request":
             break
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
+            complete = True
             break
+    body = b"".join(chunks)
     replayed = False
 
     async def replay() -> Message:
         nonlocal replayed
         if not replayed:
             replayed = True
-            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return {"type": "http.request", "body": body, "more_body": not complete}
         return await receive()
 
+    return replay, body, complete
+
+
+async def _buffered(receive: Receive) -> Receive:
+    """Read the whole request body now; the returned ``receive`` replays it."""
+    replay, _, _ = await read_body(receive)
     return replay
 
 

@@ -48,3 +48,9 @@ class CloudSettings(BaseModel):
     secret_hash_iterations: int = Field(
         default=100_000, ge=1, description="PBKDF2-SHA256 rounds for client secrets"
     )
+    direct_dispatch: bool = Field(
+        default=True,
+        description="answer /v1 requests and batch items by calling the endpoints directly "
+        "(cloud.direct); off: every one goes through the whole FastAPI stack (the reference "
+        "the tests compare against, and the slow path of old)",
+    )

@@ -6,10 +6,14 @@
 * One reader connection per thread (the request thread pool).
 * :meth:`Store.write` runs an effect, its audit row and the idempotency record in **one**
   transaction, so a crash never keeps one without the others.
+* :meth:`Store.batch` lets one thread join many writes into one transaction (a commit
+  costs far more than a write here), each write inside its own savepoint: it is still
+  all-or-nothing per write, and a refused write leaves no trace.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import threading
@@ -135,8 +139,9 @@ def _dumps(body: Any) -> str:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
 
+@functools.lru_cache(maxsize=64)
 def iso(ts: float) -> str:
-    """RFC 3339 UTC timestamp with microseconds."""
+    """RFC 3339 UTC timestamp with microseconds (cached: one write stamps several rows)."""
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
@@ -177,6 +182,16 @@ class WriteResult:
 
 
 WriteAction = Callable[[sqlite3.Connection, float], Outcome]
+
+_SELECT_KEY = "SELECT fingerprint, status, body, headers FROM idempotency WHERE client_id = ? AND key = ?"
+_INSERT_AUDIT = (
+    "INSERT INTO audit (at, idempotency_key, client_id, method, path, resource_type, resource_id,"
+    " effect) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_KEY = (
+    "INSERT INTO idempotency (client_id, key, fingerprint, status, body, headers, created_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 class Store:
@@ -227,7 +242,14 @@ class Store:
     # -- reads -----------------------------------------------------------------------
 
     def reader(self) -> sqlite3.Connection:
-        """This thread's read connection (autocommit: each statement sees the latest commit)."""
+        """This thread's read connection (autocommit: each statement sees the latest commit).
+
+        Inside an open :meth:`batch` of this thread it is the batch's write connection, so
+        a read sees the writes made before it in the batch, as if they were committed.
+        """
+        batch: _Batch | None = getattr(self._local, "batch", None)
+        if batch is not None and batch.conn is not None:
+            return batch.conn
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._connect()
@@ -242,6 +264,8 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """A plain write transaction (tokens, clients, reset): commit or roll back."""
+        if getattr(self._local, "batch", None) is not None:
+            raise RuntimeError("a plain transaction inside a batch would wait for itself")
         with self._write_lock:
             conn = self._writer
             if conn is None:
@@ -260,58 +284,96 @@ class Store:
         Order inside one transaction: look the key up (replay or refuse) → run the
         action → append its audit row → store the response under the key → commit.
         An :class:`ApiError` from the action rolls everything back and stores nothing.
+
+        Inside a :meth:`batch` of this thread the same steps run in a savepoint of the
+        batch's transaction instead (released on success, rolled back on any error), and
+        the commit is the batch's.
         """
-        with self.transaction() as conn:
-            key = request.idempotency_key
-            if key is not None:
-                row = conn.execute(
-                    "SELECT fingerprint, status, body, headers FROM idempotency "
-                    "WHERE client_id = ? AND key = ?",
-                    (request.client_id, key),
-                ).fetchone()
-                if row is not None:
-                    if row["fingerprint"] != request.fingerprint:
-                        raise ApiError(
-                            422,
-                            "idempotency_key_reused",
-                            "this Idempotency-Key was used for a different request",
-                        )
-                    body = None if row["body"] is None else json.loads(row["body"])
-                    stored = StoredResponse(row["status"], body, json.loads(row["headers"]))
-                    return WriteResult(stored, replayed=True)
-            now = self._clock()
-            outcome = action(conn, now)
-            if outcome.effect is not None:
-                conn.execute(
-                    "INSERT INTO audit (at, idempotency_key, client_id, method, path, "
-                    "resource_type, resource_id, effect) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        iso(now),
-                        key,
-                        request.client_id,
-                        request.method,
-                        request.path,
-                        outcome.effect.resource_type,
-                        outcome.effect.resource_id,
-                        outcome.effect.effect,
-                    ),
-                )
-            if key is not None and 200 <= outcome.status < 300:
-                conn.execute(
-                    "INSERT INTO idempotency (client_id, key, fingerprint, status, body, "
-                    "headers, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        request.client_id,
-                        key,
-                        request.fingerprint,
-                        outcome.status,
-                        None if outcome.body is None else _dumps(outcome.body),
-                        json.dumps(outcome.headers),
-                        iso(now),
-                    ),
-                )
-            stored = StoredResponse(outcome.status, outcome.body, dict(outcome.headers))
-            return WriteResult(stored, replayed=False)
+        batch: _Batch | None = getattr(self._local, "batch", None)
+        if batch is None:
+            with self.transaction() as conn:
+                return self._apply(conn, request, action)
+        conn = batch.begin()
+        conn.execute("SAVEPOINT batch_item")
+        try:
+            result = self._apply(conn, request, action)
+        except BaseException:
+            # an I/O or "database full" error may have rolled the whole transaction back
+            if conn.in_transaction:
+                conn.execute("ROLLBACK TO batch_item")
+                conn.execute("RELEASE batch_item")
+            raise
+        conn.execute("RELEASE batch_item")
+        return result
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Join this thread's writes into one transaction until the block ends.
+
+        The transaction (and the write lock) is taken at the first write, so a batch of
+        reads never blocks writers. Each :meth:`write` keeps its own savepoint, so every
+        write stays all-or-nothing with its audit row and idempotency record. At the end
+        the completed writes are committed **even when the block raises**: as if each had
+        been sent alone, a write that was answered before a failure keeps its effect.
+        Until that commit nothing of the batch is durable, and no answer has left.
+        """
+        if getattr(self._local, "batch", None) is not None:
+            raise RuntimeError("batches do not nest")
+        batch = _Batch(self)
+        self._local.batch = batch
+        try:
+            yield
+        finally:
+            self._local.batch = None
+            batch.end()
+
+    def _apply(self, conn: sqlite3.Connection, request: WriteRequest, action: WriteAction) -> WriteResult:
+        """The body of :meth:`write`, inside a transaction or savepoint the caller owns."""
+        key = request.idempotency_key
+        if key is not None:
+            row = conn.execute(_SELECT_KEY, (request.client_id, key)).fetchone()
+            if row is not None:
+                if row["fingerprint"] != request.fingerprint:
+                    raise ApiError(
+                        422,
+                        "idempotency_key_reused",
+                        "this Idempotency-Key was used for a different request",
+                    )
+                body = None if row["body"] is None else json.loads(row["body"])
+                stored = StoredResponse(row["status"], body, json.loads(row["headers"]))
+                return WriteResult(stored, replayed=True)
+        now = self._clock()
+        outcome = action(conn, now)
+        stamp = iso(now)
+        if outcome.effect is not None:
+            conn.execute(
+                _INSERT_AUDIT,
+                (
+                    stamp,
+                    key,
+                    request.client_id,
+                    request.method,
+                    request.path,
+                    outcome.effect.resource_type,
+                    outcome.effect.resource_id,
+                    outcome.effect.effect,
+                ),
+            )
+        if key is not None and 200 <= outcome.status < 300:
+            conn.execute(
+                _INSERT_KEY,
+                (
+                    request.client_id,
+                    key,
+                    request.fingerprint,
+                    outcome.status,
+                    None if outcome.body is None else _dumps(outcome.body),
+                    json.dumps(outcome.headers),
+                    stamp,
+                ),
+            )
+        stored = StoredResponse(outcome.status, outcome.body, dict(outcome.headers))
+        return WriteResult(stored, replayed=False)
 
     def reset(self) -> None:
         """Wipe the directory data, audit and idempotency keys; keep clients and tokens."""
@@ -330,3 +392,42 @@ class Store:
             value = default()
             conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (key, value))
             return value
+
+
+class _Batch:
+    """The batch transaction of one thread (see :meth:`Store.batch`); opened at its first write."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.conn: sqlite3.Connection | None = None
+
+    def begin(self) -> sqlite3.Connection:
+        if self.conn is not None:
+            return self.conn
+        lock = self._store._write_lock
+        lock.acquire()
+        try:
+            conn = self._store._writer
+            if conn is None:
+                raise RuntimeError("store is closed")
+            conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            lock.release()
+            raise
+        self.conn = conn
+        return conn
+
+    def end(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return
+        try:
+            if conn.in_transaction:
+                try:
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+        finally:
+            self._store._write_lock.release()

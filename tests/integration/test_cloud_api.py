@@ -1,26 +1,34 @@
 """The reference cloud API over real HTTP: a ``python -m cloud`` subprocess per module/test.
 
 Data is per test (random organisation numbers, e-mails and keys), so the module shares
-one server; tests that change faults, rate limits or the token TTL start their own.
+one server; tests that change faults, rate limits or the token TTL start their own. The
+store's batch transaction is tested on its own SQLite file at the end.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import socket
 import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
 from click.testing import CliRunner
 
+from cloud.errors import ApiError
 from cloud.faults import FaultConfig
 from cloud.server import CloudServer
+from cloud.store import Effect, Outcome, Store, WriteRequest
 from vudsync.commands.cloud import cloud as cloud_cli
 
 pytestmark = pytest.mark.integration
@@ -508,6 +516,436 @@ def test_batch_applies_each_item_as_if_sent_alone(server: CloudServer, api: http
 def test_batch_of_more_than_500_is_refused(api: httpx.Client) -> None:
     requests = [{"method": "GET", "path": "/v1/me"}] * 501
     assert api.post("/v1/batch", json={"requests": requests}).status_code == 422
+
+
+# Batch items are mostly answered by cloud.direct (the endpoint called without the ASGI
+# stack); the rest go through the whole application. Either way an item must answer
+# exactly as the same request sent alone: these tests hold the two side by side.
+
+_SKIPPED_HEADERS = {"content-length", "content-type", "date", "server"}
+
+
+def alone(api: httpx.Client, item: dict[str, Any]) -> dict[str, Any]:
+    """``item`` sent as a request of its own, answered in the shape of a batch item."""
+    headers = {"Content-Type": "application/json"}
+    if item.get("idempotency_key") is not None:
+        headers["Idempotency-Key"] = item["idempotency_key"]
+    if item.get("if_match") is not None:
+        headers["If-Match"] = str(item["if_match"])
+    body = item.get("body")
+    content = b"" if body is None else json.dumps(body).encode()
+    response = api.request(item["method"], item["path"], content=content, headers=headers)
+    try:
+        parsed = response.json() if response.content else None
+    except ValueError:
+        parsed = response.text
+    kept = {k.lower(): v for k, v in response.headers.items() if k.lower() not in _SKIPPED_HEADERS}
+    return {"status": response.status_code, "body": parsed, "headers": kept}
+
+
+def in_batch(api: httpx.Client, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # json.dumps escapes a lone surrogate (httpx's json= would refuse to encode it)
+    content = json.dumps({"requests": items}).encode()
+    response = api.post("/v1/batch", content=content, headers={"Content-Type": "application/json"})
+    assert response.status_code == 200, response.text
+    answers: list[dict[str, Any]] = response.json()["responses"]
+    assert len(answers) == len(items)
+    return answers
+
+
+def replayed(answer: dict[str, Any]) -> dict[str, Any]:
+    return {**answer, "headers": {**answer["headers"], "idempotent-replayed": "true"}}
+
+
+def test_batch_items_answer_as_if_sent_alone(server: CloudServer, api: httpx.Client) -> None:
+    user, company = create_user(api, first_name="Kari"), create_company(api)
+    role = f"Rolle-{uuid.uuid4().hex[:6]}"
+    assert api.put(f"/v1/services/business/roles/{role}", json={"description": "r"}).status_code == 201
+    uid, cid = user["id"], company["id"]
+    no_effect: list[dict[str, Any]] = [
+        {"method": "GET", "path": f"/v1/users/{uid}"},
+        {"method": "GET", "path": f"/v1/users/{quote(uid)}"},
+        {"method": "GET", "path": f"/v1/users?email={quote(user['email'].upper())}&limit=5"},
+        {"method": "GET", "path": f"/v1/users?email=nobody%40x.no&email={quote(user['email'])}"},
+        {"method": "GET", "path": "/v1/users?limit=0"},
+        {"method": "GET", "path": "/v1/users?limit=abc"},
+        {"method": "GET", "path": f"/v1/users?external_id={'x' * 300}"},
+        {"method": "GET", "path": f"/v1/companies/{cid}"},
+        {"method": "GET", "path": f"/v1/companies?organisation_number=NO{company['organisation_number']}MVA"},
+        {"method": "GET", "path": f"/v1/companies/{uuid.uuid4()}"},
+        {"method": "GET", "path": f"/v1/companies/{'x' * 65}"},
+        {"method": "GET", "path": "/v1/me"},
+        {"method": "GET", "path": "/v1/services"},
+        {"method": "GET", "path": "/v1/services/business"},
+        {"method": "GET", "path": "/v1/services/payroll"},
+        {"method": "GET", "path": f"/v1/services/business/roles/{role}"},
+        {"method": "GET", "path": "/v1/services/business/widgets/x"},
+        {"method": "GET", "path": "/v1/application-instances"},
+        {"method": "GET", "path": f"/v1/audit?resource_id={uid}"},
+        {"method": "GET", "path": "/v1/audit?after_seq=-1"},
+        {"method": "GET", "path": f"/v1/users/{uid}/access"},
+        {"method": "GET", "path": f"/v1/users/{uid}/access/{cid}"},
+        {"method": "GET", "path": "/v1/nope"},
+        {"method": "GET", "path": "/v1/users/"},
+        {"method": "DELETE", "path": "/v1/me"},
+        {"method": "PATCH", "path": f"/v1/users/{uid}", "if_match": '"7"', "body": {"first_name": "X"}},
+        {"method": "PATCH", "path": f"/v1/users/{uid}", "if_match": 7, "body": {"first_name": "X"}},
+        {"method": "PATCH", "path": f"/v1/users/{uid}", "if_match": "x" * 65, "body": {"first_name": "X"}},
+        {"method": "PATCH", "path": f"/v1/users/{uuid.uuid4()}", "body": {"first_name": "X"}},
+        {"method": "POST", "path": "/v1/users", "body": {"email": user["email"].upper()}},
+        {"method": "POST", "path": "/v1/users", "body": {"email": "not-an-address"}},
+        {"method": "POST", "path": "/v1/users", "body": {"email": email(), "extra": 1}},
+        {"method": "POST", "path": "/v1/users", "body": ["a list"]},
+        {"method": "POST", "path": "/v1/users"},
+        {"method": "POST", "path": "/v1/users", "body": {"email": "a\ud800b@example.no"}},
+        {"method": "POST", "path": "/v1/users", "idempotency_key": "has space", "body": {"email": email()}},
+        {
+            "method": "POST",
+            "path": "/v1/companies",
+            "body": {"name": "X", "organisation_number": "no digits"},
+        },
+        {
+            "method": "PUT",
+            "path": "/v1/application-instances/business",
+            "body": {"uri": "u", "license_key": LICENSE_KEY},
+        },
+        {
+            "method": "PUT",
+            "path": "/v1/application-instances/nope",
+            "body": {"uri": "u", "license_fingerprint": "f"},
+        },
+        {
+            "method": "PUT",
+            "path": f"/v1/users/{uid}/access/{cid}",
+            "body": {"services": {"business": {"roles": ["Nope"]}}},
+        },
+        {"method": "PUT", "path": f"/v1/users/{uid}/access/{cid}", "body": {"services": {"payroll": {}}}},
+        {"method": "PUT", "path": f"/v1/services/business/roles/{'x' * 201}", "body": {}},
+        {"method": "DELETE", "path": f"/v1/users/{uid}/access/{cid}"},
+        {"method": "DELETE", "path": "/v1/services/business/roles/never-there"},
+        {"method": "POST", "path": f"/v1/users/{uuid.uuid4()}/deactivate"},
+    ]
+    in_batch_answers = in_batch(api, no_effect)
+    for item, answer in zip(no_effect, in_batch_answers, strict=True):
+        assert answer == alone(api, item), item
+    assert LICENSE_KEY not in json.dumps(in_batch_answers)
+
+    # writes with an effect: once in a batch and once alone, in both orders
+    def write(method: str, path: str, body: Any = None, **extra: Any) -> dict[str, Any]:
+        return {"idempotency_key": key(), "method": method, "path": path, "body": body, **extra}
+
+    batch_first = [
+        write("POST", "/v1/users", {"email": email(), "username": "kari"}),
+        write("PUT", f"/v1/services/reporting/modules/M{uuid.uuid4().hex[:6]}", {"description": "m"}),
+        write("PUT", f"/v1/users/{uid}/access/{cid}", {"services": {"business": {"roles": [role, role]}}}),
+        write("PATCH", f"/v1/users/{uid}", {"last_name": "Nordmann"}, if_match='"1"'),
+        write("POST", f"/v1/users/{uid}/deactivate"),
+        write("POST", f"/v1/users/{uid}/deactivate"),  # already inactive: a noop, still keyed
+        write("DELETE", f"/v1/users/{uid}/access/{cid}"),
+    ]
+    answers = in_batch(api, batch_first)
+    assert [a["status"] for a in answers] == [201, 201, 200, 200, 200, 200, 204]
+    for item, answer in zip(batch_first, answers, strict=True):
+        assert alone(api, item) == replayed(answer), item
+        assert len(effects(api, item["idempotency_key"])) == 1
+    alone_first = [
+        write("POST", "/v1/companies", {"name": "Fjord AS", "organisation_number": org_number()}),
+        write("POST", f"/v1/users/{uid}/reactivate"),
+        write("POST", f"/v1/companies/{cid}/link", {"external_id": key()}),
+    ]
+    singles = [alone(api, item) for item in alone_first]
+    assert [a["status"] for a in singles] == [201, 200, 200]
+    assert in_batch(api, alone_first) == [replayed(a) for a in singles]
+
+
+def test_batch_items_see_the_items_before_them(api: httpx.Client) -> None:
+    address, role, op = email(), f"Rolle-{uuid.uuid4().hex[:6]}", key()
+    company = create_company(api)
+    answers = in_batch(
+        api,
+        [
+            {"idempotency_key": op, "method": "POST", "path": "/v1/users", "body": {"email": address}},
+            {"method": "GET", "path": "/v1/nope"},  # through the whole application: commits what came before
+            {"method": "GET", "path": f"/v1/users?email={quote(address)}"},
+            {"idempotency_key": op, "method": "POST", "path": "/v1/users", "body": {"email": address}},
+            {"idempotency_key": op, "method": "POST", "path": "/v1/users", "body": {"email": email()}},
+        ],
+    )
+    assert [a["status"] for a in answers] == [201, 404, 200, 201, 422]
+    user_id = answers[0]["body"]["id"]
+    assert [u["id"] for u in answers[2]["body"]["items"]] == [user_id]
+    assert answers[3] == replayed(answers[0])
+    assert answers[4]["body"]["error"] == "idempotency_key_reused"
+    # refused, then fixed further on in the same batch: the key applies once
+    access_op = key()
+    assign = {
+        "idempotency_key": access_op,
+        "method": "PUT",
+        "path": f"/v1/users/{user_id}/access/{company['id']}",
+        "body": {"services": {"business": {"roles": [role]}}},
+    }
+    fixed = in_batch(
+        api,
+        [assign, {"method": "PUT", "path": f"/v1/services/business/roles/{role}", "body": {}}, assign],
+    )
+    assert [a["status"] for a in fixed] == [422, 201, 200]
+    assert "idempotent-replayed" not in fixed[2]["headers"]
+    assert [e["effect"] for e in effects(api, access_op)] == ["assigned"]
+    assert [e["effect"] for e in effects(api, op)] == ["created"]
+
+
+def test_batch_items_are_counted_per_route(fresh_server: Callable[..., CloudServer]) -> None:
+    cloud = fresh_server()
+    with client_for(cloud) as api, admin(cloud) as admin_api:
+        user = create_user(api)
+        items = [
+            {"method": "GET", "path": f"/v1/users/{user['id']}"},
+            {"method": "POST", "path": "/v1/users", "body": {"email": email()}, "idempotency_key": "k-1"},
+            {"method": "POST", "path": "/v1/users", "body": {"email": "bad"}},
+            {"method": "GET", "path": "/v1/nope"},
+        ]
+        in_batch(api, items)
+        in_batch(api, items[1:2])
+        stats = admin_api.get("/admin/stats").json()
+        assert stats["batch_items"] == {
+            "GET /v1/users/{user_id}": {"200": 1},
+            "POST /v1/users": {"201": 2, "422": 1},
+            "GET unmatched": {"404": 1},
+        }
+        assert stats["idempotent_replays"] == 1
+        assert stats["requests"]["POST /v1/batch"] == {"200": 2}
+
+
+# The direct dispatch (cloud.direct) against the whole FastAPI stack (--no-direct): the
+# same script on two fresh servers must get the same answers, ids and times aside.
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
+
+
+def _script(cloud: CloudServer) -> list[Any]:
+    """A fixed conversation with a fresh server; returns every answer in order."""
+    seen: list[Any] = []
+    with client_for(cloud) as api, client_for(cloud, "directory:read") as reader:
+
+        def send(method: str, path: str, *, client: httpx.Client = api, **kwargs: Any) -> httpx.Response:
+            response = client.request(method, path, **kwargs)
+            headers = {k: v for k, v in response.headers.items() if k not in ("date", "content-length")}
+            seen.append((method, path, response.status_code, response.text, headers))
+            return response
+
+        user = send("POST", "/v1/users", json={"email": "Kari@Example.no", "username": "kari"}).json()
+        send("POST", "/v1/users", json={"email": "kari@example.NO"})
+        send("POST", "/v1/users", json={"email": "ola@example.no"}, headers={"Idempotency-Key": "k-1"})
+        send("POST", "/v1/users", json={"email": "ola@example.no"}, headers={"Idempotency-Key": "k-1"})
+        send("POST", "/v1/users", json={"email": "per@example.no"}, headers={"Idempotency-Key": "k-1"})
+        send("POST", "/v1/users", json={"email": "x@example.no"}, headers={"Idempotency-Key": "bad key"})
+        send("POST", "/v1/users", json={"email": "nope"})
+        send("POST", "/v1/users", json={"email": "x@example.no", "typo": 1})
+        send(
+            "POST",
+            "/v1/users",
+            content=b'{"email": "x@example.no"',
+            headers={"Content-Type": "application/json"},
+        )
+        send(
+            "POST", "/v1/users", content=b'{"email": "t@example.no"}', headers={"Content-Type": "text/plain"}
+        )
+        send(
+            "POST",
+            "/v1/users",
+            content=b'{"email": "c@example.no"}',
+            headers={"Content-Type": "application/json; charset=utf-8"},
+        )
+        send("POST", "/v1/users", content=b"null", headers={"Content-Type": "application/json"})
+        send("POST", "/v1/users")
+        send("POST", "/v1/users", client=reader, json={"email": "r@example.no"})
+        send("GET", "/v1/users", client=httpx.Client(base_url=cloud.url))
+        send("GET", "/v1/me", headers={"Authorization": "Bearer nope"})
+        uid = user["id"]
+        send("GET", f"/v1/users/{uid}")
+        send("GET", f"/v1/users/{uid}", client=reader)
+        send("GET", "/v1/users", params={"email": "KARI@example.no", "limit": "5"})
+        send("GET", "/v1/users", params={"limit": "0"})
+        send("GET", "/v1/users?email=a%40b.no&email=kari%40example.no")
+        send("PATCH", f"/v1/users/{uid}", json={"first_name": "Kari"}, headers={"If-Match": '"9"'})
+        send("PATCH", f"/v1/users/{uid}", json={"first_name": "Kari"}, headers={"If-Match": 'W/"1"'})
+        send("PATCH", f"/v1/users/{uid}", json={"first_name": "Kari"}, headers={"If-Match": "x" * 70})
+        send("PATCH", f"/v1/users/{uid}", json={"email": "OLA@example.no"})
+        send("POST", f"/v1/users/{uid}/deactivate", headers={"Idempotency-Key": "k-2"})
+        send("POST", f"/v1/users/{uid}/deactivate", content=b"ignored", headers={"Idempotency-Key": "k-2"})
+        send("POST", f"/v1/users/{uid}/reactivate")
+        send("POST", f"/v1/users/{uid}/link", json={"external_id": "ext-1"})
+        send("POST", f"/v1/users/{uuid.uuid4()}/link", json={"external_id": "ext-2"})
+        company = send(
+            "POST", "/v1/companies", json={"name": "Fjellvik AS", "organisation_number": "923 609 016"}
+        )
+        cid = company.json()["id"]
+        send("POST", "/v1/companies", json={"name": "Other", "organisation_number": "NO923609016MVA"})
+        send("GET", "/v1/companies", params={"organisation_number": "923609016"})
+        send("PATCH", f"/v1/companies/{cid}", json={"country": "no"}, headers={"If-Match": "1"})
+        send("POST", f"/v1/companies/{cid}/link", json={"external_id": "c-1"})
+        send("PUT", "/v1/services/business/roles/Regnskap", json={"description": "r"})
+        send("PUT", "/v1/services/business/roles/Regnskap", json={"description": "r"})
+        send("PUT", "/v1/services/payroll/roles/x", json={})
+        send("PUT", f"/v1/users/{uid}/access/{cid}", json={"services": {"business": {"roles": ["Nope"]}}})
+        send("PUT", f"/v1/users/{uid}/access/{cid}", json={"services": {"business": {"roles": ["Regnskap"]}}})
+        send("GET", f"/v1/users/{uid}/access")
+        send("GET", "/v1/services")
+        send("GET", "/v1/services/reporting")
+        send("PUT", "/v1/application-instances/business", json={"uri": "u", "license_key": LICENSE_KEY})
+        send("PUT", "/v1/application-instances/business", json={"uri": "u", "license_fingerprint": "f"})
+        send("DELETE", "/v1/services/business/roles/Regnskap")
+        send("DELETE", f"/v1/users/{uid}/access/{cid}")
+        send("DELETE", "/v1/me")
+        send("HEAD", "/v1/me")
+        send("GET", "/v1/nope")
+        send("GET", "/v1/me")
+        items = [
+            {
+                "idempotency_key": "b-1",
+                "method": "POST",
+                "path": "/v1/users",
+                "body": {"email": "b@example.no"},
+            },
+            {"method": "GET", "path": "/v1/users?email=b%40example.no"},
+            {
+                "idempotency_key": "b-1",
+                "method": "POST",
+                "path": "/v1/users",
+                "body": {"email": "b@example.no"},
+            },
+            {
+                "idempotency_key": "b-1",
+                "method": "POST",
+                "path": "/v1/users",
+                "body": {"email": "z@example.no"},
+            },
+            {"method": "POST", "path": "/v1/users", "body": {"email": "bad"}},
+            {"method": "PATCH", "path": f"/v1/users/{uid}", "if_match": 1, "body": {"last_name": "N"}},
+            {"method": "GET", "path": "/v1/audit?limit=3&after_seq=1"},
+            {"method": "DELETE", "path": "/v1/me"},
+            {"method": "POST", "path": "/v1/batch", "body": {"requests": []}},
+        ]
+        send("POST", "/v1/batch", json={"requests": items})
+        send("POST", "/v1/batch", client=reader, json={"requests": items[:2]})
+        send("GET", "/v1/audit", params={"limit": "1000"})
+    with admin(cloud) as admin_api:
+        seen.append(admin_api.get("/admin/stats").json())
+    return seen
+
+
+def _normalised(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True)
+    names: dict[str, str] = {}
+    text = _UUID.sub(lambda m: names.setdefault(m.group(0), f"<id{len(names)}>"), text)
+    return _TIME.sub("<time>", text)
+
+
+def test_direct_dispatch_answers_as_the_whole_stack_does(fresh_server: Callable[..., CloudServer]) -> None:
+    direct = _script(fresh_server())
+    reference = _script(fresh_server(extra_args=("--no-direct",)))
+    assert len(direct) == len(reference)
+    for ours, theirs in zip(direct, reference, strict=True):
+        assert _normalised(ours) == _normalised(theirs)
+
+
+def test_a_body_cut_short_by_the_client_has_no_effect(fresh_server: Callable[..., CloudServer]) -> None:
+    cloud = fresh_server()
+    address = email()
+    body = json.dumps({"email": address}).encode()  # valid JSON, but fewer bytes than announced
+    head = (
+        f"POST /v1/users HTTP/1.1\r\nHost: {cloud.host}\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {cloud.token()}\r\nIdempotency-Key: cut-1\r\n"
+        f"Content-Length: {len(body) + 20}\r\n\r\n"
+    ).encode()
+    with socket.create_connection((cloud.host, cloud.port), timeout=10) as raw:
+        raw.sendall(head + body)
+    with client_for(cloud) as api, admin(cloud) as admin_api:
+        wait_until(
+            lambda: admin_api.get("/admin/stats").json()["requests"].get("POST /v1/users"),
+            timeout=20,
+            what="the server to give up on the request",
+        )
+        assert api.get("/v1/users", params={"email": address}).json()["items"] == []
+        assert effects(api, "cut-1") == []
+
+
+# -- the store's batch transaction -------------------------------------------------
+
+
+def _store_write(store: Store, op: str | None, action: Any) -> Any:
+    return store.write(WriteRequest("c", "POST", "/v1/users", op, f"fp-{op}"), action)
+
+
+def _insert_user(email_address: str) -> Any:
+    def action(conn: sqlite3.Connection, now: float) -> Outcome:
+        user_id = str(uuid.uuid4())
+        conn.execute(
+            "INSERT INTO users (id, email, email_key, active, version, created_at, updated_at)"
+            " VALUES (?, ?, ?, 1, 1, 'a', 'a')",
+            (user_id, email_address, email_address),
+        )
+        return Outcome(201, {"id": user_id}, Effect("user", user_id, "created"))
+
+    return action
+
+
+def _refuse(conn: sqlite3.Connection, now: float) -> Outcome:
+    conn.execute(
+        "INSERT INTO users (id, email, email_key, active, version, created_at, updated_at)"
+        " VALUES ('refused', 'r', 'r', 1, 1, 'a', 'a')"
+    )
+    raise ApiError(409, "conflict", "refused after writing")
+
+
+def test_store_batch_keeps_each_write_all_or_nothing(tmp_path: Path) -> None:
+    store = Store(tmp_path / "cloud.db", clock=time.time)
+    store.open()
+    try:
+        seen_inside: list[int] = []
+        with pytest.raises(RuntimeError, match="boom"), store.batch():
+            first = _store_write(store, "k1", _insert_user("a@x.no"))
+            with pytest.raises(ApiError):
+                _store_write(store, "k2", _refuse)
+            seen_inside.append(store.reader().execute("SELECT count(*) FROM users").fetchone()[0])
+            with pytest.raises(RuntimeError, match="wait for itself"), store.transaction():
+                pass
+            with pytest.raises(ZeroDivisionError):  # an unexpected error half-way through a write
+                _store_write(store, "k3", lambda conn, now: (_insert_user("c@x.no")(conn, now), 1 / 0))
+            raise RuntimeError("boom")
+        assert seen_inside == [1]  # the batch's own write, not the refused one
+        other = sqlite3.connect(tmp_path / "cloud.db")
+        users = [r[0] for r in other.execute("SELECT email FROM users")]
+        keys = [r[0] for r in other.execute("SELECT key FROM idempotency")]
+        audited = [r[0] for r in other.execute("SELECT idempotency_key FROM audit")]
+        other.close()
+        # the completed write was committed even though the block raised afterwards
+        assert (users, keys, audited) == (["a@x.no"], ["k1"], ["k1"])
+        assert first.replayed is False
+        assert _store_write(store, "k1", _insert_user("a@x.no")).replayed is True
+    finally:
+        store.close()
+
+
+def test_store_batch_commits_only_at_its_end(tmp_path: Path) -> None:
+    store = Store(tmp_path / "cloud.db", clock=time.time)
+    store.open()
+    counts: list[int] = []
+
+    def count_elsewhere() -> None:
+        counts.append(store.reader().execute("SELECT count(*) FROM users").fetchone()[0])
+
+    try:
+        with store.batch():
+            _store_write(store, None, _insert_user("a@x.no"))
+            worker = threading.Thread(target=count_elsewhere)
+            worker.start()
+            worker.join(timeout=30)
+        count_elsewhere()
+        assert counts == [0, 1]
+    finally:
+        store.close()
 
 
 # -- faults and rate limits --------------------------------------------------------
