@@ -1,1 +1,6 @@
-pytest_plugins = ["tests.fixtures.kafka", "tests.fixtures.cloud", "tests.fixtures.postgres"]
+pytest_plugins = [
+    "tests.fixtures.kafka",
+    "tests.fixtures.cloud",
+    "tests.fixtures.postgres",
+    "tests.fixtures.prometheus",
+]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -12,15 +12,24 @@ from vudsync.settings import Settings
 
 @contextmanager
 def components(
-    settings: Settings, bootstrap: str, *names: str, **extra: str
+    settings: Settings,
+    bootstrap: str,
+    *names: str,
+    metrics_ports: Mapping[str, int] | None = None,
+    **extra: str,
 ) -> Iterator[dict[str, ComponentProcess]]:
-    """Start ``vudsync run <name>`` for each name; stop them all (by pid) on exit."""
+    """Start ``vudsync run <name>`` for each name; stop them all (by pid) on exit.
+
+    ``metrics_ports`` maps a name to the port its ``--metrics-port`` serves /metrics on.
+    """
     log_dir = Path(settings.home) / "logs"
     procs: dict[str, ComponentProcess] = {}
     try:
         for name in names:
             component, _, worker = name.partition(":")
             args = ["run", component] + (["--worker-name", worker] if worker else [])
+            if metrics_ports and name in metrics_ports:
+                args += ["--metrics-port", str(metrics_ports[name])]
             procs[name] = ComponentProcess(
                 name.replace(":", "-"), args, env=component_env(settings, bootstrap, **extra), log_dir=log_dir
             ).start()

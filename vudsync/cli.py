@@ -20,6 +20,7 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
     ("kafka", "kafka"),
     ("cloud", "cloud"),
     ("run", "run"),
+    ("lag", "run"),  # the same run group, with `run lag-exporter` added
     ("topics", "topics"),
     ("store", "store"),
     ("bench", "bench"),

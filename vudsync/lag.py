@@ -1,0 +1,351 @@
+"""Consumer lag of the pipeline's consumer groups, read from the broker, for Prometheus.
+
+Exposes (names as in ARCHITECTURE.md; the last three are the exporter's own health):
+
+* ``vudsync_consumer_lag_messages{group,topic,partition}`` — messages the group has still to
+  read: the partition's end offset minus the group's committed offset;
+* ``vudsync_consumer_committed_offset{group,topic,partition}`` — the committed offset itself
+  (its rate is the group's consumption rate; an offset that stands still while lag > 0 is a
+  stalled consumer);
+* ``vudsync_consumer_lag_reads_total`` / ``vudsync_consumer_lag_read_errors_total`` and
+  ``vudsync_consumer_lag_read_timestamp_seconds`` (the last successful read, Unix time).
+
+Why a process of its own (``vudsync run lag-exporter``) and not a thread in the planner and
+the sink: lag matters most when a consumer is down or stuck, and an exporter inside that
+consumer dies or hangs with it; scaled-out workers would each export the same group's lag
+(N copies to de-duplicate in every query); and one exporter asks the broker at one rate,
+whatever the number of workers.
+
+Contracts:
+
+* A partition the group has never committed counts from the partition's log start offset:
+  the consumers use ``auto.offset.reset=earliest``, so everything retained is still to be
+  read. A committed offset below the log start (retention deleted what was not read) counts
+  from the log start too. Lag is never negative.
+* The partitions of a group are those of its input topics (from the settings) plus every
+  topic it has committed offsets for. A topic that does not exist yet is left out.
+* A scrape never waits on the broker: it reads the last snapshot, which a background loop
+  refreshes every ``Settings.lag_interval`` seconds. A snapshot older than three intervals is
+  not exported at all — a frozen number would hide a broken read; the read-error counter and
+  the vanished series say what happened.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any, Protocol, TypeVar
+
+from kafka import KafkaAdminClient, TopicPartition
+from kafka.admin import OffsetSpec
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from vudsync.admin import translate
+from vudsync.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TopicPartitionKey = tuple[str, int]
+Offsets = dict[TopicPartitionKey, int]
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """A consumer group and the topics it reads."""
+
+    group: str
+    topics: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    group: str
+    topic: str
+    partition: int
+    committed: int | None  # None: the group never committed this partition
+    end: int
+    lag: int
+
+
+@dataclass(frozen=True)
+class LagSnapshot:
+    rows: tuple[PartitionLag, ...]
+    taken_at: float  # time.monotonic() of the read
+
+
+def compute_lag(
+    groups: Sequence[GroupSpec],
+    committed: Mapping[str, Mapping[TopicPartitionKey, int]],
+    start: Mapping[TopicPartitionKey, int],
+    end: Mapping[TopicPartitionKey, int],
+) -> list[PartitionLag]:
+    """Per group and partition: what is left to read (pure; see the module's contracts)."""
+    rows: list[PartitionLag] = []
+    for spec in groups:
+        offsets = committed.get(spec.group, {})
+        topics = set(spec.topics) | {topic for topic, _ in offsets}
+        for tp in sorted(tp for tp in end if tp[0] in topics):
+            first, last = start.get(tp, 0), end[tp]
+            known = offsets.get(tp)
+            at = first if known is None or known < 0 else max(known, first)
+            rows.append(
+                PartitionLag(
+                    spec.group,
+                    tp[0],
+                    tp[1],
+                    known if known is not None and known >= 0 else None,
+                    last,
+                    max(last - at, 0),
+                )
+            )
+    return rows
+
+
+class OffsetReader(Protocol):
+    """What the exporter needs from the broker."""
+
+    def committed(self, groups: Sequence[str]) -> dict[str, Offsets]:
+        """Committed offsets per group (a group that never committed maps to ``{}``)."""
+        ...
+
+    def partitions(self, topics: Iterable[str]) -> dict[str, int]:
+        """Partition count of each topic that exists (unknown topics are left out)."""
+        ...
+
+    def log_offsets(self, partitions: Sequence[TopicPartitionKey]) -> tuple[Offsets, Offsets]:
+        """``(start, end)``: the log start and end offsets of each partition."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class KafkaAdminOffsetReader:
+    """:class:`OffsetReader` over kafka-python's ``KafkaAdminClient``.
+
+    The client is created on first use and dropped after any error, so that a broker that
+    comes back is reconnected to by the next read. kafka-python errors leave as
+    :class:`vudsync.errors.VudsyncError` (translated once, here).
+    """
+
+    def __init__(self, bootstrap: str, *, timeout: float = 10.0) -> None:
+        self.bootstrap = bootstrap
+        self.timeout_ms = int(timeout * 1000)
+        self._client: KafkaAdminClient | None = None
+
+    def _call(self, what: str, fn: Callable[[KafkaAdminClient], _T]) -> _T:
+        try:
+            if self._client is None:
+                self._client = KafkaAdminClient(
+                    bootstrap_servers=self.bootstrap,
+                    client_id="vudsync-lag-exporter",
+                    request_timeout_ms=self.timeout_ms,
+                    bootstrap_timeout_ms=self.timeout_ms,
+                    reconnect_backoff_max_ms=1000,
+                )
+            return fn(self._client)
+        except Exception as exc:
+            self.close()
+            raise translate(exc, what) from exc
+
+    def committed(self, groups: Sequence[str]) -> dict[str, Offsets]:
+        raw = self._call(
+            f"read committed offsets of {list(groups)}",
+            lambda admin: admin.list_group_offsets({g: None for g in groups}),
+        )
+        return {
+            group: {(tp.topic, tp.partition): meta.offset for tp, meta in (raw.get(group) or {}).items()}
+            for group in groups
+        }
+
+    def partitions(self, topics: Iterable[str]) -> dict[str, int]:
+        wanted = sorted(set(topics))
+        if not wanted:
+            return {}
+
+        def describe(admin: KafkaAdminClient) -> list[dict[str, Any]]:
+            existing = set(admin.list_topics())
+            names = [t for t in wanted if t in existing]
+            return admin.describe_topics(names) if names else []
+
+        return {
+            str(t["name"]): len(t["partitions"])
+            for t in self._call("describe topics", describe)
+            if t.get("error_code") == 0 and t.get("partitions")
+        }
+
+    def log_offsets(self, partitions: Sequence[TopicPartitionKey]) -> tuple[Offsets, Offsets]:
+        return self._offsets(partitions, OffsetSpec.EARLIEST), self._offsets(partitions, OffsetSpec.LATEST)
+
+    def _offsets(self, partitions: Sequence[TopicPartitionKey], spec: OffsetSpec) -> Offsets:
+        if not partitions:
+            return {}
+        specs = {TopicPartition(t, p): spec for t, p in partitions}
+        what = f"list {spec.name.lower()} offsets"
+        raw = self._call(what, lambda admin: admin.list_partition_offsets(specs))
+        return {(tp.topic, tp.partition): value.offset for tp, value in raw.items()}
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # closing a broken client must not hide the error that broke it
+                log.debug("lag exporter: closing the admin client failed", exc_info=True)
+
+
+class LagCollector(Collector):
+    """Exports the latest :class:`LagSnapshot` while it is fresh (see the module's contracts)."""
+
+    def __init__(self, max_age: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_age = max_age
+        self.clock = clock
+        self._snapshot: LagSnapshot | None = None
+
+    def update(self, snapshot: LagSnapshot) -> None:
+        self._snapshot = snapshot  # one reference assignment: scrapes see the old or the new one
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        labels = ["group", "topic", "partition"]
+        return (
+            GaugeMetricFamily(
+                "vudsync_consumer_lag_messages",
+                "Messages a consumer group has still to read (end offset - committed offset)",
+                labels=labels,
+            ),
+            GaugeMetricFamily(
+                "vudsync_consumer_committed_offset",
+                "The consumer group's committed offset (its rate is the group's consumption rate)",
+                labels=labels,
+            ),
+        )
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        lag, committed = self._families()
+        snapshot = self._snapshot
+        if snapshot is not None and self.clock() - snapshot.taken_at <= self.max_age:
+            for row in snapshot.rows:
+                labels = [row.group, row.topic, str(row.partition)]
+                lag.add_metric(labels, row.lag)
+                if row.committed is not None:
+                    committed.add_metric(labels, row.committed)
+        yield lag
+        yield committed
+
+
+class LagMetrics:
+    """The exporter's metrics: the lag collector and its own read health."""
+
+    def __init__(self, registry: CollectorRegistry, max_age: float) -> None:
+        self.lag = LagCollector(max_age)
+        registry.register(self.lag)
+        self.reads = Counter(
+            "vudsync_consumer_lag_reads_total", "Reads of consumer offsets from the broker", registry=registry
+        )
+        self.read_errors = Counter(
+            "vudsync_consumer_lag_read_errors_total",
+            "Reads of consumer offsets that failed (the lag series vanish when reads keep failing)",
+            registry=registry,
+        )
+        self.read_timestamp = Gauge(
+            "vudsync_consumer_lag_read_timestamp_seconds",
+            "Unix time of the last successful read of consumer offsets",
+            registry=registry,
+        )
+
+
+class LagExporter:
+    """Reads the groups' lag every ``interval`` seconds and hands it to :class:`LagMetrics`."""
+
+    def __init__(
+        self,
+        reader: OffsetReader,
+        groups: Sequence[GroupSpec],
+        metrics: LagMetrics,
+        interval: float,
+    ) -> None:
+        self.reader = reader
+        self.groups = tuple(groups)
+        self.metrics = metrics
+        self.interval = interval
+
+    def read_once(self) -> LagSnapshot:
+        committed = self.reader.committed([g.group for g in self.groups])
+        topics = {t for g in self.groups for t in g.topics}
+        topics |= {topic for offsets in committed.values() for topic, _ in offsets}
+        counts = self.reader.partitions(topics)
+        partitions = [(topic, p) for topic, n in sorted(counts.items()) for p in range(n)]
+        start, end = self.reader.log_offsets(partitions)
+        return LagSnapshot(tuple(compute_lag(self.groups, committed, start, end)), time.monotonic())
+
+    def refresh(self) -> bool:
+        """One read; True when it succeeded. Never raises: a failed read is logged and counted."""
+        self.metrics.reads.inc()
+        try:
+            snapshot = self.read_once()
+        except Exception as exc:  # no exception escapes the loop; the next read retries
+            self.metrics.read_errors.inc()
+            log.warning("lag exporter: reading offsets failed: %s", exc)
+            return False
+        self.metrics.lag.update(snapshot)
+        self.metrics.read_timestamp.set(time.time())
+        return True
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self.refresh()
+            stop.wait(self.interval)
+
+
+def pipeline_groups(settings: Settings) -> tuple[GroupSpec, ...]:
+    """The planner's and the sink's consumer groups with their input topics."""
+    from processors.app import app_id
+    from processors.topics import WAKEUPS
+    from schemas.topics import DIRECTORY_TOPICS, OPERATIONS, RESULTS
+    from sinks.service import sink_group
+
+    planner_topics = [spec.name for spec in DIRECTORY_TOPICS.values()] + [RESULTS.name, WAKEUPS]
+    return (
+        GroupSpec(app_id(settings), tuple(settings.topic(name) for name in planner_topics)),
+        GroupSpec(sink_group(settings), (settings.topic(OPERATIONS.name),)),
+    )
+
+
+def build_lag_exporter(settings: Settings, bootstrap: str, registry: CollectorRegistry) -> LagExporter:
+    return LagExporter(
+        KafkaAdminOffsetReader(bootstrap),
+        pipeline_groups(settings),
+        LagMetrics(registry, max_age=3 * settings.lag_interval),
+        settings.lag_interval,
+    )
+
+
+def run_lag_exporter(settings: Settings, bootstrap: str, *, metrics_port: int | None = None) -> None:
+    """Export consumer lag until SIGTERM/SIGINT."""
+    registry = CollectorRegistry()
+    exporter = build_lag_exporter(settings, bootstrap, registry)
+    if metrics_port is not None:
+        start_http_server(metrics_port, addr=settings.metrics_host, registry=registry)
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("lag exporter: signal %d, stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        exporter.run(stop)
+    finally:
+        exporter.reader.close()
+        log.info("lag exporter: stopped")
