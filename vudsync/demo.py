@@ -256,7 +256,7 @@ class Demo:
                 last = now
                 time.sleep(0.5)
         raise VudsyncError(
-            f"{label}: the backlog did not drain within {self.options.timeout:.0f}s",
+            f"{label}: the backlog did not drain within {self.options.timeout:.0f}s ({seen})",
             hint=f"look at the logs in {self.base.home / 'demo' / 'logs'}",
         )
 
