@@ -168,6 +168,10 @@ class Demo:
             f"{len(sample.access)} access rows"
         ):
             write_sample(writer, sample)
+        with con.status("connecting to the cloud (customer administrator check, registry, catalogues)"):
+            from vudsync.commands.connect import run_connect
+
+            run_connect(settings, bootstrap, snapshot=False)  # the producer snapshots, with its metrics
         self._start_components(settings, bootstrap)
         con.print(
             f"pipeline up: broker {bootstrap}, cloud {self.cloud.url}, "
