@@ -1,4 +1,10 @@
-"""The planner's agents: each iterates its stream and hands every event to a handler."""
+"""The planner's agent: one stream over every input, one message at a time.
+
+Concurrency 1, deliberately: the agent writes the table, and Faust commits an offset once
+every message before it is acknowledged — with ``concurrency > 1`` a finished message could be
+committed past an unfinished one. One agent for all inputs also means a fact and the
+directory event that needs it are never handled at the same time.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +13,16 @@ import faust
 from processors.handlers import PlannerHandlers
 from processors.topics import PlannerTopics
 
+AGENT_NAME = "plan"
+METRICS_INTERVAL = 10.0
+
 
 def declare_agents(app: faust.App, topics: PlannerTopics, handlers: PlannerHandlers) -> None:
-    # concurrency 1: the agents write tables, and order per partition must hold
-    @app.agent(topics.directory, name="plan-directory")
-    async def plan_directory(stream: faust.StreamT) -> None:
+    @app.agent(topics.inputs, name=AGENT_NAME, concurrency=1)
+    async def plan(stream: faust.StreamT) -> None:
         async for event in stream.events():
-            await handlers.on_directory_event(event)
+            await handlers.on_message(event)
 
-    @app.agent(topics.results, name="learn-identities")
-    async def learn_identities(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            await handlers.on_result(event)
-
-    @app.agent(topics.wakeups, name="release-parked")
-    async def release_parked(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            await handlers.on_wakeup(event)
-
-    @app.timer(interval=5.0)
-    async def export_parked() -> None:
-        handlers.metrics.parked.set(handlers.parked_count())
+    @app.timer(interval=METRICS_INTERVAL)
+    async def export_gauges() -> None:
+        handlers.export_gauges()

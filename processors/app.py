@@ -4,12 +4,36 @@ from __future__ import annotations
 
 import faust
 
+from vudsync.errors import ConfigurationError
 from vudsync.settings import Settings
+
+STORES = {"memory": "memory://", "rocksdb": "rocksdb://"}
 
 
 def app_id(settings: Settings) -> str:
     """The planner's consumer group (and the prefix of its changelog topics)."""
     return f"{settings.topic_prefix}vudsync-planner"
+
+
+def store_url(settings: Settings) -> str:
+    """The table store: memory (default; tables recovered from their changelog at start) or
+    RocksDB through ``rocksdict`` (large installations; recovers only what it lacks)."""
+    try:
+        url = STORES[settings.planner_store]
+    except KeyError:
+        raise ConfigurationError(
+            f"unknown planner store {settings.planner_store!r}",
+            hint="VUDSYNC_PLANNER_STORE=memory or rocksdb",
+        ) from None
+    if url.startswith("rocksdb"):
+        try:
+            import rocksdict  # noqa: F401
+        except ImportError:
+            raise ConfigurationError(
+                "VUDSYNC_PLANNER_STORE=rocksdb needs the rocksdict package",
+                hint="pip install 'vudsync[rocksdb]'",
+            ) from None
+    return url
 
 
 def create_app(settings: Settings, bootstrap: str) -> faust.App:
@@ -18,17 +42,24 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
     return faust.App(
         app_id(settings),
         broker=f"kafka://{bootstrap}",
-        store="rocksdb://" if settings.planner_store == "rocksdb" else "memory://",
+        store=store_url(settings),
         datadir=str(datadir),
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication,
         producer_acks=-1,
+        producer_linger=settings.planner_linger,
         processing_guarantee="at_least_once",
         web_enabled=False,
         autodiscover=False,
-        broker_commit_every=500,
+        # no standby replicas: a worker taking partitions over recovers them from the changelog
+        # (see docs in processors/tables.py for why)
+        table_standby_replicas=0,
+        broker_commit_every=1000,
         broker_commit_interval=1.0,
         stream_buffer_maxsize=4096,
         table_cleanup_interval=60.0,
         consumer_auto_offset_reset="earliest",
+        # a killed worker's partitions move after this (faust's default is 60 s)
+        broker_session_timeout=settings.planner_session_timeout,
+        broker_heartbeat_interval=min(3.0, settings.planner_session_timeout / 4),
     )

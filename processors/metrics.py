@@ -1,8 +1,15 @@
-"""Prometheus metrics of the planner process (names as in ARCHITECTURE.md)."""
+"""Prometheus metrics of the planner process (names as in ARCHITECTURE.md).
+
+Gauges are per worker: ``vudsync_parked_operations`` counts the operations parked in this
+worker's table, ``vudsync_held_deletions`` what the accidental-delete gate holds (non-zero
+only on the worker that owns partition 0); sum them over workers.
+"""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from schemas.topics import DIRECTORY_DLQ
 
 
 class PlannerMetrics:
@@ -30,9 +37,28 @@ class PlannerMetrics:
             ["topic"],
             registry=registry,
         )
+        # exported at 0 from the start, so that increase() sees the first dead letter
+        self.dlq.labels(topic=DIRECTORY_DLQ.name)
+        self.held_deletions = Gauge(
+            "vudsync_held_deletions",
+            "Deletions held for an operator's confirmation (accidental-delete protection)",
+            registry=registry,
+        )
         self.journal = Counter(
             "vudsync_journal_entries_total",
             "Journal entries written by the planner",
             ["code"],
+            registry=registry,
+        )
+        self.messages = Counter(
+            "vudsync_planner_messages_total",
+            "Messages the planner handled, by input (directory, results, facts, control)",
+            ["input"],
+            registry=registry,
+        )
+        self.retries = Counter(
+            "vudsync_planner_retries_total",
+            "Messages handled again after the broker refused a record (by exception class)",
+            ["reason"],
             registry=registry,
         )

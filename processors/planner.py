@@ -1,39 +1,57 @@
 """The planner: pure reconciliation of directory events into cloud operations.
 
-``plan(previous, event, identities, settings, now)`` → :class:`Plan`. No I/O, no clock, no
-Faust: everything arrives as arguments, so the same input always plans the same operations
+``plan(previous, event, identities, settings, now=…)`` → :class:`~processors.model.Plan`: the
+new table value, the operations to send now, the operations parked until their needs are met,
+journal entries. No I/O, no clock, no Faust: the same input always plans the same operations
 with the same ids (a replay plans the same ids again, and the sink's ledger and the cloud's
 idempotency keys make them no-ops).
 
 Rules (DOMAIN.md):
-- a version not newer than the one seen is a no-op (``stale``), so an older event never
-  overwrites newer state;
-- users: upsert (the sink matches by known cloud id, then e-mail case-insensitively, then
-  creates); removal on premise deactivates, never deletes;
-- companies: upsert (the sink updates a linked company, else links to the company with the
-  same normalised organisation number, else creates);
-- a user's access per company becomes assign/revoke operations; they need the cloud ids of
-  user and company, and are *parked* until the results topic has confirmed both;
-- access in an application whose instance does not match the cloud's registry is blocked,
-  with a journal entry naming the field that differs (never the key).
+
+- *versions*: an event whose version is not newer than the one seen is ``stale``, a no-op, so
+  an older event never overwrites newer state;
+- *users*: upsert — the sink matches by known cloud id, then by e-mail case-insensitively, then
+  creates; removal on premise deactivates (never deletes); a later create re-activates;
+- *companies*: upsert — the sink updates a linked company, else links to the cloud company
+  with the same normalised organisation number (a "review" journal entry follows from its
+  result when details differ), else creates; never two cloud companies for one company;
+- *catalogues*: roles, layout groups and modules are published per service (application);
+- *access*: the diff of a user's access per company becomes assign / revoke operations;
+- *prerequisites*: an operation is sent only when its needs (:mod:`processors.model`) are met,
+  else parked: cloud ids of user and company, the catalogue entries it names, an application
+  instance that matches the cloud's registry;
+- *deletions* (op ``d``) wait for the accidental-delete gate (:mod:`processors.deletions`);
+- *application instances*: one per type; an instance event is published to every partition as
+  a fact, and each partition judges the application with :func:`instance_verdict`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from datetime import datetime
-from enum import StrEnum
+from typing import Any
 
+from processors.model import (
+    Decision,
+    DeletionRequest,
+    EntityView,
+    Identities,
+    InstanceSeen,
+    JournalEntry,
+    Outcome,
+    Parked,
+    Plan,
+    PlannerSettings,
+    Registry,
+    Verdict,
+    VerdictStatus,
+)
 from schemas.directory import (
     ApplicationInstanceState,
     ApplicationType,
     CompanyAccess,
     EntityType,
-    LayoutGroupState,
     ModuleState,
-    RoleState,
-    ServiceAccess,
     UserState,
 )
 from schemas.events import (
@@ -59,85 +77,24 @@ from schemas.operations import (
     operation_id_for,
 )
 
-
-class Outcome(StrEnum):
-    PLANNED = "planned"
-    NO_CHANGE = "no_change"
-    STALE = "stale"
-    PARKED = "parked"
-    BLOCKED = "blocked"
-
-
-@dataclass(frozen=True)
-class RegisteredInstance:
-    uri: str
-    license_fingerprint: str
-
-
-@dataclass(frozen=True)
-class Identities:
-    """What the planner knows of the cloud: learned from results and from ``connect``."""
-
-    users: Mapping[str, str] = field(default_factory=dict)  # user id -> cloud id
-    companies: Mapping[str, str] = field(default_factory=dict)  # company id -> cloud id
-    instances: Mapping[ApplicationType, RegisteredInstance] = field(default_factory=dict)
-    # applications whose on-premise instance does not match the cloud (set by the planner)
-    blocked: frozenset[ApplicationType] = frozenset()
-
-
-@dataclass(frozen=True)
-class EntityView:
-    """The last seen state of one entity (the processor's table value)."""
-
-    version: int
-    state: object | None
-    deleted: bool = False
-
-
-@dataclass(frozen=True)
-class JournalEntry:
-    entity: EntityType
-    entity_id: str
-    code: str
-    message: str
-    level: str = "info"
-
-
-@dataclass(frozen=True)
-class Parked:
-    """An operation waiting for cloud identities: ``AssignAccess``/``RevokeAccess`` with ids unset."""
-
-    operation: AssignAccess | RevokeAccess
-    needs: tuple[tuple[EntityType, str], ...]
-
-
-@dataclass(frozen=True)
-class Plan:
-    outcome: Outcome
-    view: EntityView | None  # the new table value (None: leave the table as it is)
-    operations: tuple[CloudOperation, ...] = ()
-    parked: tuple[Parked, ...] = ()
-    journal: tuple[JournalEntry, ...] = ()
-    blocked_update: tuple[ApplicationType, bool] | None = None  # (application, blocked?)
-
-
-@dataclass(frozen=True)
-class PlannerSettings:
-    pass
-
-
-def _aggregate(entity: EntityType, entity_id: str) -> str:
-    return f"{entity.value}:{entity_id}"
+_CATALOGUE = {
+    EntityType.ROLE: "roles",
+    EntityType.LAYOUT_GROUP: "layout_groups",
+    EntityType.MODULE: "modules",
+}
+_KINDS = ("roles", "layout_groups", "modules")
 
 
 def plan(
     previous: EntityView | None,
     event: DirectoryEvent,
     identities: Identities,
+    settings: PlannerSettings,
+    *,
     now: datetime,
-    settings: PlannerSettings | None = None,
 ) -> Plan:
-    """Reconcile one directory event against what was seen before."""
+    """Reconcile one directory event against the state seen before it."""
+    del settings  # the rules need none yet; the gate's thresholds live in processors.deletions
     if previous is not None and event.version <= previous.version:
         return Plan(Outcome.STALE, None)
     view = EntityView(event.version, event.state, deleted=event.op is Op.DELETE)
@@ -146,32 +103,156 @@ def plan(
     if isinstance(event, CompanyChanged):
         return _plan_company(previous, event, identities, now, view)
     if isinstance(event, RoleChanged | LayoutGroupChanged | ModuleChanged):
-        return _plan_catalogue(previous, event, now, view)
+        return _plan_catalogue(previous, event, identities, now, view)
     if isinstance(event, ApplicationInstanceChanged):
-        return _plan_instance(event, identities, now, view)
+        return _plan_instance(previous, event, view)
     raise TypeError(f"no planning rule for {type(event).__name__}")
 
 
-def _common(event: DirectoryEvent, now: datetime, kind: str, discriminator: str = "") -> dict[str, object]:
-    aggregate_entity = EntityType.USER if event.entity is EntityType.USER else event.entity
-    return {
-        "operation_id": operation_id_for(kind, event.entity_id, event.version, discriminator),
-        "aggregate": _aggregate(aggregate_entity, event.entity_id),
-        "entity": event.entity,
-        "entity_id": event.entity_id,
-        "source_version": event.version,
-        "source_committed_at": event.source.committed_at,
-        "planned_at": now,
-    }
+# -- building operations --------------------------------------------------------------------
 
 
-# -- users --------------------------------------------------------------------------------
+def _op(cls: type[Any], event: DirectoryEvent, now: datetime, discriminator: str = "", **fields: Any) -> Any:
+    """An operation of ``event``. (Validated: pydantic-core's constructor is faster than
+    ``model_construct``, which runs in Python.)"""
+    kind = cls.model_fields["kind"].default
+    return cls(
+        operation_id=operation_id_for(kind, event.entity_id, event.version, discriminator),
+        aggregate=f"{event.entity.value}:{event.entity_id}",
+        entity=event.entity,
+        entity_id=event.entity_id,
+        source_version=event.version,
+        source_committed_at=event.source.committed_at,
+        planned_at=now,
+        **fields,
+    )
+
+
+def _candidate(event: DirectoryEvent) -> DeletionRequest:
+    return DeletionRequest(
+        candidate=f"{event.entity.value}:{event.entity_id}:{event.version}",
+        entity=event.entity,
+        entity_id=event.entity_id,
+        version=event.version,
+        committed_at=event.source.committed_at,
+    )
+
+
+# -- needs ------------------------------------------------------------------------------------
+
+
+def needs_of(
+    op: CloudOperation,
+    ids: Identities,
+    apps: Iterable[ApplicationType] = (),
+    deletion: str | None = None,
+) -> tuple[str, ...] | None:
+    """The unmet needs of ``op`` (empty: it may go now); None when a rejected deletion drops it."""
+    if deletion is None and not apps and isinstance(op, UpsertUser | UpsertCompany):
+        return ()  # the common case, first
+    needs: list[str] = []
+    if deletion is not None:
+        decision = ids.deletions.get(deletion)
+        if decision is Decision.REJECTED:
+            return None
+        if decision is None:
+            needs.append(f"deletion:{deletion}")
+    if isinstance(op, AssignAccess | RevokeAccess):
+        if op.user_id not in ids.users:
+            needs.append(f"user:{op.user_id}")
+        if op.company_id not in ids.companies:
+            needs.append(f"company:{op.company_id}")
+    if isinstance(op, AssignAccess):
+        catalogue = ids.catalogue
+        for app, svc in sorted(op.services.items()):
+            for kind, names in (
+                ("roles", svc.roles),
+                ("layout_groups", svc.layout_groups),
+                ("modules", svc.modules),
+            ):
+                for name in names:
+                    entry = f"{app.value}:{kind}:{name}"
+                    if not catalogue.get(entry, False):
+                        needs.append(f"catalogue:{entry}")
+    if isinstance(op, UpsertCatalogueEntry | RemoveCatalogueEntry):
+        apps = (*apps, op.application)
+    for app in sorted(set(apps)):
+        if ids.verdict(app).blocked:
+            needs.append(f"application:{app.value}")
+    return tuple(needs)
+
+
+def with_cloud_ids(op: CloudOperation, ids: Identities) -> CloudOperation:
+    """``op`` with the cloud ids of its user and company filled in (access operations)."""
+    if isinstance(op, AssignAccess | RevokeAccess) and (
+        op.cloud_user_id is None or op.cloud_company_id is None
+    ):
+        return op.model_copy(
+            update={"cloud_user_id": ids.users[op.user_id], "cloud_company_id": ids.companies[op.company_id]}
+        )
+    return op
+
+
+def settle(parked: Parked, ids: Identities) -> tuple[str, CloudOperation | tuple[str, ...] | None]:
+    """Decide a parked operation again: ``("send", op)`` with its cloud ids filled in,
+    ``("wait", needs)`` with the needs still unmet, or ``("drop", None)`` (rejected deletion)."""
+    needs = needs_of(parked.operation, ids, parked.apps, parked.deletion)
+    if needs is None:
+        return "drop", None
+    if needs:
+        return "wait", needs
+    return "send", with_cloud_ids(parked.operation, ids)
+
+
+class _Router:
+    """Sorts the operations of one plan into sent now, parked, and dropped."""
+
+    def __init__(self, ids: Identities, deletion: DeletionRequest | None = None) -> None:
+        self.ids = ids
+        self.deletion = deletion
+        self.send: list[CloudOperation] = []
+        self.parked: list[Parked] = []
+        self.dropped: list[CloudOperation] = []
+
+    def route(self, op: CloudOperation, apps: Iterable[ApplicationType] = ()) -> None:
+        apps = tuple(sorted(set(apps)))
+        candidate = self.deletion.candidate if self.deletion else None
+        needs = needs_of(op, self.ids, apps, candidate)
+        if needs is None:
+            self.dropped.append(op)
+        elif needs:
+            self.parked.append(Parked(op, needs, apps, candidate))
+        else:
+            self.send.append(with_cloud_ids(op, self.ids))
+
+    def plan(self, view: EntityView, journal: tuple[JournalEntry, ...] = ()) -> Plan:
+        if self.send:
+            outcome = Outcome.PLANNED
+        elif self.parked and self.deletion is not None:
+            outcome = Outcome.HELD
+        elif self.parked:
+            blocked = all(any(n.startswith("application:") for n in p.needs) for p in self.parked)
+            outcome = Outcome.BLOCKED if blocked else Outcome.PARKED
+        else:
+            outcome = Outcome.NO_CHANGE
+        waiting_gate = self.deletion if any(p.deletion for p in self.parked) else None
+        return Plan(
+            outcome,
+            view,
+            tuple(self.send),
+            tuple(self.parked),
+            journal,
+            deletion=waiting_gate,
+            dropped=tuple(self.dropped),
+        )
+
+
+# -- users ----------------------------------------------------------------------------------
 
 
 def _user_fields(state: UserState) -> tuple[object, ...]:
     return (
         state.username,
-        state.email.lower(),
         state.email,
         state.first_name,
         state.last_name,
@@ -190,31 +271,28 @@ def _plan_user(
     state = event.state
     before = previous.state if previous is not None and not previous.deleted else None
     assert before is None or isinstance(before, UserState)
-    cloud_id = ids.users.get(event.entity_id)
-    ops: list[CloudOperation] = []
-    parked: list[Parked] = []
-    journal: list[JournalEntry] = []
+    old_access = _access_map(before)
 
     if event.op is Op.DELETE:
         if previous is not None and previous.deleted:
             return Plan(Outcome.NO_CHANGE, view)
-        ops.append(
-            DeactivateUser(
-                **_common(event, now, "user.deactivate"),  # type: ignore[arg-type]
-                cloud_id=cloud_id,
-                email=state.email,
-            )
+        router = _Router(ids, _candidate(event))
+        router.route(
+            _op(DeactivateUser, event, now, cloud_id=ids.users.get(event.entity_id), email=state.email)
         )
         # access goes with the user: revoke what was assigned
-        for company_id in sorted(_access_map(before)):
-            _access_op(event, now, company_id, None, ids, ops, parked, journal)
-        return Plan(Outcome.PLANNED, view, tuple(ops), tuple(parked), tuple(journal))
+        for company_id, held in sorted(old_access.items()):
+            router.route(_revoke(event, now, company_id, ids), held.services)
+        return router.plan(view)
 
+    router = _Router(ids)
     if before is None or _user_fields(before) != _user_fields(state):
-        ops.append(
-            UpsertUser(
-                **_common(event, now, "user.upsert"),  # type: ignore[arg-type]
-                cloud_id=cloud_id,
+        router.route(
+            _op(
+                UpsertUser,
+                event,
+                now,
+                cloud_id=ids.users.get(event.entity_id),
                 username=state.username,
                 email=state.email,
                 first_name=state.first_name,
@@ -223,90 +301,46 @@ def _plan_user(
                 active=state.active,
             )
         )
-    old_access, new_access = _access_map(before), _access_map(state)
+    new_access = _access_map(state)
     for company_id in sorted(old_access.keys() | new_access.keys()):
         old, new = old_access.get(company_id), new_access.get(company_id)
         if old == new:
             continue
-        _access_op(event, now, company_id, new, ids, ops, parked, journal)
-    if not ops and not parked:
-        return Plan(Outcome.NO_CHANGE if not journal else Outcome.BLOCKED, view, journal=tuple(journal))
-    outcome = Outcome.PLANNED if ops else Outcome.PARKED
-    return Plan(outcome, view, tuple(ops), tuple(parked), tuple(journal))
+        touched = (*(old.services if old else ()), *(new.services if new else ()))
+        services = {app: svc for app, svc in (new.services.items() if new else ()) if not svc.is_empty()}
+        if services:
+            op: CloudOperation = _op(
+                AssignAccess,
+                event,
+                now,
+                company_id,
+                user_id=event.entity_id,
+                company_id=company_id,
+                cloud_user_id=ids.users.get(event.entity_id),
+                cloud_company_id=ids.companies.get(company_id),
+                services=services,
+            )
+        else:
+            op = _revoke(event, now, company_id, ids)
+        router.route(op, touched)
+    return router.plan(view)
 
 
-def _access_op(
-    event: UserChanged,
-    now: datetime,
-    company_id: str,
-    access: CompanyAccess | None,
-    ids: Identities,
-    ops: list[CloudOperation],
-    parked: list[Parked],
-    journal: list[JournalEntry],
-) -> None:
-    services: dict[ApplicationType, ServiceAccess] = {}
-    if access is not None:
-        for app, svc in access.services.items():
-            if app in ids.blocked:
-                journal.append(
-                    JournalEntry(
-                        EntityType.USER,
-                        event.entity_id,
-                        "application_blocked",
-                        f"access in {app.value} for company {company_id} held: the {app.value} "
-                        "instance does not match the cloud's registry",
-                        level="warning",
-                    )
-                )
-                continue
-            if not svc.is_empty():
-                services[app] = svc
-    cloud_user = ids.users.get(event.entity_id)
-    cloud_company = ids.companies.get(company_id)
-    op: AssignAccess | RevokeAccess
-    if services:
-        op = AssignAccess(
-            **_common(event, now, "access.assign", company_id),  # type: ignore[arg-type]
-            user_id=event.entity_id,
-            company_id=company_id,
-            cloud_user_id=cloud_user,
-            cloud_company_id=cloud_company,
-            services=services,
-        )
-    else:
-        op = RevokeAccess(
-            **_common(event, now, "access.revoke", company_id),  # type: ignore[arg-type]
-            user_id=event.entity_id,
-            company_id=company_id,
-            cloud_user_id=cloud_user,
-            cloud_company_id=cloud_company,
-        )
-    if cloud_user is not None and cloud_company is not None:
-        ops.append(op)
-        return
-    needs = tuple(
-        need
-        for need, known in (
-            ((EntityType.USER, event.entity_id), cloud_user),
-            ((EntityType.COMPANY, company_id), cloud_company),
-        )
-        if known is None
+def _revoke(event: UserChanged, now: datetime, company_id: str, ids: Identities) -> RevokeAccess:
+    revoke: RevokeAccess = _op(
+        RevokeAccess,
+        event,
+        now,
+        company_id,
+        user_id=event.entity_id,
+        company_id=company_id,
+        cloud_user_id=ids.users.get(event.entity_id),
+        cloud_company_id=ids.companies.get(company_id),
     )
-    parked.append(Parked(op, needs))
+    return revoke
 
 
-def release(parked: Parked, ids: Identities) -> AssignAccess | RevokeAccess | None:
-    """The parked operation with its cloud ids filled in, or None while one is still unknown."""
-    op = parked.operation
-    cloud_user = ids.users.get(op.user_id)
-    cloud_company = ids.companies.get(op.company_id)
-    if cloud_user is None or cloud_company is None:
-        return None
-    return op.model_copy(update={"cloud_user_id": cloud_user, "cloud_company_id": cloud_company})
-
-
-# -- companies ----------------------------------------------------------------------------
+# -- companies ------------------------------------------------------------------------------
 
 
 def _plan_company(
@@ -318,117 +352,162 @@ def _plan_company(
 ) -> Plan:
     state = event.state
     before = previous.state if previous is not None and not previous.deleted else None
+    router = _Router(ids)
     if event.op is Op.DELETE:
-        # A company removed on premise is marked inactive in the cloud, never deleted.
-        state = state.model_copy(update={"status": "inactive"})
         if previous is not None and previous.deleted:
             return Plan(Outcome.NO_CHANGE, view)
+        # a company removed on premise is marked inactive in the cloud, never deleted
+        state = state.model_copy(update={"status": "inactive"})
+        router = _Router(ids, _candidate(event))
     elif before == state:
         return Plan(Outcome.NO_CHANGE, view)
-    op = UpsertCompany(
-        **_common(event, now, "company.upsert"),  # type: ignore[arg-type]
-        cloud_id=ids.companies.get(event.entity_id),
-        name=state.name,
-        organisation_number=state.normalised_organisation_number,
-        country=state.country,
-        status=state.status,
+    router.route(
+        _op(
+            UpsertCompany,
+            event,
+            now,
+            cloud_id=ids.companies.get(event.entity_id),
+            name=state.name,
+            organisation_number=state.normalised_organisation_number,
+            country=state.country,
+            status=state.status,
+        )
     )
-    return Plan(Outcome.PLANNED, view, (op,))
+    return router.plan(view)
 
 
-# -- catalogues ---------------------------------------------------------------------------
-
-_CATALOGUE = {
-    EntityType.ROLE: "roles",
-    EntityType.LAYOUT_GROUP: "layout_groups",
-    EntityType.MODULE: "modules",
-}
+# -- catalogues -----------------------------------------------------------------------------
 
 
 def _plan_catalogue(
     previous: EntityView | None,
     event: RoleChanged | LayoutGroupChanged | ModuleChanged,
+    ids: Identities,
     now: datetime,
     view: EntityView,
 ) -> Plan:
-    state: RoleState | LayoutGroupState | ModuleState = event.state
+    state = event.state
     catalogue = _CATALOGUE[event.entity]
     name = state.code if isinstance(state, ModuleState) else state.name
     description = state.name if isinstance(state, ModuleState) else state.description
     if event.op is Op.DELETE:
         if previous is not None and previous.deleted:
             return Plan(Outcome.NO_CHANGE, view)
-        rm = RemoveCatalogueEntry(
-            **_common(event, now, "catalogue.remove"),  # type: ignore[arg-type]
-            application=state.application,
-            catalogue=catalogue,
-            name=name,  # type: ignore[arg-type]
+        router = _Router(ids, _candidate(event))
+        router.route(
+            _op(
+                RemoveCatalogueEntry,
+                event,
+                now,
+                application=state.application,
+                catalogue=catalogue,
+                name=name,
+            )
         )
-        return Plan(Outcome.PLANNED, view, (rm,))
+        return router.plan(view)
     if previous is not None and not previous.deleted and previous.state == state:
         return Plan(Outcome.NO_CHANGE, view)
-    up = UpsertCatalogueEntry(
-        **_common(event, now, "catalogue.upsert"),  # type: ignore[arg-type]
-        application=state.application,
-        catalogue=catalogue,
-        name=name,  # type: ignore[arg-type]
-        description=description,
+    router = _Router(ids)
+    router.route(
+        _op(
+            UpsertCatalogueEntry,
+            event,
+            now,
+            application=state.application,
+            catalogue=catalogue,
+            name=name,
+            description=description,
+        )
     )
-    return Plan(Outcome.PLANNED, view, (up,))
+    return router.plan(view)
 
 
-# -- application instances ----------------------------------------------------------------
+# -- application instances ------------------------------------------------------------------
 
 
-def _plan_instance(
-    event: ApplicationInstanceChanged, ids: Identities, now: datetime, view: EntityView
-) -> Plan:
+def _plan_instance(previous: EntityView | None, event: ApplicationInstanceChanged, view: EntityView) -> Plan:
+    """Publish what is on premise; every partition judges the application from its facts."""
     state: ApplicationInstanceState = event.state
-    app = state.application
-    if event.op is Op.DELETE:
-        return Plan(
-            Outcome.NO_CHANGE,
-            view,
-            journal=(
-                JournalEntry(
-                    event.entity,
-                    event.entity_id,
-                    "instance_removed",
-                    f"the {app.value} instance was removed on premise; the cloud registry is kept",
-                ),
-            ),
-        )
-    registered = ids.instances.get(app)
-    if registered is None:
-        op = RegisterApplicationInstance(
-            **_common(event, now, "application_instance.register"),  # type: ignore[arg-type]
-            application=app,
-            uri=state.uri,
-            license_fingerprint=state.license_fingerprint,
-        )
-        return Plan(Outcome.PLANNED, view, (op,), blocked_update=(app, False))
-    differing = [
+    if previous is not None and previous.deleted == view.deleted and previous.state == state:
+        return Plan(Outcome.NO_CHANGE, view)
+    seen = InstanceSeen(
+        state.uri, state.license_fingerprint, event.version, present=event.op is not Op.DELETE
+    )
+    return Plan(Outcome.OBSERVED, view, instance=(state.application, seen))
+
+
+def instance_verdict(instance: InstanceSeen | None, registry: Registry | None) -> Verdict:
+    """May operations of this application go? The on-premise instance must carry the URI and
+    license key (compared by fingerprint) the cloud has registered."""
+    if registry is None:
+        return Verdict(VerdictStatus.UNVERIFIED)
+    if instance is None or not instance.present:
+        return Verdict(VerdictStatus.OK)
+    if not registry.present:
+        return Verdict(VerdictStatus.REGISTER)
+    differing = tuple(
         name
         for name, ours, theirs in (
-            ("uri", state.uri, registered.uri),
-            ("license key", state.license_fingerprint, registered.license_fingerprint),
+            ("uri", instance.uri, registry.uri),
+            ("license key", instance.license_fingerprint, registry.license_fingerprint),
         )
         if ours != theirs
-    ]
-    if differing:
-        return Plan(
-            Outcome.BLOCKED,
-            view,
-            journal=(
-                JournalEntry(
-                    event.entity,
-                    event.entity_id,
-                    "instance_mismatch",
-                    f"the {app.value} instance differs from the cloud's registry in: "
-                    f"{', '.join(differing)}; operations for {app.value} are held until it matches",
-                    level="error",
-                ),
-            ),
-            blocked_update=(app, True),
+    )
+    return Verdict(VerdictStatus.MISMATCH, differing) if differing else Verdict(VerdictStatus.OK)
+
+
+def review_instance(
+    app: ApplicationType,
+    instance: InstanceSeen | None,
+    registry: Registry | None,
+    *,
+    committed_at: datetime,
+    now: datetime,
+    ref: str = "",
+) -> tuple[Verdict, tuple[CloudOperation, ...], tuple[JournalEntry, ...]]:
+    """The verdict on one application, with what its instance's home partition says and does
+    about it: a journal entry, and the registration of an instance the cloud does not know."""
+    verdict = instance_verdict(instance, registry)
+    version = instance.version if instance else 0
+
+    def entry(code: str, message: str, level: str) -> JournalEntry:
+        return JournalEntry(
+            EntityType.APPLICATION_INSTANCE, app.value, code, message, level, version, committed_at, ref
         )
-    return Plan(Outcome.NO_CHANGE, view, blocked_update=(app, False))
+
+    if verdict.status is VerdictStatus.UNVERIFIED:
+        note = entry(
+            "instance_unverified",
+            f"the cloud's registry of {app.value} is not known yet: run `vudsync connect`; "
+            f"operations for {app.value} are held until then",
+            "warning",
+        )
+        return verdict, (), (note,)
+    if verdict.status is VerdictStatus.MISMATCH:
+        note = entry(
+            "instance_mismatch",
+            f"the {app.value} instance differs from the cloud's registry in: {', '.join(verdict.differing)}; "
+            f"operations for {app.value} are held until it matches",
+            "error",
+        )
+        return verdict, (), (note,)
+    if verdict.status is VerdictStatus.REGISTER:
+        assert instance is not None
+        register = RegisterApplicationInstance(
+            operation_id=operation_id_for("application_instance.register", app.value, version),
+            aggregate=f"{EntityType.APPLICATION_INSTANCE.value}:{app.value}",
+            entity=EntityType.APPLICATION_INSTANCE,
+            entity_id=app.value,
+            source_version=version,
+            source_committed_at=committed_at,
+            planned_at=now,
+            application=app,
+            uri=instance.uri,
+            license_fingerprint=instance.license_fingerprint,
+        )
+        note = entry(
+            "instance_register", f"the cloud has no {app.value} instance registered: registering it", "info"
+        )
+        return verdict, (register,), (note,)
+    note = entry("instance_matches", f"the {app.value} instance matches the cloud's registry", "info")
+    return verdict, (), (note,)

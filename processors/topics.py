@@ -1,4 +1,10 @@
-"""Topics of the planner: the directory topics in, operations out, results back, dead letters."""
+"""Topics of the planner: what its one agent reads, and where it writes.
+
+In: the directory topics, ``vud.cloud.results``, ``vud.planner.facts`` and
+``vud.planner.control`` — all with the same number of partitions, so that Faust assigns
+partition *p* of every one of them (and of the table's changelog) to the same worker. Out:
+operations, results (journal entries), facts, control messages and dead letters.
+"""
 
 from __future__ import annotations
 
@@ -6,29 +12,74 @@ from dataclasses import dataclass
 
 import faust
 
-from schemas.topics import DIRECTORY_DLQ, DIRECTORY_TOPICS, OPERATIONS, RESULTS
+from schemas.topics import (
+    DIRECTORY_DLQ,
+    DIRECTORY_TOPICS,
+    OPERATIONS,
+    PLANNER_CONTROL,
+    PLANNER_FACTS,
+    PLANNER_TOPICS,
+    RESULTS,
+)
+from vudsync.admin import TopicSpec as AdminTopicSpec
+from vudsync.admin import ensure_topics
 from vudsync.settings import Settings
 
-WAKEUPS = "vud.planner.wakeups"
+#: the planner's input topics (unprefixed), for lag monitoring and tools
+PLANNER_INPUTS: tuple[str, ...] = (
+    *(spec.name for spec in DIRECTORY_TOPICS.values()),
+    RESULTS.name,
+    PLANNER_FACTS.name,
+    PLANNER_CONTROL.name,
+)
+#: deprecated: the planner has no wake-up topic any more; kept for vudsync.lag / vudsync dlq
+#: until they use PLANNER_INPUTS
+WAKEUPS = PLANNER_CONTROL.name
 
 
 @dataclass(frozen=True)
 class PlannerTopics:
-    directory: faust.TopicT
-    results: faust.TopicT
+    inputs: faust.TopicT
     operations: faust.TopicT
+    results: faust.TopicT
+    facts: faust.TopicT
+    control: faust.TopicT
     dlq: faust.TopicT
-    wakeups: faust.TopicT
+
+    def by_role(self, role: str) -> faust.TopicT:
+        return {
+            "operations": self.operations,
+            "results": self.results,
+            "facts": self.facts,
+            "control": self.control,
+        }[role]
 
 
 def declare_topics(app: faust.App, settings: Settings) -> PlannerTopics:
-    def raw(*names: str, **kw: object) -> faust.TopicT:
-        return app.topic(*names, key_serializer="raw", value_serializer="raw", **kw)  # type: ignore[arg-type]
+    def raw(*names: str) -> faust.TopicT:
+        return app.topic(*names, key_serializer="raw", value_serializer="raw")
 
     return PlannerTopics(
-        directory=raw(*(settings.topic(spec.name) for spec in DIRECTORY_TOPICS.values())),
-        results=raw(settings.topic(RESULTS.name)),
+        inputs=raw(*(settings.topic(name) for name in PLANNER_INPUTS)),
         operations=raw(settings.topic(OPERATIONS.name)),
+        results=raw(settings.topic(RESULTS.name)),
+        facts=raw(settings.topic(PLANNER_FACTS.name)),
+        control=raw(settings.topic(PLANNER_CONTROL.name)),
         dlq=raw(settings.topic(DIRECTORY_DLQ.name)),
-        wakeups=raw(settings.topic(WAKEUPS), partitions=settings.topic_partitions, internal=True),
+    )
+
+
+def ensure_planner_topics(settings: Settings, bootstrap: str) -> list[str]:
+    """Create the planner's own topics (facts, control) if missing; idempotent."""
+    return ensure_topics(
+        bootstrap,
+        [
+            AdminTopicSpec(
+                settings.topic(spec.name),
+                settings.topic_partitions,
+                settings.topic_replication,
+                spec.kafka_config(settings.history_days),
+            )
+            for spec in PLANNER_TOPICS
+        ],
     )

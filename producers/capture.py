@@ -16,12 +16,14 @@ import json
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from producers.mapping import RowRejected, SourceInfo, deleted_event, record_to_event
+from producers.encoding import EventEncoder
+from producers.mapping import RowRejected, SourceInfo, deleted_record
 from producers.metrics import ProducerMetrics
 from producers.model import ChangeRow, EntityRecord
 from producers.ports import ChangeLog, RecordPublisher
@@ -43,6 +45,7 @@ SNAPSHOT_ORDER: tuple[EntityType, ...] = (
 )
 
 ProgressFn = Callable[[EntityType, int, int], None]
+AckedFn = Callable[[int], None]  # called with a streaming batch's last seq once the broker acked it
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,7 @@ class CaptureConfig:
     name: str = "default"
     topic_prefix: str = ""
     batch_size: int = 2000
-    fingerprint_key: bytes = b""
+    fingerprint_key: bytes = field(default=b"", repr=False)  # a secret: never in a repr or a log
     snapshot_flush_every: int = 20_000  # records between two waits for broker acks in a snapshot
 
 
@@ -63,6 +66,21 @@ class BatchStats:
     last_seq: int = 0
 
 
+# (entity, entity id, event JSON or None when rejected, its rejections, whether it is a delete)
+Action = tuple[EntityType, str, bytes | None, list[RowRejected], bool]
+
+
+@dataclass
+class PreparedBatch:
+    """A streaming batch read and encoded, not yet queued: ``actions`` in change order."""
+
+    rows: int = 0
+    last_seq: int = 0
+    first_committed_at: float | None = None
+    actions: list[Action] = field(default_factory=list)
+    superseded: list[EntityType] = field(default_factory=list)
+
+
 class ChangeCapture:
     """Drives one store's change log into the directory topics."""
 
@@ -73,6 +91,7 @@ class ChangeCapture:
         metrics: ProducerMetrics,
         config: CaptureConfig,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_acked: AckedFn | None = None,
     ) -> None:
         self.log = change_log
         self.publisher = publisher
@@ -80,7 +99,8 @@ class ChangeCapture:
         self.config = config
         self.clock = clock
         self.source = SourceInfo(store=change_log.store_kind, db=change_log.db_name)
-        self._key = config.fingerprint_key
+        self.encoder = EventEncoder(self.source, config.fingerprint_key)
+        self.on_acked = on_acked  # observation hook (the benchmark's latency clock)
 
     # -- topics -----------------------------------------------------------------------
 
@@ -138,31 +158,30 @@ class ChangeCapture:
             self.metrics.snapshot_entities.labels(entity=entity.value).set(total)
             self.metrics.snapshot_done.labels(entity=entity.value).set(0)
         now_ts = time.time()
+        encode = self.encoder.encode
+        publish = self.publisher.publish
         for entity in SNAPSHOT_ORDER:
             done = unacked = 0
+            topic = self._topic(entity)
             for ids, records in self._read_ahead(entity):
                 now = self.clock()
                 for entity_id in ids:
                     record = records.get(entity_id)
                     if record is None:  # deleted since listed: streaming emits the delete
                         continue
-                    event, rejections = record_to_event(
+                    value, rejections = encode(
                         record,
                         op=Op.READ,
                         version=position,
                         seq=position,
                         committed_at=now_ts,
-                        source=self.source,
                         now=now,
-                        fingerprint_key=self._key,
                         snapshot=True,
                     )
                     for rejection in rejections:
                         self._reject(rejection)
-                    if event is not None:
-                        self.publisher.publish(
-                            self._topic(entity), entity_id, event.model_dump_json().encode()
-                        )
+                    if value is not None:
+                        publish(topic, entity_id, value)
                 done += len(ids)
                 unacked += len(ids)
                 # wait for acks every many batches, not every batch: the snapshot's checkpoint
@@ -185,17 +204,18 @@ class ChangeCapture:
 
     # -- streaming --------------------------------------------------------------------
 
-    def poll_once(self, after_seq: int) -> BatchStats:
-        """Capture one batch of change rows after ``after_seq``; checkpoint after the ack."""
+    def _prepare(self, after_seq: int) -> PreparedBatch:
+        """Read one batch of change rows after ``after_seq``, the changed entities' current
+        state, and encode their events; publishes nothing."""
         rows = self.log.read_changes(after_seq, self.config.batch_size)
-        stats = BatchStats(rows=len(rows), last_seq=after_seq)
         if not rows:
-            self.metrics.capture_lag.set(0)
-            return stats
+            return PreparedBatch(last_seq=after_seq)
+        batch = PreparedBatch(rows=len(rows), last_seq=rows[-1].seq, first_committed_at=rows[0].committed_at)
         last: dict[tuple[EntityType, str], ChangeRow] = {}
         deletes: dict[tuple[EntityType, str], ChangeRow] = {}
         for row in rows:
             key = (row.entity, row.entity_id)
+            last.pop(key, None)  # re-inserted: ``last`` stays in order of each key's newest seq
             last[key] = row
             if row.op == "d":
                 deletes[key] = row
@@ -204,72 +224,112 @@ class ChangeCapture:
             by_entity.setdefault(entity, []).append(entity_id)
         current = {e: self.log.read_entities(e, ids) for e, ids in by_entity.items()}
         now = self.clock()
-        for key, row in sorted(last.items(), key=lambda kv: kv[1].seq):
+        encode = self.encoder.encode
+        for key, row in last.items():
             entity, entity_id = key
             record = current[entity].get(entity_id)
             if record is not None:
                 op = Op.CREATE if row.op == "c" else Op.UPDATE
-                event, rejections = record_to_event(
-                    record,
-                    op=op,
-                    version=row.seq,
-                    seq=row.seq,
-                    committed_at=row.committed_at,
-                    source=self.source,
-                    now=now,
-                    fingerprint_key=self._key,
-                )
+                committed_at = row.committed_at
             elif key in deletes:
                 gone = deletes[key]
-                event, rejections = deleted_event(
-                    entity,
-                    entity_id,
-                    gone.before,
-                    version=row.seq,
-                    seq=row.seq,
-                    committed_at=gone.committed_at,
-                    source=self.source,
-                    now=now,
-                    fingerprint_key=self._key,
-                )
+                record = deleted_record(entity, entity_id, gone.before)
+                op = Op.DELETE
+                committed_at = gone.committed_at
             else:
                 # deleted by a later change-log row, whose delete event carries it
-                stats.superseded += 1
-                self.metrics.superseded.labels(entity=entity.value).inc()
+                batch.superseded.append(entity)
                 continue
+            value, rejections = encode(
+                record, op=op, version=row.seq, seq=row.seq, committed_at=committed_at, now=now
+            )
+            batch.actions.append((entity, entity_id, value, rejections, op is Op.DELETE))
+        return batch
+
+    def _publish(self, batch: PreparedBatch) -> BatchStats:
+        """Queue a prepared batch's records (dead letters, events, tombstones) in change order."""
+        stats = BatchStats(rows=batch.rows, last_seq=batch.last_seq, superseded=len(batch.superseded))
+        for entity in batch.superseded:
+            self.metrics.superseded.labels(entity=entity.value).inc()
+        for entity, entity_id, value, rejections, deleted in batch.actions:
             for rejection in rejections:
                 self._reject(rejection)
                 stats.rejected += 1
-            if event is None:
+            if value is None:
                 continue
             topic = self._topic(entity)
-            self.publisher.publish(topic, entity_id, event.model_dump_json().encode())
-            if event.op is Op.DELETE:
+            self.publisher.publish(topic, entity_id, value)
+            if deleted:
                 self.publisher.publish(topic, entity_id, None)  # tombstone for compaction
             stats.emitted += 1
-            self.metrics.captured.labels(entity=entity.value).inc()
+        return stats
+
+    def _acknowledge(self, batch: PreparedBatch, stats: BatchStats) -> None:
+        """Wait until the broker has acknowledged everything queued (acks=all), then count it.
+        Only after this may a checkpoint cover the batch."""
         self.publisher.flush()
-        stats.last_seq = rows[-1].seq
-        self.log.save_checkpoint(self.config.name, "streaming", stats.last_seq)
-        self.metrics.position.set(stats.last_seq)
-        oldest = self.log.oldest_uncaptured(stats.last_seq)
+        captured = Counter(entity for entity, _id, value, _rejections, _deleted in batch.actions if value)
+        for entity, count in captured.items():
+            self.metrics.captured.labels(entity=entity.value).inc(count)
+        if self.on_acked:
+            self.on_acked(stats.last_seq)
+
+    def _save_checkpoint(self, seq: int) -> None:
+        self.log.save_checkpoint(self.config.name, "streaming", seq)
+        self.metrics.position.set(seq)
+
+    def _update_lag(self, after_seq: int) -> None:
+        oldest = self.log.oldest_uncaptured(after_seq)
         self.metrics.capture_lag.set(0 if oldest is None else max(0.0, time.time() - oldest))
+
+    def poll_once(self, after_seq: int) -> BatchStats:
+        """Capture one batch of change rows after ``after_seq``; checkpoint after the ack."""
+        batch = self._prepare(after_seq)
+        if not batch.rows:
+            self.metrics.capture_lag.set(0)
+            return BatchStats(last_seq=after_seq)
+        stats = self._publish(batch)
+        self._acknowledge(batch, stats)
+        self._save_checkpoint(stats.last_seq)
+        self._update_lag(stats.last_seq)
         return stats
 
     def run(self, stop: threading.Event, progress: ProgressFn | None = None) -> None:
-        """Snapshot if needed, then stream until ``stop`` is set (finishing the batch)."""
+        """Snapshot if needed, then stream until ``stop`` is set (finishing the batch).
+
+        Streaming is pipelined in one thread: while the broker acknowledges batch N (its
+        records already queued; librdkafka sends on its own threads), batch N+1 is read and
+        encoded. Then N is flushed and checkpointed, and only then is N+1 queued: so the
+        checkpoint only ever covers acknowledged records, and at most one queued batch is
+        ever beyond it. That is what keeps a restart's re-sends to versions already sent: the
+        re-read batch starts where that batch started and covers at least its rows, so it
+        dedupes each entity to the same or a newer version (were the checkpoint further
+        behind, re-read batches could split an old one and send an entity's skipped older
+        version after its newer one). On stop, a prepared but unqueued batch is dropped.
+        """
         checkpoint = self.log.load_checkpoint(self.config.name)
         if checkpoint is None or checkpoint[0] != "streaming":
             position = self.snapshot(progress)
         else:
             position = checkpoint[1]
             log.info("streaming: resuming after change-log position %d", position)
+        mark = getattr(self.log, "mark_busy", None)
+        batch = self._prepare(position)
         while not stop.is_set():
-            stats = self.poll_once(position)
-            position = stats.last_seq
-            if stats.rows:
-                mark = getattr(self.log, "mark_busy", None)
-                if mark:
-                    mark()
-            else:
+            if not batch.rows:
+                self.metrics.capture_lag.set(0)
                 self.log.wait_for_changes(0.5)
+                batch = self._prepare(position)
+                continue
+            if mark:
+                mark()
+            stats = self._publish(batch)
+            following = self._prepare(stats.last_seq)  # overlaps with the broker's acks
+            self._acknowledge(batch, stats)
+            self._save_checkpoint(stats.last_seq)
+            position = stats.last_seq
+            if not following.rows:  # changes committed during the flush: look again now
+                following = self._prepare(position)
+            if following.first_committed_at is not None:  # the oldest change not yet captured
+                self.metrics.capture_lag.set(max(0.0, time.time() - following.first_committed_at))
+            batch = following

@@ -183,6 +183,24 @@ def record_to_event(
     return event, rejections
 
 
+def deleted_record(entity: EntityType, entity_id: str, before: dict[str, Any] | None) -> EntityRecord:
+    """The record of a deleted entity, from its last known state in the change log.
+
+    Application instances keep no license key in the change log, so their last state
+    carries the fingerprint of an empty key; consumers only need the application type.
+    """
+    row = dict(before or {})
+    if entity is EntityType.USER:
+        row.setdefault("active", 0)
+    elif entity is EntityType.APPLICATION_INSTANCE:
+        row.setdefault("application", entity_id)
+        row.setdefault("uri", "(deleted)")
+        row["license_key"] = ""
+    elif entity in (EntityType.ROLE, EntityType.LAYOUT_GROUP, EntityType.MODULE):
+        row = {k: v for k, v in row.items() if k != "id"}
+    return EntityRecord(entity, entity_id, row)
+
+
 def deleted_event(
     entity: EntityType,
     entity_id: str,
@@ -195,26 +213,9 @@ def deleted_event(
     now: datetime,
     fingerprint_key: bytes,
 ) -> tuple[Any | None, list[RowRejected]]:
-    """The ``op = d`` event of a deleted entity, carrying its last known state.
-
-    Application instances keep no license key in the change log, so their last state
-    carries the fingerprint of an empty key; consumers only need the application type.
-    """
-    row = dict(before or {})
-    if entity is EntityType.USER:
-        row.setdefault("active", 0)
-        record = EntityRecord(entity, entity_id, row)
-    elif entity is EntityType.APPLICATION_INSTANCE:
-        row.setdefault("application", entity_id)
-        row.setdefault("uri", "(deleted)")
-        row["license_key"] = ""
-        record = EntityRecord(entity, entity_id, row)
-    elif entity in (EntityType.ROLE, EntityType.LAYOUT_GROUP, EntityType.MODULE):
-        record = EntityRecord(entity, entity_id, {k: v for k, v in row.items() if k != "id"})
-    else:
-        record = EntityRecord(entity, entity_id, row)
+    """The ``op = d`` event of a deleted entity, carrying its last known state."""
     return record_to_event(
-        record,
+        deleted_record(entity, entity_id, before),
         op=Op.DELETE,
         version=version,
         seq=seq,

@@ -1,15 +1,20 @@
-"""Plain records the change-log adapters return; the pure mapping turns them into events."""
+"""Plain records the change-log adapters return; the pure mapping turns them into events.
+
+Named tuples, not dataclasses: a snapshot builds one record per entity and a frozen dataclass
+costs ~1.8 µs to construct against ~0.3 µs for a named tuple (both immutable).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
 
 from schemas.directory import EntityType
 
+NO_COMPANIES: frozenset[str] = frozenset()
 
-@dataclass(frozen=True, slots=True)
-class ChangeRow:
+
+class ChangeRow(NamedTuple):
     """One change-log row: entity ``entity``/``entity_id`` changed at position ``seq``."""
 
     seq: int
@@ -20,8 +25,7 @@ class ChangeRow:
     before: dict[str, Any] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class EntityRecord:
+class EntityRecord(NamedTuple):
     """The current rows of one entity, as read from the store.
 
     ``row`` holds the entity's own columns. For users, ``access`` lists
@@ -34,5 +38,39 @@ class EntityRecord:
     entity_id: str
     row: dict[str, Any]
     access: tuple[tuple[str, str, str, str], ...] = ()
-    unknown_companies: frozenset[str] = field(default_factory=frozenset)
+    unknown_companies: frozenset[str] = NO_COMPANIES
     instances: int = 1
+
+
+def build_records(
+    entity: EntityType,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    access: dict[str, list[tuple[str, str, str, str]]],
+    unknown: set[str],
+    *,
+    drop_id: bool,
+) -> dict[str, EntityRecord]:
+    """Records from a store adapter's ``(_eid, *columns)`` row tuples, keyed by entity id.
+
+    ``access`` holds each user's grants, ``unknown`` the company ids among them that do not
+    exist. ``drop_id``: the entity's id is derived (``application:name``), so the table's own
+    ``id`` column is not part of its state. Several rows of one id (only possible for
+    application instances) yield one record, the last row's, counting them in ``instances``.
+    """
+    names = columns[1:]
+    out: dict[str, EntityRecord] = {}
+    counts: dict[str, int] = {}
+    for r in rows:
+        eid = r[0]
+        data = dict(zip(names, r[1:], strict=True))
+        if drop_id:
+            data.pop("id", None)
+        counts[eid] = instances = counts.get(eid, 0) + 1
+        grants = access.get(eid)
+        if grants is None:
+            out[eid] = EntityRecord(entity, eid, data, (), NO_COMPANIES, instances)
+        else:
+            bad = frozenset(g[0] for g in grants if g[0] in unknown) if unknown else NO_COMPANIES
+            out[eid] = EntityRecord(entity, eid, data, tuple(grants), bad, instances)
+    return out

@@ -53,8 +53,8 @@ def open_store_migrations(url: str) -> list[str]:
 
         from producers.migrations import apply_postgres_migrations
 
-        with psycopg.connect(url, autocommit=True) as conn:
-            return apply_postgres_migrations(conn)
+        with psycopg.connect(url, autocommit=True) as pg:
+            return apply_postgres_migrations(pg)
     raise ConfigurationError(f"unsupported store URL scheme in {url.split('://')[0]!r}")
 
 

@@ -9,6 +9,7 @@ with a version ≤ V.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import datetime
 from enum import StrEnum
@@ -108,6 +109,19 @@ EVENT_BY_ENTITY: dict[EntityType, type[_DirectoryEvent]] = {
 }
 
 
+_EVENT_NAMESPACE_BYTES = _EVENT_NAMESPACE.bytes
+# the UUID variant nibble (RFC 4122: 10xx) for each hex digit the hash puts there
+_VARIANT_NIBBLE = {d: "0123456789abcdef"[(int(d, 16) & 0x3) | 0x8] for d in "0123456789abcdef"}
+
+
 def event_id_for(entity: EntityType, entity_id: str, version: int, op: Op) -> str:
-    """Deterministic: a re-send of the same change carries the same event id."""
-    return str(uuid.uuid5(_EVENT_NAMESPACE, f"{entity.value}|{entity_id}|{version}|{op.value}"))
+    """Deterministic: a re-send of the same change carries the same event id.
+
+    The id is the name-based UUID (version 5) of ``entity|entity_id|version|op`` in the event
+    namespace, i.e. exactly ``str(uuid.uuid5(_EVENT_NAMESPACE, name))``, computed with one
+    SHA-1 call and string slicing: ``uuid.uuid5`` builds a UUID object per call, which cost
+    about 12 % of a snapshot's CPU (docs/benchmarks.md, "Change capture").
+    """
+    name = f"{entity.value}|{entity_id}|{version}|{op.value}"
+    h = hashlib.sha1(_EVENT_NAMESPACE_BYTES + name.encode(), usedforsecurity=False).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT_NIBBLE[h[16]]}{h[17:20]}-{h[20:32]}"

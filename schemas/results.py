@@ -67,8 +67,8 @@ class FactKind(StrEnum):
 class PlannerFact(Message):
     """Something the planner must know, learned from results or from ``vudsync connect``.
 
-    Keyed by ``<kind>:<subject>``. User facts go to the user's partition (by key); the others
-    are written to every partition, so that each partition decides from its own copy. A later
+    Keyed by ``<kind>:<subject>`` and written to every partition, so that each partition
+    decides from its own copy, whatever partition holds the entity it concerns. A later
     ``observed_at`` (instances: a higher ``version``) wins; license keys appear only as their
     keyed fingerprint.
     """

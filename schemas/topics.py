@@ -80,7 +80,7 @@ PLANNER_FACTS = TopicSpec(
     True,
     -1,
     "cloud identities, the cloud's registry and catalogue, on-premise instances; "
-    "facts every partition needs are written to every partition (vudsync connect, the planner)",
+    "every fact is written to every partition (vudsync connect, the planner)",
 )
 PLANNER_CONTROL = TopicSpec(
     "vud.planner.control",

@@ -1,4 +1,8 @@
-"""Errors of the cloud adapter, translated once from httpx at the edge."""
+"""Errors of the cloud adapter, translated once from httpx and HTTP statuses at the edge.
+
+Each retryable error names its ``reason`` (a bounded metric label: ``server_error``,
+``timeout``, ``connection``, ``rate_limited``, ``unauthorized``, ``circuit_open``).
+"""
 
 from __future__ import annotations
 
@@ -8,27 +12,53 @@ from vudsync.errors import PermanentError, RetryableError
 class CloudUnavailable(RetryableError):
     """5xx, timeout or connection failure: the cloud may answer later."""
 
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str = "server_error",
+        retry_after: float | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.reason = reason
+        self.status = status
+
 
 class RateLimited(RetryableError):
-    """429: wait ``retry_after`` seconds."""
+    """429: wait at least ``retry_after`` seconds. The cloud is up: not a circuit failure."""
+
+    reason = "rate_limited"
 
 
 class AuthenticationFailed(RetryableError):
-    """The cloud refused our credentials even after a fresh token.
+    """The cloud refused our credentials (or their scopes) even after a fresh token.
 
     Retrying soon cannot help: the circuit opens for a long cool-down (no request storm)
-    until an operator fixes the client secret.
+    until an operator fixes the client id/secret; operations wait, none is dead-lettered.
     """
+
+    reason = "unauthorized"
 
 
 class CircuitOpen(RetryableError):
     """The circuit to the cloud is open; no request was sent."""
 
+    reason = "circuit_open"
+
 
 class CloudRejected(PermanentError):
-    """A 4xx the operation itself caused (validation, conflict): dead-letter it."""
+    """A 4xx the operation itself caused (validation, conflict): dead-letter it.
+
+    ``excerpt`` is the start of the response body, withheld when it names a secret.
+    """
 
     def __init__(self, message: str, *, status: int, excerpt: str) -> None:
         super().__init__(message)
         self.status = status
         self.excerpt = excerpt
+
+
+def retry_reason(exc: BaseException) -> str:
+    """The bounded label of a retryable failure, for metrics and logs."""
+    return str(getattr(exc, "reason", type(exc).__name__))

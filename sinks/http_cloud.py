@@ -1,8 +1,14 @@
 """httpx adapter of the ``CloudDirectory`` port for the cloud directory API.
 
-Every write carries an ``Idempotency-Key`` derived from the operation id and the step, so a
-re-applied operation (redelivery, replay, a worker killed mid-request) has no second effect.
-httpx errors and HTTP statuses are translated here, once, into the vudsync error tree.
+Every write carries an ``Idempotency-Key`` derived from the operation id (and the step, for
+multi-step operations), so a re-applied operation (redelivery, replay, a worker killed
+mid-request or mid-batch) has no second effect. httpx errors and HTTP statuses are
+translated here, once, into the vudsync error tree (:mod:`sinks.errors`).
+
+Tokens: one OAuth2 client-credentials token shared by all calls. A 401 refreshes it once
+(only if nobody refreshed it meanwhile: concurrent 401s cost one token request, not N);
+refused credentials are remembered for ``auth_cooldown`` seconds, during which calls fail
+at once without a request — a wrong client secret never becomes a request storm.
 """
 
 from __future__ import annotations
@@ -10,47 +16,38 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
+import orjson
 
-from schemas.operations import (
-    AssignAccess,
-    CloudOperation,
-    DeactivateUser,
-    RegisterApplicationInstance,
-    RemoveCatalogueEntry,
-    RevokeAccess,
-    UpsertCatalogueEntry,
-    UpsertCompany,
-    UpsertUser,
+from schemas.operations import CloudOperation, DeactivateUser, UpsertCompany, UpsertUser
+from sinks.errors import AuthenticationFailed, CloudRejected, CloudUnavailable
+from sinks.ports import Applied, BatchOutcome
+from sinks.writes import (
+    Write,
+    body_text,
+    company_fields,
+    error_for,
+    excerpt,
+    interpret,
+    parse_retry_after,
+    simple_write,
+    user_fields,
 )
-from sinks.errors import AuthenticationFailed, CloudRejected, CloudUnavailable, RateLimited
-from sinks.ports import Applied
 
 log = logging.getLogger(__name__)
 
-_EXCERPT = 300
-_SECRET_WORDS = ("secret", "token", "license_key", "password")
-
-
-def _excerpt(response: httpx.Response) -> str:
-    text = response.text[:_EXCERPT]
-    return "(response withheld: it names a secret)" if any(w in text.lower() for w in _SECRET_WORDS) else text
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
+MAX_BATCH = 500  # the cloud's limit per POST /v1/batch
 
 
 class _Token:
     def __init__(self) -> None:
         self.value: str | None = None
         self.expires_at = 0.0
+        self.refused_until = 0.0
+        self.refusal: AuthenticationFailed | None = None
 
 
 class HttpCloudDirectory:
@@ -64,7 +61,9 @@ class HttpCloudDirectory:
         *,
         timeout: float = 10.0,
         max_connections: int = 32,
+        auth_cooldown: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = httpx.AsyncClient(
             base_url=base_url,
@@ -74,6 +73,8 @@ class HttpCloudDirectory:
         )
         self._client_id = client_id
         self._client_secret = client_secret
+        self._auth_cooldown = auth_cooldown
+        self._clock = clock
         self._token = _Token()
         self._token_lock = asyncio.Lock()
         self.token_requests = 0
@@ -81,7 +82,10 @@ class HttpCloudDirectory:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    # -- transport --------------------------------------------------------------------
+    def batchable(self, op: CloudOperation) -> bool:
+        return simple_write(op) is not None
+
+    # -- tokens -----------------------------------------------------------------------
 
     async def _fetch_token(self) -> str:
         self.token_requests += 1
@@ -95,26 +99,47 @@ class HttpCloudDirectory:
                     "scope": "directory:read directory:write",
                 },
             )
+        except httpx.TimeoutException:
+            raise CloudUnavailable("token endpoint: timed out", reason="timeout") from None
         except httpx.HTTPError as exc:
-            raise CloudUnavailable(f"token endpoint unreachable: {type(exc).__name__}") from None
-        if response.status_code in (400, 401, 403):
-            raise AuthenticationFailed(
-                f"the cloud refused the client credentials of {self._client_id!r} ({response.status_code})",
-                retry_after=30.0,
+            raise CloudUnavailable(f"token endpoint: {type(exc).__name__}", reason="connection") from None
+        status = response.status_code
+        if status in (400, 401, 403):
+            refusal = AuthenticationFailed(
+                f"the cloud refused the client credentials of {self._client_id!r} "
+                f"({status} {excerpt(response.text)})",
+                retry_after=self._auth_cooldown,
                 hint="check VUDSYNC_CLOUD_CLIENT_ID / VUDSYNC_CLOUD_CLIENT_SECRET",
             )
-        if response.status_code >= 300:
-            raise CloudUnavailable(f"token endpoint answered {response.status_code}")
+            self._token.value = None
+            self._token.refused_until = self._clock() + self._auth_cooldown
+            self._token.refusal = refusal
+            raise refusal
+        if status >= 300:
+            raise error_for(
+                "POST /oauth/token", status, "", parse_retry_after(response.headers.get("Retry-After"))
+            )
         body = response.json()
-        self._token.value = body["access_token"]
-        self._token.expires_at = time.monotonic() + float(body.get("expires_in", 300)) - 30
-        return str(self._token.value)
+        ttl = float(body.get("expires_in", 300))
+        self._token.value = str(body["access_token"])
+        self._token.expires_at = self._clock() + ttl - min(30.0, ttl / 4)
+        self._token.refusal = None
+        return self._token.value
 
-    async def _bearer(self, refresh: bool = False) -> str:
+    async def _bearer(self, stale: str | None = None) -> str:
+        """The current token; a new one if it expired or is ``stale`` (refused by a call)."""
         async with self._token_lock:
-            if refresh or self._token.value is None or time.monotonic() >= self._token.expires_at:
-                return await self._fetch_token()
-            return self._token.value
+            token = self._token
+            now = self._clock()
+            if token.refusal is not None and now < token.refused_until:
+                raise AuthenticationFailed(
+                    str(token.refusal), retry_after=token.refused_until - now, hint=token.refusal.hint
+                )
+            if token.value is not None and token.value != stale and now < token.expires_at:
+                return token.value
+            return await self._fetch_token()
+
+    # -- transport --------------------------------------------------------------------
 
     async def request(
         self,
@@ -123,34 +148,43 @@ class HttpCloudDirectory:
         *,
         key: str | None = None,
         json: Any = None,
+        content: bytes | None = None,
         params: dict[str, str] | None = None,
         ok_statuses: tuple[int, ...] = (),
     ) -> httpx.Response:
-        """One API call; 401 refreshes the token once. Returns 2xx and ``ok_statuses`` answers."""
+        """One API call; a 401 refreshes the token once. Returns 2xx and ``ok_statuses``
+        answers; raises the translated error for anything else. ``content``: a JSON body
+        already encoded."""
+        what = f"{method} {path.split('?')[0]}"
+        token = await self._bearer()
         for attempt in (0, 1):
-            headers = {"Authorization": f"Bearer {await self._bearer(refresh=attempt == 1)}"}
+            headers = {"Authorization": f"Bearer {token}"}
             if key is not None:
                 headers["Idempotency-Key"] = key
+            if content is not None:
+                headers["Content-Type"] = "application/json"
             try:
-                response = await self._client.request(method, path, headers=headers, json=json, params=params)
+                response = await self._client.request(
+                    method, path, headers=headers, json=json, content=content, params=params
+                )
             except httpx.TimeoutException:
-                raise CloudUnavailable(f"{method} {path}: timed out") from None
+                raise CloudUnavailable(f"{what}: timed out", reason="timeout") from None
             except httpx.HTTPError as exc:
-                raise CloudUnavailable(f"{method} {path}: {type(exc).__name__}") from None
+                raise CloudUnavailable(f"{what}: {type(exc).__name__}", reason="connection") from None
             if response.status_code == 401 and attempt == 0:
+                token = await self._bearer(stale=token)
                 continue
             break
         status = response.status_code
         if status < 300 or status in ok_statuses:
             return response
-        if status == 401:
-            raise AuthenticationFailed("the cloud refused a fresh token", retry_after=30.0)
-        if status == 429:
-            raise RateLimited(f"{method} {path}: rate limited", retry_after=_retry_after(response))
-        if status >= 500:
-            raise CloudUnavailable(f"{method} {path}: {status}", retry_after=_retry_after(response))
-        raise CloudRejected(
-            f"{method} {path}: {status} {_excerpt(response)}", status=status, excerpt=_excerpt(response)
+        raise error_for(
+            what, status, excerpt(response.text), parse_retry_after(response.headers.get("Retry-After"))
+        )
+
+    async def _send(self, write: Write) -> httpx.Response:
+        return await self.request(
+            write.method, write.path, key=write.key, json=write.body, ok_statuses=write.ok_statuses
         )
 
     @staticmethod
@@ -165,84 +199,75 @@ class HttpCloudDirectory:
     # -- operations -------------------------------------------------------------------
 
     async def apply(self, op: CloudOperation) -> Applied:
+        write = simple_write(op)
+        if write is not None:
+            response = await self._send(write)
+            body = response.json() if response.content else None
+            applied = interpret(op, response.status_code, body, self._replayed(response))
+            if applied is not None:
+                return applied
+            found = body if response.status_code != 404 and isinstance(body, dict) else None
+            return await self._multi_step(op, found, [response] if found else [])
+        return await self._multi_step(op, None, [])
+
+    async def apply_batch(self, ops: Sequence[CloudOperation]) -> list[BatchOutcome]:
+        """Simple operations in one ``POST /v1/batch`` (≤ 500), in order; one outcome each."""
+        if len(ops) > MAX_BATCH:
+            raise ValueError(f"at most {MAX_BATCH} operations per batch")
+        writes = [simple_write(op) for op in ops]
+        if any(w is None for w in writes):
+            raise ValueError("apply_batch takes simple operations only")
+        items = [w.batch_item() for w in writes if w is not None]
+        # orjson: a batch's body and answer are the sink's largest JSON documents
+        response = await self.request("POST", "/v1/batch", content=orjson.dumps({"requests": items}))
+        answers = orjson.loads(response.content)["responses"]
+        if len(answers) != len(ops):
+            raise CloudUnavailable(f"POST /v1/batch: {len(answers)} answers for {len(ops)} items")
+        outcomes: list[BatchOutcome] = []
+        for op, write, answer in zip(ops, writes, answers, strict=True):
+            assert write is not None
+            status = int(answer["status"])
+            headers = answer.get("headers") or {}
+            if status < 300 or status in write.ok_statuses:
+                replayed = headers.get("idempotent-replayed") == "true"
+                outcomes.append(interpret(op, status, answer.get("body"), replayed))
+            else:
+                what = f"{write.method} {write.path}"
+                body = excerpt(body_text(answer.get("body")))
+                outcomes.append(error_for(what, status, body, parse_retry_after(headers.get("retry-after"))))
+        return outcomes
+
+    async def _multi_step(
+        self, op: CloudOperation, found: dict[str, Any] | None, responses: list[httpx.Response]
+    ) -> Applied:
         if isinstance(op, UpsertUser):
-            return await self._upsert_user(op)
+            return await self._upsert_user(op, found, responses)
         if isinstance(op, DeactivateUser):
             return await self._deactivate_user(op)
         if isinstance(op, UpsertCompany):
             return await self._upsert_company(op)
-        if isinstance(op, AssignAccess):
-            r = await self.request(
-                "PUT",
-                f"/v1/users/{op.cloud_user_id}/access/{op.cloud_company_id}",
-                key=op.operation_id,
-                json={
-                    "services": {app.value: svc.model_dump(mode="json") for app, svc in op.services.items()}
-                },
-            )
-            return Applied("assigned", op.cloud_user_id, self._replayed(r))
-        if isinstance(op, RevokeAccess):
-            r = await self.request(
-                "DELETE",
-                f"/v1/users/{op.cloud_user_id}/access/{op.cloud_company_id}",
-                key=op.operation_id,
-                ok_statuses=(404,),
-            )
-            return Applied("revoked" if r.status_code != 404 else "noop", op.cloud_user_id, self._replayed(r))
-        if isinstance(op, UpsertCatalogueEntry):
-            r = await self.request(
-                "PUT",
-                f"/v1/services/{op.application.value}/{op.catalogue}/{op.name}",
-                key=op.operation_id,
-                json={"description": op.description},
-            )
-            return Applied("published", None, self._replayed(r))
-        if isinstance(op, RemoveCatalogueEntry):
-            r = await self.request(
-                "DELETE",
-                f"/v1/services/{op.application.value}/{op.catalogue}/{op.name}",
-                key=op.operation_id,
-                ok_statuses=(404,),
-            )
-            return Applied("removed" if r.status_code != 404 else "noop", None, self._replayed(r))
-        if isinstance(op, RegisterApplicationInstance):
-            r = await self.request(
-                "PUT",
-                f"/v1/application-instances/{op.application.value}",
-                key=op.operation_id,
-                json={"uri": op.uri, "license_fingerprint": op.license_fingerprint},
-            )
-            return Applied(
-                "registered",
-                None,
-                self._replayed(r),
-                {"uri": op.uri, "license_fingerprint": op.license_fingerprint},
-            )
-        raise CloudRejected(f"no cloud mapping for {type(op).__name__}", status=0, excerpt="")
+        raise CloudRejected(
+            f"{op.kind} {op.operation_id}: no cloud mapping (cloud ids missing?)", status=0, excerpt=""
+        )
 
     async def _resolve_user(self, op: UpsertUser | DeactivateUser) -> tuple[dict[str, Any] | None, bool]:
-        """The cloud user of this on-premise user: (user, linked-now?)."""
-        if op.cloud_id:
-            r = await self.request("GET", f"/v1/users/{op.cloud_id}", ok_statuses=(404,))
-            if r.status_code != 404:
-                return r.json(), False
+        """The cloud user of this on-premise user: (user, matched by e-mail only?)."""
         found = await self._find("users", external_id=op.entity_id)
         if found:
             return found, False
         found = await self._find("users", email=op.email)
         return found, found is not None
 
-    async def _upsert_user(self, op: UpsertUser) -> Applied:
-        user, matched = await self._resolve_user(op)
-        fields = {
-            "username": op.username,
-            "email": op.email,
-            "first_name": op.first_name,
-            "last_name": op.last_name,
-            "language": op.language,
-        }
-        responses: list[httpx.Response] = []
-        effect = "noop"
+    async def _upsert_user(
+        self, op: UpsertUser, user: dict[str, Any] | None, responses: list[httpx.Response]
+    ) -> Applied:
+        """Resolve (unless the known-id PATCH found the user), create or link, update, (re)activate."""
+        fields = user_fields(op)
+        patched = user is not None  # the known-id PATCH already sent these fields
+        effect = "updated" if patched else "noop"
+        matched = False
+        if user is None:
+            user, matched = await self._resolve_user(op)
         if user is None:
             r = await self.request(
                 "POST",
@@ -257,7 +282,7 @@ class HttpCloudDirectory:
                     raise CloudRejected(
                         f"user {op.entity_id}: e-mail conflict without a match",
                         status=409,
-                        excerpt=_excerpt(r),
+                        excerpt=excerpt(r.text),
                     )
             else:
                 responses.append(r)
@@ -273,8 +298,8 @@ class HttpCloudDirectory:
                         json={"external_id": op.entity_id},
                     )
                 )
-                effect = "linked"
-            if any(user.get(k) != v for k, v in fields.items()):
+                effect = "linked" if effect == "noop" else f"{effect}+linked"
+            if not patched and any(user.get(k) != v for k, v in fields.items()):
                 responses.append(
                     await self.request(
                         "PATCH", f"/v1/users/{user['id']}", key=f"{op.operation_id}:update", json=fields
@@ -289,27 +314,18 @@ class HttpCloudDirectory:
                 )
             )
             effect = f"{action}d" if effect == "noop" else f"{effect}+{action}d"
-        return Applied(effect, user["id"], self._replayed(*responses))
+        return Applied(effect, str(user["id"]), self._replayed(*responses))
 
     async def _deactivate_user(self, op: DeactivateUser) -> Applied:
         user, _ = await self._resolve_user(op)
         if user is None:
             return Applied("noop", None, False, {"reason": "no such user in the cloud"})
         r = await self.request("POST", f"/v1/users/{user['id']}/deactivate", key=op.operation_id)
-        return Applied("deactivated", user["id"], self._replayed(r))
+        return Applied("deactivated", str(user["id"]), self._replayed(r))
 
     async def _upsert_company(self, op: UpsertCompany) -> Applied:
-        fields = {
-            "name": op.name,
-            "organisation_number": op.organisation_number,
-            "country": op.country,
-            "status": op.status,
-        }
-        company: dict[str, Any] | None = None
-        if op.cloud_id:
-            r = await self.request("GET", f"/v1/companies/{op.cloud_id}", ok_statuses=(404,))
-            company = r.json() if r.status_code != 404 else None
-        company = company or await self._find("companies", external_id=op.entity_id)
+        fields = company_fields(op)
+        company = await self._find("companies", external_id=op.entity_id)
         responses: list[httpx.Response] = []
         details: dict[str, Any] = {}
         if company is None:
@@ -323,11 +339,13 @@ class HttpCloudDirectory:
                     ok_statuses=(409,),
                 )
                 if r.status_code != 409:
-                    return Applied("created", r.json()["id"], self._replayed(r))
+                    return Applied("created", str(r.json()["id"]), self._replayed(r))
                 existing = await self._find("companies", organisation_number=op.organisation_number)
                 if existing is None:
                     raise CloudRejected(
-                        f"company {op.entity_id}: conflict without a match", status=409, excerpt=_excerpt(r)
+                        f"company {op.entity_id}: conflict without a match",
+                        status=409,
+                        excerpt=excerpt(r.text),
                     )
             # link to the cloud company with the same organisation number; never create a second
             responses.append(
@@ -340,10 +358,10 @@ class HttpCloudDirectory:
             )
             differing = sorted(k for k in ("name", "country", "status") if existing.get(k) != fields[k])
             details = {"review": differing} if differing else {}
-            return Applied("linked", existing["id"], self._replayed(*responses), details)
+            return Applied("linked", str(existing["id"]), self._replayed(*responses), details)
         if any(company.get(k) != v for k, v in fields.items()):
             r = await self.request(
                 "PATCH", f"/v1/companies/{company['id']}", key=f"{op.operation_id}:update", json=fields
             )
-            return Applied("updated", company["id"], self._replayed(r))
-        return Applied("noop", company["id"], False)
+            return Applied("updated", str(company["id"]), self._replayed(r))
+        return Applied("noop", str(company["id"]), False)

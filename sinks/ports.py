@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from schemas.operations import CloudOperation
+from vudsync.errors import VudsyncError
 
 
 @dataclass(frozen=True)
@@ -18,12 +20,38 @@ class Applied:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+BatchOutcome = Applied | VudsyncError | None
+"""Per item of a batch: applied, failed (retryable or permanent), or None = apply it alone."""
+
+
 class CloudDirectory(Protocol):
-    """The cloud's directory, by role. Errors: RetryableError / PermanentError subclasses."""
+    """The cloud's directory, by role. Errors: RetryableError / PermanentError subclasses.
+
+    ``apply`` applies one operation (possibly several idempotent requests). ``apply_batch``
+    applies simple operations (``batchable``) in one round trip, in order, each with its own
+    idempotency key and outcome; an error of the round trip itself is raised, for all.
+    """
+
+    def batchable(self, op: CloudOperation) -> bool: ...
 
     async def apply(self, op: CloudOperation) -> Applied: ...
 
+    async def apply_batch(self, ops: Sequence[CloudOperation]) -> list[BatchOutcome]: ...
+
     async def aclose(self) -> None: ...
+
+
+class RecordPublisher(Protocol):
+    """Results and dead letters to Kafka: ``publish`` queues; ``flush`` returns once the broker
+    acknowledged every queued record, else raises ``RetryableError``."""
+
+    def publish(
+        self, topic: str, key: str, value: bytes | None, headers: Sequence[tuple[str, bytes]] = ()
+    ) -> None: ...
+
+    def flush(self, timeout: float = 60.0) -> int: ...
+
+    def close(self, timeout: float = 10.0) -> None: ...
 
 
 class Ledger(Protocol):
@@ -31,6 +59,12 @@ class Ledger(Protocol):
 
     def get(self, operation_id: str) -> dict[str, Any] | None: ...
 
-    def record(self, operation_id: str, result: dict[str, Any]) -> None: ...
+    def get_many(self, operation_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The known ones among ``operation_ids`` (one query for a polled batch)."""
+        ...
+
+    def record_many(self, entries: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """Record ``(operation id, result)`` pairs in one transaction; known ids are kept."""
+        ...
 
     def close(self) -> None: ...

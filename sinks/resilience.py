@@ -1,4 +1,4 @@
-"""Backoff with full jitter, and a circuit breaker. Pure apart from the injected clock/RNG."""
+"""Backoff with full jitter, and a circuit breaker. Pure apart from the injected clock and RNG."""
 
 from __future__ import annotations
 
@@ -6,70 +6,126 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from sinks.errors import CircuitOpen
 
 
 @dataclass
 class Backoff:
-    """Exponential backoff with full jitter (AWS architecture blog's "full jitter")."""
+    """Exponential backoff with full jitter (the AWS architecture blog's "full jitter").
+
+    The wait before attempt ``n + 1`` is uniform in ``[0, min(cap, base * 2**n)]``; a
+    server's ``Retry-After`` is a floor: we never come back sooner than it asked.
+    """
 
     base: float = 0.05
     cap: float = 10.0
     rng: random.Random = field(default_factory=random.Random)
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        """Seconds to wait before attempt ``attempt + 1``; a server's Retry-After wins if longer."""
-        jittered = self.rng.uniform(0, min(self.cap, self.base * (2 ** min(attempt, 30))))
-        return max(jittered, retry_after or 0.0)
+        """Seconds to wait after ``attempt`` (1 = the first try) failed."""
+        ceiling = min(self.cap, self.base * (2 ** min(max(attempt, 0), 30)))
+        return max(self.rng.uniform(0, ceiling), retry_after or 0.0)
+
+
+class CircuitState(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
 
 
 class CircuitBreaker:
-    """Opens after ``threshold`` consecutive failures; half-opens after ``reset_after`` seconds
-    to let one probe through; closes on the probe's success."""
+    """Stops calls to a cloud that is down, and probes it.
+
+    * closed: calls go out; ``threshold`` consecutive failures open the circuit.
+    * open: :meth:`before_call` raises :class:`CircuitOpen` (no request) until the cool-down
+      has passed; the cool-down doubles after each failed probe, up to ``max_open``.
+    * half-open: exactly one call (the probe) may go out; its success closes the circuit,
+      its failure opens it again.
+
+    ``failure(open_for=…)`` opens at once for at least that long (refused credentials: no
+    number of retries will help until an operator acts). A call that ends without a
+    verdict (cancelled) calls :meth:`release` so the next probe may go.
+    """
 
     def __init__(
         self,
-        threshold: int = 5,
-        reset_after: float = 5.0,
+        threshold: int = 8,
+        reset_after: float = 2.0,
+        max_open: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[bool], None] | None = None,
     ) -> None:
         self.threshold = threshold
         self.reset_after = reset_after
+        self.max_open = max_open
         self._clock = clock
+        self._on_change = on_change or (lambda _open: None)
         self._failures = 0
         self._opened_at: float | None = None
         self._open_for = reset_after
         self._probing = False
-        self._on_change = on_change or (lambda _open: None)
+        self.openings = 0  # how many times the circuit opened (for logs and tests)
+
+    @property
+    def state(self) -> CircuitState:
+        if self._opened_at is None:
+            return CircuitState.CLOSED
+        if self._probing or self._clock() - self._opened_at >= self._open_for:
+            return CircuitState.HALF_OPEN
+        return CircuitState.OPEN
 
     @property
     def is_open(self) -> bool:
         return self._opened_at is not None
 
+    def retry_in(self) -> float:
+        """Seconds until a call may go out (0 when one may go now)."""
+        if self._opened_at is None:
+            return 0.0
+        if self._probing:
+            return self.reset_after
+        return max(0.0, self._open_for - (self._clock() - self._opened_at))
+
     def before_call(self) -> None:
-        """Raise :class:`CircuitOpen` unless a call may go out now."""
+        """Raise :class:`CircuitOpen` unless a call may go out now (a half-open probe counts)."""
         if self._opened_at is None:
             return
-        waited = self._clock() - self._opened_at
-        if waited < self._open_for or self._probing:
-            raise CircuitOpen("circuit to the cloud is open", retry_after=max(0.05, self._open_for - waited))
-        self._probing = True  # half-open: exactly one probe
+        wait = self.retry_in()
+        if wait > 0 or self._probing:
+            raise CircuitOpen("circuit to the cloud is open", retry_after=max(wait, 0.05))
+        self._probing = True
 
     def success(self) -> None:
+        """The cloud answered (any answer that is not a server failure counts)."""
         self._failures = 0
         self._probing = False
         if self._opened_at is not None:
             self._opened_at = None
+            self._open_for = self.reset_after
             self._on_change(False)
 
     def failure(self, open_for: float | None = None) -> None:
+        """A server failure; ``open_for`` opens the circuit at once for at least that long."""
         self._failures += 1
+        was_probe, self._probing = self._probing, False
+        if open_for is None and self._failures < self.threshold and not was_probe:
+            return
+        was_open = self._opened_at is not None
+        if was_open and was_probe:
+            self._open_for = min(self.max_open, self._open_for * 2)
+        elif not was_open:
+            self._open_for = self.reset_after
+        if open_for is not None:
+            self._open_for = max(self._open_for, open_for)
+        if was_open and not was_probe and open_for is None:
+            return  # a late failure of a call sent before the circuit opened: keep the timer
+        self._opened_at = self._clock()
+        if not was_open:
+            self.openings += 1
+            self._on_change(True)
+
+    def release(self) -> None:
+        """A call ended without a verdict: let the next probe go."""
         self._probing = False
-        if self._failures >= self.threshold or open_for is not None:
-            was_open = self._opened_at is not None
-            self._opened_at = self._clock()
-            self._open_for = max(self.reset_after, open_for or 0.0)
-            if not was_open:
-                self._on_change(True)

@@ -1,14 +1,30 @@
-"""The sink worker loop: apply operations to the cloud, exactly once in effect.
+"""The sink worker: apply operations to the cloud, exactly once in effect, in order per aggregate.
 
-Commit order for every polled batch, per record: ledger check → apply (retries with backoff,
-circuit breaker) → record in the ledger → publish the result (or the dead letter); then, for
-the batch: flush the producer (every result acknowledged) → commit offsets, only up to the
-last record of each partition whose whole prefix is done. A crash anywhere re-delivers
-records whose offsets were not committed; the ledger and the cloud's idempotency keys turn
-them into "already applied" without a second effect.
+Three activities share one event loop:
 
-Order: operations on one aggregate (the record key) are applied one after another, in
-offset order; different aggregates are applied concurrently (bounded).
+* **consume** — polls ``vud.cloud.operations`` (kafka-python, in one dedicated thread),
+  decodes each record, answers operations already in the ledger at once (``already_applied``,
+  no cloud call), queues the others per aggregate; pauses the partitions while too many
+  records are outstanding (the consumer keeps polling, so it stays in its group); commits.
+* **dispatch** — takes the ready heads of the aggregate queues (at most one operation per
+  aggregate in flight) and sends them: simple operations together through
+  ``POST /v1/batch`` when several are ready, the rest one by one; at most ``concurrency``
+  calls in flight; none while the circuit is open (one probe when it half-opens).
+* **settle** — per operation: applied → ledger → result; retryable failure → the operation
+  stays its aggregate's head and is tried again after a backoff with full jitter (at least
+  ``Retry-After``); permanent failure (4xx) → dead letter with its error context → result
+  ``dead_lettered``, and the aggregate moves on.
+
+Commit order, for every commit: record applied ids in the ledger and publish the results
+(as each call settles) → flush the producer (every result and dead letter acknowledged by
+the broker) → commit, per partition, the offset after the longest finished prefix. A crash
+anywhere re-delivers what was not committed; the ledger and the cloud's idempotency keys
+turn it into ``already_applied`` without a second effect.
+
+SIGTERM (:meth:`SinkWorker.request_stop`): stop polling and dispatching, let the calls in
+flight finish (bounded by the HTTP timeout), flush, commit, return. A rebalance drops the
+queued work of the partitions it takes away (the new owner reads them from the last commit);
+partitions it gives back are read again from their committed offset.
 """
 
 from __future__ import annotations
@@ -16,206 +32,523 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import defaultdict
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from producers.kafka_publisher import KafkaRecordPublisher
 from schemas.codec import DecodeError, decode_operation, encode
 from schemas.deadletter import HEADER_ATTEMPTS, HEADER_HTTP_STATUS, HEADER_RESPONSE, error_headers
 from schemas.operations import CloudOperation
 from schemas.results import OperationResult, ResultOutcome
 from schemas.topics import OPERATIONS_DLQ, RESULTS
-from sinks.errors import AuthenticationFailed, CircuitOpen, CloudRejected
+from sinks.errors import AuthenticationFailed, CircuitOpen, CloudRejected, CloudUnavailable, retry_reason
 from sinks.metrics import SinkMetrics
-from sinks.ports import Applied, CloudDirectory, Ledger
+from sinks.ports import Applied, BatchOutcome, CloudDirectory, Ledger, RecordPublisher
 from sinks.resilience import Backoff, CircuitBreaker
-from vudsync.errors import PermanentError, RetryableError
+from sinks.scheduling import AggregateQueues, OffsetTracker, Pending
+from sinks.scheduling import TopicPartition as TP
+from vudsync.errors import PermanentError, RetryableError, VudsyncError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class SinkConfig:
     topic_prefix: str = ""
-    concurrency: int = 16
-    max_attempts: int = 8  # for retryable failures other than an open circuit
-    poll_timeout_ms: int = 200
+    concurrency: int = 16  # cloud calls in flight (a batch is one call)
+    batch: bool = True  # use POST /v1/batch when several simple operations are ready
+    batch_size: int = 200  # at most this many operations per batch (the cloud takes ≤ 500)
+    max_attempts: int = 8  # give up on a retryable failure only after this many attempts …
+    retry_timeout: float = 300.0  # … and this many seconds, while the cloud answers others
+    auth_cooldown: float = 30.0  # circuit open after refused credentials
+    poll_timeout_ms: int = 100
     max_poll_records: int = 500
+    max_outstanding: int = 5000  # pause the partitions above this many unfinished records
+    commit_interval: float = 1.0
+    drain_timeout: float = 30.0  # SIGTERM: wait this long for the calls in flight
+    stall_interval: float = 30.0  # warn when nothing finished for this long
 
 
-class _Stopped(Exception):
-    """Stop was requested while an operation waited to be retried."""
+class SinkFatal(RuntimeError):
+    """The worker cannot go on safely (results not acknowledged): exit without committing."""
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """kafka-python 3 calls rebalance listeners on its own IO thread. Blocking there (even on
+    another thread's answer) was seen to hang kafka-python 3.0.12's next join for good, so the
+    listener only hands the news to the event loop and returns."""
+
+    def __init__(self, worker: SinkWorker) -> None:
+        self.worker = worker
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        self.worker._from_io_thread([(tp.topic, tp.partition) for tp in revoked], assigned=False)
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self.worker._from_io_thread([(tp.topic, tp.partition) for tp in assigned], assigned=True)
 
 
 class SinkWorker:
     def __init__(
         self,
         consumer: KafkaConsumer,
-        publisher: KafkaRecordPublisher,
+        topic: str,
+        publisher: RecordPublisher,
         cloud: CloudDirectory,
         ledger: Ledger,
         metrics: SinkMetrics,
         config: SinkConfig,
         clock: Callable[[], datetime],
+        *,
         backoff: Backoff | None = None,
         breaker: CircuitBreaker | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.consumer = consumer
+        self.topic = topic
         self.publisher = publisher
         self.cloud = cloud
         self.ledger = ledger
         self.metrics = metrics
         self.config = config
         self.clock = clock
+        self.monotonic = monotonic
         self.backoff = backoff or Backoff()
-        self.breaker = breaker or CircuitBreaker(on_change=lambda o: metrics.circuit_open.set(1 if o else 0))
-        self._stop = asyncio.Event()
+        self.breaker = breaker or CircuitBreaker(clock=monotonic, on_change=self._circuit_changed)
+        self.queues = AggregateQueues()
+        self.tracker = OffsetTracker()
         self._results_topic = config.topic_prefix + RESULTS.name
         self._dlq_topic = config.topic_prefix + OPERATIONS_DLQ.name
+        self._consumer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-consumer")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._calls: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self._closed = False
+        self._paused = False
+        self._auth_logged_at = -1e9
+        self._last_look = 0.0
+        self._finished = 0
+        self._assigned: set[TP] = set()
+        self._fatal: SinkFatal | None = None
+        self._finished_at_last_look = 0
+
+    # -- lifecycle --------------------------------------------------------------------
 
     def request_stop(self) -> None:
+        """Graceful stop (SIGTERM): finish the calls in flight, flush, commit, return."""
         self._stop.set()
+        self._wake.set()
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while not self._stop.is_set():
-            polled = await loop.run_in_executor(
-                None, lambda: self.consumer.poll(self.config.poll_timeout_ms, self.config.max_poll_records)
-            )
-            records = [r for batch in polled.values() for r in batch]
-            if records:
-                await self.process(records)
-
-    async def process(self, records: list[Any]) -> None:
-        """Apply one polled batch, then flush results and commit what is done."""
-        by_key: dict[bytes | None, list[Any]] = defaultdict(list)
-        for record in sorted(records, key=lambda r: (r.partition, r.offset)):
-            by_key[record.key].append(record)
-        done: set[tuple[str, int, int]] = set()
-        gate = asyncio.Semaphore(self.config.concurrency)
-
-        async def run_aggregate(chain: list[Any]) -> None:
-            async with gate:
-                for record in chain:
-                    try:
-                        await self._handle(record)
-                    except _Stopped:
-                        return  # the rest of this aggregate waits for the next run, in order
-                    done.add((record.topic, record.partition, record.offset))
-
-        await asyncio.gather(*(run_aggregate(chain) for chain in by_key.values()))
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self.publisher.flush)
-        offsets = self._committable(records, done)
-        if offsets:
-            await loop.run_in_executor(None, lambda: self.consumer.commit(offsets))
-
-    @staticmethod
-    def _committable(
-        records: list[Any], done: set[tuple[str, int, int]]
-    ) -> dict[TopicPartition, OffsetAndMetadata]:
-        """Per partition, the offset after the longest fully done prefix of the batch."""
-        per_tp: dict[tuple[str, int], list[int]] = defaultdict(list)
-        for r in records:
-            per_tp[(r.topic, r.partition)].append(r.offset)
-        out: dict[TopicPartition, OffsetAndMetadata] = {}
-        for (topic, partition), offsets in per_tp.items():
-            last = None
-            for offset in sorted(offsets):
-                if (topic, partition, offset) not in done:
-                    break
-                last = offset
-            if last is not None:
-                out[TopicPartition(topic, partition)] = OffsetAndMetadata(last + 1, "", -1)
-        return out
-
-    # -- one record -------------------------------------------------------------------
-
-    async def _handle(self, record: Any) -> None:
+        self._loop = asyncio.get_running_loop()
+        # know the topic's partitions before joining: a leader without them assigns nothing and
+        # rejoins at once, and kafka-python 3.0.12 was seen to hang for good in that rejoin
+        # (heartbeats stop, the member expires). The cost: one metadata fetch of every topic.
+        await self._consumer_call(self.consumer.partitions_for_topic, self.topic)
+        await self._consumer_call(self.consumer.subscribe, [self.topic], listener=_Rebalance(self))
+        dispatcher = asyncio.create_task(self._dispatch_loop(), name="sink-dispatch")
+        fatal = False
         try:
-            op = decode_operation(record.value)
-        except DecodeError as exc:
-            self._dead_letter(record, None, exc.reason, "decode", exc, attempts=0)
-            return
-        known = self.ledger.get(op.operation_id)
-        if known is not None:
-            self._publish_result(
-                op,
-                ResultOutcome.ALREADY_APPLIED,
-                known.get("cloud_id"),
-                known.get("effect"),
-                known.get("details") or {},
-                attempts=0,
-            )
-            self.metrics.operations.labels(kind=op.kind, outcome="already_applied").inc()
-            return
-        with self.metrics.apply_seconds.time():
-            applied, attempts, failure = await self._apply_with_retries(op)
-        if applied is None:
-            assert failure is not None
-            self._dead_letter(record, op, str(failure), "apply", failure, attempts)
-            return
-        outcome = ResultOutcome.ALREADY_APPLIED if applied.replayed else ResultOutcome.APPLIED
-        self.ledger.record(
-            op.operation_id,
-            {"cloud_id": applied.cloud_id, "effect": applied.effect, "details": applied.details},
-        )
-        self._publish_result(op, outcome, applied.cloud_id, applied.effect, applied.details, attempts)
-        self.metrics.operations.labels(kind=op.kind, outcome=outcome.value).inc()
-        if outcome is ResultOutcome.APPLIED:
-            lag = (self.clock() - op.source_committed_at).total_seconds()
-            self.metrics.end_to_end.observe(max(lag, 0.0))
+            await self._consume_loop()
+        except BaseException:
+            fatal = True
+            raise
+        finally:
+            self._stopping = True
+            self._wake.set()
+            await dispatcher
+            if not fatal and self._fatal is None:
+                await self._commit()
+            self._closed = True
+            self._consumer_thread.shutdown(wait=True)
+            log.info("sink: drained (%d operations left uncommitted for redelivery)", self.queues.queued)
+        if self._fatal is not None:
+            raise self._fatal
 
-    async def _apply_with_retries(
-        self, op: CloudOperation
-    ) -> tuple[Applied | None, int, PermanentError | RetryableError | None]:
-        attempt = 0
-        while True:
-            if self._stop.is_set():
-                raise _Stopped
+    async def _consumer_call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """kafka-python's consumer is not thread-safe: every call goes through one thread."""
+        assert self._loop is not None
+        return await self._loop.run_in_executor(self._consumer_thread, lambda: fn(*args, **kwargs))
+
+    # -- consume ----------------------------------------------------------------------
+
+    async def _consume_loop(self) -> None:
+        last_commit = self._last_look = self.monotonic()
+        while not self._stop.is_set():
+            polled = await self._consumer_call(
+                self.consumer.poll, self.config.poll_timeout_ms, self.config.max_poll_records
+            )
+            if self._assigned:
+                polled = await self._rewind(polled)
+            self._accept_all([r for records in polled.values() for r in records])
+            if polled:
+                self._wake.set()
+            now = self.monotonic()
+            if now - last_commit >= self.config.commit_interval:
+                await self._commit()
+                last_commit = now
+            await self._backpressure()
+            if now - self._last_look >= self.config.stall_interval:
+                self._last_look = now
+                self._report_stall()
+
+    def _accept_all(self, records: list[Any]) -> None:
+        """Polled records: dead letter, known answer (one ledger query), or queued for the cloud."""
+        decoded: list[tuple[Any, CloudOperation, int]] = []
+        for record in records:
+            tp = (record.topic, record.partition)
+            epoch = self.tracker.take(tp, record.offset)
+            try:
+                decoded.append((record, decode_operation(record.value), epoch))
+            except DecodeError as exc:
+                item = Pending(
+                    record.topic, record.partition, record.offset, record.key, record.value, None, "", False
+                )
+                self._dead_letter(item, exc.reason, "decode", exc, ResultOutcome.DEAD_LETTERED)
+                self.tracker.finish(tp, record.offset, epoch)
+        known = self.ledger.get_many([op.operation_id for _, op, _ in decoded]) if decoded else {}
+        for record, op, epoch in decoded:
+            entry = known.get(op.operation_id)
+            if entry is not None:  # applied before (a redelivery or replay): answer, no cloud call
+                applied = Applied(
+                    entry.get("effect") or "noop", entry.get("cloud_id"), True, entry.get("details") or {}
+                )
+                self._publish_result(op, ResultOutcome.ALREADY_APPLIED, applied, attempts=0)
+                self.metrics.operations.labels(kind=op.kind, outcome="already_applied").inc()
+                self.tracker.finish((record.topic, record.partition), record.offset, epoch)
+                continue
+            self.queues.push(
+                Pending(
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    record.key,
+                    record.value,
+                    op,
+                    op.aggregate,
+                    self.cloud.batchable(op),
+                    epoch=epoch,
+                )
+            )
+
+    async def _rewind(self, polled: dict[Any, list[Any]]) -> dict[Any, list[Any]]:
+        """After a rebalance, read every assigned partition again from its committed offset.
+
+        kafka-python keeps the fetch position of a partition that was revoked and assigned
+        again; the records this worker had queued but dropped at the revocation lie before
+        it and would be skipped. So: seek to the committed offset, and drop what this poll
+        returned for those partitions (it is fetched again).
+        """
+        tps, self._assigned = self._assigned, set()
+
+        def seek() -> None:
+            for topic, partition in tps:
+                tp = TopicPartition(topic, partition)
+                if tp not in self.consumer.assignment():
+                    continue
+                committed = self.consumer.committed(tp)
+                if committed is None:  # an explicit offset: seek_to_beginning is a lazy reset
+                    committed = self.consumer.beginning_offsets([tp])[tp]  # that lost to a fetch
+                self.consumer.seek(tp, committed)
+                log.info("sink: %s[%d] read again from %d", topic, partition, committed)
+
+        await self._consumer_call(seek)
+        return {tp: rs for tp, rs in polled.items() if (tp.topic, tp.partition) not in tps}
+
+    def _report_stall(self) -> None:
+        """Warn when records are outstanding but none finished since the last look."""
+        outstanding = self.tracker.outstanding()
+        if outstanding and self._finished == self._finished_at_last_look:
+            ready = self.queues.ready_count(self.monotonic())
+            log.warning(
+                "sink: no progress for %.0fs: %d outstanding, %d queued, ready %s, %d calls in flight, "
+                "circuit %s, paused=%s",
+                self.config.stall_interval,
+                outstanding,
+                self.queues.queued,
+                ready,
+                len(self._calls),
+                self.breaker.state.value,
+                self._paused,
+            )
+        self._finished_at_last_look = self._finished
+
+    async def _backpressure(self) -> None:
+        outstanding = self.tracker.outstanding()
+        if outstanding >= self.config.max_outstanding:
+            await self._consumer_call(lambda: self.consumer.pause(*self.consumer.assignment()))
+            if not self._paused:
+                log.debug("sink: %d records outstanding, partitions paused", outstanding)
+            self._paused = True
+        elif self._paused and outstanding <= self.config.max_outstanding // 2:
+            await self._consumer_call(lambda: self.consumer.resume(*self.consumer.paused()))
+            self._paused = False
+
+    async def _commit(self) -> None:
+        """Flush every result, then commit the finished prefixes. Order is the guarantee."""
+        offsets = self.tracker.committable()
+        if not offsets:
+            return
+        assert self._loop is not None
+        try:
+            await self._loop.run_in_executor(None, self.publisher.flush)
+        except RetryableError as exc:
+            raise SinkFatal(f"results not acknowledged by the broker, nothing committed: {exc}") from exc
+        try:
+            await self._consumer_call(self.consumer.commit, _kafka_offsets(offsets))
+        except KafkaError as exc:  # a rebalance took the partitions: their new owner re-delivers
+            log.warning("sink: commit of %s failed (%s); the records will be re-delivered", offsets, exc)
+            return
+        self.tracker.committed(offsets)
+
+    # -- rebalance (called on the consumer's IO thread) -------------------------------
+
+    def _from_io_thread(self, tps: list[TP], *, assigned: bool) -> None:
+        loop = self._loop
+        if not tps or self._closed or loop is None or loop.is_closed():
+            return
+        if assigned:
+            self._assigned |= set(tps)  # read by the consume loop once poll returns
+        loop.call_soon_threadsafe(self._assign if assigned else self._revoke, tps)
+
+    def _revoke(self, tps: list[TP]) -> None:
+        """Partitions taken away: forget their queued work and their offsets at once.
+
+        Calls in flight finish (their results are published); the new owner reads from the
+        last commit (at most ``commit_interval`` old) and meets those operations again, in
+        order: the ledger or the cloud's idempotency keys answer them without a second effect.
+        """
+        dropped = self.queues.drop(tps)
+        self.tracker.drop(tps)
+        log.info("sink: partitions revoked: %s (%d queued operations dropped)", sorted(tps), dropped)
+
+    def _assign(self, tps: list[TP]) -> None:
+        self.queues.reassigned(tps)
+        log.info("sink: partitions assigned: %s", sorted(tps))
+
+    # -- dispatch ---------------------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        prefer_batch = True
+        while not self._stopping:
+            self._wake.clear()
+            prefer_batch = self._launch_ready(prefer_batch)
+            timeout = self._idle_timeout()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+        if self._calls:
+            _done, pending = await asyncio.wait(set(self._calls), timeout=self.config.drain_timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+
+    def _idle_timeout(self) -> float | None:
+        now = self.monotonic()
+        waits: list[float] = []
+        ready_at = self.queues.next_ready_at()
+        if ready_at is not None:
+            waits.append(ready_at - now)
+        if self.breaker.is_open:
+            waits.append(self.breaker.retry_in())
+        return max(0.001, min(waits)) if waits else None
+
+    def _launch_ready(self, prefer_batch: bool) -> bool:
+        """Start calls while slots are free and heads are ready; returns the next preference."""
+        while len(self._calls) < self.config.concurrency and not self._stopping:
+            now = self.monotonic()
+            batchable, single = self.queues.ready_count(now)
+            if not batchable and not single:
+                break
             try:
                 self.breaker.before_call()
-                attempt += 1
-                applied = await self.cloud.apply(op)
-                self.breaker.success()
-                return applied, attempt, None
-            except PermanentError as exc:
-                self.breaker.success()  # the cloud answered: it is up
-                return None, attempt, exc
-            except RetryableError as exc:
-                reason = type(exc).__name__
-                if isinstance(exc, AuthenticationFailed):
-                    log.error(
-                        "sink: %s — %s; circuit open for %.0fs", exc, exc.hint or "", exc.retry_after or 30
-                    )
-                    self.breaker.failure(open_for=exc.retry_after)
-                elif not isinstance(exc, CircuitOpen):
-                    self.breaker.failure()
-                    self.metrics.retries.labels(reason=reason).inc()
-                    if attempt >= self.config.max_attempts:
-                        return None, attempt, exc
-                delay = self.backoff.delay(attempt, exc.retry_after)
-                log.debug(
-                    "sink: %s on %s (attempt %d), retry in %.2fs", reason, op.operation_id, attempt, delay
+            except CircuitOpen:
+                break
+            use_batchable = batchable > 0 and (prefer_batch or single == 0)
+            limit = self.config.batch_size if (use_batchable and self.config.batch) else 1
+            items = self.queues.take(now, limit, batchable=use_batchable)
+            if not items:
+                self.breaker.release()
+                break
+            prefer_batch = not use_batchable
+            task = asyncio.create_task(self._call(items))
+            self._calls.add(task)
+            task.add_done_callback(self._call_done)
+        return prefer_batch
+
+    def _call_done(self, task: asyncio.Task[None]) -> None:
+        self._calls.discard(task)
+        self._wake.set()
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # recording an outcome failed (ledger or broker): stop without committing, so the
+            # records are re-delivered to a healthy worker; never go on with a hole
+            log.error("sink: recording an outcome failed; stopping without a commit", exc_info=exc)
+            self._fatal = SinkFatal(f"recording an outcome failed: {type(exc).__name__}: {exc}")
+            self.request_stop()
+
+    # -- one call ---------------------------------------------------------------------
+
+    async def _call(self, items: list[Pending]) -> None:
+        started = self.monotonic()
+        for item in items:
+            item.attempts += 1
+            if item.first_try is None:
+                item.first_try = started
+        self.metrics.in_flight.inc(len(items))
+        endpoint = "batch" if len(items) > 1 else "single"
+        outcomes: list[BatchOutcome]
+        call_error: VudsyncError | None = None
+        try:
+            if len(items) > 1:
+                self.metrics.batch_size.observe(len(items))
+                outcomes = await self.cloud.apply_batch([i.op for i in items])
+            else:
+                outcomes = [await self.cloud.apply(items[0].op)]
+        except asyncio.CancelledError:
+            self.breaker.release()
+            raise
+        except VudsyncError as exc:
+            call_error = exc
+            outcomes = [exc] * len(items)
+        except Exception as exc:  # a bug or an unexpected answer: retried, and bounded like a 5xx
+            log.exception("sink: unexpected error on a %s call of %d operations", endpoint, len(items))
+            call_error = CloudUnavailable(f"unexpected {type(exc).__name__}", reason="unexpected")
+            outcomes = [call_error] * len(items)
+        finally:
+            self.metrics.in_flight.dec(len(items))
+        self._judge(call_error, endpoint)
+        if call_error is not None and len(items) > 1 and isinstance(call_error, PermanentError):
+            # the batch itself was refused (not an item): apply each alone, nothing is lost
+            log.warning("sink: batch of %d refused (%s); applying them one by one", len(items), call_error)
+            outcomes = [None] * len(items)
+        self._settle(items, outcomes, shared=call_error is not None)
+
+    def _judge(self, error: VudsyncError | None, endpoint: str) -> None:
+        """Tell the circuit breaker what the call says about the cloud."""
+        if error is None or isinstance(error, PermanentError):
+            result = "ok" if error is None else "rejected"
+            self.breaker.success()
+        elif isinstance(error, AuthenticationFailed):
+            result = "unauthorized"
+            self.breaker.failure(open_for=max(self.config.auth_cooldown, error.retry_after or 0.0))
+            now = self.monotonic()
+            if now - self._auth_logged_at >= self.config.auth_cooldown:
+                self._auth_logged_at = now
+                log.error(
+                    "sink: %s — %s; circuit open, next probe in %.0fs (no requests until then)",
+                    error,
+                    error.hint or "check the cloud client credentials",
+                    self.breaker.retry_in(),
                 )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), timeout=delay)
+        elif isinstance(error, CloudUnavailable):
+            result = error.reason
+            self.breaker.failure()
+        else:  # rate limited: the cloud is up and answering
+            result = retry_reason(error)
+            self.breaker.success()
+        self.metrics.calls.labels(endpoint=endpoint, result=result).inc()
+
+    def _settle(
+        self, items: Sequence[Pending], outcomes: Sequence[BatchOutcome], shared: bool = False
+    ) -> None:
+        """Record each item's outcome. ``shared``: the call failed as a whole, so its items
+        wait one (jittered) delay together and travel as a batch again."""
+        applied: list[tuple[Pending, Applied]] = []
+        delay: float | None = None
+        for item, outcome in zip(items, outcomes, strict=True):
+            if isinstance(outcome, Applied):
+                applied.append((item, outcome))
+            elif outcome is None:
+                item.single_only = True
+                item.attempts -= 1  # not a failure: the batch path hands it to the full path
+                self.queues.retry(item, 0.0)
+            elif isinstance(outcome, PermanentError):
+                self._dead_letter(item, str(outcome), "apply", outcome, ResultOutcome.DEAD_LETTERED)
+                self._finish(item)
+            else:
+                if shared and delay is None:
+                    retry_after = getattr(outcome, "retry_after", None)
+                    if isinstance(outcome, AuthenticationFailed):
+                        retry_after = None
+                    delay = self.backoff.delay(item.attempts, retry_after)
+                self._retry(item, outcome, delay)
+        if applied:
+            self.ledger.record_many(
+                [
+                    (i.op.operation_id, {"cloud_id": a.cloud_id, "effect": a.effect, "details": a.details})
+                    for i, a in applied
+                ]
+            )
+            now = self.monotonic()
+            for item, outcome in applied:
+                result = ResultOutcome.ALREADY_APPLIED if outcome.replayed else ResultOutcome.APPLIED
+                self._publish_result(item.op, result, outcome, item.attempts)
+                self.metrics.operations.labels(kind=item.op.kind, outcome=result.value).inc()
+                self.metrics.apply_seconds.observe(now - (item.first_try or now))
+                if result is ResultOutcome.APPLIED:
+                    lag = (self.clock() - item.op.source_committed_at).total_seconds()
+                    self.metrics.end_to_end.observe(max(lag, 0.0))
+                self._finish(item)
+        self._wake.set()
+
+    def _retry(self, item: Pending, error: VudsyncError, delay: float | None = None) -> None:
+        item.last_error = error
+        now = self.monotonic()
+        gives_up = (
+            not isinstance(error, AuthenticationFailed | CircuitOpen)
+            and item.attempts >= self.config.max_attempts
+            and now - (item.first_try or now) >= self.config.retry_timeout
+            and not self.breaker.is_open
+        )
+        if gives_up:
+            reason = f"gave up after {item.attempts} attempts: {error}"
+            self._dead_letter(item, reason, "apply", error, ResultOutcome.FAILED)
+            self._finish(item)
+            return
+        retry_after = getattr(error, "retry_after", None)
+        if isinstance(error, AuthenticationFailed):
+            retry_after = None  # the circuit holds every call back; the probe decides
+        if delay is None:
+            delay = self.backoff.delay(item.attempts, retry_after)
+        self.metrics.retries.labels(reason=retry_reason(error)).inc()
+        if item.attempts in (self.config.max_attempts, self.config.max_attempts * 4):
+            log.warning(
+                "sink: %s %s at %s still failing after %d attempts: %s",
+                item.op.kind,
+                item.op.operation_id,
+                item.coordinates,
+                item.attempts,
+                error,
+            )
+        self.queues.retry(item, now + delay)
+
+    def _finish(self, item: Pending) -> None:
+        self._finished += 1
+        self.queues.finish(item)
+        self.tracker.finish(item.tp, item.offset, item.epoch)
+
+    # -- results and dead letters -----------------------------------------------------
 
     def _publish_result(
         self,
         op: CloudOperation,
         outcome: ResultOutcome,
-        cloud_id: str | None,
-        effect: str | None,
-        details: dict[str, Any],
+        applied: Applied | None,
         attempts: int,
         error: str | None = None,
+        details: dict[str, Any] | None = None,
     ) -> None:
         result = OperationResult(
             operation_id=op.operation_id,
@@ -225,53 +558,64 @@ class SinkWorker:
             entity_id=op.entity_id,
             source_version=op.source_version,
             outcome=outcome,
-            cloud_id=cloud_id,
-            effect=effect,
-            details=details,
+            cloud_id=applied.cloud_id if applied else None,
+            effect=applied.effect if applied else None,
+            details=applied.details if applied else (details or {}),
             error=error,
             attempts=attempts,
             source_committed_at=op.source_committed_at,
             recorded_at=self.clock(),
         )
+        # keyed by entity id: the planner's partition of that entity learns its cloud id
         self.publisher.publish(self._results_topic, op.entity_id, encode(result))
 
     def _dead_letter(
-        self,
-        record: Any,
-        op: CloudOperation | None,
-        reason: str,
-        stage: str,
-        exc: BaseException,
-        attempts: int,
+        self, item: Pending, reason: str, stage: str, exc: BaseException, outcome: ResultOutcome
     ) -> None:
-        extra = {HEADER_ATTEMPTS: str(attempts)}
-        if isinstance(exc, CloudRejected):
-            extra[HEADER_HTTP_STATUS] = str(exc.status)
+        """The original record to the DLQ with its error context, and a result saying so."""
+        extra = {HEADER_ATTEMPTS: str(item.attempts)}
+        status = getattr(exc, "status", None)
+        if isinstance(status, int) and status > 0:
+            extra[HEADER_HTTP_STATUS] = str(status)
+        if isinstance(exc, CloudRejected) and exc.excerpt:
             extra[HEADER_RESPONSE] = exc.excerpt
         headers = error_headers(
             reason=reason,
             stage=stage,
             exception=type(exc).__name__,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
+            topic=item.topic,
+            partition=item.partition,
+            offset=item.offset,
             extra=extra,
         )
-        key = record.key.decode() if record.key else ""
-        self.publisher.publish(self._dlq_topic, key, record.value, headers)
+        key = item.key.decode(errors="replace") if item.key else ""
+        self.publisher.publish(self._dlq_topic, key, item.value, headers)
         self.metrics.dlq.labels(topic=OPERATIONS_DLQ.name).inc()
+        op = item.op
         log.warning(
-            "sink dead-lettered %s[%d]@%d (%s): %s",
-            record.topic,
-            record.partition,
-            record.offset,
+            "sink: dead-lettered %s (%s%s, %s, attempt %d): %s",
+            item.coordinates,
+            op.kind if op is not None else "undecodable",
+            f" {op.operation_id}" if op is not None else "",
             stage,
+            item.attempts,
             reason,
         )
         if op is not None:
             self._publish_result(
-                op, ResultOutcome.DEAD_LETTERED, None, None, {"stage": stage}, attempts, error=reason
+                op, outcome, None, item.attempts, error=reason, details={"stage": stage, "dlq": True}
             )
-            self.metrics.operations.labels(kind=op.kind, outcome="dead_lettered").inc()
+            self.metrics.operations.labels(kind=op.kind, outcome=outcome.value).inc()
         else:
-            self.metrics.operations.labels(kind="unknown", outcome="dead_lettered").inc()
+            self.metrics.operations.labels(kind="unknown", outcome=outcome.value).inc()
+
+    def _circuit_changed(self, is_open: bool) -> None:
+        self.metrics.circuit_open.set(1 if is_open else 0)
+        if is_open:
+            log.warning("sink: circuit to the cloud opened; probing in %.1fs", self.breaker.retry_in())
+        else:
+            log.warning("sink: circuit to the cloud closed; the cloud answers again")
+
+
+def _kafka_offsets(offsets: dict[TP, int]) -> dict[TopicPartition, OffsetAndMetadata]:
+    return {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}

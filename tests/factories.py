@@ -6,13 +6,23 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from schemas.directory import (
+    ApplicationInstanceState,
     ApplicationType,
     CompanyAccess,
     CompanyState,
+    RoleState,
     ServiceAccess,
     UserState,
 )
-from schemas.events import CompanyChanged, Op, Source, UserChanged, event_id_for
+from schemas.events import (
+    ApplicationInstanceChanged,
+    CompanyChanged,
+    Op,
+    RoleChanged,
+    Source,
+    UserChanged,
+    event_id_for,
+)
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -69,6 +79,49 @@ def company_event(
     return CompanyChanged(
         event_id=event_id_for(EntityType.COMPANY, cid, version, op),
         entity_id=cid,
+        version=version,
+        op=op,
+        ts=T0,
+        source=source(version),
+        state=state,
+    )
+
+
+# planner: catalogue entries and application instances
+
+
+def role_event(
+    version: int, name: str = "Regnskap", app: ApplicationType = ApplicationType.BUSINESS, op: Op = Op.UPDATE
+) -> RoleChanged:
+    from schemas.directory import EntityType
+
+    state = RoleState(
+        id=f"{app.value}:{name}", application=app, name=name, description=f"{name} i {app.value}"
+    )
+    return RoleChanged(
+        event_id=event_id_for(EntityType.ROLE, state.id, version, op),
+        entity_id=state.id,
+        version=version,
+        op=op,
+        ts=T0,
+        source=source(version),
+        state=state,
+    )
+
+
+def instance_event(
+    version: int,
+    uri: str = "https://vb.fjord.local",
+    fingerprint: str = "hmac-sha256:" + "a" * 64,
+    app: ApplicationType = ApplicationType.BUSINESS,
+    op: Op = Op.UPDATE,
+) -> ApplicationInstanceChanged:
+    from schemas.directory import EntityType
+
+    state = ApplicationInstanceState(id=app.value, application=app, uri=uri, license_fingerprint=fingerprint)
+    return ApplicationInstanceChanged(
+        event_id=event_id_for(EntityType.APPLICATION_INSTANCE, app.value, version, op),
+        entity_id=app.value,
         version=version,
         op=op,
         ts=T0,

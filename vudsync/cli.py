@@ -27,6 +27,15 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
     ("seed", "seed"),
     ("schemas", "schemas"),
     ("demo", "demo"),
+    # planner: enabling the integration, accidental-delete protection
+    ("connect", "connect"),
+    ("deletes", "deletes"),
+    # operations
+    ("status", "status"),
+    ("replay", "replay"),
+    ("dlq", "dlq"),
+    ("journal", "journal"),
+    ("verify", "verify"),
 )
 
 

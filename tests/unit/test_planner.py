@@ -2,127 +2,334 @@
 
 from __future__ import annotations
 
-from processors.planner import EntityView, Identities, Outcome, RegisteredInstance, plan, release
-from schemas.directory import ApplicationInstanceState, ApplicationType, EntityType
-from schemas.events import ApplicationInstanceChanged, Op, event_id_for
-from schemas.operations import AssignAccess, DeactivateUser, RevokeAccess, UpsertCompany, UpsertUser
-from tests.factories import T0, access, company_event, source, user_event, user_state
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from processors.model import (
+    VERIFIED,
+    Decision,
+    EntityView,
+    Identities,
+    InstanceSeen,
+    Outcome,
+    PlannerSettings,
+    Registry,
+    VerdictStatus,
+)
+from processors.planner import instance_verdict, plan, review_instance, settle
+from schemas.directory import ApplicationType
+from schemas.events import DirectoryEvent, Op
+from schemas.operations import (
+    CLOUD_OPERATION_ADAPTER,
+    AssignAccess,
+    CloudOperation,
+    DeactivateUser,
+    RegisterApplicationInstance,
+    RemoveCatalogueEntry,
+    RevokeAccess,
+    UpsertCatalogueEntry,
+    UpsertCompany,
+    UpsertUser,
+)
+from tests.factories import (
+    T0,
+    access,
+    company_event,
+    instance_event,
+    role_event,
+    user_event,
+    user_state,
+)
+
+SETTINGS = PlannerSettings()
+BUSINESS, REPORTING = ApplicationType.BUSINESS, ApplicationType.REPORTING
+FP_A, FP_B = "hmac-sha256:" + "a" * 64, "hmac-sha256:" + "b" * 64
 
 
-def test_new_user_is_upserted_with_a_deterministic_id() -> None:
-    first = plan(None, user_event(5), Identities(), T0)
-    again = plan(None, user_event(5), Identities(), T0)
+class _Everything(Mapping[str, bool]):
+    """A catalogue in which every entry exists."""
+
+    def __getitem__(self, key: str) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+def ids(**kw: Any) -> Identities:
+    """Connected, every application verified, every catalogue entry present; ``kw`` overrides."""
+    base: dict[str, Any] = {
+        "applications": dict.fromkeys(ApplicationType, VERIFIED),
+        "catalogue": _Everything(),
+    }
+    return Identities(**{**base, **kw})
+
+
+KNOWN = ids(users={"u1": "cu-1"}, companies={"c1": "cc-1", "c2": "cc-2", "c3": "cc-3"})
+
+
+def run(previous: EntityView | None, event: DirectoryEvent, identities: Identities = KNOWN) -> Any:
+    return plan(previous, event, identities, SETTINGS, now=T0)
+
+
+def valid(op: CloudOperation) -> CloudOperation:
+    """The planner builds operations without re-validation: they must validate all the same."""
+    return CLOUD_OPERATION_ADAPTER.validate_python(op.model_dump())
+
+
+# -- versions --------------------------------------------------------------------------------
+
+
+def test_the_same_input_plans_the_same_operations_with_the_same_ids() -> None:
+    event = user_event(5, access=(access("c1"),))
+    first, again = run(None, event), run(None, event)
     assert first.outcome is Outcome.PLANNED
-    (op,) = first.operations
-    assert isinstance(op, UpsertUser)
-    assert op.email == "u1@firma.no" and op.cloud_id is None
-    assert [o.operation_id for o in again.operations] == [op.operation_id]
-    assert op.aggregate == "user:u1"
+    assert [valid(o) for o in first.operations] == [valid(o) for o in again.operations]
+    assert len({o.operation_id for o in first.operations}) == 2
+    other_version = run(None, user_event(6, access=(access("c1"),)))
+    assert not {o.operation_id for o in other_version.operations} & {o.operation_id for o in first.operations}
 
 
 def test_older_or_equal_version_is_stale_and_never_overwrites() -> None:
     seen = EntityView(10, user_state(first_name="Ny"))
     for version in (9, 10):
-        result = plan(seen, user_event(version, first_name="Gammel"), Identities(), T0)
+        result = run(seen, user_event(version, first_name="Gammel"))
         assert result.outcome is Outcome.STALE
         assert result.operations == () and result.view is None
 
 
-def test_unchanged_state_plans_nothing() -> None:
-    seen = EntityView(3, user_state())
-    result = plan(seen, user_event(4), Identities(), T0)
+def test_newer_version_with_the_same_state_plans_nothing() -> None:
+    result = run(EntityView(3, user_state()), user_event(4))
     assert result.outcome is Outcome.NO_CHANGE and result.operations == ()
     assert result.view is not None and result.view.version == 4
 
 
-def test_email_case_change_is_an_update_and_known_cloud_id_is_used() -> None:
+# -- users -----------------------------------------------------------------------------------
+
+
+def test_new_user_is_upserted_for_the_sink_to_match_by_email() -> None:
+    (op,) = run(None, user_event(5), ids()).operations
+    assert isinstance(op, UpsertUser) and valid(op) == op
+    assert op.email == "u1@firma.no" and op.cloud_id is None and op.aggregate == "user:u1"
+
+
+def test_email_case_change_is_an_update_and_the_known_cloud_id_is_used() -> None:
     seen = EntityView(3, user_state(email="kari@firma.no"))
-    result = plan(seen, user_event(4, email="Kari@Firma.no"), Identities(users={"u1": "cu-1"}), T0)
-    (op,) = result.operations
+    (op,) = run(seen, user_event(4, email="Kari@Firma.no")).operations
     assert isinstance(op, UpsertUser) and op.cloud_id == "cu-1" and op.email == "Kari@Firma.no"
 
 
-def test_delete_deactivates_and_revokes_access() -> None:
+def test_deactivated_on_premise_is_deactivated_in_the_cloud() -> None:
+    (op,) = run(EntityView(3, user_state()), user_event(4, active=False)).operations
+    assert isinstance(op, UpsertUser) and op.active is False
+
+
+def test_removal_deactivates_and_revokes_after_the_delete_gate() -> None:
     seen = EntityView(3, user_state(access=(access("c1"),)))
-    ids = Identities(users={"u1": "cu-1"}, companies={"c1": "cc-1"})
-    result = plan(seen, user_event(4, op=Op.DELETE), ids, T0)
-    kinds = [type(o) for o in result.operations]
-    assert kinds == [DeactivateUser, RevokeAccess]
-    assert result.view is not None and result.view.deleted
+    waiting = run(seen, user_event(4, op=Op.DELETE))
+    assert waiting.outcome is Outcome.HELD and waiting.operations == ()
+    assert waiting.deletion is not None and waiting.deletion.candidate == "user:u1:4"
+    assert [type(p.operation) for p in waiting.parked] == [DeactivateUser, RevokeAccess]
+    assert all(p.needs == ("deletion:user:u1:4",) for p in waiting.parked)
+    assert waiting.view is not None and waiting.view.deleted
+
+    granted = run(
+        seen, user_event(4, op=Op.DELETE), ids(**_known(), deletions={"user:u1:4": Decision.GRANTED})
+    )
+    assert [type(o) for o in granted.operations] == [DeactivateUser, RevokeAccess]
+    assert (
+        granted.deletion is None
+        and granted.operations[0].operation_id == waiting.parked[0].operation.operation_id
+    )
+
+    rejected = run(
+        seen, user_event(4, op=Op.DELETE), ids(**_known(), deletions={"user:u1:4": Decision.REJECTED})
+    )
+    assert rejected.operations == () and rejected.parked == () and len(rejected.dropped) == 2
 
 
-def test_reactivation_after_delete_upserts_again() -> None:
+def _known() -> dict[str, Any]:
+    return {"users": KNOWN.users, "companies": KNOWN.companies}
+
+
+def test_a_second_delete_of_a_removed_user_plans_nothing() -> None:
     gone = EntityView(4, user_state(), deleted=True)
-    result = plan(gone, user_event(7, op=Op.CREATE), Identities(), T0)
-    (op,) = result.operations
-    assert isinstance(op, UpsertUser) and op.active
+    assert run(gone, user_event(5, op=Op.DELETE)).outcome is Outcome.NO_CHANGE
 
 
-def test_access_is_parked_until_user_and_company_are_known_then_released() -> None:
-    result = plan(None, user_event(2, access=(access("c1"),)), Identities(), T0)
+def test_reactivation_after_removal_upserts_and_assigns_again() -> None:
+    gone = EntityView(4, user_state(access=(access("c1"),)), deleted=True)
+    result = run(gone, user_event(7, op=Op.CREATE, access=(access("c1"),)))
+    upsert, assign = result.operations
+    assert isinstance(upsert, UpsertUser) and upsert.active and upsert.cloud_id == "cu-1"
+    assert isinstance(assign, AssignAccess) and assign.company_id == "c1"
+
+
+# -- access and its prerequisites ------------------------------------------------------------
+
+
+def test_access_waits_for_the_cloud_ids_of_user_and_company_then_goes_with_them() -> None:
+    result = run(None, user_event(2, access=(access("c1"),)), ids())
     assert [type(o) for o in result.operations] == [UpsertUser]
     (parked,) = result.parked
-    assert {n for n in parked.needs} == {(EntityType.USER, "u1"), (EntityType.COMPANY, "c1")}
-    assert release(parked, Identities(users={"u1": "cu-1"})) is None
-    op = release(parked, Identities(users={"u1": "cu-1"}, companies={"c1": "cc-1"}))
-    assert isinstance(op, AssignAccess)
+    assert parked.needs == ("user:u1", "company:c1")
+    assert settle(parked, ids(users={"u1": "cu-1"})) == ("wait", ("company:c1",))
+    verdict, op = settle(parked, ids(users={"u1": "cu-1"}, companies={"c1": "cc-1"}))
+    assert verdict == "send" and isinstance(op, AssignAccess)
     assert (op.cloud_user_id, op.cloud_company_id) == ("cu-1", "cc-1")
-    assert op.operation_id == parked.operation.operation_id
+    assert op.operation_id == parked.operation.operation_id and valid(op) == op
+
+
+def test_an_assignment_waits_for_its_catalogue_entries() -> None:
+    new = user_state(access=(access("c1", roles=("Lønn", "Regnskap")),))
+    result = run(None, user_event(2, state=new), ids(**_known(), catalogue={"business:roles:Lønn": True}))
+    (parked,) = result.parked
+    assert parked.needs == ("catalogue:business:roles:Regnskap",)
+    catalogue = {"business:roles:Lønn": True, "business:roles:Regnskap": True}
+    assert settle(parked, ids(**_known(), catalogue=catalogue))[0] == "send"
 
 
 def test_access_diff_assigns_changed_companies_and_revokes_dropped_ones() -> None:
-    ids = Identities(users={"u1": "cu-1"}, companies={"c1": "cc-1", "c2": "cc-2", "c3": "cc-3"})
     seen = EntityView(2, user_state(access=(access("c1"), access("c2"))))
     new = user_state(access=(access("c1"), access("c2", roles=("Lønn",)), access("c3")))
-    result = plan(seen, user_event(3, state=new), ids, T0)
-    assigned = {o.company_id for o in result.operations if isinstance(o, AssignAccess)}
-    assert assigned == {"c2", "c3"}
-    dropped = plan(EntityView(3, new), user_event(4, access=(access("c3"),)), ids, T0)
+    result = run(seen, user_event(3, state=new))
+    assert {o.company_id for o in result.operations if isinstance(o, AssignAccess)} == {"c2", "c3"}
+    assert all(o.cloud_user_id == "cu-1" for o in result.operations if isinstance(o, AssignAccess))
+    dropped = run(EntityView(3, new), user_event(4, access=(access("c3"),)))
     assert {o.company_id for o in dropped.operations if isinstance(o, RevokeAccess)} == {"c1", "c2"}
 
 
-def test_blocked_application_holds_its_access_with_a_journal_entry() -> None:
-    ids = Identities(
-        users={"u1": "cu-1"}, companies={"c1": "cc-1"}, blocked=frozenset({ApplicationType.BUSINESS})
+def test_a_company_whose_services_all_emptied_is_revoked() -> None:
+    seen = EntityView(2, user_state(access=(access("c1"),)))
+    empty = user_state(access=(access("c1", roles=()),))
+    (op,) = run(seen, user_event(3, state=empty)).operations
+    assert isinstance(op, RevokeAccess) and op.company_id == "c1"
+
+
+# -- application instances -------------------------------------------------------------------
+
+
+def test_an_instance_event_is_observed_and_published_for_every_partition() -> None:
+    result = run(None, instance_event(1))
+    assert result.outcome is Outcome.OBSERVED and result.operations == ()
+    assert result.instance == (BUSINESS, InstanceSeen("https://vb.fjord.local", FP_A, 1))
+    same = run(EntityView(1, instance_event(1).state), instance_event(2))
+    assert same.outcome is Outcome.NO_CHANGE and same.instance is None
+    removed = run(EntityView(2, instance_event(2).state), instance_event(3, op=Op.DELETE))
+    assert removed.instance is not None and removed.instance[1].present is False
+
+
+def test_verdict_requires_the_registry_and_matches_uri_and_fingerprint() -> None:
+    mine = InstanceSeen("https://vb.fjord.local", FP_A, 3)
+    assert instance_verdict(mine, None).status is VerdictStatus.UNVERIFIED
+    assert instance_verdict(None, Registry(True, "https://x", FP_B)).status is VerdictStatus.OK
+    assert instance_verdict(mine, Registry(False)).status is VerdictStatus.REGISTER
+    assert instance_verdict(mine, Registry(True, "https://vb.fjord.local", FP_A)).status is VerdictStatus.OK
+    wrong_key = instance_verdict(mine, Registry(True, "https://vb.fjord.local", FP_B))
+    assert (wrong_key.status, wrong_key.differing, wrong_key.blocked) == (
+        VerdictStatus.MISMATCH,
+        ("license key",),
+        True,
     )
-    result = plan(None, user_event(2, access=(access("c1"),)), ids, T0)
-    assert not any(isinstance(o, AssignAccess) for o in result.operations)
-    assert [j.code for j in result.journal] == ["application_blocked"]
+    both = instance_verdict(mine, Registry(True, "https://other", FP_B))
+    assert both.differing == ("uri", "license key")
 
 
-def test_company_organisation_number_is_normalised() -> None:
-    a = plan(None, company_event(1, org="923 609 016"), Identities(), T0)
-    (op,) = a.operations
-    assert isinstance(op, UpsertCompany) and op.organisation_number == "923609016"
+def test_mismatch_journal_names_the_field_never_the_key_and_registration_is_planned() -> None:
+    mine = InstanceSeen("https://vb.fjord.local", FP_A, 3)
+    verdict, ops, (entry,) = review_instance(
+        BUSINESS, mine, Registry(True, "https://vb.fjord.local", FP_B), committed_at=T0, now=T0
+    )
+    assert verdict.blocked and ops == ()
+    assert entry.code == "instance_mismatch" and entry.level == "error"
+    assert "license key" in entry.message and FP_A not in entry.message and FP_B not in entry.message
+    _, (register,), (note,) = review_instance(BUSINESS, mine, Registry(False), committed_at=T0, now=T0)
+    assert isinstance(register, RegisterApplicationInstance) and valid(register) == register
+    assert (register.uri, register.license_fingerprint, note.code) == (mine.uri, FP_A, "instance_register")
+    _, _, (unknown,) = review_instance(BUSINESS, mine, None, committed_at=T0, now=T0)
+    assert unknown.code == "instance_unverified" and "vudsync connect" in unknown.message
 
 
-def test_company_delete_marks_it_inactive() -> None:
+def test_a_blocked_application_holds_its_access_and_fixing_it_releases_it() -> None:
+    mismatch = InstanceSeen("https://vb.fjord.local", FP_B, 1)
+    blocked = instance_verdict(mismatch, Registry(True, "https://vb.fjord.local", FP_A))
+    state = user_state(
+        access=(access("c1"), access("c2", app=REPORTING)),
+    )
+    held = ids(**_known(), applications={BUSINESS: blocked, REPORTING: VERIFIED})
+    result = run(None, user_event(2, state=state), held)
+    # reporting in c2 goes; business in c1 waits for its application, with a blocked outcome
+    assert [o.company_id for o in result.operations if isinstance(o, AssignAccess)] == ["c2"]
+    (parked,) = result.parked
+    assert parked.needs == ("application:business",) and parked.apps == (BUSINESS,)
+    assert settle(parked, ids(**_known()))[0] == "send"
+
+
+def test_removing_access_in_a_blocked_application_is_held_too() -> None:
+    blocked = instance_verdict(
+        InstanceSeen("https://vb.fjord.local", FP_B, 1), Registry(True, "https://vb.fjord.local", FP_A)
+    )
+    seen = EntityView(2, user_state(access=(access("c1"),)))
+    result = run(seen, user_event(3, access=()), ids(**_known(), applications={BUSINESS: blocked}))
+    (parked,) = result.parked
+    assert isinstance(parked.operation, RevokeAccess) and parked.needs == ("application:business",)
+    assert result.outcome is Outcome.BLOCKED
+
+
+def test_before_connect_every_application_is_unverified_and_holds_its_access() -> None:
+    result = run(None, user_event(2, access=(access("c1"),)), Identities(**_known(), catalogue=_Everything()))
+    (parked,) = result.parked
+    assert parked.needs == ("application:business",)
+
+
+# -- companies -------------------------------------------------------------------------------
+
+
+def test_company_organisation_number_is_normalised_for_the_sink_to_link_by() -> None:
+    (op,) = run(None, company_event(1, org="923 609 016"), ids()).operations
+    assert isinstance(op, UpsertCompany) and op.organisation_number == "923609016" and op.cloud_id is None
+    assert valid(op) == op
+
+
+def test_a_linked_company_is_updated_by_its_cloud_id() -> None:
     seen = EntityView(1, company_event(1).state)
-    (op,) = plan(seen, company_event(2, op=Op.DELETE), Identities(companies={"c1": "cc-1"}), T0).operations
+    (op,) = run(seen, company_event(2, name="Fjord Holding AS")).operations
+    assert isinstance(op, UpsertCompany) and op.cloud_id == "cc-1" and op.name == "Fjord Holding AS"
+
+
+def test_company_removal_marks_it_inactive_after_the_delete_gate() -> None:
+    seen = EntityView(1, company_event(1).state)
+    result = run(
+        seen, company_event(2, op=Op.DELETE), ids(**_known(), deletions={"company:c1:2": Decision.APPROVED})
+    )
+    (op,) = result.operations
     assert isinstance(op, UpsertCompany) and op.status == "inactive" and op.cloud_id == "cc-1"
 
 
-def _instance_event(version: int, uri: str, fp: str) -> ApplicationInstanceChanged:
-    state = ApplicationInstanceState(
-        id="business", application=ApplicationType.BUSINESS, uri=uri, license_fingerprint=fp
+# -- catalogues ------------------------------------------------------------------------------
+
+
+def test_roles_are_published_per_service_and_removal_passes_the_gate() -> None:
+    (op,) = run(None, role_event(1)).operations
+    assert isinstance(op, UpsertCatalogueEntry) and valid(op) == op
+    assert (op.application, op.catalogue, op.name, op.aggregate) == (
+        BUSINESS,
+        "roles",
+        "Regnskap",
+        "role:business:Regnskap",
     )
-    return ApplicationInstanceChanged(
-        event_id=event_id_for(EntityType.APPLICATION_INSTANCE, "business", version, Op.UPDATE),
-        entity_id="business",
-        version=version,
-        op=Op.UPDATE,
-        ts=T0,
-        source=source(version),
-        state=state,
+    assert run(EntityView(1, role_event(1).state), role_event(2)).outcome is Outcome.NO_CHANGE
+    removal = run(EntityView(2, role_event(2).state), role_event(3, op=Op.DELETE))
+    (parked,) = removal.parked
+    assert isinstance(parked.operation, RemoveCatalogueEntry) and parked.needs == (
+        "deletion:role:business:Regnskap:3",
     )
 
 
-def test_instance_mismatch_blocks_and_names_the_field_never_the_key() -> None:
-    fp_ok, fp_other = "hmac-sha256:" + "a" * 64, "hmac-sha256:" + "b" * 64
-    ids = Identities(instances={ApplicationType.BUSINESS: RegisteredInstance("https://vb.local", fp_ok)})
-    bad = plan(None, _instance_event(1, "https://vb.local", fp_other), ids, T0)
-    assert bad.outcome is Outcome.BLOCKED and bad.blocked_update == (ApplicationType.BUSINESS, True)
-    (entry,) = bad.journal
-    assert "license key" in entry.message and fp_other not in entry.message
-    fixed = plan(EntityView(1, None), _instance_event(2, "https://vb.local", fp_ok), ids, T0)
-    assert fixed.blocked_update == (ApplicationType.BUSINESS, False)
+def test_catalogue_of_a_blocked_application_waits() -> None:
+    result = run(None, role_event(1), ids(applications={}))
+    (parked,) = result.parked
+    assert parked.needs == ("application:business",) and result.outcome is Outcome.BLOCKED

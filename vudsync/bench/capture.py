@@ -6,9 +6,24 @@
    the broker / wall time of ``ChangeCapture.snapshot``.
 3. **Streaming**, for each ``--tail-rate``: ``vudsync seed churn`` runs as a separate process
    at that many changes/s for ``--tail-seconds``, while capture streams in this process.
-   Capture latency of a change = broker ack of its batch minus the commit time of its
-   transaction (PostgreSQL with ``track_commit_timestamp``, as the throwaway server runs),
-   else minus the change's ``committed_at`` (trigger time, a little before the commit: SQLite).
+   Capture latency of a change = the return of the flush that acknowledged its batch
+   (``ChangeCapture.on_acked``, called with the batch's last seq) minus the commit time of
+   its transaction (PostgreSQL with ``track_commit_timestamp``, as the throwaway server runs),
+   else minus the change's ``committed_at`` (trigger time, a little before the commit:
+   SQLite). The hook names the batch, so rows of batch N+1, read while batch N waits for its
+   acks (pipelined streaming), are not stamped with N's ack.
+4. **Backlog** (``--backlog`` changes): written while capture is stopped, then drained. The
+   events/s and CPU per event of the drain are what streaming can sustain whatever the writer
+   manages (``seed churn`` itself reaches ~2,000-3,000 changes/s against a durable
+   PostgreSQL on this machine, and SQLite transactions bunch up under load).
+5. With a broker the bench starts itself, ``--warm-up`` throwaway records go through it first:
+   a fresh JVM broker costs several times the CPU per record until its JIT has compiled the
+   produce path, which is no property of capture.
+
+The machine is shared: besides wall-clock rates, every phase reports the CPU time this process
+spent (``time.process_time()``: all its threads, librdkafka's included) per event, the broker's
+CPU per event when its pid is known (the bench's own broker, or ``--broker-pid``), and the load
+average before and after.
 
 Targets (issue 3): snapshot ≥ 20,000 events/s; streaming p99 ≤ 100 ms at 1,000 changes/s.
 """
@@ -17,6 +32,7 @@ from __future__ import annotations
 
 import cProfile
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -46,25 +62,67 @@ DURABLE = {
 
 
 @contextmanager
-def _broker(bootstrap: str | None, stack: ExitStack) -> Iterator[str]:
+def _broker(bootstrap: str | None, stack: ExitStack) -> Iterator[tuple[str, int | None]]:
+    """``(bootstrap, broker pid if this bench started the broker)``."""
     if bootstrap:
-        yield bootstrap
+        yield bootstrap, None
         return
     from vudsync.broker import LocalKafkaBroker
     from vudsync.settings import load_settings
 
     configured = load_settings().kafka_bootstrap
     if configured:
-        yield configured
+        yield configured, None
         return
     home = Path(tempfile.mkdtemp(prefix="vudsync-bench-kafka-"))
     stack.callback(shutil.rmtree, home, True)
     broker = LocalKafkaBroker.from_settings(load_settings(home=home, kafka_port=0), bind_to_parent=True)
     status = broker.up(timeout=180)
     try:
-        yield status.bootstrap or ""
+        yield status.bootstrap or "", status.pid
     finally:
         broker.down()
+
+
+def _process_cpu(pid: int | None) -> float | None:
+    """CPU seconds (user + system) another process has used so far, from /proc."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _Meter:
+    """Wall time, this process's CPU time, another process's CPU time and load averages of one
+    phase: the figures that stay comparable on a machine other people's runs load."""
+
+    def __init__(self, broker_pid: int | None) -> None:
+        self.broker_pid = broker_pid
+        self.load_before = os.getloadavg()
+        self.wall = time.monotonic()
+        self.cpu = time.process_time()
+        self.broker_cpu = _process_cpu(broker_pid)
+
+    def figures(self, events: int) -> dict[str, Any]:
+        wall = time.monotonic() - self.wall
+        cpu = time.process_time() - self.cpu
+        out: dict[str, Any] = {
+            "wall_seconds": round(wall, 2),
+            "cpu_seconds": round(cpu, 2),
+            "cpu_us_per_event": round(1e6 * cpu / events, 1) if events else None,
+            "cpu_bound_events_per_s": round(events / cpu) if cpu else None,
+            "load_average_before": [round(x, 2) for x in self.load_before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        }
+        broker_after = _process_cpu(self.broker_pid)
+        if self.broker_cpu is not None and broker_after is not None:
+            broker = broker_after - self.broker_cpu
+            out["broker_cpu_seconds"] = round(broker, 2)
+            out["broker_cpu_us_per_event"] = round(1e6 * broker / events, 1) if events else None
+        return out
 
 
 def _store(kind: str, url: str | None, stack: ExitStack) -> str:
@@ -106,31 +164,28 @@ def _seed(url: str, users: int, companies: int, access_rows: int) -> dict[str, A
 
 
 class _Counting:
-    """Wraps a publisher: counts published records and stamps each flush's return."""
+    """Wraps a publisher: counts published records."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.published = 0
-        self.acked_at: list[float] = []
 
     def publish(self, topic: str, key: str, value: bytes | None, headers: Any = ()) -> None:
         self.published += 1
         self.inner.publish(topic, key, value, headers)
 
     def flush(self, timeout: float = 60.0) -> int:
-        acked = int(self.inner.flush(timeout))
-        self.acked_at.append(time.time())
-        return acked
+        return int(self.inner.flush(timeout))
 
     def close(self, timeout: float = 10.0) -> None:
         self.inner.close(timeout)
 
 
-def _publisher(client: str, bootstrap: str) -> Any:
+def _publisher(client: str, bootstrap: str, overrides: dict[str, str]) -> Any:
     if client == "confluent":
         from producers.confluent_publisher import ConfluentRecordPublisher
 
-        return ConfluentRecordPublisher(bootstrap, client_id="vudsync-bench")
+        return ConfluentRecordPublisher(bootstrap, client_id="vudsync-bench", **overrides)
     from producers.kafka_publisher import KafkaRecordPublisher
 
     return KafkaRecordPublisher(bootstrap, client_id="vudsync-bench")
@@ -143,29 +198,25 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def _tail(capture: Any, publisher: _Counting, url: str, rate: float, seconds: float) -> dict[str, Any]:
-    """Churn at ``rate`` in a child process while capture streams here; latency per change row."""
-    pending: list[tuple[int, float]] = []
-    acked: list[tuple[int, float, float]] = []  # (seq, change time, ack time)
-    rows_seen = [0]
-    read_changes = capture.log.read_changes
-    flush = publisher.flush
-
-    def recording_read(after_seq: int, limit: int) -> list[Any]:
-        rows: list[Any] = read_changes(after_seq, limit)
-        pending.extend((r.seq, r.committed_at) for r in rows)
-        rows_seen[0] += len(rows)
-        return rows
-
-    def stamping_flush(timeout: float = 60.0) -> int:
-        count = flush(timeout)
-        now = time.time()
-        acked.extend((seq, changed, now) for seq, changed in pending)
-        pending.clear()
-        return count
-
-    capture.log.read_changes = recording_read
-    publisher.flush = stamping_flush  # type: ignore[method-assign]
+def _drain(
+    capture: Any, publisher: _Counting, url: str, changes: int, broker_pid: int | None
+) -> dict[str, Any]:
+    """Sustained streaming throughput: ``changes`` are written while capture is stopped (a
+    backlog, as after an outage), then capture streams until it has caught up. Events/s and
+    CPU per event here are what capture can sustain, independent of how fast the writer is."""
+    churn = subprocess.run(
+        [sys.executable, "-m", "vudsync", "seed", "churn", "--rate", "5000", "--duration",
+         str(changes / 5000), "--store", url, "--json"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if churn.returncode != 0:
+        raise click.ClickException(f"churn failed: {churn.stderr[-2000:]}")
+    checkpoint = capture.log.load_checkpoint(capture.config.name)
+    start, end = (checkpoint[1] if checkpoint else 0), _end_seq(url)
+    acked_up_to = [start]
+    hooked = hasattr(capture, "on_acked")  # else older capture: its checkpoint follows each ack
+    if hooked:
+        capture.on_acked = lambda seq: acked_up_to.__setitem__(0, seq)
     published_before = publisher.published
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -176,6 +227,84 @@ def _tail(capture: Any, publisher: _Counting, url: str, rate: float, seconds: fl
         except BaseException as exc:
             errors.append(exc)
 
+    meter = _Meter(broker_pid)
+    runner = threading.Thread(target=run, name="capture", daemon=True)
+    runner.start()
+    deadline = time.monotonic() + 600
+    while acked_up_to[0] < end and time.monotonic() < deadline and not errors:
+        time.sleep(0.01)
+        if not hooked:
+            checkpoint = capture.log.load_checkpoint(capture.config.name)
+            acked_up_to[0] = checkpoint[1] if checkpoint else start
+    events = publisher.published - published_before
+    figures = meter.figures(events)
+    stop.set()
+    runner.join(timeout=30)
+    if hooked:
+        capture.on_acked = None
+    if errors:
+        raise errors[0]
+    seconds = figures["wall_seconds"]
+    return {
+        "change_log_rows": end - start,
+        "events_emitted": events,
+        "rows_per_s": round((end - start) / seconds, 1) if seconds else None,
+        "events_per_s": round(events / seconds, 1) if seconds else None,
+        "batch_size": capture.config.batch_size,
+        "capture_process": figures,
+    }
+
+
+def _tail(
+    capture: Any, publisher: _Counting, url: str, rate: float, seconds: float, broker_pid: int | None
+) -> dict[str, Any]:
+    """Churn at ``rate`` in a child process while capture streams here; latency per change row."""
+    pending: list[tuple[int, float]] = []  # (seq, change time) read, not yet checkpointed
+    acked: list[tuple[int, float, float]] = []  # (seq, change time, ack time)
+    rows_seen = [0]
+    read_changes = capture.log.read_changes
+
+    def recording_read(after_seq: int, limit: int) -> list[Any]:
+        rows: list[Any] = read_changes(after_seq, limit)
+        pending.extend((r.seq, r.committed_at) for r in rows)
+        rows_seen[0] += len(rows)
+        return rows
+
+    acked_up_to = [0]
+
+    def stamp(seq: int) -> None:
+        # called right after a successful flush: every row up to seq is acknowledged now
+        acked_up_to[0] = max(acked_up_to[0], seq)
+        now = time.time()
+        done = [p for p in pending if p[0] <= seq]
+        pending[:] = [p for p in pending if p[0] > seq]
+        acked.extend((s, changed, now) for s, changed in done)
+
+    capture.log.read_changes = recording_read
+    hooked = hasattr(capture, "on_acked")
+    flush = publisher.flush
+    if hooked:
+        capture.on_acked = stamp
+    else:  # older capture (before/after figures): one batch at a time, its flush is its ack
+
+        def stamping_flush(timeout: float = 60.0) -> int:
+            count = flush(timeout)
+            stamp(max((p[0] for p in pending), default=0))
+            return count
+
+        publisher.flush = stamping_flush  # type: ignore[method-assign]
+    published_before = publisher.published
+    fast_before, slow_before = _encoded(capture)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            capture.run(stop)
+        except BaseException as exc:
+            errors.append(exc)
+
+    meter = _Meter(broker_pid)
     runner = threading.Thread(target=run, name="capture", daemon=True)
     runner.start()
     started = time.monotonic()
@@ -188,20 +317,30 @@ def _tail(capture: Any, publisher: _Counting, url: str, rate: float, seconds: fl
         stop.set()
         raise click.ClickException(f"churn failed: {churn.stderr[-2000:]}")
     report = json.loads(churn.stdout.strip().splitlines()[-1])
+    writer_done = time.monotonic()
     end = _end_seq(url)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not errors:
-        checkpoint = capture.log.load_checkpoint(capture.config.name)
-        if checkpoint and checkpoint[1] >= end:
-            break
-        time.sleep(0.05)
+        if hooked:  # the checkpoint trails the acks by up to checkpoint_interval
+            if acked_up_to[0] >= end:
+                break
+        else:
+            checkpoint = capture.log.load_checkpoint(capture.config.name)
+            if checkpoint and checkpoint[1] >= end:
+                break
+        time.sleep(0.01)
     elapsed = time.monotonic() - started
+    catch_up = time.monotonic() - writer_done
     stop.set()
     runner.join(timeout=30)
     capture.log.read_changes = read_changes
-    publisher.flush = flush  # type: ignore[method-assign]
+    if hooked:
+        capture.on_acked = None
+    else:
+        publisher.flush = flush  # type: ignore[method-assign]
     if errors:
         raise errors[0]
+    events = publisher.published - published_before
     latencies = [ack - changed for _seq, changed, ack in acked]
     commits = _commit_times(url, [seq for seq, _c, _a in acked])
     result: dict[str, Any] = {
@@ -209,17 +348,45 @@ def _tail(capture: Any, publisher: _Counting, url: str, rate: float, seconds: fl
         "written_changes_per_s": report["changes_per_second"],
         "write_transactions": report["transactions"],
         "change_log_rows_captured": rows_seen[0],
-        "events_emitted": publisher.published - published_before,
+        "events_emitted": events,
         "capture_rows_per_s": round(rows_seen[0] / elapsed, 1),
-        "latency_basis": "change (trigger time) → ack",
+        "caught_up_seconds_after_writer_stopped": round(catch_up, 2),
+        "encoded_fast": _encoded(capture)[0] - fast_before,
+        "encoded_pydantic": _encoded(capture)[1] - slow_before,
+        "capture_process": meter.figures(events),
+        "latency_basis": "change (trigger time) → broker ack",
         **_latency_figures(latencies),
     }
     if commits:
         # the store knows each transaction's commit time: the latency the issue asks for
-        result["latency_basis"] = "commit (pg_xact_commit_timestamp) → ack"
+        result["latency_basis"] = "commit (pg_xact_commit_timestamp) → broker ack"
         result["change_to_ack"] = _latency_figures(latencies)
         result.update(_latency_figures([ack - commits[seq] for seq, _c, ack in acked if seq in commits]))
     return result
+
+
+def _warm_up(client: str, bootstrap: str, topic: str, records: int) -> dict[str, Any]:
+    """Send ``records`` throwaway records through a fresh broker before measuring: a JVM
+    broker interprets its produce path until the JIT has compiled it, which costs a fresh
+    broker several times the CPU per record of a running one (see docs/benchmarks.md)."""
+    from vudsync.admin import ensure_topics
+
+    ensure_topics(bootstrap, [(topic, 6)])
+    publisher = _publisher(client, bootstrap, {})
+    started = time.monotonic()
+    value = b"x" * 600  # about the size of a user event
+    for i in range(records):
+        publisher.publish(topic, f"w{i}", value)
+    publisher.flush()
+    publisher.close()
+    return {"records": records, "seconds": round(time.monotonic() - started, 2)}
+
+
+def _encoded(capture: Any) -> tuple[int, int]:
+    """Events encoded by the fast path and by pydantic so far (0, 0 for a capture without an
+    encoder: lets this bench measure older code for before/after figures)."""
+    encoder = getattr(capture, "encoder", None)
+    return (encoder.fast_encoded, encoder.slow_encoded) if encoder else (0, 0)
 
 
 def _latency_figures(latencies: list[float]) -> dict[str, Any]:
@@ -280,7 +447,14 @@ def _end_seq(url: str) -> int:
     show_default=True,
     help="changes/s; repeatable",
 )
-@click.option("--tail-seconds", type=float, default=20.0, show_default=True)
+@click.option("--tail-seconds", type=float, default=20.0, show_default=True, help="0: snapshot only")
+@click.option(
+    "--backlog",
+    type=int,
+    default=50_000,
+    show_default=True,
+    help="changes written while capture is stopped, then drained: sustained throughput (0: skip)",
+)
 @click.option("--batch-size", type=int, default=2000, show_default=True)
 @click.option(
     "--client", type=click.Choice(["confluent", "kafka-python"]), default="confluent", show_default=True
@@ -288,6 +462,20 @@ def _end_seq(url: str) -> int:
 @click.option(
     "--bootstrap", default=None, help="broker to use (default: VUDSYNC_KAFKA_BOOTSTRAP or a temporary one)"
 )
+@click.option(
+    "--producer-config",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="librdkafka setting over the publisher's defaults (confluent client); repeatable",
+)
+@click.option(
+    "--warm-up",
+    type=int,
+    default=100_000,
+    show_default=True,
+    help="throwaway records sent through a broker this bench started, before measuring",
+)
+@click.option("--broker-pid", type=int, default=None, help="pid of the --bootstrap broker, for its CPU time")
 @click.option(
     "--profile", type=click.Path(dir_okay=False, path_type=Path), default=None, help="cProfile the snapshot"
 )
@@ -300,9 +488,13 @@ def command(
     access_rows: int,
     tail_rate: tuple[float, ...],
     tail_seconds: float,
+    backlog: int,
     batch_size: int,
     client: str,
     bootstrap: str | None,
+    producer_config: tuple[str, ...],
+    warm_up: int,
+    broker_pid: int | None,
     profile: Path | None,
     as_json: bool,
 ) -> None:
@@ -314,12 +506,21 @@ def command(
     from vudsync.topics import ensure_catalogue
 
     with ExitStack() as stack:
-        broker = stack.enter_context(_broker(bootstrap, stack))
+        broker, own_broker_pid = stack.enter_context(_broker(bootstrap, stack))
+        broker_pid = broker_pid or own_broker_pid
         url = _store(store_kind, store_url, stack)
         seeded = _seed(url, users, companies, access_rows)
         prefix = f"bench-{uuid.uuid4().hex[:8]}-"
-        ensure_catalogue(Settings(topic_prefix=prefix, topic_partitions=6), broker)
-        publisher = _Counting(_publisher(client, broker))
+        topics = ensure_catalogue(Settings(topic_prefix=prefix, topic_partitions=6), broker)
+        warmed: dict[str, Any] | None = None
+        if own_broker_pid is None:  # someone else's broker: leave it as it was
+            from vudsync.admin import delete_topics
+
+            stack.callback(delete_topics, broker, topics)
+        elif warm_up > 0:
+            warmed = _warm_up(client, broker, prefix + "warm-up", warm_up)
+        overrides = dict(item.split("=", 1) for item in producer_config)
+        publisher = _Counting(_publisher(client, broker, overrides))
         stack.callback(publisher.close)
         change_log = open_change_log(url)
         stack.callback(change_log.close)
@@ -330,6 +531,7 @@ def command(
             CaptureConfig(topic_prefix=prefix, batch_size=batch_size, fingerprint_key=KEY),
         )
         profiler = cProfile.Profile() if profile else None
+        meter = _Meter(broker_pid)
         started = time.monotonic()
         if profiler:
             profiler.enable()
@@ -338,19 +540,32 @@ def command(
             profiler.disable()
             profiler.dump_stats(str(profile))
         seconds = time.monotonic() - started
+        fast, slow = _encoded(capture)
         snapshot = {
             "events": publisher.published,
             "seconds": round(seconds, 2),
             "events_per_s": round(publisher.published / seconds, 1),
             "batch_size": batch_size,
+            "encoded_fast": fast,
+            "encoded_pydantic": slow,
+            "capture_process": meter.figures(publisher.published),
         }
-        tails = [_tail(capture, publisher, url, rate, tail_seconds) for rate in tail_rate]
+        tails = (
+            [_tail(capture, publisher, url, rate, tail_seconds, broker_pid) for rate in tail_rate]
+            if tail_seconds > 0
+            else []
+        )
+        drained = _drain(capture, publisher, url, backlog, broker_pid) if backlog > 0 else None
     result = {
         "benchmark": "capture",
         "store": store_kind,
         "client": client,
+        "producer_config": dict(item.split("=", 1) for item in producer_config),
+        "broker": "started by the bench" if own_broker_pid else "given (--bootstrap or the settings)",
+        "broker_warm_up": warmed,
         "store_data": seeded,
         "snapshot": snapshot,
         **{f"streaming_{int(t['target_changes_per_s'])}_per_s": t for t in tails},
+        "streaming_backlog": drained,
     }
     emit(result, as_json)

@@ -1,0 +1,179 @@
+"""Operations as HTTP writes, and HTTP answers as outcomes: the pure half of the cloud adapter.
+
+A *simple* operation is applied by exactly one write whose path is known without asking the
+cloud first (catalogue entries, access, application instances, and users or companies whose
+cloud id is known). Simple writes can travel alone or as items of ``POST /v1/batch``: the
+same write (method, path, body, idempotency key) either way, so a retry may switch between
+the two without a second effect. Everything else (resolve by external id / e-mail /
+organisation number, then create or link) stays a multi-step operation in
+:mod:`sinks.http_cloud`.
+
+Idempotency keys: the operation id for one-write operations, ``<operation id>:<step>`` for a
+step of a multi-step operation (``create``, ``link``, ``update``, ``reactivate`` …).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from schemas.operations import (
+    AssignAccess,
+    CloudOperation,
+    DeactivateUser,
+    RegisterApplicationInstance,
+    RemoveCatalogueEntry,
+    RevokeAccess,
+    UpsertCatalogueEntry,
+    UpsertCompany,
+    UpsertUser,
+)
+from sinks.errors import AuthenticationFailed, CloudRejected, CloudUnavailable, RateLimited
+from sinks.ports import Applied
+from vudsync.errors import VudsyncError
+
+EXCERPT_CHARS = 300
+_SECRET_WORDS = ("secret", "token", "license_key", "password", "authorization")
+
+
+def excerpt(text: str) -> str:
+    """The start of a response body, safe for a dead-letter header or a log line."""
+    head = text[:EXCERPT_CHARS]
+    return "(response withheld: it names a secret)" if any(w in head.lower() for w in _SECRET_WORDS) else head
+
+
+def body_text(body: Any) -> str:
+    if body is None:
+        return ""
+    return body if isinstance(body, str) else json.dumps(body, ensure_ascii=False)
+
+
+def _seg(value: str) -> str:
+    """One path segment, percent-encoded (names may hold spaces, '/', '&', 'ø' …)."""
+    return quote(value, safe="")
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One idempotent HTTP write. ``ok_statuses``: non-2xx answers that are a normal outcome."""
+
+    method: str
+    path: str
+    key: str
+    body: Any = None
+    ok_statuses: tuple[int, ...] = ()
+
+    def batch_item(self) -> dict[str, Any]:
+        item: dict[str, Any] = {"idempotency_key": self.key, "method": self.method, "path": self.path}
+        if self.body is not None:
+            item["body"] = self.body
+        return item
+
+
+def user_fields(op: UpsertUser) -> dict[str, Any]:
+    return {
+        "username": op.username,
+        "email": op.email,
+        "first_name": op.first_name,
+        "last_name": op.last_name,
+        "language": op.language,
+    }
+
+
+def company_fields(op: UpsertCompany) -> dict[str, Any]:
+    return {
+        "name": op.name,
+        "organisation_number": op.organisation_number,
+        "country": op.country,
+        "status": op.status,
+    }
+
+
+def simple_write(op: CloudOperation) -> Write | None:
+    """The one write that applies ``op``, or None when it needs the multi-step path."""
+    oid = op.operation_id
+    if isinstance(op, AssignAccess | RevokeAccess):
+        if not (op.cloud_user_id and op.cloud_company_id):
+            return None
+        path = f"/v1/users/{_seg(op.cloud_user_id)}/access/{_seg(op.cloud_company_id)}"
+        if isinstance(op, AssignAccess):
+            services = {app.value: svc.model_dump(mode="json") for app, svc in op.services.items()}
+            return Write("PUT", path, oid, {"services": services})
+        return Write("DELETE", path, oid, ok_statuses=(404,))
+    if isinstance(op, UpsertCatalogueEntry | RemoveCatalogueEntry):
+        path = f"/v1/services/{_seg(op.application.value)}/{op.catalogue}/{_seg(op.name)}"
+        if isinstance(op, UpsertCatalogueEntry):
+            return Write("PUT", path, oid, {"description": op.description})
+        return Write("DELETE", path, oid, ok_statuses=(404,))
+    if isinstance(op, RegisterApplicationInstance):
+        body = {"uri": op.uri, "license_fingerprint": op.license_fingerprint}
+        return Write("PUT", f"/v1/application-instances/{_seg(op.application.value)}", oid, body)
+    if isinstance(op, UpsertUser) and op.cloud_id:
+        return Write("PATCH", f"/v1/users/{_seg(op.cloud_id)}", f"{oid}:update", user_fields(op), (404,))
+    if isinstance(op, DeactivateUser) and op.cloud_id:
+        return Write("POST", f"/v1/users/{_seg(op.cloud_id)}/deactivate", oid, ok_statuses=(404,))
+    if isinstance(op, UpsertCompany) and op.cloud_id:
+        return Write(
+            "PATCH", f"/v1/companies/{_seg(op.cloud_id)}", f"{oid}:update", company_fields(op), (404,)
+        )
+    return None
+
+
+def interpret(op: CloudOperation, status: int, body: Any, replayed: bool) -> Applied | None:
+    """What a 2xx (or ``ok_statuses``) answer to ``simple_write(op)`` means.
+
+    None: the write alone did not finish the operation (a stale cloud id → 404; a user
+    whose external id or active flag still differs) — apply it through the multi-step
+    path, which re-sends this write first (a replay) and goes on from its answer.
+    """
+    if isinstance(op, AssignAccess):
+        return Applied("assigned", op.cloud_user_id, replayed)
+    if isinstance(op, RevokeAccess):
+        return Applied("noop" if status == 404 else "revoked", op.cloud_user_id, replayed)
+    if isinstance(op, UpsertCatalogueEntry):
+        return Applied("published", None, replayed)
+    if isinstance(op, RemoveCatalogueEntry):
+        return Applied("noop" if status == 404 else "removed", None, replayed)
+    if isinstance(op, RegisterApplicationInstance):
+        details = {"uri": op.uri, "license_fingerprint": op.license_fingerprint}
+        return Applied("registered", None, replayed, details)
+    if status == 404 or not isinstance(body, dict):
+        return None
+    if isinstance(op, UpsertUser):
+        if body.get("external_id") != op.entity_id or bool(body.get("active", True)) != op.active:
+            return None
+        return Applied("updated", str(body["id"]), replayed)
+    if isinstance(op, DeactivateUser):
+        return Applied("deactivated", str(body["id"]), replayed)
+    if isinstance(op, UpsertCompany):
+        return Applied("updated", str(body["id"]), replayed)
+    return None
+
+
+def error_for(what: str, status: int, body_excerpt: str, retry_after: float | None) -> VudsyncError:
+    """The vudsync error of a non-2xx answer (every status is translated here, once)."""
+    if status in (401, 403):
+        detail = "refused the access token" if status == 401 else "refused a scope (directory:write?)"
+        return AuthenticationFailed(
+            f"{what}: the cloud {detail} ({status})",
+            retry_after=retry_after,
+            hint="check VUDSYNC_CLOUD_CLIENT_ID / VUDSYNC_CLOUD_CLIENT_SECRET and the client's scopes",
+        )
+    if status == 429:
+        return RateLimited(f"{what}: rate limited (429)", retry_after=retry_after)
+    if status == 408 or status >= 500:
+        reason = "timeout" if status in (408, 504) else "server_error"
+        return CloudUnavailable(f"{what}: {status}", reason=reason, retry_after=retry_after, status=status)
+    return CloudRejected(f"{what}: {status} {body_excerpt}", status=status, excerpt=body_excerpt)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds form; an HTTP date → None)."""
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None

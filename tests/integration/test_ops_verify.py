@@ -1,0 +1,108 @@
+"""``vudsync verify`` on a real SQLite directory store and the real cloud API over HTTP; the
+repair goes through a real sink worker on the real broker."""
+
+from __future__ import annotations
+
+import collections
+import json
+
+import httpx
+from click.testing import CliRunner, Result
+
+from tests.fixtures.cloud import CloudReader
+from tests.pipeline import alive_or_fail, components
+from vudsync.cli import _register, cli
+from vudsync.processes import component_env
+from vudsync.seed.writer import open_writer
+from vudsync.settings import Settings
+from vudsync.topics import ensure_catalogue
+
+USERS = [
+    {
+        "id": f"u{i}",
+        "username": f"bruker{i}",
+        "email": f"bruker{i}@fjord.no",
+        "first_name": "Åse",
+        "last_name": "Brækken",
+    }
+    for i in (1, 2, 3)
+]
+
+
+def run(settings: Settings, bootstrap: str, *args: str) -> Result:
+    _register()
+    return CliRunner().invoke(cli, list(args), env=component_env(settings, bootstrap), catch_exceptions=False)
+
+
+def test_verify_reports_drift_by_type_and_repair_removes_it(
+    pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
+) -> None:
+    s = pipeline_settings
+    writer = open_writer(s.resolved_store_url())
+    writer.upsert_catalogue("roles", [("business", "Regnskap", "Regnskap og lønn")])
+    writer.upsert_companies([{"id": "c1", "name": "Fjord AS", "organisation_number": "923 609 016"}])
+    writer.upsert_users(USERS)
+    writer.grant([("u1", "c1", "business", "role", "Regnskap")])
+    # the cloud as the pipeline leaves it
+    api = httpx.Client(base_url=cloud.server.url, headers=cloud.server.auth_headers(), timeout=10)
+    api.put(
+        "/v1/services/business/roles/Regnskap", json={"description": "Regnskap og lønn"}
+    ).raise_for_status()
+    c1 = api.post(
+        "/v1/companies",
+        json={"external_id": "c1", "name": "Fjord AS", "organisation_number": "923609016", "country": "NO"},
+    ).json()["id"]
+    ids = {
+        u["id"]: api.post(
+            "/v1/users",
+            json={
+                "external_id": u["id"],
+                "email": u["email"],
+                "username": u["username"],
+                "first_name": u["first_name"],
+                "last_name": u["last_name"],
+                "language": "nb",
+            },
+        ).json()["id"]
+        for u in USERS
+    }
+    grant = {"services": {"business": {"roles": ["Regnskap"], "layout_groups": [], "modules": []}}}
+    api.put(f"/v1/users/{ids['u1']}/access/{c1}", json=grant).raise_for_status()
+
+    clean = run(s, kafka_bootstrap, "verify", "--json")
+    assert clean.exit_code == 0, clean.output
+    report = json.loads(clean.stdout)["report"]
+    assert report["clean"] and report["checked"]["user"] == {"directory": 3, "cloud": 3}
+    assert report["checked"]["access"] == {"directory": 1, "cloud": 1}
+
+    # drift: changed behind our back, an access removed in the cloud, a stray user, a new one
+    api.patch(f"/v1/users/{ids['u2']}", json={"first_name": "Kåre"}).raise_for_status()
+    api.delete(f"/v1/users/{ids['u1']}/access/{c1}").raise_for_status()
+    api.post("/v1/users", json={"external_id": "ghost", "email": "ghost@fjord.no"}).raise_for_status()
+    writer.upsert_user(id="u4", username="ny", email="ny@fjord.no", first_name="Ny", last_name="Bruker")
+
+    drifted = run(s, kafka_bootstrap, "verify", "--json")
+    assert drifted.exit_code == 1
+    report = json.loads(drifted.stdout)["report"]
+    assert report["by_type"]["user"] == {"missing": 1, "extra": 1, "different": 1}
+    assert report["by_type"]["access"] == {"missing": 1, "extra": 0, "different": 0}
+    different = next(d for d in report["drifts"] if d["kind"] == "different")
+    assert different["fields"] == [{"field": "first_name", "directory": "Åse", "cloud": "Kåre"}]
+    text = run(s, kafka_bootstrap, "verify")
+    assert "missing   user:u4" in text.stdout and "4 drift(s)." in text.stdout
+
+    # repair through the normal apply path: the sink, its ledger, the cloud's idempotency keys
+    ensure_catalogue(s, kafka_bootstrap)
+    with components(s, kafka_bootstrap, "sink") as procs:
+        repaired = run(s, kafka_bootstrap, "verify", "--repair", "--json", "--timeout", "3m")
+        alive_or_fail(procs)
+    assert repaired.exit_code == 0, repaired.output
+    result = json.loads(repaired.stdout)
+    assert len(result["repair"][0]["published"]) == 4
+    assert set(result["repair"][0]["outcomes"].values()) == {"applied"}
+    assert result["after_repair"]["clean"]
+    assert cloud.user("ghost")["active"] is False and cloud.user("u2")["first_name"] == "Åse"
+    per_key = collections.Counter(e["idempotency_key"] for e in cloud.audit() if e["idempotency_key"])
+    assert max(per_key.values()) == 1
+    api.close()
+    writer.close()

@@ -1,0 +1,112 @@
+"""`vudsync connect` against the real cloud API and broker: who may connect, and what it tells
+the planner."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+
+import httpx
+
+from schemas.directory import EntityType
+from schemas.fingerprint import license_fingerprint
+from schemas.results import PlannerFact
+from schemas.topics import DIRECTORY_TOPICS, PLANNER_FACTS
+from tests.fixtures.cloud import CloudReader
+from tests.kafka_read import read_all
+from tests.pipeline import component_env
+from vudsync.seed.writer import SqliteDirectoryWriter
+from vudsync.settings import Settings
+
+
+def _vudsync(settings: Settings, bootstrap: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vudsync", *args],
+        env={**component_env(settings, bootstrap), **env},
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+def test_connect_refuses_credentials_that_are_not_a_customer_administrators(
+    pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
+) -> None:
+    httpx.post(
+        f"{cloud.server.url}/admin/clients",
+        headers=cloud.server.admin_headers(),
+        json={"client_id": "helpdesk", "client_secret": "helpdesk-secret-1", "is_customer_admin": False},
+    ).raise_for_status()
+    refused = _vudsync(
+        pipeline_settings,
+        kafka_bootstrap,
+        "connect",
+        VUDSYNC_CLOUD_CLIENT_ID="helpdesk",
+        VUDSYNC_CLOUD_CLIENT_SECRET="helpdesk-secret-1",
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert "not a Customer administrator" in refused.stderr and "hint:" in refused.stderr
+    assert "helpdesk-secret-1" not in refused.stderr + refused.stdout
+    wrong = _vudsync(
+        pipeline_settings, kafka_bootstrap, "connect", VUDSYNC_CLOUD_CLIENT_SECRET="not-the-secret"
+    )
+    assert wrong.returncode == 2 and "does not accept the credentials" in wrong.stderr
+    assert "Traceback" not in refused.stderr + wrong.stderr
+
+
+def test_connect_publishes_what_the_planner_must_know_and_snapshots_the_store(
+    pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
+) -> None:
+    settings = pipeline_settings
+    key = settings.fingerprint_key.get_secret_value().encode()
+    api = httpx.Client(base_url=cloud.server.url, headers=cloud.server.auth_headers(), timeout=10)
+    api.put(
+        "/v1/application-instances/business",
+        json={"uri": "https://vb.fjord.local", "license_fingerprint": license_fingerprint("VB-KEY-1", key)},
+    ).raise_for_status()
+    api.put("/v1/services/business/roles/Regnskap", json={"description": "Regnskap"}).raise_for_status()
+    linked = api.post(
+        "/v1/companies", json={"external_id": "c1", "name": "Fjord AS", "organisation_number": "923609016"}
+    ).json()
+    api.close()
+    writer = SqliteDirectoryWriter(settings.resolved_store_url().removeprefix("sqlite:///"))
+    writer.add_application_instance("business", "https://vb.fjord.local", "VB-KEY-1")
+    writer.upsert_companies([{"id": "c1", "name": "Fjord AS", "organisation_number": "923 609 016"}])
+    writer.close()
+
+    done = _vudsync(settings, kafka_bootstrap, "connect")
+    assert done.returncode == 0, done.stderr
+    assert "Customer administrator" in done.stdout and "taken at change-log position" in done.stdout
+    assert "VB-KEY-1" not in done.stdout + done.stderr
+
+    partitions = settings.topic_partitions
+    records = read_all(
+        kafka_bootstrap,
+        settings.topic(PLANNER_FACTS.name),
+        timeout=60,
+        until=lambda rs: len(rs) >= partitions * 5,  # 3 registries, 1 catalogue entry, 1 company, …
+    )
+    facts = [(r.partition, PlannerFact.model_validate_json(r.value)) for r in records]
+    per_key = Counter(f.key for _, f in facts)
+    assert {
+        k: per_key[k] for k in ("registry:business", "registry:reporting", "company:c1")
+    } == dict.fromkeys(("registry:business", "registry:reporting", "company:c1"), partitions), (
+        "shared facts reach every partition"
+    )
+    by_key = {f.key: f for _, f in facts}
+    assert by_key["registry:business"].present and not by_key["registry:reporting"].present
+    assert by_key["company:c1"].cloud_id == linked["id"]
+    assert by_key["catalogue:business:roles:Regnskap"].present
+    instance = by_key["instance:business"]
+    assert instance.license_fingerprint == license_fingerprint("VB-KEY-1", key)
+    assert b"VB-KEY-1" not in b"".join(r.value for r in records)
+
+    # never snapshotted before: connect took the snapshot
+    events = read_all(
+        kafka_bootstrap, settings.topic(DIRECTORY_TOPICS[EntityType.COMPANY].name), timeout=30, until=bool
+    )
+    assert events[0].key == b"c1"
+    again = _vudsync(settings, kafka_bootstrap, "connect", "--json")
+    assert again.returncode == 0 and "snapshotted before" in again.stdout

@@ -1,0 +1,74 @@
+"""The sink's ledger adapters against the real databases: SQLite (a file) and PostgreSQL (a
+throwaway server), and a sink worker running on the PostgreSQL ledger."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from schemas.topics import OPERATIONS
+from sinks.ledger import SqliteLedger
+from sinks.ledger_postgres import PostgresLedger
+from sinks.ports import Ledger
+from tests.fixtures.cloud import CloudReader
+from tests.pipeline import alive_or_fail, components
+from vudsync.bench.sink import AuditReader, feed, prepare_workload
+from vudsync.processes import wait_until
+from vudsync.settings import Settings
+from vudsync.topics import ensure_catalogue
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[object]:
+    opened: list[Ledger] = []
+
+    def make(scope: str = "") -> Ledger:
+        if request.param == "sqlite":
+            ledger: Ledger = SqliteLedger(tmp_path / f"{scope}ledger.db")
+        else:
+            ledger = PostgresLedger(request.getfixturevalue("postgres_url"), scope=scope)
+        opened.append(ledger)
+        return ledger
+
+    yield make
+    for ledger in opened:
+        ledger.close()
+
+
+def test_applied_ids_are_kept_once_and_survive_a_reopen(ledger_factory) -> None:  # type: ignore[no-untyped-def]
+    ledger = ledger_factory("a-")
+    assert ledger.get("op-1") is None and ledger.get_many([]) == {}
+    ledger.record_many([("op-1", {"cloud_id": "cu-1", "effect": "created"}), ("op-2", {"effect": "noop"})])
+    ledger.record_many([("op-1", {"cloud_id": "other", "effect": "updated"})])  # known: kept as it was
+    assert ledger.get("op-1") == {"cloud_id": "cu-1", "effect": "created"}
+    assert ledger.get_many(["op-2", "op-3", "op-1"]) == {
+        "op-1": {"cloud_id": "cu-1", "effect": "created"},
+        "op-2": {"effect": "noop"},
+    }
+    ledger.close()
+    again = ledger_factory("a-")
+    assert set(again.get_many([f"op-{i}" for i in range(1000)])) == {"op-1", "op-2"}
+    assert ledger_factory("b-").get("op-1") is None  # another installation's scope
+
+
+def test_a_sink_on_the_postgresql_ledger_records_every_applied_operation(
+    pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader, postgres_url: str
+) -> None:
+    settings = pipeline_settings
+    ensure_catalogue(settings, kafka_bootstrap)
+    work = prepare_workload(cloud.client, 300)
+    feed(kafka_bootstrap, settings.topic(OPERATIONS.name), work.operations)
+    reader = AuditReader(cloud.client, work)
+    with components(settings, kafka_bootstrap, "sink", VUDSYNC_SINK_LEDGER_URL=postgres_url) as procs:
+        wait_until(lambda: alive_or_fail(procs) and reader.poll() >= len(work.keys), 120, what="all applied")
+    assert reader.check().exactly_once
+    ledger = PostgresLedger(postgres_url, scope=settings.topic_prefix)
+    try:
+        wait_until(lambda: ledger.count() == len(work.operations), 30, what="every id in the ledger")
+        known = ledger.get_many([op.operation_id for op in work.operations[:10]])
+        assert all(entry["effect"] in ("updated", "assigned", "published") for entry in known.values())
+    finally:
+        ledger.close()
+    assert not (settings.home / "sink" / f"{settings.topic_prefix}ledger.db").exists()

@@ -1,0 +1,306 @@
+"""Pure logic: journal entries from records, drift between directory and cloud, repairs, status."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from schemas.codec import encode
+from schemas.deadletter import error_headers
+from schemas.directory import (
+    ApplicationInstanceState,
+    ApplicationType,
+    CompanyAccess,
+    CompanyState,
+    ServiceAccess,
+)
+from schemas.operations import AssignAccess, DeactivateUser, UpsertCompany, UpsertUser
+from schemas.results import OperationResult, ResultOutcome
+from tests.factories import T0, user_state
+from vudsync.ops.drift import CloudState, DirectoryState, DriftKind, compare, repair_operations
+from vudsync.ops.groups import GroupMember
+from vudsync.ops.journal import (
+    SOURCE_DIRECTORY_DLQ,
+    SOURCE_OPERATIONS_DLQ,
+    JournalFilter,
+    entry_from_dead_letter,
+    entry_from_result,
+)
+from vudsync.ops.journal_index import JournalStats
+from vudsync.ops.metrics_scrape import Endpoint, Scrape, parse_endpoints
+from vudsync.ops.status import LagRow, assemble, render
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+FP = "hmac-sha256:" + "a" * 64
+
+# -- journal ---------------------------------------------------------------------------------
+
+
+def test_results_and_dead_letters_become_entries_once() -> None:
+    result = OperationResult(
+        operation_id="op-1",
+        kind="user.upsert",
+        aggregate="user:u1",
+        entity="user",
+        entity_id="u1",
+        source_version=7,
+        outcome=ResultOutcome.DEAD_LETTERED,
+        error="PUT /v1/users: 422",
+        attempts=3,
+        source_committed_at=T0,
+        recorded_at=T0,
+    )
+    e = entry_from_result("r", 0, 5, encode(result), 0)
+    assert (e.outcome, e.entity_id, e.operation_id, e.reason, e.time) == (
+        "dead_lettered",
+        "u1",
+        "op-1",
+        "PUT /v1/users: 422",
+        T0.timestamp(),
+    )
+    assert entry_from_result("r", 0, 6, b"nope", 1000).outcome == "unreadable"
+    # an operation's dead letter is already a result: not a second entry
+    op = UpsertUser(
+        operation_id="op-1",
+        aggregate="user:u1",
+        entity="user",
+        entity_id="u1",
+        source_version=7,
+        source_committed_at=T0,
+        planned_at=T0,
+        username="kari",
+        email="kari@fjord.no",
+        first_name="Kari",
+        last_name="N",
+        language="nb",
+    )
+    headers = error_headers(reason="boom", stage="apply", topic="ops", partition=1, offset=2)
+    assert (
+        entry_from_dead_letter(SOURCE_OPERATIONS_DLQ, "d", 0, 1, b"user:u1", encode(op), headers, 0) is None
+    )
+    undecodable = entry_from_dead_letter(SOURCE_OPERATIONS_DLQ, "d", 0, 2, b"k", b"junk", headers, 2000)
+    assert undecodable is not None and undecodable.reason == "boom" and undecodable.time == 2.0
+    planner = entry_from_dead_letter(
+        SOURCE_DIRECTORY_DLQ,
+        "d",
+        0,
+        3,
+        b"u9",
+        b'{"entity": "user", "entity_id": "u9", "version": 4}',
+        error_headers(reason="malformed e-mail", stage="capture"),
+        3000,
+    )
+    assert planner is not None
+    assert (planner.entity, planner.entity_id, planner.kind, planner.source_version) == (
+        "user",
+        "u9",
+        "dlq.capture",
+        4,
+    )
+
+
+def test_filter_where_clause() -> None:
+    where, params = JournalFilter(entity_id="u1", outcomes=("applied", "failed"), since=10.0).where()
+    assert where == "entity_id = ? AND +outcome IN (?, ?) AND +time >= ?"
+    assert params == ["u1", "applied", "failed", 10.0]
+    assert JournalFilter().where() == ("1 = 1", [])
+    assert JournalFilter(outcomes=("held",), until=5.0).where()[0] == "outcome IN (?) AND time < ?"
+
+
+# -- drift -----------------------------------------------------------------------------------
+
+
+def _directory() -> DirectoryState:
+    grant = CompanyAccess(
+        company_id="c1", services={ApplicationType.BUSINESS: ServiceAccess(roles=("Regnskap",))}
+    )
+    return DirectoryState(
+        version=50,
+        users={
+            "u1": user_state("u1", access=(grant,)),
+            "u2": user_state("u2"),
+            "u3": user_state("u3"),
+        },
+        companies={"c1": CompanyState(id="c1", name="Fjord AS", organisation_number="923 609 016")},
+        catalogue={("business", "roles", "Regnskap"): "Regnskap"},
+        instances={
+            ApplicationType.BUSINESS: ApplicationInstanceState(
+                id="business", application=ApplicationType.BUSINESS, uri="https://vb", license_fingerprint=FP
+            )
+        },
+    )
+
+
+def _cloud_user(uid: str, cid: str, **kw: object) -> dict[str, object]:
+    base = {
+        "id": cid,
+        "external_id": uid,
+        "username": f"user{uid}",
+        "email": f"{uid}@firma.no",
+        "first_name": "Kari",
+        "last_name": "Nordmann",
+        "language": "nb",
+        "active": True,
+    }
+    return {**base, **kw}
+
+
+def _cloud(**overrides: object) -> CloudState:
+    base: dict[str, object] = dict(
+        users=[
+            _cloud_user("u1", "U1"),
+            _cloud_user("u2", "U2", first_name="Kåre"),  # changed behind our back
+            _cloud_user("gone", "U9"),  # removed on premise, still active
+            {**_cloud_user("x", "U8"), "external_id": None},  # not ours
+        ],
+        companies=[
+            {
+                "id": "C1",
+                "external_id": "c1",
+                "name": "Fjord AS",
+                "organisation_number": "923609016",
+                "country": "NO",
+                "status": "active",
+            }
+        ],
+        access={
+            "U1": [{"company_id": "C1", "services": {"business": {"roles": ["Regnskap"]}}}],
+            "U2": [],
+            "U9": [],
+        },
+        catalogue={("business", "roles", "Regnskap"): "Regnskap"},
+        instances={"business": {"service": "business", "uri": "https://vb", "license_fingerprint": FP}},
+    )
+    base.update(overrides)
+    return CloudState(**base)  # type: ignore[arg-type]
+
+
+def test_in_sync_means_no_drift() -> None:
+    directory = _directory()
+    cloud = _cloud(users=[_cloud_user("u1", "U1"), _cloud_user("u2", "U2"), _cloud_user("u3", "U3")])
+    report = compare(directory, cloud)
+    assert report.clean, report.drifts
+    assert report.checked["user"] == (3, 3)
+
+
+def test_drift_by_object_type_and_its_repair() -> None:
+    directory = _directory()
+    cloud = _cloud(access={"U1": [], "U2": [], "U9": []})
+    report = compare(directory, cloud)
+    found = {(d.object_type, d.key, d.kind) for d in report.drifts}
+    assert found == {
+        ("user", "u2", DriftKind.DIFFERENT),
+        ("user", "u3", DriftKind.MISSING),
+        ("user", "gone", DriftKind.EXTRA),
+        ("access", "u1/c1", DriftKind.MISSING),
+    }
+    diff = next(d for d in report.drifts if d.key == "u2")
+    assert [(f.field, f.directory, f.cloud) for f in diff.fields] == [("first_name", "Kari", "Kåre")]
+    assert report.counts()["user"] == {"missing": 1, "extra": 1, "different": 1}
+
+    plan = repair_operations(report, directory, cloud, NOW)
+    kinds = sorted((op.kind, op.entity_id) for op in plan.operations)
+    assert kinds == [
+        ("access.assign", "u1"),
+        ("user.deactivate", "gone"),
+        ("user.upsert", "u2"),
+        ("user.upsert", "u3"),
+    ]
+    assign = next(op for op in plan.operations if isinstance(op, AssignAccess))
+    assert (assign.cloud_user_id, assign.cloud_company_id) == ("U1", "C1")
+    upsert = next(op for op in plan.operations if isinstance(op, UpsertUser) and op.entity_id == "u2")
+    assert upsert.cloud_id == "U2" and upsert.first_name == "Kari" and upsert.aggregate == "user:u2"
+    assert next(op for op in plan.operations if isinstance(op, DeactivateUser)).cloud_id == "U9"
+    # the same drift repairs with the same ids (one effect); a new drift gets new ids
+    again = repair_operations(compare(directory, cloud), directory, cloud, NOW)
+    assert [o.operation_id for o in again.operations] == [o.operation_id for o in plan.operations]
+    other = _cloud(
+        access={"U1": [], "U2": [], "U9": []},
+        users=[*cloud.users[:1], _cloud_user("u2", "U2", first_name="K")],
+    )
+    changed = repair_operations(compare(directory, other), directory, other, NOW)
+    assert upsert.operation_id not in {o.operation_id for o in changed.operations}
+
+
+def test_company_catalogue_and_instance_drift() -> None:
+    directory = _directory()
+    cloud = _cloud(
+        users=[_cloud_user("u1", "U1"), _cloud_user("u2", "U2"), _cloud_user("u3", "U3")],
+        companies=[
+            {
+                "id": "C1",
+                "external_id": "c1",
+                "name": "Fjord ASA",
+                "organisation_number": "923609016",
+                "country": "NO",
+                "status": "active",
+            },
+            {
+                "id": "C2",
+                "external_id": "c2",
+                "name": "Gone AS",
+                "organisation_number": "1",
+                "country": "NO",
+                "status": "active",
+            },
+        ],
+        catalogue={("business", "roles", "Old"): None},
+        instances={"business": {"service": "business", "uri": "https://other", "license_fingerprint": "x"}},
+    )
+    report = compare(directory, cloud)
+    found = {(d.object_type, d.key, d.kind) for d in report.drifts}
+    assert found == {
+        ("company", "c1", DriftKind.DIFFERENT),
+        ("company", "c2", DriftKind.EXTRA),
+        ("catalogue", "business/roles/Regnskap", DriftKind.MISSING),
+        ("catalogue", "business/roles/Old", DriftKind.EXTRA),
+        ("application_instance", "business", DriftKind.DIFFERENT),
+    }
+    instance = next(d for d in report.drifts if d.object_type == "application_instance")
+    assert "x" not in str(instance.as_dict()) and {f.field for f in instance.fields} == {"uri", "license key"}
+    plan = repair_operations(report, directory, cloud, NOW)
+    assert sorted(op.kind for op in plan.operations) == [
+        "catalogue.remove",
+        "catalogue.upsert",
+        "company.upsert",
+        "company.upsert",
+    ]
+    inactive = next(op for op in plan.operations if isinstance(op, UpsertCompany) and op.entity_id == "c2")
+    assert inactive.status == "inactive" and inactive.cloud_id == "C2"
+    assert [d.object_type for d, _ in plan.skipped] == ["application_instance"]
+
+
+# -- status ----------------------------------------------------------------------------------
+
+
+def test_status_lists_problems_and_reads_metrics_when_scraped() -> None:
+    assert parse_endpoints("producer=http://h:1/metrics, sink-2=http://h:2/metrics")[1].component == "sink"
+    sink = Scrape(Endpoint("sink", "http://h/metrics"), {"vudsync_cloud_circuit_open": [({}, 1.0)]})
+    planner = Scrape(Endpoint("planner", "http://h/metrics"), {"vudsync_parked_operations": [({}, 3.0)]})
+    producer = Scrape(Endpoint("producer", "http://h/metrics"), error="ConnectError")
+    report = assemble(
+        now=NOW.timestamp(),
+        members={
+            "planner": ("g-planner", [GroupMember("faust-1", "/10.0.0.1", "m")]),
+            "sink": ("g-sink", []),
+        },
+        lag=[LagRow("g-sink", "ops", 0, 5, 12, 7)],
+        scrapes=[sink, planner, producer],
+        dlq={"vud.cloud.operations.dlq": 2, "vud.directory.dlq": 0},
+        journal=JournalStats(
+            entries=10, last_applied=None, last_minute={"applied": 30}, parked_open=9, held_open=1
+        ),
+    )
+    data = report.as_dict()
+    assert (
+        data["circuit"] == "open"
+        and data["parked_operations"] == 3
+        and data["parked_source"] == "planner metrics"
+    )
+    assert [c["state"] for c in data["components"]] == ["down", "up", "down"]
+    assert data["lag"]["by_group"] == {"g-sink": 7}
+    assert data["last_minute"]["applied_per_second"] == 0.5
+    problems = " | ".join(data["problems"])
+    for expected in ("producer is down", "sink is down", "2 unhandled dead letter", "circuit", "held"):
+        assert expected in problems
+    screen = "\n".join(render(report))
+    assert "ops[0] committed 5 end 12 lag 7" in screen and "faust-1 on 10.0.0.1" in screen

@@ -1,0 +1,391 @@
+"""The reconciler over a plain dict: parking and release, facts per partition, redelivery, the
+accidental-delete gate, instance verdicts. Pure: the Faust shell only performs these effects."""
+
+from __future__ import annotations
+
+from collections import deque
+from datetime import timedelta
+from typing import Any
+
+from processors import deletions
+from processors.control import DeletionsDecided
+from processors.engine import BUCKET, Coords, Effects, Reconciler
+from processors.model import Decision, PlannerSettings
+from schemas.directory import ApplicationType
+from schemas.events import DirectoryEvent, Op
+from schemas.operations import AssignAccess, DeactivateUser, RegisterApplicationInstance, UpsertUser
+from schemas.results import FactKind, OperationResult, PlannerFact, ResultOutcome
+from tests.factories import T0, access, instance_event, user_event, user_state
+
+FP_A, FP_B = "hmac-sha256:" + "a" * 64, "hmac-sha256:" + "b" * 64
+URI = "https://vb.fjord.local"
+
+
+class Harness:
+    """Performs effects like the Faust shell, and delivers facts and control messages back."""
+
+    def __init__(self, partitions: int = 1, settings: PlannerSettings | None = None) -> None:
+        self.table: dict[str, Any] = {}
+        self.r = Reconciler(self.table, settings or PlannerSettings(), partitions, lambda: T0)
+        self.partitions = partitions
+        self.ops: list[Any] = []
+        self.results: list[OperationResult] = []
+        self.offsets = 0
+
+    def perform(self, fx: Effects, deliver: bool = True) -> Effects:
+        queue: deque[Any] = deque()
+        for s in fx.sends:
+            if s.role == "operations":
+                self.ops.append(s.value)
+            elif s.role == "results":
+                self.results.append(s.value)  # type: ignore[arg-type]
+            else:
+                queue.append(s)
+        for key, value in fx.writes.items():
+            if value is None:
+                self.table.pop(key, None)
+            else:
+                self.table[key] = value
+        while deliver and queue:
+            s = queue.popleft()
+            coords = Coords(s.role, s.partition or 0, self._offset())
+            inner = (
+                self.r.on_fact(s.value, coords) if s.role == "facts" else self.r.on_control(s.value, coords)
+            )
+            self.perform(inner, deliver=True)
+        return fx
+
+    def _offset(self) -> int:
+        self.offsets += 1
+        return self.offsets
+
+    def event(
+        self, ev: DirectoryEvent, partition: int = 0, offset: int | None = None, committed: int | None = None
+    ) -> Effects:
+        coords = Coords("users", partition, self._offset() if offset is None else offset)
+        return self.perform(self.r.on_directory_event(ev, coords, committed))
+
+    def fact(self, partition: int | None = None, **kw: Any) -> Effects:
+        fact = PlannerFact(observed_at=kw.pop("observed_at", T0), source="connect", **kw)
+        fx = Effects()
+        for p in [partition] if partition is not None else range(self.partitions):
+            fx.sends.extend(self.r.on_fact(fact, Coords("facts", p, self._offset())).sends)
+            self.perform(self.r.on_fact(fact, Coords("facts", p, self._offset())))
+        return fx
+
+    def connect(self, catalogue: tuple[str, ...] = ("business:roles:Regnskap",)) -> None:
+        """What `vudsync connect` says: no instance registered, these catalogue entries exist."""
+        for app in ApplicationType:
+            self.fact(kind=FactKind.REGISTRY, subject=app.value, present=False)
+        for entry in catalogue:
+            self.fact(kind=FactKind.CATALOGUE, subject=entry)
+
+    def result(self, op: Any, cloud_id: str | None, partition: int = 0, **kw: Any) -> Effects:
+        result = OperationResult(
+            operation_id=op.operation_id,
+            kind=op.kind,
+            aggregate=op.aggregate,
+            entity=op.entity,
+            entity_id=op.entity_id,
+            source_version=op.source_version,
+            outcome=ResultOutcome.APPLIED,
+            cloud_id=cloud_id,
+            source_committed_at=T0,
+            recorded_at=T0 + timedelta(seconds=self._offset()),
+            **kw,
+        )
+        return self.perform(self.r.on_result(result, Coords("results", partition, self._offset())))
+
+
+def kinds(ops: list[Any]) -> list[str]:
+    return [o.kind for o in ops]
+
+
+# -- parking and release -----------------------------------------------------------------------
+
+
+def test_access_is_parked_until_facts_confirm_user_and_company_then_released_with_acks_first() -> None:
+    h = Harness(partitions=2)
+    h.connect()
+    h.event(user_event(2, access=(access("c1"),)), partition=1)
+    assert kinds(h.ops) == ["user.upsert"]
+    assert [r.outcome for r in h.results] == [ResultOutcome.PARKED]
+    assert h.results[0].details["waiting_for"] == ["user:u1", "company:c1"]
+    h.fact(partition=1, kind=FactKind.COMPANY, subject="c1", cloud_id="cc-1")
+    assert kinds(h.ops) == ["user.upsert"], "still waits for its user"
+    assert h.table["p|user:u1"][0]["needs"] == ["user:u1"]
+
+    release = h.r.on_fact(
+        PlannerFact(kind=FactKind.USER, subject="u1", cloud_id="cu-1", observed_at=T0, source="results"),
+        Coords("facts", 1, 99),
+    )
+    (assign,) = release.operations()
+    assert isinstance(assign, AssignAccess) and (assign.cloud_user_id, assign.cloud_company_id) == (
+        "cu-1",
+        "cc-1",
+    )
+    assert release.acks_first, "released operations are acknowledged before the table forgets them"
+    assert list(release.writes)[-1] == "k|1|user:u1", "the fact itself is written last"
+    assert release.writes["p|user:u1"] is None
+    h.perform(release)
+    assert h.r.parked() == 0 and not any(k.startswith("n|") for k in h.table)
+    # known now: the next change goes at once, with the same rules
+    h.event(user_event(3, access=(access("c1", roles=()),)), partition=1)
+    assert kinds(h.ops)[-1] == "access.revoke" and h.ops[-1].cloud_company_id == "cc-1"
+
+
+def test_each_partition_keeps_its_own_copy_of_shared_facts() -> None:
+    h = Harness(partitions=3)
+    h.result(_op_of("company.upsert", "c1"), "cc-1", partition=2)
+    for p in range(3):
+        assert h.r.identities(p).companies["c1"] == "cc-1"
+    # users too: which partition holds a user depends on the directory producer's partitioner
+    h.result(_op_of("user.upsert", "u1"), "cu-1", partition=1)
+    assert all(h.r.identities(p).users["u1"] == "cu-1" for p in range(3))
+
+
+def _op_of(kind: str, entity_id: str) -> Any:
+    class Op_:
+        operation_id = f"op-{kind}-{entity_id}"
+        aggregate = f"x:{entity_id}"
+        entity = "company" if kind.startswith("company") else "user"
+        source_version = 1
+
+    op = Op_()
+    op.kind = kind  # type: ignore[attr-defined]
+    op.entity_id = entity_id  # type: ignore[attr-defined]
+    return op
+
+
+def test_many_users_waiting_for_one_company_are_all_released() -> None:
+    h = Harness()
+    h.connect()
+    n = BUCKET * 2 + 5
+    for i in range(n):
+        ev = user_event(2, state=user_state(f"u{i}", access=(access("c1"),)))
+        h.event(ev)
+        h.fact(kind=FactKind.USER, subject=f"u{i}", cloud_id=f"cu-{i}")
+    assert h.table["n|0|company:c1"] == 3
+    h.fact(kind=FactKind.COMPANY, subject="c1", cloud_id="cc-1")
+    assigned = [o for o in h.ops if isinstance(o, AssignAccess)]
+    assert len(assigned) == n and h.r.parked() == 0
+
+
+def test_a_newer_plan_supersedes_what_waited_in_the_same_slot() -> None:
+    h = Harness()
+    h.connect(catalogue=("business:roles:Regnskap", "business:roles:Lønn"))
+    h.event(user_event(2, access=(access("c1"),)))
+    h.event(user_event(3, access=(access("c1", roles=("Lønn",)),)))
+    (item,) = h.table["p|user:u1"]
+    assert item["op"]["services"]["business"]["roles"] == ["Lønn"]
+    h.fact(kind=FactKind.USER, subject="u1", cloud_id="cu-1")
+    h.fact(kind=FactKind.COMPANY, subject="c1", cloud_id="cc-1")
+    (assign,) = [o for o in h.ops if isinstance(o, AssignAccess)]
+    assert assign.services[ApplicationType.BUSINESS].roles == ("Lønn",) and assign.source_version == 3
+
+
+# -- results ------------------------------------------------------------------------------------
+
+
+def test_results_become_facts_and_a_linked_company_with_other_details_asks_for_review() -> None:
+    h = Harness(partitions=2)
+    fx = h.r.on_result(
+        OperationResult(
+            operation_id="op-1",
+            kind="company.upsert",
+            aggregate="company:c1",
+            entity="company",
+            entity_id="c1",
+            source_version=1,
+            outcome=ResultOutcome.APPLIED,
+            cloud_id="cc-1",
+            effect="linked",
+            details={"review": ["name"]},
+            source_committed_at=T0,
+            recorded_at=T0,
+        ),
+        Coords("results", 1, 5),
+    )
+    facts = [s for s in fx.sends if s.role == "facts"]
+    assert sorted(s.partition for s in facts) == [0, 1]
+    (journal,) = [s.value for s in fx.sends if s.role == "results"]
+    assert journal.outcome is ResultOutcome.REVIEW and journal.kind == "journal.company_review"
+    assert "review it before activating services" in journal.details["message"]
+    assert "name" in journal.details["message"]
+
+
+def test_failed_results_teach_nothing() -> None:
+    h = Harness()
+    fx = h.r.on_result(
+        OperationResult(
+            operation_id="op-1",
+            kind="user.upsert",
+            aggregate="user:u1",
+            entity="user",
+            entity_id="u1",
+            source_version=1,
+            outcome=ResultOutcome.DEAD_LETTERED,
+            source_committed_at=T0,
+            recorded_at=T0,
+        ),
+        Coords("results", 0, 1),
+    )
+    assert fx.sends == [] and fx.writes == {}
+
+
+# -- redelivery ---------------------------------------------------------------------------------
+
+
+def test_uncommitted_versions_redelivered_are_planned_again_against_their_own_past() -> None:
+    h = Harness()
+    h.connect()
+    first = h.event(user_event(2, first_name="A"), offset=10).operations()
+    second = h.event(user_event(3, first_name="B", access=(access("c1"),)), offset=11).operations()
+    # a worker died before committing either: both come again, in order
+    again_first = h.r.on_directory_event(user_event(2, first_name="A"), Coords("users", 0, 10), None)
+    again_second = h.r.on_directory_event(
+        user_event(3, first_name="B", access=(access("c1"),)), Coords("users", 0, 11), None
+    )
+    assert again_first.outcome == again_second.outcome == "redelivered"
+    # v2's upsert is superseded by v3's, whose own redelivery sends it again: never old after new
+    assert again_first.operations() == [] and [o.kind for o in first] == ["user.upsert"]
+    assert [o.operation_id for o in again_second.operations()] == [o.operation_id for o in second]
+    # only v2 uncommitted (v3 never planned): v2's operations go again, the same ids
+    lone = Harness()
+    lone.connect()
+    sent = lone.event(user_event(2, first_name="A"), offset=10).operations()
+    again = lone.r.on_directory_event(user_event(2, first_name="A"), Coords("users", 0, 10), None)
+    assert [o.operation_id for o in again.operations()] == [o.operation_id for o in sent]
+    assert "e|user:u1" not in again_first.writes, "a redelivery never rewinds the table"
+    # once committed, the history goes and an old version is merely stale
+    h.event(user_event(4, first_name="C"), offset=12, committed=12)
+    assert [item[0] for item in h.table["e|user:u1"]["h"]] == [12]
+    stale = h.r.on_directory_event(user_event(3, first_name="B"), Coords("users", 0, 11), 12)
+    assert stale.outcome == "stale" and stale.sends == [] and stale.writes == {}
+
+
+# -- application instances ----------------------------------------------------------------------
+
+
+def test_instance_mismatch_blocks_its_access_with_a_journal_entry_until_fixed() -> None:
+    h = Harness(partitions=2)
+    h.fact(kind=FactKind.REGISTRY, subject="business", present=True, uri=URI, license_fingerprint=FP_A)
+    for app in ("document_center", "reporting"):
+        h.fact(kind=FactKind.REGISTRY, subject=app, present=False)
+    h.fact(kind=FactKind.CATALOGUE, subject="business:roles:Regnskap")
+    h.event(instance_event(1, fingerprint=FP_B), partition=0)
+    blocked = [r for r in h.results if r.kind == "journal.instance_mismatch"]
+    assert blocked and blocked[0].outcome is ResultOutcome.BLOCKED
+    assert "license key" in blocked[0].details["message"] and FP_B not in blocked[0].model_dump_json()
+    assert h.r.identities(1).verdict(ApplicationType.BUSINESS).blocked
+
+    h.fact(kind=FactKind.USER, subject="u1", cloud_id="cu-1")
+    h.fact(kind=FactKind.COMPANY, subject="c1", cloud_id="cc-1")
+    h.event(user_event(2, access=(access("c1"),)), partition=1)
+    assert h.results[-1].outcome is ResultOutcome.BLOCKED
+    assert not [o for o in h.ops if isinstance(o, AssignAccess)]
+
+    h.event(instance_event(2, fingerprint=FP_A), partition=0)  # the operator fixed the license key
+    (assign,) = [o for o in h.ops if isinstance(o, AssignAccess)]
+    assert assign.cloud_company_id == "cc-1"
+    assert any(r.kind == "journal.instance_mismatch" for r in h.results)
+
+
+def test_an_instance_the_cloud_lacks_is_registered_and_its_result_verifies_it() -> None:
+    h = Harness()
+    h.connect()
+    h.event(instance_event(1))
+    (register,) = [o for o in h.ops if isinstance(o, RegisterApplicationInstance)]
+    assert h.r.identities(0).verdict(ApplicationType.BUSINESS).blocked is False
+    h.result(register, None, details={"uri": URI, "license_fingerprint": FP_A})
+    assert h.table["k|0|registry:business"]["present"] is True
+
+
+def test_before_connect_the_instance_is_unverified_and_the_journal_says_so() -> None:
+    h = Harness()
+    h.event(instance_event(1))
+    (entry,) = [r for r in h.results if r.kind == "journal.instance_unverified"]
+    assert "vudsync connect" in entry.details["message"]
+    h.connect()
+    assert not h.r.identities(0).verdict(ApplicationType.BUSINESS).blocked
+
+
+# -- the accidental-delete gate -----------------------------------------------------------------
+
+
+def _deletes(h: Harness, n: int) -> None:
+    for i in range(n):
+        h.event(user_event(2, state=user_state(f"u{i}")), partition=i % h.partitions)
+    for i in range(n):
+        h.event(user_event(3, op=Op.DELETE, state=user_state(f"u{i}")), partition=i % h.partitions)
+
+
+def test_deletions_under_the_threshold_go_and_the_rest_are_held_until_approved() -> None:
+    h = Harness(partitions=2, settings=PlannerSettings(deletes_threshold=3))
+    h.connect()
+    _deletes(h, 5)
+    deactivated = [o for o in h.ops if isinstance(o, DeactivateUser)]
+    assert len(deactivated) == 3
+    held = [r for r in h.results if r.outcome is ResultOutcome.HELD]
+    assert {r.entity_id for r in held} == {"u3", "u4"} and all(r.kind == "user.deactivate" for r in held)
+    assert "vudsync deletes approve" in held[0].details["reason"]
+    assert h.r.held_deletions() == 2
+    approve = DeletionsDecided(approve=True, operator="ops@fjord.no", decided_at=T0)
+    h.perform(h.r.on_control(approve, Coords("control", 0, 1)))
+    assert len([o for o in h.ops if isinstance(o, DeactivateUser)]) == 5
+    assert h.r.held_deletions() == 0 and h.r.parked() == 0
+    # the approved operations carry the ids the held results named: the journal closes them
+    assert {r.operation_id for r in held} <= {o.operation_id for o in h.ops}
+
+
+def test_rejected_deletions_are_never_applied_and_say_so() -> None:
+    h = Harness(settings=PlannerSettings(deletes_threshold=1))
+    h.connect()
+    _deletes(h, 3)
+    h.perform(
+        h.r.on_control(DeletionsDecided(approve=False, operator="ops", decided_at=T0), Coords("c", 0, 1))
+    )
+    assert len([o for o in h.ops if isinstance(o, DeactivateUser)]) == 1
+    rejected = [r for r in h.results if r.outcome is ResultOutcome.REJECTED]
+    assert {r.entity_id for r in rejected} == {"u1", "u2"} and h.r.parked() == 0
+
+
+def test_a_request_asked_again_gets_the_same_answer() -> None:
+    h = Harness(settings=PlannerSettings(deletes_threshold=5))
+    h.connect()
+    h.event(user_event(2))
+    fx = h.event(user_event(3, op=Op.DELETE))
+    (request,) = [s.value for s in fx.sends if s.role == "control"]
+    again = h.r.on_control(request, Coords("control", 0, 50))
+    (decision,) = [s.value for s in again.sends]
+    assert decision.decision is Decision.GRANTED and again.writes == {}
+
+
+def test_gate_counts_within_the_window_and_by_percentage() -> None:
+    s = PlannerSettings(deletes_threshold=2, deletes_window_seconds=60)
+    state = deletions.GateState()
+    answers = []
+    for t in (0, 10, 100, 110, 115):
+        state, decision = deletions.on_request(state, committed_at=t, partition=0, live=1000, settings=s)
+        answers.append(decision)
+    assert answers == [Decision.GRANTED, Decision.GRANTED, Decision.GRANTED, Decision.GRANTED, None]
+    assert state.holding and state.held == 1
+    state, decision = deletions.on_request(state, committed_at=10_000, partition=0, live=1000, settings=s)
+    assert decision is None and state.held == 2, "holding: everything waits for the operator"
+    state, decision = deletions.on_operator(state, approve=True)
+    assert decision is Decision.APPROVED and not state.holding and state.window == ()
+
+    pct = PlannerSettings(deletes_threshold=500, deletes_threshold_percent=10.0)
+    state = deletions.GateState()
+    for partition in (0, 1):
+        state, _ = deletions.on_request(state, committed_at=0, partition=partition, live=10, settings=pct)
+    state, decision = deletions.on_request(state, committed_at=1, partition=0, live=10, settings=pct)
+    assert decision is None, "3 of 20 live entities is more than 10 %"
+    assert deletions.GateState.from_json(state.to_json()) == state
+
+
+def test_upserts_are_unaffected_by_the_gate() -> None:
+    h = Harness(settings=PlannerSettings(deletes_threshold=0))
+    h.connect()
+    h.event(user_event(2))
+    assert kinds(h.ops) == ["user.upsert"] and isinstance(h.ops[0], UpsertUser)

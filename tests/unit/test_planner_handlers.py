@@ -1,0 +1,181 @@
+"""Faust's sharp edges, pinned: no exception escapes the agent (each failure is retried, parked
+or dead-lettered), effects go out in their order, and the agent runs with concurrency 1.
+
+The shell is driven with a small in-memory topic fake (the unit tier has no broker); the same
+shell runs against the real broker in tests/integration/test_planner_faust.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka.errors import KafkaTimeoutError
+from prometheus_client import CollectorRegistry
+
+from processors.engine import Effects, Reconciler, Send
+from processors.handlers import PlannerHandlers
+from processors.metrics import PlannerMetrics
+from processors.model import Identities, PlannerSettings
+from processors.planner import plan
+from schemas.deadletter import HEADER_EXCEPTION, HEADER_REASON, HEADER_STAGE, headers_dict
+from schemas.topics import DIRECTORY_TOPICS
+from tests.factories import T0, user_event
+from vudsync.settings import Settings
+
+
+@dataclass
+class FakeTopic:
+    """Records what is sent; fails the first ``fail`` sends with a broker timeout."""
+
+    sent: list[dict[str, Any]] = field(default_factory=list)
+    fail: int = 0
+    log: list[str] | None = None
+    name: str = ""
+
+    async def send(self, **kw: Any) -> asyncio.Future[None]:
+        if self.fail:
+            self.fail -= 1
+            raise KafkaTimeoutError("broker gone")
+        self.sent.append(kw)
+        if self.log is not None:
+            self.log.append(f"send:{self.name}")
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+
+class FakeTopics:
+    def __init__(self, log: list[str]) -> None:
+        self.topics = {
+            r: FakeTopic(log=log, name=r) for r in ("operations", "results", "facts", "control", "dlq")
+        }
+        self.dlq = self.topics["dlq"]
+
+    def by_role(self, role: str) -> FakeTopic:
+        return self.topics[role]
+
+
+class LoggingTable(dict[str, Any]):
+    def __init__(self, log: list[str]) -> None:
+        super().__init__()
+        self.log = log
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.log.append(f"write:{key}")
+        super().__setitem__(key, value)
+
+
+@dataclass
+class Message:
+    topic: str
+    value: bytes | None
+    partition: int = 0
+    offset: int = 7
+    key: bytes | None = b"u1"
+
+
+@dataclass
+class Event:
+    message: Message
+
+
+def _handlers(reconciler: Any = None) -> tuple[PlannerHandlers, FakeTopics, list[str]]:
+    log: list[str] = []
+    table = LoggingTable(log)
+    topics = FakeTopics(log)
+    reconciler = reconciler or Reconciler(table, PlannerSettings(), 1, lambda: T0)
+    handlers = PlannerHandlers(
+        reconciler, table, topics, PlannerMetrics(CollectorRegistry()), lambda t, p: None
+    )  # type: ignore[arg-type]
+    return handlers, topics, log
+
+
+def _users_topic() -> str:
+    from schemas.directory import EntityType
+
+    return DIRECTORY_TOPICS[EntityType.USER].name
+
+
+async def test_a_planning_failure_is_dead_lettered_and_the_agent_goes_on() -> None:
+    class Broken(Reconciler):
+        def on_directory_event(self, *args: Any) -> Effects:
+            raise RuntimeError("a bug")
+
+    handlers, topics, _ = _handlers(Broken({}, PlannerSettings(), 1, lambda: T0))
+    raw = user_event(3).model_dump_json().encode()
+    await handlers.on_message(Event(Message(_users_topic(), raw)))  # type: ignore[arg-type]
+    (dead,) = topics.dlq.sent
+    headers = headers_dict(dead["headers"])
+    assert headers[HEADER_STAGE] == "plan" and headers[HEADER_EXCEPTION] == "RuntimeError"
+    assert "a bug" in headers[HEADER_REASON] and dead["value"] == raw
+
+
+async def test_undecodable_input_is_dead_lettered_with_stage_decode() -> None:
+    handlers, topics, _ = _handlers()
+    for value in (b"not json", b'{"entity": "user"}', user_event(3).model_dump_json().encode()):
+        topic = "vud.directory.companies" if value.startswith(b'{"event_id"') else _users_topic()
+        await handlers.on_message(Event(Message(topic, value)))  # type: ignore[arg-type]
+    stages = [headers_dict(d["headers"])[HEADER_STAGE] for d in topics.dlq.sent]
+    reasons = [headers_dict(d["headers"])[HEADER_REASON] for d in topics.dlq.sent]
+    assert stages == ["decode"] * 3
+    assert reasons[0].startswith("not JSON") and reasons[1].startswith("wrong shape")
+    assert reasons[2] == "a user event on the company topic"
+    await handlers.on_message(Event(Message(_users_topic(), None)))  # type: ignore[arg-type]
+    assert len(topics.dlq.sent) == 3, "a tombstone is compaction's, not a dead letter"
+
+
+async def test_a_broker_refusing_a_record_is_retried_until_it_takes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("processors.handlers.MAX_BACKOFF", 0.01)
+    handlers, topics, _ = _handlers()
+    topics.topics["operations"].fail = 2
+    await handlers.on_message(Event(Message(_users_topic(), user_event(3).model_dump_json().encode())))  # type: ignore[arg-type]
+    (op,) = topics.topics["operations"].sent
+    assert op["key"] == b"user:u1" and topics.dlq.sent == []
+    assert handlers.metrics.retries.labels(reason="KafkaTimeoutError")._value.get() == 2
+
+
+async def test_effects_go_out_in_order_sends_then_acks_then_writes() -> None:
+    class Scripted(Reconciler):
+        def on_directory_event(self, *args: Any) -> Effects:
+            fx = Effects(acks_first=True)
+            op = plan(None, user_event(3), Identities(), PlannerSettings(), now=T0).operations[0]
+            fx.sends.append(Send("operations", "user:u1", op))
+            fx.writes = {"a": 1, "b": None}
+            return fx
+
+    handlers, _, log = _handlers(Scripted({}, PlannerSettings(), 1, lambda: T0))
+    handlers.table["b"] = 0
+    log.clear()
+    await handlers.on_message(Event(Message(_users_topic(), user_event(3).model_dump_json().encode())))  # type: ignore[arg-type]
+    assert log == ["send:operations", "write:a"] and "b" not in handlers.table
+
+
+async def test_cancellation_is_not_swallowed() -> None:
+    class Slow(Reconciler):
+        def on_directory_event(self, *args: Any) -> Effects:
+            raise asyncio.CancelledError
+
+    handlers, topics, _ = _handlers(Slow({}, PlannerSettings(), 1, lambda: T0))
+    with pytest.raises(asyncio.CancelledError):
+        await handlers.on_message(Event(Message(_users_topic(), user_event(3).model_dump_json().encode())))  # type: ignore[arg-type]
+    assert topics.dlq.sent == []
+
+
+def test_the_agent_runs_with_concurrency_one_and_no_global_table(tmp_path: Path) -> None:
+    import faust
+
+    from processors.service import build_planner
+
+    app = build_planner(Settings(home=tmp_path), "localhost:9092", CollectorRegistry())
+    (agent,) = app.agents.values()
+    assert agent.concurrency == 1
+    tables = list(app.tables.values())
+    assert [t.name for t in tables] == ["state"]
+    assert not any(isinstance(t, faust.GlobalTable) for t in tables)
+    assert app.conf.table_standby_replicas == 0 and app.conf.processing_guarantee.value == "at_least_once"

@@ -1,0 +1,559 @@
+"""Properties of planning, over whole simulated pipelines (hypothesis).
+
+The simulation is the pipeline with its I/O replaced by queues: directory events per entity
+(Kafka keeps order per key), operations per aggregate, results, facts and control messages per
+partition, and a model of the cloud that matches as the sink does (users by external id, then
+e-mail case-insensitively; companies by external id, then normalised organisation number).
+Hypothesis picks which queue moves next — reordering different entities, interleaving the
+sink and the planner — and redelivers events already delivered (duplicates, at least once).
+The reconciler under test is the very class the Faust worker runs.
+
+Properties:
+
+1. whatever the interleaving, the cloud converges to the latest directory state;
+2. the same input plans the same operation ids, whatever the interleaving;
+3. no assignment is ever planned before its prerequisites are known — the cloud already has
+   its user, its company and the catalogue entries it names when the planner emits it.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from processors.control import DeletionsDecided
+from processors.engine import Coords, Effects, Reconciler
+from processors.model import PlannerSettings, slot_of
+from schemas.directory import (
+    ApplicationInstanceState,
+    ApplicationType,
+    CompanyAccess,
+    CompanyState,
+    EntityType,
+    RoleState,
+    ServiceAccess,
+    UserState,
+    normalise_organisation_number,
+)
+from schemas.events import (
+    ApplicationInstanceChanged,
+    CompanyChanged,
+    DirectoryEvent,
+    Op,
+    RoleChanged,
+    Source,
+    UserChanged,
+    event_id_for,
+)
+from schemas.operations import (
+    AssignAccess,
+    CloudOperation,
+    DeactivateUser,
+    RegisterApplicationInstance,
+    RemoveCatalogueEntry,
+    RevokeAccess,
+    UpsertCatalogueEntry,
+    UpsertCompany,
+    UpsertUser,
+)
+from schemas.results import FactKind, OperationResult, PlannerFact, ResultOutcome
+from tests.factories import T0
+
+PARTITIONS = 2
+USERS = ("u0", "u1", "u2")
+COMPANIES = {"c0": "923609016", "c1": "914778271"}
+ROLES = ("Regnskap", "Lønn")
+URI, FP = "https://vb.fjord.local", "hmac-sha256:" + "c" * 64
+BUSINESS = ApplicationType.BUSINESS
+
+
+def partition_of(key: str) -> int:
+    return zlib.crc32(key.encode()) % PARTITIONS
+
+
+# -- the directory: changes → events ------------------------------------------------------------
+
+
+@st.composite
+def user_changes(draw: st.DrawFn) -> tuple[str, str, dict[str, Any] | None]:
+    uid = draw(st.sampled_from(USERS))
+    if draw(st.integers(0, 5)) == 0:
+        return ("user", uid, None)  # removed on premise
+    access = {
+        cid: draw(st.lists(st.sampled_from(ROLES), min_size=1, max_size=2, unique=True))
+        for cid in draw(st.lists(st.sampled_from(sorted(COMPANIES)), max_size=2, unique=True))
+    }
+    return (
+        "user",
+        uid,
+        {
+            "email": draw(st.sampled_from([f"{uid}@firma.no", f"{uid.upper()}@Firma.no"])),
+            "first_name": draw(st.sampled_from(["Kari", "Åse", "Ørjan"])),
+            "active": draw(st.booleans()),
+            "access": access,
+        },
+    )
+
+
+@st.composite
+def company_changes(draw: st.DrawFn) -> tuple[str, str, dict[str, Any] | None]:
+    cid = draw(st.sampled_from(sorted(COMPANIES)))
+    digits = COMPANIES[cid]
+    org = draw(st.sampled_from([digits, f"{digits[:3]} {digits[3:6]} {digits[6:]}"]))
+    return ("company", cid, {"name": draw(st.sampled_from(["Fjord AS", "Fjord Holding AS"])), "org": org})
+
+
+changes = st.lists(st.one_of(user_changes(), company_changes()), min_size=1, max_size=14)
+
+
+def _source(seq: int) -> Source:
+    return Source(store="sqlite", db="sim.db", seq=seq, committed_at=T0 + timedelta(seconds=seq))
+
+
+def _event(kind: str, entity_id: str, seq: int, op: Op, data: dict[str, Any]) -> DirectoryEvent:
+    common: dict[str, Any] = {
+        "entity_id": entity_id,
+        "version": seq,
+        "op": op,
+        "ts": T0,
+        "source": _source(seq),
+    }
+    if kind == "user":
+        access = tuple(
+            CompanyAccess(company_id=cid, services={BUSINESS: ServiceAccess(roles=tuple(sorted(roles)))})
+            for cid, roles in sorted(data["access"].items())
+        )
+        state = UserState(
+            id=entity_id,
+            username=entity_id,
+            email=data["email"],
+            first_name=data["first_name"],
+            active=data["active"],
+            access=access,
+        )
+        return UserChanged(event_id=event_id_for(EntityType.USER, entity_id, seq, op), state=state, **common)
+    if kind == "company":
+        company = CompanyState(id=entity_id, name=data["name"], organisation_number=data["org"])
+        return CompanyChanged(
+            event_id=event_id_for(EntityType.COMPANY, entity_id, seq, op), state=company, **common
+        )
+    if kind == "role":
+        role = RoleState(id=entity_id, application=BUSINESS, name=entity_id.split(":")[1])
+        return RoleChanged(event_id=event_id_for(EntityType.ROLE, entity_id, seq, op), state=role, **common)
+    instance = ApplicationInstanceState(id="business", application=BUSINESS, uri=URI, license_fingerprint=FP)
+    return ApplicationInstanceChanged(
+        event_id=event_id_for(EntityType.APPLICATION_INSTANCE, "business", seq, op), state=instance, **common
+    )
+
+
+@dataclass
+class Directory:
+    """The on-premise directory after the changes, and the events it emitted (per entity)."""
+
+    events: dict[str, list[DirectoryEvent]] = field(default_factory=lambda: defaultdict(list))
+    users: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    companies: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # companies changed after their first event: a company linked by organisation number keeps
+    # its cloud details (for review) until the next change is sent as an update
+    changed: set[str] = field(default_factory=set)
+
+    @classmethod
+    def build(cls, changes: list[tuple[str, str, dict[str, Any] | None]]) -> Directory:
+        d = cls()
+        seq = 0
+
+        def emit(kind: str, eid: str, op: Op, data: dict[str, Any]) -> None:
+            nonlocal seq
+            seq += 1
+            d.events[f"{kind}:{eid}"].append(_event(kind, eid, seq, op, data))
+
+        emit("instance", "business", Op.READ, {})
+        for role in ROLES:
+            emit("role", f"business:{role}", Op.READ, {})
+        for cid, digits in COMPANIES.items():  # companies the users refer to exist first
+            d.companies[cid] = {"name": "Fjord AS", "org": digits}
+            emit("company", cid, Op.READ, d.companies[cid])
+        for kind, eid, data in changes:
+            if kind == "company":
+                assert data is not None
+                if data != d.companies[eid]:
+                    d.changed.add(eid)
+                d.companies[eid] = data
+                emit("company", eid, Op.UPDATE, data)
+            elif data is None:
+                last = d.users.get(eid)
+                if last is not None:
+                    emit("user", eid, Op.DELETE, last)
+                    d.users[eid] = None
+            else:
+                emit("user", eid, Op.CREATE if d.users.get(eid) is None else Op.UPDATE, data)
+                d.users[eid] = data
+        return d
+
+
+# -- the cloud, as the sink and the reference API behave ----------------------------------------
+
+
+class Cloud:
+    def __init__(self) -> None:
+        # already in the cloud before connecting: a company with the same organisation number
+        # (other name) and a user whose e-mail differs only in case — both unlinked
+        self.companies: dict[str, dict[str, Any]] = {
+            "cc-pre": {"external_id": None, "org": "923609016", "name": "Fjord Regnskap AS"}
+        }
+        self.users: dict[str, dict[str, Any]] = {
+            "cu-pre": {"external_id": None, "email": "U1@FIRMA.NO", "first_name": "?", "active": True}
+        }
+        self.access: dict[tuple[str, str], dict[str, Any]] = {}
+        self.catalogue: set[str] = set()
+        self.registry: dict[str, tuple[str, str]] = {"business": (URI, FP)}
+        self.ledger: dict[str, tuple[str | None, str, dict[str, Any]]] = {}
+        self.effects: list[str] = []
+        self._n = 0
+
+    def _new(self, prefix: str) -> str:
+        self._n += 1
+        return f"{prefix}-{self._n}"
+
+    def _user(self, op: UpsertUser | DeactivateUser) -> str | None:
+        if isinstance(op, UpsertUser) and op.cloud_id in self.users:
+            return op.cloud_id
+        for cid, u in self.users.items():
+            if u["external_id"] == op.entity_id:
+                return cid
+        for cid, u in self.users.items():
+            if u["email"].lower() == op.email.lower():
+                return cid
+        return None
+
+    def apply(self, op: CloudOperation) -> tuple[str | None, str, dict[str, Any]]:
+        """Apply once per operation id (the ledger / idempotency keys); returns the result."""
+        if op.operation_id in self.ledger:
+            return self.ledger[op.operation_id]
+        out = self._apply(op)
+        self.ledger[op.operation_id] = out
+        self.effects.append(op.operation_id)
+        return out
+
+    def _apply(self, op: CloudOperation) -> tuple[str | None, str, dict[str, Any]]:
+        if isinstance(op, UpsertUser):
+            cid = self._user(op)
+            if cid is None:
+                cid = self._new("cu")
+                self.users[cid] = {"external_id": op.entity_id}
+            user = self.users[cid]
+            if user["external_id"] not in (None, op.entity_id):
+                raise AssertionError(f"{op.entity_id} would take over another user's cloud account")
+            user.update(external_id=op.entity_id, email=op.email, first_name=op.first_name, active=op.active)
+            return cid, "upserted", {}
+        if isinstance(op, DeactivateUser):
+            cid = self._user(op)
+            if cid is not None:
+                self.users[cid]["active"] = False
+            return cid, "deactivated", {}
+        if isinstance(op, UpsertCompany):
+            for cid, c in self.companies.items():
+                if c["external_id"] == op.entity_id:
+                    c.update(name=op.name, org=op.organisation_number)
+                    return cid, "updated", {}
+            for cid, c in self.companies.items():
+                if c["org"] == op.organisation_number and c["external_id"] is None:
+                    c["external_id"] = op.entity_id
+                    review = ["name"] if c["name"] != op.name else []
+                    return cid, "linked", {"review": review} if review else {}
+            cid = self._new("cc")
+            self.companies[cid] = {
+                "external_id": op.entity_id,
+                "org": op.organisation_number,
+                "name": op.name,
+            }
+            return cid, "created", {}
+        if isinstance(op, AssignAccess):
+            self.check_prerequisites(op)
+            services = {app.value: svc.roles for app, svc in op.services.items()}
+            self.access[(op.cloud_user_id, op.cloud_company_id)] = services  # type: ignore[index]
+            return op.cloud_user_id, "assigned", {}
+        if isinstance(op, RevokeAccess):
+            self.check_prerequisites(op)
+            self.access.pop((op.cloud_user_id, op.cloud_company_id), None)  # type: ignore[arg-type]
+            return op.cloud_user_id, "revoked", {}
+        if isinstance(op, UpsertCatalogueEntry):
+            self.catalogue.add(f"{op.application.value}:{op.catalogue}:{op.name}")
+            return None, "published", {}
+        if isinstance(op, RemoveCatalogueEntry):
+            self.catalogue.discard(f"{op.application.value}:{op.catalogue}:{op.name}")
+            return None, "removed", {}
+        if isinstance(op, RegisterApplicationInstance):
+            self.registry[op.application.value] = (op.uri, op.license_fingerprint)
+            return None, "registered", {"uri": op.uri, "license_fingerprint": op.license_fingerprint}
+        raise AssertionError(f"unexpected {op.kind}")
+
+    def check_prerequisites(self, op: AssignAccess | RevokeAccess) -> None:
+        """Property 3: what the operation needs exists in the cloud, under the right ids."""
+        user = self.users.get(op.cloud_user_id or "")
+        company = self.companies.get(op.cloud_company_id or "")
+        assert user is not None and user["external_id"] == op.user_id, f"{op.kind} before its user"
+        assert company is not None and company["external_id"] == op.company_id, (
+            f"{op.kind} before its company"
+        )
+        if isinstance(op, AssignAccess):
+            for app, svc in op.services.items():
+                for role in svc.roles:
+                    assert f"{app.value}:roles:{role}" in self.catalogue, f"{op.kind} before role {role}"
+
+
+# -- the pipeline -------------------------------------------------------------------------------
+
+
+class Pipeline:
+    def __init__(self, directory: Directory) -> None:
+        self.table: dict[str, Any] = {}
+        self.clock_n = 0
+        self.planner = Reconciler(
+            self.table, PlannerSettings(deletes_threshold=10_000), PARTITIONS, lambda: T0 + timedelta(hours=1)
+        )
+        self.cloud = Cloud()
+        self.directory: dict[str, deque[DirectoryEvent]] = {k: deque(v) for k, v in directory.events.items()}
+        self.delivered: list[tuple[DirectoryEvent, int]] = []
+        self.ops: dict[str, deque[CloudOperation]] = defaultdict(deque)
+        self.inbox: dict[tuple[str, int], deque[Any]] = defaultdict(deque)  # (results|facts|control, p)
+        self.planned_ids: set[str] = set()
+        self.planned: dict[str, Any] = {}
+        self.offset = 0
+        # `vudsync connect`: the registry of every application, nothing linked yet
+        for app in ApplicationType:
+            reg = self.cloud.registry.get(app.value)
+            fact = PlannerFact(
+                kind=FactKind.REGISTRY,
+                subject=app.value,
+                present=reg is not None,
+                uri=reg[0] if reg else None,
+                license_fingerprint=reg[1] if reg else None,
+                observed_at=T0,
+                source="connect",
+            )
+            for p in range(PARTITIONS):
+                self.inbox[("facts", p)].append(fact)
+
+    def _coords(self, topic: str, p: int) -> Coords:
+        self.offset += 1
+        return Coords(topic, p, self.offset)
+
+    def perform(self, fx: Effects) -> None:
+        for s in fx.sends:
+            if s.role == "operations":
+                op: Any = s.value
+                if isinstance(op, AssignAccess | RevokeAccess):
+                    self.cloud.check_prerequisites(op)  # property 3, at the moment it is planned
+                self.planned_ids.add(op.operation_id)
+                self.planned[op.operation_id] = op
+                self.ops[op.aggregate].append(op)
+            elif s.role == "results":
+                pass  # journal entries: not needed to converge
+            else:
+                p = s.partition if s.partition is not None else partition_of(s.key)
+                self.inbox[(s.role, p)].append(s.value)
+        for key, value in fx.writes.items():
+            if value is None:
+                self.table.pop(key, None)
+            else:
+                self.table[key] = value
+
+    # one step of each kind ------------------------------------------------------------------
+
+    def deliver_event(self, key: str) -> None:
+        ev = self.directory[key].popleft()
+        self._plan(ev)
+
+    def redeliver(self, index: int) -> None:
+        ev, _ = self.delivered[index % len(self.delivered)]
+        self._plan(ev, again=True)
+
+    def _plan(self, ev: DirectoryEvent, again: bool = False) -> None:
+        p = partition_of(ev.entity_id)
+        if not again:
+            self.delivered.append((ev, p))
+        self.perform(self.planner.on_directory_event(ev, self._coords(f"dir.{ev.entity.value}", p), None))
+
+    def apply_next(self, aggregate: str) -> None:
+        op = self.ops[aggregate].popleft()
+        cloud_id, effect, details = self.cloud.apply(op)
+        result = OperationResult(
+            operation_id=op.operation_id,
+            kind=op.kind,
+            aggregate=op.aggregate,
+            entity=op.entity,
+            entity_id=op.entity_id,
+            source_version=op.source_version,
+            outcome=ResultOutcome.APPLIED,
+            cloud_id=cloud_id,
+            effect=effect,
+            details=details,
+            source_committed_at=op.source_committed_at,
+            recorded_at=T0 + timedelta(hours=2, seconds=self.offset),
+        )
+        self.inbox[("results", partition_of(op.entity_id))].append(result)
+
+    def receive(self, box: tuple[str, int]) -> None:
+        msg = self.inbox[box].popleft()
+        role, p = box
+        coords = self._coords(role, p)
+        if role == "results":
+            self.perform(self.planner.on_result(msg, coords))
+        elif role == "facts":
+            self.perform(self.planner.on_fact(msg, coords))
+        else:
+            self.perform(self.planner.on_control(msg, coords))
+
+    def choices(self) -> list[tuple[str, Any]]:
+        out: list[tuple[str, Any]] = [("event", k) for k, q in sorted(self.directory.items()) if q]
+        out += [("apply", a) for a, q in sorted(self.ops.items()) if q]
+        out += [("receive", b) for b, q in sorted(self.inbox.items()) if q]
+        return out
+
+    def step(self, choice: tuple[str, Any], dup: int | None) -> None:
+        if dup is not None and self.delivered:
+            self.redeliver(dup)
+        kind, arg = choice
+        if kind == "event":
+            self.deliver_event(arg)
+        elif kind == "apply":
+            self.apply_next(arg)
+        else:
+            self.receive(arg)
+
+    def drain(self) -> None:
+        for _ in range(100_000):
+            options = self.choices()
+            if not options:
+                return
+            self.step(options[0], None)
+        raise AssertionError("the pipeline does not settle")
+
+
+def run(directory: Directory, data: st.DataObject | None) -> Pipeline:
+    pipe = Pipeline(directory)
+    if data is not None:
+        for _ in range(data.draw(st.integers(0, 120), label="steps")):
+            options = pipe.choices()
+            if not options:
+                break
+            choice = data.draw(st.sampled_from(options), label="next")
+            dup = data.draw(st.one_of(st.none(), st.integers(0, 1000)), label="duplicate")
+            pipe.step(choice, dup)
+    pipe.drain()
+    return pipe
+
+
+def assert_converged(pipe: Pipeline, directory: Directory) -> None:
+    cloud = pipe.cloud
+    by_external = {u["external_id"]: cid for cid, u in cloud.users.items() if u["external_id"]}
+    companies = {c["external_id"]: cid for cid, c in cloud.companies.items() if c["external_id"]}
+    assert set(companies) == set(directory.companies)
+    orgs = [c["org"] for c in cloud.companies.values()]
+    assert len(orgs) == len(set(orgs)), "never two cloud companies for one organisation number"
+    assert companies["c0"] == "cc-pre", "linked to the existing company by its organisation number"
+    for cid, data in directory.companies.items():
+        company = cloud.companies[companies[cid]]
+        linked_unchanged = companies[cid] == "cc-pre" and cid not in directory.changed
+        name = "Fjord Regnskap AS" if linked_unchanged else data["name"]
+        assert (company["name"], company["org"]) == (name, normalise_organisation_number(data["org"]))
+    for uid, data in directory.users.items():
+        cloud_id = by_external.get(uid)
+        mine = {(u, c) for (u, c) in cloud.access if u == cloud_id}
+        if data is None:  # removed on premise: deactivated, its access revoked
+            assert cloud_id is None or cloud.users[cloud_id]["active"] is False
+            assert not mine
+            continue
+        assert cloud_id is not None, f"{uid} missing in the cloud"
+        user = cloud.users[cloud_id]
+        assert (user["email"], user["first_name"], user["active"]) == (
+            data["email"],
+            data["first_name"],
+            data["active"],
+        )
+        expected = {
+            (cloud_id, companies[c]): {"business": tuple(sorted(r))} for c, r in data["access"].items()
+        }
+        assert {k: cloud.access[k] for k in mine} == expected
+    if "u1" in directory.users:
+        assert by_external.get("u1") == "cu-pre", "matched by e-mail, case-insensitively"
+    assert pipe.planner.parked() == 0, "nothing waits once everything is known"
+
+
+# more examples for a deep run: VUDSYNC_PLANNER_EXAMPLES=2000 pytest tests/unit/test_planner_properties.py
+EXAMPLES = int(os.environ.get("VUDSYNC_PLANNER_EXAMPLES", "60"))
+PROFILE = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@PROFILE
+@given(changes, st.data())
+def test_any_interleaving_with_duplicates_converges_to_the_latest_directory_state(
+    changes: list[Any], data: st.DataObject
+) -> None:
+    directory = Directory.build(changes)
+    assert_converged(run(directory, data), directory)
+
+
+def final_ids(pipe: Pipeline) -> dict[tuple[str, str], str]:
+    """Per aggregate and slot, the id of the newest operation planned: the one the end state
+    comes from. (Which superseded operations went out before being superseded depends on
+    timing; the newest never does.)"""
+    newest: dict[tuple[str, str], Any] = {}
+    for op in pipe.planned.values():
+        key = (op.aggregate, slot_of(op))
+        if key not in newest or op.source_version > newest[key].source_version:
+            newest[key] = op
+    return {k: op.operation_id for k, op in newest.items()}
+
+
+@PROFILE
+@given(changes, st.data())
+def test_the_same_input_plans_the_same_operation_ids_whatever_the_interleaving(
+    changes: list[Any], data: st.DataObject
+) -> None:
+    directory = Directory.build(changes)
+    orderly = run(directory, None)
+    again = run(directory, None)
+    assert again.planned_ids == orderly.planned_ids and again.cloud.effects == orderly.cloud.effects
+    shuffled = run(directory, data)
+    assert final_ids(shuffled) == final_ids(orderly)
+    # whatever else went out is an operation of the same input: one the orderly run planned,
+    # or one that a newer version superseded before it could be sent there
+    for op_id in shuffled.planned_ids - orderly.planned_ids:
+        op = shuffled.planned[op_id]
+        assert op.source_version < final_version(orderly, op), (op.kind, op.entity_id, op.source_version)
+
+
+def final_version(pipe: Pipeline, op: Any) -> int:
+    return max(
+        o.source_version
+        for o in pipe.planned.values()
+        if o.aggregate == op.aggregate and slot_of(o) == slot_of(op)
+    )
+
+
+@PROFILE
+@given(changes, st.data())
+def test_held_deletions_approved_late_still_converge(changes: list[Any], data: st.DataObject) -> None:
+    """With a gate that holds every deletion, the state converges once an operator approves."""
+    directory = Directory.build(changes)
+    pipe = Pipeline(directory)
+    pipe.planner.settings = PlannerSettings(deletes_threshold=0)
+    for _ in range(data.draw(st.integers(0, 80), label="steps")):
+        options = pipe.choices()
+        if not options:
+            break
+        pipe.step(data.draw(st.sampled_from(options), label="next"), None)
+    pipe.drain()
+    approve = DeletionsDecided(approve=True, operator="ops", decided_at=T0)
+    pipe.inbox[("control", 0)].append(approve)
+    pipe.drain()
+    assert_converged(pipe, directory)

@@ -1,0 +1,236 @@
+"""Operations as writes and answers as outcomes (pure), and the httpx adapter's error
+translation with ``httpx.MockTransport`` (no socket)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from schemas.directory import ApplicationType, EntityType, ServiceAccess
+from schemas.operations import AssignAccess, RevokeAccess, UpsertCatalogueEntry, UpsertCompany, UpsertUser
+from sinks.errors import AuthenticationFailed, CloudRejected, CloudUnavailable, RateLimited
+from sinks.http_cloud import HttpCloudDirectory
+from sinks.ports import Applied
+from sinks.writes import error_for, excerpt, interpret, simple_write
+
+T = datetime(2026, 11, 27, 12, tzinfo=UTC)
+COMMON: dict[str, Any] = {
+    "source_version": 3,
+    "source_committed_at": T,
+    "planned_at": T,
+}
+
+
+def assign(op_id: str = "op-1", role: str = "Regnskap") -> AssignAccess:
+    return AssignAccess(
+        operation_id=op_id,
+        aggregate="user:u1",
+        entity=EntityType.USER,
+        entity_id="u1",
+        user_id="u1",
+        company_id="c1",
+        cloud_user_id="cu-1",
+        cloud_company_id="cc-1",
+        services={ApplicationType.BUSINESS: ServiceAccess(roles=(role,))},
+        **COMMON,
+    )
+
+
+def upsert_user(cloud_id: str | None = "cu-1", active: bool = True) -> UpsertUser:
+    return UpsertUser(
+        operation_id="op-u",
+        aggregate="user:u1",
+        entity=EntityType.USER,
+        entity_id="u1",
+        cloud_id=cloud_id,
+        username="kari",
+        email="kari@fjord.no",
+        first_name="Kari",
+        last_name="Ødegård",
+        language="nb",
+        active=active,
+        **COMMON,
+    )
+
+
+def test_simple_operations_map_to_one_idempotent_write() -> None:
+    write = simple_write(assign())
+    assert write is not None
+    assert (write.method, write.path, write.key) == ("PUT", "/v1/users/cu-1/access/cc-1", "op-1")
+    assert write.body == {
+        "services": {"business": {"roles": ["Regnskap"], "layout_groups": [], "modules": []}}
+    }
+    entry = UpsertCatalogueEntry(
+        operation_id="op-c",
+        aggregate="role:business:Lønn & HR",
+        entity=EntityType.ROLE,
+        entity_id="business:Lønn & HR",
+        application=ApplicationType.BUSINESS,
+        catalogue="roles",
+        name="Lønn & HR/2",
+        **COMMON,
+    )
+    write = simple_write(entry)
+    assert write is not None and write.path == "/v1/services/business/roles/L%C3%B8nn%20%26%20HR%2F2"
+    user = simple_write(upsert_user())
+    assert user is not None and (user.method, user.key) == ("PATCH", "op-u:update")
+    assert user.ok_statuses == (404,)
+
+
+def test_operations_without_a_known_cloud_id_are_multi_step() -> None:
+    assert simple_write(upsert_user(cloud_id=None)) is None
+    company = UpsertCompany(
+        operation_id="op-co",
+        aggregate="company:c1",
+        entity=EntityType.COMPANY,
+        entity_id="c1",
+        name="Fjord AS",
+        organisation_number="974760673",
+        country="NO",
+        status="active",
+        **COMMON,
+    )
+    assert simple_write(company) is None
+    parked = RevokeAccess(
+        operation_id="op-r", aggregate="user:u1", entity=EntityType.USER, entity_id="u1",
+        user_id="u1", company_id="c1", **COMMON,
+    )  # fmt: skip
+    assert simple_write(parked) is None
+
+
+def test_answers_become_outcomes_or_ask_for_the_full_path() -> None:
+    assert interpret(assign(), 200, {}, True) == Applied("assigned", "cu-1", True)
+    user_body = {"id": "cu-1", "external_id": "u1", "active": True}
+    assert interpret(upsert_user(), 200, user_body, False) == Applied("updated", "cu-1", False)
+    # stale cloud id, other external id, or the active flag differs: the full path finishes it
+    assert interpret(upsert_user(), 404, {"error": "not_found"}, False) is None
+    assert interpret(upsert_user(), 200, {**user_body, "external_id": "x"}, False) is None
+    assert interpret(upsert_user(active=True), 200, {**user_body, "active": False}, False) is None
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "retry_after"),
+    [
+        (500, CloudUnavailable, None),
+        (503, CloudUnavailable, 2.0),
+        (429, RateLimited, 1.0),
+        (401, AuthenticationFailed, None),
+        (403, AuthenticationFailed, None),
+        (422, CloudRejected, None),
+        (409, CloudRejected, None),
+    ],
+)
+def test_statuses_are_translated_once(status: int, error: type[Exception], retry_after: float | None) -> None:
+    exc = error_for("PUT /v1/x", status, "body", retry_after)
+    assert isinstance(exc, error)
+    if retry_after is not None:
+        assert getattr(exc, "retry_after", None) == retry_after
+
+
+def test_excerpts_never_carry_secrets() -> None:
+    assert excerpt('{"error":"validation_error"}') == '{"error":"validation_error"}'
+    assert "withheld" in excerpt('{"client_secret":"hunter2"}')
+    assert "withheld" in excerpt('{"license_key": "ABC"}')
+    assert len(excerpt("x" * 5000)) == 300
+
+
+# -- the adapter over a mock transport ------------------------------------------------
+
+
+class FakeCloud:
+    """Answers like the cloud API would; counts requests per path."""
+
+    def __init__(self, *, secret_ok: bool = True, batch_answers: list[dict[str, Any]] | None = None) -> None:
+        self.secret_ok = secret_ok
+        self.batch_answers = batch_answers
+        self.calls: list[str] = []
+        self.tokens = 0
+        self.reject_token: str | None = None
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.calls.append(f"{request.method} {request.url.path}")
+        if request.url.path == "/oauth/token":
+            if not self.secret_ok:
+                return httpx.Response(401, json={"error": "invalid_client"})
+            self.tokens += 1
+            return httpx.Response(200, json={"access_token": f"t{self.tokens}", "expires_in": 3600})
+        if request.headers.get("authorization") == f"Bearer {self.reject_token}":
+            return httpx.Response(401, json={"error": "invalid_token"})
+        if request.url.path == "/v1/batch":
+            items = json.loads(request.content)["requests"]
+            answers = self.batch_answers or [{"status": 200, "body": {}, "headers": {}} for _ in items]
+            return httpx.Response(200, json={"responses": answers})
+        if request.url.path.endswith("/access/cc-1"):
+            return httpx.Response(200, json={}, headers={"Idempotent-Replayed": "true"})
+        return httpx.Response(503, json={"error": "injected_fault"}, headers={"Retry-After": "2"})
+
+
+def adapter(fake: FakeCloud) -> HttpCloudDirectory:
+    return HttpCloudDirectory("http://cloud", "vudsync", "s3cret", transport=httpx.MockTransport(fake))
+
+
+async def test_a_401_refreshes_the_token_once() -> None:
+    fake = FakeCloud()
+    cloud = adapter(fake)
+    await cloud.apply(assign())
+    fake.reject_token = "t1"  # the first token is revoked
+    applied = await cloud.apply(assign("op-2"))
+    assert applied.replayed and fake.tokens == 2
+    assert fake.calls.count("POST /oauth/token") == 2
+    await cloud.aclose()
+
+
+async def test_refused_credentials_are_remembered_no_request_storm() -> None:
+    fake = FakeCloud(secret_ok=False)
+    cloud = adapter(fake)
+    for _ in range(20):
+        with pytest.raises(AuthenticationFailed) as raised:
+            await cloud.apply(assign())
+        assert "s3cret" not in str(raised.value)
+        assert raised.value.retry_after is not None and raised.value.retry_after > 0
+    assert fake.calls == ["POST /oauth/token"]  # one token request, then the cool-down
+    await cloud.aclose()
+
+
+async def test_server_errors_carry_retry_after() -> None:
+    cloud = adapter(FakeCloud())
+    with pytest.raises(CloudUnavailable) as raised:
+        await cloud.apply(upsert_user())
+    assert raised.value.retry_after == 2.0 and raised.value.status == 503
+    await cloud.aclose()
+
+
+async def test_connection_errors_and_timeouts_are_retryable() -> None:
+    def boom(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/oauth/token":
+            return httpx.Response(200, json={"access_token": "t", "expires_in": 60})
+        raise httpx.ReadTimeout("slow", request=request)
+
+    cloud = HttpCloudDirectory("http://cloud", "c", "s", transport=httpx.MockTransport(boom))
+    with pytest.raises(CloudUnavailable) as raised:
+        await cloud.apply(assign())
+    assert raised.value.reason == "timeout"
+    await cloud.aclose()
+
+
+async def test_batch_items_get_their_own_outcomes() -> None:
+    answers = [
+        {"status": 200, "body": {}, "headers": {"idempotent-replayed": "true"}},
+        {"status": 422, "body": {"error": "unknown_catalogue_entry"}, "headers": {}},
+        {"status": 500, "body": {"error": "internal_error"}, "headers": {}},
+        {"status": 404, "body": {"error": "not_found"}, "headers": {}},
+    ]
+    fake = FakeCloud(batch_answers=answers)
+    cloud = adapter(fake)
+    outcomes = await cloud.apply_batch([assign("a"), assign("b", "Nope"), assign("c"), upsert_user()])
+    assert outcomes[0] == Applied("assigned", "cu-1", True)
+    assert isinstance(outcomes[1], CloudRejected) and outcomes[1].status == 422
+    assert "unknown_catalogue_entry" in outcomes[1].excerpt
+    assert isinstance(outcomes[2], CloudUnavailable)
+    assert outcomes[3] is None  # stale cloud id: apply it alone, through the full path
+    assert fake.calls == ["POST /oauth/token", "POST /v1/batch"]
+    await cloud.aclose()

@@ -1,0 +1,594 @@
+"""``vudsync bench sink``: sink throughput against the local cloud API, on real parts.
+
+A run: a Kafka broker (``VUDSYNC_KAFKA_BOOTSTRAP``, else a temporary local one), the
+reference cloud API in a subprocess (fresh SQLite database), a workload of N operations
+written straight to ``vud.cloud.operations`` (built with the ``schemas`` models, so the
+planner is not measured), then 1 or 2 ``vudsync run sink`` child processes. The figure is
+the cloud's own: operations applied per second between the first and the last effect in
+its audit. Every run also checks the audit: one effect per idempotency key, none missing,
+per-aggregate order kept.
+
+The workload (also used by the sink's e2e tests): users that exist in the cloud, each with
+``ops_per_user`` operations on its aggregate (user upserts with a known cloud id and access
+assignments, alternating, every version different), plus catalogue upserts, each its own
+aggregate — all simple operations, the kind the batch endpoint carries.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+
+from schemas.codec import encode
+from schemas.directory import ApplicationType, EntityType, ServiceAccess
+from schemas.operations import (
+    AssignAccess,
+    CloudOperation,
+    UpsertCatalogueEntry,
+    UpsertUser,
+    operation_id_for,
+)
+from sinks.writes import simple_write
+
+ROLES = ("Regnskap", "Lønn", "Innkjøp", "Salg", "Revisor")
+
+
+@dataclass
+class SinkWorkload:
+    """Operations to feed, and what the cloud's audit must show afterwards."""
+
+    tag: str
+    operations: list[CloudOperation] = field(default_factory=list)
+    keys: dict[str, str] = field(default_factory=dict)  # idempotency key → aggregate
+    order: dict[str, list[str]] = field(default_factory=dict)  # aggregate → keys, in feed order
+    last_first_name: dict[str, str] = field(default_factory=dict)  # cloud user id → expected name
+
+    def add(self, op: CloudOperation) -> None:
+        write = simple_write(op)
+        assert write is not None, f"{op.kind} is not a simple operation"
+        self.operations.append(op)
+        self.keys[write.key] = op.aggregate
+        self.order.setdefault(op.aggregate, []).append(write.key)
+
+
+def _batch(api: httpx.Client, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for first in range(0, len(items), 500):
+        response = api.post("/v1/batch", json={"requests": items[first : first + 500]}, timeout=300)
+        response.raise_for_status()
+        out.extend(response.json()["responses"])
+    bad = [r for r in out if r["status"] >= 300]
+    if bad:
+        raise RuntimeError(f"workload set-up failed: {bad[:3]}")
+    return out
+
+
+def prepare_workload(
+    api: httpx.Client, n: int, *, ops_per_user: int = 4, catalogue_share: float = 0.2, tag: str | None = None
+) -> SinkWorkload:
+    """Create the users, companies and roles the operations need (in the cloud, not timed),
+    then build ``n`` operations. ``api`` is an authenticated client of the cloud."""
+    tag = tag or uuid.uuid4().hex[:8]
+    work = SinkWorkload(tag)
+    n_catalogue = int(n * catalogue_share)
+    n_users = max(1, (n - n_catalogue + ops_per_user - 1) // ops_per_user)
+    _batch(
+        api,
+        [
+            {
+                "idempotency_key": f"setup-{tag}-role-{r}",
+                "method": "PUT",
+                "path": f"/v1/services/business/roles/{r}",
+                "body": {"description": r},
+            }
+            for r in ROLES
+        ],
+    )
+    companies = _batch(
+        api,
+        [
+            {
+                "idempotency_key": f"setup-{tag}-c{c}",
+                "method": "POST",
+                "path": "/v1/companies",
+                "body": {
+                    "external_id": f"{tag}-c{c}",
+                    "name": f"Fjord {c} AS",
+                    "organisation_number": f"9{int(tag, 16) % 10**6:06d}{c:02d}",
+                },
+            }
+            for c in range(10)
+        ],
+    )
+    company_ids = [r["body"]["id"] for r in companies]
+    users = _batch(
+        api,
+        [
+            {
+                "idempotency_key": f"setup-{tag}-u{u}",
+                "method": "POST",
+                "path": "/v1/users",
+                "body": {
+                    "external_id": f"{tag}-u{u}",
+                    "email": f"bruker{u}.{tag}@fjord.no",
+                    "username": f"b{u}{tag}",
+                    "first_name": "Åse",
+                    "last_name": "Brækken",
+                    "language": "nb",
+                },
+            }
+            for u in range(n_users)
+        ],
+    )
+    now = datetime.now(UTC)
+    made = 0
+    per_user: list[list[CloudOperation]] = []
+    for u, answer in enumerate(users):
+        cloud_user = answer["body"]["id"]
+        entity_id = f"{tag}-u{u}"
+        ops: list[CloudOperation] = []
+        for version in range(1, ops_per_user + 1):
+            if made >= n - n_catalogue:
+                break
+            common: dict[str, Any] = {
+                "aggregate": f"user:{entity_id}",
+                "entity": EntityType.USER,
+                "entity_id": entity_id,
+                "source_version": version,
+                "source_committed_at": now,
+                "planned_at": now,
+            }
+            if version % 2:
+                name = f"Åse v{version}"
+                ops.append(
+                    UpsertUser(
+                        operation_id=operation_id_for("user.upsert", entity_id, version),
+                        cloud_id=cloud_user,
+                        username=f"b{u}{tag}",
+                        email=f"bruker{u}.{tag}@fjord.no",
+                        first_name=name,
+                        last_name="Brækken",
+                        language="nb",
+                        **common,
+                    )
+                )
+                work.last_first_name[cloud_user] = name
+            else:
+                company = company_ids[(u + version) % len(company_ids)]
+                ops.append(
+                    AssignAccess(
+                        operation_id=operation_id_for("access.assign", entity_id, version, company),
+                        user_id=entity_id,
+                        company_id=f"c{(u + version) % len(company_ids)}",
+                        cloud_user_id=cloud_user,
+                        cloud_company_id=company,
+                        services={
+                            ApplicationType.BUSINESS: ServiceAccess(
+                                roles=(ROLES[(u + version) % len(ROLES)],)
+                            )
+                        },
+                        **common,
+                    )
+                )
+            made += 1
+        per_user.append(ops)
+    catalogue: list[CloudOperation] = []
+    for i in range(n_catalogue):
+        name = f"Rolle {tag} {i}"
+        catalogue.append(
+            UpsertCatalogueEntry(
+                operation_id=operation_id_for("catalogue.upsert", f"business:{name}", 1),
+                aggregate=f"role:business:{name}",
+                entity=EntityType.ROLE,
+                entity_id=f"business:{name}",
+                source_version=1,
+                source_committed_at=now,
+                planned_at=now,
+                application=ApplicationType.BUSINESS,
+                catalogue="roles",
+                name=name,
+                description=f"Rolle nr. {i}",
+            )
+        )
+    # interleave: version 1 of every user, then version 2 …, with catalogue entries between
+    rounds = [[ops[v] for ops in per_user if v < len(ops)] for v in range(ops_per_user)]
+    mixed = [op for r in rounds for op in r]
+    step = max(1, len(mixed) // max(1, n_catalogue))
+    out: list[CloudOperation] = []
+    cat = iter(catalogue)
+    for i, op in enumerate(mixed):
+        out.append(op)
+        if i % step == step - 1:
+            out.extend(c for c in [next(cat, None)] if c is not None)
+    out.extend(cat)
+    for op in out:
+        work.add(op)
+    return work
+
+
+def feed(bootstrap: str, topic: str, operations: Sequence[CloudOperation]) -> None:
+    """Write the operations to ``topic``, keyed by aggregate (acks=all), and wait for the acks."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=20, batch_size=512 * 1024, enable_idempotence=True
+    )
+    try:
+        futures = [producer.send(topic, key=op.aggregate.encode(), value=encode(op)) for op in operations]
+        producer.flush(timeout=120)
+        for future in futures:
+            future.get(timeout=60)
+    finally:
+        producer.close(timeout=10)
+
+
+@dataclass
+class AuditCheck:
+    """What the cloud's audit says about a workload."""
+
+    effects: int = 0  # audit rows of this workload's keys
+    missing: list[str] = field(default_factory=list)
+    duplicated: dict[str, int] = field(default_factory=dict)
+    out_of_order: list[str] = field(default_factory=list)  # aggregates applied out of order
+    first_at: datetime | None = None
+    last_at: datetime | None = None
+
+    @property
+    def exactly_once(self) -> bool:
+        return not (self.missing or self.duplicated or self.out_of_order)
+
+
+class AuditReader:
+    """Reads the cloud's audit incrementally (``after_seq``), keeping the rows of a workload."""
+
+    def __init__(self, api: httpx.Client, work: SinkWorkload) -> None:
+        self.api = api
+        self.work = work
+        self.after = 0
+        self.rows: dict[str, list[tuple[int, str]]] = collections.defaultdict(list)  # key → (seq, at)
+
+    def poll(self) -> int:
+        """Read what is new; returns how many of the workload's keys have an effect."""
+        while True:
+            response = self.api.get("/v1/audit", params={"after_seq": self.after, "limit": 1000})
+            if response.status_code != 200:  # an injected fault: read again on the next poll
+                return len(self.rows)
+            page = response.json()
+            for row in page["items"]:
+                key = row.get("idempotency_key")
+                if key in self.work.keys:
+                    self.rows[key].append((row["seq"], row["at"]))
+            if not page["items"]:
+                return len(self.rows)
+            self.after = page["next_after_seq"]
+
+    def check(self) -> AuditCheck:
+        self.poll()
+        result = AuditCheck()
+        result.effects = sum(len(v) for v in self.rows.values())
+        result.missing = [k for k in self.work.keys if k not in self.rows]
+        result.duplicated = {k: len(v) for k, v in self.rows.items() if len(v) > 1}
+        for aggregate, keys in self.work.order.items():
+            seqs = [self.rows[k][0][0] for k in keys if k in self.rows]
+            if seqs != sorted(seqs):
+                result.out_of_order.append(aggregate)
+        stamps = [
+            datetime.fromisoformat(at.replace("Z", "+00:00")) for v in self.rows.values() for _, at in v
+        ]
+        if stamps:
+            result.first_at, result.last_at = min(stamps), max(stamps)
+        return result
+
+
+# -- the benchmark ---------------------------------------------------------------------
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process, from /proc (0 if gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def _bootstrap(home: Path) -> Iterator[str]:
+    """The configured broker, else a temporary local one (stopped by pid afterwards)."""
+    from vudsync.broker import LocalKafkaBroker
+    from vudsync.settings import load_settings
+
+    configured = load_settings().kafka_bootstrap
+    if configured:
+        yield configured
+        return
+    broker = LocalKafkaBroker(home / "kafka-home", version=load_settings().kafka_version, bind_to_parent=True)
+    status = broker.up(timeout=180)
+    try:
+        yield status.bootstrap or ""
+    finally:
+        broker.down()
+
+
+def _scrape(port: int) -> dict[str, float]:
+    """Sum of each sink metric family over its labels (``name{label}`` kept for a few)."""
+    out: dict[str, float] = collections.defaultdict(float)
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith("vudsync_"):
+            continue
+        name_labels, _, value = line.rpartition(" ")
+        name = name_labels.split("{")[0]
+        if name.endswith("_bucket") or name.endswith("_created"):
+            continue
+        out[name] += float(value)
+        if name in ("vudsync_sink_retries_total", "vudsync_sink_cloud_calls_total"):
+            out[name_labels] += float(value)
+    return dict(out)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _load() -> float:
+    """The machine's 1-minute load average (other jobs share its cores)."""
+    return float(os.getloadavg()[0])
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_bench(
+    *,
+    ops: int,
+    workers: int,
+    batch: bool,
+    faults: float,
+    concurrency: int,
+    batch_size: int,
+    timeout: float,
+    profile_dir: Path | None = None,
+) -> dict[str, Any]:
+    """One measured run; returns the figures (see the module docstring)."""
+    from cloud.server import CloudServer
+    from schemas.topics import OPERATIONS
+    from vudsync.processes import ComponentProcess
+    from vudsync.settings import Settings
+    from vudsync.topics import ensure_catalogue
+
+    # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so the sinks and servers are stopped
+    signal.signal(signal.SIGTERM, _interrupt)
+    load_before = _load()
+    home = Path(tempfile.mkdtemp(prefix="vudsync-bench-sink-"))
+    tag = uuid.uuid4().hex[:8]
+    prefix = f"bench-{tag}-"
+    with (
+        _bootstrap(home) as bootstrap,
+        CloudServer(
+            db_path=home / "cloud.db", secret_hash_iterations=1000, extra_args=("--log-level", "warning")
+        ) as cloud,
+    ):
+        settings = Settings(home=home, kafka_bootstrap=bootstrap, topic_prefix=prefix, topic_partitions=6)
+        ensure_catalogue(settings, bootstrap)
+        api = httpx.Client(base_url=cloud.url, headers=cloud.auth_headers(), timeout=60)
+        started = time.monotonic()
+        work = prepare_workload(api, ops, tag=tag)
+        feed(bootstrap, settings.topic(OPERATIONS.name), work.operations)
+        setup_seconds = time.monotonic() - started
+        if faults:
+            httpx.put(
+                f"{cloud.url}/admin/faults",
+                headers=cloud.admin_headers(),
+                json={
+                    "error_rate": faults,
+                    "rate_limit_rate": faults / 2,
+                    "retry_after_seconds": 1,
+                    "latency_ms": [0, 20],
+                },
+            ).raise_for_status()
+        stats_before = httpx.get(f"{cloud.url}/admin/stats", headers=cloud.admin_headers()).json()
+        env = {
+            "VUDSYNC_HOME": str(home),
+            "VUDSYNC_KAFKA_BOOTSTRAP": bootstrap,
+            "VUDSYNC_TOPIC_PREFIX": prefix,
+            "VUDSYNC_TOPIC_PARTITIONS": "6",
+            "VUDSYNC_CLOUD_URL": cloud.url,
+            "VUDSYNC_CLOUD_CLIENT_ID": cloud.client_id,
+            "VUDSYNC_CLOUD_CLIENT_SECRET": cloud.client_secret,
+            "VUDSYNC_SINK_BATCH": "true" if batch else "false",
+            "VUDSYNC_SINK_CONCURRENCY": str(concurrency),
+            "VUDSYNC_SINK_BATCH_SIZE": str(batch_size),
+            "VUDSYNC_CONFIG": "/nonexistent/vudsync.toml",
+        }
+        ports = [_free_port() for _ in range(workers)]
+        sinks = [
+            ComponentProcess(
+                f"sink-{i + 1}",
+                ["-v", "run", "sink", "--worker-name", f"bench-{i + 1}", "--metrics-port", str(port)],
+                env=env,
+                log_dir=home / "logs",
+            )
+            for i, port in enumerate(ports)
+        ]
+        spies: list[subprocess.Popen[bytes]] = []
+        reader = AuditReader(api, work)
+
+        def cpu_now() -> dict[str, float]:
+            return {"cloud": _cpu_seconds(cloud.pid), **{s.name: _cpu_seconds(s.pid or 0) for s in sinks}}
+
+        cpu_start = cpu_now()
+        steady: tuple[int, dict[str, float]] | None = None  # (applied, cpu) once applying began
+        try:
+            t0 = time.monotonic()
+            for sink in sinks:
+                sink.start()
+            if profile_dir is not None:
+                spies = _profile(profile_dir, {"cloud": cloud.pid, **{s.name: s.pid or 0 for s in sinks}})
+            deadline = t0 + timeout
+            while (applied := reader.poll()) < len(work.keys):
+                if steady is None and applied:
+                    steady = (applied, cpu_now())  # start-up (imports, group join) excluded
+                dead = [s for s in sinks if not s.alive()]
+                if dead:
+                    raise click.ClickException(f"{dead[0].name} died (logs in {home}):\n{dead[0].tail(30)}")
+                if time.monotonic() > deadline:
+                    raise click.ClickException(
+                        f"only {applied}/{len(work.keys)} applied in {timeout}s (logs in {home})"
+                    )
+                time.sleep(0.25)
+            wall = time.monotonic() - t0
+            cpu_end = cpu_now()
+            cpu = {k: v - cpu_start.get(k, 0.0) for k, v in cpu_end.items()}
+            first_applied, cpu_first = steady or (0, cpu_start)
+            steady_ops = max(1, len(work.keys) - first_applied)
+            steady_cpu = {k: v - cpu_first.get(k, 0.0) for k, v in cpu_end.items()}
+            metrics = [_scrape(p) for p in ports]
+            stats = httpx.get(f"{cloud.url}/admin/stats", headers=cloud.admin_headers()).json()
+        finally:
+            for spy in spies:
+                spy.send_signal(signal.SIGINT)
+            for spy in spies:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    spy.wait(timeout=60)
+            for sink in sinks:
+                sink.stop()
+        check = reader.check()
+        api.close()
+    cloud.cleanup()
+    shutil.rmtree(home, ignore_errors=True)  # kept (logs) only when the run failed
+    window = (check.last_at - check.first_at).total_seconds() if check.first_at and check.last_at else 0.0
+    retries = sum(m.get("vudsync_sink_retries_total", 0.0) for m in metrics)
+    sink_cpu = sum(v for k, v in steady_cpu.items() if k != "cloud")
+    return {
+        "benchmark": "sink",
+        "command": "vudsync bench sink "
+        + f"--ops {ops} --workers {workers} {'--batch' if batch else '--no-batch'} --faults {faults}"
+        + f" --concurrency {concurrency} --batch-size {batch_size}",
+        "operations": len(work.operations),
+        "workers": workers,
+        "batch": batch,
+        "batch_size": batch_size if batch else 1,
+        "concurrency": concurrency,
+        "faults": {"error_rate": faults, "rate_limit_rate": faults / 2, "latency_ms": [0, 20]}
+        if faults
+        else {},
+        "ops_per_second": round(len(work.operations) / window, 1) if window else None,
+        "apply_window_seconds": round(window, 2),
+        "wall_seconds_incl_startup": round(wall, 2),
+        "setup_seconds": round(setup_seconds, 2),
+        "exactly_once": check.exactly_once,
+        "missing": len(check.missing),
+        "duplicated": len(check.duplicated),
+        "out_of_order_aggregates": len(check.out_of_order),
+        "sink_retries": int(retries),
+        "cloud_requests": stats.get("total_requests", 0) - stats_before.get("total_requests", 0),
+        "cloud_faults_injected": stats.get("faults_injected"),
+        "cpu_seconds": {k: round(v, 1) for k, v in cpu.items()},
+        # CPU per operation while applying (start-up excluded), from /proc: load-independent
+        "cloud_cpu_ms_per_op": round(1000 * steady_cpu["cloud"] / steady_ops, 3),
+        "sink_cpu_ms_per_op": round(1000 * sink_cpu / steady_ops, 3),
+        "load_average_1m": {"before": load_before, "after": _load()},
+        "profiles": str(profile_dir) if profile_dir else None,
+    }
+
+
+def _profile(folder: Path, pids: dict[str, int]) -> list[subprocess.Popen[bytes]]:
+    """py-spy (if installed) records each process until SIGINT, as collapsed stacks."""
+    import sys
+
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    folder.mkdir(parents=True, exist_ok=True)
+    return [
+        subprocess.Popen(
+            [
+                spy,
+                "record",
+                "--pid",
+                str(pid),
+                "--rate",
+                "50",
+                "--format",
+                "raw",
+                "--output",
+                str(folder / f"{name}.txt"),
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name, pid in pids.items()
+        if pid
+    ]
+
+
+@click.command("sink")
+@click.option("--ops", "n_ops", type=int, default=10_000, show_default=True, help="operations to apply")
+@click.option("--workers", type=click.IntRange(1, 4), default=1, show_default=True, help="sink processes")
+@click.option("--batch/--no-batch", default=True, show_default=True, help="use POST /v1/batch")
+@click.option(
+    "--faults",
+    type=click.FloatRange(0, 0.6),
+    default=0.0,
+    show_default=True,
+    help="5xx rate; half as many 429s (Retry-After 1 s) and 0-20 ms latency come with it",
+)
+@click.option("--concurrency", type=int, default=None, help="cloud calls in flight per worker")
+@click.option("--batch-size", type=click.IntRange(1, 500), default=None, help="operations per batch")
+@click.option("--timeout", type=float, default=600.0, show_default=True, help="give up after (s)")
+@click.option(
+    "--profile",
+    "profile_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="record py-spy profiles of the cloud and the sinks into this folder",
+)
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def command(
+    n_ops: int,
+    workers: int,
+    batch: bool,
+    faults: float,
+    concurrency: int | None,
+    batch_size: int | None,
+    timeout: float,
+    profile_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """Sink throughput against the local cloud API (healthy or faulty; 1-2 workers; batch or not)."""
+    from vudsync.bench import emit
+
+    result = run_bench(
+        ops=n_ops,
+        workers=workers,
+        batch=batch,
+        faults=faults,
+        concurrency=concurrency or (4 if batch else 8),
+        batch_size=batch_size or 200,
+        timeout=timeout,
+        profile_dir=profile_dir,
+    )
+    emit(result, as_json)

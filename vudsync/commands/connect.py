@@ -1,0 +1,309 @@
+"""``vudsync connect``: enable the integration ("Connect to the cloud").
+
+1. The cloud credentials (``VUDSYNC_CLOUD_CLIENT_ID`` / ``_SECRET``) must be a Customer
+   administrator's: ``GET /v1/me`` says so, or connect refuses, clearly, and changes nothing.
+2. It reads what the planner must know from the cloud — the registered application instances
+   (every application: registered or not), the service catalogues, the companies and users
+   already linked to on-premise ids — and the on-premise application instances from the
+   directory store (license keys as their keyed fingerprint only), and publishes them as facts
+   on ``vud.planner.facts``, each to every partition.
+3. When the directory store was never snapshotted, it takes the producer's snapshot (the
+   producer, started later, streams from there).
+
+Nothing secret is printed or published: neither the client secret nor the token nor a key.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+import httpx
+
+from schemas.directory import ApplicationType, EntityType
+from schemas.results import FactKind, PlannerFact
+from schemas.topics import PLANNER_FACTS
+from vudsync.errors import ConfigurationError, RetryableError, VudsyncError
+from vudsync.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+LIST_LIMIT = 10_000
+KINDS = ("roles", "layout_groups", "modules")
+
+
+class ConnectRefused(VudsyncError):
+    """The cloud credentials may not enable the integration."""
+
+
+@dataclass
+class CloudReadout:
+    """What connect learned from the cloud."""
+
+    customer: str
+    client_id: str
+    registry: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # app -> instance | None
+    catalogue: list[str] = field(default_factory=list)  # <app>:<kind>:<name>
+    companies: dict[str, str] = field(default_factory=dict)  # external id -> cloud id
+    users: dict[str, str] = field(default_factory=dict)
+
+
+# -- the cloud ------------------------------------------------------------------------------
+
+
+def _client(settings: Settings, transport: httpx.BaseTransport | None = None) -> httpx.Client:
+    return httpx.Client(base_url=settings.cloud_url, timeout=30.0, transport=transport)
+
+
+def _token(client: httpx.Client, settings: Settings) -> str:
+    try:
+        response = client.post(
+            "/oauth/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_id": settings.cloud_client_id,
+                "client_secret": settings.cloud_client_secret.get_secret_value(),
+            },
+        )
+    except httpx.HTTPError as exc:
+        raise RetryableError(
+            f"the cloud at {settings.cloud_url} does not answer ({type(exc).__name__})",
+            hint="check VUDSYNC_CLOUD_URL",
+        ) from None
+    if response.status_code in (400, 401, 403):
+        raise ConnectRefused(
+            f"refused: the cloud does not accept the credentials of client {settings.cloud_client_id!r}",
+            hint="connect with the client id and secret of a Customer administrator "
+            "(VUDSYNC_CLOUD_CLIENT_ID / VUDSYNC_CLOUD_CLIENT_SECRET)",
+        )
+    if response.status_code >= 300:
+        raise RetryableError(f"the cloud's token endpoint answered {response.status_code}")
+    return str(response.json()["access_token"])
+
+
+def _get(client: httpx.Client, path: str, **params: Any) -> Any:
+    response = client.get(path, params=params or None)
+    if response.status_code >= 300:
+        raise RetryableError(f"GET {path}: {response.status_code}")
+    return response.json()
+
+
+def read_cloud(settings: Settings, transport: httpx.BaseTransport | None = None) -> CloudReadout:
+    """Check the caller is a Customer administrator; read registry, catalogue and links."""
+    with _client(settings, transport) as client:
+        client.headers["Authorization"] = f"Bearer {_token(client, settings)}"
+        me = _get(client, "/v1/me")
+        if not me.get("is_customer_admin"):
+            raise ConnectRefused(
+                f"refused: client {me.get('client_id')!r} is not a Customer administrator of "
+                f"{me.get('customer_name')!r}; only a Customer administrator may connect",
+                hint="use the credentials of a Customer administrator "
+                "(VUDSYNC_CLOUD_CLIENT_ID / VUDSYNC_CLOUD_CLIENT_SECRET)",
+            )
+        readout = CloudReadout(customer=str(me.get("customer_name")), client_id=str(me.get("client_id")))
+        registered = {i["service"]: i for i in _get(client, "/v1/application-instances")["items"]}
+        readout.registry = {app.value: registered.get(app.value) for app in ApplicationType}
+        for service in _get(client, "/v1/services")["items"]:
+            for kind in KINDS:
+                readout.catalogue += [
+                    f"{service['service']}:{kind}:{e['name']}" for e in service.get(kind, ())
+                ]
+        for collection, out in (("companies", readout.companies), ("users", readout.users)):
+            items = _get(client, f"/v1/{collection}", limit=LIST_LIMIT)["items"]
+            if len(items) >= LIST_LIMIT:
+                log.warning(
+                    "connect: %d %s or more; those past the first %d are learned from results",
+                    LIST_LIMIT,
+                    collection,
+                    LIST_LIMIT,
+                )
+            out.update({i["external_id"]: i["id"] for i in items if i.get("external_id")})
+    return readout
+
+
+# -- the directory store ------------------------------------------------------------------
+
+
+def on_premise_instances(settings: Settings) -> tuple[list[PlannerFact], Any]:
+    """The on-premise application instances (fingerprints only), as of the store's position."""
+    from producers.mapping import SourceInfo, record_to_event
+    from producers.service import open_change_log
+    from schemas.events import Op
+
+    change_log = open_change_log(settings.resolved_store_url())
+    position = change_log.position()
+    now = datetime.now(UTC)
+    facts: list[PlannerFact] = []
+    key = settings.fingerprint_key.get_secret_value().encode()
+    source = SourceInfo(store=change_log.store_kind, db=change_log.db_name)
+    for ids in change_log.snapshot_ids(EntityType.APPLICATION_INSTANCE, 100):
+        for record in change_log.read_entities(EntityType.APPLICATION_INSTANCE, ids).values():
+            event, _ = record_to_event(
+                record,
+                op=Op.READ,
+                version=position,
+                seq=position,
+                committed_at=now.timestamp(),
+                source=source,
+                now=now,
+                fingerprint_key=key,
+                snapshot=True,
+            )
+            if event is None:  # capture dead-letters it (e.g. a second instance of a type)
+                continue
+            state = event.state
+            facts.append(
+                PlannerFact(
+                    kind=FactKind.INSTANCE,
+                    subject=state.application.value,
+                    uri=state.uri,
+                    license_fingerprint=state.license_fingerprint,
+                    version=position,
+                    observed_at=now,
+                    source="connect",
+                )
+            )
+    return facts, change_log
+
+
+def cloud_facts(readout: CloudReadout, observed_at: datetime) -> Iterator[PlannerFact]:
+    """The facts of a cloud readout (pure)."""
+    for app, instance in readout.registry.items():
+        yield PlannerFact(
+            kind=FactKind.REGISTRY,
+            subject=app,
+            present=instance is not None,
+            uri=instance["uri"] if instance else None,
+            license_fingerprint=instance["license_fingerprint"] if instance else None,
+            observed_at=observed_at,
+            source="connect",
+        )
+    for entry in readout.catalogue:
+        yield PlannerFact(kind=FactKind.CATALOGUE, subject=entry, observed_at=observed_at, source="connect")
+    for external, cloud_id in sorted(readout.companies.items()):
+        yield PlannerFact(
+            kind=FactKind.COMPANY,
+            subject=external,
+            cloud_id=cloud_id,
+            observed_at=observed_at,
+            source="connect",
+        )
+    for external, cloud_id in sorted(readout.users.items()):
+        yield PlannerFact(
+            kind=FactKind.USER, subject=external, cloud_id=cloud_id, observed_at=observed_at, source="connect"
+        )
+
+
+def publish_facts(settings: Settings, bootstrap: str, facts: Iterable[PlannerFact]) -> int:
+    """Every fact to every partition (the planner assumes nothing about which partition holds an
+    entity). Returns how many records were acknowledged (acks=all)."""
+    from kafka import KafkaProducer
+    from kafka.errors import KafkaError
+
+    topic = settings.topic(PLANNER_FACTS.name)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5)
+    futures = []
+    try:
+        for fact in facts:
+            value, key = fact.model_dump_json().encode(), fact.key.encode()
+            futures += [
+                producer.send(topic, key=key, value=value, partition=p)
+                for p in range(settings.topic_partitions)
+            ]
+        producer.flush(timeout=60)
+        for future in futures:
+            future.get(timeout=60)
+    except KafkaError as exc:
+        raise RetryableError(f"the broker did not take the facts: {exc}") from exc
+    finally:
+        producer.close(timeout=10)
+    return len(futures)
+
+
+@dataclass
+class ConnectReport:
+    customer: str
+    client_id: str
+    registry: dict[str, str]
+    catalogue: int
+    companies: int
+    users: int
+    instances: int
+    facts: int
+    snapshot: str
+
+
+def run_connect(settings: Settings, bootstrap: str, *, snapshot: bool = True) -> ConnectReport:
+    """Check, read, publish, snapshot — in that order; raises :class:`ConnectRefused`."""
+    from processors.topics import ensure_planner_topics
+    from vudsync.topics import ensure_catalogue
+
+    readout = read_cloud(settings)
+    ensure_catalogue(settings, bootstrap)
+    ensure_planner_topics(settings, bootstrap)
+    instances, change_log = on_premise_instances(settings)
+    try:
+        facts = [*instances, *cloud_facts(readout, datetime.now(UTC))]
+        published = publish_facts(settings, bootstrap, facts)
+        snapshotted = "not needed (the store was snapshotted before)"
+        if change_log.load_checkpoint("default") is None:
+            if snapshot:
+                from producers.service import build_capture
+
+                capture = build_capture(settings, bootstrap)
+                try:
+                    position = capture.snapshot()
+                finally:
+                    capture.publisher.close()
+                    capture.log.close()
+                snapshotted = f"taken at change-log position {position}"
+            else:
+                snapshotted = "skipped (--no-snapshot); the producer takes it when it starts"
+    finally:
+        change_log.close()
+    return ConnectReport(
+        customer=readout.customer,
+        client_id=readout.client_id,
+        registry={app: ("registered" if i else "none registered") for app, i in readout.registry.items()},
+        catalogue=len(readout.catalogue),
+        companies=len(readout.companies),
+        users=len(readout.users),
+        instances=len(instances),
+        facts=published,
+        snapshot=snapshotted,
+    )
+
+
+@click.command()
+@click.option(
+    "--snapshot/--no-snapshot", default=True, show_default=True, help="snapshot a never-snapshotted store"
+)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def connect(snapshot: bool, as_json: bool) -> None:
+    """Enable the integration with the credentials of a Customer administrator.
+
+    Tells the planner what the cloud holds (registered application instances, catalogues,
+    linked companies and users) and snapshots the directory store if it never was.
+    """
+    from vudsync.bootstrap import resolve_bootstrap
+
+    settings = load_settings()
+    if not settings.cloud_url:
+        raise ConfigurationError("no cloud URL", hint="set VUDSYNC_CLOUD_URL")
+    report = run_connect(settings, resolve_bootstrap(settings), snapshot=snapshot)
+    if as_json:
+        click.echo(json.dumps(report.__dict__, indent=2))
+        return
+    click.echo(f"connected to {report.customer} as {report.client_id} (Customer administrator)")
+    for app, state in report.registry.items():
+        click.echo(f"  {app:<16} {state}")
+    click.echo(
+        f"  catalogue entries {report.catalogue}, linked companies {report.companies}, linked users "
+        f"{report.users}, on-premise instances {report.instances}"
+    )
+    click.echo(f"  {report.facts} facts published; snapshot: {report.snapshot}")

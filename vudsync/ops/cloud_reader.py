@@ -1,0 +1,119 @@
+"""httpx adapter that reads the whole cloud directory for verify (read-only scope).
+
+Users' access lists are fetched through ``POST /v1/batch`` (500 GETs per request) instead of
+one request per user. httpx errors and HTTP statuses become vudsync errors here, once;
+secrets never appear in them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from vudsync.errors import PermanentError, RetryableError
+from vudsync.ops.drift import CatalogueKey, CloudState
+
+LIMIT = 10_000  # the API's largest page; more items than this are reported as truncated
+_BATCH = 500
+
+
+class CloudReadError(RetryableError):
+    """The cloud did not answer a read (network, 5xx, 429)."""
+
+
+class HttpCloudReader:
+    def __init__(
+        self,
+        base_url: str,
+        client_id: str,
+        client_secret: str,
+        *,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._client = httpx.Client(base_url=base_url, timeout=30.0, transport=transport)
+        self._client_id = client_id
+        self._client_secret = client_secret
+        self._token: str | None = None
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _send(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            return self._client.request(method, path, **kw)
+        except httpx.HTTPError as exc:
+            raise CloudReadError(
+                f"{method} {path}: {type(exc).__name__}",
+                hint="is the cloud reachable? check VUDSYNC_CLOUD_URL",
+            ) from None
+
+    def _bearer(self) -> str:
+        if self._token is None:
+            r = self._send(
+                "POST",
+                "/oauth/token",
+                data={
+                    "grant_type": "client_credentials",
+                    "client_id": self._client_id,
+                    "client_secret": self._client_secret,
+                    "scope": "directory:read",
+                },
+            )
+            if r.status_code in (400, 401, 403):
+                raise PermanentError(
+                    f"the cloud refused the client credentials of {self._client_id!r} ({r.status_code})",
+                    hint="check VUDSYNC_CLOUD_CLIENT_ID / VUDSYNC_CLOUD_CLIENT_SECRET",
+                )
+            self._check(r, "POST /oauth/token")
+            self._token = str(r.json()["access_token"])
+        return self._token
+
+    @staticmethod
+    def _check(r: httpx.Response, what: str) -> None:
+        if r.status_code < 300:
+            return
+        if r.status_code == 429 or r.status_code >= 500:
+            raise CloudReadError(
+                f"{what}: {r.status_code}", retry_after=None, hint="the cloud is failing: try again"
+            )
+        raise PermanentError(f"{what}: {r.status_code}")
+
+    def _get(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
+        r = self._send("GET", path, params=params, headers={"Authorization": f"Bearer {self._bearer()}"})
+        self._check(r, f"GET {path}")
+        return r.json()
+
+    def _access(self, user_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        out: dict[str, list[dict[str, Any]]] = {}
+        for i in range(0, len(user_ids), _BATCH):
+            chunk = user_ids[i : i + _BATCH]
+            r = self._send(
+                "POST",
+                "/v1/batch",
+                json={"requests": [{"method": "GET", "path": f"/v1/users/{uid}/access"} for uid in chunk]},
+                headers={"Authorization": f"Bearer {self._bearer()}"},
+            )
+            self._check(r, "POST /v1/batch")
+            for uid, answer in zip(chunk, r.json()["responses"], strict=True):
+                if answer["status"] >= 300:
+                    raise CloudReadError(f"GET /v1/users/{uid}/access in a batch: {answer['status']}")
+                out[uid] = list(answer["body"]["items"])
+        return out
+
+    def read(self) -> CloudState:
+        users = self._get("/v1/users", {"limit": LIMIT})["items"]
+        companies = self._get("/v1/companies", {"limit": LIMIT})["items"]
+        truncated = tuple(
+            name for name, items in (("users", users), ("companies", companies)) if len(items) >= LIMIT
+        )
+        linked = [u["id"] for u in users if u.get("external_id")]
+        access = self._access(linked)
+        catalogue: dict[CatalogueKey, str | None] = {}
+        for service in self._get("/v1/services")["items"]:
+            for kind in ("roles", "layout_groups", "modules"):
+                for entry in service.get(kind) or []:
+                    catalogue[(service["service"], kind, entry["name"])] = entry.get("description")
+        instances = {i["service"]: i for i in self._get("/v1/application-instances")["items"]}
+        return CloudState(users, companies, access, catalogue, instances, truncated)

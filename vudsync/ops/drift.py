@@ -1,0 +1,475 @@
+"""Drift between the directory store and the cloud, and the operations that repair it. Pure.
+
+:func:`compare` takes the full state of both sides and reports, per object type, what is
+**missing** in the cloud, what is **extra** there, and what is **different** (field by field).
+What the cloud should hold follows the planner's rules (DOMAIN.md): users and companies
+matched by external id; a user or company removed on premise stays in the cloud, inactive;
+a user's access per company is exactly its non-empty services; catalogue entries by
+(service, kind, name); application instances by service, compared by URI and license
+fingerprint (the values of fingerprints are never shown).
+
+:func:`repair_operations` turns a report into ordinary cloud operations (``schemas.operations``)
+that the sink applies like any other: "make the cloud match". Their ids are deterministic in
+(kind, entity, directory position, the drift seen), so a repair sent twice for the same drift
+has one effect, and a repair of a new drift is a new operation. Why not re-capture instead:
+a re-captured row with unchanged state plans nothing, and a re-planned operation id is one
+the ledger already holds — neither would touch a cloud that was changed behind our back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal, cast
+
+from schemas.directory import (
+    ApplicationInstanceState,
+    ApplicationType,
+    CompanyState,
+    EntityType,
+    ServiceAccess,
+    UserState,
+    normalise_organisation_number,
+)
+from schemas.operations import (
+    AssignAccess,
+    CloudOperation,
+    DeactivateUser,
+    RegisterApplicationInstance,
+    RemoveCatalogueEntry,
+    RevokeAccess,
+    UpsertCatalogueEntry,
+    UpsertCompany,
+    UpsertUser,
+    operation_id_for,
+)
+
+CatalogueKey = tuple[str, str, str]  # (service, kind, name)
+CatalogueKind = Literal["roles", "layout_groups", "modules"]
+ServicesView = dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]]
+
+OBJECT_TYPES = ("company", "user", "access", "catalogue", "application_instance")
+_CATALOGUE_ENTITY = {
+    "roles": EntityType.ROLE,
+    "layout_groups": EntityType.LAYOUT_GROUP,
+    "modules": EntityType.MODULE,
+}
+
+
+@dataclass(frozen=True)
+class DirectoryState:
+    """Everything the directory store holds now, as the producer reads it."""
+
+    version: int  # change-log position when read
+    users: Mapping[str, UserState]
+    companies: Mapping[str, CompanyState]
+    catalogue: Mapping[CatalogueKey, str]  # description
+    instances: Mapping[ApplicationType, ApplicationInstanceState]
+    rejected: int = 0  # rows capture cannot read (they are in the dead-letter topic)
+
+
+@dataclass(frozen=True)
+class CloudState:
+    """Everything the cloud holds now, as its API returns it."""
+
+    users: Sequence[Mapping[str, Any]]
+    companies: Sequence[Mapping[str, Any]]
+    access: Mapping[str, Sequence[Mapping[str, Any]]]  # cloud user id -> access items
+    catalogue: Mapping[CatalogueKey, str | None]
+    instances: Mapping[str, Mapping[str, Any]]  # service -> instance
+    truncated: tuple[str, ...] = ()  # collections the API returned only in part
+
+
+class DriftKind(StrEnum):
+    MISSING = "missing"  # in the directory, not in the cloud
+    EXTRA = "extra"  # in the cloud, not (or no longer) in the directory
+    DIFFERENT = "different"
+
+
+@dataclass(frozen=True)
+class FieldDiff:
+    field: str
+    directory: Any
+    cloud: Any
+
+
+@dataclass(frozen=True)
+class Drift:
+    object_type: str
+    key: str
+    kind: DriftKind
+    fields: tuple[FieldDiff, ...] = ()
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "object_type": self.object_type,
+            "key": self.key,
+            "kind": self.kind.value,
+            "fields": [{"field": f.field, "directory": f.directory, "cloud": f.cloud} for f in self.fields],
+            "note": self.note,
+        }
+
+    def digest(self) -> str:
+        """Stable over runs that see the same drift: seeds the repair's operation id."""
+        return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True, default=str).encode()).hexdigest()[
+            :16
+        ]
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    drifts: tuple[Drift, ...]
+    checked: Mapping[str, tuple[int, int]]  # object type -> (directory count, cloud count)
+    truncated: tuple[str, ...] = ()
+    rejected: int = 0
+
+    @property
+    def clean(self) -> bool:
+        return not self.drifts
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        out = {t: {k.value: 0 for k in DriftKind} for t in OBJECT_TYPES}
+        for d in self.drifts:
+            out[d.object_type][d.kind.value] += 1
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "clean": self.clean,
+            "drift": len(self.drifts),
+            "by_type": self.counts(),
+            "checked": {t: {"directory": a, "cloud": b} for t, (a, b) in self.checked.items()},
+            "drifts": [d.as_dict() for d in self.drifts],
+            "truncated": list(self.truncated),
+            "rejected_rows": self.rejected,
+        }
+
+
+def _s(value: Any) -> Any:
+    return "" if value is None else value
+
+
+def _diff(pairs: Sequence[tuple[str, Any, Any]]) -> tuple[FieldDiff, ...]:
+    return tuple(FieldDiff(name, ours, theirs) for name, ours, theirs in pairs if _s(ours) != _s(theirs))
+
+
+def _services_from_state(services: Mapping[ApplicationType, ServiceAccess]) -> ServicesView:
+    return {
+        app.value: (tuple(sorted(s.roles)), tuple(sorted(s.layout_groups)), tuple(sorted(s.modules)))
+        for app, s in services.items()
+        if not s.is_empty()
+    }
+
+
+def _services_from_cloud(services: Mapping[str, Mapping[str, Any]]) -> ServicesView:
+    out: ServicesView = {}
+    for app, s in services.items():
+        view = tuple(tuple(sorted(s.get(k) or ())) for k in ("roles", "layout_groups", "modules"))
+        if any(view):
+            out[app] = view  # type: ignore[assignment]
+    return out
+
+
+def _user_fields(state: UserState, cloud: Mapping[str, Any]) -> tuple[FieldDiff, ...]:
+    return _diff(
+        [
+            ("username", state.username, cloud.get("username")),
+            ("email", state.email, cloud.get("email")),
+            ("first_name", state.first_name, cloud.get("first_name")),
+            ("last_name", state.last_name, cloud.get("last_name")),
+            ("language", state.language, cloud.get("language")),
+            ("active", state.active, bool(cloud.get("active", True))),
+        ]
+    )
+
+
+def _company_fields(state: CompanyState, cloud: Mapping[str, Any]) -> tuple[FieldDiff, ...]:
+    return _diff(
+        [
+            ("name", state.name, cloud.get("name")),
+            ("organisation_number", state.normalised_organisation_number, cloud.get("organisation_number")),
+            ("country", state.country, cloud.get("country")),
+            ("status", state.status, cloud.get("status")),
+        ]
+    )
+
+
+def compare(directory: DirectoryState, cloud: CloudState) -> DriftReport:
+    """Full comparison of both sides (see the module docstring for the rules)."""
+    drifts: list[Drift] = []
+    cloud_companies = {c["external_id"]: c for c in cloud.companies if c.get("external_id")}
+    cloud_users = {u["external_id"]: u for u in cloud.users if u.get("external_id")}
+    company_ext = {c["id"]: c.get("external_id") for c in cloud.companies}
+
+    # companies
+    for cid, state in sorted(directory.companies.items()):
+        found = cloud_companies.get(cid)
+        if found is None:
+            drifts.append(Drift("company", cid, DriftKind.MISSING))
+        elif diffs := _company_fields(state, found):
+            drifts.append(Drift("company", cid, DriftKind.DIFFERENT, diffs))
+    for cid, found in sorted(cloud_companies.items()):
+        if cid not in directory.companies and found.get("status") == "active":
+            drifts.append(
+                Drift("company", cid, DriftKind.EXTRA, note="removed on premise: expected inactive")
+            )
+
+    # users
+    for uid, user in sorted(directory.users.items()):
+        found = cloud_users.get(uid)
+        if found is None:
+            drifts.append(Drift("user", uid, DriftKind.MISSING))
+        elif diffs := _user_fields(user, found):
+            drifts.append(Drift("user", uid, DriftKind.DIFFERENT, diffs))
+    for uid, found in sorted(cloud_users.items()):
+        if uid not in directory.users and found.get("active", True):
+            drifts.append(
+                Drift("user", uid, DriftKind.EXTRA, note="removed on premise: expected deactivated")
+            )
+
+    # access: per (user, company)
+    access_checked = 0
+    for uid in sorted(set(directory.users) | set(cloud_users)):
+        user_state = directory.users.get(uid)
+        expected = (
+            {a.company_id: _services_from_state(a.services) for a in user_state.access} if user_state else {}
+        )
+        expected = {k: v for k, v in expected.items() if v}
+        access_checked += len(expected)
+        found_user = cloud_users.get(uid)
+        actual: dict[str, ServicesView] = {}
+        if found_user is not None:
+            for item in cloud.access.get(found_user["id"], ()):
+                ext = company_ext.get(item.get("company_id")) or f"cloud:{item.get('company_id')}"
+                view = _services_from_cloud(item.get("services") or {})
+                if view:
+                    actual[ext] = view
+        for company in sorted(set(expected) | set(actual)):
+            key = f"{uid}/{company}"
+            ours, theirs = expected.get(company), actual.get(company)
+            if theirs is None:
+                note = "the user is not in the cloud yet" if found_user is None else ""
+                drifts.append(Drift("access", key, DriftKind.MISSING, note=note))
+            elif ours is None:
+                drifts.append(Drift("access", key, DriftKind.EXTRA))
+            elif ours != theirs:
+                apps = sorted(set(ours) | set(theirs))
+                diffs = tuple(
+                    FieldDiff(app, _pretty(ours.get(app)), _pretty(theirs.get(app)))
+                    for app in apps
+                    if ours.get(app) != theirs.get(app)
+                )
+                drifts.append(Drift("access", key, DriftKind.DIFFERENT, diffs))
+
+    # catalogue
+    for ckey in sorted(set(directory.catalogue) | set(cloud.catalogue)):
+        label = "/".join(ckey)
+        if ckey not in cloud.catalogue:
+            drifts.append(Drift("catalogue", label, DriftKind.MISSING))
+        elif ckey not in directory.catalogue:
+            drifts.append(Drift("catalogue", label, DriftKind.EXTRA))
+        elif diffs := _diff([("description", directory.catalogue[ckey], cloud.catalogue[ckey])]):
+            drifts.append(Drift("catalogue", label, DriftKind.DIFFERENT, diffs))
+
+    # application instances
+    for app in sorted(set(a.value for a in directory.instances) | set(cloud.instances)):
+        ours_i = (
+            directory.instances.get(ApplicationType(app))
+            if app in ApplicationType._value2member_map_
+            else None
+        )
+        theirs_i = cloud.instances.get(app)
+        if theirs_i is None:
+            drifts.append(Drift("application_instance", app, DriftKind.MISSING))
+        elif ours_i is None:
+            drifts.append(Drift("application_instance", app, DriftKind.EXTRA))
+        else:
+            diffs = _diff([("uri", ours_i.uri, theirs_i.get("uri"))])
+            if ours_i.license_fingerprint != theirs_i.get("license_fingerprint"):
+                diffs += (FieldDiff("license key", "(fingerprint differs)", "(fingerprint differs)"),)
+            if diffs:
+                drifts.append(Drift("application_instance", app, DriftKind.DIFFERENT, diffs))
+
+    checked = {
+        "company": (len(directory.companies), len(cloud_companies)),
+        "user": (len(directory.users), len(cloud_users)),
+        "access": (access_checked, sum(len(v) for v in cloud.access.values())),
+        "catalogue": (len(directory.catalogue), len(cloud.catalogue)),
+        "application_instance": (len(directory.instances), len(cloud.instances)),
+    }
+    return DriftReport(tuple(drifts), checked, cloud.truncated, directory.rejected)
+
+
+def _pretty(view: tuple[tuple[str, ...], ...] | None) -> str | None:
+    if view is None:
+        return None
+    roles, groups, modules = view
+    return f"roles={list(roles)} layout_groups={list(groups)} modules={list(modules)}"
+
+
+# -- repair ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RepairPlan:
+    operations: tuple[CloudOperation, ...]
+    skipped: tuple[tuple[Drift, str], ...] = field(default_factory=tuple)  # (drift, why not now)
+
+
+def repair_operations(
+    report: DriftReport, directory: DirectoryState, cloud: CloudState, now: datetime
+) -> RepairPlan:
+    """The operations that make the cloud match the directory for each drift of ``report``."""
+    users_by_ext = {u["external_id"]: u for u in cloud.users if u.get("external_id")}
+    companies_by_ext = {c["external_id"]: c for c in cloud.companies if c.get("external_id")}
+    ops: list[CloudOperation] = []
+    skipped: list[tuple[Drift, str]] = []
+
+    def common(kind: str, entity: EntityType, entity_id: str, drift: Drift, aggregate: str) -> dict[str, Any]:
+        return {
+            "operation_id": operation_id_for(kind, entity_id, directory.version, f"repair:{drift.digest()}"),
+            "aggregate": aggregate,
+            "entity": entity,
+            "entity_id": entity_id,
+            "source_version": directory.version,
+            "source_committed_at": now,
+            "planned_at": now,
+        }
+
+    order = {"catalogue": 0, "application_instance": 1, "company": 2, "user": 3, "access": 4}
+    for d in sorted(report.drifts, key=lambda d: order[d.object_type]):
+        if d.object_type == "company":
+            c = d.key
+            state = directory.companies.get(c)
+            found = companies_by_ext.get(c)
+            if state is None:  # extra: inactive in the cloud, with the cloud's own values
+                assert found is not None
+                state = CompanyState(
+                    id=c,
+                    name=found.get("name") or c,
+                    organisation_number=found.get("organisation_number") or "0",
+                    country=found.get("country") or "NO",
+                    status="inactive",
+                )
+            ops.append(
+                UpsertCompany(
+                    **common("company.upsert", EntityType.COMPANY, c, d, f"company:{c}"),
+                    cloud_id=found["id"] if found else None,
+                    name=state.name,
+                    organisation_number=normalise_organisation_number(state.organisation_number),
+                    country=state.country,
+                    status=state.status,
+                )
+            )
+        elif d.object_type == "user":
+            u = d.key
+            user = directory.users.get(u)
+            found = users_by_ext.get(u)
+            if user is None:
+                assert found is not None
+                ops.append(
+                    DeactivateUser(
+                        **common("user.deactivate", EntityType.USER, u, d, f"user:{u}"),
+                        cloud_id=found["id"],
+                        email=found["email"],
+                    )
+                )
+                continue
+            ops.append(
+                UpsertUser(
+                    **common("user.upsert", EntityType.USER, u, d, f"user:{u}"),
+                    cloud_id=found["id"] if found else None,
+                    username=user.username,
+                    email=user.email,
+                    first_name=user.first_name,
+                    last_name=user.last_name,
+                    language=user.language,
+                    active=user.active,
+                )
+            )
+        elif d.object_type == "access":
+            u, _, c = d.key.partition("/")
+            cloud_user = users_by_ext.get(u)
+            cloud_company = (
+                {"id": c.removeprefix("cloud:")} if c.startswith("cloud:") else companies_by_ext.get(c)
+            )
+            if cloud_user is None or cloud_company is None:
+                skipped.append((d, "waits for its user or company to exist in the cloud: repair again after"))
+                continue
+            ids = {
+                "user_id": u,
+                "company_id": c,
+                "cloud_user_id": cloud_user["id"],
+                "cloud_company_id": cloud_company["id"],
+            }
+            user = directory.users.get(u)
+            grant = next((a for a in user.access if a.company_id == c), None) if user else None
+            services = {app: s for app, s in (grant.services.items() if grant else ()) if not s.is_empty()}
+            if services:
+                ops.append(
+                    AssignAccess(
+                        **common("access.assign", EntityType.USER, u, d, f"user:{u}"),
+                        **ids,
+                        services=services,
+                    )
+                )
+            else:
+                ops.append(RevokeAccess(**common("access.revoke", EntityType.USER, u, d, f"user:{u}"), **ids))
+        elif d.object_type == "catalogue":
+            app, kind_text, name = d.key.split("/", 2)
+            kind = cast(CatalogueKind, kind_text)
+            entity = _CATALOGUE_ENTITY[kind]
+            entity_id = f"{app}:{name}"
+            base = common(
+                "catalogue.remove" if d.kind is DriftKind.EXTRA else "catalogue.upsert",
+                entity,
+                entity_id,
+                d,
+                f"{entity.value}:{entity_id}",
+            )
+            if d.kind is DriftKind.EXTRA:
+                ops.append(
+                    RemoveCatalogueEntry(**base, application=ApplicationType(app), catalogue=kind, name=name)
+                )
+            else:
+                description = directory.catalogue[(app, kind, name)]
+                ops.append(
+                    UpsertCatalogueEntry(
+                        **base,
+                        application=ApplicationType(app),
+                        catalogue=kind,
+                        name=name,
+                        description=description,
+                    )
+                )
+        elif d.object_type == "application_instance":
+            if d.kind is not DriftKind.MISSING:
+                skipped.append(
+                    (
+                        d,
+                        "an instance that differs is an operator's decision: the planner holds the "
+                        "application until both sides match (DOMAIN.md rule 2)",
+                    )
+                )
+                continue
+            inst = directory.instances[ApplicationType(d.key)]
+            ops.append(
+                RegisterApplicationInstance(
+                    **common(
+                        "application_instance.register",
+                        EntityType.APPLICATION_INSTANCE,
+                        d.key,
+                        d,
+                        f"application_instance:{d.key}",
+                    ),
+                    application=inst.application,
+                    uri=inst.uri,
+                    license_fingerprint=inst.license_fingerprint,
+                )
+            )
+    return RepairPlan(tuple(ops), tuple(skipped))

@@ -1,0 +1,234 @@
+"""``vudsync status`` in one picture: assembled from what the adapters read. Pure.
+
+Where each line comes from:
+
+- liveness: consumer-group membership (planner, sink) and the ``/metrics`` endpoints when
+  configured (every component, the producer only that way);
+- lag: committed vs end offsets per group/topic/partition;
+- parked operations and held deletions: the planner's ``vudsync_parked_operations`` and
+  ``vudsync_held_deletions`` when scraped, else the journal (parked / held results with no
+  applied, dead-lettered or rejected result since);
+- DLQ depths: unhandled dead letters (see :mod:`vudsync.ops.deadletters`);
+- circuit: the sinks' ``vudsync_cloud_circuit_open`` (unknown without their endpoints);
+- last applied change, its age and the throughput of the last minute: the journal
+  (``vud.cloud.results``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from vudsync.ops.groups import GroupMember
+from vudsync.ops.journal_index import JournalStats
+from vudsync.ops.metrics_scrape import Scrape
+from vudsync.ops.timespec import format_age
+
+STALL_AFTER = 300.0  # seconds without an applied change while operations wait: "stalled?"
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    name: str
+    state: str  # up | down | unknown
+    detail: str
+
+
+@dataclass(frozen=True)
+class LagRow:
+    group: str
+    topic: str
+    partition: int
+    committed: int | None
+    end: int
+    lag: int
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    components: tuple[ComponentStatus, ...]
+    lag: tuple[LagRow, ...]
+    parked: int | None
+    parked_source: str
+    held: int
+    dlq: Mapping[str, int]  # topic -> unhandled
+    circuit: str  # open | closed | unknown
+    last_applied: Mapping[str, Any] | None
+    last_minute: Mapping[str, int]
+    problems: tuple[str, ...] = field(default_factory=tuple)
+
+    def lag_by_group(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for row in self.lag:
+            out[row.group] = out.get(row.group, 0) + row.lag
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": not self.problems,
+            "problems": list(self.problems),
+            "components": [c.__dict__ for c in self.components],
+            "lag": {"by_group": self.lag_by_group(), "partitions": [r.__dict__ for r in self.lag]},
+            "parked_operations": self.parked,
+            "parked_source": self.parked_source,
+            "held_deletions": self.held,
+            "dlq": dict(self.dlq),
+            "circuit": self.circuit,
+            "last_applied": dict(self.last_applied) if self.last_applied else None,
+            "last_minute": {
+                "by_outcome": dict(self.last_minute),
+                "applied_per_second": round(self.last_minute.get("applied", 0) / 60, 2),
+            },
+        }
+
+
+def _group_component(
+    role: str, group: str, members: Sequence[GroupMember], scrapes: Sequence[Scrape]
+) -> ComponentStatus:
+    mine = [s for s in scrapes if s.endpoint.component == role]
+    bad = [s for s in mine if s.error]
+    parts = [
+        f"group {group}: {len(members)} member(s)"
+        + (f" ({', '.join(m.describe() for m in members)})" if members else "")
+    ]
+    parts += [f"{s.endpoint.name} metrics: {s.error or 'ok'}" for s in mine]
+    state = "up" if members and not bad else "down"
+    return ComponentStatus(role, state, "; ".join(parts))
+
+
+def assemble(
+    *,
+    now: float,
+    members: Mapping[str, tuple[str, Sequence[GroupMember]]],  # role -> (group, members)
+    lag: Sequence[LagRow],
+    scrapes: Sequence[Scrape],
+    dlq: Mapping[str, int],
+    journal: JournalStats,
+) -> StatusReport:
+    components: list[ComponentStatus] = []
+    producer = [s for s in scrapes if s.endpoint.component == "producer"]
+    if producer:
+        bad = [s for s in producer if s.error]
+        components.append(
+            ComponentStatus(
+                "producer",
+                "down" if bad else "up",
+                "; ".join(f"{s.endpoint.name} metrics: {s.error or 'ok'}" for s in producer),
+            )
+        )
+    else:
+        components.append(
+            ComponentStatus("producer", "unknown", "no metrics endpoint configured (VUDSYNC_STATUS_METRICS)")
+        )
+    for role, (group, ms) in members.items():
+        components.append(_group_component(role, group, ms, scrapes))
+
+    planner_held = [
+        s.total("vudsync_held_deletions")
+        for s in scrapes
+        if s.endpoint.component == "planner" and not s.error
+    ]
+    if planner_held and all(v is not None for v in planner_held):
+        held = int(sum(v for v in planner_held if v is not None))
+    else:
+        held = journal.held_open
+
+    planner_parked = [
+        s.total("vudsync_parked_operations")
+        for s in scrapes
+        if s.endpoint.component == "planner" and not s.error
+    ]
+    if planner_parked and all(v is not None for v in planner_parked):
+        parked: int | None = int(sum(v for v in planner_parked if v is not None))
+        parked_source = "planner metrics"
+    else:
+        parked, parked_source = journal.parked_open, "journal"
+
+    circuits = [
+        s.total("vudsync_cloud_circuit_open")
+        for s in scrapes
+        if s.endpoint.component == "sink" and not s.error
+    ]
+    known = [c for c in circuits if c is not None]
+    circuit = ("open" if any(c >= 1 for c in known) else "closed") if known else "unknown"
+
+    last = None
+    if journal.last_applied is not None:
+        e = journal.last_applied
+        last = {
+            "time": e.as_dict()["recorded_at"],
+            "age_seconds": round(max(now - e.time, 0), 1),
+            "age": format_age(now - e.time),
+            "entity": f"{e.entity}:{e.entity_id}",
+            "kind": e.kind,
+            "operation_id": e.operation_id,
+            "effect": e.effect,
+        }
+
+    problems: list[str] = []
+    for c in components:
+        if c.state == "down":
+            problems.append(f"{c.name} is down: {c.detail}")
+    for topic, n in dlq.items():
+        if n:
+            problems.append(f"{n} unhandled dead letter(s) in {topic}: `vudsync dlq list`")
+    if circuit == "open":
+        problems.append("the circuit to the cloud is open: the cloud fails or refuses our credentials")
+    if held:
+        problems.append(f"{held} operation(s) held (accidental-delete protection): an operator decides")
+    waiting = sum(r.lag for r in lag)
+    if waiting and last is not None and float(last["age_seconds"]) > STALL_AFTER:
+        problems.append(
+            f"{waiting} message(s) wait while nothing was applied for {last['age']}: sync stalled?"
+        )
+    return StatusReport(
+        tuple(components),
+        tuple(lag),
+        parked,
+        parked_source,
+        held,
+        dict(dlq),
+        circuit,
+        last,
+        dict(journal.last_minute),
+        tuple(problems),
+    )
+
+
+def render(report: StatusReport) -> list[str]:
+    """The one screen, as lines of text."""
+    lines = ["vudsync status: " + ("OK" if not report.problems else f"{len(report.problems)} problem(s)")]
+    for p in report.problems:
+        lines.append(f"  ! {p}")
+    lines.append("")
+    lines.append("components")
+    for c in report.components:
+        lines.append(f"  {c.name:<9} {c.state:<8} {c.detail}")
+    lines.append("")
+    lines.append("consumer lag")
+    by_group = report.lag_by_group()
+    for group in sorted(by_group):
+        lines.append(f"  {group}: {by_group[group]} message(s)")
+        for r in (r for r in report.lag if r.group == group and r.lag):
+            committed = r.committed if r.committed is not None else "-"
+            lines.append(f"    {r.topic}[{r.partition}] committed {committed} end {r.end} lag {r.lag}")
+    lines.append("")
+    parked = report.parked if report.parked is not None else "?"
+    lines.append(f"parked operations   {parked} (from {report.parked_source})")
+    lines.append(f"held deletions      {report.held}")
+    for topic, n in report.dlq.items():
+        lines.append(f"dead letters        {n} unhandled in {topic}")
+    lines.append(f"circuit to cloud    {report.circuit}")
+    if report.last_applied:
+        la = report.last_applied
+        lines.append(f"last applied        {la['time']} ({la['age']} ago) {la['kind']} {la['entity']}")
+    else:
+        lines.append("last applied        never (no applied result in the journal)")
+    minute = report.last_minute
+    lines.append(
+        "last minute         "
+        + (", ".join(f"{k} {v}" for k, v in sorted(minute.items())) or "no results")
+        + f"  ({minute.get('applied', 0) / 60:.2f} applied/s)"
+    )
+    return lines
