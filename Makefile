@@ -37,7 +37,7 @@ venv: $(STAMP)  ## the virtual environment with the project and its dev tools
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,rocksdb]'
 	@touch $(STAMP)
 
 kafka-jars: $(STAMP)  ## fetch the Apache Kafka jars from Maven Central (cached)
