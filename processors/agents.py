@@ -8,6 +8,8 @@ directory event that needs it are never handled at the same time.
 
 from __future__ import annotations
 
+from typing import Any
+
 import faust
 
 from processors.handlers import PlannerHandlers
@@ -19,10 +21,10 @@ METRICS_INTERVAL = 10.0
 
 def declare_agents(app: faust.App, topics: PlannerTopics, handlers: PlannerHandlers) -> None:
     @app.agent(topics.inputs, name=AGENT_NAME, concurrency=1)
-    async def plan(stream: faust.StreamT) -> None:
+    async def plan(stream: faust.StreamT[Any]) -> None:
         async for event in stream.events():
             await handlers.on_message(event)
 
-    @app.timer(interval=METRICS_INTERVAL)
+    @app.timer(interval=METRICS_INTERVAL)  # type: ignore[untyped-decorator]
     async def export_gauges() -> None:
         handlers.export_gauges()

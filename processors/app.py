@@ -48,6 +48,10 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         topic_replication_factor=settings.topic_replication,
         producer_acks=-1,
         producer_linger=settings.planner_linger,
+        # table changelog records carry states (~1-2 KB): the 16 KB default sends a produce
+        # request every few records, and every request costs a system call on the event loop
+        producer_max_batch_size=1024 * 1024,
+        producer_max_request_size=4 * 1024 * 1024,
         processing_guarantee="at_least_once",
         web_enabled=False,
         autodiscover=False,

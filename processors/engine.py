@@ -526,6 +526,7 @@ class Reconciler:
         else:
             app = ApplicationType(fact.subject)
             before = self._verdict(tx, p, app)
+            value: dict[str, Any]
             if fact.kind is FactKind.INSTANCE:
                 if old is not None and old["version"] >= fact.version:
                     return fx

@@ -70,7 +70,7 @@ class PlannerHandlers:
 
     # -- the one entry point ----------------------------------------------------------
 
-    async def on_message(self, event: faust.EventT) -> None:
+    async def on_message(self, event: faust.EventT[Any]) -> None:
         """Handle one message of any input; never raises (but lets cancellation through)."""
         msg = event.message
         attempt = 0
@@ -144,12 +144,17 @@ class PlannerHandlers:
     # -- effects ----------------------------------------------------------------------
 
     async def perform(self, fx: Effects) -> None:
-        """Send, (wait for the acks,) write — in that order; then count."""
-        futures = []
-        for s in fx.sends:
-            topic = self.topics.by_role(s.role)
-            fut = await topic.send(key=s.key.encode(), value=encode(s.value), partition=s.partition)
-            futures.append(fut)
+        """Send, (wait for the acks,) write — in that order; then count.
+
+        Records go through the producer's buffer (``send_soon``), in order, like the table's
+        changelog records that follow them; Faust flushes that buffer before it commits.
+        """
+        futures = [
+            self.topics.by_role(s.role).send_soon(
+                key=s.key.encode(), value=encode(s.value), partition=s.partition
+            )
+            for s in fx.sends
+        ]
         if fx.acks_first and futures:
             await asyncio.gather(*futures)
         for key, value in fx.writes.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime
 
 import faust
@@ -45,6 +46,60 @@ def committed_offsets(app: faust.App) -> Committed:
     return committed
 
 
+def prime_committed_offsets(settings: Settings, bootstrap: str) -> int:
+    """Give every input partition of the planner's group a committed offset (its beginning)
+    where it has none yet; returns how many were primed.
+
+    Why: faust-streaming 0.15.3 drops a message whose delivery to the stream was interrupted by
+    a rebalance (``Consumer._drain_messages``: the read offset advances although the
+    delivery was cancelled) and relies on the seek to the committed offset after the rebalance
+    to read it again — a partition without a committed offset is not rewound, and the message
+    is lost. Quiet partitions (the control topic's) are the ones that have none. Only possible
+    while the group has no member: a worker primes before it joins, so the first one does it.
+    """
+    from kafka import KafkaAdminClient, TopicPartition
+    from kafka.errors import CoordinatorNotAvailableError, KafkaError, NotCoordinatorError
+    from kafka.structs import OffsetAndMetadata
+
+    from processors.app import app_id
+    from processors.topics import PLANNER_INPUTS
+
+    logging.getLogger("kafka.admin").setLevel(logging.ERROR)  # it cannot decode faust's member data
+    group = app_id(settings)
+    wanted = [
+        TopicPartition(settings.topic(name), p)
+        for name in PLANNER_INPUTS
+        for p in range(settings.topic_partitions)
+    ]
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id=f"{group}-primer")
+    except KafkaError as exc:
+        log.warning("planner: cannot prime committed offsets (%s)", exc)
+        return 0
+    try:
+        for attempt in range(30):
+            try:
+                described = admin.describe_groups([group]).get(group) or {}
+                if described.get("members"):
+                    return 0  # live members primed when they started
+                committed = admin.list_group_offsets({group: None}).get(group, {})
+                missing = {tp: OffsetAndMetadata(0, "", -1) for tp in wanted if tp not in committed}
+                if missing:
+                    admin.alter_group_offsets(group, missing)
+                return len(missing)
+            except (CoordinatorNotAvailableError, NotCoordinatorError) as exc:
+                # a new group's coordinator takes a moment to come up
+                log.debug("planner: priming offsets, attempt %d: %s", attempt, exc)
+                time.sleep(min(2.0, 0.1 * 2**attempt))
+        log.warning("planner: committed offsets not primed: no group coordinator")
+        return 0
+    except KafkaError as exc:  # e.g. another worker joined meanwhile: it primed
+        log.info("planner: committed offsets not primed (%s)", exc)
+        return 0
+    finally:
+        admin.close()
+
+
 def build_planner(settings: Settings, bootstrap: str, registry: CollectorRegistry) -> faust.App:
     app = create_app(settings, bootstrap)
     topics = declare_topics(app, settings)
@@ -69,6 +124,7 @@ def run_planner(
 ) -> None:
     """Run one planner worker until SIGTERM/SIGINT (Faust stops gracefully and commits)."""
     ensure_planner_topics(settings, bootstrap)
+    prime_committed_offsets(settings, bootstrap)
     registry = CollectorRegistry()
     if metrics_port is not None:
         start_http_server(metrics_port, addr=settings.metrics_host, registry=registry)

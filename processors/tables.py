@@ -10,8 +10,11 @@ No ``GlobalTable``: facts every partition needs are copied into each partition's
 
 from __future__ import annotations
 
+from typing import Any
+
 import faust
+from faust.types import TableT
 
 
-def declare_table(app: faust.App) -> faust.Table:
+def declare_table(app: faust.App) -> TableT[str, Any]:
     return app.Table("state", key_type=str, value_type=None, partitions=app.conf.topic_partitions)

@@ -13,7 +13,7 @@ from schemas.codec import decode_operation
 from schemas.deadletter import HEADER_OFFSET, HEADER_REASON, HEADER_STAGE, headers_dict
 from schemas.directory import ApplicationType, EntityType
 from schemas.results import FactKind, PlannerFact
-from schemas.topics import DIRECTORY_DLQ, DIRECTORY_TOPICS, OPERATIONS, PLANNER_FACTS
+from schemas.topics import DIRECTORY_DLQ, DIRECTORY_TOPICS, OPERATIONS, PLANNER_CONTROL, PLANNER_FACTS
 from tests.factories import T0, access, user_event
 from tests.kafka_read import read_all
 from tests.pipeline import alive_or_fail, components
@@ -60,6 +60,17 @@ def test_planner_plans_users_and_dead_letters_malformed_events(
         assert reasons[b"x2"][HEADER_REASON].startswith("wrong shape")
         assert reasons[b"x1"][HEADER_STAGE] == "decode" and reasons[b"x1"][HEADER_OFFSET].isdigit()
         assert {r.key: r.value for r in dlq}[b"x1"] == b"this is not json", "the original bytes, unchanged"
+        # every input partition has a committed offset, quiet ones included (see
+        # processors.service.prime_committed_offsets: faust loses messages on partitions without)
+        admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        try:
+            committed = admin.list_group_offsets({app_id(kafka_settings): None})[app_id(kafka_settings)]
+        finally:
+            admin.close()
+        control = kafka_settings.topic(PLANNER_CONTROL.name)
+        assert {tp.partition for tp in committed if tp.topic == control} == set(
+            range(kafka_settings.topic_partitions)
+        )
     finally:
         producer.close()
 

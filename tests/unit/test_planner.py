@@ -333,3 +333,13 @@ def test_catalogue_of_a_blocked_application_waits() -> None:
     result = run(None, role_event(1), ids(applications={}))
     (parked,) = result.parked
     assert parked.needs == ("application:business",) and result.outcome is Outcome.BLOCKED
+
+
+def test_operation_ids_are_uuid5_of_kind_entity_version_and_discriminator() -> None:
+    import uuid
+
+    from schemas.operations import _OPERATION_NAMESPACE, operation_id_for
+
+    for args in (("user.upsert", "u1", 5, ""), ("access.assign", "Ørjan-æ", 123456789, "c1")):
+        expected = uuid.uuid5(_OPERATION_NAMESPACE, "|".join(str(a) for a in args))
+        assert operation_id_for(*args) == str(expected)  # type: ignore[arg-type]

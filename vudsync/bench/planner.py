@@ -87,8 +87,8 @@ def directory_events(n: int, seed: int = 7) -> list[tuple[str, bytes]]:
     seq = 0
     for c in range(companies):
         seq += 1
-        state = {"id": f"c{c:04d}", "name": f"Firma {c} AS", "organisation_number": f"9{c:08d}"}
-        out.append((state["id"], _event("company", state, seq, "r")))
+        company = {"id": f"c{c:04d}", "name": f"Firma {c} AS", "organisation_number": f"9{c:08d}"}
+        out.append((company["id"], _event("company", company, seq, "r")))
     while len(out) < n:
         seq += 1
         roll = rng.random()
