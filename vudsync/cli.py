@@ -1,8 +1,11 @@
 """The ``vudsync`` command: one control plane for every component.
 
 Each command group lives in its own module under ``vudsync.commands``; this module only
-assembles them. Nothing is built at import: each command builds its own object graph
-from ``Settings`` when it runs.
+assembles them, lazily: ``vudsync run sink`` imports the ``run`` module and nothing else
+(every component starts as such a child process, and the other modules' imports —
+the admin client, the cloud API, the bench — cost a good part of a second).
+Nothing is built at import: each command builds its own object graph from ``Settings``
+when it runs.
 """
 
 from __future__ import annotations
@@ -15,32 +18,45 @@ import click
 
 from vudsync.errors import VudsyncError
 
-# (module under vudsync.commands, attribute) — a group or command each.
-_COMMANDS: tuple[tuple[str, str], ...] = (
-    ("kafka", "kafka"),
-    ("cloud", "cloud"),
-    ("run", "run"),
-    ("lag", "run"),  # the same run group, with `run lag-exporter` added
-    ("topics", "topics"),
-    ("store", "store"),
-    ("bench", "bench"),
-    ("seed", "seed"),
-    ("schemas", "schemas"),
-    ("demo", "demo"),
-    # planner: enabling the integration, accidental-delete protection
-    ("connect", "connect"),
-    ("deletes", "deletes"),
-    # operations
-    ("status", "status"),
-    ("replay", "replay"),
-    ("dlq", "dlq"),
-    ("journal", "journal"),
-    ("verify", "verify"),
-)
+# command name → (module under vudsync.commands, attribute): a group or command each.
+_COMMANDS: dict[str, tuple[str, str]] = {
+    name: (module, attr)
+    for name, module, attr in (
+        ("kafka", "kafka", "kafka"),
+        ("cloud", "cloud", "cloud"),
+        ("run", "lag", "run"),  # the run group, with `run lag-exporter` added by the lag module
+        ("topics", "topics", "topics"),
+        ("store", "store", "store"),
+        ("bench", "bench", "bench"),
+        ("seed", "seed", "seed"),
+        ("schemas", "schemas", "schemas"),
+        ("demo", "demo", "demo"),
+        # planner: enabling the integration, accidental-delete protection
+        ("connect", "connect", "connect"),
+        ("deletes", "deletes", "deletes"),
+        # operations
+        ("status", "status", "status"),
+        ("replay", "replay", "replay"),
+        ("dlq", "dlq", "dlq"),
+        ("journal", "journal", "journal"),
+        ("verify", "verify", "verify"),
+    )
+}
 
 
 class _Main(click.Group):
-    """Turns our own errors into a one-line message and exit code 2, never a traceback."""
+    """Loads each command's module when it is asked for; turns our own errors into a one-line
+    message and exit code 2, never a traceback."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in _COMMANDS:
+            module_name, attr = _COMMANDS[cmd_name]
+            module = importlib.import_module(f"vudsync.commands.{module_name}")
+            self.add_command(getattr(module, attr), cmd_name)
+        return self.commands.get(cmd_name)
 
     def invoke(self, ctx: click.Context) -> object:
         try:
@@ -67,11 +83,11 @@ def cli(verbose: int) -> None:
 
 
 def _register() -> None:
-    for module_name, attr in _COMMANDS:
-        module = importlib.import_module(f"vudsync.commands.{module_name}")
-        cli.add_command(getattr(module, attr))
+    """Load every command now (tests and tools that walk ``cli.commands``)."""
+    ctx = click.Context(cli)
+    for name in _COMMANDS:
+        cli.get_command(ctx, name)
 
 
 def main() -> None:
-    _register()
     cli()
