@@ -70,7 +70,11 @@ OPERATIONS_DLQ = TopicSpec(
     "vud.cloud.operations.dlq", "cloud aggregate", False, 30 * DAY_MS, "failed operations"
 )
 RESULTS = TopicSpec(
-    "vud.cloud.results", "cloud aggregate", False, 30 * DAY_MS, "what became of each operation"
+    "vud.cloud.results",
+    "entity id (co-partitioned with the directory topics)",
+    False,
+    30 * DAY_MS,
+    "what became of each operation",
 )
 
 # planner: what every planner partition must know, and accidental-delete protection

@@ -44,3 +44,6 @@ def test_demo_syncs_the_sample_directory(kafka_bootstrap: str, tmp_path: Path) -
     assert report["users_in_cloud"] == report["users_in_store"] > 0
     assert report["dead_lettered"] == 0 and report["parked"] == 0
     assert report["end_to_end_p99_seconds"] is not None
+    # the live changes are reported apart from the initial sync that queued behind the snapshot
+    assert report["live_changes_applied"] > 0
+    assert report["live_end_to_end_p99_seconds"] is not None
