@@ -26,16 +26,21 @@ from schemas.operations import CloudOperation, DeactivateUser, UpsertCompany, Up
 from sinks.errors import AuthenticationFailed, CloudRejected, CloudUnavailable
 from sinks.ports import Applied, BatchOutcome
 from sinks.writes import (
+    MULTI_STEP,
+    Steps,
     Write,
     body_text,
     company_fields,
     error_for,
     excerpt,
     interpret,
+    lookups,
     parse_retry_after,
     simple_write,
+    steps_after_lookup,
     user_fields,
 )
+from vudsync.errors import VudsyncError
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,56 @@ class _Token:
         self.expires_at = 0.0
         self.refused_until = 0.0
         self.refusal: AuthenticationFailed | None = None
+
+
+def _first(answer: dict[str, Any]) -> dict[str, Any] | None:
+    items = (answer.get("body") or {}).get("items") or []
+    return items[0] if items else None
+
+
+def _lookup_error(answer: dict[str, Any]) -> VudsyncError | None:
+    status = int(answer["status"])
+    if status < 300:
+        return None
+    headers = answer.get("headers") or {}
+    body = excerpt(body_text(answer.get("body")))
+    return error_for("GET (look-up in a batch)", status, body, parse_retry_after(headers.get("retry-after")))
+
+
+class _InFlight:
+    """One operation's writes in a batched apply: which is next, what the earlier ones said."""
+
+    def __init__(self, steps: Steps, simple: bool = False) -> None:
+        self.steps = steps
+        self.simple = simple
+        self.done: list[tuple[int, Any, bool]] = []  # (status, body, replayed) per write sent
+
+    @property
+    def next_write(self) -> Write:
+        return self.steps.writes[len(self.done)]
+
+    def answered(self, op: CloudOperation, answer: dict[str, Any]) -> tuple[bool, BatchOutcome]:
+        """Take the answer to ``next_write``: (finished?, the operation's outcome if so)."""
+        write = self.next_write
+        status = int(answer["status"])
+        headers = answer.get("headers") or {}
+        if not (status < 300 or status in write.ok_statuses):
+            body = excerpt(body_text(answer.get("body")))
+            retry_after = parse_retry_after(headers.get("retry-after"))
+            return True, error_for(f"{write.method} {write.path}", status, body, retry_after)
+        replayed = headers.get("idempotent-replayed") == "true"
+        if self.simple:
+            return True, interpret(op, status, answer.get("body"), replayed)
+        if self.steps.creates and not self.done and status == 409:
+            return True, None  # created meanwhile (by us or someone else): the alone path matches it
+        self.done.append((status, answer.get("body"), replayed))
+        if len(self.done) < len(self.steps.writes):
+            return False, None
+        cloud_id = self.steps.cloud_id
+        if cloud_id is None:  # the create's answer names it
+            cloud_id = str(self.done[0][1]["id"])
+        replayed_all = all(r for _, _, r in self.done)
+        return True, Applied(self.steps.effect, cloud_id, replayed_all, self.steps.details)
 
 
 class HttpCloudDirectory:
@@ -83,7 +138,7 @@ class HttpCloudDirectory:
         await self._client.aclose()
 
     def batchable(self, op: CloudOperation) -> bool:
-        return simple_write(op) is not None
+        return simple_write(op) is not None or isinstance(op, MULTI_STEP)
 
     # -- tokens -----------------------------------------------------------------------
 
@@ -211,31 +266,63 @@ class HttpCloudDirectory:
         return await self._multi_step(op, None, [])
 
     async def apply_batch(self, ops: Sequence[CloudOperation]) -> list[BatchOutcome]:
-        """Simple operations in one ``POST /v1/batch`` (≤ 500), in order; one outcome each."""
+        """Operations through ``POST /v1/batch`` (≤ 500), each with its own keys and outcome.
+
+        Simple operations are one write each. Multi-step operations (:data:`MULTI_STEP`) go in
+        phases: all their look-ups in one batch, then their writes, one write of each
+        operation per round and only after its previous write succeeded — the order and the
+        conditions of the one-at-a-time path, with a round trip per phase instead of per
+        request. An operation that needs an answer first (a create answered 409: created
+        meanwhile) gets None: the worker applies it alone.
+        """
         if len(ops) > MAX_BATCH:
             raise ValueError(f"at most {MAX_BATCH} operations per batch")
-        writes = [simple_write(op) for op in ops]
-        if any(w is None for w in writes):
-            raise ValueError("apply_batch takes simple operations only")
-        items = [w.batch_item() for w in writes if w is not None]
-        # orjson: a batch's body and answer are the sink's largest JSON documents
-        response = await self.request("POST", "/v1/batch", content=orjson.dumps({"requests": items}))
-        answers = orjson.loads(response.content)["responses"]
-        if len(answers) != len(ops):
-            raise CloudUnavailable(f"POST /v1/batch: {len(answers)} answers for {len(ops)} items")
-        outcomes: list[BatchOutcome] = []
-        for op, write, answer in zip(ops, writes, answers, strict=True):
-            assert write is not None
-            status = int(answer["status"])
-            headers = answer.get("headers") or {}
-            if status < 300 or status in write.ok_statuses:
-                replayed = headers.get("idempotent-replayed") == "true"
-                outcomes.append(interpret(op, status, answer.get("body"), replayed))
+        outcomes: list[BatchOutcome] = [None] * len(ops)
+        rounds: dict[int, _InFlight] = {}
+        multi: list[int] = []
+        for i, op in enumerate(ops):
+            write = simple_write(op)
+            if write is not None:
+                rounds[i] = _InFlight(Steps((write,), "", None, {}), simple=True)
+            elif isinstance(op, MULTI_STEP):
+                multi.append(i)
             else:
-                what = f"{write.method} {write.path}"
-                body = excerpt(body_text(answer.get("body")))
-                outcomes.append(error_for(what, status, body, parse_retry_after(headers.get("retry-after"))))
+                raise ValueError(f"apply_batch cannot apply {op.kind} (no cloud mapping)")
+        if multi:
+            found = await self._batch([item.batch_item() for i in multi for item in lookups(ops[i])])
+            for n, i in enumerate(multi):
+                by_id, by_key = found[2 * n], found[2 * n + 1]
+                error = next((e for e in (_lookup_error(by_id), _lookup_error(by_key)) if e), None)
+                if error is not None:
+                    outcomes[i] = error
+                    continue
+                plan = steps_after_lookup(ops[i], _first(by_id), _first(by_key))
+                if isinstance(plan, Steps):
+                    rounds[i] = _InFlight(plan)
+                else:
+                    outcomes[i] = plan
+        while rounds:
+            order = list(rounds)
+            answers = await self._batch([rounds[i].next_write.batch_item() for i in order])
+            for i, answer in zip(order, answers, strict=True):
+                finished, outcome = rounds[i].answered(ops[i], answer)
+                if finished:
+                    outcomes[i] = outcome
+                    del rounds[i]
         return outcomes
+
+    async def _batch(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Items through ``POST /v1/batch`` in order (≤ 500 a request); their answers."""
+        answers: list[dict[str, Any]] = []
+        for start in range(0, len(items), MAX_BATCH):
+            chunk = items[start : start + MAX_BATCH]
+            # orjson: a batch's body and answer are the sink's largest JSON documents
+            response = await self.request("POST", "/v1/batch", content=orjson.dumps({"requests": chunk}))
+            got = orjson.loads(response.content)["responses"]
+            if len(got) != len(chunk):
+                raise CloudUnavailable(f"POST /v1/batch: {len(got)} answers for {len(chunk)} items")
+            answers.extend(got)
+        return answers
 
     async def _multi_step(
         self, op: CloudOperation, found: dict[str, Any] | None, responses: list[httpx.Response]

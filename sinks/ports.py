@@ -28,8 +28,9 @@ class CloudDirectory(Protocol):
     """The cloud's directory, by role. Errors: RetryableError / PermanentError subclasses.
 
     ``apply`` applies one operation (possibly several idempotent requests). ``apply_batch``
-    applies simple operations (``batchable``) in one round trip, in order, each with its own
-    idempotency key and outcome; an error of the round trip itself is raised, for all.
+    applies ``batchable`` operations in a few round trips (simple ones in one; those resolved
+    by look-ups first in phases), each with its own idempotency keys and outcome; an error of
+    a round trip itself is raised, for all (every write is idempotent: a retry is safe).
     """
 
     def batchable(self, op: CloudOperation) -> bool: ...

@@ -88,14 +88,18 @@ def test_a_mismatching_instance_blocks_its_access_until_it_is_fixed(
                 and any(r.kind == "access.assign" and r.outcome is ResultOutcome.BLOCKED for r in rs)
             ),
         )
-        wait_until(lambda: alive_or_fail(procs) and cloud.user("u1") is not None, 180, what="u1 in the cloud")
+        wait_until(
+            lambda: alive_or_fail(procs) and cloud.user("u1") is not None and cloud.company("c1") is not None,
+            180,
+            what="u1 and c1 in the cloud (they are applied independently)",
+        )
         (mismatch,) = {r.operation_id: r for r in results if r.kind == "journal.instance_mismatch"}.values()
         assert mismatch.outcome is ResultOutcome.BLOCKED and mismatch.entity_id == "business"
         assert "license key" in mismatch.details["message"] and "uri" not in mismatch.details["message"]
         everything = "".join(r.model_dump_json() for r in results)
         assert "VB-OTHER-KEY" not in everything and "VB-CLOUD-KEY" not in everything
         assert license_fingerprint("VB-OTHER-KEY", key) not in mismatch.model_dump_json()
-        assert cloud.company("c1") is not None and _roles(cloud, "u1") == [], "held while it differs"
+        assert _roles(cloud, "u1") == [], "held while it differs"
 
         writer.set_application_instance("business", URI, "VB-CLOUD-KEY")  # the operator fixes the key
         wait_until(

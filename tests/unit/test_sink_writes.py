@@ -11,11 +11,27 @@ import httpx
 import pytest
 
 from schemas.directory import ApplicationType, EntityType, ServiceAccess
-from schemas.operations import AssignAccess, RevokeAccess, UpsertCatalogueEntry, UpsertCompany, UpsertUser
+from schemas.operations import (
+    AssignAccess,
+    DeactivateUser,
+    RevokeAccess,
+    UpsertCatalogueEntry,
+    UpsertCompany,
+    UpsertUser,
+)
 from sinks.errors import AuthenticationFailed, CloudRejected, CloudUnavailable, RateLimited
 from sinks.http_cloud import HttpCloudDirectory
 from sinks.ports import Applied
-from sinks.writes import error_for, excerpt, interpret, simple_write
+from sinks.writes import (
+    Steps,
+    error_for,
+    excerpt,
+    interpret,
+    lookups,
+    simple_write,
+    steps_after_lookup,
+    user_fields,
+)
 
 T = datetime(2026, 11, 27, 12, tzinfo=UTC)
 COMMON: dict[str, Any] = {
@@ -234,3 +250,71 @@ async def test_batch_items_get_their_own_outcomes() -> None:
     assert outcomes[3] is None  # stale cloud id: apply it alone, through the full path
     assert fake.calls == ["POST /oauth/token", "POST /v1/batch"]
     await cloud.aclose()
+
+
+# -- multi-step operations in batched phases ----------------------------------------------
+
+
+def test_steps_after_lookup_make_the_one_at_a_time_decisions() -> None:
+    new = steps_after_lookup(upsert_user(cloud_id=None), None, None)
+    assert isinstance(new, Steps) and new.creates and new.effect == "created" and new.cloud_id is None
+    assert [(w.method, w.path, w.key) for w in new.writes] == [("POST", "/v1/users", "op-u:create")]
+    # new and inactive: the deactivation needs the create's answer, so it is applied alone
+    assert steps_after_lookup(upsert_user(cloud_id=None, active=False), None, None) is None
+    # matched by e-mail only: link, then update what differs
+    cloud_user = {"id": "cu 9", "external_id": None, "email": "kari@fjord.no", "active": True}
+    linked = steps_after_lookup(upsert_user(cloud_id=None), None, cloud_user)
+    assert isinstance(linked, Steps) and linked.effect == "linked" and linked.cloud_id == "cu 9"
+    assert [(w.method, w.path, w.key) for w in linked.writes] == [
+        ("POST", "/v1/users/cu%209/link", "op-u:link"),
+        ("PATCH", "/v1/users/cu%209", "op-u:update"),
+    ]
+    same = {"id": "cu-1", "external_id": "u1", "active": True, **user_fields(upsert_user())}
+    assert steps_after_lookup(upsert_user(cloud_id=None), same, None) == Applied("noop", "cu-1", False)
+    gone = DeactivateUser(
+        operation_id="op-d", aggregate="user:u1", entity=EntityType.USER, entity_id="u1",
+        email="kari@fjord.no", **COMMON,
+    )  # fmt: skip
+    assert steps_after_lookup(gone, None, None) == Applied(
+        "noop", None, False, {"reason": "no such user in the cloud"}
+    )
+    company = UpsertCompany(
+        operation_id="op-co", aggregate="company:c1", entity=EntityType.COMPANY, entity_id="c1",
+        name="Fjord AS", organisation_number="923609016", country="NO", status="active", **COMMON,
+    )  # fmt: skip
+    other = {"id": "cc-7", "name": "Fjord Regnskap AS", "country": "NO", "status": "active"}
+    link = steps_after_lookup(company, None, other)
+    assert isinstance(link, Steps) and link.effect == "linked" and link.details == {"review": ["name"]}
+    assert [w.key for w in link.writes] == ["op-co:link"]
+    assert lookups(company)[1].batch_item() == {
+        "method": "GET",
+        "path": "/v1/companies?organisation_number=923609016",
+    }
+
+
+async def test_a_failed_step_stops_the_operation_before_its_next_write() -> None:
+    """Batched, a multi-step operation's writes go one per round, each only after the one
+    before succeeded — as on the one-at-a-time path (no update of a user we could not link)."""
+    sent: list[list[str]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/oauth/token":
+            return httpx.Response(200, json={"access_token": "t", "expires_in": 3600})
+        items = json.loads(request.content)["requests"]
+        sent.append([f"{i['method']} {i['path']}" for i in items])
+        if items[0]["method"] == "GET":  # the look-ups: nothing by id, a user by e-mail
+            kari = {"id": "cu-9", "external_id": None, "email": "kari@fjord.no", "active": True}
+            answers = [{"status": 200, "body": {"items": []}, "headers": {}},
+                       {"status": 200, "body": {"items": [kari]}, "headers": {}}]  # fmt: skip
+        else:  # the link is refused: that user is linked to another directory object
+            answers = [{"status": 409, "body": {"error": "external_id_taken"}, "headers": {}}]
+        return httpx.Response(200, json={"responses": answers})
+
+    cloud = HttpCloudDirectory("http://cloud", "c", "s", transport=httpx.MockTransport(handler))
+    (outcome,) = await cloud.apply_batch([upsert_user(cloud_id=None)])
+    await cloud.aclose()
+    assert isinstance(outcome, CloudRejected) and outcome.status == 409
+    assert sent == [
+        ["GET /v1/users?external_id=u1", "GET /v1/users?email=kari%40fjord.no"],
+        ["POST /v1/users/cu-9/link"],
+    ]
