@@ -71,7 +71,7 @@ def _wait_clean(settings: Settings, bootstrap: str, procs: dict[str, Any], what:
             lambda: alive_or_fail(procs) and _verify_clean(settings, bootstrap), 240, interval=2, what=what
         )
     except TimeoutError as exc:
-        drift = run(settings, bootstrap, "verify").stdout
+        drift = run(settings, bootstrap, "verify").output  # with its error, if it failed
         journal = run(settings, bootstrap, "journal", "--limit", "30").stdout
         journal += run(settings, bootstrap, "journal", "--outcome", "parked,blocked", "--json").stdout
         logs = "\n".join(f"--- {n}\n{p.tail(25)}" for n, p in procs.items() if n in ("planner", "sink"))
