@@ -12,6 +12,10 @@ The workload (also used by the sink's e2e tests): users that exist in the cloud,
 ``ops_per_user`` operations on its aggregate (user upserts with a known cloud id and access
 assignments, alternating, every version different), plus catalogue upserts, each its own
 aggregate — all simple operations, the kind the batch endpoint carries.
+
+``--workload initial`` measures an initial sync instead: users and companies the cloud does
+not know yet (nine users to a company), each a multi-step operation (look up by external id
+and by e-mail / organisation number, then create), batched in phases or applied alone.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from schemas.operations import (
     AssignAccess,
     CloudOperation,
     UpsertCatalogueEntry,
+    UpsertCompany,
     UpsertUser,
     operation_id_for,
 )
@@ -58,12 +63,56 @@ class SinkWorkload:
     order: dict[str, list[str]] = field(default_factory=dict)  # aggregate → keys, in feed order
     last_first_name: dict[str, str] = field(default_factory=dict)  # cloud user id → expected name
 
-    def add(self, op: CloudOperation) -> None:
-        write = simple_write(op)
-        assert write is not None, f"{op.kind} is not a simple operation"
+    def add(self, op: CloudOperation, key: str | None = None) -> None:
+        """``key``: the idempotency key of the operation's one effect, when it is not a simple
+        operation (a create: ``<operation id>:create``)."""
+        if key is None:
+            write = simple_write(op)
+            assert write is not None, f"{op.kind} is not a simple operation: name its key"
+            key = write.key
         self.operations.append(op)
-        self.keys[write.key] = op.aggregate
-        self.order.setdefault(op.aggregate, []).append(write.key)
+        self.keys[key] = op.aggregate
+        self.order.setdefault(op.aggregate, []).append(key)
+
+
+def prepare_initial_workload(n: int, *, tag: str | None = None) -> SinkWorkload:
+    """``n`` users and companies the cloud does not know yet: each is created (one effect)."""
+    tag = tag or uuid.uuid4().hex[:8]
+    work = SinkWorkload(tag)
+    now = datetime.now(UTC)
+    for i in range(n):
+        common: dict[str, Any] = {"source_version": 1, "source_committed_at": now, "planned_at": now}
+        op: CloudOperation
+        if i % 10 == 0:
+            entity_id = f"{tag}-c{i}"
+            op = UpsertCompany(
+                operation_id=operation_id_for("company.upsert", entity_id, 1),
+                aggregate=f"company:{entity_id}",
+                entity=EntityType.COMPANY,
+                entity_id=entity_id,
+                name=f"Nordlys {i} AS",
+                organisation_number=f"8{int(tag, 16) % 10**2:02d}{i:06d}",
+                country="NO",
+                status="active",
+                **common,
+            )
+        else:
+            entity_id = f"{tag}-u{i}"
+            op = UpsertUser(
+                operation_id=operation_id_for("user.upsert", entity_id, 1),
+                aggregate=f"user:{entity_id}",
+                entity=EntityType.USER,
+                entity_id=entity_id,
+                username=f"ny{i}{tag}",
+                email=f"ny.bruker{i}.{tag}@fjord.no",
+                first_name="Solveig",
+                last_name="Ærø",
+                language="nb",
+                active=True,
+                **common,
+            )
+        work.add(op, key=f"{op.operation_id}:create")
+    return work
 
 
 def _batch(api: httpx.Client, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -372,6 +421,7 @@ def run_bench(
     batch_size: int,
     timeout: float,
     profile_dir: Path | None = None,
+    workload: str = "steady",
 ) -> dict[str, Any]:
     """One measured run; returns the figures (see the module docstring)."""
     from cloud.server import CloudServer
@@ -396,7 +446,11 @@ def run_bench(
         ensure_catalogue(settings, bootstrap)
         api = httpx.Client(base_url=cloud.url, headers=cloud.auth_headers(), timeout=60)
         started = time.monotonic()
-        work = prepare_workload(api, ops, tag=tag)
+        work = (
+            prepare_initial_workload(ops, tag=tag)
+            if workload == "initial"
+            else prepare_workload(api, ops, tag=tag)
+        )
         feed(bootstrap, settings.topic(OPERATIONS.name), work.operations)
         setup_seconds = time.monotonic() - started
         if faults:
@@ -486,9 +540,11 @@ def run_bench(
     return {
         "benchmark": "sink",
         "command": "vudsync bench sink "
-        + f"--ops {ops} --workers {workers} {'--batch' if batch else '--no-batch'} --faults {faults}"
+        + f"--workload {workload} --ops {ops} --workers {workers}"
+        + f" {'--batch' if batch else '--no-batch'} --faults {faults}"
         + f" --concurrency {concurrency} --batch-size {batch_size}",
         "operations": len(work.operations),
+        "workload": workload,
         "workers": workers,
         "batch": batch,
         "batch_size": batch_size if batch else 1,
@@ -566,6 +622,13 @@ def _profile(folder: Path, pids: dict[str, int]) -> list[subprocess.Popen[bytes]
     default=None,
     help="record py-spy profiles of the cloud and the sinks into this folder",
 )
+@click.option(
+    "--workload",
+    type=click.Choice(["steady", "initial"]),
+    default="steady",
+    show_default=True,
+    help="steady: updates and assignments of known users; initial: new users and companies (multi-step)",
+)
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def command(
     n_ops: int,
@@ -576,6 +639,7 @@ def command(
     batch_size: int | None,
     timeout: float,
     profile_dir: Path | None,
+    workload: str,
     as_json: bool,
 ) -> None:
     """Sink throughput against the local cloud API (healthy or faulty; 1-2 workers; batch or not)."""
@@ -590,5 +654,6 @@ def command(
         batch_size=batch_size or 200,
         timeout=timeout,
         profile_dir=profile_dir,
+        workload=workload,
     )
     emit(result, as_json)
