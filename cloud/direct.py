@@ -24,7 +24,9 @@ is not ``application/json``. Validation has no effect, so handing over is always
 * :meth:`DirectDispatch.run_until_indirect` serves a run of batch items in one worker
   thread inside :meth:`cloud.store.Store.batch`: the run's writes share one transaction,
   each in its own savepoint (effect, audit row and idempotency record stay
-  all-or-nothing per item), and reads see the writes before them.
+  all-or-nothing per item), and reads see the writes before them. The run's
+  idempotency keys are looked up in one query, and the audit and idempotency rows are
+  inserted set-wise (``executemany``) before the commit.
 
 ``--no-direct`` (``CloudSettings.direct_dispatch``) turns all of it off; the integration
 tests run one script against both and compare every answer and the request counts.
@@ -281,7 +283,9 @@ class DirectDispatch:
         ``len(items)``. The completed items are committed before it returns.
         """
         caller = _BatchCaller(self._context, Headers(raw=list(parent_headers)).get("authorization"))
-        with self._context.store.batch():
+        # the keys of the run, looked up together at its first write (Store.batch)
+        keys = [item.idempotency_key for item in items[start:] if item.idempotency_key is not None]
+        with self._context.store.batch(keys):
             for index in range(start, len(items)):
                 result = self.run(parent_headers, items[index], caller)
                 if result is None:

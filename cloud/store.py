@@ -8,7 +8,11 @@
   transaction, so a crash never keeps one without the others.
 * :meth:`Store.batch` lets one thread join many writes into one transaction (a commit
   costs far more than a write here), each write inside its own savepoint: it is still
-  all-or-nothing per write, and a refused write leaves no trace.
+  all-or-nothing per write, and a refused write leaves no trace. Inside a batch the
+  bookkeeping is set-wise: the idempotency keys the batch declares are looked up in one
+  query, and the audit and idempotency rows of the completed writes are inserted with
+  ``executemany`` before anything reads them and before the commit (the same
+  transaction, so a crash still never keeps an effect without them).
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ import functools
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from cloud.errors import ApiError
 from cloud.idempotency import StoredResponse
@@ -135,8 +141,15 @@ DATA_TABLES: tuple[str, ...] = (
 
 
 def _dumps(body: Any) -> str:
-    """As the response was rendered (key order kept), so a replay is byte-identical."""
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    """As the response was rendered (key order kept), so a replay is byte-identical.
+
+    orjson writes the same JSON several times faster; what it refuses (integers over 64
+    bits, lone surrogates) the standard library writes.
+    """
+    try:
+        return orjson.dumps(body).decode("utf-8")
+    except (orjson.JSONEncodeError, UnicodeDecodeError):
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
 
 @functools.lru_cache(maxsize=64)
@@ -184,6 +197,11 @@ class WriteResult:
 WriteAction = Callable[[sqlite3.Connection, float], Outcome]
 
 _SELECT_KEY = "SELECT fingerprint, status, body, headers FROM idempotency WHERE client_id = ? AND key = ?"
+_SELECT_KEYS = (
+    "SELECT key, fingerprint, status, body, headers FROM idempotency WHERE client_id = ? AND key IN "
+)
+# keys looked up per query (well under SQLite's limit on bound parameters)
+_KEYS_PER_QUERY = 500
 _INSERT_AUDIT = (
     "INSERT INTO audit (at, idempotency_key, client_id, method, path, resource_type, resource_id,"
     " effect) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -249,6 +267,7 @@ class Store:
         """
         batch: _Batch | None = getattr(self._local, "batch", None)
         if batch is not None and batch.conn is not None:
+            batch.flush()  # the audit and idempotency rows of the writes before this read
             return batch.conn
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
@@ -285,18 +304,35 @@ class Store:
         action → append its audit row → store the response under the key → commit.
         An :class:`ApiError` from the action rolls everything back and stores nothing.
 
-        Inside a :meth:`batch` of this thread the same steps run in a savepoint of the
-        batch's transaction instead (released on success, rolled back on any error), and
-        the commit is the batch's.
+        Inside a :meth:`batch` of this thread the key is looked up in the batch's
+        set-wise look-up (see :meth:`batch`); the action runs in a savepoint of the
+        batch's transaction (released on success, rolled back on any error, so a failed
+        write leaves nothing and the others keep theirs); its audit row and idempotency
+        record join the batch's pending rows, written in the same transaction before any
+        read of this batch and before its commit.
         """
         batch: _Batch | None = getattr(self._local, "batch", None)
         if batch is None:
             with self.transaction() as conn:
-                return self._apply(conn, request, action)
+                key = request.idempotency_key
+                if key is not None:
+                    found = conn.execute(_SELECT_KEY, (request.client_id, key)).fetchone()
+                    if found is not None:
+                        return _replay(request, tuple(found))
+                result, audit_row, key_row = self._run(conn, request, action)
+                if audit_row is not None:
+                    conn.execute(_INSERT_AUDIT, audit_row)
+                if key_row is not None:
+                    conn.execute(_INSERT_KEY, key_row)
+                return result
         conn = batch.begin()
+        if request.idempotency_key is not None:
+            stored = batch.lookup(request.client_id, request.idempotency_key)
+            if stored is not None:
+                return _replay(request, stored)
         conn.execute("SAVEPOINT batch_item")
         try:
-            result = self._apply(conn, request, action)
+            result, audit_row, key_row = self._run(conn, request, action)
         except BaseException:
             # an I/O or "database full" error may have rolled the whole transaction back
             if conn.in_transaction:
@@ -304,10 +340,11 @@ class Store:
                 conn.execute("RELEASE batch_item")
             raise
         conn.execute("RELEASE batch_item")
+        batch.add(request.client_id, audit_row, key_row)
         return result
 
     @contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self, keys: Iterable[str] = ()) -> Iterator[None]:
         """Join this thread's writes into one transaction until the block ends.
 
         The transaction (and the write lock) is taken at the first write, so a batch of
@@ -316,10 +353,17 @@ class Store:
         the completed writes are committed **even when the block raises**: as if each had
         been sent alone, a write that was answered before a failure keeps its effect.
         Until that commit nothing of the batch is durable, and no answer has left.
+
+        ``keys``: the idempotency keys the batch's writes will carry (a hint). They are
+        looked up in one query at the first write of each client instead of one query
+        per write; a key not declared is looked up on its own. The batch holds the write
+        lock from that query to its commit, so what it found stays true; a key stored by
+        a write of the batch itself is found among its pending rows (the same key twice
+        in one batch: the second is a replay, or 422 with another body).
         """
         if getattr(self._local, "batch", None) is not None:
             raise RuntimeError("batches do not nest")
-        batch = _Batch(self)
+        batch = _Batch(self, keys)
         self._local.batch = batch
         try:
             yield
@@ -327,53 +371,39 @@ class Store:
             self._local.batch = None
             batch.end()
 
-    def _apply(self, conn: sqlite3.Connection, request: WriteRequest, action: WriteAction) -> WriteResult:
-        """The body of :meth:`write`, inside a transaction or savepoint the caller owns."""
-        key = request.idempotency_key
-        if key is not None:
-            row = conn.execute(_SELECT_KEY, (request.client_id, key)).fetchone()
-            if row is not None:
-                if row["fingerprint"] != request.fingerprint:
-                    raise ApiError(
-                        422,
-                        "idempotency_key_reused",
-                        "this Idempotency-Key was used for a different request",
-                    )
-                body = None if row["body"] is None else json.loads(row["body"])
-                stored = StoredResponse(row["status"], body, json.loads(row["headers"]))
-                return WriteResult(stored, replayed=True)
+    def _run(
+        self, conn: sqlite3.Connection, request: WriteRequest, action: WriteAction
+    ) -> tuple[WriteResult, tuple[Any, ...] | None, tuple[Any, ...] | None]:
+        """Run the action: its result, its audit row and its idempotency row (not written yet)."""
         now = self._clock()
         outcome = action(conn, now)
         stamp = iso(now)
+        key = request.idempotency_key
+        audit_row: tuple[Any, ...] | None = None
+        key_row: tuple[Any, ...] | None = None
         if outcome.effect is not None:
-            conn.execute(
-                _INSERT_AUDIT,
-                (
-                    stamp,
-                    key,
-                    request.client_id,
-                    request.method,
-                    request.path,
-                    outcome.effect.resource_type,
-                    outcome.effect.resource_id,
-                    outcome.effect.effect,
-                ),
+            audit_row = (
+                stamp,
+                key,
+                request.client_id,
+                request.method,
+                request.path,
+                outcome.effect.resource_type,
+                outcome.effect.resource_id,
+                outcome.effect.effect,
             )
         if key is not None and 200 <= outcome.status < 300:
-            conn.execute(
-                _INSERT_KEY,
-                (
-                    request.client_id,
-                    key,
-                    request.fingerprint,
-                    outcome.status,
-                    None if outcome.body is None else _dumps(outcome.body),
-                    json.dumps(outcome.headers),
-                    stamp,
-                ),
+            key_row = (
+                request.client_id,
+                key,
+                request.fingerprint,
+                outcome.status,
+                None if outcome.body is None else _dumps(outcome.body),
+                _dumps(outcome.headers),
+                stamp,
             )
         stored = StoredResponse(outcome.status, outcome.body, dict(outcome.headers))
-        return WriteResult(stored, replayed=False)
+        return WriteResult(stored, replayed=False), audit_row, key_row
 
     def reset(self) -> None:
         """Wipe the directory data, audit and idempotency keys; keep clients and tokens."""
@@ -394,12 +424,35 @@ class Store:
             return value
 
 
-class _Batch:
-    """The batch transaction of one thread (see :meth:`Store.batch`); opened at its first write."""
+# a stored idempotency record: (fingerprint, status, body JSON, headers JSON)
+KeyRecord = tuple[str, int, str | None, str]
 
-    def __init__(self, store: Store) -> None:
+
+def _replay(request: WriteRequest, record: KeyRecord | tuple[Any, ...]) -> WriteResult:
+    """The stored response of ``request``'s key, or 422 when the key was used for another request."""
+    fingerprint, status, body, headers = record
+    if fingerprint != request.fingerprint:
+        raise ApiError(422, "idempotency_key_reused", "this Idempotency-Key was used for a different request")
+    parsed = None if body is None else json.loads(body)
+    return WriteResult(StoredResponse(status, parsed, json.loads(headers)), replayed=True)
+
+
+class _Batch:
+    """The batch transaction of one thread (see :meth:`Store.batch`); opened at its first write.
+
+    Holds the set-wise bookkeeping: the idempotency records found for the declared keys
+    (per client, loaded at the client's first look-up) and the pending audit and
+    idempotency rows of the writes completed so far, which :meth:`flush` inserts.
+    """
+
+    def __init__(self, store: Store, keys: Iterable[str]) -> None:
         self._store = store
         self.conn: sqlite3.Connection | None = None
+        self._declared = frozenset(keys)
+        self._loaded: set[str] = set()  # clients whose declared keys were looked up
+        self._records: dict[tuple[str, str], KeyRecord] = {}  # stored or pending, by (client, key)
+        self._audit_rows: list[tuple[Any, ...]] = []
+        self._key_rows: list[tuple[Any, ...]] = []
 
     def begin(self) -> sqlite3.Connection:
         if self.conn is not None:
@@ -417,17 +470,61 @@ class _Batch:
         self.conn = conn
         return conn
 
+    def lookup(self, client_id: str, key: str) -> KeyRecord | None:
+        """The record stored (or pending) under ``key`` for this client, or ``None``."""
+        conn = self.conn
+        assert conn is not None, "lookup before begin"
+        record = self._records.get((client_id, key))
+        if record is not None:
+            return record
+        if key not in self._declared:
+            row = conn.execute(_SELECT_KEY, (client_id, key)).fetchone()
+            return None if row is None else (row[0], row[1], row[2], row[3])
+        if client_id not in self._loaded:
+            self._loaded.add(client_id)
+            declared = sorted(self._declared)
+            for start in range(0, len(declared), _KEYS_PER_QUERY):
+                chunk = declared[start : start + _KEYS_PER_QUERY]
+                sql = _SELECT_KEYS + "(" + ",".join("?" * len(chunk)) + ")"
+                for row in conn.execute(sql, (client_id, *chunk)):
+                    self._records[(client_id, row[0])] = (row[1], row[2], row[3], row[4])
+            return self._records.get((client_id, key))
+        return None  # declared, looked up, not stored, not pending
+
+    def add(self, client_id: str, audit_row: tuple[Any, ...] | None, key_row: tuple[Any, ...] | None) -> None:
+        """A completed write's rows, to be inserted by :meth:`flush`."""
+        if audit_row is not None:
+            self._audit_rows.append(audit_row)
+        if key_row is not None:
+            self._key_rows.append(key_row)
+            _, key, fingerprint, status, body, headers, _ = key_row
+            self._records[(client_id, key)] = (fingerprint, status, body, headers)
+
+    def flush(self) -> None:
+        """Insert the pending audit and idempotency rows (in the batch's transaction, in order)."""
+        conn = self.conn
+        if conn is None:
+            return
+        if self._audit_rows:
+            rows, self._audit_rows = self._audit_rows, []
+            conn.executemany(_INSERT_AUDIT, rows)
+        if self._key_rows:
+            rows, self._key_rows = self._key_rows, []
+            conn.executemany(_INSERT_KEY, rows)
+
     def end(self) -> None:
-        conn, self.conn = self.conn, None
+        conn = self.conn
         if conn is None:
             return
         try:
             if conn.in_transaction:
                 try:
+                    self.flush()
                     conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     raise
         finally:
+            self.conn = None
             self._store._write_lock.release()

@@ -694,6 +694,35 @@ def test_batch_items_see_the_items_before_them(api: httpx.Client) -> None:
     assert [e["effect"] for e in effects(api, op)] == ["created"]
 
 
+def test_a_key_twice_in_one_run_of_batch_items_applies_once(api: httpx.Client) -> None:
+    """The run's keys are looked up together; a key stored earlier in the same run is found too."""
+    user = create_user(api)
+    done, op, other = key(), key(), key()
+    patch = {"method": "PATCH", "path": f"/v1/users/{user['id']}"}
+    in_batch(api, [{**patch, "idempotency_key": done, "body": {"first_name": "Kari"}}])
+    answers = in_batch(
+        api,
+        [
+            {**patch, "idempotency_key": done, "body": {"first_name": "Kari"}},  # stored before the batch
+            {**patch, "idempotency_key": done, "body": {"first_name": "Ola"}},
+            {**patch, "idempotency_key": op, "body": {"first_name": "Per"}},
+            {**patch, "idempotency_key": op, "body": {"first_name": "Per"}},  # stored earlier in this run
+            {**patch, "idempotency_key": op, "body": {"first_name": "Pål"}},
+            {**patch, "idempotency_key": other, "body": {"first_name": "Kari"}, "if_match": '"2"'},
+            {**patch, "idempotency_key": other, "body": {"first_name": "Kari"}, "if_match": '"3"'},
+            {"method": "GET", "path": f"/v1/audit?idempotency_key={op}"},  # sees the rows before it
+        ],
+    )
+    assert [a["status"] for a in answers] == [200, 422, 200, 200, 422, 412, 200, 200]
+    assert answers[0]["headers"]["idempotent-replayed"] == "true"
+    assert answers[1]["body"]["error"] == answers[4]["body"]["error"] == "idempotency_key_reused"
+    assert answers[3] == replayed(answers[2])
+    assert answers[2]["body"]["version"] == 3 and answers[6]["body"]["version"] == 4
+    assert [e["effect"] for e in answers[7]["body"]["items"]] == ["updated"]
+    assert [len(effects(api, k)) for k in (done, op, other)] == [1, 1, 1]
+    assert api.get(f"/v1/users/{user['id']}").json() == answers[6]["body"]
+
+
 def test_batch_items_are_counted_per_route(fresh_server: Callable[..., CloudServer]) -> None:
     cloud = fresh_server()
     with client_for(cloud) as api, admin(cloud) as admin_api:
@@ -924,6 +953,37 @@ def test_store_batch_keeps_each_write_all_or_nothing(tmp_path: Path) -> None:
         assert (users, keys, audited) == (["a@x.no"], ["k1"], ["k1"])
         assert first.replayed is False
         assert _store_write(store, "k1", _insert_user("a@x.no")).replayed is True
+    finally:
+        store.close()
+
+
+def test_store_batch_looks_keys_up_set_wise_and_writes_its_rows_before_reads(tmp_path: Path) -> None:
+    store = Store(tmp_path / "cloud.db", clock=time.time)
+    store.open()
+    try:
+        _store_write(store, "k0", _insert_user("a@x.no"))
+        other = WriteRequest("c", "POST", "/v1/users", "k1", "fp-other")
+        with store.batch(keys=["k0", "k1", "k2"]):
+            assert _store_write(store, "k0", _insert_user("never@x.no")).replayed is True
+            first = _store_write(store, "k1", _insert_user("b@x.no"))
+            assert _store_write(store, "k1", _insert_user("never@x.no")).replayed is True
+            with pytest.raises(ApiError, match="different request"):
+                store.write(other, _insert_user("never@x.no"))
+            with pytest.raises(ApiError):
+                _store_write(store, "k2", _refuse)
+            _store_write(store, "k9", _insert_user("c@x.no"))  # not declared: looked up on its own
+            audited_inside = [r[0] for r in store.reader().execute("SELECT idempotency_key FROM audit")]
+            _store_write(store, "k2", _insert_user("d@x.no"))  # refused before, applies now
+        assert first.replayed is False
+        assert audited_inside == ["k0", "k1", "k9"]
+        conn = sqlite3.connect(tmp_path / "cloud.db")
+        users = [r[0] for r in conn.execute("SELECT email FROM users ORDER BY rowid")]
+        audited = [r[0] for r in conn.execute("SELECT idempotency_key FROM audit ORDER BY seq")]
+        keys = sorted(r[0] for r in conn.execute("SELECT key FROM idempotency"))
+        conn.close()
+        assert users == ["a@x.no", "b@x.no", "c@x.no", "d@x.no"]
+        assert audited == ["k0", "k1", "k9", "k2"]
+        assert keys == ["k0", "k1", "k2", "k9"]
     finally:
         store.close()
 

@@ -28,11 +28,12 @@ def test_rebalance_and_sigterm_lose_nothing_and_keep_order(
 ) -> None:
     settings = pipeline_settings
     ensure_catalogue(settings, kafka_bootstrap)
-    work = prepare_workload(cloud.client, 2000)
+    work = prepare_workload(cloud.client, 3000)
     feed(kafka_bootstrap, settings.topic(OPERATIONS.name), work.operations)
     _faults(cloud, latency_ms=[100, 150])  # slow enough that the run spans both rebalances
     reader = AuditReader(cloud.client, work)
-    # one call of 10 at a time per worker: ~25 s for one worker, so both events land mid-run
+    # one call of 10 at a time per worker: ~40 s for one worker, so both events land mid-run
+    # even when the second worker takes 20-30 s to start and join on a busy machine
     small = {"VUDSYNC_SINK_BATCH_SIZE": "10", "VUDSYNC_SINK_CONCURRENCY": "1"}
     with components(settings, kafka_bootstrap, "sink:worker-1", **small) as first:
         wait_until(lambda: alive_or_fail(first) and reader.poll() >= 100, 120, what="worker-1 applying")
