@@ -45,6 +45,7 @@ SNAPSHOT_ORDER: tuple[EntityType, ...] = (
 )
 
 ProgressFn = Callable[[EntityType, int, int], None]
+PublisherFactory = Callable[[], RecordPublisher]
 AckedFn = Callable[[int], None]  # called with a streaming batch's last seq once the broker acked it
 
 
@@ -92,6 +93,7 @@ class ChangeCapture:
         config: CaptureConfig,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_acked: AckedFn | None = None,
+        snapshot_publisher: PublisherFactory | None = None,
     ) -> None:
         self.log = change_log
         self.publisher = publisher
@@ -101,6 +103,10 @@ class ChangeCapture:
         self.source = SourceInfo(store=change_log.store_kind, db=change_log.db_name)
         self.encoder = EventEncoder(self.source, config.fingerprint_key)
         self.on_acked = on_acked  # observation hook (the benchmark's latency clock)
+        # A snapshot may send through its own producer, tuned for bulk (a longer linger: fewer,
+        # larger produce requests, half the broker's CPU per event), closed when it is done;
+        # streaming keeps ``publisher``, whose short linger the pipelined loop relies on.
+        self.snapshot_publisher = snapshot_publisher
 
     # -- topics -----------------------------------------------------------------------
 
@@ -136,11 +142,10 @@ class ChangeCapture:
         """Snapshot batches ``(ids, records)``; the next batch is read on a helper thread while
         the caller maps and publishes this one (the database works meanwhile). Only the helper
         touches the change log until the generator is exhausted."""
-        batches = iter(self.log.snapshot_ids(entity, self.config.batch_size))
+        batches = iter(self.log.snapshot_batches(entity, self.config.batch_size))
 
         def read_next() -> tuple[list[str], dict[str, EntityRecord]] | None:
-            ids = next(batches, None)
-            return None if ids is None else (ids, self.log.read_entities(entity, ids))
+            return next(batches, None)
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-read") as pool:
             upcoming = pool.submit(read_next)
@@ -157,9 +162,35 @@ class ChangeCapture:
         for entity, total in totals.items():
             self.metrics.snapshot_entities.labels(entity=entity.value).set(total)
             self.metrics.snapshot_done.labels(entity=entity.value).set(0)
+        bulk = self.snapshot_publisher() if self.snapshot_publisher else None
+        try:
+            self._snapshot_entities(position, totals, bulk or self.publisher, progress)
+        finally:
+            if bulk is not None:
+                bulk.close()
+        self.log.save_checkpoint(self.config.name, "streaming", position)
+        self.metrics.position.set(position)
+        log.info("snapshot: done, streaming from position %d", position)
+        return position
+
+    def _snapshot_entities(
+        self,
+        position: int,
+        totals: dict[EntityType, int],
+        publisher: RecordPublisher,
+        progress: ProgressFn | None,
+    ) -> None:
+        """Emit every entity through ``publisher`` (dead letters through ``self.publisher``);
+        returns once the broker has acknowledged all of them."""
+
+        def flush() -> None:
+            publisher.flush()
+            if publisher is not self.publisher:
+                self.publisher.flush()  # the dead letters
+
         now_ts = time.time()
         encode = self.encoder.encode
-        publish = self.publisher.publish
+        publish = publisher.publish
         for entity in SNAPSHOT_ORDER:
             done = unacked = 0
             topic = self._topic(entity)
@@ -187,7 +218,7 @@ class ChangeCapture:
                 # wait for acks every many batches, not every batch: the snapshot's checkpoint
                 # is only written at its end, and a per-batch flush stalls the pipeline
                 if unacked >= self.config.snapshot_flush_every:
-                    self.publisher.flush()
+                    flush()
                     self.metrics.captured.labels(entity=entity.value).inc(unacked)
                     unacked = 0
                 self.metrics.snapshot_done.labels(entity=entity.value).set(done)
@@ -195,12 +226,8 @@ class ChangeCapture:
                 if progress:
                     progress(entity, done, totals[entity])
             if unacked:
-                self.publisher.flush()
+                flush()
                 self.metrics.captured.labels(entity=entity.value).inc(unacked)
-        self.log.save_checkpoint(self.config.name, "streaming", position)
-        self.metrics.position.set(position)
-        log.info("snapshot: done, streaming from position %d", position)
-        return position
 
     # -- streaming --------------------------------------------------------------------
 

@@ -40,6 +40,13 @@ DEFAULTS: dict[str, Any] = {
     # report means every record was acknowledged, without a Python callback per record
     "delivery.report.only.error": True,
 }
+# Over DEFAULTS for the snapshot's own producer (``ChangeCapture(snapshot_publisher=...)``): it
+# flushes only every 20,000 records, so a longer linger costs nothing and fills produce requests
+# (broker CPU per snapshot event ~35-50 -> ~17-25 µs, 100k-user snapshot ~16,000 -> ~19,500
+# events/s on the shared 2-core machine). Streaming keeps 5 ms: its records are queued a few ms
+# before the flush, and they should be on their way meanwhile (at 50 ms its p99 rose on
+# PostgreSQL, 61 -> 153 ms in one comparison).
+SNAPSHOT_OVERRIDES: dict[str, Any] = {"linger.ms": 50}
 
 
 class ConfluentRecordPublisher:

@@ -27,6 +27,13 @@ class ChangeLog(Protocol):
     def snapshot_ids(self, entity: EntityType, batch_size: int) -> Iterator[list[str]]:
         """Every current entity id of a type, in batches."""
 
+    def snapshot_batches(
+        self, entity: EntityType, batch_size: int
+    ) -> Iterator[tuple[list[str], dict[str, EntityRecord]]]:
+        """Every current entity of a type in id order, in batches ``(ids, records)``; each
+        batch's records are read in one snapshot of the store (as ``read_entities``). An id
+        may be missing from ``records`` when the entity was deleted since it was listed."""
+
     def count(self, entity: EntityType) -> int:
         """How many entities of a type exist now (for snapshot progress)."""
 

@@ -99,6 +99,13 @@ _ACCESS_SQL = (
     "SELECT a.user_id, a.company_id, a.application, a.kind, a.name, c.id IS NULL FROM access a "
     "LEFT JOIN companies c ON c.id = a.company_id WHERE a.user_id = ANY(%(ids)s)"
 )
+# the same for the users of a snapshot batch read by range (see snapshot_batches)
+_ACCESS_RANGE_SQL = (
+    "SELECT a.user_id, a.company_id, a.application, a.kind, a.name, c.id IS NULL FROM access a "
+    "LEFT JOIN companies c ON c.id = a.company_id WHERE a.user_id > %(after)s AND a.user_id <= "
+    "(SELECT max(b.id) FROM (SELECT id FROM users WHERE id > %(after)s ORDER BY id LIMIT %(limit)s) b)"
+)
+_RANGE_READ = frozenset({EntityType.USER, EntityType.COMPANY})
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,7 +272,6 @@ class PostgresChangeLog:
         if not ids:
             return {}
         table, id_expr = _TABLES[entity]
-        ids = list(ids)
         statements: list[sql.Composable] = [
             sql.SQL("SELECT {} AS _eid, * FROM {} WHERE {} = ANY(%(ids)s)").format(
                 sql.SQL(id_expr), sql.Identifier(table), sql.SQL(id_expr)
@@ -273,10 +279,47 @@ class PostgresChangeLog:
         ]
         if entity is EntityType.USER:
             statements.append(sql.SQL(_ACCESS_SQL))
+        columns, results = self._read_statements(statements, {"ids": list(ids)})
+        return self._records(entity, columns, results)
+
+    def snapshot_batches(
+        self, entity: EntityType, batch_size: int
+    ) -> Iterator[tuple[list[str], dict[str, EntityRecord]]]:
+        """Users and companies are read by id range (``id > last ORDER BY id LIMIT n``, and the
+        users' access rows by the same range), in one snapshot per batch: an index range scan
+        instead of sending 2,000 ids twice as array literals (client-side quoting) and looking
+        each up (the server's CPU per user fell by about half; docs/benchmarks.md). The other
+        types are small, and an application type can have several rows: ids, then rows."""
+        if entity not in _RANGE_READ:
+            for ids in self.snapshot_ids(entity, batch_size):
+                yield ids, self.read_entities(entity, ids)
+            return
+        table = sql.Identifier(_TABLES[entity][0])
+        statements: list[sql.Composable] = [
+            sql.SQL("SELECT id AS _eid, * FROM {} WHERE id > %(after)s ORDER BY id LIMIT %(limit)s").format(
+                table
+            )
+        ]
+        if entity is EntityType.USER:
+            statements.append(sql.SQL(_ACCESS_RANGE_SQL))
+        after = ""
+        while True:
+            columns, results = self._read_statements(statements, {"after": after, "limit": batch_size})
+            if not results[0]:
+                return
+            ids = [r[0] for r in results[0]]
+            yield ids, self._records(entity, columns, results)
+            after = ids[-1]
+
+    def _read_statements(
+        self, statements: list[sql.Composable], params: dict[str, Any]
+    ) -> tuple[list[str], list[list[tuple[Any, ...]]]]:
+        """Run ``statements`` in one REPEATABLE READ transaction sent as one message; returns
+        the first result's column names and every result's rows."""
         query = sql.SQL("; ").join([sql.SQL(_BEGIN_READ), *statements, sql.SQL("COMMIT")])
         with self._lock, psycopg.ClientCursor(self._conn, row_factory=psycopg.rows.tuple_row) as cur:
             try:
-                cur.execute(query, {"ids": ids})
+                cur.execute(query, params)
             except BaseException:
                 self._conn.rollback()  # the statements after the failed one never ran
                 raise
@@ -289,6 +332,13 @@ class PostgresChangeLog:
                     results.append(cur.fetchall())
                 if not cur.nextset():
                     break
+        return columns, results
+
+    @staticmethod
+    def _records(
+        entity: EntityType, columns: list[str], results: list[list[tuple[Any, ...]]]
+    ) -> dict[str, EntityRecord]:
+        """Records from the entity rows (``results[0]``) and, for users, their access rows."""
         rows = results[0]
         access: dict[str, list[tuple[str, str, str, str]]] = {}
         unknown: set[str] = set()

@@ -9,8 +9,8 @@ from types import FrameType
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from producers.capture import CaptureConfig, ChangeCapture, ProgressFn
-from producers.confluent_publisher import ConfluentRecordPublisher
+from producers.capture import CaptureConfig, ChangeCapture, ProgressFn, PublisherFactory
+from producers.confluent_publisher import SNAPSHOT_OVERRIDES, ConfluentRecordPublisher
 from producers.kafka_publisher import KafkaRecordPublisher
 from producers.metrics import ProducerMetrics
 from producers.ports import ChangeLog, RecordPublisher
@@ -64,8 +64,13 @@ def build_capture(
     registry = registry or CollectorRegistry()
     change_log = open_change_log(settings.resolved_store_url())
     publisher: RecordPublisher
+    snapshot_publisher: PublisherFactory | None = None
     if settings.capture_client == "confluent":
         publisher = ConfluentRecordPublisher(bootstrap)
+
+        def snapshot_publisher() -> RecordPublisher:
+            return ConfluentRecordPublisher(bootstrap, client_id="vudsync-snapshot", **SNAPSHOT_OVERRIDES)
+
     else:
         publisher = KafkaRecordPublisher(bootstrap)
     return ChangeCapture(
@@ -77,6 +82,7 @@ def build_capture(
             batch_size=settings.capture_batch_size,
             fingerprint_key=settings.fingerprint_key.get_secret_value().encode(),
         ),
+        snapshot_publisher=snapshot_publisher,
     )
 
 

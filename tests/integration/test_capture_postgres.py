@@ -310,3 +310,42 @@ def test_concurrent_writers_every_change_captured_in_order(
         )
         assert events[user_id][-1].state.first_name == first_name
     assert capture.log.load_checkpoint("default") == ("streaming", after)
+
+
+def test_snapshot_batches_read_by_range_what_the_id_lookups_read(
+    postgres_url: str, writer: PostgresDirectoryWriter
+) -> None:
+    """Users and companies are snapshotted by id range (snapshot_batches): every entity once,
+    batches of at most the batch size, each record as ``read_entities`` reads it (access
+    included, an unknown company flagged), and batch edges cut no user's access apart."""
+    writer.upsert_companies(
+        [{"id": f"c{i}", "name": f"Fjord {i} AS", "organisation_number": "923 609 016"} for i in range(5)]
+    )
+    for i in range(23):
+        writer.upsert_user(id=f"u{i:02d}", username=f"user{i}", email=f"user{i}@fjord.no")
+    writer.grant(
+        [(f"u{i:02d}", f"c{i % 5}", "business", "role", r) for i in range(0, 23, 2) for r in ("A", "B")]
+        + [("u07", "nope", "reporting", "module", "M")]
+    )
+    log = PostgresChangeLog(postgres_url)
+    try:
+        for entity, expected in ((EntityType.USER, 23), (EntityType.COMPANY, 5)):
+            batches = list(log.snapshot_batches(entity, 7))
+            ids = [i for batch_ids, _records in batches for i in batch_ids]
+            assert len(ids) == len(set(ids)) == expected
+            assert all(0 < len(batch_ids) <= 7 for batch_ids, _records in batches)
+            by_range = {k: v for _ids, records in batches for k, v in records.items()}
+            by_id = log.read_entities(entity, ids)
+            assert by_range.keys() == by_id.keys() == set(ids)
+            for key, record in by_range.items():
+                other = by_id[key]
+                assert (record.row, sorted(record.access), record.unknown_companies) == (
+                    other.row,
+                    sorted(other.access),
+                    other.unknown_companies,
+                )
+        batches = list(log.snapshot_batches(EntityType.USER, 7))
+        users = {k: v for _ids, records in batches for k, v in records.items()}
+        assert len(users["u06"].access) == 2 and users["u07"].unknown_companies == {"nope"}
+    finally:
+        log.close()

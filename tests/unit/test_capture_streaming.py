@@ -89,6 +89,11 @@ class FakeChangeLog:
     def snapshot_ids(self, entity: EntityType, batch_size: int) -> Iterator[list[str]]:
         return iter(())
 
+    def snapshot_batches(
+        self, entity: EntityType, batch_size: int
+    ) -> Iterator[tuple[list[str], dict[str, EntityRecord]]]:
+        return iter(())
+
     def count(self, entity: EntityType) -> int:
         return 0
 

@@ -522,6 +522,17 @@ def command(
         overrides = dict(item.split("=", 1) for item in producer_config)
         publisher = _Counting(_publisher(client, broker, overrides))
         stack.callback(publisher.close)
+        snapshot_publishers: list[_Counting] = []
+
+        def snapshot_publisher() -> _Counting:
+            # as the producer service does (producers.service.build_capture): a bulk-tuned
+            # producer for the snapshot only; --producer-config applies to both
+            from producers.confluent_publisher import SNAPSHOT_OVERRIDES
+
+            bulk = _publisher(client, broker, {**SNAPSHOT_OVERRIDES, **overrides})
+            snapshot_publishers.append(_Counting(bulk))
+            return snapshot_publishers[-1]
+
         change_log = open_change_log(url)
         stack.callback(change_log.close)
         capture = ChangeCapture(
@@ -529,6 +540,7 @@ def command(
             publisher,
             ProducerMetrics(CollectorRegistry()),
             CaptureConfig(topic_prefix=prefix, batch_size=batch_size, fingerprint_key=KEY),
+            snapshot_publisher=snapshot_publisher if client == "confluent" else None,
         )
         profiler = cProfile.Profile() if profile else None
         meter = _Meter(broker_pid)
@@ -541,14 +553,15 @@ def command(
             profiler.dump_stats(str(profile))
         seconds = time.monotonic() - started
         fast, slow = _encoded(capture)
+        published = publisher.published + sum(p.published for p in snapshot_publishers)
         snapshot = {
-            "events": publisher.published,
+            "events": published,
             "seconds": round(seconds, 2),
-            "events_per_s": round(publisher.published / seconds, 1),
+            "events_per_s": round(published / seconds, 1),
             "batch_size": batch_size,
             "encoded_fast": fast,
             "encoded_pydantic": slow,
-            "capture_process": meter.figures(publisher.published),
+            "capture_process": meter.figures(published),
         }
         tails = (
             [_tail(capture, publisher, url, rate, tail_seconds, broker_pid) for rate in tail_rate]

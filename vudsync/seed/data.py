@@ -318,3 +318,4 @@ def write_sample(
     for start in range(0, len(sample.access), batch):
         writer.grant(sample.access[start : start + batch])
         report("access", len(sample.access[start : start + batch]))
+    writer.analyze()  # a bulk load leaves PostgreSQL without statistics (see its writer)

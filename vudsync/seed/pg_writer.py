@@ -47,6 +47,13 @@ class PostgresDirectoryWriter:
     def close(self) -> None:
         self.conn.close()
 
+    def analyze(self) -> None:
+        """Refresh the planner's statistics after a bulk load. Without them (autovacuum gets to
+        a fresh table only a minute or more later) PostgreSQL estimated a capture's
+        ``access.user_id = ANY(...)`` lookup of 50 users at 6,000 rows and scanned the whole
+        table: 10 ms per read at 60k access rows, ~40 ms at 300k, on every streaming batch."""
+        self.conn.execute("ANALYZE")
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """One transaction; nested blocks join the outer one (as in the SQLite writer)."""

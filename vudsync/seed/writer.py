@@ -32,6 +32,10 @@ class SqliteDirectoryWriter:
     def close(self) -> None:
         self.conn.close()
 
+    def analyze(self) -> None:
+        """After a bulk load (the PostgreSQL writer refreshes statistics here). SQLite plans the
+        capture's reads as primary-key lookups whatever its statistics: nothing to do."""
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         if self._depth:

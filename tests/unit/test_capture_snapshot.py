@@ -1,0 +1,108 @@
+"""The snapshot through its own (bulk-tuned) producer: pure, a fake change log and publishers.
+
+What must hold: entity events go through the snapshot producer, dead letters through the
+streaming one; both are acknowledged before the checkpoint moves to streaming; the snapshot
+producer is closed afterwards (also when the snapshot fails), and streaming never uses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from producers.capture import CaptureConfig, ChangeCapture
+from producers.metrics import ProducerMetrics
+from producers.model import EntityRecord
+from schemas.directory import EntityType
+from vudsync.errors import RetryableError
+
+
+class Publisher:
+    def __init__(self, name: str, events: list[str], fail_flush: bool = False) -> None:
+        self.name, self.events, self.fail_flush = name, events, fail_flush
+        self.queued: list[tuple[str, str]] = []
+        self.acked: list[tuple[str, str]] = []
+        self.closed = False
+
+    def publish(self, topic: str, key: str, value: bytes | None, headers: Sequence[Any] = ()) -> None:
+        assert not self.closed
+        self.queued.append((topic, key))
+
+    def flush(self, timeout: float = 60.0) -> int:
+        if self.fail_flush:
+            raise RetryableError("broker did not acknowledge 1 record(s): test")
+        self.acked += self.queued
+        self.events.append(f"{self.name} flushed {len(self.queued)}")
+        count, self.queued = len(self.queued), []
+        return count
+
+    def close(self, timeout: float = 10.0) -> None:
+        self.closed = True
+
+
+def _user(user_id: str, email: str) -> EntityRecord:
+    row = {"id": user_id, "username": user_id, "email": email, "first_name": "Åse", "last_name": "Ø",
+           "language": "nb", "active": 1}  # fmt: skip
+    return EntityRecord(EntityType.USER, user_id, row)
+
+
+class ChangeLog:
+    store_kind = "sqlite"
+    db_name = "fake.db"
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+        self.users = {"u1": _user("u1", "u1@fjord.no"), "u2": _user("u2", "not-an-email")}
+
+    def position(self) -> int:
+        return 7
+
+    def snapshot_batches(
+        self, entity: EntityType, batch_size: int
+    ) -> Iterator[tuple[list[str], dict[str, EntityRecord]]]:
+        if entity is EntityType.USER:
+            yield list(self.users), dict(self.users)
+
+    def count(self, entity: EntityType) -> int:
+        return len(self.users) if entity is EntityType.USER else 0
+
+    def save_checkpoint(self, name: str, phase: str, seq: int) -> None:
+        self.events.append(f"checkpoint {phase} {seq}")
+
+
+def _capture(events: list[str], main: Publisher, bulk: list[Publisher]) -> ChangeCapture:
+    def snapshot_publisher() -> Publisher:
+        bulk.append(Publisher("bulk", events))
+        return bulk[-1]
+
+    return ChangeCapture(
+        ChangeLog(events),  # type: ignore[arg-type]
+        main,
+        ProducerMetrics(CollectorRegistry()),
+        CaptureConfig(topic_prefix="t-", fingerprint_key=b"k"),
+        snapshot_publisher=snapshot_publisher,
+    )
+
+
+def test_events_through_the_snapshot_producer_dead_letters_through_the_main_one() -> None:
+    events: list[str] = []
+    main = Publisher("main", events)
+    bulk: list[Publisher] = []
+    assert _capture(events, main, bulk).snapshot() == 7
+    assert [b.acked for b in bulk] == [[("t-vud.directory.users", "u1")]]
+    assert main.acked == [("t-vud.directory.dlq", "u2")]
+    assert events == ["checkpoint snapshot 7", "bulk flushed 1", "main flushed 1", "checkpoint streaming 7"]
+    assert bulk[0].closed and not main.closed
+
+
+def test_a_failed_snapshot_flush_closes_the_snapshot_producer_and_moves_no_checkpoint() -> None:
+    events: list[str] = []
+    main = Publisher("main", events, fail_flush=True)
+    bulk: list[Publisher] = []
+    with pytest.raises(RetryableError):
+        _capture(events, main, bulk).snapshot()
+    assert bulk[0].closed
+    assert "checkpoint streaming 7" not in events
