@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from vudsync.processes import ComponentProcess, component_env
+from vudsync.processes import ComponentProcess, component_env, wait_until
 from vudsync.settings import Settings
 
 
@@ -47,3 +47,19 @@ def alive_or_fail(procs: dict[str, ComponentProcess]) -> bool:
         if not proc.alive():
             raise AssertionError(f"{name} exited with {proc.returncode()}:\n{proc.tail(40)}")
     return True
+
+
+def wait_for(
+    procs: dict[str, ComponentProcess],
+    condition: Callable[[], bool],
+    timeout: float,
+    what: str,
+    interval: float = 0.1,
+) -> None:
+    """``wait_until`` while every component lives; on time-out, fail with their logs' tails
+    (a component that is alive but stuck says why only there)."""
+    try:
+        wait_until(lambda: alive_or_fail(procs) and condition(), timeout, interval=interval, what=what)
+    except TimeoutError as exc:
+        logs = "\n".join(f"--- {name}\n{proc.tail(40)}" for name, proc in procs.items())
+        raise AssertionError(f"{exc}\n{logs}") from None

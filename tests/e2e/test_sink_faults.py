@@ -23,7 +23,7 @@ from schemas.topics import OPERATIONS, RESULTS
 from sinks.service import sink_group
 from tests.fixtures.cloud import CloudReader
 from tests.kafka_read import read_all
-from tests.pipeline import alive_or_fail, components
+from tests.pipeline import components, wait_for
 from vudsync.bench.sink import AuditReader, feed, prepare_workload
 from vudsync.broker import free_port
 from vudsync.processes import wait_until
@@ -101,8 +101,9 @@ def test_ten_thousand_operations_through_5xx_429_and_latency_apply_exactly_once(
     reader = AuditReader(cloud.client, work)
     port = free_port()
     with components(settings, kafka_bootstrap, "sink", metrics_ports={"sink": port}) as procs:
-        wait_until(
-            lambda: alive_or_fail(procs) and reader.poll() >= len(work.keys),
+        wait_for(
+            procs,
+            lambda: reader.poll() >= len(work.keys),
             420,
             interval=0.5,
             what="every operation applied in the cloud",
@@ -154,12 +155,11 @@ def test_sink_killed_while_a_batch_is_in_flight_has_no_second_effect(
     with components(settings, kafka_bootstrap, "sink", metrics_ports={"sink": port}, **sink_env) as procs:
 
         def batch_in_flight() -> bool:  # the sink's own metrics: fast to read, unlike the audit
-            alive_or_fail(procs)
             metrics = _metrics(port)
             done = sum(v for k, v in metrics.items() if k.startswith("vudsync_sink_operations_total{"))
             return done >= 300 and metrics.get("vudsync_sink_in_flight_operations", 0) > 1
 
-        wait_until(batch_in_flight, 180, what="a batch in flight after some were applied")
+        wait_for(procs, batch_in_flight, 180, what="a batch in flight after some were applied")
         pid = procs["sink"].pid
         assert pid is not None
         os.kill(pid, signal.SIGSTOP)  # frozen with its batches sent and unanswered
@@ -184,10 +184,10 @@ def test_sink_killed_while_a_batch_is_in_flight_has_no_second_effect(
 
     _faults(cloud)
     with components(settings, kafka_bootstrap, "sink", **sink_env) as procs:
-        wait_until(
+        wait_for(
+            procs,
             lambda: (
-                alive_or_fail(procs)
-                and _committed(kafka_bootstrap, group, ops_topic, settings.topic_partitions) >= len(work.keys)
+                _committed(kafka_bootstrap, group, ops_topic, settings.topic_partitions) >= len(work.keys)
             ),
             240,
             what="every operation committed after the restart",
