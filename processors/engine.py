@@ -41,7 +41,7 @@ the records of a committed message are durable. Two windows remain, both closed 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -125,20 +125,33 @@ class Effects:
         return [s.value for s in self.sends if s.role == "operations"]  # type: ignore[misc]
 
 
+_UNREAD = object()
+
+
 class _Tx:
-    """Reads through the writes of the message being handled; ``late`` writes go last."""
+    """Reads through the writes of the message being handled; ``late`` writes go last.
+
+    Store reads are remembered for the message's duration: the store does not change while a
+    message is handled (its writes are collected here and made afterwards), and one event
+    reads the same keys several times (the user's cloud id for each of its operations, the
+    verdict's two keys for each application) — a Faust table read is several Python calls.
+    """
 
     def __init__(self, store: Mapping[str, Any]) -> None:
         self.store = store
         self.writes: dict[str, Any] = {}
         self.late: dict[str, Any] = {}
+        self._read: dict[str, Any] = {}
 
     def get(self, key: str) -> Any:
-        if key in self.late:
+        if self.late and key in self.late:
             return self.late[key]
-        if key in self.writes:
+        if self.writes and key in self.writes:
             return self.writes[key]
-        return self.store.get(key)
+        value = self._read.get(key, _UNREAD)
+        if value is _UNREAD:
+            value = self._read[key] = self.store.get(key)
+        return value
 
     def set(self, key: str, value: Any, *, late: bool = False) -> None:
         if late:
@@ -166,6 +179,12 @@ class _Known(Mapping[str, Any]):
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and self._tx.get(self._prefix + key) is not None
+
+    def get(self, key: str, default: Any = None) -> Any:  # Mapping.get goes through KeyError
+        value = self._tx.get(self._prefix + key)
+        if value is None:
+            return default
+        return self._convert(value) if self._convert else value
 
     def __iter__(self) -> Iterator[str]:  # slow: for inspection, never on the hot path
         n = len(self._prefix)
@@ -202,7 +221,7 @@ class Reconciler:
 
     def __init__(
         self,
-        store: MutableMapping[str, Any],
+        store: Mapping[str, Any],
         settings: PlannerSettings,
         partitions: int,
         clock: Callable[[], datetime],
@@ -261,8 +280,9 @@ class Reconciler:
 
     def on_directory_event(self, ev: DirectoryEvent, coords: Coords, committed: int | None) -> Effects:
         """Plan one directory event. ``committed``: the committed offset of its topic partition."""
-        tx, fx = _Tx(self.store), Effects(entity=ev.entity.value)
-        key = f"{ev.entity.value}:{ev.entity_id}"
+        entity = ev.entity.value
+        tx, fx = _Tx(self.store), Effects(entity=entity)
+        key = f"{entity}:{ev.entity_id}"
         raw = tx.get("e|" + key)
         replay = False
         if raw is not None and ev.version <= raw["v"]:
@@ -281,7 +301,7 @@ class Reconciler:
             # own redelivery follows (offsets are redelivered in order) and re-sends it
             later = {s for h in raw["h"] if h[1] > ev.version for s in h[5]}
             plan = _without_slots(plan, later)
-        self._apply_plan(tx, fx, coords.partition, key, ev, plan, now)
+        slots = self._apply_plan(tx, fx, coords.partition, key, ev, plan, now)
         if not replay and plan.view is not None:
             history = [h for h in (raw["h"] if raw else ()) if committed is None or h[0] >= committed]
             history.append(
@@ -289,7 +309,7 @@ class Reconciler:
                     coords.offset,
                     ev.version,
                     *((raw["v"], raw["d"], raw["s"]) if raw else (None, None, None)),
-                    sorted(_slots(plan)),
+                    sorted(slots),
                 ]
             )
             tx.set(
@@ -310,7 +330,8 @@ class Reconciler:
 
     def _apply_plan(
         self, tx: _Tx, fx: Effects, p: int, key: str, ev: DirectoryEvent, plan: Plan, now: datetime
-    ) -> None:
+    ) -> set[str]:
+        """Turn ``plan`` into effects; returns its slots."""
         slots = _slots(plan)
         if slots:
             # the newest plan for a slot supersedes whatever waited in it
@@ -360,6 +381,7 @@ class Reconciler:
                 live=tx.get(f"c|{p}|live") or 0,
             )
             fx.send("control", d.candidate, request, GATE_PARTITION)
+        return slots
 
     # -- parking ------------------------------------------------------------------------
 

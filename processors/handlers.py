@@ -104,7 +104,7 @@ class PlannerHandlers:
 
     async def _handle(self, msg: faust.types.Message) -> None:
         coords = Coords(msg.topic, msg.partition, msg.offset)
-        self.metrics.messages.labels(input=self._inputs.get(msg.topic, "directory")).inc()
+        self.metrics.child(self.metrics.messages, self._inputs.get(msg.topic, "directory")).inc()
         if msg.topic == self._results:
             result = self._decode(msg, lambda raw: decode_model(OperationResult, raw))
             await self.perform(self.reconciler.on_result(result, coords))
@@ -146,15 +146,16 @@ class PlannerHandlers:
     async def perform(self, fx: Effects) -> None:
         """Send, (wait for the acks,) write — in that order; then count.
 
-        Records go through the producer's buffer (``send_soon``), in order, like the table's
-        changelog records that follow them; Faust flushes that buffer before it commits.
+        Records are handed to the Kafka producer at once (``send``), not to Faust's buffer
+        (``send_soon``): before a commit Faust flushes its buffer only until no record has
+        left it for 0.1 s (``BufferedProducer.flush_atmost``), so under load a commit can pass
+        records still in the buffer, and a SIGKILL then loses them (a fact never learned, a
+        parked operation never released). The Kafka producer's own flush waits for all.
         """
-        futures = [
-            self.topics.by_role(s.role).send_soon(
-                key=s.key.encode(), value=encode(s.value), partition=s.partition
-            )
-            for s in fx.sends
-        ]
+        futures = []
+        for s in fx.sends:
+            topic = self.topics.by_role(s.role)
+            futures.append(await topic.send(key=s.key.encode(), value=encode(s.value), partition=s.partition))
         if fx.acks_first and futures:
             await asyncio.gather(*futures)
         for key, value in fx.writes.items():
@@ -162,13 +163,14 @@ class PlannerHandlers:
                 self.table.pop(key, None)
             else:
                 self.table[key] = value
+        metrics = self.metrics
         for s in fx.sends:
             if s.role == "operations":
-                self.metrics.planned.labels(kind=s.value.kind).inc()  # type: ignore[attr-defined]
+                metrics.child(metrics.planned, s.value.kind).inc()  # type: ignore[attr-defined]
         for code in fx.journal:
-            self.metrics.journal.labels(code=code).inc()
+            metrics.child(metrics.journal, code).inc()
         if fx.outcome is not None and fx.entity is not None:
-            self.metrics.events.labels(entity=fx.entity, outcome=fx.outcome).inc()
+            metrics.child(metrics.events, fx.entity, fx.outcome).inc()
 
     # -- dead letters -----------------------------------------------------------------
 

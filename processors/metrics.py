@@ -7,6 +7,8 @@ only on the worker that owns partition 0); sum them over workers.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from schemas.topics import DIRECTORY_DLQ
@@ -62,3 +64,13 @@ class PlannerMetrics:
             ["reason"],
             registry=registry,
         )
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: Counter, *values: str) -> Any:
+        """``metric.labels(*values)``, remembered: ``labels()`` takes a lock and checks its
+        arguments at every call, and the planner counts several times per message."""
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found

@@ -166,8 +166,11 @@ class PlannerSettings:
     deletes_window_seconds: float = 3600.0
 
 
+_ACCESS = (AssignAccess, RevokeAccess)
+
+
 def slot_of(op: CloudOperation) -> str:
     """Operations in one slot of one entity supersede each other (the newest wins)."""
-    if isinstance(op, AssignAccess | RevokeAccess):
+    if isinstance(op, _ACCESS):
         return f"access:{op.company_id}"
     return op.kind.split(".", 1)[0]

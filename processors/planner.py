@@ -83,6 +83,11 @@ _CATALOGUE = {
     EntityType.MODULE: "modules",
 }
 _KINDS = ("roles", "layout_groups", "modules")
+# isinstance() against a tuple: ``A | B`` builds a union object at every call
+_UPSERTS = (UpsertUser, UpsertCompany)
+_ACCESS = (AssignAccess, RevokeAccess)
+_CATALOGUE_OPS = (UpsertCatalogueEntry, RemoveCatalogueEntry)
+_OP_KIND: dict[type[Any], str] = {}
 
 
 def plan(
@@ -115,7 +120,9 @@ def plan(
 def _op(cls: type[Any], event: DirectoryEvent, now: datetime, discriminator: str = "", **fields: Any) -> Any:
     """An operation of ``event``. (Validated: pydantic-core's constructor is faster than
     ``model_construct``, which runs in Python.)"""
-    kind = cls.model_fields["kind"].default
+    kind = _OP_KIND.get(cls)
+    if kind is None:
+        kind = _OP_KIND[cls] = cls.model_fields["kind"].default
     return cls(
         operation_id=operation_id_for(kind, event.entity_id, event.version, discriminator),
         aggregate=f"{event.entity.value}:{event.entity_id}",
@@ -148,7 +155,7 @@ def needs_of(
     deletion: str | None = None,
 ) -> tuple[str, ...] | None:
     """The unmet needs of ``op`` (empty: it may go now); None when a rejected deletion drops it."""
-    if deletion is None and not apps and isinstance(op, UpsertUser | UpsertCompany):
+    if deletion is None and not apps and isinstance(op, _UPSERTS):
         return ()  # the common case, first
     needs: list[str] = []
     if deletion is not None:
@@ -157,7 +164,7 @@ def needs_of(
             return None
         if decision is None:
             needs.append(f"deletion:{deletion}")
-    if isinstance(op, AssignAccess | RevokeAccess):
+    if isinstance(op, _ACCESS):
         if op.user_id not in ids.users:
             needs.append(f"user:{op.user_id}")
         if op.company_id not in ids.companies:
@@ -174,7 +181,7 @@ def needs_of(
                     entry = f"{app.value}:{kind}:{name}"
                     if not catalogue.get(entry, False):
                         needs.append(f"catalogue:{entry}")
-    if isinstance(op, UpsertCatalogueEntry | RemoveCatalogueEntry):
+    if isinstance(op, _CATALOGUE_OPS):
         apps = (*apps, op.application)
     for app in sorted(set(apps)):
         if ids.verdict(app).blocked:
@@ -184,9 +191,7 @@ def needs_of(
 
 def with_cloud_ids(op: CloudOperation, ids: Identities) -> CloudOperation:
     """``op`` with the cloud ids of its user and company filled in (access operations)."""
-    if isinstance(op, AssignAccess | RevokeAccess) and (
-        op.cloud_user_id is None or op.cloud_company_id is None
-    ):
+    if isinstance(op, _ACCESS) and (op.cloud_user_id is None or op.cloud_company_id is None):
         return op.model_copy(
             update={"cloud_user_id": ids.users[op.user_id], "cloud_company_id": ids.companies[op.company_id]}
         )

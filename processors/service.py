@@ -16,7 +16,7 @@ from processors.engine import Reconciler
 from processors.handlers import Committed, PlannerHandlers
 from processors.metrics import PlannerMetrics
 from processors.model import PlannerSettings
-from processors.tables import declare_table
+from processors.tables import TableReads, declare_table
 from processors.topics import declare_topics, ensure_planner_topics
 from vudsync.settings import Settings
 
@@ -105,7 +105,7 @@ def build_planner(settings: Settings, bootstrap: str, registry: CollectorRegistr
     topics = declare_topics(app, settings)
     table = declare_table(app)
     reconciler = Reconciler(
-        table, planner_settings(settings), settings.topic_partitions, lambda: datetime.now(UTC)
+        TableReads(table), planner_settings(settings), settings.topic_partitions, lambda: datetime.now(UTC)
     )
     handlers = PlannerHandlers(
         reconciler,

@@ -28,7 +28,7 @@ def components(
         for name in names:
             component, _, worker = name.partition(":")
             args = ["run", component] + (["--worker-name", worker] if worker else [])
-            if component == "sink":  # its INFO lines (assignments, seeks, drains) explain a stuck run
+            if component in ("sink", "planner"):  # INFO (assignments, recovery) explains a stuck run
                 args = ["-v", *args]
             if metrics_ports and name in metrics_ports:
                 args += ["--metrics-port", str(metrics_ports[name])]

@@ -306,6 +306,7 @@ def test_two_planner_workers_one_killed_mid_stream_converge_without_applying_any
             raise AssertionError(
                 f"{exc}; still different: {mismatches(d, cloud)}\n"
                 + _diagnosis(settings, kafka_bootstrap, {m.split()[1] for m in mismatches(d, cloud)})
+                + "".join(f"\n--- {n}\n{p.tail(60)}" for n, p in survivors.items())
             ) from None
 
     # linked by organisation number and by e-mail: nothing created twice

@@ -36,7 +36,7 @@ class FakeTopic:
     log: list[str] | None = None
     name: str = ""
 
-    def send_soon(self, **kw: Any) -> asyncio.Future[None]:
+    async def send(self, **kw: Any) -> asyncio.Future[None]:
         if self.fail:
             self.fail -= 1
             raise KafkaTimeoutError("broker gone")
@@ -46,9 +46,6 @@ class FakeTopic:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         fut.set_result(None)
         return fut
-
-    async def send(self, **kw: Any) -> asyncio.Future[None]:
-        return self.send_soon(**kw)
 
 
 class FakeTopics:
