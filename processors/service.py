@@ -58,7 +58,13 @@ def prime_committed_offsets(settings: Settings, bootstrap: str) -> int:
     while the group has no member: a worker primes before it joins, so the first one does it.
     """
     from kafka import KafkaAdminClient, TopicPartition
-    from kafka.errors import CoordinatorNotAvailableError, KafkaError, NotCoordinatorError
+    from kafka.errors import (
+        CoordinatorLoadInProgressError,
+        CoordinatorNotAvailableError,
+        KafkaError,
+        NoError,
+        NotCoordinatorError,
+    )
     from kafka.structs import OffsetAndMetadata
 
     from processors.app import app_id
@@ -77,22 +83,31 @@ def prime_committed_offsets(settings: Settings, bootstrap: str) -> int:
         log.warning("planner: cannot prime committed offsets (%s)", exc)
         return 0
     try:
+        primed = 0
         for attempt in range(30):
             try:
                 described = admin.describe_groups([group]).get(group) or {}
                 if described.get("members"):
-                    return 0  # live members primed when they started
+                    return primed  # live members primed when they started
                 committed = admin.list_group_offsets({group: None}).get(group, {})
                 missing = {tp: OffsetAndMetadata(0, "", -1) for tp in wanted if tp not in committed}
-                if missing:
-                    admin.alter_group_offsets(group, missing)
-                return len(missing)
-            except (CoordinatorNotAvailableError, NotCoordinatorError) as exc:
-                # a new group's coordinator takes a moment to come up
+                if not missing:
+                    return primed
+                # per-partition errors come back as values, not exceptions: a partition the
+                # coordinator does not know yet (topics just created) stays unprimed unless
+                # it is tried again
+                answers = admin.alter_group_offsets(group, missing)
+                refused = {tp: err for tp, err in answers.items() if err is not NoError}
+                primed += len(missing) - len(refused)
+                if not refused:
+                    return primed
+                log.debug("planner: priming offsets, attempt %d refused: %s", attempt, refused)
+            except (CoordinatorNotAvailableError, CoordinatorLoadInProgressError, NotCoordinatorError) as exc:
+                # a new group's coordinator takes a moment to come up (and to load its offsets)
                 log.debug("planner: priming offsets, attempt %d: %s", attempt, exc)
-                time.sleep(min(2.0, 0.1 * 2**attempt))
-        log.warning("planner: committed offsets not primed: no group coordinator")
-        return 0
+            time.sleep(min(2.0, 0.1 * 2**attempt))
+        log.warning("planner: committed offsets not primed on every input partition (see -vv)")
+        return primed
     except KafkaError as exc:  # e.g. another worker joined meanwhile: it primed
         log.info("planner: committed offsets not primed (%s)", exc)
         return 0
