@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -67,6 +68,8 @@ class PlannerHandlers:
         self._facts = topic_prefix + PLANNER_FACTS.name
         self._control = topic_prefix + PLANNER_CONTROL.name
         self._inputs = {self._results: "results", self._facts: "facts", self._control: "control"}
+        # when the agent last took a message (monotonic): the stall watchdog in agents.py reads it
+        self.last_message_at = time.monotonic()
 
     # -- the one entry point ----------------------------------------------------------
 
