@@ -28,7 +28,6 @@ def declare_agents(app: faust.App, topics: PlannerTopics, handlers: PlannerHandl
     @app.agent(topics.inputs, name=AGENT_NAME, concurrency=1)
     async def plan(stream: faust.StreamT[Any]) -> None:
         async for event in stream.events():
-            handlers.last_message_at = time.monotonic()
             await handlers.on_message(event)
 
     @app.timer(interval=METRICS_INTERVAL)  # type: ignore[untyped-decorator]

@@ -75,6 +75,7 @@ class PlannerHandlers:
 
     async def on_message(self, event: faust.EventT[Any]) -> None:
         """Handle one message of any input; never raises (but lets cancellation through)."""
+        self.last_message_at = time.monotonic()
         msg = event.message
         attempt = 0
         while True:

@@ -75,7 +75,7 @@ class _InFlight:
     def __init__(self, steps: Steps, simple: bool = False) -> None:
         self.steps = steps
         self.simple = simple
-        self.done: list[tuple[int, Any, bool]] = []  # (status, body, replayed) per write sent
+        self.done: list[tuple[Any, bool]] = []  # (body, replayed) per write answered
 
     @property
     def next_write(self) -> Write:
@@ -95,13 +95,13 @@ class _InFlight:
             return True, interpret(op, status, answer.get("body"), replayed)
         if self.steps.creates and not self.done and status == 409:
             return True, None  # created meanwhile (by us or someone else): the alone path matches it
-        self.done.append((status, answer.get("body"), replayed))
+        self.done.append((answer.get("body"), replayed))
         if len(self.done) < len(self.steps.writes):
             return False, None
         cloud_id = self.steps.cloud_id
         if cloud_id is None:  # the create's answer names it
-            cloud_id = str(self.done[0][1]["id"])
-        replayed_all = all(r for _, _, r in self.done)
+            cloud_id = str(self.done[0][0]["id"])
+        replayed_all = all(r for _, r in self.done)
         return True, Applied(self.steps.effect, cloud_id, replayed_all, self.steps.details)
 
 
