@@ -22,23 +22,25 @@ from typing import Any
 import httpx
 import orjson
 
-from schemas.operations import CloudOperation, DeactivateUser, UpsertCompany, UpsertUser
+from schemas.operations import CloudOperation, UpsertUser
 from sinks.errors import AuthenticationFailed, CloudRejected, CloudUnavailable
 from sinks.ports import Applied, BatchOutcome
 from sinks.writes import (
     MULTI_STEP,
+    Lookup,
     Steps,
     Write,
     body_text,
-    company_fields,
+    create_steps,
     error_for,
     excerpt,
     interpret,
     lookups,
     parse_retry_after,
     simple_write,
+    steps_after_create,
     steps_after_lookup,
-    user_fields,
+    steps_after_patch,
 )
 from vudsync.errors import VudsyncError
 
@@ -246,8 +248,8 @@ class HttpCloudDirectory:
     def _replayed(*responses: httpx.Response) -> bool:
         return bool(responses) and all(r.headers.get("Idempotent-Replayed") == "true" for r in responses)
 
-    async def _find(self, collection: str, **params: str) -> dict[str, Any] | None:
-        response = await self.request("GET", f"/v1/{collection}", params=params)
+    async def _find(self, lookup: Lookup) -> dict[str, Any] | None:
+        response = await self.request("GET", f"/v1/{lookup.collection}", params={lookup.param: lookup.value})
         items = response.json().get("items", [])
         return items[0] if items else None
 
@@ -261,9 +263,11 @@ class HttpCloudDirectory:
             applied = interpret(op, response.status_code, body, self._replayed(response))
             if applied is not None:
                 return applied
-            found = body if response.status_code != 404 and isinstance(body, dict) else None
-            return await self._multi_step(op, found, [response] if found else [])
-        return await self._multi_step(op, None, [])
+            if isinstance(op, UpsertUser) and response.status_code != 404 and isinstance(body, dict):
+                # the known-id PATCH found the user, still unlinked or (in)active: go on from its
+                # answer (no look-up). Batched, such an operation is handed over to here.
+                return await self._perform(op, steps_after_patch(op, body), [self._replayed(response)])
+        return await self._multi_step(op)
 
     async def apply_batch(self, ops: Sequence[CloudOperation]) -> list[BatchOutcome]:
         """Operations through ``POST /v1/batch`` (≤ 500), each with its own keys and outcome.
@@ -324,131 +328,64 @@ class HttpCloudDirectory:
             answers.extend(got)
         return answers
 
-    async def _multi_step(
-        self, op: CloudOperation, found: dict[str, Any] | None, responses: list[httpx.Response]
-    ) -> Applied:
-        if isinstance(op, UpsertUser):
-            return await self._upsert_user(op, found, responses)
-        if isinstance(op, DeactivateUser):
-            return await self._deactivate_user(op)
-        if isinstance(op, UpsertCompany):
-            return await self._upsert_company(op)
-        raise CloudRejected(
-            f"{op.kind} {op.operation_id}: no cloud mapping (cloud ids missing?)", status=0, excerpt=""
-        )
+    async def _multi_step(self, op: CloudOperation) -> Applied:
+        """One multi-step operation alone: the look-ups :func:`lookups` names, then
+        :func:`steps_after_lookup`, then its writes in order — the decisions of the batched path.
 
-    async def _resolve_user(self, op: UpsertUser | DeactivateUser) -> tuple[dict[str, Any] | None, bool]:
-        """The cloud user of this on-premise user: (user, matched by e-mail only?)."""
-        found = await self._find("users", external_id=op.entity_id)
-        if found:
-            return found, False
-        found = await self._find("users", email=op.email)
-        return found, found is not None
+        Where the two paths differ, on purpose: the look-up by e-mail / organisation number is
+        only sent when the one by external id found nothing (its answer would not be read;
+        batched, both share a round trip anyway), and a new inactive user (None: the batched
+        path hands it over) is created here, then deactivated (:meth:`_perform`).
+        """
+        if not isinstance(op, MULTI_STEP):
+            raise CloudRejected(
+                f"{op.kind} {op.operation_id}: no cloud mapping (cloud ids missing?)", status=0, excerpt=""
+            )
+        by_id_lookup, by_key_lookup = lookups(op)
+        by_id = await self._find(by_id_lookup)
+        # steps_after_lookup reads by_key only when by_id is None: alone, don't ask for it otherwise
+        by_key = await self._find(by_key_lookup) if by_id is None else None
+        plan = steps_after_lookup(op, by_id, by_key)
+        if plan is None:  # a new inactive user: create it, then deactivate what the create returns
+            plan = create_steps(op)
+        if isinstance(plan, Applied):
+            return plan
+        return await self._perform(op, plan, [])
 
-    async def _upsert_user(
-        self, op: UpsertUser, user: dict[str, Any] | None, responses: list[httpx.Response]
-    ) -> Applied:
-        """Resolve (unless the known-id PATCH found the user), create or link, update, (re)activate."""
-        fields = user_fields(op)
-        patched = user is not None  # the known-id PATCH already sent these fields
-        effect = "updated" if patched else "noop"
-        matched = False
-        if user is None:
-            user, matched = await self._resolve_user(op)
-        if user is None:
-            r = await self.request(
-                "POST",
-                "/v1/users",
-                key=f"{op.operation_id}:create",
-                json={"external_id": op.entity_id, **fields},
-                ok_statuses=(409,),
-            )
-            if r.status_code == 409:  # created meanwhile (by us or someone else): match by e-mail
-                user, matched = await self._find("users", email=op.email), True
-                if user is None:
-                    raise CloudRejected(
-                        f"user {op.entity_id}: e-mail conflict without a match",
-                        status=409,
-                        excerpt=excerpt(r.text),
-                    )
-            else:
-                responses.append(r)
-                user, effect = r.json(), "created"
-        assert user is not None
-        if effect != "created":
-            if matched or user.get("external_id") != op.entity_id:
-                responses.append(
-                    await self.request(
-                        "POST",
-                        f"/v1/users/{user['id']}/link",
-                        key=f"{op.operation_id}:link",
-                        json={"external_id": op.entity_id},
-                    )
-                )
-                effect = "linked" if effect == "noop" else f"{effect}+linked"
-            if not patched and any(user.get(k) != v for k, v in fields.items()):
-                responses.append(
-                    await self.request(
-                        "PATCH", f"/v1/users/{user['id']}", key=f"{op.operation_id}:update", json=fields
-                    )
-                )
-                effect = "updated" if effect == "noop" else effect
-        if bool(user.get("active", True)) != op.active:
-            action = "reactivate" if op.active else "deactivate"
-            responses.append(
-                await self.request(
-                    "POST", f"/v1/users/{user['id']}/{action}", key=f"{op.operation_id}:{action}"
-                )
-            )
-            effect = f"{action}d" if effect == "noop" else f"{effect}+{action}d"
-        return Applied(effect, str(user["id"]), self._replayed(*responses))
+    async def _perform(self, op: CloudOperation, plan: Steps, replayed: list[bool]) -> Applied:
+        """Sends ``plan``'s writes in order, each after the one before succeeded (an error is
+        raised and stops the operation). ``replayed``: per write already answered for ``op``.
 
-    async def _deactivate_user(self, op: DeactivateUser) -> Applied:
-        user, _ = await self._resolve_user(op)
-        if user is None:
-            return Applied("noop", None, False, {"reason": "no such user in the cloud"})
-        r = await self.request("POST", f"/v1/users/{user['id']}/deactivate", key=op.operation_id)
-        return Applied("deactivated", str(user["id"]), self._replayed(r))
+        A create goes on from its answer, which the batched path does not wait for: a 409
+        (created meanwhile) → :meth:`_after_conflict`; else :func:`steps_after_create` (a new
+        inactive user is deactivated under ``<operation id>:deactivate``).
+        """
+        if plan.creates:
+            (create,) = plan.writes
+            response = await self._send(create)
+            if response.status_code == 409:
+                return await self._after_conflict(op, response)
+            replayed.append(self._replayed(response))
+            plan = steps_after_create(op, response.json())
+        for write in plan.writes:
+            replayed.append(self._replayed(await self._send(write)))
+        return Applied(plan.effect, plan.cloud_id, bool(replayed) and all(replayed), plan.details)
 
-    async def _upsert_company(self, op: UpsertCompany) -> Applied:
-        fields = company_fields(op)
-        company = await self._find("companies", external_id=op.entity_id)
-        responses: list[httpx.Response] = []
-        details: dict[str, Any] = {}
-        if company is None:
-            existing = await self._find("companies", organisation_number=op.organisation_number)
-            if existing is None:
-                r = await self.request(
-                    "POST",
-                    "/v1/companies",
-                    key=f"{op.operation_id}:create",
-                    json={"external_id": op.entity_id, **fields},
-                    ok_statuses=(409,),
-                )
-                if r.status_code != 409:
-                    return Applied("created", str(r.json()["id"]), self._replayed(r))
-                existing = await self._find("companies", organisation_number=op.organisation_number)
-                if existing is None:
-                    raise CloudRejected(
-                        f"company {op.entity_id}: conflict without a match",
-                        status=409,
-                        excerpt=excerpt(r.text),
-                    )
-            # link to the cloud company with the same organisation number; never create a second
-            responses.append(
-                await self.request(
-                    "POST",
-                    f"/v1/companies/{existing['id']}/link",
-                    key=f"{op.operation_id}:link",
-                    json={"external_id": op.entity_id},
-                )
+    async def _after_conflict(self, op: CloudOperation, conflict: httpx.Response) -> Applied:
+        """A create answered 409: created meanwhile, by us (a lost answer) or someone else. The
+        object with the same e-mail / organisation number is ours: go on as if the look-up had
+        found it there (link, update, (re)activate; a company's differences for review).
+        Batched, the 409 hands the operation over to the one-at-a-time path, which ends here
+        or finds it by external id. The 409 itself does not count for ``replayed``."""
+        by_key_lookup = lookups(op)[1]
+        found = await self._find(by_key_lookup)
+        plan = None if found is None else steps_after_lookup(op, None, found)
+        if plan is None:
+            raise CloudRejected(
+                f"{op.entity.value} {op.entity_id}: create conflict without a match by {by_key_lookup.param}",
+                status=409,
+                excerpt=excerpt(conflict.text),
             )
-            differing = sorted(k for k in ("name", "country", "status") if existing.get(k) != fields[k])
-            details = {"review": differing} if differing else {}
-            return Applied("linked", str(existing["id"]), self._replayed(*responses), details)
-        if any(company.get(k) != v for k, v in fields.items()):
-            r = await self.request(
-                "PATCH", f"/v1/companies/{company['id']}", key=f"{op.operation_id}:update", json=fields
-            )
-            return Applied("updated", str(company["id"]), self._replayed(r))
-        return Applied("noop", str(company["id"]), False)
+        if isinstance(plan, Applied):
+            return plan
+        return await self._perform(op, plan, [])

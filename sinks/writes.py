@@ -5,11 +5,13 @@ cloud first (catalogue entries, access, application instances, and users or comp
 cloud id is known). Simple writes can travel alone or as items of ``POST /v1/batch``: the
 same write (method, path, body, idempotency key) either way, so a retry may switch between
 the two without a second effect. Everything else (resolve by external id / e-mail /
-organisation number, then create or link) is a multi-step operation: alone in
-:mod:`sinks.http_cloud`, or batched in two phases — every operation's look-ups in one batch
-(:func:`lookups`), then the writes they call for (:func:`steps_after_lookup`) in the next — so
-an initial sync of thousands of new users costs two round trips per batch instead of three
-requests per user. Both paths send the same writes with the same keys.
+organisation number, then create or link) is a multi-step operation, decided here once for
+both of :mod:`sinks.http_cloud`'s paths: the look-ups (:func:`lookups`), then the writes they
+call for (:func:`steps_after_lookup`). Alone, they go one request at a time (and a create
+goes on from its answer: :func:`steps_after_create`); batched, in two phases — every
+operation's look-ups in one batch, then their writes, one round per step — so an initial
+sync of thousands of new users costs a few round trips per batch instead of three requests
+per user. Both paths send the same writes with the same keys.
 
 Idempotency keys: the operation id for one-write operations, ``<operation id>:<step>`` for a
 step of a multi-step operation (``create``, ``link``, ``update``, ``reactivate`` …).
@@ -163,45 +165,67 @@ class Steps:
     effect: str
     cloud_id: str | None
     details: dict[str, Any]
-    creates: bool = False  # the first write is a create (a 409 means: created meanwhile)
+    creates: bool = False  # the one write is a create (a 409 means: created meanwhile)
+
+
+def _then(effect: str, step: str) -> str:
+    return step if effect == "noop" else f"{effect}+{step}"
+
+
+def _user_steps(op: UpsertUser, user: dict[str, Any], effect: str, *, link: bool, update: bool) -> Steps:
+    """Link (if ``link``), update the fields that differ (if ``update``), then (re)activate if
+    the active flag differs — the writes for ``user``, the cloud's copy, in this order."""
+    oid, uid = op.operation_id, str(user["id"])
+    writes: list[Write] = []
+    if link:
+        writes.append(
+            Write("POST", f"/v1/users/{_seg(uid)}/link", f"{oid}:link", {"external_id": op.entity_id})
+        )
+        effect = _then(effect, "linked")
+    fields = user_fields(op)
+    if update and any(user.get(k) != v for k, v in fields.items()):
+        writes.append(Write("PATCH", f"/v1/users/{_seg(uid)}", f"{oid}:update", fields))
+        effect = "updated" if effect == "noop" else effect  # after a link: "linked" says enough
+    if bool(user.get("active", True)) != op.active:
+        action = "reactivate" if op.active else "deactivate"
+        writes.append(Write("POST", f"/v1/users/{_seg(uid)}/{action}", f"{oid}:{action}"))
+        effect = _then(effect, f"{action}d")
+    return Steps(tuple(writes), effect, uid, {})
+
+
+def create_steps(op: CloudOperation) -> Steps:
+    """The create of a user or company its look-ups did not find (``<operation id>:create``)."""
+    if isinstance(op, UpsertUser):
+        body = {"external_id": op.entity_id, **user_fields(op)}
+        create = Write("POST", "/v1/users", f"{op.operation_id}:create", body, ok_statuses=(409,))
+    elif isinstance(op, UpsertCompany):
+        body = {"external_id": op.entity_id, **company_fields(op)}
+        create = Write("POST", "/v1/companies", f"{op.operation_id}:create", body, ok_statuses=(409,))
+    else:
+        raise ValueError(f"{op.kind} is never created")
+    return Steps((create,), "created", None, {}, creates=True)
 
 
 def steps_after_lookup(
     op: CloudOperation, by_id: dict[str, Any] | None, by_key: dict[str, Any] | None
 ) -> Steps | Applied | None:
-    """The same decisions as the one-at-a-time path in :mod:`sinks.http_cloud`, as data.
+    """What a multi-step operation does, given its look-ups: the decisions of both paths.
 
-    ``by_id`` / ``by_key``: the first match by external id / by e-mail or organisation number.
-    Returns the writes to send (:class:`Steps`), the outcome when nothing needs writing
-    (:class:`Applied`), or None when the operation needs an answer before its next write (a
-    new user that must be created inactive): apply it alone.
+    ``by_id`` / ``by_key``: the first match by external id / by e-mail or organisation number
+    (``by_key`` is not read when ``by_id`` matched). Returns the writes to send
+    (:class:`Steps`), the outcome when nothing needs writing (:class:`Applied`), or None for a
+    new user that must be created inactive: its deactivation needs the create's answer
+    (:func:`steps_after_create`), so the batched path hands it to the one-at-a-time path,
+    which sends :func:`create_steps` and goes on from the answer.
     """
     oid = op.operation_id
     if isinstance(op, UpsertUser):
-        fields = user_fields(op)
         user, matched = (by_id, False) if by_id is not None else (by_key, by_key is not None)
         if user is None:
-            if not op.active:
-                return None  # create, then deactivate the id the create returns
-            body = {"external_id": op.entity_id, **fields}
-            create = Write("POST", "/v1/users", f"{oid}:create", body, ok_statuses=(409,))
-            return Steps((create,), "created", None, {}, creates=True)
-        uid = str(user["id"])
-        writes: list[Write] = []
-        effect = "noop"
-        if matched or user.get("external_id") != op.entity_id:
-            writes.append(
-                Write("POST", f"/v1/users/{_seg(uid)}/link", f"{oid}:link", {"external_id": op.entity_id})
-            )
-            effect = "linked"
-        if any(user.get(k) != v for k, v in fields.items()):
-            writes.append(Write("PATCH", f"/v1/users/{_seg(uid)}", f"{oid}:update", fields))
-            effect = "updated" if effect == "noop" else effect
-        if bool(user.get("active", True)) != op.active:
-            action = "reactivate" if op.active else "deactivate"
-            writes.append(Write("POST", f"/v1/users/{_seg(uid)}/{action}", f"{oid}:{action}"))
-            effect = f"{action}d" if effect == "noop" else f"{effect}+{action}d"
-        return Steps(tuple(writes), effect, uid, {}) if writes else Applied("noop", uid, False)
+            return create_steps(op) if op.active else None
+        link = matched or user.get("external_id") != op.entity_id
+        steps = _user_steps(op, user, "noop", link=link, update=True)
+        return steps if steps.writes else Applied("noop", steps.cloud_id, False)
     if isinstance(op, DeactivateUser):
         user = by_id if by_id is not None else by_key
         if user is None:
@@ -221,15 +245,37 @@ def steps_after_lookup(
                 )
             return Applied("noop", cid, False)
         if by_key is None:
-            body = {"external_id": op.entity_id, **fields}
-            create = Write("POST", "/v1/companies", f"{oid}:create", body, ok_statuses=(409,))
-            return Steps((create,), "created", None, {}, creates=True)
+            return create_steps(op)
         # link to the cloud company with the same organisation number; never create a second
         cid = str(by_key["id"])
         differing = sorted(k for k in ("name", "country", "status") if by_key.get(k) != fields[k])
         link = Write("POST", f"/v1/companies/{_seg(cid)}/link", f"{oid}:link", {"external_id": op.entity_id})
         return Steps((link,), "linked", cid, {"review": differing} if differing else {})
     raise ValueError(f"{op.kind} is not resolved by look-ups")
+
+
+def steps_after_create(op: CloudOperation, created: dict[str, Any]) -> Steps:
+    """What is left once a create succeeded (``created``: its answer, the new object).
+
+    The create sent the external id and every field, so nothing is linked or updated (the
+    cloud's normalised e-mail must not cost an update); a user whose active flag differs from
+    ``op.active`` — a new inactive user, as the cloud creates users active — is (de)activated
+    under ``<operation id>:deactivate``. Used by the one-at-a-time path only: the batched path
+    sends no create for an inactive user (see :func:`steps_after_lookup`) and takes a create's
+    answer as final, which for an active user it is (the cloud creates users active).
+    """
+    if isinstance(op, UpsertUser):
+        return _user_steps(op, created, "created", link=False, update=False)
+    if isinstance(op, UpsertCompany):
+        return Steps((), "created", str(created["id"]), {})
+    raise ValueError(f"{op.kind} is never created")
+
+
+def steps_after_patch(op: UpsertUser, user: dict[str, Any]) -> Steps:
+    """What is left when the known-id ``PATCH`` (:func:`simple_write`) answered with ``user``
+    but :func:`interpret` found its external id or active flag still differs: link, then
+    (re)activate, with the effect starting as "updated" (the fields were just sent)."""
+    return _user_steps(op, user, "updated", link=user.get("external_id") != op.entity_id, update=False)
 
 
 def interpret(op: CloudOperation, status: int, body: Any, replayed: bool) -> Applied | None:

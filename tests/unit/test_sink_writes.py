@@ -24,12 +24,15 @@ from sinks.http_cloud import HttpCloudDirectory
 from sinks.ports import Applied
 from sinks.writes import (
     Steps,
+    create_steps,
     error_for,
     excerpt,
     interpret,
     lookups,
     simple_write,
+    steps_after_create,
     steps_after_lookup,
+    steps_after_patch,
     user_fields,
 )
 
@@ -290,6 +293,34 @@ def test_steps_after_lookup_make_the_one_at_a_time_decisions() -> None:
         "method": "GET",
         "path": "/v1/companies?organisation_number=923609016",
     }
+
+
+def test_the_steps_only_the_one_at_a_time_path_takes() -> None:
+    """What only the one-at-a-time path decides: after a create, and after a known-id PATCH
+    that found the user unlinked or (in)active. Keys: ``<operation id>:<step>``."""
+    inactive = upsert_user(cloud_id=None, active=False)
+    create = create_steps(inactive)
+    assert create == steps_after_lookup(upsert_user(cloud_id=None), None, None)
+    assert create.creates and [(w.method, w.key) for w in create.writes] == [("POST", "op-u:create")]
+    created = {
+        "id": "cu new",
+        "external_id": "u1",
+        "active": True,
+        **user_fields(inactive),
+        "email": "KARI@fjord.no",
+    }
+    after = steps_after_create(inactive, created)
+    # no link, no update (the cloud's normalised e-mail is no reason): only the deactivation
+    assert (after.effect, after.cloud_id) == ("created+deactivated", "cu new")
+    assert [(w.method, w.path, w.key) for w in after.writes] == [
+        ("POST", "/v1/users/cu%20new/deactivate", "op-u:deactivate")
+    ]
+    assert steps_after_create(upsert_user(cloud_id=None), created) == Steps((), "created", "cu new", {})
+    unlinked = {"id": "cu-1", "external_id": None, "active": False}
+    patched = steps_after_patch(upsert_user(), unlinked)
+    assert patched.effect == "updated+linked+reactivated"
+    assert [w.key for w in patched.writes] == ["op-u:link", "op-u:reactivate"]
+    assert steps_after_patch(upsert_user(), {**unlinked, "external_id": "u1", "active": True}).writes == ()
 
 
 async def test_a_failed_step_stops_the_operation_before_its_next_write() -> None:
