@@ -6,7 +6,7 @@ Each retryable error names its ``reason`` (a bounded metric label: ``server_erro
 
 from __future__ import annotations
 
-from vudsync.errors import PermanentError, RetryableError
+from vudsync.errors import PermanentError, RetryableError, VudsyncError
 
 
 class CloudUnavailable(RetryableError):
@@ -62,3 +62,8 @@ class CloudRejected(PermanentError):
 def retry_reason(exc: BaseException) -> str:
     """The bounded label of a retryable failure, for metrics and logs."""
     return str(getattr(exc, "reason", type(exc).__name__))
+
+
+class CommitRefused(VudsyncError):
+    """The group refused an offset commit (a rebalance took the partitions): the new owner
+    reads them from the last commit, and the ledger answers what was applied since."""

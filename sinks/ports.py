@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -40,6 +40,50 @@ class CloudDirectory(Protocol):
     async def apply_batch(self, ops: Sequence[CloudOperation]) -> list[BatchOutcome]: ...
 
     async def aclose(self) -> None: ...
+
+
+TP = tuple[str, int]  # (topic, partition)
+
+
+class PolledRecord(Protocol):
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
+class OperationsConsumer(Protocol):
+    """A consumer-group member reading the operations topic. Partitions assigned start at
+    their committed offset (the earliest when none), also when revoked and assigned again.
+    ``on_assigned``/``on_revoked`` are called from inside :meth:`poll`, on the polling thread.
+    One thread makes every call."""
+
+    def subscribe(
+        self, topic: str, on_assigned: Callable[[list[TP]], None], on_revoked: Callable[[list[TP]], None]
+    ) -> None: ...
+
+    def poll(self, timeout_ms: int, max_records: int) -> Mapping[TP, Sequence[PolledRecord]]: ...
+
+    def assignment(self) -> list[TP]: ...
+
+    def pause(self, *tps: TP) -> None: ...
+
+    def resume(self, *tps: TP) -> None: ...
+
+    def paused(self) -> list[TP]: ...
+
+    def commit(self, offsets: dict[TP, int]) -> None:
+        """Commit the next offset to read per partition; ``CommitRefused`` when the group
+        took the partitions meanwhile."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class RecordPublisher(Protocol):

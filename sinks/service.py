@@ -9,12 +9,12 @@ from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
-from kafka import KafkaConsumer
 from prometheus_client import CollectorRegistry, start_http_server
 
 from producers.confluent_publisher import ConfluentRecordPublisher
 from schemas.topics import OPERATIONS
 from sinks.http_cloud import HttpCloudDirectory
+from sinks.kafka_consumer import ConfluentOperationsConsumer
 from sinks.ledger import SqliteLedger
 from sinks.metrics import SinkMetrics
 from sinks.ports import Ledger
@@ -61,14 +61,8 @@ def build_sink(settings: Settings, bootstrap: str, registry: CollectorRegistry) 
         auth_cooldown=settings.sink_auth_cooldown,
         drain_timeout=settings.sink_http_timeout + 5,
     )
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=sink_group(settings),
-        client_id=f"vudsync-sink-{settings.worker_name}",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_poll_records=config.max_poll_records,
-        isolation_level="read_committed",
+    consumer = ConfluentOperationsConsumer(
+        bootstrap, sink_group(settings), client_id=f"vudsync-sink-{settings.worker_name}"
     )
     cloud = HttpCloudDirectory(
         settings.cloud_url,

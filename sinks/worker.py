@@ -2,7 +2,7 @@
 
 Three activities share one event loop:
 
-* **consume** — polls ``vud.cloud.operations`` (kafka-python, in one dedicated thread),
+* **consume** — polls ``vud.cloud.operations`` (librdkafka, in one dedicated thread),
   decodes each record, answers operations already in the ledger at once (``already_applied``,
   no cloud call), queues the others per aggregate; pauses the partitions while too many
   records are outstanding (the consumer keeps polling, so it stays in its group); commits.
@@ -39,19 +39,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from kafka import KafkaConsumer, TopicPartition
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError
-from kafka.structs import OffsetAndMetadata
-
 from schemas.codec import DecodeError, decode_operation, encode
 from schemas.deadletter import HEADER_ATTEMPTS, HEADER_HTTP_STATUS, HEADER_RESPONSE, error_headers
 from schemas.operations import CloudOperation
 from schemas.results import OperationResult, ResultOutcome
 from schemas.topics import OPERATIONS_DLQ, RESULTS
-from sinks.errors import AuthenticationFailed, CircuitOpen, CloudRejected, CloudUnavailable, retry_reason
+from sinks.errors import (
+    AuthenticationFailed,
+    CircuitOpen,
+    CloudRejected,
+    CloudUnavailable,
+    CommitRefused,
+    retry_reason,
+)
 from sinks.metrics import SinkMetrics
-from sinks.ports import Applied, BatchOutcome, CloudDirectory, Ledger, RecordPublisher
+from sinks.ports import Applied, BatchOutcome, CloudDirectory, Ledger, OperationsConsumer, RecordPublisher
 from sinks.resilience import Backoff, CircuitBreaker
 from sinks.scheduling import AggregateQueues, OffsetTracker, Pending
 from sinks.scheduling import TopicPartition as TP
@@ -83,25 +85,10 @@ class SinkFatal(RuntimeError):
     """The worker cannot go on safely (results not acknowledged): exit without committing."""
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    """kafka-python 3 calls rebalance listeners on its own IO thread. Blocking there (even on
-    another thread's answer) was seen to hang kafka-python 3.0.12's next join for good, so the
-    listener only hands the news to the event loop and returns."""
-
-    def __init__(self, worker: SinkWorker) -> None:
-        self.worker = worker
-
-    def on_partitions_revoked(self, revoked: Any) -> None:
-        self.worker._from_io_thread([(tp.topic, tp.partition) for tp in revoked], assigned=False)
-
-    def on_partitions_assigned(self, assigned: Any) -> None:
-        self.worker._from_io_thread([(tp.topic, tp.partition) for tp in assigned], assigned=True)
-
-
 class SinkWorker:
     def __init__(
         self,
-        consumer: KafkaConsumer,
+        consumer: OperationsConsumer,
         topic: str,
         publisher: RecordPublisher,
         cloud: CloudDirectory,
@@ -140,7 +127,6 @@ class SinkWorker:
         self._auth_logged_at = -1e9
         self._last_look = 0.0
         self._finished = 0
-        self._assigned: set[TP] = set()
         self._fatal: SinkFatal | None = None
         self._finished_at_last_look = 0
 
@@ -153,11 +139,12 @@ class SinkWorker:
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
-        # know the topic's partitions before joining: a leader without them assigns nothing and
-        # rejoins at once, and kafka-python 3.0.12 was seen to hang for good in that rejoin
-        # (heartbeats stop, the member expires). The cost: one metadata fetch of every topic.
-        await self._consumer_call(self.consumer.partitions_for_topic, self.topic)
-        await self._consumer_call(self.consumer.subscribe, [self.topic], listener=_Rebalance(self))
+        await self._consumer_call(
+            self.consumer.subscribe,
+            self.topic,
+            lambda tps: self._from_io_thread(tps, assigned=True),
+            lambda tps: self._from_io_thread(tps, assigned=False),
+        )
         dispatcher = asyncio.create_task(self._dispatch_loop(), name="sink-dispatch")
         fatal = False
         try:
@@ -178,7 +165,7 @@ class SinkWorker:
             raise self._fatal
 
     async def _consumer_call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """kafka-python's consumer is not thread-safe: every call goes through one thread."""
+        """One thread makes every consumer call (its rebalance callbacks run inside ``poll``)."""
         assert self._loop is not None
         return await self._loop.run_in_executor(self._consumer_thread, lambda: fn(*args, **kwargs))
 
@@ -190,8 +177,6 @@ class SinkWorker:
             polled = await self._consumer_call(
                 self.consumer.poll, self.config.poll_timeout_ms, self.config.max_poll_records
             )
-            if self._assigned:
-                polled = await self._rewind(polled)
             self._accept_all([r for records in polled.values() for r in records])
             if polled:
                 self._wake.set()
@@ -243,30 +228,6 @@ class SinkWorker:
                 )
             )
 
-    async def _rewind(self, polled: dict[Any, list[Any]]) -> dict[Any, list[Any]]:
-        """After a rebalance, read every assigned partition again from its committed offset.
-
-        kafka-python keeps the fetch position of a partition that was revoked and assigned
-        again; the records this worker had queued but dropped at the revocation lie before
-        it and would be skipped. So: seek to the committed offset, and drop what this poll
-        returned for those partitions (it is fetched again).
-        """
-        tps, self._assigned = self._assigned, set()
-
-        def seek() -> None:
-            for topic, partition in tps:
-                tp = TopicPartition(topic, partition)
-                if tp not in self.consumer.assignment():
-                    continue
-                committed = self.consumer.committed(tp)
-                if committed is None:  # an explicit offset: seek_to_beginning is a lazy reset
-                    committed = self.consumer.beginning_offsets([tp])[tp]  # that lost to a fetch
-                self.consumer.seek(tp, committed)
-                log.info("sink: %s[%d] read again from %d", topic, partition, committed)
-
-        await self._consumer_call(seek)
-        return {tp: rs for tp, rs in polled.items() if (tp.topic, tp.partition) not in tps}
-
     def _report_stall(self) -> None:
         """Warn when records are outstanding but none finished since the last look."""
         outstanding = self.tracker.outstanding()
@@ -307,20 +268,18 @@ class SinkWorker:
         except RetryableError as exc:
             raise SinkFatal(f"results not acknowledged by the broker, nothing committed: {exc}") from exc
         try:
-            await self._consumer_call(self.consumer.commit, _kafka_offsets(offsets))
-        except KafkaError as exc:  # a rebalance took the partitions: their new owner re-delivers
+            await self._consumer_call(self.consumer.commit, offsets)
+        except CommitRefused as exc:  # a rebalance took the partitions: their new owner re-delivers
             log.warning("sink: commit of %s failed (%s); the records will be re-delivered", offsets, exc)
             return
         self.tracker.committed(offsets)
 
-    # -- rebalance (called on the consumer's IO thread) -------------------------------
+    # -- rebalance (called inside poll, on the consumer's thread) ---------------------
 
     def _from_io_thread(self, tps: list[TP], *, assigned: bool) -> None:
         loop = self._loop
         if not tps or self._closed or loop is None or loop.is_closed():
             return
-        if assigned:
-            self._assigned |= set(tps)  # read by the consume loop once poll returns
         loop.call_soon_threadsafe(self._assign if assigned else self._revoke, tps)
 
     def _revoke(self, tps: list[TP]) -> None:
@@ -615,7 +574,3 @@ class SinkWorker:
             log.warning("sink: circuit to the cloud opened; probing in %.1fs", self.breaker.retry_in())
         else:
             log.warning("sink: circuit to the cloud closed; the cloud answers again")
-
-
-def _kafka_offsets(offsets: dict[TP, int]) -> dict[TopicPartition, OffsetAndMetadata]:
-    return {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}

@@ -125,13 +125,19 @@ def test_prometheus_scrapes_the_pipeline_and_every_dashboard_and_alert_query_ret
     sample = sample_directory(users=6, companies=2, seed=11)
     writer = open_writer(settings.resolved_store_url())
     write_sample(writer, sample)
-    # a cloud that fails one request in five: the sink retries (metrics by reason)
-    httpx.put(
-        f"{cloud.server.url}/admin/faults",
-        headers=cloud.server.admin_headers(),
-        json={"error_rate": 0.2, "seed": 5},
-        timeout=10,
-    ).raise_for_status()
+    # a cloud that fails every request until the sink has retried (metrics by reason), then one
+    # in five: the sink sends the whole sample in a handful of batch requests, and which of them
+    # would meet randomly injected faults depends on timing, so a run could meet none
+
+    def faults(error_rate: float) -> None:
+        httpx.put(
+            f"{cloud.server.url}/admin/faults",
+            headers=cloud.server.admin_headers(),
+            json={"error_rate": error_rate, "seed": 5},
+            timeout=10,
+        ).raise_for_status()
+
+    faults(1.0)
 
     ports = {name: free_port() for name in COMPONENTS}
     prom = prometheus_factory({f"vudsync-{name}": [f"127.0.0.1:{port}"] for name, port in ports.items()})
@@ -157,6 +163,14 @@ def test_prometheus_scrapes_the_pipeline_and_every_dashboard_and_alert_query_ret
             producer.send(users_topic, key=b"x1", value=b"not json")
             producer.send(settings.topic(OPERATIONS.name), key=b"user:x1", value=b"not an operation")
             producer.flush()
+
+            def sink_retried() -> bool:
+                alive_or_fail(procs)
+                metrics = httpx.get(f"http://127.0.0.1:{ports['sink']}/metrics", timeout=10).text
+                return "vudsync_sink_retries_total{" in metrics
+
+            wait_until(sink_retried, 120, interval=1.0, what="the sink retrying a failing cloud")
+            faults(0.2)
 
             def synced() -> bool:
                 alive_or_fail(procs)
