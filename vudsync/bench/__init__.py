@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-AREAS = ("capture", "planner", "sink", "journal")
+AREAS = ("capture", "planner", "sink", "journal", "faust")
 
 
 def machine() -> dict[str, Any]:
