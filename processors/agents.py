@@ -9,7 +9,6 @@ directory event that needs it are never handled at the same time.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import faust
@@ -30,48 +29,67 @@ def declare_agents(app: faust.App, topics: PlannerTopics, handlers: PlannerHandl
         async for event in stream.events():
             await handlers.on_message(event)
 
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode types receivers narrowly
+    async def forget_deliveries(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        handlers.deliveries.forget()
+
     @app.timer(interval=METRICS_INTERVAL)  # type: ignore[untyped-decorator]
     async def export_gauges() -> None:
         handlers.export_gauges()
 
     @app.timer(interval=STALL_SECONDS / 3)  # type: ignore[untyped-decorator]
     async def reread_stalled_partitions() -> None:
-        await reread_if_stalled(app, handlers)
+        await reread_if_stalled(app, handlers, frozenset(topics.inputs.topics))
 
 
-async def reread_if_stalled(app: faust.App, handlers: PlannerHandlers) -> None:
-    """Seek every assigned partition to its committed offset when the worker has been idle for
-    ``STALL_SECONDS`` while records lie beyond a committed offset.
+async def reread_if_stalled(app: faust.App, handlers: PlannerHandlers, inputs: frozenset[str]) -> None:
+    """Read a partition of the agent's ``inputs`` again from its committed offset when it has
+    records left but nothing of it reached the planner for ``STALL_SECONDS`` (not while
+    rebalancing or recovering, nor while a message is being handled).
 
     Why: faust-streaming 0.15.3 marks a record as read when its delivery to the stream was
     cancelled by a rebalance (``Consumer._drain_messages``) and counts on the seek after the
-    rebalance to read it again; when that seek does not come (no further rebalance), the record
-    is never delivered, its offset never committed, and the partition stalls with lag 1 for
-    good (seen in the replay e2e test). Reading from the committed offset again is what Faust
-    does after every rebalance; a record handled twice is re-planned with the same ids.
+    rebalance to read it again; when that seek does not come, the record is never delivered,
+    its offset never committed, and the partition stalls behind its end for good (seen in the
+    replay and two-worker e2e tests: one control record never handled). Judged per partition,
+    so a stall is found while other partitions keep the worker busy. Reading from the committed
+    offset is what Faust does after every rebalance; a record handled twice is re-planned with
+    the same ids.
     """
-    if app.rebalancing or app.in_recovery:
-        return
-    if time.monotonic() - handlers.last_message_at < STALL_SECONDS:
+    if app.rebalancing or app.in_recovery or handlers.in_message:
         return
     consumer = app.consumer
     try:
-        # the committed offsets Faust's consumer keeps (what it seeks back to after a rebalance)
-        committed_offsets = getattr(consumer, "_committed_offset", {})
-        stalled = [
+        # the committed offsets Faust's consumer keeps (it keeps a committed 0 as None; every
+        # input partition has a committed offset: prime_committed_offsets)
+        committed = getattr(consumer, "_committed_offset", {})
+        quiet = [
             tp
             for tp in consumer.assignment()
-            if (committed := committed_offsets.get(tp)) is not None
-            and (end := consumer.highwater(tp)) is not None
-            and end > committed
+            if tp.topic in inputs  # not the table's changelog: Faust reads it itself, for recovery
+            and handlers.deliveries.quiet_for(tp.topic, tp.partition) >= STALL_SECONDS
         ]
-        if stalled:
+        if not quiet:
+            return
+        ends = await consumer.highwaters(*quiet)
+        stalled = {
+            tp: committed.get(tp) or 0 for tp in quiet if (ends.get(tp) or 0) > (committed.get(tp) or 0)
+        }
+        for tp, offset in sorted(stalled.items()):
             log.warning(
-                "planner: no progress for %.0fs with records left on %s: reading them again",
-                STALL_SECONDS,
-                sorted(f"{tp.topic}[{tp.partition}]" for tp in stalled),
+                "planner: nothing of %s[%d] handled for %.0fs, committed %d of %d "
+                "(fetching: %s, paused: %s): reading it again from %d",
+                tp.topic,
+                tp.partition,
+                handlers.deliveries.quiet_for(tp.topic, tp.partition),
+                offset,
+                ends[tp],
+                tp in (getattr(consumer, "_active_partitions", None) or ()),
+                tp in getattr(consumer, "_paused_partitions", ()),
+                offset,
             )
-            await consumer.perform_seek()
-            handlers.last_message_at = time.monotonic()
+            await consumer.seek(tp, offset)
+            handlers.deliveries.restart(tp.topic, tp.partition, offset)
+            handlers.metrics.child(handlers.metrics.retries, "stalled").inc()
     except Exception:  # a watchdog must never take the worker down
         log.exception("planner: checking for stalled partitions failed")

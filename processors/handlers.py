@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -46,6 +46,7 @@ RETRYABLE: tuple[type[BaseException], ...] = (KafkaError, TimeoutError, Connecti
 MAX_BACKOFF = 30.0
 
 Committed = Callable[[str, int], "int | None"]
+Seek = Callable[[str, int, int], Awaitable[None]]
 
 
 class PlannerHandlers:
@@ -57,6 +58,7 @@ class PlannerHandlers:
         metrics: PlannerMetrics,
         committed: Committed,
         topic_prefix: str = "",
+        seek: Seek | None = None,
     ) -> None:
         self.reconciler = reconciler
         self.table = table
@@ -68,15 +70,57 @@ class PlannerHandlers:
         self._facts = topic_prefix + PLANNER_FACTS.name
         self._control = topic_prefix + PLANNER_CONTROL.name
         self._inputs = {self._results: "results", self._facts: "facts", self._control: "control"}
-        # when the agent last took a message (monotonic): the stall watchdog in agents.py reads it
-        self.last_message_at = time.monotonic()
+        self.seek = seek
+        self.deliveries = Deliveries(committed)
+        # no compaction on these: an offset never delivered is a delivery lost, not compacted away
+        self._uncompacted = {self._results, self._control}
+        self.in_message = False  # the stall watchdog does not seek while a message is handled
 
     # -- the one entry point ----------------------------------------------------------
 
     async def on_message(self, event: faust.EventT[Any]) -> None:
         """Handle one message of any input; never raises (but lets cancellation through)."""
-        self.last_message_at = time.monotonic()
         msg = event.message
+        skipped = self.deliveries.observe(msg.topic, msg.partition, msg.offset)
+        if skipped is not None:
+            await self._read_again(msg.topic, msg.partition, *skipped)
+        self.in_message = True
+        try:
+            await self._handle_until_done(msg)
+        finally:
+            self.in_message = False
+
+    async def _read_again(self, topic: str, partition: int, first: int, last: int) -> None:
+        """Offsets ``first``..``last`` never reached the planner: read the partition again from
+        ``first`` (once; the message in hand is handled too, and again when it comes back).
+
+        Why: faust-streaming 0.15.3 can lose a delivery in a rebalance (a record fetched, then
+        cancelled or skipped, yet counted as read), and its commit accepts a hole of one offset
+        right after the committed one (``Consumer._new_offset``), so the next commit would pass
+        the lost record for good: a result or a deletion request never handled. On a compacted
+        topic the offsets may just be compacted away; the seek then costs one re-read.
+        """
+        lost = topic in self._uncompacted
+        log.log(
+            logging.WARNING if lost else logging.INFO,
+            "planner: %s[%d] offsets %d-%d never reached the planner (%s): reading them again",
+            topic,
+            partition,
+            first,
+            last,
+            "a delivery lost in a rebalance" if lost else "compacted away, or lost in a rebalance",
+        )
+        self.metrics.child(self.metrics.retries, "undelivered").inc()
+        if self.seek is None:
+            return
+        try:
+            await self.seek(topic, partition, first)
+        except Exception:  # the stall watchdog reads the partition again if this seek failed
+            log.exception("planner: reading %s[%d] again from %d failed", topic, partition, first)
+            return
+        self.deliveries.restart(topic, partition, first)
+
+    async def _handle_until_done(self, msg: faust.types.Message) -> None:
         attempt = 0
         while True:
             try:
@@ -220,6 +264,64 @@ class PlannerHandlers:
     def export_gauges(self) -> None:
         self.metrics.parked.set(self.reconciler.parked())
         self.metrics.held_deletions.set(self.reconciler.held_deletions())
+
+
+class Deliveries:
+    """What the planner was handed, per topic partition: the next offset expected and when.
+
+    Faust delivers a partition's records in offset order, from the committed offset on; a jump
+    forward means records the planner never saw: compaction (only in the old, compacted part of
+    a directory or facts topic) or a delivery the consumer lost. The first delivery after an
+    assignment is expected at the committed offset (``committed``; None: not known, no check).
+    Going back is normal (a seek after a rebalance). A jump from an offset already read again
+    once is taken as compaction, so that a compacted range is not re-read in a loop. When the
+    last delivery on a partition was is what the stall watchdog (:mod:`processors.agents`)
+    judges a partition by. Everything is forgotten when partitions are revoked: another
+    worker may move a partition on before it comes back.
+    """
+
+    def __init__(
+        self,
+        committed: Committed = lambda topic, partition: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._committed = committed
+        self._clock = clock
+        self._next: dict[tuple[str, int], int] = {}
+        self._at: dict[tuple[str, int], float] = {}
+        self._read_again_from: dict[tuple[str, int], int] = {}
+        self._since = clock()
+
+    def observe(self, topic: str, partition: int, offset: int) -> tuple[int, int] | None:
+        """Note a delivery; the first and last offset never delivered before it, if they are
+        to be read again."""
+        key = (topic, partition)
+        expected = self._next.get(key)
+        if expected is None:
+            expected = self._committed(topic, partition)
+        self._next[key] = offset + 1
+        self._at[key] = self._clock()
+        if expected is None or offset <= expected or self._read_again_from.get(key) == expected:
+            return None
+        self._read_again_from[key] = expected
+        return expected, offset - 1
+
+    def quiet_for(self, topic: str, partition: int) -> float:
+        """Seconds since the partition's last delivery (or since the assignment, if none)."""
+        return self._clock() - self._at.get((topic, partition), self._since)
+
+    def restart(self, topic: str, partition: int, offset: int) -> None:
+        """The partition is read again from ``offset`` (a seek): expected there next."""
+        key = (topic, partition)
+        self._next[key] = offset
+        self._read_again_from[key] = offset
+        self._at[key] = self._clock()
+
+    def forget(self) -> None:
+        self._next.clear()
+        self._at.clear()
+        self._read_again_from.clear()
+        self._since = self._clock()
 
 
 class _Undecodable(Exception):

@@ -60,7 +60,8 @@ class PlannerMetrics:
         )
         self.retries = Counter(
             "vudsync_planner_retries_total",
-            "Messages handled again after the broker refused a record (by exception class)",
+            "Messages handled again: the broker refused a record (reason: exception class), or a "
+            "partition read again after a delivery was lost (undelivered) or it stalled (stalled)",
             ["reason"],
             registry=registry,
         )

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from processors.agents import declare_agents
 from processors.app import create_app
 from processors.engine import Reconciler
-from processors.handlers import Committed, PlannerHandlers
+from processors.handlers import Committed, PlannerHandlers, Seek
 from processors.metrics import PlannerMetrics
 from processors.model import PlannerSettings
 from processors.tables import TableReads, declare_table
@@ -44,6 +44,16 @@ def committed_offsets(app: faust.App) -> Committed:
         return offsets.get(TP(topic, partition)) if offsets is not None else None
 
     return committed
+
+
+def partition_seek(app: faust.App) -> Seek:
+    """Seek one partition of the worker's consumer (Faust's ``Consumer.seek``: aiokafka's seek,
+    and the read offset Faust keeps, so that the records are delivered again)."""
+
+    async def seek(topic: str, partition: int, offset: int) -> None:
+        await app.consumer.seek(TP(topic, partition), offset)
+
+    return seek
 
 
 def prime_committed_offsets(settings: Settings, bootstrap: str) -> int:
@@ -129,6 +139,7 @@ def build_planner(settings: Settings, bootstrap: str, registry: CollectorRegistr
         PlannerMetrics(registry),
         committed_offsets(app),
         topic_prefix=settings.topic_prefix,
+        seek=partition_seek(app),
     )
     declare_agents(app, topics, handlers)
     return app

@@ -190,8 +190,31 @@ def _diagnosis(settings: Settings, bootstrap: str, ids: set[str]) -> str:
     ]
     return (
         f"outcomes: {dict(outcomes)}\nwaiting: {waiting[:20]}\noperations dead-lettered: {len(dlq)}\n"
-        f"control: {control}\nstate: {state}\noperations: {operations}"
+        f"control: {control}\nstate: {state}\noperations: {operations}\n"
+        f"planner lag (committed/end): {_planner_lag(settings, bootstrap)}"
     )
+
+
+def _planner_lag(settings: Settings, bootstrap: str) -> dict[str, str]:
+    """The planner group's committed offset and the end offset of every input partition that
+    has records left (for a failure message: a partition stuck behind its end is a stall)."""
+    from kafka import KafkaConsumer
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        committed = admin.list_group_offsets({app_id(settings): None}).get(app_id(settings), {})
+        ends = consumer.end_offsets(list(committed))
+        return {
+            f"{tp.topic}[{tp.partition}]": f"{meta.offset}/{ends.get(tp)}"
+            for tp, meta in sorted(committed.items())
+            if ends.get(tp) != meta.offset
+        }
+    except KafkaError as exc:
+        return {"error": str(exc)}
+    finally:
+        consumer.close()
+        admin.close()
 
 
 def _one_user_per_partition(settings: Settings, bootstrap: str) -> list[str]:

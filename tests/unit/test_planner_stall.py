@@ -1,33 +1,49 @@
-"""The planner's stall watchdog (pure decision, fake Faust objects: no broker)."""
+"""The planner's stall watchdog and its delivery record (pure decisions, fake Faust objects:
+no broker)."""
 
 from __future__ import annotations
 
-import time
 from types import SimpleNamespace
 from typing import Any
 
 from faust.types import TP
+from prometheus_client import CollectorRegistry
 
 from processors.agents import STALL_SECONDS, reread_if_stalled
+from processors.handlers import Deliveries
+from processors.metrics import PlannerMetrics
 
 USERS0 = TP("vud.directory.users", 0)
 USERS1 = TP("vud.directory.users", 1)
+CONTROL0 = TP("vud.planner.control", 0)
+CHANGELOG0 = TP("vudsync-planner-state-changelog", 0)
+INPUTS = frozenset({USERS0.topic, CONTROL0.topic})
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 class FakeConsumer:
-    def __init__(self, committed: dict[TP, int], ends: dict[TP, int]) -> None:
+    """What the watchdog uses of Faust's consumer. Faust keeps a committed offset of 0 as None."""
+
+    def __init__(self, committed: dict[TP, int | None], ends: dict[TP, int]) -> None:
         self._committed_offset = committed
         self.ends = ends
-        self.seeks = 0
+        self.seeks: list[tuple[TP, int]] = []
 
     def assignment(self) -> set[TP]:
         return set(self.ends)
 
-    def highwater(self, tp: TP) -> int:
-        return self.ends[tp]
+    async def highwaters(self, *tps: TP) -> dict[TP, int]:
+        return {tp: self.ends[tp] for tp in tps}
 
-    async def perform_seek(self) -> None:
-        self.seeks += 1
+    async def seek(self, tp: TP, offset: int) -> None:
+        self.seeks.append((tp, offset))
 
 
 def app(consumer: FakeConsumer, **flags: Any) -> Any:
@@ -38,27 +54,88 @@ def app(consumer: FakeConsumer, **flags: Any) -> Any:
     )
 
 
-def idle(seconds: float) -> Any:
-    return SimpleNamespace(last_message_at=time.monotonic() - seconds)
+def handlers(clock: Clock, delivered: dict[TP, float], in_message: bool = False) -> Any:
+    """Handlers whose last delivery per partition was ``delivered[tp]`` seconds ago; partitions
+    not named had nothing delivered since their assignment ``STALL_SECONDS + 1`` ago."""
+    deliveries = Deliveries(clock=clock)
+    clock.now -= STALL_SECONDS + 1
+    deliveries.forget()
+    clock.now += STALL_SECONDS + 1
+    for tp, ago in delivered.items():
+        clock.now -= ago
+        deliveries.observe(tp.topic, tp.partition, 0)
+        clock.now += ago
+    return SimpleNamespace(
+        deliveries=deliveries, in_message=in_message, metrics=PlannerMetrics(CollectorRegistry())
+    )
 
 
-async def test_an_idle_worker_with_records_left_reads_them_again() -> None:
-    consumer = FakeConsumer({USERS0: 1, USERS1: 5}, {USERS0: 2, USERS1: 5})  # lag 1 on users[0]
-    handlers = idle(STALL_SECONDS + 1)
-    await reread_if_stalled(app(consumer), handlers)
-    assert consumer.seeks == 1
-    assert time.monotonic() - handlers.last_message_at < 1  # the next look waits a full period
+async def test_a_partition_quiet_with_records_left_is_read_again_from_its_committed_offset() -> None:
+    clock = Clock()
+    # lag 1 on users[0] (committed 1, end 2); users[1] caught up
+    consumer = FakeConsumer({USERS0: 1, USERS1: 5}, {USERS0: 2, USERS1: 5})
+    h = handlers(clock, {USERS0: STALL_SECONDS + 1, USERS1: STALL_SECONDS + 1})
+    await reread_if_stalled(app(consumer), h, INPUTS)
+    assert consumer.seeks == [(USERS0, 1)]
+    assert h.metrics.retries.labels(reason="stalled")._value.get() == 1
+    assert h.deliveries.quiet_for(USERS0.topic, USERS0.partition) == 0  # the next look waits
 
 
-async def test_no_seek_while_busy_caught_up_rebalancing_or_recovering() -> None:
+async def test_a_stall_is_found_while_other_partitions_keep_the_worker_busy() -> None:
+    clock = Clock()
+    # the control record at offset 0 never handled (Faust keeps the committed 0 as None);
+    # users[1] handled a message a moment ago and has more to come
+    consumer = FakeConsumer({CONTROL0: None, USERS1: 5}, {CONTROL0: 1, USERS1: 900})
+    await reread_if_stalled(app(consumer), handlers(clock, {USERS1: 0.1}), INPUTS)
+    assert consumer.seeks == [(CONTROL0, 0)]
+
+
+async def test_no_seek_while_delivering_caught_up_handling_rebalancing_or_recovering() -> None:
     lagging = {USERS0: 1}, {USERS0: 2}
-    cases = [
-        (FakeConsumer(*lagging), idle(1), {}),  # handled a message a second ago
-        (FakeConsumer({USERS0: 2}, {USERS0: 2}), idle(STALL_SECONDS + 1), {}),  # nothing left
-        (FakeConsumer(*lagging), idle(STALL_SECONDS + 1), {"rebalancing": True}),
-        (FakeConsumer(*lagging), idle(STALL_SECONDS + 1), {"recovery": True}),
-        (FakeConsumer({}, {USERS0: 2}), idle(STALL_SECONDS + 1), {}),  # never committed: not ours
+    stalled = {USERS0: STALL_SECONDS + 1}
+    cases: list[tuple[FakeConsumer, dict[TP, float], dict[str, bool]]] = [
+        (FakeConsumer(*lagging), {USERS0: 1}, {}),  # delivered a second ago
+        (FakeConsumer({USERS0: 2}, {USERS0: 2}), stalled, {}),  # nothing left
+        (FakeConsumer(*lagging), stalled, {"rebalancing": True}),
+        (FakeConsumer(*lagging), stalled, {"recovery": True}),
+        (FakeConsumer(*lagging), stalled, {"in_message": True}),  # a message in hand (retrying)
+        # the table's changelog (assigned, paused, read by Faust's recovery): never the agent's
+        (FakeConsumer({CHANGELOG0: None}, {CHANGELOG0: 15}), {}, {}),
     ]
-    for consumer, handlers, flags in cases:
-        await reread_if_stalled(app(consumer, **flags), handlers)
-        assert consumer.seeks == 0, (consumer.ends, flags)
+    for consumer, delivered, flags in cases:
+        clock = Clock()
+        h = handlers(clock, delivered, in_message=flags.pop("in_message", False))
+        await reread_if_stalled(app(consumer, **flags), h, INPUTS)
+        assert consumer.seeks == [], (consumer.ends, delivered, flags)
+
+
+def test_deliveries_name_the_offsets_skipped_and_accept_going_back() -> None:
+    clock = Clock()
+    d = Deliveries(clock=clock)
+    assert d.observe("t", 0, 5) is None  # committed offset not known: the first sets the baseline
+    assert d.observe("t", 0, 6) is None
+    assert d.observe("t", 0, 9) == (7, 8)  # 7 and 8 never delivered
+    assert d.observe("t", 0, 3) is None  # a seek back after a rebalance re-reads
+    assert d.observe("t", 1, 40) is None  # partitions are independent
+    clock.now += 12
+    assert d.quiet_for("t", 0) == 12
+    d.forget()  # partitions revoked: the next delivery is a new baseline
+    assert d.observe("t", 0, 100) is None
+    assert d.quiet_for("t", 2) == 0  # never delivered: quiet since the assignment
+
+
+def test_the_first_delivery_after_an_assignment_is_expected_at_the_committed_offset() -> None:
+    committed = {("t", 0): 10, ("t", 1): 4}
+    d = Deliveries(lambda topic, partition: committed.get((topic, partition)))
+    assert d.observe("t", 0, 10) is None
+    assert d.observe("t", 1, 6) == (4, 5)  # 4 and 5 lost in the rebalance: read from 4 again
+
+
+def test_a_range_read_again_once_and_skipped_again_is_compaction_not_a_loop() -> None:
+    d = Deliveries()
+    d.observe("t", 0, 10)
+    assert d.observe("t", 0, 20) == (11, 19)
+    d.restart("t", 0, 11)  # the handler seeks back to 11 ...
+    assert d.observe("t", 0, 20) is None  # ... and 11-19 are compacted away: take it
+    assert d.observe("t", 0, 21) is None
+    assert d.observe("t", 0, 30) == (22, 29)  # another hole is another matter
