@@ -17,7 +17,11 @@
    start-up and rebalancing do not count.
 
 In-process figures are given per wall-clock second and per CPU second of this process: the
-machine is shared, and the CPU figure is the one other people's load distorts least.
+machine is shared, and the CPU figure is the one other people's load distorts least. The share
+of ``reconcile``'s wall-clock time spent in the garbage collector is measured too (the table,
+a Python object graph of every entity, is what full collections walk); ``--gc-threshold``
+runs the in-process part with other thresholds (``gc.set_threshold``), to measure what a
+worker setting them would gain — the default figures run with Python's defaults.
 
 Targets (issue 4): ≥ 50,000 events/s in process; ≥ 10,000 events/s per Faust worker.
 """
@@ -25,6 +29,7 @@ Targets (issue 4): ≥ 50,000 events/s in process; ≥ 10,000 events/s per Faust
 from __future__ import annotations
 
 import cProfile
+import gc
 import json
 import os
 import pstats
@@ -156,6 +161,25 @@ def known_table(events: list[tuple[str, bytes]], partitions: int = 1) -> dict[st
 # -- in process ---------------------------------------------------------------------------
 
 
+@contextmanager
+def _gc_timed(totals: dict[str, Any]) -> Iterator[None]:
+    """Add the seconds spent in garbage collections, and their count per generation, to ``totals``."""
+    started = [0.0]
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            totals["seconds"] += time.perf_counter() - started[0]
+            totals["collections"][info["generation"]] += 1
+
+    gc.callbacks.append(callback)
+    try:
+        yield
+    finally:
+        gc.callbacks.remove(callback)
+
+
 def bench_in_process(events: list[tuple[str, bytes]], profile: Path | None) -> dict[str, Any]:
     from processors.engine import Coords, Reconciler
     from processors.model import PlannerSettings
@@ -170,20 +194,22 @@ def bench_in_process(events: list[tuple[str, bytes]], profile: Path | None) -> d
     reconciler = Reconciler(table, settings, 1, lambda: now)
     operations = 0
     profiler = cProfile.Profile() if profile else None
+    collected: dict[str, Any] = {"seconds": 0.0, "collections": [0, 0, 0]}
     cpu_started = time.process_time()
     started = time.perf_counter()
     if profiler:
         profiler.enable()
-    for offset, (_, raw) in enumerate(events):
-        fx = reconciler.on_directory_event(decode_event(raw), Coords("users", 0, offset), offset)
-        for send in fx.sends:
-            encode(send.value)
-        for k, v in fx.writes.items():
-            if v is None:
-                table.pop(k, None)
-            else:
-                table[k] = v
-        operations += len(fx.sends)
+    with _gc_timed(collected):
+        for offset, (_, raw) in enumerate(events):
+            fx = reconciler.on_directory_event(decode_event(raw), Coords("users", 0, offset), offset)
+            for send in fx.sends:
+                encode(send.value)
+            for k, v in fx.writes.items():
+                if v is None:
+                    table.pop(k, None)
+                else:
+                    table[k] = v
+            operations += len(fx.sends)
     if profiler:
         profiler.disable()
         profiler.dump_stats(str(profile))
@@ -211,6 +237,9 @@ def bench_in_process(events: list[tuple[str, bytes]], profile: Path | None) -> d
         "plan_events_per_s": round(len(events) / plan_s),
         "plan_events_per_cpu_s": round(len(events) / plan_cpu),
         "reconcile_us_per_event": round(reconcile_s / len(events) * 1e6, 1),
+        "reconcile_gc_share": round(collected["seconds"] / reconcile_s, 3),
+        "reconcile_gc_collections": collected["collections"],
+        "gc_threshold": list(gc.get_threshold()),
         "target_events_per_s": 50_000,
     }
 
@@ -419,6 +448,12 @@ def _expected_operations(events: list[tuple[str, bytes]]) -> int:
 )
 @click.option("--timeout", type=float, default=600.0, show_default=True)
 @click.option("--profile", type=click.Path(path_type=Path), default=None, help="cProfile the in-process run")
+@click.option(
+    "--gc-threshold",
+    default=None,
+    metavar="G0,G1,G2",
+    help="run the in-process part with these garbage-collector thresholds (default: Python's)",
+)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def command(
     n: int,
@@ -427,11 +462,21 @@ def command(
     partitions: int,
     timeout: float,
     profile: Path | None,
+    gc_threshold: str | None,
     as_json: bool,
 ) -> None:
     """Planner throughput: in process (target ≥ 50,000 events/s) and per Faust worker (≥ 10,000)."""
     events = directory_events(n)
-    result: dict[str, Any] = {"in_process": bench_in_process(events, profile)}
+    thresholds = gc.get_threshold()
+    if gc_threshold:
+        try:
+            gc.set_threshold(*(int(g) for g in gc_threshold.split(",")))
+        except (TypeError, ValueError) as exc:
+            raise click.BadParameter(f"{gc_threshold!r}: {exc}", param_hint="--gc-threshold") from None
+    try:
+        result: dict[str, Any] = {"in_process": bench_in_process(events, profile)}
+    finally:
+        gc.set_threshold(*thresholds)
     if profile:
         stats = pstats.Stats(str(profile))
         stats.sort_stats("tottime").print_stats(15)
