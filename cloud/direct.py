@@ -45,6 +45,7 @@ from fastapi import params
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import PathConvertor
 from starlette.datastructures import Headers, QueryParams
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
@@ -238,6 +239,12 @@ class DirectDispatch:
         self._routes: list[tuple[BaseRoute, _Endpoint | None]] = [
             (route, _endpoint(route) if isinstance(route, APIRoute) else None) for route in routes
         ]
+        # the routes that can match a path of each shape, in the app's order (see _shape)
+        shapes = {shape for route, _ in self._routes if (shape := _route_shape(route)) is not None}
+        self._by_shape: dict[tuple[str, int], list[tuple[BaseRoute, _Endpoint | None]]] = {
+            shape: [(r, e) for r, e in self._routes if _route_shape(r) in (shape, None)] for shape in shapes
+        }
+        self._any_shape = [(r, e) for r, e in self._routes if _route_shape(r) is None]
 
     @property
     def direct_templates(self) -> list[str]:
@@ -250,8 +257,12 @@ class DirectDispatch:
         ]
 
     def match(self, method: str, path: str) -> tuple[_Endpoint, dict[str, Any]] | None:
-        """The direct route serving ``method path`` and its path parameters, or ``None``."""
-        for route, endpoint in self._routes:
+        """The direct route serving ``method path`` and its path parameters, or ``None``.
+
+        Starlette's rule (the first route in order whose pattern and method match), tried
+        only on the routes that can match a path of this shape.
+        """
+        for route, endpoint in self._by_shape.get(_shape(path), self._any_shape):
             if not isinstance(route, APIRoute):
                 scope = {"type": "http", "path": path, "root_path": "", "method": method}
                 if route.matches(scope)[0] is not Match.NONE:
@@ -440,6 +451,27 @@ class DirectDispatch:
         if not isinstance(result, Response | _Answered):
             raise TypeError(f"{endpoint.template}: a direct endpoint must return a Response")
         return result
+
+
+def _shape(path: str) -> tuple[str, int]:
+    """A path's first two segments (``/v1/users``) and its number of slashes."""
+    return "/".join(path.split("/", 3)[:3]), path.count("/")
+
+
+def _route_shape(route: BaseRoute) -> tuple[str, int] | None:
+    """The one :func:`_shape` of every path ``route`` can match; ``None`` when it can match several.
+
+    A template's literal text is matched as is and a parameter other than ``:path``
+    never matches a slash, so a path of another shape cannot match. Anything else (a
+    mount, a ``:path`` parameter, a parameter in the first two segments) may match any
+    shape and is tried for every path.
+    """
+    if not isinstance(route, APIRoute) or any(
+        isinstance(convertor, PathConvertor) for convertor in route.param_convertors.values()
+    ):
+        return None
+    shape = _shape(route.path_format)
+    return None if "{" in shape[0] else shape
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 MAX_KEY_LENGTH = 255
 
 
@@ -32,9 +34,42 @@ def canonical_body(raw: bytes) -> bytes:
 
 
 def canonical_json(value: Any) -> bytes:
+    """Sorted keys, no white space, UTF-8 as is: the bytes every fingerprint is taken over.
+
+    The standard library's ``json.dumps(sort_keys=True, separators=(",", ":"),
+    ensure_ascii=False)`` defines them (stored fingerprints were made with it). orjson
+    writes the very same bytes for strings, integers, booleans, null, lists and objects
+    with string keys (keys sorted by code point either way), several times faster; it
+    writes some floats differently (``1e-05`` → ``0.00001``) and refuses integers over
+    64 bits and lone surrogates. So orjson only for values without floats, the standard
+    library for the rest.
+    """
+    if _orjson_canonical(value):
+        try:
+            return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        except TypeError:  # orjson.JSONEncodeError: integers over 64 bits, lone surrogates
+            pass
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
         "utf-8", "surrogatepass"
     )
+
+
+def _orjson_canonical(value: Any) -> bool:
+    """Whether orjson's canonical form of ``value`` is the standard library's: no floats.
+
+    (Keys that are not strings make orjson raise, which falls back too.)
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is dict:
+            stack.extend(item.values())
+        elif kind is list:
+            stack.extend(item)
+        elif not (kind is str or kind is int or kind is bool or item is None):
+            return False  # floats (NaN, Infinity too), tuples, anything else
+    return True
 
 
 def request_fingerprint(method: str, path: str, body: bytes) -> str:

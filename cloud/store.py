@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -154,8 +155,27 @@ def _dumps(body: Any) -> str:
 
 @functools.lru_cache(maxsize=64)
 def iso(ts: float) -> str:
-    """RFC 3339 UTC timestamp with microseconds (cached: one write stamps several rows)."""
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+    """RFC 3339 UTC timestamp with microseconds (cached: one write stamps several rows).
+
+    ``datetime.fromtimestamp(ts, UTC).isoformat()`` with ``Z`` (no fraction when the
+    microseconds are 0), made from a cached whole second: every write stamps a new
+    instant, and formatting a datetime was ≈ 3% of a batched write.
+    """
+    if ts < 0:
+        return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+    # datetime's own rounding: the fraction in microseconds, half to even
+    fraction, whole = math.modf(ts)
+    micros = round(fraction * 1e6)
+    if micros >= 1_000_000:
+        micros -= 1_000_000
+        whole += 1.0
+    second = _iso_second(int(whole))
+    return f"{second}.{micros:06d}Z" if micros else f"{second}Z"
+
+
+@functools.lru_cache(maxsize=16)
+def _iso_second(whole: int) -> str:
+    return datetime.fromtimestamp(whole, UTC).isoformat().replace("+00:00", "")
 
 
 @dataclass(frozen=True, slots=True)
