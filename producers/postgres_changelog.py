@@ -17,9 +17,17 @@ transaction that could still fill it has ended:
   highest visible seq ``M`` was drawn before S. A seq ≤ M that S cannot see belongs to a
   transaction that was in progress at S (its xid is in ``pg_snapshot_xip(S)``) or that
   rolled back. Transactions starting after S draw seqs above M.
-* So once every xid of ``xip(S)`` has ended (judged in a later snapshot, the same one the
+* So once every such transaction has ended (judged in a later snapshot, the same one the
   rows are read in), each seq ≤ M is final: visible now, or never. This is the *barrier*
-  ``(M, xip(S))``; passing it raises ``settled`` to M.
+  ``(M, xids)``; passing it raises ``settled`` to M.
+* ``xip(S)`` alone is not every such transaction: PostgreSQL (14+) sets a snapshot's ``xmax``
+  to the newest *completed* xid + 1 and leaves running transactions with a higher xid out of
+  ``xip`` (they are invisible anyway). A writer that took xid 731 and seq 2 while xid 729 was
+  the newest to complete is in no ``xip`` (seen: seq 2 skipped, the concurrent-writers test).
+  So the barrier's xids are ``xip(S)`` and every transaction id still held in ``pg_locks``
+  (a transaction holds the lock on its own id from its first write to its end) when the
+  barrier is set, after ``S``: one that was running at ``S`` and is still running is there;
+  one that ended meanwhile is final already.
 
 Without concurrent writers there are no gaps and rows flow at once; a rolled-back
 transaction leaves a gap that settles on the next poll (a rollback sends no NOTIFY, so
@@ -94,6 +102,11 @@ FROM snap CROSS JOIN top LEFT JOIN next ON TRUE
 ORDER BY next.seq
 """
 _BEGIN_READ = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+# the transaction ids held now, 32-bit (pg_locks has no xid8): see full_xid
+_RUNNING_XIDS_SQL = (
+    "SELECT transactionid::text::bigint FROM pg_locks "
+    "WHERE locktype = 'transactionid' AND mode = 'ExclusiveLock' AND granted"
+)
 # the users' access rows, each with whether its company exists
 _ACCESS_SQL = (
     "SELECT a.user_id, a.company_id, a.application, a.kind, a.name, c.id IS NULL FROM access a "
@@ -119,6 +132,13 @@ class Snapshot:
     def has_ended(self, xid: int) -> bool:
         """Whether transaction ``xid`` had ended (committed or rolled back) when this was taken."""
         return xid < self.xmin or (xid < self.xmax and xid not in self.xip)
+
+
+def full_xid(xid32: int, near: int) -> int:
+    """The 64-bit transaction id (epoch and xid) of a 32-bit ``xid32`` within 2^31 of the
+    64-bit ``near`` (a snapshot's xmax): xids of running transactions are never further."""
+    delta = (xid32 - near + 2**31) % 2**32 - 2**31
+    return near + delta
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,13 +214,19 @@ class PostgresChangeLog:
         xmin, xmax, xip = row.values()
         return Snapshot(int(xmin), int(xmax), frozenset(int(x) for x in xip))
 
+    def _running_xids(self, near: int) -> frozenset[int]:
+        """The transactions running now (holding the lock on their own id), as 64-bit xids."""
+        with self._lock, self._conn.cursor(row_factory=psycopg.rows.tuple_row) as cur:
+            return frozenset(full_xid(int(x), near) for (x,) in cur.execute(_RUNNING_XIDS_SQL))
+
     def _advance(self, snapshot: Snapshot, max_seq: int) -> None:
-        """Pass the pending barrier if its transactions have ended; set one from ``snapshot``."""
+        """Pass the pending barrier if its transactions have ended; set one from ``snapshot``
+        (taken before this call) and the transactions running now (see the module's docs)."""
         if self._barrier is not None and self._barrier.passed(snapshot):
             self._settled = max(self._settled, self._barrier.seq)
             self._barrier = None
         if self._barrier is None and max_seq > self._settled:
-            barrier = Barrier(max_seq, snapshot.xip)
+            barrier = Barrier(max_seq, snapshot.xip | self._running_xids(snapshot.xmax))
             if barrier.passed(snapshot):  # nothing in flight: final already
                 self._settled = max_seq
             else:

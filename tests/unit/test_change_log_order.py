@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from producers.model import ChangeRow
-from producers.postgres_changelog import Barrier, Snapshot, accept_in_order
+from producers.postgres_changelog import Barrier, Snapshot, accept_in_order, full_xid
 from schemas.directory import EntityType
 
 
@@ -39,3 +39,20 @@ def test_a_barrier_passes_when_all_its_transactions_ended() -> None:
     assert not barrier.passed(Snapshot(101, 112, frozenset({104, 111})))
     assert barrier.passed(Snapshot(105, 112, frozenset({111})))
     assert Barrier(seq=50, xids=frozenset()).passed(Snapshot(1, 1, frozenset()))
+
+
+def test_a_32_bit_lock_xid_is_placed_in_the_epoch_of_the_snapshot_near_it() -> None:
+    epoch = 3 << 32
+    assert full_xid(731, near=epoch + 730) == epoch + 731  # running, above the snapshot's xmax
+    assert full_xid(700, near=epoch + 730) == epoch + 700
+    # around a wrap of the 32-bit counter: the previous epoch, or the next
+    assert full_xid(2**32 - 5, near=epoch + 10) == epoch - 5
+    assert full_xid(3, near=epoch - 10) == epoch + 3
+
+
+def test_a_writer_above_the_snapshots_xmax_holds_the_barrier_until_it_ends() -> None:
+    # xmax is the newest completed xid + 1: writer 731 (seq 2) is running yet in no xip
+    barrier = Barrier(seq=3, xids=frozenset({731}))
+    assert not barrier.passed(Snapshot(xmin=730, xmax=730, xip=frozenset()))
+    assert not barrier.passed(Snapshot(xmin=731, xmax=732, xip=frozenset({731})))
+    assert barrier.passed(Snapshot(xmin=732, xmax=732, xip=frozenset()))
