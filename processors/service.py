@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import faust
@@ -145,17 +148,64 @@ def build_planner(settings: Settings, bootstrap: str, registry: CollectorRegistr
     return app
 
 
+SHUTDOWN_DEADLINE = 60.0  # seconds a stop may take before the worker exits without finishing it
+EXIT_SHUTDOWN_STUCK = 75  # EX_TEMPFAIL: run it again
+
+
+def arm_shutdown_deadline(
+    deadline: float = SHUTDOWN_DEADLINE, exit: Callable[[int], object] = os._exit
+) -> threading.Timer:
+    """Exit the process ``deadline`` seconds from now unless it has ended by then.
+
+    Why: Faust's graceful stop flushes the producer and commits offsets; with the broker gone
+    it waits for good (a worker given SIGTERM after its broker died was found still running an
+    hour later). Exiting without that commit loses nothing: the uncommitted messages are read
+    again by whichever worker takes the partitions, and planning them again yields the same
+    operation ids. A daemon timer: a stop that finishes in time ends the process, timer and all.
+    """
+
+    def give_up() -> None:
+        log.error(
+            "planner: stop not finished after %.0fs (broker unreachable?): exiting without the "
+            "last commit; the next worker reads the uncommitted messages again",
+            deadline,
+        )
+        logging.shutdown()
+        exit(EXIT_SHUTDOWN_STUCK)
+
+    timer = threading.Timer(deadline, give_up)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+class _PlannerWorker(faust.Worker):
+    """Faust's worker, with a deadline on the stop that SIGTERM or SIGINT begins."""
+
+    shutdown_deadline = SHUTDOWN_DEADLINE
+
+    def _on_sigterm(self) -> None:
+        arm_shutdown_deadline(self.shutdown_deadline)
+        super()._on_sigterm()
+
+    def _on_sigint(self) -> None:
+        arm_shutdown_deadline(self.shutdown_deadline)
+        super()._on_sigint()
+
+
 def run_planner(
     settings: Settings, bootstrap: str, *, metrics_port: int | None = None, loglevel: str = "warning"
 ) -> None:
-    """Run one planner worker until SIGTERM/SIGINT (Faust stops gracefully and commits)."""
+    """Run one planner worker until SIGTERM/SIGINT (Faust stops gracefully and commits; a stop
+    that cannot finish within ``planner_shutdown_deadline`` exits without the last commit)."""
     ensure_planner_topics(settings, bootstrap)
     prime_committed_offsets(settings, bootstrap)
     registry = CollectorRegistry()
     if metrics_port is not None:
         start_http_server(metrics_port, addr=settings.metrics_host, registry=registry)
     app = build_planner(settings, bootstrap, registry)
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    worker = _PlannerWorker(app, loglevel=loglevel, quiet=True)
+    worker.shutdown_deadline = settings.planner_shutdown_deadline
     # Faust's terminal spinner sets the *root* logger to DEBUG (so that every record turns it):
     # aiokafka then builds a debug record per message sent — a tenth of the worker's time
     worker.spinner = None

@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     planner_session_timeout: float = Field(
         default=30.0, gt=0, description="seconds until a silent planner worker's partitions move"
     )
+    planner_shutdown_deadline: float = Field(
+        default=60.0,
+        gt=0,
+        description="seconds a stop (SIGTERM) may take before the worker exits without its last "
+        "commit (a broker gone for good)",
+    )
 
     # reference cloud API
     cloud_url: str = "http://127.0.0.1:8700"
