@@ -372,17 +372,21 @@ class HttpCloudDirectory:
         return Applied(plan.effect, plan.cloud_id, bool(replayed) and all(replayed), plan.details)
 
     async def _after_conflict(self, op: CloudOperation, conflict: httpx.Response) -> Applied:
-        """A create answered 409: created meanwhile, by us (a lost answer) or someone else. The
-        object with the same e-mail / organisation number is ours: go on as if the look-up had
-        found it there (link, update, (re)activate; a company's differences for review).
-        Batched, the 409 hands the operation over to the one-at-a-time path, which ends here
-        or finds it by external id. The 409 itself does not count for ``replayed``."""
-        by_key_lookup = lookups(op)[1]
-        found = await self._find(by_key_lookup)
-        plan = None if found is None else steps_after_lookup(op, None, found)
+        """A create answered 409: created meanwhile, by us (a lost answer), another worker or
+        someone else — and the cloud says 409 both for "this external id is linked already" and
+        for "this e-mail / organisation number exists". So look again the way the operation
+        began: by external id (ours: update it), then by e-mail / organisation number (link it,
+        update, (re)activate; a company's differences for review). Batched, the 409 hands the
+        operation over to the one-at-a-time path, which ends here. The 409 itself does not count
+        for ``replayed``."""
+        by_id_lookup, by_key_lookup = lookups(op)
+        by_id = await self._find(by_id_lookup)
+        by_key = await self._find(by_key_lookup) if by_id is None else None
+        plan = None if by_id is None and by_key is None else steps_after_lookup(op, by_id, by_key)
         if plan is None:
             raise CloudRejected(
-                f"{op.entity.value} {op.entity_id}: create conflict without a match by {by_key_lookup.param}",
+                f"{op.entity.value} {op.entity_id}: create conflict without a match by "
+                f"{by_id_lookup.param} or {by_key_lookup.param}",
                 status=409,
                 excerpt=excerpt(conflict.text),
             )

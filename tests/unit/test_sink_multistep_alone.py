@@ -174,6 +174,7 @@ async def test_a_user_created_meanwhile_is_matched_by_e_mail_and_linked() -> Non
             ("GET /v1/users?external_id=u1", items()),
             ("GET /v1/users?email=kari@fjord.no", items()),
             ("POST /v1/users", (409, {"error": "conflict"})),
+            ("GET /v1/users?external_id=u1", items()),
             ("GET /v1/users?email=kari@fjord.no", items(kari(active=False))),
             ("POST /v1/users/cu-9/link", (200, kari(active=False), REPLAYED)),
             ("POST /v1/users/cu-9/reactivate", (200, kari(), REPLAYED)),
@@ -181,7 +182,28 @@ async def test_a_user_created_meanwhile_is_matched_by_e_mail_and_linked() -> Non
         upsert_user(),
     )
     assert applied == Applied("linked+reactivated", "cu-9", True)
-    assert [key for _, key in cloud.sent[2:]] == ["op-u:create", None, "op-u:link", "op-u:reactivate"]
+    assert [key for _, key in cloud.sent[2:]] == ["op-u:create", None, None, "op-u:link", "op-u:reactivate"]
+
+
+async def test_a_user_created_meanwhile_under_our_external_id_is_updated_not_rejected() -> None:
+    """409 because another worker (a replay, a rebalance) created the user under our external
+    id, with the e-mail of an older version: found by external id, updated to this version."""
+    older = kari(email="kari.old@fjord.no")
+    applied, cloud = await apply(
+        [
+            ("GET /v1/users?external_id=u1", items()),
+            ("GET /v1/users?email=kari@fjord.no", items()),
+            (
+                "POST /v1/users",
+                (409, {"error": "conflict", "description": "a user is linked to this external id"}),
+            ),
+            ("GET /v1/users?external_id=u1", items(older)),
+            ("PATCH /v1/users/cu-9", (200, kari())),
+        ],
+        upsert_user(),
+    )
+    assert applied == Applied("updated", "cu-9", False)
+    assert [key for _, key in cloud.sent[2:]] == ["op-u:create", None, "op-u:update"]
 
 
 async def test_a_create_conflict_without_a_match_is_rejected() -> None:
@@ -191,6 +213,7 @@ async def test_a_create_conflict_without_a_match_is_rejected() -> None:
                 ("GET /v1/users?external_id=u1", items()),
                 ("GET /v1/users?email=kari@fjord.no", items()),
                 ("POST /v1/users", (409, {"error": "conflict"})),
+                ("GET /v1/users?external_id=u1", items()),
                 ("GET /v1/users?email=kari@fjord.no", items()),
             ],
             upsert_user(),
@@ -252,13 +275,14 @@ async def test_a_company_created_meanwhile_is_linked_with_its_differences_for_re
             ("GET /v1/companies?external_id=c1", items()),
             ("GET /v1/companies?organisation_number=923609016", items()),
             ("POST /v1/companies", (409, {"error": "conflict"})),
+            ("GET /v1/companies?external_id=c1", items()),
             ("GET /v1/companies?organisation_number=923609016", items(other)),
             ("POST /v1/companies/cc-7/link", (200, {**other, "external_id": "c1"})),
         ],
         upsert_company(),
     )
     assert applied == Applied("linked", "cc-7", False, {"review": ["country", "name"]})
-    assert [key for _, key in cloud.sent] == [None, None, "op-c:create", None, "op-c:link"]
+    assert [key for _, key in cloud.sent] == [None, None, "op-c:create", None, None, "op-c:link"]
 
 
 async def test_a_known_company_is_updated_or_left_alone() -> None:
