@@ -47,6 +47,7 @@ MAX_BACKOFF = 30.0
 
 Committed = Callable[[str, int], "int | None"]
 Seek = Callable[[str, int, int], Awaitable[None]]
+SendNow = Callable[[], Awaitable[None]]
 
 
 class PlannerHandlers:
@@ -59,6 +60,7 @@ class PlannerHandlers:
         committed: Committed,
         topic_prefix: str = "",
         seek: Seek | None = None,
+        send_now: SendNow | None = None,
     ) -> None:
         self.reconciler = reconciler
         self.table = table
@@ -71,6 +73,7 @@ class PlannerHandlers:
         self._control = topic_prefix + PLANNER_CONTROL.name
         self._inputs = {self._results: "results", self._facts: "facts", self._control: "control"}
         self.seek = seek
+        self.send_now = send_now
         self.deliveries = Deliveries(committed)
         # no compaction on these: an offset never delivered is a delivery lost, not compacted away
         self._uncompacted = {self._results, self._control}
@@ -205,6 +208,8 @@ class PlannerHandlers:
             topic = self.topics.by_role(s.role)
             futures.append(await topic.send(key=s.key.encode(), value=encode(s.value), partition=s.partition))
         if fx.acks_first and futures:
+            if self.send_now is not None:  # waited for: do not let them linger in a batch
+                await self.send_now()
             await asyncio.gather(*futures)
         for key, value in fx.writes.items():
             if value is None:

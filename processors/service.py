@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from processors.agents import declare_agents
 from processors.app import create_app
 from processors.engine import Reconciler
-from processors.handlers import Committed, PlannerHandlers, Seek
+from processors.handlers import Committed, PlannerHandlers, Seek, SendNow
 from processors.metrics import PlannerMetrics
 from processors.model import PlannerSettings
 from processors.tables import TableReads, declare_table
@@ -57,6 +57,19 @@ def partition_seek(app: faust.App) -> Seek:
         await app.consumer.seek(TP(topic, partition), offset)
 
     return seek
+
+
+def producer_send_now(app: faust.App) -> SendNow:
+    """Send the records the producer holds now, without their linger (a release waits for the
+    acks of its sends before its table write: ``planner_linger`` per fact was what paced an
+    initial sync). aiokafka 0.14.0 (pinned) has no public call for it; ``flush_for_commit``
+    closes the open batches, wakes the sender and waits for them."""
+
+    async def send_now() -> None:
+        producer = app.producer._ensure_producer()  # type: ignore[attr-defined]
+        await producer._message_accumulator.flush_for_commit()
+
+    return send_now
 
 
 def prime_committed_offsets(settings: Settings, bootstrap: str) -> int:
@@ -143,6 +156,7 @@ def build_planner(settings: Settings, bootstrap: str, registry: CollectorRegistr
         committed_offsets(app),
         topic_prefix=settings.topic_prefix,
         seek=partition_seek(app),
+        send_now=producer_send_now(app),
     )
     declare_agents(app, topics, handlers)
     return app

@@ -156,6 +156,35 @@ async def test_effects_go_out_in_order_sends_then_acks_then_writes() -> None:
     assert log == ["send:operations", "write:a"] and "b" not in handlers.table
 
 
+async def test_sends_waited_for_are_sent_at_once_and_the_others_may_linger() -> None:
+    """A release waits for its acks before its table write: its records are sent without
+    their linger (``send_now``); records nobody waits for are left to batch."""
+
+    def scripted(acks_first: bool) -> Reconciler:
+        class Scripted(Reconciler):
+            def on_directory_event(self, *args: Any) -> Effects:
+                fx = Effects(acks_first=acks_first)
+                op = plan(None, user_event(3), Identities(), PlannerSettings(), now=T0).operations[0]
+                fx.sends.append(Send("operations", "user:u1", op))
+                fx.writes = {"a": 1}
+                return fx
+
+        return Scripted({}, PlannerSettings(), 1, lambda: T0)
+
+    for acks_first, expected in (
+        (True, ["send:operations", "send now", "write:a"]),
+        (False, ["send:operations", "write:a"]),
+    ):
+        handlers, _, log = _handlers(scripted(acks_first))
+
+        async def send_now(log: list[str] = log) -> None:
+            log.append("send now")
+
+        handlers.send_now = send_now
+        await handlers.on_message(Event(Message(_users_topic(), user_event(3).model_dump_json().encode())))  # type: ignore[arg-type]
+        assert log == expected, acks_first
+
+
 async def test_cancellation_is_not_swallowed() -> None:
     class Slow(Reconciler):
         def on_directory_event(self, *args: Any) -> Effects:
