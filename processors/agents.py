@@ -60,9 +60,6 @@ async def reread_if_stalled(app: faust.App, handlers: PlannerHandlers, inputs: f
         return
     consumer = app.consumer
     try:
-        # the committed offsets Faust's consumer keeps (it keeps a committed 0 as None; every
-        # input partition has a committed offset: prime_committed_offsets)
-        committed = getattr(consumer, "_committed_offset", {})
         quiet = [
             tp
             for tp in consumer.assignment()
@@ -72,9 +69,10 @@ async def reread_if_stalled(app: faust.App, handlers: PlannerHandlers, inputs: f
         if not quiet:
             return
         ends = await consumer.highwaters(*quiet)
-        stalled = {
-            tp: committed.get(tp) or 0 for tp in quiet if (ends.get(tp) or 0) > (committed.get(tp) or 0)
-        }
+        # Faust keeps a committed 0 as None (every input partition has a committed offset:
+        # prime_committed_offsets)
+        committed = {tp: handlers.committed(tp.topic, tp.partition) or 0 for tp in quiet}
+        stalled = {tp: offset for tp, offset in committed.items() if (ends.get(tp) or 0) > offset}
         for tp, offset in sorted(stalled.items()):
             log.warning(
                 "planner: nothing of %s[%d] handled for %.0fs, committed %d of %d "

@@ -166,11 +166,11 @@ class PlannerSettings:
     deletes_window_seconds: float = 3600.0
 
 
-_ACCESS = (AssignAccess, RevokeAccess)
+ACCESS_OPS = (AssignAccess, RevokeAccess)  # isinstance() against a tuple: no union per call
 
 
 def slot_of(op: CloudOperation) -> str:
     """Operations in one slot of one entity supersede each other (the newest wins)."""
-    if isinstance(op, _ACCESS):
+    if isinstance(op, ACCESS_OPS):
         return f"access:{op.company_id}"
     return op.kind.split(".", 1)[0]

@@ -32,6 +32,7 @@ from datetime import datetime
 from typing import Any
 
 from processors.model import (
+    ACCESS_OPS,
     Decision,
     DeletionRequest,
     EntityView,
@@ -83,9 +84,8 @@ _CATALOGUE = {
     EntityType.MODULE: "modules",
 }
 _KINDS = ("roles", "layout_groups", "modules")
-# isinstance() against a tuple: ``A | B`` builds a union object at every call
+# isinstance() against a tuple: ``A | B`` builds a union object at every call (and model.ACCESS_OPS)
 _UPSERTS = (UpsertUser, UpsertCompany)
-_ACCESS = (AssignAccess, RevokeAccess)
 _CATALOGUE_OPS = (UpsertCatalogueEntry, RemoveCatalogueEntry)
 _OP_KIND: dict[type[Any], str] = {}
 
@@ -164,7 +164,7 @@ def needs_of(
             return None
         if decision is None:
             needs.append(f"deletion:{deletion}")
-    if isinstance(op, _ACCESS):
+    if isinstance(op, ACCESS_OPS):
         if op.user_id not in ids.users:
             needs.append(f"user:{op.user_id}")
         if op.company_id not in ids.companies:
@@ -191,7 +191,7 @@ def needs_of(
 
 def with_cloud_ids(op: CloudOperation, ids: Identities) -> CloudOperation:
     """``op`` with the cloud ids of its user and company filled in (access operations)."""
-    if isinstance(op, _ACCESS) and (op.cloud_user_id is None or op.cloud_company_id is None):
+    if isinstance(op, ACCESS_OPS) and (op.cloud_user_id is None or op.cloud_company_id is None):
         return op.model_copy(
             update={"cloud_user_id": ids.users[op.user_id], "cloud_company_id": ids.companies[op.company_id]}
         )

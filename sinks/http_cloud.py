@@ -341,16 +341,21 @@ class HttpCloudDirectory:
             raise CloudRejected(
                 f"{op.kind} {op.operation_id}: no cloud mapping (cloud ids missing?)", status=0, excerpt=""
             )
-        by_id_lookup, by_key_lookup = lookups(op)
-        by_id = await self._find(by_id_lookup)
-        # steps_after_lookup reads by_key only when by_id is None: alone, don't ask for it otherwise
-        by_key = await self._find(by_key_lookup) if by_id is None else None
+        by_id, by_key = await self._look_up(op)
         plan = steps_after_lookup(op, by_id, by_key)
         if plan is None:  # a new inactive user: create it, then deactivate what the create returns
             plan = create_steps(op)
         if isinstance(plan, Applied):
             return plan
         return await self._perform(op, plan, [])
+
+    async def _look_up(self, op: CloudOperation) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The matches by external id and by e-mail / organisation number (:func:`lookups`).
+        :func:`steps_after_lookup` reads the second only when the first is None: alone, it is
+        not asked for otherwise."""
+        by_id_lookup, by_key_lookup = lookups(op)
+        by_id = await self._find(by_id_lookup)
+        return by_id, (await self._find(by_key_lookup) if by_id is None else None)
 
     async def _perform(self, op: CloudOperation, plan: Steps, replayed: list[bool]) -> Applied:
         """Sends ``plan``'s writes in order, each after the one before succeeded (an error is
@@ -379,11 +384,10 @@ class HttpCloudDirectory:
         update, (re)activate; a company's differences for review). Batched, the 409 hands the
         operation over to the one-at-a-time path, which ends here. The 409 itself does not count
         for ``replayed``."""
-        by_id_lookup, by_key_lookup = lookups(op)
-        by_id = await self._find(by_id_lookup)
-        by_key = await self._find(by_key_lookup) if by_id is None else None
+        by_id, by_key = await self._look_up(op)
         plan = None if by_id is None and by_key is None else steps_after_lookup(op, by_id, by_key)
         if plan is None:
+            by_id_lookup, by_key_lookup = lookups(op)
             raise CloudRejected(
                 f"{op.entity.value} {op.entity_id}: create conflict without a match by "
                 f"{by_id_lookup.param} or {by_key_lookup.param}",

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from schemas.operations import CloudOperation
+from sinks.scheduling import TopicPartition as TP
 from vudsync.errors import VudsyncError
 
 
@@ -40,9 +41,6 @@ class CloudDirectory(Protocol):
     async def apply_batch(self, ops: Sequence[CloudOperation]) -> list[BatchOutcome]: ...
 
     async def aclose(self) -> None: ...
-
-
-TP = tuple[str, int]  # (topic, partition)
 
 
 class PolledRecord(Protocol):

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from processors.agents import STALL_SECONDS, reread_if_stalled
 from processors.handlers import Deliveries
 from processors.metrics import PlannerMetrics
+from processors.service import committed_offsets
 
 USERS0 = TP("vud.directory.users", 0)
 USERS1 = TP("vud.directory.users", 1)
@@ -54,9 +55,12 @@ def app(consumer: FakeConsumer, **flags: Any) -> Any:
     )
 
 
-def handlers(clock: Clock, delivered: dict[TP, float], in_message: bool = False) -> Any:
+def handlers(
+    clock: Clock, consumer: FakeConsumer, delivered: dict[TP, float], in_message: bool = False
+) -> Any:
     """Handlers whose last delivery per partition was ``delivered[tp]`` seconds ago; partitions
-    not named had nothing delivered since their assignment ``STALL_SECONDS + 1`` ago."""
+    not named had nothing delivered since their assignment ``STALL_SECONDS + 1`` ago. Committed
+    offsets as the worker reads them (``committed_offsets``, from the consumer)."""
     deliveries = Deliveries(clock=clock)
     clock.now -= STALL_SECONDS + 1
     deliveries.forget()
@@ -66,7 +70,10 @@ def handlers(clock: Clock, delivered: dict[TP, float], in_message: bool = False)
         deliveries.observe(tp.topic, tp.partition, 0)
         clock.now += ago
     return SimpleNamespace(
-        deliveries=deliveries, in_message=in_message, metrics=PlannerMetrics(CollectorRegistry())
+        deliveries=deliveries,
+        in_message=in_message,
+        metrics=PlannerMetrics(CollectorRegistry()),
+        committed=committed_offsets(app(consumer)),
     )
 
 
@@ -74,7 +81,7 @@ async def test_a_partition_quiet_with_records_left_is_read_again_from_its_commit
     clock = Clock()
     # lag 1 on users[0] (committed 1, end 2); users[1] caught up
     consumer = FakeConsumer({USERS0: 1, USERS1: 5}, {USERS0: 2, USERS1: 5})
-    h = handlers(clock, {USERS0: STALL_SECONDS + 1, USERS1: STALL_SECONDS + 1})
+    h = handlers(clock, consumer, {USERS0: STALL_SECONDS + 1, USERS1: STALL_SECONDS + 1})
     await reread_if_stalled(app(consumer), h, INPUTS)
     assert consumer.seeks == [(USERS0, 1)]
     assert h.metrics.retries.labels(reason="stalled")._value.get() == 1
@@ -86,7 +93,7 @@ async def test_a_stall_is_found_while_other_partitions_keep_the_worker_busy() ->
     # the control record at offset 0 never handled (Faust keeps the committed 0 as None);
     # users[1] handled a message a moment ago and has more to come
     consumer = FakeConsumer({CONTROL0: None, USERS1: 5}, {CONTROL0: 1, USERS1: 900})
-    await reread_if_stalled(app(consumer), handlers(clock, {USERS1: 0.1}), INPUTS)
+    await reread_if_stalled(app(consumer), handlers(clock, consumer, {USERS1: 0.1}), INPUTS)
     assert consumer.seeks == [(CONTROL0, 0)]
 
 
@@ -104,7 +111,7 @@ async def test_no_seek_while_delivering_caught_up_handling_rebalancing_or_recove
     ]
     for consumer, delivered, flags in cases:
         clock = Clock()
-        h = handlers(clock, delivered, in_message=flags.pop("in_message", False))
+        h = handlers(clock, consumer, delivered, in_message=flags.pop("in_message", False))
         await reread_if_stalled(app(consumer, **flags), h, INPUTS)
         assert consumer.seeks == [], (consumer.ends, delivered, flags)
 

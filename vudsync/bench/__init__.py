@@ -6,6 +6,7 @@ Speed and memory targets live here and in docs/benchmarks.md, never in timed tes
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 from datetime import UTC, datetime
@@ -48,6 +49,29 @@ def machine() -> dict[str, Any]:
         "commit": commit,
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
+
+
+def cpu_seconds_from_stat(stat: str, clock_ticks: int) -> float:
+    """User + system CPU seconds from the text of ``/proc/<pid>/stat``.
+
+    The second field (the command name) is in parentheses and may hold spaces or ``)``: the
+    fields are counted from the *last* ``)``. ``utime`` and ``stime`` are fields 14 and 15 of
+    proc(5), the 12th and 13th after the name. Raises ValueError on a malformed line.
+    """
+    _, sep, tail = stat.rpartition(")")
+    fields = tail.split()
+    if not sep or len(fields) < 13:
+        raise ValueError(f"not a /proc/<pid>/stat line: {stat[:80]!r}")
+    return (int(fields[11]) + int(fields[12])) / clock_ticks
+
+
+def process_cpu_seconds(pid: int | str = "self") -> float | None:
+    """User + system CPU seconds process ``pid`` has used so far (Linux ``/proc``); None when
+    it is gone or there is no ``/proc``."""
+    try:
+        return cpu_seconds_from_stat(Path(f"/proc/{pid}/stat").read_text(), os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError):
+        return None
 
 
 def emit(result: dict[str, Any], as_json: bool) -> None:

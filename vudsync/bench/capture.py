@@ -49,7 +49,7 @@ from typing import Any
 import click
 from prometheus_client import CollectorRegistry
 
-from vudsync.bench import emit
+from vudsync.bench import emit, process_cpu_seconds
 
 KEY = b"bench-fingerprint-key"
 # a production-like server, plus commit timestamps so that latency is measured from the commit
@@ -86,13 +86,7 @@ def _broker(bootstrap: str | None, stack: ExitStack) -> Iterator[tuple[str, int 
 
 def _process_cpu(pid: int | None) -> float | None:
     """CPU seconds (user + system) another process has used so far, from /proc."""
-    if pid is None:
-        return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return None if pid is None else process_cpu_seconds(pid)
 
 
 class _Meter:

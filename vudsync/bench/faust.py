@@ -38,33 +38,15 @@ from typing import Any
 
 import click
 
-from vudsync.bench import emit
+from vudsync.bench import emit, process_cpu_seconds
 
 INPUT = "bench.floor.in"
 OUTPUT = "bench.floor.out"
 TAKE_WITHIN = 0.05  # seconds: take()'s timeout, as in the task
 
 
-# -- /proc ------------------------------------------------------------------------------------
-
-
-def cpu_seconds_from_stat(stat: str, clock_ticks: int) -> float:
-    """User + system CPU seconds from the text of ``/proc/<pid>/stat``.
-
-    The second field (the command name) is in parentheses and may hold spaces or ``)``: the
-    fields are counted from the *last* ``)``. ``utime`` and ``stime`` are fields 14 and 15 of
-    proc(5), the 12th and 13th after the name. Raises ValueError on a malformed line.
-    """
-    _, sep, tail = stat.rpartition(")")
-    fields = tail.split()
-    if not sep or len(fields) < 13:
-        raise ValueError(f"not a /proc/<pid>/stat line: {stat[:80]!r}")
-    return (int(fields[11]) + int(fields[12])) / clock_ticks
-
-
-def process_cpu_seconds(pid: int | str = "self") -> float:
-    """User + system CPU seconds of process ``pid`` (Linux only)."""
-    return cpu_seconds_from_stat(Path(f"/proc/{pid}/stat").read_text(), os.sysconf("SC_CLK_TCK"))
+def _own_cpu_seconds() -> float:
+    return process_cpu_seconds() or 0.0
 
 
 # -- the input --------------------------------------------------------------------------------
@@ -141,7 +123,7 @@ class _Meter:
 
     def first(self) -> None:
         if self.count == 0 and not self._t0:
-            self._cpu0, self._t0 = process_cpu_seconds(), time.monotonic()
+            self._cpu0, self._t0 = _own_cpu_seconds(), time.monotonic()
 
     async def handled(self, n: int, flush: Any) -> None:
         self.count += n
@@ -150,7 +132,7 @@ class _Meter:
             return
         self._done = True
         await flush()  # every output and changelog record acknowledged by the broker
-        cpu, t = process_cpu_seconds(), time.monotonic()
+        cpu, t = _own_cpu_seconds(), time.monotonic()
         report = {
             "events": self.count,
             "batches": self.batches,

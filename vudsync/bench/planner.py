@@ -46,7 +46,7 @@ from typing import Any
 
 import click
 
-from vudsync.bench import emit
+from vudsync.bench import emit, process_cpu_seconds
 
 APPS = ("business", "reporting")
 ROLES = ("Regnskap", "Lønn", "Innkjøp", "Salg")
@@ -400,11 +400,7 @@ def bench_faust(events: list[tuple[str, bytes]], partitions: int, timeout: float
 
 def _cpu_seconds(pid: int | None) -> float:
     """User + system CPU time of process ``pid`` (Linux ``/proc``; 0 elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return (process_cpu_seconds(pid) if pid is not None else None) or 0.0
 
 
 def _committed(bootstrap: str, group: str, topic: str) -> int:

@@ -49,6 +49,7 @@ from schemas.operations import (
     operation_id_for,
 )
 from sinks.writes import simple_write
+from vudsync.bench import process_cpu_seconds
 
 ROLES = ("Regnskap", "Lønn", "Innkjøp", "Salg", "Revisor")
 
@@ -349,11 +350,7 @@ class AuditReader:
 
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU of a process, from /proc (0 if gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return process_cpu_seconds(pid) or 0.0
 
 
 @contextlib.contextmanager
