@@ -67,6 +67,16 @@ class SinkMetrics:
             ["endpoint", "result"],
             registry=registry,
         )
+        self.outstanding = Gauge(
+            "vudsync_sink_outstanding_operations",
+            "Operations taken from the topic and not finished yet (queued, in flight, waiting to retry)",
+            registry=registry,
+        )
+        self.paused = Gauge(
+            "vudsync_sink_paused",
+            "1 while the sink's partitions are paused: too many operations outstanding for too long",
+            registry=registry,
+        )
         self.in_flight = Gauge(
             "vudsync_sink_in_flight_operations",
             "Operations inside a cloud call right now",

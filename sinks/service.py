@@ -59,6 +59,8 @@ def build_sink(settings: Settings, bootstrap: str, registry: CollectorRegistry) 
         max_attempts=settings.sink_max_attempts,
         retry_timeout=settings.sink_retry_timeout,
         auth_cooldown=settings.sink_auth_cooldown,
+        max_outstanding=settings.sink_max_outstanding,
+        hold_timeout=settings.sink_hold_timeout,
         drain_timeout=settings.sink_http_timeout + 5,
     )
     consumer = ConfluentOperationsConsumer(

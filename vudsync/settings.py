@@ -87,6 +87,12 @@ class Settings(BaseSettings):
     sink_concurrency: int = Field(default=16, description="cloud calls in flight per worker (a batch = 1)")
     sink_batch: bool = Field(default=True, description="POST /v1/batch when simple operations queue up")
     sink_batch_size: int = Field(default=200, ge=1, le=500, description="operations per batch call")
+    sink_max_outstanding: int = Field(
+        default=5000, ge=1, description="operations taken and unfinished before the sink takes no more"
+    )
+    sink_hold_timeout: float = Field(
+        default=5.0, gt=0, description="seconds at that limit before the sink pauses its partitions"
+    )
     sink_max_attempts: int = Field(default=8, description="give up a retryable failure after this many …")
     sink_retry_timeout: float = Field(default=300.0, description="… and this many seconds (then DLQ)")
     sink_http_timeout: float = Field(default=10.0, description="seconds per cloud call")
