@@ -19,7 +19,6 @@ from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import pytest
 from click.testing import CliRunner, Result
 
@@ -51,12 +50,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _faults(cloud: CloudReader, body: dict[str, Any]) -> None:
-    httpx.put(
-        f"{cloud.server.url}/admin/faults", headers=cloud.server.admin_headers(), json=body, timeout=10
-    ).raise_for_status()
 
 
 def _verify_clean(settings: Settings, bootstrap: str) -> bool:
@@ -121,7 +114,7 @@ def test_outage_then_dlq_retry_and_replay_bring_the_cloud_to_the_directory_state
 
         # -- the outage: every cloud request fails; what is planned meanwhile dead-letters
         outage = datetime.now(UTC) - timedelta(seconds=2)
-        _faults(cloud, {"error_rate": 1.0})
+        cloud.faults(error_rate=1.0)
         writer.update_user("u2", first_name="Kari Anne")
         writer.update_user("u3", last_name="Olsen")
         with writer.transaction():
@@ -143,7 +136,7 @@ def test_outage_then_dlq_retry_and_replay_bring_the_cloud_to_the_directory_state
         assert status["circuit"] in ("open", "closed")  # known: read from the sink's metrics
 
         # -- the cloud recovers; retry one dead letter through the normal path
-        _faults(cloud, {})
+        cloud.faults()
         dead = _unhandled(s, kafka_bootstrap)
         u2 = next(d for d in dead if "user:u2" in d["subject"])
         retried = run(s, kafka_bootstrap, "dlq", "retry", u2["ref"])

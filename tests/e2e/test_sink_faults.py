@@ -31,12 +31,6 @@ from vudsync.settings import Settings
 from vudsync.topics import ensure_catalogue
 
 
-def _faults(cloud: CloudReader, **body: Any) -> None:
-    httpx.put(
-        f"{cloud.server.url}/admin/faults", headers=cloud.server.admin_headers(), json=body, timeout=10
-    ).raise_for_status()
-
-
 def _stats(cloud: CloudReader) -> dict[str, Any]:
     response = httpx.get(f"{cloud.server.url}/admin/stats", headers=cloud.server.admin_headers(), timeout=10)
     response.raise_for_status()
@@ -97,7 +91,7 @@ def test_ten_thousand_operations_through_5xx_429_and_latency_apply_exactly_once(
     ensure_catalogue(settings, kafka_bootstrap)
     work = prepare_workload(cloud.client, 10_000)
     feed(kafka_bootstrap, settings.topic(OPERATIONS.name), work.operations)
-    _faults(cloud, error_rate=0.2, rate_limit_rate=0.1, retry_after_seconds=1, latency_ms=[0, 30], seed=7)
+    cloud.faults(error_rate=0.2, rate_limit_rate=0.1, retry_after_seconds=1, latency_ms=[0, 30], seed=7)
     reader = AuditReader(cloud.client, work)
     port = free_port()
     with components(settings, kafka_bootstrap, "sink", metrics_ports={"sink": port}) as procs:
@@ -110,7 +104,7 @@ def test_ten_thousand_operations_through_5xx_429_and_latency_apply_exactly_once(
         )
         metrics = _metrics(port)
         stats = _stats(cloud)
-    _faults(cloud)  # a healthy cloud for reading the audit back
+    cloud.faults()  # a healthy cloud for reading the audit back
     check = reader.check()
     assert not check.missing, f"{len(check.missing)} operations never applied"
     assert not check.duplicated, f"keys with two effects: {list(check.duplicated.items())[:5]}"
@@ -146,7 +140,7 @@ def test_sink_killed_while_a_batch_is_in_flight_has_no_second_effect(
     ops_topic = settings.topic(OPERATIONS.name)
     feed(kafka_bootstrap, ops_topic, work.operations)
     # slow batches: every call waits 300-400 ms before the cloud applies it
-    _faults(cloud, latency_ms=[300, 400])
+    cloud.faults(latency_ms=[300, 400])
     reader = AuditReader(cloud.client, work)
     port = free_port()
     group = sink_group(settings)
@@ -182,7 +176,7 @@ def test_sink_killed_while_a_batch_is_in_flight_has_no_second_effect(
     assert committed_at_kill < applied_at_kill < len(work.keys)
     replays_before = _stats(cloud)["idempotent_replays"]
 
-    _faults(cloud)
+    cloud.faults()
     with components(settings, kafka_bootstrap, "sink", **sink_env) as procs:
         wait_for(
             procs,

@@ -24,12 +24,6 @@ from vudsync.topics import ensure_catalogue
 LIMIT = 40
 
 
-def _faults(cloud: CloudReader, **body: Any) -> None:
-    httpx.put(
-        f"{cloud.server.url}/admin/faults", headers=cloud.server.admin_headers(), json=body, timeout=10
-    ).raise_for_status()
-
-
 def _gauges(port: int) -> dict[str, float]:
     try:
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
@@ -50,7 +44,7 @@ def test_a_down_cloud_bounds_what_the_sink_holds_and_nothing_is_lost(
     settings = pipeline_settings
     ensure_catalogue(settings, kafka_bootstrap)
     work = prepare_workload(cloud.client, 400)
-    _faults(cloud, error_rate=1.0)  # down: every /v1 request is a 5xx without effect
+    cloud.faults(error_rate=1.0)  # down: every /v1 request is a 5xx without effect
     feed(kafka_bootstrap, settings.topic(OPERATIONS.name), work.operations)
     reader = AuditReader(cloud.client, work)
     port = free_port()
@@ -79,7 +73,7 @@ def test_a_down_cloud_bounds_what_the_sink_holds_and_nothing_is_lost(
             what="the sink pausing its partitions while the cloud is down",
         )
         assert "partitions paused" in procs["sink"].log_path.read_text(errors="replace")
-        _faults(cloud)  # the cloud is back
+        cloud.faults()  # the cloud is back
         wait_for(
             procs,
             sampled(lambda g: reader.poll() >= len(work.keys)),

@@ -4,10 +4,6 @@ lost, nothing applied twice, and each aggregate's operations keep their order.""
 
 from __future__ import annotations
 
-from typing import Any
-
-import httpx
-
 from schemas.topics import OPERATIONS
 from tests.fixtures.cloud import CloudReader
 from tests.pipeline import alive_or_fail, components
@@ -17,12 +13,6 @@ from vudsync.settings import Settings
 from vudsync.topics import ensure_catalogue
 
 
-def _faults(cloud: CloudReader, **body: Any) -> None:
-    httpx.put(
-        f"{cloud.server.url}/admin/faults", headers=cloud.server.admin_headers(), json=body, timeout=10
-    ).raise_for_status()
-
-
 def test_rebalance_and_sigterm_lose_nothing_and_keep_order(
     pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
 ) -> None:
@@ -30,7 +20,7 @@ def test_rebalance_and_sigterm_lose_nothing_and_keep_order(
     ensure_catalogue(settings, kafka_bootstrap)
     work = prepare_workload(cloud.client, 3000)
     feed(kafka_bootstrap, settings.topic(OPERATIONS.name), work.operations)
-    _faults(cloud, latency_ms=[100, 150])  # slow enough that the run spans both rebalances
+    cloud.faults(latency_ms=[100, 150])  # slow enough that the run spans both rebalances
     reader = AuditReader(cloud.client, work)
     # one call of 10 at a time per worker: ~40 s for one worker, so both events land mid-run
     # even when the second worker takes 20-30 s to start and join on a busy machine
@@ -51,7 +41,7 @@ def test_rebalance_and_sigterm_lose_nothing_and_keep_order(
                 what="worker-2 finishing alone",
             )
             assert at_stop < len(work.keys), "the SIGTERM must land mid-run"
-    _faults(cloud)
+    cloud.faults()
     check = reader.check()
     assert not check.missing, f"{len(check.missing)} operations lost"
     assert not check.duplicated, f"keys with two effects: {list(check.duplicated.items())[:5]}"
