@@ -71,7 +71,7 @@ class SinkConfig:
     topic_prefix: str = ""
     concurrency: int = 16  # cloud calls in flight (a batch is one call)
     batch: bool = True  # use POST /v1/batch when several simple operations are ready
-    batch_size: int = 200  # at most this many operations per batch (the cloud takes ≤ 500)
+    batch_size: int = 500  # at most this many operations per batch (the cloud takes ≤ 500)
     max_attempts: int = 8  # give up on a retryable failure only after this many attempts …
     retry_timeout: float = 300.0  # … and this many seconds, while the cloud answers others
     auth_cooldown: float = 30.0  # circuit open after refused credentials

@@ -86,7 +86,7 @@ class Settings(BaseSettings):
     # sink
     sink_concurrency: int = Field(default=16, description="cloud calls in flight per worker (a batch = 1)")
     sink_batch: bool = Field(default=True, description="POST /v1/batch when simple operations queue up")
-    sink_batch_size: int = Field(default=200, ge=1, le=500, description="operations per batch call")
+    sink_batch_size: int = Field(default=500, ge=1, le=500, description="operations per batch call")
     sink_max_outstanding: int = Field(
         default=5000, ge=1, description="operations taken and unfinished before the sink takes no more"
     )
