@@ -527,6 +527,10 @@ def run_bench(
             steady_cpu = {k: v - cpu_first.get(k, 0.0) for k, v in cpu_end.items()}
             metrics = [_scrape(p) for p in ports]
             stats = httpx.get(f"{cloud.url}/admin/stats", headers=cloud.admin_headers()).json()
+            if faults:  # a healthy cloud for reading the audit back
+                httpx.put(
+                    f"{cloud.url}/admin/faults", headers=cloud.admin_headers(), json={}
+                ).raise_for_status()
         finally:
             for spy in spies:
                 spy.send_signal(signal.SIGINT)
