@@ -581,9 +581,19 @@ def sink() -> Dashboard:
             [(f"sum by (instance) (vudsync_sink_in_flight_operations{{{sel}}})", "{{instance}}")],
         ),
         timeseries(
-            "Cloud circuit (1 = open)",
-            "Circuit breaker state of each worker.",
-            [(f"max by (instance) (vudsync_cloud_circuit_open{{{sel}}})", "{{instance}}")],
+            "Operations held",
+            "Operations each worker took from the topic and has not finished (queued, in flight, "
+            "waiting to retry); it takes no more at VUDSYNC_SINK_MAX_OUTSTANDING.",
+            [(f"sum by (instance) (vudsync_sink_outstanding_operations{{{sel}}})", "{{instance}}")],
+        ),
+        timeseries(
+            "Cloud circuit and paused partitions (1 = yes)",
+            "Circuit breaker open, and partitions paused (held at the limit for "
+            "VUDSYNC_SINK_HOLD_TIMEOUT), per worker.",
+            [
+                (f"max by (instance) (vudsync_cloud_circuit_open{{{sel}}})", "circuit {{instance}}"),
+                (f"max by (instance) (vudsync_sink_paused{{{sel}}})", "paused {{instance}}"),
+            ],
             stepped=True,
         ),
         timeseries(
