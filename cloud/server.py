@@ -172,6 +172,13 @@ class CloudServer:
     def auth_headers(self, scope: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token(scope)}"}
 
+    def set_faults(self, **config: Any) -> None:
+        """Replace the running cloud's fault injection (``PUT /admin/faults``, fields of
+        :class:`~cloud.faults.FaultConfig`); no arguments: a healthy cloud."""
+        httpx.put(
+            f"{self.url}/admin/faults", headers=self.admin_headers(), json=config, timeout=10
+        ).raise_for_status()
+
     # -- lifecycle -------------------------------------------------------------------
 
     def command(self, port_file: Path) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import collections
 
-import httpx
 from kafka import KafkaAdminClient, TopicPartition
 
 from schemas.topics import OPERATIONS
@@ -75,11 +74,7 @@ def test_sink_killed_after_apply_before_commit_has_no_second_effect(
     cloud's own audit shows one effect per write and every user present once."""
     ensure_catalogue(pipeline_settings, kafka_bootstrap)
     # a slow cloud keeps one polled batch in flight long enough to kill the sink inside it
-    httpx.put(
-        f"{cloud.server.url}/admin/faults",
-        headers=cloud.server.admin_headers(),
-        json={"latency_ms": [40, 60]},
-    ).raise_for_status()
+    cloud.faults(latency_ms=[40, 60])
     writer = _writer(pipeline_settings)
     n = 200
     writer.upsert_users(
@@ -104,9 +99,7 @@ def test_sink_killed_after_apply_before_commit_has_no_second_effect(
         applied_at_kill = len(cloud.audit())
         committed_at_kill = _committed(kafka_bootstrap, group, ops_topic, pipeline_settings.topic_partitions)
         assert committed_at_kill < applied_at_kill, "the kill must land between apply and commit"
-        httpx.put(
-            f"{cloud.server.url}/admin/faults", headers=cloud.server.admin_headers(), json={}
-        ).raise_for_status()
+        cloud.faults()
     with components(pipeline_settings, kafka_bootstrap, "sink") as procs:
         wait_until(
             lambda: (

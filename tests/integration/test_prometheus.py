@@ -130,12 +130,7 @@ def test_prometheus_scrapes_the_pipeline_and_every_dashboard_and_alert_query_ret
     # would meet randomly injected faults depends on timing, so a run could meet none
 
     def faults(error_rate: float) -> None:
-        httpx.put(
-            f"{cloud.server.url}/admin/faults",
-            headers=cloud.server.admin_headers(),
-            json={"error_rate": error_rate, "seed": 5},
-            timeout=10,
-        ).raise_for_status()
+        cloud.faults(error_rate=error_rate, seed=5)
 
     faults(1.0)
 

@@ -457,16 +457,9 @@ def run_bench(
         feed(bootstrap, settings.topic(OPERATIONS.name), work.operations)
         setup_seconds = time.monotonic() - started
         if faults:
-            httpx.put(
-                f"{cloud.url}/admin/faults",
-                headers=cloud.admin_headers(),
-                json={
-                    "error_rate": faults,
-                    "rate_limit_rate": faults / 2,
-                    "retry_after_seconds": 1,
-                    "latency_ms": [0, 20],
-                },
-            ).raise_for_status()
+            cloud.set_faults(
+                error_rate=faults, rate_limit_rate=faults / 2, retry_after_seconds=1, latency_ms=[0, 20]
+            )
         stats_before = httpx.get(f"{cloud.url}/admin/stats", headers=cloud.admin_headers()).json()
         env = {
             "VUDSYNC_HOME": str(home),
@@ -528,9 +521,7 @@ def run_bench(
             metrics = [_scrape(p) for p in ports]
             stats = httpx.get(f"{cloud.url}/admin/stats", headers=cloud.admin_headers()).json()
             if faults:  # a healthy cloud for reading the audit back
-                httpx.put(
-                    f"{cloud.url}/admin/faults", headers=cloud.admin_headers(), json={}
-                ).raise_for_status()
+                cloud.set_faults()
         finally:
             for spy in spies:
                 spy.send_signal(signal.SIGINT)
