@@ -272,8 +272,6 @@ class SinkWorker:
             if outstanding <= self.config.max_outstanding // 2:
                 await self._consumer_call(lambda: self.consumer.resume(*self.consumer.paused()))
                 self._set_paused(False)
-            else:  # a partition assigned since the pause is paused too
-                await self._consumer_call(self._pause_all)
             return max(room, 1)  # paused partitions return nothing; the poll serves callbacks
         if room > 0:
             self._held_since = None
@@ -283,7 +281,7 @@ class SinkWorker:
             self._held_since = now
         held = now - self._held_since
         if held >= self.config.hold_timeout:
-            await self._consumer_call(self._pause_all)
+            await self._consumer_call(lambda: self.consumer.pause(*self.consumer.assignment()))
             self._set_paused(True)
             log.info(
                 "sink: %d records outstanding for %.0fs, partitions paused until %d are left",
@@ -298,11 +296,6 @@ class SinkWorker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._room.wait(), timeout=wait)
         return None
-
-    def _pause_all(self) -> None:
-        """Pause every assigned partition not paused yet (on the consumer's thread)."""
-        paused = set(self.consumer.paused())
-        self.consumer.pause(*[tp for tp in self.consumer.assignment() if tp not in paused])
 
     def _set_paused(self, paused: bool) -> None:
         self._paused = paused
@@ -347,6 +340,8 @@ class SinkWorker:
 
     def _assign(self, tps: list[TP]) -> None:
         self.queues.reassigned(tps)
+        # an assignment fetches its partitions, paused before or not: held again at the limit
+        self._set_paused(False)
         log.info("sink: partitions assigned: %s", sorted(tps))
 
     # -- dispatch ---------------------------------------------------------------------
