@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rate-limit-rate", type=float)
     parser.add_argument("--retry-after-seconds", type=float)
     parser.add_argument("--latency-ms", type=parse_latency, help="MIN,MAX")
+    parser.add_argument("--latency-after-effect", action="store_true", default=None)
     parser.add_argument("--drop-rate", type=float)
     parser.add_argument("--drop-after-effect", action="store_true", default=None)
     parser.add_argument("--timeout-rate", type=float)
@@ -82,6 +83,7 @@ FAULT_FLAGS = (
     "rate_limit_rate",
     "retry_after_seconds",
     "latency_ms",
+    "latency_after_effect",
     "drop_rate",
     "drop_after_effect",
     "timeout_rate",

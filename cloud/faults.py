@@ -5,7 +5,9 @@ draws one :class:`FaultDecision` per request from a ``random.Random`` (seeded fo
 reproducible runs). The HTTP side (``cloud.middleware``) carries the decision out.
 
 Every fault except ``drop`` with ``drop_after_effect`` is carried out **before** the
-request reaches its handler, so an injected 5xx or 429 never had an effect.
+request reaches its handler, so an injected 5xx or 429 never had an effect. Latency too,
+unless ``latency_after_effect``: then a request that reaches its handler is answered that
+much later, its effect already made (what a client killed while it waits leaves behind).
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ class FaultConfig(BaseModel):
     retry_after_seconds: float = Field(default=1.0, ge=0, le=3600, description="Retry-After of injected 429s")
     latency_ms: tuple[int, int] = Field(
         default=(0, 0), description="[min, max] added latency per request, uniform"
+    )
+    latency_after_effect: bool = Field(
+        default=False,
+        description="add the latency after the handler ran (a slow answer to a write already made)",
     )
     drop_rate: float = Field(default=0.0, ge=0, le=1, description="close the connection without a response")
     drop_after_effect: bool = Field(
@@ -82,6 +88,7 @@ class FaultDecision:
 
     kind: FaultKind
     latency_seconds: float = 0.0
+    latency_after: bool = False  # the latency follows the handler instead of preceding it
     status: int | None = None
     retry_after_seconds: float | None = None
     hold_seconds: float = 0.0
@@ -94,12 +101,14 @@ def decide(config: FaultConfig, rng: random.Random) -> FaultDecision:
     """Draw the fate of one request.
 
     One uniform draw picks the fault by bands in the order error, rate limit, drop,
-    timeout; latency is drawn independently and applies to every outcome.
+    timeout; latency is drawn independently and applies to every outcome (after the handler,
+    with ``latency_after_effect``, for the outcomes that run it).
     """
     if not config.active:
         return NO_FAULT
     low, high = config.latency_ms
     latency = rng.uniform(low, high) / 1000.0 if high else 0.0
+    after = config.latency_after_effect and latency > 0
     draw = rng.random()
     edge = config.error_rate
     if draw < edge:
@@ -114,12 +123,15 @@ def decide(config: FaultConfig, rng: random.Random) -> FaultDecision:
         )
     edge += config.drop_rate
     if draw < edge:
-        kind = FaultKind.DROP_AFTER if config.drop_after_effect else FaultKind.DROP_BEFORE
-        return FaultDecision(kind, latency)
+        if config.drop_after_effect:
+            return FaultDecision(FaultKind.DROP_AFTER, latency, latency_after=after)
+        return FaultDecision(FaultKind.DROP_BEFORE, latency)
     edge += config.timeout_rate
     if draw < edge:
-        return FaultDecision(FaultKind.TIMEOUT, latency, hold_seconds=config.timeout_seconds)
-    return FaultDecision(FaultKind.NONE, latency)
+        return FaultDecision(
+            FaultKind.TIMEOUT, latency, latency_after=after, hold_seconds=config.timeout_seconds
+        )
+    return FaultDecision(FaultKind.NONE, latency, latency_after=after)
 
 
 class FaultInjector:

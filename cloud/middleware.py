@@ -2,7 +2,8 @@
 
 Faults are decided by :mod:`cloud.faults` before the request reaches its handler. Only
 ``drop`` with ``drop_after_effect`` lets the handler run (and commit) first, then drops
-the connection: the client sees a lost response for a request that had its effect.
+the connection: the client sees a lost response for a request that had its effect; and
+``latency_after_effect`` holds a handled request's answer back instead of the request.
 """
 
 from __future__ import annotations
@@ -53,6 +54,21 @@ async def _send_json(
     raw_headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw_headers})
     await send({"type": "http.response.body", "body": payload})
+
+
+def _held_back(send: Send, seconds: float) -> Send:
+    """A ``send`` that waits ``seconds`` before the answer's first message: the handler has
+    run (and committed) by then, so the client waits for an answer to a write already made."""
+    waited = False
+
+    async def held(message: Message) -> None:
+        nonlocal waited
+        if not waited and message["type"] == "http.response.start":
+            waited = True
+            await asyncio.sleep(seconds)
+        await send(message)
+
+    return held
 
 
 async def drop_connection(receive: Receive, send: Send) -> None:
@@ -155,8 +171,10 @@ class TrafficMiddleware:
             self.stats.record_request(template, status, batch_item=batch_item)
 
     async def _faulty(self, decision: FaultDecision, scope: Scope, receive: Receive, send: Send) -> None:
-        if decision.latency_seconds:
+        if decision.latency_seconds and not decision.latency_after:
             await asyncio.sleep(decision.latency_seconds)
+        elif decision.latency_after:
+            send = _held_back(send, decision.latency_seconds)
         kind = decision.kind
         if kind is not FaultKind.NONE:
             self.stats.record_fault(kind.value)
@@ -190,6 +208,8 @@ class TrafficMiddleware:
                 return None
 
             await self.app(scope, receive, swallow)
+            if decision.latency_after:
+                await asyncio.sleep(decision.latency_seconds)
             await drop_connection(receive, send)
         elif kind is FaultKind.TIMEOUT:
             replay = await _buffered(receive)

@@ -1069,6 +1069,24 @@ def test_lost_response_after_the_effect_then_retry_has_exactly_one_effect(
         assert effect["resource_id"] == retry.json()["id"]
 
 
+def test_latency_after_the_effect_answers_late_for_a_write_already_made(
+    fresh_server: Callable[..., CloudServer],
+) -> None:
+    cloud = fresh_server(faults=FaultConfig(latency_ms=(5000, 5000), latency_after_effect=True))
+    op = key()
+    body = {"email": email()}
+    impatient = httpx.Client(base_url=cloud.url, headers=cloud.auth_headers(), timeout=1.0)
+    with impatient, pytest.raises(httpx.ReadTimeout):
+        impatient.post("/v1/users", json=body, headers={"Idempotency-Key": op})
+    with client_for(cloud) as api, admin(cloud) as admin_api:
+        admin_api.put("/admin/faults", json={}).raise_for_status()
+        # the client gave up after 1 s of the answer's 5 s: the write was made before the wait
+        [effect] = effects(api, op)
+        retry = api.post("/v1/users", json=body, headers={"Idempotency-Key": op})
+        assert retry.headers["idempotent-replayed"] == "true"
+        assert retry.json()["id"] == effect["resource_id"]
+
+
 def test_dropped_before_the_effect_then_retry_applies_once(
     fresh_server: Callable[..., CloudServer],
 ) -> None:

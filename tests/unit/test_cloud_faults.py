@@ -75,6 +75,27 @@ def test_latency_is_drawn_within_bounds_for_every_outcome() -> None:
     assert all(0.010 <= s <= 0.020 for s in latencies)
 
 
+def test_latency_after_effect_only_for_outcomes_whose_handler_runs() -> None:
+    rng = random.Random(3)
+    after = {"latency_ms": (10, 20), "latency_after_effect": True}
+    handled = [
+        decide(FaultConfig(**after), rng),
+        decide(FaultConfig(**after, drop_rate=1.0, drop_after_effect=True), rng),
+        decide(FaultConfig(**after, timeout_rate=1.0), rng),
+    ]
+    assert [d.kind for d in handled] == [FaultKind.NONE, FaultKind.DROP_AFTER, FaultKind.TIMEOUT]
+    assert all(d.latency_after and d.latency_seconds >= 0.010 for d in handled)
+    # no handler runs: nothing to come after, the latency stays in front
+    refused = [
+        decide(FaultConfig(**after, error_rate=1.0), rng),
+        decide(FaultConfig(**after, rate_limit_rate=1.0), rng),
+        decide(FaultConfig(**after, drop_rate=1.0), rng),
+    ]
+    assert not any(d.latency_after for d in refused)
+    assert all(d.latency_seconds >= 0.010 for d in refused)
+    assert not decide(FaultConfig(latency_ms=(10, 20)), rng).latency_after
+
+
 @pytest.mark.parametrize(
     "bad",
     [

@@ -25,6 +25,7 @@ _FAULT_FIELDS = (
     "rate_limit_rate",
     "retry_after_seconds",
     "latency_ms",
+    "latency_after_effect",
     "drop_rate",
     "drop_after_effect",
     "timeout_rate",
@@ -61,6 +62,11 @@ def _fault_options(func: Any) -> Any:
             callback=_latency,
             metavar="MIN,MAX",
             help="added latency per request, uniform in [MIN, MAX] ms",
+        ),
+        click.option(
+            "--latency-after-effect/--latency-before-effect",
+            default=None,
+            help="add the latency after the request was handled (a slow answer to a write already made)",
         ),
         click.option(
             "--drop-rate", type=click.FloatRange(0, 1), help="share whose connection is closed unanswered"
