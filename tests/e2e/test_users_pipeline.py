@@ -67,14 +67,28 @@ def _committed(bootstrap: str, group: str, topic: str, partitions: int) -> int:
     )
 
 
+def _writes_in_batches(cloud: CloudReader) -> int:
+    """Writes the cloud made inside batch requests (items answered 2xx, lookups not counted)."""
+    return sum(
+        n
+        for route, statuses in cloud.stats()["batch_items"].items()
+        if not route.startswith("GET ")
+        for status, n in statuses.items()
+        if status.startswith("2")
+    )
+
+
 def test_sink_killed_after_apply_before_commit_has_no_second_effect(
     pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
 ) -> None:
     """SIGKILL the sink while a polled batch is applied but not yet committed; restart it; the
     cloud's own audit shows one effect per write and every user present once."""
     ensure_catalogue(pipeline_settings, kafka_bootstrap)
-    # a slow cloud keeps one polled batch in flight long enough to kill the sink inside it
-    cloud.faults(latency_ms=[40, 60])
+    # the cloud makes every write at once and answers it 3 s later: a write it counted cannot
+    # have been committed by the sink yet, so the kill lands between apply and commit by
+    # construction — not by racing a slow cloud (a batch of 500 took all 200 users at once and
+    # was committed before the test could look)
+    cloud.faults(latency_ms=[3000, 3000], latency_after_effect=True)
     writer = _writer(pipeline_settings)
     n = 200
     writer.upsert_users(
@@ -90,16 +104,17 @@ def test_sink_killed_after_apply_before_commit_has_no_second_effect(
     ops_topic = pipeline_settings.topic(OPERATIONS.name)
     group = sink_group(pipeline_settings)
     with components(pipeline_settings, kafka_bootstrap, "producer", "planner", "sink") as procs:
+        # (on the admin's counters: the audit is read through /v1, slow now)
         wait_until(
-            lambda: alive_or_fail(procs) and len(cloud.audit()) >= 5,
+            lambda: alive_or_fail(procs) and _writes_in_batches(cloud) >= 5,
             120,
             what="the sink applying its first operations",
         )
         procs["sink"].kill()
-        applied_at_kill = len(cloud.audit())
         committed_at_kill = _committed(kafka_bootstrap, group, ops_topic, pipeline_settings.topic_partitions)
-        assert committed_at_kill < applied_at_kill, "the kill must land between apply and commit"
         cloud.faults()
+        applied_at_kill = len(cloud.audit())  # the sink is dead: nothing was applied since
+        assert committed_at_kill < applied_at_kill, "the kill must land between apply and commit"
     with components(pipeline_settings, kafka_bootstrap, "sink") as procs:
         wait_until(
             lambda: (
