@@ -80,6 +80,10 @@ def cli(verbose: int) -> None:
     logging.basicConfig(
         level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if level > logging.DEBUG:
+        # httpx logs every request at INFO: with -v a line per cloud call drowned what the sink
+        # says about its own work (and the tail of a log). -vv shows them again.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _register() -> None:
