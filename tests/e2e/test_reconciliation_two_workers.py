@@ -188,10 +188,12 @@ def _diagnosis(settings: Settings, bootstrap: str, ids: set[str]) -> str:
         for r in read_all(bootstrap, settings.topic(OPERATIONS.name), timeout=30)
         if (o := decode_operation(r.value)).entity_id in ids
     ]
+    # what tells most first: a CI log keeps the start and the end of a long failure message
     return (
-        f"outcomes: {dict(outcomes)}\nwaiting: {waiting[:20]}\noperations dead-lettered: {len(dlq)}\n"
-        f"control: {control}\nstate: {state}\noperations: {operations}\n"
-        f"planner lag (committed/end): {_planner_lag(settings, bootstrap)}"
+        f"planner lag (committed/end): {_planner_lag(settings, bootstrap)}\n"
+        f"outcomes: {dict(outcomes)}\noperations dead-lettered: {len(dlq)}\n"
+        f"control: {control}\nwaiting: {waiting[:20]}\n"
+        f"state: {str(state)[:4000]}\noperations: {str(operations)[:2000]}"
     )
 
 
