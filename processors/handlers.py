@@ -25,10 +25,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import faust
 from aiokafka.errors import KafkaError
+from faust.types import Message
 
 from processors.control import CONTROL_ADAPTER
 from processors.engine import Coords, Effects, Reconciler
@@ -46,8 +48,25 @@ RETRYABLE: tuple[type[BaseException], ...] = (KafkaError, TimeoutError, Connecti
 MAX_BACKOFF = 30.0
 
 Committed = Callable[[str, int], "int | None"]
-Seek = Callable[[str, int, int], Awaitable[None]]
 SendNow = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A record read straight from the broker (what the handler needs of a Faust message)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+#: ``(topic, partition, first, last)`` → the records at offsets ``first``..``last`` that the
+#: partition still holds (none for offsets compacted away), in offset order
+FetchRange = Callable[[str, int, int, int], Awaitable[list[Record]]]
+#: what the handler reads of a message: topic, partition, offset, key, value
+Incoming = Message | Record
 
 
 class PlannerHandlers:
@@ -59,7 +78,7 @@ class PlannerHandlers:
         metrics: PlannerMetrics,
         committed: Committed,
         topic_prefix: str = "",
-        seek: Seek | None = None,
+        fetch: FetchRange | None = None,
         send_now: SendNow | None = None,
     ) -> None:
         self.reconciler = reconciler
@@ -72,11 +91,9 @@ class PlannerHandlers:
         self._facts = topic_prefix + PLANNER_FACTS.name
         self._control = topic_prefix + PLANNER_CONTROL.name
         self._inputs = {self._results: "results", self._facts: "facts", self._control: "control"}
-        self.seek = seek
+        self.fetch = fetch
         self.send_now = send_now
         self.deliveries = Deliveries(committed)
-        # no compaction on these: an offset never delivered is a delivery lost, not compacted away
-        self._uncompacted = {self._results, self._control}
         self.in_message = False  # the stall watchdog does not seek while a message is handled
 
     # -- the one entry point ----------------------------------------------------------
@@ -84,46 +101,70 @@ class PlannerHandlers:
     async def on_message(self, event: faust.EventT[Any]) -> None:
         """Handle one message of any input; never raises (but lets cancellation through)."""
         msg = event.message
-        skipped = self.deliveries.observe(msg.topic, msg.partition, msg.offset)
-        if skipped is not None:
-            await self._read_again(msg.topic, msg.partition, *skipped)
+        missed = self.deliveries.observe(msg.topic, msg.partition, msg.offset)
         self.in_message = True
         try:
+            if missed is not None:
+                await self._handle_missed(msg.topic, msg.partition, *missed)
             await self._handle_until_done(msg)
         finally:
             self.in_message = False
 
-    async def _read_again(self, topic: str, partition: int, first: int, last: int) -> None:
-        """Offsets ``first``..``last`` never reached the planner: read the partition again from
-        ``first`` (once; the message in hand is handled too, and again when it comes back).
+    async def _handle_missed(self, topic: str, partition: int, first: int, last: int) -> None:
+        """Offsets ``first``..``last`` never reached the planner: read them straight from the
+        broker and handle them now, in order, before the message in hand.
 
         Why: faust-streaming 0.15.3 can lose a delivery in a rebalance (a record fetched, then
-        cancelled or skipped, yet counted as read), and its commit accepts a hole of one offset
-        right after the committed one (``Consumer._new_offset``), so the next commit would pass
-        the lost record for good: a result or a deletion request never handled. On a compacted
-        topic the offsets may just be compacted away; the seek then costs one re-read.
+        cancelled, yet counted as read), and its commit passes such a hole (``_add_gap``,
+        ``Consumer._new_offset``): a result, a fact or a deletion request never handled. Seeking
+        the consumer back is not enough: records fetched before the seek are still delivered
+        after it and move Faust's read offset on again, so that it drops the records the seek
+        fetched (seen in the two-worker kill test: two facts of a partition lost for good).
+        On a compacted topic the offsets may simply be gone; the broker then returns fewer
+        records, or none, and nothing is guessed.
         """
-        lost = topic in self._uncompacted
+        if self.fetch is None:
+            log.warning("planner: %s[%d] offsets %d-%d never reached it", topic, partition, first, last)
+            return
+        attempt = 0
+        while True:
+            try:
+                records = await self.fetch(topic, partition, first, last)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the broker is slow or away: the partition waits for it
+                attempt += 1
+                delay = min(MAX_BACKOFF, 0.1 * 2**attempt)
+                self.metrics.retries.labels(reason=type(exc).__name__).inc()
+                log.warning(
+                    "planner: reading %s[%d] offsets %d-%d failed (attempt %d: %s), again in %.1fs",
+                    topic,
+                    partition,
+                    first,
+                    last,
+                    attempt,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
         log.log(
-            logging.WARNING if lost else logging.INFO,
-            "planner: %s[%d] offsets %d-%d never reached the planner (%s): reading them again",
+            logging.WARNING if records else logging.INFO,
+            "planner: %s[%d] offsets %d-%d never reached the planner: %d read from the broker and "
+            "handled now%s",
             topic,
             partition,
             first,
             last,
-            "a delivery lost in a rebalance" if lost else "compacted away, or lost in a rebalance",
+            len(records),
+            "" if len(records) == last - first + 1 else " (the others are compacted away)",
         )
-        self.metrics.child(self.metrics.retries, "undelivered").inc()
-        if self.seek is None:
-            return
-        try:
-            await self.seek(topic, partition, first)
-        except Exception:  # the stall watchdog reads the partition again if this seek failed
-            log.exception("planner: reading %s[%d] again from %d failed", topic, partition, first)
-            return
-        self.deliveries.restart(topic, partition, first)
+        if records:
+            self.metrics.child(self.metrics.retries, "undelivered").inc(len(records))
+        for record in records:
+            await self._handle_until_done(record)
 
-    async def _handle_until_done(self, msg: faust.types.Message) -> None:
+    async def _handle_until_done(self, msg: Incoming) -> None:
         attempt = 0
         while True:
             try:
@@ -153,7 +194,7 @@ class PlannerHandlers:
                 await self._dead_letter_until_sent(msg, f"planning failed: {exc}", "plan", exc)
                 return
 
-    async def _handle(self, msg: faust.types.Message) -> None:
+    async def _handle(self, msg: Incoming) -> None:
         coords = Coords(msg.topic, msg.partition, msg.offset)
         self.metrics.child(self.metrics.messages, self._inputs.get(msg.topic, "directory")).inc()
         if msg.topic == self._results:
@@ -170,7 +211,7 @@ class PlannerHandlers:
             return
         await self._directory_event(msg, coords)
 
-    async def _directory_event(self, msg: faust.types.Message, coords: Coords) -> None:
+    async def _directory_event(self, msg: Incoming, coords: Coords) -> None:
         expected = entity_for_topic(msg.topic, self.prefix)
         if msg.value is None:  # the tombstone after a delete event: compaction's, not ours
             self.metrics.events.labels(
@@ -184,7 +225,7 @@ class PlannerHandlers:
         await self.perform(fx)
 
     @staticmethod
-    def _decode(msg: faust.types.Message, decode: Callable[[bytes | None], Any]) -> Any:
+    def _decode(msg: Incoming, decode: Callable[[bytes | None], Any]) -> Any:
         try:
             return decode(msg.value)
         except DecodeError as exc:
@@ -228,7 +269,7 @@ class PlannerHandlers:
     # -- dead letters -----------------------------------------------------------------
 
     async def dead_letter(
-        self, msg: faust.types.Message, reason: str, stage: str, exc: BaseException | None
+        self, msg: Incoming, reason: str, stage: str, exc: BaseException | None
     ) -> None:
         headers = error_headers(
             reason=reason,
@@ -244,7 +285,7 @@ class PlannerHandlers:
         log.warning("dead-lettered %s[%d]@%d (%s): %s", msg.topic, msg.partition, msg.offset, stage, reason)
 
     async def _dead_letter_until_sent(
-        self, msg: faust.types.Message, reason: str, stage: str, exc: BaseException | None
+        self, msg: Incoming, reason: str, stage: str, exc: BaseException | None
     ) -> None:
         attempt = 0
         while True:
@@ -276,13 +317,12 @@ class Deliveries:
 
     Faust delivers a partition's records in offset order, from the committed offset on; a jump
     forward means records the planner never saw: compaction (only in the old, compacted part of
-    a directory or facts topic) or a delivery the consumer lost. The first delivery after an
-    assignment is expected at the committed offset (``committed``; None: not known, no check).
-    Going back is normal (a seek after a rebalance). A jump from an offset already read again
-    once is taken as compaction, so that a compacted range is not re-read in a loop. When the
-    last delivery on a partition was is what the stall watchdog (:mod:`processors.agents`)
-    judges a partition by. Everything is forgotten when partitions are revoked: another
-    worker may move a partition on before it comes back.
+    a directory or facts topic) or a delivery the consumer lost — the handler asks the broker
+    which. The first delivery after an assignment is expected at the committed offset
+    (``committed``; None: not known, no check). Going back is normal (a seek after a
+    rebalance). When the last delivery on a partition was is what the stall watchdog
+    (:mod:`processors.agents`) judges a partition by. Everything is forgotten when partitions
+    are revoked: another worker may move a partition on before it comes back.
     """
 
     def __init__(
@@ -294,21 +334,18 @@ class Deliveries:
         self._clock = clock
         self._next: dict[tuple[str, int], int] = {}
         self._at: dict[tuple[str, int], float] = {}
-        self._read_again_from: dict[tuple[str, int], int] = {}
         self._since = clock()
 
     def observe(self, topic: str, partition: int, offset: int) -> tuple[int, int] | None:
-        """Note a delivery; the first and last offset never delivered before it, if they are
-        to be read again."""
+        """Note a delivery; the first and last offset skipped right before it, if any."""
         key = (topic, partition)
         expected = self._next.get(key)
         if expected is None:
             expected = self._committed(topic, partition)
         self._next[key] = offset + 1
         self._at[key] = self._clock()
-        if expected is None or offset <= expected or self._read_again_from.get(key) == expected:
+        if expected is None or offset <= expected:
             return None
-        self._read_again_from[key] = expected
         return expected, offset - 1
 
     def quiet_for(self, topic: str, partition: int) -> float:
@@ -319,13 +356,11 @@ class Deliveries:
         """The partition is read again from ``offset`` (a seek): expected there next."""
         key = (topic, partition)
         self._next[key] = offset
-        self._read_again_from[key] = offset
         self._at[key] = self._clock()
 
     def forget(self) -> None:
         self._next.clear()
         self._at.clear()
-        self._read_again_from.clear()
         self._since = self._clock()
 
 

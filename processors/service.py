@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP
 from prometheus_client import CollectorRegistry, start_http_server
 
 from processors.agents import declare_agents
 from processors.app import create_app
 from processors.engine import Reconciler
-from processors.handlers import Committed, PlannerHandlers, Seek, SendNow
+from processors.handlers import Committed, PlannerHandlers, Record, SendNow
 from processors.metrics import PlannerMetrics
 from processors.model import PlannerSettings
 from processors.tables import TableReads, declare_table
@@ -35,7 +39,8 @@ def planner_settings(settings: Settings) -> PlannerSettings:
 
 
 def committed_offsets(app: faust.App) -> Committed:
-    """The committed offset of a topic partition, as this worker's consumer knows it.
+    """The committed offset of a topic partition, as this worker's consumer knows it (None: not
+    known).
 
     Faust keeps it in ``Consumer._committed_offset`` (set when partitions are assigned and
     after each commit) and has no public accessor; faust-streaming is pinned, and
@@ -44,19 +49,72 @@ def committed_offsets(app: faust.App) -> Committed:
 
     def committed(topic: str, partition: int) -> int | None:
         offsets = getattr(app.consumer, "_committed_offset", None)
-        return offsets.get(TP(topic, partition)) if offsets is not None else None
+        tp = TP(topic, partition)
+        if offsets is None or tp not in offsets:
+            return None
+        # Faust keeps a committed 0 as None (``perform_seek``): a record lost at offset 0 of a
+        # partition (a quiet control partition's first) is then found at the next delivery,
+        # not by the stall watchdog half a minute later
+        return offsets[tp] or 0
 
     return committed
 
 
-def partition_seek(app: faust.App) -> Seek:
-    """Seek one partition of the worker's consumer (Faust's ``Consumer.seek``: aiokafka's seek,
-    and the read offset Faust keeps, so that the records are delivered again)."""
+class BrokerRange:
+    """Reads a range of one partition straight from the broker, with a consumer of its own
+    (no group, no commits), for the records Faust lost on their way to the planner
+    (:meth:`processors.handlers.PlannerHandlers._handle_missed`). Started at the first use;
+    rare, so one consumer reused and closed when the app stops."""
 
-    async def seek(topic: str, partition: int, offset: int) -> None:
-        await app.consumer.seek(TP(topic, partition), offset)
+    def __init__(self, bootstrap: str, timeout: float = 30.0) -> None:
+        self._bootstrap = bootstrap
+        self._timeout = timeout
+        self._consumer: AIOKafkaConsumer | None = None
+        self._lock = asyncio.Lock()
 
-    return seek
+    async def __call__(self, topic: str, partition: int, first: int, last: int) -> list[Record]:
+        async with self._lock:
+            if self._consumer is None:
+                consumer = AIOKafkaConsumer(
+                    bootstrap_servers=self._bootstrap,
+                    group_id=None,
+                    enable_auto_commit=False,
+                    client_id="vudsync-planner-missed",
+                )
+                await consumer.start()
+                self._consumer = consumer
+            return await self._read(self._consumer, topic, partition, first, last)
+
+    async def _read(
+        self, consumer: AIOKafkaConsumer, topic: str, partition: int, first: int, last: int
+    ) -> list[Record]:
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        end = (await consumer.end_offsets([tp]))[tp]
+        stop = min(last + 1, end)
+        found: list[Record] = []
+        if first >= stop:
+            return found
+        consumer.seek(tp, first)
+        deadline = time.monotonic() + self._timeout
+        # the position moves past compacted offsets too; the record after ``last`` (the one in
+        # the handler's hand) exists, so it reaches ``stop``
+        while await consumer.position(tp) < stop:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic}[{partition}] {first}-{last} took over {self._timeout}s")
+            batch = await consumer.getmany(tp, timeout_ms=500, max_records=500)
+            for r in batch.get(tp, ()):
+                if r.offset > last:
+                    return found
+                if r.offset >= first:
+                    found.append(Record(r.topic, r.partition, r.offset, r.key, r.value))
+        return found
+
+    async def close(self) -> None:
+        async with self._lock:
+            if self._consumer is not None:
+                consumer, self._consumer = self._consumer, None
+                await consumer.stop()
 
 
 def producer_send_now(app: faust.App) -> SendNow:
@@ -70,6 +128,63 @@ def producer_send_now(app: faust.App) -> SendNow:
         await producer._message_accumulator.flush_for_commit()
 
     return send_now
+
+
+def drain_buffer_before_commit(app: faust.App, warn_after: float = 10.0) -> None:
+    """Make the producer flush that precedes every offset commit wait for *every* record in
+    Faust's producer buffer, not only until the buffer stops moving.
+
+    Why: before it commits offsets, Faust flushes its producer (``Consumer._commit_offsets``),
+    but ``ProducerBuffer.flush`` gives up as soon as no record has left the buffer for 0.1 s
+    (``flush_atmost``) — an event loop starved of CPU for that long is enough. The commit then
+    passes records still in the buffer, and a SIGKILL loses them. The planner's own sends do
+    not use the buffer (:meth:`processors.handlers.PlannerHandlers.perform`), but every table
+    write does (``Table._send_changelog`` → ``send_soon``): a worker taking the partitions
+    over recovered a table without the parked operations of messages already committed, and
+    they were never released. faust-streaming 0.15.3 (pinned);
+    tests/unit/test_planner_commit_flush.py pins both Faust's behaviour and this fix.
+    """
+    buffer: Any = app.producer.buffer  # ProducerBufferT declares neither of what is replaced
+    sending = 0
+    send_one = buffer._send_pending
+    fausts_flush = buffer.flush
+
+    async def counted(fut: Any) -> None:
+        # the record has left the queue but not yet reached the Kafka producer: still ours
+        nonlocal sending
+        sending += 1
+        try:
+            await send_one(fut)
+        finally:
+            sending -= 1
+
+    async def flush() -> None:
+        await fausts_flush()
+        if not (buffer.size or sending):
+            return
+        started = time.monotonic()
+        log.info(
+            "planner: Faust's flush before a commit left %d records in its buffer: waiting for them",
+            buffer.size + sending,
+        )
+        warned = False
+        while buffer.size or sending:
+            if buffer.state != "running" and buffer.size:
+                raise RuntimeError("Cannot flush: Producer not Running")  # as Faust's own flush
+            buffer.message_sent.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(buffer.message_sent.wait(), timeout=1.0)
+            if not warned and time.monotonic() - started > warn_after:
+                warned = True
+                log.warning(
+                    "planner: %d records still in the producer buffer after %.0fs: the commit "
+                    "waits for them (broker slow or unreachable?)",
+                    buffer.size + sending,
+                    warn_after,
+                )
+
+    buffer._send_pending = counted
+    buffer.flush = flush
 
 
 def prime_committed_offsets(settings: Settings, bootstrap: str) -> int:
@@ -143,6 +258,7 @@ def prime_committed_offsets(settings: Settings, bootstrap: str) -> int:
 
 def build_planner(settings: Settings, bootstrap: str, registry: CollectorRegistry) -> faust.App:
     app = create_app(settings, bootstrap)
+    drain_buffer_before_commit(app)
     topics = declare_topics(app, settings)
     table = declare_table(app)
     reconciler = Reconciler(
@@ -155,10 +271,15 @@ def build_planner(settings: Settings, bootstrap: str, registry: CollectorRegistr
         PlannerMetrics(registry),
         committed_offsets(app),
         topic_prefix=settings.topic_prefix,
-        seek=partition_seek(app),
+        fetch=(missed := BrokerRange(bootstrap)),
         send_now=producer_send_now(app),
     )
     declare_agents(app, topics, handlers)
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]  # mode types receivers narrowly
+    async def close_missed_reader(sender: Any, **kwargs: Any) -> None:
+        await missed.close()
+
     return app
 
 

@@ -17,7 +17,7 @@ from aiokafka.errors import KafkaTimeoutError
 from prometheus_client import CollectorRegistry
 
 from processors.engine import Effects, Reconciler, Send
-from processors.handlers import PlannerHandlers
+from processors.handlers import PlannerHandlers, Record
 from processors.metrics import PlannerMetrics
 from processors.model import Identities, PlannerSettings
 from processors.planner import plan
@@ -196,28 +196,58 @@ async def test_cancellation_is_not_swallowed() -> None:
     assert topics.dlq.sent == []
 
 
-async def test_offsets_that_never_reached_the_planner_are_read_again_once() -> None:
+class Recording(Reconciler):
+    """Notes the offsets it is given, in order; plans nothing."""
+
+    def __init__(self) -> None:
+        super().__init__({}, PlannerSettings(), 1, lambda: T0)
+        self.handled: list[tuple[int, int]] = []
+
+    def on_directory_event(self, ev: Any, coords: Any, committed: Any) -> Effects:
+        self.handled.append((coords.partition, coords.offset))
+        return Effects()
+
+
+async def test_offsets_that_never_reached_the_planner_are_read_from_the_broker_first() -> None:
     """faust-streaming can lose a delivery in a rebalance and then commit past it: the handler
-    notices the jump and seeks back to the first offset it never saw."""
-    handlers, _, _ = _handlers()
-    seeks: list[tuple[str, int, int]] = []
-
-    async def seek(topic: str, partition: int, offset: int) -> None:
-        seeks.append((topic, partition, offset))
-
-    handlers.seek = seek
+    notices the jump, reads the offsets it never saw from the broker and handles them before
+    the message in hand — in offset order, and without a seek that stale records could undo."""
+    reconciler = Recording()
+    handlers, _, _ = _handlers(reconciler)
     raw = user_event(3).model_dump_json().encode()
+    asked: list[tuple[str, int, int, int]] = []
+    failures = [KafkaTimeoutError("broker busy")]
+
+    async def fetch(topic: str, partition: int, first: int, last: int) -> list[Record]:
+        asked.append((topic, partition, first, last))
+        if failures:
+            raise failures.pop()
+        return [Record(topic, partition, o, b"u1", raw) for o in range(first, last + 1)]
+
+    handlers.fetch = fetch
     for offset in (4, 5, 8):  # 6 and 7 never delivered
         await handlers.on_message(Event(Message(_users_topic(), raw, offset=offset)))  # type: ignore[arg-type]
-    assert seeks == [(_users_topic(), 0, 6)]
-    # the records come again from 6 (and the one in hand, 8, again): no second seek
-    for offset in (6, 7, 8, 9):
-        await handlers.on_message(Event(Message(_users_topic(), raw, offset=offset)))  # type: ignore[arg-type]
-    assert seeks == [(_users_topic(), 0, 6)]
+    assert asked == [(_users_topic(), 0, 6, 7)] * 2  # the first read failed: asked again
+    assert reconciler.handled == [(0, 4), (0, 5), (0, 6), (0, 7), (0, 8)]
     # going back (Faust's seek after a rebalance) is not a loss; another partition is its own
     await handlers.on_message(Event(Message(_users_topic(), raw, offset=2)))  # type: ignore[arg-type]
     await handlers.on_message(Event(Message(_users_topic(), raw, partition=1, offset=50)))  # type: ignore[arg-type]
-    assert seeks == [(_users_topic(), 0, 6)]
+    assert len(asked) == 2 and reconciler.handled[-2:] == [(0, 2), (1, 50)]
+    assert handlers.metrics.retries.labels(reason="undelivered")._value.get() == 2
+
+
+async def test_offsets_compacted_away_are_asked_for_and_nothing_is_handled_twice() -> None:
+    reconciler = Recording()
+    handlers, _, _ = _handlers(reconciler)
+    raw = user_event(3).model_dump_json().encode()
+
+    async def fetch(topic: str, partition: int, first: int, last: int) -> list[Record]:
+        return [Record(topic, partition, 13, b"u1", raw)]  # 11, 12 and 14 compacted away
+
+    handlers.fetch = fetch
+    for offset in (10, 15, 16):
+        await handlers.on_message(Event(Message(_users_topic(), raw, offset=offset)))  # type: ignore[arg-type]
+    assert reconciler.handled == [(0, 10), (0, 13), (0, 15), (0, 16)]
     assert handlers.metrics.retries.labels(reason="undelivered")._value.get() == 1
 
 
