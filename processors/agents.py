@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 AGENT_NAME = "plan"
 METRICS_INTERVAL = 10.0
 STALL_SECONDS = 30.0  # idle this long with records left on an assigned partition: re-read them
+# ... or this long, for a partition that has had no delivery at all since its assignment: the
+# record lost in a rebalance is most often the only one left (a quiet control partition's)
+FIRST_DELIVERY_SECONDS = 5.0
 
 
 def declare_agents(app: faust.App, topics: PlannerTopics, handlers: PlannerHandlers) -> None:
@@ -37,14 +40,15 @@ def declare_agents(app: faust.App, topics: PlannerTopics, handlers: PlannerHandl
     async def export_gauges() -> None:
         handlers.export_gauges()
 
-    @app.timer(interval=STALL_SECONDS / 3)  # type: ignore[untyped-decorator]
+    @app.timer(interval=FIRST_DELIVERY_SECONDS / 2)  # type: ignore[untyped-decorator]
     async def reread_stalled_partitions() -> None:
         await reread_if_stalled(app, handlers, frozenset(topics.inputs.topics))
 
 
 async def reread_if_stalled(app: faust.App, handlers: PlannerHandlers, inputs: frozenset[str]) -> None:
     """Read a partition of the agent's ``inputs`` again from its committed offset when it has
-    records left but nothing of it reached the planner for ``STALL_SECONDS`` (not while
+    records left but nothing of it reached the planner for ``STALL_SECONDS`` — or for
+    ``FIRST_DELIVERY_SECONDS`` when nothing at all did since its assignment (not while
     rebalancing or recovering, nor while a message is being handled).
 
     Why: faust-streaming 0.15.3 marks a record as read when its delivery to the stream was
@@ -64,7 +68,7 @@ async def reread_if_stalled(app: faust.App, handlers: PlannerHandlers, inputs: f
             tp
             for tp in consumer.assignment()
             if tp.topic in inputs  # not the table's changelog: Faust reads it itself, for recovery
-            and handlers.deliveries.quiet_for(tp.topic, tp.partition) >= STALL_SECONDS
+            and handlers.deliveries.quiet_for(tp.topic, tp.partition) >= _patience(handlers, tp)
         ]
         if not quiet:
             return
@@ -91,3 +95,8 @@ async def reread_if_stalled(app: faust.App, handlers: PlannerHandlers, inputs: f
             handlers.metrics.child(handlers.metrics.retries, "stalled").inc()
     except Exception:  # a watchdog must never take the worker down
         log.exception("planner: checking for stalled partitions failed")
+
+
+def _patience(handlers: PlannerHandlers, tp: Any) -> float:
+    return STALL_SECONDS if handlers.deliveries.delivered(tp.topic, tp.partition) else FIRST_DELIVERY_SECONDS
+

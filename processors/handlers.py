@@ -352,6 +352,10 @@ class Deliveries:
         """Seconds since the partition's last delivery (or since the assignment, if none)."""
         return self._clock() - self._at.get((topic, partition), self._since)
 
+    def delivered(self, topic: str, partition: int) -> bool:
+        """Whether anything of the partition was delivered (or sought) since the assignment."""
+        return (topic, partition) in self._at
+
     def restart(self, topic: str, partition: int, offset: int) -> None:
         """The partition is read again from ``offset`` (a seek): expected there next."""
         key = (topic, partition)

@@ -9,7 +9,7 @@ from typing import Any
 from faust.types import TP
 from prometheus_client import CollectorRegistry
 
-from processors.agents import STALL_SECONDS, reread_if_stalled
+from processors.agents import FIRST_DELIVERY_SECONDS, STALL_SECONDS, reread_if_stalled
 from processors.handlers import Deliveries
 from processors.metrics import PlannerMetrics
 from processors.service import committed_offsets
@@ -157,3 +157,32 @@ def test_faust_s_committed_zero_is_zero_and_an_unknown_offset_none() -> None:
     d = Deliveries(committed)
     assert d.observe(CONTROL0.topic, CONTROL0.partition, 1) == (0, 0)
 
+
+
+async def test_a_partition_with_nothing_delivered_since_its_assignment_is_read_again_sooner() -> None:
+    """The record a rebalance loses is most often the only one left: no later delivery shows
+    the hole, so the watchdog gives a partition that has had no delivery at all since its
+    assignment FIRST_DELIVERY_SECONDS, not STALL_SECONDS."""
+    clock = Clock()
+    consumer = FakeConsumer({CONTROL0: None, USERS0: 1}, {CONTROL0: 1, USERS0: 2})
+    deliveries = Deliveries(clock=clock)
+    deliveries.forget()  # the assignment
+    deliveries.observe(USERS0.topic, USERS0.partition, 0)  # users[0] had a delivery since
+    h = SimpleNamespace(
+        deliveries=deliveries,
+        in_message=False,
+        metrics=PlannerMetrics(CollectorRegistry()),
+        committed=committed_offsets(app(consumer)),
+    )
+    clock.now += FIRST_DELIVERY_SECONDS - 0.5
+    await reread_if_stalled(app(consumer), h, INPUTS)
+    assert consumer.seeks == []  # Faust is given its moment to deliver
+    clock.now += 1
+    await reread_if_stalled(app(consumer), h, INPUTS)
+    assert consumer.seeks == [(CONTROL0, 0)]  # users[0] lags too, but it had a delivery: 30 s
+    clock.now += FIRST_DELIVERY_SECONDS + 1
+    await reread_if_stalled(app(consumer), h, INPUTS)
+    assert consumer.seeks == [(CONTROL0, 0)]  # sought once; now a partition like any other
+    clock.now += STALL_SECONDS
+    await reread_if_stalled(app(consumer), h, INPUTS)
+    assert consumer.seeks[1:] == sorted([(CONTROL0, 0), (USERS0, 1)])  # both idle 30 s: both
