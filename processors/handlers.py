@@ -25,7 +25,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import faust
@@ -41,6 +40,7 @@ from schemas.deadletter import error_headers
 from schemas.results import OperationResult, PlannerFact
 from schemas.topics import DIRECTORY_DLQ, PLANNER_CONTROL, PLANNER_FACTS, RESULTS, entity_for_topic
 from vudsync.errors import RetryableError
+from vudsync.records import Record
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +49,6 @@ MAX_BACKOFF = 30.0
 
 Committed = Callable[[str, int], "int | None"]
 SendNow = Callable[[], Awaitable[None]]
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """A record read straight from the broker (what the handler needs of a Faust message)."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
 
 
 #: ``(topic, partition, first, last)`` → the records at offsets ``first``..``last`` that the

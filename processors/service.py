@@ -20,11 +20,12 @@ from prometheus_client import CollectorRegistry, start_http_server
 from processors.agents import declare_agents
 from processors.app import create_app
 from processors.engine import Reconciler
-from processors.handlers import Committed, PlannerHandlers, Record, SendNow
+from processors.handlers import Committed, PlannerHandlers, SendNow
 from processors.metrics import PlannerMetrics
 from processors.model import PlannerSettings
 from processors.tables import TableReads, declare_table
 from processors.topics import declare_topics, ensure_planner_topics
+from vudsync.records import Record
 from vudsync.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -19,28 +19,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from sinks.errors import CommitRefused
 from sinks.scheduling import TopicPartition as TP
+from vudsync.records import Record
 
 log = logging.getLogger(__name__)
 
 Listener = Callable[[list[TP]], None]
 
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One polled record, with the fields the worker reads."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
 
 
 class ConfluentOperationsConsumer:
