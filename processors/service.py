@@ -141,8 +141,9 @@ def drain_buffer_before_commit(app: faust.App, warn_after: float = 10.0) -> None
     passes records still in the buffer, and a SIGKILL loses them. The planner's own sends do
     not use the buffer (:meth:`processors.handlers.PlannerHandlers.perform`), but every table
     write does (``Table._send_changelog`` → ``send_soon``): a worker taking the partitions
-    over recovered a table without the parked operations of messages already committed, and
-    they were never released. faust-streaming 0.15.3 (pinned);
+    over could recover a table without the parked operations of messages already committed,
+    never to be released (loops under load saw Faust's flush leave a record behind).
+    faust-streaming 0.15.3 (pinned);
     tests/unit/test_planner_commit_flush.py pins both Faust's behaviour and this fix.
     """
     buffer: Any = app.producer.buffer  # ProducerBufferT declares neither of what is replaced
