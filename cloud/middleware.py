@@ -173,14 +173,14 @@ class TrafficMiddleware:
     async def _faulty(self, decision: FaultDecision, scope: Scope, receive: Receive, send: Send) -> None:
         if decision.latency_seconds and not decision.latency_after:
             await asyncio.sleep(decision.latency_seconds)
-        elif decision.latency_after:
-            send = _held_back(send, decision.latency_seconds)
+        # what a handler answers; with latency_after_effect it goes out that much later
+        answer = _held_back(send, decision.latency_seconds) if decision.latency_after else send
         kind = decision.kind
         if kind is not FaultKind.NONE:
             self.stats.record_fault(kind.value)
             log.debug("injecting %s on %s %s", kind.value, scope["method"], scope["path"])
         if kind is FaultKind.NONE:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, answer)
         elif kind is FaultKind.ERROR:
             assert decision.status is not None
             await _send_json(
@@ -214,4 +214,4 @@ class TrafficMiddleware:
         elif kind is FaultKind.TIMEOUT:
             replay = await _buffered(receive)
             await asyncio.sleep(decision.hold_seconds)
-            await self.app(scope, replay, send)
+            await self.app(scope, replay, answer)

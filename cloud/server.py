@@ -179,6 +179,12 @@ class CloudServer:
             f"{self.url}/admin/faults", headers=self.admin_headers(), json=config, timeout=10
         ).raise_for_status()
 
+    def stats(self) -> dict[str, Any]:
+        """The running cloud's request counters (``GET /admin/stats``; never faulted)."""
+        response = httpx.get(f"{self.url}/admin/stats", headers=self.admin_headers(), timeout=10)
+        response.raise_for_status()
+        return dict(response.json())
+
     # -- lifecycle -------------------------------------------------------------------
 
     def command(self, port_file: Path) -> list[str]:

@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 Listener = Callable[[list[TP]], None]
 
 
-
 class ConfluentOperationsConsumer:
     """A group member reading one topic; partitions start at their committed offset (the
     earliest when none). Not thread-safe: one thread makes every call."""

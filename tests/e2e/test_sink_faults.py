@@ -31,12 +31,6 @@ from vudsync.settings import Settings
 from vudsync.topics import ensure_catalogue
 
 
-def _stats(cloud: CloudReader) -> dict[str, Any]:
-    response = httpx.get(f"{cloud.server.url}/admin/stats", headers=cloud.server.admin_headers(), timeout=10)
-    response.raise_for_status()
-    return dict(response.json())
-
-
 def _metrics(port: int) -> dict[str, float]:
     """``name{labels}`` → value, from the sink's /metrics."""
     out: dict[str, float] = {}
@@ -103,7 +97,7 @@ def test_ten_thousand_operations_through_5xx_429_and_latency_apply_exactly_once(
             what="every operation applied in the cloud",
         )
         metrics = _metrics(port)
-        stats = _stats(cloud)
+        stats = cloud.stats()
     cloud.faults()  # a healthy cloud for reading the audit back
     check = reader.check()
     assert not check.missing, f"{len(check.missing)} operations never applied"
@@ -174,7 +168,7 @@ def test_sink_killed_while_a_batch_is_in_flight_has_no_second_effect(
         "the kill must land after the cloud applied a batch the sink never saw"
     )
     assert committed_at_kill < applied_at_kill < len(work.keys)
-    replays_before = _stats(cloud)["idempotent_replays"]
+    replays_before = cloud.stats()["idempotent_replays"]
 
     cloud.faults()
     with components(settings, kafka_bootstrap, "sink", **sink_env) as procs:
@@ -191,7 +185,7 @@ def test_sink_killed_while_a_batch_is_in_flight_has_no_second_effect(
     assert not check.missing, f"{len(check.missing)} operations never applied"
     assert not check.out_of_order
     # what the killed sink never heard about was sent again and answered from the idempotency store
-    assert _stats(cloud)["idempotent_replays"] - replays_before >= applied_at_kill - in_ledger
+    assert cloud.stats()["idempotent_replays"] - replays_before >= applied_at_kill - in_ledger
     results = _results(kafka_bootstrap, settings.topic(RESULTS.name), len(work.operations))
     assert (
         sum(r.outcome is ResultOutcome.ALREADY_APPLIED for r in results.values())

@@ -23,12 +23,6 @@ WINDOW = 10.0  # seconds of observation
 WRONG = "not-the-secret-4f1c"
 
 
-def _stats(cloud: CloudReader) -> dict[str, Any]:
-    response = httpx.get(f"{cloud.server.url}/admin/stats", headers=cloud.server.admin_headers(), timeout=10)
-    response.raise_for_status()
-    return dict(response.json())
-
-
 def _v1_requests(stats: dict[str, Any]) -> int:
     return sum(sum(c.values()) for route, c in stats["requests"].items() if " /v1/" in route)
 
@@ -52,7 +46,7 @@ def test_a_wrong_client_secret_opens_the_circuit_without_a_request_storm(
     feed(kafka_bootstrap, pipeline_settings.topic(OPERATIONS.name), work.operations)
     wrong = pipeline_settings.model_copy(update={"cloud_client_secret": SecretStr(WRONG)})
     port = free_port()
-    setup = _stats(cloud)  # the workload's set-up calls, before the sink starts
+    setup = cloud.stats()  # the workload's set-up calls, before the sink starts
     with components(wrong, kafka_bootstrap, "sink", metrics_ports={"sink": port}) as procs:
         log = procs["sink"].log_path
 
@@ -63,7 +57,7 @@ def test_a_wrong_client_secret_opens_the_circuit_without_a_request_storm(
             )
 
         wait_until(refused_and_open, 90, what="the circuit open after refused credentials")
-        before = _stats(cloud)
+        before = cloud.stats()
         window_ends = time.monotonic() + WINDOW
         # the observation window: the sink must stay up, and is counted by the cloud afterwards
         wait_until(
@@ -72,7 +66,7 @@ def test_a_wrong_client_secret_opens_the_circuit_without_a_request_storm(
             interval=0.5,
             what="the end of the observation window",
         )
-        after = _stats(cloud)
+        after = cloud.stats()
         assert _metric(port, "vudsync_cloud_circuit_open") == 1.0
         text = log.read_text(errors="replace")
 

@@ -460,7 +460,7 @@ def run_bench(
             cloud.set_faults(
                 error_rate=faults, rate_limit_rate=faults / 2, retry_after_seconds=1, latency_ms=[0, 20]
             )
-        stats_before = httpx.get(f"{cloud.url}/admin/stats", headers=cloud.admin_headers()).json()
+        stats_before = cloud.stats()
         env = {
             "VUDSYNC_HOME": str(home),
             "VUDSYNC_KAFKA_BOOTSTRAP": bootstrap,
@@ -519,7 +519,7 @@ def run_bench(
             steady_ops = max(1, len(work.keys) - first_applied)
             steady_cpu = {k: v - cpu_first.get(k, 0.0) for k, v in cpu_end.items()}
             metrics = [_scrape(p) for p in ports]
-            stats = httpx.get(f"{cloud.url}/admin/stats", headers=cloud.admin_headers()).json()
+            stats = cloud.stats()
             if faults:  # a healthy cloud for reading the audit back
                 cloud.set_faults()
         finally:
