@@ -64,17 +64,30 @@ def committed_offsets(app: faust.App) -> Committed:
 class BrokerRange:
     """Reads a range of one partition straight from the broker, with a consumer of its own
     (no group, no commits), for the records Faust lost on their way to the planner
-    (:meth:`processors.handlers.PlannerHandlers._handle_missed`). Started at the first use;
-    rare, so one consumer reused and closed when the app stops."""
+    (:meth:`processors.handlers.PlannerHandlers._handle_missed`). Started at the first use
+    and reused while reads follow each other (a rebalance may lose records on several
+    partitions); closed after ``idle_close`` seconds without a read, and when the app stops,
+    so a worker keeps no idle connection to the broker between rebalances."""
 
-    def __init__(self, bootstrap: str, timeout: float = 30.0) -> None:
+    def __init__(self, bootstrap: str, timeout: float = 30.0, idle_close: float = 60.0) -> None:
         self._bootstrap = bootstrap
         self._timeout = timeout
+        self._idle_close = idle_close
         self._consumer: AIOKafkaConsumer | None = None
         self._lock = asyncio.Lock()
+        self._idle: asyncio.TimerHandle | None = None
+        self._closing: asyncio.Task[None] | None = None  # referenced while it runs
+
+    @property
+    def connected(self) -> bool:
+        """A consumer is open (between a read and its idle close)."""
+        return self._consumer is not None
 
     async def __call__(self, topic: str, partition: int, first: int, last: int) -> list[Record]:
         async with self._lock:
+            if self._idle is not None:
+                self._idle.cancel()
+                self._idle = None
             if self._consumer is None:
                 consumer = AIOKafkaConsumer(
                     bootstrap_servers=self._bootstrap,
@@ -84,7 +97,14 @@ class BrokerRange:
                 )
                 await consumer.start()
                 self._consumer = consumer
-            return await self._read(self._consumer, topic, partition, first, last)
+            try:
+                return await self._read(self._consumer, topic, partition, first, last)
+            finally:
+                self._idle = asyncio.get_running_loop().call_later(self._idle_close, self._close_when_idle)
+
+    def _close_when_idle(self) -> None:
+        self._idle = None
+        self._closing = asyncio.ensure_future(self.close())
 
     async def _read(
         self, consumer: AIOKafkaConsumer, topic: str, partition: int, first: int, last: int
@@ -113,6 +133,9 @@ class BrokerRange:
 
     async def close(self) -> None:
         async with self._lock:
+            if self._idle is not None:
+                self._idle.cancel()
+                self._idle = None
             if self._consumer is not None:
                 consumer, self._consumer = self._consumer, None
                 await consumer.stop()

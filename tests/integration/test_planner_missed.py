@@ -54,3 +54,30 @@ def test_a_range_of_one_partition_is_read_from_the_broker(
     assert [o for o, _, _ in past_end] == [1198, 1199]
     assert beyond == []
     assert other == [(0, b"other", b"partition 0")]
+
+
+def test_the_range_reader_closes_its_consumer_when_idle_and_opens_one_again(
+    kafka_bootstrap: str, unique_topic_prefix: str
+) -> None:
+    topic = f"{unique_topic_prefix}missed-idle"
+    _topic_with(kafka_bootstrap, topic, 10)
+
+    async def scenario() -> tuple[bool, bool, list[int], bool]:
+        reader = BrokerRange(kafka_bootstrap, idle_close=0.5)
+        try:
+            await reader(topic, 1, 2, 3)
+            open_after_read = reader.connected
+            deadline = asyncio.get_running_loop().time() + 20
+            while reader.connected and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.05)
+            closed_when_idle = not reader.connected
+            again = await reader(topic, 1, 7, 8)  # a later loss opens a consumer again
+            return open_after_read, closed_when_idle, [r.offset for r in again], reader.connected
+        finally:
+            await reader.close()
+
+    open_after_read, closed_when_idle, again, open_again = asyncio.run(scenario())
+    assert open_after_read
+    assert closed_when_idle, "the consumer stayed open 20 s after its last read"
+    assert again == [7, 8]
+    assert open_again
