@@ -14,9 +14,9 @@ assignments, alternating, every version different), plus catalogue upserts, each
 aggregate — all simple operations, the kind the batch endpoint carries.
 
 With a broker the bench starts itself, a throwaway round (``--warm-up`` operations, its own
-cloud and topics) runs first: a fresh JVM broker spends as much CPU compiling its hot paths as
-on the work while they are still interpreted, which is no property of the sink. The broker's
-CPU per operation is reported when its pid is known (its own broker, or ``--broker-pid``).
+cloud and topics) runs first: a fresh JVM broker spends CPU compiling its hot paths and runs
+them slower until it has, which is no property of the sink. The broker's CPU per operation
+is reported when its pid is known (its own broker, or ``--broker-pid``).
 
 ``--workload initial`` measures an initial sync instead: users and companies the cloud does
 not know yet (nine users to a company), each a multi-step operation (look up by external id
@@ -60,10 +60,11 @@ from vudsync.bench import process_cpu_seconds
 
 ROLES = ("Regnskap", "Lønn", "Innkjøp", "Salg", "Revisor")
 
-WARM_UP = 100_000
-"""Operations of the throwaway round before the measured one, on a broker the bench started:
-after 20,000 the broker still spent 0.05-0.07 ms of CPU per operation, after 100,000 about
-0.05, and a broker that had served 160,000 or more 0.015-0.035 (docs/benchmarks.md)."""
+WARM_UP = 20_000
+"""Operations of the throwaway round before the measured one, on a broker the bench started.
+The broker runs C1-compiled code only (``vudsync.broker.JVM_FLAGS``); its first 20,000
+operations still cost it 0.040-0.044 ms of CPU each, the next 40,000 0.021-0.032. (With C2,
+before, it was 0.05-0.09 even after 100,000: docs/benchmarks.md.)"""
 
 
 @dataclass
@@ -455,7 +456,7 @@ def run_bench(
     broker_pid: int | None = None,
 ) -> dict[str, Any]:
     """One measured run, after a throwaway warm-up round (``warm_up`` operations; by default
-    100,000 when the bench starts the broker itself, none on a given broker); returns the
+    20,000 when the bench starts the broker itself, none on a given broker); returns the
     figures (see the module docstring)."""
     # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so the sinks and servers are stopped
     signal.signal(signal.SIGTERM, _interrupt)
@@ -467,9 +468,8 @@ def run_bench(
         warmed: dict[str, Any] | None = None
         if warm_up > 0:
             # a fresh JVM broker runs its produce, fetch and commit paths interpreted until the
-            # JIT has compiled them: its compiler threads took 2 of the 4 CPU-seconds the broker
-            # used while 40,000 operations were applied (2026-11-28), CPU the cloud and the sink
-            # then lacked. A running broker has long paid that; so the round measured comes second.
+            # JIT has compiled them, taking CPU the cloud and the sink then lack on a small
+            # machine. A running broker has long paid that; so the round measured comes second.
             click.echo(
                 f"warming the broker up: a throwaway round of {warm_up:,} operations (--warm-up 0 skips it)",
                 err=True,
