@@ -56,7 +56,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 #: ``TieredStopAtLevel=1``: the C1 compiler only. C2 kept compiling for minutes on the
 #: machine the broker shares with the pipeline: 1.7 of the 2.5 CPU-seconds the broker used
 #: while the sink bench applied 40,000 operations, even after 100,000 operations of warm-up.
-#: With C1 alone the broker's CPU fell from 0.065-0.093 to 0.021-0.034 ms per sink operation
+#: With C1 alone the broker's CPU fell from 0.047-0.093 to 0.016-0.034 ms per sink operation
 #: and from 22 / 711 / 44 to 10 / 315 / 7 µs per captured event (snapshot / streaming at
 #: 1,000 changes/s / backlog), see docs/benchmarks.md. This broker serves development, tests,
 #: the demo and the benchmarks; a production cluster is configured by its operators.
