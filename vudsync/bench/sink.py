@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import os
 import shutil
 import signal
@@ -529,12 +528,15 @@ def _round(
 ) -> dict[str, Any]:
     """A cloud of its own, ``spec.ops`` operations on topics of their own, the sinks until
     every operation is applied, then the audit's check."""
-    ops, workers, batch, faults, concurrency, batch_size, timeout, workload = dataclasses.astuple(spec)
     from cloud.server import CloudServer
     from schemas.topics import OPERATIONS
     from vudsync.processes import ComponentProcess
     from vudsync.settings import Settings
     from vudsync.topics import ensure_catalogue
+
+    ops, workers, batch, faults = spec.ops, spec.workers, spec.batch, spec.faults
+    concurrency, batch_size, timeout = spec.concurrency, spec.batch_size, spec.timeout
+    workload = spec.workload
 
     home.mkdir(parents=True, exist_ok=True)
     tag = uuid.uuid4().hex[:8]
