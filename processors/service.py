@@ -104,7 +104,13 @@ class BrokerRange:
 
     def _close_when_idle(self) -> None:
         self._idle = None
-        self._closing = asyncio.ensure_future(self.close())
+        self._closing = asyncio.ensure_future(self._close_quietly())
+
+    async def _close_quietly(self) -> None:
+        try:
+            await self.close()
+        except Exception as exc:  # an idle consumer that fails to stop is not worth a crash
+            log.warning("planner: closing the idle reader of lost records failed: %s", exc)
 
     async def _read(
         self, consumer: AIOKafkaConsumer, topic: str, partition: int, first: int, last: int
