@@ -78,18 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-FAULT_FLAGS = (
-    "error_rate",
-    "rate_limit_rate",
-    "retry_after_seconds",
-    "latency_ms",
-    "latency_after_effect",
-    "drop_rate",
-    "drop_after_effect",
-    "timeout_rate",
-    "timeout_seconds",
-    "seed",
-)
+FAULT_FLAGS = tuple(FaultConfig.model_fields)  # each has its --flag above
 
 
 def settings_from(args: argparse.Namespace) -> CloudSettings:

@@ -58,6 +58,11 @@ FetchRange = Callable[[str, int, int, int], Awaitable[list[Record]]]
 Incoming = Message | Record
 
 
+def _backoff(attempt: int) -> float:
+    """Seconds before retry ``attempt`` (1, 2, …): doubling from 0.2 s, at most ``MAX_BACKOFF``."""
+    return min(MAX_BACKOFF, 0.1 * 2.0**attempt)
+
+
 class PlannerHandlers:
     def __init__(
         self,
@@ -124,7 +129,7 @@ class PlannerHandlers:
                 raise
             except Exception as exc:  # the broker is slow or away: the partition waits for it
                 attempt += 1
-                delay = min(MAX_BACKOFF, 0.1 * 2**attempt)
+                delay = _backoff(attempt)
                 self.metrics.retries.labels(reason=type(exc).__name__).inc()
                 log.warning(
                     "planner: reading %s[%d] offsets %d-%d failed (attempt %d: %s), again in %.1fs",
@@ -166,7 +171,7 @@ class PlannerHandlers:
                 return
             except RETRYABLE as exc:
                 attempt += 1
-                delay = min(MAX_BACKOFF, 0.1 * 2**attempt)
+                delay = _backoff(attempt)
                 self.metrics.retries.labels(reason=type(exc).__name__).inc()
                 log.warning(
                     "planner: %s on %s[%d]@%d (attempt %d), retrying in %.1fs",
@@ -292,7 +297,7 @@ class PlannerHandlers:
                     msg.offset,
                     send_exc,
                 )
-                await asyncio.sleep(min(MAX_BACKOFF, 0.1 * 2**attempt))
+                await asyncio.sleep(_backoff(attempt))
 
     # -- gauges -----------------------------------------------------------------------
 

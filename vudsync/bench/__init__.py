@@ -8,7 +8,11 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -72,6 +76,37 @@ def process_cpu_seconds(pid: int | str = "self") -> float | None:
         return cpu_seconds_from_stat(Path(f"/proc/{pid}/stat").read_text(), os.sysconf("SC_CLK_TCK"))
     except (OSError, ValueError):
         return None
+
+
+@contextmanager
+def bench_broker(bootstrap: str | None = None, home: Path | None = None) -> Iterator[tuple[str, int | None]]:
+    """``(bootstrap, pid if the bench started the broker)``: ``bootstrap`` when given, else the
+    settings' broker, else a local broker of the bench's own, stopped by its pid at the end.
+    That one lives in ``home``/kafka-home when a home is given (the caller keeps or removes
+    it), else in a temporary folder removed afterwards."""
+    if bootstrap:
+        yield bootstrap, None
+        return
+    from vudsync.broker import LocalKafkaBroker
+    from vudsync.settings import load_settings
+
+    configured = load_settings().kafka_bootstrap
+    if configured:
+        yield configured, None
+        return
+    broker_home = home / "kafka-home" if home else Path(tempfile.mkdtemp(prefix="vudsync-bench-kafka-"))
+    try:
+        broker = LocalKafkaBroker.from_settings(
+            load_settings(home=broker_home, kafka_port=0), bind_to_parent=True
+        )
+        status = broker.up(timeout=180)
+        try:
+            yield status.bootstrap or "", status.pid
+        finally:
+            broker.down()
+    finally:
+        if home is None:
+            shutil.rmtree(broker_home, ignore_errors=True)
 
 
 def emit(result: dict[str, Any], as_json: bool) -> None:

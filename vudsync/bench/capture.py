@@ -41,15 +41,14 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import click
 from prometheus_client import CollectorRegistry
 
-from vudsync.bench import emit, process_cpu_seconds
+from vudsync.bench import bench_broker, emit, process_cpu_seconds
 
 KEY = b"bench-fingerprint-key"
 # a production-like server, plus commit timestamps so that latency is measured from the commit
@@ -59,29 +58,6 @@ DURABLE = {
     "full_page_writes": "on",
     "track_commit_timestamp": "on",
 }
-
-
-@contextmanager
-def _broker(bootstrap: str | None, stack: ExitStack) -> Iterator[tuple[str, int | None]]:
-    """``(bootstrap, broker pid if this bench started the broker)``."""
-    if bootstrap:
-        yield bootstrap, None
-        return
-    from vudsync.broker import LocalKafkaBroker
-    from vudsync.settings import load_settings
-
-    configured = load_settings().kafka_bootstrap
-    if configured:
-        yield configured, None
-        return
-    home = Path(tempfile.mkdtemp(prefix="vudsync-bench-kafka-"))
-    stack.callback(shutil.rmtree, home, True)
-    broker = LocalKafkaBroker.from_settings(load_settings(home=home, kafka_port=0), bind_to_parent=True)
-    status = broker.up(timeout=180)
-    try:
-        yield status.bootstrap or "", status.pid
-    finally:
-        broker.down()
 
 
 def _process_cpu(pid: int | None) -> float | None:
@@ -500,7 +476,7 @@ def command(
     from vudsync.topics import ensure_catalogue
 
     with ExitStack() as stack:
-        broker, own_broker_pid = stack.enter_context(_broker(bootstrap, stack))
+        broker, own_broker_pid = stack.enter_context(bench_broker(bootstrap))
         broker_pid = broker_pid or own_broker_pid
         url = _store(store_kind, store_url, stack)
         seeded = _seed(url, users, companies, access_rows)

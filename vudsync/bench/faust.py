@@ -38,7 +38,7 @@ from typing import Any
 
 import click
 
-from vudsync.bench import emit, process_cpu_seconds
+from vudsync.bench import bench_broker, emit, process_cpu_seconds
 
 INPUT = "bench.floor.in"
 OUTPUT = "bench.floor.out"
@@ -367,13 +367,11 @@ def command(
         raw = json.loads(worker_spec)
         run_worker(WorkerSpec(**{**raw, "variant": Variant(**raw["variant"])}))
         return
-    from vudsync.bench.planner import _broker
-
     variants = _variants(sends or (0, 3), tables or ("off", "on"), takes or (1, 100))
     records = input_records(n, keys or max(1, n * 7 // 10))
     runs: list[dict[str, Any]] = []
     with ExitStack() as stack:
-        bootstrap = stack.enter_context(_broker(stack))
+        bootstrap, _ = stack.enter_context(bench_broker())
         for _ in range(rounds):
             for variant in variants:
                 runs.append(bench_variant(bootstrap, variant, records, partitions, timeout))

@@ -46,7 +46,7 @@ from typing import Any
 
 import click
 
-from vudsync.bench import emit, process_cpu_seconds
+from vudsync.bench import bench_broker, emit, process_cpu_seconds
 
 APPS = ("business", "reporting")
 ROLES = ("Regnskap", "Lønn", "Innkjøp", "Salg")
@@ -247,25 +247,6 @@ def bench_in_process(events: list[tuple[str, bytes]], profile: Path | None) -> d
 # -- a Faust worker on a broker ----------------------------------------------------------------
 
 
-@contextmanager
-def _broker(stack: ExitStack) -> Iterator[str]:
-    from vudsync.broker import LocalKafkaBroker
-    from vudsync.settings import load_settings
-
-    configured = load_settings().kafka_bootstrap
-    if configured:
-        yield configured
-        return
-    home = Path(tempfile.mkdtemp(prefix="vudsync-bench-kafka-"))
-    stack.callback(shutil.rmtree, home, True)
-    broker = LocalKafkaBroker.from_settings(load_settings(home=home, kafka_port=0), bind_to_parent=True)
-    status = broker.up(timeout=180)
-    try:
-        yield status.bootstrap or ""
-    finally:
-        broker.down()
-
-
 def bench_faust(events: list[tuple[str, bytes]], partitions: int, timeout: float) -> dict[str, Any]:
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
@@ -279,7 +260,7 @@ def bench_faust(events: list[tuple[str, bytes]], partitions: int, timeout: float
     from vudsync.topics import ensure_catalogue
 
     with ExitStack() as stack:
-        bootstrap = stack.enter_context(_broker(stack))
+        bootstrap, _ = stack.enter_context(bench_broker())
         home = Path(tempfile.mkdtemp(prefix="vudsync-bench-planner-"))
         stack.callback(shutil.rmtree, home, True)
         prefix = f"bench-{uuid.uuid4().hex[:8]}-"

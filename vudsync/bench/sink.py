@@ -34,7 +34,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,7 +55,7 @@ from schemas.operations import (
 )
 from sinks.worker import SinkConfig
 from sinks.writes import simple_write
-from vudsync.bench import process_cpu_seconds
+from vudsync.bench import bench_broker, process_cpu_seconds
 
 ROLES = ("Regnskap", "Lønn", "Innkjøp", "Salg", "Revisor")
 
@@ -365,25 +365,6 @@ def _cpu_seconds(pid: int) -> float:
     return process_cpu_seconds(pid) or 0.0
 
 
-@contextlib.contextmanager
-def _bootstrap(home: Path) -> Iterator[tuple[str, int | None]]:
-    """``(bootstrap, pid if the bench started the broker)``: the configured broker, else a
-    temporary local one (stopped by pid afterwards)."""
-    from vudsync.broker import LocalKafkaBroker
-    from vudsync.settings import load_settings
-
-    configured = load_settings().kafka_bootstrap
-    if configured:
-        yield configured, None
-        return
-    broker = LocalKafkaBroker(home / "kafka-home", version=load_settings().kafka_version, bind_to_parent=True)
-    status = broker.up(timeout=180)
-    try:
-        yield status.bootstrap or "", status.pid
-    finally:
-        broker.down()
-
-
 def _scrape(port: int) -> dict[str, float]:
     """Sum of each sink metric family over its labels (``name{label}`` kept for a few)."""
     out: dict[str, float] = collections.defaultdict(float)
@@ -461,7 +442,8 @@ def run_bench(
     signal.signal(signal.SIGTERM, _interrupt)
     load_before = _load()
     home = Path(tempfile.mkdtemp(prefix="vudsync-bench-sink-"))
-    with _bootstrap(home) as (bootstrap, own_pid):
+    with bench_broker(home=home) as (bootstrap, own_pid):
+        broker_pid = broker_pid or own_pid
         if warm_up is None:
             warm_up = WARM_UP if own_pid else 0
         warmed: dict[str, Any] | None = None
@@ -487,7 +469,7 @@ def run_bench(
                     timeout=timeout,
                     workload="steady",
                 ),
-                broker_pid=broker_pid or own_pid,
+                broker_pid=broker_pid,
             )
             warmed = {
                 "operations": warm_up,
@@ -501,7 +483,7 @@ def run_bench(
             home / "measured",
             Round(ops, workers, batch, faults, concurrency, batch_size, timeout, workload),
             profile_dir=profile_dir,
-            broker_pid=broker_pid or own_pid,
+            broker_pid=broker_pid,
         )
     shutil.rmtree(home, ignore_errors=True)  # kept (logs) only when a round failed
     return {

@@ -20,19 +20,6 @@ from pydantic import SecretStr, ValidationError
 from vudsync.errors import ConfigurationError, RetryableError, VudsyncError
 from vudsync.settings import Settings, load_settings
 
-_FAULT_FIELDS = (
-    "error_rate",
-    "rate_limit_rate",
-    "retry_after_seconds",
-    "latency_ms",
-    "latency_after_effect",
-    "drop_rate",
-    "drop_after_effect",
-    "timeout_rate",
-    "timeout_seconds",
-    "seed",
-)
-
 
 def _latency(_: click.Context, __: click.Parameter, value: str | None) -> tuple[int, int] | None:
     if value is None:
@@ -88,7 +75,9 @@ def _fault_options(func: Any) -> Any:
 
 
 def _given_faults(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: values[k] for k in _FAULT_FIELDS if values.get(k) is not None}
+    from cloud.faults import FaultConfig  # each field has its option in _fault_options
+
+    return {k: values[k] for k in FaultConfig.model_fields if values.get(k) is not None}
 
 
 def _host_port(settings: Settings) -> tuple[str, int]:
