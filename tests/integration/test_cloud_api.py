@@ -1008,6 +1008,42 @@ def test_store_batch_commits_only_at_its_end(tmp_path: Path) -> None:
         store.close()
 
 
+def test_store_wal_is_checkpointed_by_its_own_thread_not_by_a_commit(tmp_path: Path) -> None:
+    """The writer never checkpoints (it holds the write lock); the checkpointer thread does."""
+    path = tmp_path / "cloud.db"
+    store = Store(path, clock=time.time)
+    store.open()
+    try:
+        assert store.reader().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        with store.transaction() as conn:
+            assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        assert any(t.name == "cloud-checkpointer" for t in threading.enumerate())
+        # well past SQLite's 1,000-page automatic checkpoint, in batches as the sink sends them
+        for batch in range(20):
+            with store.batch():
+                for i in range(200):
+                    _store_write(store, f"k{batch}-{i}", _insert_user(f"u{batch}-{i}@x.no"))
+        # the main database file alone (immutable: the WAL is not read) gets every row
+        deadline = time.monotonic() + 30
+        found = -1
+        while time.monotonic() < deadline:
+            main_only = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+            try:
+                found = main_only.execute("SELECT count(*) FROM users").fetchone()[0]
+            except sqlite3.DatabaseError:  # read while a checkpoint was writing pages: look again
+                pass
+            finally:
+                main_only.close()
+            if found == 4000:
+                break
+            time.sleep(0.05)
+        assert found == 4000
+    finally:
+        store.close()
+    assert not any(t.name == "cloud-checkpointer" for t in threading.enumerate())
+    assert not (tmp_path / "cloud.db-wal").exists()  # the last close copied the rest
+
+
 # -- faults and rate limits --------------------------------------------------------
 
 
