@@ -13,16 +13,16 @@
   query, and the audit and idempotency rows of the completed writes are inserted with
   ``executemany`` before anything reads them and before the commit (the same
   transaction, so a crash still never keeps an effect without them).
-* The WAL is copied into the database by a thread of its own (:class:`_Checkpointer`),
-  not by the COMMIT that happens to cross SQLite's 1,000-page mark: that COMMIT ran the
-  checkpoint, fsyncs included, while holding the write lock every other write waits for.
+* The WAL is copied into the database by a thread of its own
+  (:class:`vudsync.sqlite_wal.WalCheckpointer`), not by the COMMIT that happens to cross
+  SQLite's 1,000-page mark: that COMMIT ran the checkpoint, fsyncs included, while holding
+  the write lock every other write waits for.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import logging
 import math
 import sqlite3
 import threading
@@ -37,8 +37,7 @@ import orjson
 
 from cloud.errors import ApiError
 from cloud.idempotency import StoredResponse
-
-log = logging.getLogger(__name__)
+from vudsync.sqlite_wal import WalCheckpointer, hand_over
 
 Clock = Callable[[], float]
 
@@ -250,7 +249,7 @@ class Store:
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._writer: sqlite3.Connection | None = None
-        self._checkpointer: _Checkpointer | None = None
+        self._checkpointer: WalCheckpointer | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -258,9 +257,9 @@ class Store:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         writer = self._connect()
         writer.executescript(SCHEMA)
-        writer.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's job
+        hand_over(writer)
         self._writer = writer
-        self._checkpointer = _Checkpointer(self._connect)
+        self._checkpointer = WalCheckpointer(self._connect, name="cloud-checkpointer")
         self._checkpointer.start()
 
     def close(self) -> None:
@@ -567,53 +566,3 @@ class _Batch:
             self.conn = None
             self._store._write_lock.release()
         self._store._committed()
-
-
-class _Checkpointer:
-    """Copies committed WAL frames into the database, in a thread with its own connection.
-
-    SQLite's automatic checkpoint runs inside the COMMIT that takes the WAL past 1,000
-    pages, so one write in ~20 batches copied pages and waited on two fsyncs (up to 74 ms
-    measured) while it held the write lock. Here the writer only :meth:`poke` s after each
-    commit; this thread runs ``PRAGMA wal_checkpoint(PASSIVE)`` at most every ``interval``
-    seconds, which copies what no reader still needs and never waits for the writer or a
-    reader (SQLite releases the GIL meanwhile). The writer starts the WAL over from its
-    beginning once a checkpoint has copied all of it, so its size stays bounded by what is
-    written between two checkpoints. A failed checkpoint is logged and tried again at the
-    next poke; the data stays safe in the WAL.
-    """
-
-    def __init__(self, connect: Callable[[], sqlite3.Connection], interval: float = 0.5) -> None:
-        self._connect = connect
-        self._interval = interval
-        self._poked = threading.Event()
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="cloud-checkpointer", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def poke(self) -> None:
-        self._poked.set()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._poked.set()
-        self._thread.join()
-
-    def _loop(self) -> None:
-        conn = self._connect()
-        try:
-            while True:
-                self._poked.wait()
-                if self._stopping.is_set():
-                    return
-                self._poked.clear()
-                try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                except sqlite3.Error as exc:
-                    log.warning("WAL checkpoint failed (retried at the next commit): %s", exc)
-                if self._stopping.wait(self._interval):
-                    return
-        finally:
-            conn.close()

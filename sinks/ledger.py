@@ -3,7 +3,9 @@
 WAL journal with ``synchronous=NORMAL``: a process crash (SIGKILL) loses nothing committed;
 a power loss may lose the last commits, which only costs a cloud call answered from the
 cloud's idempotency store. Several sink workers on one machine may share the file (writes
-wait for each other up to ``busy_timeout``).
+wait for each other up to ``busy_timeout``). The WAL is checkpointed by a thread of its own
+(:class:`vudsync.sqlite_wal.WalCheckpointer`), not inside a ``record_many`` commit, which runs
+on the sink's event loop: such a commit took 20-90 ms instead of 4.
 """
 
 from __future__ import annotations
@@ -16,19 +18,29 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from vudsync.sqlite_wal import WalCheckpointer, hand_over
+
 
 class SqliteLedger:
     def __init__(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA busy_timeout=30000")
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._path = str(path)
+        self._conn = self._connect()
         self._conn.execute(
             "CREATE TABLE IF NOT EXISTS applied (operation_id TEXT PRIMARY KEY, result TEXT NOT NULL, "
             "recorded_at REAL NOT NULL)"
         )
+        hand_over(self._conn)
         self._lock = threading.Lock()
+        self._checkpointer = WalCheckpointer(self._connect, name="ledger-checkpointer")
+        self._checkpointer.start()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
 
     def get(self, operation_id: str) -> dict[str, Any] | None:
         with self._lock:
@@ -63,6 +75,7 @@ class SqliteLedger:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
+        self._checkpointer.poke()
 
     def record(self, operation_id: str, result: dict[str, Any]) -> None:
         self.record_many([(operation_id, result)])
@@ -72,5 +85,6 @@ class SqliteLedger:
             return int(self._conn.execute("SELECT COUNT(*) FROM applied").fetchone()[0])
 
     def close(self) -> None:
+        self._checkpointer.stop()
         with self._lock:
             self._conn.close()

@@ -29,6 +29,7 @@ from cloud.errors import ApiError
 from cloud.faults import FaultConfig
 from cloud.server import CloudServer
 from cloud.store import Effect, Outcome, Store, WriteRequest
+from tests.sqlite_files import rows_in_main_file
 from vudsync.commands.cloud import cloud as cloud_cli
 
 pytestmark = pytest.mark.integration
@@ -1023,21 +1024,8 @@ def test_store_wal_is_checkpointed_by_its_own_thread_not_by_a_commit(tmp_path: P
             with store.batch():
                 for i in range(200):
                     _store_write(store, f"k{batch}-{i}", _insert_user(f"u{batch}-{i}@x.no"))
-        # the main database file alone (immutable: the WAL is not read) gets every row
-        deadline = time.monotonic() + 30
-        found = -1
-        while time.monotonic() < deadline:
-            main_only = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
-            try:
-                found = main_only.execute("SELECT count(*) FROM users").fetchone()[0]
-            except sqlite3.DatabaseError:  # read while a checkpoint was writing pages: look again
-                pass
-            finally:
-                main_only.close()
-            if found == 4000:
-                break
-            time.sleep(0.05)
-        assert found == 4000
+        # the main database file alone gets every row
+        wait_until(lambda: rows_in_main_file(path, "users") == 4000, timeout=30, what="checkpointed rows")
     finally:
         store.close()
     assert not any(t.name == "cloud-checkpointer" for t in threading.enumerate())

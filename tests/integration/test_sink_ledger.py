@@ -3,6 +3,7 @@ throwaway server), and a sink worker running on the PostgreSQL ledger."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from sinks.ledger_postgres import PostgresLedger
 from sinks.ports import Ledger
 from tests.fixtures.cloud import CloudReader
 from tests.pipeline import alive_or_fail, components
+from tests.sqlite_files import rows_in_main_file
 from vudsync.bench.sink import AuditReader, feed, prepare_workload
 from vudsync.processes import wait_until
 from vudsync.settings import Settings
@@ -51,6 +53,23 @@ def test_applied_ids_are_kept_once_and_survive_a_reopen(ledger_factory) -> None:
     again = ledger_factory("a-")
     assert set(again.get_many([f"op-{i}" for i in range(1000)])) == {"op-1", "op-2"}
     assert ledger_factory("b-").get("op-1") is None  # another installation's scope
+
+
+def test_the_sqlite_ledger_checkpoints_in_its_own_thread_not_in_record_many(tmp_path: Path) -> None:
+    """``record_many`` commits on the sink's event loop: the checkpoints happen elsewhere."""
+    path = tmp_path / "ledger.db"
+    ledger = SqliteLedger(path)
+    assert ledger._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    assert any(t.name == "ledger-checkpointer" for t in threading.enumerate())
+    for batch in range(20):  # in batches, as the sink records them
+        ledger.record_many(
+            [(f"op-{batch}-{i}", {"cloud_id": f"cu-{i}", "effect": "updated"}) for i in range(500)]
+        )
+    wait_until(lambda: rows_in_main_file(path, "applied") == 10_000, 30, what="checkpointed ledger rows")
+    ledger.close()
+    assert not any(t.name == "ledger-checkpointer" for t in threading.enumerate())
+    assert not path.with_name("ledger.db-wal").exists()
+    assert len(SqliteLedger(path).get_many([f"op-19-{i}" for i in range(500)])) == 500
 
 
 def test_a_sink_on_the_postgresql_ledger_records_every_applied_operation(

@@ -1,0 +1,18 @@
+"""What a SQLite database file holds by itself, without its WAL."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+
+def rows_in_main_file(path: Path, table: str) -> int | None:
+    """Rows of ``table`` in the main database file alone (``immutable``: the WAL is not read),
+    i.e. what checkpoints have copied there; ``None`` if the file was caught mid-checkpoint."""
+    conn = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+    try:
+        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+    except sqlite3.DatabaseError:
+        return None
+    finally:
+        conn.close()
