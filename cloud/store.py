@@ -328,11 +328,12 @@ class Store:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
-        self._committed()
+            self._committed(conn)
 
-    def _committed(self) -> None:
+    def _committed(self, writer: sqlite3.Connection) -> None:
+        """After a commit, still holding the write lock."""
         if self._checkpointer is not None:
-            self._checkpointer.poke()
+            self._checkpointer.after_commit(writer)
 
     def write(self, request: WriteRequest, action: WriteAction) -> WriteResult:
         """Apply ``action`` exactly once per idempotency key.
@@ -562,7 +563,7 @@ class _Batch:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     raise
+                self._store._committed(conn)
         finally:
             self.conn = None
             self._store._write_lock.release()
-        self._store._committed()

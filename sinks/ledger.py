@@ -75,7 +75,7 @@ class SqliteLedger:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
-        self._checkpointer.poke()
+            self._checkpointer.after_commit(self._conn)
 
     def record(self, operation_id: str, result: dict[str, Any]) -> None:
         self.record_many([(operation_id, result)])
