@@ -23,10 +23,14 @@ A writer that uses :class:`WalCheckpointer` turns its automatic checkpoint off
    ``PRAGMA wal_checkpoint(RESTART)`` on the writer's connection: with no write of its own
    under way it copies the few frames the thread has not, and the next write starts the WAL
    over from its beginning. Done by the writer, under its lock, it needs no lock of its own
-   and cannot be starved by writes that follow each other closely.
+   and cannot be starved by writes that follow each other closely. RESTART waits for
+   readers of older frames and for another process's writer; it waits at most
+   ``RESTART_WAIT_MS`` here (the writer's own busy timeout is put back after it), and one
+   that could not finish is tried again when the WAL is found long again.
 
 A failed checkpoint loses nothing (the frames stay in the WAL); it is logged and tried
-again at the next poke. Closing the last connection of a database checkpoints what is left.
+again after the next commit. Closing the last connection of a database checkpoints what
+is left.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
+# how long a writer's WAL restart may wait for readers or another process's writer
+RESTART_WAIT_MS = 200
+
 
 def hand_over(writer: sqlite3.Connection) -> None:
     """Stop ``writer`` from checkpointing in its commits: a :class:`WalCheckpointer` does it."""
@@ -45,7 +52,7 @@ def hand_over(writer: sqlite3.Connection) -> None:
 
 
 class WalCheckpointer:
-    """Checkpoints one WAL database from a daemon thread; :meth:`start`, :meth:`poke`, :meth:`stop`.
+    """Checkpoints one WAL database from a daemon thread: :meth:`start`, :meth:`after_commit`, :meth:`stop`.
 
     ``connect`` opens the thread's own connection to the database (called in the thread).
     """
@@ -76,10 +83,14 @@ class WalCheckpointer:
         """
         if self._restart_due:
             self._restart_due = False
+            busy_timeout = int(writer.execute("PRAGMA busy_timeout").fetchone()[0])
+            writer.execute(f"PRAGMA busy_timeout={RESTART_WAIT_MS}")
             try:
                 writer.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
             except sqlite3.Error as exc:
                 log.warning("WAL restart failed (tried again when the WAL is long again): %s", exc)
+            finally:
+                writer.execute(f"PRAGMA busy_timeout={busy_timeout}")
         self._poked.set()
 
     def stop(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 from tests.sqlite_files import rows_in_main_file
@@ -50,3 +51,30 @@ def test_the_wal_stays_bounded_while_the_writer_never_pauses(tmp_path: Path) -> 
     # started over holds all of them at the end (PASSIVE checkpoints only: 10,827 frames for
     # half as many commits), this one a fraction
     assert largest // _FRAME < pages // 3, (largest // _FRAME, pages)
+
+
+def test_a_restart_waits_for_an_old_reader_only_briefly(tmp_path: Path) -> None:
+    """RESTART waits for readers of older frames: under the writer's lock that may not take the
+    writer's busy timeout (10 s here), so it gives up after RESTART_WAIT_MS and is tried later."""
+    path = tmp_path / "db.sqlite"
+    writer = _connect(path)
+    writer.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+    hand_over(writer)
+    checkpointer = WalCheckpointer(lambda: _connect(path), name="test-checkpointer")  # thread not started
+    reader = _connect(path)
+    try:
+        writer.execute("INSERT INTO t DEFAULT VALUES")
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT count(*) FROM t").fetchone()[0] == 1  # a snapshot in the WAL
+        writer.execute("INSERT INTO t DEFAULT VALUES")
+        checkpointer._restart_due = True  # what the thread sets when it finds the WAL long
+        started = time.monotonic()
+        checkpointer.after_commit(writer)
+        waited = time.monotonic() - started
+        assert waited < 5, waited
+        assert writer.execute("PRAGMA busy_timeout").fetchone()[0] == 10000
+        assert reader.execute("SELECT count(*) FROM t").fetchone()[0] == 1  # its snapshot intact
+    finally:
+        reader.close()
+        writer.close()
+        checkpointer.stop()
