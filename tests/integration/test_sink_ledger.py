@@ -58,18 +58,23 @@ def test_applied_ids_are_kept_once_and_survive_a_reopen(ledger_factory) -> None:
 def test_the_sqlite_ledger_checkpoints_in_its_own_thread_not_in_record_many(tmp_path: Path) -> None:
     """``record_many`` commits on the sink's event loop: the checkpoints happen elsewhere."""
     path = tmp_path / "ledger.db"
+    before = sum(t.name == "ledger-checkpointer" for t in threading.enumerate())
     ledger = SqliteLedger(path)
     assert ledger._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
-    assert any(t.name == "ledger-checkpointer" for t in threading.enumerate())
+    assert sum(t.name == "ledger-checkpointer" for t in threading.enumerate()) == before + 1
     for batch in range(20):  # in batches, as the sink records them
         ledger.record_many(
             [(f"op-{batch}-{i}", {"cloud_id": f"cu-{i}", "effect": "updated"}) for i in range(500)]
         )
     wait_until(lambda: rows_in_main_file(path, "applied") == 10_000, 30, what="checkpointed ledger rows")
     ledger.close()
-    assert not any(t.name == "ledger-checkpointer" for t in threading.enumerate())
+    assert sum(t.name == "ledger-checkpointer" for t in threading.enumerate()) == before
     assert not path.with_name("ledger.db-wal").exists()
-    assert len(SqliteLedger(path).get_many([f"op-19-{i}" for i in range(500)])) == 500
+    again = SqliteLedger(path)
+    try:
+        assert len(again.get_many([f"op-19-{i}" for i in range(500)])) == 500
+    finally:
+        again.close()
 
 
 def test_a_sink_on_the_postgresql_ledger_records_every_applied_operation(
