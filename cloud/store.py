@@ -37,7 +37,7 @@ import orjson
 
 from cloud.errors import ApiError
 from cloud.idempotency import StoredResponse
-from vudsync.sqlite_wal import WalCheckpointer, hand_over
+from vudsync.sqlite_wal import WalCheckpointer
 
 Clock = Callable[[], float]
 
@@ -259,10 +259,9 @@ class Store:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         writer = self._connect()
         writer.executescript(SCHEMA)
-        hand_over(writer)
         self._writer = writer
         self._checkpointer = WalCheckpointer(self._connect, name="cloud-checkpointer")
-        self._checkpointer.start()
+        self._checkpointer.start(writer)
 
     def close(self) -> None:
         if self._checkpointer is not None:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vudsync.sqlite_wal import WalCheckpointer, hand_over
+from vudsync.sqlite_wal import WalCheckpointer
 
 
 class SqliteLedger:
@@ -30,10 +30,9 @@ class SqliteLedger:
             "CREATE TABLE IF NOT EXISTS applied (operation_id TEXT PRIMARY KEY, result TEXT NOT NULL, "
             "recorded_at REAL NOT NULL)"
         )
-        hand_over(self._conn)
         self._lock = threading.Lock()
         self._checkpointer = WalCheckpointer(self._connect, name="ledger-checkpointer")
-        self._checkpointer.start()
+        self._checkpointer.start(self._conn)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)

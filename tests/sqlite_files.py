@@ -1,8 +1,9 @@
-"""What a SQLite database file holds by itself, without its WAL."""
+"""What a SQLite database file holds by itself, without its WAL; its checkpointer threads."""
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 
@@ -16,3 +17,8 @@ def rows_in_main_file(path: Path, table: str) -> int | None:
         return None
     finally:
         conn.close()
+
+
+def threads_named(name: str) -> int:
+    """Threads of this name running now (a checkpointer's, e.g. ``cloud-checkpointer``)."""
+    return sum(t.name == name for t in threading.enumerate())

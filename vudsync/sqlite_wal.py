@@ -7,8 +7,8 @@ the sink's event loop — that is a stall of up to ~90 ms every few hundred thou
 written (measured: 500-entry ledger commits took 4 ms at the median and 20-90 ms at the
 checkpoints).
 
-A writer that uses :class:`WalCheckpointer` turns its automatic checkpoint off
-(``PRAGMA wal_autocheckpoint=0``, see :func:`hand_over`) and calls
+A writer hands its connection to :meth:`WalCheckpointer.start`, which turns the connection's
+automatic checkpoint off (``PRAGMA wal_autocheckpoint=0``), and calls
 :meth:`WalCheckpointer.after_commit` after each commit, while it still holds its own lock:
 
 1. the checkpointer's thread runs ``PRAGMA wal_checkpoint(PASSIVE)`` on a connection of its
@@ -46,11 +46,6 @@ log = logging.getLogger(__name__)
 RESTART_WAIT_MS = 200
 
 
-def hand_over(writer: sqlite3.Connection) -> None:
-    """Stop ``writer`` from checkpointing in its commits: a :class:`WalCheckpointer` does it."""
-    writer.execute("PRAGMA wal_autocheckpoint=0")
-
-
 class WalCheckpointer:
     """Checkpoints one WAL database from a daemon thread: :meth:`start`, :meth:`after_commit`, :meth:`stop`.
 
@@ -73,7 +68,9 @@ class WalCheckpointer:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
-    def start(self) -> None:
+    def start(self, writer: sqlite3.Connection) -> None:
+        """Take the checkpoints over from ``writer`` (its commits no longer run them)."""
+        writer.execute("PRAGMA wal_autocheckpoint=0")
         self._thread.start()
 
     def after_commit(self, writer: sqlite3.Connection) -> None:

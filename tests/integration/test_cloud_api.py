@@ -29,7 +29,7 @@ from cloud.errors import ApiError
 from cloud.faults import FaultConfig
 from cloud.server import CloudServer
 from cloud.store import Effect, Outcome, Store, WriteRequest
-from tests.sqlite_files import rows_in_main_file
+from tests.sqlite_files import rows_in_main_file, threads_named
 from vudsync.commands.cloud import cloud as cloud_cli
 
 pytestmark = pytest.mark.integration
@@ -1012,14 +1012,14 @@ def test_store_batch_commits_only_at_its_end(tmp_path: Path) -> None:
 def test_store_wal_is_checkpointed_by_its_own_thread_not_by_a_commit(tmp_path: Path) -> None:
     """The writer never checkpoints (it holds the write lock); the checkpointer thread does."""
     path = tmp_path / "cloud.db"
-    before = _threads_named("cloud-checkpointer")
+    before = threads_named("cloud-checkpointer")
     store = Store(path, clock=time.time)
     store.open()
     try:
         assert store.reader().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         with store.transaction() as conn:
             assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
-        assert _threads_named("cloud-checkpointer") == before + 1
+        assert threads_named("cloud-checkpointer") == before + 1
         # well past SQLite's 1,000-page automatic checkpoint, in batches as the sink sends them
         for batch in range(20):
             with store.batch():
@@ -1029,12 +1029,8 @@ def test_store_wal_is_checkpointed_by_its_own_thread_not_by_a_commit(tmp_path: P
         wait_until(lambda: rows_in_main_file(path, "users") == 4000, timeout=30, what="checkpointed rows")
     finally:
         store.close()
-    assert _threads_named("cloud-checkpointer") == before
+    assert threads_named("cloud-checkpointer") == before
     assert not (tmp_path / "cloud.db-wal").exists()  # the last close copied the rest
-
-
-def _threads_named(name: str) -> int:
-    return sum(t.name == name for t in threading.enumerate())
 
 
 # -- faults and rate limits --------------------------------------------------------

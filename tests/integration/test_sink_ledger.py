@@ -3,7 +3,6 @@ throwaway server), and a sink worker running on the PostgreSQL ledger."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from sinks.ledger_postgres import PostgresLedger
 from sinks.ports import Ledger
 from tests.fixtures.cloud import CloudReader
 from tests.pipeline import alive_or_fail, components
-from tests.sqlite_files import rows_in_main_file
+from tests.sqlite_files import rows_in_main_file, threads_named
 from vudsync.bench.sink import AuditReader, feed, prepare_workload
 from vudsync.processes import wait_until
 from vudsync.settings import Settings
@@ -58,17 +57,17 @@ def test_applied_ids_are_kept_once_and_survive_a_reopen(ledger_factory) -> None:
 def test_the_sqlite_ledger_checkpoints_in_its_own_thread_not_in_record_many(tmp_path: Path) -> None:
     """``record_many`` commits on the sink's event loop: the checkpoints happen elsewhere."""
     path = tmp_path / "ledger.db"
-    before = sum(t.name == "ledger-checkpointer" for t in threading.enumerate())
+    before = threads_named("ledger-checkpointer")
     ledger = SqliteLedger(path)
     assert ledger._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
-    assert sum(t.name == "ledger-checkpointer" for t in threading.enumerate()) == before + 1
+    assert threads_named("ledger-checkpointer") == before + 1
     for batch in range(20):  # in batches, as the sink records them
         ledger.record_many(
             [(f"op-{batch}-{i}", {"cloud_id": f"cu-{i}", "effect": "updated"}) for i in range(500)]
         )
     wait_until(lambda: rows_in_main_file(path, "applied") == 10_000, 30, what="checkpointed ledger rows")
     ledger.close()
-    assert sum(t.name == "ledger-checkpointer" for t in threading.enumerate()) == before
+    assert threads_named("ledger-checkpointer") == before
     assert not path.with_name("ledger.db-wal").exists()
     again = SqliteLedger(path)
     try:

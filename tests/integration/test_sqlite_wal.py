@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tests.sqlite_files import rows_in_main_file
 from vudsync.processes import wait_until
-from vudsync.sqlite_wal import WalCheckpointer, hand_over
+from vudsync.sqlite_wal import WalCheckpointer
 
 _FRAME = 4096 + 24  # a page and its frame header
 _COMMITS = 3000
@@ -28,11 +28,10 @@ def test_the_wal_stays_bounded_while_the_writer_never_pauses(tmp_path: Path) -> 
     path = tmp_path / "db.sqlite"
     writer = _connect(path)
     writer.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, blob BLOB NOT NULL)")
-    hand_over(writer)
     checkpointer = WalCheckpointer(
         lambda: _connect(path), name="test-checkpointer", interval=0.01, restart_frames=256
     )
-    checkpointer.start()
+    checkpointer.start(writer)
     wal = Path(f"{path}-wal")
     largest = 0
     try:
@@ -59,7 +58,6 @@ def test_a_restart_waits_for_an_old_reader_only_briefly(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite"
     writer = _connect(path)
     writer.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
-    hand_over(writer)
     checkpointer = WalCheckpointer(lambda: _connect(path), name="test-checkpointer")  # thread not started
     reader = _connect(path)
     try:
