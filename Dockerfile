@@ -18,12 +18,14 @@ COPY pyproject.toml README.md ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
+COPY kernel ./kernel
 COPY schemas ./schemas
 COPY producers ./producers
 COPY processors ./processors
 COPY sinks ./sinks
 COPY cloud ./cloud
 COPY vudsync ./vudsync
+# devtools/ (local broker, seed data, demo, benchmarks) stays out of the production image
 RUN pip install --no-deps . && rm -rf /src/build /tmp/requirements.txt
 
 USER vudsync

@@ -14,7 +14,7 @@
   ``executemany`` before anything reads them and before the commit (the same
   transaction, so a crash still never keeps an effect without them).
 * The WAL is copied into the database by a thread of its own
-  (:class:`vudsync.sqlite_wal.WalCheckpointer`), not by the COMMIT that happens to cross
+  (:class:`kernel.sqlite_wal.WalCheckpointer`), not by the COMMIT that happens to cross
   SQLite's 1,000-page mark: that COMMIT ran the checkpoint, fsyncs included, while holding
   the write lock every other write waits for.
 """
@@ -37,7 +37,7 @@ import orjson
 
 from cloud.errors import ApiError
 from cloud.idempotency import StoredResponse
-from vudsync.sqlite_wal import WalCheckpointer
+from kernel.sqlite_wal import WalCheckpointer
 
 Clock = Callable[[], float]
 

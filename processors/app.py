@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import faust
 
-from vudsync.errors import ConfigurationError
-from vudsync.settings import Settings
+from kernel.errors import ConfigurationError
+from kernel.settings import Settings
 
 STORES = {"memory": "memory://", "rocksdb": "rocksdb://"}
 

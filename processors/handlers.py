@@ -31,6 +31,8 @@ import faust
 from aiokafka.errors import KafkaError
 from faust.types import Message
 
+from kernel.errors import RetryableError
+from kernel.records import Record
 from processors.control import CONTROL_ADAPTER
 from processors.engine import Coords, Effects, Reconciler
 from processors.metrics import PlannerMetrics
@@ -39,8 +41,6 @@ from schemas.codec import DecodeError, decode_event, decode_model, encode
 from schemas.deadletter import error_headers
 from schemas.results import OperationResult, PlannerFact
 from schemas.topics import DIRECTORY_DLQ, PLANNER_CONTROL, PLANNER_FACTS, RESULTS, entity_for_topic
-from vudsync.errors import RetryableError
-from vudsync.records import Record
 
 log = logging.getLogger(__name__)
 

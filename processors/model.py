@@ -159,7 +159,7 @@ class Plan:
 
 @dataclass(frozen=True)
 class PlannerSettings:
-    """The planner's knobs (from ``vudsync.settings.Settings``)."""
+    """The planner's knobs (from ``kernel.settings.Settings``)."""
 
     deletes_threshold: int = 500  # more deletions than this in the window are held
     deletes_threshold_percent: float | None = None  # … or more than this % of live entities

@@ -17,6 +17,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP
 from prometheus_client import CollectorRegistry, start_http_server
 
+from kernel.records import Record
+from kernel.settings import Settings
 from processors.agents import declare_agents
 from processors.app import create_app
 from processors.engine import Reconciler
@@ -25,8 +27,6 @@ from processors.metrics import PlannerMetrics
 from processors.model import PlannerSettings
 from processors.tables import TableReads, declare_table
 from processors.topics import declare_topics, ensure_planner_topics
-from vudsync.records import Record
-from vudsync.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 import faust
 
+from kernel.admin import TopicSpec as AdminTopicSpec
+from kernel.admin import ensure_topics
+from kernel.settings import Settings
 from schemas.topics import (
     DIRECTORY_DLQ,
     DIRECTORY_TOPICS,
@@ -21,9 +24,6 @@ from schemas.topics import (
     PLANNER_TOPICS,
     RESULTS,
 )
-from vudsync.admin import TopicSpec as AdminTopicSpec
-from vudsync.admin import ensure_topics
-from vudsync.settings import Settings
 
 #: the planner's input topics (unprefixed), for lag monitoring and tools
 PLANNER_INPUTS: tuple[str, ...] = (
@@ -32,7 +32,7 @@ PLANNER_INPUTS: tuple[str, ...] = (
     PLANNER_FACTS.name,
     PLANNER_CONTROL.name,
 )
-#: deprecated: the planner has no wake-up topic any more; kept for vudsync.lag / vudsync dlq
+#: deprecated: the planner has no wake-up topic any more; kept for vudsync.ops.lag_exporter / vudsync dlq
 #: until they use PLANNER_INPUTS
 WAKEUPS = PLANNER_CONTROL.name
 

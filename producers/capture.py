@@ -22,11 +22,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from kernel.publishing import RecordPublisher
 from producers.encoding import EventEncoder
 from producers.mapping import RowRejected, SourceInfo, deleted_record
 from producers.metrics import ProducerMetrics
 from producers.model import ChangeRow, EntityRecord
-from producers.ports import ChangeLog, RecordPublisher
+from producers.ports import ChangeLog
 from schemas.deadletter import HEADER_SOURCE_ROW, error_headers
 from schemas.directory import EntityType
 from schemas.events import Op

@@ -50,17 +50,3 @@ class ChangeLog(Protocol):
         """Block until the change log may have grown, or ``timeout`` seconds pass."""
 
     def close(self) -> None: ...
-
-
-class RecordPublisher(Protocol):
-    """Where events go: ``publish`` queues a record, ``flush`` returns once the broker has
-    acknowledged every queued record (raising ``RetryableError`` otherwise). Adapters:
-    ``KafkaRecordPublisher`` (kafka-python), ``ConfluentRecordPublisher`` (librdkafka)."""
-
-    def publish(
-        self, topic: str, key: str, value: bytes | None, headers: Sequence[tuple[str, bytes]] = ()
-    ) -> None: ...
-
-    def flush(self, timeout: float = 60.0) -> int: ...
-
-    def close(self, timeout: float = 10.0) -> None: ...

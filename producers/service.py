@@ -9,14 +9,15 @@ from types import FrameType
 
 from prometheus_client import CollectorRegistry, start_http_server
 
+from kernel.errors import ConfigurationError
+from kernel.publishing import RecordPublisher
+from kernel.publishing.confluent import SNAPSHOT_OVERRIDES, ConfluentRecordPublisher
+from kernel.publishing.kafka_python import KafkaRecordPublisher
+from kernel.settings import Settings
 from producers.capture import CaptureConfig, ChangeCapture, ProgressFn, PublisherFactory
-from producers.confluent_publisher import SNAPSHOT_OVERRIDES, ConfluentRecordPublisher
-from producers.kafka_publisher import KafkaRecordPublisher
 from producers.metrics import ProducerMetrics
-from producers.ports import ChangeLog, RecordPublisher
+from producers.ports import ChangeLog
 from producers.sqlite_changelog import SqliteChangeLog, sqlite_path
-from vudsync.errors import ConfigurationError
-from vudsync.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ Each retryable error names its ``reason`` (a bounded metric label: ``server_erro
 
 from __future__ import annotations
 
-from vudsync.errors import PermanentError, RetryableError, VudsyncError
+from kernel.errors import PermanentError, RetryableError, VudsyncError
 
 
 class CloudUnavailable(RetryableError):

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import orjson
 
+from kernel.errors import VudsyncError
 from schemas.operations import CloudOperation, UpsertUser
 from sinks.errors import AuthenticationFailed, CloudRejected, CloudUnavailable
 from sinks.ports import Applied, BatchOutcome
@@ -42,7 +43,6 @@ from sinks.writes import (
     steps_after_lookup,
     steps_after_patch,
 )
-from vudsync.errors import VudsyncError
 
 log = logging.getLogger(__name__)
 

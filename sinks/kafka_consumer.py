@@ -23,9 +23,9 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from kernel.records import Record
 from sinks.errors import CommitRefused
 from sinks.scheduling import TopicPartition as TP
-from vudsync.records import Record
 
 log = logging.getLogger(__name__)
 

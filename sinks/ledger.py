@@ -4,7 +4,7 @@ WAL journal with ``synchronous=NORMAL``: a process crash (SIGKILL) loses nothing
 a power loss may lose the last commits, which only costs a cloud call answered from the
 cloud's idempotency store. Several sink workers on one machine may share the file (writes
 wait for each other up to ``busy_timeout``). The WAL is checkpointed by a thread of its own
-(:class:`vudsync.sqlite_wal.WalCheckpointer`), not inside a ``record_many`` commit, which runs
+(:class:`kernel.sqlite_wal.WalCheckpointer`), not inside a ``record_many`` commit, which runs
 on the sink's event loop: such a commit took 20-90 ms instead of 4.
 """
 
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vudsync.sqlite_wal import WalCheckpointer
+from kernel.sqlite_wal import WalCheckpointer
 
 
 class SqliteLedger:

@@ -6,9 +6,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from kernel.errors import VudsyncError
 from schemas.operations import CloudOperation
 from sinks.scheduling import TopicPartition as TP
-from vudsync.errors import VudsyncError
 
 
 @dataclass(frozen=True)
@@ -82,19 +82,6 @@ class OperationsConsumer(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-class RecordPublisher(Protocol):
-    """Results and dead letters to Kafka: ``publish`` queues; ``flush`` returns once the broker
-    acknowledged every queued record, else raises ``RetryableError``."""
-
-    def publish(
-        self, topic: str, key: str, value: bytes | None, headers: Sequence[tuple[str, bytes]] = ()
-    ) -> None: ...
-
-    def flush(self, timeout: float = 60.0) -> int: ...
-
-    def close(self, timeout: float = 10.0) -> None: ...
 
 
 class Ledger(Protocol):

@@ -11,7 +11,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from producers.confluent_publisher import ConfluentRecordPublisher
+from kernel.errors import ConfigurationError
+from kernel.publishing.confluent import ConfluentRecordPublisher
+from kernel.settings import Settings
 from schemas.topics import OPERATIONS
 from sinks.http_cloud import HttpCloudDirectory
 from sinks.kafka_consumer import ConfluentOperationsConsumer
@@ -19,8 +21,6 @@ from sinks.ledger import SqliteLedger
 from sinks.metrics import SinkMetrics
 from sinks.ports import Ledger
 from sinks.worker import SinkConfig, SinkWorker
-from vudsync.errors import ConfigurationError
-from vudsync.settings import Settings
 
 log = logging.getLogger(__name__)
 

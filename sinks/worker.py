@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
+from kernel.errors import PermanentError, RetryableError, VudsyncError
+from kernel.publishing import RecordPublisher
 from schemas.codec import DecodeError, decode_operation, encode
 from schemas.deadletter import HEADER_ATTEMPTS, HEADER_HTTP_STATUS, HEADER_RESPONSE, error_headers
 from schemas.operations import CloudOperation
@@ -55,11 +57,10 @@ from sinks.errors import (
     retry_reason,
 )
 from sinks.metrics import SinkMetrics
-from sinks.ports import Applied, BatchOutcome, CloudDirectory, Ledger, OperationsConsumer, RecordPublisher
+from sinks.ports import Applied, BatchOutcome, CloudDirectory, Ledger, OperationsConsumer
 from sinks.resilience import Backoff, CircuitBreaker
 from sinks.scheduling import AggregateQueues, OffsetTracker, Pending
 from sinks.scheduling import TopicPartition as TP
-from vudsync.errors import PermanentError, RetryableError, VudsyncError
 
 log = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from kernel.errors import VudsyncError
 from schemas.operations import (
     AssignAccess,
     CloudOperation,
@@ -37,7 +38,6 @@ from schemas.operations import (
 )
 from sinks.errors import AuthenticationFailed, CloudRejected, CloudUnavailable, RateLimited
 from sinks.ports import Applied
-from vudsync.errors import VudsyncError
 
 EXCERPT_CHARS = 300
 _SECRET_WORDS = ("secret", "token", "license_key", "password", "authorization")

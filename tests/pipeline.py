@@ -6,8 +6,8 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from vudsync.processes import ComponentProcess, component_env, wait_until
-from vudsync.settings import Settings
+from devtools.processes import ComponentProcess, component_env, wait_until
+from kernel.settings import Settings
 
 
 @contextmanager

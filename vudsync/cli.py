@@ -16,7 +16,7 @@ import sys
 
 import click
 
-from vudsync.errors import VudsyncError
+from kernel.errors import VudsyncError
 
 # command name → (module under vudsync.commands, attribute): a group or command each.
 _COMMANDS: dict[str, tuple[str, str]] = {
@@ -54,7 +54,16 @@ class _Main(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in self.commands and cmd_name in _COMMANDS:
             module_name, attr = _COMMANDS[cmd_name]
-            module = importlib.import_module(f"vudsync.commands.{module_name}")
+            try:
+                module = importlib.import_module(f"vudsync.commands.{module_name}")
+            except ModuleNotFoundError as exc:
+                if exc.name is None or exc.name.split(".")[0] != "devtools":
+                    raise
+                # a production image leaves the developer tools out (Dockerfile)
+                raise click.UsageError(
+                    f"`vudsync {cmd_name}` is a developer tool, not part of this install "
+                    "(install vudsync from its source tree to have it)"
+                ) from exc
             self.add_command(getattr(module, attr), cmd_name)
         return self.commands.get(cmd_name)
 

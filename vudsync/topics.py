@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from kernel.admin import TopicSpec as AdminTopicSpec
+from kernel.admin import ensure_topics
+from kernel.settings import Settings
 from schemas.topics import ALL_TOPICS, TopicSpec
-from vudsync.admin import TopicSpec as AdminTopicSpec
-from vudsync.admin import ensure_topics
-from vudsync.settings import Settings
 
 
 def catalogue_specs(settings: Settings) -> list[AdminTopicSpec]:

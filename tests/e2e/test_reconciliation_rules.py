@@ -12,15 +12,15 @@ from typing import Any
 
 import httpx
 
+from devtools.processes import wait_until
+from devtools.seed.writer import SqliteDirectoryWriter
+from kernel.settings import Settings
 from schemas.fingerprint import license_fingerprint
 from schemas.results import OperationResult, ResultOutcome
 from schemas.topics import OPERATIONS, RESULTS
 from tests.fixtures.cloud import CloudReader
 from tests.kafka_read import read_all
 from tests.pipeline import alive_or_fail, component_env, components
-from vudsync.processes import wait_until
-from vudsync.seed.writer import SqliteDirectoryWriter
-from vudsync.settings import Settings
 from vudsync.topics import ensure_catalogue
 
 URI = "https://vb.fjord.local"

@@ -32,6 +32,10 @@ import httpx
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
+from devtools.processes import wait_until
+from devtools.seed.data import organisation_number
+from devtools.seed.writer import SqliteDirectoryWriter
+from kernel.settings import Settings
 from processors.app import app_id
 from schemas.codec import decode_operation
 from schemas.directory import EntityType
@@ -41,10 +45,6 @@ from schemas.topics import DIRECTORY_TOPICS, OPERATIONS, OPERATIONS_DLQ, PLANNER
 from tests.fixtures.cloud import CloudReader
 from tests.kafka_read import read_all
 from tests.pipeline import alive_or_fail, component_env, components
-from vudsync.processes import wait_until
-from vudsync.seed.data import organisation_number
-from vudsync.seed.writer import SqliteDirectoryWriter
-from vudsync.settings import Settings
 from vudsync.topics import ensure_catalogue
 
 USERS = 24

@@ -22,15 +22,15 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
+from devtools.processes import component_env, wait_until
+from devtools.seed.writer import open_writer
+from kernel.settings import Settings
 from processors.app import app_id
 from sinks.service import sink_group
 from tests.fixtures.cloud import CloudReader
 from tests.pipeline import alive_or_fail, components
 from vudsync.cli import _register, cli
 from vudsync.ops.kafka_admin import group_admin
-from vudsync.processes import component_env, wait_until
-from vudsync.seed.writer import open_writer
-from vudsync.settings import Settings
 from vudsync.topics import ensure_catalogue
 
 # The sink waits an outage out behind its open circuit by default (nothing dead-letters while

@@ -17,6 +17,10 @@ import httpx
 import pytest
 from kafka import KafkaAdminClient, TopicPartition
 
+from devtools.bench.sink import AuditReader, feed, prepare_workload
+from devtools.broker import free_port
+from devtools.processes import wait_until
+from kernel.settings import Settings
 from schemas.codec import decode_model
 from schemas.results import OperationResult, ResultOutcome
 from schemas.topics import OPERATIONS, RESULTS
@@ -24,10 +28,6 @@ from sinks.service import sink_group
 from tests.fixtures.cloud import CloudReader
 from tests.kafka_read import read_all
 from tests.pipeline import components, wait_for
-from vudsync.bench.sink import AuditReader, feed, prepare_workload
-from vudsync.broker import free_port
-from vudsync.processes import wait_until
-from vudsync.settings import Settings
 from vudsync.topics import ensure_catalogue
 
 

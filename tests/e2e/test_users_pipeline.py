@@ -7,13 +7,13 @@ import collections
 
 from kafka import KafkaAdminClient, TopicPartition
 
+from devtools.processes import wait_until
+from devtools.seed.writer import SqliteDirectoryWriter
+from kernel.settings import Settings
 from schemas.topics import OPERATIONS
 from sinks.service import sink_group
 from tests.fixtures.cloud import CloudReader
 from tests.pipeline import alive_or_fail, components
-from vudsync.processes import wait_until
-from vudsync.seed.writer import SqliteDirectoryWriter
-from vudsync.settings import Settings
 from vudsync.topics import ensure_catalogue
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from vudsync.bench.sink import run_bench
+from devtools.bench.sink import run_bench
 
 
 def _bench(**round_: Any) -> dict[str, Any]:

@@ -11,8 +11,13 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from devtools.processes import wait_until
+from devtools.seed.churn import Churn, load_state
+from devtools.seed.data import sample_directory, write_sample
+from devtools.seed.writer import open_writer
+from kernel.publishing.kafka_python import KafkaRecordPublisher
+from kernel.settings import Settings
 from producers.capture import CaptureConfig, ChangeCapture
-from producers.kafka_publisher import KafkaRecordPublisher
 from producers.metrics import ProducerMetrics
 from producers.service import open_change_log
 from schemas.directory import EntityType
@@ -27,11 +32,6 @@ from tests.capture_check import (
     snapshot_position,
 )
 from tests.pipeline import alive_or_fail, components
-from vudsync.processes import wait_until
-from vudsync.seed.churn import Churn, load_state
-from vudsync.seed.data import sample_directory, write_sample
-from vudsync.seed.writer import open_writer
-from vudsync.settings import Settings
 from vudsync.topics import ensure_catalogue
 
 KEY = b"test-fingerprint-key"

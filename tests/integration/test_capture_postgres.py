@@ -18,8 +18,11 @@ import psycopg
 import pytest
 from prometheus_client import CollectorRegistry
 
+from devtools.processes import wait_until
+from devtools.seed.pg_writer import PostgresDirectoryWriter
+from kernel.publishing.kafka_python import KafkaRecordPublisher
+from kernel.settings import Settings
 from producers.capture import CaptureConfig, ChangeCapture
-from producers.kafka_publisher import KafkaRecordPublisher
 from producers.metrics import ProducerMetrics
 from producers.postgres_changelog import PostgresChangeLog
 from schemas.codec import decode_event
@@ -28,9 +31,6 @@ from schemas.directory import EntityType
 from schemas.topics import DIRECTORY_DLQ, DIRECTORY_TOPICS
 from tests.capture_check import change_log_end, read_topics, store_query
 from tests.kafka_read import read_all
-from vudsync.processes import wait_until
-from vudsync.seed.pg_writer import PostgresDirectoryWriter
-from vudsync.settings import Settings
 from vudsync.topics import ensure_catalogue
 
 MakeCapture = Callable[[Settings, str], ChangeCapture]

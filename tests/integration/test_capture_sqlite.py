@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from devtools.seed.writer import SqliteDirectoryWriter
+from kernel.publishing.kafka_python import KafkaRecordPublisher
+from kernel.settings import Settings
 from producers.capture import CaptureConfig, ChangeCapture
-from producers.kafka_publisher import KafkaRecordPublisher
 from producers.metrics import ProducerMetrics
 from producers.migrations import migration_files
 from producers.sqlite_changelog import SqliteChangeLog, connect_sqlite
@@ -19,8 +21,6 @@ from schemas.deadletter import HEADER_REASON, HEADER_SOURCE_ROW, headers_dict
 from schemas.directory import EntityType
 from schemas.topics import DIRECTORY_DLQ, DIRECTORY_TOPICS
 from tests.kafka_read import read_all
-from vudsync.seed.writer import SqliteDirectoryWriter
-from vudsync.settings import Settings
 from vudsync.topics import ensure_catalogue
 
 

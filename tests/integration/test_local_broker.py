@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from tests.fixtures.kafka import TopicFactory
-from vudsync.admin import (
+from devtools.broker import BrokerStartError, LocalKafkaBroker, free_port
+from kernel.admin import (
     BrokerUnavailable,
     TopicSpec,
     admin_client,
@@ -19,9 +19,9 @@ from vudsync.admin import (
     list_topics,
     wait_for_broker,
 )
-from vudsync.broker import BrokerStartError, LocalKafkaBroker, free_port
-from vudsync.errors import RetryableError
-from vudsync.settings import Settings
+from kernel.errors import RetryableError
+from kernel.settings import Settings
+from tests.fixtures.kafka import TopicFactory
 
 pytestmark = pytest.mark.integration
 

@@ -11,6 +11,8 @@ from typing import Any
 from click.testing import CliRunner, Result
 from kafka import KafkaConsumer, KafkaProducer
 
+from devtools.processes import component_env, wait_until
+from kernel.settings import Settings
 from schemas.codec import encode
 from schemas.deadletter import error_headers
 from schemas.operations import UpsertUser
@@ -22,8 +24,6 @@ from tests.kafka_read import read_all
 from vudsync.cli import _register, cli
 from vudsync.ops.deadletters import HEADER_RETRY_OF
 from vudsync.ops.kafka_admin import group_admin
-from vudsync.processes import component_env, wait_until
-from vudsync.settings import Settings
 from vudsync.topics import ensure_catalogue
 
 

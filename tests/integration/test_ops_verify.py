@@ -9,12 +9,12 @@ import json
 import httpx
 from click.testing import CliRunner, Result
 
+from devtools.processes import component_env
+from devtools.seed.writer import open_writer
+from kernel.settings import Settings
 from tests.fixtures.cloud import CloudReader
 from tests.pipeline import alive_or_fail, components
 from vudsync.cli import _register, cli
-from vudsync.processes import component_env
-from vudsync.seed.writer import open_writer
-from vudsync.settings import Settings
 from vudsync.topics import ensure_catalogue
 
 USERS = [

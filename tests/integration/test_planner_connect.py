@@ -9,6 +9,8 @@ from collections import Counter
 
 import httpx
 
+from devtools.seed.writer import SqliteDirectoryWriter
+from kernel.settings import Settings
 from schemas.directory import EntityType
 from schemas.fingerprint import license_fingerprint
 from schemas.results import PlannerFact
@@ -16,8 +18,6 @@ from schemas.topics import DIRECTORY_TOPICS, PLANNER_FACTS
 from tests.fixtures.cloud import CloudReader
 from tests.kafka_read import read_all
 from tests.pipeline import component_env
-from vudsync.seed.writer import SqliteDirectoryWriter
-from vudsync.settings import Settings
 
 
 def _vudsync(settings: Settings, bootstrap: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:

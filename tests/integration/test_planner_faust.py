@@ -7,6 +7,8 @@ from pathlib import Path
 
 from kafka import KafkaAdminClient, KafkaProducer
 
+from devtools.processes import wait_until
+from kernel.settings import Settings
 from processors.app import app_id
 from processors.topics import ensure_planner_topics
 from schemas.codec import decode_operation
@@ -17,8 +19,6 @@ from schemas.topics import DIRECTORY_DLQ, DIRECTORY_TOPICS, OPERATIONS, PLANNER_
 from tests.factories import T0, access, user_event
 from tests.kafka_read import read_all
 from tests.pipeline import alive_or_fail, components
-from vudsync.processes import wait_until
-from vudsync.settings import Settings
 from vudsync.topics import ensure_catalogue
 
 

@@ -15,15 +15,15 @@ from pathlib import Path
 import pytest
 from kafka import KafkaProducer
 
+from devtools.broker import LocalKafkaBroker
+from devtools.processes import wait_until
+from kernel.settings import Settings
 from processors.service import EXIT_SHUTDOWN_STUCK
 from schemas.directory import EntityType
 from schemas.topics import DIRECTORY_TOPICS, OPERATIONS
 from tests.factories import user_event
 from tests.kafka_read import read_all
 from tests.pipeline import alive_or_fail, components
-from vudsync.broker import LocalKafkaBroker
-from vudsync.processes import wait_until
-from vudsync.settings import Settings
 from vudsync.topics import ensure_catalogue
 
 DEADLINE = 5.0

@@ -37,6 +37,11 @@ from collections.abc import Callable
 import httpx
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from devtools.broker import free_port
+from devtools.processes import wait_until
+from devtools.seed.data import sample_directory, write_sample
+from devtools.seed.writer import open_writer
+from kernel.settings import Settings
 from schemas.directory import EntityType
 from schemas.topics import DIRECTORY_DLQ, DIRECTORY_TOPICS, OPERATIONS, OPERATIONS_DLQ
 from sinks.service import sink_group
@@ -52,11 +57,6 @@ from tests.fixtures.prometheus import (
     dashboard_queries,
 )
 from tests.pipeline import alive_or_fail, components
-from vudsync.broker import free_port
-from vudsync.processes import wait_until
-from vudsync.seed.data import sample_directory, write_sample
-from vudsync.seed.writer import open_writer
-from vudsync.settings import Settings
 from vudsync.topics import ensure_catalogue
 
 COMPONENTS = ("producer", "planner", "sink", "lag-exporter")

@@ -9,15 +9,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devtools.broker import free_port
+from devtools.processes import ComponentProcess, wait_until
+from devtools.seed.data import sample_directory, write_sample
+from devtools.seed.writer import open_writer
+from kernel.settings import Settings
 from schemas.directory import EntityType
 from schemas.topics import ALL_TOPICS, DIRECTORY_DLQ, DIRECTORY_TOPICS
 from tests.capture_check import caught_up, read_topics, store_query
 from tests.pipeline import alive_or_fail, component_env
-from vudsync.broker import free_port
-from vudsync.processes import ComponentProcess, wait_until
-from vudsync.seed.data import sample_directory, write_sample
-from vudsync.seed.writer import open_writer
-from vudsync.settings import Settings
 from vudsync.topics import ensure_catalogue
 
 

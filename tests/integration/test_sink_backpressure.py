@@ -13,12 +13,12 @@ from typing import Any
 import httpx
 import pytest
 
+from devtools.bench.sink import AuditReader, feed, prepare_workload
+from devtools.broker import free_port
+from kernel.settings import Settings
 from schemas.topics import OPERATIONS
 from tests.fixtures.cloud import CloudReader
 from tests.pipeline import components, wait_for
-from vudsync.bench.sink import AuditReader, feed, prepare_workload
-from vudsync.broker import free_port
-from vudsync.settings import Settings
 from vudsync.topics import ensure_catalogue
 
 LIMIT = 40

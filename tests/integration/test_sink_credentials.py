@@ -10,13 +10,13 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
+from devtools.bench.sink import AuditReader, feed, prepare_workload
+from devtools.broker import free_port
+from devtools.processes import wait_until
+from kernel.settings import Settings
 from schemas.topics import OPERATIONS
 from tests.fixtures.cloud import CloudReader
 from tests.pipeline import alive_or_fail, components
-from vudsync.bench.sink import AuditReader, feed, prepare_workload
-from vudsync.broker import free_port
-from vudsync.processes import wait_until
-from vudsync.settings import Settings
 from vudsync.topics import ensure_catalogue
 
 WINDOW = 10.0  # seconds of observation

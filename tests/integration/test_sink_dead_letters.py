@@ -8,6 +8,8 @@ from typing import Any
 
 from kafka import KafkaProducer
 
+from devtools.processes import wait_until
+from kernel.settings import Settings
 from schemas.codec import decode_model, encode
 from schemas.deadletter import (
     HEADER_ATTEMPTS,
@@ -28,8 +30,6 @@ from schemas.topics import OPERATIONS, OPERATIONS_DLQ, RESULTS
 from tests.fixtures.cloud import CloudReader
 from tests.kafka_read import read_all
 from tests.pipeline import alive_or_fail, components
-from vudsync.processes import wait_until
-from vudsync.settings import Settings
 from vudsync.topics import ensure_catalogue
 
 NOW = datetime.now(UTC)

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from devtools.bench.sink import AuditReader, feed, prepare_workload
+from devtools.processes import wait_until
+from kernel.settings import Settings
 from schemas.topics import OPERATIONS
 from sinks.ledger import SqliteLedger
 from sinks.ledger_postgres import PostgresLedger
@@ -15,9 +18,6 @@ from sinks.ports import Ledger
 from tests.fixtures.cloud import CloudReader
 from tests.pipeline import alive_or_fail, components
 from tests.sqlite_files import rows_in_main_file, threads_named
-from vudsync.bench.sink import AuditReader, feed, prepare_workload
-from vudsync.processes import wait_until
-from vudsync.settings import Settings
 from vudsync.topics import ensure_catalogue
 
 

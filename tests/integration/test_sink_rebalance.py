@@ -4,12 +4,12 @@ lost, nothing applied twice, and each aggregate's operations keep their order.""
 
 from __future__ import annotations
 
+from devtools.bench.sink import AuditReader, feed, prepare_workload
+from devtools.processes import wait_until
+from kernel.settings import Settings
 from schemas.topics import OPERATIONS
 from tests.fixtures.cloud import CloudReader
 from tests.pipeline import alive_or_fail, components
-from vudsync.bench.sink import AuditReader, feed, prepare_workload
-from vudsync.processes import wait_until
-from vudsync.settings import Settings
 from vudsync.topics import ensure_catalogue
 
 

@@ -8,9 +8,9 @@ import sqlite3
 import time
 from pathlib import Path
 
+from devtools.processes import wait_until
+from kernel.sqlite_wal import WalCheckpointer
 from tests.sqlite_files import rows_in_main_file
-from vudsync.processes import wait_until
-from vudsync.sqlite_wal import WalCheckpointer
 
 _FRAME = 4096 + 24  # a page and its frame header
 _COMMITS = 3000

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from vudsync.bench import cpu_seconds_from_stat
-from vudsync.bench.faust import Variant, _variants, input_records
+from devtools.bench import cpu_seconds_from_stat
+from devtools.bench.faust import Variant, _variants, input_records
 
 # proc(5): pid (comm) state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt cmajflt
 #          utime stime ...

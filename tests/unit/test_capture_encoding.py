@@ -18,6 +18,7 @@ from typing import Any
 import jsonschema_rs
 import pytest
 
+from devtools.seed.data import sample_directory
 from producers import encoding
 from producers.encoding import MIRRORED, EventEncoder, model_digest
 from producers.mapping import SourceInfo, deleted_record
@@ -25,7 +26,6 @@ from producers.model import EntityRecord
 from schemas.directory import EntityType
 from schemas.events import EVENT_BY_ENTITY, Op, event_id_for
 from schemas.export import DEFAULT_OUT
-from vudsync.seed.data import sample_directory
 
 SRC = SourceInfo("sqlite", "directory.db")
 KEY = b"test-key"

@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from kernel.errors import RetryableError
 from producers.capture import CaptureConfig, ChangeCapture
 from producers.metrics import ProducerMetrics
 from producers.model import ChangeRow, EntityRecord
 from schemas.codec import decode_event
 from schemas.directory import EntityType
-from vudsync.errors import RetryableError
 
 
 class FakePublisher:

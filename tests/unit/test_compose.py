@@ -22,8 +22,8 @@ import yaml
 
 from cloud.__main__ import build_parser as cloud_parser
 from cloud.server import ADMIN_TOKEN_ENV, SECRET_ENV
+from kernel.settings import Settings
 from vudsync.cli import _register, cli
-from vudsync.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = REPO / "compose"
@@ -137,7 +137,7 @@ def test_every_vudsync_variable_is_a_settings_field() -> None:
     for service in _services().values():
         named |= {k for k in (service.get("environment") or {}) if k.startswith("VUDSYNC_")}
     assert named, "the stack configures vudsync through VUDSYNC_* variables"
-    assert named <= fields, f"not fields of vudsync.settings.Settings: {sorted(named - fields)}"
+    assert named <= fields, f"not fields of kernel.settings.Settings: {sorted(named - fields)}"
 
 
 def test_the_environment_points_at_the_services_of_the_stack() -> None:
@@ -238,14 +238,20 @@ def _option_value(command: list[str], name: str) -> str:
 # -- the image --------------------------------------------------------------------------------
 
 
-def test_the_dockerfile_installs_every_package_of_the_project() -> None:
+#: developer tools (local broker, seed data, demo, benchmarks): never in the production image
+DEV_ONLY = {"devtools"}
+
+
+def test_the_dockerfile_installs_every_runtime_package_and_no_dev_tool() -> None:
     dockerfile = (REPO / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim\b", dockerfile, re.M)
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     packages = [p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]]
+    assert DEV_ONLY <= set(packages)
     copied = set(re.findall(r"^COPY (\S+) ", dockerfile, re.M))
-    for package in packages:
+    for package in set(packages) - DEV_ONLY:
         assert package in copied, f"the Dockerfile does not copy {package}/"
+    assert not copied & DEV_ONLY, "the production image leaves the developer tools out"
     assert "pyproject.toml" in dockerfile and re.search(r"pip install .*\.", dockerfile)
     ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()}
     assert not ignored & {*packages, "pyproject.toml", "README.md"}, "the build context needs them"

@@ -29,7 +29,7 @@ from tests.fixtures.prometheus import (
     alert_rules,
     dashboard_queries,
 )
-from vudsync.lag import LagMetrics
+from vudsync.ops.lag_exporter import LagMetrics
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARDS = REPO / "dashboards"

@@ -6,8 +6,9 @@ from collections.abc import Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from vudsync.errors import RetryableError
-from vudsync.lag import (
+from kernel.errors import RetryableError
+from kernel.settings import Settings
+from vudsync.ops.lag_exporter import (
     GroupSpec,
     LagCollector,
     LagExporter,
@@ -19,7 +20,6 @@ from vudsync.lag import (
     compute_lag,
     pipeline_groups,
 )
-from vudsync.settings import Settings
 
 
 def test_lag_is_end_minus_committed_and_never_negative() -> None:

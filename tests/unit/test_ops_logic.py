@@ -8,10 +8,11 @@ from types import SimpleNamespace
 
 import pytest
 
+from kernel.errors import ConfigurationError, PermanentError
+from kernel.settings import Settings
 from schemas.deadletter import error_headers
 from schemas.results import OperationResult, ResultOutcome
 from tests.factories import T0
-from vudsync.errors import ConfigurationError, PermanentError
 from vudsync.ops.deadletters import (
     DeadLetterRef,
     HandledMarks,
@@ -27,7 +28,6 @@ from vudsync.ops.groups import (
 )
 from vudsync.ops.replay import parse_offsets, plan_partitions, progress, summarize
 from vudsync.ops.timespec import format_age, parse_duration, parse_since
-from vudsync.settings import Settings
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 

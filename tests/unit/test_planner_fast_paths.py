@@ -11,11 +11,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from devtools.bench.planner import directory_events, known_table
 from processors.engine import Coords, Reconciler
 from processors.model import PlannerSettings
 from schemas.codec import decode_event, decode_operation, encode
 from schemas.operations import CLOUD_OPERATION_ADAPTER
-from vudsync.bench.planner import directory_events, known_table
 
 
 def _reconcile(events: list[tuple[str, bytes]], table: dict[str, Any], threshold: int) -> list[Any]:

@@ -16,6 +16,8 @@ import pytest
 from aiokafka.errors import KafkaTimeoutError
 from prometheus_client import CollectorRegistry
 
+from kernel.records import Record
+from kernel.settings import Settings
 from processors.engine import Effects, Reconciler, Send
 from processors.handlers import PlannerHandlers
 from processors.metrics import PlannerMetrics
@@ -24,8 +26,6 @@ from processors.planner import plan
 from schemas.deadletter import HEADER_EXCEPTION, HEADER_REASON, HEADER_STAGE, headers_dict
 from schemas.topics import DIRECTORY_TOPICS
 from tests.factories import T0, user_event
-from vudsync.records import Record
-from vudsync.settings import Settings
 
 
 @dataclass

@@ -9,17 +9,17 @@ from datetime import UTC, datetime
 
 import pytest
 
-from producers.mapping import SourceInfo, record_to_event
-from producers.model import EntityRecord
-from schemas.directory import EntityType
-from schemas.events import Op
-from vudsync.seed.churn import ChurnState, plan_changes
-from vudsync.seed.data import (
+from devtools.seed.churn import ChurnState, plan_changes
+from devtools.seed.data import (
     ascii_local,
     organisation_number,
     sample_directory,
     valid_organisation_number,
 )
+from producers.mapping import SourceInfo, record_to_event
+from producers.model import EntityRecord
+from schemas.directory import EntityType
+from schemas.events import Op
 
 
 @pytest.mark.parametrize("number", ["974760673", "923609016", "923 609 016", "988077917"])

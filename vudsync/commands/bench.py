@@ -7,19 +7,19 @@ import importlib.util
 
 import click
 
-from vudsync.bench import AREAS
+from devtools.bench import AREAS
 
 
 class _Areas(click.Group):
     """Loads an area's benchmark module only when it is asked for."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return [a for a in AREAS if importlib.util.find_spec(f"vudsync.bench.{a}") is not None]
+        return [a for a in AREAS if importlib.util.find_spec(f"devtools.bench.{a}") is not None]
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in self.list_commands(ctx):
             return None
-        return importlib.import_module(f"vudsync.bench.{name}").command  # type: ignore[no-any-return]
+        return importlib.import_module(f"devtools.bench.{name}").command  # type: ignore[no-any-return]
 
 
 @click.group(cls=_Areas)

@@ -17,8 +17,8 @@ import click
 import httpx
 from pydantic import SecretStr, ValidationError
 
-from vudsync.errors import ConfigurationError, RetryableError, VudsyncError
-from vudsync.settings import Settings, load_settings
+from kernel.errors import ConfigurationError, RetryableError, VudsyncError
+from kernel.settings import Settings, load_settings
 
 
 def _latency(_: click.Context, __: click.Parameter, value: str | None) -> tuple[int, int] | None:

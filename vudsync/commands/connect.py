@@ -25,11 +25,11 @@ from typing import Any
 import click
 import httpx
 
+from kernel.errors import ConfigurationError, RetryableError, VudsyncError
+from kernel.settings import Settings, load_settings
 from schemas.directory import ApplicationType, EntityType
 from schemas.results import FactKind, PlannerFact
 from schemas.topics import PLANNER_FACTS
-from vudsync.errors import ConfigurationError, RetryableError, VudsyncError
-from vudsync.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 

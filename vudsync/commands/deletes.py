@@ -15,10 +15,10 @@ from datetime import UTC, datetime
 
 import click
 
+from kernel.errors import RetryableError
+from kernel.settings import Settings, load_settings
 from schemas.results import OperationResult, ResultOutcome
 from schemas.topics import PLANNER_CONTROL, RESULTS
-from vudsync.errors import RetryableError
-from vudsync.settings import Settings, load_settings
 
 
 def send_decision(settings: Settings, bootstrap: str, *, approve: bool, operator: str) -> None:

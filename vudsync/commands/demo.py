@@ -8,7 +8,7 @@ import sys
 import click
 from rich.console import Console
 
-from vudsync.settings import load_settings
+from kernel.settings import load_settings
 
 
 @click.command()
@@ -25,7 +25,7 @@ def demo(users: int, companies: int, changes: int, timeout: float, keep_running:
     makes live changes (renames, removals, new users), waits for them to arrive and prints
     a summary with end-to-end latency. Stops everything it started on exit or Ctrl-C.
     """
-    from vudsync.demo import Demo, DemoOptions, render
+    from devtools.demo import Demo, DemoOptions, render
 
     console = Console(stderr=as_json)
     report = Demo(

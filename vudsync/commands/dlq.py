@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 
 import click
 
+from kernel.errors import ConfigurationError
+from kernel.settings import Settings, load_settings
 from vudsync.bootstrap import resolve_bootstrap
-from vudsync.errors import ConfigurationError
 from vudsync.ops.deadletters import DeadLetter, DeadLetterRef, queues_for
-from vudsync.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from vudsync.ops.dlq_kafka import KafkaDeadLetterQueues

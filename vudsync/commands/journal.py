@@ -11,11 +11,11 @@ from datetime import UTC, datetime
 
 import click
 
+from kernel.errors import ConfigurationError
+from kernel.settings import load_settings
 from vudsync.bootstrap import resolve_bootstrap
-from vudsync.errors import ConfigurationError
 from vudsync.ops.journal import OUTCOMES, JournalEntry, JournalFilter
 from vudsync.ops.timespec import parse_since
-from vudsync.settings import load_settings
 
 
 def _line(entry: JournalEntry) -> str:

@@ -1,6 +1,6 @@
 """``vudsync kafka …``: fetch, start, stop and inspect the local single-node Kafka broker.
 
-Each command builds a :class:`~vudsync.broker.LocalKafkaBroker` from ``Settings`` (home,
+Each command builds a :class:`~devtools.broker.LocalKafkaBroker` from ``Settings`` (home,
 ``kafka_version``, ``kafka_port``, ``kafka_heap``); the jar cache is ``$VUDSYNC_KAFKA_CACHE``
 or ``~/.cache/vudsync/kafka``.
 """
@@ -14,9 +14,9 @@ from typing import Any
 
 import click
 
-from vudsync.broker import BrokerStatus, LocalKafkaBroker
-from vudsync.errors import ConfigurationError
-from vudsync.settings import load_settings
+from devtools.broker import BrokerStatus, LocalKafkaBroker
+from kernel.errors import ConfigurationError
+from kernel.settings import load_settings
 
 _json_option = click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 

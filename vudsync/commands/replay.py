@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from kernel.errors import ConfigurationError
+from kernel.settings import load_settings
 from vudsync.bootstrap import resolve_bootstrap
-from vudsync.errors import ConfigurationError
 from vudsync.ops.groups import group_id, resolve_topics, roles_for, topic_aliases
 from vudsync.ops.replay import ReplayPlan, ReplaySummary, parse_offsets
 from vudsync.ops.timespec import parse_duration, parse_since
-from vudsync.settings import load_settings
 
 if TYPE_CHECKING:
     from vudsync.ops.replay_runner import ReplayRunner

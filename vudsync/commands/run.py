@@ -9,8 +9,8 @@ from typing import Any
 
 import click
 
+from kernel.settings import load_settings
 from vudsync.bootstrap import resolve_bootstrap
-from vudsync.settings import load_settings
 from vudsync.topics import ensure_catalogue
 
 _METRICS = click.option(

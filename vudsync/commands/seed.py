@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from vudsync.settings import load_settings
+from kernel.settings import load_settings
 
 
 def _shown(url: str) -> str:
@@ -86,8 +86,8 @@ def seed(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from vudsync.seed.data import sample_directory, write_sample
-    from vudsync.seed.writer import open_writer
+    from devtools.seed.data import sample_directory, write_sample
+    from devtools.seed.writer import open_writer
 
     url = store_url or load_settings().resolved_store_url()
     started = time.monotonic()
@@ -148,8 +148,8 @@ def churn(
     """Keep making realistic changes at RATE changes/s: user edits, access granted and revoked,
     new users, deletions, company edits. Stops at SIGTERM, Ctrl-C or after --duration, and
     reports what it did."""
-    from vudsync.seed.churn import Churn, load_state
-    from vudsync.seed.writer import open_writer
+    from devtools.seed.churn import Churn, load_state
+    from devtools.seed.writer import open_writer
 
     parent = ctx.parent.params if ctx.parent else {}
     url = store_url or parent.get("store_url") or load_settings().resolved_store_url()

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from vudsync.settings import Settings, load_settings
+from kernel.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from vudsync.ops.status import StatusReport
@@ -19,12 +19,12 @@ if TYPE_CHECKING:
 
 def collect(settings: Settings, bootstrap: str) -> StatusReport:
     """Read every source once and assemble the report."""
-    from vudsync.lag import compute_lag, pipeline_groups
     from vudsync.ops.dlq_kafka import KafkaDeadLetterQueues
     from vudsync.ops.groups import Role, group_id
     from vudsync.ops.journal_index import SqliteJournalIndex
     from vudsync.ops.journal_sync import JournalIndexer, journal_path
     from vudsync.ops.kafka_admin import group_admin
+    from vudsync.ops.lag_exporter import compute_lag, pipeline_groups
     from vudsync.ops.metrics_scrape import parse_endpoints, scrape
     from vudsync.ops.status import LagRow, assemble
 

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from vudsync.settings import load_settings
+from kernel.settings import load_settings
 
 
 @click.group()

@@ -6,9 +6,9 @@ import json
 
 import click
 
+from kernel.settings import load_settings
 from schemas.topics import ALL_TOPICS
 from vudsync.bootstrap import resolve_bootstrap
-from vudsync.settings import load_settings
 from vudsync.topics import catalogue_specs, ensure_catalogue
 
 

@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 
 import click
 
+from kernel.settings import Settings, load_settings
 from vudsync.ops.drift import OBJECT_TYPES, DriftReport
 from vudsync.ops.timespec import parse_duration
-from vudsync.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from vudsync.errors import PermanentError, RetryableError
+from kernel.errors import PermanentError, RetryableError
 from vudsync.ops.drift import CatalogueKey, CloudState
 
 LIMIT = 10_000  # the API's largest page; more items than this are reported as truncated

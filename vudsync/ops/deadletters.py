@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from kernel.errors import ConfigurationError, PermanentError
+from kernel.settings import Settings
 from schemas.deadletter import (
     HEADER_ATTEMPTS,
     HEADER_EXCEPTION,
@@ -32,8 +34,6 @@ from schemas.deadletter import (
     HEADER_TOPIC,
 )
 from schemas.topics import DIRECTORY_DLQ, OPERATIONS, OPERATIONS_DLQ
-from vudsync.errors import ConfigurationError, PermanentError
-from vudsync.settings import Settings
 
 HEADER_RETRY_OF = "vudsync.retry.of"
 # a broker keeps at most offset.metadata.max.bytes (default 4096) of commit metadata

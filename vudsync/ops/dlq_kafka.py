@@ -13,8 +13,9 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from producers.kafka_publisher import KafkaRecordPublisher
-from vudsync.errors import ConfigurationError
+from kernel.errors import ConfigurationError
+from kernel.publishing.kafka_python import KafkaRecordPublisher
+from kernel.settings import Settings
 from vudsync.ops.deadletters import (
     DeadLetter,
     DeadLetterRef,
@@ -27,7 +28,6 @@ from vudsync.ops.deadletters import (
 )
 from vudsync.ops.kafka_admin import KafkaGroupAdmin
 from vudsync.ops.kafka_reader import read_ranges
-from vudsync.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from kernel.errors import ConfigurationError, VudsyncError
+from kernel.settings import Settings
 from schemas.topics import DIRECTORY_TOPICS, OPERATIONS, RESULTS
-from vudsync.errors import ConfigurationError, VudsyncError
-from vudsync.settings import Settings
 
 
 class Role(StrEnum):

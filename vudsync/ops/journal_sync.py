@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from kernel.settings import Settings
 from schemas.topics import DIRECTORY_DLQ, OPERATIONS_DLQ, RESULTS
 from vudsync.ops.journal import (
     SOURCE_DIRECTORY_DLQ,
@@ -23,7 +24,6 @@ from vudsync.ops.journal import (
 from vudsync.ops.journal_index import SqliteJournalIndex
 from vudsync.ops.kafka_admin import KafkaGroupAdmin
 from vudsync.ops.kafka_reader import PartitionTail
-from vudsync.settings import Settings
 
 TP = tuple[str, int]
 

@@ -1,8 +1,8 @@
 """kafka-python adapter for the operations tools: groups, offsets, partitions, record deletion.
 
 Offsets are plain ``{(topic, partition): offset}`` dicts beyond this module. kafka-python's
-errors leave as :class:`vudsync.errors.VudsyncError` (translated once, by
-:func:`vudsync.admin.translate`).
+errors leave as :class:`kernel.errors.VudsyncError` (translated once, by
+:func:`kernel.admin.translate`).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from kafka import errors as kafka_errors
 from kafka.admin import OffsetSpec, OffsetTimestamp
 from kafka.structs import OffsetAndMetadata
 
-from vudsync.admin import admin_client, translate
-from vudsync.errors import PermanentError
+from kernel.admin import admin_client, translate
+from kernel.errors import PermanentError
 from vudsync.ops.groups import GroupMember, members_from_description
 
 TP = tuple[str, int]

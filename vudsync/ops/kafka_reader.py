@@ -12,8 +12,8 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
-from vudsync.admin import translate
-from vudsync.errors import RetryableError
+from kernel.admin import translate
+from kernel.errors import RetryableError
 
 TP = tuple[str, int]
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from vudsync.errors import ConfigurationError
+from kernel.errors import ConfigurationError
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from kernel.errors import ConfigurationError
 from schemas.results import OperationResult, ResultOutcome
-from vudsync.errors import ConfigurationError
 from vudsync.ops.groups import Role
 
 TP = tuple[str, int]

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from kernel.settings import Settings
 from schemas.codec import DecodeError, decode_event, decode_model, decode_operation
 from schemas.results import OperationResult
 from schemas.topics import OPERATIONS, RESULTS
@@ -35,7 +36,6 @@ from vudsync.ops.replay import (
     progress,
     summarize,
 )
-from vudsync.settings import Settings
 
 TP = tuple[str, int]
 

@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from producers.kafka_publisher import KafkaRecordPublisher
+from kernel.publishing.kafka_python import KafkaRecordPublisher
+from kernel.settings import Settings
 from schemas.codec import DecodeError, decode_model, encode
 from schemas.operations import CloudOperation
 from schemas.results import OperationResult
@@ -28,7 +29,6 @@ from vudsync.ops.directory_reader import read_directory
 from vudsync.ops.drift import CloudState, DirectoryState, DriftReport, RepairPlan, compare, repair_operations
 from vudsync.ops.kafka_admin import KafkaGroupAdmin
 from vudsync.ops.kafka_reader import PartitionTail
-from vudsync.settings import Settings
 
 TP = tuple[str, int]
 SETTLED = ("applied", "already_applied", "dead_lettered", "rejected")

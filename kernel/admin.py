@@ -10,9 +10,9 @@ Contracts:
 * :func:`wait_for_broker` returns the cluster description once a metadata request
   succeeds, or raises :class:`BrokerUnavailable` at its deadline.
 
-kafka-python errors never leave this module: they become :class:`vudsync.errors.RetryableError`
+kafka-python errors never leave this module: they become :class:`kernel.errors.RetryableError`
 (the error is marked retriable by Kafka, or is a time-out / connection failure) or
-:class:`vudsync.errors.PermanentError` (everything else).
+:class:`kernel.errors.PermanentError` (everything else).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 from kafka import KafkaAdminClient
 from kafka import errors as kafka_errors
 
-from vudsync.errors import PermanentError, RetryableError, VudsyncError
+from kernel.errors import PermanentError, RetryableError, VudsyncError
 
 log = logging.getLogger(__name__)
 

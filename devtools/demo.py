@@ -25,16 +25,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cloud.server import CloudServer
+from devtools.broker import LocalKafkaBroker, free_port
+from devtools.processes import ComponentProcess, component_env
+from devtools.seed.data import FIRST_NAMES, sample_directory, write_sample
+from devtools.seed.writer import SqliteDirectoryWriter
+from kernel.errors import VudsyncError
+from kernel.settings import Settings
 from schemas.codec import decode_model
 from schemas.results import OperationResult, ResultOutcome
 from schemas.topics import RESULTS
-from vudsync.broker import LocalKafkaBroker, free_port
-from vudsync.errors import VudsyncError
 from vudsync.metrics_client import scrape, total
-from vudsync.processes import ComponentProcess, component_env
-from vudsync.seed.data import FIRST_NAMES, sample_directory, write_sample
-from vudsync.seed.writer import SqliteDirectoryWriter
-from vudsync.settings import Settings
 from vudsync.topics import ensure_catalogue
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from vudsync.bench import emit
+from devtools.bench import emit
 from vudsync.ops.journal import JournalEntry, JournalFilter
 from vudsync.ops.journal_index import SqliteJournalIndex
 
@@ -161,16 +161,16 @@ def command(
 
 def _from_kafka(n: int, tmp: Path) -> dict[str, Any]:
     """Publish N results to a fresh topic and time the indexer reading them into a new index."""
-    from producers.kafka_publisher import KafkaRecordPublisher
+    from kernel.admin import TopicSpec, ensure_topics
+    from kernel.publishing.kafka_python import KafkaRecordPublisher
+    from kernel.settings import load_settings
     from schemas.codec import encode
     from schemas.directory import EntityType
     from schemas.results import OperationResult, ResultOutcome
     from schemas.topics import RESULTS
-    from vudsync.admin import TopicSpec, ensure_topics
     from vudsync.bootstrap import resolve_bootstrap
     from vudsync.ops.journal_sync import JournalIndexer
     from vudsync.ops.kafka_admin import group_admin
-    from vudsync.settings import load_settings
 
     settings = load_settings(topic_prefix=f"bench-{uuid.uuid4().hex[:8]}-")
     bootstrap = resolve_bootstrap(settings)

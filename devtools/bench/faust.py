@@ -38,7 +38,7 @@ from typing import Any
 
 import click
 
-from vudsync.bench import bench_broker, emit, process_cpu_seconds
+from devtools.bench import bench_broker, emit, process_cpu_seconds
 
 INPUT = "bench.floor.in"
 OUTPUT = "bench.floor.out"
@@ -149,8 +149,8 @@ def run_worker(spec: WorkerSpec) -> None:
     """Run the trivial agent until SIGTERM (started by the bench as a child process)."""
     import faust
 
+    from kernel.settings import load_settings
     from processors.app import create_app
-    from vudsync.settings import load_settings
 
     settings = load_settings()
     app = create_app(settings, spec.bootstrap)
@@ -251,10 +251,10 @@ def bench_variant(
 ) -> dict[str, Any]:
     from kafka import KafkaProducer
 
+    from devtools.processes import ComponentProcess
+    from kernel.admin import TopicSpec, delete_topics, ensure_topics
+    from kernel.settings import load_settings
     from processors.app import app_id
-    from vudsync.admin import TopicSpec, delete_topics, ensure_topics
-    from vudsync.processes import ComponentProcess
-    from vudsync.settings import load_settings
 
     with ExitStack() as stack:
         home = Path(tempfile.mkdtemp(prefix="vudsync-bench-faust-"))

@@ -38,9 +38,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from vudsync import admin
-from vudsync.errors import ConfigurationError, RetryableError, VudsyncError
-from vudsync.settings import Settings
+from kernel import admin
+from kernel.errors import ConfigurationError, RetryableError, VudsyncError
+from kernel.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -498,7 +498,7 @@ class LocalKafkaBroker:
             # consumer groups (tests, Faust workers) start at once instead of waiting 3 s
             "group.initial.rebalance.delay.ms": "0",
             # Faust declares its own internal topics (works with false too, checked), and our
-            # topics come from the catalogue (vudsync.admin.ensure_topics). True keeps ad-hoc
+            # topics come from the catalogue (kernel.admin.ensure_topics). True keeps ad-hoc
             # producers simple; the price: a send racing ensure_topics gets default settings.
             "auto.create.topics.enable": "true",
             "delete.topic.enable": "true",
@@ -511,7 +511,7 @@ class LocalKafkaBroker:
             "log.segment.bytes": str(64 * 1024 * 1024),
         }
         self.dir.mkdir(parents=True, exist_ok=True)
-        text = "# written by vudsync.broker.LocalKafkaBroker; rewritten on every `up`\n"
+        text = "# written by devtools.broker.LocalKafkaBroker; rewritten on every `up`\n"
         text += "".join(f"{key}={value}\n" for key, value in properties.items())
         self.properties_path.write_text(text)
 

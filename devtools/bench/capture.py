@@ -48,7 +48,7 @@ from typing import Any
 import click
 from prometheus_client import CollectorRegistry
 
-from vudsync.bench import bench_broker, emit, process_cpu_seconds
+from devtools.bench import bench_broker, emit, process_cpu_seconds
 
 KEY = b"bench-fingerprint-key"
 # a production-like server, plus commit timestamps so that latency is measured from the commit
@@ -102,7 +102,7 @@ def _store(kind: str, url: str | None, stack: ExitStack) -> str:
     stack.callback(shutil.rmtree, root, True)
     if kind == "sqlite":
         return f"sqlite:///{root / 'directory.db'}"
-    from vudsync.pgserver import LocalPostgresServer
+    from devtools.pgserver import LocalPostgresServer
 
     server = LocalPostgresServer(root, options=DURABLE).start()
     stack.callback(server.stop)
@@ -110,8 +110,8 @@ def _store(kind: str, url: str | None, stack: ExitStack) -> str:
 
 
 def _seed(url: str, users: int, companies: int, access_rows: int) -> dict[str, Any]:
-    from vudsync.seed.data import sample_directory, write_sample
-    from vudsync.seed.writer import open_writer
+    from devtools.seed.data import sample_directory, write_sample
+    from devtools.seed.writer import open_writer
 
     writer = open_writer(url)
     try:
@@ -153,10 +153,10 @@ class _Counting:
 
 def _publisher(client: str, bootstrap: str, overrides: dict[str, str]) -> Any:
     if client == "confluent":
-        from producers.confluent_publisher import ConfluentRecordPublisher
+        from kernel.publishing.confluent import ConfluentRecordPublisher
 
         return ConfluentRecordPublisher(bootstrap, client_id="vudsync-bench", **overrides)
-    from producers.kafka_publisher import KafkaRecordPublisher
+    from kernel.publishing.kafka_python import KafkaRecordPublisher
 
     return KafkaRecordPublisher(bootstrap, client_id="vudsync-bench")
 
@@ -339,7 +339,7 @@ def _warm_up(client: str, bootstrap: str, topic: str, records: int) -> dict[str,
     """Send ``records`` throwaway records through a fresh broker before measuring: a JVM
     broker interprets its produce path until the JIT has compiled it, which costs a fresh
     broker several times the CPU per record of a running one (see docs/benchmarks.md)."""
-    from vudsync.admin import ensure_topics
+    from kernel.admin import ensure_topics
 
     ensure_topics(bootstrap, [(topic, 6)])
     publisher = _publisher(client, bootstrap, {})
@@ -392,7 +392,7 @@ def _commit_times(url: str, seqs: list[int]) -> dict[int, float]:
 
 
 def _end_seq(url: str) -> int:
-    from vudsync.seed.writer import open_writer
+    from devtools.seed.writer import open_writer
 
     writer = open_writer(url)
     try:
@@ -469,10 +469,10 @@ def command(
     as_json: bool,
 ) -> None:
     """Snapshot events/s and streaming latency (commit → broker ack) of change capture."""
+    from kernel.settings import Settings
     from producers.capture import CaptureConfig, ChangeCapture
     from producers.metrics import ProducerMetrics
     from producers.service import open_change_log
-    from vudsync.settings import Settings
     from vudsync.topics import ensure_catalogue
 
     with ExitStack() as stack:
@@ -484,7 +484,7 @@ def command(
         topics = ensure_catalogue(Settings(topic_prefix=prefix, topic_partitions=6), broker)
         warmed: dict[str, Any] | None = None
         if own_broker_pid is None:  # someone else's broker: leave it as it was
-            from vudsync.admin import delete_topics
+            from kernel.admin import delete_topics
 
             stack.callback(delete_topics, broker, topics)
         elif warm_up > 0:
@@ -497,7 +497,7 @@ def command(
         def snapshot_publisher() -> _Counting:
             # as the producer service does (producers.service.build_capture): a bulk-tuned
             # producer for the snapshot only; --producer-config applies to both
-            from producers.confluent_publisher import SNAPSHOT_OVERRIDES
+            from kernel.publishing.confluent import SNAPSHOT_OVERRIDES
 
             bulk = _publisher(client, broker, {**SNAPSHOT_OVERRIDES, **overrides})
             snapshot_publishers.append(_Counting(bulk))

@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vudsync.broker import free_port
-from vudsync.errors import ConfigurationError, VudsyncError
+from devtools.broker import free_port
+from kernel.errors import ConfigurationError, VudsyncError
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-from vudsync.settings import Settings
+from kernel.settings import Settings
 
 
 class ComponentProcess:

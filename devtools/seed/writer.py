@@ -160,7 +160,7 @@ def open_writer(url: str) -> SqliteDirectoryWriter:
     if url.startswith("sqlite:///"):
         return SqliteDirectoryWriter(url.removeprefix("sqlite:///"))
     if url.startswith(("postgresql://", "postgres://")):
-        from vudsync.seed.pg_writer import PostgresDirectoryWriter
+        from devtools.seed.pg_writer import PostgresDirectoryWriter
 
         return PostgresDirectoryWriter(url)  # type: ignore[return-value]
     raise ValueError(f"unsupported store URL {url.split('://')[0]!r}")

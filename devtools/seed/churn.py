@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from vudsync.seed.data import (
+from devtools.seed.data import (
     APPLICATIONS,
     CATALOGUE,
     COMPANY_KINDS,

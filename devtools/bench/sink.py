@@ -43,6 +43,7 @@ from typing import Any
 import click
 import httpx
 
+from devtools.bench import bench_broker, process_cpu_seconds
 from schemas.codec import encode
 from schemas.directory import ApplicationType, EntityType, ServiceAccess
 from schemas.operations import (
@@ -55,13 +56,12 @@ from schemas.operations import (
 )
 from sinks.worker import SinkConfig
 from sinks.writes import simple_write
-from vudsync.bench import bench_broker, process_cpu_seconds
 
 ROLES = ("Regnskap", "Lønn", "Innkjøp", "Salg", "Revisor")
 
 WARM_UP = 20_000
 """Operations of the throwaway round before the measured one, on a broker the bench started.
-The broker runs C1-compiled code only (``vudsync.broker.JVM_FLAGS``); its first 20,000
+The broker runs C1-compiled code only (``devtools.broker.JVM_FLAGS``); its first 20,000
 operations still cost it 0.040-0.044 ms of CPU each, the next 40,000 0.021-0.032. (With C2,
 before, it was 0.05-0.09 even after 100,000: docs/benchmarks.md.)"""
 
@@ -511,9 +511,9 @@ def _round(
     """A cloud of its own, ``spec.ops`` operations on topics of their own, the sinks until
     every operation is applied, then the audit's check."""
     from cloud.server import CloudServer
+    from devtools.processes import ComponentProcess
+    from kernel.settings import Settings
     from schemas.topics import OPERATIONS
-    from vudsync.processes import ComponentProcess
-    from vudsync.settings import Settings
     from vudsync.topics import ensure_catalogue
 
     ops, workers, batch, faults = spec.ops, spec.workers, spec.batch, spec.faults
@@ -744,7 +744,7 @@ def command(
     as_json: bool,
 ) -> None:
     """Sink throughput against the local cloud API (healthy or faulty; 1-2 workers; batch or not)."""
-    from vudsync.bench import emit
+    from devtools.bench import emit
 
     result = run_bench(
         ops=n_ops,

@@ -87,8 +87,8 @@ def bench_broker(bootstrap: str | None = None, home: Path | None = None) -> Iter
     if bootstrap:
         yield bootstrap, None
         return
-    from vudsync.broker import LocalKafkaBroker
-    from vudsync.settings import load_settings
+    from devtools.broker import LocalKafkaBroker
+    from kernel.settings import load_settings
 
     configured = load_settings().kafka_bootstrap
     if configured:

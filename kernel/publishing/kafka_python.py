@@ -8,17 +8,16 @@ only after a successful ``flush``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from vudsync.errors import RetryableError
+from kernel.errors import RetryableError
+from kernel.publishing import Headers
 
 log = logging.getLogger(__name__)
 
-Headers = Sequence[tuple[str, bytes]]
 
 
 class KafkaRecordPublisher:

@@ -47,8 +47,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from vudsync.admin import translate
-from vudsync.settings import Settings
+from kernel.admin import translate
+from kernel.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class KafkaAdminOffsetReader:
 
     The client is created on first use and dropped after any error, so that a broker that
     comes back is reconnected to by the next read. kafka-python errors leave as
-    :class:`vudsync.errors.VudsyncError` (translated once, here).
+    :class:`kernel.errors.VudsyncError` (translated once, here).
     """
 
     def __init__(self, bootstrap: str, *, timeout: float = 10.0) -> None:

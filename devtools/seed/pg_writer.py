@@ -1,6 +1,6 @@
 """Writes to a PostgreSQL directory store as VUD would: plain SQL on its tables.
 
-The same methods and semantics as :class:`vudsync.seed.writer.SqliteDirectoryWriter`; the
+The same methods and semantics as :class:`devtools.seed.writer.SqliteDirectoryWriter`; the
 change log is filled by the store's triggers. Bulk writes (more than ``COPY_THRESHOLD`` rows)
 go through ``COPY`` into a temporary staging table and one ``INSERT … SELECT … ON CONFLICT``,
 so a batch is one statement (and one statement-trigger firing); smaller ones use
@@ -15,8 +15,8 @@ from typing import Any
 
 import psycopg
 
+from devtools.seed.writer import _COMPANY_DEFAULTS, _USER_DEFAULTS, COMPANY_COLUMNS, USER_COLUMNS
 from producers.migrations import apply_postgres_migrations
-from vudsync.seed.writer import _COMPANY_DEFAULTS, _USER_DEFAULTS, COMPANY_COLUMNS, USER_COLUMNS
 
 COPY_THRESHOLD = 50
 ACCESS_COLUMNS = ("user_id", "company_id", "application", "kind", "name")

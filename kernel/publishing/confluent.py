@@ -1,6 +1,6 @@
 """confluent-kafka (librdkafka) adapter that publishes records and confirms their acknowledgement.
 
-The same contract as :class:`producers.kafka_publisher.KafkaRecordPublisher`: ``publish``
+The same contract as :class:`kernel.publishing.kafka_python.KafkaRecordPublisher`: ``publish``
 queues; ``flush`` blocks until the broker has acknowledged every queued record (acks=all,
 idempotent producer) and raises :class:`RetryableError` if any failed or the timeout passed.
 Capture advances its checkpoint only after a successful ``flush``.
@@ -13,16 +13,15 @@ Why a second adapter: librdkafka batches and sends on its own C threads, so a Py
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from vudsync.errors import RetryableError
+from kernel.errors import RetryableError
+from kernel.publishing import Headers
 
 log = logging.getLogger(__name__)
 
-Headers = Sequence[tuple[str, bytes]]
 
 DEFAULTS: dict[str, Any] = {
     "acks": "all",

@@ -46,7 +46,7 @@ from typing import Any
 
 import click
 
-from vudsync.bench import bench_broker, emit, process_cpu_seconds
+from devtools.bench import bench_broker, emit, process_cpu_seconds
 
 APPS = ("business", "reporting")
 ROLES = ("Regnskap", "Lønn", "Innkjøp", "Salg")
@@ -250,13 +250,13 @@ def bench_in_process(events: list[tuple[str, bytes]], profile: Path | None) -> d
 def bench_faust(events: list[tuple[str, bytes]], partitions: int, timeout: float) -> dict[str, Any]:
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+    from devtools.processes import ComponentProcess
+    from kernel.settings import load_settings
     from processors.app import app_id
     from processors.topics import ensure_planner_topics
     from schemas.directory import EntityType
     from schemas.results import FactKind, PlannerFact
     from schemas.topics import DIRECTORY_TOPICS, OPERATIONS, PLANNER_FACTS
-    from vudsync.processes import ComponentProcess
-    from vudsync.settings import load_settings
     from vudsync.topics import ensure_catalogue
 
     with ExitStack() as stack:
