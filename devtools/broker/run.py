@@ -1,9 +1,7 @@
-"""A real single-node Apache Kafka broker (KRaft, broker+controller) run by vudsync as a child process.
+"""Run: a real single-node Apache Kafka broker (KRaft, broker+controller) as a child process.
 
-Jars come from Maven Central through the checked-in ``pom.xml`` (:meth:`LocalKafkaBroker.fetch`)
-into a cache shared by every home: ``<cache root>/<version>/libs`` where the cache root is
-``$VUDSYNC_KAFKA_CACHE`` or ``~/.cache/vudsync/kafka``. Everything else lives under
-``<home>/kafka``::
+The jars come from :mod:`devtools.broker.fetch`, the node's configuration from
+:mod:`devtools.broker.configure`. Everything else lives under ``<home>/kafka``::
 
     server.properties   written by up(); its ports are reused on the next up()
     data/               KRaft metadata + topic logs (formatted once)
@@ -19,64 +17,42 @@ when that process is gone.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import ctypes
-import fcntl
 import json
 import logging
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import time
-import uuid
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from devtools.broker.configure import (
+    JVM_FLAGS,
+    LOG4J2_CONFIG,
+    free_port,
+    new_cluster_id,
+    port_is_free,
+    read_properties,
+    server_properties,
+    write_properties,
+)
+from devtools.broker.fetch import JarCache, locked, require
 from kernel import admin
-from kernel.errors import ConfigurationError, RetryableError, VudsyncError
+from kernel.errors import ConfigurationError, VudsyncError
 from kernel.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_PACKAGE_DIR = Path(__file__).resolve().parent
-_DEFAULT_POM = _PACKAGE_DIR.parent / "pom.xml"
-_LOG4J2_CONFIG = _PACKAGE_DIR / "log4j2.xml"
 _MIN_JAVA = 17  # Kafka 4.x brokers need Java 17+
 _START_ATTEMPTS = 3
-_MARKER = "COMPLETE"
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-#: JVM flags for a small machine: the heap is set separately (-Xms = -Xmx = heap).
-#: ``TieredStopAtLevel=1``: the C1 compiler only. C2 kept compiling for minutes on the
-#: machine the broker shares with the pipeline: 1.7 of the 2.5 CPU-seconds the broker used
-#: while the sink bench applied 40,000 operations, even after 100,000 operations of warm-up.
-#: With C1 alone the broker's CPU fell from 0.047-0.093 to 0.016-0.034 ms per sink operation
-#: and from 22 / 711 / 44 to 10 / 315 / 7 µs per captured event (snapshot / streaming at
-#: 1,000 changes/s / backlog), see docs/benchmarks.md. This broker serves development, tests,
-#: the demo and the benchmarks; a production cluster is configured by its operators.
-JVM_FLAGS: tuple[str, ...] = (
-    "-XX:+UseG1GC",
-    "-XX:MaxGCPauseMillis=20",
-    "-XX:InitiatingHeapOccupancyPercent=35",
-    "-XX:+ExplicitGCInvokesConcurrent",
-    "-XX:+ExitOnOutOfMemoryError",
-    "-XX:TieredStopAtLevel=1",
-    "-Djava.awt.headless=true",
-)
 
 
 class BrokerStartError(VudsyncError):
     """The local broker process exited or did not answer before its deadline."""
-
-
-class FetchError(RetryableError):
-    """Maven could not fetch the broker's jars (network, or a version Maven Central lacks)."""
 
 
 @dataclass(frozen=True)
@@ -94,36 +70,6 @@ class BrokerStatus:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def default_cache_root() -> Path:
-    """``$VUDSYNC_KAFKA_CACHE`` or ``~/.cache/vudsync/kafka``: jar caches shared by every home."""
-    configured = os.environ.get("VUDSYNC_KAFKA_CACHE")
-    return Path(configured).expanduser() if configured else Path.home() / ".cache/vudsync/kafka"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now (bind port 0 and ask the kernel)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def _port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-        return True
-
-
-def _new_cluster_id() -> str:
-    """A Kafka cluster id: 16 random bytes, url-safe base64 without padding, not starting with '-'."""
-    while True:
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        if not cluster_id.startswith("-"):
-            return cluster_id
 
 
 def _proc_state(pid: int) -> str | None:
@@ -161,13 +107,6 @@ def _tail(path: Path, lines: int = 25) -> str:
     return "\n".join(wanted[-lines:])
 
 
-def _require(program: str, hint: str) -> str:
-    found = shutil.which(program)
-    if not found:
-        raise ConfigurationError(f"`{program}` is not on PATH", hint=hint)
-    return found
-
-
 def _java_major(java: str) -> int:
     out = subprocess.run([java, "-version"], capture_output=True, text=True, check=False)
     match = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
@@ -199,10 +138,9 @@ class LocalKafkaBroker:
         self.version = version
         self.port = port
         self.heap = heap
-        self.cache_dir = (cache_root or default_cache_root()).resolve() / version
-        self.pom = pom or _DEFAULT_POM
+        self.jars = JarCache(version, cache_root=cache_root, pom=pom, mvn=mvn)
+        self.cache_dir = self.jars.dir
         self.java = java
-        self.mvn = mvn
         self.bind_to_parent = bind_to_parent
         self.dir = self.home / "kafka"
         self.data_dir = self.dir / "data"
@@ -225,71 +163,14 @@ class LocalKafkaBroker:
 
     @property
     def libs_dir(self) -> Path:
-        return self.cache_dir / "libs"
+        return self.jars.libs_dir
 
     def is_fetched(self) -> bool:
-        return (self.cache_dir / _MARKER).is_file() and any(
-            self.libs_dir.glob(f"kafka_2.13-{self.version}.jar")
-        )
+        return self.jars.is_fetched()
 
     def fetch(self, *, force: bool = False) -> Path:
-        """Copy the broker's run-time jars from Maven Central into the cache; return the libs folder.
-
-        Skipped when the cache's marker says a previous fetch completed. Safe to run from several
-        processes at once (a file lock; the jars land in a temporary folder renamed at the end).
-        """
-        if self.is_fetched() and not force:
-            return self.libs_dir
-        mvn = _require(
-            self.mvn, "install Apache Maven (Debian: `apt-get install maven`) and a Java 17+ JDK"
-        )
-        if not self.pom.is_file():
-            raise ConfigurationError(
-                f"no pom.xml at {self.pom}",
-                hint="run from a vudsync checkout, or pass the pom's path explicitly",
-            )
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        with _locked(self.cache_dir / ".lock"):
-            if self.is_fetched() and not force:
-                return self.libs_dir
-            staging = self.cache_dir / f"libs.tmp-{os.getpid()}"
-            shutil.rmtree(staging, ignore_errors=True)
-            command = [
-                mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(self.pom),
-                "dependency:copy-dependencies",
-                f"-Dkafka.version={self.version}", "-DincludeScope=runtime",
-                f"-DoutputDirectory={staging}",
-            ]
-            started = time.monotonic()
-            log.info("fetching Kafka %s jars: %s", self.version, " ".join(command))
-            result = subprocess.run(command, capture_output=True, text=True, check=False)
-            (self.cache_dir / "fetch.log").write_text(result.stdout + result.stderr)
-            if result.returncode != 0 or not any(staging.glob("kafka_2.13-*.jar")):
-                shutil.rmtree(staging, ignore_errors=True)
-                raise self._fetch_failure(result)
-            shutil.rmtree(self.libs_dir, ignore_errors=True)
-            staging.rename(self.libs_dir)
-            jars = sorted(p.name for p in self.libs_dir.glob("*.jar"))
-            (self.cache_dir / _MARKER).write_text(
-                json.dumps({"version": self.version, "jars": jars, "fetched_at": time.time()})
-            )
-            log.info("fetched %d jars in %.1f s", len(jars), time.monotonic() - started)
-        return self.libs_dir
-
-    def _fetch_failure(self, result: subprocess.CompletedProcess[str]) -> VudsyncError:
-        output = _ANSI.sub("", result.stdout + result.stderr)
-        message = f"maven could not fetch Kafka {self.version} (exit {result.returncode})"
-        if "Could not find artifact" in output or "was not found in" in output:
-            return ConfigurationError(
-                f"{message}: Maven Central has no Kafka {self.version}",
-                hint="set VUDSYNC_KAFKA_VERSION to a released 4.x version",
-            )
-        errors = [line for line in output.splitlines() if line.startswith("[ERROR] ")]
-        return FetchError(
-            message + ":\n" + "\n".join(errors[:5] or output.splitlines()[-10:]),
-            hint="check that this machine reaches Maven Central; "
-            f"full output in {self.cache_dir / 'fetch.log'}",
-        )
+        """The broker's jars from Maven Central into the shared cache (see :class:`JarCache`)."""
+        return self.jars.fetch(force=force)
 
     # -- state ------------------------------------------------------------------------
 
@@ -364,7 +245,7 @@ class LocalKafkaBroker:
     def up(self, *, timeout: float = 90.0) -> BrokerStatus:
         """Start the broker unless this home's broker already runs; return once it answers."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        with _locked(self.dir / ".lock"):
+        with locked(self.dir / ".lock"):
             current = self.status()
             if current.running and current.bootstrap:
                 assert current.pid is not None
@@ -383,7 +264,7 @@ class LocalKafkaBroker:
                     hint=f"stop it with `kill {' '.join(map(str, strays))}` or `vudsync kafka down`",
                 )
             self.record_path.unlink(missing_ok=True)
-            java = _require(
+            java = require(
                 self.java, "install a Java 17+ runtime (Debian: `apt-get install openjdk-17-jre-headless`)"
             )
             if (major := _java_major(java)) < _MIN_JAVA:
@@ -433,7 +314,7 @@ class LocalKafkaBroker:
         """Stop this home's broker (SIGTERM, then SIGKILL after ``grace`` s). True if one was running."""
         if not self.dir.is_dir():
             return False
-        with _locked(self.dir / ".lock"):
+        with locked(self.dir / ".lock"):
             record = self._read_record()
             pids = set(self._our_pids())
             if record:
@@ -453,18 +334,18 @@ class LocalKafkaBroker:
         A formatted KRaft log remembers its controller's endpoint, so an existing home keeps the
         controller port of its server.properties; the client port is re-picked when it was 0.
         """
-        old = _read_properties(self.properties_path)
+        old = read_properties(self.properties_path)
         formatted = (self.data_dir / "meta.properties").is_file()
         controller_port = 0
         if formatted and "controller.quorum.bootstrap.servers" in old:
             controller_port = int(old["controller.quorum.bootstrap.servers"].rpartition(":")[2])
-            if not _port_is_free(controller_port):
+            if not port_is_free(controller_port):
                 raise BrokerStartError(
                     f"controller port {controller_port} of {self.home} is taken by another process",
                     hint=f"free the port, or delete {self.data_dir} to start with an empty broker",
                 )
         port = self.port
-        if port and not _port_is_free(port):
+        if port and not port_is_free(port):
             raise ConfigurationError(
                 f"port {port} is in use", hint="set VUDSYNC_KAFKA_PORT=0 to pick a free port"
             )
@@ -474,55 +355,16 @@ class LocalKafkaBroker:
         return port, controller_port
 
     def _write_properties(self, port: int, controller_port: int) -> None:
-        properties = {
-            "process.roles": "broker,controller",
-            "node.id": "1",
-            "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "controller.listener.names": "CONTROLLER",
-            "controller.quorum.bootstrap.servers": f"127.0.0.1:{controller_port}",
-            "log.dirs": str(self.data_dir),
-            # a single node: every internal topic has one replica
-            "num.partitions": "1",
-            "default.replication.factor": "1",
-            "min.insync.replicas": "1",
-            "offsets.topic.replication.factor": "1",
-            "offsets.topic.num.partitions": "10",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
-            "transaction.state.log.num.partitions": "10",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
-            # consumer groups (tests, Faust workers) start at once instead of waiting 3 s
-            "group.initial.rebalance.delay.ms": "0",
-            # Faust declares its own internal topics (works with false too, checked), and our
-            # topics come from the catalogue (kernel.admin.ensure_topics). True keeps ad-hoc
-            # producers simple; the price: a send racing ensure_topics gets default settings.
-            "auto.create.topics.enable": "true",
-            "delete.topic.enable": "true",
-            # small machine: few threads
-            "num.network.threads": "2",
-            "num.io.threads": "4",
-            "num.recovery.threads.per.data.dir": "1",
-            "background.threads": "4",
-            "log.retention.hours": "168",
-            "log.segment.bytes": str(64 * 1024 * 1024),
-        }
-        self.dir.mkdir(parents=True, exist_ok=True)
-        text = "# written by devtools.broker.LocalKafkaBroker; rewritten on every `up`\n"
-        text += "".join(f"{key}={value}\n" for key, value in properties.items())
-        self.properties_path.write_text(text)
+        write_properties(self.properties_path, server_properties(port, controller_port, self.data_dir))
 
     def _format_storage(self, java: str, libs: Path) -> None:
         if (self.data_dir / "meta.properties").is_file():
             return
         command = [
             java, "-Xmx256m", "-XX:TieredStopAtLevel=1", "-cp", f"{libs}/*",
-            f"-Dlog4j2.configurationFile={_LOG4J2_CONFIG}",
+            f"-Dlog4j2.configurationFile={LOG4J2_CONFIG}",
             "kafka.tools.StorageTool", "format", "--standalone",
-            "--cluster-id", _new_cluster_id(), "--config", str(self.properties_path),
+            "--cluster-id", new_cluster_id(), "--config", str(self.properties_path),
         ]
         with self.log_path.open("ab") as out:
             out.write(f"\n=== vudsync: format {self.data_dir} ===\n".encode())
@@ -537,7 +379,7 @@ class LocalKafkaBroker:
     def _jvm_command(self, java: str, libs: Path) -> list[str]:
         return [
             java, f"-Xmx{self.heap}", f"-Xms{self.heap}", *JVM_FLAGS,
-            f"-Dlog4j2.configurationFile={_LOG4J2_CONFIG}",
+            f"-Dlog4j2.configurationFile={LOG4J2_CONFIG}",
             "-cp", f"{libs}/*",
             "kafka.Kafka", str(self.properties_path),
         ]
@@ -605,24 +447,3 @@ def _die_with_parent() -> None:
     """In the forked child: ask Linux for SIGTERM when the parent thread exits."""
     pr_set_pdeathsig = 1
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
-def _read_properties(path: Path) -> dict[str, str]:
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        return {}
-    pairs = (line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
-    return {key.strip(): value.strip() for key, value in pairs}
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``path`` (created if missing), held for the block."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
