@@ -6,7 +6,7 @@ journal entries. No I/O, no clock, no Faust: the same input always plans the sam
 with the same ids (a replay plans the same ids again, and the sink's ledger and the cloud's
 idempotency keys make them no-ops).
 
-Rules (DOMAIN.md):
+Rules (docs/domain.md):
 
 - *versions*: an event whose version is not newer than the one seen is ``stale``, a no-op, so
   an older event never overwrites newer state;

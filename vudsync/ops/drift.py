@@ -2,7 +2,7 @@
 
 :func:`compare` takes the full state of both sides and reports, per object type, what is
 **missing** in the cloud, what is **extra** there, and what is **different** (field by field).
-What the cloud should hold follows the planner's rules (DOMAIN.md): users and companies
+What the cloud should hold follows the planner's rules (docs/domain.md): users and companies
 matched by external id; a user or company removed on premise stays in the cloud, inactive;
 a user's access per company is exactly its non-empty services; catalogue entries by
 (service, kind, name); application instances by service, compared by URI and license
