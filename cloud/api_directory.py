@@ -17,6 +17,7 @@ router = APIRouter(prefix="/v1", responses=V1)
 CompanyId = Annotated[str, Path(min_length=1, max_length=64)]
 UserId = Annotated[str, Path(min_length=1, max_length=64)]
 Limit = Annotated[int, Query(ge=1, le=10_000, description="at most this many items")]
+After = Annotated[int, Query(ge=0, le=2**62, description="the next_after of the previous page")]
 _ETAG = {"headers": ETAG_HEADER}
 
 
@@ -51,9 +52,10 @@ def list_companies(
     organisation_number: Annotated[str | None, Query(max_length=64)] = None,
     external_id: Annotated[str | None, Query(max_length=255)] = None,
     limit: Limit = 1000,
+    after: After = 0,
 ) -> JSONResponse:
-    items = directory.find_companies(context.store.reader(), organisation_number, external_id, limit)
-    return JSONResponse({"items": items})
+    page = directory.find_companies(context.store.reader(), organisation_number, external_id, limit, after)
+    return JSONResponse(page)
 
 
 @router.get(
@@ -118,9 +120,9 @@ def list_users(
     email: Annotated[str | None, Query(max_length=254)] = None,
     external_id: Annotated[str | None, Query(max_length=255)] = None,
     limit: Limit = 1000,
+    after: After = 0,
 ) -> JSONResponse:
-    items = directory.find_users(context.store.reader(), email, external_id, limit)
-    return JSONResponse({"items": items})
+    return JSONResponse(directory.find_users(context.store.reader(), email, external_id, limit, after))
 
 
 @router.get(

@@ -193,19 +193,32 @@ def link_company(conn: sqlite3.Connection, now: float, company_id: str, external
 
 
 def find_companies(
-    conn: sqlite3.Connection, organisation_number: str | None, external_id: str | None, limit: int
-) -> list[Body]:
-    sql = "SELECT * FROM companies WHERE 1 = 1"
-    args: list[Any] = []
+    conn: sqlite3.Connection,
+    organisation_number: str | None,
+    external_id: str | None,
+    limit: int,
+    after: int = 0,
+) -> Body:
+    """One page of companies in creation order (see :func:`_page`)."""
+    sql = "SELECT rowid AS _after, * FROM companies WHERE rowid > ?"
+    args: list[Any] = [after]
     if organisation_number is not None:
         sql += " AND organisation_number = ?"
         args.append(normalise_org_number(organisation_number))
     if external_id is not None:
         sql += " AND external_id = ?"
         args.append(external_id)
-    sql += " ORDER BY rowid LIMIT ?"
-    args.append(limit)
-    return [company_body(r) for r in conn.execute(sql, args)]
+    return _page(conn, sql, args, limit, company_body)
+
+
+def _page(conn: sqlite3.Connection, sql: str, args: list[Any], limit: int, body: Any) -> Body:
+    """``{"items", "next_after"}``: keyset paging by rowid, so a page costs the same at any
+    depth and rows created while a reader pages on are never skipped. ``next_after`` is the
+    cursor to pass as ``after`` for the next page, or None when this page was the last."""
+    rows = conn.execute(sql + " ORDER BY rowid LIMIT ?", [*args, limit + 1]).fetchall()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {"items": [body(r) for r in rows], "next_after": rows[-1]["_after"] if more else None}
 
 
 # -- users -------------------------------------------------------------------------
@@ -353,19 +366,18 @@ def link_user(conn: sqlite3.Connection, now: float, user_id: str, external_id: s
 
 
 def find_users(
-    conn: sqlite3.Connection, email: str | None, external_id: str | None, limit: int
-) -> list[Body]:
-    sql = "SELECT * FROM users WHERE 1 = 1"
-    args: list[Any] = []
+    conn: sqlite3.Connection, email: str | None, external_id: str | None, limit: int, after: int = 0
+) -> Body:
+    """One page of users in creation order (see :func:`_page`)."""
+    sql = "SELECT rowid AS _after, * FROM users WHERE rowid > ?"
+    args: list[Any] = [after]
     if email is not None:
         sql += " AND email_key = ?"
         args.append(normalise_email(email))
     if external_id is not None:
         sql += " AND external_id = ?"
         args.append(external_id)
-    sql += " ORDER BY rowid LIMIT ?"
-    args.append(limit)
-    return [user_body(r) for r in conn.execute(sql, args)]
+    return _page(conn, sql, args, limit, user_body)
 
 
 # -- service catalogues ------------------------------------------------------------

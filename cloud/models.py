@@ -109,6 +109,7 @@ class Company(BaseModel):
 
 class CompanyList(BaseModel):
     items: list[Company]
+    next_after: int | None = Field(description="pass as after for the next page; null: the last page")
 
 
 # -- users -------------------------------------------------------------------------
@@ -149,6 +150,7 @@ class User(BaseModel):
 
 class UserList(BaseModel):
     items: list[User]
+    next_after: int | None = Field(description="pass as after for the next page; null: the last page")
 
 
 # -- services ----------------------------------------------------------------------

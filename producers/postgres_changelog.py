@@ -57,6 +57,7 @@ from psycopg.rows import dict_row
 from producers.migrations import apply_postgres_migrations
 from producers.model import ChangeRow, EntityRecord, build_records
 from schemas.directory import EntityType
+from vudsync.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
 
@@ -177,11 +178,29 @@ class PostgresChangeLog:
 
     store_kind = "postgresql"
 
-    def __init__(self, url: str, *, barrier_poll: float = 0.02, apply_migrations: bool = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        barrier_poll: float = 0.02,
+        apply_migrations: bool = True,
+        read_only: bool = False,
+    ) -> None:
+        """``read_only``: every transaction of the session is READ ONLY (verify): no migration
+        is applied and checkpoints cannot be saved."""
         self.db_name = _dbname(url)
         self._url = url
         self._conn: psycopg.Connection[Any] = psycopg.connect(url, autocommit=True)
-        if apply_migrations:
+        if read_only:
+            self._conn.execute("SET default_transaction_read_only TO on")
+            found = self._conn.execute("SELECT to_regclass('change_log')").fetchone()
+            if found is None or found[0] is None:
+                self._conn.close()
+                raise ConfigurationError(
+                    f"database {self.db_name!r} is not a directory store (no change log)",
+                    hint="check VUDSYNC_STORE_URL",
+                )
+        elif apply_migrations:
             apply_postgres_migrations(self._conn)
         # this connection only ever writes the checkpoint: commit it asynchronously (see
         # save_checkpoint), set once for the session instead of SET LOCAL in each transaction

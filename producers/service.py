@@ -22,14 +22,15 @@ from producers.sqlite_changelog import SqliteChangeLog, sqlite_path
 log = logging.getLogger(__name__)
 
 
-def open_change_log(url: str) -> ChangeLog:
-    """The change-log adapter for a store URL (``sqlite:///…`` or ``postgresql://…``)."""
+def open_change_log(url: str, *, read_only: bool = False) -> ChangeLog:
+    """The change-log adapter for a store URL (``sqlite:///…`` or ``postgresql://…``);
+    ``read_only``: an existing store, opened for reading only (no file or schema created)."""
     if url.startswith("sqlite:///"):
-        return SqliteChangeLog(sqlite_path(url))
+        return SqliteChangeLog(sqlite_path(url), read_only=read_only)
     if url.startswith(("postgresql://", "postgres://")):
         from producers.postgres_changelog import PostgresChangeLog
 
-        return PostgresChangeLog(url)
+        return PostgresChangeLog(url, read_only=read_only)
     raise ConfigurationError(
         f"unsupported store URL scheme in {url.split('://')[0]!r}",
         hint="use sqlite:///path/to/directory.db or postgresql://user@host/db",

@@ -13,6 +13,7 @@ from typing import Any
 from producers.migrations import apply_sqlite_migrations
 from producers.model import ChangeRow, EntityRecord, build_records
 from schemas.directory import EntityType
+from vudsync.errors import ConfigurationError
 
 _TABLES: dict[EntityType, tuple[str, str]] = {
     # entity -> (table, SQL expression of the entity id)
@@ -46,6 +47,17 @@ def connect_sqlite(path: str | Path) -> sqlite3.Connection:
     return conn
 
 
+def connect_sqlite_read_only(path: str | Path) -> sqlite3.Connection:
+    """A read-only connection to an existing store (``mode=ro``: no file is ever created,
+    nothing can be written, no migration runs). Raises ``sqlite3.OperationalError`` when the
+    file does not exist."""
+    uri = Path(path).absolute().as_uri() + "?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+    return conn
+
+
 def sqlite_path(url: str) -> Path:
     if not url.startswith("sqlite:///"):
         raise ValueError(f"not a sqlite URL: {url!r} (expected sqlite:///path)")
@@ -57,16 +69,40 @@ class SqliteChangeLog:
 
     store_kind = "sqlite"
 
-    def __init__(self, path: str | Path, *, poll_min: float = 0.005, poll_max: float = 0.02) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        poll_min: float = 0.005,
+        poll_max: float = 0.02,
+        read_only: bool = False,
+    ) -> None:
+        """``read_only``: open an existing store for reading only (verify): no directory or
+        file is created, no migration applied, and checkpoints cannot be saved."""
         self.path = Path(path)
         self.db_name = self.path.name
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = connect_sqlite(self.path)
-        apply_sqlite_migrations(self._conn)
-        # The only writes on this connection are checkpoint rows. Without this, the commit that
-        # finds the WAL past 1,000 pages runs the WAL checkpoint (copy + fsync): that stalled
-        # streaming for up to 0.5 s under write load. The directory's writers checkpoint it.
-        self._conn.execute("PRAGMA wal_autocheckpoint=0")
+        if read_only:
+            if not self.path.is_file():
+                raise ConfigurationError(
+                    f"no directory store at {self.path}",
+                    hint="check VUDSYNC_STORE_URL and the working directory",
+                )
+            self._conn = connect_sqlite_read_only(self.path)
+            if not self._conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'change_log'").fetchone():
+                self._conn.close()
+                raise ConfigurationError(
+                    f"{self.path} is not a directory store (no change log)",
+                    hint="check VUDSYNC_STORE_URL",
+                )
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = connect_sqlite(self.path)
+            apply_sqlite_migrations(self._conn)
+            # The only writes on this connection are checkpoint rows. Without this, the commit
+            # that finds the WAL past 1,000 pages runs the WAL checkpoint (copy + fsync): that
+            # stalled streaming for up to 0.5 s under write load. The directory's writers
+            # checkpoint it.
+            self._conn.execute("PRAGMA wal_autocheckpoint=0")
         self._chunk = min(_CHUNK, self._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
         self._lock = threading.Lock()
         self._poll_min = poll_min

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import collections
 import json
+from pathlib import Path
 
 import httpx
+import pytest
 from click.testing import CliRunner, Result
 
 from devtools.processes import component_env
@@ -106,3 +108,38 @@ def test_verify_reports_drift_by_type_and_repair_removes_it(
     assert max(per_key.values()) == 1
     api.close()
     writer.close()
+
+
+def test_verify_from_a_wrong_working_directory_is_refused_and_creates_no_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mistake: ``vudsync verify --repair`` run from the wrong folder. The default store is
+    ``./var/directory.db``; opening it used to create it, empty — and the repair then
+    deactivated every cloud user. Refused before the cloud or Kafka is asked anything."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("VUDSYNC_HOME", "VUDSYNC_STORE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    _register()
+    for args in (["verify"], ["verify", "--repair"]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 2, result.output
+        assert "no directory store at" in result.stderr and "VUDSYNC_STORE_URL" in result.stderr
+    assert list(tmp_path.iterdir()) == [], "verify created files"
+
+
+def test_verify_refuses_a_store_that_holds_no_users(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store that exists but is empty (a fresh migration, the wrong database) is refused too,
+    and the store is opened read-only: its bytes are unchanged after verify."""
+    store = tmp_path / "directory.db"
+    writer = open_writer(f"sqlite:///{store}")
+    writer.upsert_companies([{"id": "c1", "name": "Fjord AS", "organisation_number": "923 609 016"}])
+    writer.close()
+    before = store.read_bytes()
+    monkeypatch.setenv("VUDSYNC_STORE_URL", f"sqlite:///{store}")
+    monkeypatch.setenv("VUDSYNC_HOME", str(tmp_path / "home"))
+    _register()
+    result = CliRunner().invoke(cli, ["verify", "--repair"])
+    assert result.exit_code == 2, result.output
+    assert "holds no users" in result.stderr
+    assert store.read_bytes() == before
+    assert not (tmp_path / "home").exists()

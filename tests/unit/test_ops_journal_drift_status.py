@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from schemas.codec import encode
@@ -304,3 +305,35 @@ def test_status_lists_problems_and_reads_metrics_when_scraped() -> None:
         assert expected in problems
     screen = "\n".join(render(report))
     assert "ops[0] committed 5 end 12 lag 7" in screen and "faust-1 on 10.0.0.1" in screen
+
+
+def test_a_row_capture_rejects_is_reported_rejected_never_extra_nor_repaired() -> None:
+    """The mistake: u4 has an invalid e-mail on premise, capture rejects its row, so it is
+    absent from the directory's states — and verify called its cloud user "extra" and
+    ``--repair`` deactivated it (and revoked its access, and those at a rejected company)."""
+    directory = replace(_directory(), rejected_users=frozenset({"u4"}), rejected_companies=frozenset({"c9"}))
+    cloud = _cloud(
+        users=[
+            _cloud_user("u1", "U1"),
+            _cloud_user("u2", "U2"),
+            _cloud_user("u3", "U3"),
+            _cloud_user("u4", "U4"),
+        ],
+        companies=[
+            *_cloud().companies,
+            {"id": "C9", "external_id": "c9", "name": "Ugyldig AS", "status": "active"},
+        ],
+        access={
+            "U1": [
+                {"company_id": "C1", "services": {"business": {"roles": ["Regnskap"]}}},
+                {"company_id": "C9", "services": {"business": {"roles": ["Regnskap"]}}},
+            ],
+            "U4": [{"company_id": "C1", "services": {"business": {"roles": ["Regnskap"]}}}],
+        },
+    )
+    report = compare(directory, cloud)
+    assert report.clean, report.drifts
+    assert report.rejected_in_cloud == ("company:c9", "user:u4")
+    assert report.as_dict()["rejected_in_cloud"] == ["company:c9", "user:u4"]
+    assert report.rejected == 2
+    assert repair_operations(report, directory, cloud, NOW).operations == ()

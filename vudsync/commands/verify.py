@@ -39,8 +39,8 @@ def _print_report(report: DriftReport) -> None:
         click.echo(line)
     if len(report.drifts) > 200:
         click.echo(f"  … and {len(report.drifts) - 200} more (--json lists all)")
-    for name in report.truncated:
-        click.echo(f"warning: the cloud returned only part of its {name}: the comparison is incomplete")
+    for label in report.rejected_in_cloud[:200]:
+        click.echo(f"  rejected  {label}  (capture rejects its directory row: not compared, never repaired)")
     if report.rejected:
         click.echo(f"note: {report.rejected} directory row(s) cannot be captured (see `vudsync dlq list`)")
     click.echo("No drift." if report.clean else f"{len(report.drifts)} drift(s).")

@@ -1,5 +1,7 @@
 """httpx adapter that reads the whole cloud directory for verify (read-only scope).
 
+Users and companies are read page by page (``after`` = the previous page's ``next_after``)
+until the cloud says the page was the last: any number of them, never a truncated list.
 Users' access lists are fetched through ``POST /v1/batch`` (500 GETs per request) instead of
 one request per user. httpx errors and HTTP statuses become vudsync errors here, once;
 secrets never appear in them.
@@ -15,7 +17,7 @@ import httpx
 from kernel.errors import PermanentError, RetryableError
 from vudsync.ops.drift import CatalogueKey, CloudState
 
-LIMIT = 10_000  # the API's largest page; more items than this are reported as truncated
+PAGE = 10_000  # the API's largest page
 _BATCH = 500
 
 
@@ -85,6 +87,16 @@ class HttpCloudReader:
         self._check(r, f"GET {path}")
         return r.json()
 
+    def _all(self, path: str) -> list[dict[str, Any]]:
+        """Every item of a paged collection, following ``next_after`` to the last page."""
+        items: list[dict[str, Any]] = []
+        after: int | None = 0
+        while after is not None:
+            page = self._get(path, {"limit": PAGE, "after": after})
+            items.extend(page["items"])
+            after = page.get("next_after")
+        return items
+
     def _access(self, user_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
         out: dict[str, list[dict[str, Any]]] = {}
         for i in range(0, len(user_ids), _BATCH):
@@ -103,11 +115,8 @@ class HttpCloudReader:
         return out
 
     def read(self) -> CloudState:
-        users = self._get("/v1/users", {"limit": LIMIT})["items"]
-        companies = self._get("/v1/companies", {"limit": LIMIT})["items"]
-        truncated = tuple(
-            name for name, items in (("users", users), ("companies", companies)) if len(items) >= LIMIT
-        )
+        users = self._all("/v1/users")
+        companies = self._all("/v1/companies")
         linked = [u["id"] for u in users if u.get("external_id")]
         access = self._access(linked)
         catalogue: dict[CatalogueKey, str | None] = {}
@@ -116,4 +125,4 @@ class HttpCloudReader:
                 for entry in service.get(kind) or []:
                     catalogue[(service["service"], kind, entry["name"])] = entry.get("description")
         instances = {i["service"]: i for i in self._get("/v1/application-instances")["items"]}
-        return CloudState(users, companies, access, catalogue, instances, truncated)
+        return CloudState(users, companies, access, catalogue, instances)

@@ -4,6 +4,11 @@ Through the producer's ``ChangeLog`` port (``producers.service.open_change_log``
 PostgreSQL) and its pure row → state mapping, so that verify judges the cloud by the very
 states the pipeline syncs (access to unknown companies left out, license keys only as
 fingerprints, invalid rows counted as rejected).
+
+The store is opened **read-only**, and a store that does not exist or holds no users is
+refused (:class:`~vudsync.errors.ConfigurationError`): compared with it, every cloud user
+would look "removed on premise", and a repair would deactivate them all. (A wrong working
+directory with a relative SQLite path used to create exactly such an empty store.)
 """
 
 from __future__ import annotations
@@ -24,18 +29,24 @@ from schemas.directory import (
     UserState,
 )
 from schemas.events import Op
+from vudsync.errors import ConfigurationError
 from vudsync.ops.drift import CatalogueKey, DirectoryState
 
 
 def read_directory(store_url: str, fingerprint_key: bytes, batch_size: int = 2000) -> DirectoryState:
     """Every entity of the store now; ``version`` is the change-log position read first."""
-    log = open_change_log(store_url)
+    log = open_change_log(store_url, read_only=True)
     try:
+        if log.count(EntityType.USER) == 0:
+            raise ConfigurationError(
+                f"the directory store {log.db_name} holds no users: refusing to compare the cloud with it",
+                hint="check VUDSYNC_STORE_URL (a relative SQLite path depends on the working directory)",
+            )
         position = log.position()
         source = SourceInfo(store=log.store_kind, db=log.db_name)
         now = datetime.now(UTC)
         states: dict[EntityType, list[Any]] = {e: [] for e in EntityType}
-        rejected = 0
+        rejected: dict[EntityType, set[str]] = {e: set() for e in EntityType}
         for entity in EntityType:
             for ids in log.snapshot_ids(entity, batch_size):
                 records = log.read_entities(entity, ids)
@@ -55,7 +66,7 @@ def read_directory(store_url: str, fingerprint_key: bytes, batch_size: int = 200
                         snapshot=True,
                     )
                     if event is None:
-                        rejected += 1
+                        rejected[entity].add(entity_id)
                         continue
                     states[entity].append(event.state)
     finally:
@@ -75,4 +86,14 @@ def read_directory(store_url: str, fingerprint_key: bytes, batch_size: int = 200
     instances: dict[ApplicationType, ApplicationInstanceState] = {
         i.application: i for i in states[EntityType.APPLICATION_INSTANCE]
     }
-    return DirectoryState(position, users, companies, catalogue, instances, rejected)
+    others = sum(len(v) for e, v in rejected.items() if e not in (EntityType.USER, EntityType.COMPANY))
+    return DirectoryState(
+        position,
+        users,
+        companies,
+        catalogue,
+        instances,
+        frozenset(rejected[EntityType.USER]),
+        frozenset(rejected[EntityType.COMPANY]),
+        others,
+    )

@@ -69,7 +69,14 @@ class DirectoryState:
     companies: Mapping[str, CompanyState]
     catalogue: Mapping[CatalogueKey, str]  # description
     instances: Mapping[ApplicationType, ApplicationInstanceState]
-    rejected: int = 0  # rows capture cannot read (they are in the dead-letter topic)
+    # rows capture rejects (invalid e-mail …; they are in the dead-letter topic), by type
+    rejected_users: frozenset[str] = frozenset()
+    rejected_companies: frozenset[str] = frozenset()
+    rejected_other: int = 0  # catalogue entries and instances
+
+    @property
+    def rejected(self) -> int:
+        return len(self.rejected_users) + len(self.rejected_companies) + self.rejected_other
 
 
 @dataclass(frozen=True)
@@ -81,7 +88,6 @@ class CloudState:
     access: Mapping[str, Sequence[Mapping[str, Any]]]  # cloud user id -> access items
     catalogue: Mapping[CatalogueKey, str | None]
     instances: Mapping[str, Mapping[str, Any]]  # service -> instance
-    truncated: tuple[str, ...] = ()  # collections the API returned only in part
 
 
 class DriftKind(StrEnum):
@@ -125,8 +131,9 @@ class Drift:
 class DriftReport:
     drifts: tuple[Drift, ...]
     checked: Mapping[str, tuple[int, int]]  # object type -> (directory count, cloud count)
-    truncated: tuple[str, ...] = ()
-    rejected: int = 0
+    rejected: int = 0  # directory rows capture rejects
+    # of those, the ones the cloud holds: reported, never "extra", never repaired
+    rejected_in_cloud: tuple[str, ...] = ()  # "user:<id>", "company:<id>"
 
     @property
     def clean(self) -> bool:
@@ -145,8 +152,8 @@ class DriftReport:
             "by_type": self.counts(),
             "checked": {t: {"directory": a, "cloud": b} for t, (a, b) in self.checked.items()},
             "drifts": [d.as_dict() for d in self.drifts],
-            "truncated": list(self.truncated),
             "rejected_rows": self.rejected,
+            "rejected_in_cloud": list(self.rejected_in_cloud),
         }
 
 
@@ -213,8 +220,11 @@ def compare(directory: DirectoryState, cloud: CloudState) -> DriftReport:
             drifts.append(Drift("company", cid, DriftKind.MISSING))
         elif diffs := _company_fields(state, found):
             drifts.append(Drift("company", cid, DriftKind.DIFFERENT, diffs))
+    rejected_in_cloud: list[str] = []
     for cid, found in sorted(cloud_companies.items()):
-        if cid not in directory.companies and found.get("status") == "active":
+        if cid in directory.rejected_companies:  # on premise, but capture cannot read it
+            rejected_in_cloud.append(f"company:{cid}")
+        elif cid not in directory.companies and found.get("status") == "active":
             drifts.append(
                 Drift("company", cid, DriftKind.EXTRA, note="removed on premise: expected inactive")
             )
@@ -227,14 +237,16 @@ def compare(directory: DirectoryState, cloud: CloudState) -> DriftReport:
         elif diffs := _user_fields(user, found):
             drifts.append(Drift("user", uid, DriftKind.DIFFERENT, diffs))
     for uid, found in sorted(cloud_users.items()):
-        if uid not in directory.users and found.get("active", True):
+        if uid in directory.rejected_users:
+            rejected_in_cloud.append(f"user:{uid}")
+        elif uid not in directory.users and found.get("active", True):
             drifts.append(
                 Drift("user", uid, DriftKind.EXTRA, note="removed on premise: expected deactivated")
             )
 
     # access: per (user, company)
     access_checked = 0
-    for uid in sorted(set(directory.users) | set(cloud_users)):
+    for uid in sorted((set(directory.users) | set(cloud_users)) - directory.rejected_users):
         user_state = directory.users.get(uid)
         expected = (
             {a.company_id: _services_from_state(a.services) for a in user_state.access} if user_state else {}
@@ -250,6 +262,8 @@ def compare(directory: DirectoryState, cloud: CloudState) -> DriftReport:
                 if view:
                     actual[ext] = view
         for company in sorted(set(expected) | set(actual)):
+            if company in directory.rejected_companies:
+                continue  # what the directory grants there is unknown: never "extra"
             key = f"{uid}/{company}"
             ours, theirs = expected.get(company), actual.get(company)
             if theirs is None:
@@ -302,7 +316,7 @@ def compare(directory: DirectoryState, cloud: CloudState) -> DriftReport:
         "catalogue": (len(directory.catalogue), len(cloud.catalogue)),
         "application_instance": (len(directory.instances), len(cloud.instances)),
     }
-    return DriftReport(tuple(drifts), checked, cloud.truncated, directory.rejected)
+    return DriftReport(tuple(drifts), checked, directory.rejected, tuple(rejected_in_cloud))
 
 
 def _pretty(view: tuple[tuple[str, ...], ...] | None) -> str | None:
