@@ -96,7 +96,7 @@ def test_verify_reports_drift_by_type_and_repair_removes_it(
     # repair through the normal apply path: the sink, its ledger, the cloud's idempotency keys
     ensure_catalogue(s, kafka_bootstrap)
     with components(s, kafka_bootstrap, "sink") as procs:
-        repaired = run(s, kafka_bootstrap, "verify", "--repair", "--json", "--timeout", "3m")
+        repaired = run(s, kafka_bootstrap, "verify", "--repair", "--yes", "--json", "--timeout", "3m")
         alive_or_fail(procs)
     assert repaired.exit_code == 0, repaired.output
     result = json.loads(repaired.stdout)

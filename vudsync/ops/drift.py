@@ -21,11 +21,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal, cast
 
+from processors import deletions
+from processors.deletions import GateState
+from processors.model import PlannerSettings
 from schemas.directory import (
     ApplicationInstanceState,
     ApplicationType,
@@ -333,6 +336,37 @@ def _pretty(view: tuple[tuple[str, ...], ...] | None) -> str | None:
 class RepairPlan:
     operations: tuple[CloudOperation, ...]
     skipped: tuple[tuple[Drift, str], ...] = field(default_factory=tuple)  # (drift, why not now)
+    held: tuple[CloudOperation, ...] = ()  # deletions beyond the accidental-delete gate
+
+
+_DELETIONS = (DeactivateUser, RevokeAccess, RemoveCatalogueEntry)
+
+
+def is_deletion(op: CloudOperation) -> bool:
+    """What the accidental-delete gate counts: deactivations, revocations, removals and a
+    company set inactive (its removal on premise)."""
+    return isinstance(op, _DELETIONS) or (isinstance(op, UpsertCompany) and op.status == "inactive")
+
+
+def gate_deletions(
+    plan: RepairPlan, gate: GateState, settings: PlannerSettings, *, live: int, at: float
+) -> tuple[RepairPlan, GateState]:
+    """Pass each deletion of ``plan`` through the planner's accidental-delete gate rule
+    (:func:`processors.deletions.on_request`, committed at ``at``): the ones it holds move to
+    ``held`` and are not sent. ``gate`` carries the window over scheduled passes, so
+    ``--every`` never repairs more deletions in a window than the gate allows; ``live`` is
+    the directory's live users and companies (for the percentage)."""
+    sent: list[CloudOperation] = []
+    held: list[CloudOperation] = []
+    for op in plan.operations:
+        if not is_deletion(op):
+            sent.append(op)
+            continue
+        gate, decision = deletions.on_request(
+            gate, committed_at=at, partition=0, live=live, settings=settings
+        )
+        (sent if decision is not None else held).append(op)
+    return replace(plan, operations=tuple(sent), held=(*plan.held, *held)), gate
 
 
 def repair_operations(

@@ -20,13 +20,23 @@ from datetime import UTC, datetime
 
 from kernel.publishing.kafka_python import KafkaRecordPublisher
 from kernel.settings import Settings
+from processors.deletions import GateState
+from processors.service import planner_settings
 from schemas.codec import DecodeError, decode_model, encode
 from schemas.operations import CloudOperation
 from schemas.results import OperationResult
 from schemas.topics import OPERATIONS, RESULTS
 from vudsync.ops.cloud_reader import HttpCloudReader
 from vudsync.ops.directory_reader import read_directory
-from vudsync.ops.drift import CloudState, DirectoryState, DriftReport, RepairPlan, compare, repair_operations
+from vudsync.ops.drift import (
+    CloudState,
+    DirectoryState,
+    DriftReport,
+    RepairPlan,
+    compare,
+    gate_deletions,
+    repair_operations,
+)
 from vudsync.ops.kafka_admin import KafkaGroupAdmin
 from vudsync.ops.kafka_reader import PartitionTail
 
@@ -57,10 +67,15 @@ def verify_once(settings: Settings) -> Verification:
     return Verification(compare(directory, cloud), directory, cloud)
 
 
-def plan_repair(verification: Verification) -> RepairPlan:
-    return repair_operations(
-        verification.report, verification.directory, verification.cloud, datetime.now(UTC)
-    )
+def plan_repair(
+    settings: Settings, verification: Verification, gate: GateState
+) -> tuple[RepairPlan, GateState]:
+    """The repairs of ``verification``, their deletions passed through the planner's
+    accidental-delete gate rule (``gate``: the window so far, carried over scheduled passes)."""
+    now = datetime.now(UTC)
+    plan = repair_operations(verification.report, verification.directory, verification.cloud, now)
+    live = len(verification.directory.users) + len(verification.directory.companies)
+    return gate_deletions(plan, gate, planner_settings(settings), live=live, at=now.timestamp())
 
 
 def publish_repair(
