@@ -54,10 +54,10 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from kernel.errors import ConfigurationError
 from producers.migrations import apply_postgres_migrations
 from producers.model import ChangeRow, EntityRecord, build_records
 from schemas.directory import EntityType
-from vudsync.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
 

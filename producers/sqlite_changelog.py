@@ -10,10 +10,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from kernel.errors import ConfigurationError
 from producers.migrations import apply_sqlite_migrations
 from producers.model import ChangeRow, EntityRecord, build_records
 from schemas.directory import EntityType
-from vudsync.errors import ConfigurationError
 
 _TABLES: dict[EntityType, tuple[str, str]] = {
     # entity -> (table, SQL expression of the entity id)

@@ -14,10 +14,10 @@ import httpx
 from pydantic import SecretStr
 
 from cloud.server import CloudServer
+from devtools.seed.data import make_company, make_user
+from devtools.seed.writer import open_writer
+from kernel.settings import Settings
 from vudsync.ops.verify_runner import verify_once
-from vudsync.seed.data import make_company, make_user
-from vudsync.seed.writer import open_writer
-from vudsync.settings import Settings
 
 USERS = 100_000
 COMPANIES = 200

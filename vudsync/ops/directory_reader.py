@@ -16,6 +16,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from kernel.errors import ConfigurationError
 from producers.mapping import SourceInfo, record_to_event
 from producers.service import open_change_log
 from schemas.directory import (
@@ -29,7 +30,6 @@ from schemas.directory import (
     UserState,
 )
 from schemas.events import Op
-from vudsync.errors import ConfigurationError
 from vudsync.ops.drift import CatalogueKey, DirectoryState
 
 
