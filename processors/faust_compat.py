@@ -49,8 +49,8 @@ from typing import TYPE_CHECKING, Any
 import faust
 from faust.types import TP
 
-from vudsync.errors import ConfigurationError
-from vudsync.settings import Settings
+from kernel.errors import ConfigurationError
+from kernel.settings import Settings
 
 if TYPE_CHECKING:
     from processors.handlers import PlannerHandlers

@@ -22,6 +22,8 @@ from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import Producer
 from faust.types import TP
 
+from kernel.errors import ConfigurationError
+from kernel.settings import Settings
 from processors.faust_compat import (
     ALLOW_UNTESTED_ENV,
     CHECKED_SOURCES,
@@ -29,8 +31,6 @@ from processors.faust_compat import (
     check_versions,
     committed_offsets,
 )
-from vudsync.errors import ConfigurationError
-from vudsync.settings import Settings
 
 FACTS0 = TP("vud.planner.facts", 0)
 FACTS1 = TP("vud.planner.facts", 1)
