@@ -75,6 +75,11 @@ class Settings(BaseSettings):
         description="seconds a stop (SIGTERM) may take before the worker exits without its last "
         "commit (a broker gone for good)",
     )
+    planner_allow_untested_faust: bool = Field(
+        default=False,
+        description="start on faust-streaming/aiokafka versions other than the tested ones "
+        "(processors/faust_compat.py): only after re-checking its workarounds",
+    )
 
     # reference cloud API
     cloud_url: str = "http://127.0.0.1:8700"

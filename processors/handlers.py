@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -35,6 +34,7 @@ from kernel.errors import RetryableError
 from kernel.records import Record
 from processors.control import CONTROL_ADAPTER
 from processors.engine import Coords, Effects, Reconciler
+from processors.faust_compat import Committed, Deliveries, SendNow
 from processors.metrics import PlannerMetrics
 from processors.topics import PlannerTopics
 from schemas.codec import DecodeError, decode_event, decode_model, encode
@@ -46,10 +46,6 @@ log = logging.getLogger(__name__)
 
 RETRYABLE: tuple[type[BaseException], ...] = (KafkaError, TimeoutError, ConnectionError, RetryableError)
 MAX_BACKOFF = 30.0
-
-Committed = Callable[[str, int], "int | None"]
-SendNow = Callable[[], Awaitable[None]]
-
 
 #: ``(topic, partition, first, last)`` → the records at offsets ``first``..``last`` that the
 #: partition still holds (none for offsets compacted away), in offset order
@@ -115,7 +111,8 @@ class PlannerHandlers:
         after it and move Faust's read offset on again, so that it drops the records the seek
         fetched (seen in the two-worker kill test: two facts of a partition lost for good).
         On a compacted topic the offsets may simply be gone; the broker then returns fewer
-        records, or none, and nothing is guessed.
+        records, or none, and nothing is guessed. The gap is found by
+        :class:`processors.faust_compat.Deliveries` (the catalogue of Faust workarounds).
         """
         if self.fetch is None:
             log.warning("planner: %s[%d] offsets %d-%d never reached it", topic, partition, first, last)
@@ -304,62 +301,6 @@ class PlannerHandlers:
     def export_gauges(self) -> None:
         self.metrics.parked.set(self.reconciler.parked())
         self.metrics.held_deletions.set(self.reconciler.held_deletions())
-
-
-class Deliveries:
-    """What the planner was handed, per topic partition: the next offset expected and when.
-
-    Faust delivers a partition's records in offset order, from the committed offset on; a jump
-    forward means records the planner never saw: compaction (only in the old, compacted part of
-    a directory or facts topic) or a delivery the consumer lost — the handler asks the broker
-    which. The first delivery after an assignment is expected at the committed offset
-    (``committed``; None: not known, no check). Going back is normal (a seek after a
-    rebalance). When the last delivery on a partition was is what the stall watchdog
-    (:mod:`processors.agents`) judges a partition by. Everything is forgotten when partitions
-    are revoked: another worker may move a partition on before it comes back.
-    """
-
-    def __init__(
-        self,
-        committed: Committed = lambda topic, partition: None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._committed = committed
-        self._clock = clock
-        self._next: dict[tuple[str, int], int] = {}
-        self._at: dict[tuple[str, int], float] = {}
-        self._since = clock()
-
-    def observe(self, topic: str, partition: int, offset: int) -> tuple[int, int] | None:
-        """Note a delivery; the first and last offset skipped right before it, if any."""
-        key = (topic, partition)
-        expected = self._next.get(key)
-        if expected is None:
-            expected = self._committed(topic, partition)
-        self._next[key] = offset + 1
-        self._at[key] = self._clock()
-        if expected is None or offset <= expected:
-            return None
-        return expected, offset - 1
-
-    def quiet_for(self, topic: str, partition: int) -> float:
-        """Seconds since the partition's last delivery (or since the assignment, if none)."""
-        return self._clock() - self._at.get((topic, partition), self._since)
-
-    def delivered(self, topic: str, partition: int) -> bool:
-        """Whether anything of the partition was delivered (or sought) since the assignment."""
-        return (topic, partition) in self._at
-
-    def restart(self, topic: str, partition: int, offset: int) -> None:
-        """The partition is read again from ``offset`` (a seek): expected there next."""
-        key = (topic, partition)
-        self._next[key] = offset
-        self._at[key] = self._clock()
-
-    def forget(self) -> None:
-        self._next.clear()
-        self._at.clear()
-        self._since = self._clock()
 
 
 class _Undecodable(Exception):

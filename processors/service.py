@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import threading
@@ -14,7 +13,6 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from faust.types import TP
 from prometheus_client import CollectorRegistry, start_http_server
 
 from kernel.records import Record
@@ -22,7 +20,14 @@ from kernel.settings import Settings
 from processors.agents import declare_agents
 from processors.app import create_app
 from processors.engine import Reconciler
-from processors.handlers import Committed, PlannerHandlers, SendNow
+from processors.faust_compat import (
+    check_versions,
+    committed_offsets,
+    drain_buffer_before_commit,
+    prime_committed_offsets,
+    producer_send_now,
+)
+from processors.handlers import PlannerHandlers
 from processors.metrics import PlannerMetrics
 from processors.model import PlannerSettings
 from processors.tables import TableReads, declare_table
@@ -37,28 +42,6 @@ def planner_settings(settings: Settings) -> PlannerSettings:
         deletes_threshold_percent=settings.planner_deletes_percent,
         deletes_window_seconds=settings.planner_deletes_window,
     )
-
-
-def committed_offsets(app: faust.App) -> Committed:
-    """The committed offset of a topic partition, as this worker's consumer knows it (None: not
-    known).
-
-    Faust keeps it in ``Consumer._committed_offset`` (set when partitions are assigned and
-    after each commit) and has no public accessor; faust-streaming is pinned, and
-    tests/integration/test_planner_faust.py pins this behaviour.
-    """
-
-    def committed(topic: str, partition: int) -> int | None:
-        offsets = getattr(app.consumer, "_committed_offset", None)
-        tp = TP(topic, partition)
-        if offsets is None or tp not in offsets:
-            return None
-        # Faust keeps a committed 0 as None (``perform_seek``): a record lost at offset 0 of a
-        # partition (a quiet control partition's first) is then found at the next delivery,
-        # not by the stall watchdog half a minute later
-        return offsets[tp] or 0
-
-    return committed
 
 
 class BrokerRange:
@@ -147,146 +130,6 @@ class BrokerRange:
                 await consumer.stop()
 
 
-def producer_send_now(app: faust.App) -> SendNow:
-    """Send the records the producer holds now, without their linger (a release waits for the
-    acks of its sends before its table write: ``planner_linger`` per fact was what paced an
-    initial sync). aiokafka 0.14.0 (pinned) has no public call for it; ``flush_for_commit``
-    closes the open batches, wakes the sender and waits for them."""
-
-    async def send_now() -> None:
-        producer = app.producer._ensure_producer()  # type: ignore[attr-defined]
-        await producer._message_accumulator.flush_for_commit()
-
-    return send_now
-
-
-def drain_buffer_before_commit(app: faust.App, warn_after: float = 10.0) -> None:
-    """Make the producer flush that precedes every offset commit wait for *every* record in
-    Faust's producer buffer, not only until the buffer stops moving.
-
-    Why: before it commits offsets, Faust flushes its producer (``Consumer._commit_offsets``),
-    but ``ProducerBuffer.flush`` gives up as soon as no record has left the buffer for 0.1 s
-    (``flush_atmost``) — an event loop starved of CPU for that long is enough. The commit then
-    passes records still in the buffer, and a SIGKILL loses them. The planner's own sends do
-    not use the buffer (:meth:`processors.handlers.PlannerHandlers.perform`), but every table
-    write does (``Table._send_changelog`` → ``send_soon``): a worker taking the partitions
-    over could recover a table without the parked operations of messages already committed,
-    never to be released (loops under load saw Faust's flush leave a record behind).
-    faust-streaming 0.15.3 (pinned);
-    tests/unit/test_planner_commit_flush.py pins both Faust's behaviour and this fix.
-    """
-    buffer: Any = app.producer.buffer  # ProducerBufferT declares neither of what is replaced
-    sending = 0
-    send_one = buffer._send_pending
-    fausts_flush = buffer.flush
-
-    async def counted(fut: Any) -> None:
-        # the record has left the queue but not yet reached the Kafka producer: still ours
-        nonlocal sending
-        sending += 1
-        try:
-            await send_one(fut)
-        finally:
-            sending -= 1
-
-    async def flush() -> None:
-        await fausts_flush()
-        if not (buffer.size or sending):
-            return
-        started = time.monotonic()
-        log.info(
-            "planner: Faust's flush before a commit left %d records in its buffer: waiting for them",
-            buffer.size + sending,
-        )
-        warned = False
-        while buffer.size or sending:
-            if buffer.state != "running" and buffer.size:
-                raise RuntimeError("Cannot flush: Producer not Running")  # as Faust's own flush
-            buffer.message_sent.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(buffer.message_sent.wait(), timeout=1.0)
-            if not warned and time.monotonic() - started > warn_after:
-                warned = True
-                log.warning(
-                    "planner: %d records still in the producer buffer after %.0fs: the commit "
-                    "waits for them (broker slow or unreachable?)",
-                    buffer.size + sending,
-                    warn_after,
-                )
-
-    buffer._send_pending = counted
-    buffer.flush = flush
-
-
-def prime_committed_offsets(settings: Settings, bootstrap: str) -> int:
-    """Give every input partition of the planner's group a committed offset (its beginning)
-    where it has none yet; returns how many were primed.
-
-    Why: faust-streaming 0.15.3 drops a message whose delivery to the stream was interrupted by
-    a rebalance (``Consumer._drain_messages``: the read offset advances although the
-    delivery was cancelled) and relies on the seek to the committed offset after the rebalance
-    to read it again — a partition without a committed offset is not rewound, and the message
-    is lost. Quiet partitions (the control topic's) are the ones that have none. Only possible
-    while the group has no member: a worker primes before it joins, so the first one does it.
-    """
-    from kafka import KafkaAdminClient, TopicPartition
-    from kafka.errors import (
-        CoordinatorLoadInProgressError,
-        CoordinatorNotAvailableError,
-        KafkaError,
-        NoError,
-        NotCoordinatorError,
-    )
-    from kafka.structs import OffsetAndMetadata
-
-    from processors.app import app_id
-    from processors.topics import PLANNER_INPUTS
-
-    logging.getLogger("kafka.admin").setLevel(logging.ERROR)  # it cannot decode faust's member data
-    group = app_id(settings)
-    wanted = [
-        TopicPartition(settings.topic(name), p)
-        for name in PLANNER_INPUTS
-        for p in range(settings.topic_partitions)
-    ]
-    try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id=f"{group}-primer")
-    except KafkaError as exc:
-        log.warning("planner: cannot prime committed offsets (%s)", exc)
-        return 0
-    try:
-        primed = 0
-        for attempt in range(30):
-            try:
-                described = admin.describe_groups([group]).get(group) or {}
-                if described.get("members"):
-                    return primed  # live members primed when they started
-                committed = admin.list_group_offsets({group: None}).get(group, {})
-                missing = {tp: OffsetAndMetadata(0, "", -1) for tp in wanted if tp not in committed}
-                if not missing:
-                    return primed
-                # per-partition errors come back as values, not exceptions: a partition the
-                # coordinator does not know yet (topics just created) stays unprimed unless
-                # it is tried again
-                answers = admin.alter_group_offsets(group, missing)
-                refused = {tp: err for tp, err in answers.items() if err is not NoError}
-                primed += len(missing) - len(refused)
-                if not refused:
-                    return primed
-                log.debug("planner: priming offsets, attempt %d refused: %s", attempt, refused)
-            except (CoordinatorNotAvailableError, CoordinatorLoadInProgressError, NotCoordinatorError) as exc:
-                # a new group's coordinator takes a moment to come up (and to load its offsets)
-                log.debug("planner: priming offsets, attempt %d: %s", attempt, exc)
-            time.sleep(min(2.0, 0.1 * 2**attempt))
-        log.warning("planner: committed offsets not primed on every input partition (see -vv)")
-        return primed
-    except KafkaError as exc:  # e.g. another worker joined meanwhile: it primed
-        log.info("planner: committed offsets not primed (%s)", exc)
-        return 0
-    finally:
-        admin.close()
-
-
 def build_planner(settings: Settings, bootstrap: str, registry: CollectorRegistry) -> faust.App:
     app = create_app(settings, bootstrap)
     drain_buffer_before_commit(app)
@@ -364,6 +207,7 @@ def run_planner(
 ) -> None:
     """Run one planner worker until SIGTERM/SIGINT (Faust stops gracefully and commits; a stop
     that cannot finish within ``planner_shutdown_deadline`` exits without the last commit)."""
+    check_versions(allow_untested=settings.planner_allow_untested_faust)
     ensure_planner_topics(settings, bootstrap)
     prime_committed_offsets(settings, bootstrap)
     registry = CollectorRegistry()

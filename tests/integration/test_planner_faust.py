@@ -61,7 +61,7 @@ def test_planner_plans_users_and_dead_letters_malformed_events(
         assert reasons[b"x1"][HEADER_STAGE] == "decode" and reasons[b"x1"][HEADER_OFFSET].isdigit()
         assert {r.key: r.value for r in dlq}[b"x1"] == b"this is not json", "the original bytes, unchanged"
         # every input partition has a committed offset, quiet ones included (see
-        # processors.service.prime_committed_offsets: faust loses messages on partitions without)
+        # processors.faust_compat.prime_committed_offsets: faust loses messages on partitions without)
         admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
         try:
             committed = admin.list_group_offsets({app_id(kafka_settings): None})[app_id(kafka_settings)]

@@ -13,7 +13,7 @@ from typing import Any
 
 import faust
 
-from processors.service import drain_buffer_before_commit
+from processors.faust_compat import drain_buffer_before_commit
 
 STEP = 0.25  # seconds to hand one record on: more than Faust's 0.1 s patience
 

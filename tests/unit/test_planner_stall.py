@@ -9,10 +9,14 @@ from typing import Any
 from faust.types import TP
 from prometheus_client import CollectorRegistry
 
-from processors.agents import FIRST_DELIVERY_SECONDS, STALL_SECONDS, reread_if_stalled
-from processors.handlers import Deliveries
+from processors.faust_compat import (
+    FIRST_DELIVERY_SECONDS,
+    STALL_SECONDS,
+    Deliveries,
+    committed_offsets,
+    reread_if_stalled,
+)
 from processors.metrics import PlannerMetrics
-from processors.service import committed_offsets
 
 USERS0 = TP("vud.directory.users", 0)
 USERS1 = TP("vud.directory.users", 1)
@@ -156,7 +160,6 @@ def test_faust_s_committed_zero_is_zero_and_an_unknown_offset_none() -> None:
     # so a record lost at offset 0 is noticed at the next delivery
     d = Deliveries(committed)
     assert d.observe(CONTROL0.topic, CONTROL0.partition, 1) == (0, 0)
-
 
 
 async def test_a_partition_with_nothing_delivered_since_its_assignment_is_read_again_sooner() -> None:

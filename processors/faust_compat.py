@@ -1,0 +1,400 @@
+"""Every workaround of faust-streaming / aiokafka behaviour the planner depends on, in one place.
+
+Each one names the upstream behaviour it works around, in the code of the versions in
+:data:`TESTED_VERSIONS` (the only ones it was checked against), and the test that fails when
+that behaviour changes: ``tests/unit/test_faust_compat.py`` probes the behaviour itself where it
+can run without a broker, and otherwise compares the source of every private function relied
+on with :data:`CHECKED_SOURCES` — an upgrade that touches one of them fails loudly, and whoever
+upgrades re-reads it and this module. :func:`check_versions` refuses to start a worker on other
+versions (``VUDSYNC_PLANNER_ALLOW_UNTESTED_FAUST=true`` overrides it, for those who re-checked).
+
+=============================  ==================================================================
+workaround                     upstream behaviour (faust-streaming 0.15.3, aiokafka 0.14.0)
+=============================  ==================================================================
+:func:`prime_committed_offsets`  ``Consumer._drain_messages`` marks a record read
+                               (``_read_offset``) even when its delivery to the stream was
+                               cancelled by a rebalance (``wait_first(callback(message),
+                               suspend_flow.wait())``), counting on ``perform_seek`` after the
+                               rebalance to read it again; ``perform_seek`` rewinds only
+                               partitions that have a committed offset.
+:class:`Deliveries` (and       the same lost delivery on a partition that *is* rewound, or
+``PlannerHandlers.             records fetched before a seek delivered after it: the read offset
+_handle_missed``)              jumps, ``_add_gap`` records the hole as done and ``_new_offset``
+                               commits past it — the records are never handled.
+:func:`reread_if_stalled`      a lost delivery that no seek follows: the partition's records are
+                               never delivered, its offset never committed.
+:func:`committed_offsets`      ``Consumer._committed_offset``: no public accessor; filled by
+                               ``perform_seek`` (a committed 0 kept as None) and
+                               ``_commit_offsets``, emptied per partition on revocation.
+:func:`drain_buffer_before_commit`  ``ProducerBuffer.flush`` (``flush_atmost``) returns once no
+                               record left the buffer for 0.1 s; ``_commit_offsets`` commits after
+                               it, passing table changelog records (``send_changelog`` →
+                               ``send_soon``) still buffered.
+:func:`producer_send_now`      aiokafka has no public "send what you hold now";
+                               ``MessageAccumulator.flush_for_commit`` closes the open batches and
+                               wakes the sender (reached through Faust's ``_ensure_producer``).
+=============================  ==================================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+
+import faust
+from faust.types import TP
+
+from kernel.errors import ConfigurationError
+from kernel.settings import Settings
+
+if TYPE_CHECKING:
+    from processors.handlers import PlannerHandlers
+
+log = logging.getLogger(__name__)
+
+#: the versions every workaround here was read against and tested with
+TESTED_VERSIONS: dict[str, str] = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0"}
+ALLOW_UNTESTED_ENV = "VUDSYNC_PLANNER_ALLOW_UNTESTED_FAUST"
+
+#: the first 16 hex digits of the sha256 of the source of each private function relied on, as
+#: in :data:`TESTED_VERSIONS` (tests/unit/test_faust_compat.py recomputes them)
+CHECKED_SOURCES: dict[str, str] = {
+    "faust.transport.consumer.Consumer._drain_messages": "44a2500309e83c63",
+    "faust.transport.consumer.Consumer._add_gap": "4df2573ded7c1c2c",
+    "faust.transport.consumer.Consumer._new_offset": "1d2c7ea89a7ad4f1",
+    "faust.transport.consumer.Consumer.perform_seek": "0e8c130ff4b0afd8",
+    "faust.transport.consumer.Consumer.seek": "b86a9fe05f956b30",
+    "faust.transport.consumer.Consumer.on_partitions_revoked": "d04b7ae72c6fc206",
+    "faust.transport.consumer.Consumer._commit_offsets": "1a69799041188441",
+    "faust.transport.producer.ProducerBuffer.flush_atmost": "4966e8c5f9b42eb9",
+    "faust.transport.producer.ProducerBuffer._send_pending": "4a9d5f932b56bc68",
+    "faust.tables.base.Collection.send_changelog": "3dd3884e1b5fc0e1",
+    "faust.transport.drivers.aiokafka.Producer._ensure_producer": "5592a4bbdf251325",
+    "aiokafka.producer.message_accumulator.MessageAccumulator.flush_for_commit": "39683730fcffc2a4",
+}
+
+#: the committed offset of ``(topic, partition)`` as the worker's consumer knows it (None: not known)
+Committed = Callable[[str, int], "int | None"]
+SendNow = Callable[[], Awaitable[None]]
+
+STALL_SECONDS = 30.0  # idle this long with records left on an assigned partition: re-read them
+# ... or this long, for a partition that has had no delivery at all since its assignment: the
+# record lost in a rebalance is most often the only one left (a quiet control partition's)
+FIRST_DELIVERY_SECONDS = 5.0
+
+
+def check_versions(
+    allow_untested: bool = False, installed: Callable[[str], str] = metadata.version
+) -> dict[str, str]:
+    """Refuse (``ConfigurationError``) installed faust-streaming / aiokafka versions other than
+    :data:`TESTED_VERSIONS` — unless ``allow_untested``, which only logs a warning. Returns
+    what differs (package → installed version).
+
+    Why: every workaround in this module leans on private code of exactly those versions; on
+    others it may silently stop working (a lost message, a partition stalled for good).
+    """
+    differ = {}
+    for package, tested in TESTED_VERSIONS.items():
+        try:
+            found = installed(package)
+        except metadata.PackageNotFoundError:
+            found = "not installed"
+        if found != tested:
+            differ[package] = found
+    if not differ:
+        return differ
+    found_text = ", ".join(f"{p} {v}" for p, v in differ.items())
+    tested_text = ", ".join(f"{p} {v}" for p, v in TESTED_VERSIONS.items())
+    if allow_untested:
+        log.warning(
+            "planner: running on untested %s (tested: %s) because %s is set",
+            found_text,
+            tested_text,
+            ALLOW_UNTESTED_ENV,
+        )
+        return differ
+    raise ConfigurationError(
+        f"the planner was tested with {tested_text}, found {found_text}: its workarounds of "
+        "private faust-streaming/aiokafka behaviour (processors/faust_compat.py) may not hold",
+        hint=f"install the tested versions (pip install -e .), or re-check processors/faust_compat.py "
+        f"against these versions (tests/unit/test_faust_compat.py) and set {ALLOW_UNTESTED_ENV}=true",
+    )
+
+
+def committed_offsets(app: faust.App) -> Committed:
+    """The committed offset of a topic partition, as this worker's consumer knows it (None: not
+    known).
+
+    Faust keeps it in ``Consumer._committed_offset`` (set when partitions are assigned and
+    after each commit) and has no public accessor; faust-streaming is pinned, and
+    tests/integration/test_planner_faust.py pins this behaviour.
+    """
+
+    def committed(topic: str, partition: int) -> int | None:
+        offsets = getattr(app.consumer, "_committed_offset", None)
+        tp = TP(topic, partition)
+        if offsets is None or tp not in offsets:
+            return None
+        # Faust keeps a committed 0 as None (``perform_seek``): a record lost at offset 0 of a
+        # partition (a quiet control partition's first) is then found at the next delivery,
+        # not by the stall watchdog half a minute later
+        return offsets[tp] or 0
+
+    return committed
+
+
+def producer_send_now(app: faust.App) -> SendNow:
+    """Send the records the producer holds now, without their linger (a release waits for the
+    acks of its sends before its table write: ``planner_linger`` per fact was what paced an
+    initial sync). aiokafka 0.14.0 (pinned) has no public call for it; ``flush_for_commit``
+    closes the open batches, wakes the sender and waits for them."""
+
+    async def send_now() -> None:
+        producer = app.producer._ensure_producer()  # type: ignore[attr-defined]
+        await producer._message_accumulator.flush_for_commit()
+
+    return send_now
+
+
+def drain_buffer_before_commit(app: faust.App, warn_after: float = 10.0) -> None:
+    """Make the producer flush that precedes every offset commit wait for *every* record in
+    Faust's producer buffer, not only until the buffer stops moving.
+
+    Why: before it commits offsets, Faust flushes its producer (``Consumer._commit_offsets``),
+    but ``ProducerBuffer.flush`` gives up as soon as no record has left the buffer for 0.1 s
+    (``flush_atmost``) — an event loop starved of CPU for that long is enough. The commit then
+    passes records still in the buffer, and a SIGKILL loses them. The planner's own sends do
+    not use the buffer (:meth:`processors.handlers.PlannerHandlers.perform`), but every table
+    write does (``Table._send_changelog`` → ``send_soon``): a worker taking the partitions
+    over could recover a table without the parked operations of messages already committed,
+    never to be released (loops under load saw Faust's flush leave a record behind).
+    faust-streaming 0.15.3 (pinned);
+    tests/unit/test_planner_commit_flush.py pins both Faust's behaviour and this fix.
+    """
+    buffer: Any = app.producer.buffer  # ProducerBufferT declares neither of what is replaced
+    sending = 0
+    send_one = buffer._send_pending
+    fausts_flush = buffer.flush
+
+    async def counted(fut: Any) -> None:
+        # the record has left the queue but not yet reached the Kafka producer: still ours
+        nonlocal sending
+        sending += 1
+        try:
+            await send_one(fut)
+        finally:
+            sending -= 1
+
+    async def flush() -> None:
+        await fausts_flush()
+        if not (buffer.size or sending):
+            return
+        started = time.monotonic()
+        log.info(
+            "planner: Faust's flush before a commit left %d records in its buffer: waiting for them",
+            buffer.size + sending,
+        )
+        warned = False
+        while buffer.size or sending:
+            if buffer.state != "running" and buffer.size:
+                raise RuntimeError("Cannot flush: Producer not Running")  # as Faust's own flush
+            buffer.message_sent.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(buffer.message_sent.wait(), timeout=1.0)
+            if not warned and time.monotonic() - started > warn_after:
+                warned = True
+                log.warning(
+                    "planner: %d records still in the producer buffer after %.0fs: the commit "
+                    "waits for them (broker slow or unreachable?)",
+                    buffer.size + sending,
+                    warn_after,
+                )
+
+    buffer._send_pending = counted
+    buffer.flush = flush
+
+
+def prime_committed_offsets(settings: Settings, bootstrap: str) -> int:
+    """Give every input partition of the planner's group a committed offset (its beginning)
+    where it has none yet; returns how many were primed.
+
+    Why: faust-streaming 0.15.3 drops a message whose delivery to the stream was interrupted by
+    a rebalance (``Consumer._drain_messages``: the read offset advances although the
+    delivery was cancelled) and relies on the seek to the committed offset after the rebalance
+    to read it again — a partition without a committed offset is not rewound, and the message
+    is lost. Quiet partitions (the control topic's) are the ones that have none. Only possible
+    while the group has no member: a worker primes before it joins, so the first one does it.
+    """
+    from kafka import KafkaAdminClient, TopicPartition
+    from kafka.errors import (
+        CoordinatorLoadInProgressError,
+        CoordinatorNotAvailableError,
+        KafkaError,
+        NoError,
+        NotCoordinatorError,
+    )
+    from kafka.structs import OffsetAndMetadata
+
+    from processors.app import app_id
+    from processors.topics import PLANNER_INPUTS
+
+    logging.getLogger("kafka.admin").setLevel(logging.ERROR)  # it cannot decode faust's member data
+    group = app_id(settings)
+    wanted = [
+        TopicPartition(settings.topic(name), p)
+        for name in PLANNER_INPUTS
+        for p in range(settings.topic_partitions)
+    ]
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id=f"{group}-primer")
+    except KafkaError as exc:
+        log.warning("planner: cannot prime committed offsets (%s)", exc)
+        return 0
+    try:
+        primed = 0
+        for attempt in range(30):
+            try:
+                described = admin.describe_groups([group]).get(group) or {}
+                if described.get("members"):
+                    return primed  # live members primed when they started
+                committed = admin.list_group_offsets({group: None}).get(group, {})
+                missing = {tp: OffsetAndMetadata(0, "", -1) for tp in wanted if tp not in committed}
+                if not missing:
+                    return primed
+                # per-partition errors come back as values, not exceptions: a partition the
+                # coordinator does not know yet (topics just created) stays unprimed unless
+                # it is tried again
+                answers = admin.alter_group_offsets(group, missing)
+                refused = {tp: err for tp, err in answers.items() if err is not NoError}
+                primed += len(missing) - len(refused)
+                if not refused:
+                    return primed
+                log.debug("planner: priming offsets, attempt %d refused: %s", attempt, refused)
+            except (CoordinatorNotAvailableError, CoordinatorLoadInProgressError, NotCoordinatorError) as exc:
+                # a new group's coordinator takes a moment to come up (and to load its offsets)
+                log.debug("planner: priming offsets, attempt %d: %s", attempt, exc)
+            time.sleep(min(2.0, 0.1 * 2**attempt))
+        log.warning("planner: committed offsets not primed on every input partition (see -vv)")
+        return primed
+    except KafkaError as exc:  # e.g. another worker joined meanwhile: it primed
+        log.info("planner: committed offsets not primed (%s)", exc)
+        return 0
+    finally:
+        admin.close()
+
+
+class Deliveries:
+    """What the planner was handed, per topic partition: the next offset expected and when.
+
+    Faust delivers a partition's records in offset order, from the committed offset on; a jump
+    forward means records the planner never saw: compaction (only in the old, compacted part of
+    a directory or facts topic) or a delivery the consumer lost — the handler asks the broker
+    which. The first delivery after an assignment is expected at the committed offset
+    (``committed``; None: not known, no check). Going back is normal (a seek after a
+    rebalance). When the last delivery on a partition was is what the stall watchdog
+    (:func:`reread_if_stalled`) judges a partition by. Everything is forgotten when partitions
+    are revoked: another worker may move a partition on before it comes back.
+    """
+
+    def __init__(
+        self,
+        committed: Committed = lambda topic, partition: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._committed = committed
+        self._clock = clock
+        self._next: dict[tuple[str, int], int] = {}
+        self._at: dict[tuple[str, int], float] = {}
+        self._since = clock()
+
+    def observe(self, topic: str, partition: int, offset: int) -> tuple[int, int] | None:
+        """Note a delivery; the first and last offset skipped right before it, if any."""
+        key = (topic, partition)
+        expected = self._next.get(key)
+        if expected is None:
+            expected = self._committed(topic, partition)
+        self._next[key] = offset + 1
+        self._at[key] = self._clock()
+        if expected is None or offset <= expected:
+            return None
+        return expected, offset - 1
+
+    def quiet_for(self, topic: str, partition: int) -> float:
+        """Seconds since the partition's last delivery (or since the assignment, if none)."""
+        return self._clock() - self._at.get((topic, partition), self._since)
+
+    def delivered(self, topic: str, partition: int) -> bool:
+        """Whether anything of the partition was delivered (or sought) since the assignment."""
+        return (topic, partition) in self._at
+
+    def restart(self, topic: str, partition: int, offset: int) -> None:
+        """The partition is read again from ``offset`` (a seek): expected there next."""
+        key = (topic, partition)
+        self._next[key] = offset
+        self._at[key] = self._clock()
+
+    def forget(self) -> None:
+        self._next.clear()
+        self._at.clear()
+        self._since = self._clock()
+
+
+async def reread_if_stalled(app: faust.App, handlers: PlannerHandlers, inputs: frozenset[str]) -> None:
+    """Read a partition of the agent's ``inputs`` again from its committed offset when it has
+    records left but nothing of it reached the planner for ``STALL_SECONDS`` — or for
+    ``FIRST_DELIVERY_SECONDS`` when nothing at all did since its assignment (not while
+    rebalancing or recovering, nor while a message is being handled).
+
+    Why: faust-streaming 0.15.3 marks a record as read when its delivery to the stream was
+    cancelled by a rebalance (``Consumer._drain_messages``) and counts on the seek after the
+    rebalance to read it again; when that seek does not come, the record is never delivered,
+    its offset never committed, and the partition stalls behind its end for good (seen in the
+    replay and two-worker e2e tests: one control record never handled). Judged per partition,
+    so a stall is found while other partitions keep the worker busy. Reading from the committed
+    offset is what Faust does after every rebalance; a record handled twice is re-planned with
+    the same ids.
+    """
+    if app.rebalancing or app.in_recovery or handlers.in_message:
+        return
+    consumer = app.consumer
+    try:
+        quiet = [
+            tp
+            for tp in consumer.assignment()
+            if tp.topic in inputs  # not the table's changelog: Faust reads it itself, for recovery
+            and handlers.deliveries.quiet_for(tp.topic, tp.partition) >= _patience(handlers, tp)
+        ]
+        if not quiet:
+            return
+        ends = await consumer.highwaters(*quiet)
+        # Faust keeps a committed 0 as None (every input partition has a committed offset:
+        # prime_committed_offsets)
+        committed = {tp: handlers.committed(tp.topic, tp.partition) or 0 for tp in quiet}
+        stalled = {tp: offset for tp, offset in committed.items() if (ends.get(tp) or 0) > offset}
+        for tp, offset in sorted(stalled.items()):
+            log.warning(
+                "planner: nothing of %s[%d] handled for %.0fs, committed %d of %d "
+                "(fetching: %s, paused: %s): reading it again from %d",
+                tp.topic,
+                tp.partition,
+                handlers.deliveries.quiet_for(tp.topic, tp.partition),
+                offset,
+                ends[tp],
+                tp in (getattr(consumer, "_active_partitions", None) or ()),
+                tp in getattr(consumer, "_paused_partitions", ()),
+                offset,
+            )
+            await consumer.seek(tp, offset)
+            handlers.deliveries.restart(tp.topic, tp.partition, offset)
+            handlers.metrics.child(handlers.metrics.retries, "stalled").inc()
+    except Exception:  # a watchdog must never take the worker down
+        log.exception("planner: checking for stalled partitions failed")
+
+
+def _patience(handlers: PlannerHandlers, tp: Any) -> float:
+    return STALL_SECONDS if handlers.deliveries.delivered(tp.topic, tp.partition) else FIRST_DELIVERY_SECONDS

@@ -1,0 +1,148 @@
+"""The upstream behaviour each workaround in :mod:`processors.faust_compat` relies on, probed on the
+installed faust-streaming / aiokafka, and the start-up check of their versions.
+
+When one of these fails after an upgrade, the workaround it names may no longer hold (or no
+longer be needed): re-read the upstream code, then the workaround, then update the pins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib
+import inspect
+from collections import defaultdict
+from importlib import metadata
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aiokafka.producer.message_accumulator import MessageAccumulator
+from faust.transport.consumer import Consumer
+from faust.transport.drivers.aiokafka import Producer
+from faust.types import TP
+
+from kernel.errors import ConfigurationError
+from kernel.settings import Settings
+from processors.faust_compat import (
+    ALLOW_UNTESTED_ENV,
+    CHECKED_SOURCES,
+    TESTED_VERSIONS,
+    check_versions,
+    committed_offsets,
+)
+
+FACTS0 = TP("vud.planner.facts", 0)
+FACTS1 = TP("vud.planner.facts", 1)
+
+
+def _resolve(dotted: str) -> Any:
+    module, _, qualname = dotted.rpartition(".")
+    owner_name, _, attribute = module.rpartition(".")
+    obj = importlib.import_module(owner_name)
+    return getattr(getattr(obj, attribute), qualname)
+
+
+@pytest.mark.parametrize("name", sorted(CHECKED_SOURCES))
+def test_the_private_code_relied_on_is_the_code_checked(name: str) -> None:
+    """Any change to a private function a workaround leans on fails here, by name."""
+    source = inspect.getsource(_resolve(name))
+    assert hashlib.sha256(source.encode()).hexdigest()[:16] == CHECKED_SOURCES[name], (
+        f"{name} changed upstream: re-check processors/faust_compat.py against it"
+    )
+
+
+def test_the_installed_versions_are_the_tested_ones() -> None:
+    assert {p: metadata.version(p) for p in TESTED_VERSIONS} == TESTED_VERSIONS
+
+
+# -- behaviour probes -------------------------------------------------------------------
+
+
+def test_perform_seek_keeps_a_committed_zero_as_none() -> None:
+    """``committed_offsets`` turns Faust's None back into 0 for the partitions it knows."""
+    fake: Any = SimpleNamespace(
+        _read_offset=defaultdict(lambda: None), _committed_offset=defaultdict(lambda: None)
+    )
+
+    async def seek_to_committed() -> dict[TP, int]:
+        return {FACTS0: 0, FACTS1: 7}
+
+    fake.seek_to_committed = seek_to_committed
+    asyncio.run(Consumer.perform_seek(fake))
+    assert dict(fake._committed_offset) == {FACTS0: None, FACTS1: 7}
+    assert dict(fake._read_offset) == {FACTS0: 0, FACTS1: 7}
+    committed = committed_offsets(SimpleNamespace(consumer=fake))  # type: ignore[arg-type]
+    assert (committed(FACTS0.topic, 0), committed(FACTS1.topic, 1)) == (0, 7)
+    assert committed("vud.planner.control", 0) is None  # not known: no check
+
+
+def test_a_revocation_forgets_the_committed_offsets() -> None:
+    """Faust drops the partitions' committed offsets (and read offsets) when they are revoked."""
+    source = inspect.getsource(Consumer.on_partitions_revoked)
+    assert "self._committed_offset.pop(tp, None)" in source
+    assert "self._read_offset.pop(tp, None)" in source
+
+
+def test_a_delivery_cancelled_by_a_rebalance_is_still_marked_read() -> None:
+    """The loss ``prime_committed_offsets``, ``Deliveries`` and ``reread_if_stalled`` work around:
+    the read offset is set after ``wait_first`` whether the callback or the suspension won."""
+    lines = [line.strip() for line in inspect.getsource(Consumer._drain_messages).splitlines()]
+    waited = lines.index("callback(message), self.suspend_flow.wait()")
+    assert lines[waited + 1] == ")" and lines[waited + 2] == "set_read_offset(tp, offset)"
+
+
+def test_fausts_buffer_flush_gives_up_after_a_tenth_of_a_second() -> None:
+    """``drain_buffer_before_commit`` (tests/unit/test_planner_commit_flush.py runs it)."""
+    assert "timeout=0.1" in inspect.getsource(
+        _resolve("faust.transport.producer.ProducerBuffer.flush_atmost")
+    )
+
+
+def test_the_kafka_producer_is_reachable_and_can_send_what_it_holds() -> None:
+    """``producer_send_now``: Faust's ``_ensure_producer`` and aiokafka's ``flush_for_commit``."""
+    assert inspect.iscoroutinefunction(MessageAccumulator.flush_for_commit)
+    assert list(inspect.signature(MessageAccumulator.flush_for_commit).parameters) == ["self"]
+    assert list(inspect.signature(Producer._ensure_producer).parameters) == ["self"]
+
+
+# -- the start-up check -----------------------------------------------------------------
+
+
+def _installed(**versions: str) -> Any:
+    def version(package: str) -> str:
+        if package not in versions:
+            raise metadata.PackageNotFoundError(package)
+        return versions[package]
+
+    return version
+
+
+def test_the_tested_versions_start() -> None:
+    assert check_versions(installed=_installed(**TESTED_VERSIONS)) == {}
+
+
+def test_an_untested_version_is_refused_with_the_tested_ones_and_the_override_named() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        check_versions(installed=_installed(**{**TESTED_VERSIONS, "faust-streaming": "0.16.0"}))
+    text = f"{caught.value} {caught.value.hint}"
+    assert "faust-streaming 0.16.0" in text and "faust-streaming 0.15.3" in text
+    assert "aiokafka 0.14.0" in text and ALLOW_UNTESTED_ENV in text
+
+
+def test_a_missing_package_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="aiokafka not installed"):
+        check_versions(installed=_installed(**{"faust-streaming": TESTED_VERSIONS["faust-streaming"]}))
+
+
+def test_the_override_starts_an_untested_version_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    differ = check_versions(
+        allow_untested=True, installed=_installed(**{**TESTED_VERSIONS, "aiokafka": "0.15.0"})
+    )
+    assert differ == {"aiokafka": "0.15.0"}
+    assert "untested aiokafka 0.15.0" in caplog.text
+
+
+def test_the_override_is_the_setting_its_error_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ALLOW_UNTESTED_ENV, "true")
+    assert Settings().planner_allow_untested_faust is True
