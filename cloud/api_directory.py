@@ -7,8 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import JSONResponse
 
-from cloud import directory, models
+from cloud import models
 from cloud.deps import Context, IfMatch, Reader, WriteDep
+from cloud.directory import access, companies, users
+from cloud.directory.writes import Body
 from cloud.normalise import etag
 from cloud.responses import CONFLICT, ETAG_HEADER, NOT_FOUND, PRECONDITION, V1, merge
 
@@ -20,7 +22,7 @@ Limit = Annotated[int, Query(ge=1, le=10_000, description="at most this many ite
 _ETAG = {"headers": ETAG_HEADER}
 
 
-def _with_etag(body: directory.Body) -> JSONResponse:
+def _with_etag(body: Body) -> JSONResponse:
     return JSONResponse(body, headers={"ETag": etag(body["version"])})
 
 
@@ -36,7 +38,7 @@ def _with_etag(body: directory.Body) -> JSONResponse:
     summary="Create a company (409 if its organisation number exists)",
 )
 def create_company(body: models.CompanyCreate, write: WriteDep) -> Response:
-    return write.run(lambda conn, now: directory.create_company(conn, now, body))
+    return write.run(lambda conn, now: companies.create_company(conn, now, body))
 
 
 @router.get(
@@ -52,7 +54,7 @@ def list_companies(
     external_id: Annotated[str | None, Query(max_length=255)] = None,
     limit: Limit = 1000,
 ) -> JSONResponse:
-    items = directory.find_companies(context.store.reader(), organisation_number, external_id, limit)
+    items = companies.find_companies(context.store.reader(), organisation_number, external_id, limit)
     return JSONResponse({"items": items})
 
 
@@ -63,8 +65,8 @@ def list_companies(
     tags=["companies"],
 )
 def get_company(company_id: CompanyId, context: Context, _: Reader) -> JSONResponse:
-    row = directory.get_company_row(context.store.reader(), company_id)
-    return _with_etag(directory.company_body(row))
+    row = companies.get_company_row(context.store.reader(), company_id)
+    return _with_etag(companies.company_body(row))
 
 
 @router.patch(
@@ -77,7 +79,7 @@ def get_company(company_id: CompanyId, context: Context, _: Reader) -> JSONRespo
 def patch_company(
     company_id: CompanyId, body: models.CompanyPatch, write: WriteDep, if_match: IfMatch = None
 ) -> Response:
-    return write.run(lambda conn, now: directory.patch_company(conn, now, company_id, body, if_match))
+    return write.run(lambda conn, now: companies.patch_company(conn, now, company_id, body, if_match))
 
 
 @router.post(
@@ -88,7 +90,7 @@ def patch_company(
     summary="Link an existing cloud company to an on-premise company (external id)",
 )
 def link_company(company_id: CompanyId, body: models.Link, write: WriteDep) -> Response:
-    return write.run(lambda conn, now: directory.link_company(conn, now, company_id, body.external_id))
+    return write.run(lambda conn, now: companies.link_company(conn, now, company_id, body.external_id))
 
 
 # -- users -------------------------------------------------------------------------
@@ -103,7 +105,7 @@ def link_company(company_id: CompanyId, body: models.Link, write: WriteDep) -> R
     summary="Create a user (409 if the e-mail exists, case-insensitively)",
 )
 def create_user(body: models.UserCreate, write: WriteDep) -> Response:
-    return write.run(lambda conn, now: directory.create_user(conn, now, body))
+    return write.run(lambda conn, now: users.create_user(conn, now, body))
 
 
 @router.get(
@@ -119,7 +121,7 @@ def list_users(
     external_id: Annotated[str | None, Query(max_length=255)] = None,
     limit: Limit = 1000,
 ) -> JSONResponse:
-    items = directory.find_users(context.store.reader(), email, external_id, limit)
+    items = users.find_users(context.store.reader(), email, external_id, limit)
     return JSONResponse({"items": items})
 
 
@@ -130,7 +132,7 @@ def list_users(
     tags=["users"],
 )
 def get_user(user_id: UserId, context: Context, _: Reader) -> JSONResponse:
-    return _with_etag(directory.user_body(directory.get_user_row(context.store.reader(), user_id)))
+    return _with_etag(users.user_body(users.get_user_row(context.store.reader(), user_id)))
 
 
 @router.patch(
@@ -143,7 +145,7 @@ def get_user(user_id: UserId, context: Context, _: Reader) -> JSONResponse:
 def patch_user(
     user_id: UserId, body: models.UserPatch, write: WriteDep, if_match: IfMatch = None
 ) -> Response:
-    return write.run(lambda conn, now: directory.patch_user(conn, now, user_id, body, if_match))
+    return write.run(lambda conn, now: users.patch_user(conn, now, user_id, body, if_match))
 
 
 @router.post(
@@ -154,7 +156,7 @@ def patch_user(
     summary="Deactivate (users are never deleted); an inactive user → 200, no effect",
 )
 def deactivate_user(user_id: UserId, write: WriteDep) -> Response:
-    return write.run(lambda conn, now: directory.set_user_active(conn, now, user_id, False))
+    return write.run(lambda conn, now: users.set_user_active(conn, now, user_id, False))
 
 
 @router.post(
@@ -165,7 +167,7 @@ def deactivate_user(user_id: UserId, write: WriteDep) -> Response:
     summary="Reactivate; an active user → 200, no effect",
 )
 def reactivate_user(user_id: UserId, write: WriteDep) -> Response:
-    return write.run(lambda conn, now: directory.set_user_active(conn, now, user_id, True))
+    return write.run(lambda conn, now: users.set_user_active(conn, now, user_id, True))
 
 
 @router.post(
@@ -176,7 +178,7 @@ def reactivate_user(user_id: UserId, write: WriteDep) -> Response:
     summary="Link an existing cloud user to an on-premise user (external id)",
 )
 def link_user(user_id: UserId, body: models.Link, write: WriteDep) -> Response:
-    return write.run(lambda conn, now: directory.link_user(conn, now, user_id, body.external_id))
+    return write.run(lambda conn, now: users.link_user(conn, now, user_id, body.external_id))
 
 
 # -- access ------------------------------------------------------------------------
@@ -190,7 +192,7 @@ def link_user(user_id: UserId, body: models.Link, write: WriteDep) -> Response:
     summary="The user's assignments, one item per company",
 )
 def list_access(user_id: UserId, context: Context, _: Reader) -> JSONResponse:
-    return JSONResponse({"items": directory.list_access(context.store.reader(), user_id)})
+    return JSONResponse({"items": access.list_access(context.store.reader(), user_id)})
 
 
 @router.get(
@@ -200,7 +202,7 @@ def list_access(user_id: UserId, context: Context, _: Reader) -> JSONResponse:
     tags=["access"],
 )
 def get_access(user_id: UserId, company_id: CompanyId, context: Context, _: Reader) -> JSONResponse:
-    return _with_etag(directory.get_access(context.store.reader(), user_id, company_id))
+    return _with_etag(access.get_access(context.store.reader(), user_id, company_id))
 
 
 @router.put(
@@ -211,7 +213,7 @@ def get_access(user_id: UserId, company_id: CompanyId, context: Context, _: Read
     summary="Replace the user's assignments in the company (422: name not in the catalogue)",
 )
 def put_access(user_id: UserId, company_id: CompanyId, body: models.AccessBody, write: WriteDep) -> Response:
-    return write.run(lambda conn, now: directory.put_access(conn, now, user_id, company_id, body))
+    return write.run(lambda conn, now: access.put_access(conn, now, user_id, company_id, body))
 
 
 @router.delete(
@@ -223,4 +225,4 @@ def put_access(user_id: UserId, company_id: CompanyId, body: models.AccessBody, 
     summary="Revoke all of the user's access to the company",
 )
 def delete_access(user_id: UserId, company_id: CompanyId, write: WriteDep) -> Response:
-    return write.run(lambda conn, now: directory.delete_access(conn, now, user_id, company_id))
+    return write.run(lambda conn, now: access.delete_access(conn, now, user_id, company_id))
