@@ -7,8 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import JSONResponse
 
-from cloud import directory, models
+from cloud import models
 from cloud.deps import Context, IfMatch, Reader, WriteDep
+from cloud.directory import access, companies, users
+from cloud.directory.writes import Body
 from cloud.normalise import etag
 from cloud.responses import CONFLICT, ETAG_HEADER, NOT_FOUND, PRECONDITION, V1, merge
 
@@ -21,7 +23,7 @@ After = Annotated[int, Query(ge=0, le=2**62, description="the next_after of the 
 _ETAG = {"headers": ETAG_HEADER}
 
 
-def _with_etag(body: directory.Body) -> JSONResponse:
+def _with_etag(body: Body) -> JSONResponse:
     return JSONResponse(body, headers={"ETag": etag(body["version"])})
 
 
@@ -37,7 +39,7 @@ def _with_etag(body: directory.Body) -> JSONResponse:
     summary="Create a company (409 if its organisation number exists)",
 )
 def create_company(body: models.CompanyCreate, write: WriteDep) -> Response:
-    return write.run(lambda conn, now: directory.create_company(conn, now, body))
+    return write.run(lambda conn, now: companies.create_company(conn, now, body))
 
 
 @router.get(
@@ -54,7 +56,7 @@ def list_companies(
     limit: Limit = 1000,
     after: After = 0,
 ) -> JSONResponse:
-    page = directory.find_companies(context.store.reader(), organisation_number, external_id, limit, after)
+    page = companies.find_companies(context.store.reader(), organisation_number, external_id, limit, after)
     return JSONResponse(page)
 
 
@@ -65,8 +67,8 @@ def list_companies(
     tags=["companies"],
 )
 def get_company(company_id: CompanyId, context: Context, _: Reader) -> JSONResponse:
-    row = directory.get_company_row(context.store.reader(), company_id)
-    return _with_etag(directory.company_body(row))
+    row = companies.get_company_row(context.store.reader(), company_id)
+    return _with_etag(companies.company_body(row))
 
 
 @router.patch(
@@ -79,7 +81,7 @@ def get_company(company_id: CompanyId, context: Context, _: Reader) -> JSONRespo
 def patch_company(
     company_id: CompanyId, body: models.CompanyPatch, write: WriteDep, if_match: IfMatch = None
 ) -> Response:
-    return write.run(lambda conn, now: directory.patch_company(conn, now, company_id, body, if_match))
+    return write.run(lambda conn, now: companies.patch_company(conn, now, company_id, body, if_match))
 
 
 @router.post(
@@ -90,7 +92,7 @@ def patch_company(
     summary="Link an existing cloud company to an on-premise company (external id)",
 )
 def link_company(company_id: CompanyId, body: models.Link, write: WriteDep) -> Response:
-    return write.run(lambda conn, now: directory.link_company(conn, now, company_id, body.external_id))
+    return write.run(lambda conn, now: companies.link_company(conn, now, company_id, body.external_id))
 
 
 # -- users -------------------------------------------------------------------------
@@ -105,7 +107,7 @@ def link_company(company_id: CompanyId, body: models.Link, write: WriteDep) -> R
     summary="Create a user (409 if the e-mail exists, case-insensitively)",
 )
 def create_user(body: models.UserCreate, write: WriteDep) -> Response:
-    return write.run(lambda conn, now: directory.create_user(conn, now, body))
+    return write.run(lambda conn, now: users.create_user(conn, now, body))
 
 
 @router.get(
@@ -122,7 +124,7 @@ def list_users(
     limit: Limit = 1000,
     after: After = 0,
 ) -> JSONResponse:
-    return JSONResponse(directory.find_users(context.store.reader(), email, external_id, limit, after))
+    return JSONResponse(users.find_users(context.store.reader(), email, external_id, limit, after))
 
 
 @router.get(
@@ -132,7 +134,7 @@ def list_users(
     tags=["users"],
 )
 def get_user(user_id: UserId, context: Context, _: Reader) -> JSONResponse:
-    return _with_etag(directory.user_body(directory.get_user_row(context.store.reader(), user_id)))
+    return _with_etag(users.user_body(users.get_user_row(context.store.reader(), user_id)))
 
 
 @router.patch(
@@ -145,7 +147,7 @@ def get_user(user_id: UserId, context: Context, _: Reader) -> JSONResponse:
 def patch_user(
     user_id: UserId, body: models.UserPatch, write: WriteDep, if_match: IfMatch = None
 ) -> Response:
-    return write.run(lambda conn, now: directory.patch_user(conn, now, user_id, body, if_match))
+    return write.run(lambda conn, now: users.patch_user(conn, now, user_id, body, if_match))
 
 
 @router.post(
@@ -156,7 +158,7 @@ def patch_user(
     summary="Deactivate (users are never deleted); an inactive user → 200, no effect",
 )
 def deactivate_user(user_id: UserId, write: WriteDep) -> Response:
-    return write.run(lambda conn, now: directory.set_user_active(conn, now, user_id, False))
+    return write.run(lambda conn, now: users.set_user_active(conn, now, user_id, False))
 
 
 @router.post(
@@ -167,7 +169,7 @@ def deactivate_user(user_id: UserId, write: WriteDep) -> Response:
     summary="Reactivate; an active user → 200, no effect",
 )
 def reactivate_user(user_id: UserId, write: WriteDep) -> Response:
-    return write.run(lambda conn, now: directory.set_user_active(conn, now, user_id, True))
+    return write.run(lambda conn, now: users.set_user_active(conn, now, user_id, True))
 
 
 @router.post(
@@ -178,7 +180,7 @@ def reactivate_user(user_id: UserId, write: WriteDep) -> Response:
     summary="Link an existing cloud user to an on-premise user (external id)",
 )
 def link_user(user_id: UserId, body: models.Link, write: WriteDep) -> Response:
-    return write.run(lambda conn, now: directory.link_user(conn, now, user_id, body.external_id))
+    return write.run(lambda conn, now: users.link_user(conn, now, user_id, body.external_id))
 
 
 # -- access ------------------------------------------------------------------------
@@ -192,7 +194,7 @@ def link_user(user_id: UserId, body: models.Link, write: WriteDep) -> Response:
     summary="The user's assignments, one item per company",
 )
 def list_access(user_id: UserId, context: Context, _: Reader) -> JSONResponse:
-    return JSONResponse({"items": directory.list_access(context.store.reader(), user_id)})
+    return JSONResponse({"items": access.list_access(context.store.reader(), user_id)})
 
 
 @router.get(
@@ -202,7 +204,7 @@ def list_access(user_id: UserId, context: Context, _: Reader) -> JSONResponse:
     tags=["access"],
 )
 def get_access(user_id: UserId, company_id: CompanyId, context: Context, _: Reader) -> JSONResponse:
-    return _with_etag(directory.get_access(context.store.reader(), user_id, company_id))
+    return _with_etag(access.get_access(context.store.reader(), user_id, company_id))
 
 
 @router.put(
@@ -213,7 +215,7 @@ def get_access(user_id: UserId, company_id: CompanyId, context: Context, _: Read
     summary="Replace the user's assignments in the company (422: name not in the catalogue)",
 )
 def put_access(user_id: UserId, company_id: CompanyId, body: models.AccessBody, write: WriteDep) -> Response:
-    return write.run(lambda conn, now: directory.put_access(conn, now, user_id, company_id, body))
+    return write.run(lambda conn, now: access.put_access(conn, now, user_id, company_id, body))
 
 
 @router.delete(
@@ -225,4 +227,4 @@ def put_access(user_id: UserId, company_id: CompanyId, body: models.AccessBody, 
     summary="Revoke all of the user's access to the company",
 )
 def delete_access(user_id: UserId, company_id: CompanyId, write: WriteDep) -> Response:
-    return write.run(lambda conn, now: directory.delete_access(conn, now, user_id, company_id))
+    return write.run(lambda conn, now: access.delete_access(conn, now, user_id, company_id))

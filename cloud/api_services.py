@@ -7,9 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from cloud import directory, models
+from cloud import models
 from cloud.batch import render_answers, run_batch
 from cloud.deps import Caller, Context, Reader, WriteDep
+from cloud.directory import audit_trail, catalogue, instances
 from cloud.responses import ETAG_HEADER, NOT_FOUND, V1, merge
 
 router = APIRouter(prefix="/v1", responses=V1)
@@ -43,7 +44,7 @@ def me(context: Context, caller: Caller) -> JSONResponse:
     summary="The fixed services, each with its roles, layout groups and modules",
 )
 def list_services(context: Context, _: Reader) -> JSONResponse:
-    return JSONResponse({"items": directory.list_services(context.store.reader())})
+    return JSONResponse({"items": catalogue.list_services(context.store.reader())})
 
 
 @router.get(
@@ -53,8 +54,8 @@ def list_services(context: Context, _: Reader) -> JSONResponse:
     tags=["services"],
 )
 def get_service(service: Service, context: Context, _: Reader) -> JSONResponse:
-    directory.known_service(service)
-    items = directory.list_services(context.store.reader())
+    catalogue.known_service(service)
+    items = catalogue.list_services(context.store.reader())
     return JSONResponse(next(s for s in items if s["service"] == service))
 
 
@@ -65,7 +66,7 @@ def get_service(service: Service, context: Context, _: Reader) -> JSONResponse:
     tags=["services"],
 )
 def get_entry(service: Service, kind: Kind, name: EntryName, context: Context, _: Reader) -> JSONResponse:
-    body = directory.get_entry(context.store.reader(), service, kind, name)
+    body = catalogue.get_entry(context.store.reader(), service, kind, name)
     return JSONResponse(body, headers={"ETag": f'"{body["version"]}"'})
 
 
@@ -86,7 +87,7 @@ def put_entry(
     body: models.CatalogueEntryBody,
     write: WriteDep,
 ) -> Response:
-    return write.run(lambda conn, now: directory.put_entry(conn, now, service, kind, name, body.description))
+    return write.run(lambda conn, now: catalogue.put_entry(conn, now, service, kind, name, body.description))
 
 
 @router.delete(
@@ -98,7 +99,7 @@ def put_entry(
     summary="Remove a catalogue entry (and take it out of every assignment)",
 )
 def delete_entry(service: Service, kind: Kind, name: EntryName, write: WriteDep) -> Response:
-    return write.run(lambda conn, now: directory.delete_entry(conn, now, service, kind, name))
+    return write.run(lambda conn, now: catalogue.delete_entry(conn, now, service, kind, name))
 
 
 # -- application instances ---------------------------------------------------------
@@ -120,7 +121,7 @@ def delete_entry(service: Service, kind: Kind, name: EntryName, write: WriteDep)
     "`license_key_rejected`; the cloud only ever stores a fingerprint.",
 )
 def put_instance(service: Service, body: models.ApplicationInstanceBody, write: WriteDep) -> Response:
-    return write.run(lambda conn, now: directory.put_instance(conn, now, service, body))
+    return write.run(lambda conn, now: instances.put_instance(conn, now, service, body))
 
 
 @router.get(
@@ -129,7 +130,7 @@ def put_instance(service: Service, body: models.ApplicationInstanceBody, write: 
     tags=["application instances"],
 )
 def list_instances(context: Context, _: Reader) -> JSONResponse:
-    return JSONResponse({"items": directory.list_instances(context.store.reader())})
+    return JSONResponse({"items": instances.list_instances(context.store.reader())})
 
 
 # -- audit -------------------------------------------------------------------------
@@ -149,7 +150,7 @@ def audit(
     after_seq: Annotated[int, Query(ge=0, le=2**62)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> JSONResponse:
-    page = directory.audit_page(context.store.reader(), idempotency_key, resource_id, after_seq, limit)
+    page = audit_trail.audit_page(context.store.reader(), idempotency_key, resource_id, after_seq, limit)
     return JSONResponse(page)
 
 

@@ -18,7 +18,8 @@ from starlette.routing import Match
 from cloud import api_admin, api_directory, api_oauth, api_services
 from cloud.auth import Authenticator
 from cloud.context import CloudContext
-from cloud.direct import DirectDispatch, DirectLane
+from cloud.direct import DirectDispatch
+from cloud.direct_lane import DirectLane
 from cloud.errors import ApiError, error_response, unicode_error_response
 from cloud.faults import FaultInjector
 from cloud.middleware import TrafficMiddleware

@@ -1,6 +1,6 @@
 """The batch's direct dispatch reads items exactly as FastAPI reads requests (pure, no server).
 
-``cloud.direct`` works out once, per route, what FastAPI works out per request; these
+``cloud.direct_routes`` works out once, per route, what FastAPI works out per request; these
 tests hold its answers against FastAPI's own functions on the app's real routes.
 """
 
@@ -17,7 +17,7 @@ from fastapi.routing import APIRoute
 from starlette.datastructures import Headers, QueryParams
 
 from cloud import api_admin, api_directory, api_oauth, api_services
-from cloud.direct import _endpoint, _Param
+from cloud.direct_routes import Param, direct_endpoint
 from cloud.idempotency import json_fingerprint, request_fingerprint
 
 BODIES: list[Any] = [
@@ -47,10 +47,10 @@ def _routes() -> list[APIRoute]:
 
 
 def test_every_v1_route_but_the_batch_is_direct() -> None:
-    direct = {f"{sorted(r.methods)[0]} {r.path}" for r in _routes() if _endpoint(r) is not None}
+    direct = {f"{sorted(r.methods)[0]} {r.path}" for r in _routes() if direct_endpoint(r) is not None}
     v1 = {f"{sorted(r.methods)[0]} {r.path}" for r in _routes() if r.path.startswith("/v1/")}
     assert direct == v1 - {"POST /v1/batch"}
-    assert not any(_endpoint(r) for r in _routes() if not r.path.startswith("/v1/"))
+    assert not any(direct_endpoint(r) for r in _routes() if not r.path.startswith("/v1/"))
 
 
 QUERIES = [
@@ -86,7 +86,7 @@ def _fastapi(fields: list[Any], received: Any) -> tuple[dict[str, Any], bool]:
     return values, not errors
 
 
-def _direct(params: list[_Param], received: Any) -> tuple[dict[str, Any], bool]:
+def _direct(params: list[Param], received: Any) -> tuple[dict[str, Any], bool]:
     values: dict[str, Any] = {}
     ok = all(p.take(received, values) for p in params)
     return values, ok
@@ -95,11 +95,11 @@ def _direct(params: list[_Param], received: Any) -> tuple[dict[str, Any], bool]:
 def test_parameters_are_read_as_fastapi_reads_them() -> None:
     checked = 0
     for route in _routes():
-        endpoint = _endpoint(route)
+        endpoint = direct_endpoint(route)
         if endpoint is None:
             continue
         dependant = route.dependant
-        cases: list[tuple[list[Any], list[_Param], Any]] = []
+        cases: list[tuple[list[Any], list[Param], Any]] = []
         for path in PATHS:
             values = dict.fromkeys((f.name for f in dependant.path_params), path)
             cases.append((dependant.path_params, list(endpoint.path_params), values))
@@ -151,6 +151,6 @@ def test_a_route_with_what_direct_does_not_know_is_left_to_fastapi() -> None:
         return None
 
     routes = {r.path: r for r in app.routes if isinstance(r, APIRoute)}
-    assert _endpoint(routes["/v1/plain"]) is not None
+    assert direct_endpoint(routes["/v1/plain"]) is not None
     for path in ("/v1/cookie", "/v1/list", "/v1/request", "/v1/other", "/v1/async"):
-        assert _endpoint(routes[path]) is None, path
+        assert direct_endpoint(routes[path]) is None, path

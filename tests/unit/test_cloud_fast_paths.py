@@ -4,7 +4,7 @@
   orjson when it can: its bytes must be the standard library's, or stored fingerprints
   would no longer match their replays.
 * ``iso`` formats from a cached whole second: the same text as ``datetime.isoformat``.
-* ``DirectDispatch.match`` tries only the routes of the path's shape: the same route
+* ``DirectRoutes.match`` tries only the routes of the path's shape: the same route
   and parameters as Starlette's first-match scan over every route.
 """
 
@@ -15,14 +15,13 @@ import math
 import random
 import string
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from fastapi.routing import APIRoute
 
 from cloud import api_admin, api_directory, api_oauth, api_services
-from cloud.context import CloudContext
-from cloud.direct import DirectDispatch
+from cloud.direct_routes import DirectRoutes
 from cloud.idempotency import canonical_json
 from cloud.store import iso
 
@@ -90,7 +89,7 @@ def test_iso_is_datetime_isoformat_with_z() -> None:
         assert iso.__wrapped__(ts) == expected, repr(ts)
 
 
-def _linear_match(direct: DirectDispatch, method: str, path: str) -> tuple[str, dict[str, Any]] | None:
+def _linear_match(direct: DirectRoutes, method: str, path: str) -> tuple[str, dict[str, Any]] | None:
     """Starlette's rule over every route, as ``match`` did before it grouped routes by shape."""
     for route, endpoint in direct._routes:
         assert isinstance(route, APIRoute)
@@ -107,7 +106,7 @@ def _linear_match(direct: DirectDispatch, method: str, path: str) -> tuple[str, 
 
 def test_match_by_shape_finds_what_a_scan_of_every_route_finds() -> None:
     routers = (api_oauth.router, api_directory.router, api_services.router, api_admin.router)
-    direct = DirectDispatch(cast(CloudContext, None), [r for router in routers for r in router.routes])
+    direct = DirectRoutes([r for router in routers for r in router.routes])
     segments = ["v1", "users", "companies", "services", "access", "link", "me", "audit", "batch"]
     segments += ["admin", "oauth", "token", "healthz", "application-instances", "u-1", "", "a b", "%2F"]
     rng = random.Random(11)

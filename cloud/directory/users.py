@@ -1,0 +1,170 @@
+"""Users: create, patch, deactivate and reactivate, link to an external id, find by e-mail."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from typing import Any
+
+from cloud import models
+from cloud.directory.paging import page
+from cloud.directory.writes import Body, Row, check_if_match, conflict, outcome
+from cloud.errors import ApiError, not_found
+from cloud.normalise import normalise_email
+from cloud.store import Outcome, iso
+
+
+def user_body(row: Row) -> Body:
+    return {
+        "id": row["id"],
+        "external_id": row["external_id"],
+        "email": row["email"],
+        "username": row["username"],
+        "first_name": row["first_name"],
+        "last_name": row["last_name"],
+        "language": row["language"],
+        "active": bool(row["active"]),
+        "version": row["version"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+    }
+
+
+def get_user_row(conn: sqlite3.Connection, user_id: str) -> Row:
+    row: Row | None = conn.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone()
+    if row is None:
+        raise not_found("user")
+    return row
+
+
+def _user_in_way(conn: sqlite3.Connection, column: str, value: str, self_id: str | None) -> str | None:
+    row = conn.execute(
+        f"SELECT id FROM users WHERE {column} = ? AND id IS NOT ?",
+        (value, self_id),
+    ).fetchone()
+    return None if row is None else str(row["id"])
+
+
+def create_user(conn: sqlite3.Connection, now: float, body: models.UserCreate) -> Outcome:
+    email_key = normalise_email(body.email)
+    if existing := _user_in_way(conn, "email_key", email_key, None):
+        raise conflict("a user with this e-mail address exists", existing)
+    if body.external_id is not None and (
+        existing := _user_in_way(conn, "external_id", body.external_id, None)
+    ):
+        raise conflict("a user is linked to this external id", existing)
+    user_id = str(uuid.uuid4())
+    stamp = iso(now)
+    conn.execute(
+        "INSERT INTO users (id, external_id, email, email_key, username, first_name, last_name,"
+        " language, active, version, created_at, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, 1, ?, ?)",
+        (
+            user_id,
+            body.external_id,
+            body.email.strip(),
+            email_key,
+            body.username,
+            body.first_name,
+            body.last_name,
+            body.language,
+            stamp,
+            stamp,
+        ),
+    )
+    row = {
+        "id": user_id,
+        "external_id": body.external_id,
+        "email": body.email.strip(),
+        "username": body.username,
+        "first_name": body.first_name,
+        "last_name": body.last_name,
+        "language": body.language,
+        "active": 1,
+        "version": 1,
+        "created_at": stamp,
+        "updated_at": stamp,
+    }
+    return outcome(201, user_body(row), "user", user_id, "created")
+
+
+def patch_user(
+    conn: sqlite3.Connection, now: float, user_id: str, patch: models.UserPatch, if_match: str | None
+) -> Outcome:
+    row = get_user_row(conn, user_id)
+    check_if_match(if_match, row["version"])
+    new = dict(row)
+    if patch.email is not None:
+        new["email"] = patch.email.strip()
+        new["email_key"] = normalise_email(patch.email)
+    for field in ("username", "first_name", "last_name", "language"):
+        if field in patch.model_fields_set:
+            new[field] = getattr(patch, field)
+    if new == dict(row):
+        return outcome(200, user_body(row), "user", user_id, "noop")
+    if new["email_key"] != row["email_key"] and (
+        existing := _user_in_way(conn, "email_key", new["email_key"], user_id)
+    ):
+        raise conflict("a user with this e-mail address exists", existing)
+    new["version"], new["updated_at"] = row["version"] + 1, iso(now)
+    conn.execute(
+        "UPDATE users SET email = ?, email_key = ?, username = ?, first_name = ?, last_name = ?,"
+        " language = ?, version = ?, updated_at = ? WHERE id = ?",
+        (
+            new["email"],
+            new["email_key"],
+            new["username"],
+            new["first_name"],
+            new["last_name"],
+            new["language"],
+            new["version"],
+            new["updated_at"],
+            user_id,
+        ),
+    )
+    return outcome(200, user_body(new), "user", user_id, "updated")
+
+
+def set_user_active(conn: sqlite3.Connection, now: float, user_id: str, active: bool) -> Outcome:
+    """Deactivate or reactivate; asking for the current state is a 200 no-op."""
+    row = get_user_row(conn, user_id)
+    if bool(row["active"]) == active:
+        return outcome(200, user_body(row), "user", user_id, "noop")
+    new = {**dict(row), "active": int(active), "version": row["version"] + 1, "updated_at": iso(now)}
+    conn.execute(
+        "UPDATE users SET active = ?, version = ?, updated_at = ? WHERE id = ?",
+        (new["active"], new["version"], new["updated_at"], user_id),
+    )
+    effect = "reactivated" if active else "deactivated"
+    return outcome(200, user_body(new), "user", user_id, effect)
+
+
+def link_user(conn: sqlite3.Connection, now: float, user_id: str, external_id: str) -> Outcome:
+    row = get_user_row(conn, user_id)
+    if row["external_id"] == external_id:
+        return outcome(200, user_body(row), "user", user_id, "noop")
+    if row["external_id"] is not None:
+        raise ApiError(409, "conflict", "the user is linked to a different external id")
+    if existing := _user_in_way(conn, "external_id", external_id, user_id):
+        raise conflict("another user is linked to this external id", existing)
+    new = {**dict(row), "external_id": external_id, "version": row["version"] + 1, "updated_at": iso(now)}
+    conn.execute(
+        "UPDATE users SET external_id = ?, version = ?, updated_at = ? WHERE id = ?",
+        (external_id, new["version"], new["updated_at"], user_id),
+    )
+    return outcome(200, user_body(new), "user", user_id, "linked")
+
+
+def find_users(
+    conn: sqlite3.Connection, email: str | None, external_id: str | None, limit: int, after: int = 0
+) -> Body:
+    """One page of users in creation order (see :func:`cloud.directory.paging.page`)."""
+    sql = "SELECT rowid AS _after, * FROM users WHERE rowid > ?"
+    args: list[Any] = [after]
+    if email is not None:
+        sql += " AND email_key = ?"
+        args.append(normalise_email(email))
+    if external_id is not None:
+        sql += " AND external_id = ?"
+        args.append(external_id)
+    return page(conn, sql, args, limit, user_body)
