@@ -1,0 +1,121 @@
+"""The planner table's on-disk format: every key kind and every need, spelled exactly as an
+existing installation's changelog holds them, and read back to the same typed value."""
+
+from __future__ import annotations
+
+import pytest
+
+from processors import keys
+from processors.keys import (
+    EntityKey,
+    GateKey,
+    IndexKey,
+    Known,
+    KnownKey,
+    LiveKey,
+    ParkedKey,
+    TableKey,
+)
+from processors.needs import Need, NeedKind
+from schemas.directory import ApplicationType, EntityType
+from schemas.results import FactKind, PlannerFact
+from tests.factories import T0
+
+BUSINESS = ApplicationType.BUSINESS
+
+NEEDS: list[tuple[Need, str]] = [
+    (Need.user("u1"), "user:u1"),
+    (Need.company("c1"), "company:c1"),
+    (Need.catalogue(BUSINESS, "roles", "Regnskap"), "catalogue:business:roles:Regnskap"),
+    (Need.catalogue(BUSINESS, "layout_groups", "a:b"), "catalogue:business:layout_groups:a:b"),
+    (Need.application(BUSINESS), "application:business"),
+    (Need.deletion("user:u1:4"), "deletion:user:u1:4"),
+]
+
+
+@pytest.mark.parametrize(("need", "text"), NEEDS)
+def test_a_need_is_spelled_kind_colon_subject_and_reads_back(need: Need, text: str) -> None:
+    assert need.encode() == text and str(need) == text
+    assert text.encode() == f"{need.kind.value}:{need.subject}".encode()
+    assert Need.decode(text) == need
+
+
+def test_only_an_application_need_blocks() -> None:
+    assert [n.blocks for n, _ in NEEDS] == [False, False, False, False, True, False]
+
+
+@pytest.mark.parametrize("text", ["", "user", "user:", "nothing:x"])
+def test_what_is_no_need_is_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        Need.decode(text)
+
+
+def test_a_fact_meets_the_need_spelled_like_its_key() -> None:
+    for kind, subject in [
+        (FactKind.USER, "u1"),
+        (FactKind.COMPANY, "c1"),
+        (FactKind.CATALOGUE, "business:roles:Regnskap"),
+    ]:
+        fact = PlannerFact(kind=kind, subject=subject, cloud_id="x", observed_at=T0, source="results")
+        need = Need.of_fact(kind, subject)
+        assert need is not None and need.encode() == fact.key
+    assert Need.of_fact(FactKind.REGISTRY, "business") is None
+    assert Need.of_fact(FactKind.INSTANCE, "business") is None
+    assert {k.value for k in NeedKind} == {"user", "company", "catalogue", "application", "deletion"}
+
+
+KEYS: list[tuple[TableKey, str]] = [
+    (EntityKey(EntityType.USER, "u1"), "e|user:u1"),
+    (EntityKey(EntityType.APPLICATION_INSTANCE, "business"), "e|application_instance:business"),
+    (ParkedKey(EntityType.USER, "u:1"), "p|user:u:1"),
+    (KnownKey(1, Known.USER, "u1"), "k|1|user:u1"),
+    (KnownKey(0, Known.COMPANY, "c1"), "k|0|company:c1"),
+    (KnownKey(2, Known.CATALOGUE, "business:roles:Regnskap"), "k|2|catalogue:business:roles:Regnskap"),
+    (KnownKey(0, Known.REGISTRY, "business"), "k|0|registry:business"),
+    (KnownKey(0, Known.INSTANCE, "business"), "k|0|instance:business"),
+    (KnownKey(3, Known.DELETION, "user:u1:4"), "k|3|deletion:user:u1:4"),
+    (KnownKey(0, Known.REVIEWED, "business"), "k|0|reviewed:business"),
+    (IndexKey(0, Need.company("c1")), "n|0|company:c1"),
+    (IndexKey(12, Need.company("c1"), 0), "n|12|company:c1|0"),
+    (IndexKey(1, Need.deletion("user:u1:4"), 3), "n|1|deletion:user:u1:4|3"),
+    (LiveKey(5), "c|5|live"),
+    (GateKey("gate"), "g|gate"),
+    (GateKey("seq"), "g|seq"),
+    (GateKey("h", "7"), "g|h|7"),
+    (GateKey("hc", "user:u1:4"), "g|hc|user:u1:4"),
+    (GateKey("d", "user:u1:4"), "g|d|user:u1:4"),
+]
+
+
+@pytest.mark.parametrize(("key", "text"), KEYS)
+def test_every_key_kind_is_spelled_exactly_and_reads_back(key: TableKey, text: str) -> None:
+    assert key.encode() == text
+    assert keys.parse(text) == key
+
+
+def test_the_builders_spell_the_same_keys() -> None:
+    ref = keys.entity_ref(EntityType.USER, "u1")
+    assert ref == "user:u1"
+    assert keys.entity_key(ref) == "e|user:u1" and keys.parked_key(ref) == "p|user:u1"
+    assert keys.fact_key(1, "user:u1") == "k|1|user:u1"
+    assert keys.known_prefix(1, Known.USER) == "k|1|user:"
+    assert keys.known_key(3, Known.DELETION, "user:u1:4") == "k|3|deletion:user:u1:4"
+    assert keys.instance_key(0, BUSINESS) == "k|0|instance:business"
+    assert keys.registry_key(0, BUSINESS) == "k|0|registry:business"
+    assert keys.index_key(0, "company:c1") == "n|0|company:c1"
+    assert keys.bucket_key(0, "company:c1", 2) == "n|0|company:c1|2"
+    assert keys.live_key(5) == "c|5|live"
+    assert (keys.GATE_STATE, keys.GATE_SEQ) == ("g|gate", "g|seq")
+    assert keys.gate_held_key(7) == "g|h|7"
+    assert keys.gate_candidate_key("user:u1:4") == "g|hc|user:u1:4"
+    assert keys.gate_decided_key("user:u1:4") == "g|d|user:u1:4"
+    assert keys.is_parked("p|user:u1") and not keys.is_parked("e|user:u1")
+
+
+@pytest.mark.parametrize(
+    "text", ["", "x|y", "e|user", "e|nobody:1", "k|x|user:u1", "k|0|user", "c|0|dead", "g|h"]
+)
+def test_what_is_no_table_key_is_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        keys.parse(text)
+
