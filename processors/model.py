@@ -1,13 +1,6 @@
 """The planner's vocabulary: what it knows, what it decides. Plain frozen dataclasses, no I/O.
 
-A *need* is a string naming one prerequisite of an operation:
-
-- ``user:<id>`` / ``company:<id>`` — the cloud id of the user / company is known (from results);
-- ``catalogue:<application>:<roles|layout_groups|modules>:<name>`` — the entry exists in the
-  cloud's catalogue (an assignment naming a missing entry would be refused with 422);
-- ``application:<application>`` — the application's on-premise instance matches the cloud's
-  registry (or ``vudsync connect`` has told what the registry holds);
-- ``deletion:<candidate>`` — the accidental-delete gate granted (or an operator approved) it.
+What a parked operation waits for — its *needs* — is :class:`processors.needs.Need`.
 """
 
 from __future__ import annotations
@@ -17,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from processors.needs import Need
 from schemas.directory import ApplicationType, EntityType
 from schemas.operations import AssignAccess, CloudOperation, RevokeAccess
 
@@ -127,7 +121,7 @@ class Parked:
     ``deletion`` the gate candidate it waits for (deletions only)."""
 
     operation: CloudOperation
-    needs: tuple[str, ...]
+    needs: tuple[Need, ...]
     apps: tuple[ApplicationType, ...] = ()
     deletion: str | None = None
 

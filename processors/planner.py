@@ -17,7 +17,7 @@ Rules (docs/domain.md):
   result when details differ), else creates; never two cloud companies for one company;
 - *catalogues*: roles, layout groups and modules are published per service (application);
 - *access*: the diff of a user's access per company becomes assign / revoke operations;
-- *prerequisites*: an operation is sent only when its needs (:mod:`processors.model`) are met,
+- *prerequisites*: an operation is sent only when its needs (:mod:`processors.needs`) are met,
   else parked: cloud ids of user and company, the catalogue entries it names, an application
   instance that matches the cloud's registry;
 - *deletions* (op ``d``) wait for the accidental-delete gate (:mod:`processors.deletions`);
@@ -47,6 +47,7 @@ from processors.model import (
     Verdict,
     VerdictStatus,
 )
+from processors.needs import Need
 from schemas.directory import (
     ApplicationInstanceState,
     ApplicationType,
@@ -153,22 +154,22 @@ def needs_of(
     ids: Identities,
     apps: Iterable[ApplicationType] = (),
     deletion: str | None = None,
-) -> tuple[str, ...] | None:
+) -> tuple[Need, ...] | None:
     """The unmet needs of ``op`` (empty: it may go now); None when a rejected deletion drops it."""
     if deletion is None and not apps and isinstance(op, _UPSERTS):
         return ()  # the common case, first
-    needs: list[str] = []
+    needs: list[Need] = []
     if deletion is not None:
         decision = ids.deletions.get(deletion)
         if decision is Decision.REJECTED:
             return None
         if decision is None:
-            needs.append(f"deletion:{deletion}")
+            needs.append(Need.deletion(deletion))
     if isinstance(op, ACCESS_OPS):
         if op.user_id not in ids.users:
-            needs.append(f"user:{op.user_id}")
+            needs.append(Need.user(op.user_id))
         if op.company_id not in ids.companies:
-            needs.append(f"company:{op.company_id}")
+            needs.append(Need.company(op.company_id))
     if isinstance(op, AssignAccess):
         catalogue = ids.catalogue
         for app, svc in sorted(op.services.items()):
@@ -178,14 +179,13 @@ def needs_of(
                 ("modules", svc.modules),
             ):
                 for name in names:
-                    entry = f"{app._value_}:{kind}:{name}"
-                    if not catalogue.get(entry, False):
-                        needs.append(f"catalogue:{entry}")
+                    if not catalogue.get(f"{app._value_}:{kind}:{name}", False):
+                        needs.append(Need.catalogue(app, kind, name))
     if isinstance(op, _CATALOGUE_OPS):
         apps = (*apps, op.application)
     for app in sorted(set(apps)):
         if ids.verdict(app).blocked:
-            needs.append(f"application:{app.value}")
+            needs.append(Need.application(app))
     return tuple(needs)
 
 
@@ -198,7 +198,7 @@ def with_cloud_ids(op: CloudOperation, ids: Identities) -> CloudOperation:
     return op
 
 
-def settle(parked: Parked, ids: Identities) -> tuple[str, CloudOperation | tuple[str, ...] | None]:
+def settle(parked: Parked, ids: Identities) -> tuple[str, CloudOperation | tuple[Need, ...] | None]:
     """Decide a parked operation again: ``("send", op)`` with its cloud ids filled in,
     ``("wait", needs)`` with the needs still unmet, or ``("drop", None)`` (rejected deletion)."""
     needs = needs_of(parked.operation, ids, parked.apps, parked.deletion)
@@ -236,7 +236,7 @@ class _Router:
         elif self.parked and self.deletion is not None:
             outcome = Outcome.HELD
         elif self.parked:
-            blocked = all(any(n.startswith("application:") for n in p.needs) for p in self.parked)
+            blocked = all(any(n.blocks for n in p.needs) for p in self.parked)
             outcome = Outcome.BLOCKED if blocked else Outcome.PARKED
         else:
             outcome = Outcome.NO_CHANGE

@@ -1,11 +1,11 @@
 """The planner's table: the only state shared between messages.
 
 One table, ``state``, co-partitioned with every input topic; the key prefixes and what they
-hold are described in :mod:`processors.engine`. One table rather than several so that all of
+hold are described in :mod:`processors.keys`. One table rather than several so that all of
 a partition's state changes go through *one* changelog partition, in the order they were made.
 
 No ``GlobalTable``: facts every partition needs are copied into each partition's own keys
-(see :mod:`processors.engine` for why).
+(see :mod:`processors.facts` for why).
 """
 
 from __future__ import annotations

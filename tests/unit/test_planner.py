@@ -16,6 +16,7 @@ from processors.model import (
     Registry,
     VerdictStatus,
 )
+from processors.needs import Need
 from processors.planner import instance_verdict, plan, review_instance, settle
 from schemas.directory import ApplicationType
 from schemas.events import DirectoryEvent, Op
@@ -133,7 +134,7 @@ def test_removal_deactivates_and_revokes_after_the_delete_gate() -> None:
     assert waiting.outcome is Outcome.HELD and waiting.operations == ()
     assert waiting.deletion is not None and waiting.deletion.candidate == "user:u1:4"
     assert [type(p.operation) for p in waiting.parked] == [DeactivateUser, RevokeAccess]
-    assert all(p.needs == ("deletion:user:u1:4",) for p in waiting.parked)
+    assert all(p.needs == (Need.deletion("user:u1:4"),) for p in waiting.parked)
     assert waiting.view is not None and waiting.view.deleted
 
     granted = run(
@@ -175,8 +176,8 @@ def test_access_waits_for_the_cloud_ids_of_user_and_company_then_goes_with_them(
     result = run(None, user_event(2, access=(access("c1"),)), ids())
     assert [type(o) for o in result.operations] == [UpsertUser]
     (parked,) = result.parked
-    assert parked.needs == ("user:u1", "company:c1")
-    assert settle(parked, ids(users={"u1": "cu-1"})) == ("wait", ("company:c1",))
+    assert parked.needs == (Need.user("u1"), Need.company("c1"))
+    assert settle(parked, ids(users={"u1": "cu-1"})) == ("wait", (Need.company("c1"),))
     verdict, op = settle(parked, ids(users={"u1": "cu-1"}, companies={"c1": "cc-1"}))
     assert verdict == "send" and isinstance(op, AssignAccess)
     assert (op.cloud_user_id, op.cloud_company_id) == ("cu-1", "cc-1")
@@ -187,7 +188,7 @@ def test_an_assignment_waits_for_its_catalogue_entries() -> None:
     new = user_state(access=(access("c1", roles=("Lønn", "Regnskap")),))
     result = run(None, user_event(2, state=new), ids(**_known(), catalogue={"business:roles:Lønn": True}))
     (parked,) = result.parked
-    assert parked.needs == ("catalogue:business:roles:Regnskap",)
+    assert parked.needs == (Need.catalogue(BUSINESS, "roles", "Regnskap"),)
     catalogue = {"business:roles:Lønn": True, "business:roles:Regnskap": True}
     assert settle(parked, ids(**_known(), catalogue=catalogue))[0] == "send"
 
@@ -264,7 +265,7 @@ def test_a_blocked_application_holds_its_access_and_fixing_it_releases_it() -> N
     # reporting in c2 goes; business in c1 waits for its application, with a blocked outcome
     assert [o.company_id for o in result.operations if isinstance(o, AssignAccess)] == ["c2"]
     (parked,) = result.parked
-    assert parked.needs == ("application:business",) and parked.apps == (BUSINESS,)
+    assert parked.needs == (Need.application(BUSINESS),) and parked.apps == (BUSINESS,)
     assert settle(parked, ids(**_known()))[0] == "send"
 
 
@@ -275,14 +276,14 @@ def test_removing_access_in_a_blocked_application_is_held_too() -> None:
     seen = EntityView(2, user_state(access=(access("c1"),)))
     result = run(seen, user_event(3, access=()), ids(**_known(), applications={BUSINESS: blocked}))
     (parked,) = result.parked
-    assert isinstance(parked.operation, RevokeAccess) and parked.needs == ("application:business",)
+    assert isinstance(parked.operation, RevokeAccess) and parked.needs == (Need.application(BUSINESS),)
     assert result.outcome is Outcome.BLOCKED
 
 
 def test_before_connect_every_application_is_unverified_and_holds_its_access() -> None:
     result = run(None, user_event(2, access=(access("c1"),)), Identities(**_known(), catalogue=_Everything()))
     (parked,) = result.parked
-    assert parked.needs == ("application:business",)
+    assert parked.needs == (Need.application(BUSINESS),)
 
 
 # -- companies -------------------------------------------------------------------------------
@@ -325,14 +326,14 @@ def test_roles_are_published_per_service_and_removal_passes_the_gate() -> None:
     removal = run(EntityView(2, role_event(2).state), role_event(3, op=Op.DELETE))
     (parked,) = removal.parked
     assert isinstance(parked.operation, RemoveCatalogueEntry) and parked.needs == (
-        "deletion:role:business:Regnskap:3",
+        Need.deletion("role:business:Regnskap:3"),
     )
 
 
 def test_catalogue_of_a_blocked_application_waits() -> None:
     result = run(None, role_event(1), ids(applications={}))
     (parked,) = result.parked
-    assert parked.needs == ("application:business",) and result.outcome is Outcome.BLOCKED
+    assert parked.needs == (Need.application(BUSINESS),) and result.outcome is Outcome.BLOCKED
 
 
 def test_operation_ids_are_uuid5_of_kind_entity_version_and_discriminator() -> None:

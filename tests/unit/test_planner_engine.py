@@ -9,8 +9,9 @@ from typing import Any
 
 from processors import deletions
 from processors.control import DeletionsDecided
-from processors.engine import BUCKET, Coords, Effects, Reconciler
+from processors.engine import Coords, Effects, Reconciler
 from processors.model import Decision, PlannerSettings
+from processors.parking import BUCKET
 from schemas.directory import ApplicationType
 from schemas.events import DirectoryEvent, Op
 from schemas.operations import AssignAccess, DeactivateUser, RegisterApplicationInstance, UpsertUser
@@ -336,6 +337,16 @@ def test_deletions_under_the_threshold_go_and_the_rest_are_held_until_approved()
     assert h.r.held_deletions() == 0 and h.r.parked() == 0
     # the approved operations carry the ids the held results named: the journal closes them
     assert {r.operation_id for r in held} <= {o.operation_id for o in h.ops}
+
+
+def test_settings_given_to_the_reconciler_later_govern_every_path() -> None:
+    """The property tests tighten the gate on a reconciler already built: every path obeys."""
+    h = Harness(settings=PlannerSettings(deletes_threshold=10_000))
+    h.r.settings = PlannerSettings(deletes_threshold=1)
+    assert h.r.settings.deletes_threshold == 1
+    h.connect()
+    _deletes(h, 2)
+    assert len([o for o in h.ops if isinstance(o, DeactivateUser)]) == 1 and h.r.held_deletions() == 1
 
 
 def test_rejected_deletions_are_never_applied_and_say_so() -> None:

@@ -16,10 +16,13 @@ from processors.keys import (
     ParkedKey,
     TableKey,
 )
+from processors.model import Identities, Parked, PlannerSettings
 from processors.needs import Need, NeedKind
+from processors.parking import parked_from_json, parked_json
+from processors.planner import plan
 from schemas.directory import ApplicationType, EntityType
 from schemas.results import FactKind, PlannerFact
-from tests.factories import T0
+from tests.factories import T0, access, user_event
 
 BUSINESS = ApplicationType.BUSINESS
 
@@ -119,3 +122,19 @@ def test_what_is_no_table_key_is_refused(text: str) -> None:
     with pytest.raises(ValueError):
         keys.parse(text)
 
+
+def test_a_parked_item_stores_its_needs_as_their_strings_and_reads_them_back() -> None:
+    event = user_event(2, access=(access("c1"),))
+    (parked,) = plan(None, event, Identities(), PlannerSettings(), now=T0).parked
+    raw = parked_json(parked)
+    assert raw["needs"] == [
+        "user:u1",
+        "company:c1",
+        "catalogue:business:roles:Regnskap",
+        "application:business",
+    ]
+    assert raw["slot"] == "access:c1" and raw["apps"] == ["business"] and raw["del"] is None
+    assert parked_from_json(raw) == parked
+    deletion = Parked(parked.operation, (Need.deletion("user:u1:4"),), (BUSINESS,), "user:u1:4")
+    assert parked_json(deletion)["needs"] == ["deletion:user:u1:4"]
+    assert parked_from_json(parked_json(deletion)) == deletion

@@ -1,0 +1,195 @@
+"""Directory events: one entity's new version, planned against what the partition knows. Pure.
+
+The entity's ``e|`` value holds its last seen version and state; the planner's rules
+(:mod:`processors.planner`) turn the previous view, the event and the partition's knowledge
+into a plan, which becomes effects here: operations sent, operations parked (with a *parked* or
+*blocked* result each, :mod:`processors.parking`), rejected deletions dropped, journal entries,
+an on-premise instance published as a fact to every partition, and a deletion request to the
+accidental-delete gate (:mod:`processors.gate`).
+
+Delivery (at least once, no loss): the table write of an event may reach the changelog while
+its operations do not, and the event is redelivered (its offset was not committed). The entity
+keeps, for each of its events not yet known committed, the state *before* it (``h``): a
+redelivered version is planned again against exactly that state — the same operations with the
+same ids, which the sink's ledger and the cloud's idempotency keys turn into no-ops. (The rule
+this replaces re-planned only the last version; two uncommitted versions of one entity lost the
+first one's operations.) Entries older than the committed offset are pruned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from processors import journal, keys, parking, planner
+from processors.control import GATE_PARTITION, DeletionRequested
+from processors.effects import Coords, Effects, Tx
+from processors.facts import Facts
+from processors.knowledge import Knowledge
+from processors.model import EntityView, Outcome, Plan, PlannerSettings, slot_of
+from schemas.directory import EntityType
+from schemas.events import EVENT_BY_ENTITY, DirectoryEvent
+from schemas.results import FactKind, PlannerFact, ResultOutcome
+
+HISTORY_MAX = 32  # safety net: uncommitted versions kept per entity
+
+_STATE_TYPES: dict[EntityType, Any] = {
+    entity: cls.model_fields["state"].annotation for entity, cls in EVENT_BY_ENTITY.items()
+}
+
+
+class DirectoryEvents:
+    """Plans directory events over one partition's table."""
+
+    def __init__(
+        self,
+        knowledge: Knowledge,
+        facts: Facts,
+        settings: PlannerSettings,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.knowledge = knowledge
+        self.facts = facts
+        self.settings = settings
+        self.clock = clock
+
+    def on_directory_event(
+        self, tx: Tx, ev: DirectoryEvent, coords: Coords, committed: int | None
+    ) -> Effects:
+        """Plan one directory event. ``committed``: the committed offset of its topic partition."""
+        fx = Effects(entity=ev.entity._value_)
+        ref = keys.entity_ref(ev.entity, ev.entity_id)
+        ekey = keys.entity_key(ref)
+        raw = tx.get(ekey)
+        replay = False
+        if raw is not None and ev.version <= raw["v"]:
+            # a redelivery of an event not yet committed? then plan it again, against its past
+            item = next((h for h in raw["h"] if h[1] == ev.version), None)
+            if item is None:
+                fx.outcome = Outcome.STALE.value
+                return fx
+            previous, replay = _view(ev.entity, item[2], item[3], item[4]), True
+        else:
+            previous = _view(ev.entity, raw["v"], raw["d"], raw["s"]) if raw else None
+        now = self.clock()
+        plan = planner.plan(
+            previous, ev, self.knowledge.identities(tx, coords.partition), self.settings, now=now
+        )
+        if replay:
+            # what a later version planned for a slot supersedes this version's plan for it: its
+            # own redelivery follows (offsets are redelivered in order) and re-sends it
+            later = {s for h in raw["h"] if h[1] > ev.version for s in h[5]}
+            plan = _without_slots(plan, later)
+        slots = self._apply_plan(tx, fx, coords.partition, ref, ev, plan, now)
+        if not replay and plan.view is not None:
+            history = [h for h in (raw["h"] if raw else ()) if committed is None or h[0] >= committed]
+            history.append(
+                [
+                    coords.offset,
+                    ev.version,
+                    *((raw["v"], raw["d"], raw["s"]) if raw else (None, None, None)),
+                    sorted(slots),
+                ]
+            )
+            tx.set(
+                ekey,
+                {
+                    "v": ev.version,
+                    "d": plan.view.deleted,
+                    "s": ev.state.model_dump(mode="json"),
+                    "h": history[-HISTORY_MAX:],
+                },
+            )
+            was_live = raw is not None and not raw["d"]
+            if was_live != (not plan.view.deleted) and self.settings.deletes_threshold_percent is not None:
+                live = keys.live_key(coords.partition)
+                tx.set(live, max(0, (tx.get(live) or 0) + (-1 if was_live else 1)))
+        fx.outcome = Outcome.REDELIVERED.value if replay else plan.outcome.value
+        return tx.effects(fx)
+
+    def _apply_plan(
+        self, tx: Tx, fx: Effects, p: int, ref: str, ev: DirectoryEvent, plan: Plan, now: datetime
+    ) -> set[str]:
+        """Turn ``plan`` into effects; returns its slots."""
+        slots = _slots(plan)
+        if slots:
+            # the newest plan for a slot supersedes whatever waited in it
+            pkey = keys.parked_key(ref)
+            items = tx.get(pkey) or []
+            kept = [i for i in items if i["slot"] not in slots]
+            added = [parking.parked_json(x) for x in plan.parked]
+            if len(kept) != len(items) or added:
+                tx.set(pkey, (kept + added) or None)
+            for x in plan.parked:
+                for need in x.needs:
+                    parking.index(tx, p, need.encode(), ref)
+        for op in plan.operations:
+            fx.send("operations", op.aggregate, op)
+        for x in plan.parked:
+            outcome = ResultOutcome.BLOCKED if any(n.blocks for n in x.needs) else ResultOutcome.PARKED
+            waiting = [n.encode() for n in x.needs]
+            fx.send(
+                "results",
+                ev.entity_id,
+                journal.operation_result(x.operation, outcome, now, waiting_for=waiting),
+            )
+        for op in plan.dropped:
+            rejected = journal.operation_result(op, ResultOutcome.REJECTED, now, reason="deletion rejected")
+            fx.send("results", ev.entity_id, rejected)
+        for entry in plan.journal:
+            journal.record(fx, entry, now)
+        if plan.instance is not None:
+            app, seen = plan.instance
+            fact = PlannerFact(
+                kind=FactKind.INSTANCE,
+                subject=app.value,
+                present=seen.present,
+                uri=seen.uri,
+                license_fingerprint=seen.license_fingerprint,
+                version=seen.version,
+                observed_at=ev.source.committed_at,
+                source="planner",
+            )
+            self.facts.fan_out(fx, fact)
+            self.facts.review_home(tx, fx, p, app, now, ev.source.committed_at, pending=seen)
+        if plan.deletion is not None:
+            d = plan.deletion
+            request = DeletionRequested(
+                candidate=d.candidate,
+                entity=d.entity,
+                entity_id=d.entity_id,
+                version=d.version,
+                committed_at=d.committed_at,
+                partition=p,
+                live=tx.get(keys.live_key(p)) or 0,
+            )
+            fx.send("control", d.candidate, request, GATE_PARTITION)
+        return slots
+
+
+def _view(entity: EntityType, version: int | None, deleted: bool | None, state: Any) -> EntityView | None:
+    if version is None:
+        return None
+    model = _STATE_TYPES[entity].model_validate(state) if state is not None else None
+    return EntityView(version, model, bool(deleted))
+
+
+def _slots(plan: Plan) -> set[str]:
+    return {slot_of(op) for op in (*plan.operations, *plan.dropped)} | {
+        slot_of(x.operation) for x in plan.parked
+    }
+
+
+def _without_slots(plan: Plan, slots: set[str]) -> Plan:
+    if not slots:
+        return plan
+    parked = tuple(x for x in plan.parked if slot_of(x.operation) not in slots)
+    return replace(
+        plan,
+        operations=tuple(op for op in plan.operations if slot_of(op) not in slots),
+        parked=parked,
+        dropped=tuple(op for op in plan.dropped if slot_of(op) not in slots),
+        deletion=plan.deletion if any(x.deletion for x in parked) else None,
+    )

@@ -1,0 +1,232 @@
+"""Results and facts: what the cloud did, learned by every partition. Pure.
+
+A *fact* (:class:`~schemas.results.PlannerFact`) is something the planner must know: a user's
+or company's cloud id, a catalogue entry's existence, the cloud's registered instance of an
+application (learned from results, or told by ``vudsync connect``), the on-premise instance
+(from directory events). A result the sink applied becomes facts, sent to *every* partition of
+``vud.planner.facts``; each partition records its own copy under ``k|<p>|`` and releases what
+waited for it (:mod:`processors.parking`). A later ``observed_at`` (instances: a higher
+``version``) wins.
+
+Why facts are copied to every partition instead of a Faust ``GlobalTable``: a partition's
+copy is written in the same changelog partition, in the same order, as the parked operations
+that wait for it, so "the company became known" and "the operations waiting for it were sent"
+can never be recovered out of step — and there is no second, unordered path (a global table
+updated behind the stream) for a worker to race against.
+
+Releases are sent and their acknowledgement awaited *before* the table forgets them
+(``acks_first``); a fact's own knowledge key is written last, so a recovered "known" always
+comes with its released operations gone.
+
+*Review*: a company linked to an existing cloud company that differs is journalled for an
+operator to review before activating services; and on an application instance's home partition
+(the one holding its entity) the planner says what the verdict is — once per instance version
+and registry — and registers an instance the cloud lacks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from processors import journal, keys, parking, planner
+from processors.effects import Coords, Effects, Tx
+from processors.keys import Known
+from processors.knowledge import Knowledge
+from processors.model import InstanceSeen, JournalEntry
+from processors.needs import Need
+from schemas.directory import ApplicationType, EntityType
+from schemas.results import FactKind, OperationResult, PlannerFact, ResultOutcome
+
+_CATALOGUE_KIND = {
+    EntityType.ROLE: "roles",
+    EntityType.LAYOUT_GROUP: "layout_groups",
+    EntityType.MODULE: "modules",
+}
+_APPLIED = (ResultOutcome.APPLIED, ResultOutcome.ALREADY_APPLIED)
+
+
+def _ts(moment: datetime) -> float:
+    return moment.timestamp()
+
+
+class Facts:
+    """Results into facts, and one partition's copy of each fact."""
+
+    def __init__(self, knowledge: Knowledge, partitions: int, clock: Callable[[], datetime]) -> None:
+        self.knowledge = knowledge
+        self.partitions = partitions
+        self.clock = clock
+
+    # -- results: what the cloud did ----------------------------------------------------
+
+    def on_result(self, result: OperationResult, coords: Coords) -> Effects:
+        """Learn from a result: cloud ids, the registry, the catalogue; the review journal."""
+        fx = Effects()
+        if result.outcome not in _APPLIED:
+            return fx
+        seen = result.recorded_at
+        kind = result.kind
+        if kind in ("user.upsert", "user.deactivate") and result.cloud_id:
+            # to every partition, like every fact: which partition holds the user's parked
+            # operations depends on the directory producer's partitioner, which need not be
+            # the sink's (librdkafka hashes keys differently from the Java and Python clients)
+            self.fan_out(
+                fx,
+                PlannerFact(
+                    kind=FactKind.USER,
+                    subject=result.entity_id,
+                    cloud_id=result.cloud_id,
+                    observed_at=seen,
+                    source="results",
+                ),
+            )
+        elif kind == "company.upsert" and result.cloud_id:
+            self.fan_out(
+                fx,
+                PlannerFact(
+                    kind=FactKind.COMPANY,
+                    subject=result.entity_id,
+                    cloud_id=result.cloud_id,
+                    observed_at=seen,
+                    source="results",
+                ),
+            )
+            review = result.details.get("review")
+            if review and "linked" in (result.effect or ""):
+                entry = JournalEntry(
+                    EntityType.COMPANY,
+                    result.entity_id,
+                    "company_review",
+                    f"company {result.entity_id} was linked to the existing cloud company with the same "
+                    f"organisation number; it differs in: {', '.join(review)} — review it before "
+                    "activating services",
+                    "warning",
+                    result.source_version,
+                    result.source_committed_at,
+                    ref=result.operation_id,
+                )
+                journal.record(fx, entry, self.clock(), ResultOutcome.REVIEW)
+        elif kind in ("catalogue.upsert", "catalogue.remove"):
+            catalogue = _CATALOGUE_KIND.get(result.entity)
+            if catalogue is not None:
+                app, _, name = result.entity_id.partition(":")
+                self.fan_out(
+                    fx,
+                    PlannerFact(
+                        kind=FactKind.CATALOGUE,
+                        subject=f"{app}:{catalogue}:{name}",
+                        present=kind == "catalogue.upsert",
+                        observed_at=seen,
+                        source="results",
+                    ),
+                )
+        elif kind == "application_instance.register":
+            self.fan_out(
+                fx,
+                PlannerFact(
+                    kind=FactKind.REGISTRY,
+                    subject=result.entity_id,
+                    present=True,
+                    uri=result.details.get("uri"),
+                    license_fingerprint=result.details.get("license_fingerprint"),
+                    observed_at=seen,
+                    source="results",
+                ),
+            )
+        return fx
+
+    def fan_out(self, fx: Effects, fact: PlannerFact) -> None:
+        """Send ``fact`` to every partition."""
+        for partition in range(self.partitions):
+            fx.send("facts", fact.key, fact, partition)
+
+    # -- facts: one partition's copy ----------------------------------------------------
+
+    def on_fact(self, tx: Tx, fact: PlannerFact, coords: Coords) -> Effects:
+        """Record a fact in this partition's copy; release what waited for it."""
+        fx = Effects()
+        p = coords.partition
+        kkey = keys.fact_key(p, fact.key)
+        old = tx.get(kkey)
+        now = self.clock()
+        if fact.kind in (FactKind.USER, FactKind.COMPANY):
+            if not fact.present or not fact.cloud_id or old == fact.cloud_id:
+                return fx
+            tx.set(kkey, fact.cloud_id, late=True)
+            self._release(tx, fx, p, fact, now)
+        elif fact.kind is FactKind.CATALOGUE:
+            if old is not None and old["at"] >= _ts(fact.observed_at):
+                return fx
+            tx.set(kkey, {"present": fact.present, "at": _ts(fact.observed_at)}, late=True)
+            if fact.present and not (old and old["present"]):
+                self._release(tx, fx, p, fact, now)
+        else:
+            app = ApplicationType(fact.subject)
+            before = self.knowledge.verdict(tx, p, app)
+            value: dict[str, Any]
+            if fact.kind is FactKind.INSTANCE:
+                if old is not None and old["version"] >= fact.version:
+                    return fx
+                value = {
+                    "present": fact.present,
+                    "uri": fact.uri,
+                    "fp": fact.license_fingerprint,
+                    "version": fact.version,
+                }
+            else:
+                if old is not None and old["at"] >= _ts(fact.observed_at):
+                    return fx
+                value = {
+                    "present": fact.present,
+                    "uri": fact.uri,
+                    "fp": fact.license_fingerprint,
+                    "at": _ts(fact.observed_at),
+                }
+            tx.set(kkey, value, late=True)
+            after = self.knowledge.verdict(tx, p, app)
+            if before.blocked and not after.blocked:
+                parking.release(tx, fx, self.knowledge, p, Need.application(app), now)
+            if after != before or fact.kind is FactKind.REGISTRY:
+                self.review_home(tx, fx, p, app, now, fact.observed_at)
+        fx.acks_first = bool(fx.sends)
+        return tx.effects(fx)
+
+    def _release(self, tx: Tx, fx: Effects, p: int, fact: PlannerFact, now: datetime) -> None:
+        need = Need.of_fact(fact.kind, fact.subject)
+        if need is not None:
+            parking.release(tx, fx, self.knowledge, p, need, now)
+
+    def review_home(
+        self,
+        tx: Tx,
+        fx: Effects,
+        p: int,
+        app: ApplicationType,
+        now: datetime,
+        committed_at: datetime,
+        pending: InstanceSeen | None = None,
+    ) -> None:
+        """On the instance's home partition (the one holding its entity), say what the verdict
+        is — once per instance version and registry — and register an instance the cloud lacks."""
+        home = tx.get(keys.entity_key(keys.entity_ref(EntityType.APPLICATION_INSTANCE, app.value)))
+        if home is None and pending is None:
+            return
+        instance = self.knowledge.instance(tx, p, app)
+        if pending is not None and (instance is None or pending.version > instance.version):
+            instance = pending
+        registry_raw = tx.get(keys.registry_key(p, app))
+        ref = f"{registry_raw['at']:.6f}" if registry_raw else "none"
+        said = f"{instance.version if instance else 0}|{ref}"
+        reviewed = keys.known_key(p, Known.REVIEWED, app.value)
+        if tx.get(reviewed) == said:
+            return  # said already, for this instance version and this registry
+        tx.set(reviewed, said)
+        _, ops, entries = planner.review_instance(
+            app, instance, self.knowledge.registry(tx, p, app), committed_at=committed_at, now=now, ref=ref
+        )
+        for op in ops:
+            fx.send("operations", op.aggregate, op)
+        for entry in entries:
+            journal.record(fx, entry, now)

@@ -1,0 +1,112 @@
+"""Parking: operations that wait for their needs, and their release. Pure.
+
+An operation whose needs (:mod:`processors.needs`) are not met is *parked* under its entity's
+``p|`` key, one item per *slot* (the newest plan for a slot supersedes what waited in it), and
+its entity is listed under each of its needs in the need index (``n|<p>|<need>``, in buckets of
+:data:`BUCKET` entity refs, so that a company a thousand users wait for is not one ever-growing
+value rewritten per user). When a need is met — a fact arrives, an application's verdict
+clears, the gate decides — every entity listed under it is decided again: what may go is sent,
+what still waits is indexed under its remaining needs, a rejected deletion is dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from processors import journal, keys, planner
+from processors.effects import Effects, Tx
+from processors.knowledge import Knowledge
+from processors.model import Parked, slot_of
+from processors.needs import Need
+from schemas.directory import ApplicationType
+from schemas.operations import CLOUD_OPERATION_ADAPTER
+from schemas.results import ResultOutcome
+
+BUCKET = 256  # entity keys per index bucket
+
+
+def parked_json(p: Parked) -> dict[str, Any]:
+    """The table value of one parked item."""
+    return {
+        "slot": slot_of(p.operation),
+        "op": p.operation.model_dump(mode="json"),
+        "needs": [n.encode() for n in p.needs],
+        "apps": [a.value for a in p.apps],
+        "del": p.deletion,
+    }
+
+
+def parked_from_json(raw: Mapping[str, Any]) -> Parked:
+    return Parked(
+        CLOUD_OPERATION_ADAPTER.validate_python(raw["op"]),
+        tuple(Need.decode(n) for n in raw["needs"]),
+        tuple(ApplicationType(a) for a in raw["apps"]),
+        raw.get("del"),
+    )
+
+
+def index(tx: Tx, p: int, need: str, ref: str) -> None:
+    """List entity ``ref`` under ``need`` (encoded) on partition ``p``."""
+    base = keys.index_key(p, need)
+    buckets = tx.get(base) or 0
+    last = tx.get(keys.bucket_key(p, need, buckets - 1)) if buckets else None
+    if last is not None and ref in last:
+        return
+    if last is None or len(last) >= BUCKET:
+        tx.set(base, buckets + 1)
+        tx.set(keys.bucket_key(p, need, buckets), [ref])
+    else:
+        tx.set(keys.bucket_key(p, need, buckets - 1), [*last, ref])
+
+
+def waiting_for(tx: Tx, p: int, need: Need) -> list[str]:
+    """The entities with operations waiting for ``need`` on partition ``p``, in index order."""
+    encoded = need.encode()
+    refs: dict[str, None] = {}
+    for i in range(tx.get(keys.index_key(p, encoded)) or 0):
+        refs.update(dict.fromkeys(tx.get(keys.bucket_key(p, encoded, i)) or ()))
+    return list(refs)
+
+
+def release(tx: Tx, fx: Effects, knowledge: Knowledge, p: int, need: Need, now: datetime) -> None:
+    """Send what waited for ``need`` and may go now; re-index what still waits."""
+    refs = waiting_for(tx, p, need)
+    encoded = need.encode()
+    base = keys.index_key(p, encoded)
+    for i in range(tx.get(base) or 0):
+        tx.set(keys.bucket_key(p, encoded, i), None)
+    if not refs:
+        return
+    tx.set(base, None)
+    ids = knowledge.identities(tx, p)
+    for ref in refs:
+        items = tx.get(keys.parked_key(ref)) or []
+        still: list[dict[str, Any]] = []
+        for item in items:
+            if encoded not in item["needs"]:
+                still.append(item)
+                continue
+            parked = parked_from_json(item)
+            verdict, value = planner.settle(parked, ids)
+            if verdict == "send":
+                op: Any = value
+                fx.send("operations", op.aggregate, op)
+            elif verdict == "drop":
+                fx.send(
+                    "results",
+                    parked.operation.entity_id,
+                    journal.operation_result(
+                        parked.operation, ResultOutcome.REJECTED, now, reason="deletion rejected"
+                    ),
+                )
+            else:
+                needs: tuple[Need, ...] = value  # type: ignore[assignment]
+                remaining = [n.encode() for n in needs]
+                for n in remaining:
+                    if n not in item["needs"]:
+                        index(tx, p, n, ref)
+                still.append({**item, "needs": remaining})
+        if still != items:
+            tx.set(keys.parked_key(ref), still or None)
