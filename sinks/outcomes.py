@@ -10,6 +10,9 @@ Commit order — the worker's guarantee, of which this module does the middle:
 4. flush the producer (:meth:`OutcomeRecorder.flush`: the broker acknowledged every result
    and dead letter);
 5. commit the offsets of the finished prefixes (the worker).
+
+Ledger calls are blocking (an SQLite commit, a PostgreSQL round trip under a lock): they run
+on one thread of their own, never on the event loop, one at a time and in the order asked.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from kernel.publishing import RecordPublisher
 from schemas.codec import encode
@@ -32,6 +36,8 @@ from sinks.ports import Applied, Ledger
 from sinks.scheduling import Pending
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def dead_letter_headers(
@@ -75,12 +81,16 @@ class OutcomeRecorder:
         self.monotonic = monotonic
         self._results_topic = topic_prefix + RESULTS.name
         self._dlq_topic = topic_prefix + OPERATIONS_DLQ.name
+        self._ledger_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-ledger")
 
-    def known(self, operation_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._ledger_thread, fn, *args)
+
+    async def known(self, operation_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The ledger's entries of the ids applied before (one query for a polled batch)."""
         if not operation_ids:
             return {}
-        return self.ledger.get_many(operation_ids)
+        return await self._off_loop(self.ledger.get_many, operation_ids)
 
     def already_applied(self, op: CloudOperation, entry: dict[str, Any]) -> None:
         """``op`` is in the ledger (a redelivery or replay): its result again, no cloud call."""
@@ -90,15 +100,16 @@ class OutcomeRecorder:
         self._publish_result(op, ResultOutcome.ALREADY_APPLIED, applied, attempts=0)
         self.metrics.operations.labels(kind=op.kind, outcome="already_applied").inc()
 
-    def applied(self, done: Sequence[tuple[Pending, Applied]]) -> None:
+    async def applied(self, done: Sequence[tuple[Pending, Applied]]) -> None:
         """Operations the cloud applied: the ledger first (one transaction), then their results."""
         if not done:
             return
-        self.ledger.record_many(
+        await self._off_loop(
+            self.ledger.record_many,
             [
                 (i.op.operation_id, {"cloud_id": a.cloud_id, "effect": a.effect, "details": a.details})
                 for i, a in done
-            ]
+            ],
         )
         now = self.monotonic()
         for item, outcome in done:
@@ -147,6 +158,10 @@ class OutcomeRecorder:
         """Return once the broker acknowledged every result and dead letter published so far;
         ``RetryableError`` when it did not."""
         await asyncio.get_running_loop().run_in_executor(None, self.publisher.flush)
+
+    def close(self) -> None:
+        """Wait for the ledger call in progress, if any (the ledger itself is the caller's)."""
+        self._ledger_thread.shutdown(wait=True)
 
     def _publish_result(
         self,

@@ -4,8 +4,8 @@ This module is the loop; the decisions and the records are elsewhere:
 
 * :mod:`sinks.policy` — pure: what a call says about the cloud, and per operation whether to
   record it, apply it alone, dead-letter it, give up on it or retry it;
-* :mod:`sinks.outcomes` — the outcome recorder: ledger, results, dead letters with their
-  headers, metrics;
+* :mod:`sinks.outcomes` — the outcome recorder: ledger (off the event loop), results, dead
+  letters with their headers, metrics;
 * :mod:`sinks.scheduling` — pure bookkeeping: per-aggregate queues, committable offsets;
 * :mod:`sinks.resilience` — backoff and circuit breaker.
 
@@ -171,6 +171,7 @@ class SinkWorker:
                 await self._commit()
             self._closed = True
             self._consumer_thread.shutdown(wait=True)
+            self.recorder.close()
             log.info("sink: drained (%d operations left uncommitted for redelivery)", self.queues.queued)
         if self._fatal is not None:
             raise self._fatal
@@ -190,7 +191,7 @@ class SinkWorker:
                 polled = await self._consumer_call(
                     self.consumer.poll, self.config.poll_timeout_ms, min(room, self.config.max_poll_records)
                 )
-                self._accept_all([r for records in polled.values() for r in records])
+                await self._accept_all([r for records in polled.values() for r in records])
                 if polled:
                     self._wake.set()
             now = self.monotonic()
@@ -201,8 +202,9 @@ class SinkWorker:
                 self._last_look = now
                 self._report_stall()
 
-    def _accept_all(self, records: list[Any]) -> None:
-        """Polled records: dead letter, known answer (one ledger query), or queued for the cloud."""
+    async def _accept_all(self, records: list[Any]) -> None:
+        """Polled records: dead letter, known answer (one ledger query, off the loop), or
+        queued for the cloud. No rebalance can interleave: only this loop polls."""
         decoded: list[tuple[Any, CloudOperation, int]] = []
         for record in records:
             tp = (record.topic, record.partition)
@@ -215,7 +217,7 @@ class SinkWorker:
                 )
                 self.recorder.dead_letter(item, exc.reason, "decode", exc, ResultOutcome.DEAD_LETTERED)
                 self.tracker.finish(tp, record.offset, epoch)
-        known = self.recorder.known([op.operation_id for _, op, _ in decoded])
+        known = await self.recorder.known([op.operation_id for _, op, _ in decoded])
         for record, op, epoch in decoded:
             entry = known.get(op.operation_id)
             if entry is not None:  # applied before (a redelivery or replay): answer, no cloud call
@@ -442,7 +444,7 @@ class SinkWorker:
         if self.policy.split(call_error, len(items)):
             log.warning("sink: batch of %d refused (%s); applying them one by one", len(items), call_error)
             outcomes = [None] * len(items)
-        self._settle(items, outcomes, shared=call_error is not None)
+        await self._settle(items, outcomes, shared=call_error is not None)
 
     def _judge(self, error: VudsyncError | None, endpoint: str) -> None:
         """Tell the circuit breaker what the call says about the cloud (the policy judges)."""
@@ -463,7 +465,7 @@ class SinkWorker:
                 )
         self.recorder.called(endpoint, verdict.result)
 
-    def _settle(
+    async def _settle(
         self, items: Sequence[Pending], outcomes: Sequence[BatchOutcome], shared: bool = False
     ) -> None:
         """Take each item's next step (the policy decides), then record the applied ones —
@@ -493,7 +495,7 @@ class SinkWorker:
                 if shared and delay is None:
                     delay = self.backoff.delay(item.attempts, self.policy.retry_floor(outcome))
                 self._retry(item, outcome, step, delay)
-        self.recorder.applied(applied)
+        await self.recorder.applied(applied)
         for item, _ in applied:
             self._finish(item)
         self._wake.set()

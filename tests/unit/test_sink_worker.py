@@ -156,8 +156,9 @@ async def test_every_path_of_an_operation_ends_in_a_result_and_a_commit(batching
     )
     assert [v for k, v, _ in dead if k == "user:c"] == [encode(rejected)]  # the original record
 
-    # the ledger holds what was applied (and only that)
+    # the ledger holds what was applied (and only that), written off the event loop
     assert set(sink.ledger.entries) == {op.operation_id for op in (applied, retried, known, first, second)}
+    assert sink.ledger.threads and all(t.startswith("sink-ledger") for t in sink.ledger.threads)
     assert sink.publisher.acked == len(sink.publisher.records)  # flushed before the last commit
     assert sink.consumer.committed == {(TOPIC, 0): 5, (TOPIC, 1): 3}
     assert (sink.counted("applied"), sink.counted("already_applied")) == (4, 1)
