@@ -1,5 +1,14 @@
 """The sink worker: apply operations to the cloud, exactly once in effect, in order per aggregate.
 
+This module is the loop; the decisions and the records are elsewhere:
+
+* :mod:`sinks.policy` — pure: what a call says about the cloud, and per operation whether to
+  record it, apply it alone, dead-letter it, give up on it or retry it;
+* :mod:`sinks.outcomes` — the outcome recorder: ledger (off the event loop), results, dead
+  letters with their headers, metrics;
+* :mod:`sinks.scheduling` — pure bookkeeping: per-aggregate queues, committable offsets;
+* :mod:`sinks.resilience` — backoff and circuit breaker.
+
 Three activities share one event loop:
 
 * **consume** — polls ``vud.cloud.operations`` (librdkafka, in one dedicated thread),
@@ -12,16 +21,17 @@ Three activities share one event loop:
   aggregate in flight) and sends them: simple operations together through
   ``POST /v1/batch`` when several are ready, the rest one by one; at most ``concurrency``
   calls in flight; none while the circuit is open (one probe when it half-opens).
-* **settle** — per operation: applied → ledger → result; retryable failure → the operation
-  stays its aggregate's head and is tried again after a backoff with full jitter (at least
-  ``Retry-After``); permanent failure (4xx) → dead letter with its error context → result
+* **settle** — per operation, as the policy says: applied → ledger → result; retryable
+  failure → the operation stays its aggregate's head and is tried again after a backoff with
+  full jitter (at least ``Retry-After``), until the policy gives up (dead letter, result
+  ``failed``); permanent failure (4xx) → dead letter with its error context → result
   ``dead_lettered``, and the aggregate moves on.
 
-Commit order, for every commit: record applied ids in the ledger and publish the results
-(as each call settles) → flush the producer (every result and dead letter acknowledged by
-the broker) → commit, per partition, the offset after the longest finished prefix. A crash
-anywhere re-delivers what was not committed; the ledger and the cloud's idempotency keys
-turn it into ``already_applied`` without a second effect.
+Commit order, for every commit: apply in the cloud → record applied ids in the ledger →
+publish the results (both as each call settles) → flush the producer (every result and dead
+letter acknowledged by the broker) → commit, per partition, the offset after the longest
+finished prefix. A crash anywhere re-delivers what was not committed; the ledger and the
+cloud's idempotency keys turn it into ``already_applied`` without a second effect.
 
 SIGTERM (:meth:`SinkWorker.request_stop`): stop polling and dispatching, let the calls in
 flight finish (bounded by the HTTP timeout), flush, commit, return. A rebalance drops the
@@ -41,22 +51,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from kernel.errors import PermanentError, RetryableError, VudsyncError
+from kernel.errors import RetryableError, VudsyncError
 from kernel.publishing import RecordPublisher
-from schemas.codec import DecodeError, decode_operation, encode
-from schemas.deadletter import HEADER_ATTEMPTS, HEADER_HTTP_STATUS, HEADER_RESPONSE, error_headers
+from schemas.codec import DecodeError, decode_operation
 from schemas.operations import CloudOperation
-from schemas.results import OperationResult, ResultOutcome
-from schemas.topics import OPERATIONS_DLQ, RESULTS
-from sinks.errors import (
-    AuthenticationFailed,
-    CircuitOpen,
-    CloudRejected,
-    CloudUnavailable,
-    CommitRefused,
-    retry_reason,
-)
+from schemas.results import ResultOutcome
+from sinks.errors import CircuitOpen, CloudUnavailable, CommitRefused
 from sinks.metrics import SinkMetrics
+from sinks.outcomes import OutcomeRecorder
+from sinks.policy import SinkPolicy, Step
 from sinks.ports import Applied, BatchOutcome, CloudDirectory, Ledger, OperationsConsumer
 from sinks.resilience import Backoff, CircuitBreaker
 from sinks.scheduling import AggregateQueues, OffsetTracker, Pending
@@ -116,10 +119,12 @@ class SinkWorker:
         self.monotonic = monotonic
         self.backoff = backoff or Backoff()
         self.breaker = breaker or CircuitBreaker(clock=monotonic, on_change=self._circuit_changed)
+        self.policy = SinkPolicy(config.max_attempts, config.retry_timeout, config.auth_cooldown)
+        self.recorder = OutcomeRecorder(
+            publisher, ledger, metrics, clock, monotonic, topic_prefix=config.topic_prefix
+        )
         self.queues = AggregateQueues()
         self.tracker = OffsetTracker()
-        self._results_topic = config.topic_prefix + RESULTS.name
-        self._dlq_topic = config.topic_prefix + OPERATIONS_DLQ.name
         self._consumer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-consumer")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
@@ -166,6 +171,7 @@ class SinkWorker:
                 await self._commit()
             self._closed = True
             self._consumer_thread.shutdown(wait=True)
+            self.recorder.close()
             log.info("sink: drained (%d operations left uncommitted for redelivery)", self.queues.queued)
         if self._fatal is not None:
             raise self._fatal
@@ -185,7 +191,7 @@ class SinkWorker:
                 polled = await self._consumer_call(
                     self.consumer.poll, self.config.poll_timeout_ms, min(room, self.config.max_poll_records)
                 )
-                self._accept_all([r for records in polled.values() for r in records])
+                await self._accept_all([r for records in polled.values() for r in records])
                 if polled:
                     self._wake.set()
             now = self.monotonic()
@@ -196,8 +202,9 @@ class SinkWorker:
                 self._last_look = now
                 self._report_stall()
 
-    def _accept_all(self, records: list[Any]) -> None:
-        """Polled records: dead letter, known answer (one ledger query), or queued for the cloud."""
+    async def _accept_all(self, records: list[Any]) -> None:
+        """Polled records: dead letter, known answer (one ledger query, off the loop), or
+        queued for the cloud. No rebalance can interleave: only this loop polls."""
         decoded: list[tuple[Any, CloudOperation, int]] = []
         for record in records:
             tp = (record.topic, record.partition)
@@ -208,17 +215,13 @@ class SinkWorker:
                 item = Pending(
                     record.topic, record.partition, record.offset, record.key, record.value, None, "", False
                 )
-                self._dead_letter(item, exc.reason, "decode", exc, ResultOutcome.DEAD_LETTERED)
+                self.recorder.dead_letter(item, exc.reason, "decode", exc, ResultOutcome.DEAD_LETTERED)
                 self.tracker.finish(tp, record.offset, epoch)
-        known = self.ledger.get_many([op.operation_id for _, op, _ in decoded]) if decoded else {}
+        known = await self.recorder.known([op.operation_id for _, op, _ in decoded])
         for record, op, epoch in decoded:
             entry = known.get(op.operation_id)
             if entry is not None:  # applied before (a redelivery or replay): answer, no cloud call
-                applied = Applied(
-                    entry.get("effect") or "noop", entry.get("cloud_id"), True, entry.get("details") or {}
-                )
-                self._publish_result(op, ResultOutcome.ALREADY_APPLIED, applied, attempts=0)
-                self.metrics.operations.labels(kind=op.kind, outcome="already_applied").inc()
+                self.recorder.already_applied(op, entry)
                 self.tracker.finish((record.topic, record.partition), record.offset, epoch)
                 continue
             self.queues.push(
@@ -303,13 +306,15 @@ class SinkWorker:
         self.metrics.paused.set(1 if paused else 0)
 
     async def _commit(self) -> None:
-        """Flush every result, then commit the finished prefixes. Order is the guarantee."""
+        """Commit the finished prefixes. Order is the guarantee: apply → record the ledger →
+        publish the result (both as each call settles, :meth:`_settle`) → flush the producer
+        → commit the offsets. Only finished records count, and a record finishes only once
+        its result (or dead letter) is published."""
         offsets = self.tracker.committable()
         if not offsets:
             return
-        assert self._loop is not None
         try:
-            await self._loop.run_in_executor(None, self.publisher.flush)
+            await self.recorder.flush()
         except RetryableError as exc:
             raise SinkFatal(f"results not acknowledged by the broker, nothing committed: {exc}") from exc
         try:
@@ -436,20 +441,19 @@ class SinkWorker:
         finally:
             self.metrics.in_flight.dec(len(items))
         self._judge(call_error, endpoint)
-        if call_error is not None and len(items) > 1 and isinstance(call_error, PermanentError):
-            # the batch itself was refused (not an item): apply each alone, nothing is lost
+        if self.policy.split(call_error, len(items)):
             log.warning("sink: batch of %d refused (%s); applying them one by one", len(items), call_error)
             outcomes = [None] * len(items)
-        self._settle(items, outcomes, shared=call_error is not None)
+        await self._settle(items, outcomes, shared=call_error is not None)
 
     def _judge(self, error: VudsyncError | None, endpoint: str) -> None:
-        """Tell the circuit breaker what the call says about the cloud."""
-        if error is None or isinstance(error, PermanentError):
-            result = "ok" if error is None else "rejected"
+        """Tell the circuit breaker what the call says about the cloud (the policy judges)."""
+        verdict = self.policy.judge(error)
+        if verdict.cloud_up:
             self.breaker.success()
-        elif isinstance(error, AuthenticationFailed):
-            result = "unauthorized"
-            self.breaker.failure(open_for=max(self.config.auth_cooldown, error.retry_after or 0.0))
+        else:
+            self.breaker.failure(open_for=verdict.open_for)
+        if verdict.open_for is not None and error is not None:
             now = self.monotonic()
             if now - self._auth_logged_at >= self.config.auth_cooldown:
                 self._auth_logged_at = now
@@ -459,78 +463,56 @@ class SinkWorker:
                     error.hint or "check the cloud client credentials",
                     self.breaker.retry_in(),
                 )
-        elif isinstance(error, CloudUnavailable):
-            result = error.reason
-            self.breaker.failure()
-        else:  # rate limited: the cloud is up and answering
-            result = retry_reason(error)
-            self.breaker.success()
-        self.metrics.calls.labels(endpoint=endpoint, result=result).inc()
+        self.recorder.called(endpoint, verdict.result)
 
-    def _settle(
+    async def _settle(
         self, items: Sequence[Pending], outcomes: Sequence[BatchOutcome], shared: bool = False
     ) -> None:
-        """Record each item's outcome. ``shared``: the call failed as a whole, so its items
-        wait one (jittered) delay together and travel as a batch again."""
+        """Take each item's next step (the policy decides), then record the applied ones —
+        ledger, then results (:meth:`OutcomeRecorder.applied`) — before they finish.
+        ``shared``: the call failed as a whole, so its items wait one (jittered) delay
+        together and travel as a batch again."""
         applied: list[tuple[Pending, Applied]] = []
         delay: float | None = None
         for item, outcome in zip(items, outcomes, strict=True):
-            if isinstance(outcome, Applied):
+            now = self.monotonic()
+            step = self.policy.next_step(
+                outcome, item.attempts, now - (item.first_try or now), self.breaker.is_open
+            )
+            if step is Step.RECORD:
+                assert isinstance(outcome, Applied)
                 applied.append((item, outcome))
-            elif outcome is None:
+            elif step is Step.ALONE:
                 item.single_only = True
                 item.attempts -= 1  # not a failure: the batch path hands it to the full path
                 self.queues.retry(item, 0.0)
-            elif isinstance(outcome, PermanentError):
-                self._dead_letter(item, str(outcome), "apply", outcome, ResultOutcome.DEAD_LETTERED)
+            elif step is Step.DEAD_LETTER:
+                assert isinstance(outcome, VudsyncError)
+                self.recorder.dead_letter(item, str(outcome), "apply", outcome, ResultOutcome.DEAD_LETTERED)
                 self._finish(item)
             else:
+                assert isinstance(outcome, VudsyncError)
                 if shared and delay is None:
-                    retry_after = getattr(outcome, "retry_after", None)
-                    if isinstance(outcome, AuthenticationFailed):
-                        retry_after = None
-                    delay = self.backoff.delay(item.attempts, retry_after)
-                self._retry(item, outcome, delay)
-        if applied:
-            self.ledger.record_many(
-                [
-                    (i.op.operation_id, {"cloud_id": a.cloud_id, "effect": a.effect, "details": a.details})
-                    for i, a in applied
-                ]
-            )
-            now = self.monotonic()
-            for item, outcome in applied:
-                result = ResultOutcome.ALREADY_APPLIED if outcome.replayed else ResultOutcome.APPLIED
-                self._publish_result(item.op, result, outcome, item.attempts)
-                self.metrics.operations.labels(kind=item.op.kind, outcome=result.value).inc()
-                self.metrics.apply_seconds.observe(now - (item.first_try or now))
-                if result is ResultOutcome.APPLIED:
-                    lag = (self.clock() - item.op.source_committed_at).total_seconds()
-                    self.metrics.end_to_end.observe(max(lag, 0.0))
-                self._finish(item)
+                    delay = self.backoff.delay(item.attempts, self.policy.retry_floor(outcome))
+                self._retry(item, outcome, step, delay)
+        await self.recorder.applied(applied)
+        for item, _ in applied:
+            self._finish(item)
         self._wake.set()
 
-    def _retry(self, item: Pending, error: VudsyncError, delay: float | None = None) -> None:
+    def _retry(self, item: Pending, error: VudsyncError, step: Step, delay: float | None = None) -> None:
+        """A retryable failure: give up on it (dead letter, result ``failed``) or try again."""
         item.last_error = error
-        now = self.monotonic()
-        gives_up = (
-            not isinstance(error, AuthenticationFailed | CircuitOpen)
-            and item.attempts >= self.config.max_attempts
-            and now - (item.first_try or now) >= self.config.retry_timeout
-            and not self.breaker.is_open
-        )
-        if gives_up:
+        if step is Step.GIVE_UP:
             reason = f"gave up after {item.attempts} attempts: {error}"
-            self._dead_letter(item, reason, "apply", error, ResultOutcome.FAILED)
+            self.recorder.dead_letter(item, reason, "apply", error, ResultOutcome.FAILED)
             self._finish(item)
             return
-        retry_after = getattr(error, "retry_after", None)
-        if isinstance(error, AuthenticationFailed):
-            retry_after = None  # the circuit holds every call back; the probe decides
+        now = self.monotonic()
         if delay is None:
-            delay = self.backoff.delay(item.attempts, retry_after)
-        self.metrics.retries.labels(reason=retry_reason(error)).inc()
-        if item.attempts in (self.config.max_attempts, self.config.max_attempts * 4):
+            delay = self.backoff.delay(item.attempts, self.policy.retry_floor(error))
+        self.recorder.retried(error)
+        if self.policy.warns(item.attempts):
             log.warning(
                 "sink: %s %s at %s still failing after %d attempts: %s",
                 item.op.kind,
@@ -547,75 +529,7 @@ class SinkWorker:
         self.queues.finish(item)
         self.tracker.finish(item.tp, item.offset, item.epoch)
 
-    # -- results and dead letters -----------------------------------------------------
-
-    def _publish_result(
-        self,
-        op: CloudOperation,
-        outcome: ResultOutcome,
-        applied: Applied | None,
-        attempts: int,
-        error: str | None = None,
-        details: dict[str, Any] | None = None,
-    ) -> None:
-        result = OperationResult(
-            operation_id=op.operation_id,
-            kind=op.kind,
-            aggregate=op.aggregate,
-            entity=op.entity,
-            entity_id=op.entity_id,
-            source_version=op.source_version,
-            outcome=outcome,
-            cloud_id=applied.cloud_id if applied else None,
-            effect=applied.effect if applied else None,
-            details=applied.details if applied else (details or {}),
-            error=error,
-            attempts=attempts,
-            source_committed_at=op.source_committed_at,
-            recorded_at=self.clock(),
-        )
-        # keyed by entity id: the planner's partition of that entity learns its cloud id
-        self.publisher.publish(self._results_topic, op.entity_id, encode(result))
-
-    def _dead_letter(
-        self, item: Pending, reason: str, stage: str, exc: BaseException, outcome: ResultOutcome
-    ) -> None:
-        """The original record to the DLQ with its error context, and a result saying so."""
-        extra = {HEADER_ATTEMPTS: str(item.attempts)}
-        status = getattr(exc, "status", None)
-        if isinstance(status, int) and status > 0:
-            extra[HEADER_HTTP_STATUS] = str(status)
-        if isinstance(exc, CloudRejected) and exc.excerpt:
-            extra[HEADER_RESPONSE] = exc.excerpt
-        headers = error_headers(
-            reason=reason,
-            stage=stage,
-            exception=type(exc).__name__,
-            topic=item.topic,
-            partition=item.partition,
-            offset=item.offset,
-            extra=extra,
-        )
-        key = item.key.decode(errors="replace") if item.key else ""
-        self.publisher.publish(self._dlq_topic, key, item.value, headers)
-        self.metrics.dlq.labels(topic=OPERATIONS_DLQ.name).inc()
-        op = item.op
-        log.warning(
-            "sink: dead-lettered %s (%s%s, %s, attempt %d): %s",
-            item.coordinates,
-            op.kind if op is not None else "undecodable",
-            f" {op.operation_id}" if op is not None else "",
-            stage,
-            item.attempts,
-            reason,
-        )
-        if op is not None:
-            self._publish_result(
-                op, outcome, None, item.attempts, error=reason, details={"stage": stage, "dlq": True}
-            )
-            self.metrics.operations.labels(kind=op.kind, outcome=outcome.value).inc()
-        else:
-            self.metrics.operations.labels(kind="unknown", outcome=outcome.value).inc()
+    # -- circuit ------------------------------------------------------------------
 
     def _circuit_changed(self, is_open: bool) -> None:
         self.metrics.circuit_open.set(1 if is_open else 0)

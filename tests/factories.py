@@ -10,6 +10,7 @@ from schemas.directory import (
     ApplicationType,
     CompanyAccess,
     CompanyState,
+    EntityType,
     RoleState,
     ServiceAccess,
     UserState,
@@ -23,6 +24,7 @@ from schemas.events import (
     UserChanged,
     event_id_for,
 )
+from schemas.operations import UpsertUser
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -128,3 +130,23 @@ def instance_event(
         source=source(version),
         state=state,
     )
+
+
+def user_upsert(uid: str = "u1", version: int = 1, **kw: Any) -> UpsertUser:
+    """The cloud operation ``UpsertUser`` of user ``uid`` at ``version``, on its own aggregate."""
+    base: dict[str, Any] = dict(
+        operation_id=f"op-{uid}-{version}",
+        aggregate=f"user:{uid}",
+        entity=EntityType.USER,
+        entity_id=uid,
+        source_version=version,
+        source_committed_at=T0,
+        planned_at=T0,
+        username=uid,
+        email=f"{uid}@fjord.no",
+        first_name="Åse",
+        last_name="Brækken",
+        language="nb",
+    )
+    base.update(kw)
+    return UpsertUser(**base)

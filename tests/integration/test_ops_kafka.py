@@ -19,7 +19,7 @@ from schemas.operations import UpsertUser
 from schemas.results import OperationResult, ResultOutcome
 from schemas.topics import DIRECTORY_DLQ, OPERATIONS, OPERATIONS_DLQ, RESULTS
 from sinks.service import sink_group
-from tests.factories import T0
+from tests.factories import T0, user_upsert
 from tests.kafka_read import read_all
 from vudsync.cli import _register, cli
 from vudsync.ops.deadletters import HEADER_RETRY_OF
@@ -31,23 +31,6 @@ def run(settings: Settings, bootstrap: str, *args: str, input: str | None = None
     _register()
     return CliRunner().invoke(
         cli, list(args), env=component_env(settings, bootstrap), input=input, catch_exceptions=False
-    )
-
-
-def _op(uid: str, version: int) -> UpsertUser:
-    return UpsertUser(
-        operation_id=f"op-{uid}-{version}",
-        aggregate=f"user:{uid}",
-        entity="user",
-        entity_id=uid,
-        source_version=version,
-        source_committed_at=T0,
-        planned_at=T0,
-        username=uid,
-        email=f"{uid}@fjord.no",
-        first_name="Åse",
-        last_name="Brækken",
-        language="nb",
     )
 
 
@@ -84,7 +67,7 @@ def test_journal_indexes_results_and_dead_letters_incrementally(
     s = kafka_settings
     ensure_catalogue(s, kafka_bootstrap)
     now = datetime.now(UTC)
-    a, b = _op("u1", 3), _op("u2", 4)
+    a, b = user_upsert("u1", 3), user_upsert("u2", 4)
     _send(
         kafka_bootstrap,
         [
@@ -135,7 +118,7 @@ def test_journal_indexes_results_and_dead_letters_incrementally(
     assert "invalid email" in by_entity.stdout and "dlq.capture" in by_entity.stdout
 
     # incremental: only what arrived since is read, positions move in the same transaction
-    c = _op("u3", 5)
+    c = user_upsert("u3", 5)
     _send(
         kafka_bootstrap, [(s.topic(RESULTS.name), b"u3", encode(_result(c, ResultOutcome.PARKED, now)), [])]
     )
@@ -153,7 +136,7 @@ def test_dead_letters_list_show_retry_and_purge(kafka_settings: Settings, kafka_
         (
             ops_dlq,
             f"user:u{i}".encode(),
-            encode(_op(f"u{i}", i)),
+            encode(user_upsert(f"u{i}", i)),
             error_headers(
                 reason=f"cloud said no #{i}", stage="apply", topic=ops_topic, partition=0, offset=i
             ),
@@ -219,7 +202,8 @@ def test_replay_refuses_while_a_consumer_is_alive_then_rewinds(
     ensure_catalogue(s, kafka_bootstrap)
     ops_topic = s.topic(OPERATIONS.name)
     _send(
-        kafka_bootstrap, [(ops_topic, f"user:u{i}".encode(), encode(_op(f"u{i}", i)), []) for i in range(6)]
+        kafka_bootstrap,
+        [(ops_topic, f"user:u{i}".encode(), encode(user_upsert(f"u{i}", i)), []) for i in range(6)],
     )
     group = sink_group(s)
     consumer = KafkaConsumer(
@@ -269,11 +253,11 @@ def test_status_on_a_quiet_pipeline(kafka_settings: Settings, kafka_bootstrap: s
     _send(
         kafka_bootstrap,
         [
-            (s.topic(OPERATIONS.name), b"user:u1", encode(_op("u1", 1)), []),
+            (s.topic(OPERATIONS.name), b"user:u1", encode(user_upsert("u1", 1)), []),
             (
                 s.topic(OPERATIONS_DLQ.name),
                 b"user:u2",
-                encode(_op("u2", 2)),
+                encode(user_upsert("u2", 2)),
                 error_headers(
                     reason="no", stage="apply", topic=s.topic(OPERATIONS.name), partition=0, offset=0
                 ),
@@ -281,7 +265,7 @@ def test_status_on_a_quiet_pipeline(kafka_settings: Settings, kafka_bootstrap: s
             (
                 s.topic(RESULTS.name),
                 b"u1",
-                encode(_result(_op("u0", 1), ResultOutcome.APPLIED, datetime.now(UTC))),
+                encode(_result(user_upsert("u0", 1), ResultOutcome.APPLIED, datetime.now(UTC))),
                 [],
             ),
         ],
