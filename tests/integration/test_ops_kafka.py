@@ -54,18 +54,7 @@ def _op(uid: str, version: int) -> UpsertUser:
 def _result(
     op: UpsertUser, outcome: ResultOutcome, at: datetime, error: str | None = None
 ) -> OperationResult:
-    return OperationResult(
-        operation_id=op.operation_id,
-        kind=op.kind,
-        aggregate=op.aggregate,
-        entity=op.entity,
-        entity_id=op.entity_id,
-        source_version=op.source_version,
-        outcome=outcome,
-        error=error,
-        source_committed_at=T0,
-        recorded_at=at,
-    )
+    return OperationResult.for_operation(op, outcome, at, error=error, source_committed_at=T0)
 
 
 def _send(bootstrap: str, records: list[tuple[str, bytes, bytes | None, list[tuple[str, bytes]]]]) -> None:
