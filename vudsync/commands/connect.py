@@ -201,28 +201,20 @@ def cloud_facts(readout: CloudReadout, observed_at: datetime) -> Iterator[Planne
 
 def publish_facts(settings: Settings, bootstrap: str, facts: Iterable[PlannerFact]) -> int:
     """Every fact to every partition (the planner assumes nothing about which partition holds an
-    entity). Returns how many records were acknowledged (acks=all)."""
-    from kafka import KafkaProducer
-    from kafka.errors import KafkaError
+    entity). Returns how many records were acknowledged (acks=all); raises
+    :class:`RetryableError` if the broker did not take them all."""
+    from kernel.publishing.kafka_python import KafkaRecordPublisher
 
     topic = settings.topic(PLANNER_FACTS.name)
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5)
-    futures = []
+    publisher = KafkaRecordPublisher(bootstrap, client_id="vudsync-connect")
     try:
         for fact in facts:
-            value, key = fact.model_dump_json().encode(), fact.key.encode()
-            futures += [
-                producer.send(topic, key=key, value=value, partition=p)
-                for p in range(settings.topic_partitions)
-            ]
-        producer.flush(timeout=60)
-        for future in futures:
-            future.get(timeout=60)
-    except KafkaError as exc:
-        raise RetryableError(f"the broker did not take the facts: {exc}") from exc
+            value = fact.model_dump_json().encode()
+            for p in range(settings.topic_partitions):
+                publisher.publish(topic, fact.key, value, partition=p)
+        return publisher.flush(timeout=60)
     finally:
-        producer.close(timeout=10)
-    return len(futures)
+        publisher.close(timeout=10)
 
 
 @dataclass
