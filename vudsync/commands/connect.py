@@ -25,7 +25,8 @@ from typing import Any
 import click
 import httpx
 
-from kernel.errors import ConfigurationError, RetryableError, VudsyncError
+from kernel.auth import ClientCredentials
+from kernel.errors import AuthenticationFailed, ConfigurationError, RetryableError, VudsyncError
 from kernel.settings import Settings, load_settings
 from schemas.directory import ApplicationType, EntityType
 from schemas.results import FactKind, PlannerFact
@@ -57,37 +58,23 @@ class CloudReadout:
 
 
 def _client(settings: Settings, transport: httpx.BaseTransport | None = None) -> httpx.Client:
-    return httpx.Client(base_url=settings.cloud_url, timeout=30.0, transport=transport)
-
-
-def _token(client: httpx.Client, settings: Settings) -> str:
-    try:
-        response = client.post(
-            "/oauth/token",
-            data={
-                "grant_type": "client_credentials",
-                "client_id": settings.cloud_client_id,
-                "client_secret": settings.cloud_client_secret.get_secret_value(),
-            },
-        )
-    except httpx.HTTPError as exc:
-        raise RetryableError(
-            f"the cloud at {settings.cloud_url} does not answer ({type(exc).__name__})",
-            hint="check VUDSYNC_CLOUD_URL",
-        ) from None
-    if response.status_code in (400, 401, 403):
-        raise ConnectRefused(
-            f"refused: the cloud does not accept the credentials of client {settings.cloud_client_id!r}",
-            hint="connect with the client id and secret of a Customer administrator "
-            "(VUDSYNC_CLOUD_CLIENT_ID / VUDSYNC_CLOUD_CLIENT_SECRET)",
-        )
-    if response.status_code >= 300:
-        raise RetryableError(f"the cloud's token endpoint answered {response.status_code}")
-    return str(response.json()["access_token"])
+    auth = ClientCredentials(
+        f"{settings.cloud_url.rstrip('/')}/oauth/token",
+        settings.cloud_client_id,
+        settings.cloud_client_secret,
+        token_error=lambda r: RetryableError(f"the cloud's token endpoint answered {r.status_code}"),
+    )
+    return httpx.Client(base_url=settings.cloud_url, timeout=30.0, transport=transport, auth=auth)
 
 
 def _get(client: httpx.Client, path: str, **params: Any) -> Any:
-    response = client.get(path, params=params or None)
+    try:
+        response = client.get(path, params=params or None)
+    except httpx.HTTPError as exc:
+        raise RetryableError(
+            f"the cloud at {client.base_url} does not answer ({type(exc).__name__})",
+            hint="check VUDSYNC_CLOUD_URL",
+        ) from None
     if response.status_code >= 300:
         raise RetryableError(f"GET {path}: {response.status_code}")
     return response.json()
@@ -96,8 +83,14 @@ def _get(client: httpx.Client, path: str, **params: Any) -> Any:
 def read_cloud(settings: Settings, transport: httpx.BaseTransport | None = None) -> CloudReadout:
     """Check the caller is a Customer administrator; read registry, catalogue and links."""
     with _client(settings, transport) as client:
-        client.headers["Authorization"] = f"Bearer {_token(client, settings)}"
-        me = _get(client, "/v1/me")
+        try:
+            me = _get(client, "/v1/me")  # the first request fetches the token
+        except AuthenticationFailed:
+            raise ConnectRefused(
+                f"refused: the cloud does not accept the credentials of client {settings.cloud_client_id!r}",
+                hint="connect with the client id and secret of a Customer administrator "
+                "(VUDSYNC_CLOUD_CLIENT_ID / VUDSYNC_CLOUD_CLIENT_SECRET)",
+            ) from None
         if not me.get("is_customer_admin"):
             raise ConnectRefused(
                 f"refused: client {me.get('client_id')!r} is not a Customer administrator of "

@@ -57,9 +57,7 @@ def verify_once(settings: Settings) -> Verification:
         settings.fingerprint_key.get_secret_value().encode(),
         settings.capture_batch_size,
     )
-    reader = HttpCloudReader(
-        settings.cloud_url, settings.cloud_client_id, settings.cloud_client_secret.get_secret_value()
-    )
+    reader = HttpCloudReader(settings.cloud_url, settings.cloud_client_id, settings.cloud_client_secret)
     try:
         cloud = reader.read()
     finally:
