@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from cloud.faults import ERROR_STATUSES, FaultConfig, FaultInjector, FaultKind, decide
 from cloud.ratelimit import RateLimiter, TokenBucket, retry_after_header
+from tests.fakes import FakeClock
 
 
 def _kinds(config: FaultConfig, n: int, seed: int = 7) -> Counter[FaultKind]:
@@ -112,14 +113,6 @@ def test_invalid_configurations_are_refused(bad: dict[str, object]) -> None:
 
 
 # -- the real rate limit -----------------------------------------------------------
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_bucket_grants_its_burst_then_says_how_long_to_wait() -> None:

@@ -11,16 +11,9 @@ from pydantic import SecretStr
 
 from kernel.auth import ClientCredentials
 from kernel.errors import AuthenticationFailed, RetryableError
+from tests.fakes import FakeClock
 
 SECRET = "s3cret-never-shown"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Cloud:
@@ -53,7 +46,7 @@ class Cloud:
         return httpx.Response(200, json={"token": token})
 
 
-def credentials(clock: Clock, cooldown: float = 0.0) -> ClientCredentials:
+def credentials(clock: FakeClock, cooldown: float = 0.0) -> ClientCredentials:
     return ClientCredentials(
         "http://cloud/oauth/token",
         "vudsync",
@@ -69,7 +62,7 @@ def client(cloud: Cloud, auth: ClientCredentials) -> httpx.Client:
 
 
 def test_one_token_until_shortly_before_it_expires() -> None:
-    cloud, clock = Cloud(), Clock()
+    cloud, clock = Cloud(), FakeClock()
     with client(cloud, credentials(clock)) as c:
         assert [c.get("/v1/me").json()["token"] for _ in range(3)] == ["t1", "t1", "t1"]
         clock.now += 89  # 120 s tokens are renewed 30 s early
@@ -80,7 +73,7 @@ def test_one_token_until_shortly_before_it_expires() -> None:
 
 
 def test_a_401_refreshes_the_token_once_and_resends() -> None:
-    cloud, clock = Cloud(), Clock()
+    cloud, clock = Cloud(), FakeClock()
     with client(cloud, credentials(clock)) as c:
         c.get("/v1/me")
         cloud.revoked.add("t1")
@@ -94,7 +87,7 @@ def test_a_401_refreshes_the_token_once_and_resends() -> None:
 def test_concurrent_401s_cost_one_token_request() -> None:
     async def run() -> None:
         cloud = Cloud()
-        auth = credentials(Clock())
+        auth = credentials(FakeClock())
         async with httpx.AsyncClient(
             base_url="http://cloud", transport=httpx.MockTransport(cloud.handle_async), auth=auth
         ) as c:
@@ -108,7 +101,7 @@ def test_concurrent_401s_cost_one_token_request() -> None:
 
 
 def test_refused_credentials_are_remembered_for_the_cooldown_without_a_request() -> None:
-    cloud, clock = Cloud(secret_ok=False), Clock()
+    cloud, clock = Cloud(secret_ok=False), FakeClock()
     auth = credentials(clock, cooldown=30.0)
     with client(cloud, auth) as c:
         for _ in range(5):
@@ -125,6 +118,6 @@ def test_refused_credentials_are_remembered_for_the_cooldown_without_a_request()
 
 def test_a_failing_token_endpoint_is_retryable_with_its_retry_after() -> None:
     cloud = Cloud(token_status=503)
-    with client(cloud, credentials(Clock())) as c, pytest.raises(RetryableError) as raised:
+    with client(cloud, credentials(FakeClock())) as c, pytest.raises(RetryableError) as raised:
         c.get("/v1/me")
     assert not isinstance(raised.value, AuthenticationFailed) and raised.value.retry_after == 3.0

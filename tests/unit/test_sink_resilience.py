@@ -9,17 +9,7 @@ import pytest
 from kernel.retry import Backoff
 from sinks.errors import CircuitOpen
 from sinks.resilience import CircuitBreaker, CircuitState
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.fakes import FakeClock
 
 
 def test_backoff_is_full_jitter_under_an_exponential_cap() -> None:
