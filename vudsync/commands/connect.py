@@ -28,7 +28,7 @@ import httpx
 from kernel.auth import ClientCredentials
 from kernel.errors import AuthenticationFailed, ConfigurationError, RetryableError, VudsyncError
 from kernel.settings import Settings, load_settings
-from schemas.directory import ApplicationType, EntityType
+from schemas.directory import ApplicationInstanceState, ApplicationType, EntityType
 from schemas.results import FactKind, PlannerFact
 from schemas.topics import PLANNER_FACTS
 
@@ -124,43 +124,32 @@ def read_cloud(settings: Settings, transport: httpx.BaseTransport | None = None)
 
 def on_premise_instances(settings: Settings) -> tuple[list[PlannerFact], Any]:
     """The on-premise application instances (fingerprints only), as of the store's position."""
-    from producers.mapping import SourceInfo, record_to_event
     from producers.service import open_change_log
-    from schemas.events import Op
+    from vudsync.ops.directory_reader import snapshot_events
 
     change_log = open_change_log(settings.resolved_store_url())
     position = change_log.position()
     now = datetime.now(UTC)
     facts: list[PlannerFact] = []
     key = settings.fingerprint_key.get_secret_value().encode()
-    source = SourceInfo(store=change_log.store_kind, db=change_log.db_name)
-    for ids in change_log.snapshot_ids(EntityType.APPLICATION_INSTANCE, 100):
-        for record in change_log.read_entities(EntityType.APPLICATION_INSTANCE, ids).values():
-            event, _ = record_to_event(
-                record,
-                op=Op.READ,
+    for _id, event in snapshot_events(
+        change_log, EntityType.APPLICATION_INSTANCE, key, position=position, now=now, batch_size=100
+    ):
+        if event is None:  # capture dead-letters it (e.g. a second instance of a type)
+            continue
+        state = event.state
+        assert isinstance(state, ApplicationInstanceState)
+        facts.append(
+            PlannerFact(
+                kind=FactKind.INSTANCE,
+                subject=state.application.value,
+                uri=state.uri,
+                license_fingerprint=state.license_fingerprint,
                 version=position,
-                seq=position,
-                committed_at=now.timestamp(),
-                source=source,
-                now=now,
-                fingerprint_key=key,
-                snapshot=True,
+                observed_at=now,
+                source="connect",
             )
-            if event is None:  # capture dead-letters it (e.g. a second instance of a type)
-                continue
-            state = event.state
-            facts.append(
-                PlannerFact(
-                    kind=FactKind.INSTANCE,
-                    subject=state.application.value,
-                    uri=state.uri,
-                    license_fingerprint=state.license_fingerprint,
-                    version=position,
-                    observed_at=now,
-                    source="connect",
-                )
-            )
+        )
     return facts, change_log
 
 
