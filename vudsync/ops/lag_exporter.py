@@ -48,11 +48,11 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from kernel.admin import translate
+from kernel.records import TopicPartition as TopicPartitionKey  # kafka.TopicPartition is the client's
 from kernel.settings import Settings
 
 log = logging.getLogger(__name__)
 
-TopicPartitionKey = tuple[str, int]
 Offsets = dict[TopicPartitionKey, int]
 _T = TypeVar("_T")
 
