@@ -14,7 +14,6 @@ import sqlite3
 from typing import Any
 
 import pytest
-from kafka import KafkaAdminClient, TopicPartition
 
 from devtools.bench.sink import AuditReader, feed, prepare_workload
 from devtools.broker import free_port
@@ -26,22 +25,9 @@ from schemas.results import OperationResult, ResultOutcome
 from schemas.topics import OPERATIONS, RESULTS
 from sinks.service import sink_group
 from tests.fixtures.cloud import CloudReader
-from tests.kafka_read import read_all
+from tests.kafka_read import committed, read_all
 from tests.pipeline import components, metrics_of, wait_for
 from vudsync.topics import ensure_catalogue
-
-
-def _committed(bootstrap: str, group: str, topic: str, partitions: int) -> int:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        offsets = admin.list_group_offsets({group: None}).get(group, {})
-    finally:
-        admin.close()
-    return sum(
-        max(offsets[TopicPartition(topic, p)].offset, 0)
-        for p in range(partitions)
-        if TopicPartition(topic, p) in offsets
-    )
 
 
 def _results(bootstrap: str, topic: str, expected: int) -> dict[str, OperationResult]:
@@ -149,7 +135,7 @@ def test_sink_killed_while_a_batch_is_in_flight_has_no_second_effect(
         ledger = sqlite3.connect(settings.home / "sink" / f"{settings.topic_prefix}ledger.db")
         in_ledger = ledger.execute("SELECT COUNT(*) FROM applied").fetchone()[0]
         ledger.close()
-        committed_at_kill = _committed(kafka_bootstrap, group, ops_topic, settings.topic_partitions)
+        committed_at_kill = committed(kafka_bootstrap, group, ops_topic, settings.topic_partitions)
     assert in_ledger < applied_at_kill, (
         "the kill must land after the cloud applied a batch the sink never saw"
     )
@@ -160,9 +146,7 @@ def test_sink_killed_while_a_batch_is_in_flight_has_no_second_effect(
     with components(settings, kafka_bootstrap, "sink", **sink_env) as procs:
         wait_for(
             procs,
-            lambda: (
-                _committed(kafka_bootstrap, group, ops_topic, settings.topic_partitions) >= len(work.keys)
-            ),
+            lambda: committed(kafka_bootstrap, group, ops_topic, settings.topic_partitions) >= len(work.keys),
             240,
             what="every operation committed after the restart",
         )
