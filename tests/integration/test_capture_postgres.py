@@ -24,7 +24,7 @@ from producers.postgres_changelog import PostgresChangeLog
 from schemas.codec import decode_event
 from schemas.directory import EntityType
 from schemas.topics import DIRECTORY_TOPICS
-from tests.capture_check import change_log_end, read_topics, store_query
+from tests.capture_check import change_log_end, drain, read_topics, store_query
 from tests.integration.conftest import MakeCapture
 from vudsync.topics import ensure_catalogue
 
@@ -177,13 +177,7 @@ def test_concurrent_writers_every_change_captured_in_order(
             t.join(timeout=30)
     assert not errors, errors
 
-    def drained() -> bool:
-        nonlocal after
-        stats = capture.poll_once(after)
-        after = stats.last_seq
-        return stats.rows == 0 and after >= change_log_end(postgres_url)
-
-    wait_until(drained, 60, what="capture caught up")
+    after = drain(capture, after, postgres_url, 60)
     committed = [
         int(r[0])
         for r in store_query(

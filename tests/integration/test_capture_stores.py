@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from devtools.seed.writer import SqliteDirectoryWriter, open_writer
+from devtools.seed.writer import DirectoryWriter, open_writer
 from kernel.settings import Settings
 from producers.capture import ChangeCapture
 from schemas.codec import decode_event
@@ -26,16 +25,8 @@ from tests.kafka_read import read_all
 from vudsync.topics import ensure_catalogue
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh, empty store of each dialect (PostgreSQL's server starts only when asked)."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'dir.db'}"
-    return str(request.getfixturevalue("postgres_url"))
-
-
 @pytest.fixture
-def writer(store_url: str) -> Iterator[SqliteDirectoryWriter]:
+def writer(store_url: str) -> Iterator[DirectoryWriter]:
     made = open_writer(store_url)  # migrates the store
     yield made
     made.close()
@@ -46,7 +37,7 @@ def capture(
     kafka_settings: Settings,
     kafka_bootstrap: str,
     store_url: str,
-    writer: SqliteDirectoryWriter,  # first: it migrates the store the capture reads
+    writer: DirectoryWriter,  # first: it migrates the store the capture reads
     make_capture: MakeCapture,
 ) -> ChangeCapture:
     ensure_catalogue(kafka_settings, kafka_bootstrap)
@@ -54,7 +45,7 @@ def capture(
 
 
 def test_snapshot_then_stream_create_update_delete(
-    kafka_settings: Settings, kafka_bootstrap: str, writer: SqliteDirectoryWriter, capture: ChangeCapture
+    kafka_settings: Settings, kafka_bootstrap: str, writer: DirectoryWriter, capture: ChangeCapture
 ) -> None:
     writer.upsert_companies([{"id": "c1", "name": "Fjord AS", "organisation_number": "923 609 016"}])
     writer.upsert_user(
@@ -84,7 +75,7 @@ def test_snapshot_then_stream_create_update_delete(
 
 
 def test_invalid_rows_are_dead_lettered_and_capture_goes_on(
-    kafka_settings: Settings, kafka_bootstrap: str, writer: SqliteDirectoryWriter, capture: ChangeCapture
+    kafka_settings: Settings, kafka_bootstrap: str, writer: DirectoryWriter, capture: ChangeCapture
 ) -> None:
     position = capture.snapshot()
     writer.upsert_user(id="bad", username="x", email="not-an-email")
