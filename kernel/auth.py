@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, Callable, Generator
+from dataclasses import dataclass
 
 import httpx
 from pydantic import SecretStr
@@ -41,6 +42,14 @@ def token_endpoint_failed(response: httpx.Response) -> VudsyncError:
     return RetryableError(
         f"POST {response.request.url.path}: {response.status_code}", retry_after=_retry_after(response)
     )
+
+
+@dataclass
+class _Token:
+    value: str | None = None
+    expires_at: float = 0.0
+    refusal: AuthenticationFailed | None = None  # remembered until refused_until
+    refused_until: float = 0.0
 
 
 class ClientCredentials(httpx.Auth):
@@ -66,17 +75,10 @@ class ClientCredentials(httpx.Auth):
         token_error: Callable[[httpx.Response], VudsyncError] = token_endpoint_failed,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._url = token_url
-        self._client_id = client_id
-        self._secret = client_secret
-        self._scope = scope
-        self._cooldown = cooldown
-        self._token_error = token_error
+        self._url, self._client_id, self._secret = token_url, client_id, client_secret
+        self._scope, self._cooldown, self._token_error = scope, cooldown, token_error
         self._clock = clock
-        self._token: str | None = None
-        self._expires_at = 0.0
-        self._refusal: AuthenticationFailed | None = None
-        self._refused_until = 0.0
+        self._token = _Token()
         self._lock = asyncio.Lock()
         self.token_requests = 0
 
@@ -118,13 +120,13 @@ class ClientCredentials(httpx.Auth):
 
     def _valid(self, stale: str | None) -> str | None:
         """The token to use, None if a new one is needed; raises a remembered refusal."""
-        now = self._clock()
-        if self._refusal is not None and now < self._refused_until:
+        now, token = self._clock(), self._token
+        if token.refusal is not None and now < token.refused_until:
             raise AuthenticationFailed(
-                str(self._refusal), retry_after=self._refused_until - now, hint=self._refusal.hint
+                str(token.refusal), retry_after=token.refused_until - now, hint=token.refusal.hint
             )
-        if self._token is not None and self._token != stale and now < self._expires_at:
-            return self._token
+        if token.value is not None and token.value != stale and now < token.expires_at:
+            return token.value
         return None
 
     def _token_request(self) -> httpx.Request:
@@ -141,19 +143,18 @@ class ClientCredentials(httpx.Auth):
     def _accept(self, response: httpx.Response) -> str:
         status = response.status_code
         if status in (400, 401, 403):
-            self._token = None
-            self._refusal = AuthenticationFailed(
+            refusal = AuthenticationFailed(
                 f"the cloud refused the client credentials of {self._client_id!r} ({status})",
                 retry_after=self._cooldown or None,
                 hint=CREDENTIALS_HINT,
             )
-            self._refused_until = self._clock() + self._cooldown
-            raise self._refusal
+            self._token = _Token(refusal=refusal, refused_until=self._clock() + self._cooldown)
+            raise refusal
         if status >= 300:
             raise self._token_error(response)
         body = response.json()
         ttl = float(body.get("expires_in", 300))
-        self._token = str(body["access_token"])
-        self._expires_at = self._clock() + ttl - min(30.0, ttl / 4)  # refreshed before it expires
-        self._refusal = None
-        return self._token
+        value = str(body["access_token"])
+        # refreshed a little before it expires
+        self._token = _Token(value, expires_at=self._clock() + ttl - min(30.0, ttl / 4))
+        return value
