@@ -14,23 +14,16 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from cloud.faults import FaultConfig
+from cloud.faults import FaultConfig, parse_latency
 from cloud.server import ADMIN_TOKEN_ENV, SECRET_ENV, serve
 from cloud.settings import CloudSettings
 
 
-def parse_latency(text: str) -> tuple[int, int]:
-    """``"20"`` → (20, 20); ``"10,50"`` or ``"10-50"`` → (10, 50)."""
-    parts = text.replace("-", ",").split(",")
+def latency_argument(text: str) -> tuple[int, int]:
     try:
-        values = [int(p) for p in parts if p.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError("latency is MIN,MAX in milliseconds") from exc
-    if len(values) == 1:
-        return values[0], values[0]
-    if len(values) != 2:
-        raise argparse.ArgumentTypeError("latency is MIN,MAX in milliseconds")
-    return values[0], values[1]
+        return parse_latency(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("latency is MIN,MAX in milliseconds") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--error-rate", type=float)
     parser.add_argument("--rate-limit-rate", type=float)
     parser.add_argument("--retry-after-seconds", type=float)
-    parser.add_argument("--latency-ms", type=parse_latency, help="MIN,MAX")
+    parser.add_argument("--latency-ms", type=latency_argument, help="MIN,MAX")
     parser.add_argument("--latency-after-effect", action="store_true", default=None)
     parser.add_argument("--drop-rate", type=float)
     parser.add_argument("--drop-after-effect", action="store_true", default=None)

@@ -20,6 +20,20 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+def parse_latency(text: str) -> tuple[int, int]:
+    """``"20"`` → (20, 20); ``"10,50"`` or ``"10-50"`` → (10, 50): ``latency_ms`` as written on
+    a command line. Raises ValueError for anything else."""
+    try:
+        values = [int(p) for p in text.replace("-", ",").split(",") if p.strip()]
+    except ValueError:
+        raise ValueError("not MIN,MAX in milliseconds") from None
+    if len(values) == 1:
+        return values[0], values[0]
+    if len(values) != 2:
+        raise ValueError("not MIN,MAX in milliseconds")
+    return values[0], values[1]
+
+
 class FaultConfig(BaseModel):
     """Rates are probabilities per ``/v1`` request; their sum must not exceed 1."""
 

@@ -30,11 +30,11 @@ from devtools.processes import ComponentProcess, component_env
 from devtools.seed.data import FIRST_NAMES, sample_directory, write_sample
 from devtools.seed.writer import SqliteDirectoryWriter
 from kernel.errors import VudsyncError
+from kernel.scrape import Samples, ScrapeFailed, scrape, total
 from kernel.settings import Settings
 from schemas.codec import decode_model
 from schemas.results import OperationResult, ResultOutcome
 from schemas.topics import RESULTS
-from vudsync.metrics_client import scrape, total
 from vudsync.topics import ensure_catalogue
 
 
@@ -218,8 +218,15 @@ class Demo:
 
     # -- progress -----------------------------------------------------------------------
 
-    def _scrape(self) -> dict[str, dict[str, list[tuple[dict[str, str], float]]]]:
-        return {name: scrape(f"http://127.0.0.1:{port}/metrics") for name, port in self.ports.items()}
+    def _scrape(self) -> dict[str, Samples]:
+        """Each component's samples; none for one that does not answer (yet)."""
+        out: dict[str, Samples] = {}
+        for name, port in self.ports.items():
+            try:
+                out[name] = scrape(f"http://127.0.0.1:{port}/metrics")
+            except ScrapeFailed:
+                out[name] = {}
+        return out
 
     def _check_alive(self) -> None:
         for name, proc in self.procs.items():

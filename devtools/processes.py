@@ -18,6 +18,18 @@ from typing import IO
 from kernel.settings import Settings
 
 
+def terminate(proc: subprocess.Popen[bytes], grace: float) -> int:
+    """SIGTERM, wait up to ``grace`` seconds, then SIGKILL. Returns the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+    return proc.returncode
+
+
 class ComponentProcess:
     def __init__(self, name: str, args: Sequence[str], *, env: Mapping[str, str], log_dir: Path) -> None:
         self.name = name
@@ -60,17 +72,11 @@ class ComponentProcess:
         """SIGTERM, wait up to ``grace`` seconds, then SIGKILL. Returns the exit code."""
         if self._proc is None:
             return None
-        if self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)
-            try:
-                self._proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(timeout=30)
+        code = terminate(self._proc, grace)
         if self._log:
             self._log.close()
             self._log = None
-        return self._proc.returncode
+        return code
 
     def tail(self, lines: int = 30) -> str:
         try:

@@ -26,6 +26,16 @@ class RetryableError(VudsyncError):
         self.retry_after = retry_after
 
 
+class AuthenticationFailed(RetryableError):
+    """The cloud refused our credentials (or their scopes) even after a fresh token.
+
+    Retrying soon cannot help: the sink's circuit opens for a long cool-down (no request storm)
+    until an operator fixes the client id/secret; operations wait, none is dead-lettered.
+    """
+
+    reason = "unauthorized"
+
+
 class PermanentError(VudsyncError):
     """Trying again will fail the same way: dead-letter it with its reason."""
 

@@ -7,6 +7,10 @@ records Faust lost (:class:`processors.service.BrokerRange`) both return these.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeAlias
+
+#: a Kafka partition as vudsync's own code names it: (topic, partition)
+TopicPartition: TypeAlias = tuple[str, int]
 
 
 @dataclass(frozen=True, slots=True)

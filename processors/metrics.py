@@ -11,6 +11,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from kernel.metrics import dlq_counter
 from schemas.topics import DIRECTORY_DLQ
 
 
@@ -33,14 +34,7 @@ class PlannerMetrics:
             "Operations held until their prerequisites exist in the cloud",
             registry=registry,
         )
-        self.dlq = Counter(
-            "vudsync_dlq_messages_total",
-            "Messages sent to a dead-letter topic",
-            ["topic"],
-            registry=registry,
-        )
-        # exported at 0 from the start, so that increase() sees the first dead letter
-        self.dlq.labels(topic=DIRECTORY_DLQ.name)
+        self.dlq = dlq_counter(registry, DIRECTORY_DLQ.name)
         self.held_deletions = Gauge(
             "vudsync_held_deletions",
             "Deletions held for an operator's confirmation (accidental-delete protection)",

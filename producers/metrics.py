@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from kernel.metrics import dlq_counter
 from schemas.topics import DIRECTORY_DLQ
 
 
@@ -38,14 +39,7 @@ class ProducerMetrics:
             ["entity"],
             registry=registry,
         )
-        self.dlq = Counter(
-            "vudsync_dlq_messages_total",
-            "Messages sent to a dead-letter topic",
-            ["topic"],
-            registry=registry,
-        )
-        # exported at 0 from the start, so that increase() sees the first dead letter
-        self.dlq.labels(topic=DIRECTORY_DLQ.name)
+        self.dlq = dlq_counter(registry, DIRECTORY_DLQ.name)
         self.position = Gauge(
             "vudsync_source_checkpoint_seq",
             "Change-log position of the durable checkpoint",

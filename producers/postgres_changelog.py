@@ -56,24 +56,14 @@ from psycopg.rows import dict_row
 
 from kernel.errors import ConfigurationError
 from producers.migrations import apply_postgres_migrations
-from producers.model import ChangeRow, EntityRecord, build_records
+from producers.model import ENTITIES, ENTITY_TABLES, ChangeRow, EntityRecord, build_records
 from schemas.directory import EntityType
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "vud_change_log"
 
-_TABLES: dict[EntityType, tuple[str, str]] = {
-    # entity -> (table, SQL expression of the entity id); same ids as the SQLite store
-    EntityType.COMPANY: ("companies", "id"),
-    EntityType.USER: ("users", "id"),
-    EntityType.ROLE: ("roles", "application || ':' || name"),
-    EntityType.LAYOUT_GROUP: ("layout_groups", "application || ':' || name"),
-    EntityType.MODULE: ("modules", "application || ':' || code"),
-    EntityType.APPLICATION_INSTANCE: ("application_instances", "application"),
-}
 _CATALOGUE = (EntityType.ROLE, EntityType.LAYOUT_GROUP, EntityType.MODULE, EntityType.APPLICATION_INSTANCE)
-_ENTITIES = {e.value: e for e in EntityType}
 
 _SNAPSHOT_SQL = (
     "SELECT pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint, "
@@ -284,7 +274,7 @@ class PostgresChangeLog:
             raw = cur.execute(_CHANGES_SQL, (after_seq, limit)).fetchall()
         xmin, xmax, xip, max_seq = raw[0][:4]
         self._advance(Snapshot(int(xmin), int(xmax), frozenset(int(x) for x in xip)), int(max_seq))
-        kinds = _ENTITIES
+        kinds = ENTITIES
         rows = [
             ChangeRow(
                 int(seq),
@@ -316,7 +306,7 @@ class PostgresChangeLog:
         """
         if not ids:
             return {}
-        table, id_expr = _TABLES[entity]
+        table, id_expr = ENTITY_TABLES[entity]
         statements: list[sql.Composable] = [
             sql.SQL("SELECT {} AS _eid, * FROM {} WHERE {} = ANY(%(ids)s)").format(
                 sql.SQL(id_expr), sql.Identifier(table), sql.SQL(id_expr)
@@ -339,7 +329,7 @@ class PostgresChangeLog:
             for ids in self.snapshot_ids(entity, batch_size):
                 yield ids, self.read_entities(entity, ids)
             return
-        table = sql.Identifier(_TABLES[entity][0])
+        table = sql.Identifier(ENTITY_TABLES[entity][0])
         statements: list[sql.Composable] = [
             sql.SQL("SELECT id AS _eid, * FROM {} WHERE id > %(after)s ORDER BY id LIMIT %(limit)s").format(
                 table
@@ -400,7 +390,7 @@ class PostgresChangeLog:
         return build_records(entity, columns, rows, access, unknown, drop_id=entity in _CATALOGUE)
 
     def snapshot_ids(self, entity: EntityType, batch_size: int) -> Iterator[list[str]]:
-        table, id_expr = _TABLES[entity]
+        table, id_expr = ENTITY_TABLES[entity]
         query = sql.SQL("SELECT DISTINCT {e} AS eid FROM {t} WHERE {e} > %s ORDER BY eid LIMIT %s").format(
             e=sql.SQL(id_expr), t=sql.Identifier(table)
         )
@@ -415,7 +405,7 @@ class PostgresChangeLog:
             last = ids[-1]
 
     def count(self, entity: EntityType) -> int:
-        table, id_expr = _TABLES[entity]
+        table, id_expr = ENTITY_TABLES[entity]
         query = sql.SQL("SELECT COUNT(DISTINCT {}) AS n FROM {}").format(
             sql.SQL(id_expr), sql.Identifier(table)
         )

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import logging
-import signal
-import threading
-from types import FrameType
 
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -14,6 +11,7 @@ from kernel.publishing import RecordPublisher
 from kernel.publishing.confluent import SNAPSHOT_OVERRIDES, ConfluentRecordPublisher
 from kernel.publishing.kafka_python import KafkaRecordPublisher
 from kernel.settings import Settings
+from kernel.signals import stop_on_signals
 from producers.capture import CaptureConfig, ChangeCapture, ProgressFn, PublisherFactory
 from producers.metrics import ProducerMetrics
 from producers.ports import ChangeLog
@@ -100,14 +98,7 @@ def run_producer(
     if metrics_port is not None:
         start_http_server(metrics_port, addr=settings.metrics_host, registry=registry)
     capture = build_capture(settings, bootstrap, registry)
-    stop = threading.Event()
-
-    def _stop(signum: int, _frame: FrameType | None) -> None:
-        log.info("producer: signal %d, finishing the batch in flight", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    stop = stop_on_signals("producer")  # the batch in flight is finished and checkpointed
     try:
         capture.run(stop, progress)
     finally:

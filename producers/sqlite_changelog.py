@@ -12,21 +12,11 @@ from typing import Any
 
 from kernel.errors import ConfigurationError
 from producers.migrations import apply_sqlite_migrations
-from producers.model import ChangeRow, EntityRecord, build_records
+from producers.model import ENTITIES, ENTITY_TABLES, ChangeRow, EntityRecord, build_records
 from schemas.directory import EntityType
 
-_TABLES: dict[EntityType, tuple[str, str]] = {
-    # entity -> (table, SQL expression of the entity id)
-    EntityType.COMPANY: ("companies", "id"),
-    EntityType.USER: ("users", "id"),
-    EntityType.ROLE: ("roles", "application || ':' || name"),
-    EntityType.LAYOUT_GROUP: ("layout_groups", "application || ':' || name"),
-    EntityType.MODULE: ("modules", "application || ':' || code"),
-    EntityType.APPLICATION_INSTANCE: ("application_instances", "application"),
-}
 _CHUNK = 2000  # ids per IN list (capped by the library's host-parameter limit, 32,766 since 3.32):
 # fewer, larger reads are cheaper per entity (the unknown-company check runs once per chunk)
-_ENTITIES = {e.value: e for e in EntityType}  # a dict look-up instead of an Enum call per row
 _CATALOGUE = (EntityType.ROLE, EntityType.LAYOUT_GROUP, EntityType.MODULE, EntityType.APPLICATION_INSTANCE)
 
 
@@ -129,7 +119,7 @@ class SqliteChangeLog:
                 ).fetchall()
             finally:
                 cur.close()
-        kinds = _ENTITIES
+        kinds = ENTITIES
         return [
             ChangeRow(seq, kinds[kind], entity_id, op, committed_at, json.loads(before) if before else None)
             for seq, kind, entity_id, op, before, committed_at in rows
@@ -145,7 +135,7 @@ class SqliteChangeLog:
     def _read_chunk(self, entity: EntityType, ids: list[str]) -> dict[str, EntityRecord]:
         """Rows as plain tuples (``sqlite3.Row`` and per-row dict building cost more than the
         query itself in a snapshot); one read transaction, so a user's row and access agree."""
-        table, id_expr = _TABLES[entity]
+        table, id_expr = ENTITY_TABLES[entity]
         marks = ",".join("?" * len(ids))
         with self._lock:
             cur = self._conn.cursor()
@@ -186,7 +176,7 @@ class SqliteChangeLog:
         return companies - known
 
     def snapshot_ids(self, entity: EntityType, batch_size: int) -> Iterator[list[str]]:
-        table, id_expr = _TABLES[entity]
+        table, id_expr = ENTITY_TABLES[entity]
         last = ""
         while True:
             rows = self._query(
@@ -207,7 +197,7 @@ class SqliteChangeLog:
             yield ids, self.read_entities(entity, ids)
 
     def count(self, entity: EntityType) -> int:
-        table, id_expr = _TABLES[entity]
+        table, id_expr = ENTITY_TABLES[entity]
         return int(self._query(f"SELECT COUNT(DISTINCT {id_expr}) FROM {table}")[0][0])
 
     def load_checkpoint(self, name: str) -> tuple[str, int] | None:

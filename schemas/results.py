@@ -14,6 +14,7 @@ from pydantic import Field
 
 from schemas.base import Message
 from schemas.directory import EntityType
+from schemas.operations import CloudOperation
 
 
 class ResultOutcome(StrEnum):
@@ -51,6 +52,25 @@ class OperationResult(Message):
     attempts: int = 1
     source_committed_at: datetime
     recorded_at: datetime = Field(description="when the outcome was recorded")
+
+    @classmethod
+    def for_operation(
+        cls, op: CloudOperation, outcome: ResultOutcome, recorded_at: datetime, **fields: Any
+    ) -> OperationResult:
+        """The result of ``op``: its identity (id, kind, aggregate, entity, source version and
+        commit time) copied from the operation, the rest (``cloud_id``, ``effect``,
+        ``details``, ``error``, ``attempts``, …) from ``fields``, which may also override the
+        copied ones."""
+        identity: dict[str, Any] = {
+            "operation_id": op.operation_id,
+            "kind": op.kind,
+            "aggregate": op.aggregate,
+            "entity": op.entity,
+            "entity_id": op.entity_id,
+            "source_version": op.source_version,
+            "source_committed_at": op.source_committed_at,
+        }
+        return cls(outcome=outcome, recorded_at=recorded_at, **(identity | fields))
 
 
 # planner: facts every planner partition must know (topic ``vud.planner.facts``)

@@ -6,6 +6,8 @@ Each retryable error names its ``reason`` (a bounded metric label: ``server_erro
 
 from __future__ import annotations
 
+# AuthenticationFailed is the kernel's (kernel.auth raises it); re-exported for the sink
+from kernel.errors import AuthenticationFailed as AuthenticationFailed
 from kernel.errors import PermanentError, RetryableError, VudsyncError
 
 
@@ -29,16 +31,6 @@ class RateLimited(RetryableError):
     """429: wait at least ``retry_after`` seconds. The cloud is up: not a circuit failure."""
 
     reason = "rate_limited"
-
-
-class AuthenticationFailed(RetryableError):
-    """The cloud refused our credentials (or their scopes) even after a fresh token.
-
-    Retrying soon cannot help: the circuit opens for a long cool-down (no request storm)
-    until an operator fixes the client id/secret; operations wait, none is dead-lettered.
-    """
-
-    reason = "unauthorized"
 
 
 class CircuitOpen(RetryableError):

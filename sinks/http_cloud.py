@@ -5,15 +5,15 @@ multi-step operations), so a re-applied operation (redelivery, replay, a worker 
 mid-request or mid-batch) has no second effect. httpx errors and HTTP statuses are
 translated here, once, into the vudsync error tree (:mod:`sinks.errors`).
 
-Tokens: one OAuth2 client-credentials token shared by all calls. A 401 refreshes it once
-(only if nobody refreshed it meanwhile: concurrent 401s cost one token request, not N);
-refused credentials are remembered for ``auth_cooldown`` seconds, during which calls fail
-at once without a request — a wrong client secret never becomes a request storm.
+Tokens: :class:`kernel.auth.ClientCredentials`, one OAuth2 client-credentials token shared by
+all calls. A 401 refreshes it once (only if nobody refreshed it meanwhile: concurrent 401s
+cost one token request, not N); refused credentials are remembered for ``auth_cooldown``
+seconds, during which calls fail at once without a request — a wrong client secret never
+becomes a request storm.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -21,10 +21,12 @@ from typing import Any
 
 import httpx
 import orjson
+from pydantic import SecretStr
 
+from kernel.auth import ClientCredentials
 from kernel.errors import VudsyncError
 from schemas.operations import CloudOperation, UpsertUser
-from sinks.errors import AuthenticationFailed, CloudRejected, CloudUnavailable
+from sinks.errors import CloudRejected, CloudUnavailable
 from sinks.ports import Applied, BatchOutcome
 from sinks.writes import (
     MULTI_STEP,
@@ -49,14 +51,6 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 500  # the cloud's limit per POST /v1/batch
 
 
-class _Token:
-    def __init__(self) -> None:
-        self.value: str | None = None
-        self.expires_at = 0.0
-        self.refused_until = 0.0
-        self.refusal: AuthenticationFailed | None = None
-
-
 def _first(answer: dict[str, Any]) -> dict[str, Any] | None:
     items = (answer.get("body") or {}).get("items") or []
     return items[0] if items else None
@@ -69,6 +63,13 @@ def _lookup_error(answer: dict[str, Any]) -> VudsyncError | None:
     headers = answer.get("headers") or {}
     body = excerpt(body_text(answer.get("body")))
     return error_for("GET (look-up in a batch)", status, body, parse_retry_after(headers.get("retry-after")))
+
+
+def _token_error(response: httpx.Response) -> VudsyncError:
+    """A token endpoint's 5xx or 429, as any other call's (circuit failure, rate limit)."""
+    return error_for(
+        "POST /oauth/token", response.status_code, "", parse_retry_after(response.headers.get("Retry-After"))
+    )
 
 
 class _InFlight:
@@ -114,7 +115,7 @@ class HttpCloudDirectory:
         self,
         base_url: str,
         client_id: str,
-        client_secret: str,
+        client_secret: SecretStr | str,
         *,
         timeout: float = 10.0,
         max_connections: int = 32,
@@ -122,79 +123,32 @@ class HttpCloudDirectory:
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.auth = ClientCredentials(
+            f"{base_url.rstrip('/')}/oauth/token",
+            client_id,
+            client_secret if isinstance(client_secret, SecretStr) else SecretStr(client_secret),
+            scope="directory:read directory:write",
+            cooldown=auth_cooldown,
+            token_error=_token_error,
+            clock=clock,
+        )
         self._client = httpx.AsyncClient(
             base_url=base_url,
             timeout=timeout,
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             transport=transport,
+            auth=self.auth,
         )
-        self._client_id = client_id
-        self._client_secret = client_secret
-        self._auth_cooldown = auth_cooldown
-        self._clock = clock
-        self._token = _Token()
-        self._token_lock = asyncio.Lock()
-        self.token_requests = 0
+
+    @property
+    def token_requests(self) -> int:
+        return self.auth.token_requests
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
     def batchable(self, op: CloudOperation) -> bool:
         return simple_write(op) is not None or isinstance(op, MULTI_STEP)
-
-    # -- tokens -----------------------------------------------------------------------
-
-    async def _fetch_token(self) -> str:
-        self.token_requests += 1
-        try:
-            response = await self._client.post(
-                "/oauth/token",
-                data={
-                    "grant_type": "client_credentials",
-                    "client_id": self._client_id,
-                    "client_secret": self._client_secret,
-                    "scope": "directory:read directory:write",
-                },
-            )
-        except httpx.TimeoutException:
-            raise CloudUnavailable("token endpoint: timed out", reason="timeout") from None
-        except httpx.HTTPError as exc:
-            raise CloudUnavailable(f"token endpoint: {type(exc).__name__}", reason="connection") from None
-        status = response.status_code
-        if status in (400, 401, 403):
-            refusal = AuthenticationFailed(
-                f"the cloud refused the client credentials of {self._client_id!r} "
-                f"({status} {excerpt(response.text)})",
-                retry_after=self._auth_cooldown,
-                hint="check VUDSYNC_CLOUD_CLIENT_ID / VUDSYNC_CLOUD_CLIENT_SECRET",
-            )
-            self._token.value = None
-            self._token.refused_until = self._clock() + self._auth_cooldown
-            self._token.refusal = refusal
-            raise refusal
-        if status >= 300:
-            raise error_for(
-                "POST /oauth/token", status, "", parse_retry_after(response.headers.get("Retry-After"))
-            )
-        body = response.json()
-        ttl = float(body.get("expires_in", 300))
-        self._token.value = str(body["access_token"])
-        self._token.expires_at = self._clock() + ttl - min(30.0, ttl / 4)
-        self._token.refusal = None
-        return self._token.value
-
-    async def _bearer(self, stale: str | None = None) -> str:
-        """The current token; a new one if it expired or is ``stale`` (refused by a call)."""
-        async with self._token_lock:
-            token = self._token
-            now = self._clock()
-            if token.refusal is not None and now < token.refused_until:
-                raise AuthenticationFailed(
-                    str(token.refusal), retry_after=token.refused_until - now, hint=token.refusal.hint
-                )
-            if token.value is not None and token.value != stale and now < token.expires_at:
-                return token.value
-            return await self._fetch_token()
 
     # -- transport --------------------------------------------------------------------
 
@@ -209,29 +163,23 @@ class HttpCloudDirectory:
         params: dict[str, str] | None = None,
         ok_statuses: tuple[int, ...] = (),
     ) -> httpx.Response:
-        """One API call; a 401 refreshes the token once. Returns 2xx and ``ok_statuses``
-        answers; raises the translated error for anything else. ``content``: a JSON body
-        already encoded."""
+        """One API call; a 401 refreshes the token once (:attr:`auth`). Returns 2xx and
+        ``ok_statuses`` answers; raises the translated error for anything else. ``content``: a
+        JSON body already encoded."""
         what = f"{method} {path.split('?')[0]}"
-        token = await self._bearer()
-        for attempt in (0, 1):
-            headers = {"Authorization": f"Bearer {token}"}
-            if key is not None:
-                headers["Idempotency-Key"] = key
-            if content is not None:
-                headers["Content-Type"] = "application/json"
-            try:
-                response = await self._client.request(
-                    method, path, headers=headers, json=json, content=content, params=params
-                )
-            except httpx.TimeoutException:
-                raise CloudUnavailable(f"{what}: timed out", reason="timeout") from None
-            except httpx.HTTPError as exc:
-                raise CloudUnavailable(f"{what}: {type(exc).__name__}", reason="connection") from None
-            if response.status_code == 401 and attempt == 0:
-                token = await self._bearer(stale=token)
-                continue
-            break
+        headers = {}
+        if key is not None:
+            headers["Idempotency-Key"] = key
+        if content is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            response = await self._client.request(
+                method, path, headers=headers, json=json, content=content, params=params
+            )
+        except httpx.TimeoutException:
+            raise CloudUnavailable(f"{what}: timed out", reason="timeout") from None
+        except httpx.HTTPError as exc:
+            raise CloudUnavailable(f"{what}: {type(exc).__name__}", reason="connection") from None
         status = response.status_code
         if status < 300 or status in ok_statuses:
             return response

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from kernel.metrics import dlq_counter
 from schemas.topics import OPERATIONS_DLQ
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -47,14 +48,7 @@ class SinkMetrics:
             "1 while the circuit to the cloud is open (no requests but one probe)",
             registry=registry,
         )
-        self.dlq = Counter(
-            "vudsync_dlq_messages_total",
-            "Messages sent to a dead-letter topic",
-            ["topic"],
-            registry=registry,
-        )
-        # exported at 0 from the start, so that increase() sees the first dead letter (an alert)
-        self.dlq.labels(topic=OPERATIONS_DLQ.name)
+        self.dlq = dlq_counter(registry, OPERATIONS_DLQ.name)
         self.batch_size = Histogram(
             "vudsync_sink_batch_operations",
             "Operations per POST /v1/batch call",

@@ -17,7 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-TopicPartition = tuple[str, int]
+# re-exported: sinks.worker, sinks.ports and the consumer import it from here
+from kernel.records import TopicPartition as TopicPartition
 
 
 @dataclass(eq=False)

@@ -69,7 +69,7 @@ def build_sink(settings: Settings, bootstrap: str, registry: CollectorRegistry) 
     cloud = HttpCloudDirectory(
         settings.cloud_url,
         settings.cloud_client_id,
-        settings.cloud_client_secret.get_secret_value(),
+        settings.cloud_client_secret,
         timeout=settings.sink_http_timeout,
         max_connections=config.concurrency * 2,
         auth_cooldown=settings.sink_auth_cooldown,

@@ -16,7 +16,8 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
-from producers.capture import SNAPSHOT_ORDER
+from devtools.processes import wait_until
+from producers.capture import SNAPSHOT_ORDER, ChangeCapture
 from producers.mapping import SourceInfo, record_to_event
 from producers.service import open_change_log
 from schemas.codec import decode_event
@@ -84,6 +85,21 @@ def caught_up(url: str) -> bool:
     """The producer's checkpoint has reached the end of the change log (streaming)."""
     cp = checkpoint(url)
     return cp is not None and cp[0] == "streaming" and cp[1] >= change_log_end(url)
+
+
+def drain(capture: ChangeCapture, after: int, url: str, timeout: float) -> int:
+    """Poll ``capture`` from ``after`` until a poll reads nothing and it has reached the end of
+    the store's change log; the position it reached."""
+    position = after
+
+    def drained() -> bool:
+        nonlocal position
+        stats = capture.poll_once(position)
+        position = stats.last_seq
+        return stats.rows == 0 and position >= change_log_end(url)
+
+    wait_until(drained, timeout, what="capture caught up with the change log")
+    return position
 
 
 def expected_states(url: str, fingerprint_key: bytes) -> dict[Key, Any]:

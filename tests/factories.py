@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from schemas.directory import (
     ApplicationInstanceState,
@@ -28,9 +28,24 @@ from schemas.operations import UpsertUser
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
+E = TypeVar("E", UserChanged, CompanyChanged, RoleChanged, ApplicationInstanceChanged)
+
 
 def source(seq: int) -> Source:
     return Source(store="sqlite", db="test.db", seq=seq, committed_at=T0 + timedelta(seconds=seq))
+
+
+def _changed(event: type[E], entity: EntityType, state: Any, version: int, op: Op) -> E:
+    """The event of ``state`` at ``version``: its id, timestamp and source as a store emits them."""
+    return event(
+        event_id=event_id_for(entity, state.id, version, op),
+        entity_id=state.id,
+        version=version,
+        op=op,
+        ts=T0,
+        source=source(version),
+        state=state,
+    )
 
 
 def user_state(uid: str = "u1", **kw: Any) -> UserState:
@@ -54,39 +69,14 @@ def access(
 
 
 def user_event(version: int, op: Op = Op.UPDATE, state: UserState | None = None, **kw: Any) -> UserChanged:
-    state = state or user_state(**kw)
-    return UserChanged(
-        event_id=event_id_for(state_entity(), state.id, version, op),
-        entity_id=state.id,
-        version=version,
-        op=op,
-        ts=T0,
-        source=source(version),
-        state=state,
-    )
-
-
-def state_entity() -> Any:
-    from schemas.directory import EntityType
-
-    return EntityType.USER
+    return _changed(UserChanged, EntityType.USER, state or user_state(**kw), version, op)
 
 
 def company_event(
     version: int, cid: str = "c1", org: str = "923609016", op: Op = Op.UPDATE, **kw: Any
 ) -> CompanyChanged:
-    from schemas.directory import EntityType
-
     state = CompanyState(id=cid, name=kw.pop("name", "Fjord AS"), organisation_number=org, **kw)
-    return CompanyChanged(
-        event_id=event_id_for(EntityType.COMPANY, cid, version, op),
-        entity_id=cid,
-        version=version,
-        op=op,
-        ts=T0,
-        source=source(version),
-        state=state,
-    )
+    return _changed(CompanyChanged, EntityType.COMPANY, state, version, op)
 
 
 # planner: catalogue entries and application instances
@@ -95,20 +85,10 @@ def company_event(
 def role_event(
     version: int, name: str = "Regnskap", app: ApplicationType = ApplicationType.BUSINESS, op: Op = Op.UPDATE
 ) -> RoleChanged:
-    from schemas.directory import EntityType
-
     state = RoleState(
         id=f"{app.value}:{name}", application=app, name=name, description=f"{name} i {app.value}"
     )
-    return RoleChanged(
-        event_id=event_id_for(EntityType.ROLE, state.id, version, op),
-        entity_id=state.id,
-        version=version,
-        op=op,
-        ts=T0,
-        source=source(version),
-        state=state,
-    )
+    return _changed(RoleChanged, EntityType.ROLE, state, version, op)
 
 
 def instance_event(
@@ -118,18 +98,8 @@ def instance_event(
     app: ApplicationType = ApplicationType.BUSINESS,
     op: Op = Op.UPDATE,
 ) -> ApplicationInstanceChanged:
-    from schemas.directory import EntityType
-
     state = ApplicationInstanceState(id=app.value, application=app, uri=uri, license_fingerprint=fingerprint)
-    return ApplicationInstanceChanged(
-        event_id=event_id_for(EntityType.APPLICATION_INSTANCE, app.value, version, op),
-        entity_id=app.value,
-        version=version,
-        op=op,
-        ts=T0,
-        source=source(version),
-        state=state,
-    )
+    return _changed(ApplicationInstanceChanged, EntityType.APPLICATION_INSTANCE, state, version, op)
 
 
 def user_upsert(uid: str = "u1", version: int = 1, **kw: Any) -> UpsertUser:

@@ -1,4 +1,5 @@
-"""Reading topics back in tests: every record until a condition holds or a deadline passes."""
+"""Reading topics back in tests: every record until a condition holds or a deadline passes; how far
+a group has committed."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kafka import KafkaConsumer
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 
 def read_all(
@@ -47,3 +48,17 @@ def read_all(
         return records
     finally:
         consumer.close()
+
+
+def committed(bootstrap: str, group: str, topic: str, partitions: int) -> int:
+    """The offsets ``group`` has committed on ``topic``, summed over its partitions."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        offsets = admin.list_group_offsets({group: None}).get(group, {})
+    finally:
+        admin.close()
+    return sum(
+        max(offsets[TopicPartition(topic, p)].offset, 0)
+        for p in range(partitions)
+        if TopicPartition(topic, p) in offsets
+    )

@@ -7,7 +7,22 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from devtools.processes import ComponentProcess, component_env, wait_until
+from kernel.scrape import Samples, ScrapeFailed, scrape
 from kernel.settings import Settings
+
+
+def metrics_of(port: int) -> Samples:
+    """A component's samples from its ``/metrics`` on this host; none while it is not serving."""
+    try:
+        return scrape(f"http://127.0.0.1:{port}/metrics", timeout=10.0)
+    except ScrapeFailed:
+        return {}
+
+
+def gauge(port: int, name: str) -> float | None:
+    """One metric's value (summed over its series); None while it is not served."""
+    series = metrics_of(port).get(name)
+    return sum(v for _, v in series) if series else None
 
 
 @contextmanager

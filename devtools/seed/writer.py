@@ -2,12 +2,17 @@
 
 The change log is filled by the store's triggers, never by this writer. Used by the demo,
 ``vudsync seed``, tests and benchmarks. One transaction per ``with writer.transaction():``.
+
+:class:`DirectoryWriter` holds the writes, in SQL both dialects accept (``?`` marks a
+parameter); :class:`SqliteDirectoryWriter` and
+:class:`devtools.seed.pg_writer.PostgresDirectoryWriter` supply the connection, the
+transactions and the bulk upsert.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,28 +21,40 @@ from producers.sqlite_changelog import connect_sqlite
 
 USER_COLUMNS = ("id", "username", "email", "first_name", "last_name", "language", "active")
 COMPANY_COLUMNS = ("id", "name", "organisation_number", "country", "status")
+ACCESS_COLUMNS = ("user_id", "company_id", "application", "kind", "name")
+_USER_DEFAULTS: dict[str, Any] = {"first_name": "", "last_name": "", "language": "nb", "active": 1}
+_COMPANY_DEFAULTS: dict[str, Any] = {"country": "NO", "status": "active"}
+_CATALOGUE_KEYS = {
+    "roles": ("name", "description"),
+    "layout_groups": ("name", "description"),
+    "modules": ("code", "name"),
+}
 
 
-class SqliteDirectoryWriter:
-    """Directory writes on a SQLite store (creates the schema if missing)."""
+def _user_row(user: dict[str, Any]) -> tuple[Any, ...]:
+    values = [user.get(c, _USER_DEFAULTS.get(c)) for c in USER_COLUMNS]
+    values[USER_COLUMNS.index("active")] = bool(values[USER_COLUMNS.index("active")])
+    return tuple(values)
+
+
+class DirectoryWriter:
+    """The directory's writes, whatever the store. Subclasses give ``conn``, ``placeholder``,
+    :meth:`_outermost` (the store's own transaction), :meth:`_run` and :meth:`_upsert`."""
 
     placeholder = "?"
-
-    def __init__(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.conn = connect_sqlite(path)
-        apply_sqlite_migrations(self.conn)
-        self._depth = 0
+    conn: Any  # the store's DB-API connection
+    _depth = 0  # transaction blocks open
 
     def close(self) -> None:
-        self.conn.close()
+        raise NotImplementedError
 
     def analyze(self) -> None:
-        """After a bulk load (the PostgreSQL writer refreshes statistics here). SQLite plans the
-        capture's reads as primary-key lookups whatever its statistics: nothing to do."""
+        """Refresh the store's statistics after a bulk load."""
+        raise NotImplementedError
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
+        """One transaction; nested blocks join the outer one."""
         if self._depth:
             self._depth += 1
             try:
@@ -45,59 +62,58 @@ class SqliteDirectoryWriter:
             finally:
                 self._depth -= 1
             return
-        self.conn.execute("BEGIN IMMEDIATE")
         self._depth = 1
         try:
-            yield
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        else:
-            self.conn.execute("COMMIT")
+            with self._outermost():
+                yield
         finally:
             self._depth = 0
 
-    def _exec(self, sql: str, params: Iterable[Any] = ()) -> None:
-        with self.transaction():
-            self.conn.execute(sql, tuple(params))
+    def _outermost(self) -> AbstractContextManager[None]:
+        """The store's transaction: committed when the block ends, rolled back if it raises."""
+        raise NotImplementedError
 
-    def _many(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
+    def _run(self, sql: str, params: tuple[Any, ...]) -> int:
+        """Execute one statement in the store's own parameter style; its row count."""
+        raise NotImplementedError
+
+    def _upsert(
+        self, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]], conflict: str, action: str
+    ) -> None:
+        """``INSERT … ON CONFLICT (conflict) action`` for many rows."""
+        raise NotImplementedError
+
+    def _exec(self, sql: str, params: Iterable[Any] = ()) -> int:
+        """One statement in its own transaction (or the one open); ``?`` marks a parameter."""
         with self.transaction():
-            self.conn.executemany(sql, [tuple(r) for r in rows])
+            return self._run(sql.replace("?", self.placeholder), tuple(params))
 
     # -- users ------------------------------------------------------------------------
 
     def upsert_users(self, users: Iterable[dict[str, Any]]) -> None:
-        cols = ", ".join(USER_COLUMNS)
         updates = ", ".join(f"{c} = excluded.{c}" for c in USER_COLUMNS[1:])
-        self._many(
-            f"INSERT INTO users ({cols}) VALUES ({', '.join('?' * len(USER_COLUMNS))}) "
-            f"ON CONFLICT(id) DO UPDATE SET {updates}",
-            ([u.get(c, _USER_DEFAULTS.get(c)) for c in USER_COLUMNS] for u in users),
-        )
+        self._upsert("users", USER_COLUMNS, [_user_row(u) for u in users], "id", f"DO UPDATE SET {updates}")
 
     def upsert_user(self, **user: Any) -> None:
         self.upsert_users([user])
 
     def update_user(self, user_id: str, **fields: Any) -> None:
+        if "active" in fields:
+            fields["active"] = bool(fields["active"])
         sets = ", ".join(f"{k} = ?" for k in fields)
         self._exec(f"UPDATE users SET {sets} WHERE id = ?", [*fields.values(), user_id])
 
     def delete_user(self, user_id: str) -> None:
         with self.transaction():
-            self.conn.execute("DELETE FROM access WHERE user_id = ?", (user_id,))
-            self.conn.execute("DELETE FROM users WHERE id = ?", (user_id,))
+            self._exec("DELETE FROM access WHERE user_id = ?", (user_id,))
+            self._exec("DELETE FROM users WHERE id = ?", (user_id,))
 
     # -- companies ----------------------------------------------------------------------
 
     def upsert_companies(self, companies: Iterable[dict[str, Any]]) -> None:
-        cols = ", ".join(COMPANY_COLUMNS)
         updates = ", ".join(f"{c} = excluded.{c}" for c in COMPANY_COLUMNS[1:])
-        self._many(
-            f"INSERT INTO companies ({cols}) VALUES ({', '.join('?' * len(COMPANY_COLUMNS))}) "
-            f"ON CONFLICT(id) DO UPDATE SET {updates}",
-            ([c.get(k, _COMPANY_DEFAULTS.get(k)) for k in COMPANY_COLUMNS] for c in companies),
-        )
+        rows = [tuple(c.get(k, _COMPANY_DEFAULTS.get(k)) for k in COMPANY_COLUMNS) for c in companies]
+        self._upsert("companies", COMPANY_COLUMNS, rows, "id", f"DO UPDATE SET {updates}")
 
     def update_company(self, company_id: str, **fields: Any) -> None:
         sets = ", ".join(f"{k} = ?" for k in fields)
@@ -111,15 +127,13 @@ class SqliteDirectoryWriter:
     def upsert_catalogue(self, table: str, rows: Iterable[tuple[str, str, str]]) -> None:
         """``table`` is roles | layout_groups (application, name, description) or modules
         (application, code, name)."""
-        key, other = {
-            "roles": ("name", "description"),
-            "layout_groups": ("name", "description"),
-            "modules": ("code", "name"),
-        }[table]
-        self._many(
-            f"INSERT INTO {table} (application, {key}, {other}) VALUES (?, ?, ?) "
-            f"ON CONFLICT(application, {key}) DO UPDATE SET {other} = excluded.{other}",
-            rows,
+        key, other = _CATALOGUE_KEYS[table]
+        self._upsert(
+            table,
+            ("application", key, other),
+            [tuple(r) for r in rows],
+            f"application, {key}",
+            f"DO UPDATE SET {other} = excluded.{other}",
         )
 
     def add_application_instance(self, application: str, uri: str, license_key: str) -> None:
@@ -130,37 +144,76 @@ class SqliteDirectoryWriter:
 
     def set_application_instance(self, application: str, uri: str, license_key: str) -> None:
         with self.transaction():
-            updated = self.conn.execute(
+            updated = self._exec(
                 "UPDATE application_instances SET uri = ?, license_key = ? WHERE application = ?",
                 (uri, license_key, application),
-            ).rowcount
+            )
             if not updated:
                 self.add_application_instance(application, uri, license_key)
 
+    def delete_application_instance(self, application: str) -> None:
+        self._exec("DELETE FROM application_instances WHERE application = ?", (application,))
+
     def grant(self, rows: Iterable[tuple[str, str, str, str, str]]) -> None:
         """Rows of (user_id, company_id, application, kind, name); kind is role|layout_group|module."""
-        self._many(
-            "INSERT OR IGNORE INTO access (user_id, company_id, application, kind, name) "
-            "VALUES (?, ?, ?, ?, ?)",
-            rows,
+        self._upsert(
+            "access", ACCESS_COLUMNS, [tuple(r) for r in rows], ", ".join(ACCESS_COLUMNS), "DO NOTHING"
         )
 
     def revoke(self, user_id: str, company_id: str) -> None:
         self._exec("DELETE FROM access WHERE user_id = ? AND company_id = ?", (user_id, company_id))
 
     def change_log_position(self) -> int:
-        return int(self.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM change_log").fetchone()[0])
+        row = self.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM change_log").fetchone()
+        return int(row[0]) if row else 0
 
 
-_USER_DEFAULTS: dict[str, Any] = {"first_name": "", "last_name": "", "language": "nb", "active": 1}
-_COMPANY_DEFAULTS: dict[str, Any] = {"country": "NO", "status": "active"}
+class SqliteDirectoryWriter(DirectoryWriter):
+    """Directory writes on a SQLite store (creates the schema if missing)."""
+
+    placeholder = "?"
+
+    def __init__(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.conn = connect_sqlite(path)
+        apply_sqlite_migrations(self.conn)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def analyze(self) -> None:
+        """After a bulk load (the PostgreSQL writer refreshes statistics here). SQLite plans the
+        capture's reads as primary-key lookups whatever its statistics: nothing to do."""
+
+    @contextmanager
+    def _outermost(self) -> Iterator[None]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        else:
+            self.conn.execute("COMMIT")
+
+    def _run(self, sql: str, params: tuple[Any, ...]) -> int:
+        return int(self.conn.execute(sql, params).rowcount)
+
+    def _upsert(
+        self, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]], conflict: str, action: str
+    ) -> None:
+        cols, marks = ", ".join(columns), ", ".join("?" * len(columns))
+        with self.transaction():
+            self.conn.executemany(
+                f"INSERT INTO {table} ({cols}) VALUES ({marks}) ON CONFLICT ({conflict}) {action}", rows
+            )
 
 
-def open_writer(url: str) -> SqliteDirectoryWriter:
+def open_writer(url: str) -> DirectoryWriter:
     if url.startswith("sqlite:///"):
         return SqliteDirectoryWriter(url.removeprefix("sqlite:///"))
     if url.startswith(("postgresql://", "postgres://")):
         from devtools.seed.pg_writer import PostgresDirectoryWriter
 
-        return PostgresDirectoryWriter(url)  # type: ignore[return-value]
+        return PostgresDirectoryWriter(url)
     raise ValueError(f"unsupported store URL {url.split('://')[0]!r}")

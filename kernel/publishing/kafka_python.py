@@ -19,7 +19,6 @@ from kernel.publishing import Headers
 log = logging.getLogger(__name__)
 
 
-
 class KafkaRecordPublisher:
     def __init__(self, bootstrap: str, *, client_id: str = "vudsync-producer", **overrides: Any) -> None:
         config: dict[str, Any] = {
@@ -43,8 +42,20 @@ class KafkaRecordPublisher:
             ) from exc
         self._pending: list[Any] = []
 
-    def publish(self, topic: str, key: str, value: bytes | None, headers: Headers = ()) -> None:
-        future = self._producer.send(topic, key=key.encode(), value=value, headers=list(headers) or None)
+    def publish(
+        self,
+        topic: str,
+        key: str,
+        value: bytes | None,
+        headers: Headers = (),
+        *,
+        partition: int | None = None,
+    ) -> None:
+        """Queue one record; ``partition`` pins it (ops commands that address every partition,
+        or the planner's gate on partition 0) instead of the key's hash choosing."""
+        future = self._producer.send(
+            topic, key=key.encode(), value=value, headers=list(headers) or None, partition=partition
+        )
         self._pending.append(future)
 
     def flush(self, timeout: float = 60.0) -> int:

@@ -20,7 +20,7 @@ from schemas.results import OperationResult, ResultOutcome
 from schemas.topics import OPERATIONS, RESULTS
 from tests.fixtures.cloud import CloudReader
 from tests.kafka_read import read_all
-from tests.pipeline import alive_or_fail, component_env, components
+from tests.pipeline import alive_or_fail, component_env, components, gauge
 from vudsync.topics import ensure_catalogue
 
 URI = "https://vb.fjord.local"
@@ -116,15 +116,8 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _held_gauge(port: int) -> float:
-    try:
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    except httpx.HTTPError:
-        return -1.0
-    return next(
-        (float(line.split()[1]) for line in text.splitlines() if line.startswith("vudsync_held_deletions ")),
-        -1,
-    )
+def _held(port: int) -> float | None:
+    return gauge(port, "vudsync_held_deletions")
 
 
 def test_mass_deletions_are_held_until_approved_or_rejected(
@@ -164,9 +157,7 @@ def test_mass_deletions_are_held_until_approved_or_rejected(
         for u in first:
             writer.delete_user(u)
         wait_until(
-            lambda: (
-                alive_or_fail(procs) and sum(not active(u) for u in first) == 3 and _held_gauge(port) == 3
-            ),
+            lambda: alive_or_fail(procs) and sum(not active(u) for u in first) == 3 and _held(port) == 3,
             120,
             what="three deletions applied, three held",
         )
@@ -176,7 +167,7 @@ def test_mass_deletions_are_held_until_approved_or_rejected(
 
         _vudsync(settings, kafka_bootstrap, "deletes", "approve", "--yes", "--operator", "ops@fjord.no")
         wait_until(
-            lambda: alive_or_fail(procs) and not any(active(u) for u in first) and _held_gauge(port) == 0,
+            lambda: alive_or_fail(procs) and not any(active(u) for u in first) and _held(port) == 0,
             120,
             what="every held deletion applied after approval",
         )
@@ -203,7 +194,9 @@ def test_mass_deletions_are_held_until_approved_or_rejected(
         for u in second:
             writer.delete_user(u)
         wait_until(
-            lambda: alive_or_fail(procs) and _held_gauge(port) == 2, 120, what="two deletions held again"
+            lambda: alive_or_fail(procs) and _held(port) == 2,
+            120,
+            what="two deletions held again",
         )
         _vudsync(settings, kafka_bootstrap, "deletes", "reject", "--yes", "--operator", "ops@fjord.no")
         rejected = _results(
@@ -211,7 +204,11 @@ def test_mass_deletions_are_held_until_approved_or_rejected(
             kafka_bootstrap,
             lambda rs: sum(r.outcome is ResultOutcome.REJECTED for r in rs) >= 2,
         )
-        wait_until(lambda: alive_or_fail(procs) and _held_gauge(port) == 0, 60, what="the gate open again")
+        wait_until(
+            lambda: alive_or_fail(procs) and _held(port) == 0,
+            60,
+            what="the gate open again",
+        )
     kept = {r.entity_id for r in rejected if r.outcome is ResultOutcome.REJECTED}
     assert len(kept) == 2 and all(active(u) for u in kept), "rejected deletions never reach the cloud"
     assert sum(not active(u) for u in second) == 3

@@ -35,6 +35,7 @@ from kafka.errors import KafkaError
 from devtools.processes import wait_until
 from devtools.seed.data import organisation_number
 from devtools.seed.writer import SqliteDirectoryWriter
+from kernel.scrape import total
 from kernel.settings import Settings
 from processors.app import app_id
 from schemas.codec import decode_operation
@@ -44,7 +45,7 @@ from schemas.results import OperationResult, ResultOutcome
 from schemas.topics import DIRECTORY_TOPICS, OPERATIONS, OPERATIONS_DLQ, PLANNER_CONTROL, RESULTS
 from tests.fixtures.cloud import CloudReader
 from tests.kafka_read import read_all
-from tests.pipeline import alive_or_fail, component_env, components
+from tests.pipeline import alive_or_fail, component_env, components, metrics_of
 from vudsync.topics import ensure_catalogue
 
 USERS = 24
@@ -132,19 +133,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _handled(port: int) -> float:
-    """Messages this worker handled so far (its /metrics)."""
-    try:
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    except httpx.HTTPError:
-        return 0.0
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("vudsync_planner_messages_total{")
-    )
 
 
 def _stable_members(settings: Settings, bootstrap: str) -> int:
@@ -308,7 +296,11 @@ def test_two_planner_workers_one_killed_mid_stream_converge_without_applying_any
             timeout=180,
             until=lambda rs: alive_or_fail(procs) and len(rs) >= first_wave,
         )
-        wait_until(lambda: _handled(ports["planner:worker-1"]) > 0, 60, what="worker-1 planning")
+        wait_until(
+            lambda: total(metrics_of(ports["planner:worker-1"]), "vudsync_planner_messages_total") > 0,
+            60,
+            what="worker-1 planning",
+        )
         assert mismatches(d, cloud), "the kill must land mid-stream"
         procs["planner:worker-1"].kill()
         survivors = {n: p for n, p in procs.items() if n != "planner:worker-1"}

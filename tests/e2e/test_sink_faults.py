@@ -13,49 +13,21 @@ import signal
 import sqlite3
 from typing import Any
 
-import httpx
 import pytest
-from kafka import KafkaAdminClient, TopicPartition
 
 from devtools.bench.sink import AuditReader, feed, prepare_workload
 from devtools.broker import free_port
 from devtools.processes import wait_until
+from kernel.scrape import total
 from kernel.settings import Settings
 from schemas.codec import decode_model
 from schemas.results import OperationResult, ResultOutcome
 from schemas.topics import OPERATIONS, RESULTS
 from sinks.service import sink_group
 from tests.fixtures.cloud import CloudReader
-from tests.kafka_read import read_all
-from tests.pipeline import components, wait_for
+from tests.kafka_read import committed, read_all
+from tests.pipeline import components, metrics_of, wait_for
 from vudsync.topics import ensure_catalogue
-
-
-def _metrics(port: int) -> dict[str, float]:
-    """``name{labels}`` → value, from the sink's /metrics."""
-    out: dict[str, float] = {}
-    try:
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    except httpx.TransportError:  # not serving yet
-        return out
-    for line in text.splitlines():
-        if line.startswith("vudsync_"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
-
-
-def _committed(bootstrap: str, group: str, topic: str, partitions: int) -> int:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        offsets = admin.list_group_offsets({group: None}).get(group, {})
-    finally:
-        admin.close()
-    return sum(
-        max(offsets[TopicPartition(topic, p)].offset, 0)
-        for p in range(partitions)
-        if TopicPartition(topic, p) in offsets
-    )
 
 
 def _results(bootstrap: str, topic: str, expected: int) -> dict[str, OperationResult]:
@@ -96,7 +68,7 @@ def test_ten_thousand_operations_through_5xx_429_and_latency_apply_exactly_once(
             interval=0.5,
             what="every operation applied in the cloud",
         )
-        metrics = _metrics(port)
+        metrics = metrics_of(port)
         stats = cloud.stats()
     cloud.faults()  # a healthy cloud for reading the audit back
     check = reader.check()
@@ -107,10 +79,10 @@ def test_ten_thousand_operations_through_5xx_429_and_latency_apply_exactly_once(
 
     # the cloud really misbehaved, and the sink's metrics say how often it retried and why
     assert stats["faults_injected"].get("error", 0) > 0 and stats["faults_injected"].get("rate_limit", 0) > 0
-    assert metrics['vudsync_sink_retries_total{reason="server_error"}'] > 0
-    assert metrics['vudsync_sink_retries_total{reason="rate_limited"}'] > 0
-    assert not [k for k, v in metrics.items() if k.startswith("vudsync_dlq_messages_total{") and v]
-    assert metrics["vudsync_sink_batch_operations_count"] > 0  # it batched
+    assert total(metrics, "vudsync_sink_retries_total", reason="server_error") > 0
+    assert total(metrics, "vudsync_sink_retries_total", reason="rate_limited") > 0
+    assert total(metrics, "vudsync_dlq_messages_total") == 0
+    assert total(metrics, "vudsync_sink_batch_operations_count") > 0  # it batched
 
     results = _results(kafka_bootstrap, settings.topic(RESULTS.name), len(work.operations))
     assert {r.outcome for r in results.values()} <= {ResultOutcome.APPLIED, ResultOutcome.ALREADY_APPLIED}
@@ -143,9 +115,9 @@ def test_sink_killed_while_a_batch_is_in_flight_has_no_second_effect(
     with components(settings, kafka_bootstrap, "sink", metrics_ports={"sink": port}, **sink_env) as procs:
 
         def batch_in_flight() -> bool:  # the sink's own metrics: fast to read, unlike the audit
-            metrics = _metrics(port)
-            done = sum(v for k, v in metrics.items() if k.startswith("vudsync_sink_operations_total{"))
-            return done >= 300 and metrics.get("vudsync_sink_in_flight_operations", 0) > 1
+            metrics = metrics_of(port)
+            done = total(metrics, "vudsync_sink_operations_total")
+            return done >= 300 and total(metrics, "vudsync_sink_in_flight_operations") > 1
 
         wait_for(procs, batch_in_flight, 180, what="a batch in flight after some were applied")
         pid = procs["sink"].pid
@@ -163,7 +135,7 @@ def test_sink_killed_while_a_batch_is_in_flight_has_no_second_effect(
         ledger = sqlite3.connect(settings.home / "sink" / f"{settings.topic_prefix}ledger.db")
         in_ledger = ledger.execute("SELECT COUNT(*) FROM applied").fetchone()[0]
         ledger.close()
-        committed_at_kill = _committed(kafka_bootstrap, group, ops_topic, settings.topic_partitions)
+        committed_at_kill = committed(kafka_bootstrap, group, ops_topic, settings.topic_partitions)
     assert in_ledger < applied_at_kill, (
         "the kill must land after the cloud applied a batch the sink never saw"
     )
@@ -174,9 +146,7 @@ def test_sink_killed_while_a_batch_is_in_flight_has_no_second_effect(
     with components(settings, kafka_bootstrap, "sink", **sink_env) as procs:
         wait_for(
             procs,
-            lambda: (
-                _committed(kafka_bootstrap, group, ops_topic, settings.topic_partitions) >= len(work.keys)
-            ),
+            lambda: committed(kafka_bootstrap, group, ops_topic, settings.topic_partitions) >= len(work.keys),
             240,
             what="every operation committed after the restart",
         )

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import collections
 
-from kafka import KafkaAdminClient, TopicPartition
-
 from devtools.processes import wait_until
 from devtools.seed.writer import SqliteDirectoryWriter
 from kernel.settings import Settings
 from schemas.topics import OPERATIONS
 from sinks.service import sink_group
 from tests.fixtures.cloud import CloudReader
+from tests.kafka_read import committed
 from tests.pipeline import alive_or_fail, components
 from vudsync.topics import ensure_catalogue
 
@@ -52,19 +51,6 @@ def test_insert_update_delete_reach_the_cloud(
     effects = [e["effect"] for e in cloud.audit() if e["resource_id"] == cloud.user("u1")["id"]]
     assert effects == ["created", "updated", "deactivated"]
     writer.close()
-
-
-def _committed(bootstrap: str, group: str, topic: str, partitions: int) -> int:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        offsets = admin.list_group_offsets({group: None}).get(group, {})
-    finally:
-        admin.close()
-    return sum(
-        max(offsets[TopicPartition(topic, p)].offset, 0)
-        for p in range(partitions)
-        if TopicPartition(topic, p) in offsets
-    )
 
 
 def _writes_made(cloud: CloudReader) -> int:
@@ -113,7 +99,7 @@ def test_sink_killed_after_apply_before_commit_has_no_second_effect(
             what="the sink applying its first operations",
         )
         procs["sink"].kill()
-        committed_at_kill = _committed(kafka_bootstrap, group, ops_topic, pipeline_settings.topic_partitions)
+        committed_at_kill = committed(kafka_bootstrap, group, ops_topic, pipeline_settings.topic_partitions)
         cloud.faults()
         applied_at_kill = len(cloud.audit())  # what the sink sent before it died
         assert committed_at_kill < applied_at_kill, "the kill must land between apply and commit"
@@ -121,7 +107,7 @@ def test_sink_killed_after_apply_before_commit_has_no_second_effect(
         wait_until(
             lambda: (
                 alive_or_fail(procs)
-                and _committed(kafka_bootstrap, group, ops_topic, pipeline_settings.topic_partitions) >= n
+                and committed(kafka_bootstrap, group, ops_topic, pipeline_settings.topic_partitions) >= n
             ),
             120,
             what="every operation committed",

@@ -5,43 +5,31 @@ SIGKILL resumes without missing a change (duplicates only as re-sends of the sam
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from devtools.processes import wait_until
 from devtools.seed.churn import Churn, load_state
 from devtools.seed.data import sample_directory, write_sample
 from devtools.seed.writer import open_writer
-from kernel.publishing.kafka_python import KafkaRecordPublisher
 from kernel.settings import Settings
-from producers.capture import CaptureConfig, ChangeCapture
-from producers.metrics import ProducerMetrics
-from producers.service import open_change_log
+from producers.capture import ChangeCapture
 from schemas.directory import EntityType
 from schemas.topics import DIRECTORY_TOPICS
 from tests.capture_check import (
     assert_only_resends,
     assert_topics_match_store,
     caught_up,
-    change_log_end,
     checkpoint,
+    drain,
     read_topics,
     snapshot_position,
 )
+from tests.integration.conftest import MakeCapture
 from tests.pipeline import alive_or_fail, components
 from vudsync.topics import ensure_catalogue
 
 KEY = b"test-fingerprint-key"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'directory.db'}"
-    return str(request.getfixturevalue("postgres_url"))
 
 
 class Writer:
@@ -90,17 +78,11 @@ def seeded(store_url: str) -> str:
 
 
 @pytest.fixture
-def capture(seeded: str, kafka_settings: Settings, kafka_bootstrap: str) -> Iterator[ChangeCapture]:
+def capture(
+    seeded: str, kafka_settings: Settings, kafka_bootstrap: str, make_capture: MakeCapture
+) -> ChangeCapture:
     ensure_catalogue(kafka_settings, kafka_bootstrap)
-    made = ChangeCapture(
-        open_change_log(seeded),
-        KafkaRecordPublisher(kafka_bootstrap),
-        ProducerMetrics(CollectorRegistry()),
-        CaptureConfig(topic_prefix=kafka_settings.topic_prefix, batch_size=25, fingerprint_key=KEY),
-    )
-    yield made
-    made.publisher.close()
-    made.log.close()
+    return make_capture(kafka_settings, seeded, batch_size=25, fingerprint_key=KEY)
 
 
 def _directory_topics(settings: Settings) -> list[str]:
@@ -123,13 +105,7 @@ def test_snapshot_while_another_thread_writes_loses_nothing(
         writer.finish()
     assert writer.changes > 100
 
-    def drained() -> bool:
-        nonlocal after
-        stats = capture.poll_once(after)
-        after = stats.last_seq
-        return stats.rows == 0 and after >= change_log_end(seeded)
-
-    wait_until(drained, 120, what="capture caught up with the change log")
+    after = drain(capture, after, seeded, 120)
     records = read_topics(kafka_bootstrap, _directory_topics(kafka_settings))
     seen = assert_topics_match_store(
         records, seeded, kafka_settings.topic_prefix, snapshot_position=position, fingerprint_key=KEY

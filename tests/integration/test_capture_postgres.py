@@ -1,60 +1,32 @@
 """Change capture from a real PostgreSQL store to the real broker.
 
-Besides the SQLite suite's cases, what only PostgreSQL has: seq values drawn at INSERT time
-become visible in commit order, so a lower seq can appear after a higher one; the reader must
-never step over such a gap while a transaction may still fill it, and must not stall on a
-gap a rollback left. And LISTEN/NOTIFY wakes the tailer.
+What only PostgreSQL has (the cases both stores share run on each in
+``test_capture_stores.py``): seq values drawn at INSERT time become visible in commit order, so
+a lower seq can appear after a higher one; the reader must never step over such a gap while a
+transaction may still fill it, and must not stall on a gap a rollback left. And LISTEN/NOTIFY
+wakes the tailer.
 """
 
 from __future__ import annotations
 
-import json
 import random
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from prometheus_client import CollectorRegistry
 
 from devtools.processes import wait_until
 from devtools.seed.pg_writer import PostgresDirectoryWriter
-from kernel.publishing.kafka_python import KafkaRecordPublisher
 from kernel.settings import Settings
-from producers.capture import CaptureConfig, ChangeCapture
-from producers.metrics import ProducerMetrics
 from producers.postgres_changelog import PostgresChangeLog
 from schemas.codec import decode_event
-from schemas.deadletter import HEADER_REASON, HEADER_SOURCE_ROW, headers_dict
 from schemas.directory import EntityType
-from schemas.topics import DIRECTORY_DLQ, DIRECTORY_TOPICS
-from tests.capture_check import change_log_end, read_topics, store_query
-from tests.kafka_read import read_all
+from schemas.topics import DIRECTORY_TOPICS
+from tests.capture_check import change_log_end, drain, read_topics, store_query
+from tests.integration.conftest import MakeCapture
 from vudsync.topics import ensure_catalogue
-
-MakeCapture = Callable[[Settings, str], ChangeCapture]
-
-
-@pytest.fixture
-def make_capture(kafka_bootstrap: str) -> Iterator[MakeCapture]:
-    made: list[ChangeCapture] = []
-
-    def make(settings: Settings, url: str) -> ChangeCapture:
-        made.append(
-            ChangeCapture(
-                PostgresChangeLog(url),
-                KafkaRecordPublisher(kafka_bootstrap),
-                ProducerMetrics(CollectorRegistry()),
-                CaptureConfig(topic_prefix=settings.topic_prefix, fingerprint_key=b"k"),
-            )
-        )
-        return made[-1]
-
-    yield make
-    for capture in made:
-        capture.publisher.close()
-        capture.log.close()
 
 
 @pytest.fixture
@@ -69,77 +41,6 @@ def _insert_user(conn: psycopg.Connection[Any], user_id: str) -> None:
         "INSERT INTO users (id, username, email) VALUES (%s, %s, %s)",
         (user_id, user_id, f"{user_id}@fjord.no"),
     )
-
-
-def test_snapshot_then_stream_create_update_delete(
-    kafka_settings: Settings,
-    kafka_bootstrap: str,
-    postgres_url: str,
-    writer: PostgresDirectoryWriter,
-    make_capture: MakeCapture,
-) -> None:
-    ensure_catalogue(kafka_settings, kafka_bootstrap)
-    writer.upsert_companies([{"id": "c1", "name": "Fjord AS", "organisation_number": "923 609 016"}])
-    writer.upsert_user(
-        id="u1", username="kari", email="kari@fjord.no", first_name="Kari", last_name="Ødegård"
-    )
-    writer.grant([("u1", "c1", "business", "role", "Regnskap")])
-    capture = make_capture(kafka_settings, postgres_url)
-    position = capture.snapshot()
-    writer.update_user("u1", first_name="Kari Anne")
-    writer.upsert_user(id="u2", username="ola", email="ola@fjord.no")
-    writer.delete_user("u2")
-    stats = capture.poll_once(position)
-    assert stats.last_seq == writer.change_log_position()
-    users_topic = kafka_settings.topic(DIRECTORY_TOPICS[EntityType.USER].name)
-    records = read_all(kafka_bootstrap, users_topic, until=lambda rs: len(rs) >= 4)
-    by_key: dict[str, list[Any]] = {}
-    for r in records:
-        by_key.setdefault(r.key.decode(), []).append(r)
-    u1 = [decode_event(r.value) for r in by_key["u1"]]
-    assert [e.op.value for e in u1] == ["r", "u"]
-    assert u1[0].state.access[0].company_id == "c1"
-    assert u1[-1].state.first_name == "Kari Anne" and u1[-1].version > u1[0].version
-    assert u1[-1].source.store == "postgresql"
-    gone = decode_event(by_key["u2"][0].value)
-    assert gone.op.value == "d" and gone.state.email == "ola@fjord.no"
-    assert by_key["u2"][-1].value is None  # tombstone
-    assert capture.log.load_checkpoint("default") == ("streaming", stats.last_seq)
-
-
-def test_invalid_rows_are_dead_lettered_and_capture_goes_on(
-    kafka_settings: Settings,
-    kafka_bootstrap: str,
-    postgres_url: str,
-    writer: PostgresDirectoryWriter,
-    make_capture: MakeCapture,
-) -> None:
-    ensure_catalogue(kafka_settings, kafka_bootstrap)
-    capture = make_capture(kafka_settings, postgres_url)
-    position = capture.snapshot()
-    writer.upsert_user(id="bad", username="x", email="not-an-email")
-    writer.upsert_user(id="u9", username="y", email="y@fjord.no")
-    writer.grant([("u9", "nope", "business", "role", "R")])
-    writer.add_application_instance("business", "https://vb.local", "LICENSE-AAA-111")
-    writer.add_application_instance("business", "https://vb2.local", "LICENSE-BBB-222")
-    writer.upsert_user(id="after", username="z", email="z@fjord.no")
-    capture.poll_once(position)
-    dlq = read_all(kafka_bootstrap, kafka_settings.topic(DIRECTORY_DLQ.name), until=lambda rs: len(rs) >= 3)
-    reasons = {
-        headers_dict(r.headers)[HEADER_SOURCE_ROW]: headers_dict(r.headers)[HEADER_REASON] for r in dlq
-    }
-    assert "e-mail" in reasons["user:bad"]
-    assert reasons["user:u9"] == "access to unknown company nope"
-    assert "single instance" in reasons["application_instance:business"]
-    for r in dlq:
-        assert b"LICENSE-" not in (r.value or b"") and "LICENSE-" not in json.dumps(headers_dict(r.headers))
-        assert json.loads(r.value)["store"] == "postgresql"
-    users = read_all(
-        kafka_bootstrap,
-        kafka_settings.topic(DIRECTORY_TOPICS[EntityType.USER].name),
-        until=lambda rs: {r.key for r in rs} >= {b"u9", b"after"},
-    )
-    assert b"bad" not in {r.key for r in users}
 
 
 def test_a_lower_seq_committed_after_a_higher_one_is_not_skipped(postgres_url: str) -> None:
@@ -276,13 +177,7 @@ def test_concurrent_writers_every_change_captured_in_order(
             t.join(timeout=30)
     assert not errors, errors
 
-    def drained() -> bool:
-        nonlocal after
-        stats = capture.poll_once(after)
-        after = stats.last_seq
-        return stats.rows == 0 and after >= change_log_end(postgres_url)
-
-    wait_until(drained, 60, what="capture caught up")
+    after = drain(capture, after, postgres_url, 60)
     committed = [
         int(r[0])
         for r in store_query(

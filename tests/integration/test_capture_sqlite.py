@@ -1,113 +1,22 @@
-"""Change capture from a real SQLite store to the real broker."""
+"""Change capture from a real SQLite store to the real broker: what only SQLite has (its
+migrations, the application-instance type change). The cases both stores share run on each
+in ``test_capture_stores.py``."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pytest
-from prometheus_client import CollectorRegistry
-
 from devtools.seed.writer import SqliteDirectoryWriter
-from kernel.publishing.kafka_python import KafkaRecordPublisher
 from kernel.settings import Settings
-from producers.capture import CaptureConfig, ChangeCapture
-from producers.metrics import ProducerMetrics
 from producers.migrations import migration_files
-from producers.sqlite_changelog import SqliteChangeLog, connect_sqlite
+from producers.sqlite_changelog import connect_sqlite
 from schemas.codec import decode_event
-from schemas.deadletter import HEADER_REASON, HEADER_SOURCE_ROW, headers_dict
 from schemas.directory import EntityType
-from schemas.topics import DIRECTORY_DLQ, DIRECTORY_TOPICS
+from schemas.topics import DIRECTORY_TOPICS
+from tests.integration.conftest import MakeCapture
 from tests.kafka_read import read_all
 from vudsync.topics import ensure_catalogue
-
-
-@pytest.fixture
-def make_capture(kafka_bootstrap: str) -> Iterator[Callable[[Settings], ChangeCapture]]:
-    made: list[ChangeCapture] = []
-
-    def make(settings: Settings) -> ChangeCapture:
-        made.append(_capture(settings, kafka_bootstrap))
-        return made[-1]
-
-    yield make
-    for capture in made:
-        capture.publisher.close()
-        capture.log.close()
-
-
-def _capture(settings: Settings, bootstrap: str) -> ChangeCapture:
-    return ChangeCapture(
-        SqliteChangeLog(settings.home / "dir.db"),
-        KafkaRecordPublisher(bootstrap),
-        ProducerMetrics(CollectorRegistry()),
-        CaptureConfig(topic_prefix=settings.topic_prefix, fingerprint_key=b"k"),
-    )
-
-
-def test_snapshot_then_stream_create_update_delete(
-    kafka_settings: Settings, kafka_bootstrap: str, make_capture: Callable[[Settings], ChangeCapture]
-) -> None:
-    ensure_catalogue(kafka_settings, kafka_bootstrap)
-    writer = SqliteDirectoryWriter(kafka_settings.home / "dir.db")
-    writer.upsert_companies([{"id": "c1", "name": "Fjord AS", "organisation_number": "923 609 016"}])
-    writer.upsert_user(
-        id="u1", username="kari", email="kari@fjord.no", first_name="Kari", last_name="Ødegård"
-    )
-    writer.grant([("u1", "c1", "business", "role", "Regnskap")])
-    capture = make_capture(kafka_settings)
-    position = capture.snapshot()
-    writer.update_user("u1", first_name="Kari Anne")
-    writer.upsert_user(id="u2", username="ola", email="ola@fjord.no")
-    writer.delete_user("u2")
-    stats = capture.poll_once(position)
-    assert stats.last_seq == writer.change_log_position()
-    users_topic = kafka_settings.topic(DIRECTORY_TOPICS[EntityType.USER].name)
-    records = read_all(kafka_bootstrap, users_topic, until=lambda rs: len(rs) >= 4)
-    by_key: dict[str, list] = {}
-    for r in records:
-        by_key.setdefault(r.key.decode(), []).append(r)
-    u1 = [decode_event(r.value) for r in by_key["u1"]]
-    assert [e.op.value for e in u1] == ["r", "u"]
-    assert u1[0].state.access[0].company_id == "c1"
-    assert u1[-1].state.first_name == "Kari Anne" and u1[-1].version > u1[0].version
-    u2 = by_key["u2"]
-    assert decode_event(u2[0].value).op.value == "d"
-    assert u2[-1].value is None  # tombstone
-    assert capture.log.load_checkpoint("default") == ("streaming", stats.last_seq)
-
-
-def test_invalid_rows_are_dead_lettered_and_capture_goes_on(
-    kafka_settings: Settings, kafka_bootstrap: str, make_capture: Callable[[Settings], ChangeCapture]
-) -> None:
-    ensure_catalogue(kafka_settings, kafka_bootstrap)
-    writer = SqliteDirectoryWriter(kafka_settings.home / "dir.db")
-    capture = make_capture(kafka_settings)
-    position = capture.snapshot()
-    writer.upsert_user(id="bad", username="x", email="not-an-email")
-    writer.upsert_user(id="u9", username="y", email="y@fjord.no")
-    writer.grant([("u9", "nope", "business", "role", "R")])
-    writer.add_application_instance("business", "https://vb.local", "LICENSE-AAA-111")
-    writer.add_application_instance("business", "https://vb2.local", "LICENSE-BBB-222")
-    writer.upsert_user(id="after", username="z", email="z@fjord.no")
-    capture.poll_once(position)
-    dlq = read_all(kafka_bootstrap, kafka_settings.topic(DIRECTORY_DLQ.name), until=lambda rs: len(rs) >= 3)
-    reasons = {
-        headers_dict(r.headers)[HEADER_SOURCE_ROW]: headers_dict(r.headers)[HEADER_REASON] for r in dlq
-    }
-    assert "e-mail" in reasons["user:bad"]
-    assert reasons["user:u9"] == "access to unknown company nope"
-    assert "single instance" in reasons["application_instance:business"]
-    for r in dlq:
-        assert b"LICENSE-" not in (r.value or b"") and "LICENSE-" not in json.dumps(headers_dict(r.headers))
-    users = read_all(
-        kafka_bootstrap,
-        kafka_settings.topic(DIRECTORY_TOPICS[EntityType.USER].name),
-        until=lambda rs: {r.key for r in rs} >= {b"u9", b"after"},
-    )
-    assert b"bad" not in {r.key for r in users}
 
 
 def _type_change_rows(writer: SqliteDirectoryWriter, after_seq: int) -> list[tuple[str, str, dict | None]]:
@@ -120,14 +29,14 @@ def _type_change_rows(writer: SqliteDirectoryWriter, after_seq: int) -> list[tup
 
 
 def test_application_instance_type_change_logs_a_delete_of_the_old_type(
-    kafka_settings: Settings, kafka_bootstrap: str, make_capture: Callable[[Settings], ChangeCapture]
+    kafka_settings: Settings, kafka_bootstrap: str, make_capture: MakeCapture
 ) -> None:
     """As on PostgreSQL: the new type is logged 'u', the old one 'd' with its last state, and
     capture emits the old type's delete and tombstone (migration 0002)."""
     ensure_catalogue(kafka_settings, kafka_bootstrap)
     writer = SqliteDirectoryWriter(kafka_settings.home / "dir.db")
     writer.add_application_instance("business", "https://vb.local", "LICENSE-AAA-111")
-    capture = make_capture(kafka_settings)
+    capture = make_capture(kafka_settings, f"sqlite:///{kafka_settings.home / 'dir.db'}")
     position = capture.snapshot()
     with writer.transaction():
         writer.conn.execute("UPDATE application_instances SET application = 'reporting'")

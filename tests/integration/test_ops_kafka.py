@@ -37,18 +37,7 @@ def run(settings: Settings, bootstrap: str, *args: str, input: str | None = None
 def _result(
     op: UpsertUser, outcome: ResultOutcome, at: datetime, error: str | None = None
 ) -> OperationResult:
-    return OperationResult(
-        operation_id=op.operation_id,
-        kind=op.kind,
-        aggregate=op.aggregate,
-        entity=op.entity,
-        entity_id=op.entity_id,
-        source_version=op.source_version,
-        outcome=outcome,
-        error=error,
-        source_committed_at=T0,
-        recorded_at=at,
-    )
+    return OperationResult.for_operation(op, outcome, at, error=error, source_committed_at=T0)
 
 
 def _send(bootstrap: str, records: list[tuple[str, bytes, bytes | None, list[tuple[str, bytes]]]]) -> None:

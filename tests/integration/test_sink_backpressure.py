@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 import pytest
 
 from devtools.bench.sink import AuditReader, feed, prepare_workload
@@ -18,23 +17,17 @@ from devtools.broker import free_port
 from kernel.settings import Settings
 from schemas.topics import OPERATIONS
 from tests.fixtures.cloud import CloudReader
-from tests.pipeline import components, wait_for
+from tests.pipeline import components, gauge, wait_for
 from vudsync.topics import ensure_catalogue
 
 LIMIT = 40
 
 
 def _gauges(port: int) -> dict[str, float]:
-    try:
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    except httpx.TransportError:  # not serving yet
-        return {}
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith(("vudsync_sink_outstanding_operations ", "vudsync_sink_paused ")):
-            name, _, value = line.partition(" ")
-            out[name] = float(value)
-    return out
+    """The sink's two back-pressure gauges; none while it is not serving."""
+    names = ("vudsync_sink_outstanding_operations", "vudsync_sink_paused")
+    values = {name: gauge(port, name) for name in names}
+    return {name: v for name, v in values.items() if v is not None}
 
 
 @pytest.mark.timeout(300)

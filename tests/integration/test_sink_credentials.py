@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import httpx
 from pydantic import SecretStr
 
 from devtools.bench.sink import AuditReader, feed, prepare_workload
@@ -16,7 +15,7 @@ from devtools.processes import wait_until
 from kernel.settings import Settings
 from schemas.topics import OPERATIONS
 from tests.fixtures.cloud import CloudReader
-from tests.pipeline import alive_or_fail, components
+from tests.pipeline import alive_or_fail, components, gauge
 from vudsync.topics import ensure_catalogue
 
 WINDOW = 10.0  # seconds of observation
@@ -25,17 +24,6 @@ WRONG = "not-the-secret-4f1c"
 
 def _v1_requests(stats: dict[str, Any]) -> int:
     return sum(sum(c.values()) for route, c in stats["requests"].items() if " /v1/" in route)
-
-
-def _metric(port: int, name: str) -> float | None:
-    try:
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    except httpx.TransportError:  # not serving yet
-        return None
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return None
 
 
 def test_a_wrong_client_secret_opens_the_circuit_without_a_request_storm(
@@ -53,7 +41,7 @@ def test_a_wrong_client_secret_opens_the_circuit_without_a_request_storm(
         def refused_and_open() -> bool:
             alive_or_fail(procs)
             return "refused the client credentials" in log.read_text(errors="replace") and (
-                _metric(port, "vudsync_cloud_circuit_open") == 1.0
+                gauge(port, "vudsync_cloud_circuit_open") == 1.0
             )
 
         wait_until(refused_and_open, 90, what="the circuit open after refused credentials")
@@ -67,7 +55,7 @@ def test_a_wrong_client_secret_opens_the_circuit_without_a_request_storm(
             what="the end of the observation window",
         )
         after = cloud.stats()
-        assert _metric(port, "vudsync_cloud_circuit_open") == 1.0
+        assert gauge(port, "vudsync_cloud_circuit_open") == 1.0
         text = log.read_text(errors="replace")
 
     assert before["token_requests"] - setup["token_requests"] <= 2  # the first refusal: one or two

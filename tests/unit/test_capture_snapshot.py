@@ -7,8 +7,7 @@ producer is closed afterwards (also when the snapshot fails), and streaming neve
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -18,29 +17,7 @@ from producers.capture import CaptureConfig, ChangeCapture
 from producers.metrics import ProducerMetrics
 from producers.model import EntityRecord
 from schemas.directory import EntityType
-
-
-class Publisher:
-    def __init__(self, name: str, events: list[str], fail_flush: bool = False) -> None:
-        self.name, self.events, self.fail_flush = name, events, fail_flush
-        self.queued: list[tuple[str, str]] = []
-        self.acked: list[tuple[str, str]] = []
-        self.closed = False
-
-    def publish(self, topic: str, key: str, value: bytes | None, headers: Sequence[Any] = ()) -> None:
-        assert not self.closed
-        self.queued.append((topic, key))
-
-    def flush(self, timeout: float = 60.0) -> int:
-        if self.fail_flush:
-            raise RetryableError("broker did not acknowledge 1 record(s): test")
-        self.acked += self.queued
-        self.events.append(f"{self.name} flushed {len(self.queued)}")
-        count, self.queued = len(self.queued), []
-        return count
-
-    def close(self, timeout: float = 10.0) -> None:
-        self.closed = True
+from tests.fakes import FakePublisher
 
 
 def _user(user_id: str, email: str) -> EntityRecord:
@@ -73,9 +50,9 @@ class ChangeLog:
         self.events.append(f"checkpoint {phase} {seq}")
 
 
-def _capture(events: list[str], main: Publisher, bulk: list[Publisher]) -> ChangeCapture:
-    def snapshot_publisher() -> Publisher:
-        bulk.append(Publisher("bulk", events))
+def _capture(events: list[str], main: FakePublisher, bulk: list[FakePublisher]) -> ChangeCapture:
+    def snapshot_publisher() -> FakePublisher:
+        bulk.append(FakePublisher("bulk", events))
         return bulk[-1]
 
     return ChangeCapture(
@@ -89,8 +66,8 @@ def _capture(events: list[str], main: Publisher, bulk: list[Publisher]) -> Chang
 
 def test_events_through_the_snapshot_producer_dead_letters_through_the_main_one() -> None:
     events: list[str] = []
-    main = Publisher("main", events)
-    bulk: list[Publisher] = []
+    main = FakePublisher("main", events)
+    bulk: list[FakePublisher] = []
     assert _capture(events, main, bulk).snapshot() == 7
     assert [b.acked for b in bulk] == [[("t-vud.directory.users", "u1")]]
     assert main.acked == [("t-vud.directory.dlq", "u2")]
@@ -100,8 +77,8 @@ def test_events_through_the_snapshot_producer_dead_letters_through_the_main_one(
 
 def test_a_failed_snapshot_flush_closes_the_snapshot_producer_and_moves_no_checkpoint() -> None:
     events: list[str] = []
-    main = Publisher("main", events, fail_flush=True)
-    bulk: list[Publisher] = []
+    main = FakePublisher("main", events, fail_flush=1)
+    bulk: list[FakePublisher] = []
     with pytest.raises(RetryableError):
         _capture(events, main, bulk).snapshot()
     assert bulk[0].closed

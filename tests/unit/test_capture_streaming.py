@@ -22,16 +22,16 @@ from producers.metrics import ProducerMetrics
 from producers.model import ChangeRow, EntityRecord
 from schemas.codec import decode_event
 from schemas.directory import EntityType
+from tests.fakes import FakePublisher
 
 
-class FakePublisher:
-    """Records queued and flushed records; ``fail_flush`` makes that flush (1-based) raise."""
+class CheckedPublisher(FakePublisher):
+    """A fake publisher that checks, at the first record of each batch, that the change log
+    checkpointed what the batch before acknowledged."""
 
     def __init__(self, fail_flush: int | None = None) -> None:
+        super().__init__(fail_flush=fail_flush)
         self.log: FakeChangeLog | None = None
-        self.queued: list[tuple[str, str, bytes | None]] = []
-        self.batches: list[list[tuple[str, str, bytes | None]]] = []  # what each flush acknowledged
-        self.fail_flush = fail_flush
 
     @property
     def acked_versions(self) -> set[int]:
@@ -44,17 +44,7 @@ class FakePublisher:
                 f"a batch queued while the acknowledged position {acked} is not checkpointed "
                 f"(checkpoint {self.log.checkpoint})"
             )
-        self.queued.append((topic, key, value))
-
-    def flush(self, timeout: float = 60.0) -> int:
-        if self.fail_flush is not None and len(self.batches) + 1 == self.fail_flush:
-            raise RetryableError("broker did not acknowledge 1 record(s): test")
-        batch, self.queued = self.queued, []
-        self.batches.append(batch)
-        return len(batch)
-
-    def close(self, timeout: float = 10.0) -> None:
-        pass
+        super().publish(topic, key, value, headers)
 
 
 class FakeChangeLog:
@@ -63,7 +53,7 @@ class FakeChangeLog:
     store_kind = "sqlite"
     db_name = "fake.db"
 
-    def __init__(self, publisher: FakePublisher, changes: int) -> None:
+    def __init__(self, publisher: CheckedPublisher, changes: int) -> None:
         self.publisher = publisher
         publisher.log = self
         self.rows = [
@@ -119,13 +109,13 @@ class FakeChangeLog:
         pass
 
 
-def _capture(log: FakeChangeLog, publisher: FakePublisher) -> ChangeCapture:
+def _capture(log: FakeChangeLog, publisher: CheckedPublisher) -> ChangeCapture:
     config = CaptureConfig(batch_size=3, fingerprint_key=b"k")
     return ChangeCapture(log, publisher, ProducerMetrics(CollectorRegistry()), config)  # type: ignore[arg-type]
 
 
 def test_each_batch_is_queued_only_after_the_one_before_was_acknowledged() -> None:
-    publisher = FakePublisher()
+    publisher = CheckedPublisher()
     log = FakeChangeLog(publisher, 10)
     acked: list[int] = []
     capture = _capture(log, publisher)
@@ -139,7 +129,7 @@ def test_each_batch_is_queued_only_after_the_one_before_was_acknowledged() -> No
 
 
 def test_a_failed_flush_moves_no_checkpoint_past_what_was_acknowledged() -> None:
-    publisher = FakePublisher(fail_flush=2)
+    publisher = CheckedPublisher(fail_flush=2)
     log = FakeChangeLog(publisher, 10)
     with pytest.raises(RetryableError):
         _capture(log, publisher).run(log.stop)
@@ -147,7 +137,7 @@ def test_a_failed_flush_moves_no_checkpoint_past_what_was_acknowledged() -> None
 
 
 def test_poll_once_checkpoints_its_batch() -> None:
-    publisher = FakePublisher()
+    publisher = CheckedPublisher()
     log = FakeChangeLog(publisher, 5)
     capture = _capture(log, publisher)
     stats = capture.poll_once(0)

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 from pydantic import ValidationError
 
-from cloud.faults import ERROR_STATUSES, FaultConfig, FaultInjector, FaultKind, decide
+from cloud.faults import ERROR_STATUSES, FaultConfig, FaultInjector, FaultKind, decide, parse_latency
 from cloud.ratelimit import RateLimiter, TokenBucket, retry_after_header
 from tests.fakes import FakeClock
 
@@ -141,3 +141,14 @@ def test_retry_after_header_rounds_up_to_whole_seconds() -> None:
     assert retry_after_header(1.0) == "1"
     assert retry_after_header(1.01) == "2"
     assert retry_after_header(0.0) == "0"
+
+
+@pytest.mark.parametrize(("text", "expected"), [("20", (20, 20)), ("10,50", (10, 50)), ("10-50", (10, 50))])
+def test_latency_as_written_on_a_command_line(text: str, expected: tuple[int, int]) -> None:
+    assert parse_latency(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "fast", "1,2,3"])
+def test_a_latency_that_is_not_min_max_is_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_latency(text)

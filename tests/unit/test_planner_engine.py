@@ -82,17 +82,12 @@ class Harness:
             self.fact(kind=FactKind.CATALOGUE, subject=entry)
 
     def result(self, op: Any, cloud_id: str | None, partition: int = 0, **kw: Any) -> Effects:
-        result = OperationResult(
-            operation_id=op.operation_id,
-            kind=op.kind,
-            aggregate=op.aggregate,
-            entity=op.entity,
-            entity_id=op.entity_id,
-            source_version=op.source_version,
-            outcome=ResultOutcome.APPLIED,
+        result = OperationResult.for_operation(
+            op,
+            ResultOutcome.APPLIED,
+            T0 + timedelta(seconds=self._offset()),
             cloud_id=cloud_id,
             source_committed_at=T0,
-            recorded_at=T0 + timedelta(seconds=self._offset()),
             **kw,
         )
         return self.perform(self.r.on_result(result, Coords("results", partition, self._offset())))
@@ -151,6 +146,7 @@ def _op_of(kind: str, entity_id: str) -> Any:
         aggregate = f"x:{entity_id}"
         entity = "company" if kind.startswith("company") else "user"
         source_version = 1
+        source_committed_at = T0
 
     op = Op_()
     op.kind = kind  # type: ignore[attr-defined]

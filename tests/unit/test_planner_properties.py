@@ -385,19 +385,13 @@ class Pipeline:
     def apply_next(self, aggregate: str) -> None:
         op = self.ops[aggregate].popleft()
         cloud_id, effect, details = self.cloud.apply(op)
-        result = OperationResult(
-            operation_id=op.operation_id,
-            kind=op.kind,
-            aggregate=op.aggregate,
-            entity=op.entity,
-            entity_id=op.entity_id,
-            source_version=op.source_version,
-            outcome=ResultOutcome.APPLIED,
+        result = OperationResult.for_operation(
+            op,
+            ResultOutcome.APPLIED,
+            T0 + timedelta(hours=2, seconds=self.offset),
             cloud_id=cloud_id,
             effect=effect,
             details=details,
-            source_committed_at=op.source_committed_at,
-            recorded_at=T0 + timedelta(hours=2, seconds=self.offset),
         )
         self.inbox[("results", partition_of(op.entity_id))].append(result)
 

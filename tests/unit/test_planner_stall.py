@@ -17,20 +17,13 @@ from processors.faust_compat import (
     reread_if_stalled,
 )
 from processors.metrics import PlannerMetrics
+from tests.fakes import FakeClock
 
 USERS0 = TP("vud.directory.users", 0)
 USERS1 = TP("vud.directory.users", 1)
 CONTROL0 = TP("vud.planner.control", 0)
 CHANGELOG0 = TP("vudsync-planner-state-changelog", 0)
 INPUTS = frozenset({USERS0.topic, CONTROL0.topic})
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class FakeConsumer:
@@ -60,7 +53,7 @@ def app(consumer: FakeConsumer, **flags: Any) -> Any:
 
 
 def handlers(
-    clock: Clock, consumer: FakeConsumer, delivered: dict[TP, float], in_message: bool = False
+    clock: FakeClock, consumer: FakeConsumer, delivered: dict[TP, float], in_message: bool = False
 ) -> Any:
     """Handlers whose last delivery per partition was ``delivered[tp]`` seconds ago; partitions
     not named had nothing delivered since their assignment ``STALL_SECONDS + 1`` ago. Committed
@@ -82,7 +75,7 @@ def handlers(
 
 
 async def test_a_partition_quiet_with_records_left_is_read_again_from_its_committed_offset() -> None:
-    clock = Clock()
+    clock = FakeClock()
     # lag 1 on users[0] (committed 1, end 2); users[1] caught up
     consumer = FakeConsumer({USERS0: 1, USERS1: 5}, {USERS0: 2, USERS1: 5})
     h = handlers(clock, consumer, {USERS0: STALL_SECONDS + 1, USERS1: STALL_SECONDS + 1})
@@ -93,7 +86,7 @@ async def test_a_partition_quiet_with_records_left_is_read_again_from_its_commit
 
 
 async def test_a_stall_is_found_while_other_partitions_keep_the_worker_busy() -> None:
-    clock = Clock()
+    clock = FakeClock()
     # the control record at offset 0 never handled (Faust keeps the committed 0 as None);
     # users[1] handled a message a moment ago and has more to come
     consumer = FakeConsumer({CONTROL0: None, USERS1: 5}, {CONTROL0: 1, USERS1: 900})
@@ -114,14 +107,14 @@ async def test_no_seek_while_delivering_caught_up_handling_rebalancing_or_recove
         (FakeConsumer({CHANGELOG0: None}, {CHANGELOG0: 15}), {}, {}),
     ]
     for consumer, delivered, flags in cases:
-        clock = Clock()
+        clock = FakeClock()
         h = handlers(clock, consumer, delivered, in_message=flags.pop("in_message", False))
         await reread_if_stalled(app(consumer, **flags), h, INPUTS)
         assert consumer.seeks == [], (consumer.ends, delivered, flags)
 
 
 def test_deliveries_name_the_offsets_skipped_and_accept_going_back() -> None:
-    clock = Clock()
+    clock = FakeClock()
     d = Deliveries(clock=clock)
     assert d.observe("t", 0, 5) is None  # committed offset not known: the first sets the baseline
     assert d.observe("t", 0, 6) is None
@@ -166,7 +159,7 @@ async def test_a_partition_with_nothing_delivered_since_its_assignment_is_read_a
     """The record a rebalance loses is most often the only one left: no later delivery shows
     the hole, so the watchdog gives a partition that has had no delivery at all since its
     assignment FIRST_DELIVERY_SECONDS, not STALL_SECONDS."""
-    clock = Clock()
+    clock = FakeClock()
     consumer = FakeConsumer({CONTROL0: None, USERS0: 1}, {CONTROL0: 1, USERS0: 2})
     deliveries = Deliveries(clock=clock)
     deliveries.forget()  # the assignment

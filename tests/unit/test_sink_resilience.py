@@ -6,8 +6,9 @@ import random
 
 import pytest
 
+from kernel.retry import Backoff
 from sinks.errors import CircuitOpen
-from sinks.resilience import Backoff, CircuitBreaker, CircuitState
+from sinks.resilience import CircuitBreaker, CircuitState
 from tests.fakes import FakeClock
 
 

@@ -22,18 +22,14 @@ from kernel.settings import Settings, load_settings
 
 
 def _latency(_: click.Context, __: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    from cloud.faults import parse_latency
+
     if value is None:
         return None
-    parts = [p for p in value.replace("-", ",").split(",") if p.strip()]
     try:
-        numbers = [int(p) for p in parts]
-    except ValueError as exc:
-        raise click.BadParameter("MIN,MAX in milliseconds, e.g. 10,50") from exc
-    if len(numbers) == 1:
-        return numbers[0], numbers[0]
-    if len(numbers) != 2:
-        raise click.BadParameter("MIN,MAX in milliseconds, e.g. 10,50")
-    return numbers[0], numbers[1]
+        return parse_latency(value)
+    except ValueError:
+        raise click.BadParameter("MIN,MAX in milliseconds, e.g. 10,50") from None
 
 
 def _fault_options(func: Any) -> Any:

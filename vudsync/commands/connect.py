@@ -25,9 +25,10 @@ from typing import Any
 import click
 import httpx
 
-from kernel.errors import ConfigurationError, RetryableError, VudsyncError
+from kernel.auth import ClientCredentials
+from kernel.errors import AuthenticationFailed, ConfigurationError, RetryableError, VudsyncError
 from kernel.settings import Settings, load_settings
-from schemas.directory import ApplicationType, EntityType
+from schemas.directory import ApplicationInstanceState, ApplicationType, EntityType
 from schemas.results import FactKind, PlannerFact
 from schemas.topics import PLANNER_FACTS
 
@@ -57,37 +58,23 @@ class CloudReadout:
 
 
 def _client(settings: Settings, transport: httpx.BaseTransport | None = None) -> httpx.Client:
-    return httpx.Client(base_url=settings.cloud_url, timeout=30.0, transport=transport)
-
-
-def _token(client: httpx.Client, settings: Settings) -> str:
-    try:
-        response = client.post(
-            "/oauth/token",
-            data={
-                "grant_type": "client_credentials",
-                "client_id": settings.cloud_client_id,
-                "client_secret": settings.cloud_client_secret.get_secret_value(),
-            },
-        )
-    except httpx.HTTPError as exc:
-        raise RetryableError(
-            f"the cloud at {settings.cloud_url} does not answer ({type(exc).__name__})",
-            hint="check VUDSYNC_CLOUD_URL",
-        ) from None
-    if response.status_code in (400, 401, 403):
-        raise ConnectRefused(
-            f"refused: the cloud does not accept the credentials of client {settings.cloud_client_id!r}",
-            hint="connect with the client id and secret of a Customer administrator "
-            "(VUDSYNC_CLOUD_CLIENT_ID / VUDSYNC_CLOUD_CLIENT_SECRET)",
-        )
-    if response.status_code >= 300:
-        raise RetryableError(f"the cloud's token endpoint answered {response.status_code}")
-    return str(response.json()["access_token"])
+    auth = ClientCredentials(
+        f"{settings.cloud_url.rstrip('/')}/oauth/token",
+        settings.cloud_client_id,
+        settings.cloud_client_secret,
+        token_error=lambda r: RetryableError(f"the cloud's token endpoint answered {r.status_code}"),
+    )
+    return httpx.Client(base_url=settings.cloud_url, timeout=30.0, transport=transport, auth=auth)
 
 
 def _get(client: httpx.Client, path: str, **params: Any) -> Any:
-    response = client.get(path, params=params or None)
+    try:
+        response = client.get(path, params=params or None)
+    except httpx.HTTPError as exc:
+        raise RetryableError(
+            f"the cloud at {client.base_url} does not answer ({type(exc).__name__})",
+            hint="check VUDSYNC_CLOUD_URL",
+        ) from None
     if response.status_code >= 300:
         raise RetryableError(f"GET {path}: {response.status_code}")
     return response.json()
@@ -96,8 +83,14 @@ def _get(client: httpx.Client, path: str, **params: Any) -> Any:
 def read_cloud(settings: Settings, transport: httpx.BaseTransport | None = None) -> CloudReadout:
     """Check the caller is a Customer administrator; read registry, catalogue and links."""
     with _client(settings, transport) as client:
-        client.headers["Authorization"] = f"Bearer {_token(client, settings)}"
-        me = _get(client, "/v1/me")
+        try:
+            me = _get(client, "/v1/me")  # the first request fetches the token
+        except AuthenticationFailed:
+            raise ConnectRefused(
+                f"refused: the cloud does not accept the credentials of client {settings.cloud_client_id!r}",
+                hint="connect with the client id and secret of a Customer administrator "
+                "(VUDSYNC_CLOUD_CLIENT_ID / VUDSYNC_CLOUD_CLIENT_SECRET)",
+            ) from None
         if not me.get("is_customer_admin"):
             raise ConnectRefused(
                 f"refused: client {me.get('client_id')!r} is not a Customer administrator of "
@@ -131,43 +124,32 @@ def read_cloud(settings: Settings, transport: httpx.BaseTransport | None = None)
 
 def on_premise_instances(settings: Settings) -> tuple[list[PlannerFact], Any]:
     """The on-premise application instances (fingerprints only), as of the store's position."""
-    from producers.mapping import SourceInfo, record_to_event
     from producers.service import open_change_log
-    from schemas.events import Op
+    from vudsync.ops.directory_reader import snapshot_events
 
     change_log = open_change_log(settings.resolved_store_url())
     position = change_log.position()
     now = datetime.now(UTC)
     facts: list[PlannerFact] = []
     key = settings.fingerprint_key.get_secret_value().encode()
-    source = SourceInfo(store=change_log.store_kind, db=change_log.db_name)
-    for ids in change_log.snapshot_ids(EntityType.APPLICATION_INSTANCE, 100):
-        for record in change_log.read_entities(EntityType.APPLICATION_INSTANCE, ids).values():
-            event, _ = record_to_event(
-                record,
-                op=Op.READ,
+    for _id, event in snapshot_events(
+        change_log, EntityType.APPLICATION_INSTANCE, key, position=position, now=now, batch_size=100
+    ):
+        if event is None:  # capture dead-letters it (e.g. a second instance of a type)
+            continue
+        state = event.state
+        assert isinstance(state, ApplicationInstanceState)
+        facts.append(
+            PlannerFact(
+                kind=FactKind.INSTANCE,
+                subject=state.application.value,
+                uri=state.uri,
+                license_fingerprint=state.license_fingerprint,
                 version=position,
-                seq=position,
-                committed_at=now.timestamp(),
-                source=source,
-                now=now,
-                fingerprint_key=key,
-                snapshot=True,
+                observed_at=now,
+                source="connect",
             )
-            if event is None:  # capture dead-letters it (e.g. a second instance of a type)
-                continue
-            state = event.state
-            facts.append(
-                PlannerFact(
-                    kind=FactKind.INSTANCE,
-                    subject=state.application.value,
-                    uri=state.uri,
-                    license_fingerprint=state.license_fingerprint,
-                    version=position,
-                    observed_at=now,
-                    source="connect",
-                )
-            )
+        )
     return facts, change_log
 
 
@@ -201,28 +183,20 @@ def cloud_facts(readout: CloudReadout, observed_at: datetime) -> Iterator[Planne
 
 def publish_facts(settings: Settings, bootstrap: str, facts: Iterable[PlannerFact]) -> int:
     """Every fact to every partition (the planner assumes nothing about which partition holds an
-    entity). Returns how many records were acknowledged (acks=all)."""
-    from kafka import KafkaProducer
-    from kafka.errors import KafkaError
+    entity). Returns how many records were acknowledged (acks=all); raises
+    :class:`RetryableError` if the broker did not take them all."""
+    from kernel.publishing.kafka_python import KafkaRecordPublisher
 
     topic = settings.topic(PLANNER_FACTS.name)
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5)
-    futures = []
+    publisher = KafkaRecordPublisher(bootstrap, client_id="vudsync-connect")
     try:
         for fact in facts:
-            value, key = fact.model_dump_json().encode(), fact.key.encode()
-            futures += [
-                producer.send(topic, key=key, value=value, partition=p)
-                for p in range(settings.topic_partitions)
-            ]
-        producer.flush(timeout=60)
-        for future in futures:
-            future.get(timeout=60)
-    except KafkaError as exc:
-        raise RetryableError(f"the broker did not take the facts: {exc}") from exc
+            value = fact.model_dump_json().encode()
+            for p in range(settings.topic_partitions):
+                publisher.publish(topic, fact.key, value, partition=p)
+        return publisher.flush(timeout=60)
     finally:
-        producer.close(timeout=10)
-    return len(futures)
+        publisher.close(timeout=10)
 
 
 @dataclass

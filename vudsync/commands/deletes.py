@@ -22,27 +22,25 @@ from schemas.topics import PLANNER_CONTROL, RESULTS
 
 
 def send_decision(settings: Settings, bootstrap: str, *, approve: bool, operator: str) -> None:
-    """Publish the decision to the gate (partition 0) and wait for the broker's ack."""
-    from kafka import KafkaProducer
-    from kafka.errors import KafkaError
-
+    """Publish the decision to the gate (partition 0) and wait for the broker's ack; raises
+    :class:`RetryableError` if it did not take it."""
+    from kernel.publishing.kafka_python import KafkaRecordPublisher
     from processors.control import GATE_PARTITION, DeletionsDecided
     from processors.topics import ensure_planner_topics
 
     ensure_planner_topics(settings, bootstrap)
     decision = DeletionsDecided(approve=approve, operator=operator, decided_at=datetime.now(UTC))
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    publisher = KafkaRecordPublisher(bootstrap, client_id="vudsync-deletes")
     try:
-        producer.send(
+        publisher.publish(
             settings.topic(PLANNER_CONTROL.name),
-            key=b"operator",
-            value=decision.model_dump_json().encode(),
+            "operator",
+            decision.model_dump_json().encode(),
             partition=GATE_PARTITION,
-        ).get(timeout=60)
-    except KafkaError as exc:
-        raise RetryableError(f"the broker did not take the decision: {exc}") from exc
+        )
+        publisher.flush(timeout=60)
     finally:
-        producer.close(timeout=10)
+        publisher.close(timeout=10)
 
 
 SETTLED = frozenset(

@@ -3,8 +3,8 @@
 Users and companies are read page by page (``after`` = the previous page's ``next_after``)
 until the cloud says the page was the last: any number of them, never a truncated list.
 Users' access lists are fetched through ``POST /v1/batch`` (500 GETs per request) instead of
-one request per user. httpx errors and HTTP statuses become vudsync errors here, once;
-secrets never appear in them.
+one request per user. Tokens: :class:`kernel.auth.ClientCredentials`. httpx errors and HTTP
+statuses become vudsync errors here, once; secrets never appear in them.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import httpx
+from pydantic import SecretStr
 
-from kernel.errors import PermanentError, RetryableError
+from kernel.auth import ClientCredentials
+from kernel.errors import AuthenticationFailed, PermanentError, RetryableError, VudsyncError
 from vudsync.ops.drift import CatalogueKey, CloudState
 
 PAGE = 10_000  # the API's largest page
@@ -30,14 +32,18 @@ class HttpCloudReader:
         self,
         base_url: str,
         client_id: str,
-        client_secret: str,
+        client_secret: SecretStr,
         *,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self._client = httpx.Client(base_url=base_url, timeout=30.0, transport=transport)
-        self._client_id = client_id
-        self._client_secret = client_secret
-        self._token: str | None = None
+        auth = ClientCredentials(
+            f"{base_url.rstrip('/')}/oauth/token",
+            client_id,
+            client_secret,
+            scope="directory:read",
+            token_error=lambda r: self._error(r, "POST /oauth/token"),
+        )
+        self._client = httpx.Client(base_url=base_url, timeout=30.0, transport=transport, auth=auth)
 
     def close(self) -> None:
         self._client.close()
@@ -50,40 +56,24 @@ class HttpCloudReader:
                 f"{method} {path}: {type(exc).__name__}",
                 hint="is the cloud reachable? check VUDSYNC_CLOUD_URL",
             ) from None
-
-    def _bearer(self) -> str:
-        if self._token is None:
-            r = self._send(
-                "POST",
-                "/oauth/token",
-                data={
-                    "grant_type": "client_credentials",
-                    "client_id": self._client_id,
-                    "client_secret": self._client_secret,
-                    "scope": "directory:read",
-                },
-            )
-            if r.status_code in (400, 401, 403):
-                raise PermanentError(
-                    f"the cloud refused the client credentials of {self._client_id!r} ({r.status_code})",
-                    hint="check VUDSYNC_CLOUD_CLIENT_ID / VUDSYNC_CLOUD_CLIENT_SECRET",
-                )
-            self._check(r, "POST /oauth/token")
-            self._token = str(r.json()["access_token"])
-        return self._token
+        except AuthenticationFailed as exc:  # verify cannot go on; another try would fail alike
+            raise PermanentError(str(exc), hint=exc.hint) from None
 
     @staticmethod
-    def _check(r: httpx.Response, what: str) -> None:
-        if r.status_code < 300:
-            return
+    def _error(r: httpx.Response, what: str) -> VudsyncError:
         if r.status_code == 429 or r.status_code >= 500:
-            raise CloudReadError(
+            return CloudReadError(
                 f"{what}: {r.status_code}", retry_after=None, hint="the cloud is failing: try again"
             )
-        raise PermanentError(f"{what}: {r.status_code}")
+        return PermanentError(f"{what}: {r.status_code}")
+
+    @classmethod
+    def _check(cls, r: httpx.Response, what: str) -> None:
+        if r.status_code >= 300:
+            raise cls._error(r, what)
 
     def _get(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
-        r = self._send("GET", path, params=params, headers={"Authorization": f"Bearer {self._bearer()}"})
+        r = self._send("GET", path, params=params)
         self._check(r, f"GET {path}")
         return r.json()
 
@@ -105,7 +95,6 @@ class HttpCloudReader:
                 "POST",
                 "/v1/batch",
                 json={"requests": [{"method": "GET", "path": f"/v1/users/{uid}/access"} for uid in chunk]},
-                headers={"Authorization": f"Bearer {self._bearer()}"},
             )
             self._check(r, "POST /v1/batch")
             for uid, answer in zip(chunk, r.json()["responses"], strict=True):

@@ -13,11 +13,13 @@ directory with a relative SQLite path used to create exactly such an empty store
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from kernel.errors import ConfigurationError
 from producers.mapping import SourceInfo, record_to_event
+from producers.ports import ChangeLog
 from producers.service import open_change_log
 from schemas.directory import (
     ApplicationInstanceState,
@@ -29,8 +31,41 @@ from schemas.directory import (
     RoleState,
     UserState,
 )
-from schemas.events import Op
+from schemas.events import DirectoryEvent, Op
 from vudsync.ops.drift import CatalogueKey, DirectoryState
+
+
+def snapshot_events(
+    log: ChangeLog,
+    entity: EntityType,
+    fingerprint_key: bytes,
+    *,
+    position: int,
+    now: datetime,
+    batch_size: int,
+) -> Iterator[tuple[str, DirectoryEvent | None]]:
+    """Each ``entity`` of the store as the snapshot would emit it (``r`` at ``position``), by
+    id; None for a row capture would dead-letter (an invalid e-mail, a second instance of a
+    type)."""
+    source = SourceInfo(store=log.store_kind, db=log.db_name)
+    for ids in log.snapshot_ids(entity, batch_size):
+        records = log.read_entities(entity, ids)
+        for entity_id in ids:
+            record = records.get(entity_id)
+            if record is None:
+                continue
+            event, _rejections = record_to_event(
+                record,
+                op=Op.READ,
+                version=position,
+                seq=position,
+                committed_at=now.timestamp(),
+                source=source,
+                now=now,
+                fingerprint_key=fingerprint_key,
+                snapshot=True,
+            )
+            yield entity_id, event
 
 
 def read_directory(store_url: str, fingerprint_key: bytes, batch_size: int = 2000) -> DirectoryState:
@@ -43,31 +78,17 @@ def read_directory(store_url: str, fingerprint_key: bytes, batch_size: int = 200
                 hint="check VUDSYNC_STORE_URL (a relative SQLite path depends on the working directory)",
             )
         position = log.position()
-        source = SourceInfo(store=log.store_kind, db=log.db_name)
         now = datetime.now(UTC)
         states: dict[EntityType, list[Any]] = {e: [] for e in EntityType}
         rejected: dict[EntityType, set[str]] = {e: set() for e in EntityType}
         for entity in EntityType:
-            for ids in log.snapshot_ids(entity, batch_size):
-                records = log.read_entities(entity, ids)
-                for entity_id in ids:
-                    record = records.get(entity_id)
-                    if record is None:
-                        continue
-                    event, _rejections = record_to_event(
-                        record,
-                        op=Op.READ,
-                        version=position,
-                        seq=position,
-                        committed_at=now.timestamp(),
-                        source=source,
-                        now=now,
-                        fingerprint_key=fingerprint_key,
-                        snapshot=True,
-                    )
-                    if event is None:
-                        rejected[entity].add(entity_id)
-                        continue
+            read = snapshot_events(
+                log, entity, fingerprint_key, position=position, now=now, batch_size=batch_size
+            )
+            for entity_id, event in read:
+                if event is None:
+                    rejected[entity].add(entity_id)
+                else:
                     states[entity].append(event.state)
     finally:
         log.close()

@@ -22,9 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kernel.records import TopicPartition as TP
 from vudsync.ops.journal import JournalEntry, JournalFilter
-
-TP = tuple[str, int]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (

@@ -25,8 +25,6 @@ from vudsync.ops.journal_index import SqliteJournalIndex
 from vudsync.ops.kafka_admin import KafkaGroupAdmin
 from vudsync.ops.kafka_reader import PartitionTail
 
-TP = tuple[str, int]
-
 
 def journal_topics(settings: Settings) -> dict[str, str]:
     """Full topic name → journal source."""

@@ -21,9 +21,9 @@ from kafka.structs import OffsetAndMetadata
 
 from kernel.admin import admin_client, translate
 from kernel.errors import PermanentError
+from kernel.records import TopicPartition as TP
 from vudsync.ops.groups import GroupMember, members_from_description
 
-TP = tuple[str, int]
 _T = TypeVar("_T")
 
 

@@ -14,8 +14,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from kernel.admin import translate
 from kernel.errors import RetryableError
-
-TP = tuple[str, int]
+from kernel.records import TopicPartition as TP
 
 
 def _consumer(bootstrap: str, client_id: str, max_poll_records: int = 2000) -> KafkaConsumer:

@@ -33,12 +33,10 @@ Contracts:
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any, Protocol, TypeVar
 
 from kafka import KafkaAdminClient, TopicPartition
@@ -48,11 +46,12 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from kernel.admin import translate
+from kernel.records import TopicPartition as TopicPartitionKey  # kafka.TopicPartition is the client's
 from kernel.settings import Settings
+from kernel.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
 
-TopicPartitionKey = tuple[str, int]
 Offsets = dict[TopicPartitionKey, int]
 _T = TypeVar("_T")
 
@@ -336,14 +335,7 @@ def run_lag_exporter(settings: Settings, bootstrap: str, *, metrics_port: int | 
     exporter = build_lag_exporter(settings, bootstrap, registry)
     if metrics_port is not None:
         start_http_server(metrics_port, addr=settings.metrics_host, registry=registry)
-    stop = threading.Event()
-
-    def _stop(signum: int, _frame: FrameType | None) -> None:
-        log.info("lag exporter: signal %d, stopping", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    stop = stop_on_signals("lag exporter")
     try:
         exporter.run(stop)
     finally:

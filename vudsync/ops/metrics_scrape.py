@@ -11,9 +11,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from kernel.errors import ConfigurationError
+from kernel.scrape import Samples, ScrapeFailed
+from kernel.scrape import scrape as scrape_one
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class Scrape:
     """One endpoint's samples (``name{labels}`` → value), or the error that kept them away."""
 
     endpoint: Endpoint
-    samples: dict[str, list[tuple[dict[str, str], float]]] = field(default_factory=dict)
+    samples: Samples = field(default_factory=dict)
     error: str | None = None
 
     def total(self, name: str) -> float | None:
@@ -57,14 +58,7 @@ def scrape(endpoints: Iterable[Endpoint], timeout: float = 2.0) -> list[Scrape]:
     with httpx.Client(timeout=timeout) as client:
         for ep in endpoints:
             try:
-                response = client.get(ep.url)
-                response.raise_for_status()
-            except httpx.HTTPError as exc:
-                out.append(Scrape(ep, error=f"{type(exc).__name__}"))
-                continue
-            samples: dict[str, list[tuple[dict[str, str], float]]] = {}
-            for family in text_string_to_metric_families(response.text):
-                for s in family.samples:
-                    samples.setdefault(s.name, []).append((dict(s.labels), float(s.value)))
-            out.append(Scrape(ep, samples))
+                out.append(Scrape(ep, scrape_one(ep.url, client=client)))
+            except ScrapeFailed as exc:
+                out.append(Scrape(ep, error=str(exc)))
     return out

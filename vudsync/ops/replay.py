@@ -22,10 +22,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from kernel.errors import ConfigurationError
+from kernel.records import TopicPartition as TP
 from schemas.results import OperationResult, ResultOutcome
 from vudsync.ops.groups import Role
-
-TP = tuple[str, int]
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from kernel.records import TopicPartition as TP
 from kernel.settings import Settings
 from schemas.codec import DecodeError, decode_event, decode_model, decode_operation
 from schemas.results import OperationResult
@@ -36,8 +37,6 @@ from vudsync.ops.replay import (
     progress,
     summarize,
 )
-
-TP = tuple[str, int]
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from kernel.publishing.kafka_python import KafkaRecordPublisher
+from kernel.records import TopicPartition as TP
 from kernel.settings import Settings
 from processors.deletions import GateState
 from processors.service import planner_settings
@@ -40,7 +41,6 @@ from vudsync.ops.drift import (
 from vudsync.ops.kafka_admin import KafkaGroupAdmin
 from vudsync.ops.kafka_reader import PartitionTail
 
-TP = tuple[str, int]
 SETTLED = ("applied", "already_applied", "dead_lettered", "rejected")
 
 
@@ -57,9 +57,7 @@ def verify_once(settings: Settings) -> Verification:
         settings.fingerprint_key.get_secret_value().encode(),
         settings.capture_batch_size,
     )
-    reader = HttpCloudReader(
-        settings.cloud_url, settings.cloud_client_id, settings.cloud_client_secret.get_secret_value()
-    )
+    reader = HttpCloudReader(settings.cloud_url, settings.cloud_client_id, settings.cloud_client_secret)
     try:
         cloud = reader.read()
     finally:
