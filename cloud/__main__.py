@@ -16,7 +16,8 @@ from pydantic import SecretStr
 
 from cloud.faults import FaultConfig
 from cloud.server import ADMIN_TOKEN_ENV, SECRET_ENV, serve
-from cloud.settings import CloudSettings
+from cloud.settings import DEFAULT_ADMIN_TOKEN, DEFAULT_CLIENT_SECRET, CloudSettings, check_listen_address
+from kernel.errors import ConfigurationError
 
 
 def parse_latency(text: str) -> tuple[int, int]:
@@ -89,8 +90,8 @@ def settings_from(args: argparse.Namespace) -> CloudSettings:
         db_path=args.db,
         customer_name=args.customer_name,
         client_id=args.client_id,
-        client_secret=SecretStr(args.client_secret or os.environ.get(SECRET_ENV, "vudsync-demo-secret")),
-        admin_token=SecretStr(args.admin_token or os.environ.get(ADMIN_TOKEN_ENV, "vudsync-admin")),
+        client_secret=SecretStr(args.client_secret or os.environ.get(SECRET_ENV, DEFAULT_CLIENT_SECRET)),
+        admin_token=SecretStr(args.admin_token or os.environ.get(ADMIN_TOKEN_ENV, DEFAULT_ADMIN_TOKEN)),
         token_ttl_seconds=args.token_ttl,
         rate_limit_per_second=args.rate_limit_per_second,
         rate_limit_burst=args.rate_limit_burst,
@@ -106,8 +107,13 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    settings = settings_from(args)
+    try:
+        check_listen_address(settings, args.host)  # before the database is opened
+    except ConfigurationError as exc:
+        raise SystemExit(f"error: {exc}" + (f" ({exc.hint})" if exc.hint else "")) from None
     serve(
-        settings_from(args),
+        settings,
         args.host,
         args.port,
         port_file=args.port_file,

@@ -140,12 +140,10 @@ def serve(**values: Any) -> None:
             db_path=values["db"] or settings.home / "cloud.db",
             customer_name=values["customer_name"],
             client_id=values["client_id"] or settings.cloud_client_id,
-            client_secret=SecretStr(values["client_secret"])
-            if values["client_secret"]
-            else settings.cloud_client_secret,
-            admin_token=SecretStr(values["admin_token"])
-            if values["admin_token"]
-            else settings.cloud_admin_token,
+            client_secret=SecretStr(
+                values["client_secret"] or settings.require_secret("cloud_client_secret")
+            ),
+            admin_token=SecretStr(values["admin_token"] or settings.require_secret("cloud_admin_token")),
             token_ttl_seconds=values["token_ttl"],
             rate_limit_per_second=values["rate_limit_per_second"],
             rate_limit_burst=values["rate_limit_burst"],
@@ -163,7 +161,7 @@ def serve(**values: Any) -> None:
 
 def _admin(url: str | None, admin_token: str | None) -> tuple[str, dict[str, str]]:
     settings = load_settings()
-    token = admin_token or settings.cloud_admin_token.get_secret_value()
+    token = admin_token or settings.require_secret("cloud_admin_token")
     return (url or settings.cloud_url).rstrip("/"), {"X-Admin-Token": token}
 
 

@@ -67,7 +67,7 @@ def _token(client: httpx.Client, settings: Settings) -> str:
             data={
                 "grant_type": "client_credentials",
                 "client_id": settings.cloud_client_id,
-                "client_secret": settings.cloud_client_secret.get_secret_value(),
+                "client_secret": settings.require_secret("cloud_client_secret"),
             },
         )
     except httpx.HTTPError as exc:
@@ -139,7 +139,7 @@ def on_premise_instances(settings: Settings) -> tuple[list[PlannerFact], Any]:
     position = change_log.position()
     now = datetime.now(UTC)
     facts: list[PlannerFact] = []
-    key = settings.fingerprint_key.get_secret_value().encode()
+    key = settings.require_secret("fingerprint_key").encode()
     source = SourceInfo(store=change_log.store_kind, db=change_log.db_name)
     for ids in change_log.snapshot_ids(EntityType.APPLICATION_INSTANCE, 100):
         for record in change_log.read_entities(EntityType.APPLICATION_INSTANCE, ids).values():
@@ -243,6 +243,8 @@ def run_connect(settings: Settings, bootstrap: str, *, snapshot: bool = True) ->
     from processors.topics import ensure_planner_topics
     from vudsync.topics import ensure_catalogue
 
+    for secret in ("cloud_client_secret", "fingerprint_key"):  # both, before any effect
+        settings.require_secret(secret)
     readout = read_cloud(settings)
     ensure_catalogue(settings, bootstrap)
     ensure_planner_topics(settings, bootstrap)

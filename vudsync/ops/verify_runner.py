@@ -52,13 +52,15 @@ class Verification:
 
 
 def verify_once(settings: Settings) -> Verification:
+    fingerprint_key = settings.require_secret("fingerprint_key").encode()
+    client_secret = settings.require_secret("cloud_client_secret")
     directory = read_directory(
         settings.resolved_store_url(),
-        settings.fingerprint_key.get_secret_value().encode(),
+        fingerprint_key,
         settings.capture_batch_size,
     )
     reader = HttpCloudReader(
-        settings.cloud_url, settings.cloud_client_id, settings.cloud_client_secret.get_secret_value()
+        settings.cloud_url, settings.cloud_client_id, client_secret
     )
     try:
         cloud = reader.read()
