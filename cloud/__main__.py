@@ -49,6 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--token-ttl", type=float, default=3600.0, help="seconds")
     parser.add_argument("--rate-limit-per-second", type=float, default=0.0)
     parser.add_argument("--rate-limit-burst", type=float)
+    parser.add_argument(
+        "--max-body-bytes", type=int, default=4 * 1024 * 1024, help="larger request bodies: 413"
+    )
+    parser.add_argument(
+        "--token-rate-per-address", type=float, default=5.0, help="POST /oauth/token per second; 0 = off"
+    )
+    parser.add_argument("--token-burst-per-address", type=float, default=20.0)
+    parser.add_argument("--docs", action="store_true", help="serve the Swagger UI at /docs")
     parser.add_argument("--faults-json", help="a whole fault configuration as JSON")
     parser.add_argument("--error-rate", type=float)
     parser.add_argument("--rate-limit-rate", type=float)
@@ -95,6 +103,10 @@ def settings_from(args: argparse.Namespace) -> CloudSettings:
         token_ttl_seconds=args.token_ttl,
         rate_limit_per_second=args.rate_limit_per_second,
         rate_limit_burst=args.rate_limit_burst,
+        max_body_bytes=args.max_body_bytes,
+        token_rate_per_address=args.token_rate_per_address,
+        token_burst_per_address=args.token_burst_per_address,
+        docs=args.docs,
         faults=faults,
         sqlite_synchronous=args.synchronous,
         secret_hash_iterations=args.secret_hash_iterations,

@@ -112,6 +112,7 @@ class CloudServer:
         rate_limit_per_second: float | None = None,
         faults: FaultConfig | None = None,
         secret_hash_iterations: int | None = None,
+        token_rate_per_address: float | None = None,
         extra_args: tuple[str, ...] = (),
         startup_timeout: float = 30.0,
         python: str = sys.executable,
@@ -134,6 +135,8 @@ class CloudServer:
             self._options += ["--faults-json", faults.model_dump_json()]
         if secret_hash_iterations is not None:
             self._options += ["--secret-hash-iterations", str(secret_hash_iterations)]
+        if token_rate_per_address is not None:
+            self._options += ["--token-rate-per-address", str(token_rate_per_address)]
         self._options += list(extra_args)
         self._startup_timeout = startup_timeout
         self._python = python

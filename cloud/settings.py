@@ -44,6 +44,16 @@ class CloudSettings(BaseModel):
     rate_limit_burst: float | None = Field(
         default=None, gt=0, description="bucket size; default max(1, rate)"
     )
+    max_body_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, description="larger request bodies are answered 413 (cloud.limits)"
+    )
+    token_rate_per_address: float = Field(
+        default=5.0, ge=0, description="POST /oauth/token per second per client address; 0 = off"
+    )
+    token_burst_per_address: float = Field(
+        default=20.0, gt=0, description="token requests an address may make at once"
+    )
+    docs: bool = Field(default=False, description="serve the Swagger UI at /docs (/openapi.json always)")
     faults: FaultConfig = Field(default_factory=FaultConfig)
     sqlite_synchronous: Literal["NORMAL", "FULL"] = Field(
         default="NORMAL",

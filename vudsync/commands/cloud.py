@@ -91,7 +91,7 @@ def cloud() -> None:
 
     A real HTTP service with its own SQLite database (OAuth2 client credentials,
     idempotency keys, versions, audit of effects, rate limiting and fault injection).
-    The API is described at <url>/docs and <url>/openapi.json.
+    The API is described at <url>/openapi.json (and <url>/docs with --docs).
     """
 
 
@@ -127,6 +127,7 @@ def cloud() -> None:
     help="SQLite synchronous mode (FULL: fsync every commit)",
 )
 @click.option("--access-log", is_flag=True, help="log every request (query strings carry e-mails)")
+@click.option("--docs", is_flag=True, help="serve the Swagger UI at /docs (off: less to attack)")
 def serve(**values: Any) -> None:
     """Run the cloud API in the foreground until Ctrl-C or SIGTERM (graceful)."""
     from cloud.faults import FaultConfig
@@ -149,6 +150,7 @@ def serve(**values: Any) -> None:
             rate_limit_burst=values["rate_limit_burst"],
             faults=FaultConfig(**_given_faults(values)),
             sqlite_synchronous=values["synchronous"],
+            docs=values["docs"],
         )
     except ValidationError as exc:
         raise ConfigurationError(f"invalid cloud settings: {exc.errors()[0]['msg']}") from exc
