@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from kernel.errors import PermanentError, RetryableError, VudsyncError
+from kernel.errors import PermanentError, RecordsTooLarge, RetryableError, VudsyncError
 from kernel.publishing import RecordPublisher
 from schemas.codec import DecodeError, decode_operation, encode
 from schemas.deadletter import HEADER_ATTEMPTS, HEADER_HTTP_STATUS, HEADER_RESPONSE, error_headers
@@ -310,7 +310,7 @@ class SinkWorker:
         assert self._loop is not None
         try:
             await self._loop.run_in_executor(None, self.publisher.flush)
-        except RetryableError as exc:
+        except (RetryableError, RecordsTooLarge) as exc:  # a result too large: as before, stop
             raise SinkFatal(f"results not acknowledged by the broker, nothing committed: {exc}") from exc
         try:
             await self._consumer_call(self.consumer.commit, offsets)
