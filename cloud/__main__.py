@@ -16,7 +16,8 @@ from pydantic import SecretStr
 
 from cloud.faults import FaultConfig, parse_latency
 from cloud.server import ADMIN_TOKEN_ENV, SECRET_ENV, serve
-from cloud.settings import CloudSettings
+from cloud.settings import DEFAULT_ADMIN_TOKEN, DEFAULT_CLIENT_SECRET, CloudSettings, check_listen_address
+from kernel.errors import ConfigurationError
 
 
 def latency_argument(text: str) -> tuple[int, int]:
@@ -41,6 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--token-ttl", type=float, default=3600.0, help="seconds")
     parser.add_argument("--rate-limit-per-second", type=float, default=0.0)
     parser.add_argument("--rate-limit-burst", type=float)
+    parser.add_argument(
+        "--max-body-bytes", type=int, default=4 * 1024 * 1024, help="larger request bodies: 413"
+    )
+    parser.add_argument(
+        "--token-rate-per-address", type=float, default=5.0, help="POST /oauth/token per second; 0 = off"
+    )
+    parser.add_argument("--token-burst-per-address", type=float, default=20.0)
+    parser.add_argument("--docs", action="store_true", help="serve the Swagger UI at /docs")
     parser.add_argument("--faults-json", help="a whole fault configuration as JSON")
     parser.add_argument("--error-rate", type=float)
     parser.add_argument("--rate-limit-rate", type=float)
@@ -82,11 +91,15 @@ def settings_from(args: argparse.Namespace) -> CloudSettings:
         db_path=args.db,
         customer_name=args.customer_name,
         client_id=args.client_id,
-        client_secret=SecretStr(args.client_secret or os.environ.get(SECRET_ENV, "vudsync-demo-secret")),
-        admin_token=SecretStr(args.admin_token or os.environ.get(ADMIN_TOKEN_ENV, "vudsync-admin")),
+        client_secret=SecretStr(args.client_secret or os.environ.get(SECRET_ENV, DEFAULT_CLIENT_SECRET)),
+        admin_token=SecretStr(args.admin_token or os.environ.get(ADMIN_TOKEN_ENV, DEFAULT_ADMIN_TOKEN)),
         token_ttl_seconds=args.token_ttl,
         rate_limit_per_second=args.rate_limit_per_second,
         rate_limit_burst=args.rate_limit_burst,
+        max_body_bytes=args.max_body_bytes,
+        token_rate_per_address=args.token_rate_per_address,
+        token_burst_per_address=args.token_burst_per_address,
+        docs=args.docs,
         faults=faults,
         sqlite_synchronous=args.synchronous,
         secret_hash_iterations=args.secret_hash_iterations,
@@ -99,8 +112,13 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    settings = settings_from(args)
+    try:
+        check_listen_address(settings, args.host)  # before the database is opened
+    except ConfigurationError as exc:
+        raise SystemExit(f"error: {exc}" + (f" ({exc.hint})" if exc.hint else "")) from None
     serve(
-        settings_from(args),
+        settings,
         args.host,
         args.port,
         port_file=args.port_file,

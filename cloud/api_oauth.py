@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from cloud import models
 from cloud.deps import Context
 from cloud.errors import ApiError
+from cloud.responses import TOKEN_LIMITED, TOO_LARGE
 
 router = APIRouter()
 
@@ -63,6 +64,8 @@ def _basic_credentials(header: str | None) -> tuple[str, str] | None:
     responses={
         400: {"model": models.OAuthError, "description": "invalid request, grant type or scope"},
         401: {"model": models.OAuthError, "description": "invalid client credentials"},
+        413: TOO_LARGE,
+        429: TOKEN_LIMITED,
     },
     tags=["oauth"],
     summary="Client credentials grant: a bearer token",

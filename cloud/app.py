@@ -22,6 +22,7 @@ from cloud.direct import DirectDispatch
 from cloud.direct_lane import DirectLane
 from cloud.errors import ApiError, error_response, unicode_error_response
 from cloud.faults import FaultInjector
+from cloud.limits import RequestLimits
 from cloud.middleware import TrafficMiddleware
 from cloud.ratelimit import RateLimiter
 from cloud.settings import DEFAULT_SCOPES, CloudSettings
@@ -154,6 +155,7 @@ def build_app(settings: CloudSettings, *, clock: Callable[[], float] = time.time
         "rate limits and fault injection.",
         lifespan=lifespan,
         redoc_url=None,
+        docs_url="/docs" if settings.docs else None,  # off unless asked: less to attack
     )
     app.state.cloud = context
     _install_error_handlers(app)
@@ -171,5 +173,10 @@ def build_app(settings: CloudSettings, *, clock: Callable[[], float] = time.time
         faults=context.faults,
         stats=context.stats,
         routes=lambda: app.router.routes,
+    )
+    app.add_middleware(  # outermost: nothing else sees a request over these limits
+        RequestLimits,
+        max_body_bytes=settings.max_body_bytes,
+        token_limiter=RateLimiter(settings.token_rate_per_address, settings.token_burst_per_address, clock),
     )
     return app

@@ -26,7 +26,7 @@ from fastapi.testclient import TestClient
 
 from cloud.app import build_app
 from cloud.models import BatchItem
-from cloud.settings import CloudSettings
+from cloud.settings import DEFAULT_CLIENT_SECRET, CloudSettings
 
 _ROLES = [f"Rolle-{i}" for i in range(5)]
 
@@ -62,7 +62,7 @@ def run(batches: int, size: int, n_users: int) -> dict[str, Any]:
             data={
                 "grant_type": "client_credentials",
                 "client_id": "vudsync",
-                "client_secret": "vudsync-demo-secret",
+                "client_secret": DEFAULT_CLIENT_SECRET,
             },
         ).json()["access_token"]
         headers = {"Authorization": f"Bearer {token}"}

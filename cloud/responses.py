@@ -19,10 +19,14 @@ def _error(description: str, **extra: Any) -> dict[str, Any]:
     return {**_ERROR, "description": description, **extra}
 
 
+TOO_LARGE = _error("the request body is larger than the server accepts (cloud.limits)")
+TOKEN_LIMITED = _error("too many token requests from this address", headers=_RETRY_AFTER)
+
 V1: Responses = {
     400: _error("the body could not be parsed"),
     401: _error("missing, unknown or expired bearer token"),
     403: _error("the token lacks the scope this operation needs"),
+    413: TOO_LARGE,
     422: _error("invalid parameters or body, or an Idempotency-Key reused for another request"),
     429: _error("rate limited (real or injected)", headers=_RETRY_AFTER),
     "5XX": _error("server error (injected faults included; they never have an effect)"),
@@ -33,6 +37,7 @@ PRECONDITION: Responses = {412: _error("If-Match does not name the current versi
 ADMIN: Responses = {
     400: _error("the body could not be parsed"),
     401: _error("missing or wrong X-Admin-Token"),
+    413: TOO_LARGE,
     422: _error("invalid body"),
 }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -27,7 +28,7 @@ import uvicorn
 
 from cloud.app import build_app
 from cloud.faults import FaultConfig
-from cloud.settings import CloudSettings
+from cloud.settings import CloudSettings, check_listen_address
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ def serve(
     ``http`` are uvicorn's: ``auto`` takes uvloop and httptools when they are installed
     (about a third less CPU per request here), else asyncio and h11.
     """
+    check_listen_address(settings, host)
     app = build_app(settings)
     config = uvicorn.Config(
         app,
@@ -104,12 +106,13 @@ class CloudServer:
         port: int = 0,
         customer_name: str = "Demo customer",
         client_id: str = "vudsync",
-        client_secret: str = "vudsync-demo-secret",
-        admin_token: str = "vudsync-admin",
+        client_secret: str | None = None,
+        admin_token: str | None = None,
         token_ttl_seconds: float | None = None,
         rate_limit_per_second: float | None = None,
         faults: FaultConfig | None = None,
         secret_hash_iterations: int | None = None,
+        token_rate_per_address: float | None = None,
         extra_args: tuple[str, ...] = (),
         startup_timeout: float = 30.0,
         python: str = sys.executable,
@@ -120,8 +123,9 @@ class CloudServer:
         self._requested_port = port
         self.customer_name = customer_name
         self.client_id = client_id
-        self.client_secret = client_secret
-        self.admin_token = admin_token
+        # unset: random per server, so no run shares a known secret (read them back from here)
+        self.client_secret = client_secret or secrets.token_urlsafe(24)
+        self.admin_token = admin_token or secrets.token_urlsafe(24)
         self._options: list[str] = []
         if token_ttl_seconds is not None:
             self._options += ["--token-ttl", str(token_ttl_seconds)]
@@ -131,6 +135,8 @@ class CloudServer:
             self._options += ["--faults-json", faults.model_dump_json()]
         if secret_hash_iterations is not None:
             self._options += ["--secret-hash-iterations", str(secret_hash_iterations)]
+        if token_rate_per_address is not None:
+            self._options += ["--token-rate-per-address", str(token_rate_per_address)]
         self._options += list(extra_args)
         self._startup_timeout = startup_timeout
         self._python = python

@@ -7,14 +7,19 @@ never reads the environment itself outside ``cloud.__main__``.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from cloud.faults import FaultConfig
+from kernel.errors import ConfigurationError
 
 DEFAULT_SCOPES: tuple[str, ...] = ("directory:read", "directory:write")
+#: the demo defaults: good on a loopback address only (:func:`check_listen_address`)
+DEFAULT_CLIENT_SECRET = "vudsync-demo-secret"
+DEFAULT_ADMIN_TOKEN = "vudsync-admin"
 
 
 class CloudSettings(BaseModel):
@@ -25,12 +30,12 @@ class CloudSettings(BaseModel):
     db_path: Path = Field(description="SQLite database file (WAL mode); created if missing")
     customer_name: str = Field(default="Demo customer", min_length=1)
     client_id: str = Field(default="vudsync", min_length=1, description="the configured client")
-    client_secret: SecretStr = Field(default=SecretStr("vudsync-demo-secret"))
+    client_secret: SecretStr = Field(default=SecretStr(DEFAULT_CLIENT_SECRET))
     client_is_customer_admin: bool = Field(
         default=True, description="the configured client is a customer administrator"
     )
     admin_token: SecretStr = Field(
-        default=SecretStr("vudsync-admin"), description="X-Admin-Token for /admin/*"
+        default=SecretStr(DEFAULT_ADMIN_TOKEN), description="X-Admin-Token for /admin/*"
     )
     token_ttl_seconds: float = Field(default=3600.0, gt=0)
     rate_limit_per_second: float = Field(
@@ -39,6 +44,16 @@ class CloudSettings(BaseModel):
     rate_limit_burst: float | None = Field(
         default=None, gt=0, description="bucket size; default max(1, rate)"
     )
+    max_body_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, description="larger request bodies are answered 413 (cloud.limits)"
+    )
+    token_rate_per_address: float = Field(
+        default=5.0, ge=0, description="POST /oauth/token per second per client address; 0 = off"
+    )
+    token_burst_per_address: float = Field(
+        default=20.0, gt=0, description="token requests an address may make at once"
+    )
+    docs: bool = Field(default=False, description="serve the Swagger UI at /docs (/openapi.json always)")
     faults: FaultConfig = Field(default_factory=FaultConfig)
     sqlite_synchronous: Literal["NORMAL", "FULL"] = Field(
         default="NORMAL",
@@ -54,3 +69,32 @@ class CloudSettings(BaseModel):
         "(cloud.direct); off: every one goes through the whole FastAPI stack (the reference "
         "the tests compare against, and the slow path of old)",
     )
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback IP address; any other name or address is reachable from outside."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_listen_address(settings: CloudSettings, host: str) -> None:
+    """Refuse to listen on a non-loopback ``host`` with a demo default secret.
+
+    Raises :class:`ConfigurationError` naming the variable to set (never the secret).
+    """
+    if is_loopback(host):
+        return
+    defaults = {
+        "CLOUD_API_ADMIN_TOKEN": settings.admin_token.get_secret_value() == DEFAULT_ADMIN_TOKEN,
+        "CLOUD_API_CLIENT_SECRET": settings.client_secret.get_secret_value() == DEFAULT_CLIENT_SECRET,
+    }
+    unset = [name for name, default in defaults.items() if default]
+    if unset:
+        raise ConfigurationError(
+            f"refusing to listen on {host} with the demo default {' and '.join(unset)}",
+            hint=f"set {' and '.join(unset)} to secrets of your own, or listen on 127.0.0.1",
+        )

@@ -27,6 +27,7 @@ from rich.table import Table
 from cloud.server import CloudServer
 from devtools.broker import LocalKafkaBroker, free_port
 from devtools.processes import ComponentProcess, component_env
+from devtools.secrets import with_run_secrets
 from devtools.seed.data import FIRST_NAMES, sample_directory, write_sample
 from devtools.seed.writer import SqliteDirectoryWriter
 from kernel.errors import VudsyncError
@@ -103,7 +104,7 @@ def _on_term(_signum: int, _frame: FrameType | None) -> None:
 
 class Demo:
     def __init__(self, settings: Settings, options: DemoOptions, console: Console) -> None:
-        self.base = settings
+        self.base = with_run_secrets(settings)  # random secrets for this run, unless set
         self.options = options
         self.console = console
         self.procs: dict[str, ComponentProcess] = {}
@@ -156,7 +157,8 @@ class Demo:
             self.cloud = CloudServer(
                 db_path=home / "cloud.db",
                 client_id=self.base.cloud_client_id,
-                client_secret=self.base.cloud_client_secret.get_secret_value(),
+                client_secret=self.base.require_secret("cloud_client_secret"),
+                admin_token=self.base.require_secret("cloud_admin_token"),
             ).start()
         settings = self.base.model_copy(
             update={

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-from kernel.settings import Settings
+from kernel.settings import SECRET_FIELDS, Settings
 
 
 def terminate(proc: subprocess.Popen[bytes], grace: float) -> int:
@@ -105,10 +105,12 @@ def component_env(settings: Settings, bootstrap: str, **extra: str) -> dict[str,
         "VUDSYNC_STORE_URL": settings.resolved_store_url(),
         "VUDSYNC_CLOUD_URL": settings.cloud_url,
         "VUDSYNC_CLOUD_CLIENT_ID": settings.cloud_client_id,
-        "VUDSYNC_CLOUD_CLIENT_SECRET": settings.cloud_client_secret.get_secret_value(),
-        "VUDSYNC_FINGERPRINT_KEY": settings.fingerprint_key.get_secret_value(),
         "VUDSYNC_CONFIG": "/nonexistent/vudsync.toml",
         "PYTHONUNBUFFERED": "1",
     }
+    for name in SECRET_FIELDS:  # the secrets this process has (devtools.secrets generates them)
+        value = getattr(settings, name)
+        if value is not None:
+            env[f"VUDSYNC_{name.upper()}"] = value.get_secret_value()
     env.update(extra)
     return env

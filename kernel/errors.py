@@ -5,6 +5,9 @@ Callers ask :func:`is_retriable` rather than matching on library exceptions.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import NamedTuple
+
 
 class VudsyncError(Exception):
     """Base of every error vudsync raises on purpose. ``hint`` says what to do about it."""
@@ -42,6 +45,25 @@ class PermanentError(VudsyncError):
 
 class InvalidEvent(PermanentError):
     """A message that does not decode or validate against its schema."""
+
+
+class OversizedRecord(NamedTuple):
+    """A record refused for its size: where it was going, its key, its size in bytes."""
+
+    topic: str
+    key: str
+    size: int
+
+
+class RecordsTooLarge(PermanentError):
+    """``flush``: these records were refused for their size (by the client before sending, or by
+    the broker); every other record queued with them was acknowledged. Sending them again fails
+    the same way: dead-letter each."""
+
+    def __init__(self, records: Sequence[OversizedRecord]) -> None:
+        largest = max(r.size for r in records)
+        super().__init__(f"{len(records)} record(s) too large for the broker, the largest {largest} bytes")
+        self.records = tuple(records)
 
 
 def is_retriable(exc: BaseException) -> bool:

@@ -18,6 +18,12 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from kernel.errors import ConfigurationError
+
+#: the secret fields: none has a default (``Settings.require_secret``)
+SecretName = Literal["cloud_client_secret", "cloud_admin_token", "fingerprint_key"]
+SECRET_FIELDS: tuple[SecretName, ...] = ("cloud_client_secret", "cloud_admin_token", "fingerprint_key")
+
 
 def _default_home() -> Path:
     return Path(os.environ.get("VUDSYNC_HOME", Path.cwd() / "var")).resolve()
@@ -84,9 +90,18 @@ class Settings(BaseSettings):
     # reference cloud API
     cloud_url: str = "http://127.0.0.1:8700"
     cloud_client_id: str = "vudsync"
-    cloud_client_secret: SecretStr = SecretStr("vudsync-demo-secret")
-    cloud_admin_token: SecretStr = SecretStr("vudsync-admin")
-    fingerprint_key: SecretStr = SecretStr("vudsync-fingerprint-key")
+    # secrets: no defaults. A component that needs one and finds it unset stops with a
+    # ConfigurationError naming the variable (require_secret); the demo, devtools and the
+    # tests generate random ones per run (devtools.secrets).
+    cloud_client_secret: SecretStr | None = Field(
+        default=None, description="required by sink, connect, verify"
+    )
+    cloud_admin_token: SecretStr | None = Field(
+        default=None, description="X-Admin-Token of the reference cloud (vudsync cloud …)"
+    )
+    fingerprint_key: SecretStr | None = Field(
+        default=None, description="HMAC key of the license fingerprints (producer, connect, verify)"
+    )
 
     # sink
     sink_concurrency: int = Field(default=16, description="cloud calls in flight per worker (a batch = 1)")
@@ -130,6 +145,17 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    def require_secret(self, name: SecretName) -> str:
+        """The value of secret field ``name``; a ``ConfigurationError`` naming its variable if unset."""
+        value: SecretStr | None = getattr(self, name)
+        if value is None or not value.get_secret_value():
+            raise ConfigurationError(
+                f"VUDSYNC_{name.upper()} is not set",
+                hint=f"set VUDSYNC_{name.upper()} (or {name} in the TOML file); "
+                "it has no default outside `vudsync demo`",
+            )
+        return value.get_secret_value()
 
     def resolved_store_url(self) -> str:
         return self.store_url or f"sqlite:///{self.home / 'directory.db'}"

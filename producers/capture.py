@@ -5,6 +5,11 @@ Checkpoint order (per batch): read change rows → read current state → publis
 anywhere before the checkpoint re-sends the batch: duplicates carry the same versions,
 and consumers ignore versions they have seen.
 
+One bad record never stops the capture: a row whose mapping fails in any way, and an event
+the broker refuses as too large, become dead letters on ``vud.directory.dlq`` (reason and
+context headers) and the checkpoint moves on; only failures that another try may cure (the
+broker unreachable) stop a batch and repeat it.
+
 Snapshot without a gap: the change-log position P is recorded *before* the snapshot reads
 any entity, snapshot events carry version P, and streaming resumes after P, so a change
 committed during the snapshot is emitted by streaming even if the snapshot saw it too.
@@ -22,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from kernel.errors import OversizedRecord, RecordsTooLarge
 from kernel.publishing import RecordPublisher
 from producers.encoding import EventEncoder
 from producers.mapping import RowRejected, SourceInfo, deleted_record
@@ -34,6 +40,8 @@ from schemas.events import Op
 from schemas.topics import DIRECTORY_DLQ, DIRECTORY_TOPICS
 
 log = logging.getLogger(__name__)
+
+_ENTITY_BY_TOPIC = {spec.name: entity for entity, spec in DIRECTORY_TOPICS.items()}
 
 # Catalogues before the objects that refer to them; companies before users.
 SNAPSHOT_ORDER: tuple[EntityType, ...] = (
@@ -130,12 +138,49 @@ class ChangeCapture:
         headers = error_headers(
             reason=rejection.reason,
             stage="capture",
-            exception="RowRejected",
+            exception=rejection.exception,
             extra={HEADER_SOURCE_ROW: rejection.row_ref},
         )
         self.publisher.publish(self._dlq_topic(), rejection.entity_id, json.dumps(body).encode(), headers)
         self.metrics.dlq.labels(topic=DIRECTORY_DLQ.name).inc()
         log.warning("capture rejected %s v%d: %s", rejection.row_ref, rejection.version, rejection.reason)
+
+    def _oversized(self, record: OversizedRecord) -> None:
+        """Dead-letter a reference to an event the broker refused for its size (not the event)."""
+        entity = _ENTITY_BY_TOPIC.get(record.topic.removeprefix(self.config.topic_prefix))
+        reason = f"event of {record.size} bytes is larger than the broker accepts"
+        body = {
+            "entity": entity.value if entity else None,
+            "entity_id": record.key,
+            "reason": reason,
+            "topic": record.topic,
+            "size": record.size,
+            "store": self.source.store,
+            "db": self.source.db,
+        }
+        headers = error_headers(
+            reason=reason, stage="capture", exception=RecordsTooLarge.__name__, topic=record.topic
+        )
+        self.publisher.publish(self._dlq_topic(), record.key, json.dumps(body).encode(), headers)
+        self.metrics.dlq.labels(topic=DIRECTORY_DLQ.name).inc()
+        log.warning("capture dead-lettered %s[%s]: %s", record.topic, record.key, reason)
+
+    def _flush(self, publisher: RecordPublisher) -> Counter[EntityType]:
+        """``publisher.flush()``; events it refused as too large become dead letters (sent
+        through ``self.publisher`` and flushed too). Returns the refused events per entity."""
+        try:
+            publisher.flush()
+            return Counter()
+        except RecordsTooLarge as exc:
+            refused = exc.records
+        for record in refused:
+            self._oversized(record)
+        self.publisher.flush()  # a dead letter refused too: raised, the batch is repeated
+        return Counter(
+            entity
+            for r in refused
+            if (entity := _ENTITY_BY_TOPIC.get(r.topic.removeprefix(self.config.topic_prefix)))
+        )
 
     # -- snapshot ---------------------------------------------------------------------
 
@@ -184,10 +229,11 @@ class ChangeCapture:
         """Emit every entity through ``publisher`` (dead letters through ``self.publisher``);
         returns once the broker has acknowledged all of them."""
 
-        def flush() -> None:
-            publisher.flush()
+        def flush() -> int:
+            refused = self._flush(publisher)
             if publisher is not self.publisher:
-                self.publisher.flush()  # the dead letters
+                refused += self._flush(self.publisher)  # the dead letters
+            return sum(refused.values())
 
         now_ts = time.time()
         encode = self.encoder.encode
@@ -219,7 +265,7 @@ class ChangeCapture:
                 # wait for acks every many batches, not every batch: the snapshot's checkpoint
                 # is only written at its end, and a per-batch flush stalls the pipeline
                 if unacked >= self.config.snapshot_flush_every:
-                    flush()
+                    unacked -= flush()
                     self.metrics.captured.labels(entity=entity.value).inc(unacked)
                     unacked = 0
                 self.metrics.snapshot_done.labels(entity=entity.value).set(done)
@@ -227,7 +273,7 @@ class ChangeCapture:
                 if progress:
                     progress(entity, done, totals[entity])
             if unacked:
-                flush()
+                unacked -= flush()
                 self.metrics.captured.labels(entity=entity.value).inc(unacked)
 
     # -- streaming --------------------------------------------------------------------
@@ -295,8 +341,9 @@ class ChangeCapture:
     def _acknowledge(self, batch: PreparedBatch, stats: BatchStats) -> None:
         """Wait until the broker has acknowledged everything queued (acks=all), then count it.
         Only after this may a checkpoint cover the batch."""
-        self.publisher.flush()
+        refused = self._flush(self.publisher)
         captured = Counter(entity for entity, _id, value, _rejections, _deleted in batch.actions if value)
+        captured.subtract(refused)
         for entity, count in captured.items():
             self.metrics.captured.labels(entity=entity.value).inc(count)
         if self.on_acked:

@@ -37,7 +37,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from producers.mapping import RowRejected, SourceInfo, record_to_event
+from producers.mapping import RowRejected, SourceInfo, record_to_event, row_ref
 from producers.model import EntityRecord
 from schemas.directory import ApplicationType, Email, EntityType
 from schemas.events import EVENT_BY_ENTITY, Op, event_id_for
@@ -176,7 +176,20 @@ class EventEncoder:
             fingerprint_key=self.fingerprint_key,
             snapshot=snapshot,
         )
-        return (None if event is None else event.model_dump_json().encode()), rejections
+        if event is None:
+            return None, rejections
+        try:
+            return event.model_dump_json().encode(), rejections
+        except Exception as exc:  # a valid model that does not serialise: reject the row, go on
+            rejection = RowRejected(
+                record.entity,
+                record.entity_id,
+                f"{type(exc).__name__} while encoding the event",
+                row_ref(record.entity, record.entity_id),
+                version,
+                type(exc).__name__,
+            )
+            return None, [*rejections, rejection]
 
     # -- the fast path -----------------------------------------------------------------------
 
@@ -203,7 +216,10 @@ class EventEncoder:
             and type(seq) is int
             and seq >= 0
         ):
-            state = self._user_state(record) if entity is EntityType.USER else _company_state(record.row)
+            try:
+                state = self._user_state(record) if entity is EntityType.USER else _company_state(record.row)
+            except Exception:  # an unusual row: the pydantic path decides (and rejects, if it must)
+                state = None
             if state is not None:
                 try:
                     value = orjson.dumps(
@@ -224,7 +240,7 @@ class EventEncoder:
                             "state": state,
                         }
                     )
-                except (TypeError, ValueError, OverflowError):  # let pydantic decide and word it
+                except Exception:  # any doubt: let pydantic decide and word it
                     pass
                 else:
                     self.fast_encoded += 1

@@ -3,7 +3,8 @@
 Validation happens here. A row that cannot become a valid event yields a
 :class:`RowRejected` (which capture dead-letters with its reason and row reference) instead
 of an event; part of a row that cannot be used (an access grant to an unknown company)
-yields a rejection beside the event.
+yields a rejection beside the event. *Any* exception while mapping one row is such a
+rejection, never an exception out of here: one bad row must not stop the capture.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class RowRejected:
     reason: str
     row_ref: str
     version: int
+    exception: str = "RowRejected"  # the class of the error that rejected it, for the DLQ headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,13 +124,24 @@ def row_ref(entity: EntityType, entity_id: str) -> str:
     return f"{entity.value}:{entity_id}"
 
 
-def _reason(exc: Exception) -> str:
+#: columns whose value is a secret: never in a reason, whatever the exception's message says
+_SECRET_COLUMNS = ("license_key",)
+_EXPECTED = (ValidationError, ValueError, KeyError, TypeError)
+
+
+def _reason(exc: Exception, row: dict[str, Any]) -> str:
     if isinstance(exc, ValidationError):
         first = exc.errors()[0]
         loc = tuple(first.get("loc", ()))
         where = ".".join(str(p) for p in (loc[1:] if loc[:1] == ("state",) else loc))  # names the column
         return f"invalid {where}: {first.get('msg')}"
-    return str(exc)
+    text = str(exc) if isinstance(exc, _EXPECTED) else f"{type(exc).__name__} while mapping: {exc}"
+    for column in _SECRET_COLUMNS:
+        value = row.get(column)
+        if value:
+            for shown in {repr(value), str(value)}:
+                text = text.replace(shown, f"<{column}>")
+    return text
 
 
 def record_to_event(
@@ -166,14 +179,15 @@ def record_to_event(
                 "state": state,
             }
         )
-    except (ValidationError, ValueError, KeyError, TypeError) as exc:
+    except Exception as exc:  # any of them: the row is rejected, the capture goes on
         return None, [
             RowRejected(
                 record.entity,
                 record.entity_id,
-                _reason(exc),
+                _reason(exc, record.row),
                 row_ref(record.entity, record.entity_id),
                 version,
+                type(exc).__name__,
             )
         ]
     rejections = [

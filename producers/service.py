@@ -61,6 +61,7 @@ def open_store_migrations(url: str) -> list[str]:
 def build_capture(
     settings: Settings, bootstrap: str, registry: CollectorRegistry | None = None
 ) -> ChangeCapture:
+    fingerprint_key = settings.require_secret("fingerprint_key").encode()  # before opening anything
     registry = registry or CollectorRegistry()
     change_log = open_change_log(settings.resolved_store_url())
     publisher: RecordPublisher
@@ -80,7 +81,7 @@ def build_capture(
         CaptureConfig(
             topic_prefix=settings.topic_prefix,
             batch_size=settings.capture_batch_size,
-            fingerprint_key=settings.fingerprint_key.get_secret_value().encode(),
+            fingerprint_key=fingerprint_key,
         ),
         snapshot_publisher=snapshot_publisher,
     )

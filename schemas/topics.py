@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 from schemas.directory import EntityType
 
 DAY_MS = 24 * 3600 * 1000
+#: operations wait in Kafka through a week-long outage of the cloud or the sinks, with a week to
+#: spare; the dead-letter topics and results keep 30 days. Work deleted unread anyway raises
+#: VudsyncWorkLostToRetention (the lag exporter's vudsync_consumer_lost_messages).
+OUTAGE_RETENTION_MS = 14 * DAY_MS
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,7 @@ OPERATIONS = TopicSpec(
     "vud.cloud.operations",
     "cloud aggregate (user:<id> | company:<id>)",
     False,
-    7 * DAY_MS,
+    OUTAGE_RETENTION_MS,
     "planned cloud operations",
 )
 OPERATIONS_DLQ = TopicSpec(

@@ -51,6 +51,7 @@ def open_ledger(settings: Settings) -> Ledger:
 
 
 def build_sink(settings: Settings, bootstrap: str, registry: CollectorRegistry) -> SinkWorker:
+    client_secret = settings.require_secret("cloud_client_secret")  # before opening anything
     config = SinkConfig(
         topic_prefix=settings.topic_prefix,
         concurrency=settings.sink_concurrency,
@@ -69,7 +70,7 @@ def build_sink(settings: Settings, bootstrap: str, registry: CollectorRegistry) 
     cloud = HttpCloudDirectory(
         settings.cloud_url,
         settings.cloud_client_id,
-        settings.cloud_client_secret,
+        client_secret,
         timeout=settings.sink_http_timeout,
         max_connections=config.concurrency * 2,
         auth_cooldown=settings.sink_auth_cooldown,

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from kernel.errors import RetryableError, VudsyncError
+from kernel.errors import RecordsTooLarge, RetryableError, VudsyncError
 from kernel.publishing import RecordPublisher
 from schemas.codec import DecodeError, decode_operation
 from schemas.operations import CloudOperation
@@ -315,7 +315,7 @@ class SinkWorker:
             return
         try:
             await self.recorder.flush()
-        except RetryableError as exc:
+        except (RetryableError, RecordsTooLarge) as exc:  # a result too large: as before, stop
             raise SinkFatal(f"results not acknowledged by the broker, nothing committed: {exc}") from exc
         try:
             await self._consumer_call(self.consumer.commit, offsets)

@@ -2,7 +2,8 @@
 
 The same contract as :class:`kernel.publishing.kafka_python.KafkaRecordPublisher`: ``publish``
 queues; ``flush`` blocks until the broker has acknowledged every queued record (acks=all,
-idempotent producer) and raises :class:`RetryableError` if any failed or the timeout passed.
+idempotent producer) and raises :class:`RetryableError` if any failed or the timeout passed,
+:class:`RecordsTooLarge` if records were refused for their size (and nothing else failed).
 Capture advances its checkpoint only after a successful ``flush``.
 
 Why a second adapter: librdkafka batches and sends on its own C threads, so a Python
@@ -17,7 +18,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from kernel.errors import RetryableError
+from kernel.errors import OversizedRecord, RecordsTooLarge, RetryableError
 from kernel.publishing import Headers
 
 log = logging.getLogger(__name__)
@@ -68,14 +69,20 @@ class ConfluentRecordPublisher:
             ) from exc
         self._queued = 0
         self._failed: list[str] = []
+        self._too_large: list[OversizedRecord] = []
 
     def _on_error(self, error: KafkaError) -> None:
         # librdkafka retries transient errors itself; a fatal one (idempotence broken) surfaces
         # at the next flush through the failed deliveries
         log.warning("kafka producer: %s", error)
 
-    def _on_delivery(self, error: KafkaError | None, _message: Any) -> None:
-        if error is not None:
+    def _on_delivery(self, error: KafkaError | None, message: Any) -> None:
+        if error is None:
+            return
+        if error.code() == KafkaError.MSG_SIZE_TOO_LARGE:  # the broker's limit: no retry helps
+            key = (message.key() or b"").decode(errors="replace")
+            self._too_large.append(OversizedRecord(message.topic(), key, len(message.value() or b"")))
+        else:
             self._failed.append(str(error))
 
     def publish(self, topic: str, key: str, value: bytes | None, headers: Headers = ()) -> None:
@@ -91,19 +98,29 @@ class ConfluentRecordPublisher:
                 break
             except BufferError:  # local queue full: let librdkafka drain it
                 self._producer.poll(0.05)
+            except KafkaException as exc:  # larger than message.max.bytes: refused before sending
+                if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE:
+                    raise
+                self._too_large.append(OversizedRecord(topic, key, len(value or b"")))
+                return
         self._queued += 1
         if self._queued % 1000 == 0:
             self._producer.poll(0)  # serve delivery callbacks as we go
 
     def flush(self, timeout: float = 60.0) -> int:
-        """Wait for every queued record's ack; returns how many were acknowledged."""
+        """Wait for every queued record's ack; returns how many were acknowledged.
+
+        Raises :class:`RecordsTooLarge` when the only failures were records refused for their
+        size (the rest is acknowledged), :class:`RetryableError` on any other failure."""
         remaining = self._producer.flush(timeout)
-        queued, failed = self._queued, self._failed
-        self._queued, self._failed = 0, []
+        queued, failed, too_large = self._queued, self._failed, self._too_large
+        self._queued, self._failed, self._too_large = 0, [], []
         if failed:
             raise RetryableError(f"broker did not acknowledge {len(failed)} record(s): {failed[0]}")
         if remaining:
             raise RetryableError(f"{remaining} record(s) not acknowledged within {timeout:.0f}s")
+        if too_large:
+            raise RecordsTooLarge(too_large)
         return queued
 
     def close(self, timeout: float = 10.0) -> None:

@@ -11,9 +11,9 @@ import logging
 from typing import Any
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, MessageSizeTooLargeError
 
-from kernel.errors import RetryableError
+from kernel.errors import OversizedRecord, RecordsTooLarge, RetryableError
 from kernel.publishing import Headers
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,8 @@ class KafkaRecordPublisher:
                 f"cannot connect to Kafka at {bootstrap}: {exc}",
                 hint="is the broker up? try `vudsync kafka up`",
             ) from exc
-        self._pending: list[Any] = []
+        self._pending: list[tuple[OversizedRecord, Any]] = []
+        self._too_large: list[OversizedRecord] = []
 
     def publish(
         self,
@@ -53,21 +54,35 @@ class KafkaRecordPublisher:
     ) -> None:
         """Queue one record; ``partition`` pins it (ops commands that address every partition,
         or the planner's gate on partition 0) instead of the key's hash choosing."""
-        future = self._producer.send(
-            topic, key=key.encode(), value=value, headers=list(headers) or None, partition=partition
-        )
-        self._pending.append(future)
+        record = OversizedRecord(topic, key, len(value or b""))  # what a refusal will name
+        try:
+            future = self._producer.send(
+                topic, key=key.encode(), value=value, headers=list(headers) or None, partition=partition
+            )
+        except MessageSizeTooLargeError:  # above max_request_size: refused before sending
+            self._too_large.append(record)
+            return
+        self._pending.append((record, future))
 
     def flush(self, timeout: float = 60.0) -> int:
-        """Wait for every queued record's ack; returns how many were acknowledged."""
+        """Wait for every queued record's ack; returns how many were acknowledged.
+
+        Raises :class:`RecordsTooLarge` when the only failures were records refused for their
+        size, :class:`RetryableError` on any other failure."""
         pending, self._pending = self._pending, []
+        too_large, self._too_large = self._too_large, []
         try:
             self._producer.flush(timeout=timeout)
-            for future in pending:
-                future.get(timeout=timeout)
+            for record, future in pending:
+                try:
+                    future.get(timeout=timeout)
+                except MessageSizeTooLargeError:  # the broker's limit: no retry helps
+                    too_large.append(record)
         except KafkaError as exc:
             raise RetryableError(f"broker did not acknowledge a record: {exc}") from exc
-        return len(pending)
+        if too_large:
+            raise RecordsTooLarge(too_large)
+        return len(pending) - len(too_large)
 
     def close(self, timeout: float = 10.0) -> None:
         try:

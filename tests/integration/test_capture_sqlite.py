@@ -7,13 +7,28 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+from kafka.admin import KafkaAdminClient, NewTopic
+from prometheus_client import CollectorRegistry
+
 from devtools.seed.writer import SqliteDirectoryWriter
+from kernel.publishing.confluent import ConfluentRecordPublisher
 from kernel.settings import Settings
+from producers.capture import CaptureConfig, ChangeCapture
+from producers.metrics import ProducerMetrics
 from producers.migrations import migration_files
-from producers.sqlite_changelog import connect_sqlite
+from producers.sqlite_changelog import SqliteChangeLog, connect_sqlite
 from schemas.codec import decode_event
+from schemas.deadletter import (
+    HEADER_EXCEPTION,
+    HEADER_REASON,
+    HEADER_SOURCE_ROW,
+    HEADER_STAGE,
+    HEADER_TOPIC,
+    headers_dict,
+)
 from schemas.directory import EntityType
-from schemas.topics import DIRECTORY_TOPICS
+from schemas.topics import DIRECTORY_DLQ, DIRECTORY_TOPICS
 from tests.integration.conftest import MakeCapture
 from tests.kafka_read import read_all
 from vudsync.topics import ensure_catalogue
@@ -78,3 +93,61 @@ def test_a_store_made_by_migration_0001_is_upgraded(tmp_path: Path) -> None:
         ]
     finally:
         writer.close()
+
+
+@pytest.mark.parametrize("limit", ["broker", "client"])
+def test_a_row_that_fails_to_map_or_an_event_too_large_is_a_dead_letter_not_a_crash_loop(
+    kafka_settings: Settings, kafka_bootstrap: str, limit: str
+) -> None:
+    """Issue 17: a non-text license key crashed the producer at start, again and again; an
+    event above the size limit made every flush fail, a retry loop. Both are dead letters
+    now, in the snapshot and in streaming, and the capture goes on past them. ``limit``: the
+    broker refuses the record (the topic's max.message.bytes), or the client does before
+    sending (its message.max.bytes)."""
+    users_topic = kafka_settings.topic(DIRECTORY_TOPICS[EntityType.USER].name)
+    small = 20_000
+    if limit == "broker":
+        admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        admin.create_topics([NewTopic(users_topic, 6, 1, topic_configs={"max.message.bytes": str(small)})])
+        admin.close()
+    ensure_catalogue(kafka_settings, kafka_bootstrap)
+    writer = SqliteDirectoryWriter(kafka_settings.home / "dir.db")
+    writer.add_application_instance("business", "https://vb.local", b"LIC-BYTES-0001")  # type: ignore[arg-type]
+    writer.upsert_companies([{"id": "c1", "name": "Fjord AS", "organisation_number": "923 609 016"}])
+    writer.upsert_user(id="big", username="big", email="big@fjord.no")
+    roles = [("big", "c1", "business", "role", f"Rolle {i:04d} " + "x" * 60) for i in range(400)]
+    writer.grant(roles)  # ~30 kB of access: above ``small``
+    writer.upsert_user(id="u1", username="kari", email="kari@fjord.no")
+    overrides = {"message.max.bytes": small} if limit == "client" else {}
+    capture = ChangeCapture(
+        SqliteChangeLog(kafka_settings.home / "dir.db"),
+        ConfluentRecordPublisher(kafka_bootstrap, **overrides),
+        ProducerMetrics(CollectorRegistry()),
+        CaptureConfig(topic_prefix=kafka_settings.topic_prefix, fingerprint_key=b"k"),
+    )
+    try:
+        position = capture.snapshot()
+        assert capture.log.load_checkpoint("default") == ("streaming", position)
+        writer.update_user("big", first_name="Stor")
+        writer.set_application_instance("business", "https://vb.local", b"LIC-BYTES-0002")  # type: ignore[arg-type]
+        writer.upsert_user(id="u2", username="ola", email="ola@fjord.no")
+        stats = capture.poll_once(position)
+        assert capture.log.load_checkpoint("default") == ("streaming", stats.last_seq)
+    finally:
+        capture.publisher.close()
+        capture.log.close()
+    dlq = read_all(kafka_bootstrap, kafka_settings.topic(DIRECTORY_DLQ.name), until=lambda rs: len(rs) >= 4)
+    letters = [(headers_dict(r.headers), json.loads(r.value)) for r in dlq]
+    instance = [h for h, _ in letters if h.get(HEADER_SOURCE_ROW) == "application_instance:business"]
+    assert len(instance) == 2  # snapshot and streaming
+    assert all(h[HEADER_EXCEPTION] == "AttributeError" and h[HEADER_STAGE] == "capture" for h in instance)
+    big = [(h, body) for h, body in letters if body["entity_id"] == "big"]
+    assert len(big) == 2
+    for headers, body in big:
+        assert headers[HEADER_EXCEPTION] == "RecordsTooLarge" and headers[HEADER_TOPIC] == users_topic
+        assert "larger than the broker accepts" in headers[HEADER_REASON] and body["size"] > small
+        assert body["entity"] == "user"
+    for r in dlq:
+        assert b"LIC-BYTES" not in (r.value or b"") and "LIC-BYTES" not in json.dumps(headers_dict(r.headers))
+    users = read_all(kafka_bootstrap, users_topic, until=lambda rs: {r.key for r in rs} >= {b"u1", b"u2"})
+    assert b"big" not in {r.key for r in users}

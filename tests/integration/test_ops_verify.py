@@ -12,8 +12,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from devtools.processes import component_env
+from devtools.secrets import random_secret
 from devtools.seed.writer import open_writer
-from kernel.settings import Settings
+from kernel.settings import SECRET_FIELDS, Settings
 from tests.fixtures.cloud import CloudReader
 from tests.pipeline import alive_or_fail, components
 from vudsync.cli import _register, cli
@@ -110,6 +111,12 @@ def test_verify_reports_drift_by_type_and_repair_removes_it(
     writer.close()
 
 
+def _secrets_in_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Everything configured but the store: the refusal below is the store's."""
+    for name in SECRET_FIELDS:
+        monkeypatch.setenv(f"VUDSYNC_{name.upper()}", random_secret())
+
+
 def test_verify_from_a_wrong_working_directory_is_refused_and_creates_no_store(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -119,6 +126,7 @@ def test_verify_from_a_wrong_working_directory_is_refused_and_creates_no_store(
     monkeypatch.chdir(tmp_path)
     for name in ("VUDSYNC_HOME", "VUDSYNC_STORE_URL"):
         monkeypatch.delenv(name, raising=False)
+    _secrets_in_environment(monkeypatch)
     _register()
     for args in (["verify"], ["verify", "--repair"]):
         result = CliRunner().invoke(cli, args)
@@ -137,6 +145,7 @@ def test_verify_refuses_a_store_that_holds_no_users(tmp_path: Path, monkeypatch:
     before = store.read_bytes()
     monkeypatch.setenv("VUDSYNC_STORE_URL", f"sqlite:///{store}")
     monkeypatch.setenv("VUDSYNC_HOME", str(tmp_path / "home"))
+    _secrets_in_environment(monkeypatch)
     _register()
     result = CliRunner().invoke(cli, ["verify", "--repair"])
     assert result.exit_code == 2, result.output

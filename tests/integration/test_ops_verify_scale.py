@@ -14,6 +14,7 @@ import httpx
 from pydantic import SecretStr
 
 from cloud.server import CloudServer
+from devtools.secrets import with_run_secrets
 from devtools.seed.data import make_company, make_user
 from devtools.seed.writer import open_writer
 from kernel.settings import Settings
@@ -72,12 +73,14 @@ def test_verify_at_100000_users_reports_no_drift_on_a_converged_cloud(
             answer.raise_for_status()
             assert all(r["status"] == 201 for r in answer.json()["responses"])
 
-    settings = Settings(
-        home=tmp_path / "home",
-        store_url=f"sqlite:///{store}",
-        cloud_url=cloud_server.url,
-        cloud_client_id=cloud_server.client_id,
-        cloud_client_secret=SecretStr(cloud_server.client_secret),
+    settings = with_run_secrets(  # a random fingerprint key for this run
+        Settings(
+            home=tmp_path / "home",
+            store_url=f"sqlite:///{store}",
+            cloud_url=cloud_server.url,
+            cloud_client_id=cloud_server.client_id,
+            cloud_client_secret=SecretStr(cloud_server.client_secret),
+        )
     )
     started = time.monotonic()
     verification = verify_once(settings)

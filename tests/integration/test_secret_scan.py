@@ -1,6 +1,7 @@
-"""Secret scan: after a real capture run, no license key from the store appears in any topic
-of the catalogue, in the producer's log (at debug level), in its /metrics output, or in the
-store's own change log."""
+"""Secret scan: after a real capture run, no license key from the store and none of the run's
+secrets (fingerprint key, cloud client secret, admin token — all in the producer's environment)
+appears in any topic of the catalogue, in the producer's log (at debug level), in its /metrics
+output, in `vudsync status --json`, or in the store's own change log."""
 
 from __future__ import annotations
 
@@ -8,16 +9,18 @@ from pathlib import Path
 
 import httpx
 import pytest
+from click.testing import CliRunner
 
 from devtools.broker import free_port
 from devtools.processes import ComponentProcess, wait_until
 from devtools.seed.data import sample_directory, write_sample
 from devtools.seed.writer import open_writer
-from kernel.settings import Settings
+from kernel.settings import SECRET_FIELDS, Settings
 from schemas.directory import EntityType
 from schemas.topics import ALL_TOPICS, DIRECTORY_DLQ, DIRECTORY_TOPICS
 from tests.capture_check import caught_up, read_topics, store_query
 from tests.pipeline import alive_or_fail, component_env
+from vudsync.cli import _register, cli
 from vudsync.topics import ensure_catalogue
 
 
@@ -65,6 +68,15 @@ def test_no_license_key_in_topics_logs_metrics_or_change_log(
             )
         wait_until(lambda: alive_or_fail(procs) and caught_up(store_url), 120, what="changes captured")
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        _register()
+        status = CliRunner().invoke(
+            cli,
+            ["status", "--json"],
+            env=component_env(
+                settings, kafka_bootstrap, VUDSYNC_STATUS_METRICS=f"producer=http://127.0.0.1:{port}/metrics"
+            ),
+            catch_exceptions=False,
+        )
     finally:
         producer.stop()
         writer.close()
@@ -74,11 +86,12 @@ def test_no_license_key_in_topics_logs_metrics_or_change_log(
     blob = b"\n".join(_flatten(r) for rs in records.values() for r in rs)
     log = producer.log_path.read_text(errors="replace")
     change_log = "\n".join(map(str, store_query(store_url, "SELECT * FROM change_log")))
-    secrets = [*keys, settings.fingerprint_key.get_secret_value()]
+    secrets = [*keys, *(settings.require_secret(name) for name in SECRET_FIELDS)]
     for secret in secrets:
         assert secret.encode() not in blob, f"a secret reached a topic: {secret[:6]}…"
         assert secret not in log, f"a secret reached the producer log: {secret[:6]}…"
         assert secret not in metrics, f"a secret reached /metrics: {secret[:6]}…"
+        assert secret not in status.output, f"a secret reached status --json: {secret[:6]}…"
         assert secret not in change_log, f"a secret was copied into the change log: {secret[:6]}…"
 
     # the scan looked at real material: fingerprints, a dead letter, debug logs, metrics
@@ -88,3 +101,4 @@ def test_no_license_key_in_topics_logs_metrics_or_change_log(
     assert records[settings.topic(DIRECTORY_DLQ.name)], "the second instance was not dead-lettered"
     assert " DEBUG " in log and len(log.splitlines()) > 10
     assert 'vudsync_source_changes_captured_total{entity="application_instance"}' in metrics
+    assert '"producer"' in status.output and status.exit_code in (0, 1), status.output

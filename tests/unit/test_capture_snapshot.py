@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import CollectorRegistry
 
-from kernel.errors import RetryableError
+from kernel.errors import OversizedRecord, RecordsTooLarge, RetryableError
 from producers.capture import CaptureConfig, ChangeCapture
 from producers.metrics import ProducerMetrics
 from producers.model import EntityRecord
@@ -83,3 +83,49 @@ def test_a_failed_snapshot_flush_closes_the_snapshot_producer_and_moves_no_check
         _capture(events, main, bulk).snapshot()
     assert bulk[0].closed
     assert "checkpoint streaming 7" not in events
+
+
+class _Exploding(dict):  # type: ignore[type-arg]
+    def __getitem__(self, key: object) -> object:
+        raise RuntimeError("driver lost a column")
+
+
+class RefusingPublisher(FakePublisher):
+    """Refuses u1's event for its size at flush, as the adapters report it."""
+
+    def flush(self, timeout: float = 60.0) -> int:
+        big = 2_000_000
+        refused = [OversizedRecord(t, k, big) for t, k, _ in self.queued if k == "u1" and "dlq" not in t]
+        self.queued = [(t, k, v) for t, k, v in self.queued if k != "u1" or "dlq" in t]
+        acked = super().flush(timeout)
+        if refused:
+            raise RecordsTooLarge(refused)
+        return acked
+
+
+def test_a_refused_event_and_a_row_that_raises_are_dead_letters_and_the_snapshot_completes() -> None:
+    events: list[str] = []
+    main = FakePublisher("main", events)
+    bulk: list[FakePublisher] = []
+
+    def snapshot_publisher() -> FakePublisher:
+        bulk.append(RefusingPublisher("bulk", events))
+        return bulk[-1]
+
+    change_log = ChangeLog(events)
+    change_log.users["u3"] = EntityRecord(EntityType.USER, "u3", _Exploding())
+    registry = CollectorRegistry()
+    capture = ChangeCapture(
+        change_log,  # type: ignore[arg-type]
+        main,
+        ProducerMetrics(registry),
+        CaptureConfig(topic_prefix="t-", fingerprint_key=b"k"),
+        snapshot_publisher=snapshot_publisher,
+    )
+    assert capture.snapshot() == 7
+    assert bulk[0].acked == []  # u1 refused for its size; u2 and u3 rejected
+    assert sorted(main.acked) == [("t-vud.directory.dlq", u) for u in ("u1", "u2", "u3")]
+    assert events[-1] == "checkpoint streaming 7"
+    # the snapshot counts the rows it went through (rejected ones too, as before), less the refused
+    assert registry.get_sample_value("vudsync_source_changes_captured_total", {"entity": "user"}) == 2
+    assert registry.get_sample_value("vudsync_dlq_messages_total", {"topic": "vud.directory.dlq"}) == 3

@@ -101,7 +101,7 @@ def test_the_file_is_yaml_with_the_compose_structure_it_needs() -> None:
             assert dependency in services, f"{name} depends on unknown {dependency}"
             assert spec["condition"] in _DEPENDS_CONDITIONS, name
         for port in service.get("ports", []):
-            assert re.fullmatch(r"\d+:\d+", str(port)), f"{name}: port {port!r}"
+            assert re.fullmatch(r"(127\.0\.0\.1:)?\d+:\d+", str(port)), f"{name}: port {port!r}"
         for volume in service.get("volumes", []):
             source, _, target = str(volume).partition(":")
             assert target.startswith("/"), f"{name}: {volume}"
@@ -147,7 +147,7 @@ def test_the_environment_points_at_the_services_of_the_stack() -> None:
     assert f"PLAINTEXT://{env['VUDSYNC_KAFKA_BOOTSTRAP']}" in kafka["KAFKA_ADVERTISED_LISTENERS"].split(",")
     assert "controller" in kafka["KAFKA_PROCESS_ROLES"] and "broker" in kafka["KAFKA_PROCESS_ROLES"]  # KRaft
 
-    store = urlsplit(env["VUDSYNC_STORE_URL"])
+    store = urlsplit(re.sub(r"\$\{\w+:\?[^}]*\}", "secret", env["VUDSYNC_STORE_URL"]))  # as interpolated
     postgres = services["postgres"]["environment"]
     assert store.scheme == "postgresql" and store.hostname == "postgres"
     assert (store.username, store.path.lstrip("/")) == (postgres["POSTGRES_USER"], postgres["POSTGRES_DB"])
@@ -156,10 +156,42 @@ def test_the_environment_points_at_the_services_of_the_stack() -> None:
     cloud = cloud_parser().parse_args(services["cloud"]["command"][3:])  # after `python -m cloud`
     assert services["cloud"]["command"][:3] == ["python", "-m", "cloud"]
     assert (cloud_url.hostname, cloud_url.port) == ("cloud", cloud.port) and cloud.host == "0.0.0.0"
-    assert f"{cloud.port}:{cloud.port}" in services["cloud"]["ports"]
+    assert f"127.0.0.1:{cloud.port}:{cloud.port}" in services["cloud"]["ports"]
     # the cloud's secrets come from its environment, never from its command line
     assert {SECRET_ENV, ADMIN_TOKEN_ENV} <= set(services["cloud"]["environment"])
     assert cloud.client_secret is None and cloud.admin_token is None
+
+
+#: what must be reached from outside the host; every other published port is loopback only
+PUBLIC_PORTS = {"grafana": {"3000:3000"}}
+#: every secret the stack takes, by the variable compose reads it from
+SECRET_VARIABLES = {
+    "POSTGRES_PASSWORD",
+    "VUDSYNC_CLOUD_CLIENT_SECRET",
+    "VUDSYNC_CLOUD_ADMIN_TOKEN",
+    "VUDSYNC_FINGERPRINT_KEY",
+    "GRAFANA_ADMIN_PASSWORD",
+}
+
+
+def test_no_secret_has_a_default_and_compose_requires_each() -> None:
+    text = COMPOSE_FILE.read_text()
+    interpolated = set(re.findall(r"\$\{(\w+)", text))
+    assert interpolated >= SECRET_VARIABLES, "a secret the stack needs is not read"
+    for name in SECRET_VARIABLES:
+        for form in re.findall(rf"\$\{{{name}(:[?-]|[?-]|)", text):
+            assert form == ":?", f"${{{name}}} must be required with ${{{name}:?…}}, not {form!r}"
+    # the Settings fields that hold secrets: none has a default, each is required above
+    for field in ("cloud_client_secret", "fingerprint_key"):
+        assert Settings.model_fields[field].default is None
+        assert f"VUDSYNC_{field.upper()}" in SECRET_VARIABLES
+
+
+def test_only_what_must_be_reached_from_outside_is_published_beyond_loopback() -> None:
+    for name, service in _services().items():
+        for port in map(str, service.get("ports", [])):
+            if port not in PUBLIC_PORTS.get(name, set()):
+                assert port.startswith("127.0.0.1:"), f"{name} publishes {port} on every address"
 
 
 def test_images_are_the_versions_the_code_uses() -> None:

@@ -44,6 +44,16 @@ def test_a_committed_offset_below_the_log_start_counts_from_the_log_start() -> N
     assert (row.committed, row.lag) == (2, 4)
 
 
+def test_records_deleted_before_the_group_read_them_are_lost_and_nothing_else_is() -> None:
+    rows = compute_lag(
+        [GroupSpec("g", ("t",))],
+        {"g": {("t", 0): 2, ("t", 1): 5, ("t", 2): 7}},  # partition 3: never committed
+        start={("t", 0): 5, ("t", 1): 5, ("t", 2): 5, ("t", 3): 5},
+        end={("t", 0): 9, ("t", 1): 9, ("t", 2): 9, ("t", 3): 9},
+    )
+    assert [(r.partition, r.lost) for r in rows] == [(0, 3), (1, 0), (2, 0), (3, 0)]
+
+
 def test_a_group_covers_its_own_topics_and_those_it_committed_only() -> None:
     rows = compute_lag(
         [GroupSpec("g", ("mine",))],
@@ -64,6 +74,7 @@ def test_the_pipeline_groups_are_the_planner_and_the_sink_with_the_topic_prefix(
 class FakeReader:
     def __init__(self) -> None:
         self.fail = False
+        self.start = 0
         self.end = 10
 
     def committed(self, groups: Sequence[str]) -> dict[str, Offsets]:
@@ -75,7 +86,7 @@ class FakeReader:
         return {t: 1 for t in topics if t == "t"}
 
     def log_offsets(self, partitions: Sequence[TopicPartitionKey]) -> tuple[Offsets, Offsets]:
-        return {tp: 0 for tp in partitions}, {tp: self.end for tp in partitions}
+        return {tp: self.start for tp in partitions}, {tp: self.end for tp in partitions}
 
     def close(self) -> None:
         pass
@@ -93,11 +104,15 @@ def test_the_exporter_exports_each_read_and_counts_failed_reads_without_raising(
     text = _exported(registry)
     assert 'vudsync_consumer_lag_messages{group="g",partition="0",topic="t"} 6.0' in text
     assert 'vudsync_consumer_committed_offset{group="g",partition="0",topic="t"} 4.0' in text
+    assert 'vudsync_consumer_lost_messages{group="g",partition="0",topic="t"} 0.0' in text
+    reader.start = 7  # retention deleted offsets 4..6 before the group read them
+    assert exporter.refresh()
+    assert 'vudsync_consumer_lost_messages{group="g",partition="0",topic="t"} 3.0' in _exported(registry)
     reader.fail = True
     assert not exporter.refresh()
     text = _exported(registry)
     assert "vudsync_consumer_lag_read_errors_total 1.0" in text
-    assert "vudsync_consumer_lag_reads_total 2.0" in text
+    assert "vudsync_consumer_lag_reads_total 3.0" in text
     assert 'vudsync_consumer_lag_messages{group="g"' in text  # the last read is still fresh
 
 

@@ -87,3 +87,31 @@ def test_second_instance_of_a_type_is_rejected_and_the_key_never_leaves() -> Non
     none, rejected = _map(EntityRecord(EntityType.APPLICATION_INSTANCE, "business", row, instances=2))
     assert none is None and "single instance" in rejected[0].reason
     assert "SECRET-LICENSE-123" not in rejected[0].reason
+
+
+class _Exploding(dict):  # type: ignore[type-arg]
+    """A row whose every read fails in a way nobody planned for."""
+
+    def __getitem__(self, key: object) -> object:
+        raise RuntimeError(f"driver lost column {key}")
+
+
+def test_any_exception_while_mapping_a_row_is_a_rejection_with_its_reason() -> None:
+    """Issue 17: a non-text license key used to escape as AttributeError and crash the producer
+    at start, again and again. Any exception is a rejection now; the key never shows."""
+    for key in (b"LIC-BYTES-0001", 42424242, ["LIC-LIST-0001"]):
+        row = {"application": "business", "uri": "https://vb.local", "license_key": key}
+        event, (rejected,) = _map(EntityRecord(EntityType.APPLICATION_INSTANCE, "business", row))
+        assert event is None and rejected.row_ref == "application_instance:business"
+        assert rejected.exception in ("AttributeError", "TypeError")
+        assert str(key) not in rejected.reason and repr(key) not in rejected.reason
+    event, (rejected,) = _map(EntityRecord(EntityType.USER, "u1", _Exploding()))
+    assert event is None and rejected.exception == "RuntimeError"
+    assert rejected.reason.startswith("RuntimeError while mapping: ")
+
+
+def test_a_secret_column_is_scrubbed_from_any_reason() -> None:
+    key = "LIC-INT-NOT-A-URL"
+    row = {"application": "business", "uri": key, "license_key": key}  # pydantic words it
+    _, rejections = _map(EntityRecord(EntityType.APPLICATION_INSTANCE, "business", row))
+    assert all(key not in r.reason for r in rejections)

@@ -48,3 +48,12 @@ def test_a_real_event_validates_against_its_schema(name: str) -> None:
     assert validator.is_valid(event), list(validator.iter_errors(event))[:3]
     event["state"]["email"] = 42
     assert not validator.is_valid(event)
+
+
+def test_what_waits_in_a_topic_survives_a_week_long_outage() -> None:
+    """Issue 17: work never silently expires. Topics that hold work (operations, dead letters,
+    results, control) keep more than a week; the others are compacted (nothing expires)."""
+    from schemas.topics import ALL_TOPICS, DAY_MS
+
+    for spec in ALL_TOPICS:
+        assert spec.compacted or spec.retention_ms > 7 * DAY_MS, spec.name

@@ -87,7 +87,7 @@ def cloud() -> None:
 
     A real HTTP service with its own SQLite database (OAuth2 client credentials,
     idempotency keys, versions, audit of effects, rate limiting and fault injection).
-    The API is described at <url>/docs and <url>/openapi.json.
+    The API is described at <url>/openapi.json (and <url>/docs with --docs).
     """
 
 
@@ -123,6 +123,7 @@ def cloud() -> None:
     help="SQLite synchronous mode (FULL: fsync every commit)",
 )
 @click.option("--access-log", is_flag=True, help="log every request (query strings carry e-mails)")
+@click.option("--docs", is_flag=True, help="serve the Swagger UI at /docs (off: less to attack)")
 def serve(**values: Any) -> None:
     """Run the cloud API in the foreground until Ctrl-C or SIGTERM (graceful)."""
     from cloud.faults import FaultConfig
@@ -136,17 +137,16 @@ def serve(**values: Any) -> None:
             db_path=values["db"] or settings.home / "cloud.db",
             customer_name=values["customer_name"],
             client_id=values["client_id"] or settings.cloud_client_id,
-            client_secret=SecretStr(values["client_secret"])
-            if values["client_secret"]
-            else settings.cloud_client_secret,
-            admin_token=SecretStr(values["admin_token"])
-            if values["admin_token"]
-            else settings.cloud_admin_token,
+            client_secret=SecretStr(
+                values["client_secret"] or settings.require_secret("cloud_client_secret")
+            ),
+            admin_token=SecretStr(values["admin_token"] or settings.require_secret("cloud_admin_token")),
             token_ttl_seconds=values["token_ttl"],
             rate_limit_per_second=values["rate_limit_per_second"],
             rate_limit_burst=values["rate_limit_burst"],
             faults=FaultConfig(**_given_faults(values)),
             sqlite_synchronous=values["synchronous"],
+            docs=values["docs"],
         )
     except ValidationError as exc:
         raise ConfigurationError(f"invalid cloud settings: {exc.errors()[0]['msg']}") from exc
@@ -159,7 +159,7 @@ def serve(**values: Any) -> None:
 
 def _admin(url: str | None, admin_token: str | None) -> tuple[str, dict[str, str]]:
     settings = load_settings()
-    token = admin_token or settings.cloud_admin_token.get_secret_value()
+    token = admin_token or settings.require_secret("cloud_admin_token")
     return (url or settings.cloud_url).rstrip("/"), {"X-Admin-Token": token}
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import click
 import httpx
+from pydantic import SecretStr
 
 from kernel.auth import ClientCredentials
 from kernel.errors import AuthenticationFailed, ConfigurationError, RetryableError, VudsyncError
@@ -61,7 +62,7 @@ def _client(settings: Settings, transport: httpx.BaseTransport | None = None) ->
     auth = ClientCredentials(
         f"{settings.cloud_url.rstrip('/')}/oauth/token",
         settings.cloud_client_id,
-        settings.cloud_client_secret,
+        SecretStr(settings.require_secret("cloud_client_secret")),
         token_error=lambda r: RetryableError(f"the cloud's token endpoint answered {r.status_code}"),
     )
     return httpx.Client(base_url=settings.cloud_url, timeout=30.0, transport=transport, auth=auth)
@@ -131,7 +132,7 @@ def on_premise_instances(settings: Settings) -> tuple[list[PlannerFact], Any]:
     position = change_log.position()
     now = datetime.now(UTC)
     facts: list[PlannerFact] = []
-    key = settings.fingerprint_key.get_secret_value().encode()
+    key = settings.require_secret("fingerprint_key").encode()
     for _id, event in snapshot_events(
         change_log, EntityType.APPLICATION_INSTANCE, key, position=position, now=now, batch_size=100
     ):
@@ -217,6 +218,8 @@ def run_connect(settings: Settings, bootstrap: str, *, snapshot: bool = True) ->
     from processors.topics import ensure_planner_topics
     from vudsync.topics import ensure_catalogue
 
+    for secret in ("cloud_client_secret", "fingerprint_key"):  # both, before any effect
+        settings.require_secret(secret)
     readout = read_cloud(settings)
     ensure_catalogue(settings, bootstrap)
     ensure_planner_topics(settings, bootstrap)

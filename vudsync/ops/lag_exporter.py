@@ -7,6 +7,9 @@ Exposes (names as in ARCHITECTURE.md; the last three are the exporter's own heal
 * ``vudsync_consumer_committed_offset{group,topic,partition}`` — the committed offset itself
   (its rate is the group's consumption rate; an offset that stands still while lag > 0 is a
   stalled consumer);
+* ``vudsync_consumer_lost_messages{group,topic,partition}`` — work lost to retention: how
+  far the partition's log start has passed the group's committed offset (records deleted
+  before the group read them); 0 while the committed offset is at or above the log start;
 * ``vudsync_consumer_lag_reads_total`` / ``vudsync_consumer_lag_read_errors_total`` and
   ``vudsync_consumer_lag_read_timestamp_seconds`` (the last successful read, Unix time).
 
@@ -21,7 +24,7 @@ Contracts:
 * A partition the group has never committed counts from the partition's log start offset:
   the consumers use ``auto.offset.reset=earliest``, so everything retained is still to be
   read. A committed offset below the log start (retention deleted what was not read) counts
-  from the log start too. Lag is never negative.
+  from the log start too, and the difference is *lost* (``lost``). Lag is never negative.
 * The partitions of a group are those of its input topics (from the settings) plus every
   topic it has committed offsets for. A topic that does not exist yet is left out.
 * A scrape never waits on the broker: it reads the last snapshot, which a background loop
@@ -72,6 +75,7 @@ class PartitionLag:
     committed: int | None  # None: the group never committed this partition
     end: int
     lag: int
+    lost: int = 0  # log start - committed, when retention deleted records the group never read
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,7 @@ def compute_lag(
                     known if known is not None and known >= 0 else None,
                     last,
                     max(last - at, 0),
+                    first - known if known is not None and 0 <= known < first else 0,
                 )
             )
     return rows
@@ -211,7 +216,7 @@ class LagCollector(Collector):
     def update(self, snapshot: LagSnapshot) -> None:
         self._snapshot = snapshot  # one reference assignment: scrapes see the old or the new one
 
-    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
         labels = ["group", "topic", "partition"]
         return (
             GaugeMetricFamily(
@@ -224,13 +229,19 @@ class LagCollector(Collector):
                 "The consumer group's committed offset (its rate is the group's consumption rate)",
                 labels=labels,
             ),
+            GaugeMetricFamily(
+                "vudsync_consumer_lost_messages",
+                "Records deleted by retention before the group read them (log start - committed "
+                "offset; 0 when nothing was lost)",
+                labels=labels,
+            ),
         )
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         yield from self._families()
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        lag, committed = self._families()
+        lag, committed, lost = self._families()
         snapshot = self._snapshot
         if snapshot is not None and self.clock() - snapshot.taken_at <= self.max_age:
             for row in snapshot.rows:
@@ -238,8 +249,10 @@ class LagCollector(Collector):
                 lag.add_metric(labels, row.lag)
                 if row.committed is not None:
                     committed.add_metric(labels, row.committed)
+                    lost.add_metric(labels, row.lost)
         yield lag
         yield committed
+        yield lost
 
 
 class LagMetrics:

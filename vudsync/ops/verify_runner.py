@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from pydantic import SecretStr
+
 from kernel.publishing.kafka_python import KafkaRecordPublisher
 from kernel.records import TopicPartition as TP
 from kernel.settings import Settings
@@ -52,12 +54,14 @@ class Verification:
 
 
 def verify_once(settings: Settings) -> Verification:
+    fingerprint_key = settings.require_secret("fingerprint_key").encode()
+    client_secret = settings.require_secret("cloud_client_secret")
     directory = read_directory(
         settings.resolved_store_url(),
-        settings.fingerprint_key.get_secret_value().encode(),
+        fingerprint_key,
         settings.capture_batch_size,
     )
-    reader = HttpCloudReader(settings.cloud_url, settings.cloud_client_id, settings.cloud_client_secret)
+    reader = HttpCloudReader(settings.cloud_url, settings.cloud_client_id, SecretStr(client_secret))
     try:
         cloud = reader.read()
     finally:
