@@ -17,6 +17,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP
 from prometheus_client import CollectorRegistry, start_http_server
 
+from kernel.admin import replication_factor
+from kernel.kafka_security import PLAINTEXT, KafkaSecurity
 from kernel.records import Record
 from kernel.settings import Settings
 from processors.agents import declare_agents
@@ -69,8 +71,16 @@ class BrokerRange:
     partitions); closed after ``idle_close`` seconds without a read, and when the app stops,
     so a worker keeps no idle connection to the broker between rebalances."""
 
-    def __init__(self, bootstrap: str, timeout: float = 30.0, idle_close: float = 60.0) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        timeout: float = 30.0,
+        idle_close: float = 60.0,
+        *,
+        security: KafkaSecurity = PLAINTEXT,
+    ) -> None:
         self._bootstrap = bootstrap
+        self._security = security
         self._timeout = timeout
         self._idle_close = idle_close
         self._consumer: AIOKafkaConsumer | None = None
@@ -94,6 +104,7 @@ class BrokerRange:
                     group_id=None,
                     enable_auto_commit=False,
                     client_id="vudsync-planner-missed",
+                    **self._security.for_aiokafka(),
                 )
                 await consumer.start()
                 self._consumer = consumer
@@ -250,7 +261,11 @@ def prime_committed_offsets(settings: Settings, bootstrap: str) -> int:
         for p in range(settings.topic_partitions)
     ]
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id=f"{group}-primer")
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap,
+            client_id=f"{group}-primer",
+            **settings.kafka_security().for_kafka_python(),
+        )
     except KafkaError as exc:
         log.warning("planner: cannot prime committed offsets (%s)", exc)
         return 0
@@ -302,7 +317,7 @@ def build_planner(settings: Settings, bootstrap: str, registry: CollectorRegistr
         PlannerMetrics(registry),
         committed_offsets(app),
         topic_prefix=settings.topic_prefix,
-        fetch=(missed := BrokerRange(bootstrap)),
+        fetch=(missed := BrokerRange(bootstrap, security=settings.kafka_security())),
         send_now=producer_send_now(app),
     )
     declare_agents(app, topics, handlers)
@@ -365,6 +380,14 @@ def run_planner(
     """Run one planner worker until SIGTERM/SIGINT (Faust stops gracefully and commits; a stop
     that cannot finish within ``planner_shutdown_deadline`` exits without the last commit)."""
     ensure_planner_topics(settings, bootstrap)
+    # the table's changelog gets as many replicas as the catalogue's topics (0 = from the cluster)
+    settings = settings.model_copy(
+        update={
+            "topic_replication": replication_factor(
+                bootstrap, settings.topic_replication, security=settings.kafka_security()
+            )
+        }
+    )
     prime_committed_offsets(settings, bootstrap)
     registry = CollectorRegistry()
     if metrics_port is not None:

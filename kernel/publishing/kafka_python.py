@@ -14,6 +14,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from kernel.errors import RetryableError
+from kernel.kafka_security import PLAINTEXT, KafkaSecurity
 from kernel.publishing import Headers
 
 log = logging.getLogger(__name__)
@@ -21,9 +22,17 @@ log = logging.getLogger(__name__)
 
 
 class KafkaRecordPublisher:
-    def __init__(self, bootstrap: str, *, client_id: str = "vudsync-producer", **overrides: Any) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        client_id: str = "vudsync-producer",
+        security: KafkaSecurity = PLAINTEXT,
+        **overrides: Any,
+    ) -> None:
         config: dict[str, Any] = {
             "bootstrap_servers": bootstrap,
+            **security.for_kafka_python(),
             "client_id": client_id,
             "acks": "all",
             "enable_idempotence": True,

@@ -206,7 +206,13 @@ def publish_facts(settings: Settings, bootstrap: str, facts: Iterable[PlannerFac
     from kafka.errors import KafkaError
 
     topic = settings.topic(PLANNER_FACTS.name)
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5)
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        **settings.kafka_security().for_kafka_python(),
+    )
     futures = []
     try:
         for fact in facts:

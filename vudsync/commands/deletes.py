@@ -31,7 +31,12 @@ def send_decision(settings: Settings, bootstrap: str, *, approve: bool, operator
 
     ensure_planner_topics(settings, bootstrap)
     decision = DeletionsDecided(approve=approve, operator=operator, decided_at=datetime.now(UTC))
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        **settings.kafka_security().for_kafka_python(),
+    )
     try:
         producer.send(
             settings.topic(PLANNER_CONTROL.name),
@@ -62,7 +67,12 @@ def held_now(settings: Settings, bootstrap: str, timeout: float = 30.0) -> list[
     from kafka import KafkaConsumer, TopicPartition
 
     topic = settings.topic(RESULTS.name)
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        **settings.kafka_security().for_kafka_python(),
+    )
     try:
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
         consumer.assign(partitions)

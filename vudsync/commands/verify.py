@@ -62,7 +62,7 @@ def _run(settings: Settings, *, repair: bool, wait: bool, timeout: float, as_jso
             plan = plan_repair(verification)
             if not plan.operations:
                 break
-            with group_admin(bootstrap) as admin:
+            with group_admin(bootstrap, security=settings.kafka_security()) as admin:
                 marks = publish_repair(settings, bootstrap, admin, plan.operations)
             ids = {op.operation_id for op in plan.operations}
             step: dict[str, object] = {
@@ -79,7 +79,9 @@ def _run(settings: Settings, *, repair: bool, wait: bool, timeout: float, as_jso
             if not wait:
                 passes.append(step)
                 break
-            outcomes = wait_for_results(bootstrap, marks, ids, timeout=timeout)
+            outcomes = wait_for_results(
+                bootstrap, marks, ids, timeout=timeout, security=settings.kafka_security()
+            )
             step["outcomes"] = outcomes
             passes.append(step)
             if not as_json:
