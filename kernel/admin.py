@@ -179,11 +179,15 @@ def ensure_topics(
     *,
     security: KafkaSecurity = PLAINTEXT,
     timeout: float = 30.0,
+    denied_ok: bool = False,
 ) -> list[str]:
     """Create the topics that do not exist yet; return the names this call created.
 
     Existing topics are left as they are (a partition count that differs from the spec is
     logged, not changed). Returns once every requested topic has a leader for each partition.
+    A topic the cluster's ACLs do not let this client create raises :class:`KafkaAccessDenied`,
+    or with ``denied_ok`` is logged and not waited for (a component starting with least
+    privilege: the operator's principal creates the topics).
     """
     wanted = _as_specs(specs)
     if not wanted:
@@ -205,6 +209,7 @@ def ensure_topics(
         except Exception as exc:
             raise translate(exc, f"create topics {sorted(request)}") from exc
         existing: list[str] = []
+        denied: list[str] = []
         for result in response["topics"]:
             error = kafka_errors.for_code(result["error_code"])
             if error is kafka_errors.NoError:
@@ -212,9 +217,7 @@ def ensure_topics(
             elif error is kafka_errors.TopicAlreadyExistsError:
                 existing.append(result["name"])
             elif issubclass(error, _DENIED):
-                raise KafkaAccessDenied(
-                    f"create topic {result['name']}: {error.__name__}", hint=_DENIED_HINT
-                )
+                denied.append(result["name"])
             elif error.retriable:
                 raise RetryableError(
                     f"create topic {result['name']}: {error.__name__}: {result.get('error_message')}"
@@ -223,8 +226,13 @@ def ensure_topics(
                 raise TopicError(
                     f"create topic {result['name']}: {error.__name__}: {result.get('error_message')}"
                 )
+        if denied and not denied_ok:
+            raise KafkaAccessDenied(f"not allowed to create topics {sorted(denied)}", hint=_DENIED_HINT)
+        if denied:
+            log.warning("not allowed to create topics %s: left to `vudsync topics ensure`", sorted(denied))
         try:
-            admin.wait_for_topics([spec.name for spec in wanted], timeout_ms=int(timeout * 1000))
+            visible = [spec.name for spec in wanted if spec.name not in denied]
+            admin.wait_for_topics(visible, timeout_ms=int(timeout * 1000))
             if existing:
                 _warn_on_partition_mismatch(admin, [s for s in wanted if s.name in existing])
         except VudsyncError:

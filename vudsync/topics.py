@@ -24,8 +24,11 @@ def _admin_spec(spec: TopicSpec, settings: Settings, replication: int | None) ->
     )
 
 
-def ensure_catalogue(settings: Settings, bootstrap: str) -> list[str]:
-    """Create the missing catalogue topics (idempotent); returns the names created now."""
+def ensure_catalogue(settings: Settings, bootstrap: str, *, denied_ok: bool = False) -> list[str]:
+    """Create the missing catalogue topics (idempotent); returns the names created now.
+    ``denied_ok``: topics this principal may not create are left to the ops principal."""
     security = settings.kafka_security()
     replication = replication_factor(bootstrap, settings.topic_replication, security=security)
-    return ensure_topics(bootstrap, catalogue_specs(settings, replication), security=security)
+    return ensure_topics(
+        bootstrap, catalogue_specs(settings, replication), security=security, denied_ok=denied_ok
+    )

@@ -11,14 +11,15 @@ import logging
 from typing import Any
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import AuthorizationError, KafkaError
 
-from kernel.errors import RetryableError
+from kernel.errors import KafkaAccessDenied, RetryableError
 from kernel.kafka_security import PLAINTEXT, KafkaSecurity
 from kernel.publishing import Headers
 
 log = logging.getLogger(__name__)
 
+_DENIED_HINT = "check the component's ACLs (docs/operations.md)"
 
 
 class KafkaRecordPublisher:
@@ -53,7 +54,10 @@ class KafkaRecordPublisher:
         self._pending: list[Any] = []
 
     def publish(self, topic: str, key: str, value: bytes | None, headers: Headers = ()) -> None:
-        future = self._producer.send(topic, key=key.encode(), value=value, headers=list(headers) or None)
+        try:
+            future = self._producer.send(topic, key=key.encode(), value=value, headers=list(headers) or None)
+        except AuthorizationError as exc:  # the topic's metadata is refused: the ACL forbids it
+            raise KafkaAccessDenied(f"publish to {topic}: {type(exc).__name__}", hint=_DENIED_HINT) from exc
         self._pending.append(future)
 
     def flush(self, timeout: float = 60.0) -> int:
@@ -63,6 +67,9 @@ class KafkaRecordPublisher:
             self._producer.flush(timeout=timeout)
             for future in pending:
                 future.get(timeout=timeout)
+        except AuthorizationError as exc:
+            refused = f"the broker refused a record: {type(exc).__name__}"
+            raise KafkaAccessDenied(refused, hint=_DENIED_HINT) from exc
         except KafkaError as exc:
             raise RetryableError(f"broker did not acknowledge a record: {exc}") from exc
         return len(pending)
