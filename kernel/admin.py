@@ -27,7 +27,8 @@ from typing import Any, NamedTuple
 from kafka import KafkaAdminClient
 from kafka import errors as kafka_errors
 
-from kernel.errors import PermanentError, RetryableError, VudsyncError
+from kernel.errors import KafkaAccessDenied, PermanentError, RetryableError, VudsyncError
+from kernel.kafka_security import PLAINTEXT, KafkaSecurity
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +54,20 @@ class TopicError(PermanentError):
     """The broker refused to create or delete a topic (invalid name, config, replication…)."""
 
 
+#: the cluster refused the credentials, or an ACL forbids the request
+_DENIED = (kafka_errors.SaslAuthenticationFailedError, kafka_errors.AuthorizationError)
+_DENIED_HINT = (
+    "check VUDSYNC_KAFKA_USERNAME / VUDSYNC_KAFKA_PASSWORD and the component's ACLs (docs/operations.md)"
+)
+
+
 def translate(exc: BaseException, what: str) -> VudsyncError:
     """Map a kafka-python error onto the vudsync error tree (``what`` says what was attempted)."""
     if isinstance(exc, VudsyncError):
         return exc
     message = f"{what}: {type(exc).__name__}: {exc}"
+    if isinstance(exc, _DENIED):
+        return KafkaAccessDenied(message, hint=_DENIED_HINT)
     if isinstance(exc, kafka_errors.KafkaError) and exc.retriable:
         return RetryableError(message)
     if isinstance(exc, (OSError, TimeoutError, kafka_errors.KafkaConnectionError)):
@@ -66,8 +76,11 @@ def translate(exc: BaseException, what: str) -> VudsyncError:
 
 
 @contextmanager
-def admin_client(bootstrap: str, *, timeout: float = 30.0) -> Iterator[KafkaAdminClient]:
-    """A short-lived ``KafkaAdminClient``; bootstrap failures become :class:`BrokerUnavailable`."""
+def admin_client(
+    bootstrap: str, *, security: KafkaSecurity = PLAINTEXT, timeout: float = 30.0
+) -> Iterator[KafkaAdminClient]:
+    """A short-lived ``KafkaAdminClient``; bootstrap failures become :class:`BrokerUnavailable`,
+    refused credentials :class:`KafkaAccessDenied`."""
     timeout_ms = max(int(timeout * 1000), 1000)
     try:
         client = KafkaAdminClient(
@@ -76,7 +89,10 @@ def admin_client(bootstrap: str, *, timeout: float = 30.0) -> Iterator[KafkaAdmi
             request_timeout_ms=timeout_ms,
             bootstrap_timeout_ms=timeout_ms,
             reconnect_backoff_max_ms=_RECONNECT_BACKOFF_MAX_MS,
+            **security.for_kafka_python(),
         )
+    except _DENIED as exc:
+        raise translate(exc, f"connect to Kafka at {bootstrap} as {security.username}") from exc
     except Exception as exc:
         raise BrokerUnavailable(
             f"no Kafka broker answers at {bootstrap}: {type(exc).__name__}: {exc}",
@@ -100,7 +116,9 @@ def tcp_answers(bootstrap: str, timeout: float) -> bool:
     return False
 
 
-def wait_for_broker(bootstrap: str, timeout: float = 30.0) -> dict[str, Any]:
+def wait_for_broker(
+    bootstrap: str, timeout: float = 30.0, *, security: KafkaSecurity = PLAINTEXT
+) -> dict[str, Any]:
     """Block until a broker at ``bootstrap`` answers a metadata request; ``timeout`` in seconds.
 
     Polls a plain TCP connect first (cheap, no client back-off), then asks for the cluster
@@ -117,14 +135,38 @@ def wait_for_broker(bootstrap: str, timeout: float = 30.0) -> dict[str, Any]:
             )
         if tcp_answers(bootstrap, timeout=min(1.0, remaining)):
             try:
-                with admin_client(bootstrap, timeout=min(5.0, max(remaining, 1.0))) as admin:
+                with admin_client(
+                    bootstrap, security=security, timeout=min(5.0, max(remaining, 1.0))
+                ) as admin:
                     cluster: dict[str, Any] = admin.describe_cluster()
                 if cluster.get("brokers"):
                     return cluster
                 last_error = "metadata lists no broker yet"
+            except KafkaAccessDenied:
+                raise  # wrong credentials do not get better by waiting
             except Exception as exc:
                 last_error = f"{type(exc).__name__}: {exc}"
         time.sleep(min(0.1, max(deadline - time.monotonic(), 0)))
+
+
+def replication_factor(
+    bootstrap: str, configured: int = 0, *, security: KafkaSecurity = PLAINTEXT, timeout: float = 30.0
+) -> int:
+    """``configured`` when set (> 0); else 3 on a cluster of three or more brokers, 1 below."""
+    if configured > 0:
+        return configured
+    with admin_client(bootstrap, security=security, timeout=timeout) as admin:
+        try:
+            brokers = len(admin.describe_cluster().get("brokers") or [])
+        except Exception as exc:
+            raise translate(exc, "describe the cluster") from exc
+    return 3 if brokers >= 3 else 1
+
+
+def replication_config(replication: int) -> dict[str, str]:
+    """The topic configuration that goes with ``replication`` replicas: with three or more, a
+    write needs two in-sync replicas (acks=all), so one broker may be down without data loss."""
+    return {"min.insync.replicas": "2"} if replication >= 3 else {}
 
 
 def _as_specs(specs: Iterable[TopicSpec | tuple[Any, ...]]) -> list[TopicSpec]:
@@ -135,12 +177,17 @@ def ensure_topics(
     bootstrap: str,
     specs: Iterable[TopicSpec | tuple[Any, ...]],
     *,
+    security: KafkaSecurity = PLAINTEXT,
     timeout: float = 30.0,
+    denied_ok: bool = False,
 ) -> list[str]:
     """Create the topics that do not exist yet; return the names this call created.
 
     Existing topics are left as they are (a partition count that differs from the spec is
     logged, not changed). Returns once every requested topic has a leader for each partition.
+    A topic the cluster's ACLs do not let this client create raises :class:`KafkaAccessDenied`,
+    or with ``denied_ok`` is logged and not waited for (a component starting with least
+    privilege: the operator's principal creates the topics).
     """
     wanted = _as_specs(specs)
     if not wanted:
@@ -154,7 +201,7 @@ def ensure_topics(
         for spec in wanted
     }
     created: list[str] = []
-    with admin_client(bootstrap, timeout=timeout) as admin:
+    with admin_client(bootstrap, security=security, timeout=timeout) as admin:
         try:
             response = admin.create_topics(
                 request, timeout_ms=int(timeout * 1000), raise_errors=False
@@ -162,12 +209,15 @@ def ensure_topics(
         except Exception as exc:
             raise translate(exc, f"create topics {sorted(request)}") from exc
         existing: list[str] = []
+        denied: list[str] = []
         for result in response["topics"]:
             error = kafka_errors.for_code(result["error_code"])
             if error is kafka_errors.NoError:
                 created.append(result["name"])
             elif error is kafka_errors.TopicAlreadyExistsError:
                 existing.append(result["name"])
+            elif issubclass(error, _DENIED):
+                denied.append(result["name"])
             elif error.retriable:
                 raise RetryableError(
                     f"create topic {result['name']}: {error.__name__}: {result.get('error_message')}"
@@ -176,8 +226,13 @@ def ensure_topics(
                 raise TopicError(
                     f"create topic {result['name']}: {error.__name__}: {result.get('error_message')}"
                 )
+        if denied and not denied_ok:
+            raise KafkaAccessDenied(f"not allowed to create topics {sorted(denied)}", hint=_DENIED_HINT)
+        if denied:
+            log.warning("not allowed to create topics %s: left to `vudsync topics ensure`", sorted(denied))
         try:
-            admin.wait_for_topics([spec.name for spec in wanted], timeout_ms=int(timeout * 1000))
+            visible = [spec.name for spec in wanted if spec.name not in denied]
+            admin.wait_for_topics(visible, timeout_ms=int(timeout * 1000))
             if existing:
                 _warn_on_partition_mismatch(admin, [s for s in wanted if s.name in existing])
         except VudsyncError:
@@ -200,13 +255,15 @@ def _warn_on_partition_mismatch(admin: KafkaAdminClient, specs: list[TopicSpec])
             )
 
 
-def delete_topics(bootstrap: str, names: Iterable[str], *, timeout: float = 30.0) -> list[str]:
+def delete_topics(
+    bootstrap: str, names: Iterable[str], *, security: KafkaSecurity = PLAINTEXT, timeout: float = 30.0
+) -> list[str]:
     """Delete topics; unknown ones are fine. Returns the names this call deleted."""
     names = list(names)
     if not names:
         return []
     deleted: list[str] = []
-    with admin_client(bootstrap, timeout=timeout) as admin:
+    with admin_client(bootstrap, security=security, timeout=timeout) as admin:
         try:
             response = admin.delete_topics(names, timeout_ms=int(timeout * 1000), raise_errors=False)
         except Exception as exc:
@@ -221,9 +278,9 @@ def delete_topics(bootstrap: str, names: Iterable[str], *, timeout: float = 30.0
     return deleted
 
 
-def list_topics(bootstrap: str, *, timeout: float = 30.0) -> list[str]:
+def list_topics(bootstrap: str, *, security: KafkaSecurity = PLAINTEXT, timeout: float = 30.0) -> list[str]:
     """Names of every topic in the cluster (internal ones included)."""
-    with admin_client(bootstrap, timeout=timeout) as admin:
+    with admin_client(bootstrap, security=security, timeout=timeout) as admin:
         try:
             return sorted(admin.list_topics())
         except Exception as exc:

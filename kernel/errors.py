@@ -43,6 +43,10 @@ class PermanentError(VudsyncError):
     """Trying again will fail the same way: dead-letter it with its reason."""
 
 
+class KafkaAccessDenied(PermanentError):
+    """The Kafka cluster refused this client's credentials, or an ACL forbids what it asked."""
+
+
 class InvalidEvent(PermanentError):
     """A message that does not decode or validate against its schema."""
 

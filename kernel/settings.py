@@ -19,6 +19,7 @@ from pydantic_settings import (
 )
 
 from kernel.errors import ConfigurationError
+from kernel.kafka_security import KafkaSecurity, Mechanism, Protocol
 
 #: the secret fields: none has a default (``Settings.require_secret``)
 SecretName = Literal["cloud_client_secret", "cloud_admin_token", "fingerprint_key"]
@@ -44,12 +45,28 @@ class Settings(BaseSettings):
     kafka_bootstrap: str | None = Field(
         default=None, description="bootstrap servers; unset = the local broker managed by vudsync"
     )
+    kafka_security_protocol: Protocol = Field(
+        default="PLAINTEXT", description="PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL"
+    )
+    kafka_sasl_mechanism: Mechanism = Field(
+        default="SCRAM-SHA-512", description="SCRAM-SHA-512 | SCRAM-SHA-256 | PLAIN"
+    )
+    kafka_username: str | None = Field(default=None, description="SASL user (one per component)")
+    kafka_password: SecretStr | None = Field(default=None, description="SASL password")
+    kafka_ca_file: Path | None = Field(default=None, description="CA that signed the brokers' certificates")
+    kafka_cert_file: Path | None = Field(default=None, description="client certificate (mutual TLS)")
+    kafka_key_file: Path | None = Field(default=None, description="its private key (PEM, unencrypted)")
     kafka_version: str = "4.4.0"
     kafka_port: int = 0
     kafka_heap: str = "512m"
     topic_prefix: str = Field(default="", description="prefix for every topic name (tests use it)")
     topic_partitions: int = 6
-    topic_replication: int = 1
+    topic_replication: int = Field(
+        default=0,
+        ge=0,
+        description="replicas per topic; 0 = from the cluster: 3 (min.insync.replicas=2) when it has "
+        "three or more brokers, else 1",
+    )
     history_days: int = Field(default=7, description="days of history kept on compacted topics (replay)")
 
     # directory store
@@ -156,6 +173,11 @@ class Settings(BaseSettings):
                 "it has no default outside `vudsync demo`",
             )
         return value.get_secret_value()
+
+    def kafka_security(self) -> KafkaSecurity:
+        """The ``kafka_*`` connection options as one model (field ``f`` is setting ``kafka_f``)."""
+        fields = KafkaSecurity.model_fields
+        return KafkaSecurity(**{field: getattr(self, f"kafka_{field}") for field in fields})
 
     def resolved_store_url(self) -> str:
         return self.store_url or f"sqlite:///{self.home / 'directory.db'}"

@@ -42,10 +42,12 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
     return faust.App(
         app_id(settings),
         broker=f"kafka://{bootstrap}",
+        **settings.kafka_security().for_faust(),
         store=store_url(settings),
         datadir=str(datadir),
         topic_partitions=settings.topic_partitions,
-        topic_replication_factor=settings.topic_replication,
+        # 0 (from the cluster) is resolved by run_planner; an app built without a broker gets 1
+        topic_replication_factor=settings.topic_replication or 1,
         producer_acks=-1,
         producer_linger=settings.planner_linger,
         # table changelog records carry states (~1-2 KB): the 16 KB default sends a produce

@@ -251,7 +251,11 @@ def prime_committed_offsets(settings: Settings, bootstrap: str) -> int:
         for p in range(settings.topic_partitions)
     ]
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id=f"{group}-primer")
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap,
+            client_id=f"{group}-primer",
+            **settings.kafka_security().for_kafka_python(),
+        )
     except KafkaError as exc:
         log.warning("planner: cannot prime committed offsets (%s)", exc)
         return 0

@@ -15,6 +15,8 @@ import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry, start_http_server
 
+from kernel.admin import replication_factor
+from kernel.kafka_security import PLAINTEXT, KafkaSecurity
 from kernel.records import Record
 from kernel.settings import Settings
 from processors.agents import declare_agents
@@ -52,8 +54,16 @@ class BrokerRange:
     partitions); closed after ``idle_close`` seconds without a read, and when the app stops,
     so a worker keeps no idle connection to the broker between rebalances."""
 
-    def __init__(self, bootstrap: str, timeout: float = 30.0, idle_close: float = 60.0) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        timeout: float = 30.0,
+        idle_close: float = 60.0,
+        *,
+        security: KafkaSecurity = PLAINTEXT,
+    ) -> None:
         self._bootstrap = bootstrap
+        self._security = security
         self._timeout = timeout
         self._idle_close = idle_close
         self._consumer: AIOKafkaConsumer | None = None
@@ -77,6 +87,7 @@ class BrokerRange:
                     group_id=None,
                     enable_auto_commit=False,
                     client_id="vudsync-planner-missed",
+                    **self._security.for_aiokafka(),
                 )
                 await consumer.start()
                 self._consumer = consumer
@@ -145,7 +156,7 @@ def build_planner(settings: Settings, bootstrap: str, registry: CollectorRegistr
         PlannerMetrics(registry),
         committed_offsets(app),
         topic_prefix=settings.topic_prefix,
-        fetch=(missed := BrokerRange(bootstrap)),
+        fetch=(missed := BrokerRange(bootstrap, security=settings.kafka_security())),
         send_now=producer_send_now(app),
     )
     declare_agents(app, topics, handlers)
@@ -209,6 +220,14 @@ def run_planner(
     that cannot finish within ``planner_shutdown_deadline`` exits without the last commit)."""
     check_versions(allow_untested=settings.planner_allow_untested_faust)
     ensure_planner_topics(settings, bootstrap)
+    # the table's changelog gets as many replicas as the catalogue's topics (0 = from the cluster)
+    settings = settings.model_copy(
+        update={
+            "topic_replication": replication_factor(
+                bootstrap, settings.topic_replication, security=settings.kafka_security()
+            )
+        }
+    )
     prime_committed_offsets(settings, bootstrap)
     registry = CollectorRegistry()
     if metrics_port is not None:

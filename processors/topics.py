@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import faust
 
 from kernel.admin import TopicSpec as AdminTopicSpec
-from kernel.admin import ensure_topics
+from kernel.admin import ensure_topics, replication_config, replication_factor
 from kernel.settings import Settings
 from schemas.topics import (
     DIRECTORY_DLQ,
@@ -71,15 +71,18 @@ def declare_topics(app: faust.App, settings: Settings) -> PlannerTopics:
 
 def ensure_planner_topics(settings: Settings, bootstrap: str) -> list[str]:
     """Create the planner's own topics (facts, control) if missing; idempotent."""
+    security = settings.kafka_security()
+    replication = replication_factor(bootstrap, settings.topic_replication, security=security)
     return ensure_topics(
         bootstrap,
         [
             AdminTopicSpec(
                 settings.topic(spec.name),
                 settings.topic_partitions,
-                settings.topic_replication,
-                spec.kafka_config(settings.history_days),
+                replication,
+                {**replication_config(replication), **spec.kafka_config(settings.history_days)},
             )
             for spec in PLANNER_TOPICS
         ],
+        security=security,
     )

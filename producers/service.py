@@ -66,14 +66,17 @@ def build_capture(
     change_log = open_change_log(settings.resolved_store_url())
     publisher: RecordPublisher
     snapshot_publisher: PublisherFactory | None = None
+    security = settings.kafka_security()
     if settings.capture_client == "confluent":
-        publisher = ConfluentRecordPublisher(bootstrap)
+        publisher = ConfluentRecordPublisher(bootstrap, security=security)
 
         def snapshot_publisher() -> RecordPublisher:
-            return ConfluentRecordPublisher(bootstrap, client_id="vudsync-snapshot", **SNAPSHOT_OVERRIDES)
+            return ConfluentRecordPublisher(
+                bootstrap, client_id="vudsync-snapshot", security=security, **SNAPSHOT_OVERRIDES
+            )
 
     else:
-        publisher = KafkaRecordPublisher(bootstrap)
+        publisher = KafkaRecordPublisher(bootstrap, security=security)
     return ChangeCapture(
         change_log,
         publisher,

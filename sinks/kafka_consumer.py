@@ -23,6 +23,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from kernel.kafka_security import PLAINTEXT, KafkaSecurity
 from kernel.records import Record
 from sinks.errors import CommitRefused
 from sinks.scheduling import TopicPartition as TP
@@ -36,10 +37,19 @@ class ConfluentOperationsConsumer:
     """A group member reading one topic; partitions start at their committed offset (the
     earliest when none). Not thread-safe: one thread makes every call."""
 
-    def __init__(self, bootstrap: str, group_id: str, client_id: str, **config: Any) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        group_id: str,
+        client_id: str,
+        *,
+        security: KafkaSecurity = PLAINTEXT,
+        **config: Any,
+    ) -> None:
         self._consumer = Consumer(
             {
                 "bootstrap.servers": bootstrap,
+                **security.for_confluent(),
                 "group.id": group_id,
                 "client.id": client_id,
                 "enable.auto.commit": False,

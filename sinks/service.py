@@ -65,7 +65,10 @@ def build_sink(settings: Settings, bootstrap: str, registry: CollectorRegistry) 
         drain_timeout=settings.sink_http_timeout + 5,
     )
     consumer = ConfluentOperationsConsumer(
-        bootstrap, sink_group(settings), client_id=f"vudsync-sink-{settings.worker_name}"
+        bootstrap,
+        sink_group(settings),
+        client_id=f"vudsync-sink-{settings.worker_name}",
+        security=settings.kafka_security(),
     )
     cloud = HttpCloudDirectory(
         settings.cloud_url,
@@ -80,7 +83,9 @@ def build_sink(settings: Settings, bootstrap: str, registry: CollectorRegistry) 
         consumer,
         settings.topic(OPERATIONS.name),
         # librdkafka: kafka-python's pure-Python send was a third of the sink's CPU per result
-        ConfluentRecordPublisher(bootstrap, client_id=f"vudsync-sink-{settings.worker_name}"),
+        ConfluentRecordPublisher(
+            bootstrap, client_id=f"vudsync-sink-{settings.worker_name}", security=settings.kafka_security()
+        ),
         cloud,
         ledger,
         SinkMetrics(registry),

@@ -1,5 +1,6 @@
 pytest_plugins = [
     "tests.fixtures.kafka",
+    "tests.fixtures.kafka_cluster",
     "tests.fixtures.cloud",
     "tests.fixtures.postgres",
     "tests.fixtures.prometheus",

@@ -151,7 +151,7 @@ class _Counting:
         self.inner.close(timeout)
 
 
-def _publisher(client: str, bootstrap: str, overrides: dict[str, str]) -> Any:
+def _publisher(client: str, bootstrap: str, overrides: dict[str, Any]) -> Any:
     if client == "confluent":
         from kernel.publishing.confluent import ConfluentRecordPublisher
 

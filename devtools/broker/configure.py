@@ -8,6 +8,8 @@ import socket
 import uuid
 from pathlib import Path
 
+from kernel.kafka_security import Mechanism
+
 #: JVM flags for a small machine: the heap is set separately (-Xms = -Xmx = heap).
 #: ``TieredStopAtLevel=1``: the C1 compiler only. C2 kept compiling for minutes on the
 #: machine the broker shares with the pipeline: 1.7 of the 2.5 CPU-seconds the broker used
@@ -108,3 +110,69 @@ def read_properties(path: Path) -> dict[str, str]:
         return {}
     pairs = (line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
     return {key.strip(): value.strip() for key, value in pairs}
+
+
+#: the SASL mechanism of the secured local cluster's client listener
+CLUSTER_MECHANISM: Mechanism = "SCRAM-SHA-512"
+
+
+def cluster_node_properties(
+    node_id: int,
+    ports: list[tuple[int, int, int]],
+    data_dir: Path,
+    *,
+    keystore: tuple[Path, str] | None = None,
+) -> dict[str, str]:
+    """``server.properties`` of node ``node_id`` (1-based) of a local cluster of ``len(ports)``
+    combined broker/controller nodes; ``ports`` holds each node's (client, internal, controller).
+
+    Three listeners per node, all on 127.0.0.1: CLIENT (PLAINTEXT, or SASL_SSL with SCRAM when a
+    ``keystore`` (path, password) is given), INTERNAL (between brokers) and CONTROLLER (the KRaft
+    quorum), both PLAINTEXT. Secured, the ``StandardAuthorizer`` denies what no ACL allows; the
+    internal and controller listeners' unauthenticated principal (``User:ANONYMOUS``) is the
+    super user the brokers need — tolerable only because they listen on 127.0.0.1 of a
+    development machine (docs/operations.md says what a production cluster does instead).
+    """
+    client, internal, controller = ports[node_id - 1]
+    nodes = len(ports)
+    replicas, min_isr = str(min(nodes, 3)), str(2 if nodes >= 3 else 1)
+    properties = server_properties(internal, controller, data_dir)
+    del properties["controller.quorum.bootstrap.servers"]
+    client_protocol = "SASL_SSL" if keystore else "PLAINTEXT"
+    properties |= {
+        "node.id": str(node_id),
+        "listeners": f"CLIENT://127.0.0.1:{client},INTERNAL://127.0.0.1:{internal},"
+        f"CONTROLLER://127.0.0.1:{controller}",
+        "advertised.listeners": f"CLIENT://127.0.0.1:{client},INTERNAL://127.0.0.1:{internal}",
+        "listener.security.protocol.map": f"CLIENT:{client_protocol},INTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "inter.broker.listener.name": "INTERNAL",
+        "controller.quorum.voters": ",".join(
+            f"{i}@127.0.0.1:{c}" for i, (_, _, c) in enumerate(ports, start=1)
+        ),
+        "default.replication.factor": replicas,
+        "min.insync.replicas": min_isr,
+        "offsets.topic.replication.factor": replicas,
+        "transaction.state.log.replication.factor": replicas,
+        "transaction.state.log.min.isr": min_isr,
+        "share.coordinator.state.topic.replication.factor": replicas,
+        "share.coordinator.state.topic.min.isr": min_isr,
+    }
+    if keystore:
+        path, password = keystore
+        mechanism = CLUSTER_MECHANISM.lower()
+        properties |= {
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users": "User:ANONYMOUS",
+            "allow.everyone.if.no.acl.found": "false",
+            # topics come from `vudsync topics ensure`, as the ops principal
+            "auto.create.topics.enable": "false",
+            "sasl.enabled.mechanisms": CLUSTER_MECHANISM,
+            "listener.name.client.sasl.enabled.mechanisms": CLUSTER_MECHANISM,
+            f"listener.name.client.{mechanism}.sasl.jaas.config":
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            "listener.name.client.ssl.keystore.type": "PKCS12",
+            "listener.name.client.ssl.keystore.location": str(path),
+            "listener.name.client.ssl.keystore.password": password,
+            "listener.name.client.ssl.key.password": password,
+        }
+    return properties

@@ -264,15 +264,7 @@ class LocalKafkaBroker:
                     hint=f"stop it with `kill {' '.join(map(str, strays))}` or `vudsync kafka down`",
                 )
             self.record_path.unlink(missing_ok=True)
-            java = require(
-                self.java, "install a Java 17+ runtime (Debian: `apt-get install openjdk-17-jre-headless`)"
-            )
-            if (major := _java_major(java)) < _MIN_JAVA:
-                raise ConfigurationError(
-                    f"Kafka {self.version} needs Java {_MIN_JAVA}+, `{java}` is Java {major}",
-                    hint="install openjdk-17-jre-headless (or newer) and put it first on PATH",
-                )
-            libs = self.fetch()
+            java, libs = self.java_and_jars()
             for attempt in range(1, _START_ATTEMPTS + 1):
                 try:
                     return self._start(java, libs, timeout)
@@ -284,8 +276,33 @@ class LocalKafkaBroker:
                     log.warning("broker port taken during start-up; retrying (%d)", attempt)
             raise AssertionError("unreachable")
 
+    def java_and_jars(self) -> tuple[str, Path]:
+        """The Java 17+ executable and the broker's jars (fetched when missing)."""
+        java = require(
+            self.java, "install a Java 17+ runtime (Debian: `apt-get install openjdk-17-jre-headless`)"
+        )
+        if (major := _java_major(java)) < _MIN_JAVA:
+            raise ConfigurationError(
+                f"Kafka {self.version} needs Java {_MIN_JAVA}+, `{java}` is Java {major}",
+                hint="install openjdk-17-jre-headless (or newer) and put it first on PATH",
+            )
+        return java, self.fetch()
+
     def _start(self, java: str, libs: Path, timeout: float) -> BrokerStatus:
         port, controller_port = self._choose_ports()
+        pid, bootstrap = self.launch(java, libs, port, controller_port)
+        try:
+            self._wait_ready(pid, bootstrap, timeout)
+        except BaseException:
+            self._stop_pid(pid, grace=10.0)
+            self.record_path.unlink(missing_ok=True)
+            raise
+        log.info("broker %s up: pid %d at %s", self.version, pid, bootstrap)
+        return self.status()
+
+    def launch(self, java: str, libs: Path, port: int, controller_port: int) -> tuple[int, str]:
+        """Write the properties, format the storage once, spawn the JVM and record it; returns
+        its pid and bootstrap address without waiting for it to answer."""
         self._write_properties(port, controller_port)
         self._format_storage(java, libs)
         pid = self._spawn(java, libs)
@@ -301,14 +318,7 @@ class LocalKafkaBroker:
             "started_at": time.time(),
         }
         self.record_path.write_text(json.dumps(record, indent=2))
-        try:
-            self._wait_ready(pid, bootstrap, timeout)
-        except BaseException:
-            self._stop_pid(pid, grace=10.0)
-            self.record_path.unlink(missing_ok=True)
-            raise
-        log.info("broker %s up: pid %d at %s", self.version, pid, bootstrap)
-        return self.status()
+        return pid, bootstrap
 
     def down(self, *, grace: float = 20.0) -> bool:
         """Stop this home's broker (SIGTERM, then SIGKILL after ``grace`` s). True if one was running."""
@@ -363,8 +373,8 @@ class LocalKafkaBroker:
         command = [
             java, "-Xmx256m", "-XX:TieredStopAtLevel=1", "-cp", f"{libs}/*",
             f"-Dlog4j2.configurationFile={LOG4J2_CONFIG}",
-            "kafka.tools.StorageTool", "format", "--standalone",
-            "--cluster-id", new_cluster_id(), "--config", str(self.properties_path),
+            "kafka.tools.StorageTool", "format", *self._format_args(),
+            "--config", str(self.properties_path),
         ]
         with self.log_path.open("ab") as out:
             out.write(f"\n=== vudsync: format {self.data_dir} ===\n".encode())
@@ -375,6 +385,17 @@ class LocalKafkaBroker:
                 f"formatting KRaft storage failed (exit {result.returncode}); "
                 f"end of {self.log_path}:\n{_tail(self.log_path)}"
             )
+
+    def _format_args(self) -> list[str]:
+        """How the storage is formatted: a one-node quorum with a new cluster id."""
+        return ["--standalone", "--cluster-id", new_cluster_id()]
+
+    def wait_ready(self, timeout: float) -> None:
+        """Wait until the recorded broker answers (:class:`BrokerStartError` at ``timeout``)."""
+        record = self._read_record()
+        if not record:
+            raise BrokerStartError(f"no broker is recorded in {self.record_path}")
+        self._wait_ready(int(record["pid"]), str(record["bootstrap"]), timeout)
 
     def _jvm_command(self, java: str, libs: Path) -> list[str]:
         return [

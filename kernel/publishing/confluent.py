@@ -14,11 +14,13 @@ Why a second adapter: librdkafka batches and sends on its own C threads, so a Py
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from kernel.errors import OversizedRecord, RecordsTooLarge, RetryableError
+from kernel.errors import KafkaAccessDenied, OversizedRecord, RecordsTooLarge, RetryableError
+from kernel.kafka_security import PLAINTEXT, KafkaSecurity
 from kernel.publishing import Headers
 
 log = logging.getLogger(__name__)
@@ -48,11 +50,31 @@ DEFAULTS: dict[str, Any] = {
 # PostgreSQL, 61 -> 153 ms in one comparison).
 SNAPSHOT_OVERRIDES: dict[str, Any] = {"linger.ms": 50}
 
+#: librdkafka errors that waiting will not cure: refused credentials, a topic or cluster ACL
+_DENIED = frozenset(
+    {
+        KafkaError._AUTHENTICATION,
+        KafkaError.SASL_AUTHENTICATION_FAILED,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+        KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+    }
+)
+_DENIED_HINT = "check VUDSYNC_KAFKA_USERNAME / VUDSYNC_KAFKA_PASSWORD and the producer's ACLs"
+
 
 class ConfluentRecordPublisher:
-    def __init__(self, bootstrap: str, *, client_id: str = "vudsync-producer", **overrides: Any) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        client_id: str = "vudsync-producer",
+        security: KafkaSecurity = PLAINTEXT,
+        **overrides: Any,
+    ) -> None:
         config: dict[str, Any] = {
             "bootstrap.servers": bootstrap,
+            **security.for_confluent(),
             "client.id": client_id,
             "error_cb": self._on_error,
             "on_delivery": self._on_delivery,
@@ -70,10 +92,14 @@ class ConfluentRecordPublisher:
         self._queued = 0
         self._failed: list[str] = []
         self._too_large: list[OversizedRecord] = []
+        self._denied: str | None = None
 
     def _on_error(self, error: KafkaError) -> None:
         # librdkafka retries transient errors itself; a fatal one (idempotence broken) surfaces
-        # at the next flush through the failed deliveries
+        # at the next flush through the failed deliveries. Refused credentials are retried too,
+        # for ever: remembered here so that flush fails at once instead of at its time-out.
+        if error.code() in _DENIED:
+            self._denied = self._denied or error.str()
         log.warning("kafka producer: %s", error)
 
     def _on_delivery(self, error: KafkaError | None, message: Any) -> None:
@@ -83,6 +109,8 @@ class ConfluentRecordPublisher:
             key = (message.key() or b"").decode(errors="replace")
             self._too_large.append(OversizedRecord(message.topic(), key, len(message.value() or b"")))
         else:
+            if error.code() in _DENIED:
+                self._denied = self._denied or error.str()
             self._failed.append(str(error))
 
     def publish(self, topic: str, key: str, value: bytes | None, headers: Headers = ()) -> None:
@@ -110,11 +138,18 @@ class ConfluentRecordPublisher:
     def flush(self, timeout: float = 60.0) -> int:
         """Wait for every queued record's ack; returns how many were acknowledged.
 
-        Raises :class:`RecordsTooLarge` when the only failures were records refused for their
-        size (the rest is acknowledged), :class:`RetryableError` on any other failure."""
-        remaining = self._producer.flush(timeout)
-        queued, failed, too_large = self._queued, self._failed, self._too_large
+        Raises :class:`KafkaAccessDenied` when the cluster refused the credentials or an ACL,
+        :class:`RecordsTooLarge` when the only failures were records refused for their size
+        (the rest is acknowledged), :class:`RetryableError` on any other failure."""
+        deadline = time.monotonic() + timeout
+        # in slices, so that refused credentials or an ACL end the wait at once
+        remaining = self._producer.flush(min(timeout, 0.5))
+        while remaining and self._denied is None and (left := deadline - time.monotonic()) > 0:
+            remaining = self._producer.flush(min(left, 0.5))
+        queued, failed, too_large, denied = self._queued, self._failed, self._too_large, self._denied
         self._queued, self._failed, self._too_large = 0, [], []
+        if denied:
+            raise KafkaAccessDenied(f"the Kafka cluster refused the producer: {denied}", hint=_DENIED_HINT)
         if failed:
             raise RetryableError(f"broker did not acknowledge {len(failed)} record(s): {failed[0]}")
         if remaining:

@@ -11,18 +11,28 @@ import logging
 from typing import Any
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaError, MessageSizeTooLargeError
+from kafka.errors import AuthorizationError, KafkaError, MessageSizeTooLargeError
 
-from kernel.errors import OversizedRecord, RecordsTooLarge, RetryableError
+from kernel.errors import KafkaAccessDenied, OversizedRecord, RecordsTooLarge, RetryableError
+from kernel.kafka_security import PLAINTEXT, KafkaSecurity
 from kernel.publishing import Headers
 
 log = logging.getLogger(__name__)
 
+_DENIED_HINT = "check the component's ACLs (docs/operations.md)"
 
 class KafkaRecordPublisher:
-    def __init__(self, bootstrap: str, *, client_id: str = "vudsync-producer", **overrides: Any) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        client_id: str = "vudsync-producer",
+        security: KafkaSecurity = PLAINTEXT,
+        **overrides: Any,
+    ) -> None:
         config: dict[str, Any] = {
             "bootstrap_servers": bootstrap,
+            **security.for_kafka_python(),
             "client_id": client_id,
             "acks": "all",
             "enable_idempotence": True,
@@ -62,6 +72,8 @@ class KafkaRecordPublisher:
         except MessageSizeTooLargeError:  # above max_request_size: refused before sending
             self._too_large.append(record)
             return
+        except AuthorizationError as exc:  # the topic's metadata is refused: the ACL forbids it
+            raise KafkaAccessDenied(f"publish to {topic}: {type(exc).__name__}", hint=_DENIED_HINT) from exc
         self._pending.append((record, future))
 
     def flush(self, timeout: float = 60.0) -> int:
@@ -78,6 +90,9 @@ class KafkaRecordPublisher:
                     future.get(timeout=timeout)
                 except MessageSizeTooLargeError:  # the broker's limit: no retry helps
                     too_large.append(record)
+        except AuthorizationError as exc:
+            refused = f"the broker refused a record: {type(exc).__name__}"
+            raise KafkaAccessDenied(refused, hint=_DENIED_HINT) from exc
         except KafkaError as exc:
             raise RetryableError(f"broker did not acknowledge a record: {exc}") from exc
         if too_large:

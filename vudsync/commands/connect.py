@@ -189,7 +189,8 @@ def publish_facts(settings: Settings, bootstrap: str, facts: Iterable[PlannerFac
     from kernel.publishing.kafka_python import KafkaRecordPublisher
 
     topic = settings.topic(PLANNER_FACTS.name)
-    publisher = KafkaRecordPublisher(bootstrap, client_id="vudsync-connect")
+    security = settings.kafka_security()
+    publisher = KafkaRecordPublisher(bootstrap, client_id="vudsync-connect", security=security)
     try:
         for fact in facts:
             value = fact.model_dump_json().encode()

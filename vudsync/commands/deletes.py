@@ -30,7 +30,8 @@ def send_decision(settings: Settings, bootstrap: str, *, approve: bool, operator
 
     ensure_planner_topics(settings, bootstrap)
     decision = DeletionsDecided(approve=approve, operator=operator, decided_at=datetime.now(UTC))
-    publisher = KafkaRecordPublisher(bootstrap, client_id="vudsync-deletes")
+    security = settings.kafka_security()
+    publisher = KafkaRecordPublisher(bootstrap, client_id="vudsync-deletes", security=security)
     try:
         publisher.publish(
             settings.topic(PLANNER_CONTROL.name),
@@ -60,7 +61,12 @@ def held_now(settings: Settings, bootstrap: str, timeout: float = 30.0) -> list[
     from kafka import KafkaConsumer, TopicPartition
 
     topic = settings.topic(RESULTS.name)
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        **settings.kafka_security().for_kafka_python(),
+    )
     try:
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
         consumer.assign(partitions)

@@ -36,7 +36,7 @@ def _queues(settings: Settings) -> Iterator[KafkaDeadLetterQueues]:
     from vudsync.ops.kafka_admin import group_admin
 
     bootstrap = resolve_bootstrap(settings)
-    with group_admin(bootstrap) as admin:
+    with group_admin(bootstrap, security=settings.kafka_security()) as admin:
         yield KafkaDeadLetterQueues(settings, bootstrap, admin)
 
 

@@ -86,7 +86,7 @@ def journal(
         if not no_sync or follow:
             bootstrap = resolve_bootstrap(settings)
             indexer = JournalIndexer(settings, bootstrap, index)
-            with group_admin(bootstrap) as admin:
+            with group_admin(bootstrap, security=settings.kafka_security()) as admin:
                 added = indexer.catch_up(admin)
             if added and not as_json and not count_only:
                 click.echo(f"(indexed {added} new entries)", err=True)

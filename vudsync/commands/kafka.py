@@ -68,13 +68,23 @@ def fetch(force: bool, as_json: bool) -> None:
     )
 
 
+_brokers_option = click.option(
+    "--brokers", default=1, show_default=True, type=click.IntRange(1, 9),
+    help="nodes (each broker and controller); more than 1 = a cluster in <home>/kafka-cluster",
+)
+
+
 @kafka.command()
 @click.option("--timeout", default=90.0, show_default=True, help="seconds to wait for the broker")
+@_brokers_option
+@click.option("--secure", is_flag=True, help="cluster only: SASL_SSL, SCRAM users per component, ACLs")
 @_json_option
-def up(timeout: float, as_json: bool) -> None:
+def up(timeout: float, brokers: int, secure: bool, as_json: bool) -> None:
     """Start the broker in the background (or find it running) and print its bootstrap address.
 
-    Idempotent: a broker already running for this home is reused, never doubled.
+    Idempotent: a broker already running for this home is reused, never doubled. With
+    `--brokers 3 [--secure]`, a local cluster; secured, each component's credentials are in
+    <home>/kafka-cluster/credentials.json and the CA in <home>/kafka-cluster/tls/ca.pem.
     """
     settings = load_settings()
     if settings.kafka_bootstrap:
@@ -82,16 +92,33 @@ def up(timeout: float, as_json: bool) -> None:
             f"VUDSYNC_KAFKA_BOOTSTRAP is set ({settings.kafka_bootstrap}): vudsync uses that broker",
             hint="unset VUDSYNC_KAFKA_BOOTSTRAP to run the local broker",
         )
+    if brokers > 1 or secure:
+        from devtools.broker.cluster import LocalKafkaCluster
+
+        if brokers == 1:
+            raise ConfigurationError(
+                "--secure needs a cluster", hint="`vudsync kafka up --brokers 3 --secure`"
+            )
+        cluster = LocalKafkaCluster(settings, brokers=brokers, secure=secure)  # 320m heaps
+        state = cluster.up(timeout=max(timeout, 180.0))
+        _emit(as_json, state.as_dict(), str(state.bootstrap))
+        return
     status = LocalKafkaBroker.from_settings(settings).up(timeout=timeout)
     _emit(as_json, status.as_dict(), str(status.bootstrap))
 
 
 @kafka.command()
 @click.option("--grace", default=20.0, show_default=True, help="seconds between SIGTERM and SIGKILL")
+@_brokers_option
 @_json_option
-def down(grace: float, as_json: bool) -> None:
-    """Stop this home's broker (its data stays in <home>/kafka/data)."""
-    stopped = _broker().down(grace=grace)
+def down(grace: float, brokers: int, as_json: bool) -> None:
+    """Stop this home's broker (its data stays in <home>/kafka/data), or its cluster (--brokers N)."""
+    if brokers > 1:
+        from devtools.broker.cluster import LocalKafkaCluster
+
+        stopped = LocalKafkaCluster(load_settings(), brokers=brokers).down(grace=grace)
+    else:
+        stopped = _broker().down(grace=grace)
     _emit(as_json, {"stopped": stopped}, "stopped" if stopped else "not running")
 
 

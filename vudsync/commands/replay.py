@@ -99,7 +99,7 @@ def replay(
     def say(text: str) -> None:
         click.echo(text, err=as_json)
 
-    with group_admin(bootstrap) as admin:
+    with group_admin(bootstrap, security=settings.kafka_security()) as admin:
         runner = ReplayRunner(settings, bootstrap, admin)
         request = ReplayRequest(roles, chosen, since, offsets)
         members = runner.live_members(roles)

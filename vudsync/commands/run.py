@@ -34,7 +34,7 @@ def producer(metrics_port: int | None) -> None:
 
     settings = load_settings()
     bootstrap = resolve_bootstrap(settings)
-    ensure_catalogue(settings, bootstrap)
+    ensure_catalogue(settings, bootstrap, denied_ok=True)  # a component may not create topics
     with _snapshot_bar() as progress:
         run_producer(settings, bootstrap, metrics_port=metrics_port, progress=progress)
 
@@ -79,7 +79,7 @@ def planner(metrics_port: int | None, worker_name: str | None, loglevel: str) ->
 
     settings = load_settings(**({"worker_name": worker_name} if worker_name else {}))
     bootstrap = resolve_bootstrap(settings)
-    ensure_catalogue(settings, bootstrap)
+    ensure_catalogue(settings, bootstrap, denied_ok=True)  # a component may not create topics
     run_planner(settings, bootstrap, metrics_port=metrics_port, loglevel=loglevel)
 
 
@@ -92,5 +92,5 @@ def sink(metrics_port: int | None, worker_name: str | None) -> None:
 
     settings = load_settings(**({"worker_name": worker_name} if worker_name else {}))
     bootstrap = resolve_bootstrap(settings)
-    ensure_catalogue(settings, bootstrap)
+    ensure_catalogue(settings, bootstrap, denied_ok=True)  # a component may not create topics
     run_sink(settings, bootstrap, metrics_port=metrics_port)

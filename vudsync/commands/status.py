@@ -31,7 +31,7 @@ def collect(settings: Settings, bootstrap: str) -> StatusReport:
     scrapes = scrape(parse_endpoints(settings.status_metrics))
     index = SqliteJournalIndex(journal_path(settings))
     try:
-        with group_admin(bootstrap) as admin:
+        with group_admin(bootstrap, security=settings.kafka_security()) as admin:
             members = {r.value: (group_id(r, settings), admin.members(group_id(r, settings))) for r in Role}
             groups = pipeline_groups(settings)
             committed = {g.group: admin.committed(g.group) for g in groups}

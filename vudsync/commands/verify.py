@@ -116,14 +116,16 @@ def _run(
                 click.echo("repair: nothing sent", err=True)
                 break
             bootstrap = resolve_bootstrap(settings)
-            with group_admin(bootstrap) as admin:
+            with group_admin(bootstrap, security=settings.kafka_security()) as admin:
                 marks = publish_repair(settings, bootstrap, admin, plan.operations)
             ids = {op.operation_id for op in plan.operations}
             if not as_json:
                 click.echo(f"repair: published {len(plan.operations)} operation(s) to the sink")
             if not wait:
                 break
-            outcomes = wait_for_results(bootstrap, marks, ids, timeout=timeout)
+            outcomes = wait_for_results(
+                bootstrap, marks, ids, timeout=timeout, security=settings.kafka_security()
+            )
             step["outcomes"] = outcomes
             if not as_json:
                 done = sum(1 for o in outcomes.values() if o in ("applied", "already_applied"))

@@ -102,7 +102,9 @@ class KafkaDeadLetterQueues:
             for p, m in marks.items()
         }
         out = []
-        for record in read_ranges(self.bootstrap, ranges, client_id="vudsync-dlq"):
+        for record in read_ranges(
+            self.bootstrap, ranges, client_id="vudsync-dlq", security=self.settings.kafka_security()
+        ):
             handled = marks[record.partition].is_handled(record.offset)
             if include_handled or not handled:
                 out.append(dead_letter_from_record(queue, record, handled))
@@ -114,7 +116,10 @@ class KafkaDeadLetterQueues:
         if ref.partition not in marks:
             raise ConfigurationError(f"{ref}: {topic} has no partition {ref.partition}")
         for record in read_ranges(
-            self.bootstrap, {(topic, ref.partition): (ref.offset, ref.offset + 1)}, client_id="vudsync-dlq"
+            self.bootstrap,
+            {(topic, ref.partition): (ref.offset, ref.offset + 1)},
+            client_id="vudsync-dlq",
+            security=self.settings.kafka_security(),
         ):
             if record.offset == ref.offset:
                 return dead_letter_from_record(ref.queue, record, marks[ref.partition].is_handled(ref.offset))
@@ -139,7 +144,9 @@ class KafkaDeadLetterQueues:
             allowed = list(allowed)
         outcomes: list[RetryOutcome] = []
         sent: list[DeadLetter] = []
-        publisher = KafkaRecordPublisher(self.bootstrap, client_id="vudsync-dlq-retry")
+        publisher = KafkaRecordPublisher(
+            self.bootstrap, client_id="vudsync-dlq-retry", security=self.settings.kafka_security()
+        )
         try:
             for dl in dead_letters:
                 target = retry_target(dl, self.settings, allowed)

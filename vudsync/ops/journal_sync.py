@@ -66,7 +66,10 @@ class JournalIndexer:
             partitions = admin.partitions(self.sources)
             stored = self.index.positions(self.sources)
             self._tail = PartitionTail(
-                self.bootstrap, {tp: stored.get(tp) for tp in partitions}, client_id="vudsync-journal"
+                self.bootstrap,
+                {tp: stored.get(tp) for tp in partitions},
+                client_id="vudsync-journal",
+                security=self.settings.kafka_security(),
             )
         return self._tail
 

@@ -21,6 +21,7 @@ from kafka.structs import OffsetAndMetadata
 
 from kernel.admin import admin_client, translate
 from kernel.errors import PermanentError
+from kernel.kafka_security import PLAINTEXT, KafkaSecurity
 from kernel.records import TopicPartition as TP
 from vudsync.ops.groups import GroupMember, members_from_description
 
@@ -148,7 +149,9 @@ class KafkaGroupAdmin:
 
 
 @contextmanager
-def group_admin(bootstrap: str, *, timeout: float = 30.0) -> Iterator[KafkaGroupAdmin]:
+def group_admin(
+    bootstrap: str, *, security: KafkaSecurity = PLAINTEXT, timeout: float = 30.0
+) -> Iterator[KafkaGroupAdmin]:
     """A :class:`KafkaGroupAdmin` on a short-lived connection."""
-    with admin_client(bootstrap, timeout=timeout) as client:
+    with admin_client(bootstrap, security=security, timeout=timeout) as client:
         yield KafkaGroupAdmin(client)

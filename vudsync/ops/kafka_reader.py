@@ -14,13 +14,17 @@ from kafka import KafkaConsumer, TopicPartition
 
 from kernel.admin import translate
 from kernel.errors import RetryableError
+from kernel.kafka_security import PLAINTEXT, KafkaSecurity
 from kernel.records import TopicPartition as TP
 
 
-def _consumer(bootstrap: str, client_id: str, max_poll_records: int = 2000) -> KafkaConsumer:
+def _consumer(
+    bootstrap: str, client_id: str, security: KafkaSecurity, max_poll_records: int = 2000
+) -> KafkaConsumer:
     try:
         return KafkaConsumer(
             bootstrap_servers=bootstrap,
+            **security.for_kafka_python(),
             client_id=client_id,
             group_id=None,
             enable_auto_commit=False,
@@ -37,6 +41,7 @@ def read_ranges(
     *,
     timeout: float = 120.0,
     client_id: str = "vudsync-ops-reader",
+    security: KafkaSecurity = PLAINTEXT,
 ) -> Iterator[Any]:
     """Every record with ``start <= offset < end`` of each partition, partition by partition in
     offset order within a partition. Gaps (compaction, deleted records) are skipped. Raises
@@ -44,7 +49,7 @@ def read_ranges(
     wanted = {tp: (max(start, 0), end) for tp, (start, end) in ranges.items() if end > max(start, 0)}
     if not wanted:
         return
-    consumer = _consumer(bootstrap, client_id)
+    consumer = _consumer(bootstrap, client_id, security)
     try:
         tps = [TopicPartition(*tp) for tp in wanted]
         consumer.assign(tps)
@@ -73,8 +78,15 @@ def read_ranges(
 class PartitionTail:
     """Reads partitions from given offsets on, batch by batch (``--follow``)."""
 
-    def __init__(self, bootstrap: str, start: Mapping[TP, int | None], client_id: str) -> None:
-        self._consumer = _consumer(bootstrap, client_id, max_poll_records=5000)
+    def __init__(
+        self,
+        bootstrap: str,
+        start: Mapping[TP, int | None],
+        client_id: str,
+        *,
+        security: KafkaSecurity = PLAINTEXT,
+    ) -> None:
+        self._consumer = _consumer(bootstrap, client_id, security, max_poll_records=5000)
         tps = [TopicPartition(*tp) for tp in start]
         self._consumer.assign(tps)
         for tp in tps:

@@ -49,6 +49,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from kernel.admin import translate
+from kernel.kafka_security import PLAINTEXT, KafkaSecurity
 from kernel.records import TopicPartition as TopicPartitionKey  # kafka.TopicPartition is the client's
 from kernel.settings import Settings
 from kernel.signals import stop_on_signals
@@ -139,8 +140,9 @@ class KafkaAdminOffsetReader:
     :class:`kernel.errors.VudsyncError` (translated once, here).
     """
 
-    def __init__(self, bootstrap: str, *, timeout: float = 10.0) -> None:
+    def __init__(self, bootstrap: str, *, timeout: float = 10.0, security: KafkaSecurity = PLAINTEXT) -> None:
         self.bootstrap = bootstrap
+        self.security = security
         self.timeout_ms = int(timeout * 1000)
         self._client: KafkaAdminClient | None = None
 
@@ -153,6 +155,7 @@ class KafkaAdminOffsetReader:
                     request_timeout_ms=self.timeout_ms,
                     bootstrap_timeout_ms=self.timeout_ms,
                     reconnect_backoff_max_ms=1000,
+                    **self.security.for_kafka_python(),
                 )
             return fn(self._client)
         except Exception as exc:
@@ -335,7 +338,7 @@ def pipeline_groups(settings: Settings) -> tuple[GroupSpec, ...]:
 
 def build_lag_exporter(settings: Settings, bootstrap: str, registry: CollectorRegistry) -> LagExporter:
     return LagExporter(
-        KafkaAdminOffsetReader(bootstrap),
+        KafkaAdminOffsetReader(bootstrap, security=settings.kafka_security()),
         pipeline_groups(settings),
         LagMetrics(registry, max_age=3 * settings.lag_interval),
         settings.lag_interval,

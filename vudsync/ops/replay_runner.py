@@ -105,7 +105,9 @@ class ReplayRunner:
     def read_content(self, plan: ReplayPlan) -> ReplayContent:
         content = ReplayContent()
         ranges = {(p.topic, p.partition): (p.target, p.end) for p in plan.partitions if p.messages}
-        for record in read_ranges(self.bootstrap, ranges, client_id="vudsync-replay"):
+        for record in read_ranges(
+            self.bootstrap, ranges, client_id="vudsync-replay", security=self.settings.kafka_security()
+        ):
             if record.topic == self.operations_topic:
                 try:
                     op = decode_operation(record.value)
@@ -193,7 +195,9 @@ class ReplayRunner:
         if plan.for_role(Role.PLANNER) and content.entities:
             ops_end = self.admin.end_offsets(list(mark.operations_end))
             ranges = {tp: (mark.operations_end[tp], ops_end.get(tp, 0)) for tp in mark.operations_end}
-            for record in read_ranges(self.bootstrap, ranges, client_id="vudsync-replay"):
+            for record in read_ranges(
+            self.bootstrap, ranges, client_id="vudsync-replay", security=self.settings.kafka_security()
+        ):
                 try:
                     op = decode_operation(record.value)
                 except DecodeError:
@@ -203,7 +207,9 @@ class ReplayRunner:
         results_end = self.admin.end_offsets(list(mark.results_end))
         ranges = {tp: (mark.results_end[tp], results_end.get(tp, 0)) for tp in mark.results_end}
         results: list[OperationResult] = []
-        for record in read_ranges(self.bootstrap, ranges, client_id="vudsync-replay"):
+        for record in read_ranges(
+            self.bootstrap, ranges, client_id="vudsync-replay", security=self.settings.kafka_security()
+        ):
             try:
                 results.append(decode_model(OperationResult, record.value))
             except DecodeError:

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 
 from pydantic import SecretStr
 
+from kernel.kafka_security import PLAINTEXT, KafkaSecurity
 from kernel.publishing.kafka_python import KafkaRecordPublisher
 from kernel.records import TopicPartition as TP
 from kernel.settings import Settings
@@ -86,7 +87,9 @@ def publish_repair(
     """Publish the repairs; returns where the results topic ended before (to wait from)."""
     results_topic = settings.topic(RESULTS.name)
     marks = admin.end_offsets(admin.partitions([results_topic]))
-    publisher = KafkaRecordPublisher(bootstrap, client_id="vudsync-verify")
+    publisher = KafkaRecordPublisher(
+        bootstrap, client_id="vudsync-verify", security=settings.kafka_security()
+    )
     try:
         for op in operations:
             publisher.publish(settings.topic(OPERATIONS.name), op.aggregate, encode(op))
@@ -103,12 +106,13 @@ def wait_for_results(
     *,
     timeout: float,
     on_result: Callable[[OperationResult], None] | None = None,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> dict[str, str]:
     """The settled outcome of each operation as the sink records it; stops at ``timeout``."""
     outcomes: dict[str, str] = {}
     if not operation_ids or not start:
         return outcomes
-    tail = PartitionTail(bootstrap, dict(start), client_id="vudsync-verify")
+    tail = PartitionTail(bootstrap, dict(start), client_id="vudsync-verify", security=security)
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline and len(outcomes) < len(operation_ids):
