@@ -43,11 +43,13 @@ from typing import Any, Protocol, TypeVar
 
 from kafka import KafkaAdminClient, TopicPartition
 from kafka.admin import OffsetSpec
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from kernel.admin import translate
+from kernel.health import LagExporterFacts, Readiness, lag_exporter_readiness
+from kernel.http_status import StatusServer, registry_by_label, registry_total, status_server
 from kernel.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -330,12 +332,31 @@ def build_lag_exporter(settings: Settings, bootstrap: str, registry: CollectorRe
     )
 
 
+def lag_exporter_status_server(registry: CollectorRegistry, settings: Settings, port: int) -> StatusServer:
+    """``/metrics``, ``/healthz``, ``/readyz``, ``/status`` of the lag exporter
+    (:mod:`kernel.http_status`): ready while its last successful read is recent."""
+
+    def readiness() -> Readiness:
+        read = registry_total(registry, "vudsync_consumer_lag_read_timestamp_seconds") or None
+        return lag_exporter_readiness(
+            LagExporterFacts(None if read is None else max(time.time() - read, 0.0)),
+            stale_after=3 * settings.lag_interval,
+        )
+
+    def figures() -> dict[str, Any]:
+        by_group = registry_by_label(registry, "vudsync_consumer_lag_messages", "group")
+        return {"lag": {"by_group": {g: int(n) for g, n in sorted(by_group.items())}}}
+
+    return status_server(settings, registry, port, "lag-exporter", readiness, figures)
+
+
 def run_lag_exporter(settings: Settings, bootstrap: str, *, metrics_port: int | None = None) -> None:
     """Export consumer lag until SIGTERM/SIGINT."""
     registry = CollectorRegistry()
     exporter = build_lag_exporter(settings, bootstrap, registry)
+    server = None
     if metrics_port is not None:
-        start_http_server(metrics_port, addr=settings.metrics_host, registry=registry)
+        server = lag_exporter_status_server(registry, settings, metrics_port).start()
     stop = threading.Event()
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
@@ -347,5 +368,7 @@ def run_lag_exporter(settings: Settings, bootstrap: str, *, metrics_port: int | 
     try:
         exporter.run(stop)
     finally:
+        if server is not None:
+            server.close()
         exporter.reader.close()
         log.info("lag exporter: stopped")
