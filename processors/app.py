@@ -43,6 +43,9 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         app_id(settings),
         broker=f"kafka://{bootstrap}",
         **settings.kafka_security().for_faust(),
+        # names the worker in its group, as the sinks' client ids do (replay's refusal and dry
+        # run listed every planner worker as "faust-0.15.3 on <host>", Faust's default)
+        broker_client_id=f"vudsync-planner-{settings.worker_name}",
         store=store_url(settings),
         datadir=str(datadir),
         topic_partitions=settings.topic_partitions,

@@ -13,9 +13,11 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from kernel.admin import replication_factor
+from kernel.health import PlannerFacts, Readiness, planner_readiness
+from kernel.http_status import BrokerCheck, StatusServer, registry_total, status_server
 from kernel.kafka_security import PLAINTEXT, KafkaSecurity
 from kernel.records import Record
 from kernel.settings import Settings
@@ -213,6 +215,42 @@ class _PlannerWorker(faust.Worker):
         super()._on_sigint()
 
 
+def planner_status_server(
+    app: faust.App, registry: CollectorRegistry, settings: Settings, bootstrap: str, port: int
+) -> StatusServer:
+    """``/metrics``, ``/healthz``, ``/readyz``, ``/status`` of a planner worker
+    (:mod:`kernel.http_status`). Faust's ``rebalancing`` and ``in_recovery`` are plain flags,
+    read from the server's threads; membership is the first assignment's signal."""
+    broker = BrokerCheck(bootstrap)
+    assigned: list[int] = []  # partitions of the latest assignment; empty until the first
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # mode types receivers narrowly
+    async def remember_assignment(sender: Any, tps: Any, **kwargs: Any) -> None:
+        assigned[:] = [len(tps)]
+
+    def readiness() -> Readiness:
+        return planner_readiness(
+            PlannerFacts(
+                bootstrap,
+                broker(),
+                joined=bool(assigned),
+                rebalancing=bool(getattr(app, "rebalancing", False)),
+                recovering=bool(getattr(app, "in_recovery", False)),
+            )
+        )
+
+    def figures() -> dict[str, Any]:
+        held = registry_total(registry, "vudsync_held_deletions")
+        parked = registry_total(registry, "vudsync_parked_operations")
+        return {
+            "assigned_partitions": assigned[0] if assigned else None,
+            "parked_operations": None if parked is None else int(parked),
+            "held_deletions": None if held is None else int(held),
+        }
+
+    return status_server(settings, registry, port, "planner", readiness, figures)
+
+
 def run_planner(
     settings: Settings, bootstrap: str, *, metrics_port: int | None = None, loglevel: str = "warning"
 ) -> None:
@@ -230,9 +268,9 @@ def run_planner(
     )
     prime_committed_offsets(settings, bootstrap)
     registry = CollectorRegistry()
-    if metrics_port is not None:
-        start_http_server(metrics_port, addr=settings.metrics_host, registry=registry)
     app = build_planner(settings, bootstrap, registry)
+    if metrics_port is not None:  # a daemon thread: it ends with the process
+        planner_status_server(app, registry, settings, bootstrap, metrics_port).start()
     worker = _PlannerWorker(app, loglevel=loglevel, quiet=True)
     worker.shutdown_deadline = settings.planner_shutdown_deadline
     # Faust's terminal spinner sets the *root* logger to DEBUG (so that every record turns it):

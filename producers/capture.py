@@ -116,6 +116,8 @@ class ChangeCapture:
         # larger produce requests, half the broker's CPU per event), closed when it is done;
         # streaming keeps ``publisher``, whose short linger the pipelined loop relies on.
         self.snapshot_publisher = snapshot_publisher
+        # time.monotonic() of the last successful read of the store: the producer's readiness
+        self.last_read: float | None = None
 
     # -- topics -----------------------------------------------------------------------
 
@@ -196,6 +198,7 @@ class ChangeCapture:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-read") as pool:
             upcoming = pool.submit(read_next)
             while (batch := upcoming.result()) is not None:
+                self.last_read = time.monotonic()
                 upcoming = pool.submit(read_next)
                 yield batch
 
@@ -282,6 +285,7 @@ class ChangeCapture:
         """Read one batch of change rows after ``after_seq``, the changed entities' current
         state, and encode their events; publishes nothing."""
         rows = self.log.read_changes(after_seq, self.config.batch_size)
+        self.last_read = time.monotonic()
         if not rows:
             return PreparedBatch(last_seq=after_seq)
         batch = PreparedBatch(rows=len(rows), last_seq=rows[-1].seq, first_committed_at=rows[0].committed_at)

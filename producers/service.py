@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
+from typing import Any
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from kernel.errors import ConfigurationError
+from kernel.health import ProducerFacts, Readiness, producer_readiness
+from kernel.http_status import BrokerCheck, StatusServer, registry_total, status_server
 from kernel.publishing import RecordPublisher
 from kernel.publishing.confluent import SNAPSHOT_OVERRIDES, ConfluentRecordPublisher
 from kernel.publishing.kafka_python import KafkaRecordPublisher
@@ -90,6 +94,28 @@ def build_capture(
     )
 
 
+def producer_status_server(
+    capture: ChangeCapture, registry: CollectorRegistry, settings: Settings, bootstrap: str, port: int
+) -> StatusServer:
+    """``/metrics``, ``/healthz``, ``/readyz``, ``/status`` of the producer (:mod:`kernel.http_status`)."""
+    broker = BrokerCheck(bootstrap)
+
+    def readiness() -> Readiness:
+        read = capture.last_read
+        return producer_readiness(
+            ProducerFacts(bootstrap, broker(), None if read is None else time.monotonic() - read)
+        )
+
+    def figures() -> dict[str, Any]:
+        return {
+            "checkpoint": registry_total(registry, "vudsync_source_checkpoint_seq"),
+            "capture_lag_seconds": registry_total(registry, "vudsync_source_capture_lag_seconds"),
+            "changes_captured": registry_total(registry, "vudsync_source_changes_captured_total"),
+        }
+
+    return status_server(settings, registry, port, "producer", readiness, figures)
+
+
 def run_producer(
     settings: Settings,
     bootstrap: str,
@@ -99,13 +125,16 @@ def run_producer(
 ) -> None:
     """Run capture until SIGTERM/SIGINT; the batch in flight is finished and checkpointed."""
     registry = CollectorRegistry()
-    if metrics_port is not None:
-        start_http_server(metrics_port, addr=settings.metrics_host, registry=registry)
     capture = build_capture(settings, bootstrap, registry)
+    server = None
+    if metrics_port is not None:
+        server = producer_status_server(capture, registry, settings, bootstrap, metrics_port).start()
     stop = stop_on_signals("producer")  # the batch in flight is finished and checkpointed
     try:
         capture.run(stop, progress)
     finally:
+        if server is not None:
+            server.close()
         capture.publisher.close()
         capture.log.close()
         log.info("producer: stopped")

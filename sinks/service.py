@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from kernel.errors import ConfigurationError
+from kernel.health import Readiness, Since, SinkFacts, sink_readiness
+from kernel.http_status import BrokerCheck, StatusServer, registry_total, status_server
 from kernel.publishing.confluent import ConfluentRecordPublisher
 from kernel.settings import Settings
 from schemas.topics import OPERATIONS
@@ -114,13 +117,48 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
     uvloop.run(main)
 
 
+def sink_status_server(
+    registry: CollectorRegistry, settings: Settings, bootstrap: str, port: int
+) -> StatusServer:
+    """``/metrics``, ``/healthz``, ``/readyz``, ``/status`` of a sink worker
+    (:mod:`kernel.http_status`); the circuit and the pause are read from the worker's gauges,
+    so the server needs nothing of the worker's loop. How long the partitions have been paused
+    is measured from the first probe that saw them paused."""
+    broker = BrokerCheck(bootstrap)
+    paused = Since()
+
+    def gauge(name: str) -> float:
+        return registry_total(registry, name) or 0.0
+
+    def readiness() -> Readiness:
+        return sink_readiness(
+            SinkFacts(
+                bootstrap,
+                broker(),
+                circuit_open=gauge("vudsync_cloud_circuit_open") >= 1,
+                paused_for=paused.observe(gauge("vudsync_sink_paused") >= 1, time.monotonic()),
+            )
+        )
+
+    def figures() -> dict[str, Any]:
+        return {
+            "circuit": "open" if gauge("vudsync_cloud_circuit_open") >= 1 else "closed",
+            "paused": gauge("vudsync_sink_paused") >= 1,
+            "outstanding_operations": int(gauge("vudsync_sink_outstanding_operations")),
+            "in_flight_operations": int(gauge("vudsync_sink_in_flight_operations")),
+        }
+
+    return status_server(settings, registry, port, "sink", readiness, figures)
+
+
 def run_sink(settings: Settings, bootstrap: str, *, metrics_port: int | None = None) -> None:
     """Run one sink worker until SIGTERM/SIGINT: calls in flight finish, results are flushed,
     offsets committed, then the consumer leaves its group."""
     registry = CollectorRegistry()
-    if metrics_port is not None:
-        start_http_server(metrics_port, addr=settings.metrics_host, registry=registry)
     worker = build_sink(settings, bootstrap, registry)
+    server = None
+    if metrics_port is not None:
+        server = sink_status_server(registry, settings, bootstrap, metrics_port).start()
     log.info(
         "sink %s: cloud %s, batch=%s (≤ %d), concurrency %d",
         settings.worker_name,
@@ -132,6 +170,8 @@ def run_sink(settings: Settings, bootstrap: str, *, metrics_port: int | None = N
     try:
         _run(_serve(worker))
     finally:
+        if server is not None:
+            server.close()
         worker.publisher.close()
         worker.consumer.close()
         worker.ledger.close()

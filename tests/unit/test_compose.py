@@ -229,6 +229,21 @@ def test_every_component_runs_with_its_metrics_port_and_prometheus_scrapes_it() 
     assert len(ports) == len(seen), "one metrics port per component"
 
 
+def test_every_component_is_health_checked_on_its_readiness_endpoint() -> None:
+    """Docker's health of a component is its ``/readyz`` (kernel.http_status), on the port it
+    serves ``--metrics-port`` on; urllib raises on a 503, so not ready is unhealthy."""
+    for name, service in _services().items():
+        command = service.get("command")
+        if not command or command[0] != "vudsync" or _vudsync_command(command)[0] != "run":
+            continue
+        port = _option(command, "--metrics-port")
+        test = service.get("healthcheck", {}).get("test")
+        assert test, f"{name}: no health check"
+        assert test[:3] == ["CMD", "python", "-c"], f"{name}: {test}"
+        assert f"urlopen('http://127.0.0.1:{port}/readyz'" in test[3], f"{name}: {test}"
+        assert "timeout=" in test[3], f"{name}: a probe without a time-out can hang"
+
+
 def test_the_other_commands_exist() -> None:
     for service in _services().values():
         command = service.get("command")

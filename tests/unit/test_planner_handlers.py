@@ -264,3 +264,12 @@ def test_the_agent_runs_with_concurrency_one_and_no_global_table(tmp_path: Path)
     assert [t.name for t in tables] == ["state"]
     assert not any(isinstance(t, faust.GlobalTable) for t in tables)
     assert app.conf.table_standby_replicas == 0 and app.conf.processing_guarantee.value == "at_least_once"
+
+
+def test_each_planner_worker_names_its_component_and_itself_in_its_group(tmp_path: Path) -> None:
+    """Replay's refusal and dry run list the group's members by client id: Faust's default,
+    ``faust-<version>``, made every planner worker look the same."""
+    from processors.app import create_app
+
+    app = create_app(Settings(home=tmp_path, worker_name="worker-2"), "localhost:9092")
+    assert app.conf.broker_client_id == "vudsync-planner-worker-2"

@@ -17,7 +17,7 @@ _METRICS = click.option(
     "--metrics-port",
     type=int,
     default=None,
-    help="serve Prometheus metrics on this port (127.0.0.1 unless VUDSYNC_METRICS_HOST)",
+    help="serve /metrics, /healthz, /readyz and /status on this port (127.0.0.1 unless VUDSYNC_METRICS_HOST)",
 )
 
 

@@ -44,11 +44,13 @@ from typing import Any, Protocol, TypeVar
 
 from kafka import KafkaAdminClient, TopicPartition
 from kafka.admin import OffsetSpec
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from kernel.admin import translate
+from kernel.health import LagExporterFacts, Readiness, lag_exporter_readiness
+from kernel.http_status import StatusServer, registry_by_label, registry_total, status_server
 from kernel.kafka_security import PLAINTEXT, KafkaSecurity
 from kernel.records import TopicPartition as TopicPartitionKey  # kafka.TopicPartition is the client's
 from kernel.settings import Settings
@@ -345,15 +347,36 @@ def build_lag_exporter(settings: Settings, bootstrap: str, registry: CollectorRe
     )
 
 
+def lag_exporter_status_server(registry: CollectorRegistry, settings: Settings, port: int) -> StatusServer:
+    """``/metrics``, ``/healthz``, ``/readyz``, ``/status`` of the lag exporter
+    (:mod:`kernel.http_status`): ready while its last successful read is recent."""
+
+    def readiness() -> Readiness:
+        read = registry_total(registry, "vudsync_consumer_lag_read_timestamp_seconds") or None
+        return lag_exporter_readiness(
+            LagExporterFacts(None if read is None else max(time.time() - read, 0.0)),
+            stale_after=3 * settings.lag_interval,
+        )
+
+    def figures() -> dict[str, Any]:
+        by_group = registry_by_label(registry, "vudsync_consumer_lag_messages", "group")
+        return {"lag": {"by_group": {g: int(n) for g, n in sorted(by_group.items())}}}
+
+    return status_server(settings, registry, port, "lag-exporter", readiness, figures)
+
+
 def run_lag_exporter(settings: Settings, bootstrap: str, *, metrics_port: int | None = None) -> None:
     """Export consumer lag until SIGTERM/SIGINT."""
     registry = CollectorRegistry()
     exporter = build_lag_exporter(settings, bootstrap, registry)
+    server = None
     if metrics_port is not None:
-        start_http_server(metrics_port, addr=settings.metrics_host, registry=registry)
+        server = lag_exporter_status_server(registry, settings, metrics_port).start()
     stop = stop_on_signals("lag exporter")
     try:
         exporter.run(stop)
     finally:
+        if server is not None:
+            server.close()
         exporter.reader.close()
         log.info("lag exporter: stopped")
