@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-AREAS = ("capture", "planner", "sink", "journal", "faust")
+AREAS = ("capture", "planner", "sink", "journal", "faust", "pipeline")
 
 
 def machine() -> dict[str, Any]:
