@@ -8,10 +8,12 @@ publishes the cloud's catalogues), then ``vudsync run producer|planner|sink``.
 
 1. **connect**: from the producer's start until the cloud holds every active user and every
    assignment of the store. Progress comes from the workers' counters (reading the cloud
-   while it works would take its CPU); once they have settled, the cloud is read through its
-   API and compared with the store (:func:`vudsync.ops.verify_runner.verify_once`,
-   every page of the cloud read): the phase ends at the first sample of the settled counters,
-   and counts only if that comparison is clean. Every ``--interval`` seconds a timeline row
+   while it works would take its CPU); once they have settled and stayed still for 3 s, the
+   cloud is read through its API and compared with the store
+   (:func:`vudsync.ops.verify_runner.verify_once`, every page of the cloud). The
+   phase ends at the first sample of that settled run if the comparison is clean; if not,
+   the bench waits on (more operations may still come: a user's assignments are planned
+   once its cloud id is known). Every ``--interval`` seconds a timeline row
    records captured / planned / handled / parked and each process's CPU seconds (from
    ``/proc``), so the slowest stage shows.
 2. **live**: ``vudsync seed churn --rate R --duration D`` as a child; end-to-end latency of
@@ -114,31 +116,46 @@ def _seed(spec: PipelineSpec, store_url: str) -> dict[str, Any]:
     return report
 
 
-def _until_settled(phase: str, workers: Any, timeline: Timeline, spec: PipelineSpec) -> dict[str, Any]:
-    """Sample every ``interval`` s until the counters have settled (:func:`settled`) and stayed
-    the same over two samples; returns the first row of that settled run."""
+HOLD = 3.0
+"""Seconds the counters must stay settled before the cloud is read: the planner plans a user's
+assignments only once the sink's result has told it the user's cloud id, so every planned
+operation can be handled for a moment while more are still to come."""
+
+
+def _until_in_cloud(
+    phase: str, workers: Any, timeline: Timeline, spec: PipelineSpec, settings: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Sample every ``interval`` s until the counters have settled (:func:`settled`) and not
+    moved for :data:`HOLD` s, then compare the store with the cloud; until they match, go on.
+    Returns the first row of the last settled run and the cloud's check."""
     from devtools.processes import settled
 
     deadline = time.monotonic() + spec.timeout
     first: dict[str, Any] | None = None
+    checked: dict[str, Any] | None = None  # the row whose counters the cloud was last read at
+    drift: list[dict[str, Any]] = []  # the last comparison's first drifts
     while True:
         workers.check_alive()
         progress = workers.progress()
         row = timeline.sample(progress)
         _say(_line(phase, row))
-        same = first is not None and all(row[k] == first[k] for k in ("captured", "planned", "handled"))
-        if settled(progress):
-            if same:
-                assert first is not None
-                return first
-            first = row
-        else:
-            first = None
+        counters = ("captured", "planned", "handled")
+        if not settled(progress) or first is None or any(row[k] != first[k] for k in counters):
+            first = row if settled(progress) else None
+        elif row["t"] - first["t"] >= HOLD and (checked is None or checked is not first):
+            check = _cloud_check(settings)
+            shown = {k: v for k, v in check.items() if k != "drift_sample"}
+            _say(f"[{phase}] the store compared with the cloud: {json.dumps(shown)}")
+            if check["clean"]:
+                return first, check
+            drift = check["drift_sample"]
+            checked = first  # read again only once the counters have moved and settled again
         if time.monotonic() > deadline:
             raise click.ClickException(
-                f"{phase}: not settled within {spec.timeout:.0f}s: {_line(phase, row)}"
+                f"{phase}: the cloud did not hold the store within {spec.timeout:.0f}s: {_line(phase, row)}"
+                + (f"; drift: {drift}" if drift else "")
             )
-        time.sleep(spec.interval if first is None else min(spec.interval, 2.0))
+        time.sleep(spec.interval if first is None else min(spec.interval, 1.0))
 
 
 def _cloud_check(settings: Any) -> dict[str, Any]:
@@ -169,12 +186,7 @@ def _cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, f
 
 def _connect(workers: Any, timeline: Timeline, spec: PipelineSpec, settings: Any) -> dict[str, Any]:
     cpu_before = timeline.cpu()
-    done = _until_settled("connect", workers, timeline, spec)
-    check = _cloud_check(settings)
-    shown = {k: v for k, v in check.items() if k != "drift_sample"}
-    _say(f"[connect] the cloud compared with the store: {json.dumps(shown)}")
-    if not check["clean"]:
-        raise click.ClickException(f"connect: the cloud does not match the store: {check['drift_sample']}")
+    done, check = _until_in_cloud("connect", workers, timeline, spec, settings)
     seconds = done["t"]
     cpu = _cpu_delta(cpu_before, done["cpu_seconds"])
     moved = done["captured"] + done["planned"] + done["handled"]
@@ -225,8 +237,7 @@ def _live(
     written: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     churned = time.monotonic()
     during = timeline.rows[first_row:]
-    done = _until_settled("live", workers, timeline, spec)
-    check = _cloud_check(settings)
+    done, check = _until_in_cloud("live", workers, timeline, spec, settings)
     latencies = [
         s for committed, s in applied_latencies(bootstrap, settings.topic(RESULTS.name)) if committed >= since
     ]
