@@ -166,13 +166,15 @@ class PipelineWorkers:
                 )
 
     def progress(self) -> dict[str, float]:
-        """The pipeline's counters now: changes captured, operations planned, operations the sink
-        has handled (any outcome), dead-lettered, parked, and the producer's capture lag."""
+        """The pipeline's counters now: changes captured, events the planner has taken (any
+        outcome), operations planned, operations the sink has handled (any outcome),
+        dead-lettered, parked, and the producer's capture lag."""
         from vudsync.metrics_client import total
 
         m = self.scrape()
         return {
             "captured": total(m["producer"], "vudsync_source_changes_captured_total"),
+            "planner_events": total(m["planner"], "vudsync_planner_events_total"),
             "planned": total(m["planner"], "vudsync_operations_planned_total"),
             "handled": total(m["sink"], "vudsync_sink_operations_total"),
             "dead_lettered": total(m["sink"], "vudsync_sink_operations_total", outcome="dead_lettered"),

@@ -98,7 +98,8 @@ def _say(message: str) -> None:
 def _line(phase: str, row: dict[str, Any]) -> str:
     cpu = " ".join(f"{k} {v:.0f}" for k, v in row["cpu_seconds"].items())
     return (
-        f"[{phase} {row['t']:>7.1f}s] captured {row['captured']:,} planned {row['planned']:,} "
+        f"[{phase} {row['t']:>7.1f}s] captured {row['captured']:,} taken {row['planner_events']:,} "
+        f"planned {row['planned']:,} "
         f"handled {row['handled']:,} parked {row['parked']:,} dead {row['dead_lettered']:,} "
         f"lag {row['capture_lag_seconds']:.1f}s | cpu s: {cpu}"
     )
@@ -139,7 +140,7 @@ def _until_in_cloud(
         progress = workers.progress()
         row = timeline.sample(progress)
         _say(_line(phase, row))
-        counters = ("captured", "planned", "handled")
+        counters = ("captured", "planner_events", "planned", "handled")
         if not settled(progress) or first is None or any(row[k] != first[k] for k in counters):
             first = row if settled(progress) else None
         elif row["t"] - first["t"] >= HOLD and (checked is None or checked is not first):
@@ -205,7 +206,9 @@ def _connect(workers: Any, timeline: Timeline, spec: PipelineSpec, settings: Any
 
 
 def _backlog(row: dict[str, Any]) -> int:
-    return max(0, int(row["planned"]) - int(row["handled"]))
+    """Events captured that the planner has not taken yet, plus operations planned that the
+    sink has not handled yet."""
+    return max(0, row["captured"] - row["planner_events"]) + max(0, row["planned"] - row["handled"])
 
 
 def _live(
@@ -250,7 +253,8 @@ def _live(
         "operations_applied": len(latencies),
         "latency_basis": "store commit → applied in the cloud (vud.cloud.results)",
         **latency_figures(latencies),
-        "backlog_max_operations": max(backlogs, default=0),
+        "backlog_basis": "events captured, not taken by the planner + operations planned, not handled",
+        "backlog_max": max(backlogs, default=0),
         "backlog_first_third_max": max(backlogs[:third], default=0),
         "backlog_last_third_max": max(backlogs[-third:], default=0),
         "capture_lag_max_seconds": max((r["capture_lag_seconds"] for r in during), default=0.0),
