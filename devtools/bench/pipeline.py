@@ -208,7 +208,8 @@ def _connect(workers: Any, timeline: Timeline, spec: PipelineSpec, settings: Any
 def _backlog(row: dict[str, Any]) -> int:
     """Events captured that the planner has not taken yet, plus operations planned that the
     sink has not handled yet."""
-    return max(0, row["captured"] - row["planner_events"]) + max(0, row["planned"] - row["handled"])
+    untaken = int(row["captured"]) - int(row["planner_events"])
+    return max(0, untaken) + max(0, int(row["planned"]) - int(row["handled"]))
 
 
 def _live(
