@@ -39,7 +39,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -51,6 +51,10 @@ from devtools.bench import (
     process_cpu_seconds,
     topic_reader,
 )
+
+if TYPE_CHECKING:
+    from vudsync.processes import PipelineWorkers
+    from vudsync.settings import Settings
 
 EXAMPLE = (
     "vudsync bench pipeline --users 10000 --companies 100 --access-per-user 3 "
@@ -124,7 +128,7 @@ operation can be handled for a moment while more are still to come."""
 
 
 def _until_in_cloud(
-    phase: str, workers: Any, timeline: Timeline, spec: PipelineSpec, settings: Any
+    phase: str, workers: PipelineWorkers, timeline: Timeline, spec: PipelineSpec, settings: Settings
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Sample every ``interval`` s until the counters have settled (:func:`settled`) and not
     moved for :data:`HOLD` s, then compare the store with the cloud; until they match, go on.
@@ -159,7 +163,7 @@ def _until_in_cloud(
         time.sleep(spec.interval if first is None else min(spec.interval, 1.0))
 
 
-def _cloud_check(settings: Any) -> dict[str, Any]:
+def _cloud_check(settings: Settings) -> dict[str, Any]:
     """The store compared with the cloud, read through its API."""
     from vudsync.ops.verify_runner import verify_once
 
@@ -185,7 +189,9 @@ def _cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, f
     return {k: round(after.get(k, 0.0) - before.get(k, 0.0), 1) for k in after}
 
 
-def _connect(workers: Any, timeline: Timeline, spec: PipelineSpec, settings: Any) -> dict[str, Any]:
+def _connect(
+    workers: PipelineWorkers, timeline: Timeline, spec: PipelineSpec, settings: Settings
+) -> dict[str, Any]:
     cpu_before = timeline.cpu()
     done, check = _until_in_cloud("connect", workers, timeline, spec, settings)
     seconds = done["t"]
@@ -213,7 +219,12 @@ def _backlog(row: dict[str, Any]) -> int:
 
 
 def _live(
-    workers: Any, timeline: Timeline, spec: PipelineSpec, settings: Any, bootstrap: str, store_url: str
+    workers: PipelineWorkers,
+    timeline: Timeline,
+    spec: PipelineSpec,
+    settings: Settings,
+    bootstrap: str,
+    store_url: str,
 ) -> dict[str, Any]:
     from schemas.topics import RESULTS
 
