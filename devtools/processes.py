@@ -168,7 +168,8 @@ class PipelineWorkers:
     def progress(self) -> dict[str, float]:
         """The pipeline's counters now: changes captured, events the planner has taken (any
         outcome), operations planned, operations the sink has handled (any outcome),
-        dead-lettered, parked, and the producer's capture lag."""
+        dead-lettered, parked, the producer's capture lag, and how many of the three metrics
+        endpoints did not answer (their counters then read 0)."""
         from vudsync.metrics_client import total
 
         m = self.scrape()
@@ -180,6 +181,7 @@ class PipelineWorkers:
             "dead_lettered": total(m["sink"], "vudsync_sink_operations_total", outcome="dead_lettered"),
             "parked": total(m["planner"], "vudsync_parked_operations"),
             "capture_lag_seconds": total(m["producer"], "vudsync_source_capture_lag_seconds"),
+            "unanswered": float(sum(1 for samples in m.values() if not samples)),
         }
 
 

@@ -106,6 +106,7 @@ def _line(phase: str, row: dict[str, Any]) -> str:
         f"planned {row['planned']:,} "
         f"handled {row['handled']:,} parked {row['parked']:,} dead {row['dead_lettered']:,} "
         f"lag {row['capture_lag_seconds']:.1f}s | cpu s: {cpu}"
+        + (f" | {row['unanswered']} metrics endpoint(s) did not answer" if row["unanswered"] else "")
     )
 
 
