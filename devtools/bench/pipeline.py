@@ -53,8 +53,8 @@ from devtools.bench import (
 )
 
 if TYPE_CHECKING:
-    from vudsync.processes import PipelineWorkers
-    from vudsync.settings import Settings
+    from devtools.processes import PipelineWorkers
+    from kernel.settings import Settings
 
 EXAMPLE = (
     "vudsync bench pipeline --users 10000 --companies 100 --access-per-user 3 "
