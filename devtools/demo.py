@@ -18,23 +18,21 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from kafka import KafkaConsumer
 from pydantic import SecretStr
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from cloud.server import CloudServer
-from devtools.broker import LocalKafkaBroker, free_port
-from devtools.processes import ComponentProcess, component_env
+from devtools.bench import applied_latencies
+from devtools.broker import LocalKafkaBroker
+from devtools.processes import PipelineWorkers, settled
 from devtools.secrets import with_run_secrets
 from devtools.seed.data import FIRST_NAMES, sample_directory, write_sample
 from devtools.seed.writer import SqliteDirectoryWriter
 from kernel.errors import VudsyncError
-from kernel.scrape import Samples, ScrapeFailed, scrape, total
+from kernel.scrape import total
 from kernel.settings import Settings
-from schemas.codec import decode_model
-from schemas.results import OperationResult, ResultOutcome
 from schemas.topics import RESULTS
 from vudsync.topics import ensure_catalogue
 
@@ -107,8 +105,7 @@ class Demo:
         self.base = with_run_secrets(settings)  # random secrets for this run, unless set
         self.options = options
         self.console = console
-        self.procs: dict[str, ComponentProcess] = {}
-        self.ports: dict[str, int] = {}
+        self.workers: PipelineWorkers | None = None
         self.cloud: CloudServer | None = None
         self.broker: LocalKafkaBroker | None = None
         self.started_broker = False
@@ -131,8 +128,8 @@ class Demo:
                 self.stop()
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            proc.stop()
+        if self.workers is not None:
+            self.workers.stop()
         if self.cloud is not None:
             self.cloud.stop()
         if self.started_broker and self.broker is not None:
@@ -181,10 +178,10 @@ class Demo:
             from vudsync.commands.connect import run_connect
 
             run_connect(settings, bootstrap, snapshot=False)  # the producer snapshots, with its metrics
-        self._start_components(settings, bootstrap)
+        self.workers = PipelineWorkers(settings, bootstrap, settings.home / "logs").start()
         con.print(
             f"pipeline up: broker {bootstrap}, cloud {self.cloud.url}, "
-            f"producer/planner/sink pids {[p.pid for p in self.procs.values()]}"
+            f"producer/planner/sink pids {list(self.workers.pids.values())}"
         )
         self._drain("initial sync (snapshot)")
         live_since = time.time()
@@ -207,36 +204,7 @@ class Demo:
             )
         return status.bootstrap
 
-    def _start_components(self, settings: Settings, bootstrap: str) -> None:
-        env = component_env(settings, bootstrap)
-        for name in ("producer", "planner", "sink"):
-            self.ports[name] = free_port()
-            self.procs[name] = ComponentProcess(
-                name,
-                ["run", name, "--metrics-port", str(self.ports[name])],
-                env=env,
-                log_dir=settings.home / "logs",
-            ).start()
-
     # -- progress -----------------------------------------------------------------------
-
-    def _scrape(self) -> dict[str, Samples]:
-        """Each component's samples; none for one that does not answer (yet)."""
-        out: dict[str, Samples] = {}
-        for name, port in self.ports.items():
-            try:
-                out[name] = scrape(f"http://127.0.0.1:{port}/metrics")
-            except ScrapeFailed:
-                out[name] = {}
-        return out
-
-    def _check_alive(self) -> None:
-        for name, proc in self.procs.items():
-            if not proc.alive():
-                raise VudsyncError(
-                    f"the {name} stopped (exit {proc.returncode()}):\n{proc.tail(20)}",
-                    hint=f"its log: {proc.log_path}",
-                )
 
     def _drain(self, label: str) -> None:
         """Wait, with a progress bar, until every planned operation is handled and nothing moves."""
@@ -254,21 +222,16 @@ class Demo:
         ) as bar:
             task = bar.add_task(label, total=None)
             while time.monotonic() < deadline:
-                self._check_alive()
-                m = self._scrape()
-                captured = total(m["producer"], "vudsync_source_changes_captured_total")
-                planned = total(m["planner"], "vudsync_operations_planned_total")
-                handled = total(m["sink"], "vudsync_sink_operations_total")
-                parked = total(m["planner"], "vudsync_parked_operations")
-                lag = total(m["producer"], "vudsync_source_capture_lag_seconds")
-                bar.update(task, total=max(planned, 1), completed=handled)
+                assert self.workers is not None
+                self.workers.check_alive()
+                p = self.workers.progress()
+                bar.update(task, total=max(p["planned"], 1), completed=p["handled"])
                 seen = (
-                    f"captured {captured:.0f}, planned {planned:.0f}, handled {handled:.0f}, "
-                    f"parked {parked:.0f}, capture lag {lag:.1f}s"
+                    f"captured {p['captured']:.0f}, planned {p['planned']:.0f}, handled {p['handled']:.0f}, "
+                    f"parked {p['parked']:.0f}, capture lag {p['capture_lag_seconds']:.1f}s"
                 )
-                now = (captured, planned, handled)
-                settled = captured > 0 and planned > 0 and handled >= planned and lag == 0 and parked == 0
-                if settled and now == last:
+                now = (p["captured"], p["planned"], p["handled"])
+                if settled(p) and now == last:
                     stable_since = stable_since or time.monotonic()
                     if time.monotonic() - stable_since >= 3.0:
                         return
@@ -311,7 +274,8 @@ class Demo:
             w.close()
 
     def _report(self, settings: Settings, bootstrap: str, sample_users: int, live_since: float) -> DemoReport:
-        m = self._scrape()
+        assert self.workers is not None
+        m = self.workers.scrape()
         report = DemoReport(
             captured=total(m["producer"], "vudsync_source_changes_captured_total"),
             planned=total(m["planner"], "vudsync_operations_planned_total"),
@@ -322,9 +286,9 @@ class Demo:
             dead_lettered=total(m["sink"], "vudsync_sink_operations_total", outcome="dead_lettered"),
             parked_now=total(m["planner"], "vudsync_parked_operations"),
             users_in_store=sample_users,
-            metrics_urls={n: f"http://127.0.0.1:{p}/metrics" for n, p in self.ports.items()},
+            metrics_urls=self.workers.metrics_urls,
         )
-        latencies = _latencies(bootstrap, settings.topic(RESULTS.name))
+        latencies = applied_latencies(bootstrap, settings.topic(RESULTS.name))
         report.latencies = sorted(seconds for _, seconds in latencies)
         report.live_latencies = sorted(seconds for committed, seconds in latencies if committed >= live_since)
         assert self.cloud is not None
@@ -336,29 +300,6 @@ class Demo:
             items = response.json()["items"]
         report.users_in_cloud = sum(1 for u in items if u.get("active"))
         return report
-
-
-def _latencies(bootstrap: str, topic: str) -> list[tuple[float, float]]:
-    """(committed in the store as a Unix time, end-to-end seconds from that commit to applied in
-    the cloud) of every applied operation."""
-    consumer = KafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-        consumer_timeout_ms=1500,
-    )
-    out: list[tuple[float, float]] = []
-    try:
-        for record in consumer:
-            result = decode_model(OperationResult, record.value)
-            if result.outcome is ResultOutcome.APPLIED:
-                committed = result.source_committed_at
-                out.append((committed.timestamp(), (result.recorded_at - committed).total_seconds()))
-    finally:
-        consumer.close()
-    return out
 
 
 def render(report: DemoReport, console: Console) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
+from kernel.scrape import Samples
 from kernel.settings import SECRET_FIELDS, Settings
 
 
@@ -114,3 +115,97 @@ def component_env(settings: Settings, bootstrap: str, **extra: str) -> dict[str,
             env[f"VUDSYNC_{name.upper()}"] = value.get_secret_value()
     env.update(extra)
     return env
+
+
+
+class PipelineWorkers:
+    """The producer, a planner and a sink as separate ``vudsync run`` processes, as an operator
+    starts them, each with a metrics port: started, watched and stopped together (the demo,
+    ``vudsync bench pipeline``)."""
+
+    NAMES = ("producer", "planner", "sink")
+
+    def __init__(self, settings: Settings, bootstrap: str, log_dir: Path) -> None:
+        self.env = component_env(settings, bootstrap)
+        self.log_dir = log_dir
+        self.procs: dict[str, ComponentProcess] = {}
+        self.ports: dict[str, int] = {}
+
+    def start(self) -> PipelineWorkers:
+        from devtools.broker import free_port
+
+        for name in self.NAMES:
+            self.ports[name] = free_port()
+            self.procs[name] = ComponentProcess(
+                name,
+                ["run", name, "--metrics-port", str(self.ports[name])],
+                env=self.env,
+                log_dir=self.log_dir,
+            ).start()
+        return self
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            proc.stop()
+
+    @property
+    def pids(self) -> dict[str, int]:
+        return {name: proc.pid for name, proc in self.procs.items() if proc.pid is not None}
+
+    @property
+    def metrics_urls(self) -> dict[str, str]:
+        return {name: f"http://127.0.0.1:{port}/metrics" for name, port in self.ports.items()}
+
+    def scrape(self) -> dict[str, Samples]:
+        """Each worker's samples; none for one that does not answer (yet)."""
+        from kernel.scrape import ScrapeFailed, scrape
+
+        out: dict[str, Samples] = {}
+        for name, url in self.metrics_urls.items():
+            try:
+                out[name] = scrape(url)
+            except ScrapeFailed:
+                out[name] = {}
+        return out
+
+    def check_alive(self) -> None:
+        """Raise VudsyncError naming the first worker that stopped, with its log's tail."""
+        from kernel.errors import VudsyncError
+
+        for name, proc in self.procs.items():
+            if not proc.alive():
+                raise VudsyncError(
+                    f"the {name} stopped (exit {proc.returncode()}):\n{proc.tail(20)}",
+                    hint=f"its log: {proc.log_path}",
+                )
+
+    def progress(self) -> dict[str, float]:
+        """The pipeline's counters now: changes captured, events the planner has taken (any
+        outcome), operations planned, operations the sink has handled (any outcome),
+        dead-lettered, parked, the producer's capture lag, and how many of the three metrics
+        endpoints did not answer (their counters then read 0)."""
+        from kernel.scrape import total
+
+        m = self.scrape()
+        return {
+            "captured": total(m["producer"], "vudsync_source_changes_captured_total"),
+            "planner_events": total(m["planner"], "vudsync_planner_events_total"),
+            "planned": total(m["planner"], "vudsync_operations_planned_total"),
+            "handled": total(m["sink"], "vudsync_sink_operations_total"),
+            "dead_lettered": total(m["sink"], "vudsync_sink_operations_total", outcome="dead_lettered"),
+            "parked": total(m["planner"], "vudsync_parked_operations"),
+            "capture_lag_seconds": total(m["producer"], "vudsync_source_capture_lag_seconds"),
+            "unanswered": float(sum(1 for samples in m.values() if not samples)),
+        }
+
+
+def settled(now: Mapping[str, float]) -> bool:
+    """Every planned operation handled, nothing parked, capture caught up (counters of
+    :meth:`PipelineWorkers.progress`); the caller also waits for them to stop moving."""
+    return (
+        now["captured"] > 0
+        and now["planned"] > 0
+        and now["handled"] >= now["planned"]
+        and now["capture_lag_seconds"] == 0
+        and now["parked"] == 0
+    )

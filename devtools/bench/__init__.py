@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-AREAS = ("capture", "planner", "sink", "journal", "faust")
+AREAS = ("capture", "planner", "sink", "journal", "faust", "pipeline")
 
 
 def machine() -> dict[str, Any]:
@@ -124,3 +125,55 @@ def emit(result: dict[str, Any], as_json: bool) -> None:
                 click.echo(f"  {k:<28} {v}")
         else:
             click.echo(f"{key:<30} {value}")
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0-1) of ``values``, nearest rank; NaN when there are none."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def latency_figures(latencies: list[float]) -> dict[str, Any]:
+    """p50, p99, max and mean of latencies in seconds, as milliseconds."""
+    return {
+        "latency_p50_ms": round(1000 * percentile(latencies, 0.50), 1),
+        "latency_p99_ms": round(1000 * percentile(latencies, 0.99), 1),
+        "latency_max_ms": round(1000 * max(latencies, default=float("nan")), 1),
+        "latency_mean_ms": round(1000 * statistics.fmean(latencies), 1) if latencies else None,
+    }
+
+
+def topic_reader(bootstrap: str, topic: str, idle_ms: int = 1500) -> Any:
+    """A kafka-python consumer of ``topic`` from its beginning, in no group, that stops
+    iterating after ``idle_ms`` without a record. The caller closes it."""
+    from kafka import KafkaConsumer
+
+    return KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        consumer_timeout_ms=idle_ms,
+    )
+
+
+def applied_latencies(bootstrap: str, topic: str) -> list[tuple[float, float]]:
+    """(committed in the store as a Unix time, end-to-end seconds from that commit to applied in
+    the cloud) of every applied operation on the results topic ``topic`` (``vud.cloud.results``)."""
+    from schemas.codec import decode_model
+    from schemas.results import OperationResult, ResultOutcome
+
+    consumer = topic_reader(bootstrap, topic)
+    out: list[tuple[float, float]] = []
+    try:
+        for record in consumer:
+            result = decode_model(OperationResult, record.value)
+            if result.outcome is ResultOutcome.APPLIED:
+                committed = result.source_committed_at
+                out.append((committed.timestamp(), (result.recorded_at - committed).total_seconds()))
+    finally:
+        consumer.close()
+    return out

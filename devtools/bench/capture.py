@@ -34,7 +34,6 @@ import cProfile
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,7 +47,7 @@ from typing import Any
 import click
 from prometheus_client import CollectorRegistry
 
-from devtools.bench import bench_broker, emit, process_cpu_seconds
+from devtools.bench import bench_broker, emit, latency_figures, process_cpu_seconds
 
 KEY = b"bench-fingerprint-key"
 # a production-like server, plus commit timestamps so that latency is measured from the commit
@@ -159,13 +158,6 @@ def _publisher(client: str, bootstrap: str, overrides: dict[str, Any]) -> Any:
     from kernel.publishing.kafka_python import KafkaRecordPublisher
 
     return KafkaRecordPublisher(bootstrap, client_id="vudsync-bench")
-
-
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def _drain(
@@ -325,13 +317,13 @@ def _tail(
         "encoded_pydantic": _encoded(capture)[1] - slow_before,
         "capture_process": meter.figures(events),
         "latency_basis": "change (trigger time) → broker ack",
-        **_latency_figures(latencies),
+        **latency_figures(latencies),
     }
     if commits:
         # the store knows each transaction's commit time: the latency the issue asks for
         result["latency_basis"] = "commit (pg_xact_commit_timestamp) → broker ack"
-        result["change_to_ack"] = _latency_figures(latencies)
-        result.update(_latency_figures([ack - commits[seq] for seq, _c, ack in acked if seq in commits]))
+        result["change_to_ack"] = latency_figures(latencies)
+        result.update(latency_figures([ack - commits[seq] for seq, _c, ack in acked if seq in commits]))
     return result
 
 
@@ -357,15 +349,6 @@ def _encoded(capture: Any) -> tuple[int, int]:
     encoder: lets this bench measure older code for before/after figures)."""
     encoder = getattr(capture, "encoder", None)
     return (encoder.fast_encoded, encoder.slow_encoded) if encoder else (0, 0)
-
-
-def _latency_figures(latencies: list[float]) -> dict[str, Any]:
-    return {
-        "latency_p50_ms": round(1000 * _percentile(latencies, 0.50), 1),
-        "latency_p99_ms": round(1000 * _percentile(latencies, 0.99), 1),
-        "latency_max_ms": round(1000 * max(latencies, default=float("nan")), 1),
-        "latency_mean_ms": round(1000 * statistics.fmean(latencies), 1) if latencies else None,
-    }
 
 
 def _commit_times(url: str, seqs: list[int]) -> dict[int, float]:

@@ -1,0 +1,52 @@
+"""``vudsync bench pipeline`` as an operator runs it, at a tiny size: correctness facts only
+(the cloud holds the store, nothing dead-lettered or parked, latencies measured), no timings."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_the_pipeline_bench_connects_then_measures_live_churn_and_the_reference(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "VUDSYNC_HOME": str(tmp_path),
+        "VUDSYNC_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "VUDSYNC_CONFIG": "/nonexistent/vudsync.toml",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "vudsync", "bench", "pipeline", "--users", "200", "--companies", "10",
+         "--access-per-user", "3", "--churn-rate", "50", "--churn-seconds", "3", "--interval", "1",
+         "--timeout", "300", "--json"],
+        env=env, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert "[connect" in done.stderr and "[live" in done.stderr  # progress goes to stderr
+
+    connect = result["connect"]
+    assert connect["cloud"]["clean"], connect["cloud"]["drift_sample"]
+    assert connect["cloud"]["active_users_in_cloud"] == connect["cloud"]["active_users_in_store"] == 200
+    assert connect["cloud"]["assignments_in_cloud"] == connect["cloud"]["assignments_in_store"] > 0
+    assert connect["operations_handled"] == connect["operations_planned"] > 0
+    assert set(connect["cpu_seconds"]) >= {"producer", "planner", "sink", "cloud"}
+
+    live = result["live"]
+    assert live["churn"]["changes"] > 0
+    assert live["cloud"]["clean"], live["cloud"]["drift_sample"]
+    assert live["cloud"]["active_users_in_cloud"] == live["cloud"]["active_users_in_store"]
+    assert live["dead_lettered"] == 0 and live["parked"] == 0
+    assert live["operations_applied"] > 0
+    for figure in ("latency_p50_ms", "latency_p99_ms", "latency_max_ms"):
+        assert not math.isnan(live[figure]) and live[figure] > 0
+
+    reference = result["reference_kafka_python"]
+    assert reference["records"] == reference["consumed"] == connect["kafka_records_moved"]
+    assert result["pipeline_share_of_reference"] > 0
+    assert result["timeline"] and {"captured", "planned", "handled", "parked"} <= set(result["timeline"][-1])
