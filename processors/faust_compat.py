@@ -22,7 +22,9 @@ workaround                     upstream behaviour (faust-streaming 0.15.3, aioka
 _handle_missed``)              jumps, ``_add_gap`` records the hole as done and ``_new_offset``
                                commits past it — the records are never handled.
 :func:`reread_if_stalled`      a lost delivery that no seek follows: the partition's records are
-                               never delivered, its offset never committed.
+                               never delivered, its offset never committed. Judged by aiokafka's
+                               ``position`` (moved when Faust's drain loop takes records) and
+                               Faust's ``seek``, which calls aiokafka's outside its thread.
 :func:`committed_offsets`      ``Consumer._committed_offset``: no public accessor; filled by
                                ``perform_seek`` (a committed 0 kept as None) and
                                ``_commit_offsets``, emptied per partition on revocation.
@@ -86,6 +88,7 @@ STALL_SECONDS = 30.0  # idle this long with records left on an assigned partitio
 # ... or this long, for a partition that has had no delivery at all since its assignment: the
 # record lost in a rebalance is most often the only one left (a quiet control partition's)
 FIRST_DELIVERY_SECONDS = 5.0
+POSITION_TIMEOUT = 10.0  # seconds the watchdog waits for the consumer's position of a partition
 
 
 def check_versions(
@@ -339,16 +342,26 @@ class Deliveries:
         self._at[key] = self._clock()
 
     def forget(self) -> None:
+        log.debug("planner: deliveries forgotten (partitions revoked)")
         self._next.clear()
         self._at.clear()
+        self._since = self._clock()
+
+    def hold(self) -> None:
+        """The worker is rebalancing or recovering its table: Faust fetches nothing for the
+        agent yet, so a partition's wait for its first delivery counts from after that."""
         self._since = self._clock()
 
 
 async def reread_if_stalled(app: faust.App, handlers: PlannerHandlers, inputs: frozenset[str]) -> None:
     """Read a partition of the agent's ``inputs`` again from its committed offset when it has
     records left but nothing of it reached the planner for ``STALL_SECONDS`` — or for
-    ``FIRST_DELIVERY_SECONDS`` when nothing at all did since its assignment (not while
-    rebalancing or recovering, nor while a message is being handled).
+    ``FIRST_DELIVERY_SECONDS`` when nothing at all did since its assignment, counted from the
+    end of the rebalance and table recovery (not while rebalancing or recovering, nor while a
+    message is being handled), and only once Faust's consumer has fetched it past its
+    committed offset (:func:`_fetched_past`): a seek while Faust's own first fetch is on its
+    way races it (seen in the two-worker kill test: every partition of the survivor sought a
+    few seconds after a slow recovery, before Faust's first delivery).
 
     Why: faust-streaming 0.15.3 marks a record as read when its delivery to the stream was
     cancelled by a rebalance (``Consumer._drain_messages``) and counts on the seek after the
@@ -359,7 +372,15 @@ async def reread_if_stalled(app: faust.App, handlers: PlannerHandlers, inputs: f
     offset is what Faust does after every rebalance; a record handled twice is re-planned with
     the same ids.
     """
-    if app.rebalancing or app.in_recovery or handlers.in_message:
+    if app.rebalancing or app.in_recovery:
+        log.debug(
+            "planner: stall watchdog stands down (rebalancing: %s, recovering: %s)",
+            app.rebalancing,
+            app.in_recovery,
+        )
+        handlers.deliveries.hold()
+        return
+    if handlers.in_message:
         return
     consumer = app.consumer
     try:
@@ -375,7 +396,8 @@ async def reread_if_stalled(app: faust.App, handlers: PlannerHandlers, inputs: f
         # Faust keeps a committed 0 as None (every input partition has a committed offset:
         # prime_committed_offsets)
         committed = {tp: handlers.committed(tp.topic, tp.partition) or 0 for tp in quiet}
-        stalled = {tp: offset for tp, offset in committed.items() if (ends.get(tp) or 0) > offset}
+        lagging = {tp: offset for tp, offset in committed.items() if (ends.get(tp) or 0) > offset}
+        stalled = {tp: offset for tp, offset in lagging.items() if await _fetched_past(consumer, tp, offset)}
         for tp, offset in sorted(stalled.items()):
             log.warning(
                 "planner: nothing of %s[%d] handled for %.0fs, committed %d of %d "
@@ -394,6 +416,31 @@ async def reread_if_stalled(app: faust.App, handlers: PlannerHandlers, inputs: f
             handlers.metrics.child(handlers.metrics.retries, "stalled").inc()
     except Exception:  # a watchdog must never take the worker down
         log.exception("planner: checking for stalled partitions failed")
+
+
+async def _fetched_past(consumer: Any, tp: Any, committed: int) -> bool:
+    """Whether Faust's consumer has fetched the partition past its committed offset (aiokafka's
+    position moves when the fetcher hands records over to Faust's drain loop).
+
+    A lost delivery is a record Faust took from the fetcher and never handed to the agent, so
+    it always lies past the position's start. A partition still positioned at its committed
+    offset has lost nothing: its first fetch is on its way (slow under load: five seconds after
+    table recovery were seen), and seeking it then races that fetch — from another thread:
+    Faust's ``seek`` calls aiokafka's directly, not in the consumer's thread.
+    """
+    try:
+        position = await asyncio.wait_for(consumer.position(tp), timeout=POSITION_TIMEOUT)
+    except TimeoutError:
+        return False  # asked again at the next look
+    if position is not None and position <= committed:
+        log.debug(
+            "planner: %s[%d] not fetched past its committed offset %d yet: nothing lost, no seek",
+            tp.topic,
+            tp.partition,
+            committed,
+        )
+        return False
+    return True
 
 
 def _patience(handlers: PlannerHandlers, tp: Any) -> float:
