@@ -3,15 +3,18 @@ no broker)."""
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from faust.types import TP
 from prometheus_client import CollectorRegistry
 
 from processors.faust_compat import (
     FIRST_DELIVERY_SECONDS,
     STALL_SECONDS,
+    STUCK_REBALANCE_SECONDS,
     Deliveries,
     committed_offsets,
     reread_if_stalled,
@@ -210,7 +213,9 @@ async def test_the_first_delivery_is_waited_for_from_the_end_of_the_rebalance_an
         clock.now += FIRST_DELIVERY_SECONDS  # a slow recovery: far past the patience in all
         await reread_if_stalled(app(consumer, **flags), h, INPUTS)
     assert consumer.seeks == []
-    clock.now += FIRST_DELIVERY_SECONDS - 0.5  # fetching again, not yet delivered
+    clock.now += 1  # the first look after it: Faust fetches again, the wait starts here
+    await reread_if_stalled(app(consumer), h, INPUTS)
+    clock.now += FIRST_DELIVERY_SECONDS - 0.5  # not yet delivered
     await reread_if_stalled(app(consumer), h, INPUTS)
     assert consumer.seeks == []
     clock.now += 1  # still nothing delivered: now it is a lost delivery
@@ -230,3 +235,38 @@ async def test_a_partition_not_fetched_past_its_committed_offset_is_never_sought
     consumer.positions[CONTROL0] = 1  # Faust took the control record, the planner never got it
     await reread_if_stalled(app(consumer), h, INPUTS)
     assert consumer.seeks == [(CONTROL0, 0)]
+
+
+async def test_a_rebalance_that_never_ends_is_reported_once_with_every_stack(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A survivor's table recovery once got no changelog record for minutes, and nothing in
+    its log said where it waited: the watchdog logs every task's and thread's stack, once per
+    rebalance, when one lasts STUCK_REBALANCE_SECONDS."""
+    clock = Clock()
+    consumer = FakeConsumer({USERS0: 1}, {USERS0: 2})
+    h = handlers(clock, consumer, {})
+    stuck = app(consumer, rebalancing=True, recovery=True)
+
+    def reports() -> list[str]:
+        messages = [r.getMessage() for r in caplog.records]
+        return [m for m in messages if "where every task and thread waits" in m]
+
+    with caplog.at_level(logging.WARNING, logger="processors.faust_compat"):
+        await reread_if_stalled(stuck, h, INPUTS)
+        clock.now += STUCK_REBALANCE_SECONDS - 1
+        await reread_if_stalled(stuck, h, INPUTS)
+        assert reports() == []
+        clock.now += 1
+        await reread_if_stalled(stuck, h, INPUTS)
+        clock.now += STUCK_REBALANCE_SECONDS
+        await reread_if_stalled(stuck, h, INPUTS)
+        assert len(reports()) == 1
+        assert "test_a_rebalance_that_never_ends" in reports()[0]  # this task's own stack
+        assert "thread " in reports()[0]
+        await reread_if_stalled(app(consumer), h, INPUTS)  # it ended; the next one may be reported
+        await reread_if_stalled(stuck, h, INPUTS)
+        clock.now += STUCK_REBALANCE_SECONDS
+        await reread_if_stalled(stuck, h, INPUTS)
+        assert len(reports()) == 2
+    assert consumer.seeks == []
