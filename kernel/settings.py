@@ -6,6 +6,7 @@ Nothing reads the environment anywhere else.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -138,6 +139,13 @@ class Settings(BaseSettings):
         default="", description="sqlite:///path or postgresql://…; empty = home/sink/<prefix>ledger.db"
     )
 
+    # logging
+    log_levels: str = Field(
+        default="",
+        description="levels of single loggers, name=LEVEL,… (processors=DEBUG,faust.tables.recovery=DEBUG): "
+        "one component's inner workings without the DEBUG of every library",
+    )
+
     # metrics
     metrics_host: str = "127.0.0.1"
     # metrics: consumer-lag exporter (vudsync run lag-exporter)
@@ -184,6 +192,20 @@ class Settings(BaseSettings):
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
+
+    def logger_levels(self) -> dict[str, int]:
+        """``log_levels`` as logger name → level number; ``ConfigurationError`` if malformed."""
+        levels: dict[str, int] = {}
+        for item in filter(None, (part.strip() for part in self.log_levels.split(","))):
+            name, _, level = item.partition("=")
+            number = logging.getLevelName(level.strip().upper())
+            if not name.strip() or not isinstance(number, int):
+                raise ConfigurationError(
+                    f"VUDSYNC_LOG_LEVELS: {item!r} is not name=LEVEL",
+                    hint="e.g. VUDSYNC_LOG_LEVELS=processors=DEBUG,faust.tables.recovery=DEBUG",
+                )
+            levels[name.strip()] = number
+        return levels
 
 
 def load_settings(**overrides: Any) -> Settings:

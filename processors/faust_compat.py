@@ -22,7 +22,9 @@ workaround                     upstream behaviour (faust-streaming 0.15.3, aioka
 _handle_missed``)              jumps, ``_add_gap`` records the hole as done and ``_new_offset``
                                commits past it — the records are never handled.
 :func:`reread_if_stalled`      a lost delivery that no seek follows: the partition's records are
-                               never delivered, its offset never committed.
+                               never delivered, its offset never committed. Judged by aiokafka's
+                               ``position`` (moved when Faust's drain loop takes records) and
+                               Faust's ``seek``, which calls aiokafka's outside its thread.
 :func:`committed_offsets`      ``Consumer._committed_offset``: no public accessor; filled by
                                ``perform_seek`` (a committed 0 kept as None) and
                                ``_commit_offsets``, emptied per partition on revocation.
@@ -40,8 +42,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
+import sys
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
@@ -83,9 +88,14 @@ Committed = Callable[[str, int], "int | None"]
 SendNow = Callable[[], Awaitable[None]]
 
 STALL_SECONDS = 30.0  # idle this long with records left on an assigned partition: re-read them
-# ... or this long, for a partition that has had no delivery at all since its assignment: the
-# record lost in a rebalance is most often the only one left (a quiet control partition's)
-FIRST_DELIVERY_SECONDS = 5.0
+# ... or this long, for a partition that has had no delivery at all since its assignment (from
+# the first look after the rebalance and table recovery): the record lost in a rebalance is
+# most often the only one left (a quiet control partition's). Not less: under load, Faust's
+# first delivery after "Worker ready" took 5.5-5.7 s (two-worker kill test, load 5-13 on 2 cores)
+FIRST_DELIVERY_SECONDS = 10.0
+# a rebalance and table recovery lasting this long is stuck: the watchdog logs every stack once
+STUCK_REBALANCE_SECONDS = 90.0
+POSITION_TIMEOUT = 10.0  # seconds the watchdog waits for the consumer's position of a partition
 
 
 def check_versions(
@@ -315,6 +325,9 @@ class Deliveries:
         self._next: dict[tuple[str, int], int] = {}
         self._at: dict[tuple[str, int], float] = {}
         self._since = clock()
+        self._held = False
+        self._held_at = self._since
+        self._held_reported = False
 
     def observe(self, topic: str, partition: int, offset: int) -> tuple[int, int] | None:
         """Note a delivery; the first and last offset skipped right before it, if any."""
@@ -343,16 +356,42 @@ class Deliveries:
         self._at[key] = self._clock()
 
     def forget(self) -> None:
+        log.debug("planner: deliveries forgotten (partitions revoked)")
         self._next.clear()
         self._at.clear()
         self._since = self._clock()
+
+    def hold(self) -> None:
+        """The worker is rebalancing or recovering its table: Faust fetches nothing for the
+        agent yet; a partition's wait for its first delivery starts at :meth:`resume`."""
+        if not self._held:
+            self._held = True
+            self._held_at = self._clock()
+            self._held_reported = False
+
+    def resume(self) -> None:
+        """The first look after a :meth:`hold`: the wait for first deliveries starts now."""
+        if self._held:
+            self._held = False
+            self._since = self._clock()
+
+    def held_too_long(self, limit: float) -> bool:
+        """True once per hold, when it has lasted ``limit`` seconds."""
+        if not self._held or self._held_reported or self._clock() - self._held_at < limit:
+            return False
+        self._held_reported = True
+        return True
 
 
 async def reread_if_stalled(app: faust.App, handlers: PlannerHandlers, inputs: frozenset[str]) -> None:
     """Read a partition of the agent's ``inputs`` again from its committed offset when it has
     records left but nothing of it reached the planner for ``STALL_SECONDS`` — or for
-    ``FIRST_DELIVERY_SECONDS`` when nothing at all did since its assignment (not while
-    rebalancing or recovering, nor while a message is being handled).
+    ``FIRST_DELIVERY_SECONDS`` when nothing at all did since its assignment, counted from the
+    first look after the rebalance and table recovery (not while rebalancing or recovering, nor
+    while a message is being handled), and only once Faust's consumer has fetched it past its
+    committed offset (:func:`_fetched_past`): a seek while Faust's own first fetch is on its
+    way races it (seen in the two-worker kill test: every partition of the survivor sought a
+    few seconds after a slow recovery, before Faust's first delivery).
 
     Why: faust-streaming 0.15.3 marks a record as read when its delivery to the stream was
     cancelled by a rebalance (``Consumer._drain_messages``) and counts on the seek after the
@@ -363,7 +402,25 @@ async def reread_if_stalled(app: faust.App, handlers: PlannerHandlers, inputs: f
     offset is what Faust does after every rebalance; a record handled twice is re-planned with
     the same ids.
     """
-    if app.rebalancing or app.in_recovery or handlers.in_message:
+    if app.rebalancing or app.in_recovery:
+        log.debug(
+            "planner: stall watchdog stands down (rebalancing: %s, recovering: %s)",
+            app.rebalancing,
+            app.in_recovery,
+        )
+        handlers.deliveries.hold()
+        if handlers.deliveries.held_too_long(STUCK_REBALANCE_SECONDS):
+            log.warning(
+                "planner: rebalancing or recovering the table for %.0fs (rebalancing: %s, "
+                "recovering: %s); where every task and thread waits:\n%s",
+                STUCK_REBALANCE_SECONDS,
+                app.rebalancing,
+                app.in_recovery,
+                where_everything_waits(),
+            )
+        return
+    handlers.deliveries.resume()
+    if handlers.in_message:
         return
     consumer = app.consumer
     try:
@@ -379,7 +436,8 @@ async def reread_if_stalled(app: faust.App, handlers: PlannerHandlers, inputs: f
         # Faust keeps a committed 0 as None (every input partition has a committed offset:
         # prime_committed_offsets)
         committed = {tp: handlers.committed(tp.topic, tp.partition) or 0 for tp in quiet}
-        stalled = {tp: offset for tp, offset in committed.items() if (ends.get(tp) or 0) > offset}
+        lagging = {tp: offset for tp, offset in committed.items() if (ends.get(tp) or 0) > offset}
+        stalled = {tp: offset for tp, offset in lagging.items() if await _fetched_past(consumer, tp, offset)}
         for tp, offset in sorted(stalled.items()):
             log.warning(
                 "planner: nothing of %s[%d] handled for %.0fs, committed %d of %d "
@@ -398,6 +456,46 @@ async def reread_if_stalled(app: faust.App, handlers: PlannerHandlers, inputs: f
             handlers.metrics.child(handlers.metrics.retries, "stalled").inc()
     except Exception:  # a watchdog must never take the worker down
         log.exception("planner: checking for stalled partitions failed")
+
+
+def where_everything_waits(limit: int = 12) -> str:
+    """The stack of every asyncio task of this loop and of every thread (code lines only, no
+    values): where a stuck worker waits. For a rebalance that never ends (seen once in 20
+    two-worker kill runs: the survivor's table recovery got no changelog record for minutes,
+    its fetcher and consumer thread silent), which the log alone could not place."""
+    out = []
+    for task in asyncio.all_tasks():
+        text = io.StringIO()
+        task.print_stack(limit=limit, file=text)
+        out.append(text.getvalue())
+    for thread_id, frame in sys._current_frames().items():
+        out.append(f"thread {thread_id}:\n" + "".join(traceback.format_stack(frame, limit=limit)))
+    return "\n".join(out)
+
+
+async def _fetched_past(consumer: Any, tp: Any, committed: int) -> bool:
+    """Whether Faust's consumer has fetched the partition past its committed offset (aiokafka's
+    position moves when the fetcher hands records over to Faust's drain loop).
+
+    A lost delivery is a record Faust took from the fetcher and never handed to the agent, so
+    it always lies past the position's start. A partition still positioned at its committed
+    offset has lost nothing: its first fetch is on its way (slow under load: five seconds after
+    table recovery were seen), and seeking it then races that fetch — from another thread:
+    Faust's ``seek`` calls aiokafka's directly, not in the consumer's thread.
+    """
+    try:
+        position = await asyncio.wait_for(consumer.position(tp), timeout=POSITION_TIMEOUT)
+    except TimeoutError:
+        return False  # asked again at the next look
+    if position is not None and position <= committed:
+        log.debug(
+            "planner: %s[%d] not fetched past its committed offset %d yet: nothing lost, no seek",
+            tp.topic,
+            tp.partition,
+            committed,
+        )
+        return False
+    return True
 
 
 def _patience(handlers: PlannerHandlers, tp: Any) -> float:

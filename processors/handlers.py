@@ -92,6 +92,7 @@ class PlannerHandlers:
         """Handle one message of any input; never raises (but lets cancellation through)."""
         msg = event.message
         missed = self.deliveries.observe(msg.topic, msg.partition, msg.offset)
+        log.debug("planner: delivered %s[%d]@%d", msg.topic, msg.partition, msg.offset)
         self.in_message = True
         try:
             if missed is not None:

@@ -205,6 +205,19 @@ class _PlannerWorker(faust.Worker):
     """Faust's worker, with a deadline on the stop that SIGTERM or SIGINT begins."""
 
     shutdown_deadline = SHUTDOWN_DEADLINE
+    logger_levels: dict[str, int] = {}  # replaced per instance, never mutated
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        """Faust has just replaced the root logger's handlers with one at the worker's
+        ``loglevel``: set the levels of the loggers named in ``log_levels`` (settings) and let
+        the handlers pass what those loggers emit."""
+        super().on_setup_root_logger(logger, level)
+        for name, named_level in self.logger_levels.items():
+            logging.getLogger(name).setLevel(named_level)
+        lowest = min(self.logger_levels.values(), default=level)
+        for handler in logger.handlers:
+            if handler.level > lowest:
+                handler.setLevel(lowest)
 
     def _on_sigterm(self) -> None:
         arm_shutdown_deadline(self.shutdown_deadline)
@@ -273,6 +286,7 @@ def run_planner(
         planner_status_server(app, registry, settings, bootstrap, metrics_port).start()
     worker = _PlannerWorker(app, loglevel=loglevel, quiet=True)
     worker.shutdown_deadline = settings.planner_shutdown_deadline
+    worker.logger_levels = settings.logger_levels()
     # Faust's terminal spinner sets the *root* logger to DEBUG (so that every record turns it):
     # aiokafka then builds a debug record per message sent — a tenth of the worker's time
     worker.spinner = None

@@ -26,3 +26,16 @@ def test_cloud_requests_are_logged_only_with_debug(flags: list[str], httpx_level
     result = CliRunner().invoke(cli, [*flags, "schemas", "--help"])
     assert result.exit_code == 0, result.output
     assert logging.getLogger("httpx").level == httpx_level
+
+
+def test_log_levels_name_single_loggers_and_refuse_what_is_not_name_level() -> None:
+    """VUDSYNC_LOG_LEVELS: one component's inner workings at DEBUG, not every library's."""
+    from kernel.errors import ConfigurationError
+    from kernel.settings import Settings
+
+    levels = Settings(log_levels="processors=DEBUG, faust.tables.recovery=info,").logger_levels()
+    assert levels == {"processors": logging.DEBUG, "faust.tables.recovery": logging.INFO}
+    assert Settings().logger_levels() == {}
+    for bad in ("processors", "processors=LOUD", "=DEBUG"):
+        with pytest.raises(ConfigurationError):
+            Settings(log_levels=bad).logger_levels()

@@ -3,15 +3,18 @@ no broker)."""
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from faust.types import TP
 from prometheus_client import CollectorRegistry
 
 from processors.faust_compat import (
     FIRST_DELIVERY_SECONDS,
     STALL_SECONDS,
+    STUCK_REBALANCE_SECONDS,
     Deliveries,
     committed_offsets,
     reread_if_stalled,
@@ -27,11 +30,15 @@ INPUTS = frozenset({USERS0.topic, CONTROL0.topic})
 
 
 class FakeConsumer:
-    """What the watchdog uses of Faust's consumer. Faust keeps a committed offset of 0 as None."""
+    """What the watchdog uses of Faust's consumer. Faust keeps a committed offset of 0 as None.
+    ``positions``: how far the fetcher handed records over to Faust (default: all of them)."""
 
-    def __init__(self, committed: dict[TP, int | None], ends: dict[TP, int]) -> None:
+    def __init__(
+        self, committed: dict[TP, int | None], ends: dict[TP, int], positions: dict[TP, int] | None = None
+    ) -> None:
         self._committed_offset = committed
         self.ends = ends
+        self.positions = dict(ends) if positions is None else positions
         self.seeks: list[tuple[TP, int]] = []
 
     def assignment(self) -> set[TP]:
@@ -39,6 +46,9 @@ class FakeConsumer:
 
     async def highwaters(self, *tps: TP) -> dict[TP, int]:
         return {tp: self.ends[tp] for tp in tps}
+
+    async def position(self, tp: TP) -> int:
+        return self.positions[tp]
 
     async def seek(self, tp: TP, offset: int) -> None:
         self.seeks.append((tp, offset))
@@ -182,3 +192,74 @@ async def test_a_partition_with_nothing_delivered_since_its_assignment_is_read_a
     clock.now += STALL_SECONDS
     await reread_if_stalled(app(consumer), h, INPUTS)
     assert consumer.seeks[1:] == sorted([(CONTROL0, 0), (USERS0, 1)])  # both idle 30 s: both
+
+
+async def test_the_first_delivery_is_waited_for_from_the_end_of_the_rebalance_and_recovery() -> None:
+    """The survivor of the two-worker kill test recovered its table for seconds after the
+    revocation; counted from the revocation, the first-delivery patience had run out when
+    Faust resumed fetching, and the watchdog sought every partition while Faust's own first
+    fetch was on its way. Counted from the end of the rebalance, Faust gets its moment."""
+    clock = Clock()
+    consumer = FakeConsumer({USERS0: None, CONTROL0: None}, {USERS0: 8, CONTROL0: 1})
+    h = handlers(clock, consumer, {})  # revoked and assigned STALL_SECONDS + 1 ago
+    for flags in ({"rebalancing": True}, {"rebalancing": True, "recovery": True}, {"rebalancing": True}):
+        clock.now += FIRST_DELIVERY_SECONDS  # a slow recovery: far past the patience in all
+        await reread_if_stalled(app(consumer, **flags), h, INPUTS)
+    assert consumer.seeks == []
+    clock.now += 1  # the first look after it: Faust fetches again, the wait starts here
+    await reread_if_stalled(app(consumer), h, INPUTS)
+    clock.now += FIRST_DELIVERY_SECONDS - 0.5  # not yet delivered
+    await reread_if_stalled(app(consumer), h, INPUTS)
+    assert consumer.seeks == []
+    clock.now += 1  # still nothing delivered: now it is a lost delivery
+    await reread_if_stalled(app(consumer), h, INPUTS)
+    assert consumer.seeks == [(USERS0, 0), (CONTROL0, 0)]
+
+
+async def test_a_partition_not_fetched_past_its_committed_offset_is_never_sought() -> None:
+    """A lost delivery is a record Faust took from the fetcher (its position moved past it) and
+    never handed over; at the committed offset nothing was taken, so nothing can be lost — the
+    fetch is merely slow (five seconds seen under load) and a seek would race it."""
+    clock = Clock()
+    consumer = FakeConsumer({USERS0: 3, CONTROL0: None}, {USERS0: 8, CONTROL0: 1}, {USERS0: 3, CONTROL0: 0})
+    h = handlers(clock, consumer, {})  # assigned STALL_SECONDS + 1 ago, nothing delivered
+    await reread_if_stalled(app(consumer), h, INPUTS)
+    assert consumer.seeks == []
+    consumer.positions[CONTROL0] = 1  # Faust took the control record, the planner never got it
+    await reread_if_stalled(app(consumer), h, INPUTS)
+    assert consumer.seeks == [(CONTROL0, 0)]
+
+
+async def test_a_rebalance_that_never_ends_is_reported_once_with_every_stack(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A survivor's table recovery once got no changelog record for minutes, and nothing in
+    its log said where it waited: the watchdog logs every task's and thread's stack, once per
+    rebalance, when one lasts STUCK_REBALANCE_SECONDS."""
+    clock = Clock()
+    consumer = FakeConsumer({USERS0: 1}, {USERS0: 2})
+    h = handlers(clock, consumer, {})
+    stuck = app(consumer, rebalancing=True, recovery=True)
+
+    def reports() -> list[str]:
+        messages = [r.getMessage() for r in caplog.records]
+        return [m for m in messages if "where every task and thread waits" in m]
+
+    with caplog.at_level(logging.WARNING, logger="processors.faust_compat"):
+        await reread_if_stalled(stuck, h, INPUTS)
+        clock.now += STUCK_REBALANCE_SECONDS - 1
+        await reread_if_stalled(stuck, h, INPUTS)
+        assert reports() == []
+        clock.now += 1
+        await reread_if_stalled(stuck, h, INPUTS)
+        clock.now += STUCK_REBALANCE_SECONDS
+        await reread_if_stalled(stuck, h, INPUTS)
+        assert len(reports()) == 1
+        assert "test_a_rebalance_that_never_ends" in reports()[0]  # this task's own stack
+        assert "thread " in reports()[0]
+        await reread_if_stalled(app(consumer), h, INPUTS)  # it ended; the next one may be reported
+        await reread_if_stalled(stuck, h, INPUTS)
+        clock.now += STUCK_REBALANCE_SECONDS
+        await reread_if_stalled(stuck, h, INPUTS)
+        assert len(reports()) == 2
+    assert consumer.seeks == []
