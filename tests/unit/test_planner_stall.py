@@ -199,7 +199,7 @@ async def test_the_first_delivery_is_waited_for_from_the_end_of_the_rebalance_an
     revocation; counted from the revocation, the first-delivery patience had run out when
     Faust resumed fetching, and the watchdog sought every partition while Faust's own first
     fetch was on its way. Counted from the end of the rebalance, Faust gets its moment."""
-    clock = Clock()
+    clock = FakeClock()
     consumer = FakeConsumer({USERS0: None, CONTROL0: None}, {USERS0: 8, CONTROL0: 1})
     h = handlers(clock, consumer, {})  # revoked and assigned STALL_SECONDS + 1 ago
     for flags in ({"rebalancing": True}, {"rebalancing": True, "recovery": True}, {"rebalancing": True}):
@@ -220,7 +220,7 @@ async def test_a_partition_not_fetched_past_its_committed_offset_is_never_sought
     """A lost delivery is a record Faust took from the fetcher (its position moved past it) and
     never handed over; at the committed offset nothing was taken, so nothing can be lost — the
     fetch is merely slow (five seconds seen under load) and a seek would race it."""
-    clock = Clock()
+    clock = FakeClock()
     consumer = FakeConsumer({USERS0: 3, CONTROL0: None}, {USERS0: 8, CONTROL0: 1}, {USERS0: 3, CONTROL0: 0})
     h = handlers(clock, consumer, {})  # assigned STALL_SECONDS + 1 ago, nothing delivered
     await reread_if_stalled(app(consumer), h, INPUTS)
@@ -236,7 +236,7 @@ async def test_a_rebalance_that_never_ends_is_reported_once_with_every_stack(
     """A survivor's table recovery once got no changelog record for minutes, and nothing in
     its log said where it waited: the watchdog logs every task's and thread's stack, once per
     rebalance, when one lasts STUCK_REBALANCE_SECONDS."""
-    clock = Clock()
+    clock = FakeClock()
     consumer = FakeConsumer({USERS0: 1}, {USERS0: 2})
     h = handlers(clock, consumer, {})
     stuck = app(consumer, rebalancing=True, recovery=True)
