@@ -46,15 +46,4 @@ def operation_result(
     op: CloudOperation, outcome: ResultOutcome, now: datetime, **details: Any
 ) -> OperationResult:
     """The result saying what became of ``op`` in the planner (parked, blocked, held, rejected)."""
-    return OperationResult(
-        operation_id=op.operation_id,
-        kind=op.kind,
-        aggregate=op.aggregate,
-        entity=op.entity,
-        entity_id=op.entity_id,
-        source_version=op.source_version,
-        outcome=outcome,
-        details=details,
-        source_committed_at=op.source_committed_at,
-        recorded_at=now,
-    )
+    return OperationResult.for_operation(op, outcome, now, details=details)

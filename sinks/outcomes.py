@@ -172,21 +172,15 @@ class OutcomeRecorder:
         error: str | None = None,
         details: dict[str, Any] | None = None,
     ) -> None:
-        result = OperationResult(
-            operation_id=op.operation_id,
-            kind=op.kind,
-            aggregate=op.aggregate,
-            entity=op.entity,
-            entity_id=op.entity_id,
-            source_version=op.source_version,
-            outcome=outcome,
+        result = OperationResult.for_operation(
+            op,
+            outcome,
+            self.clock(),
             cloud_id=applied.cloud_id if applied else None,
             effect=applied.effect if applied else None,
             details=applied.details if applied else (details or {}),
             error=error,
             attempts=attempts,
-            source_committed_at=op.source_committed_at,
-            recorded_at=self.clock(),
         )
         # keyed by entity id: the planner's partition of that entity learns its cloud id
         self.publisher.publish(self._results_topic, op.entity_id, encode(result))

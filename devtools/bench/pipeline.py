@@ -52,10 +52,11 @@ from devtools.bench import (
     topic_reader,
 )
 
+from devtools.secrets import with_run_secrets
+
 if TYPE_CHECKING:
     from devtools.processes import PipelineWorkers
-    from devtools.secrets import with_run_secrets
-from kernel.settings import Settings
+    from kernel.settings import Settings
 
 EXAMPLE = (
     "vudsync bench pipeline --users 10000 --companies 100 --access-per-user 3 "

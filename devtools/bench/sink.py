@@ -44,6 +44,7 @@ import click
 import httpx
 
 from devtools.bench import bench_broker, process_cpu_seconds
+from kernel.scrape import ScrapeFailed, scrape
 from schemas.codec import encode
 from schemas.directory import ApplicationType, EntityType, ServiceAccess
 from schemas.operations import (
@@ -366,22 +367,16 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def _scrape(port: int) -> dict[str, float]:
-    """Sum of each sink metric family over its labels (``name{label}`` kept for a few)."""
-    out: dict[str, float] = collections.defaultdict(float)
+    """Sum of each sink metric family over its labels."""
     try:
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    except httpx.HTTPError:
+        samples = scrape(f"http://127.0.0.1:{port}/metrics", timeout=5)
+    except ScrapeFailed:
         return {}
-    for line in text.splitlines():
-        if line.startswith("#") or not line.startswith("vudsync_"):
+    out: dict[str, float] = collections.defaultdict(float)
+    for name, series in samples.items():
+        if not name.startswith("vudsync_") or name.endswith(("_bucket", "_created")):
             continue
-        name_labels, _, value = line.rpartition(" ")
-        name = name_labels.split("{")[0]
-        if name.endswith("_bucket") or name.endswith("_created"):
-            continue
-        out[name] += float(value)
-        if name in ("vudsync_sink_retries_total", "vudsync_sink_cloud_calls_total"):
-            out[name_labels] += float(value)
+        out[name] += sum(value for _labels, value in series)
     return dict(out)
 
 
