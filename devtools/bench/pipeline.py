@@ -51,7 +51,6 @@ from devtools.bench import (
     process_cpu_seconds,
     topic_reader,
 )
-
 from devtools.secrets import with_run_secrets
 
 if TYPE_CHECKING:
