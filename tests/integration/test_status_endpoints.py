@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from cloud.server import CloudServer
 from devtools.bench.sink import feed, prepare_workload
 from devtools.broker import LocalKafkaBroker, free_port
+from devtools.secrets import with_run_secrets
 from kernel.health import Readiness
 from kernel.http_status import StatusServer
 from kernel.settings import Settings
@@ -133,7 +134,10 @@ def test_planner_and_sink_ready_then_not_ready_when_the_broker_is_down(
 ) -> None:
     bootstrap = own_broker.status().bootstrap
     assert bootstrap is not None
-    settings = Settings(home=tmp_path, kafka_bootstrap=bootstrap, topic_prefix=unique_topic_prefix)
+    # a broker of the test's own (it is stopped): per-run secrets as the session fixtures make them
+    settings = with_run_secrets(
+        Settings(home=tmp_path, kafka_bootstrap=bootstrap, topic_prefix=unique_topic_prefix)
+    )
     ensure_catalogue(settings, bootstrap)
     ports = {"planner": free_port(), "sink": free_port()}
     with components(settings, bootstrap, "planner", "sink", metrics_ports=ports) as procs:
