@@ -15,7 +15,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-from kernel.scrape import Samples
+from kernel.errors import VudsyncError
+from kernel.scrape import Samples, ScrapeFailed, scrape, total
 from kernel.settings import SECRET_FIELDS, Settings
 
 
@@ -158,8 +159,6 @@ class PipelineWorkers:
 
     def scrape(self) -> dict[str, Samples]:
         """Each worker's samples; none for one that does not answer (yet)."""
-        from kernel.scrape import ScrapeFailed, scrape
-
         out: dict[str, Samples] = {}
         for name, url in self.metrics_urls.items():
             try:
@@ -170,8 +169,6 @@ class PipelineWorkers:
 
     def check_alive(self) -> None:
         """Raise VudsyncError naming the first worker that stopped, with its log's tail."""
-        from kernel.errors import VudsyncError
-
         for name, proc in self.procs.items():
             if not proc.alive():
                 raise VudsyncError(
@@ -184,8 +181,6 @@ class PipelineWorkers:
         outcome), operations planned, operations the sink has handled (any outcome),
         dead-lettered, parked, the producer's capture lag, and how many of the three metrics
         endpoints did not answer (their counters then read 0)."""
-        from kernel.scrape import total
-
         m = self.scrape()
         return {
             "captured": total(m["producer"], "vudsync_source_changes_captured_total"),

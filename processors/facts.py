@@ -45,6 +45,12 @@ _CATALOGUE_KIND = {
     EntityType.MODULE: "modules",
 }
 _APPLIED = (ResultOutcome.APPLIED, ResultOutcome.ALREADY_APPLIED)
+#: the results that teach a cloud id, and the fact each becomes
+_LEARNED_FROM = {
+    "user.upsert": FactKind.USER,
+    "user.deactivate": FactKind.USER,
+    "company.upsert": FactKind.COMPANY,
+}
 
 
 def _ts(moment: datetime) -> float:
@@ -68,32 +74,22 @@ class Facts:
             return fx
         seen = result.recorded_at
         kind = result.kind
-        if kind in ("user.upsert", "user.deactivate") and result.cloud_id:
+        learned = _LEARNED_FROM.get(kind)
+        if learned is not None and result.cloud_id:
             # to every partition, like every fact: which partition holds the user's parked
             # operations depends on the directory producer's partitioner, which need not be
             # the sink's (librdkafka hashes keys differently from the Java and Python clients)
             self.fan_out(
                 fx,
                 PlannerFact(
-                    kind=FactKind.USER,
+                    kind=learned,
                     subject=result.entity_id,
                     cloud_id=result.cloud_id,
                     observed_at=seen,
                     source="results",
                 ),
             )
-        elif kind == "company.upsert" and result.cloud_id:
-            self.fan_out(
-                fx,
-                PlannerFact(
-                    kind=FactKind.COMPANY,
-                    subject=result.entity_id,
-                    cloud_id=result.cloud_id,
-                    observed_at=seen,
-                    source="results",
-                ),
-            )
-            review = result.details.get("review")
+            review = result.details.get("review") if learned is FactKind.COMPANY else None
             if review and "linked" in (result.effect or ""):
                 entry = JournalEntry(
                     EntityType.COMPANY,
