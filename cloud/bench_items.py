@@ -52,7 +52,11 @@ def _items(batch: int, size: int, users: list[str], company: str) -> list[BatchI
 
 
 def run(batches: int, size: int, n_users: int) -> dict[str, Any]:
-    folder = Path(tempfile.mkdtemp(prefix="cloud-bench-items-"))
+    with tempfile.TemporaryDirectory(prefix="cloud-bench-items-") as folder:
+        return _run_in(Path(folder), batches, size, n_users)
+
+
+def _run_in(folder: Path, batches: int, size: int, n_users: int) -> dict[str, Any]:
     app = build_app(CloudSettings(db_path=folder / "cloud.db", secret_hash_iterations=1))
     direct = app.state.direct
     assert direct is not None, "direct dispatch is off"

@@ -117,7 +117,10 @@ class CloudServer:
         startup_timeout: float = 30.0,
         python: str = sys.executable,
     ) -> None:
-        self._workdir = Path(tempfile.mkdtemp(prefix="cloud-api-"))
+        # beside the database when one is given (a test's tmp_path, the demo's home), so the log
+        # and port file are cleaned up with it; else in the system's temp folder (see cleanup)
+        parent = Path(db_path).parent if db_path is not None else None
+        self._workdir = Path(tempfile.mkdtemp(prefix="cloud-api-", dir=parent))
         self.db_path = Path(db_path) if db_path is not None else self._workdir / "cloud.db"
         self.host = host
         self._requested_port = port
