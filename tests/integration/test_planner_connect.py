@@ -18,6 +18,8 @@ from schemas.topics import DIRECTORY_TOPICS, PLANNER_FACTS
 from tests.fixtures.cloud import CloudReader
 from tests.kafka_read import read_all
 from tests.pipeline import component_env
+from vudsync.commands.connect import read_cloud
+from vudsync.ops import cloud_reader
 
 
 def _vudsync(settings: Settings, bootstrap: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -110,3 +112,36 @@ def test_connect_publishes_what_the_planner_must_know_and_snapshots_the_store(
     assert events[0].key == b"c1"
     again = _vudsync(settings, kafka_bootstrap, "connect", "--json")
     assert again.returncode == 0 and "snapshotted before" in again.stdout
+
+
+def test_connect_learns_every_linked_user_and_company_past_the_first_page(
+    pipeline_settings: Settings, cloud: CloudReader
+) -> None:
+    """The mistake it prevents: connect read one page (10,000) and left the rest to be learned
+    from results, so the planner created users that were linked already."""
+    api = httpx.Client(base_url=cloud.server.url, headers=cloud.server.auth_headers(), timeout=60)
+    count = cloud_reader.PAGE + 5
+    for start in range(0, count, 500):
+        batch = [
+            {
+                "method": "POST",
+                "path": "/v1/users",
+                "body": {"external_id": f"u{i}", "email": f"u{i}@fjord.no"},
+            }
+            for i in range(start, min(start + 500, count))
+        ]
+        api.post("/v1/batch", json={"requests": batch}).raise_for_status()
+    api.post("/v1/users", json={"email": "portal-only@fjord.no"}).raise_for_status()  # not linked
+    orgs = ("923609016", "914778271", "982463718")
+    companies = {
+        f"c{i}": api.post(
+            "/v1/companies", json={"external_id": f"c{i}", "name": f"Fjord {i}", "organisation_number": org}
+        ).json()["id"]
+        for i, org in enumerate(orgs)
+    }
+    api.close()
+
+    readout = read_cloud(pipeline_settings)
+
+    assert set(readout.users) == {f"u{i}" for i in range(count)}
+    assert readout.companies == companies

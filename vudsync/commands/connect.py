@@ -16,7 +16,6 @@ Nothing secret is printed or published: neither the client secret nor the token 
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,10 +31,8 @@ from kernel.settings import Settings, load_settings
 from schemas.directory import ApplicationInstanceState, ApplicationType, EntityType
 from schemas.results import FactKind, PlannerFact
 from schemas.topics import PLANNER_FACTS
+from vudsync.ops.cloud_reader import all_pages
 
-log = logging.getLogger(__name__)
-
-LIST_LIMIT = 10_000
 KINDS = ("roles", "layout_groups", "modules")
 
 
@@ -108,14 +105,7 @@ def read_cloud(settings: Settings, transport: httpx.BaseTransport | None = None)
                     f"{service['service']}:{kind}:{e['name']}" for e in service.get(kind, ())
                 ]
         for collection, out in (("companies", readout.companies), ("users", readout.users)):
-            items = _get(client, f"/v1/{collection}", limit=LIST_LIMIT)["items"]
-            if len(items) >= LIST_LIMIT:
-                log.warning(
-                    "connect: %d %s or more; those past the first %d are learned from results",
-                    LIST_LIMIT,
-                    collection,
-                    LIST_LIMIT,
-                )
+            items = all_pages(lambda path, params: _get(client, path, **params), f"/v1/{collection}")
             out.update({i["external_id"]: i["id"] for i in items if i.get("external_id")})
     return readout
 

@@ -9,7 +9,7 @@ statuses become vudsync errors here, once; secrets never appear in them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
@@ -21,6 +21,19 @@ from vudsync.ops.drift import CatalogueKey, CloudState
 
 PAGE = 10_000  # the API's largest page
 _BATCH = 500
+
+
+def all_pages(get: Callable[[str, Mapping[str, Any]], Any], path: str) -> list[dict[str, Any]]:
+    """Every item of a paged collection, following ``next_after`` to the last page.
+
+    ``get(path, params)`` returns a page's JSON; verify and connect each bring their own."""
+    items: list[dict[str, Any]] = []
+    after: int | None = 0
+    while after is not None:
+        page = get(path, {"limit": PAGE, "after": after})
+        items.extend(page["items"])
+        after = page.get("next_after")
+    return items
 
 
 class CloudReadError(RetryableError):
@@ -78,14 +91,7 @@ class HttpCloudReader:
         return r.json()
 
     def _all(self, path: str) -> list[dict[str, Any]]:
-        """Every item of a paged collection, following ``next_after`` to the last page."""
-        items: list[dict[str, Any]] = []
-        after: int | None = 0
-        while after is not None:
-            page = self._get(path, {"limit": PAGE, "after": after})
-            items.extend(page["items"])
-            after = page.get("next_after")
-        return items
+        return all_pages(self._get, path)
 
     def _access(self, user_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
         out: dict[str, list[dict[str, Any]]] = {}
