@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -9,6 +11,20 @@ from pathlib import Path
 from devtools.processes import ComponentProcess, component_env, wait_until
 from kernel.scrape import Samples, ScrapeFailed, scrape
 from kernel.settings import Settings
+
+
+def vudsync_cli(
+    settings: Settings, bootstrap: str, *args: str, timeout: float = 180, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """``vudsync <args>`` as an operator runs it, with the components' environment (plus ``env``)."""
+    return subprocess.run(
+        [sys.executable, "-m", "vudsync", *args],
+        env={**component_env(settings, bootstrap), **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def metrics_of(port: int) -> Samples:

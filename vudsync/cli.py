@@ -34,6 +34,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         # planner: enabling the integration, accidental-delete protection
         ("connect", "connect", "connect"),
         ("deletes", "deletes", "deletes"),
+        ("instances", "instances", "instances"),
         # operations
         ("status", "status", "status"),
         ("replay", "replay", "replay"),

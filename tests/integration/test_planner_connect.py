@@ -3,8 +3,6 @@ the planner."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections import Counter
 
 import httpx
@@ -17,31 +15,16 @@ from schemas.results import PlannerFact
 from schemas.topics import DIRECTORY_TOPICS, PLANNER_FACTS
 from tests.fixtures.cloud import CloudReader
 from tests.kafka_read import read_all
-from tests.pipeline import component_env
+from tests.pipeline import vudsync_cli
 from vudsync.commands.connect import read_cloud
 from vudsync.ops import cloud_reader
-
-
-def _vudsync(settings: Settings, bootstrap: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "vudsync", *args],
-        env={**component_env(settings, bootstrap), **env},
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
 
 
 def test_connect_refuses_credentials_that_are_not_a_customer_administrators(
     pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
 ) -> None:
-    httpx.post(
-        f"{cloud.server.url}/admin/clients",
-        headers=cloud.server.admin_headers(),
-        json={"client_id": "helpdesk", "client_secret": "helpdesk-secret-1", "is_customer_admin": False},
-    ).raise_for_status()
-    refused = _vudsync(
+    cloud.add_client("helpdesk", "helpdesk-secret-1", customer_admin=False)
+    refused = vudsync_cli(
         pipeline_settings,
         kafka_bootstrap,
         "connect",
@@ -51,7 +34,7 @@ def test_connect_refuses_credentials_that_are_not_a_customer_administrators(
     assert refused.returncode == 2, refused.stderr
     assert "not a Customer administrator" in refused.stderr and "hint:" in refused.stderr
     assert "helpdesk-secret-1" not in refused.stderr + refused.stdout
-    wrong = _vudsync(
+    wrong = vudsync_cli(
         pipeline_settings, kafka_bootstrap, "connect", VUDSYNC_CLOUD_CLIENT_SECRET="not-the-secret"
     )
     assert wrong.returncode == 2 and "does not accept the credentials" in wrong.stderr
@@ -78,7 +61,7 @@ def test_connect_publishes_what_the_planner_must_know_and_snapshots_the_store(
     writer.upsert_companies([{"id": "c1", "name": "Fjord AS", "organisation_number": "923 609 016"}])
     writer.close()
 
-    done = _vudsync(settings, kafka_bootstrap, "connect")
+    done = vudsync_cli(settings, kafka_bootstrap, "connect")
     assert done.returncode == 0, done.stderr
     assert "Customer administrator" in done.stdout and "taken at change-log position" in done.stdout
     assert "VB-KEY-1" not in done.stdout + done.stderr
@@ -110,7 +93,7 @@ def test_connect_publishes_what_the_planner_must_know_and_snapshots_the_store(
         kafka_bootstrap, settings.topic(DIRECTORY_TOPICS[EntityType.COMPANY].name), timeout=30, until=bool
     )
     assert events[0].key == b"c1"
-    again = _vudsync(settings, kafka_bootstrap, "connect", "--json")
+    again = vudsync_cli(settings, kafka_bootstrap, "connect", "--json")
     assert again.returncode == 0 and "snapshotted before" in again.stdout
 
 

@@ -55,7 +55,7 @@ class CloudReadout:
 # -- the cloud ------------------------------------------------------------------------------
 
 
-def _client(settings: Settings, transport: httpx.BaseTransport | None = None) -> httpx.Client:
+def cloud_client(settings: Settings, transport: httpx.BaseTransport | None = None) -> httpx.Client:
     auth = ClientCredentials(
         f"{settings.cloud_url.rstrip('/')}/oauth/token",
         settings.cloud_client_id,
@@ -65,7 +65,7 @@ def _client(settings: Settings, transport: httpx.BaseTransport | None = None) ->
     return httpx.Client(base_url=settings.cloud_url, timeout=30.0, transport=transport, auth=auth)
 
 
-def _get(client: httpx.Client, path: str, **params: Any) -> Any:
+def cloud_get(client: httpx.Client, path: str, **params: Any) -> Any:
     try:
         response = client.get(path, params=params or None)
     except httpx.HTTPError as exc:
@@ -78,34 +78,46 @@ def _get(client: httpx.Client, path: str, **params: Any) -> Any:
     return response.json()
 
 
+def require_customer_admin(client: httpx.Client, settings: Settings, action: str = "connect") -> Any:
+    """``GET /v1/me`` (the first request fetches the token): the caller's identity, if it is a
+    Customer administrator's; else :class:`ConnectRefused` saying what to use instead."""
+    try:
+        me = cloud_get(client, "/v1/me")
+    except AuthenticationFailed:
+        raise ConnectRefused(
+            f"refused: the cloud does not accept the credentials of client {settings.cloud_client_id!r}",
+            hint=f"{action} with the client id and secret of a Customer administrator "
+            "(VUDSYNC_CLOUD_CLIENT_ID / VUDSYNC_CLOUD_CLIENT_SECRET)",
+        ) from None
+    if not me.get("is_customer_admin"):
+        raise ConnectRefused(
+            f"refused: client {me.get('client_id')!r} is not a Customer administrator of "
+            f"{me.get('customer_name')!r}; only a Customer administrator may {action}",
+            hint="use the credentials of a Customer administrator "
+            "(VUDSYNC_CLOUD_CLIENT_ID / VUDSYNC_CLOUD_CLIENT_SECRET)",
+        )
+    return me
+
+
+def read_registry(client: httpx.Client) -> dict[str, dict[str, Any] | None]:
+    """The cloud's registered instance of every application (``None``: none registered)."""
+    registered = {i["service"]: i for i in cloud_get(client, "/v1/application-instances")["items"]}
+    return {app.value: registered.get(app.value) for app in ApplicationType}
+
+
 def read_cloud(settings: Settings, transport: httpx.BaseTransport | None = None) -> CloudReadout:
     """Check the caller is a Customer administrator; read registry, catalogue and links."""
-    with _client(settings, transport) as client:
-        try:
-            me = _get(client, "/v1/me")  # the first request fetches the token
-        except AuthenticationFailed:
-            raise ConnectRefused(
-                f"refused: the cloud does not accept the credentials of client {settings.cloud_client_id!r}",
-                hint="connect with the client id and secret of a Customer administrator "
-                "(VUDSYNC_CLOUD_CLIENT_ID / VUDSYNC_CLOUD_CLIENT_SECRET)",
-            ) from None
-        if not me.get("is_customer_admin"):
-            raise ConnectRefused(
-                f"refused: client {me.get('client_id')!r} is not a Customer administrator of "
-                f"{me.get('customer_name')!r}; only a Customer administrator may connect",
-                hint="use the credentials of a Customer administrator "
-                "(VUDSYNC_CLOUD_CLIENT_ID / VUDSYNC_CLOUD_CLIENT_SECRET)",
-            )
+    with cloud_client(settings, transport) as client:
+        me = require_customer_admin(client, settings)
         readout = CloudReadout(customer=str(me.get("customer_name")), client_id=str(me.get("client_id")))
-        registered = {i["service"]: i for i in _get(client, "/v1/application-instances")["items"]}
-        readout.registry = {app.value: registered.get(app.value) for app in ApplicationType}
-        for service in _get(client, "/v1/services")["items"]:
+        readout.registry = read_registry(client)
+        for service in cloud_get(client, "/v1/services")["items"]:
             for kind in KINDS:
                 readout.catalogue += [
                     f"{service['service']}:{kind}:{e['name']}" for e in service.get(kind, ())
                 ]
         for collection, out in (("companies", readout.companies), ("users", readout.users)):
-            items = all_pages(lambda path, params: _get(client, path, **params), f"/v1/{collection}")
+            items = all_pages(lambda path, params: cloud_get(client, path, **params), f"/v1/{collection}")
             out.update({i["external_id"]: i["id"] for i in items if i.get("external_id")})
     return readout
 
