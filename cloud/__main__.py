@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--token-burst-per-address", type=float, default=20.0)
     parser.add_argument("--docs", action="store_true", help="serve the Swagger UI at /docs")
+    parser.add_argument(
+        "--changes-retention",
+        type=float,
+        default=7 * 24 * 3600.0,
+        help="seconds a change-feed cursor stays valid unused (then 410: read in full again)",
+    )
     parser.add_argument("--faults-json", help="a whole fault configuration as JSON")
     parser.add_argument("--error-rate", type=float)
     parser.add_argument("--rate-limit-rate", type=float)
@@ -100,6 +106,7 @@ def settings_from(args: argparse.Namespace) -> CloudSettings:
         token_rate_per_address=args.token_rate_per_address,
         token_burst_per_address=args.token_burst_per_address,
         docs=args.docs,
+        changes_retention_seconds=args.changes_retention,
         faults=faults,
         sqlite_synchronous=args.synchronous,
         secret_hash_iterations=args.secret_hash_iterations,

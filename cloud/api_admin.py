@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 
 from cloud import models
 from cloud.deps import Context, check_admin
+from cloud.directory import changes
 from cloud.faults import FaultConfig
 from cloud.responses import ADMIN, CONFLICT, merge
 
@@ -91,3 +92,14 @@ def reset(context: Context) -> JSONResponse:
     context.store.reset()
     context.stats.reset()
     return JSONResponse({"status": "reset"})
+
+
+@router.post(
+    "/changes/expire",
+    response_model=models.ChangesEpoch,
+    responses=ADMIN,
+    summary="Expire every change-feed cursor issued so far (their next read answers 410)",
+)
+def expire_changes(context: Context) -> JSONResponse:
+    with context.store.transaction() as conn:
+        return JSONResponse({"epoch": changes.expire(conn)})

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import JSONResponse
 
 from cloud import models
+from cloud.api_services import EntryName, Kind, Service
 from cloud.deps import Context, IfMatch, Reader, WriteDep
 from cloud.directory import access, companies, users
 from cloud.directory.writes import Body
@@ -215,7 +216,8 @@ def get_access(user_id: UserId, company_id: CompanyId, context: Context, _: Read
     summary="Replace the user's assignments in the company (422: name not in the catalogue)",
 )
 def put_access(user_id: UserId, company_id: CompanyId, body: models.AccessBody, write: WriteDep) -> Response:
-    return write.run(lambda conn, now: access.put_access(conn, now, user_id, company_id, body))
+    origin = write.origin
+    return write.run(lambda conn, now: access.put_access(conn, now, user_id, company_id, body, origin))
 
 
 @router.delete(
@@ -228,3 +230,47 @@ def put_access(user_id: UserId, company_id: CompanyId, body: models.AccessBody, 
 )
 def delete_access(user_id: UserId, company_id: CompanyId, write: WriteDep) -> Response:
     return write.run(lambda conn, now: access.delete_access(conn, now, user_id, company_id))
+
+
+_ENTRY = "/users/{user_id}/access/{company_id}/{service}/{kind}/{name}"
+
+
+@router.put(
+    _ENTRY,
+    response_model=models.Access,
+    responses=merge({200: _ETAG}, NOT_FOUND),
+    tags=["access"],
+    summary="Grant one role, layout group or module; every other entry stays as it is",
+    description="The entry's origin is `directory` when the integration's client writes it, "
+    "`cloud` for any other client (e.g. an administrator in the portal).",
+)
+def grant_entry(
+    user_id: UserId,
+    company_id: CompanyId,
+    service: Service,
+    kind: Kind,
+    name: EntryName,
+    write: WriteDep,
+) -> Response:
+    origin = write.origin
+    entry = (service, kind, name)
+    return write.run(lambda conn, now: access.grant_entry(conn, now, user_id, company_id, entry, origin))
+
+
+@router.delete(
+    _ENTRY,
+    response_model=models.Access,
+    responses=merge({200: _ETAG}, NOT_FOUND),
+    tags=["access"],
+    summary="Revoke one role, layout group or module; every other entry stays as it is",
+)
+def revoke_entry(
+    user_id: UserId,
+    company_id: CompanyId,
+    service: Service,
+    kind: Kind,
+    name: EntryName,
+    write: WriteDep,
+) -> Response:
+    entry = (service, kind, name)
+    return write.run(lambda conn, now: access.revoke_entry(conn, now, user_id, company_id, entry))

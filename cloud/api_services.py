@@ -10,8 +10,8 @@ from fastapi.responses import JSONResponse
 from cloud import models
 from cloud.batch import render_answers, run_batch
 from cloud.deps import Caller, Context, Reader, WriteDep
-from cloud.directory import audit_trail, catalogue, instances
-from cloud.responses import ETAG_HEADER, NOT_FOUND, V1, merge
+from cloud.directory import audit_trail, catalogue, changes, instances
+from cloud.responses import ETAG_HEADER, NOT_FOUND, V1, error_doc, merge
 
 router = APIRouter(prefix="/v1", responses=V1)
 
@@ -151,6 +151,37 @@ def audit(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> JSONResponse:
     page = audit_trail.audit_page(context.store.reader(), idempotency_key, resource_id, after_seq, limit)
+    return JSONResponse(page)
+
+
+# -- the change feed ---------------------------------------------------------------
+
+
+@router.get(
+    "/changes",
+    response_model=models.ChangesPage,
+    responses={
+        400: error_doc("not a cursor of this feed"),
+        410: error_doc("the cursor expired: read the directory in full, then follow from a new cursor"),
+    },
+    tags=["changes"],
+    summary="Users, companies and access changed since a cursor (no cursor: the cursor of now)",
+    description=changes.__doc__,
+)
+def list_changes(
+    context: Context,
+    _: Reader,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+) -> JSONResponse:
+    page = changes.changes_page(
+        context.store.reader(),
+        cursor,
+        limit,
+        now=context.clock(),
+        retention_seconds=context.settings.changes_retention_seconds,
+        integration_client=context.settings.client_id,
+    )
     return JSONResponse(page)
 
 

@@ -114,6 +114,13 @@ class Write:
     request: WriteRequest
     renderer: Callable[..., Any] = render
 
+    @property
+    def origin(self) -> str:
+        """Who an access entry written by this request comes from: ``directory`` when the
+        integration's client (the configured ``client_id``) writes it, ``cloud`` for anyone
+        else (an administrator in the portal, another client)."""
+        return "directory" if self.request.client_id == self.context.settings.client_id else "cloud"
+
     def run(self, action: WriteAction) -> Response:
         result: WriteResult = self.context.store.write(self.request, action)
         if result.replayed:

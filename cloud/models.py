@@ -225,10 +225,25 @@ class AccessBody(_Request):
     services: dict[ServiceName, ServiceAssignment]
 
 
+KindName = Literal["roles", "layout_groups", "modules"]
+
+
+class AccessEntry(BaseModel):
+    """One assignment, with who wrote it: ``directory`` (the integration's client) or
+    ``cloud`` (anyone else, e.g. an administrator in the portal)."""
+
+    service: ServiceName
+    kind: KindName
+    name: str
+    origin: Literal["directory", "cloud"]
+    modified_at: datetime
+
+
 class Access(BaseModel):
     user_id: str
     company_id: str
     services: dict[ServiceName, ServiceAssignment]
+    entries: list[AccessEntry]
     version: int
     updated_at: datetime
 
@@ -250,6 +265,26 @@ class AuditEntry(BaseModel):
     resource_type: str
     resource_id: str
     effect: str
+
+
+class Change(BaseModel):
+    seq: int
+    at: datetime
+    resource_type: Literal["user", "company", "access"]
+    resource_id: str = Field(description="the cloud id; access: <user id>/<company id>")
+    change: Literal["upserted", "deleted"]
+    origin: Literal["directory", "cloud"] = Field(description="who made the resource's last change")
+    state: dict[str, Any] | None = Field(description="the resource as it is now; null when deleted")
+
+
+class ChangesPage(BaseModel):
+    items: list[Change]
+    cursor: str = Field(description="pass as cursor to read on")
+    more: bool = Field(description="true: read again at once; false: no more changes yet")
+
+
+class ChangesEpoch(BaseModel):
+    epoch: int = Field(description="cursors of an older epoch are answered 410")
 
 
 class AuditPage(BaseModel):

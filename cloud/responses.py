@@ -15,30 +15,30 @@ _RETRY_AFTER = {
 ETAG_HEADER = {"ETag": {"description": "the version, quoted", "schema": {"type": "string"}}}
 
 
-def _error(description: str, **extra: Any) -> dict[str, Any]:
+def error_doc(description: str, **extra: Any) -> dict[str, Any]:
     return {**_ERROR, "description": description, **extra}
 
 
-TOO_LARGE = _error("the request body is larger than the server accepts (cloud.limits)")
-TOKEN_LIMITED = _error("too many token requests from this address", headers=_RETRY_AFTER)
+TOO_LARGE = error_doc("the request body is larger than the server accepts (cloud.limits)")
+TOKEN_LIMITED = error_doc("too many token requests from this address", headers=_RETRY_AFTER)
 
 V1: Responses = {
-    400: _error("the body could not be parsed"),
-    401: _error("missing, unknown or expired bearer token"),
-    403: _error("the token lacks the scope this operation needs"),
+    400: error_doc("the body could not be parsed"),
+    401: error_doc("missing, unknown or expired bearer token"),
+    403: error_doc("the token lacks the scope this operation needs"),
     413: TOO_LARGE,
-    422: _error("invalid parameters or body, or an Idempotency-Key reused for another request"),
-    429: _error("rate limited (real or injected)", headers=_RETRY_AFTER),
-    "5XX": _error("server error (injected faults included; they never have an effect)"),
+    422: error_doc("invalid parameters or body, or an Idempotency-Key reused for another request"),
+    429: error_doc("rate limited (real or injected)", headers=_RETRY_AFTER),
+    "5XX": error_doc("server error (injected faults included; they never have an effect)"),
 }
-NOT_FOUND: Responses = {404: _error("not found")}
-CONFLICT: Responses = {409: _error("conflicts with an existing resource (see existing_id)")}
-PRECONDITION: Responses = {412: _error("If-Match does not name the current version")}
+NOT_FOUND: Responses = {404: error_doc("not found")}
+CONFLICT: Responses = {409: error_doc("conflicts with an existing resource (see existing_id)")}
+PRECONDITION: Responses = {412: error_doc("If-Match does not name the current version")}
 ADMIN: Responses = {
-    400: _error("the body could not be parsed"),
-    401: _error("missing or wrong X-Admin-Token"),
+    400: error_doc("the body could not be parsed"),
+    401: error_doc("missing or wrong X-Admin-Token"),
     413: TOO_LARGE,
-    422: _error("invalid body"),
+    422: error_doc("invalid body"),
 }
 
 

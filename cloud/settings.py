@@ -53,6 +53,11 @@ class CloudSettings(BaseModel):
     token_burst_per_address: float = Field(
         default=20.0, gt=0, description="token requests an address may make at once"
     )
+    changes_retention_seconds: float = Field(
+        default=7 * 24 * 3600.0,
+        gt=0,
+        description="a change-feed cursor not used for this long expires (410: read in full again)",
+    )
     docs: bool = Field(default=False, description="serve the Swagger UI at /docs (/openapi.json always)")
     faults: FaultConfig = Field(default_factory=FaultConfig)
     sqlite_synchronous: Literal["NORMAL", "FULL"] = Field(

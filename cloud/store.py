@@ -107,6 +107,7 @@ CREATE TABLE IF NOT EXISTS access (
     services TEXT NOT NULL,
     version INTEGER NOT NULL,
     updated_at TEXT NOT NULL,
+    entries TEXT NOT NULL DEFAULT '{}',  -- "service/kind/name" -> [origin, modified_at]
     PRIMARY KEY (user_id, company_id)
 );
 CREATE TABLE IF NOT EXISTS idempotency (
@@ -135,6 +136,17 @@ CREATE TABLE IF NOT EXISTS audit (
 DROP INDEX IF EXISTS audit_key;
 CREATE INDEX IF NOT EXISTS audit_resource ON audit(resource_id);
 """
+
+# columns added after a table was first created: (table, column, declaration)
+_ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (("access", "entries", "TEXT NOT NULL DEFAULT '{}'"),)
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """A database made by an older version gains the columns added since (its rows: defaults)."""
+    for table, column, declaration in _ADDED_COLUMNS:
+        if column not in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+
 
 # wiped by POST /admin/reset (clients and tokens stay)
 DATA_TABLES: tuple[str, ...] = (
@@ -259,6 +271,7 @@ class Store:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         writer = self._connect()
         writer.executescript(SCHEMA)
+        _add_missing_columns(writer)
         self._writer = writer
         self._checkpointer = WalCheckpointer(self._connect, name="cloud-checkpointer")
         self._checkpointer.start(writer)

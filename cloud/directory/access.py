@@ -7,20 +7,49 @@ import sqlite3
 from typing import Any
 
 from cloud import models
+from cloud.directory.catalogue import known_kind, known_service
 from cloud.directory.companies import get_company_row
 from cloud.directory.users import get_user_row
 from cloud.directory.writes import Body, Row, outcome
 from cloud.errors import ApiError, not_found
 from cloud.store import Effect, Outcome, iso
 
+Services = dict[str, dict[str, list[str]]]  # service -> kind -> sorted names
+Origins = dict[str, list[str]]  # "service/kind/name" -> [origin, modified_at]
+
 
 def access_body(row: Row) -> Body:
+    services: Services = json.loads(row["services"])
     return {
         "user_id": row["user_id"],
         "company_id": row["company_id"],
-        "services": json.loads(row["services"]),
+        "services": services,
+        "entries": _entries(services, json.loads(row["entries"] or "{}"), row["updated_at"]),
         "version": row["version"],
         "updated_at": row["updated_at"],
+    }
+
+
+def _entries(services: Services, origins: Origins, updated_at: str) -> list[Body]:
+    """Each assignment with where it came from and when it last changed. An entry written
+    before origins were kept counts as the integration's (``directory``) as of the row's time."""
+    return [
+        {"service": service, "kind": kind, "name": name, "origin": origin, "modified_at": modified_at}
+        for service, kinds in services.items()
+        for kind, names in kinds.items()
+        for name in names
+        for origin, modified_at in [origins.get(f"{service}/{kind}/{name}", ("directory", updated_at))]
+    ]
+
+
+def _origins(new: Services, old: Origins, origin: str, stamp: str) -> Origins:
+    """The entries of ``new``: those already held keep their origin and time, the others are
+    ``origin``'s as of ``stamp``."""
+    return {
+        key: old.get(key, [origin, stamp])
+        for service, kinds in new.items()
+        for kind, names in kinds.items()
+        for key in (f"{service}/{kind}/{name}" for name in names)
     }
 
 
@@ -85,12 +114,23 @@ def get_access(conn: sqlite3.Connection, user_id: str, company_id: str) -> Body:
 
 
 def put_access(
-    conn: sqlite3.Connection, now: float, user_id: str, company_id: str, body: models.AccessBody
+    conn: sqlite3.Connection,
+    now: float,
+    user_id: str,
+    company_id: str,
+    body: models.AccessBody,
+    origin: str = "directory",
 ) -> Outcome:
-    """Replace the user's assignments in the company (404 unknown user/company, 422 unknown name)."""
+    """Replace the user's assignments in the company (404 unknown user/company, 422 unknown name).
+    Entries it adds are ``origin``'s; entries it keeps keep theirs."""
     _require(conn, "users", user_id, "user")
     _require(conn, "companies", company_id, "company")
     services = _canonical_services(body)
+    _check_catalogue(conn, services)
+    return _write_services(conn, now, user_id, company_id, services, origin, "assigned")
+
+
+def _check_catalogue(conn: sqlite3.Connection, services: Services) -> None:
     missing = _missing_entries(conn, services)
     if missing:
         first = missing[0]
@@ -101,30 +141,89 @@ def put_access(
             f"{first['kind']} of {first['service']}",
             detail=missing,
         )
+
+
+def _write_services(
+    conn: sqlite3.Connection,
+    now: float,
+    user_id: str,
+    company_id: str,
+    services: Services,
+    origin: str,
+    effect: str,
+    row: Row | None = None,
+) -> Outcome:
     ident = f"{user_id}/{company_id}"
     encoded = json.dumps(services, sort_keys=True)
-    row = _access_row(conn, user_id, company_id)
+    row = row if row is not None else _access_row(conn, user_id, company_id)
     if row is not None and row["services"] == encoded:
         return outcome(200, access_body(row), "access", ident, "noop")
+    stamp = iso(now)
+    old: Origins = {} if row is None else json.loads(row["entries"] or "{}")
+    origins = json.dumps(_origins(services, old, origin, stamp), sort_keys=True)
     new = {
         "user_id": user_id,
         "company_id": company_id,
         "services": encoded,
+        "entries": origins,
         "version": 1 if row is None else row["version"] + 1,
-        "updated_at": iso(now),
+        "updated_at": stamp,
     }
     if row is None:
         conn.execute(
-            "INSERT INTO access (user_id, company_id, services, version, updated_at) VALUES (?, ?, ?, ?, ?)",
-            (user_id, company_id, encoded, new["version"], new["updated_at"]),
+            "INSERT INTO access (user_id, company_id, services, entries, version, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (user_id, company_id, encoded, origins, new["version"], stamp),
         )
     else:
         conn.execute(
-            "UPDATE access SET services = ?, version = ?, updated_at = ?"
+            "UPDATE access SET services = ?, entries = ?, version = ?, updated_at = ?"
             " WHERE user_id = ? AND company_id = ?",
-            (encoded, new["version"], new["updated_at"], user_id, company_id),
+            (encoded, origins, new["version"], stamp, user_id, company_id),
         )
-    return outcome(200, access_body(new), "access", ident, "assigned")
+    return outcome(200, access_body(new), "access", ident, effect)
+
+
+def grant_entry(
+    conn: sqlite3.Connection,
+    now: float,
+    user_id: str,
+    company_id: str,
+    entry: tuple[str, str, str],
+    origin: str,
+) -> Outcome:
+    """Grant one role, layout group or module (``entry`` = service, kind, name), leaving every
+    other entry as it is: 200 ``granted`` (or ``noop`` when held already), 404, 422."""
+    service, kind, name = known_service(entry[0]), known_kind(entry[1]), entry[2]
+    _require(conn, "users", user_id, "user")
+    _require(conn, "companies", company_id, "company")
+    _check_catalogue(conn, {service: {kind: [name]}})
+    row = _access_row(conn, user_id, company_id)
+    services: Services = {} if row is None else json.loads(row["services"])
+    names = services.setdefault(service, {k: [] for k in models.KINDS})[kind]
+    if name not in names:
+        names.append(name)
+        names.sort()
+    return _write_services(conn, now, user_id, company_id, services, origin, "granted", row)
+
+
+def revoke_entry(
+    conn: sqlite3.Connection, now: float, user_id: str, company_id: str, entry: tuple[str, str, str]
+) -> Outcome:
+    """Revoke one entry, leaving every other as it is: 200 ``revoked`` (``noop`` when not held)."""
+    service, kind, name = known_service(entry[0]), known_kind(entry[1]), entry[2]
+    _require(conn, "users", user_id, "user")
+    _require(conn, "companies", company_id, "company")
+    row = _access_row(conn, user_id, company_id)
+    if row is None:
+        raise not_found("access")
+    services: Services = json.loads(row["services"])
+    names = services.get(service, {}).get(kind, [])
+    if name in names:
+        names.remove(name)
+        if not any(services[service].values()):
+            del services[service]
+    return _write_services(conn, now, user_id, company_id, services, "directory", "revoked", row)
 
 
 def delete_access(conn: sqlite3.Connection, now: float, user_id: str, company_id: str) -> Outcome:

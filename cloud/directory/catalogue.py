@@ -17,7 +17,7 @@ def known_service(service: str) -> str:
     return service
 
 
-def _known_kind(kind: str) -> str:
+def known_kind(kind: str) -> str:
     if kind not in models.KINDS:
         raise not_found("catalogue kind")
     return kind
@@ -42,7 +42,7 @@ def _entry_row(conn: sqlite3.Connection, service: str, kind: str, name: str) -> 
 
 
 def get_entry(conn: sqlite3.Connection, service: str, kind: str, name: str) -> Body:
-    row = _entry_row(conn, known_service(service), _known_kind(kind), name)
+    row = _entry_row(conn, known_service(service), known_kind(kind), name)
     if row is None:
         raise not_found("catalogue entry")
     return entry_body(row)
@@ -52,7 +52,7 @@ def put_entry(
     conn: sqlite3.Connection, now: float, service: str, kind: str, name: str, description: str | None
 ) -> Outcome:
     known_service(service)
-    _known_kind(kind)
+    known_kind(kind)
     ident = f"{service}/{kind}/{name}"
     row = _entry_row(conn, service, kind, name)
     if row is not None and row["description"] == description:
@@ -85,7 +85,7 @@ def put_entry(
 def delete_entry(conn: sqlite3.Connection, now: float, service: str, kind: str, name: str) -> Outcome:
     """Remove a catalogue entry and take it out of every assignment that named it."""
     known_service(service)
-    _known_kind(kind)
+    known_kind(kind)
     if _entry_row(conn, service, kind, name) is None:
         raise not_found("catalogue entry")
     conn.execute("DELETE FROM catalogue WHERE service = ? AND kind = ? AND name = ?", (service, kind, name))

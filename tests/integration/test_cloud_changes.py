@@ -1,0 +1,193 @@
+"""Two-way access, the cloud's side (issue 16, item 1): every access entry carries its origin
+(``directory``: the integration's client; ``cloud``: anyone else, here an administrator in the
+portal, simulated with a second OAuth client) and its modification time; one entry can be
+granted or revoked without touching the others; and ``GET /v1/changes`` is an incremental feed
+of users, companies and access with cursors, pages and expiry (410). Over real HTTP, against a
+``python -m cloud`` subprocess."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from cloud.server import CloudServer
+from cloud.store import Store
+from devtools.processes import wait_until
+
+pytestmark = pytest.mark.integration
+
+PORTAL = ("portal-admin", "portal-admin-secret-1")
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[CloudServer]:
+    cloud = CloudServer(customer_name="Fjellvik AS", token_rate_per_address=0, secret_hash_iterations=1000)
+    with cloud:
+        httpx.post(
+            f"{cloud.url}/admin/clients",
+            headers=cloud.admin_headers(),
+            json={"client_id": PORTAL[0], "client_secret": PORTAL[1], "is_customer_admin": True},
+        ).raise_for_status()
+        yield cloud
+    cloud.cleanup()
+
+
+def _client(server: CloudServer, who: tuple[str, str] | None = None) -> httpx.Client:
+    if who is None:
+        headers = server.auth_headers()
+    else:
+        headers = {"Authorization": f"Bearer {server.token(client_id=who[0], client_secret=who[1])}"}
+    return httpx.Client(base_url=server.url, headers=headers, timeout=30.0)
+
+
+@pytest.fixture()
+def integration(server: CloudServer) -> Iterator[httpx.Client]:
+    with _client(server) as client:
+        yield client
+
+
+@pytest.fixture()
+def portal(server: CloudServer) -> Iterator[httpx.Client]:
+    with _client(server, PORTAL) as client:
+        yield client
+
+
+def _ok(response: httpx.Response) -> Any:
+    assert response.status_code < 300, response.text
+    return response.json() if response.content else None
+
+
+def _user_and_company(api: httpx.Client) -> tuple[str, str]:
+    for role in ("Regnskap", "Lønn", "Innkjøp"):
+        _ok(api.put(f"/v1/services/business/roles/{role}", json={"description": role}))
+    user = _ok(api.post("/v1/users", json={"email": f"u.{uuid.uuid4().hex[:8]}@fjord.no"}))["id"]
+    digits = f"{uuid.uuid4().int % 10**9:09d}"
+    company = _ok(api.post("/v1/companies", json={"name": "Fjord AS", "organisation_number": digits}))["id"]
+    return user, company
+
+
+def _origins(access: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["origin"] for e in access["entries"]}
+
+
+def test_each_entry_keeps_its_origin_and_one_entry_changes_alone(
+    integration: httpx.Client, portal: httpx.Client
+) -> None:
+    user, company = _user_and_company(integration)
+    path = f"/v1/users/{user}/access/{company}"
+    first = _ok(integration.put(path, json={"services": {"business": {"roles": ["Regnskap"]}}}))
+    assert _origins(first) == {"Regnskap": "directory"}
+
+    # an administrator grants a role in the portal: one entry, the others untouched
+    granted = _ok(portal.put(f"{path}/business/roles/Lønn"))
+    assert _origins(granted) == {"Regnskap": "directory", "Lønn": "cloud"}
+    assert granted["services"]["business"]["roles"] == ["Lønn", "Regnskap"]
+    (regnskap,) = (e for e in granted["entries"] if e["name"] == "Regnskap")
+    (first_regnskap,) = first["entries"]
+    assert regnskap["modified_at"] == first_regnskap["modified_at"], "an untouched entry keeps its time"
+    again = _ok(portal.put(f"{path}/business/roles/Lønn"))
+    assert again["version"] == granted["version"], "granting a held entry changes nothing"
+
+    # the integration grants and revokes its own entries one by one; the cloud's stays
+    _ok(integration.put(f"{path}/business/roles/Innkjøp"))
+    after = _ok(integration.delete(f"{path}/business/roles/Regnskap"))
+    assert _origins(after) == {"Lønn": "cloud", "Innkjøp": "directory"}
+    assert _ok(integration.get(path))["entries"] == after["entries"]
+
+    unknown = integration.put(f"{path}/business/roles/Finnes-ikke")
+    assert unknown.status_code == 422 and unknown.json()["error"] == "unknown_catalogue_entry"
+    assert integration.put(f"/v1/users/{user}/access/nope/business/roles/Lønn").status_code == 404
+
+
+def test_the_feed_gives_each_change_once_with_its_origin_page_by_page(
+    integration: httpx.Client, portal: httpx.Client
+) -> None:
+    start = _ok(integration.get("/v1/changes"))
+    assert start["items"] == [] and start["more"] is False
+
+    user, company = _user_and_company(integration)
+    path = f"/v1/users/{user}/access/{company}"
+    _ok(integration.put(path, json={"services": {"business": {"roles": ["Regnskap"]}}}))
+    _ok(portal.put(f"{path}/business/roles/Lønn"))  # the same access changed twice: one item
+
+    items: list[dict[str, Any]] = []
+    cursor, pages = start["cursor"], 0
+    while True:
+        page = _ok(integration.get("/v1/changes", params={"cursor": cursor, "limit": 1}))
+        items += page["items"]
+        cursor, pages = page["cursor"], pages + 1
+        if not page["more"]:
+            break
+    assert pages >= 3, "one change per page"
+    ours = [i for i in items if i["resource_id"] in (user, company, f"{user}/{company}")]
+    by_type = {i["resource_type"]: i for i in ours}
+    assert by_type["user"]["origin"] == "directory" and by_type["user"]["state"]["id"] == user
+    assert by_type["company"]["change"] == "upserted"
+    assert by_type["access"]["origin"] == "cloud", "the last change of the access was the portal's"
+    assert _origins(by_type["access"]["state"]) == {"Regnskap": "directory", "Lønn": "cloud"}
+
+    # all at once: each resource once, where it last changed
+    whole = _ok(integration.get("/v1/changes", params={"cursor": start["cursor"], "limit": 1000}))
+    keys = [(i["resource_type"], i["resource_id"]) for i in whole["items"]]
+    assert len(keys) == len(set(keys)) and ("access", f"{user}/{company}") in keys
+
+    # no more changes yet, then the next one only
+    quiet = _ok(integration.get("/v1/changes", params={"cursor": cursor}))
+    assert quiet["items"] == [] and quiet["more"] is False
+    _ok(integration.delete(f"{path}/business/roles/Regnskap"))
+    (revoked,) = _ok(integration.get("/v1/changes", params={"cursor": quiet["cursor"]}))["items"]
+    assert revoked["resource_id"] == f"{user}/{company}" and _origins(revoked["state"]) == {"Lønn": "cloud"}
+
+
+def test_an_expired_cursor_is_answered_410_and_a_new_one_works(
+    server: CloudServer, integration: httpx.Client
+) -> None:
+    old = _ok(integration.get("/v1/changes"))["cursor"]
+    _ok(httpx.post(f"{server.url}/admin/changes/expire", headers=server.admin_headers()))
+    expired = integration.get("/v1/changes", params={"cursor": old})
+    assert expired.status_code == 410 and expired.json()["error"] == "cursor_expired"
+    fresh = _ok(integration.get("/v1/changes"))["cursor"]
+    assert _ok(integration.get("/v1/changes", params={"cursor": fresh}))["items"] == []
+    bad = integration.get("/v1/changes", params={"cursor": "not-a-cursor"})
+    assert bad.status_code == 400 and bad.json()["error"] == "invalid_cursor"
+
+
+def test_a_cursor_unused_past_the_retention_expires(tmp_path: Path) -> None:
+    with (
+        CloudServer(
+            db_path=tmp_path / "cloud.db",
+            secret_hash_iterations=1000,
+            extra_args=("--changes-retention", "1"),
+        ) as short,
+        _client(short) as api,
+    ):
+        cursor = _ok(api.get("/v1/changes"))["cursor"]
+        wait_until(
+            lambda: api.get("/v1/changes", params={"cursor": cursor}).status_code == 410,
+            30,
+            what="the cursor to expire after its retention",
+        )
+
+
+def test_a_database_of_an_older_version_gains_the_entries_column(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as old:
+        old.execute(
+            "CREATE TABLE access (user_id TEXT NOT NULL, company_id TEXT NOT NULL, services TEXT NOT NULL,"
+            " version INTEGER NOT NULL, updated_at TEXT NOT NULL, PRIMARY KEY (user_id, company_id))"
+        )
+        old.execute("INSERT INTO access VALUES ('u', 'c', '{}', 1, '2026-01-01T00:00:00Z')")
+    old.close()
+    store = Store(path, clock=lambda: 0.0)
+    store.open()
+    try:
+        (row,) = store.reader().execute("SELECT entries FROM access").fetchall()
+        assert row[0] == "{}"
+    finally:
+        store.close()
