@@ -186,6 +186,15 @@ def link_user(user_id: UserId, body: models.Link, write: WriteDep) -> Response:
 
 # -- access ------------------------------------------------------------------------
 
+Scope = Annotated[
+    str,
+    Query(
+        pattern="^(all|directory)$",
+        description="all: the body is the whole set; directory: the body is the directory's whole "
+        "set, and entries of origin cloud are kept",
+    ),
+]
+
 
 @router.get(
     "/users/{user_id}/access",
@@ -215,9 +224,11 @@ def get_access(user_id: UserId, company_id: CompanyId, context: Context, _: Read
     tags=["access"],
     summary="Replace the user's assignments in the company (422: name not in the catalogue)",
 )
-def put_access(user_id: UserId, company_id: CompanyId, body: models.AccessBody, write: WriteDep) -> Response:
+def put_access(
+    user_id: UserId, company_id: CompanyId, body: models.AccessBody, write: WriteDep, scope: Scope = "all"
+) -> Response:
     origin = write.origin
-    return write.run(lambda conn, now: access.put_access(conn, now, user_id, company_id, body, origin))
+    return write.run(lambda conn, now: access.put_access(conn, now, user_id, company_id, body, origin, scope))
 
 
 @router.delete(
@@ -228,8 +239,8 @@ def put_access(user_id: UserId, company_id: CompanyId, body: models.AccessBody, 
     tags=["access"],
     summary="Revoke all of the user's access to the company",
 )
-def delete_access(user_id: UserId, company_id: CompanyId, write: WriteDep) -> Response:
-    return write.run(lambda conn, now: access.delete_access(conn, now, user_id, company_id))
+def delete_access(user_id: UserId, company_id: CompanyId, write: WriteDep, scope: Scope = "all") -> Response:
+    return write.run(lambda conn, now: access.delete_access(conn, now, user_id, company_id, scope))
 
 
 _ENTRY = "/users/{user_id}/access/{company_id}/{service}/{kind}/{name}"

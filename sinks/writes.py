@@ -102,7 +102,9 @@ def simple_write(op: CloudOperation) -> Write | None:
     if isinstance(op, AssignAccess | RevokeAccess):
         if not (op.cloud_user_id and op.cloud_company_id):
             return None
-        path = f"/v1/users/{_seg(op.cloud_user_id)}/access/{_seg(op.cloud_company_id)}"
+        # scope=directory: the operation is the directory's set; what an administrator assigned
+        # in the cloud (origin cloud) is kept, never revoked (docs/cloud-api.md)
+        path = f"/v1/users/{_seg(op.cloud_user_id)}/access/{_seg(op.cloud_company_id)}?scope=directory"
         if isinstance(op, AssignAccess):
             services = {app.value: svc.model_dump(mode="json") for app, svc in op.services.items()}
             return Write("PUT", path, oid, {"services": services})

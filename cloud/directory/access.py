@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
 from typing import Any
 
 from cloud import models
@@ -120,14 +121,49 @@ def put_access(
     company_id: str,
     body: models.AccessBody,
     origin: str = "directory",
+    scope: str = "all",
 ) -> Outcome:
     """Replace the user's assignments in the company (404 unknown user/company, 422 unknown name).
-    Entries it adds are ``origin``'s; entries it keeps keep theirs."""
+
+    ``scope="all"``: the body is the whole set; entries it adds are ``origin``'s, entries it
+    keeps keep theirs. ``scope="directory"``: the body is the *directory's* whole set — entries
+    of origin ``cloud`` outside it are kept as they are, the directory's own outside it are
+    revoked, and every entry in it is the directory's from now on (it changed that entry too)."""
     _require(conn, "users", user_id, "user")
     _require(conn, "companies", company_id, "company")
     services = _canonical_services(body)
     _check_catalogue(conn, services)
-    return _write_services(conn, now, user_id, company_id, services, origin, "assigned")
+    if scope != "directory":
+        return _write_services(conn, now, user_id, company_id, services, origin, "assigned")
+    row = _access_row(conn, user_id, company_id)
+    claim = frozenset(_keys(services))
+    if row is not None:
+        services = _with_cloud_entries(services, row)
+    return _write_services(conn, now, user_id, company_id, services, "directory", "assigned", row, claim)
+
+
+def _keys(services: Services) -> Iterator[str]:
+    for service, kinds in services.items():
+        for kind, names in kinds.items():
+            for name in names:
+                yield f"{service}/{kind}/{name}"
+
+
+def _with_cloud_entries(services: Services, row: Row) -> Services:
+    """``services`` plus the entries of ``row`` whose origin is the cloud."""
+    origins: Origins = json.loads(row["entries"] or "{}")
+    merged: Services = {
+        service: {k: list(v) for k, v in kinds.items()} for service, kinds in services.items()
+    }
+    for key, (origin, _) in origins.items():
+        if origin != "cloud":
+            continue
+        service, kind, name = key.split("/", 2)
+        names = merged.setdefault(service, {k: [] for k in models.KINDS})[kind]
+        if name not in names:
+            names.append(name)
+            names.sort()
+    return merged
 
 
 def _check_catalogue(conn: sqlite3.Connection, services: Services) -> None:
@@ -152,15 +188,21 @@ def _write_services(
     origin: str,
     effect: str,
     row: Row | None = None,
+    claim: frozenset[str] = frozenset(),
 ) -> Outcome:
+    """Write ``services``; the ``claim``ed entries become the directory's (see put_access)."""
     ident = f"{user_id}/{company_id}"
     encoded = json.dumps(services, sort_keys=True)
     row = row if row is not None else _access_row(conn, user_id, company_id)
-    if row is not None and row["services"] == encoded:
+    old: Origins = {} if row is None else json.loads(row["entries"] or "{}")
+    claimed = [key for key in claim if old.get(key, ("directory",))[0] == "cloud"]
+    if row is not None and row["services"] == encoded and not claimed:
         return outcome(200, access_body(row), "access", ident, "noop")
     stamp = iso(now)
-    old: Origins = {} if row is None else json.loads(row["entries"] or "{}")
-    origins = json.dumps(_origins(services, old, origin, stamp), sort_keys=True)
+    new_origins = _origins(services, old, origin, stamp)
+    for key in claimed:
+        new_origins[key] = ["directory", stamp]
+    origins = json.dumps(new_origins, sort_keys=True)
     new = {
         "user_id": user_id,
         "company_id": company_id,
@@ -226,14 +268,23 @@ def revoke_entry(
     return _write_services(conn, now, user_id, company_id, services, "directory", "revoked", row)
 
 
-def delete_access(conn: sqlite3.Connection, now: float, user_id: str, company_id: str) -> Outcome:
-    del now
+def delete_access(
+    conn: sqlite3.Connection, now: float, user_id: str, company_id: str, scope: str = "all"
+) -> Outcome:
+    """Revoke the user's access to the company: all of it, or (``scope="directory"``) the
+    directory's entries only — entries of origin ``cloud`` stay (204 either way; 404)."""
     get_user_row(conn, user_id)
     get_company_row(conn, company_id)
-    if _access_row(conn, user_id, company_id) is None:
+    row = _access_row(conn, user_id, company_id)
+    if row is None:
         raise not_found("access")
-    conn.execute("DELETE FROM access WHERE user_id = ? AND company_id = ?", (user_id, company_id))
-    return Outcome(204, None, Effect("access", f"{user_id}/{company_id}", "revoked"))
+    ident = f"{user_id}/{company_id}"
+    kept = _with_cloud_entries({}, row) if scope == "directory" else {}
+    if not kept:
+        conn.execute("DELETE FROM access WHERE user_id = ? AND company_id = ?", (user_id, company_id))
+        return Outcome(204, None, Effect("access", ident, "revoked"))
+    written = _write_services(conn, now, user_id, company_id, kept, "directory", "revoked", row)
+    return Outcome(204, None, written.effect)
 
 
 def list_access(conn: sqlite3.Connection, user_id: str) -> list[Body]:

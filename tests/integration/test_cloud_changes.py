@@ -191,3 +191,31 @@ def test_a_database_of_an_older_version_gains_the_entries_column(tmp_path: Path)
         assert row[0] == "{}"
     finally:
         store.close()
+
+
+def test_the_directorys_set_keeps_the_clouds_entries_and_claims_those_it_names(
+    integration: httpx.Client, portal: httpx.Client
+) -> None:
+    user, company = _user_and_company(integration)
+    path = f"/v1/users/{user}/access/{company}"
+    directory = {"scope": "directory"}
+    _ok(integration.put(path, params=directory, json={"services": {"business": {"roles": ["Regnskap"]}}}))
+    _ok(portal.put(f"{path}/business/roles/Lønn"))
+    _ok(portal.put(f"{path}/business/roles/Innkjøp"))
+
+    # the directory's whole set now: Regnskap out, Innkjøp in (the directory changed that entry too)
+    now = _ok(
+        integration.put(path, params=directory, json={"services": {"business": {"roles": ["Innkjøp"]}}})
+    )
+    assert _origins(now) == {"Lønn": "cloud", "Innkjøp": "directory"}
+    same = _ok(
+        integration.put(path, params=directory, json={"services": {"business": {"roles": ["Innkjøp"]}}})
+    )
+    assert same["version"] == now["version"], "the same set again: no effect"
+
+    # a revoke of everything the directory holds leaves the cloud's entries
+    assert integration.delete(path, params=directory).status_code == 204
+    assert _origins(_ok(integration.get(path))) == {"Lønn": "cloud"}
+    assert integration.delete(path, params={"scope": "everything"}).status_code == 422
+    assert integration.delete(path).status_code == 204, "scope=all (the default) revokes everything"
+    assert integration.get(path).status_code == 404

@@ -374,3 +374,28 @@ def test_repair_of_more_deactivations_than_the_gate_allows_holds_them() -> None:
         plan, GateState(), PlannerSettings(deletes_threshold_percent=25.0), live=4, at=NOW.timestamp()
     )
     assert len(by_percent.held) == 4
+
+
+def test_access_an_administrator_assigned_in_the_cloud_is_reported_apart_never_drift() -> None:
+    """Two-way access: a cloud-origin entry is neither "extra" nor repaired; the directory's own
+    entries are compared as before."""
+    directory = _directory()
+    users = [_cloud_user("u1", "U1"), _cloud_user("u2", "U2"), _cloud_user("u3", "U3")]
+    entries = [
+        {"service": "business", "kind": "roles", "name": "Regnskap", "origin": "directory"},
+        {"service": "business", "kind": "roles", "name": "Lønn", "origin": "cloud"},
+        {"service": "reporting", "kind": "roles", "name": "Leser", "origin": "cloud"},
+    ]
+    services = {"business": {"roles": ["Lønn", "Regnskap"]}, "reporting": {"roles": ["Leser"]}}
+    access = {"U1": [{"company_id": "C1", "services": services, "entries": entries}], "U2": [], "U3": []}
+    report = compare(directory, _cloud(users=users, access=access))
+    assert report.clean, report.drifts
+    assert report.cloud_origin == ("u1/c1: business/roles/Lønn", "u1/c1: reporting/roles/Leser")
+    assert repair_operations(report, directory, _cloud(users=users, access=access), NOW).operations == ()
+
+    # the directory's own entry gone from the cloud is still drift
+    entries_without_ours = [e for e in entries if e["origin"] == "cloud"]
+    services_without_ours = {"business": {"roles": ["Lønn"]}, "reporting": {"roles": ["Leser"]}}
+    access["U1"] = [{"company_id": "C1", "services": services_without_ours, "entries": entries_without_ours}]
+    drifted = compare(directory, _cloud(users=users, access=access))
+    assert {(d.key, d.kind) for d in drifted.drifts} == {("u1/c1", DriftKind.MISSING)}

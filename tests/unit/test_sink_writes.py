@@ -79,7 +79,7 @@ def upsert_user(cloud_id: str | None = "cu-1", active: bool = True) -> UpsertUse
 def test_simple_operations_map_to_one_idempotent_write() -> None:
     write = simple_write(assign())
     assert write is not None
-    assert (write.method, write.path, write.key) == ("PUT", "/v1/users/cu-1/access/cc-1", "op-1")
+    assert (write.method, write.path, write.key) == ("PUT", "/v1/users/cu-1/access/cc-1?scope=directory", "op-1")
     assert write.body == {
         "services": {"business": {"roles": ["Regnskap"], "layout_groups": [], "modules": []}}
     }

@@ -48,6 +48,11 @@ def _print_report(report: DriftReport) -> None:
         click.echo(f"  … and {len(report.drifts) - 200} more (--json lists all)")
     for label in report.rejected_in_cloud[:200]:
         click.echo(f"  rejected  {label}  (capture rejects its directory row: not compared, never repaired)")
+    if report.cloud_origin:
+        click.echo(
+            f"note: {len(report.cloud_origin)} access entr(y/ies) assigned in the cloud by an administrator "
+            "(origin cloud): kept, not drift, never revoked by --repair (--json lists them)"
+        )
     if report.rejected:
         click.echo(f"note: {report.rejected} directory row(s) cannot be captured (see `vudsync dlq list`)")
     click.echo("No drift." if report.clean else f"{len(report.drifts)} drift(s).")

@@ -137,6 +137,9 @@ class DriftReport:
     rejected: int = 0  # directory rows capture rejects
     # of those, the ones the cloud holds: reported, never "extra", never repaired
     rejected_in_cloud: tuple[str, ...] = ()  # "user:<id>", "company:<id>"
+    # access an administrator assigned in the cloud (origin cloud): kept, never drift, never
+    # repaired; "<user>/<company>: <service>/<kind>/<name>"
+    cloud_origin: tuple[str, ...] = ()
 
     @property
     def clean(self) -> bool:
@@ -157,6 +160,7 @@ class DriftReport:
             "drifts": [d.as_dict() for d in self.drifts],
             "rejected_rows": self.rejected,
             "rejected_in_cloud": list(self.rejected_in_cloud),
+            "cloud_origin_entries": list(self.cloud_origin),
         }
 
 
@@ -183,6 +187,26 @@ def _services_from_cloud(services: Mapping[str, Mapping[str, Any]]) -> ServicesV
         if any(view):
             out[app] = view  # type: ignore[assignment]
     return out
+
+
+def _directory_part(item: Mapping[str, Any]) -> tuple[ServicesView, list[str]]:
+    """A cloud access item without the entries whose origin is the cloud (an administrator's:
+    not the directory's to compare or repair), and those entries as "service/kind/name". A
+    cloud that keeps no origins: every entry is the directory's."""
+    services: Mapping[str, Mapping[str, Any]] = item.get("services") or {}
+    from_cloud = {
+        (e["service"], e["kind"], e["name"]) for e in item.get("entries") or () if e.get("origin") == "cloud"
+    }
+    if not from_cloud:
+        return _services_from_cloud(services), []
+    ours = {
+        app: {
+            k: [n for n in s.get(k) or () if (app, k, n) not in from_cloud]
+            for k in ("roles", "layout_groups", "modules")
+        }
+        for app, s in services.items()
+    }
+    return _services_from_cloud(ours), sorted("/".join(key) for key in from_cloud)
 
 
 def _user_fields(state: UserState, cloud: Mapping[str, Any]) -> tuple[FieldDiff, ...]:
@@ -247,8 +271,9 @@ def compare(directory: DirectoryState, cloud: CloudState) -> DriftReport:
                 Drift("user", uid, DriftKind.EXTRA, note="removed on premise: expected deactivated")
             )
 
-    # access: per (user, company)
+    # access: per (user, company); entries assigned in the cloud apart
     access_checked = 0
+    cloud_origin: list[str] = []
     for uid in sorted((set(directory.users) | set(cloud_users)) - directory.rejected_users):
         user_state = directory.users.get(uid)
         expected = (
@@ -261,7 +286,8 @@ def compare(directory: DirectoryState, cloud: CloudState) -> DriftReport:
         if found_user is not None:
             for item in cloud.access.get(found_user["id"], ()):
                 ext = company_ext.get(item.get("company_id")) or f"cloud:{item.get('company_id')}"
-                view = _services_from_cloud(item.get("services") or {})
+                view, from_cloud = _directory_part(item)
+                cloud_origin += [f"{uid}/{ext}: {entry}" for entry in from_cloud]
                 if view:
                     actual[ext] = view
         for company in sorted(set(expected) | set(actual)):
@@ -319,7 +345,9 @@ def compare(directory: DirectoryState, cloud: CloudState) -> DriftReport:
         "catalogue": (len(directory.catalogue), len(cloud.catalogue)),
         "application_instance": (len(directory.instances), len(cloud.instances)),
     }
-    return DriftReport(tuple(drifts), checked, directory.rejected, tuple(rejected_in_cloud))
+    return DriftReport(
+        tuple(drifts), checked, directory.rejected, tuple(rejected_in_cloud), tuple(cloud_origin)
+    )
 
 
 def _pretty(view: tuple[tuple[str, ...], ...] | None) -> str | None:
