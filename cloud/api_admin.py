@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 
 from cloud import models
 from cloud.deps import Context, check_admin
-from cloud.directory import changes
+from cloud.directory import changes, users
 from cloud.faults import FaultConfig
 from cloud.responses import ADMIN, CONFLICT, merge
 
@@ -103,3 +103,15 @@ def reset(context: Context) -> JSONResponse:
 def expire_changes(context: Context) -> JSONResponse:
     with context.store.transaction() as conn:
         return JSONResponse({"epoch": changes.expire(conn)})
+
+
+@router.put(
+    "/users/{user_id}/customer-admin",
+    response_model=models.User,
+    responses=ADMIN,
+    summary="Make a cloud user a customer administrator, or not (the portal's role)",
+)
+def put_customer_admin(user_id: str, body: models.CustomerAdmin, context: Context) -> JSONResponse:
+    with context.store.transaction() as conn:
+        done = users.set_customer_admin(conn, context.clock(), user_id, body.customer_admin)
+    return JSONResponse(done.body, status_code=done.status)

@@ -143,6 +143,9 @@ class User(BaseModel):
     last_name: str | None
     language: str | None
     active: bool
+    customer_admin: bool = Field(
+        default=False, description="a customer administrator: never linked by matching its e-mail"
+    )
     version: int
     created_at: datetime
     updated_at: datetime
@@ -281,6 +284,10 @@ class ChangesPage(BaseModel):
     items: list[Change]
     cursor: str = Field(description="pass as cursor to read on")
     more: bool = Field(description="true: read again at once; false: no more changes yet")
+
+
+class CustomerAdmin(BaseModel):
+    customer_admin: bool
 
 
 class ChangesEpoch(BaseModel):

@@ -138,7 +138,10 @@ CREATE INDEX IF NOT EXISTS audit_resource ON audit(resource_id);
 """
 
 # columns added after a table was first created: (table, column, declaration)
-_ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (("access", "entries", "TEXT NOT NULL DEFAULT '{}'"),)
+_ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("access", "entries", "TEXT NOT NULL DEFAULT '{}'"),
+    ("users", "customer_admin", "INTEGER NOT NULL DEFAULT 0"),
+)
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:

@@ -22,6 +22,9 @@ class ResultOutcome(StrEnum):
     ALREADY_APPLIED = "already_applied"
     FAILED = "failed"
     DEAD_LETTERED = "dead_lettered"
+    # sink: matching by e-mail / organisation number found a cloud object it may not take over
+    # (linked to another on-premise id, or a customer administrator): nothing written
+    CONFLICT = "conflict"
     # recorded by the planner, for the journal
     PARKED = "parked"
     HELD = "held"

@@ -34,6 +34,7 @@ from sinks.errors import CloudRejected, retry_reason
 from sinks.metrics import SinkMetrics
 from sinks.ports import Applied, Ledger
 from sinks.scheduling import Pending
+from sinks.writes import CONFLICT
 
 log = logging.getLogger(__name__)
 
@@ -104,16 +105,28 @@ class OutcomeRecorder:
         """Operations the cloud applied: the ledger first (one transaction), then their results."""
         if not done:
             return
+        # a conflict wrote nothing: not in the ledger, so the same operation is judged again
+        # once the operator has resolved it (docs/operations.md, "Conflicts")
         await self._off_loop(
             self.ledger.record_many,
             [
                 (i.op.operation_id, {"cloud_id": a.cloud_id, "effect": a.effect, "details": a.details})
                 for i, a in done
+                if a.effect != CONFLICT
             ],
         )
         now = self.monotonic()
         for item, outcome in done:
             result = ResultOutcome.ALREADY_APPLIED if outcome.replayed else ResultOutcome.APPLIED
+            if outcome.effect == CONFLICT:
+                result = ResultOutcome.CONFLICT
+                log.warning(
+                    "sink: %s %s not applied: conflict (%s) with cloud %s",
+                    item.op.kind,
+                    item.op.operation_id,
+                    outcome.details.get("conflict"),
+                    outcome.details.get("cloud_id"),
+                )
             self._publish_result(item.op, result, outcome, item.attempts)
             self.metrics.operations.labels(kind=item.op.kind, outcome=result.value).inc()
             self.metrics.apply_seconds.observe(now - (item.first_try or now))

@@ -208,6 +208,26 @@ def create_steps(op: CloudOperation) -> Steps:
     return Steps((create,), "created", None, {}, creates=True)
 
 
+CONFLICT = "conflict"  # the effect of an operation whose match was refused: nothing written
+
+
+def _refuse_match(external_id: str, found: dict[str, Any]) -> Applied | None:
+    """Matching by e-mail (users) or organisation number (companies) links only a cloud object
+    that is linked to no other on-premise id and is not a customer administrator; else a
+    conflict, with the ids only (docs/operations.md, "Conflicts")."""
+    linked_to = found.get("external_id")
+    if linked_to and linked_to != external_id:
+        why = "linked_to_another"
+    elif found.get("customer_admin"):
+        why = "customer_administrator"
+    else:
+        return None
+    details = {"conflict": why, "cloud_id": str(found["id"])}
+    if linked_to:
+        details["linked_to"] = str(linked_to)
+    return Applied(CONFLICT, None, False, details)
+
+
 def steps_after_lookup(
     op: CloudOperation, by_id: dict[str, Any] | None, by_key: dict[str, Any] | None
 ) -> Steps | Applied | None:
@@ -225,13 +245,19 @@ def steps_after_lookup(
         user, matched = (by_id, False) if by_id is not None else (by_key, by_key is not None)
         if user is None:
             return create_steps(op) if op.active else None
+        if matched and (refused := _refuse_match(op.entity_id, user)) is not None:
+            return refused
         link = matched or user.get("external_id") != op.entity_id
         steps = _user_steps(op, user, "noop", link=link, update=True)
         return steps if steps.writes else Applied("noop", steps.cloud_id, False)
     if isinstance(op, DeactivateUser):
-        user = by_id if by_id is not None else by_key
+        # only the cloud user linked to this on-premise user: never "whoever has that e-mail"
+        user = by_id
         if user is None:
-            return Applied("noop", None, False, {"reason": "no such user in the cloud"})
+            reason = "no cloud user is linked to this user" + (
+                ": the one with its e-mail was left alone" if by_key is not None else ""
+            )
+            return Applied("noop", None, False, {"reason": reason})
         uid = str(user["id"])
         return Steps((Write("POST", f"/v1/users/{_seg(uid)}/deactivate", oid),), "deactivated", uid, {})
     if isinstance(op, UpsertCompany):
@@ -248,6 +274,8 @@ def steps_after_lookup(
             return Applied("noop", cid, False)
         if by_key is None:
             return create_steps(op)
+        if (refused := _refuse_match(op.entity_id, by_key)) is not None:
+            return refused
         # link to the cloud company with the same organisation number; never create a second
         cid = str(by_key["id"])
         differing = sorted(k for k in ("name", "country", "status") if by_key.get(k) != fields[k])

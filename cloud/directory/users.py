@@ -24,6 +24,8 @@ def user_body(row: Row) -> Body:
         "last_name": row["last_name"],
         "language": row["language"],
         "active": bool(row["active"]),
+        # a row written by create_user is a dict without it; ``in`` on a sqlite3.Row tests values
+        "customer_admin": bool(row["customer_admin"]) if "customer_admin" in row.keys() else False,  # noqa: SIM118
         "version": row["version"],
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],
@@ -168,3 +170,16 @@ def find_users(
         sql += " AND external_id = ?"
         args.append(external_id)
     return page(conn, sql, args, limit, user_body)
+
+
+def set_customer_admin(conn: sqlite3.Connection, now: float, user_id: str, admin: bool) -> Outcome:
+    """Mark a cloud user as a customer administrator (the portal's role; the admin API's)."""
+    row = get_user_row(conn, user_id)
+    if bool(row["customer_admin"]) == admin:
+        return outcome(200, user_body(row), "user", user_id, "noop")
+    new = {**dict(row), "customer_admin": int(admin), "version": row["version"] + 1, "updated_at": iso(now)}
+    conn.execute(
+        "UPDATE users SET customer_admin = ?, version = ?, updated_at = ? WHERE id = ?",
+        (int(admin), new["version"], new["updated_at"], user_id),
+    )
+    return outcome(200, user_body(new), "user", user_id, "updated")

@@ -252,19 +252,33 @@ async def test_deactivate_user_resolves_then_deactivates_under_the_operation_id(
     applied, cloud = await apply(
         [
             ("POST /v1/users/gone/deactivate", (404, {"error": "not_found"})),
-            ("GET /v1/users?external_id=u1", items()),
-            ("GET /v1/users?email=kari@fjord.no", items(kari(external_id=None))),
+            ("GET /v1/users?external_id=u1", items(kari(external_id="u1"))),
             ("POST /v1/users/cu-9/deactivate", (200, kari(active=False), REPLAYED)),
         ],
         deactivate_user(cloud_id="gone"),
     )
     assert applied == Applied("deactivated", "cu-9", True)
-    assert [key for _, key in cloud.sent] == ["op-d", None, None, "op-d"]
+    assert [key for _, key in cloud.sent] == ["op-d", None, "op-d"]
     gone, _ = await apply(
         [("GET /v1/users?external_id=u1", items()), ("GET /v1/users?email=kari@fjord.no", items())],
         deactivate_user(),
     )
-    assert gone == Applied("noop", None, False, {"reason": "no such user in the cloud"})
+    assert gone == Applied("noop", None, False, {"reason": "no cloud user is linked to this user"})
+
+
+async def test_a_deactivation_never_deactivates_whoever_has_the_e_mail() -> None:
+    """The mistake it prevents: a deletion on premise, with no link known, deactivated the cloud
+    user that happened to have the same e-mail (not linked, or linked to someone else)."""
+    for stranger in (kari(external_id=None), kari(external_id="u77")):
+        applied, cloud = await apply(
+            [
+                ("GET /v1/users?external_id=u1", items()),
+                ("GET /v1/users?email=kari@fjord.no", items(stranger)),
+            ],
+            deactivate_user(),
+        )
+        assert applied.effect == "noop" and "left alone" in applied.details["reason"]
+        assert not any("deactivate" in line for line, _ in cloud.sent)
 
 
 async def test_a_company_created_meanwhile_is_linked_with_its_differences_for_review() -> None:

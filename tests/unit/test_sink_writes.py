@@ -79,7 +79,11 @@ def upsert_user(cloud_id: str | None = "cu-1", active: bool = True) -> UpsertUse
 def test_simple_operations_map_to_one_idempotent_write() -> None:
     write = simple_write(assign())
     assert write is not None
-    assert (write.method, write.path, write.key) == ("PUT", "/v1/users/cu-1/access/cc-1?scope=directory", "op-1")
+    assert (write.method, write.path, write.key) == (
+        "PUT",
+        "/v1/users/cu-1/access/cc-1?scope=directory",
+        "op-1",
+    )
     assert write.body == {
         "services": {"business": {"roles": ["Regnskap"], "layout_groups": [], "modules": []}}
     }
@@ -279,7 +283,7 @@ def test_steps_after_lookup_make_the_one_at_a_time_decisions() -> None:
         email="kari@fjord.no", **COMMON,
     )  # fmt: skip
     assert steps_after_lookup(gone, None, None) == Applied(
-        "noop", None, False, {"reason": "no such user in the cloud"}
+        "noop", None, False, {"reason": "no cloud user is linked to this user"}
     )
     company = UpsertCompany(
         operation_id="op-co", aggregate="company:c1", entity=EntityType.COMPANY, entity_id="c1",
@@ -289,6 +293,19 @@ def test_steps_after_lookup_make_the_one_at_a_time_decisions() -> None:
     link = steps_after_lookup(company, None, other)
     assert isinstance(link, Steps) and link.effect == "linked" and link.details == {"review": ["name"]}
     assert [w.key for w in link.writes] == ["op-co:link"]
+    # matching never takes over: linked to another on-premise id, or a customer administrator
+    taken = {"id": "cc-8", "external_id": "c9", "name": "Fjord AS", "country": "NO", "status": "active"}
+    assert steps_after_lookup(company, None, taken) == Applied(
+        "conflict", None, False, {"conflict": "linked_to_another", "cloud_id": "cc-8", "linked_to": "c9"}
+    )
+    someone = {"id": "cu-5", "external_id": "u9", "email": "kari@fjord.no", "active": True}
+    assert steps_after_lookup(upsert_user(cloud_id=None), None, someone) == Applied(
+        "conflict", None, False, {"conflict": "linked_to_another", "cloud_id": "cu-5", "linked_to": "u9"}
+    )
+    admin = {"id": "cu-6", "external_id": None, "email": "kari@fjord.no", "customer_admin": True}
+    assert steps_after_lookup(upsert_user(cloud_id=None), None, admin) == Applied(
+        "conflict", None, False, {"conflict": "customer_administrator", "cloud_id": "cu-6"}
+    )
     assert lookups(company)[1].batch_item() == {
         "method": "GET",
         "path": "/v1/companies?organisation_number=923609016",

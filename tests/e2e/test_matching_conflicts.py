@@ -1,0 +1,89 @@
+"""Matching never takes over or deactivates a stranger (issue 15, item 2), each case written as
+the mistake it prevents, on the real broker, store and cloud API:
+
+* the e-mail of a linked user reused by a new on-premise user → a conflict, the linked cloud
+  user untouched (not relinked, not updated);
+* a cloud user that is a customer administrator, with the e-mail of a new on-premise user → a
+  conflict, never linked;
+* the deletion on premise of a user whose link was refused → nothing deactivated (a deactivation
+  without a known link never deactivates whoever has that e-mail).
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from devtools.processes import wait_until
+from devtools.seed.writer import SqliteDirectoryWriter
+from kernel.settings import Settings
+from schemas.results import OperationResult, ResultOutcome
+from schemas.topics import RESULTS
+from tests.fixtures.cloud import CloudReader
+from tests.kafka_read import read_all
+from tests.pipeline import alive_or_fail, components, vudsync_cli
+from vudsync.topics import ensure_catalogue
+
+
+def _conflicts(settings: Settings, bootstrap: str, count: int) -> list[OperationResult]:
+    records = read_all(
+        bootstrap,
+        settings.topic(RESULTS.name),
+        timeout=120,
+        until=lambda rs: sum(b'"conflict"' in r.value for r in rs) >= count,
+    )
+    results = [OperationResult.model_validate_json(r.value) for r in records]
+    return [r for r in results if r.outcome is ResultOutcome.CONFLICT]
+
+
+def test_matching_by_e_mail_never_takes_over_or_deactivates_a_stranger(
+    pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
+) -> None:
+    settings = pipeline_settings
+    ensure_catalogue(settings, kafka_bootstrap)
+    # a customer administrator in the cloud, not linked to anyone on premise
+    admin = cloud.client.post("/v1/users", json={"email": "sjef@fjord.no", "first_name": "Sjef"}).json()
+    httpx.put(
+        f"{cloud.server.url}/admin/users/{admin['id']}/customer-admin",
+        headers=cloud.server.admin_headers(),
+        json={"customer_admin": True},
+    ).raise_for_status()
+    writer = SqliteDirectoryWriter(settings.resolved_store_url().removeprefix("sqlite:///"))
+    writer.upsert_user(id="u1", username="kari", email="kari@fjord.no", first_name="Kari", last_name="Holm")
+    assert vudsync_cli(settings, kafka_bootstrap, "connect").returncode == 0
+
+    with components(settings, kafka_bootstrap, "producer", "planner", "sink") as procs:
+        wait_until(lambda: alive_or_fail(procs) and cloud.user("u1") is not None, 180, what="u1 linked")
+        kari = cloud.user("u1")
+        assert kari is not None
+
+        # a new on-premise user with a linked user's e-mail, and one with the administrator's
+        writer.upsert_user(id="u2", username="kari2", email="KARI@fjord.no", first_name="Karianne")
+        writer.upsert_user(id="u3", username="sjef", email="sjef@fjord.no", first_name="Overtatt")
+        conflicts = {r.entity_id: r for r in _conflicts(settings, kafka_bootstrap, 2)}
+        assert conflicts["u2"].details == {
+            "conflict": "linked_to_another",
+            "cloud_id": kari["id"],
+            "linked_to": "u1",
+        }
+        assert conflicts["u3"].details == {"conflict": "customer_administrator", "cloud_id": admin["id"]}
+        assert conflicts["u2"].cloud_id is None and "kari" not in conflicts["u2"].model_dump_json().lower()
+
+        # the linked user is untouched, the administrator stays unlinked and unchanged
+        assert cloud.user("u1") == kari
+        assert cloud.user("u2") is None and cloud.user("u3") is None
+        stays = cloud.client.get(f"/v1/users/{admin['id']}").json()
+        assert (stays["external_id"], stays["first_name"], stays["active"]) == (None, "Sjef", True)
+
+        # the users whose link was refused are deleted on premise: nothing is deactivated
+        writer.delete_user("u2")
+        writer.delete_user("u3")
+        read_all(
+            kafka_bootstrap,
+            settings.topic(RESULTS.name),
+            timeout=120,
+            until=lambda rs: sum(b'"user.deactivate"' in r.value for r in rs) >= 2,
+        )
+        assert cloud.user("u1") == kari
+        assert cloud.client.get(f"/v1/users/{admin['id']}").json()["active"] is True
+        alive_or_fail(procs)
+    writer.close()
