@@ -15,6 +15,7 @@ from devtools.processes import component_env
 from devtools.secrets import random_secret
 from devtools.seed.writer import open_writer
 from kernel.settings import SECRET_FIELDS, Settings
+from producers.service import open_change_log
 from tests.fixtures.cloud import CloudReader
 from tests.pipeline import alive_or_fail, components
 from vudsync.cli import _register, cli
@@ -152,3 +153,33 @@ def test_verify_refuses_a_store_that_holds_no_users(tmp_path: Path, monkeypatch:
     assert "holds no users" in result.stderr
     assert store.read_bytes() == before
     assert not (tmp_path / "home").exists()
+
+
+def test_verify_on_postgresql_refuses_a_database_that_is_no_store_or_holds_no_users_and_writes_nothing(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The same mistakes on PostgreSQL: the wrong database (no change log) and an empty store are
+    refused, and verify's session is read-only — it cannot even save a checkpoint."""
+    import psycopg
+
+    monkeypatch.setenv("VUDSYNC_STORE_URL", postgres_url)
+    monkeypatch.setenv("VUDSYNC_HOME", str(tmp_path / "home"))
+    _secrets_in_environment(monkeypatch)
+    _register()
+    wrong = CliRunner().invoke(cli, ["verify", "--repair"])
+    assert wrong.exit_code == 2 and "is not a directory store" in wrong.stderr, wrong.output
+    with psycopg.connect(postgres_url) as conn:
+        assert conn.execute("SELECT to_regclass('change_log')").fetchone() == (None,), "verify migrated it"
+
+    writer = open_writer(postgres_url)  # a store now (migrated), with a company and no user
+    writer.upsert_companies([{"id": "c1", "name": "Fjord AS", "organisation_number": "923 609 016"}])
+    writer.close()
+    empty = CliRunner().invoke(cli, ["verify", "--repair"])
+    assert empty.exit_code == 2 and "holds no users" in empty.stderr, empty.output
+
+    log = open_change_log(postgres_url, read_only=True)
+    try:
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            log.save_checkpoint("verify", "stream", 1)
+    finally:
+        log.close()
