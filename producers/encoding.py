@@ -265,8 +265,6 @@ class EventEncoder:
 
     def _user_state(self, record: EntityRecord) -> dict[str, Any] | None:
         """The ``UserState`` JSON fields, or None when pydantic must decide."""
-        if record.unknown_companies:  # rejections beside the event: the pydantic path words them
-            return None
         row = record.row
         try:
             user_id = row["id"]

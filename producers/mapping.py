@@ -2,8 +2,10 @@
 
 Validation happens here. A row that cannot become a valid event yields a
 :class:`RowRejected` (which capture dead-letters with its reason and row reference) instead
-of an event; part of a row that cannot be used (an access grant to an unknown company)
-yields a rejection beside the event. *Any* exception while mapping one row is such a
+of an event; part of a row that cannot be used (an access grant to an unknown application)
+yields a rejection beside the event. A grant to a company the store does not hold (yet) is
+part of the event: the planner parks it until the company is known (the store has no foreign
+keys, and the company may be committed a moment later). *Any* exception while mapping one row is such a
 rejection, never an exception out of here: one bad row must not stop the capture.
 """
 
@@ -84,12 +86,7 @@ def _state(record: EntityRecord, fingerprint_key: bytes) -> tuple[dict[str, Any]
     row = record.row
     entity = record.entity
     if entity is EntityType.USER:
-        valid = tuple(a for a in record.access if a[0] not in record.unknown_companies)
-        problems = [
-            f"access to unknown company {company_id}"
-            for company_id in sorted({a[0] for a in record.access} & record.unknown_companies)
-        ]
-        grants, more = _access_list(valid)
+        grants, problems = _access_list(record.access)
         state = {
             "id": row["id"],
             "username": row["username"],
@@ -100,7 +97,7 @@ def _state(record: EntityRecord, fingerprint_key: bytes) -> tuple[dict[str, Any]
             "active": bool(row["active"]),
             "access": grants,
         }
-        return state, problems + more
+        return state, problems
     if entity is EntityType.COMPANY:
         return dict(row), []
     if entity in (EntityType.ROLE, EntityType.LAYOUT_GROUP, EntityType.MODULE):

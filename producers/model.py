@@ -23,8 +23,6 @@ ENTITY_TABLES: dict[EntityType, tuple[str, str]] = {
 #: an entity by its value: a dict look-up instead of an Enum call per change row
 ENTITIES: dict[str, EntityType] = {e.value: e for e in EntityType}
 
-NO_COMPANIES: frozenset[str] = frozenset()
-
 
 class ChangeRow(NamedTuple):
     """One change-log row: entity ``entity``/``entity_id`` changed at position ``seq``."""
@@ -41,16 +39,16 @@ class EntityRecord(NamedTuple):
     """The current rows of one entity, as read from the store.
 
     ``row`` holds the entity's own columns. For users, ``access`` lists
-    ``(company_id, application, kind, name)`` tuples and ``unknown_companies`` the company ids
-    among them that do not exist. For application instances, ``row`` holds the license key
-    (never leaves the producer) and ``instances`` counts the instances of that type.
+    ``(company_id, application, kind, name)`` tuples — a company the store does not hold (yet)
+    included: the planner parks such a grant until the company is known. For application
+    instances, ``row`` holds the license key (never leaves the producer) and ``instances``
+    counts the instances of that type.
     """
 
     entity: EntityType
     entity_id: str
     row: dict[str, Any]
     access: tuple[tuple[str, str, str, str], ...] = ()
-    unknown_companies: frozenset[str] = NO_COMPANIES
     instances: int = 1
 
 
@@ -59,16 +57,15 @@ def build_records(
     columns: Sequence[str],
     rows: Iterable[Sequence[Any]],
     access: dict[str, list[tuple[str, str, str, str]]],
-    unknown: set[str],
     *,
     drop_id: bool,
 ) -> dict[str, EntityRecord]:
     """Records from a store adapter's ``(_eid, *columns)`` row tuples, keyed by entity id.
 
-    ``access`` holds each user's grants, ``unknown`` the company ids among them that do not
-    exist. ``drop_id``: the entity's id is derived (``application:name``), so the table's own
-    ``id`` column is not part of its state. Several rows of one id (only possible for
-    application instances) yield one record, the last row's, counting them in ``instances``.
+    ``access`` holds each user's grants. ``drop_id``: the entity's id is derived
+    (``application:name``), so the table's own ``id`` column is not part of its state. Several
+    rows of one id (only possible for application instances) yield one record, the last row's,
+    counting them in ``instances``.
     """
     names = columns[1:]
     out: dict[str, EntityRecord] = {}
@@ -80,9 +77,5 @@ def build_records(
             data.pop("id", None)
         counts[eid] = instances = counts.get(eid, 0) + 1
         grants = access.get(eid)
-        if grants is None:
-            out[eid] = EntityRecord(entity, eid, data, (), NO_COMPANIES, instances)
-        else:
-            bad = frozenset(g[0] for g in grants if g[0] in unknown) if unknown else NO_COMPANIES
-            out[eid] = EntityRecord(entity, eid, data, tuple(grants), bad, instances)
+        out[eid] = EntityRecord(entity, eid, data, tuple(grants) if grants else (), instances)
     return out

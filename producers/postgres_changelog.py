@@ -98,15 +98,15 @@ _RUNNING_XIDS_SQL = (
     "SELECT transactionid::text::bigint FROM pg_locks "
     "WHERE locktype = 'transactionid' AND mode = 'ExclusiveLock' AND granted"
 )
-# the users' access rows, each with whether its company exists
+# the users' access rows
 _ACCESS_SQL = (
-    "SELECT a.user_id, a.company_id, a.application, a.kind, a.name, c.id IS NULL FROM access a "
-    "LEFT JOIN companies c ON c.id = a.company_id WHERE a.user_id = ANY(%(ids)s)"
+    "SELECT a.user_id, a.company_id, a.application, a.kind, a.name FROM access a "
+    "WHERE a.user_id = ANY(%(ids)s)"
 )
 # the same for the users of a snapshot batch read by range (see snapshot_batches)
 _ACCESS_RANGE_SQL = (
-    "SELECT a.user_id, a.company_id, a.application, a.kind, a.name, c.id IS NULL FROM access a "
-    "LEFT JOIN companies c ON c.id = a.company_id WHERE a.user_id > %(after)s AND a.user_id <= "
+    "SELECT a.user_id, a.company_id, a.application, a.kind, a.name FROM access a "
+    "WHERE a.user_id > %(after)s AND a.user_id <= "
     "(SELECT max(b.id) FROM (SELECT id FROM users WHERE id > %(after)s ORDER BY id LIMIT %(limit)s) b)"
 )
 _RANGE_READ = frozenset({EntityType.USER, EntityType.COMPANY})
@@ -376,18 +376,15 @@ class PostgresChangeLog:
         """Records from the entity rows (``results[0]``) and, for users, their access rows."""
         rows = results[0]
         access: dict[str, list[tuple[str, str, str, str]]] = {}
-        unknown: set[str] = set()
         if entity is EntityType.USER:
-            for user_id, company_id, application, kind, name, missing in results[1]:
+            for user_id, company_id, application, kind, name in results[1]:
                 grant = (company_id, application, kind, name)
                 grants = access.get(user_id)
                 if grants is None:
                     access[user_id] = [grant]
                 else:
                     grants.append(grant)
-                if missing:
-                    unknown.add(company_id)
-        return build_records(entity, columns, rows, access, unknown, drop_id=entity in _CATALOGUE)
+        return build_records(entity, columns, rows, access, drop_id=entity in _CATALOGUE)
 
     def snapshot_ids(self, entity: EntityType, batch_size: int) -> Iterator[list[str]]:
         table, id_expr = ENTITY_TABLES[entity]

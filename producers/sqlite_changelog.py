@@ -146,7 +146,6 @@ class SqliteChangeLog:
                 rows = cur.fetchall()
                 columns = [d[0] for d in cur.description]
                 access: dict[str, list[tuple[str, str, str, str]]] = {}
-                unknown: set[str] = set()
                 if entity is EntityType.USER and rows:
                     cur.execute(
                         "SELECT user_id, company_id, application, kind, name FROM access "
@@ -159,21 +158,10 @@ class SqliteChangeLog:
                             access[a[0]] = [a[1:]]
                         else:
                             grants.append(a[1:])
-                    companies = {g[0] for grants in access.values() for g in grants}
-                    unknown = self._unknown_companies(cur, companies)
             finally:
                 cur.execute("COMMIT")
                 cur.close()
-        return build_records(entity, columns, rows, access, unknown, drop_id=entity in _CATALOGUE)
-
-    def _unknown_companies(self, cur: sqlite3.Cursor, companies: set[str]) -> set[str]:
-        ordered = sorted(companies)
-        known: set[str] = set()
-        for start in range(0, len(ordered), self._chunk):
-            part = ordered[start : start + self._chunk]
-            cur.execute(f"SELECT id FROM companies WHERE id IN ({','.join('?' * len(part))})", part)
-            known.update(r[0] for r in cur.fetchall())
-        return companies - known
+        return build_records(entity, columns, rows, access, drop_id=entity in _CATALOGUE)
 
     def snapshot_ids(self, entity: EntityType, batch_size: int) -> Iterator[list[str]]:
         table, id_expr = ENTITY_TABLES[entity]

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from producers.mapping import SourceInfo, record_to_event
 from producers.model import EntityRecord
-from schemas.directory import EntityType
+from schemas.directory import ApplicationType, EntityType
 from schemas.events import Op
 
 NOW = datetime(2026, 11, 27, tzinfo=UTC)
@@ -66,17 +66,16 @@ def test_malformed_email_is_rejected_with_a_reason() -> None:
     assert "e-mail" in r.reason and r.row_ref == "user:u1"
 
 
-def test_access_to_unknown_company_is_rejected_but_user_still_emitted() -> None:
-    record = EntityRecord(
-        EntityType.USER,
-        "u1",
-        USER,
-        access=(("c9", "business", "role", "X"),),
-        unknown_companies=frozenset({"c9"}),
-    )
+def test_access_to_a_company_not_in_the_store_yet_is_part_of_the_event() -> None:
+    """Issue 15: access written a moment before its company was dead-lettered at capture, and
+    nothing brought it back when the company arrived. The planner parks it now, like any grant
+    whose company it does not know yet."""
+    record = EntityRecord(EntityType.USER, "u1", USER, access=(("c9", "business", "role", "X"),))
     event, rejected = _map(record)
-    assert event is not None and event.state.access == ()
-    assert [r.reason for r in rejected] == ["access to unknown company c9"]
+    assert rejected == [] and event is not None
+    assert [(a.company_id, a.services[ApplicationType.BUSINESS].roles) for a in event.state.access] == [
+        ("c9", ("X",))
+    ]
 
 
 def test_second_instance_of_a_type_is_rejected_and_the_key_never_leaves() -> None:
