@@ -32,7 +32,7 @@ from faust.types import Message
 
 from kernel.errors import RetryableError
 from kernel.records import Record
-from processors.control import CONTROL_ADAPTER
+from processors.control import CONTROL_ADAPTER, GATE_PARTITION
 from processors.engine import Coords, Effects, Reconciler
 from processors.faust_compat import Committed, Deliveries, SendNow
 from processors.metrics import PlannerMetrics
@@ -298,6 +298,15 @@ class PlannerHandlers:
                 await asyncio.sleep(_backoff(attempt))
 
     # -- gauges -----------------------------------------------------------------------
+
+    async def tick_gate(self) -> None:
+        """While deletions settle at the gate (this worker owns partition 0), stamp the gate's
+        clock on the control topic, so a quiet window closes; the agent handles the tick."""
+        tick = self.reconciler.gate_tick()
+        if tick is not None:
+            await self.topics.by_role("control").send(
+                key=b"gate", value=encode(tick), partition=GATE_PARTITION
+            )
 
     def export_gauges(self) -> None:
         self.metrics.parked.set(self.reconciler.parked())

@@ -20,7 +20,11 @@ Rules (docs/domain.md):
 - *prerequisites*: an operation is sent only when its needs (:mod:`processors.needs`) are met,
   else parked: cloud ids of user and company, the catalogue entries it names, an application
   instance that matches the cloud's registry;
-- *deletions* (op ``d``) wait for the accidental-delete gate (:mod:`processors.deletions`);
+- *deletions* wait for the accidental-delete gate (:mod:`processors.deletions`): every
+  destructive operation (:func:`~processors.deletions.is_destructive`) of an entity seen before —
+  a removal on premise (op ``d``), a user set inactive, access revoked, a company set inactive —
+  so that a mass deactivation by ``active = false`` or a mass revocation is held like a mass
+  deletion;
 - *application instances*: one per type; an instance event is published to every partition as
   a fact, and each partition judges the application with :func:`instance_verdict`.
 """
@@ -31,6 +35,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+from processors.deletions import is_destructive
 from processors.model import (
     ACCESS_OPS,
     Decision,
@@ -47,7 +52,7 @@ from processors.model import (
     Verdict,
     VerdictStatus,
 )
-from processors.needs import Need
+from processors.needs import Need, NeedKind
 from schemas.directory import (
     ApplicationInstanceState,
     ApplicationType,
@@ -210,7 +215,8 @@ def settle(parked: Parked, ids: Identities) -> tuple[str, CloudOperation | tuple
 
 
 class _Router:
-    """Sorts the operations of one plan into sent now, parked, and dropped."""
+    """Sorts the operations of one plan into sent now, parked, and dropped. With a gate
+    candidate (``deletion``), its destructive operations wait for the gate's decision."""
 
     def __init__(self, ids: Identities, deletion: DeletionRequest | None = None) -> None:
         self.ids = ids
@@ -221,7 +227,7 @@ class _Router:
 
     def route(self, op: CloudOperation, apps: Iterable[ApplicationType] = ()) -> None:
         apps = tuple(sorted(set(apps))) if apps else ()
-        candidate = self.deletion.candidate if self.deletion else None
+        candidate = self.deletion.candidate if self.deletion and is_destructive(op) else None
         needs = needs_of(op, self.ids, apps, candidate)
         if needs is None:
             self.dropped.append(op)
@@ -233,7 +239,7 @@ class _Router:
     def plan(self, view: EntityView, journal: tuple[JournalEntry, ...] = ()) -> Plan:
         if self.send:
             outcome = Outcome.PLANNED
-        elif self.parked and self.deletion is not None:
+        elif any(n.kind is NeedKind.DELETION for p in self.parked for n in p.needs):
             outcome = Outcome.HELD
         elif self.parked:
             blocked = all(any(n.blocks for n in p.needs) for p in self.parked)
@@ -290,7 +296,8 @@ def _plan_user(
             router.route(_revoke(event, now, company_id, ids), held.services)
         return router.plan(view)
 
-    router = _Router(ids)
+    # a user seen before that becomes (or stays) inactive, or loses access: the gate counts it
+    router = _Router(ids, _candidate(event) if previous is not None else None)
     cloud_user_id = ids.users.get(event.entity_id)  # read once: every operation names it
     if before is None or _user_fields(before) != _user_fields(state):
         router.route(
@@ -358,7 +365,8 @@ def _plan_company(
 ) -> Plan:
     state = event.state
     before = previous.state if previous is not None and not previous.deleted else None
-    router = _Router(ids)
+    # a company seen before set inactive on premise: the gate counts it
+    router = _Router(ids, _candidate(event) if previous is not None else None)
     if event.op is Op.DELETE:
         if previous is not None and previous.deleted:
             return Plan(Outcome.NO_CHANGE, view)
