@@ -40,8 +40,10 @@ def declare_agents(app: faust.App, topics: PlannerTopics, handlers: PlannerHandl
 
     @app.timer(interval=GATE_TICK_INTERVAL)  # type: ignore[untyped-decorator]
     async def tick_gate() -> None:
+        if app.rebalancing:
+            return
         try:
-            await handlers.tick_gate()
+            await handlers.tick_gate(app.consumer.assignment())
         except Exception as exc:  # the broker is away: the next tick tries again
             log.warning("planner: gate tick not sent: %s", exc)
 
