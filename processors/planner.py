@@ -218,16 +218,21 @@ class _Router:
     """Sorts the operations of one plan into sent now, parked, and dropped. With a gate
     candidate (``deletion``), its destructive operations wait for the gate's decision."""
 
-    def __init__(self, ids: Identities, deletion: DeletionRequest | None = None) -> None:
+    def __init__(self, ids: Identities, gated: DirectoryEvent | None = None) -> None:
         self.ids = ids
-        self.deletion = deletion
+        self._gated = gated  # the event whose destructive operations are a gate candidate
+        self.deletion: DeletionRequest | None = None  # built once one is routed (hot path)
         self.send: list[CloudOperation] = []
         self.parked: list[Parked] = []
         self.dropped: list[CloudOperation] = []
 
     def route(self, op: CloudOperation, apps: Iterable[ApplicationType] = ()) -> None:
         apps = tuple(sorted(set(apps))) if apps else ()
-        candidate = self.deletion.candidate if self.deletion and is_destructive(op) else None
+        candidate = None
+        if self._gated is not None and is_destructive(op):
+            if self.deletion is None:
+                self.deletion = _candidate(self._gated)
+            candidate = self.deletion.candidate
         needs = needs_of(op, self.ids, apps, candidate)
         if needs is None:
             self.dropped.append(op)
@@ -287,7 +292,7 @@ def _plan_user(
     if event.op is Op.DELETE:
         if previous is not None and previous.deleted:
             return Plan(Outcome.NO_CHANGE, view)
-        router = _Router(ids, _candidate(event))
+        router = _Router(ids, event)
         router.route(
             _op(DeactivateUser, event, now, cloud_id=ids.users.get(event.entity_id), email=state.email)
         )
@@ -297,7 +302,7 @@ def _plan_user(
         return router.plan(view)
 
     # a user seen before that becomes (or stays) inactive, or loses access: the gate counts it
-    router = _Router(ids, _candidate(event) if previous is not None else None)
+    router = _Router(ids, event if previous is not None else None)
     cloud_user_id = ids.users.get(event.entity_id)  # read once: every operation names it
     if before is None or _user_fields(before) != _user_fields(state):
         router.route(
@@ -366,13 +371,13 @@ def _plan_company(
     state = event.state
     before = previous.state if previous is not None and not previous.deleted else None
     # a company seen before set inactive on premise: the gate counts it
-    router = _Router(ids, _candidate(event) if previous is not None else None)
+    router = _Router(ids, event if previous is not None else None)
     if event.op is Op.DELETE:
         if previous is not None and previous.deleted:
             return Plan(Outcome.NO_CHANGE, view)
         # a company removed on premise is marked inactive in the cloud, never deleted
         state = state.model_copy(update={"status": "inactive"})
-        router = _Router(ids, _candidate(event))
+        router = _Router(ids, event)
     elif before == state:
         return Plan(Outcome.NO_CHANGE, view)
     router.route(
@@ -407,7 +412,7 @@ def _plan_catalogue(
     if event.op is Op.DELETE:
         if previous is not None and previous.deleted:
             return Plan(Outcome.NO_CHANGE, view)
-        router = _Router(ids, _candidate(event))
+        router = _Router(ids, event)
         router.route(
             _op(
                 RemoveCatalogueEntry,
