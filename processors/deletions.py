@@ -155,9 +155,8 @@ def on_arrival(
         return GateState(window, True, held, live_counts, 0, None), Arrival.HOLD_WINDOW
     window = tuple(sorted((*window, committed_at)))[-(settings.deletes_threshold + 1) :]
     last = arrived_at if state.last_arrival is None else max(arrived_at, state.last_arrival)
-    return replace(state, window=window, live=live_counts, pending=state.pending + 1, last_arrival=last), (
-        Arrival.PENDING
-    )
+    state = replace(state, window=window, live=live_counts, pending=state.pending + 1, last_arrival=last)
+    return state, Arrival.PENDING
 
 
 def on_tick(state: GateState, now: float, settings: PlannerSettings) -> tuple[GateState, bool]:
