@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 from typing import Any
 
 import httpx
@@ -21,7 +20,7 @@ from schemas.results import OperationResult, ResultOutcome
 from schemas.topics import RESULTS
 from tests.fixtures.cloud import CloudReader
 from tests.kafka_read import read_all
-from tests.pipeline import alive_or_fail, component_env, components, gauge
+from tests.pipeline import alive_or_fail, components, gauge, vudsync_cli
 from vudsync.topics import ensure_catalogue
 
 URI = "https://vb.fjord.local"
@@ -30,14 +29,7 @@ URI = "https://vb.fjord.local"
 def _vudsync(
     settings: Settings, bootstrap: str, *args: str, ok: tuple[int, ...] = (0,)
 ) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "vudsync", *args],
-        env=component_env(settings, bootstrap),
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    done = vudsync_cli(settings, bootstrap, *args)
     assert done.returncode in ok, done.stderr
     return done
 
