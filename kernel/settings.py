@@ -89,6 +89,13 @@ class Settings(BaseSettings):
         default=None, gt=0, le=100, description="… or more than this % of the live entities (unset: off)"
     )
     planner_deletes_window: float = Field(default=3600.0, gt=0, description="seconds (source commit time)")
+    planner_deletes_settle: float = Field(
+        default=5.0,
+        ge=0,
+        le=600,
+        description="seconds: deletions wait until none came for this long, and a burst over the "
+        "threshold is held whole",
+    )
     planner_linger: float = Field(default=0.005, ge=0, description="producer linger of the planner, seconds")
     planner_session_timeout: float = Field(
         default=30.0, gt=0, description="seconds until a silent planner worker's partitions move"

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 AGENT_NAME = "plan"
 METRICS_INTERVAL = 10.0
+GATE_TICK_INTERVAL = 1.0  # the gate's clock while deletions settle (a few seconds by default)
 
 
 def declare_agents(app: faust.App, topics: PlannerTopics, handlers: PlannerHandlers) -> None:
@@ -36,6 +37,15 @@ def declare_agents(app: faust.App, topics: PlannerTopics, handlers: PlannerHandl
     @app.timer(interval=METRICS_INTERVAL)  # type: ignore[untyped-decorator]
     async def export_gauges() -> None:
         handlers.export_gauges()
+
+    @app.timer(interval=GATE_TICK_INTERVAL)  # type: ignore[untyped-decorator]
+    async def tick_gate() -> None:
+        if app.rebalancing:
+            return
+        try:
+            await handlers.tick_gate(app.consumer.assignment())
+        except Exception as exc:  # the broker is away: the next tick tries again
+            log.warning("planner: gate tick not sent: %s", exc)
 
     @app.timer(interval=FIRST_DELIVERY_SECONDS / 2)  # type: ignore[untyped-decorator]
     async def reread_stalled_partitions() -> None:

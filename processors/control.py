@@ -3,8 +3,10 @@
 - ``DeletionRequested`` — a planner partition asks the gate (partition 0) whether a deletion
   may go;
 - ``DeletionHeld`` / ``DeletionDecided`` — the gate's answer, back on the asking partition;
-- ``DeletionsDecided`` — an operator's decision on everything held (``vudsync deletes
-  approve|reject``), to partition 0.
+- ``DeletionsDecided`` — an operator's decision on the held deletions numbered up to a bound
+  (``vudsync deletes approve|reject --up-to``), to partition 0;
+- ``GateTick`` — the gate's clock, while deletions settle: the planner worker that owns
+  partition 0 stamps one now and then, so a window closes though no further deletion comes.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ class DeletionRequested(Message):
     committed_at: datetime
     partition: int = Field(ge=0, description="where the deletion's operations wait")
     live: int = Field(ge=0, description="live entities on that partition (for the percentage)")
+    requested_at: datetime | None = Field(
+        default=None, description="when the planner asked (its clock); the gate settles windows by it"
+    )
 
 
 class DeletionHeld(Message):
@@ -37,6 +42,7 @@ class DeletionHeld(Message):
     candidate: str
     partition: int
     reason: str
+    seq: int | None = Field(default=None, description="the gate's number for it: approve --up-to")
 
 
 class DeletionDecided(Message):
@@ -47,15 +53,26 @@ class DeletionDecided(Message):
 
 
 class DeletionsDecided(Message):
-    """An operator approves or rejects every deletion the gate holds."""
+    """An operator approves or rejects the held deletions numbered up to ``up_to`` (what
+    ``vudsync deletes list`` showed); one held later stays held. An approval without a bound
+    settles nothing; a rejection without one rejects everything held."""
 
     type: Literal["deletions.decided"] = "deletions.decided"
     approve: bool
     operator: str = Field(min_length=1, max_length=200)
     decided_at: datetime
+    up_to: int | None = Field(default=None, ge=0)
+
+
+class GateTick(Message):
+    """The gate's clock reads ``at`` (the planner's clock when it produced the record)."""
+
+    type: Literal["gate.tick"] = "gate.tick"
+    at: datetime
 
 
 ControlMessage = Annotated[
-    DeletionRequested | DeletionHeld | DeletionDecided | DeletionsDecided, Field(discriminator="type")
+    DeletionRequested | DeletionHeld | DeletionDecided | DeletionsDecided | GateTick,
+    Field(discriminator="type"),
 ]
 CONTROL_ADAPTER: TypeAdapter[ControlMessage] = TypeAdapter(ControlMessage)

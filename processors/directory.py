@@ -164,6 +164,7 @@ class DirectoryEvents:
                 committed_at=d.committed_at,
                 partition=p,
                 live=tx.get(keys.live_key(p)) or 0,
+                requested_at=now,
             )
             fx.send("control", d.candidate, request, GATE_PARTITION)
         return slots

@@ -109,6 +109,10 @@ class Reconciler:
         """Deletions the gate holds (0 unless this worker owns partition 0)."""
         return gate.held_deletions(self.store)
 
+    def gate_tick(self) -> BaseModel | None:
+        """A tick to send the gate (partition 0) while its deletions settle, else None."""
+        return gate.tick_due(self.store, self._clock)
+
     def parked(self, keys: Iterator[str] | None = None) -> int:
         """Operations parked in the table (or among ``keys``)."""
         return sum(

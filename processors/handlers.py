@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import faust
@@ -32,7 +32,7 @@ from faust.types import Message
 
 from kernel.errors import RetryableError
 from kernel.records import Record
-from processors.control import CONTROL_ADAPTER
+from processors.control import CONTROL_ADAPTER, GATE_PARTITION
 from processors.engine import Coords, Effects, Reconciler
 from processors.faust_compat import Committed, Deliveries, SendNow
 from processors.metrics import PlannerMetrics
@@ -296,6 +296,21 @@ class PlannerHandlers:
                     send_exc,
                 )
                 await asyncio.sleep(_backoff(attempt))
+
+    # -- the gate's clock -------------------------------------------------------------
+
+    async def tick_gate(self, assignment: Iterable[Any]) -> None:
+        """While deletions settle at the gate, stamp the gate's clock on the control topic, so a
+        quiet window closes; the agent handles the tick. Only the worker assigned the gate's
+        partition (``assignment``: the consumer's topic partitions): one that lost it may still
+        hold its old state."""
+        if not any(tp.topic == self._control and tp.partition == GATE_PARTITION for tp in assignment):
+            return
+        tick = self.reconciler.gate_tick()
+        if tick is not None:
+            await self.topics.by_role("control").send(
+                key=b"gate", value=encode(tick), partition=GATE_PARTITION
+            )
 
     # -- gauges -----------------------------------------------------------------------
 

@@ -20,7 +20,11 @@ Rules (docs/domain.md):
 - *prerequisites*: an operation is sent only when its needs (:mod:`processors.needs`) are met,
   else parked: cloud ids of user and company, the catalogue entries it names, an application
   instance that matches the cloud's registry;
-- *deletions* (op ``d``) wait for the accidental-delete gate (:mod:`processors.deletions`);
+- *deletions* wait for the accidental-delete gate (:mod:`processors.deletions`): every
+  destructive operation (:func:`~processors.deletions.is_destructive`) of an entity seen before —
+  a removal on premise (op ``d``), a user set inactive, access revoked, a company set inactive —
+  so that a mass deactivation by ``active = false`` or a mass revocation is held like a mass
+  deletion;
 - *application instances*: one per type; an instance event is published to every partition as
   a fact, and each partition judges the application with :func:`instance_verdict`.
 """
@@ -31,6 +35,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+from processors.deletions import is_destructive
 from processors.model import (
     ACCESS_OPS,
     Decision,
@@ -47,7 +52,7 @@ from processors.model import (
     Verdict,
     VerdictStatus,
 )
-from processors.needs import Need
+from processors.needs import Need, NeedKind
 from schemas.directory import (
     ApplicationInstanceState,
     ApplicationType,
@@ -210,18 +215,24 @@ def settle(parked: Parked, ids: Identities) -> tuple[str, CloudOperation | tuple
 
 
 class _Router:
-    """Sorts the operations of one plan into sent now, parked, and dropped."""
+    """Sorts the operations of one plan into sent now, parked, and dropped. With a gate
+    candidate (``deletion``), its destructive operations wait for the gate's decision."""
 
-    def __init__(self, ids: Identities, deletion: DeletionRequest | None = None) -> None:
+    def __init__(self, ids: Identities, gated: DirectoryEvent | None = None) -> None:
         self.ids = ids
-        self.deletion = deletion
+        self._gated = gated  # the event whose destructive operations are a gate candidate
+        self.deletion: DeletionRequest | None = None  # built once one is routed (hot path)
         self.send: list[CloudOperation] = []
         self.parked: list[Parked] = []
         self.dropped: list[CloudOperation] = []
 
     def route(self, op: CloudOperation, apps: Iterable[ApplicationType] = ()) -> None:
         apps = tuple(sorted(set(apps))) if apps else ()
-        candidate = self.deletion.candidate if self.deletion else None
+        candidate = None
+        if self._gated is not None and is_destructive(op):
+            if self.deletion is None:
+                self.deletion = _candidate(self._gated)
+            candidate = self.deletion.candidate
         needs = needs_of(op, self.ids, apps, candidate)
         if needs is None:
             self.dropped.append(op)
@@ -233,7 +244,7 @@ class _Router:
     def plan(self, view: EntityView, journal: tuple[JournalEntry, ...] = ()) -> Plan:
         if self.send:
             outcome = Outcome.PLANNED
-        elif self.parked and self.deletion is not None:
+        elif any(n.kind is NeedKind.DELETION for p in self.parked for n in p.needs):
             outcome = Outcome.HELD
         elif self.parked:
             blocked = all(any(n.blocks for n in p.needs) for p in self.parked)
@@ -281,7 +292,7 @@ def _plan_user(
     if event.op is Op.DELETE:
         if previous is not None and previous.deleted:
             return Plan(Outcome.NO_CHANGE, view)
-        router = _Router(ids, _candidate(event))
+        router = _Router(ids, event)
         router.route(
             _op(DeactivateUser, event, now, cloud_id=ids.users.get(event.entity_id), email=state.email)
         )
@@ -290,7 +301,8 @@ def _plan_user(
             router.route(_revoke(event, now, company_id, ids), held.services)
         return router.plan(view)
 
-    router = _Router(ids)
+    # a user seen before that becomes (or stays) inactive, or loses access: the gate counts it
+    router = _Router(ids, event if previous is not None else None)
     cloud_user_id = ids.users.get(event.entity_id)  # read once: every operation names it
     if before is None or _user_fields(before) != _user_fields(state):
         router.route(
@@ -358,13 +370,14 @@ def _plan_company(
 ) -> Plan:
     state = event.state
     before = previous.state if previous is not None and not previous.deleted else None
-    router = _Router(ids)
+    # a company seen before set inactive on premise: the gate counts it
+    router = _Router(ids, event if previous is not None else None)
     if event.op is Op.DELETE:
         if previous is not None and previous.deleted:
             return Plan(Outcome.NO_CHANGE, view)
         # a company removed on premise is marked inactive in the cloud, never deleted
         state = state.model_copy(update={"status": "inactive"})
-        router = _Router(ids, _candidate(event))
+        router = _Router(ids, event)
     elif before == state:
         return Plan(Outcome.NO_CHANGE, view)
     router.route(
@@ -399,7 +412,7 @@ def _plan_catalogue(
     if event.op is Op.DELETE:
         if previous is not None and previous.deleted:
             return Plan(Outcome.NO_CHANGE, view)
-        router = _Router(ids, _candidate(event))
+        router = _Router(ids, event)
         router.route(
             _op(
                 RemoveCatalogueEntry,

@@ -45,6 +45,7 @@ def planner_settings(settings: Settings) -> PlannerSettings:
         deletes_threshold=settings.planner_deletes_threshold,
         deletes_threshold_percent=settings.planner_deletes_percent,
         deletes_window_seconds=settings.planner_deletes_window,
+        deletes_settle_seconds=settings.planner_deletes_settle,
     )
 
 

@@ -1,13 +1,13 @@
 """Two rules end to end, on real parts (store → producer → Kafka → planner → sink → cloud API):
 an application instance that does not match the cloud blocks its access until it is fixed, and
-mass deletions are held until an operator approves (or rejects) them."""
+mass deletions — removals or ``active = false`` — are held as a whole until an operator approves
+(exactly what was shown) or rejects them."""
 
 from __future__ import annotations
 
 import json
 import socket
 import subprocess
-import sys
 from typing import Any
 
 import httpx
@@ -17,25 +17,20 @@ from devtools.seed.writer import SqliteDirectoryWriter
 from kernel.settings import Settings
 from schemas.fingerprint import license_fingerprint
 from schemas.results import OperationResult, ResultOutcome
-from schemas.topics import OPERATIONS, RESULTS
+from schemas.topics import RESULTS
 from tests.fixtures.cloud import CloudReader
 from tests.kafka_read import read_all
-from tests.pipeline import alive_or_fail, component_env, components, gauge
+from tests.pipeline import alive_or_fail, components, gauge, vudsync_cli
 from vudsync.topics import ensure_catalogue
 
 URI = "https://vb.fjord.local"
 
 
-def _vudsync(settings: Settings, bootstrap: str, *args: str) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "vudsync", *args],
-        env=component_env(settings, bootstrap),
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+def _vudsync(
+    settings: Settings, bootstrap: str, *args: str, ok: tuple[int, ...] = (0,)
+) -> subprocess.CompletedProcess[str]:
+    done = vudsync_cli(settings, bootstrap, *args)
+    assert done.returncode in ok, done.stderr
     return done
 
 
@@ -120,13 +115,91 @@ def _held(port: int) -> float | None:
     return gauge(port, "vudsync_held_deletions")
 
 
-def test_mass_deletions_are_held_until_approved_or_rejected(
+def _listed(settings: Settings, bootstrap: str) -> dict[str, Any]:
+    """`vudsync deletes list --json` (exit status 1 while something is held)."""
+    return dict(json.loads(_vudsync(settings, bootstrap, "deletes", "list", "--json", ok=(0, 1)).stdout))
+
+
+def _effects(cloud: CloudReader, effect: str) -> set[str]:
+    """The cloud users that had ``effect`` (audit: created, deactivated …), by cloud id."""
+    return {e["resource_id"] for e in cloud.audit() if e["resource_type"] == "user" and e["effect"] == effect}
+
+
+def test_a_burst_of_600_deletions_over_500_is_held_whole_and_approved_only_as_shown(
     pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
 ) -> None:
+    """The mistakes: 600 users deleted at once with the threshold at 500 — 499 were deactivated
+    before the gate held the other 101; and ``approve`` let go deletions held after the operator
+    looked. Now none of the burst reaches the cloud (its audit says so) until approved, and the
+    approval names the highest number ``deletes list`` showed."""
     settings = pipeline_settings
     ensure_catalogue(settings, kafka_bootstrap)
     writer = _writer(settings)
-    users = [f"u{i:02d}" for i in range(11)]
+    users = [f"u{i:03d}" for i in range(603)]
+    burst, later = users[:600], users[600:]
+    writer.upsert_users(
+        {"id": u, "username": u, "email": f"{u}@fjord.no", "first_name": "Åse", "last_name": "Lie"}
+        for u in users
+    )
+    _vudsync(settings, kafka_bootstrap, "connect")
+    port = _free_port()
+    env = {"VUDSYNC_PLANNER_DELETES_THRESHOLD": "500", "VUDSYNC_PLANNER_SESSION_TIMEOUT": "10"}
+    with components(
+        settings, kafka_bootstrap, "producer", "planner", "sink", metrics_ports={"planner": port}, **env
+    ) as procs:
+        wait_until(
+            lambda: alive_or_fail(procs) and len(_effects(cloud, "created")) == len(users),
+            300,
+            interval=2,
+            what="603 users created in the cloud",
+        )
+        with writer.transaction():  # a wrong import: 600 users gone in one commit
+            for u in burst:
+                writer.delete_user(u)
+        wait_until(
+            lambda: alive_or_fail(procs) and _held(port) == 600, 300, interval=1, what="600 deletions held"
+        )
+        assert _effects(cloud, "deactivated") == set(), "no deletion of the burst reached the cloud"
+        shown = _listed(settings, kafka_bootstrap)
+        assert shown["held"] == 600 and len(shown["entries"]) == 600
+        assert {e["entity_id"] for e in shown["entries"]} == set(burst)
+
+        for u in later:  # more deletions, after the operator looked: they must stay held
+            writer.delete_user(u)
+        wait_until(lambda: alive_or_fail(procs) and _held(port) == 603, 120, what="the later three held")
+        refused = _vudsync(settings, kafka_bootstrap, "deletes", "approve", "--yes", ok=(2,))
+        assert "--up-to" in refused.stderr, "an approval without a bound is refused and says what to run"
+
+        up_to = str(shown["up_to"])
+        _vudsync(
+            settings, kafka_bootstrap, "deletes", "approve", "--up-to", up_to, "--yes", "--operator", "ops"
+        )
+        wait_until(
+            lambda: alive_or_fail(procs) and len(_effects(cloud, "deactivated")) == 600 and _held(port) == 3,
+            300,
+            interval=2,
+            what="the 600 shown deactivated, the later three still held",
+        )
+        assert all(bool((cloud.user(u) or {}).get("active")) for u in later)
+        listed = _listed(settings, kafka_bootstrap)
+        assert listed["held"] == 3 and {e["entity_id"] for e in listed["entries"]} == set(later)
+
+        _vudsync(settings, kafka_bootstrap, "deletes", "reject", "--yes", "--operator", "ops")
+        wait_until(lambda: alive_or_fail(procs) and _held(port) == 0, 120, what="the gate open again")
+    assert all(bool((cloud.user(u) or {}).get("active")) for u in later), "rejected: the cloud keeps them"
+    assert len(_effects(cloud, "deactivated")) == 600
+    writer.close()
+
+
+def test_mass_deactivation_by_active_false_is_held_until_approved(
+    pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
+) -> None:
+    """The mistake: a bad import sets ``active = false`` on every user; the gate counted only
+    removals, so each went straight to the cloud."""
+    settings = pipeline_settings
+    ensure_catalogue(settings, kafka_bootstrap)
+    writer = _writer(settings)
+    users = [f"u{i:02d}" for i in range(5)]
     writer.upsert_users(
         {"id": u, "username": u, "email": f"{u}@fjord.no", "first_name": "Åse", "last_name": "Lie"}
         for u in users
@@ -142,74 +215,33 @@ def test_mass_deletions_are_held_until_approved_or_rejected(
     with components(
         settings, kafka_bootstrap, "producer", "planner", "sink", metrics_ports={"planner": port}, **env
     ) as procs:
-        try:
-            wait_until(
-                lambda: alive_or_fail(procs) and all(active(u) for u in users), 120, what="users synced"
-            )
-        except TimeoutError as exc:
-            ops = read_all(kafka_bootstrap, settings.topic(OPERATIONS.name), timeout=10)
-            results = read_all(kafka_bootstrap, settings.topic(RESULTS.name), timeout=10)
-            raise AssertionError(
-                f"{exc}: {[u for u in users if not active(u)]} missing; {len(ops)} operations, "
-                f"results {[r.value[:120] for r in results][:5]}"
-            ) from None
-        first = users[:6]
-        for u in first:
-            writer.delete_user(u)
-        wait_until(
-            lambda: alive_or_fail(procs) and sum(not active(u) for u in first) == 3 and _held(port) == 3,
-            120,
-            what="three deletions applied, three held",
-        )
-        held = _vudsync(settings, kafka_bootstrap, "deletes", "list")
-        assert "3 held" in held.stdout
-        assert sum(not active(u) for u in first) == 3, "nothing more goes while the gate holds"
-
-        _vudsync(settings, kafka_bootstrap, "deletes", "approve", "--yes", "--operator", "ops@fjord.no")
-        wait_until(
-            lambda: alive_or_fail(procs) and not any(active(u) for u in first) and _held(port) == 0,
-            120,
-            what="every held deletion applied after approval",
-        )
-        # the journal settles once the sink's results are published (just after the cloud changed)
-        try:
-            wait_until(
-                lambda: "0 held" in _vudsync(settings, kafka_bootstrap, "deletes", "list").stdout,
-                60,
-                interval=1,
-                what="`vudsync deletes list` empty",
-            )
-        except TimeoutError as exc:
-            held = json.loads(_vudsync(settings, kafka_bootstrap, "deletes", "list", "--json").stdout)
-            ids = {h["operation_id"] for h in held}
-            records = read_all(kafka_bootstrap, settings.topic(RESULTS.name), timeout=10)
-            trail = [
-                (r.partition, r.offset, r.value[:200])
-                for r in records
-                if any(i.encode() in r.value for i in ids)
-            ]
-            raise AssertionError(f"{exc}: {trail}") from None
-
-        second = users[6:]  # a new window: 3 go, 2 are held, then rejected
-        for u in second:
-            writer.delete_user(u)
-        wait_until(
-            lambda: alive_or_fail(procs) and _held(port) == 2,
-            120,
-            what="two deletions held again",
-        )
-        _vudsync(settings, kafka_bootstrap, "deletes", "reject", "--yes", "--operator", "ops@fjord.no")
-        rejected = _results(
+        wait_until(lambda: alive_or_fail(procs) and all(active(u) for u in users), 120, what="users synced")
+        with writer.transaction():
+            for u in users:
+                writer.update_user(u, active=False)
+        wait_until(lambda: alive_or_fail(procs) and _held(port) == 5, 120, what="five deactivations held")
+        assert all(active(u) for u in users) and _effects(cloud, "deactivated") == set()
+        listed = _listed(settings, kafka_bootstrap)
+        assert listed["held"] == 5
+        _vudsync(
             settings,
             kafka_bootstrap,
-            lambda rs: sum(r.outcome is ResultOutcome.REJECTED for r in rs) >= 2,
+            "deletes",
+            "approve",
+            "--up-to",
+            str(listed["up_to"]),
+            "--yes",
+            "--json",
         )
         wait_until(
-            lambda: alive_or_fail(procs) and _held(port) == 0,
-            60,
-            what="the gate open again",
+            lambda: alive_or_fail(procs) and not any(active(u) for u in users) and _held(port) == 0,
+            120,
+            what="every held deactivation applied after approval",
         )
-    kept = {r.entity_id for r in rejected if r.outcome is ResultOutcome.REJECTED}
-    assert len(kept) == 2 and all(active(u) for u in kept), "rejected deletions never reach the cloud"
-    assert sum(not active(u) for u in second) == 3
+        wait_until(
+            lambda: _listed(settings, kafka_bootstrap)["held"] == 0,
+            60,
+            interval=1,
+            what="`deletes list` empty",
+        )
     writer.close()

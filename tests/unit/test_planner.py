@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from typing import Any
 
 from processors.model import (
@@ -72,6 +73,11 @@ def ids(**kw: Any) -> Identities:
 KNOWN = ids(users={"u1": "cu-1"}, companies={"c1": "cc-1", "c2": "cc-2", "c3": "cc-3"})
 
 
+def granted(*candidates: str, base: Identities = KNOWN) -> Identities:
+    """``base`` once the accidental-delete gate granted ``candidates``."""
+    return replace(base, deletions={c: Decision.GRANTED for c in candidates})
+
+
 def run(previous: EntityView | None, event: DirectoryEvent, identities: Identities = KNOWN) -> Any:
     return plan(previous, event, identities, SETTINGS, now=T0)
 
@@ -123,9 +129,36 @@ def test_email_case_change_is_an_update_and_the_known_cloud_id_is_used() -> None
     assert isinstance(op, UpsertUser) and op.cloud_id == "cu-1" and op.email == "Kari@Firma.no"
 
 
-def test_deactivated_on_premise_is_deactivated_in_the_cloud() -> None:
-    (op,) = run(EntityView(3, user_state()), user_event(4, active=False)).operations
+def test_deactivated_on_premise_waits_for_the_gate_then_is_deactivated_in_the_cloud() -> None:
+    """The mistake: a bad import sets ``active = false`` on everyone; each deactivation used to
+    go straight to the cloud, past the accidental-delete gate."""
+    waiting = run(EntityView(3, user_state()), user_event(4, active=False))
+    assert waiting.outcome is Outcome.HELD and waiting.operations == ()
+    assert waiting.deletion is not None and waiting.deletion.candidate == "user:u1:4"
+    (parked,) = waiting.parked
+    assert isinstance(parked.operation, UpsertUser) and parked.needs == (Need.deletion("user:u1:4"),)
+    (op,) = run(EntityView(3, user_state()), user_event(4, active=False), granted("user:u1:4")).operations
     assert isinstance(op, UpsertUser) and op.active is False
+
+
+def test_an_edit_of_an_inactive_user_cannot_overtake_its_held_deactivation() -> None:
+    """The mistake: the deactivation is held at the gate, then the user's name changes; the new
+    upsert (still inactive) supersedes the held one in its slot and would deactivate at once."""
+    inactive = EntityView(4, user_state(active=False))
+    later = run(inactive, user_event(5, active=False, last_name="Berg"))
+    assert later.operations == () and later.deletion is not None
+    assert later.parked[0].needs == (Need.deletion("user:u1:5"),)
+
+
+def test_a_user_first_seen_inactive_is_created_without_the_gate() -> None:
+    (op,) = run(None, user_event(2, active=False)).operations
+    assert isinstance(op, UpsertUser) and op.active is False
+
+
+def test_a_company_set_inactive_on_premise_waits_for_the_gate() -> None:
+    seen = EntityView(1, company_event(1).state)
+    waiting = run(seen, company_event(2, status="inactive"), KNOWN)
+    assert waiting.outcome is Outcome.HELD and waiting.deletion is not None
 
 
 def test_removal_deactivates_and_revokes_after_the_delete_gate() -> None:
@@ -200,13 +233,19 @@ def test_access_diff_assigns_changed_companies_and_revokes_dropped_ones() -> Non
     assert {o.company_id for o in result.operations if isinstance(o, AssignAccess)} == {"c2", "c3"}
     assert all(o.cloud_user_id == "cu-1" for o in result.operations if isinstance(o, AssignAccess))
     dropped = run(EntityView(3, new), user_event(4, access=(access("c3"),)))
+    assert dropped.outcome is Outcome.HELD, "revocations count toward the accidental-delete gate"
+    assert {x.operation.company_id for x in dropped.parked if isinstance(x.operation, RevokeAccess)} == {
+        "c1",
+        "c2",
+    }
+    dropped = run(EntityView(3, new), user_event(4, access=(access("c3"),)), granted("user:u1:4"))
     assert {o.company_id for o in dropped.operations if isinstance(o, RevokeAccess)} == {"c1", "c2"}
 
 
 def test_a_company_whose_services_all_emptied_is_revoked() -> None:
     seen = EntityView(2, user_state(access=(access("c1"),)))
     empty = user_state(access=(access("c1", roles=()),))
-    (op,) = run(seen, user_event(3, state=empty)).operations
+    (op,) = run(seen, user_event(3, state=empty), granted("user:u1:3")).operations
     assert isinstance(op, RevokeAccess) and op.company_id == "c1"
 
 
@@ -276,8 +315,15 @@ def test_removing_access_in_a_blocked_application_is_held_too() -> None:
     seen = EntityView(2, user_state(access=(access("c1"),)))
     result = run(seen, user_event(3, access=()), ids(**_known(), applications={BUSINESS: blocked}))
     (parked,) = result.parked
-    assert isinstance(parked.operation, RevokeAccess) and parked.needs == (Need.application(BUSINESS),)
-    assert result.outcome is Outcome.BLOCKED
+    assert isinstance(parked.operation, RevokeAccess)
+    assert parked.needs == (Need.deletion("user:u1:3"), Need.application(BUSINESS))
+    result = run(
+        seen,
+        user_event(3, access=()),
+        granted("user:u1:3", base=ids(**_known(), applications={BUSINESS: blocked})),
+    )
+    (parked,) = result.parked
+    assert parked.needs == (Need.application(BUSINESS),) and result.outcome is Outcome.BLOCKED
 
 
 def test_before_connect_every_application_is_unverified_and_holds_its_access() -> None:

@@ -7,8 +7,8 @@ from collections import deque
 from datetime import timedelta
 from typing import Any
 
-from processors import deletions
-from processors.control import DeletionsDecided
+from processors import deletions, gate
+from processors.control import DeletionsDecided, GateTick
 from processors.engine import Coords, Effects, Reconciler
 from processors.model import Decision, PlannerSettings
 from processors.parking import BUCKET
@@ -31,6 +31,7 @@ class Harness:
         self.partitions = partitions
         self.ops: list[Any] = []
         self.results: list[OperationResult] = []
+        self.control: list[Any] = []  # every control message, as `vudsync deletes list` reads them
         self.offsets = 0
 
     def perform(self, fx: Effects, deliver: bool = True) -> Effects:
@@ -42,6 +43,8 @@ class Harness:
                 self.results.append(s.value)  # type: ignore[arg-type]
             else:
                 queue.append(s)
+                if s.role == "control":
+                    self.control.append(s.value)
         for key, value in fx.writes.items():
             if value is None:
                 self.table.pop(key, None)
@@ -80,6 +83,15 @@ class Harness:
             self.fact(kind=FactKind.REGISTRY, subject=app.value, present=False)
         for entry in catalogue:
             self.fact(kind=FactKind.CATALOGUE, subject=entry)
+
+    def tick(self, seconds: float | None = None) -> Effects:
+        """The gate's clock reads ``seconds`` after T0 (default: the settling time)."""
+        after = self.r.settings.deletes_settle_seconds if seconds is None else seconds
+        return self.perform(self.r.on_control(GateTick(at=T0 + timedelta(seconds=after)), Coords("c", 0, 0)))
+
+    def decide(self, approve: bool, up_to: int | None) -> Effects:
+        msg = DeletionsDecided(approve=approve, operator="ops@fjord.no", decided_at=T0, up_to=up_to)
+        return self.perform(self.r.on_control(msg, Coords("control", 0, self._offset())))
 
     def result(self, op: Any, cloud_id: str | None, partition: int = 0, **kw: Any) -> Effects:
         result = OperationResult.for_operation(
@@ -127,6 +139,7 @@ def test_access_is_parked_until_facts_confirm_user_and_company_then_released_wit
     assert h.r.parked() == 0 and not any(k.startswith("n|") for k in h.table)
     # known now: the next change goes at once, with the same rules
     h.event(user_event(3, access=(access("c1", roles=()),)), partition=1)
+    h.tick()  # a revocation passes the accidental-delete gate
     assert kinds(h.ops)[-1] == "access.revoke" and h.ops[-1].cloud_company_id == "cc-1"
 
 
@@ -310,29 +323,110 @@ def test_before_connect_the_instance_is_unverified_and_the_journal_says_so() -> 
 # -- the accidental-delete gate -----------------------------------------------------------------
 
 
-def _deletes(h: Harness, n: int) -> None:
-    for i in range(n):
-        h.event(user_event(2, state=user_state(f"u{i}")), partition=i % h.partitions)
-    for i in range(n):
-        h.event(user_event(3, op=Op.DELETE, state=user_state(f"u{i}")), partition=i % h.partitions)
+def _deletes(h: Harness, n: int, first: int = 0, **change: Any) -> None:
+    """``n`` users appear, then are deleted (or changed by ``change``) on premise."""
+    users = [f"u{i}" for i in range(first, first + n)]
+    for i, u in enumerate(users):
+        h.event(user_event(2, state=user_state(u)), partition=i % h.partitions)
+    for i, u in enumerate(users):
+        if change:
+            h.event(user_event(3, state=user_state(u, **change)), partition=i % h.partitions)
+        else:
+            h.event(user_event(3, op=Op.DELETE, state=user_state(u)), partition=i % h.partitions)
 
 
-def test_deletions_under_the_threshold_go_and_the_rest_are_held_until_approved() -> None:
+def _deactivated(h: Harness) -> list[str]:
+    return [
+        o.entity_id
+        for o in h.ops
+        if isinstance(o, DeactivateUser) or (isinstance(o, UpsertUser) and not o.active)
+    ]
+
+
+def test_a_burst_over_the_threshold_is_held_whole_not_cut_at_the_threshold() -> None:
+    """The mistake: 600 users deleted at once, threshold 500: 499 were deactivated before the
+    gate held the other 101. Now a burst over the threshold sends none."""
     h = Harness(partitions=2, settings=PlannerSettings(deletes_threshold=3))
     h.connect()
     _deletes(h, 5)
-    deactivated = [o for o in h.ops if isinstance(o, DeactivateUser)]
-    assert len(deactivated) == 3
+    h.tick(3600)
+    assert _deactivated(h) == [], "no deletion of the burst reaches the cloud"
     held = [r for r in h.results if r.outcome is ResultOutcome.HELD]
-    assert {r.entity_id for r in held} == {"u3", "u4"} and all(r.kind == "user.deactivate" for r in held)
-    assert "vudsync deletes approve" in held[0].details["reason"]
+    assert {r.entity_id for r in held} == {f"u{i}" for i in range(5)}
+    assert all(r.kind == "user.deactivate" for r in held)
+    assert "vudsync deletes approve --up-to" in held[0].details["reason"]
+    assert h.r.held_deletions() == 5 == len(gate.outstanding(h.control))
+
+
+def test_a_burst_under_the_threshold_waits_for_its_window_to_settle_then_goes() -> None:
+    h = Harness(partitions=2, settings=PlannerSettings(deletes_threshold=3, deletes_settle_seconds=5))
+    h.connect()
+    _deletes(h, 3)
+    assert _deactivated(h) == [] and h.r.gate_tick() is not None, "settling: the gate wants ticks"
+    h.tick(4.9)
+    assert _deactivated(h) == []
+    h.tick(5)
+    assert sorted(_deactivated(h)) == ["u0", "u1", "u2"] and h.r.parked() == 0
+    assert h.r.gate_tick() is None and h.r.held_deletions() == 0
+    # a granted window still counts (within the count window): one more passes the threshold
+    _deletes(h, 1, first=3)
+    h.tick(3600)
+    assert sorted(_deactivated(h)) == ["u0", "u1", "u2"] and h.r.held_deletions() == 1
+
+
+def test_mass_deactivation_by_active_false_is_held_like_deletions() -> None:
+    """The mistake: a bad import sets ``active = false`` on every user; the gate saw only
+    removals, so every user was deactivated in the cloud."""
+    h = Harness(partitions=2, settings=PlannerSettings(deletes_threshold=3))
+    h.connect()
+    _deletes(h, 4, active=False)
+    h.tick(3600)
+    assert _deactivated(h) == [] and h.r.held_deletions() == 4
+
+
+def test_mass_revocation_is_held_like_deletions() -> None:
+    h = Harness(settings=PlannerSettings(deletes_threshold=2))
+    h.connect()
+    h.fact(kind=FactKind.COMPANY, subject="c1", cloud_id="cc-1")
+    users = [f"u{i}" for i in range(3)]
+    for u in users:
+        h.fact(kind=FactKind.USER, subject=u, cloud_id=f"cu-{u}")
+        h.event(user_event(2, state=user_state(u, access=(access("c1"),))))
+    h.tick()
+    assert len([o for o in h.ops if isinstance(o, AssignAccess)]) == 3
+    for u in users:
+        h.event(user_event(3, state=user_state(u, access=())))
+    h.tick(3600)
+    assert kinds(h.ops).count("access.revoke") == 0 and h.r.held_deletions() == 3
+
+
+def test_approve_settles_exactly_what_was_shown_and_later_deletions_stay_held() -> None:
+    """The mistake: an operator lists 5 held deletions and approves; meanwhile 2 more were held,
+    and "approve" let all 7 go. The decision names the highest number the operator saw."""
+    h = Harness(partitions=2, settings=PlannerSettings(deletes_threshold=3))
+    h.connect()
+    _deletes(h, 5)
+    shown = gate.outstanding(h.control)
+    assert [x.seq for x in shown] == [0, 1, 2, 3, 4] and shown[0].entity_id == "u0"
+    _deletes(h, 2, first=5)  # held after the operator looked
+    h.decide(True, None)
+    assert _deactivated(h) == [], "an approval without a bound approves nothing"
+    h.decide(True, shown[-1].seq)
+    assert sorted(_deactivated(h)) == [f"u{i}" for i in range(5)]
     assert h.r.held_deletions() == 2
-    approve = DeletionsDecided(approve=True, operator="ops@fjord.no", decided_at=T0)
-    h.perform(h.r.on_control(approve, Coords("control", 0, 1)))
-    assert len([o for o in h.ops if isinstance(o, DeactivateUser)]) == 5
-    assert h.r.held_deletions() == 0 and h.r.parked() == 0
+    assert [x.entity_id for x in gate.outstanding(h.control)] == ["u5", "u6"]
+    _deletes(h, 1, first=7)
+    assert h.r.held_deletions() == 3, "the gate still holds: a new deletion waits too"
+    h.decide(True, 7)
+    assert len(_deactivated(h)) == 8 and h.r.held_deletions() == 0 and h.r.parked() == 0
+    assert gate.outstanding(h.control) == []
     # the approved operations carry the ids the held results named: the journal closes them
+    held = [r for r in h.results if r.outcome is ResultOutcome.HELD]
     assert {r.operation_id for r in held} <= {o.operation_id for o in h.ops}
+    # open again: a new window starts its count afresh
+    _deletes(h, 1, first=8)
+    h.tick(3600)
+    assert len(_deactivated(h)) == 9
 
 
 def test_settings_given_to_the_reconciler_later_govern_every_path() -> None:
@@ -342,19 +436,35 @@ def test_settings_given_to_the_reconciler_later_govern_every_path() -> None:
     assert h.r.settings.deletes_threshold == 1
     h.connect()
     _deletes(h, 2)
-    assert len([o for o in h.ops if isinstance(o, DeactivateUser)]) == 1 and h.r.held_deletions() == 1
+    h.tick()
+    assert _deactivated(h) == [] and h.r.held_deletions() == 2
 
 
 def test_rejected_deletions_are_never_applied_and_say_so() -> None:
     h = Harness(settings=PlannerSettings(deletes_threshold=1))
     h.connect()
     _deletes(h, 3)
-    h.perform(
-        h.r.on_control(DeletionsDecided(approve=False, operator="ops", decided_at=T0), Coords("c", 0, 1))
-    )
-    assert len([o for o in h.ops if isinstance(o, DeactivateUser)]) == 1
+    h.decide(False, None)  # rejecting everything held is always safe
+    h.tick(3600)
+    assert _deactivated(h) == []
     rejected = [r for r in h.results if r.outcome is ResultOutcome.REJECTED]
-    assert {r.entity_id for r in rejected} == {"u1", "u2"} and h.r.parked() == 0
+    assert {r.entity_id for r in rejected} == {"u0", "u1", "u2"} and h.r.parked() == 0
+    assert h.r.held_deletions() == 0
+
+
+def test_an_update_after_a_held_deletion_does_not_overtake_it() -> None:
+    """Order per aggregate: the deactivation waits at the gate; the user's next change (still
+    inactive) must wait behind it, not deactivate at once."""
+    h = Harness(settings=PlannerSettings(deletes_threshold=5))
+    h.connect()
+    h.event(user_event(2))
+    h.event(user_event(3, active=False))
+    h.event(user_event(4, active=False, last_name="Berg"))
+    assert _deactivated(h) == []
+    h.tick()
+    (op,) = [o for o in h.ops if isinstance(o, UpsertUser) and not o.active]
+    assert op.source_version == 4 and op.last_name == "Berg", "the newest plan of the slot goes"
+    assert h.r.parked() == 0
 
 
 def test_a_request_asked_again_gets_the_same_answer() -> None:
@@ -363,6 +473,9 @@ def test_a_request_asked_again_gets_the_same_answer() -> None:
     h.event(user_event(2))
     fx = h.event(user_event(3, op=Op.DELETE))
     (request,) = [s.value for s in fx.sends if s.role == "control"]
+    pending = h.r.on_control(request, Coords("control", 0, 49))
+    assert pending.sends == [] and pending.writes == {}, "pending: asked again, nothing changes"
+    h.tick()
     again = h.r.on_control(request, Coords("control", 0, 50))
     (decision,) = [s.value for s in again.sends]
     assert decision.decision is Decision.GRANTED and again.writes == {}
@@ -379,8 +492,10 @@ def test_gate_counts_within_the_window_and_by_percentage() -> None:
     assert state.holding and state.held == 1
     state, decision = deletions.on_request(state, committed_at=10_000, partition=0, live=1000, settings=s)
     assert decision is None and state.held == 2, "holding: everything waits for the operator"
-    state, decision = deletions.on_operator(state, approve=True)
-    assert decision is Decision.APPROVED and not state.holding and state.window == ()
+    state = deletions.on_operator(state, settled=1)
+    assert state.holding and state.held == 1, "one of two settled: the gate still holds"
+    state = deletions.on_operator(state, settled=1)
+    assert not state.holding and state.window == () and state.held == 0
 
     pct = PlannerSettings(deletes_threshold=500, deletes_threshold_percent=10.0)
     state = deletions.GateState()

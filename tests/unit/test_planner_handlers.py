@@ -273,3 +273,32 @@ def test_each_planner_worker_names_its_component_and_itself_in_its_group(tmp_pat
 
     app = create_app(Settings(home=tmp_path, worker_name="worker-2"), "localhost:9092")
     assert app.conf.broker_client_id == "vudsync-planner-worker-2"
+
+
+@dataclass(frozen=True)
+class TP:
+    topic: str
+    partition: int
+
+
+async def test_the_gate_is_ticked_only_by_its_partitions_owner_and_only_while_deletions_settle() -> None:
+    """A window closes only when the gate's clock moves: the worker assigned partition 0 of the
+    control topic stamps it while deletions settle; a worker that lost the partition (its table
+    may still hold the old state) stays silent, and so does an idle gate."""
+    from processors import keys
+    from processors.control import GateTick
+    from processors.deletions import GateState
+    from schemas.codec import decode_model
+    from schemas.topics import PLANNER_CONTROL
+
+    handlers, topics, _ = _handlers()
+    control = topics.by_role("control")
+    owner = [TP(PLANNER_CONTROL.name, 0), TP(PLANNER_CONTROL.name, 3)]
+    await handlers.tick_gate(owner)
+    assert control.sent == [], "nothing settles: no tick"
+    handlers.table[keys.GATE_STATE] = GateState(pending=2, last_arrival=T0.timestamp()).to_json()
+    await handlers.tick_gate([TP(PLANNER_CONTROL.name, 3)])
+    assert control.sent == [], "not the gate's partition: no tick"
+    await handlers.tick_gate(owner)
+    (sent,) = control.sent
+    assert sent["partition"] == 0 and decode_model(GateTick, sent["value"]).at == T0

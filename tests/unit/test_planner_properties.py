@@ -316,9 +316,9 @@ class Pipeline:
     def __init__(self, directory: Directory) -> None:
         self.table: dict[str, Any] = {}
         self.clock_n = 0
-        self.planner = Reconciler(
-            self.table, PlannerSettings(deletes_threshold=10_000), PARTITIONS, lambda: T0 + timedelta(hours=1)
-        )
+        # deletions granted at once (no settling): the gate's window has its own property test
+        self.settings = PlannerSettings(deletes_threshold=10_000, deletes_settle_seconds=0)
+        self.planner = Reconciler(self.table, self.settings, PARTITIONS, lambda: T0 + timedelta(hours=1))
         self.cloud = Cloud()
         self.directory: dict[str, deque[DirectoryEvent]] = {k: deque(v) for k, v in directory.events.items()}
         self.delivered: list[tuple[DirectoryEvent, int]] = []
@@ -540,14 +540,15 @@ def test_held_deletions_approved_late_still_converge(changes: list[Any], data: s
     """With a gate that holds every deletion, the state converges once an operator approves."""
     directory = Directory.build(changes)
     pipe = Pipeline(directory)
-    pipe.planner.settings = PlannerSettings(deletes_threshold=0)
+    pipe.planner.settings = PlannerSettings(deletes_threshold=0, deletes_settle_seconds=0)
     for _ in range(data.draw(st.integers(0, 80), label="steps")):
         options = pipe.choices()
         if not options:
             break
         pipe.step(data.draw(st.sampled_from(options), label="next"), None)
     pipe.drain()
-    approve = DeletionsDecided(approve=True, operator="ops", decided_at=T0)
+    shown = pipe.table.get("g|seq", {"next": 0})["next"] - 1  # what `vudsync deletes list` showed
+    approve = DeletionsDecided(approve=True, operator="ops", decided_at=T0, up_to=max(shown, 0))
     pipe.inbox[("control", 0)].append(approve)
     pipe.drain()
     assert_converged(pipe, directory)
