@@ -134,6 +134,29 @@ def on_request(
     return replace(state, window=tuple(sorted(window)), live=live_counts), Decision.GRANTED
 
 
+def on_burst(
+    state: GateState,
+    count: int,
+    *,
+    committed_at: float,
+    partition: int,
+    live: int,
+    settings: PlannerSettings,
+) -> tuple[GateState, bool]:
+    """``count`` deletions known at once (a repair pass) ask to go *now*, as a whole: all are
+    granted, or — when the window with all of them would pass the threshold, or the gate holds
+    already — all are held, as a sync run over the threshold exports none. Returns the new
+    state and whether they go."""
+    live_counts = {**state.live, partition: live}
+    if count == 0:
+        return replace(state, live=live_counts), True
+    window = _count(state, committed_at, settings)
+    if state.holding or _over(len(window) + count, sum(live_counts.values()), settings):
+        return replace(state, window=window, holding=True, held=state.held + count, live=live_counts), False
+    window = (*window, *([committed_at] * count))[-(settings.deletes_threshold + 1) :]
+    return replace(state, window=tuple(sorted(window)), live=live_counts), True
+
+
 def on_arrival(
     state: GateState,
     *,

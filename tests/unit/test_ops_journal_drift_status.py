@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from processors.deletions import GateState
+from processors.deletions import GateState, is_destructive
 from processors.model import PlannerSettings
 from schemas.codec import encode
 from schemas.deadletter import error_headers
@@ -25,7 +25,6 @@ from vudsync.ops.drift import (
     DriftKind,
     compare,
     gate_deletions,
-    is_deletion,
     repair_operations,
 )
 from vudsync.ops.groups import GroupMember
@@ -352,8 +351,9 @@ def test_a_row_capture_rejects_is_reported_rejected_never_extra_nor_repaired() -
 def test_repair_of_more_deactivations_than_the_gate_allows_holds_them() -> None:
     """The mistake: a store that lost most of its users (a wrong database, a botched import).
     Every cloud user is "extra", and repair used to deactivate them all at once. Its deletions
-    now pass the planner's accidental-delete gate rule: beyond the threshold they are held,
-    and a scheduled pass (the gate carried over) sends no more until the window is decided."""
+    now pass the planner's accidental-delete gate rule as one burst: over the threshold none
+    goes (not the first two of five), and a scheduled pass (the gate carried over) sends no
+    more until the window is decided."""
     directory = _directory()
     gone = [_cloud_user(f"gone{i}", f"G{i}") for i in range(5)]
     cloud = _cloud(users=[_cloud_user("u1", "U1"), _cloud_user("u2", "U2"), _cloud_user("u3", "U3"), *gone])
@@ -361,19 +361,24 @@ def test_repair_of_more_deactivations_than_the_gate_allows_holds_them() -> None:
     settings = PlannerSettings(deletes_threshold=2)
     gated, gate = gate_deletions(plan, GateState(), settings, live=4, at=NOW.timestamp())
     assert sum(isinstance(op, DeactivateUser) for op in plan.operations) == 5
-    assert [op.entity_id for op in gated.operations if isinstance(op, DeactivateUser)] == ["gone0", "gone1"]
-    assert [op.entity_id for op in gated.held] == ["gone2", "gone3", "gone4"]
-    assert [op for op in gated.operations if not is_deletion(op)] == [
-        op for op in plan.operations if not is_deletion(op)
+    assert [op.entity_id for op in gated.operations if isinstance(op, DeactivateUser)] == []
+    assert [op.entity_id for op in gated.held] == ["gone0", "gone1", "gone2", "gone3", "gone4"]
+    assert [op for op in gated.operations if not is_destructive(op)] == [
+        op for op in plan.operations if not is_destructive(op)
     ]
     # the next scheduled pass: the gate holds, nothing more goes
     again, _ = gate_deletions(plan, gate, settings, live=4, at=NOW.timestamp() + 600)
-    assert not any(is_deletion(op) for op in again.operations) and len(again.held) == 5
+    assert not any(is_destructive(op) for op in again.operations) and len(again.held) == 5
+    # under the threshold the whole pass goes
+    under, _ = gate_deletions(
+        plan, GateState(), PlannerSettings(deletes_threshold=5), live=4, at=NOW.timestamp()
+    )
+    assert under.operations == plan.operations and under.held == ()
     # the percentage rule too: 2 of 4 live entities is over 25 %
     by_percent, _ = gate_deletions(
         plan, GateState(), PlannerSettings(deletes_threshold_percent=25.0), live=4, at=NOW.timestamp()
     )
-    assert len(by_percent.held) == 4
+    assert len(by_percent.held) == 5
 
 
 def test_access_an_administrator_assigned_in_the_cloud_is_reported_apart_never_drift() -> None:

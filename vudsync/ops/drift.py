@@ -367,34 +367,23 @@ class RepairPlan:
     held: tuple[CloudOperation, ...] = ()  # deletions beyond the accidental-delete gate
 
 
-_DELETIONS = (DeactivateUser, RevokeAccess, RemoveCatalogueEntry)
-
-
-def is_deletion(op: CloudOperation) -> bool:
-    """What the accidental-delete gate counts: deactivations, revocations, removals and a
-    company set inactive (its removal on premise)."""
-    return isinstance(op, _DELETIONS) or (isinstance(op, UpsertCompany) and op.status == "inactive")
-
-
 def gate_deletions(
     plan: RepairPlan, gate: GateState, settings: PlannerSettings, *, live: int, at: float
 ) -> tuple[RepairPlan, GateState]:
-    """Pass each deletion of ``plan`` through the planner's accidental-delete gate rule
-    (:func:`processors.deletions.on_request`, committed at ``at``): the ones it holds move to
-    ``held`` and are not sent. ``gate`` carries the window over scheduled passes, so
-    ``--every`` never repairs more deletions in a window than the gate allows; ``live`` is
-    the directory's live users and companies (for the percentage)."""
-    sent: list[CloudOperation] = []
-    held: list[CloudOperation] = []
-    for op in plan.operations:
-        if not is_deletion(op):
-            sent.append(op)
-            continue
-        gate, decision = deletions.on_request(
-            gate, committed_at=at, partition=0, live=live, settings=settings
-        )
-        (sent if decision is not None else held).append(op)
-    return replace(plan, operations=tuple(sent), held=(*plan.held, *held)), gate
+    """Pass the plan's deletions (:func:`processors.deletions.is_destructive`: the planner's own
+    count, so an upsert to ``active=false`` counts too) through the accidental-delete gate **as a
+    whole** (:func:`processors.deletions.on_burst`, committed at ``at``): all go, or, over the
+    threshold, all move to ``held`` and none is sent. ``gate`` carries the window over scheduled
+    passes, so ``--every`` never repairs more deletions in a window than the gate allows;
+    ``live`` is the directory's live users and companies (for the percentage)."""
+    destructive = [op for op in plan.operations if deletions.is_destructive(op)]
+    gate, go = deletions.on_burst(
+        gate, len(destructive), committed_at=at, partition=0, live=live, settings=settings
+    )
+    if go:
+        return plan, gate
+    sent = tuple(op for op in plan.operations if not deletions.is_destructive(op))
+    return replace(plan, operations=sent, held=(*plan.held, *destructive)), gate
 
 
 def repair_operations(
