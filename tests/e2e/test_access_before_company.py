@@ -16,13 +16,6 @@ from tests.pipeline import alive_or_fail, components, vudsync_cli
 from vudsync.topics import ensure_catalogue
 
 
-def _roles(cloud: CloudReader, uid: str) -> list[list[str]]:
-    user = cloud.user(uid)
-    if user is None:
-        return []
-    return [a["services"].get("business", {}).get("roles", []) for a in cloud.access(user["id"])]
-
-
 def test_access_written_before_its_company_is_applied_once_the_company_exists(
     pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
 ) -> None:
@@ -41,11 +34,11 @@ def test_access_written_before_its_company_is_applied_once_the_company_exists(
         )
         writer.grant([("u1", "c1", "business", "role", "Regnskap")])
         wait_until(lambda: alive_or_fail(procs) and cloud.user("u1") is not None, 120, what="u1 in the cloud")
-        assert _roles(cloud, "u1") == [], "no company in the cloud yet: the grant waits"
+        assert cloud.business_roles("u1") == [], "no company in the cloud yet: the grant waits"
 
         writer.upsert_companies([{"id": "c1", "name": "Fjord AS", "organisation_number": "923609016"}])
         wait_until(
-            lambda: alive_or_fail(procs) and _roles(cloud, "u1") == [["Regnskap"]],
+            lambda: alive_or_fail(procs) and cloud.business_roles("u1") == [["Regnskap"]],
             120,
             what="the grant applied once its company exists",
         )

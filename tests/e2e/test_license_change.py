@@ -24,13 +24,6 @@ from vudsync.topics import ensure_catalogue
 URI = "https://vb.fjord.local"
 
 
-def _roles(cloud: CloudReader, uid: str) -> list[list[str]]:
-    user = cloud.user(uid)
-    if user is None:
-        return []
-    return [sorted(a["services"].get("business", {}).get("roles", [])) for a in cloud.access(user["id"])]
-
-
 def test_a_license_change_holds_business_access_until_the_new_instance_is_registered(
     pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
 ) -> None:
@@ -57,7 +50,7 @@ def test_a_license_change_holds_business_access_until_the_new_instance_is_regist
 
     with components(settings, kafka_bootstrap, "producer", "planner", "sink") as procs:
         wait_until(
-            lambda: alive_or_fail(procs) and _roles(cloud, "u1") == [["Regnskap"]],
+            lambda: alive_or_fail(procs) and cloud.business_roles("u1") == [["Regnskap"]],
             180,
             what="u1's role in the cloud while the instance matches",
         )
@@ -102,7 +95,7 @@ def test_a_license_change_holds_business_access_until_the_new_instance_is_regist
             VUDSYNC_CLOUD_CLIENT_SECRET="helpdesk-secret-1",
         )
         assert refused.returncode == 2 and "not a Customer administrator" in refused.stderr
-        assert _roles(cloud, "u1") == [["Regnskap"]], "held while the instance differs"
+        assert cloud.business_roles("u1") == [["Regnskap"]], "held while the instance differs"
 
         registered = vudsync_cli(
             settings, kafka_bootstrap, "instances", "register", "business", "--yes", "--json"
@@ -110,7 +103,7 @@ def test_a_license_change_holds_business_access_until_the_new_instance_is_regist
         assert registered.returncode == 0, registered.stderr
         assert json.loads(registered.stdout)["changed"] is True
         wait_until(
-            lambda: alive_or_fail(procs) and _roles(cloud, "u1") == [["Lønn", "Regnskap"]],
+            lambda: alive_or_fail(procs) and cloud.business_roles("u1") == [["Lønn", "Regnskap"]],
             120,
             what="the held role released once the new instance is registered",
         )

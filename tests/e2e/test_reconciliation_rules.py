@@ -48,13 +48,6 @@ def _results(settings: Settings, bootstrap: str, until: Any, timeout: float = 12
     return [OperationResult.model_validate_json(r.value) for r in records]
 
 
-def _roles(cloud: CloudReader, uid: str) -> list[list[str]]:
-    user = cloud.user(uid)
-    if user is None:
-        return []
-    return [a["services"].get("business", {}).get("roles", []) for a in cloud.access(user["id"])]
-
-
 def test_a_mismatching_instance_blocks_its_access_until_it_is_fixed(
     pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
 ) -> None:
@@ -94,11 +87,11 @@ def test_a_mismatching_instance_blocks_its_access_until_it_is_fixed(
         everything = "".join(r.model_dump_json() for r in results)
         assert "VB-OTHER-KEY" not in everything and "VB-CLOUD-KEY" not in everything
         assert license_fingerprint("VB-OTHER-KEY", key) not in mismatch.model_dump_json()
-        assert _roles(cloud, "u1") == [], "held while it differs"
+        assert cloud.business_roles("u1") == [], "held while it differs"
 
         writer.set_application_instance("business", URI, "VB-CLOUD-KEY")  # the operator fixes the key
         wait_until(
-            lambda: alive_or_fail(procs) and _roles(cloud, "u1") == [["Regnskap"]],
+            lambda: alive_or_fail(procs) and cloud.business_roles("u1") == [["Regnskap"]],
             120,
             what="the held assignment released once the instance matches",
         )
