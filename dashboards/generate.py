@@ -426,24 +426,37 @@ def planner() -> Dashboard:
             "Planner workers that answer.",
             [(f"sum(up{{{sel}}})", "up")],
             thresholds=[(None, "red"), (1, "green")],
+            width=4,
         ),
         stat(
             "Parked operations",
             "Access assignments waiting for their user and company in the cloud.",
             [(f"sum(vudsync_parked_operations{{{sel}}})", "parked")],
             thresholds=[(None, "green"), (1, "yellow")],
+            width=5,
+        ),
+        stat(
+            "Oldest parked",
+            "How long the oldest parked operation's change has waited to reach the cloud "
+            "(alert VudsyncParkedTooLong; `vudsync parked list` names it).",
+            [(f"max(vudsync_parked_oldest_age_seconds{{{sel}}})", "oldest")],
+            unit="s",
+            thresholds=[(None, "green"), (600, "yellow"), (3600, "red")],
+            width=5,
         ),
         stat(
             "Held deletions",
             "Deletions waiting for an operator's confirmation (alert VudsyncDeletionsHeld).",
             [(f"sum(vudsync_held_deletions{{{sel}}})", "held")],
             thresholds=[(None, "green"), (1, "red")],
+            width=5,
         ),
         stat(
             "Lag",
             "Messages the planner's consumer group still has to read.",
             [(f"sum(vudsync_consumer_lag_messages{{{group}}})", "lag")],
             thresholds=[(None, "green"), (1000, "orange")],
+            width=5,
         ),
         timeseries(
             "Events by outcome",

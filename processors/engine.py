@@ -118,3 +118,17 @@ class Reconciler:
         return sum(
             len(self.store.get(k) or ()) for k in (keys or iter(list(self.store.keys()))) if is_parked(k)
         )
+
+    def oldest_parked_age(self, keys: Iterator[str] | None = None) -> float:
+        """Seconds since the change behind the oldest operation parked in the table (or among
+        ``keys``) was committed on premise: how long it has waited to reach the cloud; 0 when
+        nothing is parked."""
+        oldest: datetime | None = None
+        for k in keys or iter(list(self.store.keys())):
+            if not is_parked(k):
+                continue
+            for item in self.store.get(k) or ():
+                at = datetime.fromisoformat(item["op"]["source_committed_at"])
+                if oldest is None or at < oldest:
+                    oldest = at
+        return 0.0 if oldest is None else max((self._clock() - oldest).total_seconds(), 0.0)

@@ -316,6 +316,7 @@ class PlannerHandlers:
 
     def export_gauges(self) -> None:
         self.metrics.parked.set(self.reconciler.parked())
+        self.metrics.parked_oldest_age.set(self.reconciler.oldest_parked_age())
         self.metrics.held_deletions.set(self.reconciler.held_deletions())
 
 

@@ -3,6 +3,8 @@
 Gauges are per worker: ``vudsync_parked_operations`` counts the operations parked in this
 worker's table, ``vudsync_held_deletions`` what the accidental-delete gate holds (non-zero
 only on the worker that owns partition 0); sum them over workers.
+``vudsync_parked_oldest_age_seconds`` is this worker's oldest parked operation's age: take the
+maximum over workers.
 """
 
 from __future__ import annotations
@@ -32,6 +34,12 @@ class PlannerMetrics:
         self.parked = Gauge(
             "vudsync_parked_operations",
             "Operations held until their prerequisites exist in the cloud",
+            registry=registry,
+        )
+        self.parked_oldest_age = Gauge(
+            "vudsync_parked_oldest_age_seconds",
+            "Age of the oldest parked operation of this worker: seconds since the change it "
+            "carries was committed on premise (0 when nothing is parked)",
             registry=registry,
         )
         self.dlq = dlq_counter(registry, DIRECTORY_DLQ.name)

@@ -112,6 +112,23 @@ def kinds(ops: list[Any]) -> list[str]:
 # -- parking and release -----------------------------------------------------------------------
 
 
+def test_the_oldest_parked_operation_ages_from_its_source_commit_and_is_zero_once_released() -> None:
+    now = [T0]
+    h = Harness()
+    h.r = Reconciler(h.table, PlannerSettings(), 1, lambda: now[0])
+    assert h.r.oldest_parked_age() == 0.0, "nothing parked"
+    h.connect()
+    h.event(user_event(2, access=(access("c1"),)))  # committed at T0 + 2 s
+    h.event(user_event(7, state=user_state("u2", access=(access("c1"),))))  # T0 + 7 s
+    now[0] = T0 + timedelta(seconds=92)
+    assert h.r.parked() == 2 and h.r.oldest_parked_age() == 90.0, "the oldest of the two"
+    h.fact(kind=FactKind.COMPANY, subject="c1", cloud_id="cc-1")
+    h.fact(kind=FactKind.USER, subject="u1", cloud_id="cu-1")
+    assert h.r.parked() == 1 and h.r.oldest_parked_age() == 85.0, "u1's access went; u2's waits"
+    h.fact(kind=FactKind.USER, subject="u2", cloud_id="cu-2")
+    assert h.r.parked() == 0 and h.r.oldest_parked_age() == 0.0
+
+
 def test_access_is_parked_until_facts_confirm_user_and_company_then_released_with_acks_first() -> None:
     h = Harness(partitions=2)
     h.connect()
