@@ -41,6 +41,8 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         ("dlq", "dlq", "dlq"),
         ("journal", "journal", "journal"),
         ("verify", "verify", "verify"),
+        ("explain", "explain", "explain"),
+        ("parked", "parked", "parked"),
     )
 }
 

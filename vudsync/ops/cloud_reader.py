@@ -17,6 +17,7 @@ from pydantic import SecretStr
 
 from kernel.auth import ClientCredentials
 from kernel.errors import AuthenticationFailed, PermanentError, RetryableError, VudsyncError
+from schemas.directory import EntityType
 from vudsync.ops.drift import CatalogueKey, CloudState
 
 PAGE = 10_000  # the API's largest page
@@ -108,6 +109,18 @@ class HttpCloudReader:
                     raise CloudReadError(f"GET /v1/users/{uid}/access in a batch: {answer['status']}")
                 out[uid] = list(answer["body"]["items"])
         return out
+
+    def read_one(self, entity: EntityType, external_id: str) -> CloudState:
+        """What the cloud holds of one user (with its access and the companies that names) or
+        one company, matched by external id: a slice of :meth:`read` for ``drift.compare``."""
+        if entity is EntityType.USER:
+            users = self._get("/v1/users", {"external_id": external_id})["items"]
+            access = {u["id"]: self._get(f"/v1/users/{u['id']}/access")["items"] for u in users}
+            named = sorted({str(a["company_id"]) for items in access.values() for a in items})
+            companies = [self._get(f"/v1/companies/{cid}") for cid in named]
+            return CloudState(users, companies, access, {}, {})
+        companies = self._get("/v1/companies", {"external_id": external_id})["items"]
+        return CloudState([], companies, {}, {}, {})
 
     def read(self) -> CloudState:
         users = self._all("/v1/users")

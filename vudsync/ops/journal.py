@@ -35,6 +35,7 @@ from schemas.deadletter import (
     headers_dict,
 )
 from schemas.results import OperationResult
+from vudsync.ops.timespec import format_age
 
 SOURCE_RESULTS = "results"
 SOURCE_DIRECTORY_DLQ = "directory.dlq"
@@ -81,6 +82,56 @@ class JournalEntry:
         out["details"] = dict(self.details)
         out["recorded_at"] = datetime.fromtimestamp(self.time).astimezone().isoformat(timespec="seconds")
         return out
+
+
+@dataclass(frozen=True)
+class WaitingOperation:
+    """An operation that waits (parked or held, nothing settled it since): its newest waiting
+    entry and ``since``, the time of its first one (Unix seconds)."""
+
+    since: float
+    entry: JournalEntry
+
+    @property
+    def waiting_for(self) -> tuple[str, ...]:
+        """The needs it waits for (``company:c1`` …), as the planner last reported them."""
+        needs = self.entry.details.get("waiting_for")
+        if isinstance(needs, list) and needs:
+            return tuple(str(n) for n in needs)
+        if self.entry.outcome == "held":
+            return ("an operator's decision (accidental-delete protection)",)
+        return (self.entry.reason,) if self.entry.reason else ()
+
+    def age(self, now: float) -> float:
+        return max(now - self.since, 0.0)
+
+    def as_dict(self, now: float) -> dict[str, Any]:
+        return {
+            "operation_id": self.entry.operation_id,
+            "outcome": self.entry.outcome,
+            "kind": self.entry.kind,
+            "entity": self.entry.entity,
+            "entity_id": self.entry.entity_id,
+            "source_version": self.entry.source_version,
+            "waiting_for": list(self.waiting_for),
+            "since": datetime.fromtimestamp(self.since).astimezone().isoformat(timespec="seconds"),
+            "age_seconds": round(self.age(now), 1),
+        }
+
+
+def waiting_lines(waiting: Sequence[WaitingOperation], total: int, now: float) -> list[str]:
+    """``vudsync parked list`` as lines: oldest first, with age and what each waits for."""
+    lines = [f"{'age':>8}  {'outcome':<7} {'kind':<16} {'entity':<30} waits for"]
+    for w in waiting:
+        e = w.entry
+        subject = f"{e.entity}:{e.entity_id}" + (
+            f" v{e.source_version}" if e.source_version is not None else ""
+        )
+        needs = ", ".join(w.waiting_for)
+        lines.append(f"{format_age(w.age(now)):>8}  {e.outcome:<7} {e.kind or '':<16} {subject:<30} {needs}")
+    more = f" (the oldest {len(waiting)} shown)" if total > len(waiting) else ""
+    lines.append(f"{total} operation(s) waiting{more}")
+    return lines
 
 
 def entry_from_result(

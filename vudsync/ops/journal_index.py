@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from kernel.records import TopicPartition as TP
-from vudsync.ops.journal import JournalEntry, JournalFilter
+from vudsync.ops.journal import JournalEntry, JournalFilter, WaitingOperation
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -253,6 +253,31 @@ class SqliteJournalIndex:
                 for op, outcome in rows:
                     out.setdefault(op, set()).add(outcome)
         return out
+
+    def waiting(
+        self, *, entity_id: str | None = None, outcomes: Sequence[str] = WAITING, limit: int = 1000
+    ) -> tuple[list[WaitingOperation], int]:
+        """Operations that wait now (``outcomes`` among parked and held, no settling result
+        since), oldest first by their first waiting entry, at most ``limit``; and how many wait
+        in all."""
+        marks = ", ".join("?" * len(outcomes))
+        waits = ", ".join(f"'{o}'" for o in (*WAITING, "blocked"))
+        narrow, params = ("AND e.entity_id = ?", [entity_id]) if entity_id else ("", [])
+        sql = (
+            "SELECT w.operation_id, MIN(e.time) AS since, MAX(e.id) FROM waiting w "
+            f"JOIN entries e ON e.operation_id = w.operation_id AND e.outcome IN ({waits}) "
+            f"WHERE w.outcome IN ({marks}) {narrow} GROUP BY w.operation_id ORDER BY since, w.operation_id"
+        )
+        with self._lock:
+            rows = self._conn.execute(sql, [*outcomes, *params]).fetchall()
+            found = {int(r[2]): float(r[1]) for r in rows[:limit]}
+            entries: dict[int, JournalEntry] = {}
+            ids = list(found)
+            for i in range(0, len(ids), 500):
+                chunk = ids[i : i + 500]
+                sel = f"{_SELECT} WHERE id IN ({', '.join('?' * len(chunk))})"
+                entries.update(_entry(r) for r in self._conn.execute(sel, chunk).fetchall())
+        return [WaitingOperation(since, entries[i]) for i, since in found.items()], len(rows)
 
     def _open(self, outcome: str) -> int:
         sql = "SELECT COUNT(*) FROM waiting WHERE outcome = ?"

@@ -1,0 +1,69 @@
+"""``vudsync explain user|company``: why is this user (or company) not in the cloud yet?
+
+The directory's state, the planner's view (from its results in the journal) and the cloud's
+state side by side, and what it waits for; see :mod:`vudsync.ops.explain`.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from kernel.settings import load_settings
+from schemas.directory import EntityType
+
+
+def _explain(entity: EntityType, key: str, as_json: bool, limit: int) -> None:
+    from vudsync.bootstrap import resolve_bootstrap
+    from vudsync.ops.explain import render
+    from vudsync.ops.explain_runner import explain_entity
+
+    settings = load_settings()
+    found = explain_entity(settings, resolve_bootstrap(settings), entity, key, shown=limit)
+    if as_json:
+        click.echo(json.dumps(found.as_dict(), indent=2, default=str))
+    else:
+        click.echo("\n".join(render(found)))
+    raise SystemExit(1 if found.reasons() else 0)
+
+
+_JSON = click.option(
+    "--json", "as_json", is_flag=True, help="machine-readable (waiting, reasons, every view)"
+)
+_LIMIT = click.option("--limit", type=int, default=10, show_default=True, help="journal entries shown")
+
+
+@click.group()
+def explain() -> None:
+    """Why is this user or company not in the cloud (yet)? Exit status 1 when it waits on
+    something or differs from the cloud."""
+
+
+@explain.command()
+@click.argument("key")
+@_JSON
+@_LIMIT
+def user(key: str, as_json: bool, limit: int) -> None:
+    """A user by id or e-mail: directory, planner and cloud side by side.
+
+    \b
+    Example:
+      vudsync explain user kari@fjord.no
+      vudsync explain user u1 --json | jq .reasons
+    """
+    _explain(EntityType.USER, key, as_json, limit)
+
+
+@explain.command()
+@click.argument("key")
+@_JSON
+@_LIMIT
+def company(key: str, as_json: bool, limit: int) -> None:
+    """A company by id or organisation number: directory, planner and cloud side by side.
+
+    \b
+    Example:
+      vudsync explain company 923609016
+    """
+    _explain(EntityType.COMPANY, key, as_json, limit)
