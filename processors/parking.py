@@ -6,7 +6,8 @@ its entity is listed under each of its needs in the need index (``n|<p>|<need>``
 :data:`BUCKET` entity refs, so that a company a thousand users wait for is not one ever-growing
 value rewritten per user). When a need is met — a fact arrives, an application's verdict
 clears, the gate decides — every entity listed under it is decided again: what may go is sent,
-what still waits is indexed under its remaining needs, a rejected deletion is dropped.
+what still waits is indexed under its remaining needs (and reported again with them, as a
+parked or blocked result), a rejected deletion is dropped.
 """
 
 from __future__ import annotations
@@ -108,5 +109,14 @@ def release(tx: Tx, fx: Effects, knowledge: Knowledge, p: int, need: Need, now: 
                     if n not in item["needs"]:
                         index(tx, p, n, ref)
                 still.append({**item, "needs": remaining})
+                if set(remaining) != set(item["needs"]):
+                    # the journal says what it waits for now (explain, parked list), and a blocked
+                    # operation that only waits for facts now is parked, no longer blocked
+                    outcome = ResultOutcome.BLOCKED if any(n.blocks for n in needs) else ResultOutcome.PARKED
+                    fx.send(
+                        "results",
+                        parked.operation.entity_id,
+                        journal.operation_result(parked.operation, outcome, now, waiting_for=remaining),
+                    )
         if still != items:
             tx.set(keys.parked_key(ref), still or None)

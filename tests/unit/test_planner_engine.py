@@ -129,6 +129,21 @@ def test_the_oldest_parked_operation_ages_from_its_source_commit_and_is_zero_onc
     assert h.r.parked() == 0 and h.r.oldest_parked_age() == 0.0
 
 
+def test_what_still_waits_after_a_release_is_reported_with_its_remaining_needs() -> None:
+    h = Harness()
+    h.event(user_event(2, access=(access("c1"),)))  # before connect: its application is unknown
+    (blocked,) = [r for r in h.results if r.kind == "access.assign"]
+    assert blocked.outcome is ResultOutcome.BLOCKED
+    assert "application:business" in blocked.details["waiting_for"]
+    h.connect()
+    h.fact(kind=FactKind.USER, subject="u1", cloud_id="cu-1")
+    waits = [(r.outcome, r.details["waiting_for"]) for r in h.results if r.kind == "access.assign"]
+    assert waits[-1] == (ResultOutcome.PARKED, ["company:c1"]), "parked now, on the company alone"
+    assert all(r.operation_id == blocked.operation_id for r in h.results if r.kind == "access.assign")
+    h.fact(kind=FactKind.USER, subject="u1", cloud_id="cu-1")  # the same fact again: nothing new
+    assert len([r for r in h.results if r.kind == "access.assign"]) == len(waits)
+
+
 def test_access_is_parked_until_facts_confirm_user_and_company_then_released_with_acks_first() -> None:
     h = Harness(partitions=2)
     h.connect()
