@@ -97,20 +97,26 @@ def test_the_directory_side_says_when_capture_rejects_a_row_or_the_store_lacks_i
     assert y.reasons() == ["the directory store holds no user 'nobody@fjord.no'"]
 
 
-def test_blocked_dead_lettered_and_findings_are_told_apart_and_settled_ones_dropped() -> None:
+def test_blocked_dead_lettered_and_findings_are_told_apart() -> None:
+    blocked = WaitingOperation(
+        NOW - 60,
+        _entry(
+            7, "blocked", "access.assign", "op-b", NOW - 3, details={"waiting_for": ["application:business"]}
+        ),
+    )
     journal = [
         _entry(9, "dead_lettered", "user.upsert", "op-d", NOW - 1, reason="422 invalid e-mail"),
         _entry(8, "blocked", "journal.application_blocked", "journal:x", NOW - 2, reason="instance differs"),
-        _entry(7, "blocked", "access.assign", "op-b", NOW - 3, reason="application:business"),
-        _entry(6, "applied", "access.assign", "op-s", NOW - 4),
-        _entry(5, "blocked", "access.assign", "op-s", NOW - 5),  # blocked, then applied: settled
+        blocked.entry,
+        _entry(6, "applied", "user.upsert", "op-s", NOW - 4),
+        _entry(5, "dead_lettered", "user.upsert", "op-s", NOW - 5),  # dead-lettered, then applied
     ]
-    x = explain(EntityType.USER, _directory(), journal, [], _cloud(), NOW)
-    assert [e.operation_id for e in x.planner.blocked] == ["op-b"]
+    x = explain(EntityType.USER, _directory(), journal, [blocked], _cloud(), NOW)
+    assert x.planner.blocked == (blocked,) and x.planner.parked == ()
     assert [e.operation_id for e in x.planner.dead_lettered] == ["op-d"]
     assert [e.kind for e in x.planner.findings] == ["journal.application_blocked"]
     assert x.reasons() == [
-        "access.assign blocked: application:business",
+        "access.assign blocked for 1m 00s, waiting for application:business",
         "user.upsert dead-lettered: 422 invalid e-mail (`vudsync dlq list`)",
     ]
 
@@ -132,6 +138,9 @@ def test_the_index_lists_what_waits_oldest_first_from_its_first_parked_entry(tmp
                 _entry(3, "parked", "access.assign", "op-done", NOW - 950),
                 _entry(4, "applied", "access.assign", "op-done", NOW - 50),
                 _entry(5, "held", "user.deactivate", "op-held", NOW - 500, entity_id="u3"),
+                _entry(
+                    7, "blocked", "journal.instance_mismatch", "journal:m", NOW - 990, entity_id="business"
+                ),
                 # re-parked after a redelivery: still waiting since its first entry
                 _entry(
                     6,

@@ -50,7 +50,7 @@ def list_parked(limit: int, held: bool, older_than: str | None, as_json: bool) -
     index = SqliteJournalIndex(journal_path(settings))
     try:
         catch_up_journal(settings, resolve_bootstrap(settings), index)
-        outcomes = ("parked", "held") if held else ("parked",)
+        outcomes = ("parked", "blocked", "held") if held else ("parked", "blocked")
         waiting, total = index.waiting(outcomes=outcomes, limit=limit if minimum is None else 1_000_000)
     finally:
         index.close()

@@ -26,7 +26,6 @@ from vudsync.ops.drift import CloudState, DirectoryState, Drift, compare
 from vudsync.ops.journal import JournalEntry, WaitingOperation
 from vudsync.ops.timespec import format_age
 
-SETTLED = frozenset({"applied", "already_applied", "dead_lettered", "rejected"})
 _UPSERT = {EntityType.USER: "user.upsert", EntityType.COMPANY: "company.upsert"}
 
 
@@ -47,7 +46,7 @@ class PlannerView:
     cloud_id: str | None  # learned from an applied result
     parked: tuple[WaitingOperation, ...]
     held: tuple[WaitingOperation, ...]
-    blocked: tuple[JournalEntry, ...]  # operations blocked on their application, not settled since
+    blocked: tuple[WaitingOperation, ...]  # parked on their application
     findings: tuple[JournalEntry, ...]  # the planner's warnings and reviews about it (newest first)
     dead_lettered: tuple[JournalEntry, ...]  # not applied since
 
@@ -58,7 +57,6 @@ def planner_view(
     waiting: Sequence[WaitingOperation],
 ) -> PlannerView:
     """What the planner's results say about the entity."""
-    settled = {e.operation_id for e in journal if e.outcome in SETTLED and e.operation_id}
     applied = {
         e.operation_id for e in journal if e.outcome in ("applied", "already_applied") and e.operation_id
     }
@@ -71,24 +69,19 @@ def planner_view(
         ),
         None,
     )
-    blocked: dict[str, JournalEntry] = {}
     findings: list[JournalEntry] = []
     dead: dict[str, JournalEntry] = {}
     for e in journal:
-        is_finding = (e.kind or "").startswith("journal.")
-        if is_finding and e.outcome in ("blocked", "review"):
+        if (e.kind or "").startswith("journal.") and e.outcome in ("blocked", "review"):
             findings.append(e)
-        elif e.outcome == "blocked" and e.operation_id and e.operation_id not in settled:
-            blocked.setdefault(e.operation_id, e)
         elif e.outcome == "dead_lettered" and (e.operation_id or "") not in applied:
             dead.setdefault(e.operation_id or f"{e.topic}@{e.offset}", e)
-    waiting_ids = {w.entry.operation_id for w in waiting}
     return PlannerView(
         last_version=max(versions) if versions else None,
         cloud_id=cloud_id,
         parked=tuple(w for w in waiting if w.entry.outcome == "parked"),
         held=tuple(w for w in waiting if w.entry.outcome == "held"),
-        blocked=tuple(b for op, b in blocked.items() if op not in waiting_ids),
+        blocked=tuple(w for w in waiting if w.entry.outcome == "blocked"),
         findings=tuple(findings[:5]),
         dead_lettered=tuple(dead.values()),
     )
@@ -149,8 +142,10 @@ class Explanation:
             )
         for w in self.planner.held:
             out.append(f"{w.entry.kind} held for {format_age(w.age(now))}: `vudsync deletes list`")
-        for b in self.planner.blocked:
-            out.append(f"{b.kind} blocked: {b.reason or ', '.join(b.details.get('waiting_for') or ())}")
+        for w in self.planner.blocked:
+            out.append(
+                f"{w.entry.kind} blocked for {format_age(w.age(now))}, waiting for {', '.join(w.waiting_for)}"
+            )
         for e in self.planner.dead_lettered:
             out.append(f"{e.kind} dead-lettered: {e.reason or '?'} (`vudsync dlq list`)")
         if self.drift and not out:
@@ -175,7 +170,7 @@ class Explanation:
                 "cloud_id": p.cloud_id,
                 "parked": [w.as_dict(self.now) for w in p.parked],
                 "held": [w.as_dict(self.now) for w in p.held],
-                "blocked": [e.as_dict() for e in p.blocked],
+                "blocked": [w.as_dict(self.now) for w in p.blocked],
                 "findings": [e.as_dict() for e in p.findings],
                 "dead_lettered": [e.as_dict() for e in p.dead_lettered],
             },
@@ -241,13 +236,11 @@ def render(x: Explanation) -> list[str]:
     version = f"v{p.last_version}" if p.last_version is not None else "nothing planned yet"
     lines.append(f"    last version planned  {version}")
     lines.append(f"    cloud id known        {p.cloud_id or 'no'}")
-    for w in (*p.parked, *p.held):
+    for w in (*p.parked, *p.blocked, *p.held):
         lines.append(
             f"    {w.entry.outcome:<8} {w.entry.kind:<16} since {_when(w.since)} ({format_age(w.age(x.now))})"
             f"  waits for {', '.join(w.waiting_for)}"
         )
-    for e in p.blocked:
-        lines.append(f"    blocked  {e.kind:<16} {e.reason or ''}")
     for e in p.findings:
         lines.append(f"    {e.outcome:<8} {e.kind:<16} {e.reason or ''}")
     for e in p.dead_lettered:

@@ -50,7 +50,7 @@ CREATE INDEX IF NOT EXISTS entries_by_entity ON entries (entity_id, time);
 CREATE INDEX IF NOT EXISTS entries_by_outcome ON entries (outcome, time);
 CREATE INDEX IF NOT EXISTS entries_by_time ON entries (time);
 CREATE INDEX IF NOT EXISTS entries_by_operation ON entries (operation_id);
--- operations that wait (parked, held) and have no settling result yet: kept on insert, so that
+-- operations that wait (parked, held, blocked) and have no settling result yet: kept on insert, so that
 -- status counts them without a join over millions of entries
 CREATE TABLE IF NOT EXISTS waiting (
     operation_id TEXT PRIMARY KEY,
@@ -88,7 +88,7 @@ _SELECT = f"SELECT id, {', '.join(_COLUMNS)} FROM entries"
 
 # outcomes after which an operation no longer waits, and those that wait
 SETTLED = ("applied", "already_applied", "dead_lettered", "rejected")
-WAITING = ("parked", "held")
+WAITING = ("parked", "held", "blocked")  # blocked: parked on its application (not the findings)
 
 
 @dataclass(frozen=True)
@@ -177,16 +177,17 @@ class SqliteJournalIndex:
 
     def _track_waiting(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """Keep ``waiting`` in step with the entries just added (same transaction)."""
-        op_at, outcome_at, time_at = (
+        op_at, outcome_at, time_at, kind_at = (
             _COLUMNS.index("operation_id"),
             _COLUMNS.index("outcome"),
             _COLUMNS.index("time"),
+            _COLUMNS.index("kind"),
         )
         settled = ", ".join(f"'{o}'" for o in SETTLED)
         waits = [
             (r[op_at], r[outcome_at], r[time_at], r[op_at])
             for r in rows
-            if r[outcome_at] in WAITING and r[op_at]
+            if r[outcome_at] in WAITING and r[op_at] and not str(r[kind_at] or "").startswith("journal.")
         ]
         if waits:
             self._conn.executemany(
@@ -257,11 +258,12 @@ class SqliteJournalIndex:
     def waiting(
         self, *, entity_id: str | None = None, outcomes: Sequence[str] = WAITING, limit: int = 1000
     ) -> tuple[list[WaitingOperation], int]:
-        """Operations that wait now (``outcomes`` among parked and held, no settling result
-        since), oldest first by their first waiting entry, at most ``limit``; and how many wait
-        in all."""
+        """Operations that wait now (``outcomes`` among parked, held and blocked, no settling
+        result since), oldest first by their first waiting entry, at most ``limit``; and how
+        many wait in all. (An index written before blocked operations were tracked lists them
+        from their next result on.)"""
         marks = ", ".join("?" * len(outcomes))
-        waits = ", ".join(f"'{o}'" for o in (*WAITING, "blocked"))
+        waits = ", ".join(f"'{o}'" for o in WAITING)
         narrow, params = ("AND e.entity_id = ?", [entity_id]) if entity_id else ("", [])
         sql = (
             "SELECT w.operation_id, MIN(e.time) AS since, MAX(e.id) FROM waiting w "
