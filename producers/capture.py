@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -78,6 +78,19 @@ class BatchStats:
 
 # (entity, entity id, event JSON or None when rejected, its rejections, whether it is a delete)
 Action = tuple[EntityType, str, bytes | None, list[RowRejected], bool]
+
+
+@dataclass(frozen=True)
+class Reemitted:
+    """What :meth:`ChangeCapture.reemit` sent: the version its events carry, the ids published,
+    those capture rejects (id → reason), those the store does not hold, and how many the broker
+    refused as too large (dead-lettered by reference, as streaming does)."""
+
+    version: int
+    emitted: tuple[str, ...]
+    rejected: dict[str, str]
+    missing: tuple[str, ...]
+    oversized: int = 0
 
 
 @dataclass
@@ -278,6 +291,48 @@ class ChangeCapture:
             if unacked:
                 unacked -= flush()
                 self.metrics.captured.labels(entity=entity.value).inc(unacked)
+
+    # -- on demand --------------------------------------------------------------------
+
+    def reemit(self, entity: EntityType, ids: Sequence[str]) -> Reemitted:
+        """Emit the current state of these entities again, exactly as the snapshot does (op
+        ``r``, version = the change-log position read *before* the state, encoded by the same
+        encoder, published by this capture's publisher), and return once the broker acked them.
+
+        The planner takes such an event like any other: a state it has seen plans nothing (so
+        re-emitting twice applies nothing twice), a newer one is planned with the same gates. A
+        change committed after the position is read is streamed with a higher version, so it
+        wins. A row capture rejects is reported, not dead-lettered again (its dead letter was
+        written when it was captured); an id the store does not hold is reported as missing.
+        """
+        position = self.log.position()
+        records = self.log.read_entities(entity, list(ids))
+        self.last_read = time.monotonic()
+        now = self.clock()
+        topic = self._topic(entity)
+        emitted: list[str] = []
+        rejected: dict[str, str] = {}
+        for entity_id in ids:
+            record = records.get(entity_id)
+            if record is None:
+                continue
+            value, rejections = self.encoder.encode(
+                record,
+                op=Op.READ,
+                version=position,
+                seq=position,
+                committed_at=now.timestamp(),
+                now=now,
+                snapshot=True,
+            )
+            if value is None:
+                rejected[entity_id] = "; ".join(r.reason for r in rejections) or "rejected by capture"
+                continue
+            self.publisher.publish(topic, entity_id, value)
+            emitted.append(entity_id)
+        oversized = sum(self._flush(self.publisher).values())  # dead-lettered by reference
+        missing = tuple(i for i in ids if i not in records)
+        return Reemitted(position, tuple(emitted), rejected, missing, oversized)
 
     # -- streaming --------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -16,10 +17,11 @@ from kernel.publishing.confluent import SNAPSHOT_OVERRIDES, ConfluentRecordPubli
 from kernel.publishing.kafka_python import KafkaRecordPublisher
 from kernel.settings import Settings
 from kernel.signals import stop_on_signals
-from producers.capture import CaptureConfig, ChangeCapture, ProgressFn, PublisherFactory
+from producers.capture import CaptureConfig, ChangeCapture, ProgressFn, PublisherFactory, Reemitted
 from producers.metrics import ProducerMetrics
 from producers.ports import ChangeLog
 from producers.sqlite_changelog import SqliteChangeLog, sqlite_path
+from schemas.directory import EntityType
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +65,15 @@ def open_store_migrations(url: str) -> list[str]:
 
 
 def build_capture(
-    settings: Settings, bootstrap: str, registry: CollectorRegistry | None = None
+    settings: Settings,
+    bootstrap: str,
+    registry: CollectorRegistry | None = None,
+    *,
+    read_only: bool = False,
 ) -> ChangeCapture:
     fingerprint_key = settings.require_secret("fingerprint_key").encode()  # before opening anything
     registry = registry or CollectorRegistry()
-    change_log = open_change_log(settings.resolved_store_url())
+    change_log = open_change_log(settings.resolved_store_url(), read_only=read_only)
     publisher: RecordPublisher
     snapshot_publisher: PublisherFactory | None = None
     security = settings.kafka_security()
@@ -92,6 +98,21 @@ def build_capture(
         ),
         snapshot_publisher=snapshot_publisher,
     )
+
+
+def reemit_current_state(
+    settings: Settings, bootstrap: str, entity: EntityType, ids: Sequence[str]
+) -> Reemitted:
+    """Send the current state of these entities through the pipeline again (provision on
+    demand, re-snapshot): :meth:`ChangeCapture.reemit` on the store opened read-only, through
+    the producer's own Kafka client (``VUDSYNC_CAPTURE_CLIENT``), so each key lands on the
+    partition the running producer puts it on, where the planner keeps that entity's state."""
+    capture = build_capture(settings, bootstrap, read_only=True)
+    try:
+        return capture.reemit(entity, ids)
+    finally:
+        capture.publisher.close()
+        capture.log.close()
 
 
 def producer_status_server(

@@ -37,6 +37,9 @@ class ChangeLog:
     def position(self) -> int:
         return 7
 
+    def read_entities(self, entity: EntityType, ids: list[str]) -> dict[str, EntityRecord]:
+        return {i: self.users[i] for i in ids if i in self.users} if entity is EntityType.USER else {}
+
     def snapshot_batches(
         self, entity: EntityType, batch_size: int
     ) -> Iterator[tuple[list[str], dict[str, EntityRecord]]]:
@@ -129,3 +132,16 @@ def test_a_refused_event_and_a_row_that_raises_are_dead_letters_and_the_snapshot
     # the snapshot counts the rows it went through (rejected ones too, as before), less the refused
     assert registry.get_sample_value("vudsync_source_changes_captured_total", {"entity": "user"}) == 2
     assert registry.get_sample_value("vudsync_dlq_messages_total", {"topic": "vud.directory.dlq"}) == 3
+
+
+def test_reemit_sends_the_current_state_as_the_snapshot_does_through_the_streaming_producer() -> None:
+    events: list[str] = []
+    main = FakePublisher("main", events)
+    bulk: list[FakePublisher] = []
+    sent = _capture(events, main, bulk).reemit(EntityType.USER, ["u1", "u2", "gone"])
+    assert (sent.version, sent.emitted, sent.missing) == (7, ("u1",), ("gone",))
+    assert "email" in sent.rejected["u2"], "reported, not dead-lettered again"
+    assert main.acked == [("t-vud.directory.users", "u1")] and bulk == []
+    (_topic, _key, value) = main.batches[0][0]
+    assert value is not None and b'"op":"r"' in value and b'"version":7' in value
+    assert not any(e.startswith("checkpoint") for e in events), "the capture's checkpoint is not its business"
