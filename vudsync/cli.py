@@ -43,6 +43,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         ("verify", "verify", "verify"),
         ("explain", "explain", "explain"),
         ("parked", "parked", "parked"),
+        ("sync", "sync", "sync"),
     )
 }
 

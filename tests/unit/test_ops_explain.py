@@ -12,6 +12,7 @@ from vudsync.ops.drift import CloudState
 from vudsync.ops.explain import DirectoryView, explain, render
 from vudsync.ops.journal import JournalEntry, WaitingOperation, waiting_lines
 from vudsync.ops.journal_index import SqliteJournalIndex
+from vudsync.ops.sync_follow import Step, Verdict, from_result, from_waiting, verdict
 
 NOW = T0.timestamp()
 GRANT = CompanyAccess(
@@ -171,3 +172,37 @@ def test_the_index_lists_what_waits_oldest_first_from_its_first_parked_entry(tmp
     assert lines[1].split() == ["15m", "00s", "parked", "access.assign", "user:u1", "v7", "company:c1"]
     assert "an operator's decision" in lines[2]
     assert lines[-1] == "3 operation(s) waiting (the oldest 2 shown)"
+
+
+# -- sync: the steps and when following is done ------------------------------------------------
+
+
+def test_sync_steps_say_what_each_result_means() -> None:
+    applied = from_result(APPLIED_USER)
+    assert (applied.stage, applied.text) == ("applied", "user.upsert created, cloud id U1")
+    assert applied.data["cloud_id"] == "U1"
+    parked = from_result(PARKED.entry)
+    assert (parked.stage, parked.text) == ("parked", "access.assign waits for company:c1")
+    dead = from_result(_entry(9, "dead_lettered", "user.upsert", "op-d", NOW, reason="422 invalid e-mail"))
+    assert dead.text == "user.upsert: 422 invalid e-mail"
+    already = from_waiting(PARKED, NOW)
+    assert already.text == "access.assign waits for company:c1 (for 10m 00s)"
+    assert already.as_dict()["waiting_for"] == ["company:c1"]
+
+
+def test_sync_is_done_when_it_agrees_with_the_cloud_and_says_how_otherwise() -> None:
+    access = [{"company_id": "C1", "services": {"business": {"roles": ["Regnskap"]}}}]
+    in_sync = explain(EntityType.USER, _directory(), [APPLIED_USER], [], _cloud(access), NOW)
+    waiting = explain(EntityType.USER, _directory(), [PARKED.entry], [PARKED], _cloud(), NOW)
+    captured_only = [Step("captured", "", NOW)]
+
+    assert verdict(None, captured_only, timed_out=False) == Verdict("following", None)
+    assert verdict(in_sync, captured_only, timed_out=False) == Verdict("in_sync", 0)
+    assert verdict(in_sync, [*captured_only, from_result(APPLIED_USER)], timed_out=False).outcome == "applied"
+    assert verdict(waiting, captured_only, timed_out=False).exit_status is None, "it may still be released"
+    parked = verdict(waiting, captured_only, timed_out=True)
+    assert (parked.outcome, parked.exit_status) == ("parked", 1)
+    assert parked.reasons == ("access.assign parked for 10m 00s, waiting for company:c1",)
+    dead = from_result(_entry(9, "dead_lettered", "access.assign", "op-a", NOW))
+    assert verdict(waiting, [*captured_only, dead], timed_out=False).outcome == "dead_lettered"
+    assert verdict(None, captured_only, timed_out=True).outcome == "timeout"

@@ -28,42 +28,23 @@ def _explain(entity: EntityType, key: str, as_json: bool, limit: int) -> None:
     raise SystemExit(1 if found.reasons() else 0)
 
 
-_JSON = click.option(
-    "--json", "as_json", is_flag=True, help="machine-readable (waiting, reasons, every view)"
-)
-_LIMIT = click.option("--limit", type=int, default=10, show_default=True, help="journal entries shown")
+ENTITY = click.Choice(["user", "company"])
 
 
-@click.group()
-def explain() -> None:
-    """Why is this user or company not in the cloud (yet)? Exit status 1 when it waits on
-    something or differs from the cloud."""
-
-
-@explain.command()
+@click.command()
+@click.argument("entity", type=ENTITY)
 @click.argument("key")
-@_JSON
-@_LIMIT
-def user(key: str, as_json: bool, limit: int) -> None:
-    """A user by id or e-mail: directory, planner and cloud side by side.
+@click.option("--json", "as_json", is_flag=True, help="machine-readable (waiting, reasons, every view)")
+@click.option("--limit", type=int, default=10, show_default=True, help="journal entries shown")
+def explain(entity: str, key: str, as_json: bool, limit: int) -> None:
+    """Why is this user (by id or e-mail) or company (by id or organisation number) not in the
+    cloud as the directory says? Directory, planner and cloud side by side. Exit status 1 when
+    it waits on something or differs from the cloud.
 
     \b
     Example:
       vudsync explain user kari@fjord.no
+      vudsync explain company 923609016
       vudsync explain user u1 --json | jq .reasons
     """
-    _explain(EntityType.USER, key, as_json, limit)
-
-
-@explain.command()
-@click.argument("key")
-@_JSON
-@_LIMIT
-def company(key: str, as_json: bool, limit: int) -> None:
-    """A company by id or organisation number: directory, planner and cloud side by side.
-
-    \b
-    Example:
-      vudsync explain company 923609016
-    """
-    _explain(EntityType.COMPANY, key, as_json, limit)
+    _explain(EntityType(entity), key, as_json, limit)
