@@ -7,11 +7,27 @@ state side by side, and what it waits for; see :mod:`vudsync.ops.explain`.
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Callable
 
 import click
 
 from kernel.settings import load_settings
 from schemas.directory import EntityType
+
+
+def indexing_progress() -> Callable[[int], None] | None:
+    """A running count of the journal records indexed, on stderr when it is a terminal (the
+    first run after a long time reads every result since)."""
+    if not sys.stderr.isatty():
+        return None
+    read = [0]
+
+    def show(n: int) -> None:
+        read[0] += n
+        click.echo(f"\rindexing the journal: {read[0]} records", err=True, nl=False)
+
+    return show
 
 
 def _explain(entity: EntityType, key: str, as_json: bool, limit: int) -> None:
@@ -20,7 +36,10 @@ def _explain(entity: EntityType, key: str, as_json: bool, limit: int) -> None:
     from vudsync.ops.explain_runner import explain_entity
 
     settings = load_settings()
-    found = explain_entity(settings, resolve_bootstrap(settings), entity, key, shown=limit)
+    progress = indexing_progress()
+    found = explain_entity(settings, resolve_bootstrap(settings), entity, key, shown=limit, progress=progress)
+    if progress is not None:
+        click.echo("\r\033[K", err=True, nl=False)
     if as_json:
         click.echo(json.dumps(found.as_dict(), indent=2, default=str))
     else:

@@ -39,6 +39,7 @@ def list_parked(limit: int, held: bool, older_than: str | None, as_json: bool) -
       vudsync parked list --older-than 15m --json   # exit status 1 when any
     """
     from vudsync.bootstrap import resolve_bootstrap
+    from vudsync.commands.explain import indexing_progress
     from vudsync.ops.explain_runner import catch_up_journal
     from vudsync.ops.journal import waiting_lines
     from vudsync.ops.journal_index import SqliteJournalIndex
@@ -49,7 +50,10 @@ def list_parked(limit: int, held: bool, older_than: str | None, as_json: bool) -
     minimum = parse_duration(older_than).total_seconds() if older_than else None
     index = SqliteJournalIndex(journal_path(settings))
     try:
-        catch_up_journal(settings, resolve_bootstrap(settings), index)
+        progress = indexing_progress()
+        catch_up_journal(settings, resolve_bootstrap(settings), index, progress=progress)
+        if progress is not None:
+            click.echo("\r\033[K", err=True, nl=False)
         outcomes = ("parked", "blocked", "held") if held else ("parked", "blocked")
         waiting, total = index.waiting(outcomes=outcomes, limit=limit if minimum is None else 1_000_000)
     finally:

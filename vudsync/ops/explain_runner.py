@@ -5,6 +5,7 @@ verify reads it). The judgement is the pure :mod:`vudsync.ops.explain`."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from pydantic import SecretStr
 
@@ -23,13 +24,18 @@ JOURNAL_READ = 500  # the entity's newest journal entries the planner's view is 
 
 
 def catch_up_journal(
-    settings: Settings, bootstrap: str, index: SqliteJournalIndex, timeout: float = 60
+    settings: Settings,
+    bootstrap: str,
+    index: SqliteJournalIndex,
+    timeout: float = 600,
+    progress: Callable[[int], None] | None = None,
 ) -> int:
-    """Index what the journal's topics hold now; returns the entries added."""
+    """Index what the journal's topics hold now (``progress``: records read, per batch);
+    returns the entries added."""
     indexer = JournalIndexer(settings, bootstrap, index)
     try:
         with group_admin(bootstrap, security=settings.kafka_security()) as admin:
-            return indexer.catch_up(admin, timeout=timeout)
+            return indexer.catch_up(admin, timeout=timeout, progress=progress)
     finally:
         indexer.close()
 
@@ -77,12 +83,18 @@ def explain_from(
 
 
 def explain_entity(
-    settings: Settings, bootstrap: str, entity: EntityType, key: str, *, shown: int = 10
+    settings: Settings,
+    bootstrap: str,
+    entity: EntityType,
+    key: str,
+    *,
+    shown: int = 10,
+    progress: Callable[[int], None] | None = None,
 ) -> Explanation:
     directory = read_directory_view(settings, entity, key)
     index = SqliteJournalIndex(journal_path(settings))
     try:
-        catch_up_journal(settings, bootstrap, index)
+        catch_up_journal(settings, bootstrap, index, progress=progress)
         return explain_from(settings, index, entity, directory, shown)
     finally:
         index.close()
