@@ -88,6 +88,18 @@ def test_once_applied_it_agrees_with_the_cloud_and_nothing_waits() -> None:
     assert x.reasons() == [] and x.drift == ()
     assert render(x)[0] == "user u1: in sync with the cloud"
 
+    # a role an administrator added in the cloud is neither drift nor the directory's
+    entries = [
+        {"service": "business", "kind": "roles", "name": "Regnskap", "origin": "directory"},
+        {"service": "business", "kind": "roles", "name": "Lønn", "origin": "cloud"},
+    ]
+    both = [
+        {"company_id": "C1", "services": {"business": {"roles": ["Lønn", "Regnskap"]}}, "entries": entries}
+    ]
+    y = explain(EntityType.USER, _directory(), journal, [], _cloud(both), NOW)
+    assert y.reasons() == [] and y.cloud_origin == ("u1/c1: business/roles/Lønn",)
+    assert "    + u1/c1: business/roles/Lønn (assigned in the cloud: kept, not the directory's)" in render(y)
+
 
 def test_the_directory_side_says_when_capture_rejects_a_row_or_the_store_lacks_it() -> None:
     rejected = DirectoryView("c1", "c1", None, "country: at most 2 characters", 42)

@@ -95,8 +95,11 @@ def _about(entity: EntityType, entity_id: str, drift: Drift) -> bool:
     return drift.object_type == "company" and drift.key == entity_id
 
 
-def cloud_drift(entity: EntityType, directory: DirectoryView, cloud: CloudState) -> tuple[Drift, ...]:
-    """The differences verify would report for this entity (and, for a user, its access)."""
+def cloud_drift(
+    entity: EntityType, directory: DirectoryView, cloud: CloudState
+) -> tuple[tuple[Drift, ...], tuple[str, ...]]:
+    """The differences verify would report for this entity (and, for a user, its access), and
+    the user's access entries an administrator assigned in the cloud (kept, never drift)."""
     entity_id = directory.entity_id or directory.key
     users = {entity_id: directory.state} if isinstance(directory.state, UserState) else {}
     companies = {entity_id: directory.state} if isinstance(directory.state, CompanyState) else {}
@@ -110,7 +113,9 @@ def cloud_drift(entity: EntityType, directory: DirectoryView, cloud: CloudState)
         rejected if entity is EntityType.USER else frozenset(),
         rejected if entity is EntityType.COMPANY else frozenset(),
     )
-    return tuple(d for d in compare(side, cloud).drifts if _about(entity, entity_id, d))
+    report = compare(side, cloud)
+    mine = tuple(e for e in report.cloud_origin if e.startswith(f"{entity_id}/"))
+    return tuple(d for d in report.drifts if _about(entity, entity_id, d)), mine
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,7 @@ class Explanation:
     planner: PlannerView
     cloud: CloudState
     drift: tuple[Drift, ...]
+    cloud_origin: tuple[str, ...]  # "<user>/<company>: service/kind/name" assigned in the cloud
     journal: tuple[JournalEntry, ...]  # newest first
     now: float
 
@@ -179,6 +185,7 @@ class Explanation:
                 "access": {k: list(v) for k, v in self.cloud.access.items()},
                 "in_sync": not self.drift,
                 "drift": [x.as_dict() for x in self.drift],
+                "cloud_origin_entries": list(self.cloud_origin),
             },
             "journal": [e.as_dict() for e in self.journal],
         }
@@ -193,12 +200,14 @@ def explain(
     now: float,
     shown: int = 10,
 ) -> Explanation:
+    drift, cloud_origin = cloud_drift(entity, directory, cloud)
     return Explanation(
         entity,
         directory,
         planner_view(entity, journal, waiting),
         cloud,
-        cloud_drift(entity, directory, cloud),
+        drift,
+        cloud_origin,
         tuple(journal[:shown]),
         now,
     )
@@ -267,6 +276,8 @@ def render(x: Explanation) -> list[str]:
             )
     else:
         lines.append("    = agrees with the directory")
+    for entry in x.cloud_origin:
+        lines.append(f"    + {entry} (assigned in the cloud: kept, not the directory's)")
     lines += ["", f"journal (newest {len(x.journal)})"]
     for e in reversed(x.journal):
         extra = e.reason or e.effect or ""
