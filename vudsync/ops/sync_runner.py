@@ -92,11 +92,17 @@ class _Follower:
         return all(committed.get(tp, 0) >= end for tp, end in self.directory_ends.items())
 
     def poll(self, key: str, entity_id: str) -> bool:
-        """Show what happened since the last poll; returns whether anything did."""
-        news = False
-        # every operation published before the results read below is shown before them: an
-        # operation is on its topic before the sink can apply it
+        """Show what happened since the last poll; returns whether anything did.
+
+        Results are read first, operations then up to where their topic ends *after* that
+        read, and shown in that order: an operation is on its topic before the sink can apply
+        it, so every operation behind a result read here is shown before the result.
+        """
+        self.indexer.poll(0.5)
+        flt = JournalFilter(entity_id=entity_id, after_id=self.mark, limit=10_000, newest_first=False)
+        results = self.index.query(flt)
         ends = self.operations.end_offsets()
+        steps: list[Step] = []
         deadline = time.monotonic() + 5.0
         while True:
             for record in self.operations.poll(0.2):
@@ -106,19 +112,17 @@ class _Follower:
                     op = decode_operation(record.value)
                 except (DecodeError, ValidationError):
                     continue
-                self.show(planned(op.kind, op.operation_id, time.time()))
-                news = True
+                steps.append(planned(op.kind, op.operation_id, time.time()))
             positions = self.operations.positions()
             if all(positions.get(tp, 0) >= end for tp, end in ends.items()) or time.monotonic() > deadline:
                 break
-        self.indexer.poll(0.5)
-        flt = JournalFilter(entity_id=entity_id, after_id=self.mark, limit=10_000, newest_first=False)
-        for row_id, entry in self.index.query(flt):
+        for row_id, entry in results:
             self.mark = row_id
             if entry.entity == self.entity.value:
-                self.show(from_result(entry))
-                news = True
-        return news
+                steps.append(from_result(entry))
+        for step in steps:
+            self.show(step)
+        return bool(steps)
 
     def waiting_now(self, view: Explanation) -> None:
         """Show, once each, what waited already before this sync (no new result says so)."""
