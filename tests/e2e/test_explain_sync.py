@@ -110,6 +110,7 @@ def test_an_assignment_parked_on_a_rejected_company_is_listed_explained_and_sync
         ]
         company = vudsync_cli(settings, kafka_bootstrap, "explain", "company", "923 609 016", "--json")
         assert company.returncode == 1 and "country" in _json(company)["directory"]["rejected"]
+        assert _json(company)["waiting_for_it"]["total"] == 2, "both users' assignments wait for it"
 
         # sync: shows the wait, then the release once the company is fixed on premise
         proc = subprocess.Popen(

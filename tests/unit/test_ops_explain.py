@@ -103,8 +103,14 @@ def test_once_applied_it_agrees_with_the_cloud_and_nothing_waits() -> None:
 
 def test_the_directory_side_says_when_capture_rejects_a_row_or_the_store_lacks_it() -> None:
     rejected = DirectoryView("c1", "c1", None, "country: at most 2 characters", 42)
-    x = explain(EntityType.COMPANY, rejected, [], [], CloudState([], [], {}, {}, {}), NOW)
-    assert x.reasons() == ["capture rejects it (see `vudsync dlq list`): country: at most 2 characters"]
+    nothing = CloudState([], [], {}, {}, {})
+    x = explain(EntityType.COMPANY, rejected, [], [], nothing, NOW, dependents=([PARKED], 3))
+    assert x.reasons() == [
+        "capture rejects it (see `vudsync dlq list`): country: at most 2 characters",
+        "3 operation(s) of other entities wait for it (the oldest for 10m 00s)",
+    ]
+    assert "    access.assign    user:u1 for 10m 00s" in render(x)
+    assert x.as_dict()["waiting_for_it"]["total"] == 3
     missing = DirectoryView("nobody@fjord.no", None, None, None, 42)
     y = explain(EntityType.USER, missing, [], [], CloudState([], [], {}, {}, {}), NOW)
     assert y.reasons() == ["the directory store holds no user 'nobody@fjord.no'"]
@@ -178,6 +184,9 @@ def test_the_index_lists_what_waits_oldest_first_from_its_first_parked_entry(tmp
         assert n == 2 and [w.entry.operation_id for w in parked_only] == ["op-early"]
         mine, _ = index.waiting(entity_id="u2")
         assert [w.entry.operation_id for w in mine] == ["op-late"]
+        on_c1, n_c1 = index.waiting(need="company:c1")
+        assert n_c1 == 1 and [w.entry.operation_id for w in on_c1] == ["op-early"]
+        assert index.waiting(need="company:c10") == ([], 0), "a need is matched whole"
     finally:
         index.close()
     lines = waiting_lines(waiting[:2], total, NOW)

@@ -128,6 +128,9 @@ class Explanation:
     cloud_origin: tuple[str, ...]  # "<user>/<company>: service/kind/name" assigned in the cloud
     journal: tuple[JournalEntry, ...]  # newest first
     now: float
+    # operations of other entities that wait for this one (a company's users' assignments)
+    dependents: tuple[WaitingOperation, ...] = ()
+    dependents_total: int = 0
 
     def cloud_object(self) -> Mapping[str, Any] | None:
         objects = self.cloud.users if self.entity is EntityType.USER else self.cloud.companies
@@ -154,6 +157,10 @@ class Explanation:
             )
         for e in self.planner.dead_lettered:
             out.append(f"{e.kind} dead-lettered: {e.reason or '?'} (`vudsync dlq list`)")
+        if self.dependents_total:
+            oldest = format_age(self.dependents[0].age(now)) if self.dependents else "?"
+            n = self.dependents_total
+            out.append(f"{n} operation(s) of other entities wait for it (the oldest for {oldest})")
         if self.drift and not out:
             out.append(
                 f"the cloud differs in {len(self.drift)} place(s) and nothing waits: in flight, or changed "
@@ -187,6 +194,10 @@ class Explanation:
                 "drift": [x.as_dict() for x in self.drift],
                 "cloud_origin_entries": list(self.cloud_origin),
             },
+            "waiting_for_it": {
+                "total": self.dependents_total,
+                "oldest": [w.as_dict(self.now) for w in self.dependents],
+            },
             "journal": [e.as_dict() for e in self.journal],
         }
 
@@ -199,6 +210,7 @@ def explain(
     cloud: CloudState,
     now: float,
     shown: int = 10,
+    dependents: tuple[Sequence[WaitingOperation], int] = ((), 0),
 ) -> Explanation:
     drift, cloud_origin = cloud_drift(entity, directory, cloud)
     return Explanation(
@@ -210,6 +222,8 @@ def explain(
         cloud_origin,
         tuple(journal[:shown]),
         now,
+        tuple(dependents[0]),
+        dependents[1],
     )
 
 
@@ -278,6 +292,11 @@ def render(x: Explanation) -> list[str]:
         lines.append("    = agrees with the directory")
     for entry in x.cloud_origin:
         lines.append(f"    + {entry} (assigned in the cloud: kept, not the directory's)")
+    if x.dependents_total:
+        lines += ["", f"waiting for it: {x.dependents_total} operation(s) of other entities (oldest first)"]
+        for w in x.dependents:
+            e = w.entry
+            lines.append(f"    {e.kind:<16} {e.entity}:{e.entity_id} for {format_age(w.age(x.now))}")
     lines += ["", f"journal (newest {len(x.journal)})"]
     for e in reversed(x.journal):
         extra = e.reason or e.effect or ""

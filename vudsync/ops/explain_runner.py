@@ -73,13 +73,15 @@ def explain_from(
     entity_id = directory.entity_id
     journal: list[JournalEntry] = []
     waiting: list[WaitingOperation] = []
+    dependents: tuple[list[WaitingOperation], int] = ([], 0)
     if entity_id is not None:
         rows = index.query(JournalFilter(entity_id=entity_id, limit=JOURNAL_READ))
         journal = [e for _, e in rows if e.entity == entity.value]
         waiting, _ = index.waiting(entity_id=entity_id)
         waiting = [w for w in waiting if w.entry.entity == entity.value]
+        dependents = index.waiting(need=f"{entity.value}:{entity_id}", limit=5)
     cloud = read_cloud(settings, entity, entity_id)
-    return explain(entity, directory, journal, waiting, cloud, time.time(), shown)
+    return explain(entity, directory, journal, waiting, cloud, time.time(), shown, dependents)
 
 
 def explain_entity(

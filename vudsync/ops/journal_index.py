@@ -256,15 +256,24 @@ class SqliteJournalIndex:
         return out
 
     def waiting(
-        self, *, entity_id: str | None = None, outcomes: Sequence[str] = WAITING, limit: int = 1000
+        self,
+        *,
+        entity_id: str | None = None,
+        need: str | None = None,
+        outcomes: Sequence[str] = WAITING,
+        limit: int = 1000,
     ) -> tuple[list[WaitingOperation], int]:
         """Operations that wait now (``outcomes`` among parked, held and blocked, no settling
         result since), oldest first by their first waiting entry, at most ``limit``; and how
-        many wait in all. (An index written before blocked operations were tracked lists them
-        from their next result on.)"""
+        many wait in all. ``entity_id``: that entity's; ``need``: those whose newest entry
+        says they wait for it (``company:c1`` …). (An index written before blocked operations
+        were tracked lists them from their next result on.)"""
         marks = ", ".join("?" * len(outcomes))
         waits = ", ".join(f"'{o}'" for o in WAITING)
         narrow, params = ("AND e.entity_id = ?", [entity_id]) if entity_id else ("", [])
+        if need:  # a coarse filter in SQL; the newest entry decides below
+            narrow += " AND w.operation_id IN (SELECT operation_id FROM entries WHERE details LIKE ?)"
+            params.append(f'%"{need}"%')
         sql = (
             "SELECT w.operation_id, MIN(e.time) AS since, MAX(e.id) FROM waiting w "
             f"JOIN entries e ON e.operation_id = w.operation_id AND e.outcome IN ({waits}) "
@@ -272,14 +281,18 @@ class SqliteJournalIndex:
         )
         with self._lock:
             rows = self._conn.execute(sql, [*outcomes, *params]).fetchall()
-            found = {int(r[2]): float(r[1]) for r in rows[:limit]}
+            found = {int(r[2]): float(r[1]) for r in (rows if need else rows[:limit])}
             entries: dict[int, JournalEntry] = {}
             ids = list(found)
             for i in range(0, len(ids), 500):
                 chunk = ids[i : i + 500]
                 sel = f"{_SELECT} WHERE id IN ({', '.join('?' * len(chunk))})"
                 entries.update(_entry(r) for r in self._conn.execute(sel, chunk).fetchall())
-        return [WaitingOperation(since, entries[i]) for i, since in found.items()], len(rows)
+        out = [WaitingOperation(since, entries[i]) for i, since in found.items()]
+        if need:
+            out = [w for w in out if need in w.waiting_for]
+            return out[:limit], len(out)
+        return out, len(rows)
 
     def _open(self, outcome: str) -> int:
         sql = "SELECT COUNT(*) FROM waiting WHERE outcome = ?"
