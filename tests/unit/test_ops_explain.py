@@ -227,3 +227,14 @@ def test_sync_is_done_when_it_agrees_with_the_cloud_and_says_how_otherwise() -> 
     dead = from_result(_entry(9, "dead_lettered", "access.assign", "op-a", NOW))
     assert verdict(waiting, [*captured_only, dead], timed_out=False).outcome == "dead_lettered"
     assert verdict(None, captured_only, timed_out=True).outcome == "timeout"
+
+
+def test_a_conflict_is_a_reason_and_ends_a_sync_until_an_operator_resolves_it() -> None:
+    details = {"conflict": "linked to another on-premise id", "cloud_id": "U7"}
+    conflict = _entry(4, "conflict", "user.upsert", "op-u", NOW - 5, details=details)
+    x = explain(EntityType.USER, _directory(), [conflict], [], CloudState([], [], {}, {}, {}), NOW)
+    assert [e.operation_id for e in x.planner.conflicts] == ["op-u"]
+    assert x.reasons()[0].startswith("user.upsert not applied, a conflict: linked to another on-premise id")
+    step = from_result(conflict)
+    assert step.text == "user.upsert: linked to another on-premise id (cloud object U7)"
+    assert verdict(x, [step], timed_out=False) == Verdict("conflict", 1, tuple(x.reasons()))

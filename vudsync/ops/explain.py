@@ -49,6 +49,7 @@ class PlannerView:
     blocked: tuple[WaitingOperation, ...]  # parked on their application
     findings: tuple[JournalEntry, ...]  # the planner's warnings and reviews about it (newest first)
     dead_lettered: tuple[JournalEntry, ...]  # not applied since
+    conflicts: tuple[JournalEntry, ...] = ()  # a match the sink refused to take over, not applied since
 
 
 def planner_view(
@@ -71,11 +72,14 @@ def planner_view(
     )
     findings: list[JournalEntry] = []
     dead: dict[str, JournalEntry] = {}
+    conflicts: dict[str, JournalEntry] = {}
     for e in journal:
         if (e.kind or "").startswith("journal.") and e.outcome in ("blocked", "review"):
             findings.append(e)
         elif e.outcome == "dead_lettered" and (e.operation_id or "") not in applied:
             dead.setdefault(e.operation_id or f"{e.topic}@{e.offset}", e)
+        elif e.outcome == "conflict" and (e.operation_id or "") not in applied:
+            conflicts.setdefault(e.operation_id or f"{e.topic}@{e.offset}", e)
     return PlannerView(
         last_version=max(versions) if versions else None,
         cloud_id=cloud_id,
@@ -84,6 +88,7 @@ def planner_view(
         blocked=tuple(w for w in waiting if w.entry.outcome == "blocked"),
         findings=tuple(findings[:5]),
         dead_lettered=tuple(dead.values()),
+        conflicts=tuple(conflicts.values()),
     )
 
 
@@ -157,6 +162,12 @@ class Explanation:
             )
         for e in self.planner.dead_lettered:
             out.append(f"{e.kind} dead-lettered: {e.reason or '?'} (`vudsync dlq list`)")
+        for e in self.planner.conflicts:
+            out.append(
+                f"{e.kind} not applied, a conflict: {e.details.get('conflict') or e.reason or '?'} "
+                f"(cloud object {e.details.get('cloud_id') or '?'}): the sink takes nothing over; resolve it "
+                "in the cloud, the operation is judged again"
+            )
         if self.dependents_total:
             oldest = format_age(self.dependents[0].age(now)) if self.dependents else "?"
             n = self.dependents_total
@@ -186,6 +197,7 @@ class Explanation:
                 "blocked": [w.as_dict(self.now) for w in p.blocked],
                 "findings": [e.as_dict() for e in p.findings],
                 "dead_lettered": [e.as_dict() for e in p.dead_lettered],
+                "conflicts": [e.as_dict() for e in p.conflicts],
             },
             "cloud": {
                 "object": dict(self.cloud_object() or {}) or None,
@@ -268,8 +280,10 @@ def render(x: Explanation) -> list[str]:
         lines.append(f"    {e.outcome:<8} {e.kind:<16} {e.reason or ''}")
     for e in p.dead_lettered:
         lines.append(f"    dead-lettered {e.kind} {e.reason or ''}")
-    if not (p.parked or p.held or p.blocked or p.dead_lettered):
-        lines.append("    nothing parked, held, blocked or dead-lettered")
+    for e in p.conflicts:
+        lines.append(f"    conflict {e.kind:<16} {e.details.get('conflict') or e.reason or ''}")
+    if not (p.parked or p.held or p.blocked or p.dead_lettered or p.conflicts):
+        lines.append("    nothing parked, held, blocked, dead-lettered or in conflict")
     lines += ["", "cloud"]
     obj = x.cloud_object()
     if obj is None:

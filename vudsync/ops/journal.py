@@ -47,6 +47,7 @@ OUTCOMES = (
     "already_applied",
     "failed",
     "dead_lettered",
+    "conflict",
     "parked",
     "held",
     "blocked",

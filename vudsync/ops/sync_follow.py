@@ -21,7 +21,8 @@ from vudsync.ops.explain import Explanation
 from vudsync.ops.journal import JournalEntry, WaitingOperation
 from vudsync.ops.timespec import format_age
 
-FINAL = frozenset({"dead_lettered", "rejected"})  # a result after which waiting changes nothing
+# a result after which waiting changes nothing (a conflict waits for an operator)
+FINAL = frozenset({"dead_lettered", "rejected", "conflict"})
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,9 @@ def from_result(entry: JournalEntry) -> Step:
         needs = [str(n) for n in entry.details["waiting_for"]]
         text += f" waits for {', '.join(needs)}"
         data["waiting_for"] = needs
+    elif entry.outcome == "conflict":
+        why = entry.details.get("conflict") or entry.reason or "?"
+        text += f": {why} (cloud object {entry.details.get('cloud_id')})"
     elif entry.reason:
         text += f": {entry.reason}"
     return Step(entry.outcome, text, entry.time, data)
@@ -92,7 +96,7 @@ def from_waiting(w: WaitingOperation, now: float) -> Step:
 
 @dataclass(frozen=True)
 class Verdict:
-    outcome: str  # applied, in_sync, parked, held, blocked, dead_lettered, rejected, timeout, following
+    outcome: str  # applied, in_sync, parked, held, blocked, dead_lettered, conflict, rejected, timeout, …
     exit_status: int | None  # None: not done, go on following
     reasons: tuple[str, ...] = ()
 
