@@ -122,6 +122,15 @@ class DirectoryEvents:
             added = [parking.parked_json(x) for x in plan.parked]
             if len(kept) != len(items) or added:
                 tx.set(pkey, (kept + added) or None)
+            # what waited there and is not planned again is never applied: say so, or the journal
+            # would count it as waiting for ever (a redelivery re-plans the same id: not superseded)
+            planned = {op.operation_id for op in (*plan.operations, *plan.dropped)}
+            planned |= {x.operation.operation_id for x in plan.parked}
+            for item in items:
+                if item["slot"] in slots and item["op"]["operation_id"] not in planned:
+                    old = parking.parked_from_json(item).operation
+                    superseded = journal.operation_result(old, ResultOutcome.SUPERSEDED, now)
+                    fx.send("results", ev.entity_id, superseded)
             for x in plan.parked:
                 for need in x.needs:
                     parking.index(tx, p, need.encode(), ref)

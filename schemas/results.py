@@ -32,6 +32,9 @@ class ResultOutcome(StrEnum):
     REVIEW = "review"
     # planner: a held deletion the operator rejected (it is never applied); settles the operation
     REJECTED = "rejected"
+    # planner: a parked or held operation a newer plan for the same slot replaced (it is never
+    # applied); settles the operation
+    SUPERSEDED = "superseded"
 
 
 class OperationResult(Message):

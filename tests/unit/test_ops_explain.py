@@ -238,3 +238,19 @@ def test_a_conflict_is_a_reason_and_ends_a_sync_until_an_operator_resolves_it() 
     step = from_result(conflict)
     assert step.text == "user.upsert: linked to another on-premise id (cloud object U7)"
     assert verdict(x, [step], timed_out=False) == Verdict("conflict", 1, tuple(x.reasons()))
+
+
+def test_a_superseded_operation_no_longer_waits(tmp_path: Path) -> None:
+    index = SqliteJournalIndex(tmp_path / "journal.db")
+    try:
+        index.add(
+            [
+                _entry(1, "parked", "access.assign", "op-old", NOW - 100),
+                _entry(2, "superseded", "access.assign", "op-old", NOW - 50),
+                _entry(3, "parked", "access.assign", "op-new", NOW - 50),
+            ],
+            {},
+        )
+        assert [w.entry.operation_id for w in index.waiting()[0]] == ["op-new"]
+    finally:
+        index.close()

@@ -144,6 +144,19 @@ def test_what_still_waits_after_a_release_is_reported_with_its_remaining_needs()
     assert len([r for r in h.results if r.kind == "access.assign"]) == len(waits)
 
 
+def test_a_newer_plan_for_a_parked_slot_supersedes_the_operation_that_waited_there() -> None:
+    h = Harness()
+    h.connect()
+    h.event(user_event(2, access=(access("c1"),)))
+    (first,) = [r for r in h.results if r.kind == "access.assign"]
+    h.event(user_event(2, access=(access("c1"),)), offset=h.offsets)  # redelivered: the same id
+    assert not [r for r in h.results if r.outcome is ResultOutcome.SUPERSEDED]
+    h.event(user_event(3, access=(access("c1", roles=("Regnskap", "Lønn")),)))  # changed while parked
+    superseded = [r for r in h.results if r.outcome is ResultOutcome.SUPERSEDED]
+    assert [r.operation_id for r in superseded] == [first.operation_id]
+    assert h.r.parked() == 1, "only the newest plan waits"
+
+
 def test_access_is_parked_until_facts_confirm_user_and_company_then_released_with_acks_first() -> None:
     h = Harness(partitions=2)
     h.connect()

@@ -53,6 +53,7 @@ OUTCOMES = (
     "blocked",
     "review",
     "rejected",
+    "superseded",
     OUTCOME_UNREADABLE,
 )
 

@@ -87,7 +87,7 @@ _INSERT = f"INSERT OR IGNORE INTO entries ({', '.join(_COLUMNS)}) VALUES ({', '.
 _SELECT = f"SELECT id, {', '.join(_COLUMNS)} FROM entries"
 
 # outcomes after which an operation no longer waits, and those that wait
-SETTLED = ("applied", "already_applied", "dead_lettered", "rejected")
+SETTLED = ("applied", "already_applied", "dead_lettered", "rejected", "superseded")
 WAITING = ("parked", "held", "blocked")  # blocked: parked on its application (not the findings)
 
 
