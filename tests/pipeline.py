@@ -9,8 +9,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from devtools.processes import ComponentProcess, component_env, wait_until
+from devtools.seed.writer import SqliteDirectoryWriter
 from kernel.scrape import Samples, ScrapeFailed, scrape
 from kernel.settings import Settings
+from vudsync.topics import ensure_catalogue
 
 
 def vudsync_cli(
@@ -94,3 +96,13 @@ def wait_for(
     except TimeoutError as exc:
         logs = "\n".join(f"--- {name}\n{proc.tail(40)}" for name, proc in procs.items())
         raise AssertionError(f"{exc}\n{logs}") from None
+
+
+def business_directory(
+    settings: Settings, bootstrap: str, roles: tuple[str, ...] = ("Regnskap",)
+) -> SqliteDirectoryWriter:
+    """This test's directory store, with the catalogue's topics created and these Business roles."""
+    ensure_catalogue(settings, bootstrap)
+    writer = SqliteDirectoryWriter(settings.resolved_store_url().removeprefix("sqlite:///"))
+    writer.upsert_catalogue("roles", [("business", r, r) for r in roles])
+    return writer

@@ -12,11 +12,9 @@ import sys
 import threading
 from typing import Any
 
-from devtools.seed.writer import SqliteDirectoryWriter
 from kernel.settings import Settings
 from tests.fixtures.cloud import CloudReader
-from tests.pipeline import component_env, components, gauge, vudsync_cli, wait_for
-from vudsync.topics import ensure_catalogue
+from tests.pipeline import business_directory, component_env, components, gauge, vudsync_cli, wait_for
 
 
 def _json(done: subprocess.CompletedProcess[str]) -> Any:
@@ -56,9 +54,7 @@ def test_an_assignment_parked_on_a_rejected_company_is_listed_explained_and_sync
     pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
 ) -> None:
     settings = pipeline_settings
-    ensure_catalogue(settings, kafka_bootstrap)
-    writer = SqliteDirectoryWriter(settings.resolved_store_url().removeprefix("sqlite:///"))
-    writer.upsert_catalogue("roles", [("business", "Regnskap", "Regnskap")])
+    writer = business_directory(settings, kafka_bootstrap)
     # capture rejects the company (a three-letter country code): every assignment to it waits
     writer.upsert_companies(
         [{"id": "c1", "name": "Fjord AS", "organisation_number": "923609016", "country": "NOR"}]
@@ -144,7 +140,7 @@ def test_an_assignment_parked_on_a_rejected_company_is_listed_explained_and_sync
         assert assigned, steps
         released = [i for i, s in enumerate(steps) if s.get("operation_id") == assigned[0]["operation_id"]]
         assert [steps[i]["stage"] for i in released] == ["parked", "planned", "applied"], steps
-        assert [a["services"]["business"]["roles"] for a in cloud.access(cloud_u1["id"])] == [["Regnskap"]]
+        assert cloud.business_roles("u1") == [["Regnskap"]]
 
         agreed = vudsync_cli(settings, kafka_bootstrap, "explain", "user", "u1", "--json")
         assert agreed.returncode == 0, agreed.stdout
