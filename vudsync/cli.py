@@ -35,6 +35,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         ("connect", "connect", "connect"),
         ("deletes", "deletes", "deletes"),
         ("instances", "instances", "instances"),
+        ("conflicts", "conflicts", "conflicts"),
         # operations
         ("status", "status", "status"),
         ("replay", "replay", "replay"),

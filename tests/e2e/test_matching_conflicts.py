@@ -11,6 +11,8 @@ the mistake it prevents, on the real broker, store and cloud API:
 
 from __future__ import annotations
 
+import json
+
 import httpx
 
 from devtools.processes import wait_until
@@ -57,8 +59,12 @@ def test_matching_by_e_mail_never_takes_over_or_deactivates_a_stranger(
         assert kari is not None
 
         # a new on-premise user with a linked user's e-mail, and one with the administrator's
-        writer.upsert_user(id="u2", username="kari2", email="KARI@fjord.no", first_name="Karianne")
-        writer.upsert_user(id="u3", username="sjef", email="sjef@fjord.no", first_name="Overtatt")
+        writer.upsert_user(
+            id="u2", username="kari2", email="KARI@fjord.no", first_name="Karianne", last_name="Li"
+        )
+        writer.upsert_user(
+            id="u3", username="sjef", email="sjef@fjord.no", first_name="Overtatt", last_name="Li"
+        )
         conflicts = {r.entity_id: r for r in _conflicts(settings, kafka_bootstrap, 2)}
         assert conflicts["u2"].details == {
             "conflict": "linked_to_another",
@@ -74,14 +80,32 @@ def test_matching_by_e_mail_never_takes_over_or_deactivates_a_stranger(
         stays = cloud.client.get(f"/v1/users/{admin['id']}").json()
         assert (stays["external_id"], stays["first_name"], stays["active"]) == (None, "Sjef", True)
 
-        # the users whose link was refused are deleted on premise: nothing is deactivated
-        writer.delete_user("u2")
+        # the operator sees both, with what to do; resolves one by fixing its e-mail on premise
+        listed = vudsync_cli(settings, kafka_bootstrap, "conflicts", "list", "--json")
+        assert listed.returncode == 1, listed.stderr
+        shown = {c["entity_id"]: c for c in json.loads(listed.stdout)["conflicts"]}
+        assert shown.keys() == {"u2", "u3"} and shown["u2"]["linked_to"] == "u1"
+        assert "customer administrator" in shown["u3"]["what_to_do"]
+        writer.update_user("u2", email="karianne@fjord.no")
+        resolved = vudsync_cli(
+            settings, kafka_bootstrap, "conflicts", "resolve", "user", "u2", "--timeout", "2m"
+        )
+        assert resolved.returncode == 0, resolved.stdout + resolved.stderr
+        assert cloud.user("u2") is not None and cloud.user("u2")["id"] != kari["id"]
+        still = vudsync_cli(
+            settings, kafka_bootstrap, "conflicts", "resolve", "user", "u3", "--timeout", "1m"
+        )
+        assert still.returncode == 1 and "conflict" in still.stdout, still.stdout + still.stderr
+        after = vudsync_cli(settings, kafka_bootstrap, "conflicts", "list", "--json")
+        assert [c["entity_id"] for c in json.loads(after.stdout)["conflicts"]] == ["u3"]
+
+        # the user whose link was refused is deleted on premise: nothing is deactivated
         writer.delete_user("u3")
         read_all(
             kafka_bootstrap,
             settings.topic(RESULTS.name),
             timeout=120,
-            until=lambda rs: sum(b'"user.deactivate"' in r.value for r in rs) >= 2,
+            until=lambda rs: sum(b'"user.deactivate"' in r.value for r in rs) >= 1,
         )
         assert cloud.user("u1") == kari
         assert cloud.client.get(f"/v1/users/{admin['id']}").json()["active"] is True

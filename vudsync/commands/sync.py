@@ -15,7 +15,7 @@ from kernel.settings import load_settings
 from schemas.directory import EntityType
 
 
-def _sync(entity: EntityType, key: str, timeout_text: str, as_json: bool) -> None:
+def sync_and_follow(entity: EntityType, key: str, timeout_text: str, as_json: bool) -> None:
     from vudsync.bootstrap import resolve_bootstrap
     from vudsync.ops.sync_follow import Step
     from vudsync.ops.sync_runner import sync_entity
@@ -56,4 +56,4 @@ def sync(entity: str, key: str, timeout_text: str, as_json: bool) -> None:
       vudsync sync user kari@fjord.no
       vudsync sync company 923609016 --timeout 10m --json
     """
-    _sync(EntityType(entity), key, timeout_text, as_json)
+    sync_and_follow(EntityType(entity), key, timeout_text, as_json)

@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from schemas.directory import CompanyState, EntityType, UserState
+from vudsync.ops.conflicts import SETTLES
 from vudsync.ops.drift import CloudState, DirectoryState, Drift, compare
 from vudsync.ops.journal import JournalEntry, WaitingOperation
 from vudsync.ops.timespec import format_age
@@ -70,6 +71,9 @@ def planner_view(
         ),
         None,
     )
+    # a conflict is settled by a later applied upsert of the entity, whatever its operation id
+    # (the operator changed the e-mail, so the state and the id changed too): see ops.conflicts
+    settled = [e for e in journal if e.outcome in SETTLES]
     findings: list[JournalEntry] = []
     dead: dict[str, JournalEntry] = {}
     conflicts: dict[str, JournalEntry] = {}
@@ -78,7 +82,11 @@ def planner_view(
             findings.append(e)
         elif e.outcome == "dead_lettered" and (e.operation_id or "") not in applied:
             dead.setdefault(e.operation_id or f"{e.topic}@{e.offset}", e)
-        elif e.outcome == "conflict" and (e.operation_id or "") not in applied:
+        elif (
+            e.outcome == "conflict"
+            and (e.operation_id or "") not in applied
+            and not any(a.kind == e.kind and a.time > e.time for a in settled)
+        ):
             conflicts.setdefault(e.operation_id or f"{e.topic}@{e.offset}", e)
     return PlannerView(
         last_version=max(versions) if versions else None,
