@@ -145,3 +145,19 @@ CloudOperation = Annotated[
 ]
 
 CLOUD_OPERATION_ADAPTER: TypeAdapter[CloudOperation] = TypeAdapter(CloudOperation)
+
+
+def version_slot(op: CloudOperation) -> str:
+    """What ``op``'s ``source_version`` orders: the part of the cloud it overwrites.
+
+    The aggregate (``user:<id>`` — the user's fields and its deactivation; ``company:<id>``;
+    a catalogue entry; an application instance), except access: a user's access in one
+    company is a slot of its own (``user:<id>|access:<company>``), assigned or revoked as a
+    whole, independent of the user's fields and of the user's access elsewhere. Within a slot
+    source versions are change-log positions of the same entity, so the higher one is the
+    newer plan: an operation older than what was applied to its slot must never be applied
+    (a ``vudsync dlq retry``, a replay, a repair) — it would roll the cloud back.
+    """
+    if isinstance(op, AssignAccess | RevokeAccess):
+        return f"{op.aggregate}|access:{op.company_id}"
+    return op.aggregate

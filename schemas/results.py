@@ -32,15 +32,16 @@ class ResultOutcome(StrEnum):
     REVIEW = "review"
     # planner: a held deletion the operator rejected (it is never applied); settles the operation
     REJECTED = "rejected"
-    # planner: a parked or held operation a newer plan for the same slot replaced (it is never
-    # applied); settles the operation
+    # never applied, settles the operation: the planner's parked or held operation a newer plan
+    # for the same slot replaced; or the sink's operation older than the version already
+    # applied to its version slot (``schemas.operations.version_slot``: a dlq retry, a replay)
     SUPERSEDED = "superseded"
 
 
 class OperationResult(Message):
     """A fact about one operation: what became of it (or why it waits), for the journal.
 
-    The sink records applied / already applied / failed / dead-lettered; the planner records
+    The sink records applied / already applied / superseded / failed / dead-lettered; the planner records
     parked, held, blocked and review entries. Keyed on ``vud.cloud.results`` by ``entity_id``.
     """
 

@@ -30,6 +30,9 @@ class SqliteLedger:
             "CREATE TABLE IF NOT EXISTS applied (operation_id TEXT PRIMARY KEY, result TEXT NOT NULL, "
             "recorded_at REAL NOT NULL)"
         )
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS versions (slot TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+        )
         self._lock = threading.Lock()
         self._checkpointer = WalCheckpointer(self._connect, name="ledger-checkpointer")
         self._checkpointer.start(self._conn)
@@ -48,21 +51,30 @@ class SqliteLedger:
             ).fetchone()
         return json.loads(row[0]) if row else None
 
-    def get_many(self, operation_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
-        ids = list(dict.fromkeys(operation_ids))
+    def _rows_in(self, select: str, keys: Sequence[str]) -> list[tuple[Any, Any]]:
+        """The rows of ``select … IN ({marks})`` for ``keys``, in chunks of SQLite's
+        bound-parameter limit."""
+        wanted = list(dict.fromkeys(keys))
+        rows: list[tuple[Any, Any]] = []
         with self._lock:
-            for first in range(0, len(ids), 500):  # SQLite's bound-parameter limit
-                chunk = ids[first : first + 500]
+            for first in range(0, len(wanted), 500):
+                chunk = wanted[first : first + 500]
                 marks = ",".join("?" * len(chunk))
-                rows = self._conn.execute(
-                    f"SELECT operation_id, result FROM applied WHERE operation_id IN ({marks})", chunk
-                ).fetchall()
-                out.update((oid, json.loads(result)) for oid, result in rows)
-        return out
+                rows.extend(self._conn.execute(select.format(marks=marks), chunk).fetchall())
+        return rows
 
-    def record_many(self, entries: Sequence[tuple[str, dict[str, Any]]]) -> None:
-        if not entries:
+    def get_many(self, operation_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        select = "SELECT operation_id, result FROM applied WHERE operation_id IN ({marks})"
+        return {oid: json.loads(result) for oid, result in self._rows_in(select, operation_ids)}
+
+    def applied_versions(self, slots: Sequence[str]) -> dict[str, int]:
+        select = "SELECT slot, version FROM versions WHERE slot IN ({marks})"
+        return {slot: int(version) for slot, version in self._rows_in(select, slots)}
+
+    def record_many(
+        self, entries: Sequence[tuple[str, dict[str, Any]]], versions: Sequence[tuple[str, int]] = ()
+    ) -> None:
+        if not entries and not versions:
             return
         now = time.time()
         rows = [(oid, json.dumps(result), now) for oid, result in entries]
@@ -70,6 +82,11 @@ class SqliteLedger:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 self._conn.executemany("INSERT OR IGNORE INTO applied VALUES (?, ?, ?)", rows)
+                self._conn.executemany(
+                    "INSERT INTO versions VALUES (?, ?) ON CONFLICT (slot) DO UPDATE "
+                    "SET version = max(version, excluded.version)",
+                    versions,
+                )
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise

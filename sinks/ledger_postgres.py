@@ -1,8 +1,9 @@
 """PostgreSQL adapter of the ``Ledger`` port (larger installations: workers on several hosts
 share one ledger), psycopg 3.
 
-One table, ``vudsync_sink_ledger``, keyed by (scope, operation id); the scope is the topic
-prefix, so installations (and test runs) sharing a database never see each other's ids.
+Two tables: ``vudsync_sink_ledger`` keyed by (scope, operation id), and
+``vudsync_sink_versions``, the highest source version applied per (scope, version slot); the
+scope is the topic prefix, so installations (and test runs) sharing a database never see each other's ids.
 Writes commit before the result is published: a crash never forgets an applied id that a
 result announced.
 """
@@ -23,6 +24,12 @@ CREATE TABLE IF NOT EXISTS vudsync_sink_ledger (
     result JSONB NOT NULL,
     recorded_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (scope, operation_id)
+);
+CREATE TABLE IF NOT EXISTS vudsync_sink_versions (
+    scope TEXT NOT NULL,
+    slot TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    PRIMARY KEY (scope, slot)
 )
 """
 
@@ -48,15 +55,35 @@ class PostgresLedger:
             ).fetchall()
         return {oid: dict(result) for oid, result in rows}
 
-    def record_many(self, entries: Sequence[tuple[str, dict[str, Any]]]) -> None:
-        if not entries:
+    def applied_versions(self, slots: Sequence[str]) -> dict[str, int]:
+        if not slots:
+            return {}
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT slot, version FROM vudsync_sink_versions WHERE scope = %s AND slot = ANY(%s)",
+                (self._scope, list(dict.fromkeys(slots))),
+            ).fetchall()
+        return {slot: int(version) for slot, version in rows}
+
+    def record_many(
+        self, entries: Sequence[tuple[str, dict[str, Any]]], versions: Sequence[tuple[str, int]] = ()
+    ) -> None:
+        if not entries and not versions:
             return
         with self._lock, self._conn.transaction(), self._conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO vudsync_sink_ledger (scope, operation_id, result) VALUES (%s, %s, %s) "
-                "ON CONFLICT DO NOTHING",
-                [(self._scope, oid, Jsonb(result)) for oid, result in entries],
-            )
+            if entries:
+                cur.executemany(
+                    "INSERT INTO vudsync_sink_ledger (scope, operation_id, result) VALUES (%s, %s, %s) "
+                    "ON CONFLICT DO NOTHING",
+                    [(self._scope, oid, Jsonb(result)) for oid, result in entries],
+                )
+            if versions:
+                cur.executemany(
+                    "INSERT INTO vudsync_sink_versions (scope, slot, version) VALUES (%s, %s, %s) "
+                    "ON CONFLICT (scope, slot) DO UPDATE "
+                    "SET version = GREATEST(vudsync_sink_versions.version, EXCLUDED.version)",
+                    [(self._scope, slot, version) for slot, version in versions],
+                )
 
     def record(self, operation_id: str, result: dict[str, Any]) -> None:
         self.record_many([(operation_id, result)])

@@ -20,7 +20,7 @@ class SinkMetrics:
         self.operations = Counter(
             "vudsync_sink_operations_total",
             "Operations finished by the sink, by kind and outcome "
-            "(applied, already_applied, dead_lettered, failed)",
+            "(applied, already_applied, superseded, dead_lettered, failed)",
             ["kind", "outcome"],
             registry=registry,
         )

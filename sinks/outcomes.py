@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from kernel.publishing import RecordPublisher
 from schemas.codec import encode
 from schemas.deadletter import HEADER_ATTEMPTS, HEADER_HTTP_STATUS, HEADER_RESPONSE, error_headers
-from schemas.operations import CloudOperation
+from schemas.operations import CloudOperation, version_slot
 from schemas.results import OperationResult, ResultOutcome
 from schemas.topics import OPERATIONS_DLQ, RESULTS
 from sinks.errors import CloudRejected, retry_reason
@@ -93,6 +93,34 @@ class OutcomeRecorder:
             return {}
         return await self._off_loop(self.ledger.get_many, operation_ids)
 
+    async def applied_versions(self, slots: Sequence[str]) -> dict[str, int]:
+        """The highest source version applied per slot (one query for a polled batch)."""
+        if not slots:
+            return {}
+        return await self._off_loop(self.ledger.applied_versions, slots)
+
+    def superseded(self, item: Pending, applied: int) -> None:
+        """``item`` is older than version ``applied`` of its slot: not applied, a result saying
+        so (the journal shows it, the planner settles it), counted. Not in the ledger: met
+        again (a redelivery), it is judged again, the same way."""
+        op = item.op
+        log.info(
+            "sink: %s %s at %s superseded: version %d, its slot has version %d applied",
+            op.kind,
+            op.operation_id,
+            item.coordinates,
+            op.source_version,
+            applied,
+        )
+        self._publish_result(
+            op,
+            ResultOutcome.SUPERSEDED,
+            None,
+            item.attempts,
+            details={"slot": version_slot(op), "applied_version": applied},
+        )
+        self.metrics.operations.labels(kind=op.kind, outcome=ResultOutcome.SUPERSEDED.value).inc()
+
     def already_applied(self, op: CloudOperation, entry: dict[str, Any]) -> None:
         """``op`` is in the ledger (a redelivery or replay): its result again, no cloud call."""
         applied = Applied(
@@ -102,7 +130,8 @@ class OutcomeRecorder:
         self.metrics.operations.labels(kind=op.kind, outcome="already_applied").inc()
 
     async def applied(self, done: Sequence[tuple[Pending, Applied]]) -> None:
-        """Operations the cloud applied: the ledger first (one transaction), then their results."""
+        """Operations the cloud applied: the ledger first (one transaction: their ids and the
+        versions of their slots), then their results."""
         if not done:
             return
         # a conflict wrote nothing: not in the ledger, so the same operation is judged again
@@ -114,6 +143,7 @@ class OutcomeRecorder:
                 for i, a in done
                 if a.effect != CONFLICT
             ],
+            [(version_slot(i.op), i.op.source_version) for i, _ in done],
         )
         now = self.monotonic()
         for item, outcome in done:

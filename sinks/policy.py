@@ -7,6 +7,9 @@
   operation at a time: nothing is lost to a batch the cloud would not take.
 * :meth:`SinkPolicy.next_step` — per operation: record it (applied), apply it alone, dead-
   letter it (a permanent failure), give up on it, or retry it.
+* :meth:`SinkPolicy.superseded` — an operation older than the version already applied to its
+  slot (:func:`schemas.operations.version_slot`) is not applied: whatever path brought it back
+  (``vudsync dlq retry``, a replay, a repair), it would roll the cloud back.
 * The give-up policy (:meth:`SinkPolicy.gives_up`): a retryable failure is dead-lettered as
   ``failed`` only after ``max_attempts`` attempts *and* ``retry_timeout`` seconds, and only
   while the circuit is closed (the cloud answers others); never for refused credentials or an
@@ -80,6 +83,13 @@ class SinkPolicy:
         if self.gives_up(outcome, attempts, waited, circuit_open):
             return Step.GIVE_UP
         return Step.RETRY
+
+    @staticmethod
+    def superseded(version: int, applied: int | None) -> bool:
+        """Whether an operation of source ``version`` is older than ``applied``, the highest
+        source version applied to its slot (None: nothing yet). An equal version goes: it is
+        the same plan (a redelivery, the released remainder of a parked plan)."""
+        return applied is not None and version < applied
 
     def gives_up(self, error: VudsyncError, attempts: int, waited: float, circuit_open: bool) -> bool:
         """The give-up policy of a retryable failure (see the module's docstring)."""

@@ -85,7 +85,9 @@ class OperationsConsumer(Protocol):
 
 
 class Ledger(Protocol):
-    """Operation ids already applied (durable), so replays skip them without a cloud call."""
+    """Operation ids already applied (durable), so replays skip them without a cloud call;
+    and per version slot (:func:`schemas.operations.version_slot`) the highest source version
+    applied, so that nothing older is applied after it."""
 
     def get(self, operation_id: str) -> dict[str, Any] | None: ...
 
@@ -93,8 +95,15 @@ class Ledger(Protocol):
         """The known ones among ``operation_ids`` (one query for a polled batch)."""
         ...
 
-    def record_many(self, entries: Sequence[tuple[str, dict[str, Any]]]) -> None:
-        """Record ``(operation id, result)`` pairs in one transaction; known ids are kept."""
+    def record_many(
+        self, entries: Sequence[tuple[str, dict[str, Any]]], versions: Sequence[tuple[str, int]] = ()
+    ) -> None:
+        """Record ``(operation id, result)`` pairs and ``(slot, source version)`` pairs in one
+        transaction; known ids are kept, and a slot's version only ever rises."""
+        ...
+
+    def applied_versions(self, slots: Sequence[str]) -> dict[str, int]:
+        """The highest source version applied per slot, of those among ``slots`` with any."""
         ...
 
     def close(self) -> None: ...

@@ -39,6 +39,7 @@ class Pending:
     single_only: bool = False  # the batch path could not finish it: apply it alone
     epoch: int | None = None  # the offset tracker's epoch of its partition when it was taken
     last_error: BaseException | None = None
+    floor: int | None = None  # the highest source version applied to its slot, when taken
 
     @property
     def tp(self) -> TopicPartition:

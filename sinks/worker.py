@@ -21,6 +21,11 @@ Three activities share one event loop:
   aggregate in flight) and sends them: simple operations together through
   ``POST /v1/batch`` when several are ready, the rest one by one; at most ``concurrency``
   calls in flight; none while the circuit is open (one probe when it half-opens).
+* **supersede** — an operation older than the version already applied to its slot
+  (:func:`schemas.operations.version_slot`: the ledger's, read when it is taken, or one this
+  worker applied since) is not sent: result ``superseded``. Checked when it is about to be
+  sent, since an older operation may wait behind a newer one of its aggregate (a ``dlq retry``
+  of v10 queued behind v12).
 * **settle** — per operation, as the policy says: applied → ledger → result; retryable
   failure → the operation stays its aggregate's head and is tried again after a backoff with
   full jitter (at least ``Retry-After``), until the policy gives up (dead letter, result
@@ -45,6 +50,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -54,7 +60,7 @@ from typing import Any, TypeVar
 from kernel.errors import RecordsTooLarge, RetryableError, VudsyncError
 from kernel.publishing import RecordPublisher
 from schemas.codec import DecodeError, decode_operation
-from schemas.operations import CloudOperation
+from schemas.operations import CloudOperation, version_slot
 from schemas.results import ResultOutcome
 from sinks.errors import CircuitOpen, CloudUnavailable, CommitRefused
 from sinks.metrics import SinkMetrics
@@ -140,6 +146,9 @@ class SinkWorker:
         self._finished = 0
         self._fatal: SinkFatal | None = None
         self._finished_at_last_look = 0
+        # slot → highest source version this worker applied; bounded (an entry evicted falls
+        # back to the floor read from the ledger when its operation was taken)
+        self._applied_versions: OrderedDict[str, int] = OrderedDict()
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -218,6 +227,8 @@ class SinkWorker:
                 self.recorder.dead_letter(item, exc.reason, "decode", exc, ResultOutcome.DEAD_LETTERED)
                 self.tracker.finish(tp, record.offset, epoch)
         known = await self.recorder.known([op.operation_id for _, op, _ in decoded])
+        fresh = [(r, op, e) for r, op, e in decoded if op.operation_id not in known]
+        floors = await self.recorder.applied_versions([version_slot(op) for _, op, _ in fresh])
         for record, op, epoch in decoded:
             entry = known.get(op.operation_id)
             if entry is not None:  # applied before (a redelivery or replay): answer, no cloud call
@@ -235,6 +246,7 @@ class SinkWorker:
                     op.aggregate,
                     self.cloud.batchable(op),
                     epoch=epoch,
+                    floor=floors.get(version_slot(op)),
                 )
             )
 
@@ -412,7 +424,38 @@ class SinkWorker:
 
     # -- one call ---------------------------------------------------------------------
 
+    def _supersede(self, items: list[Pending]) -> list[Pending]:
+        """Answer the items older than what is applied to their slots (``superseded``, not
+        sent); the others go. Their aggregates' earlier operations have settled (one in flight
+        per aggregate), so the worker's own record of what it applied is current."""
+        going: list[Pending] = []
+        for item in items:
+            slot = version_slot(item.op)
+            mine = self._applied_versions.get(slot)
+            applied = item.floor if mine is None else max(mine, item.floor or mine)
+            if self.policy.superseded(item.op.source_version, applied):
+                assert applied is not None
+                self.recorder.superseded(item, applied)
+                self._finish(item)
+            else:
+                going.append(item)
+        return going
+
+    def _remember_applied(self, applied: Sequence[tuple[Pending, Applied]]) -> None:
+        limit = max(self.config.max_outstanding * 4, 1024)
+        for item, _ in applied:
+            slot = version_slot(item.op)
+            version = max(item.op.source_version, self._applied_versions.pop(slot, -1))
+            self._applied_versions[slot] = version
+            if len(self._applied_versions) > limit:
+                self._applied_versions.popitem(last=False)
+
     async def _call(self, items: list[Pending]) -> None:
+        items = self._supersede(items)
+        if not items:
+            self.breaker.release()
+            self._wake.set()
+            return
         started = self.monotonic()
         for item in items:
             item.attempts += 1
@@ -496,6 +539,7 @@ class SinkWorker:
                     delay = self.backoff.delay(item.attempts, self.policy.retry_floor(outcome))
                 self._retry(item, outcome, step, delay)
         await self.recorder.applied(applied)
+        self._remember_applied(applied)
         for item, _ in applied:
             self._finish(item)
         self._wake.set()

@@ -24,7 +24,7 @@ from schemas.events import (
     UserChanged,
     event_id_for,
 )
-from schemas.operations import UpsertUser
+from schemas.operations import AssignAccess, RevokeAccess, UpsertUser, operation_id_for
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -120,3 +120,34 @@ def user_upsert(uid: str = "u1", version: int = 1, **kw: Any) -> UpsertUser:
     )
     base.update(kw)
     return UpsertUser(**base)
+
+
+def access_op(
+    version: int,
+    role: str | None = "Regnskap",
+    *,
+    uid: str = "u1",
+    company: str = "c1",
+    cloud_user: str | None = "cu-1",
+    cloud_company: str | None = "cc-1",
+    committed_at: datetime = T0,
+) -> AssignAccess | RevokeAccess:
+    """User ``uid``'s access in ``company`` at ``version``: assign ``role`` of Business, or
+    revoke it all (``role`` None); its id as the planner derives it."""
+    kind = "access.assign" if role is not None else "access.revoke"
+    fields: dict[str, Any] = dict(
+        operation_id=operation_id_for(kind, uid, version, company),
+        aggregate=f"user:{uid}",
+        entity=EntityType.USER,
+        entity_id=uid,
+        source_version=version,
+        source_committed_at=committed_at,
+        planned_at=committed_at,
+        user_id=uid,
+        company_id=company,
+        cloud_user_id=cloud_user,
+        cloud_company_id=cloud_company,
+    )
+    if role is None:
+        return RevokeAccess(**fields)
+    return AssignAccess(**fields, services={ApplicationType.BUSINESS: ServiceAccess(roles=(role,))})

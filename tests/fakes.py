@@ -87,6 +87,7 @@ class FakeLedger:
 
     def __init__(self, entries: Mapping[str, dict[str, Any]] | None = None) -> None:
         self.entries: dict[str, dict[str, Any]] = dict(entries or {})
+        self.versions: dict[str, int] = {}
         self.threads: set[str] = set()
         self.fail_with: Exception | None = None  # raised by record_many, when set
         self.closed = False
@@ -98,12 +99,20 @@ class FakeLedger:
         self.threads.add(threading.current_thread().name)
         return {oid: self.entries[oid] for oid in operation_ids if oid in self.entries}
 
-    def record_many(self, entries: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    def record_many(
+        self, entries: Sequence[tuple[str, dict[str, Any]]], versions: Sequence[tuple[str, int]] = ()
+    ) -> None:
         self.threads.add(threading.current_thread().name)
         if self.fail_with is not None:
             raise self.fail_with
         for oid, result in entries:
             self.entries.setdefault(oid, result)
+        for slot, version in versions:
+            self.versions[slot] = max(version, self.versions.get(slot, version))
+
+    def applied_versions(self, slots: Sequence[str]) -> dict[str, int]:
+        self.threads.add(threading.current_thread().name)
+        return {slot: self.versions[slot] for slot in slots if slot in self.versions}
 
     def close(self) -> None:
         self.closed = True

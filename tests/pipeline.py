@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from click.testing import CliRunner, Result
+
 from devtools.processes import ComponentProcess, component_env, wait_until
 from devtools.seed.writer import SqliteDirectoryWriter
 from kernel.scrape import Samples, ScrapeFailed, scrape
@@ -26,6 +28,16 @@ def vudsync_cli(
         text=True,
         timeout=timeout,
         check=False,
+    )
+
+
+def run_cli(settings: Settings, bootstrap: str, *args: str, input: str | None = None) -> Result:
+    """``vudsync <args>`` in this process, with the environment a component of ``settings`` gets."""
+    from vudsync.cli import _register, cli
+
+    _register()
+    return CliRunner().invoke(
+        cli, list(args), env=component_env(settings, bootstrap), input=input, catch_exceptions=False
     )
 
 

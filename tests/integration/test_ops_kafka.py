@@ -8,10 +8,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from click.testing import CliRunner, Result
 from kafka import KafkaConsumer, KafkaProducer
 
-from devtools.processes import component_env, wait_until
+from devtools.processes import wait_until
 from kernel.settings import Settings
 from schemas.codec import encode
 from schemas.deadletter import error_headers
@@ -21,17 +20,12 @@ from schemas.topics import DIRECTORY_DLQ, OPERATIONS, OPERATIONS_DLQ, RESULTS
 from sinks.service import sink_group
 from tests.factories import T0, user_upsert
 from tests.kafka_read import read_all
-from vudsync.cli import _register, cli
+from tests.pipeline import run_cli
 from vudsync.ops.deadletters import HEADER_RETRY_OF
 from vudsync.ops.kafka_admin import group_admin
 from vudsync.topics import ensure_catalogue
 
-
-def run(settings: Settings, bootstrap: str, *args: str, input: str | None = None) -> Result:
-    _register()
-    return CliRunner().invoke(
-        cli, list(args), env=component_env(settings, bootstrap), input=input, catch_exceptions=False
-    )
+run = run_cli
 
 
 def _result(

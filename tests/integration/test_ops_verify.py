@@ -9,15 +9,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 
-from devtools.processes import component_env
 from devtools.secrets import random_secret
 from devtools.seed.writer import open_writer
 from kernel.settings import SECRET_FIELDS, Settings
 from producers.service import open_change_log
 from tests.fixtures.cloud import CloudReader
-from tests.pipeline import alive_or_fail, components
+from tests.pipeline import alive_or_fail, components, run_cli
 from vudsync.cli import _register, cli
 from vudsync.topics import ensure_catalogue
 
@@ -33,9 +32,7 @@ USERS = [
 ]
 
 
-def run(settings: Settings, bootstrap: str, *args: str) -> Result:
-    _register()
-    return CliRunner().invoke(cli, list(args), env=component_env(settings, bootstrap), catch_exceptions=False)
+run = run_cli
 
 
 def test_verify_reports_drift_by_type_and_repair_removes_it(

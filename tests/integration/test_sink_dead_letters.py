@@ -23,10 +23,10 @@ from schemas.deadletter import (
     HEADER_TOPIC,
     headers_dict,
 )
-from schemas.directory import ApplicationType, EntityType, ServiceAccess
-from schemas.operations import AssignAccess, operation_id_for
+from schemas.operations import AssignAccess
 from schemas.results import OperationResult, ResultOutcome
 from schemas.topics import OPERATIONS, OPERATIONS_DLQ, RESULTS
+from tests.factories import access_op
 from tests.fixtures.cloud import CloudReader
 from tests.kafka_read import read_all
 from tests.pipeline import alive_or_fail, components
@@ -36,20 +36,9 @@ NOW = datetime.now(UTC)
 
 
 def _assign(version: int, role: str, cloud_user: str, cloud_company: str) -> AssignAccess:
-    return AssignAccess(
-        operation_id=operation_id_for("access.assign", "u1", version, "c1"),
-        aggregate="user:u1",
-        entity=EntityType.USER,
-        entity_id="u1",
-        source_version=version,
-        source_committed_at=NOW,
-        planned_at=NOW,
-        user_id="u1",
-        company_id="c1",
-        cloud_user_id=cloud_user,
-        cloud_company_id=cloud_company,
-        services={ApplicationType.BUSINESS: ServiceAccess(roles=(role,))},
-    )
+    op = access_op(version, role, cloud_user=cloud_user, cloud_company=cloud_company, committed_at=NOW)
+    assert isinstance(op, AssignAccess)
+    return op
 
 
 def test_a_validation_failure_is_dead_lettered_with_context_and_the_next_operation_applies(
@@ -57,12 +46,7 @@ def test_a_validation_failure_is_dead_lettered_with_context_and_the_next_operati
 ) -> None:
     settings = pipeline_settings
     ensure_catalogue(settings, kafka_bootstrap)
-    api = cloud.client
-    api.put("/v1/services/business/roles/Regnskap", json={"description": "Regnskap"}).raise_for_status()
-    user = api.post("/v1/users", json={"external_id": "u1", "email": "kari@fjord.no"}).json()["id"]
-    company = api.post(
-        "/v1/companies", json={"external_id": "c1", "name": "Fjord AS", "organisation_number": "923609016"}
-    ).json()["id"]
+    user, company = cloud.user_and_company()
     unknown_role = _assign(1, "Finnes ikke", user, company)  # not in the catalogue: 422
     good = _assign(2, "Regnskap", user, company)  # the same aggregate, next in line
     ops_topic = settings.topic(OPERATIONS.name)

@@ -54,6 +54,22 @@ def test_applied_ids_are_kept_once_and_survive_a_reopen(ledger_factory) -> None:
     assert ledger_factory("b-").get("op-1") is None  # another installation's scope
 
 
+def test_a_slots_applied_version_only_rises_in_one_transaction_with_the_ids(ledger_factory) -> None:  # type: ignore[no-untyped-def]
+    ledger = ledger_factory("v-")
+    assert ledger.applied_versions(["user:u1"]) == {}
+    ledger.record_many([("op-12", {"effect": "updated"})], [("user:u1", 12), ("user:u1|access:c1", 12)])
+    ledger.record_many([("op-10", {"effect": "updated"})], [("user:u1", 10)])  # older: the slot keeps 12
+    ledger.record_many([], [("user:u1|access:c1", 13)])
+    assert ledger.applied_versions(["user:u1", "user:u1|access:c1", "user:u2"]) == {
+        "user:u1": 12,
+        "user:u1|access:c1": 13,
+    }
+    ledger.close()
+    again = ledger_factory("v-")
+    assert again.applied_versions([f"user:u{i}" for i in range(1200)]) == {"user:u1": 12}
+    assert ledger_factory("w-").applied_versions(["user:u1"]) == {}  # another installation's scope
+
+
 def test_the_sqlite_ledger_checkpoints_in_its_own_thread_not_in_record_many(tmp_path: Path) -> None:
     """``record_many`` commits on the sink's event loop: the checkpoints happen elsewhere."""
     path = tmp_path / "ledger.db"

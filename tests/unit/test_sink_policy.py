@@ -70,3 +70,14 @@ def test_retry_after_is_the_floor_except_for_refused_credentials() -> None:
 
 def test_a_failing_operation_is_warned_about_twice_not_at_every_retry() -> None:
     assert [n for n in range(1, 100) if POLICY.warns(n)] == [8, 32]
+
+
+@pytest.mark.parametrize(
+    ("version", "applied", "superseded"),
+    [(10, None, False), (10, 12, True), (12, 12, False), (13, 12, False), (0, 1, True)],
+)
+def test_an_operation_older_than_what_its_slot_has_applied_is_superseded(
+    version: int, applied: int | None, superseded: bool
+) -> None:
+    """Equal goes: the same plan again (a redelivery, a released remainder of a parked plan)."""
+    assert SinkPolicy.superseded(version, applied) is superseded

@@ -21,7 +21,7 @@ from schemas.deadletter import (
     HEADER_TOPIC,
     headers_dict,
 )
-from schemas.operations import CloudOperation
+from schemas.operations import CloudOperation, version_slot
 from schemas.results import OperationResult, ResultOutcome
 from schemas.topics import OPERATIONS, OPERATIONS_DLQ, RESULTS
 from sinks.errors import CloudRejected, CloudUnavailable
@@ -29,7 +29,7 @@ from sinks.metrics import SinkMetrics
 from sinks.ports import Applied
 from sinks.resilience import Backoff
 from sinks.worker import SinkConfig, SinkFatal, SinkWorker
-from tests.factories import user_upsert
+from tests.factories import access_op, user_upsert
 from tests.fakes import (
     FakeClock,
     FakeCloudDirectory,
@@ -178,3 +178,75 @@ async def test_a_ledger_that_fails_stops_the_worker_without_a_commit() -> None:
 
     assert sink.consumer.committed == {}  # re-delivered to a healthy worker
     assert sink.publisher.on(RESULTS.name) == []  # no result announces what the ledger lacks
+
+
+def test_a_users_fields_and_each_companys_access_are_separate_version_slots() -> None:
+    assert version_slot(user_upsert("u1", 3)) == "user:u1"
+    assert version_slot(access_op(3)) == "user:u1|access:c1"
+    assert version_slot(access_op(4, None)) == "user:u1|access:c1"
+    assert version_slot(access_op(3, company="c2")) == "user:u1|access:c2"
+
+
+@pytest.mark.parametrize("batching", [True, False], ids=["batch", "one-by-one"])
+async def test_a_retried_stale_update_is_superseded_and_the_cloud_keeps_the_newer(batching: bool) -> None:
+    """The attack: v10 dead-lettered, v12 applied, then ``dlq retry`` of v10. The ledger says
+    v12 is applied to ``user:u1``: v10 is answered ``superseded``, never sent, counted."""
+    cloud = FakeCloudDirectory(batching=batching)
+    ledger = FakeLedger({"op-u1-12": {"cloud_id": "cloud-u1", "effect": "updated"}})
+    ledger.versions["user:u1"] = 12
+    sink = Sink(cloud, ledger)
+    stale, other = user_upsert("u1", 10), user_upsert("u2", 10)
+    sink.feed(0, stale)
+    sink.feed(0, other)
+
+    await sink.run_until(sink.all_committed)
+
+    results = sink.results()
+    assert results[stale.operation_id].outcome is ResultOutcome.SUPERSEDED
+    assert results[stale.operation_id].details == {"slot": "user:u1", "applied_version": 12}
+    assert results[other.operation_id].outcome is ResultOutcome.APPLIED  # its own slot: goes
+    assert stale.operation_id not in cloud.attempts
+    assert stale.operation_id not in ledger.entries  # judged again if it comes back
+    assert ledger.versions == {"user:u1": 12, "user:u2": 10}
+    assert sink.counted("superseded") == 1 and sink.counted("applied") == 1
+
+
+async def test_an_older_operation_queued_behind_a_newer_one_is_superseded_once_that_applied() -> None:
+    """v12 and a retried v10 of one aggregate in one poll: v12 goes first (order per
+    aggregate), and v10, checked when its turn comes, finds v12 applied."""
+    cloud = FakeCloudDirectory()
+    sink = Sink(cloud)
+    newer, stale = user_upsert("u1", 12), user_upsert("u1", 10)
+    sink.feed(0, newer)
+    sink.feed(0, stale)
+
+    await sink.run_until(sink.all_committed)
+
+    outcomes = {oid: r.outcome for oid, r in sink.results().items()}
+    assert outcomes == {
+        newer.operation_id: ResultOutcome.APPLIED,
+        stale.operation_id: ResultOutcome.SUPERSEDED,
+    }
+    assert [oid for call in cloud.calls for oid in call] == [newer.operation_id]
+
+
+async def test_an_old_assignment_retried_after_its_revoke_stays_revoked() -> None:
+    cloud = FakeCloudDirectory()
+    sink = Sink(cloud)
+    revoke, old_assign = access_op(12, None), access_op(10)
+    elsewhere = access_op(10, company="c2")  # the same user in another company: its own slot
+    fields = user_upsert("u1", 11)  # the user's fields: their own slot too
+    for op in (revoke, old_assign, elsewhere, fields):
+        sink.feed(0, op)
+
+    await sink.run_until(sink.all_committed)
+
+    outcomes = {oid: r.outcome for oid, r in sink.results().items()}
+    assert outcomes == {
+        revoke.operation_id: ResultOutcome.APPLIED,
+        old_assign.operation_id: ResultOutcome.SUPERSEDED,
+        elsewhere.operation_id: ResultOutcome.APPLIED,
+        fields.operation_id: ResultOutcome.APPLIED,
+    }
+    assert old_assign.operation_id not in cloud.attempts
+    assert sink.counted("superseded", kind="access.assign") == 1

@@ -39,7 +39,8 @@ def _summary_text(s: ReplaySummary) -> str:
     return (
         f"re-read {s.reread} message(s); re-planned {s.replanned} operation(s); "
         f"{s.operations} operation(s) with a result: {s.already_applied} skipped as already applied, "
-        f"{s.newly_applied} newly applied, {s.dead_lettered} dead-lettered again, "
+        f"{s.newly_applied} newly applied, {s.superseded} superseded (older than what is applied), "
+        f"{s.dead_lettered} dead-lettered again, "
         f"{s.waiting} waiting (parked/held)"
     )
 

@@ -45,6 +45,7 @@ OUTCOME_UNREADABLE = "unreadable"
 OUTCOMES = (
     "applied",
     "already_applied",
+    "superseded",
     "failed",
     "dead_lettered",
     "conflict",

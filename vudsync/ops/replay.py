@@ -5,7 +5,8 @@ How a replay re-applies what was missed, and why nothing is applied twice:
 - **sink** (``vud.cloud.operations``): every operation since the point in time is applied
   again. Those the cloud has (the sink's ledger, or the cloud's idempotency key) come back as
   ``already_applied`` without a cloud write; those that failed or were dead-lettered are
-  applied now, with the same operation id as before.
+  applied now, with the same operation id as before — unless something newer was applied to
+  the same slot meanwhile: then they are ``superseded``, never applied over it.
 - **planner** (the directory topics): each entity's events since the point in time are read
   again. Versions that a newer event superseded are stale (the newer event carries the full
   state); the newest one equals the planner's table and is planned again as a redelivery,
@@ -120,6 +121,7 @@ _RANK = {
     "applied": 7,
     "already_applied": 6,
     "rejected": 5,
+    "superseded": 5,
     "dead_lettered": 4,
     "failed": 3,
     "held": 2,
@@ -139,6 +141,7 @@ class ReplaySummary:
     dead_lettered: int = 0
     waiting: int = 0  # parked or held again
     rejected: int = 0  # held deletions an operator rejected (never applied)
+    superseded: int = 0  # older than what was applied to their slot: not applied
     by_outcome: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
@@ -177,6 +180,8 @@ def summarize(
             summary.dead_lettered += 1
         elif r.outcome in (ResultOutcome.PARKED, ResultOutcome.HELD):
             summary.waiting += 1
+        elif r.outcome is ResultOutcome.SUPERSEDED:
+            summary.superseded += 1
         elif r.outcome.value == "rejected":  # a held deletion the operator rejected
             summary.rejected += 1
     return summary

@@ -44,7 +44,7 @@ from vudsync.ops.drift import (
 from vudsync.ops.kafka_admin import KafkaGroupAdmin
 from vudsync.ops.kafka_reader import PartitionTail
 
-SETTLED = ("applied", "already_applied", "dead_lettered", "rejected")
+SETTLED = ("applied", "already_applied", "superseded", "dead_lettered", "rejected")
 
 
 @dataclass(frozen=True)
