@@ -204,19 +204,26 @@ class Facts:
         committed_at: datetime,
         pending: InstanceSeen | None = None,
     ) -> None:
-        """On the instance's home partition (the one holding its entity), say what the verdict
-        is — once per instance version and registry — and register an instance the cloud lacks."""
-        home = tx.get(keys.entity_key(keys.entity_ref(EntityType.APPLICATION_INSTANCE, app.value)))
-        if home is None and pending is None:
-            return
+        """On the instance's home partition (the one its directory events arrive on), say what
+        the verdict is — once per instance version and registry — and register an instance the
+        cloud lacks.
+
+        The home is the partition that reviewed the instance's event (``pending``: the directory
+        path) and so holds a ``reviewed`` key of its own. Not "the partition whose store holds
+        the entity": a worker owning several partitions keeps them in one store, so every one
+        of its partitions would find the entity and say the same verdict again (once per
+        partition: six journal entries for one mismatch)."""
+        reviewed = keys.known_key(p, Known.REVIEWED, app.value)
+        already = tx.get(reviewed)
+        if already is None and pending is None:
+            return  # not the home partition, or the instance's event has not arrived yet
         instance = self.knowledge.instance(tx, p, app)
         if pending is not None and (instance is None or pending.version > instance.version):
             instance = pending
         registry_raw = tx.get(keys.registry_key(p, app))
         ref = f"{registry_raw['at']:.6f}" if registry_raw else "none"
         said = f"{instance.version if instance else 0}|{ref}"
-        reviewed = keys.known_key(p, Known.REVIEWED, app.value)
-        if tx.get(reviewed) == said:
+        if already == said:
             return  # said already, for this instance version and this registry
         tx.set(reviewed, said)
         _, ops, entries = planner.review_instance(

@@ -495,11 +495,15 @@ def review_instance(
         )
 
     if verdict.status is VerdictStatus.UNVERIFIED:
+        # info, not advice: right after `vudsync connect` the registry is on its way (facts and
+        # the snapshot's instance event reach the planner on different topics, in either
+        # order), so "run `vudsync connect`" would be false; the operations it holds say
+        # what they wait for (``blocked``, waiting for ``application:<app>``)
         note = entry(
             "instance_unverified",
-            f"the cloud's registry of {app.value} is not known yet: run `vudsync connect`; "
-            f"operations for {app.value} are held until then",
-            "warning",
+            f"the cloud's registry of {app.value} has not reached the planner yet (`vudsync connect` "
+            f"publishes it); operations for {app.value} wait for it",
+            "info",
         )
         return verdict, (), (note,)
     if verdict.status is VerdictStatus.MISMATCH:

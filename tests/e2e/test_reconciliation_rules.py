@@ -96,6 +96,12 @@ def test_a_mismatching_instance_blocks_its_access_until_it_is_fixed(
             what="the held assignment released once the instance matches",
         )
     writer.close()
+    # one entry per fact: the mismatch said once (not once per partition of the one planner
+    # worker), and nothing telling the operator to run the `vudsync connect` just run
+    everything_after = read_all(kafka_bootstrap, settings.topic(RESULTS.name), timeout=60)
+    journalled = [OperationResult.model_validate_json(r.value) for r in everything_after]
+    said = [r.kind for r in journalled if r.kind.startswith("journal.instance")]
+    assert said == ["journal.instance_mismatch"], said
 
 
 def _free_port() -> int:

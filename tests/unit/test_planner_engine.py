@@ -356,13 +356,60 @@ def test_an_instance_the_cloud_lacks_is_registered_and_its_result_verifies_it() 
     assert h.table["k|0|registry:business"]["present"] is True
 
 
-def test_before_connect_the_instance_is_unverified_and_the_journal_says_so() -> None:
+def test_before_connect_the_instance_waits_and_its_operations_say_what_for() -> None:
     h = Harness()
-    h.event(instance_event(1))
-    (entry,) = [r for r in h.results if r.kind == "journal.instance_unverified"]
-    assert "vudsync connect" in entry.details["message"]
+    h.fact(kind=FactKind.CATALOGUE, subject="business:roles:Regnskap")
+    h.fact(kind=FactKind.USER, subject="u1", cloud_id="cu-1")
+    h.fact(kind=FactKind.COMPANY, subject="c1", cloud_id="cc-1")
+    fx = h.event(instance_event(1))
+    assert fx.journal == ["instance_unverified"]  # counted, not journalled as advice
+    h.event(user_event(2, access=(access("c1"),)))
+    assert h.results[-1].outcome is ResultOutcome.BLOCKED
+    assert h.results[-1].details["waiting_for"] == ["application:business"]
     h.connect()
     assert not h.r.identities(0).verdict(ApplicationType.BUSINESS).blocked
+    assert sorted(kinds(h.ops)) == ["access.assign", "application_instance.register", "user.upsert"]
+    assert not [r for r in h.results if "vudsync connect" in (r.error or "")]
+
+
+def test_right_after_connect_the_journal_gives_no_false_advice() -> None:
+    """`vudsync connect` publishes the registry, then snapshots: the snapshot's instance events
+    may reach the planner before the registry facts (another topic). Nothing in the journal may
+    then tell the operator to run `vudsync connect` — the one just run."""
+    h = Harness(partitions=6)
+    for app, partition in zip(ApplicationType, (0, 3, 5), strict=False):
+        h.event(instance_event(7, app=app, fingerprint=FP_A), partition=partition)
+    for app in ApplicationType:
+        h.fact(kind=FactKind.REGISTRY, subject=app.value, present=True, uri=URI, license_fingerprint=FP_A)
+    said = [r for r in h.results if r.kind.startswith("journal.instance")]
+    assert said == [], [r.details["message"] for r in said]
+    assert not any(h.r.identities(p).verdict(app).blocked for p in range(6) for app in ApplicationType)
+
+
+def test_one_instance_mismatch_is_journalled_once_by_a_worker_owning_every_partition() -> None:
+    """One worker, six partitions, one store: each partition once found the instance's entity
+    there and journalled the same mismatch (six entries for one fact)."""
+    h = Harness(partitions=6)
+    h.event(instance_event(1, fingerprint=FP_B), partition=4)  # its home: partition 4
+    for app in ApplicationType:
+        h.fact(kind=FactKind.REGISTRY, subject=app.value, present=True, uri=URI, license_fingerprint=FP_A)
+    (mismatch,) = [r for r in h.results if r.kind == "journal.instance_mismatch"]
+    assert mismatch.outcome is ResultOutcome.BLOCKED and "license key" in mismatch.details["message"]
+    assert all(h.r.identities(p).verdict(ApplicationType.BUSINESS).blocked for p in range(6))
+    # the registry told again (connect run again): said again once, for the new registry
+    h.fact(
+        kind=FactKind.REGISTRY,
+        subject="business",
+        present=True,
+        uri=URI,
+        license_fingerprint=FP_A,
+        observed_at=T0 + timedelta(minutes=1),
+    )
+    assert len([r for r in h.results if r.kind == "journal.instance_mismatch"]) == 2
+    # an unknown instance is registered once, not once per partition
+    h.event(instance_event(1, app=ApplicationType.REPORTING), partition=2)
+    h.fact(kind=FactKind.REGISTRY, subject="reporting", present=False, observed_at=T0 + timedelta(minutes=2))
+    assert len([o for o in h.ops if isinstance(o, RegisterApplicationInstance)]) == 1
 
 
 # -- the accidental-delete gate -----------------------------------------------------------------
