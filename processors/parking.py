@@ -104,6 +104,9 @@ def release(tx: Tx, fx: Effects, knowledge: Knowledge, p: int, need: Need, now: 
                 )
             else:
                 needs: tuple[Need, ...] = value  # type: ignore[assignment]
+                unblocked = planner.release_unblocked(parked, ids, need)
+                if unblocked is not None:  # a blocked application holds only its own access
+                    fx.send("operations", unblocked.aggregate, unblocked)
                 remaining = [n.encode() for n in needs]
                 for n in remaining:
                     if n not in item["needs"]:

@@ -340,8 +340,83 @@ def _plan_user(
             )
         else:
             op = _revoke(event, now, company_id, ids)
+        split = without_blocked(op, touched, ids)
+        if split is not None:
+            partial, going = split
+            before = {
+                app: svc
+                for app, svc in (old.services.items() if old else ())
+                if app not in partial.keep and not svc.is_empty()
+            }
+            if partial.services != before:  # something changed outside the blocked applications
+                router.route(partial, going)
         router.route(op, touched)
     return router.plan(view)
+
+
+def without_blocked(
+    op: CloudOperation, apps: Iterable[ApplicationType], ids: Identities
+) -> tuple[AssignAccess, tuple[ApplicationType, ...]] | None:
+    """The part of one company's access change that may go while some of the applications it
+    touches (``apps``) are blocked (their instance does not match the cloud's registry), with
+    the applications it touches.
+
+    One assignment carries every application's access, so a blocked application would hold the
+    others' too. This assignment carries the unblocked applications' part of ``op`` (an assign
+    or a revoke) and ``keep``s the blocked ones' cloud assignments as they are; ``op`` itself
+    still waits for the blocked applications and, released, sets everything. Same version and
+    a deterministic id: planned and released again, it is the same operation. None: ``op`` is
+    no access change, or nothing, or everything it touches is blocked."""
+    if not isinstance(op, ACCESS_OPS):
+        return None
+    touched = set(apps)
+    blocked = {app for app in touched if ids.verdict(app).blocked}
+    if not blocked or blocked == touched:
+        return None
+    keep = tuple(sorted(blocked, key=lambda a: a.value))
+    services = (
+        {app: svc for app, svc in op.services.items() if app not in blocked}
+        if isinstance(op, AssignAccess)
+        else {}
+    )
+    partial = AssignAccess(
+        operation_id=operation_id_for(
+            "access.assign",
+            op.entity_id,
+            op.source_version,
+            f"{op.company_id}|keep:{','.join(a.value for a in keep)}",
+        ),
+        aggregate=op.aggregate,
+        entity=op.entity,
+        entity_id=op.entity_id,
+        source_version=op.source_version,
+        source_committed_at=op.source_committed_at,
+        planned_at=op.planned_at,
+        user_id=op.user_id,
+        company_id=op.company_id,
+        cloud_user_id=op.cloud_user_id,
+        cloud_company_id=op.cloud_company_id,
+        services=services,
+        keep=keep,
+    )
+    return partial, tuple(sorted(touched - blocked, key=lambda a: a.value))
+
+
+def release_unblocked(parked: Parked, ids: Identities, released: Need) -> CloudOperation | None:
+    """A parked access change that still waits for a blocked application, after ``released``
+    was met: its unblocked part (:func:`without_blocked`), with cloud ids, when that part may
+    go now — e.g. its user became known, or it waited for the registry of an application that
+    turned out to match while another does not. None otherwise, and when ``released`` concerns
+    a blocked application (the part could go before: it went then)."""
+    split = without_blocked(parked.operation, parked.apps, ids)
+    if split is None:
+        return None
+    partial, going = split
+    if any(released.subject.split(":", 1)[0] == app.value for app in partial.keep):
+        return None
+    if needs_of(partial, ids, going, parked.deletion):
+        return None
+    return with_cloud_ids(partial, ids)
 
 
 def _revoke(event: UserChanged, now: datetime, company_id: str, ids: Identities) -> RevokeAccess:

@@ -86,7 +86,10 @@ class UpsertCompany(_Operation):
 
 
 class AssignAccess(_Operation):
-    """Replace the user's assignments in one company with exactly ``services``."""
+    """Replace the user's assignments in one company with exactly ``services`` — except the
+    applications in ``keep``, whose assignments in the cloud stay as they are (an application
+    whose instance does not match the cloud's registry: the rest of the access goes without it,
+    and the whole assignment follows once it matches)."""
 
     kind: Literal["access.assign"] = "access.assign"
     user_id: str
@@ -94,6 +97,9 @@ class AssignAccess(_Operation):
     cloud_user_id: str | None = Field(default=None, description="unset only while parked")
     cloud_company_id: str | None = Field(default=None, description="unset only while parked")
     services: dict[ApplicationType, ServiceAccess]
+    keep: tuple[ApplicationType, ...] = Field(
+        default=(), description="applications whose cloud assignments this leaves as they are"
+    )
 
 
 class RevokeAccess(_Operation):

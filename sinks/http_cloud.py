@@ -25,7 +25,7 @@ from pydantic import SecretStr
 
 from kernel.auth import ClientCredentials
 from kernel.errors import VudsyncError
-from schemas.operations import CloudOperation, UpsertUser
+from schemas.operations import AssignAccess, CloudOperation, UpsertUser
 from sinks.errors import CloudRejected, CloudUnavailable
 from sinks.ports import Applied, BatchOutcome
 from sinks.writes import (
@@ -33,6 +33,8 @@ from sinks.writes import (
     Lookup,
     Steps,
     Write,
+    access_path,
+    access_write,
     body_text,
     create_steps,
     error_for,
@@ -203,7 +205,23 @@ class HttpCloudDirectory:
 
     # -- operations -------------------------------------------------------------------
 
+    async def _assign_keeping(self, op: AssignAccess) -> Applied:
+        """An assignment that leaves some applications' cloud assignments as they are: read
+        the access, then write it with those kept (:func:`access_write`). One aggregate has one
+        operation in flight, so nothing of ours moves the access between the two."""
+        response = await self.request("GET", access_path(op), ok_statuses=(404,))
+        current = response.json() if response.status_code != 404 else {}
+        write = access_write(op, current)
+        answer = await self._send(write)
+        body = answer.json() if answer.content else None
+        applied = interpret(op, answer.status_code, body, self._replayed(answer))
+        if applied is None:
+            raise CloudRejected(f"{op.kind} {op.operation_id}: {answer.status_code}", status=0, excerpt="")
+        return applied
+
     async def apply(self, op: CloudOperation) -> Applied:
+        if isinstance(op, AssignAccess) and op.keep and op.cloud_user_id and op.cloud_company_id:
+            return await self._assign_keeping(op)
         write = simple_write(op)
         if write is not None:
             response = await self._send(write)

@@ -96,19 +96,51 @@ def company_fields(op: UpsertCompany) -> dict[str, Any]:
     }
 
 
+def access_path(op: AssignAccess | RevokeAccess) -> str:
+    # scope=directory: the operation is the directory's set; what an administrator assigned
+    # in the cloud (origin cloud) is kept, never revoked (docs/cloud-api.md)
+    user, company = _seg(op.cloud_user_id or ""), _seg(op.cloud_company_id or "")
+    return f"/v1/users/{user}/access/{company}?scope=directory"
+
+
+def directory_part(access: dict[str, Any], app: str) -> dict[str, list[str]]:
+    """The directory's own entries of ``app`` in a ``GET …/access/<company>`` body (those of
+    origin ``cloud`` the cloud keeps by itself under ``scope=directory``); empty: none."""
+    entries = access.get("entries")
+    if entries is None:  # no origins: every entry counts as the directory's
+        return dict(access.get("services", {}).get(app) or {})
+    part: dict[str, list[str]] = {}
+    for e in entries:
+        if e["service"] == app and e.get("origin") != "cloud":
+            part.setdefault(e["kind"], []).append(e["name"])
+    return {kind: sorted(names) for kind, names in part.items()}
+
+
+def access_write(op: AssignAccess, current: dict[str, Any]) -> Write:
+    """The write of an assignment: its ``services``, and for each application it ``keep``s
+    the directory's part the cloud holds now (``current``: the body of
+    ``GET …/access/<company>``, empty when there is none) — never the planned part of a kept
+    application. Nothing left: a revoke of the directory's part (404 is fine)."""
+    services = {app.value: svc.model_dump(mode="json") for app, svc in op.services.items()}
+    for app in op.keep:
+        services.pop(app.value, None)
+        kept = directory_part(current, app.value)
+        if any(kept.values()):
+            services[app.value] = kept
+    if not services and op.keep:
+        return Write("DELETE", access_path(op), op.operation_id, ok_statuses=(404,))
+    return Write("PUT", access_path(op), op.operation_id, {"services": services})
+
+
 def simple_write(op: CloudOperation) -> Write | None:
     """The one write that applies ``op``, or None when it needs the multi-step path."""
     oid = op.operation_id
     if isinstance(op, AssignAccess | RevokeAccess):
         if not (op.cloud_user_id and op.cloud_company_id):
             return None
-        # scope=directory: the operation is the directory's set; what an administrator assigned
-        # in the cloud (origin cloud) is kept, never revoked (docs/cloud-api.md)
-        path = f"/v1/users/{_seg(op.cloud_user_id)}/access/{_seg(op.cloud_company_id)}?scope=directory"
         if isinstance(op, AssignAccess):
-            services = {app.value: svc.model_dump(mode="json") for app, svc in op.services.items()}
-            return Write("PUT", path, oid, {"services": services})
-        return Write("DELETE", path, oid, ok_statuses=(404,))
+            return None if op.keep else access_write(op, {})
+        return Write("DELETE", access_path(op), oid, ok_statuses=(404,))
     if isinstance(op, UpsertCatalogueEntry | RemoveCatalogueEntry):
         path = f"/v1/services/{_seg(op.application.value)}/{op.catalogue}/{_seg(op.name)}"
         if isinstance(op, UpsertCatalogueEntry):

@@ -114,6 +114,65 @@ def _held(port: int) -> float | None:
     return gauge(port, "vudsync_held_deletions")
 
 
+def _services(cloud: CloudReader, uid: str) -> dict[str, list[str]]:
+    """The user's roles per application in its (one) company: {} while it has no access."""
+    user = cloud.user(uid)
+    access = cloud.access(user["id"]) if user is not None else []
+    return {app: svc.get("roles", []) for a in access for app, svc in a["services"].items()}
+
+
+def test_a_mismatched_application_holds_its_own_access_only(
+    pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
+) -> None:
+    """Reporting's license key differs from the cloud's registry: the same user's Business role
+    in the same company reaches the cloud anyway; Reporting's waits until the key is fixed."""
+    settings = pipeline_settings
+    ensure_catalogue(settings, kafka_bootstrap)
+    key = settings.fingerprint_key.get_secret_value().encode()
+    for app, cloud_key in (("business", "VB-KEY"), ("reporting", "REPORTING-CLOUD-KEY")):
+        httpx.put(
+            f"{cloud.server.url}/v1/application-instances/{app}",
+            headers=cloud.server.auth_headers(),
+            json={"uri": URI, "license_fingerprint": license_fingerprint(cloud_key, key)},
+        ).raise_for_status()
+    writer = _writer(settings)
+    writer.add_application_instance("business", URI, "VB-KEY")
+    writer.add_application_instance("reporting", URI, "REPORTING-OTHER-KEY")
+    writer.upsert_catalogue(
+        "roles", [("business", "Regnskap", "Regnskap"), ("reporting", "Analyse", "Analyse")]
+    )
+    writer.upsert_companies([{"id": "c1", "name": "Fjord AS", "organisation_number": "923609016"}])
+    writer.upsert_user(id="u1", username="kari", email="kari@fjord.no", first_name="Kari", last_name="Holm")
+    writer.grant([("u1", "c1", "business", "role", "Regnskap"), ("u1", "c1", "reporting", "role", "Analyse")])
+    _vudsync(settings, kafka_bootstrap, "connect")
+
+    with components(settings, kafka_bootstrap, "producer", "planner", "sink") as procs:
+        wait_until(
+            lambda: alive_or_fail(procs) and _services(cloud, "u1") == {"business": ["Regnskap"]},
+            180,
+            what="the Business role in the cloud while Reporting is held",
+        )
+        results = _results(
+            settings,
+            kafka_bootstrap,
+            lambda rs: any(r.kind == "access.assign" and r.outcome is ResultOutcome.BLOCKED for r in rs),
+        )
+        held = [r for r in results if r.kind == "access.assign" and r.outcome is ResultOutcome.BLOCKED]
+        assert any("application:reporting" in r.details["waiting_for"] for r in held)
+        assert _services(cloud, "u1") == {"business": ["Regnskap"]}, "Reporting's part still waits"
+
+        writer.set_application_instance("reporting", URI, "REPORTING-CLOUD-KEY")  # the key fixed
+        wait_until(
+            lambda: (
+                alive_or_fail(procs)
+                and _services(cloud, "u1") == {"business": ["Regnskap"], "reporting": ["Analyse"]}
+            ),
+            120,
+            what="Reporting's access released once its instance matches",
+        )
+    writer.close()
+
+
 def _listed(settings: Settings, bootstrap: str) -> dict[str, Any]:
     """`vudsync deletes list --json` (exit status 1 while something is held)."""
     return dict(json.loads(_vudsync(settings, bootstrap, "deletes", "list", "--json", ok=(0, 1)).stdout))

@@ -12,7 +12,7 @@ from processors.control import DeletionsDecided, GateTick
 from processors.engine import Coords, Effects, Reconciler
 from processors.model import Decision, PlannerSettings
 from processors.parking import BUCKET
-from schemas.directory import ApplicationType
+from schemas.directory import ApplicationType, CompanyAccess, ServiceAccess
 from schemas.events import DirectoryEvent, Op
 from schemas.operations import AssignAccess, DeactivateUser, RegisterApplicationInstance, UpsertUser
 from schemas.results import FactKind, OperationResult, PlannerFact, ResultOutcome
@@ -344,6 +344,74 @@ def test_instance_mismatch_blocks_its_access_with_a_journal_entry_until_fixed() 
     (assign,) = [o for o in h.ops if isinstance(o, AssignAccess)]
     assert assign.cloud_company_id == "cc-1"
     assert any(r.kind == "journal.instance_mismatch" for r in h.results)
+
+
+def _business_and_reporting(roles: tuple[str, str]) -> CompanyAccess:
+    business, reporting = (ServiceAccess(roles=(r,)) for r in roles)
+    return CompanyAccess(
+        company_id="c1", services={ApplicationType.BUSINESS: business, ApplicationType.REPORTING: reporting}
+    )
+
+
+def test_a_mismatched_application_holds_only_its_own_access_not_the_others() -> None:
+    """Reporting's license key differs from the cloud's: the user's Business role in the same
+    company goes at once, keeping Reporting's cloud assignment as it is; Reporting's waits,
+    and fixing the key sends the whole assignment."""
+    h = Harness(partitions=2)
+    for app in (ApplicationType.BUSINESS, ApplicationType.REPORTING):
+        h.fact(kind=FactKind.REGISTRY, subject=app.value, present=True, uri=URI, license_fingerprint=FP_A)
+    h.fact(kind=FactKind.REGISTRY, subject="document_center", present=False)
+    for entry in ("business:roles:Regnskap", "reporting:roles:Analyse", "reporting:roles:Budsjett"):
+        h.fact(kind=FactKind.CATALOGUE, subject=entry)
+    h.fact(kind=FactKind.USER, subject="u1", cloud_id="cu-1")
+    h.fact(kind=FactKind.COMPANY, subject="c1", cloud_id="cc-1")
+    h.event(instance_event(1, app=ApplicationType.BUSINESS, fingerprint=FP_A), partition=0)
+    h.event(instance_event(1, app=ApplicationType.REPORTING, fingerprint=FP_B), partition=0)
+
+    h.event(user_event(2, access=(_business_and_reporting(("Regnskap", "Analyse")),)), partition=1)
+    (partial,) = [o for o in h.ops if isinstance(o, AssignAccess)]
+    assert set(partial.services) == {ApplicationType.BUSINESS}
+    assert partial.keep == (ApplicationType.REPORTING,)
+    assert (partial.cloud_user_id, partial.cloud_company_id) == ("cu-1", "cc-1")
+    (held,) = [r for r in h.results if r.kind == "access.assign"]
+    assert held.outcome is ResultOutcome.BLOCKED and held.details["waiting_for"] == ["application:reporting"]
+
+    # a change of Reporting's access alone sends nothing more: only Reporting's part changed
+    h.event(user_event(3, access=(_business_and_reporting(("Regnskap", "Budsjett")),)), partition=1)
+    assert len([o for o in h.ops if isinstance(o, AssignAccess)]) == 1
+    (waiting,) = h.table["p|user:u1"]  # the newer plan replaced the one that waited
+    assert waiting["op"]["source_version"] == 3
+
+    h.event(instance_event(2, app=ApplicationType.REPORTING, fingerprint=FP_A), partition=0)  # fixed
+    whole = [o for o in h.ops if isinstance(o, AssignAccess)][-1]
+    assert whole is not partial and whole.keep == ()
+    assert whole.services[ApplicationType.REPORTING].roles == ("Budsjett",)
+    assert whole.services[ApplicationType.BUSINESS].roles == ("Regnskap",)
+    assert whole.source_version == 3 and partial.source_version == 2
+
+
+def test_access_planned_before_the_registry_releases_the_matching_applications_part() -> None:
+    """Planned while no registry was known (every application waits), then `connect`'s
+    registry arrives: Business matches, Reporting does not. Business's part goes then."""
+    h = Harness(partitions=2)
+    for entry in ("business:roles:Regnskap", "reporting:roles:Analyse"):
+        h.fact(kind=FactKind.CATALOGUE, subject=entry)
+    h.event(instance_event(1, app=ApplicationType.BUSINESS, fingerprint=FP_A), partition=0)
+    h.event(instance_event(1, app=ApplicationType.REPORTING, fingerprint=FP_B), partition=0)
+    h.event(user_event(2, access=(_business_and_reporting(("Regnskap", "Analyse")),)), partition=1)
+    h.fact(kind=FactKind.USER, subject="u1", cloud_id="cu-1")
+    h.fact(kind=FactKind.COMPANY, subject="c1", cloud_id="cc-1")
+    assert not [o for o in h.ops if isinstance(o, AssignAccess)]
+
+    for app in (ApplicationType.BUSINESS, ApplicationType.REPORTING):
+        h.fact(kind=FactKind.REGISTRY, subject=app.value, present=True, uri=URI, license_fingerprint=FP_A)
+    (partial,) = [o for o in h.ops if isinstance(o, AssignAccess)]
+    assert set(partial.services) == {ApplicationType.BUSINESS} and partial.keep == (
+        ApplicationType.REPORTING,
+    )
+    assert (partial.cloud_user_id, partial.cloud_company_id) == ("cu-1", "cc-1")
+    (waiting,) = h.table["p|user:u1"]
+    assert waiting["needs"] == ["application:reporting"]
 
 
 def test_an_instance_the_cloud_lacks_is_registered_and_its_result_verifies_it() -> None:

@@ -24,6 +24,7 @@ from sinks.http_cloud import HttpCloudDirectory
 from sinks.ports import Applied
 from sinks.writes import (
     Steps,
+    access_write,
     create_steps,
     error_for,
     excerpt,
@@ -366,3 +367,69 @@ async def test_a_failed_step_stops_the_operation_before_its_next_write() -> None
         ["GET /v1/users?external_id=u1", "GET /v1/users?email=kari%40fjord.no"],
         ["POST /v1/users/cu-9/link"],
     ]
+
+
+def _keeping_reporting(services: dict[ApplicationType, ServiceAccess]) -> AssignAccess:
+    return assign().model_copy(update={"services": services, "keep": (ApplicationType.REPORTING,)})
+
+
+def test_an_assignment_keeping_a_blocked_application_writes_the_cloud_s_part_of_it_back() -> None:
+    business = {ApplicationType.BUSINESS: ServiceAccess(roles=("Regnskap",))}
+    op = _keeping_reporting(business)
+    assert simple_write(op) is None  # it reads the access first: never batched blind
+    current = {  # GET …/access/cc-1: Reporting's Analyse is the directory's, Ad hoc an admin's
+        "services": {"reporting": {"roles": ["Ad hoc", "Analyse"]}, "business": {"roles": ["Gammel"]}},
+        "entries": [
+            {"service": "reporting", "kind": "roles", "name": "Analyse", "origin": "directory"},
+            {"service": "reporting", "kind": "roles", "name": "Ad hoc", "origin": "cloud"},
+            {"service": "business", "kind": "roles", "name": "Gammel", "origin": "directory"},
+        ],
+    }
+    write = access_write(op, current)
+    assert (write.method, write.path, write.key) == (
+        "PUT",
+        "/v1/users/cu-1/access/cc-1?scope=directory",
+        "op-1",
+    )
+    # Business as planned; Reporting's directory part as the cloud has it (the admin's entry
+    # the cloud keeps by itself under scope=directory: not claimed for the directory)
+    assert write.body == {
+        "services": {
+            "business": {"roles": ["Regnskap"], "layout_groups": [], "modules": []},
+            "reporting": {"roles": ["Analyse"]},
+        }
+    }
+    # nothing of Reporting in the cloud: nothing of it is written (the planner's part is not sent)
+    with_reporting = _keeping_reporting(business | {ApplicationType.REPORTING: ServiceAccess(roles=("X",))})
+    assert set(access_write(with_reporting, {}).body["services"]) == {"business"}
+    # nothing left at all: a revoke of the rest, 404 included
+    emptied = access_write(_keeping_reporting({}), {})
+    assert (emptied.method, emptied.ok_statuses) == ("DELETE", (404,))
+
+
+async def test_an_assignment_keeping_an_application_reads_the_access_then_writes_it() -> None:
+    sent: list[tuple[str, str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/oauth/token":
+            return httpx.Response(200, json={"access_token": "t", "expires_in": 3600})
+        body = json.loads(request.content) if request.content else None
+        sent.append((request.method, request.url.path, body))
+        if request.method == "GET":
+            entry = {"service": "reporting", "kind": "roles", "name": "Analyse", "origin": "directory"}
+            services = {"reporting": {"roles": ["Analyse"]}}
+            return httpx.Response(200, json={"services": services, "entries": [entry], "version": 4})
+        return httpx.Response(200, json={"services": body["services"], "version": 5})
+
+    cloud = HttpCloudDirectory("http://cloud", "c", "s", transport=httpx.MockTransport(handler))
+    applied = await cloud.apply(
+        _keeping_reporting({ApplicationType.BUSINESS: ServiceAccess(roles=("Lønn",))})
+    )
+    await cloud.aclose()
+    assert applied.effect == "assigned"
+    assert [(m, p) for m, p, _ in sent] == [
+        ("GET", "/v1/users/cu-1/access/cc-1"),
+        ("PUT", "/v1/users/cu-1/access/cc-1"),
+    ]
+    assert sent[1][2]["services"]["reporting"] == {"roles": ["Analyse"]}
+    assert sent[1][2]["services"]["business"]["roles"] == ["Lønn"]
