@@ -114,3 +114,25 @@ def test_dlq_retry_of_stale_operations_is_superseded_and_the_cloud_keeps_the_new
     journal = run_cli(settings, kafka_bootstrap, "journal", "--json", "--outcome", "superseded")
     listed = [json.loads(line) for line in journal.stdout.splitlines() if line.strip()]
     assert {e["operation_id"] for e in listed} == stale, journal.output
+
+    # a replay of the operations topic (the sink's group rewound to the start) applies nothing
+    # older: every operation is met again, in order — the applied ones are already applied,
+    # the stale ones superseded again — and the cloud has not moved
+    audited = len(cloud.audit())
+    replayed = run_cli(settings, kafka_bootstrap, "replay", "--since", "1h", "--group", "sink", "--no-wait")
+    assert replayed.exit_code == 0, replayed.output
+    seen: list[OperationResult] = []
+
+    def again(records: list) -> bool:  # type: ignore[type-arg]
+        seen[:] = [decode_model(OperationResult, r.value) for r in records]
+        superseded = [r.operation_id for r in seen if r.outcome is ResultOutcome.SUPERSEDED]
+        already = {r.operation_id for r in seen if r.outcome is ResultOutcome.ALREADY_APPLIED}
+        return all(superseded.count(oid) >= 2 for oid in stale) and newer <= already
+
+    with components(settings, kafka_bootstrap, "sink") as procs:
+        read_all(
+            kafka_bootstrap, results_topic, until=lambda rs: alive_or_fail(procs) and again(rs), timeout=120
+        )
+    assert not [r for r in seen if r.operation_id in stale and r.outcome is not ResultOutcome.SUPERSEDED]
+    assert cloud.user("u1")["first_name"] == "Kari v12" and cloud.access(user) == []  # type: ignore[index]
+    assert len(cloud.audit()) == audited  # no write at all
