@@ -45,7 +45,6 @@ OUTCOME_UNREADABLE = "unreadable"
 OUTCOMES = (
     "applied",
     "already_applied",
-    "superseded",
     "failed",
     "dead_lettered",
     "conflict",
