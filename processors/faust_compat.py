@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
 import sys
 import time
@@ -416,7 +415,7 @@ async def reread_if_stalled(app: faust.App, handlers: PlannerHandlers, inputs: f
                 STUCK_REBALANCE_SECONDS,
                 app.rebalancing,
                 app.in_recovery,
-                where_everything_waits(),
+                where_everything_waits(app=app),
             )
         return
     handlers.deliveries.resume()
@@ -458,19 +457,103 @@ async def reread_if_stalled(app: faust.App, handlers: PlannerHandlers, inputs: f
         log.exception("planner: checking for stalled partitions failed")
 
 
-def where_everything_waits(limit: int = 12) -> str:
+def where_everything_waits(limit: int = 12, app: Any = None) -> str:
     """The stack of every asyncio task of this loop and of every thread (code lines only, no
     values): where a stuck worker waits. For a rebalance that never ends (seen once in 20
     two-worker kill runs: the survivor's table recovery got no changelog record for minutes,
-    its fetcher and consumer thread silent), which the log alone could not place."""
-    out = []
-    for task in asyncio.all_tasks():
-        text = io.StringIO()
-        task.print_stack(limit=limit, file=text)
-        out.append(text.getvalue())
+    its fetcher and consumer thread silent), which the log alone could not place. With the
+    ``app``, also the tasks of the consumer thread's own event loop (aiokafka's fetcher and the
+    calls Faust queued to it, e.g. a ``getmany``) and :func:`consumer_state`."""
+    out = [_await_chain(task, limit) for task in asyncio.all_tasks()]
     for thread_id, frame in sys._current_frames().items():
         out.append(f"thread {thread_id}:\n" + "".join(traceback.format_stack(frame, limit=limit)))
+    if app is not None:
+        out.append(_consumer_thread_tasks(app, limit))
+        out.append(consumer_state(app))
     return "\n".join(out)
+
+
+def _consumer_thread_tasks(app: Any, limit: int) -> str:
+    try:
+        loop = app.consumer._thread.thread_loop
+        # read from this thread, for a diagnosis only: all_tasks copies the loop's task set
+        tasks = asyncio.all_tasks(loop)
+    except Exception as exc:  # a diagnosis must never fail the worker
+        return f"consumer thread tasks: not available ({type(exc).__name__})"
+    return "\n".join([f"consumer thread tasks ({len(tasks)}):", *(_await_chain(t, limit) for t in tasks)])
+
+
+def _await_chain(task: asyncio.Task[Any], limit: int) -> str:
+    """Where a task waits, down its chain of awaited coroutines (a task's own stack ends at
+    its outermost coroutine: mode's ``await task`` for every service task)."""
+    lines = [f"task {task.get_name()}:"]
+    awaited: Any = task.get_coro()
+    while awaited is not None and len(lines) <= limit:
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+        if frame is None:
+            lines.append(f"  awaits {type(awaited).__name__}")
+            break
+        lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_qualname}")
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    return "\n".join(lines)
+
+
+def consumer_state(app: Any) -> str:
+    """What Faust's consumer and aiokafka's fetcher hold now (names and offsets only, never
+    values): whether the flow is on, the partitions Faust fetches (``_active_partitions``) and
+    pauses, and per assigned partition aiokafka's position, pause and reset state, and whether
+    it has fetched records waiting; the group's reassignment flag, fetches in flight and the
+    calls queued to the consumer thread. For a stuck rebalance or table recovery."""
+    lines = []
+
+    def add(name: str, get: Callable[[], Any]) -> None:
+        try:
+            lines.append(f"  {name}: {get()}")
+        except Exception as exc:  # a diagnosis must never fail the worker
+            lines.append(f"  {name}: ? ({type(exc).__name__}: {exc})")
+
+    consumer = app.consumer
+
+    def tps(tp_set: Any) -> list[str]:
+        return sorted(f"{tp.topic}[{tp.partition}]" for tp in tp_set or ())
+
+    add("flow active", lambda: consumer.flow_active)
+    add("app flow control suspended", lambda: app.flow_control._suspend.is_set())
+    add("faust active partitions", lambda: tps(consumer._active_partitions))
+    add("faust paused partitions", lambda: tps(consumer._paused_partitions))
+    add("faust buffered partitions", lambda: tps(consumer._buffered_partitions))
+    add("fetcher service", lambda: f"{app._fetcher.state} drainer={app._fetcher._drainer!r}")
+    add("consumer thread queue", lambda: consumer._thread.method_queue._queue.qsize())
+    aio = getattr(getattr(consumer, "_thread", None), "_consumer", None)
+    if aio is not None:
+        subscriptions = aio._subscription
+        fetcher = aio._fetcher
+        add("aiokafka reassignment in progress", lambda: subscriptions.reassignment_in_progress)
+        add("aiokafka assignment waiters", lambda: len(subscriptions._assignment_waiters))
+        add("aiokafka fetch waiters", lambda: len(fetcher._fetch_waiters))
+        add("aiokafka fetches in flight to nodes", lambda: sorted(fetcher._in_flight))
+        add("aiokafka pending fetch tasks", lambda: len(fetcher._pending_tasks))
+        add("aiokafka fetch routine", lambda: fetcher._fetch_task)
+        add(
+            "aiokafka records held",
+            lambda: {
+                f"{tp.topic}[{tp.partition}]": type(r).__name__ for tp, r in list(fetcher._records.items())
+            },
+        )
+
+        def positions() -> str:
+            assignment = subscriptions.subscription.assignment
+            out = []
+            for tp in sorted(assignment.tps):
+                state = assignment.state_value(tp)
+                out.append(
+                    f"\n    {tp.topic}[{tp.partition}] position={state._position} "
+                    f"paused={state.paused} awaiting_reset={state.awaiting_reset}"
+                )
+            return f"active={assignment.active}" + "".join(out)
+
+        add("aiokafka assignment", positions)
+    return "consumer state:\n" + "\n".join(lines)
 
 
 async def _fetched_past(consumer: Any, tp: Any, committed: int) -> bool:

@@ -257,6 +257,7 @@ async def test_a_rebalance_that_never_ends_is_reported_once_with_every_stack(
         assert len(reports()) == 1
         assert "test_a_rebalance_that_never_ends" in reports()[0]  # this task's own stack
         assert "thread " in reports()[0]
+        assert "consumer state:" in reports()[0]  # what the consumer holds, best effort on a fake
         await reread_if_stalled(app(consumer), h, INPUTS)  # it ended; the next one may be reported
         await reread_if_stalled(stuck, h, INPUTS)
         clock.now += STUCK_REBALANCE_SECONDS
