@@ -32,6 +32,11 @@ _handle_missed``)              jumps, ``_add_gap`` records the hole as done and 
                                record left the buffer for 0.1 s; ``_commit_offsets`` commits after
                                it, passing table changelog records (``send_changelog`` →
                                ``send_soon``) still buffered.
+:func:`put_back_stale_fetches`  ``AIOKafkaConsumerThread._fetch_records`` fetches with Faust's
+                               live set of active partitions and can wait out a rebalance;
+                               aiokafka's ``Fetcher.fetched_records`` takes the then empty set
+                               for every partition, Faust's ``getmany`` drops what it returns
+                               with the flow stopped, and ``perform_seek`` rewinds no changelog.
 :func:`producer_send_now`      aiokafka has no public "send what you hold now";
                                ``MessageAccumulator.flush_for_commit`` closes the open batches and
                                wakes the sender (reached through Faust's ``_ensure_producer``).
@@ -51,6 +56,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 import faust
+from aiokafka.errors import IllegalStateError
 from faust.types import TP
 
 from kernel.errors import ConfigurationError
@@ -80,6 +86,12 @@ CHECKED_SOURCES: dict[str, str] = {
     "faust.tables.base.Collection.send_changelog": "3dd3884e1b5fc0e1",
     "faust.transport.drivers.aiokafka.Producer._ensure_producer": "5592a4bbdf251325",
     "aiokafka.producer.message_accumulator.MessageAccumulator.flush_for_commit": "39683730fcffc2a4",
+    "faust.transport.drivers.aiokafka.AIOKafkaConsumerThread.getmany": "26fc5fc9f3b667e1",
+    "faust.transport.drivers.aiokafka.AIOKafkaConsumerThread._fetch_records": "39a2c6c79fc1455a",
+    "aiokafka.consumer.fetcher.Fetcher.fetched_records": "be4348896b9b66af",
+    "faust.transport.consumer.Consumer.getmany": "4b168d84882a70d6",
+    "faust.transport.consumer.Consumer._wait_next_records": "6218e1969a636b3f",
+    "aiokafka.consumer.consumer.AIOKafkaConsumer.seek_to_committed": "f6cd85c8b70a4ccf",
 }
 
 #: the committed offset of ``(topic, partition)`` as the worker's consumer knows it (None: not known)
@@ -226,6 +238,76 @@ def drain_buffer_before_commit(app: faust.App, warn_after: float = 10.0) -> None
 
     buffer._send_pending = counted
     buffer.flush = flush
+
+
+def put_back_stale_fetches(app: faust.App) -> None:
+    """Make every fetch of Faust's consumer take only the partitions it was asked for, and put
+    back (seek to their first offset) the records it takes that Faust would drop: those fetched
+    while the flow is stopped (a rebalance) or of a partition Faust no longer reads.
+
+    Why: Faust's drain loop asks the consumer thread for records
+    (``AIOKafkaConsumerThread.getmany`` → ``_fetch_records``) with its *own*, live set of
+    active partitions, and the fetch waits up to a second for data (aiokafka's
+    ``Fetcher.fetched_records``; across a group rejoin, ``wait_for_assignment`` without a
+    timeout). A fetch started before a rebalance outlives it: by the time data comes in, Faust
+    has paused every partition — the set is empty, which ``fetched_records`` takes for *all*
+    partitions — so it drains everything aiokafka holds, the table changelog just positioned
+    for recovery included, and moves aiokafka's positions past it. Faust's ``getmany`` then
+    sees the flow stopped and drops the records, and ``perform_seek`` rewinds only partitions
+    with a committed offset above 0 (aiokafka's ``seek_to_committed``): a changelog has none.
+    The survivor's table recovery then waits for ever for records already taken (two-worker
+    kill test, about one run in ten under load: "No event received for active tp ... since
+    recovery start", aiokafka's changelog positions at their end). Putting the records back
+    happens in the consumer thread, right after the fetch returns and before anything else can
+    move the positions. faust-streaming 0.15.3, aiokafka 0.14.0 (pinned);
+    tests/unit/test_planner_stale_fetch.py reproduces the loss and pins the fix.
+    """
+    _guard_consumer_thread(app.consumer._thread)  # type: ignore[attr-defined]
+
+
+def _guard_consumer_thread(thread: Any) -> None:
+    fausts_getmany = thread.getmany
+    fausts_fetch_records = thread._fetch_records
+    faust_consumer = thread.consumer
+
+    async def getmany(active_partitions: Any, timeout: float) -> Any:
+        # a copy, taken now: Faust's set changes while the fetch waits in the consumer thread
+        asked = None if active_partitions is None else frozenset(active_partitions)
+        if asked is not None and not asked:
+            return {}  # aiokafka would take an empty set for every partition
+        return await fausts_getmany(asked, timeout)
+
+    async def fetch_records(consumer: Any, active_partitions: Any, **kwargs: Any) -> Any:
+        records = await fausts_fetch_records(consumer, active_partitions, **kwargs)
+        if not records:
+            return records
+        # Faust's getmany yields a record only while the flow is on and its partition is
+        # active (or buffered); read here, in the consumer thread, once the fetch is done
+        flowing = faust_consumer.flow_active
+        active = faust_consumer._active_partitions  # None: every partition
+        buffered = faust_consumer._buffered_partitions
+        kept = {
+            tp: rs
+            for tp, rs in records.items()
+            if flowing and (active is None or tp in active or tp in buffered)
+        }
+        stale = {tp: rs for tp, rs in records.items() if tp not in kept and rs}
+        for tp, rs in stale.items():
+            try:
+                consumer.seek(tp, rs[0].offset)
+            except IllegalStateError:  # no longer assigned: nothing of it to keep
+                continue
+        if stale:
+            log.info(
+                "planner: a fetch returned %d records Faust would drop (flow %s): put back %s",
+                sum(len(rs) for rs in stale.values()),
+                "on" if flowing else "stopped",
+                ", ".join(f"{tp.topic}[{tp.partition}]@{rs[0].offset}" for tp, rs in sorted(stale.items())),
+            )
+        return kept
+
+    thread.getmany = getmany
+    thread._fetch_records = fetch_records
 
 
 def prime_committed_offsets(settings: Settings, bootstrap: str) -> int:

@@ -30,6 +30,7 @@ from processors.faust_compat import (
     drain_buffer_before_commit,
     prime_committed_offsets,
     producer_send_now,
+    put_back_stale_fetches,
 )
 from processors.handlers import PlannerHandlers
 from processors.metrics import PlannerMetrics
@@ -147,6 +148,7 @@ class BrokerRange:
 def build_planner(settings: Settings, bootstrap: str, registry: CollectorRegistry) -> faust.App:
     app = create_app(settings, bootstrap)
     drain_buffer_before_commit(app)
+    put_back_stale_fetches(app)
     topics = declare_topics(app, settings)
     table = declare_table(app)
     reconciler = Reconciler(
