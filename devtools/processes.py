@@ -15,7 +15,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
+from pydantic import SecretStr
+
 from kernel.errors import VudsyncError
+from kernel.kafka_security import PLAINTEXT
 from kernel.scrape import Samples, ScrapeFailed, scrape, total
 from kernel.settings import SECRET_FIELDS, Settings
 
@@ -110,6 +113,12 @@ def component_env(settings: Settings, bootstrap: str, **extra: str) -> dict[str,
         "VUDSYNC_CONFIG": "/nonexistent/vudsync.toml",
         "PYTHONUNBUFFERED": "1",
     }
+    security = settings.kafka_security()
+    if security != PLAINTEXT:  # how it connects to a secured cluster, as its own principal
+        for field, value in security.model_dump().items():
+            if value is not None:
+                text = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+                env[f"VUDSYNC_KAFKA_{field.upper()}"] = text
     for name in SECRET_FIELDS:  # the secrets this process has (devtools.secrets generates them)
         value = getattr(settings, name)
         if value is not None:

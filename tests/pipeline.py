@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from devtools.processes import ComponentProcess, component_env, wait_until
+from kernel.kafka_security import KafkaSecurity
 from kernel.scrape import Samples, ScrapeFailed, scrape
 from kernel.settings import Settings
 
@@ -47,11 +48,14 @@ def components(
     bootstrap: str,
     *names: str,
     metrics_ports: Mapping[str, int] | None = None,
+    security: Callable[[str], KafkaSecurity] | None = None,
     **extra: str,
 ) -> Iterator[dict[str, ComponentProcess]]:
     """Start ``vudsync run <name>`` for each name; stop them all (by pid) on exit.
 
-    ``metrics_ports`` maps a name to the port its ``--metrics-port`` serves /metrics on.
+    ``metrics_ports`` maps a name to the port its ``--metrics-port`` serves /metrics on;
+    ``security`` gives each component (producer, planner, sink) its own principal on a secured
+    cluster (:class:`tests.fixtures.kafka.KafkaTarget`); without it, they connect as ``settings``.
     """
     log_dir = Path(settings.home) / "logs"
     procs: dict[str, ComponentProcess] = {}
@@ -63,8 +67,9 @@ def components(
                 args = ["-v", *args]
             if metrics_ports and name in metrics_ports:
                 args += ["--metrics-port", str(metrics_ports[name])]
+            own = settings.with_kafka_security(security(component)) if security else settings
             procs[name] = ComponentProcess(
-                name.replace(":", "-"), args, env=component_env(settings, bootstrap, **extra), log_dir=log_dir
+                name.replace(":", "-"), args, env=component_env(own, bootstrap, **extra), log_dir=log_dir
             ).start()
         yield procs
     finally:
