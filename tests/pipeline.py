@@ -55,7 +55,7 @@ def components(
 
     ``metrics_ports`` maps a name to the port its ``--metrics-port`` serves /metrics on;
     ``security`` gives each component (producer, planner, sink) its own principal on a secured
-    cluster (:class:`tests.fixtures.kafka.KafkaTarget`); without it, they connect as ``settings``.
+    cluster (:class:`devtools.broker.cluster.KafkaTarget`); without it, they connect as ``settings``.
     """
     log_dir = Path(settings.home) / "logs"
     procs: dict[str, ComponentProcess] = {}

@@ -42,7 +42,7 @@ from devtools.broker.fetch import locked
 from devtools.broker.run import BrokerStartError, LocalKafkaBroker
 from kernel import admin
 from kernel.errors import PermanentError
-from kernel.kafka_security import KafkaSecurity
+from kernel.kafka_security import PLAINTEXT, KafkaSecurity
 from kernel.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -316,3 +316,16 @@ class LocalKafkaCluster:
             ca_file=str(self.tls_dir / "ca.pem") if self.secure else None,
             credentials=str(self.credentials_path) if self.secure else None,
         )
+
+
+@dataclass(frozen=True)
+class KafkaTarget:
+    """Where a pipeline (tests, benchmarks) connects: a single PLAINTEXT broker, or a local
+    secured ``cluster``, where each component has its own principal."""
+
+    bootstrap: str
+    cluster: LocalKafkaCluster | None = None
+
+    def security(self, component: str) -> KafkaSecurity:
+        """How ``component`` (producer, planner, sink, ops) connects."""
+        return self.cluster.security(component) if self.cluster else PLAINTEXT

@@ -25,14 +25,13 @@ from typing import Any
 import pytest
 from kafka.admin import ConfigResource, ConfigResourceType
 
-from devtools.broker.cluster import LocalKafkaCluster
+from devtools.broker.cluster import KafkaTarget, LocalKafkaCluster
 from devtools.processes import component_env
 from devtools.seed.writer import open_writer
 from kernel.admin import admin_client
 from kernel.settings import Settings
 from processors.app import app_id
 from tests.fixtures.cloud import CloudReader
-from tests.fixtures.kafka import KafkaTarget
 from tests.pipeline import components, wait_for
 from vudsync.ops.kafka_admin import group_admin
 from vudsync.topics import ensure_catalogue

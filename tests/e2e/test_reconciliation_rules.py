@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from devtools.broker.cluster import KafkaTarget
 from devtools.processes import wait_until
 from devtools.seed.writer import SqliteDirectoryWriter
 from kernel.settings import Settings
@@ -20,7 +21,6 @@ from schemas.fingerprint import license_fingerprint
 from schemas.results import OperationResult, ResultOutcome
 from schemas.topics import RESULTS
 from tests.fixtures.cloud import CloudReader
-from tests.fixtures.kafka import KafkaTarget
 from tests.kafka_read import read_all
 from tests.pipeline import alive_or_fail, components, gauge, vudsync_cli
 from vudsync.topics import ensure_catalogue

@@ -7,13 +7,13 @@ import collections
 
 import pytest
 
+from devtools.broker.cluster import KafkaTarget
 from devtools.processes import wait_until
 from devtools.seed.writer import SqliteDirectoryWriter
 from kernel.settings import Settings
 from schemas.topics import OPERATIONS
 from sinks.service import sink_group
 from tests.fixtures.cloud import CloudReader
-from tests.fixtures.kafka import KafkaTarget
 from tests.kafka_read import committed
 from tests.pipeline import alive_or_fail, components
 from vudsync.topics import ensure_catalogue
