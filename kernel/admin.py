@@ -152,14 +152,14 @@ def wait_for_broker(
 def replication_factor(
     bootstrap: str, configured: int = 0, *, security: KafkaSecurity = PLAINTEXT, timeout: float = 30.0
 ) -> int:
-    """``configured`` when set (> 0); else 3 on a cluster of three or more brokers, 1 below."""
+    """``configured`` when set (> 0); else 3 on a cluster of three or more brokers, 1 below.
+
+    Asked through :func:`wait_for_broker`, which tries again until ``timeout``: a component
+    starting while one broker of a cluster is down (its metadata still names it, so the first
+    request may go to it) waits for an answer from another instead of exiting."""
     if configured > 0:
         return configured
-    with admin_client(bootstrap, security=security, timeout=timeout) as admin:
-        try:
-            brokers = len(admin.describe_cluster().get("brokers") or [])
-        except Exception as exc:
-            raise translate(exc, "describe the cluster") from exc
+    brokers = len(wait_for_broker(bootstrap, timeout, security=security).get("brokers") or [])
     return 3 if brokers >= 3 else 1
 
 

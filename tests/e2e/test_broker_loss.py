@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import json
+import random
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -27,6 +28,7 @@ from kafka.admin import ConfigResource, ConfigResourceType
 
 from devtools.broker.cluster import KafkaTarget, LocalKafkaCluster
 from devtools.processes import component_env
+from devtools.seed.data import organisation_number
 from devtools.seed.writer import open_writer
 from kernel.admin import admin_client
 from kernel.settings import Settings
@@ -131,7 +133,10 @@ def test_a_broker_lost_mid_stream_loses_nothing_and_applies_nothing_twice(
     writer = open_writer(s.resolved_store_url())
     writer.upsert_catalogue("roles", [("business", "Regnskap", "Regnskap og lønn")])
     writer.upsert_companies(
-        [{"id": c, "name": f"Fjord {c} AS", "organisation_number": "923609016"} for c in COMPANIES]
+        [
+            {"id": c, "name": f"Fjord {c} AS", "organisation_number": organisation_number(random.Random(c))}
+            for c in COMPANIES
+        ]
     )
     writer.add_application_instance("business", URI, "VB-1")
     _write_wave(writer, 0)
