@@ -49,6 +49,7 @@ def components(
     *names: str,
     metrics_ports: Mapping[str, int] | None = None,
     security: Callable[[str], KafkaSecurity] | None = None,
+    debug: bool = False,
     **extra: str,
 ) -> Iterator[dict[str, ComponentProcess]]:
     """Start ``vudsync run <name>`` for each name; stop them all (by pid) on exit.
@@ -63,7 +64,9 @@ def components(
         for name in names:
             component, _, worker = name.partition(":")
             args = ["run", component] + (["--worker-name", worker] if worker else [])
-            if component in ("sink", "planner"):  # INFO (assignments, recovery) explains a stuck run
+            if debug:  # every log line there is: what a secret scan reads
+                args = ["-vv", *args]
+            elif component in ("sink", "planner"):  # INFO (assignments, recovery) explains a stuck run
                 args = ["-v", *args]
             if metrics_ports and name in metrics_ports:
                 args += ["--metrics-port", str(metrics_ports[name])]
