@@ -75,6 +75,39 @@ def translate(exc: BaseException, what: str) -> VudsyncError:
     return PermanentError(message)
 
 
+#: kafka-python options whose values are secrets
+_SECRET_OPTIONS = frozenset({"sasl_plain_password", "ssl_password"})
+
+
+def _masked(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: "**********" if k in _SECRET_OPTIONS and v else v for k, v in value.items()}
+    return value
+
+
+class HideClientSecrets(logging.Filter):
+    """kafka-python's ``KafkaAdminClient`` logs its whole configuration at DEBUG — the SASL
+    password included (found by the secured run's secret scan): the copy logged has the
+    secret options masked. The client itself keeps them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, Mapping):  # logging's form for a single mapping argument
+            record.args = _masked(record.args)
+        elif isinstance(record.args, tuple):
+            record.args = tuple(_masked(arg) for arg in record.args)
+        return True
+
+
+_HIDE_CLIENT_SECRETS = HideClientSecrets()
+
+
+def hide_client_secrets() -> None:
+    """Put :class:`HideClientSecrets` on kafka-python's admin logger (once; idempotent)."""
+    logger = logging.getLogger("kafka.admin.client")
+    if _HIDE_CLIENT_SECRETS not in logger.filters:
+        logger.addFilter(_HIDE_CLIENT_SECRETS)
+
+
 @contextmanager
 def admin_client(
     bootstrap: str, *, security: KafkaSecurity = PLAINTEXT, timeout: float = 30.0
@@ -82,6 +115,7 @@ def admin_client(
     """A short-lived ``KafkaAdminClient``; bootstrap failures become :class:`BrokerUnavailable`,
     refused credentials :class:`KafkaAccessDenied`."""
     timeout_ms = max(int(timeout * 1000), 1000)
+    hide_client_secrets()
     try:
         client = KafkaAdminClient(
             bootstrap_servers=bootstrap,

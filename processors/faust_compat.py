@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 import faust
 from faust.types import TP
 
+from kernel.admin import hide_client_secrets
 from kernel.errors import ConfigurationError
 from kernel.settings import Settings
 
@@ -260,6 +261,7 @@ def prime_committed_offsets(settings: Settings, bootstrap: str) -> int:
         for name in PLANNER_INPUTS
         for p in range(settings.topic_partitions)
     ]
+    hide_client_secrets()
     try:
         admin = KafkaAdminClient(
             bootstrap_servers=bootstrap,
