@@ -451,6 +451,8 @@ def run_bench(
     load_before = _load()
     home = Path(tempfile.mkdtemp(prefix="vudsync-bench-sink-"))
     spec = Round(ops, workers, batch, faults, concurrency, batch_size, timeout, workload)
+    # the secured cluster is always fresh JVMs: warmed up as asked, else as the bench's own broker
+    cluster_warm_up = WARM_UP if warm_up is None else warm_up
     with bench_broker(home=home) as (bootstrap, own_pid):
         broker_pid = broker_pid or own_pid
         if warm_up is None:
@@ -469,7 +471,7 @@ def run_bench(
                 KafkaTarget(cluster.bootstrap(), cluster),
                 home / "secured",
                 spec,
-                WARM_UP if warm_up else 0,
+                cluster_warm_up,
                 status.pids,
                 None,
             )
