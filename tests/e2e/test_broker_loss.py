@@ -18,8 +18,6 @@ from __future__ import annotations
 import collections
 import json
 import random
-import subprocess
-import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -27,32 +25,19 @@ import pytest
 from kafka.admin import ConfigResource, ConfigResourceType
 
 from devtools.broker.cluster import KafkaTarget, LocalKafkaCluster
-from devtools.processes import component_env
 from devtools.seed.data import organisation_number
 from devtools.seed.writer import open_writer
 from kernel.admin import admin_client
 from kernel.settings import Settings
 from processors.app import app_id
 from tests.fixtures.cloud import CloudReader
-from tests.pipeline import components, wait_for
+from tests.pipeline import components, vudsync_cli, wait_for
 from vudsync.ops.kafka_admin import group_admin
 from vudsync.topics import ensure_catalogue
 
 URI = "https://vb.fjord.local"
 COMPANIES = ("c1", "c2", "c3")
 WAVE = 40  # users written per wave; three waves: before, during the first and the second loss
-
-
-def _vudsync(settings: Settings, bootstrap: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """A ``vudsync`` command as the operator runs it (the ops principal)."""
-    return subprocess.run(
-        [sys.executable, "-m", "vudsync", *args],
-        env=component_env(settings, bootstrap),
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
 
 
 def _partitions(settings: Settings, bootstrap: str) -> list[dict[str, Any]]:
@@ -111,12 +96,12 @@ def _created(cloud: CloudReader, wave: int) -> int:
 
 
 def _clean(settings: Settings, bootstrap: str) -> bool:
-    done = _vudsync(settings, bootstrap, "verify", "--json")
+    done = vudsync_cli(settings, bootstrap, "verify", "--json")
     return done.returncode == 0 and bool(json.loads(done.stdout)["report"]["clean"])
 
 
 def _lag(settings: Settings, bootstrap: str) -> dict[str, int]:
-    done = _vudsync(settings, bootstrap, "status", "--json")
+    done = vudsync_cli(settings, bootstrap, "status", "--json")
     by_group: dict[str, int] = json.loads(done.stdout)["lag"]["by_group"]
     return by_group
 
@@ -145,7 +130,7 @@ def test_a_broker_lost_mid_stream_loses_nothing_and_applies_nothing_twice(
     with components(s, bootstrap, "planner", "sink", security=kafka_target.security) as procs:
         with group_admin(bootstrap, security=s.kafka_security()) as admin:
             wait_for(procs, lambda: bool(admin.members(app_id(s))), 180, "a planner in its group")
-        connected = _vudsync(s, bootstrap, "connect")
+        connected = vudsync_cli(s, bootstrap, "connect")
         assert connected.returncode == 0, connected.stderr
         with components(s, bootstrap, "producer", security=kafka_target.security) as producer:
             procs.update(producer)

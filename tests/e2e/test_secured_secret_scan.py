@@ -11,8 +11,6 @@ store's license keys as well.)"""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -20,14 +18,13 @@ import pytest
 
 from devtools.broker import free_port
 from devtools.broker.cluster import KafkaTarget
-from devtools.processes import component_env
 from devtools.seed.writer import open_writer
 from kernel.admin import admin_client
 from kernel.settings import SECRET_FIELDS, Settings
 from processors.app import app_id
 from tests.capture_check import read_topics
 from tests.fixtures.cloud import CloudReader
-from tests.pipeline import components, wait_for
+from tests.pipeline import components, vudsync_cli, wait_for
 from vudsync.topics import ensure_catalogue
 
 COMPONENTS = ("producer", "planner", "sink")
@@ -67,16 +64,8 @@ def test_no_secret_of_the_secured_run_in_topics_logs_metrics_or_status(
         )
         urls = {name: f"http://127.0.0.1:{port}/metrics" for name, port in ports.items()}
         metrics = {name: httpx.get(url, timeout=10).text for name, url in urls.items()}
-        status = subprocess.run(
-            [sys.executable, "-m", "vudsync", "status", "--json"],
-            env=component_env(
-                s, bootstrap, VUDSYNC_STATUS_METRICS=",".join(f"{n}={url}" for n, url in urls.items())
-            ),
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        scraped = ",".join(f"{name}={url}" for name, url in urls.items())
+        status = vudsync_cli(s, bootstrap, "status", "--json", VUDSYNC_STATUS_METRICS=scraped)
     writer.close()
 
     with admin_client(bootstrap, security=s.kafka_security()) as client:
