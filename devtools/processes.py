@@ -15,7 +15,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
+from pydantic import SecretStr
+
 from kernel.errors import VudsyncError
+from kernel.kafka_security import PLAINTEXT, KafkaSecurity
 from kernel.scrape import Samples, ScrapeFailed, scrape, total
 from kernel.settings import SECRET_FIELDS, Settings
 
@@ -97,6 +100,19 @@ def wait_until(condition: object, timeout: float, interval: float = 0.1, what: s
     raise TimeoutError(f"{what} not reached within {timeout:.0f}s")
 
 
+def kafka_security_env(security: KafkaSecurity) -> dict[str, str]:
+    """``VUDSYNC_KAFKA_*`` variables that make a child connect as ``security`` says (none for
+    PLAINTEXT). The password is among them, in clear: a child's environment, never a log."""
+    if security == PLAINTEXT:
+        return {}
+    values = security.model_dump()
+    return {
+        f"VUDSYNC_KAFKA_{name.upper()}": v.get_secret_value() if isinstance(v, SecretStr) else str(v)
+        for name, v in values.items()
+        if v is not None
+    }
+
+
 def component_env(settings: Settings, bootstrap: str, **extra: str) -> dict[str, str]:
     """The environment of a child component: the same settings as this process, explicitly."""
     env = {
@@ -110,6 +126,7 @@ def component_env(settings: Settings, bootstrap: str, **extra: str) -> dict[str,
         "VUDSYNC_CONFIG": "/nonexistent/vudsync.toml",
         "PYTHONUNBUFFERED": "1",
     }
+    env.update(kafka_security_env(settings.kafka_security()))
     for name in SECRET_FIELDS:  # the secrets this process has (devtools.secrets generates them)
         value = getattr(settings, name)
         if value is not None:

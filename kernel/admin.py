@@ -75,6 +75,39 @@ def translate(exc: BaseException, what: str) -> VudsyncError:
     return PermanentError(message)
 
 
+#: kafka-python options whose values are secrets
+_SECRET_OPTIONS = frozenset({"sasl_plain_password", "ssl_password"})
+
+
+def _masked(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: "**********" if k in _SECRET_OPTIONS and v else v for k, v in value.items()}
+    return value
+
+
+class HideClientSecrets(logging.Filter):
+    """kafka-python's ``KafkaAdminClient`` logs its whole configuration at DEBUG — the SASL
+    password included (found by the secured run's secret scan): the copy logged has the
+    secret options masked. The client itself keeps them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, Mapping):  # logging's form for a single mapping argument
+            record.args = _masked(record.args)
+        elif isinstance(record.args, tuple):
+            record.args = tuple(_masked(arg) for arg in record.args)
+        return True
+
+
+_HIDE_CLIENT_SECRETS = HideClientSecrets()
+
+
+def hide_client_secrets() -> None:
+    """Put :class:`HideClientSecrets` on kafka-python's admin logger (once; idempotent)."""
+    logger = logging.getLogger("kafka.admin.client")
+    if _HIDE_CLIENT_SECRETS not in logger.filters:
+        logger.addFilter(_HIDE_CLIENT_SECRETS)
+
+
 @contextmanager
 def admin_client(
     bootstrap: str, *, security: KafkaSecurity = PLAINTEXT, timeout: float = 30.0
@@ -82,6 +115,7 @@ def admin_client(
     """A short-lived ``KafkaAdminClient``; bootstrap failures become :class:`BrokerUnavailable`,
     refused credentials :class:`KafkaAccessDenied`."""
     timeout_ms = max(int(timeout * 1000), 1000)
+    hide_client_secrets()
     try:
         client = KafkaAdminClient(
             bootstrap_servers=bootstrap,
@@ -152,14 +186,14 @@ def wait_for_broker(
 def replication_factor(
     bootstrap: str, configured: int = 0, *, security: KafkaSecurity = PLAINTEXT, timeout: float = 30.0
 ) -> int:
-    """``configured`` when set (> 0); else 3 on a cluster of three or more brokers, 1 below."""
+    """``configured`` when set (> 0); else 3 on a cluster of three or more brokers, 1 below.
+
+    Asked through :func:`wait_for_broker`, which tries again until ``timeout``: a component
+    starting while one broker of a cluster is down (its metadata still names it, so the first
+    request may go to it) waits for an answer from another instead of exiting."""
     if configured > 0:
         return configured
-    with admin_client(bootstrap, security=security, timeout=timeout) as admin:
-        try:
-            brokers = len(admin.describe_cluster().get("brokers") or [])
-        except Exception as exc:
-            raise translate(exc, "describe the cluster") from exc
+    brokers = len(wait_for_broker(bootstrap, timeout, security=security).get("brokers") or [])
     return 3 if brokers >= 3 else 1
 
 

@@ -194,6 +194,13 @@ class Settings(BaseSettings):
         fields = KafkaSecurity.model_fields
         return KafkaSecurity(**{field: getattr(self, f"kafka_{field}") for field in fields})
 
+    def with_kafka_security(self, security: KafkaSecurity) -> Settings:
+        """These settings connecting as ``security`` says (the inverse of :meth:`kafka_security`):
+        each component of a secured cluster has a principal of its own."""
+        return self.model_copy(
+            update={f"kafka_{field}": value for field, value in security.model_dump().items()}
+        )
+
     def resolved_store_url(self) -> str:
         return self.store_url or f"sqlite:///{self.home / 'directory.db'}"
 

@@ -59,6 +59,7 @@ import faust
 from aiokafka.errors import IllegalStateError
 from faust.types import TP
 
+from kernel.admin import hide_client_secrets
 from kernel.errors import ConfigurationError
 from kernel.settings import Settings
 
@@ -341,6 +342,7 @@ def prime_committed_offsets(settings: Settings, bootstrap: str) -> int:
         for name in PLANNER_INPUTS
         for p in range(settings.topic_partitions)
     ]
+    hide_client_secrets()
     try:
         admin = KafkaAdminClient(
             bootstrap_servers=bootstrap,

@@ -16,9 +16,21 @@ from typing import Any
 import faust
 from faust.types import TableT
 
+from kernel.admin import replication_config
+
 
 def declare_table(app: faust.App) -> TableT[str, Any]:
-    return app.Table("state", key_type=str, value_type=None, partitions=app.conf.topic_partitions)
+    """The table; its changelog gets the app's replication factor (Faust's) and, with three or
+    more replicas, ``min.insync.replicas=2`` (ours), as the catalogue's topics do: a write of
+    the planner's state survives the loss of a broker. Faust sets both only when it creates
+    the changelog; an existing one keeps its own (``kafka-configs.sh`` changes it)."""
+    return app.Table(
+        "state",
+        key_type=str,
+        value_type=None,
+        partitions=app.conf.topic_partitions,
+        extra_topic_configs=replication_config(app.conf.topic_replication_factor),
+    )
 
 
 class TableReads(Mapping[str, Any]):

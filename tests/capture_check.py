@@ -17,6 +17,7 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 
 from devtools.processes import wait_until
+from kernel.kafka_security import PLAINTEXT, KafkaSecurity
 from producers.capture import SNAPSHOT_ORDER, ChangeCapture
 from producers.mapping import SourceInfo, record_to_event
 from producers.service import open_change_log
@@ -28,10 +29,14 @@ from schemas.topics import DIRECTORY_TOPICS
 Key = tuple[EntityType, str]
 
 
-def read_topics(bootstrap: str, topics: Iterable[str], timeout: float = 60.0) -> dict[str, list[Any]]:
+def read_topics(
+    bootstrap: str, topics: Iterable[str], timeout: float = 60.0, *, security: KafkaSecurity = PLAINTEXT
+) -> dict[str, list[Any]]:
     """Every record of ``topics`` from the beginning up to the end offsets seen at the start."""
     topics = list(topics)
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, **security.for_kafka_python()
+    )
     try:
         partitions: list[TopicPartition] = []
         for topic in topics:

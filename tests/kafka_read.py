@@ -9,6 +9,8 @@ from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
+from kernel.kafka_security import PLAINTEXT, KafkaSecurity
+
 
 def read_all(
     bootstrap: str,
@@ -17,6 +19,7 @@ def read_all(
     until: Callable[[list[Any]], bool] | None = None,
     timeout: float = 30.0,
     idle: float = 1.0,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> list[Any]:
     """Records of ``topic`` from the beginning: until ``until(records)`` holds, or else until no
     record has arrived for ``idle`` seconds; fails the test at ``timeout``."""
@@ -27,6 +30,7 @@ def read_all(
         enable_auto_commit=False,
         group_id=None,
         consumer_timeout_ms=200,
+        **security.for_kafka_python(),
     )
     records: list[Any] = []
     deadline = time.monotonic() + timeout
@@ -50,9 +54,11 @@ def read_all(
         consumer.close()
 
 
-def committed(bootstrap: str, group: str, topic: str, partitions: int) -> int:
+def committed(
+    bootstrap: str, group: str, topic: str, partitions: int, *, security: KafkaSecurity = PLAINTEXT
+) -> int:
     """The offsets ``group`` has committed on ``topic``, summed over its partitions."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **security.for_kafka_python())
     try:
         offsets = admin.list_group_offsets({group: None}).get(group, {})
     finally:

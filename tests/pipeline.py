@@ -12,6 +12,7 @@ from click.testing import CliRunner, Result
 
 from devtools.processes import ComponentProcess, component_env, wait_until
 from devtools.seed.writer import SqliteDirectoryWriter
+from kernel.kafka_security import KafkaSecurity
 from kernel.scrape import Samples, ScrapeFailed, scrape
 from kernel.settings import Settings
 from vudsync.topics import ensure_catalogue
@@ -61,11 +62,15 @@ def components(
     bootstrap: str,
     *names: str,
     metrics_ports: Mapping[str, int] | None = None,
+    security: Callable[[str], KafkaSecurity] | None = None,
+    debug: bool = False,
     **extra: str,
 ) -> Iterator[dict[str, ComponentProcess]]:
     """Start ``vudsync run <name>`` for each name; stop them all (by pid) on exit.
 
-    ``metrics_ports`` maps a name to the port its ``--metrics-port`` serves /metrics on.
+    ``metrics_ports`` maps a name to the port its ``--metrics-port`` serves /metrics on;
+    ``security`` gives each component (producer, planner, sink) its own principal on a secured
+    cluster (:class:`devtools.broker.cluster.KafkaTarget`); without it, they connect as ``settings``.
     """
     log_dir = Path(settings.home) / "logs"
     procs: dict[str, ComponentProcess] = {}
@@ -73,12 +78,15 @@ def components(
         for name in names:
             component, _, worker = name.partition(":")
             args = ["run", component] + (["--worker-name", worker] if worker else [])
-            if component in ("sink", "planner"):  # INFO (assignments, recovery) explains a stuck run
+            if debug:  # every log line there is: what a secret scan reads
+                args = ["-vv", *args]
+            elif component in ("sink", "planner"):  # INFO (assignments, recovery) explains a stuck run
                 args = ["-v", *args]
             if metrics_ports and name in metrics_ports:
                 args += ["--metrics-port", str(metrics_ports[name])]
+            own = settings.with_kafka_security(security(component)) if security else settings
             procs[name] = ComponentProcess(
-                name.replace(":", "-"), args, env=component_env(settings, bootstrap, **extra), log_dir=log_dir
+                name.replace(":", "-"), args, env=component_env(own, bootstrap, **extra), log_dir=log_dir
             ).start()
         yield procs
     finally:

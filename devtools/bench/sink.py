@@ -44,7 +44,10 @@ import click
 import httpx
 
 from devtools.bench import bench_broker, process_cpu_seconds
+from devtools.broker.cluster import KafkaTarget, LocalKafkaCluster
+from kernel.kafka_security import PLAINTEXT, KafkaSecurity
 from kernel.scrape import ScrapeFailed, scrape
+from kernel.settings import Settings
 from schemas.codec import encode
 from schemas.directory import ApplicationType, EntityType, ServiceAccess
 from schemas.operations import (
@@ -284,12 +287,19 @@ def prepare_workload(
     return work
 
 
-def feed(bootstrap: str, topic: str, operations: Sequence[CloudOperation]) -> None:
+def feed(
+    bootstrap: str, topic: str, operations: Sequence[CloudOperation], *, security: KafkaSecurity = PLAINTEXT
+) -> None:
     """Write the operations to ``topic``, keyed by aggregate (acks=all), and wait for the acks."""
     from kafka import KafkaProducer
 
     producer = KafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", linger_ms=20, batch_size=512 * 1024, enable_idempotence=True
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=20,
+        batch_size=512 * 1024,
+        enable_idempotence=True,
+        **security.for_kafka_python(),
     )
     try:
         futures = [producer.send(topic, key=op.aggregate.encode(), value=encode(op)) for op in operations]
@@ -429,85 +439,121 @@ def run_bench(
     workload: str = "steady",
     warm_up: int | None = None,
     broker_pid: int | None = None,
+    secure_cluster: bool = False,
 ) -> dict[str, Any]:
     """One measured run, after a throwaway warm-up round (``warm_up`` operations; by default
     20,000 when the bench starts the broker itself, none on a given broker); returns the
-    figures (see the module docstring)."""
+    figures (see the module docstring). ``secure_cluster``: then the same on a local secured
+    three-node cluster (SASL_SSL, SCRAM, ACLs, three replicas), back to back, its figures
+    under ``secured_cluster``."""
     # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so the sinks and servers are stopped
     signal.signal(signal.SIGTERM, _interrupt)
     load_before = _load()
     home = Path(tempfile.mkdtemp(prefix="vudsync-bench-sink-"))
+    spec = Round(ops, workers, batch, faults, concurrency, batch_size, timeout, workload)
+    # the secured cluster is always fresh JVMs: warmed up as asked, else as the bench's own broker
+    cluster_warm_up = WARM_UP if warm_up is None else warm_up
     with bench_broker(home=home) as (bootstrap, own_pid):
         broker_pid = broker_pid or own_pid
         if warm_up is None:
             warm_up = WARM_UP if own_pid else 0
-        warmed: dict[str, Any] | None = None
-        if warm_up > 0:
-            # a fresh JVM broker runs its produce, fetch and commit paths interpreted until the
-            # JIT has compiled them, taking CPU the cloud and the sink then lack on a small
-            # machine. A running broker has long paid that; so the round measured comes second.
-            click.echo(
-                f"warming the broker up: a throwaway round of {warm_up:,} operations (--warm-up 0 skips it)",
-                err=True,
-            )
-            started = time.monotonic()
-            warm = _round(
-                bootstrap,
-                home / "warm-up",
-                Round(
-                    ops=warm_up,
-                    workers=1,
-                    batch=True,
-                    faults=0.0,
-                    concurrency=4,
-                    batch_size=SinkConfig.batch_size,
-                    timeout=timeout,
-                    workload="steady",
-                ),
-                broker_pid=broker_pid,
-            )
-            warmed = {
-                "operations": warm_up,
-                "seconds": round(time.monotonic() - started, 1),
-                "ops_per_second": warm["ops_per_second"],
-                "broker_cpu_ms_per_op": warm.get("broker_cpu_ms_per_op"),
-            }
-        click.echo(f"measuring: {ops:,} operations, {workers} sink worker(s)", err=True)
-        figures = _round(
-            bootstrap,
-            home / "measured",
-            Round(ops, workers, batch, faults, concurrency, batch_size, timeout, workload),
-            profile_dir=profile_dir,
-            broker_pid=broker_pid,
+        warmed, figures = _warm_and_measure(
+            KafkaTarget(bootstrap), home, spec, warm_up, [broker_pid] if broker_pid else [], profile_dir
         )
+    secured: dict[str, Any] = {}
+    if secure_cluster:
+        cluster_settings = Settings(home=home / "secured", topic_prefix="bench-")
+        cluster = LocalKafkaCluster(cluster_settings, brokers=3, secure=True, bind_to_parent=True)
+        click.echo("starting a secured three-node cluster (SASL_SSL, SCRAM, ACLs)", err=True)
+        try:
+            status = cluster.up(timeout=240)
+            cluster_warmed, cluster_figures = _warm_and_measure(
+                KafkaTarget(cluster.bootstrap(), cluster),
+                home / "secured",
+                spec,
+                cluster_warm_up,
+                status.pids,
+                None,
+            )
+        finally:
+            cluster.down(grace=10)
+        secured = {"secured_cluster": {**cluster_figures, "broker_warm_up": cluster_warmed}}
     shutil.rmtree(home, ignore_errors=True)  # kept (logs) only when a round failed
     return {
         "benchmark": "sink",
         "command": "vudsync bench sink "
         + f"--workload {workload} --ops {ops} --workers {workers}"
         + f" {'--batch' if batch else '--no-batch'} --faults {faults}"
-        + f" --concurrency {concurrency} --batch-size {batch_size} --warm-up {warm_up}",
+        + f" --concurrency {concurrency} --batch-size {batch_size} --warm-up {warm_up}"
+        + (" --secure-cluster" if secure_cluster else ""),
         "broker": "started by the bench" if own_pid else "given (the settings' bootstrap)",
         "broker_warm_up": warmed,
         **figures,
+        **secured,
         "load_average_1m": {"before": load_before, "after": _load()},
         "profiles": str(profile_dir) if profile_dir else None,
     }
 
 
+def _warm_and_measure(
+    target: KafkaTarget,
+    home: Path,
+    spec: Round,
+    warm_up: int,
+    broker_pids: Sequence[int],
+    profile_dir: Path | None,
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """A throwaway round of ``warm_up`` operations (none for 0), then the measured one."""
+    warmed: dict[str, Any] | None = None
+    if warm_up > 0:
+        # a fresh JVM broker runs its produce, fetch and commit paths interpreted until the
+        # JIT has compiled them, taking CPU the cloud and the sink then lack on a small
+        # machine. A running broker has long paid that; so the round measured comes second.
+        click.echo(
+            f"warming the broker up: a throwaway round of {warm_up:,} operations (--warm-up 0 skips it)",
+            err=True,
+        )
+        started = time.monotonic()
+        warm = _round(
+            target,
+            home / "warm-up",
+            Round(
+                ops=warm_up,
+                workers=1,
+                batch=True,
+                faults=0.0,
+                concurrency=4,
+                batch_size=SinkConfig.batch_size,
+                timeout=spec.timeout,
+                workload="steady",
+            ),
+            broker_pids=broker_pids,
+        )
+        warmed = {
+            "operations": warm_up,
+            "seconds": round(time.monotonic() - started, 1),
+            "ops_per_second": warm["ops_per_second"],
+            "broker_cpu_ms_per_op": warm.get("broker_cpu_ms_per_op"),
+        }
+    click.echo(f"measuring: {spec.ops:,} operations, {spec.workers} sink worker(s)", err=True)
+    figures = _round(target, home / "measured", spec, profile_dir=profile_dir, broker_pids=broker_pids)
+    return warmed, figures
+
+
 def _round(
-    bootstrap: str,
+    target: KafkaTarget,
     home: Path,
     spec: Round,
     *,
     profile_dir: Path | None = None,
-    broker_pid: int | None = None,
+    broker_pids: Sequence[int] = (),
 ) -> dict[str, Any]:
     """A cloud of its own, ``spec.ops`` operations on topics of their own, the sinks until
-    every operation is applied, then the audit's check."""
+    every operation is applied, then the audit's check. On a secured cluster the bench feeds
+    and creates topics as the ops principal, the sinks connect as the sink's, and the round's
+    topic prefix gets the components' ACLs."""
     from cloud.server import CloudServer
-    from devtools.processes import ComponentProcess
-    from kernel.settings import Settings
+    from devtools.processes import ComponentProcess, kafka_security_env
     from schemas.topics import OPERATIONS
     from vudsync.topics import ensure_catalogue
 
@@ -523,7 +569,12 @@ def _round(
             db_path=home / "cloud.db", secret_hash_iterations=1000, extra_args=("--log-level", "warning")
         ) as cloud,
     ):
-        settings = Settings(home=home, kafka_bootstrap=bootstrap, topic_prefix=prefix, topic_partitions=6)
+        bootstrap = target.bootstrap
+        settings = Settings(
+            home=home, kafka_bootstrap=bootstrap, topic_prefix=prefix, topic_partitions=6
+        ).with_kafka_security(target.security("ops"))
+        if target.cluster is not None:
+            target.cluster.grant(settings)
         ensure_catalogue(settings, bootstrap)
         api = httpx.Client(base_url=cloud.url, headers=cloud.auth_headers(), timeout=60)
         started = time.monotonic()
@@ -532,7 +583,7 @@ def _round(
             if workload == "initial"
             else prepare_workload(api, ops, tag=tag)
         )
-        feed(bootstrap, settings.topic(OPERATIONS.name), work.operations)
+        feed(bootstrap, settings.topic(OPERATIONS.name), work.operations, security=settings.kafka_security())
         setup_seconds = time.monotonic() - started
         if faults:
             cloud.set_faults(
@@ -551,6 +602,7 @@ def _round(
             "VUDSYNC_SINK_CONCURRENCY": str(concurrency),
             "VUDSYNC_SINK_BATCH_SIZE": str(batch_size),
             "VUDSYNC_CONFIG": "/nonexistent/vudsync.toml",
+            **kafka_security_env(target.security("sink")),
         }
         ports = [_free_port() for _ in range(workers)]
         sinks = [
@@ -566,7 +618,8 @@ def _round(
         reader = AuditReader(api, work)
 
         def cpu_now() -> dict[str, float]:
-            broker = {"broker": _cpu_seconds(broker_pid)} if broker_pid else {}
+            # every node of a cluster: three replicas of each write
+            broker = {"broker": sum(_cpu_seconds(pid) for pid in broker_pids)} if broker_pids else {}
             return {
                 "cloud": _cpu_seconds(cloud.pid),
                 **{s.name: _cpu_seconds(s.pid or 0) for s in sinks},
@@ -723,6 +776,12 @@ def _profile(folder: Path, pids: dict[str, int]) -> list[subprocess.Popen[bytes]
     f" [default: {WARM_UP} with the bench's own broker, 0 with a given one]",
 )
 @click.option("--broker-pid", type=int, default=None, help="pid of a given broker, for its CPU per operation")
+@click.option(
+    "--secure-cluster",
+    is_flag=True,
+    help="then the same round on a local secured three-node cluster (SASL_SSL, SCRAM, ACLs, three"
+    " replicas), back to back; its figures under secured_cluster",
+)
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def command(
     n_ops: int,
@@ -736,9 +795,15 @@ def command(
     workload: str,
     warm_up: int | None,
     broker_pid: int | None,
+    secure_cluster: bool,
     as_json: bool,
 ) -> None:
-    """Sink throughput against the local cloud API (healthy or faulty; 1-2 workers; batch or not)."""
+    """Sink throughput against the local cloud API (healthy or faulty; 1-2 workers; batch or not).
+
+    \b
+    Example: the single PLAINTEXT broker beside a secured three-node cluster, same run:
+      vudsync bench sink --ops 20000 --secure-cluster --json
+    """
     from devtools.bench import emit
 
     result = run_bench(
@@ -753,5 +818,6 @@ def command(
         workload=workload,
         warm_up=warm_up,
         broker_pid=broker_pid,
+        secure_cluster=secure_cluster,
     )
     emit(result, as_json)

@@ -79,7 +79,7 @@ def component_acls(settings: Settings) -> list[Grant]:
         # ops commands: create and read every vudsync topic, publish facts, control, repairs and
         # replays, read and move the pipeline's groups' offsets
         Grant(ops, "TOPIC", t("vud."), "PREFIXED", ("ALL",)),
-        Grant(ops, "TOPIC", f"{group}-", "PREFIXED", ("DESCRIBE",)),
+        Grant(ops, "TOPIC", f"{group}-", "PREFIXED", ("DESCRIBE", "DESCRIBE_CONFIGS")),
         Grant(ops, "GROUP", t("vudsync-"), "PREFIXED", ("ALL",)),
         Grant(ops, "CLUSTER", "kafka-cluster", "LITERAL", ("DESCRIBE", "DESCRIBE_CONFIGS")),
     ]

@@ -42,7 +42,7 @@ from devtools.broker.fetch import locked
 from devtools.broker.run import BrokerStartError, LocalKafkaBroker
 from kernel import admin
 from kernel.errors import PermanentError
-from kernel.kafka_security import KafkaSecurity
+from kernel.kafka_security import PLAINTEXT, KafkaSecurity
 from kernel.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -221,7 +221,7 @@ class LocalKafkaCluster:
                     node.wait_ready(max(deadline - time.monotonic(), 1.0))
                 self._wait_for_brokers(deadline)
                 if self.secure:
-                    self._create_acls()
+                    self.grant(self.settings)
             except BaseException:
                 for node in nodes:
                     node.down(grace=10.0)
@@ -244,8 +244,10 @@ class LocalKafkaCluster:
                 raise BrokerStartError(f"the cluster in {self.dir} has not all {self.brokers} brokers yet")
             time.sleep(0.2)
 
-    def _create_acls(self) -> None:
-        """The components' ACLs, through the internal listener (its principal is a super user)."""
+    def grant(self, settings: Settings) -> None:
+        """Create the components' ACLs for ``settings``' topic prefix and groups, through the
+        internal listener (its principal is a super user). ``up`` grants them for the cluster's
+        own settings; a test with a topic prefix of its own grants them for it. Idempotent."""
         acls = [
             ACL(
                 principal=f"User:{grant.principal}",
@@ -256,7 +258,7 @@ class LocalKafkaCluster:
                     ResourceType[grant.resource], grant.name, ACLResourcePatternType[grant.pattern]
                 ),
             )
-            for grant in component_acls(self.settings)
+            for grant in component_acls(settings)
             for operation in grant.operations
         ]
         with admin.admin_client(self.internal_bootstrap()) as client:
@@ -264,6 +266,31 @@ class LocalKafkaCluster:
         if result.get("failed"):
             raise PermanentError(f"creating ACLs failed: {result['failed'][:3]}")
         log.info("created %d ACLs", len(acls))
+
+    # -- one node: a broker lost mid-stream ------------------------------------------------
+
+    def _node(self, node_id: int) -> tuple[_Node, list[int]]:
+        layout = self._require_layout()
+        if not 1 <= node_id <= len(layout["ports"]):
+            raise BrokerStartError(f"the cluster in {self.dir} has no node {node_id}")
+        return self._nodes(layout)[node_id - 1], [int(p) for p in layout["ports"][node_id - 1]]
+
+    def kill_node(self, node_id: int) -> bool:
+        """SIGKILL node ``node_id`` (1-based, its broker id): no controlled shutdown, its
+        partitions lose their leader until the controller elects another. True if it ran."""
+        node, _ = self._node(node_id)
+        with locked(self.dir / ".lock"):
+            return node.kill()
+
+    def start_node(self, node_id: int, *, timeout: float = 120.0) -> None:
+        """Start node ``node_id`` again (same ports, same data) and wait until it answers; it
+        catches up as a follower and rejoins the in-sync replicas by itself."""
+        node, (_, internal, controller) = self._node(node_id)
+        with locked(self.dir / ".lock"):
+            if not node.status().running:
+                java, libs = node.java_and_jars()
+                node.launch(java, libs, internal, controller)
+            node.wait_ready(timeout)
 
     def down(self, *, grace: float = 20.0) -> bool:
         """Stop every node of this home's cluster; True if any ran. Data and layout stay."""
@@ -289,3 +316,16 @@ class LocalKafkaCluster:
             ca_file=str(self.tls_dir / "ca.pem") if self.secure else None,
             credentials=str(self.credentials_path) if self.secure else None,
         )
+
+
+@dataclass(frozen=True)
+class KafkaTarget:
+    """Where a pipeline (tests, benchmarks) connects: a single PLAINTEXT broker, or a local
+    secured ``cluster``, where each component has its own principal."""
+
+    bootstrap: str
+    cluster: LocalKafkaCluster | None = None
+
+    def security(self, component: str) -> KafkaSecurity:
+        """How ``component`` (producer, planner, sink, ops) connects."""
+        return self.cluster.security(component) if self.cluster else PLAINTEXT

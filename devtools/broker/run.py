@@ -453,15 +453,32 @@ class LocalKafkaBroker:
         if not self._is_our_broker(pid):
             return
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
-            log.info("sending %s to broker pid %d", sig.name, pid)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline:
-                if self._gone(pid):
-                    return
-                time.sleep(0.05)
+            if self._signal_and_wait(pid, sig, wait):
+                return
         raise BrokerStartError(f"broker pid {pid} still runs after SIGKILL")
+
+    def _signal_and_wait(self, pid: int, sig: signal.Signals, wait: float) -> bool:
+        """Send ``sig`` to ``pid``; True once it has exited within ``wait`` s."""
+        log.info("sending %s to broker pid %d", sig.name, pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if self._gone(pid):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def kill(self) -> bool:
+        """SIGKILL this home's broker at once — no controlled shutdown, no leadership handed
+        over: the crash a cluster must survive. Its data and record stay, so :meth:`up` (or a
+        cluster's ``start_node``) starts it again on the same ports. True if one was running."""
+        status = self.status()
+        if status.pid is None:
+            return False
+        if not self._signal_and_wait(status.pid, signal.SIGKILL, 10.0):
+            raise BrokerStartError(f"broker pid {status.pid} still runs after SIGKILL")
+        return True
 
 
 def _die_with_parent() -> None:

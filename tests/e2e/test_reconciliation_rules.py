@@ -11,7 +11,9 @@ import subprocess
 from typing import Any
 
 import httpx
+import pytest
 
+from devtools.broker.cluster import KafkaTarget
 from devtools.processes import wait_until
 from devtools.seed.writer import SqliteDirectoryWriter
 from kernel.settings import Settings
@@ -43,15 +45,20 @@ def _results(settings: Settings, bootstrap: str, until: Any, timeout: float = 12
         bootstrap,
         settings.topic(RESULTS.name),
         timeout=timeout,
+        security=settings.kafka_security(),
         until=lambda rs: until([OperationResult.model_validate_json(r.value) for r in rs]),
     )
     return [OperationResult.model_validate_json(r.value) for r in records]
 
 
+@pytest.mark.parametrize("kafka_target", ["plaintext", "secured"], indirect=True)
 def test_a_mismatching_instance_blocks_its_access_until_it_is_fixed(
-    pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
+    pipeline_settings: Settings, kafka_target: KafkaTarget, cloud: CloudReader
 ) -> None:
+    """On the single PLAINTEXT broker and on the secured three-node cluster (each component its
+    own principal; ``connect`` and the test's reads as the ops principal)."""
     settings = pipeline_settings
+    kafka_bootstrap = kafka_target.bootstrap
     ensure_catalogue(settings, kafka_bootstrap)
     key = settings.fingerprint_key.get_secret_value().encode()
     httpx.put(
@@ -67,7 +74,9 @@ def test_a_mismatching_instance_blocks_its_access_until_it_is_fixed(
     writer.grant([("u1", "c1", "business", "role", "Regnskap")])
     _vudsync(settings, kafka_bootstrap, "connect")
 
-    with components(settings, kafka_bootstrap, "producer", "planner", "sink") as procs:
+    with components(
+        settings, kafka_bootstrap, "producer", "planner", "sink", security=kafka_target.security
+    ) as procs:
         results = _results(
             settings,
             kafka_bootstrap,

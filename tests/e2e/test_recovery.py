@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
+from devtools.broker.cluster import KafkaTarget
 from devtools.processes import component_env, wait_until
 from devtools.seed.writer import open_writer
 from kernel.settings import Settings
@@ -77,10 +78,15 @@ def _unhandled(settings: Settings, bootstrap: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.parametrize("kafka_target", ["plaintext", "secured"], indirect=True)
 def test_outage_then_dlq_retry_and_replay_bring_the_cloud_to_the_directory_state(
-    pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
+    pipeline_settings: Settings, kafka_target: KafkaTarget, cloud: CloudReader
 ) -> None:
+    """On the single PLAINTEXT broker and on the secured three-node cluster (each component its
+    own principal; every ``vudsync`` command, the replay included, as the ops principal)."""
     s = pipeline_settings
+    kafka_bootstrap = kafka_target.bootstrap
+    principals = kafka_target.security
     ensure_catalogue(s, kafka_bootstrap)
     writer = open_writer(s.resolved_store_url())
     writer.upsert_catalogue("roles", [("business", "Regnskap", "Regnskap og lønn")])
@@ -103,13 +109,15 @@ def test_outage_then_dlq_retry_and_replay_bring_the_cloud_to_the_directory_state
     with ExitStack() as stack:
         # as an installation starts: workers, then `vudsync connect`, then the producer
         procs = stack.enter_context(
-            components(s, kafka_bootstrap, "planner", "sink", metrics_ports=ports, **SINK)
+            components(
+                s, kafka_bootstrap, "planner", "sink", metrics_ports=ports, security=principals, **SINK
+            )
         )
-        with group_admin(kafka_bootstrap) as admin:
+        with group_admin(kafka_bootstrap, security=s.kafka_security()) as admin:
             wait_until(lambda: alive_or_fail(procs) and admin.members(app_id(s)), 180, what="a planner")
         connected = run(s, kafka_bootstrap, "connect")
         assert connected.exit_code == 0, connected.output
-        procs.update(stack.enter_context(components(s, kafka_bootstrap, "producer")))
+        procs.update(stack.enter_context(components(s, kafka_bootstrap, "producer", security=principals)))
         _wait_clean(s, kafka_bootstrap, procs, "the directory in the cloud")
 
         # -- the outage: every cloud request fails; what is planned meanwhile dead-letters
@@ -159,7 +167,7 @@ def test_outage_then_dlq_retry_and_replay_bring_the_cloud_to_the_directory_state
         # -- stop the workers, replay both groups since before the outage, start them again
         procs["planner"].stop()
         procs["sink"].stop()
-        with group_admin(kafka_bootstrap) as admin:
+        with group_admin(kafka_bootstrap, security=s.kafka_security()) as admin:
             wait_until(
                 lambda: not admin.members(app_id(s)) and not admin.members(sink_group(s)),
                 90,
@@ -193,7 +201,7 @@ def test_outage_then_dlq_retry_and_replay_bring_the_cloud_to_the_directory_state
         try:
             wait_until(lambda: any("Offsets reset" in line for line in said), 120, what="the offsets reset")
             assert any("drains only when the workers run again" in line for line in said)
-            with components(s, kafka_bootstrap, "planner", "sink", **SINK) as again:
+            with components(s, kafka_bootstrap, "planner", "sink", security=principals, **SINK) as again:
                 stdout, _ = replay.communicate(timeout=360)
                 alive_or_fail(again)
                 if replay.returncode != 0:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import collections
 
+import pytest
+
+from devtools.broker.cluster import KafkaTarget
 from devtools.processes import wait_until
 from devtools.seed.writer import SqliteDirectoryWriter
 from kernel.settings import Settings
@@ -20,12 +23,18 @@ def _writer(settings: Settings) -> SqliteDirectoryWriter:
     return SqliteDirectoryWriter(settings.resolved_store_url().removeprefix("sqlite:///"))
 
 
+@pytest.mark.parametrize("kafka_target", ["plaintext", "secured"], indirect=True)
 def test_insert_update_delete_reach_the_cloud(
-    pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
+    pipeline_settings: Settings, kafka_target: KafkaTarget, cloud: CloudReader
 ) -> None:
-    ensure_catalogue(pipeline_settings, kafka_bootstrap)
+    """On the single PLAINTEXT broker and on the secured three-node cluster (SASL_SSL, each
+    component its own principal and ACLs, topics with three replicas)."""
+    bootstrap = kafka_target.bootstrap
+    ensure_catalogue(pipeline_settings, bootstrap)
     writer = _writer(pipeline_settings)
-    with components(pipeline_settings, kafka_bootstrap, "producer", "planner", "sink") as procs:
+    with components(
+        pipeline_settings, bootstrap, "producer", "planner", "sink", security=kafka_target.security
+    ) as procs:
         writer.upsert_user(
             id="u1", username="kari", email="Kari.Odegard@fjord.no", first_name="Kari", last_name="Ødegård"
         )

@@ -48,7 +48,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from kernel.admin import translate
+from kernel.admin import hide_client_secrets, translate
 from kernel.health import LagExporterFacts, Readiness, lag_exporter_readiness
 from kernel.http_status import StatusServer, registry_by_label, registry_total, status_server
 from kernel.kafka_security import PLAINTEXT, KafkaSecurity
@@ -151,6 +151,7 @@ class KafkaAdminOffsetReader:
     def _call(self, what: str, fn: Callable[[KafkaAdminClient], _T]) -> _T:
         try:
             if self._client is None:
+                hide_client_secrets()
                 self._client = KafkaAdminClient(
                     bootstrap_servers=self.bootstrap,
                     client_id="vudsync-lag-exporter",
