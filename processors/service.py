@@ -260,8 +260,13 @@ def planner_status_server(
             value = registry_total(registry, name)
             return None if value is None else int(value)
 
+        actives = app.assignor.assigned_actives() if assigned else set()
+        changelog = app.tables["state"].changelog_topic.get_topic_name()
         return {
             "assigned_partitions": assigned[0] if assigned else None,
+            # the table partitions it owns now: what its gauges count (not every input topic's
+            # partitions line up with them in Faust's assignment: the control topic's need not)
+            "table_partitions": sorted(tp.partition for tp in actives if tp.topic == changelog),
             "parked_operations": gauge("vudsync_parked_operations"),
             "held_operations": gauge("vudsync_held_operations"),
             "blocked_operations": gauge("vudsync_blocked_operations"),
