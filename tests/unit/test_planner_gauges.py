@@ -26,7 +26,13 @@ CHANGELOG = "vudsync-planner-state-changelog"
 
 
 def item(*needs: str) -> dict[str, Any]:
-    return {"slot": "s", "op": {}, "needs": list(needs), "apps": [], "del": None}
+    return {
+        "slot": "s",
+        "op": {"source_committed_at": T0.isoformat()},
+        "needs": list(needs),
+        "apps": [],
+        "del": None,
+    }
 
 
 def test_each_waiting_operation_is_in_exactly_one_state() -> None:
@@ -137,3 +143,5 @@ async def test_the_gauges_count_only_the_partitions_the_worker_owns_now() -> Non
     await handlers.perform(Effects(writes={"p|user:u1": None}), 1)
     handlers.export_gauges()
     assert _gauges(registry)["parked_operations"] == 0
+    # the oldest parked age, too, is of what the worker owns: nothing (the others' keys remain)
+    assert registry.get_sample_value("vudsync_parked_oldest_age_seconds") == 0
