@@ -20,7 +20,7 @@ from processors.topics import PlannerTopics
 log = logging.getLogger(__name__)
 
 AGENT_NAME = "plan"
-METRICS_INTERVAL = 10.0
+METRICS_INTERVAL = 5.0  # seconds between gauge refreshes: what `vudsync status` reads
 GATE_TICK_INTERVAL = 1.0  # the gate's clock while deletions settle (a few seconds by default)
 
 
@@ -33,6 +33,9 @@ def declare_agents(app: faust.App, topics: PlannerTopics, handlers: PlannerHandl
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode types receivers narrowly
     async def forget_deliveries(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         handlers.deliveries.forget()
+        # the gauges drop what the revoked partitions hold now, not at the next tick
+        revoked = args[0] if args else kwargs.get("revoked", ())
+        handlers.export_gauges(frozenset(tp.partition for tp in revoked))
 
     @app.timer(interval=METRICS_INTERVAL)  # type: ignore[untyped-decorator]
     async def export_gauges() -> None:

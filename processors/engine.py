@@ -27,13 +27,13 @@ before the table forgets it, :mod:`processors.facts`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
 
-from processors import gate
+from processors import gate, parking
 from processors.directory import DirectoryEvents
 from processors.effects import Coords, Effects, Send, Tx
 from processors.facts import Facts
@@ -114,10 +114,13 @@ class Reconciler:
         return gate.tick_due(self.store, self._clock)
 
     def parked(self, keys: Iterator[str] | None = None) -> int:
-        """Operations parked in the table (or among ``keys``)."""
-        return sum(
-            len(self.store.get(k) or ()) for k in (keys or iter(list(self.store.keys()))) if is_parked(k)
-        )
+        """Operations waiting in the table (or among ``keys``), whatever for."""
+        return self.waiting(keys).total
+
+    def waiting(self, keys: Iterable[str] | None = None) -> parking.Waiting:
+        """Operations waiting in the table (or among ``keys``): parked, held, blocked."""
+        chosen = list(self.store.keys()) if keys is None else keys
+        return parking.count_waiting(self.store.get(k) or () for k in chosen if is_parked(k))
 
     def oldest_parked_age(self, keys: Iterator[str] | None = None) -> float:
         """Seconds since the change behind the oldest operation parked in the table (or among

@@ -37,6 +37,11 @@ _handle_missed``)              jumps, ``_add_gap`` records the hole as done and 
                                aiokafka's ``Fetcher.fetched_records`` takes the then empty set
                                for every partition, Faust's ``getmany`` drops what it returns
                                with the flow stopped, and ``perform_seek`` rewinds no changelog.
+:class:`OwnedKeys`             the memory store keeps a key's partition only for keys recovered
+                               from the changelog (``Store._key_partition``, filled by
+                               ``_create_batch_iterator``), not for keys the agent sets; and it
+                               keeps a revoked partition's keys until a later recovery's
+                               ``on_recovery_completed`` — so ``table.keys()`` still lists them.
 :func:`producer_send_now`      aiokafka has no public "send what you hold now";
                                ``MessageAccumulator.flush_for_commit`` closes the open batches and
                                wakes the sender (reached through Faust's ``_ensure_producer``).
@@ -51,7 +56,7 @@ import logging
 import sys
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
@@ -93,6 +98,8 @@ CHECKED_SOURCES: dict[str, str] = {
     "faust.transport.consumer.Consumer.getmany": "4b168d84882a70d6",
     "faust.transport.consumer.Consumer._wait_next_records": "6218e1969a636b3f",
     "aiokafka.consumer.consumer.AIOKafkaConsumer.seek_to_committed": "f6cd85c8b70a4ccf",
+    "faust.stores.memory.Store._create_batch_iterator": "b082c8bcc0403823",
+    "faust.stores.memory.Store.on_recovery_completed": "a00bef343e139602",
 }
 
 #: the committed offset of ``(topic, partition)`` as the worker's consumer knows it (None: not known)
@@ -168,6 +175,49 @@ def committed_offsets(app: faust.App) -> Committed:
         return offsets[tp] or 0
 
     return committed
+
+
+class OwnedKeys:
+    """Which of the table's keys belong to a partition this worker owns now — for its gauges.
+
+    After a rebalance, the memory store still holds the keys of the partitions this worker
+    lost: the keys it *wrote* stay until the worker restarts (the store records the partition
+    only of keys it recovered from the changelog), so a gauge over ``table.keys()`` went on
+    counting another worker's parked operations (554 for minutes, 0 only after a restart). The
+    planner records the partition of each key it writes (:meth:`wrote`); the store's own record
+    covers the keys it recovered. The RocksDB store lists only its active partitions' keys
+    anyway; a key whose partition is known from neither is counted.
+    """
+
+    def __init__(self, app: faust.App, table: Any) -> None:
+        self.app = app
+        self.table = table
+        self._written: dict[str, int] = {}
+
+    def wrote(self, key: str, partition: int, deleted: bool) -> None:
+        """The agent wrote ``key`` (while handling a message of ``partition``)."""
+        if deleted:
+            self._written.pop(key, None)
+        else:
+            self._written[key] = partition
+
+    def owned(self, revoked: frozenset[int] = frozenset()) -> frozenset[int]:
+        """The table partitions assigned to this worker now (less ``revoked``: the revocation
+        signal comes before the assignor forgets them)."""
+        topic = self.table.changelog_topic.get_topic_name()
+        actives = self.app.assignor.assigned_actives()
+        return frozenset(tp.partition for tp in actives if tp.topic == topic) - revoked
+
+    def select(self, keys: Iterable[str], owned: frozenset[int]) -> Iterator[str]:
+        """The ``keys`` of partitions in ``owned`` (and those of no known partition)."""
+        recovered: Mapping[Any, int] = getattr(self.table.data, "_key_partition", None) or {}
+        written = self._written
+        for key in keys:
+            partition = written.get(key)
+            if partition is None:
+                partition = recovered.get(key)
+            if partition is None or partition in owned:
+                yield key
 
 
 def producer_send_now(app: faust.App) -> SendNow:

@@ -34,7 +34,8 @@ from kernel.errors import RetryableError
 from kernel.records import Record
 from processors.control import CONTROL_ADAPTER, GATE_PARTITION
 from processors.engine import Coords, Effects, Reconciler
-from processors.faust_compat import Committed, Deliveries, SendNow
+from processors.faust_compat import Committed, Deliveries, OwnedKeys, SendNow
+from processors.keys import PARKED
 from processors.metrics import PlannerMetrics
 from processors.topics import PlannerTopics
 from schemas.codec import DecodeError, decode_event, decode_model, encode
@@ -70,6 +71,7 @@ class PlannerHandlers:
         topic_prefix: str = "",
         fetch: FetchRange | None = None,
         send_now: SendNow | None = None,
+        owned_keys: OwnedKeys | None = None,
     ) -> None:
         self.reconciler = reconciler
         self.table = table
@@ -83,6 +85,7 @@ class PlannerHandlers:
         self._inputs = {self._results: "results", self._facts: "facts", self._control: "control"}
         self.fetch = fetch
         self.send_now = send_now
+        self.owned_keys = owned_keys
         self.deliveries = Deliveries(committed)
         self.in_message = False  # the stall watchdog does not seek while a message is handled
 
@@ -191,15 +194,15 @@ class PlannerHandlers:
         self.metrics.child(self.metrics.messages, self._inputs.get(msg.topic, "directory")).inc()
         if msg.topic == self._results:
             result = self._decode(msg, lambda raw: decode_model(OperationResult, raw))
-            await self.perform(self.reconciler.on_result(result, coords))
+            await self.perform(self.reconciler.on_result(result, coords), msg.partition)
             return
         if msg.topic == self._facts:
             fact = self._decode(msg, lambda raw: decode_model(PlannerFact, raw))
-            await self.perform(self.reconciler.on_fact(fact, coords))
+            await self.perform(self.reconciler.on_fact(fact, coords), msg.partition)
             return
         if msg.topic == self._control:
             control = self._decode(msg, lambda raw: CONTROL_ADAPTER.validate_json(raw or b""))
-            await self.perform(self.reconciler.on_control(control, coords))
+            await self.perform(self.reconciler.on_control(control, coords), msg.partition)
             return
         await self._directory_event(msg, coords)
 
@@ -214,7 +217,7 @@ class PlannerHandlers:
         if expected is not None and ev.entity is not expected:
             raise _Undecodable(f"a {ev.entity.value} event on the {expected.value} topic")
         fx = self.reconciler.on_directory_event(ev, coords, self.committed(msg.topic, msg.partition))
-        await self.perform(fx)
+        await self.perform(fx, msg.partition)
 
     @staticmethod
     def _decode(msg: Incoming, decode: Callable[[bytes | None], Any]) -> Any:
@@ -227,8 +230,9 @@ class PlannerHandlers:
 
     # -- effects ----------------------------------------------------------------------
 
-    async def perform(self, fx: Effects) -> None:
-        """Send, (wait for the acks,) write — in that order; then count.
+    async def perform(self, fx: Effects, partition: int | None = None) -> None:
+        """Send, (wait for the acks,) write — in that order; then count. ``partition``: the
+        partition of the message handled, which the table writes go to.
 
         Records are handed to the Kafka producer at once (``send``), not to Faust's buffer
         (``send_soon``): before a commit Faust flushes its buffer only until no record has
@@ -249,6 +253,8 @@ class PlannerHandlers:
                 self.table.pop(key, None)
             else:
                 self.table[key] = value
+            if partition is not None and self.owned_keys is not None and key.startswith(PARKED):
+                self.owned_keys.wrote(key, partition, value is None)
         metrics = self.metrics
         for s in fx.sends:
             if s.role == "operations":
@@ -314,10 +320,21 @@ class PlannerHandlers:
 
     # -- gauges -----------------------------------------------------------------------
 
-    def export_gauges(self) -> None:
-        self.metrics.parked.set(self.reconciler.parked())
-        self.metrics.parked_oldest_age.set(self.reconciler.oldest_parked_age())
-        self.metrics.held_deletions.set(self.reconciler.held_deletions())
+    def export_gauges(self, revoked: frozenset[int] = frozenset()) -> None:
+        """Set the gauges from the partitions this worker owns now (all it holds without
+        ``owned_keys``), less ``revoked`` ones (see :class:`processors.faust_compat.OwnedKeys`)."""
+        keys = list(self.reconciler.store.keys())
+        gate_here = True
+        if self.owned_keys is not None:
+            owned = self.owned_keys.owned(revoked)
+            keys = list(self.owned_keys.select(keys, owned))
+            gate_here = GATE_PARTITION in owned
+        waiting = self.reconciler.waiting(keys)
+        self.metrics.parked.set(waiting.parked)
+        self.metrics.held_operations.set(waiting.held)
+        self.metrics.blocked.set(waiting.blocked)
+        self.metrics.parked_oldest_age.set(self.reconciler.oldest_parked_age(iter(keys)))
+        self.metrics.held_deletions.set(self.reconciler.held_deletions() if gate_here else 0)
 
 
 class _Undecodable(Exception):

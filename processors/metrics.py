@@ -1,8 +1,16 @@
 """Prometheus metrics of the planner process (names as in ARCHITECTURE.md).
 
-Gauges are per worker: ``vudsync_parked_operations`` counts the operations parked in this
-worker's table, ``vudsync_held_deletions`` what the accidental-delete gate holds (non-zero
-only on the worker that owns partition 0); sum them over workers.
+Gauges are per worker and count only what the partitions it owns *now* hold (a revoked
+partition's table entries leave its gauges at once); sum them over workers. One gauge per
+state, each operation in exactly one (:class:`processors.parking.Waiting`):
+
+- ``vudsync_parked_operations``: operations waiting for facts (cloud ids, catalogue entries);
+- ``vudsync_held_operations``: operations of held deletions (deactivations, revokes) waiting
+  for the accidental-delete gate or an operator;
+- ``vudsync_blocked_operations``: operations waiting for their application to match the cloud;
+- ``vudsync_held_deletions``: the deletions the gate holds — one per user or company, however
+  many operations each has (non-zero only on the worker that owns partition 0).
+
 ``vudsync_parked_oldest_age_seconds`` is this worker's oldest parked operation's age: take the
 maximum over workers.
 """
@@ -33,7 +41,17 @@ class PlannerMetrics:
         )
         self.parked = Gauge(
             "vudsync_parked_operations",
-            "Operations held until their prerequisites exist in the cloud",
+            "Operations waiting until their prerequisites exist in the cloud (not held, not blocked)",
+            registry=registry,
+        )
+        self.held_operations = Gauge(
+            "vudsync_held_operations",
+            "Operations of held deletions (deactivations, revokes) waiting for the accidental-delete gate",
+            registry=registry,
+        )
+        self.blocked = Gauge(
+            "vudsync_blocked_operations",
+            "Operations waiting for their application's instance to match the cloud's registry",
             registry=registry,
         )
         self.parked_oldest_age = Gauge(
@@ -45,7 +63,8 @@ class PlannerMetrics:
         self.dlq = dlq_counter(registry, DIRECTORY_DLQ.name)
         self.held_deletions = Gauge(
             "vudsync_held_deletions",
-            "Deletions held for an operator's confirmation (accidental-delete protection)",
+            "Deletions (one per user or company) held for an operator's decision "
+            "(accidental-delete protection)",
             registry=registry,
         )
         self.journal = Counter(

@@ -12,7 +12,8 @@ parked or blocked result), a rejected deletion is dropped.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -20,12 +21,52 @@ from processors import journal, keys, planner
 from processors.effects import Effects, Tx
 from processors.knowledge import Knowledge
 from processors.model import Parked, slot_of
-from processors.needs import Need
+from processors.needs import Need, NeedKind
 from schemas.directory import ApplicationType
 from schemas.operations import CLOUD_OPERATION_ADAPTER
 from schemas.results import ResultOutcome
 
 BUCKET = 256  # entity keys per index bucket
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """Operations waiting in the table, one state each (the planner's gauges, one per state).
+
+    - ``held``: waits for the accidental-delete gate (a ``deletion:`` need) — the
+      deactivations and revokes of a deletion the gate holds or is about to decide;
+    - ``blocked``: waits for its application to match the cloud (an ``application:`` need);
+    - ``parked``: waits only for facts (cloud ids, catalogue entries).
+
+    Held comes first: a deletion waits for an operator whatever else it needs.
+    """
+
+    parked: int = 0
+    held: int = 0
+    blocked: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.parked + self.held + self.blocked
+
+
+_HELD_PREFIX = f"{NeedKind.DELETION.value}:"
+_BLOCKED_PREFIX = f"{NeedKind.APPLICATION.value}:"
+
+
+def count_waiting(values: Iterable[Iterable[Mapping[str, Any]]]) -> Waiting:
+    """Classify the parked items of ``p|`` values (see :class:`Waiting`)."""
+    parked = held = blocked = 0
+    for items in values:
+        for item in items:
+            needs = item.get("needs") or ()
+            if any(n.startswith(_HELD_PREFIX) for n in needs):
+                held += 1
+            elif any(n.startswith(_BLOCKED_PREFIX) for n in needs):
+                blocked += 1
+            else:
+                parked += 1
+    return Waiting(parked, held, blocked)
 
 
 def parked_json(p: Parked) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from processors.agents import declare_agents
 from processors.app import create_app
 from processors.engine import Reconciler
 from processors.faust_compat import (
+    OwnedKeys,
     check_versions,
     committed_offsets,
     drain_buffer_before_commit,
@@ -163,6 +164,7 @@ def build_planner(settings: Settings, bootstrap: str, registry: CollectorRegistr
         topic_prefix=settings.topic_prefix,
         fetch=(missed := BrokerRange(bootstrap, security=settings.kafka_security())),
         send_now=producer_send_now(app),
+        owned_keys=OwnedKeys(app, table),
     )
     declare_agents(app, topics, handlers)
 
@@ -256,12 +258,21 @@ def planner_status_server(
         )
 
     def figures() -> dict[str, Any]:
-        held = registry_total(registry, "vudsync_held_deletions")
-        parked = registry_total(registry, "vudsync_parked_operations")
+        def gauge(name: str) -> int | None:
+            value = registry_total(registry, name)
+            return None if value is None else int(value)
+
+        actives = app.assignor.assigned_actives() if assigned else set()
+        changelog = app.tables["state"].changelog_topic.get_topic_name()
         return {
             "assigned_partitions": assigned[0] if assigned else None,
-            "parked_operations": None if parked is None else int(parked),
-            "held_deletions": None if held is None else int(held),
+            # the table partitions it owns now: what its gauges count (not every input topic's
+            # partitions line up with them in Faust's assignment: the control topic's need not)
+            "table_partitions": sorted(tp.partition for tp in actives if tp.topic == changelog),
+            "parked_operations": gauge("vudsync_parked_operations"),
+            "held_operations": gauge("vudsync_held_operations"),
+            "blocked_operations": gauge("vudsync_blocked_operations"),
+            "held_deletions": gauge("vudsync_held_deletions"),
         }
 
     return status_server(settings, registry, port, "planner", readiness, figures)

@@ -32,9 +32,6 @@ PLANNER_INPUTS: tuple[str, ...] = (
     PLANNER_FACTS.name,
     PLANNER_CONTROL.name,
 )
-#: deprecated: the planner has no wake-up topic any more; kept for vudsync.ops.lag_exporter / vudsync dlq
-#: until they use PLANNER_INPUTS
-WAKEUPS = PLANNER_CONTROL.name
 
 
 @dataclass(frozen=True)

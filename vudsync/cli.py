@@ -82,22 +82,44 @@ class _Main(click.Group):
             sys.exit(2)
 
 
+#: Libraries whose own log lines are not the CLI's output: kafka-python's "Task … ran for 0.3 s
+#: … blocking the event loop", aiokafka's and Faust's reconnect notes, one httpx line per cloud
+#: request. An operator's command shows what *it* says; ``-v`` shows these libraries' warnings
+#: too, ``-vv`` everything.
+LIBRARY_LOGGERS = ("kafka", "aiokafka", "faust", "mode", "asyncio", "urllib3", "httpx", "httpcore")
+
+
+def configure_logging(verbose: int, *, service: bool) -> None:
+    """The root logger at WARNING (``-v`` INFO, ``-vv`` DEBUG) for vudsync's own loggers.
+
+    Library loggers (:data:`LIBRARY_LOGGERS`): in an operator's command they say only ERROR
+    without ``-v``, WARNING with ``-v``, follow the root with ``-vv``. A component (``vudsync
+    run …``, ``service``) is a long-running process whose log *is* its output: there the
+    libraries' warnings stay (a broker going away is worth a line), and only httpx's INFO line
+    per request waits for ``-vv``.
+    """
+    level = max(logging.WARNING - 10 * verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in LIBRARY_LOGGERS:
+        library = logging.getLogger(name)
+        if verbose >= 2:
+            library.setLevel(logging.NOTSET)  # follows the root (DEBUG)
+        elif service or verbose == 1:
+            library.setLevel(logging.WARNING)
+        else:
+            library.setLevel(logging.ERROR)
+
+
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="more log output (-vv for debug)")
-def cli(verbose: int) -> None:
+@click.pass_context
+def cli(ctx: click.Context, verbose: int) -> None:
     """vudsync — sync Visma User Directory to the cloud through Apache Kafka.
 
     Settings come from VUDSYNC_* environment variables and ./vudsync.toml
     (or the file named by VUDSYNC_CONFIG).
     """
-    level = logging.WARNING - 10 * verbose
-    logging.basicConfig(
-        level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    if level > logging.DEBUG:
-        # httpx logs every request at INFO: with -v a line per cloud call drowned what the sink
-        # says about its own work (and the tail of a log). -vv shows them again.
-        logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_logging(verbose, service=ctx.invoked_subcommand == "run")
 
 
 def _register() -> None:

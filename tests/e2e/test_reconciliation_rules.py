@@ -290,6 +290,29 @@ def test_mass_deactivation_by_active_false_is_held_until_approved(
         assert all(active(u) for u in users) and _effects(cloud, "deactivated") == set()
         listed = _listed(settings, kafka_bootstrap)
         assert listed["held"] == 5
+        # one number per thing, with its unit: the gauges, `status` and `deletes list` agree (five
+        # deletions, one deactivation each: these users have no access), and held is not parked
+        figures = {
+            name: gauge(port, f"vudsync_{name}")
+            for name in ("held_deletions", "held_operations", "parked_operations", "blocked_operations")
+        }
+        assert figures == {
+            "held_deletions": 5,
+            "held_operations": 5,
+            "parked_operations": 0,
+            "blocked_operations": 0,
+        }, figures
+        status = vudsync_cli(
+            settings,
+            kafka_bootstrap,
+            "status",
+            "--json",
+            VUDSYNC_STATUS_METRICS=f"planner=http://127.0.0.1:{port}/metrics",
+        )
+        said = json.loads(status.stdout)
+        assert status.returncode == 1, status.stderr  # held deletions need an operator
+        assert (said["held_deletions"], said["held_operations"], said["parked_operations"]) == (5, 5, 0), said
+        assert any(p.startswith("5 deletion(s) held") and "(5 operation(s)" in p for p in said["problems"])
         _vudsync(
             settings,
             kafka_bootstrap,

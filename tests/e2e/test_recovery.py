@@ -211,6 +211,9 @@ def test_outage_then_dlq_retry_and_replay_bring_the_cloud_to_the_directory_state
                         + json.dumps(lag, indent=1)
                         + "\n".join(f"--- {n}\n{p.tail(40)}" for n, p in again.items())
                     )
+                # done means drained: what the replay produced (results, facts, operations) is read
+                after = json.loads(run(s, kafka_bootstrap, "status", "--json").stdout)["lag"]["by_group"]
+                assert not any(after.values()), after
                 summary = json.loads(stdout)["summary"]
                 assert summary["newly_applied"] >= 2, summary  # u3 and u4, dead-lettered in the outage
                 assert summary["already_applied"] >= 1, summary  # u2, applied by the retry

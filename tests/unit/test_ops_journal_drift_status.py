@@ -297,7 +297,12 @@ def test_status_lists_problems_and_reads_metrics_when_scraped() -> None:
         scrapes=[sink, planner, producer],
         dlq={"vud.cloud.operations.dlq": 2, "vud.directory.dlq": 0},
         journal=JournalStats(
-            entries=10, last_applied=None, last_minute={"applied": 30}, parked_open=9, held_open=1
+            entries=10,
+            last_applied=None,
+            last_minute={"applied": 30},
+            parked_open=9,
+            held_open=1,
+            held_deletions_open=1,
         ),
     )
     data = report.as_dict()

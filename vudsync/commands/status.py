@@ -24,7 +24,7 @@ def collect(settings: Settings, bootstrap: str) -> StatusReport:
     from vudsync.ops.journal_index import SqliteJournalIndex
     from vudsync.ops.journal_sync import JournalIndexer, journal_path
     from vudsync.ops.kafka_admin import group_admin
-    from vudsync.ops.lag_exporter import compute_lag, pipeline_groups
+    from vudsync.ops.lag_exporter import read_pipeline_lag
     from vudsync.ops.metrics_scrape import parse_endpoints, scrape
     from vudsync.ops.status import LagRow, assemble
 
@@ -33,13 +33,9 @@ def collect(settings: Settings, bootstrap: str) -> StatusReport:
     try:
         with group_admin(bootstrap, security=settings.kafka_security()) as admin:
             members = {r.value: (group_id(r, settings), admin.members(group_id(r, settings))) for r in Role}
-            groups = pipeline_groups(settings)
-            committed = {g.group: admin.committed(g.group) for g in groups}
-            topics = {t for g in groups for t in g.topics} | {t for c in committed.values() for t, _ in c}
-            tps = admin.partitions(topics)
             lag = [
                 LagRow(r.group, r.topic, r.partition, r.committed, r.end, r.lag)
-                for r in compute_lag(groups, committed, admin.start_offsets(tps), admin.end_offsets(tps))
+                for r in read_pipeline_lag(admin, settings)
             ]
             queues = KafkaDeadLetterQueues(settings, bootstrap, admin)
             dlq = {d.topic: d.unhandled for d in (queues.depth(q) for q in ("directory", "operations"))}

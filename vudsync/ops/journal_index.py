@@ -99,7 +99,8 @@ class JournalStats:
     last_applied: JournalEntry | None
     last_minute: dict[str, int]  # outcome -> entries recorded in the last 60 s
     parked_open: int  # parked operations with no applied / dead-lettered result since
-    held_open: int  # held operations (e.g. mass deletions) not released since
+    held_open: int  # held operations (deactivations, revokes of held deletions) not released since
+    held_deletions_open: int = 0  # the users / companies those held operations delete
 
 
 def _row(entry: JournalEntry) -> tuple[Any, ...]:
@@ -311,4 +312,13 @@ class SqliteJournalIndex:
             )
             parked = self._open("parked")
             held = self._open("held")
-        return JournalStats(total, _entry(last)[1] if last else None, minute, parked, held)
+            held_deletions = int(
+                self._conn.execute(
+                    "SELECT COUNT(DISTINCT e.entity || ':' || e.entity_id) FROM waiting w "
+                    "JOIN entries e ON e.operation_id = w.operation_id AND e.outcome = 'held' "
+                    "WHERE w.outcome = 'held'"
+                ).fetchone()[0]
+            )
+        return JournalStats(
+            total, _entry(last)[1] if last else None, minute, parked, held, held_deletions
+        )

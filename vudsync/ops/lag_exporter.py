@@ -326,17 +326,41 @@ class LagExporter:
 
 
 def pipeline_groups(settings: Settings) -> tuple[GroupSpec, ...]:
-    """The planner's and the sink's consumer groups with their input topics."""
+    """The planner's and the sink's consumer groups with their input topics (the planner's:
+    the directory topics, results, facts and control — what it writes to itself counts too)."""
     from processors.app import app_id
-    from processors.topics import WAKEUPS
-    from schemas.topics import DIRECTORY_TOPICS, OPERATIONS, RESULTS
+    from processors.topics import PLANNER_INPUTS
+    from schemas.topics import OPERATIONS
     from sinks.service import sink_group
 
-    planner_topics = [spec.name for spec in DIRECTORY_TOPICS.values()] + [RESULTS.name, WAKEUPS]
     return (
-        GroupSpec(app_id(settings), tuple(settings.topic(name) for name in planner_topics)),
+        GroupSpec(app_id(settings), tuple(settings.topic(name) for name in PLANNER_INPUTS)),
         GroupSpec(sink_group(settings), (settings.topic(OPERATIONS.name),)),
     )
+
+
+class GroupOffsets(Protocol):
+    """What :func:`read_pipeline_lag` reads (``vudsync.ops.kafka_admin.KafkaGroupAdmin``)."""
+
+    def committed(self, group: str) -> dict[TopicPartitionKey, int]: ...
+
+    def partitions(self, topics: Iterable[str]) -> list[TopicPartitionKey]: ...
+
+    def start_offsets(self, partitions: Iterable[TopicPartitionKey]) -> dict[TopicPartitionKey, int]: ...
+
+    def end_offsets(self, partitions: Iterable[TopicPartitionKey]) -> dict[TopicPartitionKey, int]: ...
+
+
+def read_pipeline_lag(admin: GroupOffsets, settings: Settings) -> list[PartitionLag]:
+    """Every pipeline group's lag now, as ``vudsync status`` shows it and ``vudsync replay``
+    waits for. The committed offsets are read *before* the end offsets: each stage flushes
+    its output before it commits, so whatever a committed message produced is in the ends
+    read afterwards — a read with no lag anywhere means nothing is in flight between stages."""
+    groups = pipeline_groups(settings)
+    committed = {g.group: admin.committed(g.group) for g in groups}
+    topics = {t for g in groups for t in g.topics} | {t for c in committed.values() for t, _ in c}
+    tps = admin.partitions(topics)
+    return compute_lag(groups, committed, admin.start_offsets(tps), admin.end_offsets(tps))
 
 
 def build_lag_exporter(settings: Settings, bootstrap: str, registry: CollectorRegistry) -> LagExporter:

@@ -21,11 +21,23 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from kernel.errors import ConfigurationError
 from kernel.records import TopicPartition as TP
 from schemas.results import OperationResult, ResultOutcome
 from vudsync.ops.groups import Role
+
+
+class _LagRow(Protocol):
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def end(self) -> int: ...
+    @property
+    def lag(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -95,6 +107,27 @@ def progress(partitions: Iterable[PartitionReplay], committed: Mapping[TP, int])
         now = committed.get((p.topic, p.partition), p.target)
         done += min(max(now - p.target, 0), p.messages)
     return done, total
+
+
+class DrainWatch:
+    """When a replay is done: every consumer group of the pipeline has lag 0 on every topic it
+    reads — the directory topics, results, facts, control, operations: what the replay itself
+    produces included — in two reads in a row with the same end offsets (nothing was written
+    in between). Fed one lag read at a time (rows with ``topic``, ``partition``, ``end``,
+    ``lag``, as :func:`vudsync.ops.lag_exporter.read_pipeline_lag` returns them)."""
+
+    def __init__(self) -> None:
+        self._ends: dict[TP, int] | None = None
+        self.left = 0
+
+    def observe(self, rows: Iterable[_LagRow]) -> bool:
+        """True once drained and settled (see the class)."""
+        rows = list(rows)
+        self.left = sum(r.lag for r in rows)
+        ends = {(r.topic, r.partition): r.end for r in rows}
+        settled = self.left == 0 and ends == self._ends
+        self._ends = ends if self.left == 0 else None
+        return settled
 
 
 def parse_offsets(spec: str, aliases: Mapping[str, str]) -> dict[TP, int]:

@@ -8,7 +8,9 @@ Order (each step only after the one before succeeded):
 3. note where ``vud.cloud.results`` and ``vud.cloud.operations`` end now;
 4. check the members again, then move the committed offsets (the broker also refuses while a
    member is in the group);
-5. wait while the groups' lag drains — which happens only when their workers run again;
+5. wait while the replayed ranges are read again — which happens only when the workers run
+   again — and then until every pipeline group has drained what that produced (results,
+   facts, operations downstream): "done" means ``vudsync status`` shows no lag;
 6. read the results recorded since step 3 and fold them into the summary.
 """
 
@@ -29,7 +31,9 @@ from schemas.topics import OPERATIONS, RESULTS
 from vudsync.ops.groups import GroupHasLiveMembers, GroupMember, Role, group_id, topics_for_role
 from vudsync.ops.kafka_admin import KafkaGroupAdmin
 from vudsync.ops.kafka_reader import read_ranges
+from vudsync.ops.lag_exporter import read_pipeline_lag
 from vudsync.ops.replay import (
+    DrainWatch,
     PartitionReplay,
     ReplayPlan,
     ReplaySummary,
@@ -163,8 +167,10 @@ class ReplayRunner:
         on_progress: Callable[[int, int, str], None],
         poll: float = 0.5,
     ) -> bool:
-        """Wait until every replayed range is committed past and, after a planner replay, the sink
-        has applied what the planner emitted. False at ``timeout``."""
+        """Wait until every replayed range is committed past, then until the whole pipeline has
+        drained what the replay produced — operations, results, facts, the planner's and the
+        sink's work on them (:class:`vudsync.ops.replay.DrainWatch`, the lag ``vudsync status``
+        shows). False at ``timeout``: the workers keep going."""
         deadline = time.monotonic() + timeout
         while True:
             done, total = self.progress(plan)
@@ -174,18 +180,12 @@ class ReplayRunner:
             if time.monotonic() > deadline:
                 return False
             time.sleep(poll)
-        if not plan.for_role(Role.PLANNER):
-            return True
-        # the planner has re-planned: wait until the sink has read every operation written so far
-        sink = group_id(Role.SINK, self.settings)
-        tps = self.admin.partitions([self.operations_topic])
-        target = self.admin.end_offsets(tps)
+        watch = DrainWatch()
         while True:
-            committed = self.admin.committed(sink)
-            left = sum(max(end - committed.get(tp, 0), 0) for tp, end in target.items())
-            on_progress(0 if left else 1, 1, "sink applying re-planned operations")
-            if not left:
+            if watch.observe(read_pipeline_lag(self.admin, self.settings)):
+                on_progress(1, 1, "pipeline drained")
                 return True
+            on_progress(0, 1, f"draining the pipeline: {watch.left} message(s) left")
             if time.monotonic() > deadline:
                 return False
             time.sleep(poll)

@@ -5,9 +5,13 @@ Where each line comes from:
 - liveness: consumer-group membership (planner, sink) and the ``/metrics`` endpoints when
   configured (every component, the producer only that way);
 - lag: committed vs end offsets per group/topic/partition;
-- parked operations and held deletions: the planner's ``vudsync_parked_operations`` and
-  ``vudsync_held_deletions`` when scraped, else the journal (parked / held results with no
-  applied, dead-lettered or rejected result since);
+- waiting operations, one number per state with its unit (the planner's gauges when scraped,
+  else the journal: parked / held results with no applied, dead-lettered or rejected result
+  since): *parked operations* (waiting for facts), *blocked operations* (waiting for their
+  application; planner metrics only), *held deletions* (users and companies whose deletion the
+  accidental-delete gate holds) and the *held operations* they consist of (deactivations,
+  revokes); ``vudsync deletes list`` lists the same deletions (its count is the first
+  number). A held operation is not also parked;
 - DLQ depths: unhandled dead letters (see :mod:`vudsync.ops.deadletters`);
 - circuit: the sinks' ``vudsync_cloud_circuit_open`` (unknown without their endpoints);
 - last applied change, its age and the throughput of the last minute: the journal
@@ -51,7 +55,9 @@ class StatusReport:
     lag: tuple[LagRow, ...]
     parked: int | None
     parked_source: str
-    held: int
+    held: int  # deletions (users, companies)
+    held_operations: int | None  # the operations of those deletions (None: not known)
+    blocked: int | None  # operations waiting for their application (None: not known)
     dlq: Mapping[str, int]  # topic -> unhandled
     circuit: str  # open | closed | unknown
     last_applied: Mapping[str, Any] | None
@@ -72,7 +78,9 @@ class StatusReport:
             "lag": {"by_group": self.lag_by_group(), "partitions": [r.__dict__ for r in self.lag]},
             "parked_operations": self.parked,
             "parked_source": self.parked_source,
+            "blocked_operations": self.blocked,
             "held_deletions": self.held,
+            "held_operations": self.held_operations,
             "dlq": dict(self.dlq),
             "circuit": self.circuit,
             "last_applied": dict(self.last_applied) if self.last_applied else None,
@@ -124,26 +132,28 @@ def assemble(
     for role, (group, ms) in members.items():
         components.append(_group_component(role, group, ms, scrapes))
 
-    planner_held = [
-        s.total("vudsync_held_deletions")
-        for s in scrapes
-        if s.endpoint.component == "planner" and not s.error
-    ]
-    if planner_held and all(v is not None for v in planner_held):
-        held = int(sum(v for v in planner_held if v is not None))
-    else:
-        held = journal.held_open
+    planner = [s for s in scrapes if s.endpoint.component == "planner" and not s.error]
 
-    planner_parked = [
-        s.total("vudsync_parked_operations")
-        for s in scrapes
-        if s.endpoint.component == "planner" and not s.error
-    ]
-    if planner_parked and all(v is not None for v in planner_parked):
-        parked: int | None = int(sum(v for v in planner_parked if v is not None))
+    def planner_total(name: str) -> int | None:
+        """The sum over planner workers; None unless every worker answered with it."""
+        values = [s.total(name) for s in planner]
+        if not values or any(v is None for v in values):
+            return None
+        return int(sum(v for v in values if v is not None))
+
+    held_deletions, held_operations = (
+        planner_total("vudsync_held_deletions"),
+        planner_total("vudsync_held_operations"),
+    )
+    parked = planner_total("vudsync_parked_operations")
+    blocked = planner_total("vudsync_blocked_operations")
+    if parked is not None:
         parked_source = "planner metrics"
     else:
         parked, parked_source = journal.parked_open, "journal"
+    if held_deletions is None or held_operations is None:
+        held_deletions, held_operations = journal.held_deletions_open, journal.held_open
+    held = held_deletions
 
     circuits = [
         s.total("vudsync_cloud_circuit_open")
@@ -176,7 +186,10 @@ def assemble(
     if circuit == "open":
         problems.append("the circuit to the cloud is open: the cloud fails or refuses our credentials")
     if held:
-        problems.append(f"{held} operation(s) held (accidental-delete protection): an operator decides")
+        problems.append(
+            f"{held} deletion(s) held by the accidental-delete protection ({held_operations} "
+            "operation(s): deactivations, revokes): an operator decides — `vudsync deletes list`"
+        )
     waiting = sum(r.lag for r in lag)
     if waiting and last is not None and float(last["age_seconds"]) > STALL_AFTER:
         problems.append(
@@ -188,6 +201,8 @@ def assemble(
         parked,
         parked_source,
         held,
+        held_operations,
+        blocked,
         dict(dlq),
         circuit,
         last,
@@ -216,7 +231,10 @@ def render(report: StatusReport) -> list[str]:
     lines.append("")
     parked = report.parked if report.parked is not None else "?"
     lines.append(f"parked operations   {parked} (from {report.parked_source})")
-    lines.append(f"held deletions      {report.held}")
+    if report.blocked is not None:
+        lines.append(f"blocked operations  {report.blocked} (waiting for their application)")
+    held_ops = "?" if report.held_operations is None else report.held_operations
+    lines.append(f"held deletions      {report.held} ({held_ops} operation(s): deactivations, revokes)")
     for topic, n in report.dlq.items():
         lines.append(f"dead letters        {n} unhandled in {topic}")
     lines.append(f"circuit to cloud    {report.circuit}")

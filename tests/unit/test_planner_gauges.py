@@ -1,0 +1,147 @@
+"""The planner's gauges: one per state, one number per thing, and only what the worker owns now.
+
+A drill saw the parked gauge stay at 554 for minutes after a rebalance, with lag 0 and nothing
+waiting, until a restart: the memory store keeps the keys the agent wrote on a partition after
+the partition is revoked. And held deletions were counted three times three ways: the gate's
+held deletions (one per user), the deactivations and revokes held (3,201 operations), and the
+same operations again in the parked gauge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from processors.engine import Effects, Reconciler
+from processors.faust_compat import OwnedKeys
+from processors.handlers import PlannerHandlers
+from processors.metrics import PlannerMetrics
+from processors.model import PlannerSettings
+from processors.parking import Waiting, count_waiting
+from tests.factories import T0
+
+CHANGELOG = "vudsync-planner-state-changelog"
+
+
+def item(*needs: str) -> dict[str, Any]:
+    return {
+        "slot": "s",
+        "op": {"source_committed_at": T0.isoformat()},
+        "needs": list(needs),
+        "apps": [],
+        "del": None,
+    }
+
+
+def test_each_waiting_operation_is_in_exactly_one_state() -> None:
+    values = [
+        [item("company:c1"), item("user:u1", "catalogue:business:roles:Lønn")],  # parked, parked
+        [item("deletion:user:u2:9"), item("deletion:user:u2:9", "company:c1")],  # held, held
+        [item("application:business"), item("application:business", "deletion:user:u3:4")],
+    ]
+    assert count_waiting(values) == Waiting(parked=2, held=3, blocked=1)
+    assert count_waiting(values).total == 6
+
+
+@dataclass(frozen=True)
+class TP:
+    topic: str
+    partition: int
+
+
+@dataclass
+class FakeAssignor:
+    partitions: set[int]
+
+    def assigned_actives(self) -> set[TP]:
+        return {TP(CHANGELOG, p) for p in self.partitions} | {
+            TP("vud.directory.users", p) for p in self.partitions
+        }
+
+
+@dataclass
+class FakeApp:
+    assignor: FakeAssignor
+
+
+class FakeChangelog:
+    def get_topic_name(self) -> str:
+        return CHANGELOG
+
+
+@dataclass
+class FakeStore(dict[str, Any]):
+    _key_partition: dict[str, int] = field(default_factory=dict)  # what faust's memory store recovered
+
+
+class FakeTable(dict[str, Any]):
+    changelog_topic = FakeChangelog()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data = FakeStore()
+
+
+def _worker(partitions: set[int]) -> tuple[PlannerHandlers, FakeTable, FakeApp, CollectorRegistry]:
+    table = FakeTable()
+    app = FakeApp(FakeAssignor(set(partitions)))
+    registry = CollectorRegistry()
+    handlers = PlannerHandlers(
+        Reconciler(table, PlannerSettings(), 6, lambda: T0),
+        table,
+        None,  # type: ignore[arg-type]  # no sends here
+        PlannerMetrics(registry),
+        lambda t, p: None,
+        owned_keys=OwnedKeys(app, table),  # type: ignore[arg-type]
+    )
+    return handlers, table, app, registry
+
+
+def _gauges(registry: CollectorRegistry) -> dict[str, float | None]:
+    names = (
+        "vudsync_parked_operations",
+        "vudsync_held_operations",
+        "vudsync_blocked_operations",
+        "vudsync_held_deletions",
+    )
+    return {n.removeprefix("vudsync_"): registry.get_sample_value(n) for n in names}
+
+
+async def test_the_gauges_count_only_the_partitions_the_worker_owns_now() -> None:
+    handlers, table, app, registry = _worker({0, 1, 2})
+    # written by this worker: user u1 on partition 1, u2 on partition 2 (its deletion is held)
+    await handlers.perform(Effects(writes={"p|user:u1": [item("company:c1"), item("company:c2")]}), 1)
+    await handlers.perform(Effects(writes={"p|user:u2": [item("deletion:user:u2:5")] * 3}), 2)
+    # recovered from the changelog of partition 0: blocked on its application; the gate holds 1
+    table["p|user:u3"] = [item("application:business")]
+    table.data._key_partition["p|user:u3"] = 0
+    table["g|gate"] = {"window": [], "holding": True, "held": 1, "live": {}}
+    handlers.export_gauges()
+    assert _gauges(registry) == {
+        "parked_operations": 2,
+        "held_operations": 3,
+        "blocked_operations": 1,
+        "held_deletions": 1,
+    }
+
+    # a rebalance takes partitions 0 and 2 away: the store still holds their keys (faust's
+    # memory store does), the gauges drop them at the revocation, before the assignor forgets
+    handlers.export_gauges(revoked=frozenset({0, 2}))
+    assert _gauges(registry) == {
+        "parked_operations": 2,
+        "held_operations": 0,
+        "blocked_operations": 0,
+        "held_deletions": 0,
+    }
+    app.assignor.partitions = {1}
+    handlers.export_gauges()
+    assert _gauges(registry)["parked_operations"] == 2 and _gauges(registry)["held_operations"] == 0
+
+    # u1's operations are released: its key is deleted, the gauge follows
+    await handlers.perform(Effects(writes={"p|user:u1": None}), 1)
+    handlers.export_gauges()
+    assert _gauges(registry)["parked_operations"] == 0
+    # the oldest parked age, too, is of what the worker owns: nothing (the others' keys remain)
+    assert registry.get_sample_value("vudsync_parked_oldest_age_seconds") == 0
