@@ -35,6 +35,10 @@ _handle_missed``)              jumps, ``_add_gap`` records the hole as done and 
 :func:`producer_send_now`      aiokafka has no public "send what you hold now";
                                ``MessageAccumulator.flush_for_commit`` closes the open batches and
                                wakes the sender (reached through Faust's ``_ensure_producer``).
+:func:`current_event_as`       a table write goes to the changelog partition (and the store
+                               partition) of ``current_event()``, the stream's context variable
+                               ``faust.streams._current_event``; a batch (``take_events``) writes
+                               for several partitions, after its events were taken.
 =============================  ==================================================================
 """
 
@@ -47,7 +51,7 @@ import logging
 import sys
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
@@ -81,6 +85,7 @@ CHECKED_SOURCES: dict[str, str] = {
     "faust.tables.base.Collection.send_changelog": "3dd3884e1b5fc0e1",
     "faust.transport.drivers.aiokafka.Producer._ensure_producer": "5592a4bbdf251325",
     "aiokafka.producer.message_accumulator.MessageAccumulator.flush_for_commit": "39683730fcffc2a4",
+    "faust.tables.base.Collection.partition_for_key": "3b2291811b8dd791",
 }
 
 #: the committed offset of ``(topic, partition)`` as the worker's consumer knows it (None: not known)
@@ -169,6 +174,28 @@ def producer_send_now(app: faust.App) -> SendNow:
         await producer._message_accumulator.flush_for_commit()
 
     return send_now
+
+
+@contextlib.contextmanager
+def current_event_as(event: Any) -> Iterator[None]:
+    """Make ``event`` the current event while the block runs: Faust's table writes it makes go
+    to the event's partition of the changelog (and of the store).
+
+    Why: ``Collection.partition_for_key`` (and the RocksDB store) take the partition of a
+    write from ``faust.streams.current_event()``, a context variable the stream sets for the
+    event it yields. A batch of events (``Stream.take_events``) is handled after all were
+    taken — from several partitions — so each partition's writes are made under one of its own
+    events. faust-streaming 0.15.3 (pinned); tests/unit/test_faust_compat.py pins the source.
+    """
+    import weakref
+
+    from faust import streams
+
+    token = streams._current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        streams._current_event.reset(token)
 
 
 def drain_buffer_before_commit(app: faust.App, warn_after: float = 10.0) -> None:
