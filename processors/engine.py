@@ -126,7 +126,7 @@ class Reconciler:
         if kind == "directory":
             return self.on_directory_event(value, coords, item.committed, tx)
         if kind == "result":
-            return self.on_result(value, coords)
+            return self.on_result(value, coords, tx)
         if kind == "fact":
             return self.on_fact(value, coords, tx)
         if kind == "control":
@@ -139,9 +139,9 @@ class Reconciler:
         """Plan one directory event. ``committed``: the committed offset of its topic partition."""
         return self._directory.on_directory_event(tx or Tx(self.store), ev, coords, committed)
 
-    def on_result(self, result: OperationResult, coords: Coords) -> Effects:
+    def on_result(self, result: OperationResult, coords: Coords, tx: Tx | None = None) -> Effects:
         """Learn from a result: cloud ids, the registry, the catalogue; the review journal."""
-        return self._facts.on_result(result, coords)
+        return self._facts.on_result(tx or Tx(self.store), result, coords)
 
     def on_fact(self, fact: PlannerFact, coords: Coords, tx: Tx | None = None) -> Effects:
         """Record a fact in this partition's copy; release what waited for it."""

@@ -47,8 +47,9 @@ class Taping(Reconciler):
         fx = super().on_directory_event(ev, coords, committed, tx)
         return fx if tx is not None else self._taped(Input("directory", ev, coords, committed), fx)
 
-    def on_result(self, result: Any, coords: Coords) -> Effects:
-        return self._taped(Input("result", result, coords), super().on_result(result, coords))
+    def on_result(self, result: Any, coords: Coords, tx: Any = None) -> Effects:
+        fx = super().on_result(result, coords, tx)
+        return fx if tx is not None else self._taped(Input("result", result, coords), fx)
 
     def on_fact(self, fact: Any, coords: Coords, tx: Any = None) -> Effects:
         fx = super().on_fact(fact, coords, tx)
