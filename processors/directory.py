@@ -100,6 +100,8 @@ class DirectoryEvents:
                     "d": plan.view.deleted,
                     "s": ev.state.model_dump(mode="json"),
                     "h": history[-HISTORY_MAX:],
+                    # the partition the entity's events arrive on: where its own facts go
+                    "p": coords.partition,
                 },
             )
             was_live = raw is not None and not raw["d"]

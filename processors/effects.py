@@ -37,8 +37,14 @@ class Send(NamedTuple):
 
 @dataclass
 class Effects:
-    """What to do for one message: send ``sends``, then apply ``writes`` in order (a None value
-    deletes the key). With ``acks_first``, every send is acknowledged before the first write."""
+    """What to do for one message — or a batch of them: send ``sends``, then apply ``writes``
+    in order (a None value deletes the key). With ``acks_first``, every send is acknowledged
+    before the first write.
+
+    A batch's effects (:meth:`processors.engine.Reconciler.on_batch`) also say in which
+    partition's changelog each write goes (``partitions``: the partition of the message that
+    made it), what each directory event came to (``tallies``), and which messages failed to
+    plan (``failed``: their index in the batch and the exception; they left no effect)."""
 
     sends: list[Send] = field(default_factory=list)
     writes: dict[str, Any] = field(default_factory=dict)
@@ -46,6 +52,9 @@ class Effects:
     outcome: str | None = None
     entity: str | None = None
     journal: list[str] = field(default_factory=list)  # codes, for the metric
+    partitions: dict[str, int] | None = None  # batches: key → the partition it was written for
+    tallies: list[tuple[str, str]] = field(default_factory=list)  # batches: (entity, outcome)
+    failed: list[tuple[int, Exception]] = field(default_factory=list)  # batches: index, error
 
     def send(self, role: str, key: str, value: BaseModel, partition: int | None = None) -> None:
         self.sends.append(Send(role, key, value, partition))
@@ -92,3 +101,54 @@ class Tx:
     def effects(self, fx: Effects) -> Effects:
         fx.writes = {**self.writes, **self.late}
         return fx
+
+
+class BatchTx(Tx):
+    """A :class:`Tx` shared by the messages of a batch, handled one after the other: each reads
+    through the writes of those before it (as if the table had been written in between), the
+    writes of a key collapse into one (the last), and ``late`` writes go after every other.
+
+    :meth:`begin` starts a message (the partition its writes belong to) and :meth:`rollback`
+    undoes what the current message wrote, for a message whose planning failed. The effects of
+    a message carry no writes (:meth:`effects`): the batch's are taken once, at its end.
+    """
+
+    def __init__(self, store: Mapping[str, Any]) -> None:
+        super().__init__(store)
+        self.partitions: dict[str, int] = {}
+        self._partition = 0
+        self._undo: list[tuple[str, Any, Any, int | None]] = []
+
+    def begin(self, partition: int) -> None:
+        self._partition = partition
+        self._undo.clear()
+
+    def set(self, key: str, value: Any, *, late: bool = False) -> None:
+        writes, latest = self.writes, self.late
+        self._undo.append((key, writes.get(key, _UNREAD), latest.get(key, _UNREAD), self.partitions.get(key)))
+        if late:
+            writes.pop(key, None)
+            latest[key] = value
+        else:
+            latest.pop(key, None)
+            writes[key] = value
+        self.partitions[key] = self._partition
+
+    def rollback(self) -> None:
+        for key, written, late, partition in reversed(self._undo):
+            for target, before in ((self.writes, written), (self.late, late)):
+                if before is _UNREAD:
+                    target.pop(key, None)
+                else:
+                    target[key] = before
+            if partition is None:
+                self.partitions.pop(key, None)
+            else:
+                self.partitions[key] = partition
+        self._undo.clear()
+
+    def effects(self, fx: Effects) -> Effects:
+        return fx
+
+    def all_writes(self) -> dict[str, Any]:
+        return {**self.writes, **self.late}

@@ -27,15 +27,15 @@ before the table forgets it, :mod:`processors.facts`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 
 from processors import gate, parking
 from processors.directory import DirectoryEvents
-from processors.effects import Coords, Effects, Send, Tx
+from processors.effects import BatchTx, Coords, Effects, Send, Tx
 from processors.facts import Facts
 from processors.gate import Gate
 from processors.keys import is_parked
@@ -44,7 +44,18 @@ from processors.model import Identities, PlannerSettings
 from schemas.events import DirectoryEvent
 from schemas.results import OperationResult, PlannerFact
 
-__all__ = ["Coords", "Effects", "Reconciler", "Send"]
+__all__ = ["Coords", "Effects", "Input", "Reconciler", "Send"]
+
+
+class Input(NamedTuple):
+    """One decoded message of a batch: ``kind`` is ``directory`` (``value`` a
+    :data:`~schemas.events.DirectoryEvent`, ``committed`` the committed offset of its topic
+    partition), ``result``, ``fact`` or ``control``."""
+
+    kind: str
+    value: Any
+    coords: Coords
+    committed: int | None = None
 
 
 class Reconciler:
@@ -83,21 +94,62 @@ class Reconciler:
     def clock(self) -> Callable[[], datetime]:
         return self._clock
 
-    def on_directory_event(self, ev: DirectoryEvent, coords: Coords, committed: int | None) -> Effects:
+    def on_batch(self, inputs: Sequence[Input]) -> Effects:
+        """Handle ``inputs`` in order, as if each were handled alone and its effects performed
+        before the next: the same records, in the same order, and the table ends the same —
+        but each key is written once, every send comes before the first write, and the
+        acknowledgements are awaited once for the whole batch (``acks_first`` if any message
+        needs them). A message whose handling raises leaves no effect and is listed in
+        :attr:`Effects.failed`; the others go on."""
+        tx = BatchTx(self.store)
+        out = Effects(partitions=tx.partitions)
+        for i, item in enumerate(inputs):
+            tx.begin(item.coords.partition)
+            try:
+                fx = self._dispatch(item, tx)
+            except Exception as exc:  # the shell dead-letters it, as a message handled alone
+                tx.rollback()
+                out.failed.append((i, exc))
+                continue
+            for key, value in fx.writes.items():  # none from the paths here: their Tx collects them
+                tx.set(key, value)
+            out.sends.extend(fx.sends)
+            out.acks_first = out.acks_first or fx.acks_first
+            out.journal.extend(fx.journal)
+            if fx.outcome is not None and fx.entity is not None:
+                out.tallies.append((fx.entity, fx.outcome))
+        out.writes = tx.all_writes()
+        return out
+
+    def _dispatch(self, item: Input, tx: Tx) -> Effects:
+        kind, value, coords = item.kind, item.value, item.coords
+        if kind == "directory":
+            return self.on_directory_event(value, coords, item.committed, tx)
+        if kind == "result":
+            return self.on_result(value, coords, tx)
+        if kind == "fact":
+            return self.on_fact(value, coords, tx)
+        if kind == "control":
+            return self.on_control(value, coords, tx)
+        raise ValueError(f"unknown input kind {kind!r}")
+
+    def on_directory_event(
+        self, ev: DirectoryEvent, coords: Coords, committed: int | None, tx: Tx | None = None
+    ) -> Effects:
         """Plan one directory event. ``committed``: the committed offset of its topic partition."""
-        return self._directory.on_directory_event(Tx(self.store), ev, coords, committed)
+        return self._directory.on_directory_event(tx or Tx(self.store), ev, coords, committed)
 
-    def on_result(self, result: OperationResult, coords: Coords) -> Effects:
+    def on_result(self, result: OperationResult, coords: Coords, tx: Tx | None = None) -> Effects:
         """Learn from a result: cloud ids, the registry, the catalogue; the review journal."""
-        return self._facts.on_result(result, coords)
+        return self._facts.on_result(tx or Tx(self.store), result, coords)
 
-    def on_fact(self, fact: PlannerFact, coords: Coords) -> Effects:
+    def on_fact(self, fact: PlannerFact, coords: Coords, tx: Tx | None = None) -> Effects:
         """Record a fact in this partition's copy; release what waited for it."""
-        return self._facts.on_fact(Tx(self.store), fact, coords)
+        return self._facts.on_fact(tx or Tx(self.store), fact, coords)
 
-    def on_control(self, msg: BaseModel, coords: Coords) -> Effects:
+    def on_control(self, msg: BaseModel, coords: Coords, tx: Tx | None = None) -> Effects:
         """A message of the accidental-delete gate."""
-        return self._gate.on_control(Tx(self.store), msg, coords)
+        return self._gate.on_control(tx or Tx(self.store), msg, coords)
 
     # -- inspection ---------------------------------------------------------------------
 

@@ -4,9 +4,10 @@ A *fact* (:class:`~schemas.results.PlannerFact`) is something the planner must k
 or company's cloud id, a catalogue entry's existence, the cloud's registered instance of an
 application (learned from results, or told by ``vudsync connect``), the on-premise instance
 (from directory events). A result the sink applied becomes facts, sent to *every* partition of
-``vud.planner.facts``; each partition records its own copy under ``k|<p>|`` and releases what
-waited for it (:mod:`processors.parking`). A later ``observed_at`` (instances: a higher
-``version``) wins.
+``vud.planner.facts`` (a user's cloud id: to the partition its events arrive on, when known —
+only the user's own operations wait for it); each partition records its own copy under
+``k|<p>|`` and releases what waited for it (:mod:`processors.parking`). A later
+``observed_at`` (instances: a higher ``version``) wins.
 
 Why facts are copied to every partition instead of a Faust ``GlobalTable``: a partition's
 copy is written in the same changelog partition, in the same order, as the parked operations
@@ -67,7 +68,7 @@ class Facts:
 
     # -- results: what the cloud did ----------------------------------------------------
 
-    def on_result(self, result: OperationResult, coords: Coords) -> Effects:
+    def on_result(self, tx: Tx, result: OperationResult, coords: Coords) -> Effects:
         """Learn from a result: cloud ids, the registry, the catalogue; the review journal."""
         fx = Effects()
         if result.outcome not in _APPLIED:
@@ -76,19 +77,21 @@ class Facts:
         kind = result.kind
         learned = _LEARNED_FROM.get(kind)
         if learned is not None and result.cloud_id:
-            # to every partition, like every fact: which partition holds the user's parked
-            # operations depends on the directory producer's partitioner, which need not be
-            # the sink's (librdkafka hashes keys differently from the Java and Python clients)
-            self.fan_out(
-                fx,
-                PlannerFact(
-                    kind=learned,
-                    subject=result.entity_id,
-                    cloud_id=result.cloud_id,
-                    observed_at=seen,
-                    source="results",
-                ),
+            fact = PlannerFact(
+                kind=learned,
+                subject=result.entity_id,
+                cloud_id=result.cloud_id,
+                observed_at=seen,
+                source="results",
             )
+            home = self._home(tx, result) if learned is FactKind.USER else None
+            if home is None:
+                # to every partition: which partition holds the parked operations depends on
+                # the directory producer's partitioner, which need not be the sink's
+                # (librdkafka hashes keys differently from the Java and Python clients)
+                self.fan_out(fx, fact)
+            else:
+                fx.send("facts", fact.key, fact, home)
             review = result.details.get("review") if learned is FactKind.COMPANY else None
             if review and "linked" in (result.effect or ""):
                 entry = JournalEntry(
@@ -132,6 +135,16 @@ class Facts:
                 ),
             )
         return fx
+
+    @staticmethod
+    def _home(tx: Tx, result: OperationResult) -> int | None:
+        """The partition a user's directory events arrive on, if this worker's table knows it:
+        the only partition that needs the user's cloud id (only the user's own operations
+        wait for it, and they are planned from its events). None: not known here (another
+        worker owns the partition, or the value predates the field): every partition."""
+        raw = tx.get(keys.entity_key(keys.entity_ref(EntityType.USER, result.entity_id)))
+        home = raw.get("p") if raw is not None else None
+        return home if isinstance(home, int) else None
 
     def fan_out(self, fx: Effects, fact: PlannerFact) -> None:
         """Send ``fact`` to every partition."""

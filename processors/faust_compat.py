@@ -45,6 +45,10 @@ _handle_missed``)              jumps, ``_add_gap`` records the hole as done and 
 :func:`producer_send_now`      aiokafka has no public "send what you hold now";
                                ``MessageAccumulator.flush_for_commit`` closes the open batches and
                                wakes the sender (reached through Faust's ``_ensure_producer``).
+:func:`current_event_as`       a table write goes to the changelog partition (and the store
+                               partition) of ``current_event()``, the stream's context variable
+                               ``faust.streams._current_event``; a batch (``take_events``) writes
+                               for several partitions, after its events were taken.
 =============================  ==================================================================
 """
 
@@ -100,6 +104,7 @@ CHECKED_SOURCES: dict[str, str] = {
     "aiokafka.consumer.consumer.AIOKafkaConsumer.seek_to_committed": "f6cd85c8b70a4ccf",
     "faust.stores.memory.Store._create_batch_iterator": "b082c8bcc0403823",
     "faust.stores.memory.Store.on_recovery_completed": "a00bef343e139602",
+    "faust.tables.base.Collection.partition_for_key": "3b2291811b8dd791",
 }
 
 #: the committed offset of ``(topic, partition)`` as the worker's consumer knows it (None: not known)
@@ -231,6 +236,28 @@ def producer_send_now(app: faust.App) -> SendNow:
         await producer._message_accumulator.flush_for_commit()
 
     return send_now
+
+
+@contextlib.contextmanager
+def current_event_as(event: Any) -> Iterator[None]:
+    """Make ``event`` the current event while the block runs: Faust's table writes it makes go
+    to the event's partition of the changelog (and of the store).
+
+    Why: ``Collection.partition_for_key`` (and the RocksDB store) take the partition of a
+    write from ``faust.streams.current_event()``, a context variable the stream sets for the
+    event it yields. A batch of events (``Stream.take_events``) is handled after all were
+    taken — from several partitions — so each partition's writes are made under one of its own
+    events. faust-streaming 0.15.3 (pinned); tests/unit/test_faust_compat.py pins the source.
+    """
+    import weakref
+
+    from faust import streams
+
+    token = streams._current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        streams._current_event.reset(token)
 
 
 def drain_buffer_before_commit(app: faust.App, warn_after: float = 10.0) -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import faust
@@ -33,8 +33,8 @@ from faust.types import Message
 from kernel.errors import RetryableError
 from kernel.records import Record
 from processors.control import CONTROL_ADAPTER, GATE_PARTITION
-from processors.engine import Coords, Effects, Reconciler
-from processors.faust_compat import Committed, Deliveries, OwnedKeys, SendNow
+from processors.engine import Coords, Effects, Input, Reconciler
+from processors.faust_compat import Committed, Deliveries, OwnedKeys, SendNow, current_event_as
 from processors.keys import PARKED
 from processors.metrics import PlannerMetrics
 from processors.topics import PlannerTopics
@@ -89,24 +89,33 @@ class PlannerHandlers:
         self.deliveries = Deliveries(committed)
         self.in_message = False  # the stall watchdog does not seek while a message is handled
 
-    # -- the one entry point ----------------------------------------------------------
+    # -- the entry points -------------------------------------------------------------
 
     async def on_message(self, event: faust.EventT[Any]) -> None:
         """Handle one message of any input; never raises (but lets cancellation through)."""
-        msg = event.message
-        missed = self.deliveries.observe(msg.topic, msg.partition, msg.offset)
-        log.debug("planner: delivered %s[%d]@%d", msg.topic, msg.partition, msg.offset)
+        await self.on_batch([event])
+
+    async def on_batch(self, events: Sequence[faust.EventT[Any]]) -> None:
+        """Handle a batch of messages of any inputs, in order; never raises (but lets
+        cancellation through). Planned together (:meth:`Reconciler.on_batch`): one send of
+        every record, one wait for the acknowledgements, one write per table key."""
         self.in_message = True
         try:
-            if missed is not None:
-                await self._handle_missed(msg.topic, msg.partition, *missed)
-            await self._handle_until_done(msg)
+            msgs: list[Incoming] = []
+            for event in events:
+                msg = event.message
+                missed = self.deliveries.observe(msg.topic, msg.partition, msg.offset)
+                log.debug("planner: delivered %s[%d]@%d", msg.topic, msg.partition, msg.offset)
+                if missed is not None:
+                    msgs.extend(await self._read_missed(msg.topic, msg.partition, *missed))
+                msgs.append(msg)
+            await self._handle_until_done(msgs, {e.message.partition: e for e in events})
         finally:
             self.in_message = False
 
-    async def _handle_missed(self, topic: str, partition: int, first: int, last: int) -> None:
+    async def _read_missed(self, topic: str, partition: int, first: int, last: int) -> list[Record]:
         """Offsets ``first``..``last`` never reached the planner: read them straight from the
-        broker and handle them now, in order, before the message in hand.
+        broker, to be handled now, in order, before the message in hand.
 
         Why: faust-streaming 0.15.3 can lose a delivery in a rebalance (a record fetched, then
         cancelled, yet counted as read), and its commit passes such a hole (``_add_gap``,
@@ -120,7 +129,7 @@ class PlannerHandlers:
         """
         if self.fetch is None:
             log.warning("planner: %s[%d] offsets %d-%d never reached it", topic, partition, first, last)
-            return
+            return []
         attempt = 0
         while True:
             try:
@@ -156,68 +165,94 @@ class PlannerHandlers:
         )
         if records:
             self.metrics.child(self.metrics.retries, "undelivered").inc(len(records))
-        for record in records:
-            await self._handle_until_done(record)
+        return records
 
-    async def _handle_until_done(self, msg: Incoming) -> None:
+    async def _handle_until_done(self, msgs: Sequence[Incoming], events: Mapping[int, Any]) -> None:
+        """Decode, plan and perform ``msgs`` as one batch until the broker took every record;
+        dead-letter what does not decode or fails to plan. ``events``: an event of each
+        partition in the batch, under which its table writes are made (Faust's changelog
+        partition is the current event's)."""
+        inputs: list[Input] = []
+        sources: list[Incoming] = []
+        rejected: list[tuple[Incoming, str, str, BaseException | None]] = []
+        for msg in msgs:
+            try:
+                item = self._decode_input(msg)
+            except _Undecodable as exc:
+                rejected.append((msg, exc.reason, "decode", exc.cause))
+                continue
+            if item is not None:
+                inputs.append(item)
+                sources.append(msg)
+        for index, error in await self._perform_until_done(inputs, events):
+            msg = sources[index]
+            log.error("planner failed on %s[%d]@%d", msg.topic, msg.partition, msg.offset, exc_info=error)
+            rejected.append((msg, f"planning failed: {error}", "plan", error))
+        for msg, reason, stage, cause in rejected:
+            await self._dead_letter_until_sent(msg, reason, stage, cause)
+
+    async def _perform_until_done(
+        self, inputs: Sequence[Input], events: Mapping[int, Any]
+    ) -> list[tuple[int, Exception]]:
+        """Plan and perform ``inputs``, again (with backoff) while the broker does not take a
+        record: the plan is recomputed from the table, which only changes after the sends
+        (the same ids). Returns the inputs that failed (index, exception): those the
+        reconciler could not plan, and — when performing the batch fails otherwise — whichever
+        fails when each is planned and performed alone."""
         attempt = 0
         while True:
             try:
-                await self._handle(msg)
-                return
+                fx = self.reconciler.on_batch(inputs)
+                await self.perform(fx, events)
+                return fx.failed
             except asyncio.CancelledError:
                 raise
-            except _Undecodable as exc:
-                await self._dead_letter_until_sent(msg, exc.reason, "decode", exc.cause)
-                return
             except RETRYABLE as exc:
                 attempt += 1
                 delay = _backoff(attempt)
                 self.metrics.retries.labels(reason=type(exc).__name__).inc()
+                first = inputs[0].coords
                 log.warning(
-                    "planner: %s on %s[%d]@%d (attempt %d), retrying in %.1fs",
+                    "planner: %s on a batch of %d from %s[%d]@%d (attempt %d), retrying in %.1fs",
                     type(exc).__name__,
-                    msg.topic,
-                    msg.partition,
-                    msg.offset,
+                    len(inputs),
+                    first.topic,
+                    first.partition,
+                    first.offset,
                     attempt,
                     delay,
                 )
                 await asyncio.sleep(delay)
             except Exception as exc:
-                log.exception("planner failed on %s[%d]@%d", msg.topic, msg.partition, msg.offset)
-                await self._dead_letter_until_sent(msg, f"planning failed: {exc}", "plan", exc)
-                return
+                if len(inputs) == 1:
+                    return [(0, exc)]
+                log.warning("planner: a batch of %d failed (%s): one message at a time", len(inputs), exc)
+                failed: list[tuple[int, Exception]] = []
+                for i, item in enumerate(inputs):
+                    failed += [(i, e) for _, e in await self._perform_until_done([item], events)]
+                return failed
 
-    async def _handle(self, msg: Incoming) -> None:
+    def _decode_input(self, msg: Incoming) -> Input | None:
+        """The message as the reconciler takes it; None for a tombstone (counted, skipped)."""
         coords = Coords(msg.topic, msg.partition, msg.offset)
         self.metrics.child(self.metrics.messages, self._inputs.get(msg.topic, "directory")).inc()
         if msg.topic == self._results:
-            result = self._decode(msg, lambda raw: decode_model(OperationResult, raw))
-            await self.perform(self.reconciler.on_result(result, coords), msg.partition)
-            return
+            return Input("result", self._decode(msg, lambda raw: decode_model(OperationResult, raw)), coords)
         if msg.topic == self._facts:
-            fact = self._decode(msg, lambda raw: decode_model(PlannerFact, raw))
-            await self.perform(self.reconciler.on_fact(fact, coords), msg.partition)
-            return
+            return Input("fact", self._decode(msg, lambda raw: decode_model(PlannerFact, raw)), coords)
         if msg.topic == self._control:
             control = self._decode(msg, lambda raw: CONTROL_ADAPTER.validate_json(raw or b""))
-            await self.perform(self.reconciler.on_control(control, coords), msg.partition)
-            return
-        await self._directory_event(msg, coords)
-
-    async def _directory_event(self, msg: Incoming, coords: Coords) -> None:
+            return Input("control", control, coords)
         expected = entity_for_topic(msg.topic, self.prefix)
         if msg.value is None:  # the tombstone after a delete event: compaction's, not ours
             self.metrics.events.labels(
                 entity=expected.value if expected else "unknown", outcome="tombstone"
             ).inc()
-            return
+            return None
         ev = self._decode(msg, decode_event)
         if expected is not None and ev.entity is not expected:
             raise _Undecodable(f"a {ev.entity.value} event on the {expected.value} topic")
-        fx = self.reconciler.on_directory_event(ev, coords, self.committed(msg.topic, msg.partition))
-        await self.perform(fx, msg.partition)
+        return Input("directory", ev, coords, self.committed(msg.topic, msg.partition))
 
     @staticmethod
     def _decode(msg: Incoming, decode: Callable[[bytes | None], Any]) -> Any:
@@ -230,15 +265,17 @@ class PlannerHandlers:
 
     # -- effects ----------------------------------------------------------------------
 
-    async def perform(self, fx: Effects, partition: int | None = None) -> None:
-        """Send, (wait for the acks,) write — in that order; then count. ``partition``: the
-        partition of the message handled, which the table writes go to.
+    async def perform(self, fx: Effects, events: Mapping[int, Any] | None = None) -> None:
+        """Send, (wait for the acks,) write — in that order; then count.
 
         Records are handed to the Kafka producer at once (``send``), not to Faust's buffer
         (``send_soon``): before a commit Faust flushes its buffer only until no record has
         left it for 0.1 s (``BufferedProducer.flush_atmost``), so under load a commit can pass
         records still in the buffer, and a SIGKILL then loses them (a fact never learned, a
         parked operation never released). The Kafka producer's own flush waits for all.
+
+        A batch's writes go to the changelog partition each was made for: under an event of
+        that partition (``events``), as Faust's table takes the partition from the current event.
         """
         futures = []
         for s in fx.sends:
@@ -248,13 +285,15 @@ class PlannerHandlers:
             if self.send_now is not None:  # waited for: do not let them linger in a batch
                 await self.send_now()
             await asyncio.gather(*futures)
-        for key, value in fx.writes.items():
-            if value is None:
-                self.table.pop(key, None)
-            else:
-                self.table[key] = value
-            if partition is not None and self.owned_keys is not None and key.startswith(PARKED):
-                self.owned_keys.wrote(key, partition, value is None)
+        if fx.partitions is None or events is None:
+            self._write(fx.writes, fx.partitions)
+        else:
+            by_partition: dict[int, dict[str, Any]] = {}
+            for key, value in fx.writes.items():
+                by_partition.setdefault(fx.partitions[key], {})[key] = value
+            for partition, writes in by_partition.items():
+                with current_event_as(events[partition]):
+                    self._write(writes, fx.partitions)
         metrics = self.metrics
         for s in fx.sends:
             if s.role == "operations":
@@ -263,12 +302,25 @@ class PlannerHandlers:
             metrics.child(metrics.journal, code).inc()
         if fx.outcome is not None and fx.entity is not None:
             metrics.child(metrics.events, fx.entity, fx.outcome).inc()
+        for entity, outcome in fx.tallies:
+            metrics.child(metrics.events, entity, outcome).inc()
+
+    def _write(self, writes: Mapping[str, Any], partitions: Mapping[str, int] | None) -> None:
+        """The table writes; the parked keys' partitions told to ``owned_keys`` (the gauges
+        count only what this worker's partitions hold: :class:`faust_compat.OwnedKeys`)."""
+        table = self.table
+        owned = self.owned_keys
+        for key, value in writes.items():
+            if value is None:
+                table.pop(key, None)
+            else:
+                table[key] = value
+            if owned is not None and partitions is not None and key.startswith(PARKED):
+                owned.wrote(key, partitions[key], value is None)
 
     # -- dead letters -----------------------------------------------------------------
 
-    async def dead_letter(
-        self, msg: Incoming, reason: str, stage: str, exc: BaseException | None
-    ) -> None:
+    async def dead_letter(self, msg: Incoming, reason: str, stage: str, exc: BaseException | None) -> None:
         headers = error_headers(
             reason=reason,
             stage=stage,

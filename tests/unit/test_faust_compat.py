@@ -146,3 +146,22 @@ def test_the_override_starts_an_untested_version_and_says_so(caplog: pytest.LogC
 def test_the_override_is_the_setting_its_error_names(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ALLOW_UNTESTED_ENV, "true")
     assert Settings().planner_allow_untested_faust is True
+
+
+def test_current_event_as_makes_the_event_the_one_table_writes_go_to() -> None:
+    """A batch's table writes are made under an event of their partition: Faust's table and
+    store take the partition from ``faust.streams.current_event()``."""
+    from faust.streams import current_event
+
+    from processors.faust_compat import current_event_as
+
+    class Event:
+        pass
+
+    outer, inner = Event(), Event()
+    with current_event_as(outer):
+        assert current_event() is outer
+        with current_event_as(inner):
+            assert current_event() is inner
+        assert current_event() is outer
+    assert current_event() is None

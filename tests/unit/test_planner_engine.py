@@ -16,7 +16,7 @@ from schemas.directory import ApplicationType, CompanyAccess, ServiceAccess
 from schemas.events import DirectoryEvent, Op
 from schemas.operations import AssignAccess, DeactivateUser, RegisterApplicationInstance, UpsertUser
 from schemas.results import FactKind, OperationResult, PlannerFact, ResultOutcome
-from tests.factories import T0, access, instance_event, user_event, user_state
+from tests.factories import T0, access, instance_event, user_event, user_state, user_upsert
 
 FP_A, FP_B = "hmac-sha256:" + "a" * 64, "hmac-sha256:" + "b" * 64
 URI = "https://vb.fjord.local"
@@ -671,3 +671,38 @@ def test_upserts_are_unaffected_by_the_gate() -> None:
     h.connect()
     h.event(user_event(2))
     assert kinds(h.ops) == ["user.upsert"] and isinstance(h.ops[0], UpsertUser)
+
+
+# -- where a user's cloud id goes ----------------------------------------------------------------
+
+
+def test_a_users_cloud_id_goes_to_the_partition_its_events_arrive_on_only() -> None:
+    """Only the user's own operations wait for its cloud id, and they are planned on the
+    partition its events arrive on (whichever partitioner put them there): one fact, not one
+    per partition; its parked assignment is released there."""
+    h = Harness(partitions=6)
+    h.connect()
+    h.fact(kind=FactKind.COMPANY, subject="c1", cloud_id="cc-1")
+    h.event(user_event(3, access=(access("c1"),)), partition=4)
+    (upsert,) = [op for op in h.ops if isinstance(op, UpsertUser)]
+    assert h.r.parked() == 1
+    fx = h.r.on_result(
+        OperationResult.for_operation(upsert, ResultOutcome.APPLIED, T0, cloud_id="cu-1"),
+        Coords("results", 1, 99),
+    )
+    assert [(s.role, s.partition) for s in fx.sends] == [("facts", 4)]
+    h.perform(fx)
+    assert h.r.parked() == 0 and h.table.get("k|4|user:u1") == "cu-1"
+    (assign,) = [op for op in h.ops if isinstance(op, AssignAccess)]
+    assert assign.cloud_user_id == "cu-1"
+
+
+def test_a_users_cloud_id_goes_to_every_partition_when_its_home_is_not_known_here() -> None:
+    """A result for a user whose events this worker never planned (another worker owns the
+    partition, or the table value predates the field): every partition, as before."""
+    h = Harness(partitions=6)
+    fx = h.r.on_result(
+        OperationResult.for_operation(user_upsert("u7"), ResultOutcome.APPLIED, T0, cloud_id="cu-7"),
+        Coords("results", 1, 99),
+    )
+    assert sorted(s.partition for s in fx.sends if s.role == "facts") == list(range(6))

@@ -204,7 +204,7 @@ class Recording(Reconciler):
         super().__init__({}, PlannerSettings(), 1, lambda: T0)
         self.handled: list[tuple[int, int]] = []
 
-    def on_directory_event(self, ev: Any, coords: Any, committed: Any) -> Effects:
+    def on_directory_event(self, ev: Any, coords: Any, committed: Any, tx: Any = None) -> Effects:
         self.handled.append((coords.partition, coords.offset))
         return Effects()
 
