@@ -112,8 +112,12 @@ def _gauges(registry: CollectorRegistry) -> dict[str, float | None]:
 async def test_the_gauges_count_only_the_partitions_the_worker_owns_now() -> None:
     handlers, table, app, registry = _worker({0, 1, 2})
     # written by this worker: user u1 on partition 1, u2 on partition 2 (its deletion is held)
-    await handlers.perform(Effects(writes={"p|user:u1": [item("company:c1"), item("company:c2")]}), 1)
-    await handlers.perform(Effects(writes={"p|user:u2": [item("deletion:user:u2:5")] * 3}), 2)
+    u1, u2 = (
+        {"p|user:u1": [item("company:c1"), item("company:c2")]},
+        {"p|user:u2": [item("deletion:user:u2:5")] * 3},
+    )
+    await handlers.perform(Effects(writes=u1, partitions={"p|user:u1": 1}))
+    await handlers.perform(Effects(writes=u2, partitions={"p|user:u2": 2}))
     # recovered from the changelog of partition 0: blocked on its application; the gate holds 1
     table["p|user:u3"] = [item("application:business")]
     table.data._key_partition["p|user:u3"] = 0
@@ -140,7 +144,7 @@ async def test_the_gauges_count_only_the_partitions_the_worker_owns_now() -> Non
     assert _gauges(registry)["parked_operations"] == 2 and _gauges(registry)["held_operations"] == 0
 
     # u1's operations are released: its key is deleted, the gauge follows
-    await handlers.perform(Effects(writes={"p|user:u1": None}), 1)
+    await handlers.perform(Effects(writes={"p|user:u1": None}, partitions={"p|user:u1": 1}))
     handlers.export_gauges()
     assert _gauges(registry)["parked_operations"] == 0
     # the oldest parked age, too, is of what the worker owns: nothing (the others' keys remain)
