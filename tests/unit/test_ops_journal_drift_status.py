@@ -17,8 +17,8 @@ from schemas.directory import (
     ServiceAccess,
 )
 from schemas.operations import AssignAccess, DeactivateUser, UpsertCompany, UpsertUser
-from schemas.results import OperationResult, ResultOutcome
-from tests.factories import T0, user_state
+from schemas.results import ResultOutcome
+from tests.factories import T0, op_result, user_state
 from vudsync.ops.drift import (
     CloudState,
     DirectoryState,
@@ -46,19 +46,7 @@ FP = "hmac-sha256:" + "a" * 64
 
 
 def test_results_and_dead_letters_become_entries_once() -> None:
-    result = OperationResult(
-        operation_id="op-1",
-        kind="user.upsert",
-        aggregate="user:u1",
-        entity="user",
-        entity_id="u1",
-        source_version=7,
-        outcome=ResultOutcome.DEAD_LETTERED,
-        error="PUT /v1/users: 422",
-        attempts=3,
-        source_committed_at=T0,
-        recorded_at=T0,
-    )
+    result = op_result(ResultOutcome.DEAD_LETTERED, source_version=7, error="PUT /v1/users: 422", attempts=3)
     e = entry_from_result("r", 0, 5, encode(result), 0)
     assert (e.outcome, e.entity_id, e.operation_id, e.reason, e.time) == (
         "dead_lettered",
