@@ -18,7 +18,7 @@ from schemas.directory import (
 )
 from schemas.operations import AssignAccess, DeactivateUser, UpsertCompany, UpsertUser
 from schemas.results import ResultOutcome
-from tests.factories import T0, op_result, user_state
+from tests.factories import T0, op_result, user_state, user_upsert
 from vudsync.ops.drift import (
     CloudState,
     DirectoryState,
@@ -57,20 +57,7 @@ def test_results_and_dead_letters_become_entries_once() -> None:
     )
     assert entry_from_result("r", 0, 6, b"nope", 1000).outcome == "unreadable"
     # an operation's dead letter is already a result: not a second entry
-    op = UpsertUser(
-        operation_id="op-1",
-        aggregate="user:u1",
-        entity="user",
-        entity_id="u1",
-        source_version=7,
-        source_committed_at=T0,
-        planned_at=T0,
-        username="kari",
-        email="kari@fjord.no",
-        first_name="Kari",
-        last_name="N",
-        language="nb",
-    )
+    op = user_upsert("u1", 7, operation_id="op-1")
     headers = error_headers(reason="boom", stage="apply", topic="ops", partition=1, offset=2)
     assert (
         entry_from_dead_letter(SOURCE_OPERATIONS_DLQ, "d", 0, 1, b"user:u1", encode(op), headers, 0) is None
