@@ -163,19 +163,11 @@ def op_result(
     source_version: int = 1,
     **kw: Any,
 ) -> OperationResult:
-    """The sink's result of the upsert of ``entity`` ``entity_id``, recorded at ``T0``."""
-    return OperationResult(
-        operation_id=operation_id,
-        kind=f"{entity.value}.upsert",
-        aggregate=f"{entity.value}:{entity_id}",
-        entity=entity,
-        entity_id=entity_id,
-        source_version=source_version,
-        outcome=outcome,
-        source_committed_at=T0,
-        recorded_at=T0,
-        **kw,
-    )
+    """The sink's result of the upsert of ``entity`` ``entity_id``, recorded at ``T0``: built as
+    the sink builds one (``OperationResult.for_operation``), ``kw`` over the operation's fields."""
+    op = user_upsert(entity_id, source_version, operation_id=operation_id)
+    subject = {"kind": f"{entity.value}.upsert", "aggregate": f"{entity.value}:{entity_id}", "entity": entity}
+    return OperationResult.for_operation(op, outcome, T0, **(subject | kw))
 
 
 def store_users(*numbers: int) -> list[dict[str, Any]]:
