@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 from cloud import models
 from cloud.directory.paging import page
@@ -119,18 +119,29 @@ def patch_user(
     return outcome(200, user_body(new), "user", user_id, "updated")
 
 
+def _set_flag(
+    conn: sqlite3.Connection,
+    now: float,
+    user_id: str,
+    column: Literal["active", "customer_admin"],
+    value: bool,
+    effect: str,
+) -> Outcome:
+    """Set one yes/no column of a user as a new version; its current value is a 200 no-op."""
+    row = get_user_row(conn, user_id)
+    if bool(row[column]) == value:
+        return outcome(200, user_body(row), "user", user_id, "noop")
+    new = {**dict(row), column: int(value), "version": row["version"] + 1, "updated_at": iso(now)}
+    conn.execute(
+        f"UPDATE users SET {column} = ?, version = ?, updated_at = ? WHERE id = ?",
+        (new[column], new["version"], new["updated_at"], user_id),
+    )
+    return outcome(200, user_body(new), "user", user_id, effect)
+
+
 def set_user_active(conn: sqlite3.Connection, now: float, user_id: str, active: bool) -> Outcome:
     """Deactivate or reactivate; asking for the current state is a 200 no-op."""
-    row = get_user_row(conn, user_id)
-    if bool(row["active"]) == active:
-        return outcome(200, user_body(row), "user", user_id, "noop")
-    new = {**dict(row), "active": int(active), "version": row["version"] + 1, "updated_at": iso(now)}
-    conn.execute(
-        "UPDATE users SET active = ?, version = ?, updated_at = ? WHERE id = ?",
-        (new["active"], new["version"], new["updated_at"], user_id),
-    )
-    effect = "reactivated" if active else "deactivated"
-    return outcome(200, user_body(new), "user", user_id, effect)
+    return _set_flag(conn, now, user_id, "active", active, "reactivated" if active else "deactivated")
 
 
 def link_user(conn: sqlite3.Connection, now: float, user_id: str, external_id: str) -> Outcome:
@@ -155,12 +166,4 @@ def find_users(
 
 def set_customer_admin(conn: sqlite3.Connection, now: float, user_id: str, admin: bool) -> Outcome:
     """Mark a cloud user as a customer administrator (the portal's role; the admin API's)."""
-    row = get_user_row(conn, user_id)
-    if bool(row["customer_admin"]) == admin:
-        return outcome(200, user_body(row), "user", user_id, "noop")
-    new = {**dict(row), "customer_admin": int(admin), "version": row["version"] + 1, "updated_at": iso(now)}
-    conn.execute(
-        "UPDATE users SET customer_admin = ?, version = ?, updated_at = ? WHERE id = ?",
-        (int(admin), new["version"], new["updated_at"], user_id),
-    )
-    return outcome(200, user_body(new), "user", user_id, "updated")
+    return _set_flag(conn, now, user_id, "customer_admin", admin, "updated")
