@@ -32,6 +32,7 @@ from faust.types import Message
 
 from kernel.errors import RetryableError
 from kernel.records import Record
+from kernel.retry import Backoff
 from processors.control import CONTROL_ADAPTER, GATE_PARTITION
 from processors.engine import Coords, Effects, Input, Reconciler
 from processors.faust_compat import Committed, Deliveries, OwnedKeys, SendNow, current_event_as
@@ -46,18 +47,16 @@ from schemas.topics import DIRECTORY_DLQ, PLANNER_CONTROL, PLANNER_FACTS, RESULT
 log = logging.getLogger(__name__)
 
 RETRYABLE: tuple[type[BaseException], ...] = (KafkaError, TimeoutError, ConnectionError, RetryableError)
+#: the planner's waits between tries: kernel's full-jitter back-off, at most 0.2 s before the
+#: second try, doubling, never more than ``MAX_BACKOFF``
 MAX_BACKOFF = 30.0
+BACKOFF_BASE = 0.1
 
 #: ``(topic, partition, first, last)`` → the records at offsets ``first``..``last`` that the
 #: partition still holds (none for offsets compacted away), in offset order
 FetchRange = Callable[[str, int, int, int], Awaitable[list[Record]]]
 #: what the handler reads of a message: topic, partition, offset, key, value
 Incoming = Message | Record
-
-
-def _backoff(attempt: int) -> float:
-    """Seconds before retry ``attempt`` (1, 2, …): doubling from 0.2 s, at most ``MAX_BACKOFF``."""
-    return min(MAX_BACKOFF, 0.1 * 2.0**attempt)
 
 
 class PlannerHandlers:
@@ -72,6 +71,7 @@ class PlannerHandlers:
         fetch: FetchRange | None = None,
         send_now: SendNow | None = None,
         owned_keys: OwnedKeys | None = None,
+        backoff: Backoff | None = None,
     ) -> None:
         self.reconciler = reconciler
         self.table = table
@@ -86,6 +86,7 @@ class PlannerHandlers:
         self.fetch = fetch
         self.send_now = send_now
         self.owned_keys = owned_keys
+        self.backoff = backoff or Backoff(base=BACKOFF_BASE, cap=MAX_BACKOFF)
         self.deliveries = Deliveries(committed)
         self.in_message = False  # the stall watchdog does not seek while a message is handled
 
@@ -139,7 +140,7 @@ class PlannerHandlers:
                 raise
             except Exception as exc:  # the broker is slow or away: the partition waits for it
                 attempt += 1
-                delay = _backoff(attempt)
+                delay = self.backoff.delay(attempt)
                 self.metrics.retries.labels(reason=type(exc).__name__).inc()
                 log.warning(
                     "planner: reading %s[%d] offsets %d-%d failed (attempt %d: %s), again in %.1fs",
@@ -209,7 +210,7 @@ class PlannerHandlers:
                 raise
             except RETRYABLE as exc:
                 attempt += 1
-                delay = _backoff(attempt)
+                delay = self.backoff.delay(attempt)
                 self.metrics.retries.labels(reason=type(exc).__name__).inc()
                 first = inputs[0].coords
                 log.warning(
@@ -353,7 +354,7 @@ class PlannerHandlers:
                     msg.offset,
                     send_exc,
                 )
-                await asyncio.sleep(_backoff(attempt))
+                await asyncio.sleep(self.backoff.delay(attempt))
 
     # -- the gate's clock -------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from schemas.events import (
     event_id_for,
 )
 from schemas.operations import AssignAccess, RevokeAccess, UpsertUser, operation_id_for
+from schemas.results import OperationResult, ResultOutcome
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -151,3 +152,33 @@ def access_op(
     if role is None:
         return RevokeAccess(**fields)
     return AssignAccess(**fields, services={ApplicationType.BUSINESS: ServiceAccess(roles=(role,))})
+
+
+def op_result(
+    outcome: ResultOutcome,
+    entity_id: str = "u1",
+    *,
+    entity: EntityType = EntityType.USER,
+    operation_id: str = "op-1",
+    source_version: int = 1,
+    **kw: Any,
+) -> OperationResult:
+    """The sink's result of the upsert of ``entity`` ``entity_id``, recorded at ``T0``: built as
+    the sink builds one (``OperationResult.for_operation``), ``kw`` over the operation's fields."""
+    op = user_upsert(entity_id, source_version, operation_id=operation_id)
+    subject = {"kind": f"{entity.value}.upsert", "aggregate": f"{entity.value}:{entity_id}", "entity": entity}
+    return OperationResult.for_operation(op, outcome, T0, **(subject | kw))
+
+
+def store_users(*numbers: int) -> list[dict[str, Any]]:
+    """Rows for ``DirectoryWriter.upsert_users``: users ``u<n>`` of one family, one per number."""
+    return [
+        {
+            "id": f"u{i}",
+            "username": f"bruker{i}",
+            "email": f"bruker{i}@fjord.no",
+            "first_name": "Åse",
+            "last_name": "Brækken",
+        }
+        for i in numbers
+    ]

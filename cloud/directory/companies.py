@@ -8,7 +8,7 @@ from typing import Any
 
 from cloud import models
 from cloud.directory.paging import page
-from cloud.directory.writes import Body, Row, check_if_match, conflict, outcome
+from cloud.directory.writes import Body, Row, check_if_match, conflict, holder, link_external_id, outcome
 from cloud.errors import ApiError, not_found
 from cloud.normalise import normalise_org_number
 from cloud.store import Outcome, iso
@@ -42,20 +42,12 @@ def _org_number(value: str) -> str:
     return digits
 
 
-def _company_in_way(conn: sqlite3.Connection, column: str, value: str, self_id: str | None) -> str | None:
-    row = conn.execute(
-        f"SELECT id FROM companies WHERE {column} = ? AND id IS NOT ?",
-        (value, self_id),
-    ).fetchone()
-    return None if row is None else str(row["id"])
-
-
 def create_company(conn: sqlite3.Connection, now: float, body: models.CompanyCreate) -> Outcome:
     org = _org_number(body.organisation_number)
-    if existing := _company_in_way(conn, "organisation_number", org, None):
+    if existing := holder(conn, "companies", "organisation_number", org, None):
         raise conflict("a company with this organisation number exists", existing)
     if body.external_id is not None and (
-        existing := _company_in_way(conn, "external_id", body.external_id, None)
+        existing := holder(conn, "companies", "external_id", body.external_id, None)
     ):
         raise conflict("a company is linked to this external id", existing)
     company_id = str(uuid.uuid4())
@@ -109,7 +101,7 @@ def patch_company(
     if new == dict(row):
         return outcome(200, company_body(row), "company", company_id, "noop")
     if new["organisation_number"] != row["organisation_number"] and (
-        existing := _company_in_way(conn, "organisation_number", new["organisation_number"], company_id)
+        existing := holder(conn, "companies", "organisation_number", new["organisation_number"], company_id)
     ):
         raise conflict("a company with this organisation number exists", existing)
     new["version"], new["updated_at"] = row["version"] + 1, iso(now)
@@ -131,18 +123,7 @@ def patch_company(
 
 def link_company(conn: sqlite3.Connection, now: float, company_id: str, external_id: str) -> Outcome:
     row = get_company_row(conn, company_id)
-    if row["external_id"] == external_id:
-        return outcome(200, company_body(row), "company", company_id, "noop")
-    if row["external_id"] is not None:
-        raise ApiError(409, "conflict", "the company is linked to a different external id")
-    if existing := _company_in_way(conn, "external_id", external_id, company_id):
-        raise conflict("another company is linked to this external id", existing)
-    new = {**dict(row), "external_id": external_id, "version": row["version"] + 1, "updated_at": iso(now)}
-    conn.execute(
-        "UPDATE companies SET external_id = ?, version = ?, updated_at = ? WHERE id = ?",
-        (external_id, new["version"], new["updated_at"], company_id),
-    )
-    return outcome(200, company_body(new), "company", company_id, "linked")
+    return link_external_id(conn, now, "companies", "company", row, external_id, company_body)
 
 
 def find_companies(

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 from cloud import models
 from cloud.directory.paging import page
-from cloud.directory.writes import Body, Row, check_if_match, conflict, outcome
-from cloud.errors import ApiError, not_found
+from cloud.directory.writes import Body, Row, check_if_match, conflict, holder, link_external_id, outcome
+from cloud.errors import not_found
 from cloud.normalise import normalise_email
 from cloud.store import Outcome, iso
 
@@ -39,20 +39,12 @@ def get_user_row(conn: sqlite3.Connection, user_id: str) -> Row:
     return row
 
 
-def _user_in_way(conn: sqlite3.Connection, column: str, value: str, self_id: str | None) -> str | None:
-    row = conn.execute(
-        f"SELECT id FROM users WHERE {column} = ? AND id IS NOT ?",
-        (value, self_id),
-    ).fetchone()
-    return None if row is None else str(row["id"])
-
-
 def create_user(conn: sqlite3.Connection, now: float, body: models.UserCreate) -> Outcome:
     email_key = normalise_email(body.email)
-    if existing := _user_in_way(conn, "email_key", email_key, None):
+    if existing := holder(conn, "users", "email_key", email_key, None):
         raise conflict("a user with this e-mail address exists", existing)
     if body.external_id is not None and (
-        existing := _user_in_way(conn, "external_id", body.external_id, None)
+        existing := holder(conn, "users", "external_id", body.external_id, None)
     ):
         raise conflict("a user is linked to this external id", existing)
     user_id = str(uuid.uuid4())
@@ -105,7 +97,7 @@ def patch_user(
     if new == dict(row):
         return outcome(200, user_body(row), "user", user_id, "noop")
     if new["email_key"] != row["email_key"] and (
-        existing := _user_in_way(conn, "email_key", new["email_key"], user_id)
+        existing := holder(conn, "users", "email_key", new["email_key"], user_id)
     ):
         raise conflict("a user with this e-mail address exists", existing)
     new["version"], new["updated_at"] = row["version"] + 1, iso(now)
@@ -127,34 +119,34 @@ def patch_user(
     return outcome(200, user_body(new), "user", user_id, "updated")
 
 
+def _set_flag(
+    conn: sqlite3.Connection,
+    now: float,
+    user_id: str,
+    column: Literal["active", "customer_admin"],
+    value: bool,
+    effect: str,
+) -> Outcome:
+    """Set one yes/no column of a user as a new version; its current value is a 200 no-op."""
+    row = get_user_row(conn, user_id)
+    if bool(row[column]) == value:
+        return outcome(200, user_body(row), "user", user_id, "noop")
+    new = {**dict(row), column: int(value), "version": row["version"] + 1, "updated_at": iso(now)}
+    conn.execute(
+        f"UPDATE users SET {column} = ?, version = ?, updated_at = ? WHERE id = ?",
+        (new[column], new["version"], new["updated_at"], user_id),
+    )
+    return outcome(200, user_body(new), "user", user_id, effect)
+
+
 def set_user_active(conn: sqlite3.Connection, now: float, user_id: str, active: bool) -> Outcome:
     """Deactivate or reactivate; asking for the current state is a 200 no-op."""
-    row = get_user_row(conn, user_id)
-    if bool(row["active"]) == active:
-        return outcome(200, user_body(row), "user", user_id, "noop")
-    new = {**dict(row), "active": int(active), "version": row["version"] + 1, "updated_at": iso(now)}
-    conn.execute(
-        "UPDATE users SET active = ?, version = ?, updated_at = ? WHERE id = ?",
-        (new["active"], new["version"], new["updated_at"], user_id),
-    )
-    effect = "reactivated" if active else "deactivated"
-    return outcome(200, user_body(new), "user", user_id, effect)
+    return _set_flag(conn, now, user_id, "active", active, "reactivated" if active else "deactivated")
 
 
 def link_user(conn: sqlite3.Connection, now: float, user_id: str, external_id: str) -> Outcome:
     row = get_user_row(conn, user_id)
-    if row["external_id"] == external_id:
-        return outcome(200, user_body(row), "user", user_id, "noop")
-    if row["external_id"] is not None:
-        raise ApiError(409, "conflict", "the user is linked to a different external id")
-    if existing := _user_in_way(conn, "external_id", external_id, user_id):
-        raise conflict("another user is linked to this external id", existing)
-    new = {**dict(row), "external_id": external_id, "version": row["version"] + 1, "updated_at": iso(now)}
-    conn.execute(
-        "UPDATE users SET external_id = ?, version = ?, updated_at = ? WHERE id = ?",
-        (external_id, new["version"], new["updated_at"], user_id),
-    )
-    return outcome(200, user_body(new), "user", user_id, "linked")
+    return link_external_id(conn, now, "users", "user", row, external_id, user_body)
 
 
 def find_users(
@@ -174,12 +166,4 @@ def find_users(
 
 def set_customer_admin(conn: sqlite3.Connection, now: float, user_id: str, admin: bool) -> Outcome:
     """Mark a cloud user as a customer administrator (the portal's role; the admin API's)."""
-    row = get_user_row(conn, user_id)
-    if bool(row["customer_admin"]) == admin:
-        return outcome(200, user_body(row), "user", user_id, "noop")
-    new = {**dict(row), "customer_admin": int(admin), "version": row["version"] + 1, "updated_at": iso(now)}
-    conn.execute(
-        "UPDATE users SET customer_admin = ?, version = ?, updated_at = ? WHERE id = ?",
-        (int(admin), new["version"], new["updated_at"], user_id),
-    )
-    return outcome(200, user_body(new), "user", user_id, "updated")
+    return _set_flag(conn, now, user_id, "customer_admin", admin, "updated")

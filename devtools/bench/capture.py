@@ -64,6 +64,28 @@ def _process_cpu(pid: int | None) -> float | None:
     return None if pid is None else process_cpu_seconds(pid)
 
 
+class _CaptureThread:
+    """``capture.run(stop)`` started in a daemon thread; what it raised is kept in ``errors``
+    for the bench to raise once it has stopped it."""
+
+    def __init__(self, capture: Any) -> None:
+        self.capture = capture
+        self.stop = threading.Event()
+        self.errors: list[BaseException] = []
+        self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.capture.run(self.stop)
+        except BaseException as exc:
+            self.errors.append(exc)
+
+    def halt(self) -> None:
+        self.stop.set()
+        self._thread.join(timeout=30)
+
+
 class _Meter:
     """Wall time, this process's CPU time, another process's CPU time and load averages of one
     phase: the figures that stay comparable on a machine other people's runs load."""
@@ -180,32 +202,21 @@ def _drain(
     if hooked:
         capture.on_acked = lambda seq: acked_up_to.__setitem__(0, seq)
     published_before = publisher.published
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            capture.run(stop)
-        except BaseException as exc:
-            errors.append(exc)
-
     meter = _Meter(broker_pid)
-    runner = threading.Thread(target=run, name="capture", daemon=True)
-    runner.start()
+    runner = _CaptureThread(capture)
     deadline = time.monotonic() + 600
-    while acked_up_to[0] < end and time.monotonic() < deadline and not errors:
+    while acked_up_to[0] < end and time.monotonic() < deadline and not runner.errors:
         time.sleep(0.01)
         if not hooked:
             checkpoint = capture.log.load_checkpoint(capture.config.name)
             acked_up_to[0] = checkpoint[1] if checkpoint else start
     events = publisher.published - published_before
     figures = meter.figures(events)
-    stop.set()
-    runner.join(timeout=30)
+    runner.halt()
     if hooked:
         capture.on_acked = None
-    if errors:
-        raise errors[0]
+    if runner.errors:
+        raise runner.errors[0]
     seconds = figures["wall_seconds"]
     return {
         "change_log_rows": end - start,
@@ -257,18 +268,8 @@ def _tail(
         publisher.flush = stamping_flush  # type: ignore[method-assign]
     published_before = publisher.published
     fast_before, slow_before = _encoded(capture)
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            capture.run(stop)
-        except BaseException as exc:
-            errors.append(exc)
-
     meter = _Meter(broker_pid)
-    runner = threading.Thread(target=run, name="capture", daemon=True)
-    runner.start()
+    runner = _CaptureThread(capture)
     started = time.monotonic()
     churn = subprocess.run(
         [sys.executable, "-m", "vudsync", "seed", "churn", "--rate", str(rate), "--duration", str(seconds),
@@ -276,13 +277,13 @@ def _tail(
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     if churn.returncode != 0:
-        stop.set()
+        runner.stop.set()
         raise click.ClickException(f"churn failed: {churn.stderr[-2000:]}")
     report = json.loads(churn.stdout.strip().splitlines()[-1])
     writer_done = time.monotonic()
     end = _end_seq(url)
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not errors:
+    while time.monotonic() < deadline and not runner.errors:
         if hooked:  # the checkpoint trails the acks by up to checkpoint_interval
             if acked_up_to[0] >= end:
                 break
@@ -293,15 +294,14 @@ def _tail(
         time.sleep(0.01)
     elapsed = time.monotonic() - started
     catch_up = time.monotonic() - writer_done
-    stop.set()
-    runner.join(timeout=30)
+    runner.halt()
     capture.log.read_changes = read_changes
     if hooked:
         capture.on_acked = None
     else:
         publisher.flush = flush  # type: ignore[method-assign]
-    if errors:
-        raise errors[0]
+    if runner.errors:
+        raise runner.errors[0]
     events = publisher.published - published_before
     latencies = [ack - changed for _seq, changed, ack in acked]
     commits = _commit_times(url, [seq for seq, _c, _a in acked])

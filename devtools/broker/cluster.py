@@ -39,7 +39,7 @@ from pydantic import SecretStr
 from devtools.broker.acls import COMPONENTS, component_acls, principal
 from devtools.broker.configure import CLUSTER_MECHANISM, cluster_node_properties, free_port, new_cluster_id
 from devtools.broker.fetch import locked
-from devtools.broker.run import BrokerStartError, LocalKafkaBroker
+from devtools.broker.run import BrokerStartError, LocalKafkaBroker, read_state_file
 from kernel import admin
 from kernel.errors import PermanentError
 from kernel.kafka_security import PLAINTEXT, KafkaSecurity
@@ -107,11 +107,7 @@ class LocalKafkaCluster:
     # -- what clients need ---------------------------------------------------------------
 
     def _layout(self) -> dict[str, Any] | None:
-        try:
-            layout: dict[str, Any] = json.loads(self.layout_path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
-        return layout
+        return read_state_file(self.layout_path)
 
     def bootstrap(self) -> str:
         layout = self._require_layout()

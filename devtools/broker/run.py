@@ -95,6 +95,15 @@ def _cmdline(pid: int) -> list[str]:
         return []
 
 
+def read_state_file(path: Path) -> dict[str, Any] | None:
+    """A state file this package wrote (JSON), or ``None`` when it is missing or half-written."""
+    try:
+        state: dict[str, Any] = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return state
+
+
 def _tail(path: Path, lines: int = 25) -> str:
     """The last lines of the broker log written since vudsync's last step marker."""
     try:
@@ -181,11 +190,7 @@ class LocalKafkaBroker:
         return str(record["bootstrap"]) if record else None
 
     def _read_record(self) -> dict[str, Any] | None:
-        try:
-            record: dict[str, Any] = json.loads(self.record_path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
-        return record
+        return read_state_file(self.record_path)
 
     def _gone(self, pid: int) -> bool:
         """``pid`` has exited. Our own child is reaped here (else it stays a zombie in /proc).

@@ -30,11 +30,7 @@ def test_a_license_change_holds_business_access_until_the_new_instance_is_regist
     settings = pipeline_settings
     ensure_catalogue(settings, kafka_bootstrap)
     key = settings.fingerprint_key.get_secret_value().encode()
-    httpx.put(
-        f"{cloud.server.url}/v1/application-instances/business",
-        headers=cloud.server.auth_headers(),
-        json={"uri": URI, "license_fingerprint": license_fingerprint("VB-KEY-1", key)},
-    ).raise_for_status()
+    cloud.register_instance("business", URI, license_fingerprint("VB-KEY-1", key))
     writer = SqliteDirectoryWriter(settings.resolved_store_url().removeprefix("sqlite:///"))
     writer.add_application_instance("business", URI, "VB-KEY-1")
     writer.upsert_catalogue("roles", [("business", "Regnskap", "Regnskap"), ("business", "Lønn", "Lønn")])

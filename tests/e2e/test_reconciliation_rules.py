@@ -10,7 +10,6 @@ import socket
 import subprocess
 from typing import Any
 
-import httpx
 import pytest
 
 from devtools.broker.cluster import KafkaTarget
@@ -61,11 +60,7 @@ def test_a_mismatching_instance_blocks_its_access_until_it_is_fixed(
     kafka_bootstrap = kafka_target.bootstrap
     ensure_catalogue(settings, kafka_bootstrap)
     key = settings.fingerprint_key.get_secret_value().encode()
-    httpx.put(
-        f"{cloud.server.url}/v1/application-instances/business",
-        headers=cloud.server.auth_headers(),
-        json={"uri": URI, "license_fingerprint": license_fingerprint("VB-CLOUD-KEY", key)},
-    ).raise_for_status()
+    cloud.register_instance("business", URI, license_fingerprint("VB-CLOUD-KEY", key))
     writer = _writer(settings)
     writer.add_application_instance("business", URI, "VB-OTHER-KEY")
     writer.upsert_catalogue("roles", [("business", "Regnskap", "Regnskap")])
@@ -139,11 +134,7 @@ def test_a_mismatched_application_holds_its_own_access_only(
     ensure_catalogue(settings, kafka_bootstrap)
     key = settings.fingerprint_key.get_secret_value().encode()
     for app, cloud_key in (("business", "VB-KEY"), ("reporting", "REPORTING-CLOUD-KEY")):
-        httpx.put(
-            f"{cloud.server.url}/v1/application-instances/{app}",
-            headers=cloud.server.auth_headers(),
-            json={"uri": URI, "license_fingerprint": license_fingerprint(cloud_key, key)},
-        ).raise_for_status()
+        cloud.register_instance(app, URI, license_fingerprint(cloud_key, key))
     writer = _writer(settings)
     writer.add_application_instance("business", URI, "VB-KEY")
     writer.add_application_instance("reporting", URI, "REPORTING-OTHER-KEY")

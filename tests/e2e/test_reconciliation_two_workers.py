@@ -23,8 +23,6 @@ import json
 import logging
 import random
 import socket
-import subprocess
-import sys
 from contextlib import ExitStack
 from typing import Any
 
@@ -45,7 +43,7 @@ from schemas.results import OperationResult, ResultOutcome
 from schemas.topics import DIRECTORY_TOPICS, OPERATIONS, OPERATIONS_DLQ, PLANNER_CONTROL, RESULTS
 from tests.fixtures.cloud import CloudReader
 from tests.kafka_read import read_all
-from tests.pipeline import alive_or_fail, component_env, components, metrics_of
+from tests.pipeline import alive_or_fail, components, metrics_of, vudsync_cli
 from vudsync.topics import ensure_catalogue
 
 USERS = 24
@@ -279,14 +277,7 @@ def test_two_planner_workers_one_killed_mid_stream_converge_without_applying_any
             180,
             what="two planner workers",
         )
-        connected = subprocess.run(
-            [sys.executable, "-m", "vudsync", "connect"],
-            env=component_env(settings, kafka_bootstrap),
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
-        )
+        connected = vudsync_cli(settings, kafka_bootstrap, "connect")
         assert connected.returncode == 0, connected.stderr
         procs.update(later.enter_context(components(settings, kafka_bootstrap, "producer")))
         first_wave = USERS + len(COMPANIES) + 3  # upserts of users, companies and roles

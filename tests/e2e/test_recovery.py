@@ -28,6 +28,7 @@ from devtools.seed.writer import open_writer
 from kernel.settings import Settings
 from processors.app import app_id
 from sinks.service import sink_group
+from tests.factories import store_users
 from tests.fixtures.cloud import CloudReader
 from tests.pipeline import alive_or_fail, components
 from vudsync.cli import _register, cli
@@ -91,16 +92,7 @@ def test_outage_then_dlq_retry_and_replay_bring_the_cloud_to_the_directory_state
     writer = open_writer(s.resolved_store_url())
     writer.upsert_catalogue("roles", [("business", "Regnskap", "Regnskap og lønn")])
     writer.upsert_companies([{"id": "c1", "name": "Fjord AS", "organisation_number": "923 609 016"}])
-    writer.upsert_users(
-        {
-            "id": f"u{i}",
-            "username": f"bruker{i}",
-            "email": f"bruker{i}@fjord.no",
-            "first_name": "Åse",
-            "last_name": "Brækken",
-        }
-        for i in (1, 2, 3)
-    )
+    writer.upsert_users(store_users(1, 2, 3))
     writer.grant([("u1", "c1", "business", "role", "Regnskap")])
     writer.add_application_instance("business", "https://vb.fjord.local", "VB-1")
     ports = {"planner": _free_port(), "sink": _free_port()}

@@ -15,21 +15,13 @@ from devtools.secrets import random_secret
 from devtools.seed.writer import open_writer
 from kernel.settings import SECRET_FIELDS, Settings
 from producers.service import open_change_log
+from tests.factories import store_users
 from tests.fixtures.cloud import CloudReader
 from tests.pipeline import alive_or_fail, components, run_cli
 from vudsync.cli import _register, cli
 from vudsync.topics import ensure_catalogue
 
-USERS = [
-    {
-        "id": f"u{i}",
-        "username": f"bruker{i}",
-        "email": f"bruker{i}@fjord.no",
-        "first_name": "Åse",
-        "last_name": "Brækken",
-    }
-    for i in (1, 2, 3)
-]
+USERS = store_users(1, 2, 3)
 
 
 run = run_cli

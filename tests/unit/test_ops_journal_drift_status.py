@@ -17,8 +17,8 @@ from schemas.directory import (
     ServiceAccess,
 )
 from schemas.operations import AssignAccess, DeactivateUser, UpsertCompany, UpsertUser
-from schemas.results import OperationResult, ResultOutcome
-from tests.factories import T0, user_state
+from schemas.results import ResultOutcome
+from tests.factories import T0, op_result, user_state, user_upsert
 from vudsync.ops.drift import (
     CloudState,
     DirectoryState,
@@ -46,19 +46,7 @@ FP = "hmac-sha256:" + "a" * 64
 
 
 def test_results_and_dead_letters_become_entries_once() -> None:
-    result = OperationResult(
-        operation_id="op-1",
-        kind="user.upsert",
-        aggregate="user:u1",
-        entity="user",
-        entity_id="u1",
-        source_version=7,
-        outcome=ResultOutcome.DEAD_LETTERED,
-        error="PUT /v1/users: 422",
-        attempts=3,
-        source_committed_at=T0,
-        recorded_at=T0,
-    )
+    result = op_result(ResultOutcome.DEAD_LETTERED, source_version=7, error="PUT /v1/users: 422", attempts=3)
     e = entry_from_result("r", 0, 5, encode(result), 0)
     assert (e.outcome, e.entity_id, e.operation_id, e.reason, e.time) == (
         "dead_lettered",
@@ -69,20 +57,7 @@ def test_results_and_dead_letters_become_entries_once() -> None:
     )
     assert entry_from_result("r", 0, 6, b"nope", 1000).outcome == "unreadable"
     # an operation's dead letter is already a result: not a second entry
-    op = UpsertUser(
-        operation_id="op-1",
-        aggregate="user:u1",
-        entity="user",
-        entity_id="u1",
-        source_version=7,
-        source_committed_at=T0,
-        planned_at=T0,
-        username="kari",
-        email="kari@fjord.no",
-        first_name="Kari",
-        last_name="N",
-        language="nb",
-    )
+    op = user_upsert("u1", 7, operation_id="op-1")
     headers = error_headers(reason="boom", stage="apply", topic="ops", partition=1, offset=2)
     assert (
         entry_from_dead_letter(SOURCE_OPERATIONS_DLQ, "d", 0, 1, b"user:u1", encode(op), headers, 0) is None

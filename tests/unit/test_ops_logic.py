@@ -12,7 +12,7 @@ from kernel.errors import ConfigurationError, PermanentError
 from kernel.settings import Settings
 from schemas.deadletter import error_headers
 from schemas.results import OperationResult, ResultOutcome
-from tests.factories import T0
+from tests.factories import op_result
 from vudsync.ops.deadletters import (
     DeadLetterRef,
     HandledMarks,
@@ -114,17 +114,7 @@ def test_from_offsets_spec() -> None:
 
 
 def _result(op: str, outcome: ResultOutcome) -> OperationResult:
-    return OperationResult(
-        operation_id=op,
-        kind="user.upsert",
-        aggregate="user:u1",
-        entity="user",
-        entity_id="u1",
-        source_version=1,
-        outcome=outcome,
-        source_committed_at=T0,
-        recorded_at=T0,
-    )
+    return op_result(outcome, operation_id=op)
 
 
 def test_summary_counts_each_replayed_operation_once_by_its_best_outcome() -> None:

@@ -12,11 +12,11 @@ from processors.control import DeletionsDecided, GateTick
 from processors.engine import Coords, Effects, Reconciler
 from processors.model import Decision, PlannerSettings
 from processors.parking import BUCKET
-from schemas.directory import ApplicationType, CompanyAccess, ServiceAccess
+from schemas.directory import ApplicationType, CompanyAccess, EntityType, ServiceAccess
 from schemas.events import DirectoryEvent, Op
 from schemas.operations import AssignAccess, DeactivateUser, RegisterApplicationInstance, UpsertUser
 from schemas.results import FactKind, OperationResult, PlannerFact, ResultOutcome
-from tests.factories import T0, access, instance_event, user_event, user_state, user_upsert
+from tests.factories import T0, access, instance_event, op_result, user_event, user_state, user_upsert
 
 FP_A, FP_B = "hmac-sha256:" + "a" * 64, "hmac-sha256:" + "b" * 64
 URI = "https://vb.fjord.local"
@@ -245,19 +245,13 @@ def test_a_newer_plan_supersedes_what_waited_in_the_same_slot() -> None:
 def test_results_become_facts_and_a_linked_company_with_other_details_asks_for_review() -> None:
     h = Harness(partitions=2)
     fx = h.r.on_result(
-        OperationResult(
-            operation_id="op-1",
-            kind="company.upsert",
-            aggregate="company:c1",
-            entity="company",
-            entity_id="c1",
-            source_version=1,
-            outcome=ResultOutcome.APPLIED,
+        op_result(
+            ResultOutcome.APPLIED,
+            "c1",
+            entity=EntityType.COMPANY,
             cloud_id="cc-1",
             effect="linked",
             details={"review": ["name"]},
-            source_committed_at=T0,
-            recorded_at=T0,
         ),
         Coords("results", 1, 5),
     )
@@ -272,17 +266,7 @@ def test_results_become_facts_and_a_linked_company_with_other_details_asks_for_r
 def test_failed_results_teach_nothing() -> None:
     h = Harness()
     fx = h.r.on_result(
-        OperationResult(
-            operation_id="op-1",
-            kind="user.upsert",
-            aggregate="user:u1",
-            entity="user",
-            entity_id="u1",
-            source_version=1,
-            outcome=ResultOutcome.DEAD_LETTERED,
-            source_committed_at=T0,
-            recorded_at=T0,
-        ),
+        op_result(ResultOutcome.DEAD_LETTERED),
         Coords("results", 0, 1),
     )
     assert fx.sends == [] and fx.writes == {}

@@ -17,9 +17,10 @@ from aiokafka.errors import KafkaTimeoutError
 from prometheus_client import CollectorRegistry
 
 from kernel.records import Record
+from kernel.retry import Backoff
 from kernel.settings import Settings
 from processors.engine import Effects, Reconciler, Send
-from processors.handlers import PlannerHandlers
+from processors.handlers import MAX_BACKOFF, PlannerHandlers
 from processors.metrics import PlannerMetrics
 from processors.model import Identities, PlannerSettings
 from processors.planner import plan
@@ -84,13 +85,26 @@ class Event:
     message: Message
 
 
-def _handlers(reconciler: Any = None) -> tuple[PlannerHandlers, FakeTopics, list[str]]:
+@dataclass
+class NoWaits(Backoff):
+    """kernel's back-off that records the attempts it was asked about and never waits."""
+
+    asked: list[int] = field(default_factory=list)
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        self.asked.append(attempt)
+        return 0.0
+
+
+def _handlers(
+    reconciler: Any = None, backoff: Backoff | None = None
+) -> tuple[PlannerHandlers, FakeTopics, list[str]]:
     log: list[str] = []
     table = LoggingTable(log)
     topics = FakeTopics(log)
     reconciler = reconciler or Reconciler(table, PlannerSettings(), 1, lambda: T0)
     handlers = PlannerHandlers(
-        reconciler, table, topics, PlannerMetrics(CollectorRegistry()), lambda t, p: None
+        reconciler, table, topics, PlannerMetrics(CollectorRegistry()), lambda t, p: None, backoff=backoff
     )  # type: ignore[arg-type]
     return handlers, topics, log
 
@@ -129,16 +143,24 @@ async def test_undecodable_input_is_dead_lettered_with_stage_decode() -> None:
     assert len(topics.dlq.sent) == 3, "a tombstone is compaction's, not a dead letter"
 
 
-async def test_a_broker_refusing_a_record_is_retried_until_it_takes_it(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr("processors.handlers.MAX_BACKOFF", 0.01)
-    handlers, topics, _ = _handlers()
+async def test_a_broker_refusing_a_record_is_retried_until_it_takes_it() -> None:
+    waits = NoWaits()
+    handlers, topics, _ = _handlers(backoff=waits)
     topics.topics["operations"].fail = 2
     await handlers.on_message(Event(Message(_users_topic(), user_event(3).model_dump_json().encode())))  # type: ignore[arg-type]
     (op,) = topics.topics["operations"].sent
     assert op["key"] == b"user:u1" and topics.dlq.sent == []
     assert handlers.metrics.retries.labels(reason="KafkaTimeoutError")._value.get() == 2
+    assert waits.asked == [1, 2], "each retry waits by the injected back-off, attempt by attempt"
+
+
+def test_the_planner_waits_by_the_kernel_backoff_doubling_from_a_fifth_of_a_second() -> None:
+    """One back-off in vudsync (kernel.retry): the planner's is full jitter under a ceiling of
+    0.2 s before the second try, doubling, capped at ``MAX_BACKOFF``."""
+    backoff = _handlers()[0].backoff
+    assert type(backoff) is Backoff and (backoff.base, backoff.cap) == (0.1, MAX_BACKOFF)
+    assert all(0.0 <= backoff.delay(1) <= 0.2 for _ in range(200))
+    assert max(backoff.delay(30) for _ in range(200)) <= MAX_BACKOFF
 
 
 async def test_effects_go_out_in_order_sends_then_acks_then_writes() -> None:
