@@ -29,6 +29,7 @@ from kafka import errors as kafka_errors
 
 from kernel.errors import KafkaAccessDenied, PermanentError, RetryableError, VudsyncError
 from kernel.kafka_security import PLAINTEXT, KafkaSecurity
+from kernel.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +227,26 @@ def ensure_topics(
     wanted = _as_specs(specs)
     if not wanted:
         return []
+    # a broker of the cluster may be down (its metadata still names it): try again, with a new
+    # client, until the deadline — a component starting then waits instead of exiting
+    deadline = time.monotonic() + timeout
+    backoff = Backoff(base=0.2, cap=2.0)
+    attempt = 0
+    while True:
+        try:
+            return _ensure_once(bootstrap, wanted, security, max(1.0, deadline - time.monotonic()), denied_ok)
+        except RetryableError as exc:
+            attempt += 1
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise
+            log.warning("create topics: %s; trying again", exc)
+            time.sleep(min(backoff.delay(attempt), left))
+
+
+def _ensure_once(
+    bootstrap: str, wanted: list[TopicSpec], security: KafkaSecurity, timeout: float, denied_ok: bool
+) -> list[str]:
     request = {
         spec.name: {
             "num_partitions": spec.partitions,
@@ -237,9 +258,7 @@ def ensure_topics(
     created: list[str] = []
     with admin_client(bootstrap, security=security, timeout=timeout) as admin:
         try:
-            response = admin.create_topics(
-                request, timeout_ms=int(timeout * 1000), raise_errors=False
-            )
+            response = admin.create_topics(request, timeout_ms=int(timeout * 1000), raise_errors=False)
         except Exception as exc:
             raise translate(exc, f"create topics {sorted(request)}") from exc
         existing: list[str] = []
@@ -285,7 +304,9 @@ def _warn_on_partition_mismatch(admin: KafkaAdminClient, specs: list[TopicSpec])
         if have and have != spec.partitions:
             log.warning(
                 "topic %s exists with %d partitions, spec asks for %d: left unchanged",
-                spec.name, have, spec.partitions,
+                spec.name,
+                have,
+                spec.partitions,
             )
 
 

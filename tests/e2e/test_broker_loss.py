@@ -21,10 +21,12 @@ import random
 from collections.abc import Iterable
 from typing import Any
 
+import httpx
 import pytest
 from kafka.admin import ConfigResource, ConfigResourceType
 
 from devtools.broker.cluster import KafkaTarget, LocalKafkaCluster
+from devtools.broker.configure import free_port
 from devtools.seed.data import organisation_number
 from devtools.seed.writer import open_writer
 from kernel.admin import admin_client
@@ -100,6 +102,13 @@ def _clean(settings: Settings, bootstrap: str) -> bool:
     return done.returncode == 0 and bool(json.loads(done.stdout)["report"]["clean"])
 
 
+def _ready(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def _lag(settings: Settings, bootstrap: str) -> dict[str, int]:
     done = vudsync_cli(settings, bootstrap, "status", "--json")
     by_group: dict[str, int] = json.loads(done.stdout)["lag"]["by_group"]
@@ -132,8 +141,15 @@ def test_a_broker_lost_mid_stream_loses_nothing_and_applies_nothing_twice(
             wait_for(procs, lambda: bool(admin.members(app_id(s))), 180, "a planner in its group")
         connected = vudsync_cli(s, bootstrap, "connect")
         assert connected.returncode == 0, connected.stderr
-        with components(s, bootstrap, "producer", security=kafka_target.security) as producer:
+        port = free_port()
+        producing = components(
+            s, bootstrap, "producer", metrics_ports={"producer": port}, security=kafka_target.security
+        )
+        with producing as producer:
             procs.update(producer)
+            # past its start-up (topics, snapshot) before any broker is lost: the users connect's
+            # snapshot sends reach the cloud without the producer
+            wait_for(procs, lambda: _ready(port), 180, "the producer ready", interval=1)
             wait_for(procs, lambda: _created(cloud, 0) >= 5, 180, "the first users in the cloud", interval=1)
 
             # every partition of the pipeline — the planner's changelog included — has three
