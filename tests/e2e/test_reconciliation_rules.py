@@ -102,7 +102,9 @@ def test_a_mismatching_instance_blocks_its_access_until_it_is_fixed(
     writer.close()
     # one entry per fact: the mismatch said once (not once per partition of the one planner
     # worker), and nothing telling the operator to run the `vudsync connect` just run
-    everything_after = read_all(kafka_bootstrap, settings.topic(RESULTS.name), timeout=60)
+    everything_after = read_all(
+        kafka_bootstrap, settings.topic(RESULTS.name), timeout=60, security=settings.kafka_security()
+    )
     journalled = [OperationResult.model_validate_json(r.value) for r in everything_after]
     said = [r.kind for r in journalled if r.kind.startswith("journal.instance")]
     assert said == ["journal.instance_mismatch"], said
