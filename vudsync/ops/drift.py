@@ -376,14 +376,16 @@ def gate_deletions(
     threshold, all move to ``held`` and none is sent. ``gate`` carries the window over scheduled
     passes, so ``--every`` never repairs more deletions in a window than the gate allows;
     ``live`` is the directory's live users and companies (for the percentage)."""
-    destructive = [op for op in plan.operations if deletions.is_destructive(op)]
+    destructive: list[CloudOperation] = []
+    others: list[CloudOperation] = []
+    for op in plan.operations:  # one judgement per operation
+        (destructive if deletions.is_destructive(op) else others).append(op)
     gate, go = deletions.on_burst(
         gate, len(destructive), committed_at=at, partition=0, live=live, settings=settings
     )
     if go:
         return plan, gate
-    sent = tuple(op for op in plan.operations if not deletions.is_destructive(op))
-    return replace(plan, operations=sent, held=(*plan.held, *destructive)), gate
+    return replace(plan, operations=tuple(others), held=(*plan.held, *destructive)), gate
 
 
 def repair_operations(
