@@ -25,6 +25,7 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
 from schemas import topics as topics_module
+from schemas.cloud_changes import CloudAccessChanged
 from schemas.deadletter import (
     HEADER_ATTEMPTS,
     HEADER_EXCEPTION,
@@ -43,6 +44,7 @@ from schemas.operations import CloudOperation
 from schemas.results import OperationResult
 from schemas.topics import (
     ALL_TOPICS,
+    CLOUD_CHANGES,
     DIRECTORY_DLQ,
     DIRECTORY_TOPICS,
     OPERATIONS,
@@ -148,7 +150,7 @@ def _message(name: str, payload: dict[str, Any], key: str, summary: str, dlq: bo
 
 def asyncapi_document(version: str = "0.1.0") -> dict[str, Any]:
     """The topic catalogue as an AsyncAPI 3.0 document (payload schemas under components)."""
-    models = [*EVENT_MODELS, *OPERATION_MODELS, *RESULT_MODELS]
+    models = [*EVENT_MODELS, *OPERATION_MODELS, *RESULT_MODELS, CloudAccessChanged]
     _, definitions = models_json_schema(
         [(m, "validation") for m in models], ref_template="#/components/schemas/{model}"
     )
@@ -216,6 +218,13 @@ def asyncapi_document(version: str = "0.1.0") -> dict[str, Any]:
         "OperationResult", ref(OperationResult), RESULTS.key, "what became of an operation"
     )
     channel(RESULTS, ["OperationResult"], "sink", RESULTS.description)
+    messages["CloudAccessChanged"] = _message(
+        "CloudAccessChanged",
+        ref(CloudAccessChanged),
+        CLOUD_CHANGES.key,
+        "the cloud's access of a user in a company",
+    )
+    channel(CLOUD_CHANGES, ["CloudAccessChanged"], "cloud-capture", CLOUD_CHANGES.description)
     # topics without a message model of their own here (e.g. the planner's): described by
     # their catalogue entry, payload any JSON object (or a tombstone on compacted topics)
     for spec in (*ALL_TOPICS, *getattr(topics_module, "PLANNER_TOPICS", ())):

@@ -81,6 +81,23 @@ RESULTS = TopicSpec(
     "what became of each operation",
 )
 
+# writeback (issue 16): the cloud's changes on their way to the directory
+CLOUD_CHANGES = TopicSpec(
+    "vud.cloud.changes",
+    "on-premise user id (co-partitioned with vud.directory.users)",
+    False,
+    OUTAGE_RETENTION_MS,
+    "the cloud's access of a linked user in a linked company, as the change feed gave it "
+    "(vudsync run cloud-capture)",
+)
+DIRECTORY_OPERATIONS = TopicSpec(
+    "vud.directory.operations",
+    "on-premise user id",
+    False,
+    OUTAGE_RETENTION_MS,
+    "what the planner commands the directory sink to write in the store (cloud → directory)",
+)
+
 # planner: what every planner partition must know, and accidental-delete protection
 PLANNER_FACTS = TopicSpec(
     "vud.planner.facts",
@@ -104,6 +121,8 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     OPERATIONS,
     OPERATIONS_DLQ,
     RESULTS,
+    CLOUD_CHANGES,
+    DIRECTORY_OPERATIONS,
 )
 
 # The planner's own topics; `vudsync run planner`, `connect` and `deletes` create them.
