@@ -150,7 +150,7 @@ def _message(name: str, payload: dict[str, Any], key: str, summary: str, dlq: bo
 
 def asyncapi_document(version: str = "0.1.0") -> dict[str, Any]:
     """The topic catalogue as an AsyncAPI 3.0 document (payload schemas under components)."""
-    models = [*EVENT_MODELS, *OPERATION_MODELS, *RESULT_MODELS, CloudAccessChanged]
+    models: list[type[BaseModel]] = [*EVENT_MODELS, *OPERATION_MODELS, *RESULT_MODELS, CloudAccessChanged]
     _, definitions = models_json_schema(
         [(m, "validation") for m in models], ref_template="#/components/schemas/{model}"
     )
