@@ -24,8 +24,7 @@ def user_body(row: Row) -> Body:
         "last_name": row["last_name"],
         "language": row["language"],
         "active": bool(row["active"]),
-        # a row written by create_user is a dict without it; ``in`` on a sqlite3.Row tests values
-        "customer_admin": bool(row["customer_admin"]) if "customer_admin" in row.keys() else False,  # noqa: SIM118
+        "customer_admin": bool(row["customer_admin"]),
         "version": row["version"],
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],
@@ -75,6 +74,7 @@ def create_user(conn: sqlite3.Connection, now: float, body: models.UserCreate) -
         "last_name": body.last_name,
         "language": body.language,
         "active": 1,
+        "customer_admin": 0,
         "version": 1,
         "created_at": stamp,
         "updated_at": stamp,
