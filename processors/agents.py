@@ -8,8 +8,9 @@ directory event that needs it are never handled at the same time.
 Batches (``take_events``): up to :data:`BATCH_MAX` messages, or what arrived within
 :data:`BATCH_WITHIN` seconds, planned together (:meth:`processors.engine.Reconciler.on_batch`)
 — one send of every record, one wait for the broker's acknowledgements, one write per table
-key. ``take_events`` acknowledges a batch's events only after the agent handled it, so no
-offset is committed before its message is done.
+key. ``take_events`` acknowledges a batch's events after the agent handled it — and, upstream,
+also when the agent is cancelled mid-batch; :func:`processors.faust_compat.ack_only_when_handled`
+keeps those unacknowledged, so no offset is committed before its message is done.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 import faust
 
-from processors.faust_compat import FIRST_DELIVERY_SECONDS, reread_if_stalled
+from processors.faust_compat import FIRST_DELIVERY_SECONDS, ack_only_when_handled, reread_if_stalled
 from processors.handlers import PlannerHandlers
 from processors.topics import PlannerTopics
 
@@ -39,7 +40,8 @@ def declare_agents(app: faust.App, topics: PlannerTopics, handlers: PlannerHandl
     async def plan(stream: faust.StreamT[Any]) -> None:
         # StreamT does not declare take_events (faust-streaming 0.15.3's Stream has it)
         async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN):  # type: ignore[attr-defined]
-            await handlers.on_batch(events)
+            with ack_only_when_handled(events):
+                await handlers.on_batch(events)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode types receivers narrowly
     async def forget_deliveries(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:

@@ -45,6 +45,10 @@ _handle_missed``)              jumps, ``_add_gap`` records the hole as done and 
 :func:`producer_send_now`      aiokafka has no public "send what you hold now";
                                ``MessageAccumulator.flush_for_commit`` closes the open batches and
                                wakes the sender (reached through Faust's ``_ensure_producer``).
+:func:`ack_only_when_handled`  ``Stream.take_events`` acknowledges a batch's events in the
+                               ``finally`` around its ``yield``: also when the agent was cancelled
+                               (or failed) in the middle of the batch, so the offsets of records
+                               not yet handled are committed and never read again.
 :func:`current_event_as`       a table write goes to the changelog partition (and the store
                                partition) of ``current_event()``, the stream's context variable
                                ``faust.streams._current_event``; a batch (``take_events``) writes
@@ -105,6 +109,9 @@ CHECKED_SOURCES: dict[str, str] = {
     "faust.stores.memory.Store._create_batch_iterator": "b082c8bcc0403823",
     "faust.stores.memory.Store.on_recovery_completed": "a00bef343e139602",
     "faust.tables.base.Collection.partition_for_key": "3b2291811b8dd791",
+    "faust.streams.Stream.take_events": "607d48aead118ba8",
+    "faust.streams.Stream.ack": "32d7171a89b0931d",
+    "faust.types.tuples.Message.ack": "4751b72c4ed84153",
 }
 
 #: the committed offset of ``(topic, partition)`` as the worker's consumer knows it (None: not known)
@@ -236,6 +243,29 @@ def producer_send_now(app: faust.App) -> SendNow:
         await producer._message_accumulator.flush_for_commit()
 
     return send_now
+
+
+@contextlib.contextmanager
+def ack_only_when_handled(events: Iterable[Any]) -> Iterator[None]:
+    """Let a batch's events be acknowledged only if the block that handles them completes.
+
+    Why: ``Stream.take_events`` (faust-streaming 0.15.3, pinned) acknowledges every event of
+    the batch it yielded in a ``finally``: when the agent is cancelled in the middle of a batch
+    (a SIGTERM while the planner waits for the broker's acknowledgements) the events it has not
+    handled are acknowledged too, their offsets committed by the shutdown's commit, and the
+    records never read again. Each message holds one more reference while the block runs
+    (Faust acknowledges a message to the consumer when its count reaches 0, ``Message.ack``);
+    the block's normal end drops it, so ``take_events``' own acknowledgement is the final one.
+    A cancelled or failed block keeps it: the messages stay unacknowledged, their offsets are
+    not committed, and the next owner of the partition reads them again (the planner's ids
+    are deterministic, so what the batch had already sent has no second effect).
+    """
+    messages = [event.message for event in events]
+    for message in messages:
+        message.incref()
+    yield
+    for message in messages:
+        message.decref()
 
 
 @contextlib.contextmanager

@@ -165,3 +165,72 @@ def test_current_event_as_makes_the_event_the_one_table_writes_go_to() -> None:
             assert current_event() is inner
         assert current_event() is outer
     assert current_event() is None
+
+
+class _AckingConsumer:
+    """What ``Message.ack`` calls when a message's last reference is dropped."""
+
+    def __init__(self) -> None:
+        self.acked: list[int] = []
+
+    def ack(self, message: Any) -> bool:
+        self.acked.append(message.offset)
+        return True
+
+
+def _batch(n: int) -> list[Any]:
+    from faust.transport.consumer import ConsumerMessage
+
+    # one reference each, as a stream with one subscriber delivers them
+    messages = [
+        ConsumerMessage("vud.directory.users", 0, offset, 0.0, 0, None, b"k", b"v", None)
+        for offset in range(n)
+    ]
+    for message in messages:
+        message.incref()
+    return [SimpleNamespace(message=message) for message in messages]
+
+
+def _take_events_finally(events: list[Any], consumer: _AckingConsumer) -> None:
+    """What ``Stream.take_events`` does with a yielded batch in its ``finally``, whatever
+    happened to the agent (``Stream.ack`` → ``Event.ack`` → ``Message.ack(app.consumer)``)."""
+    for event in events:
+        event.message.ack(consumer)
+
+
+def test_a_batch_the_agent_finished_is_acknowledged() -> None:
+    from processors.faust_compat import ack_only_when_handled
+
+    events, consumer = _batch(3), _AckingConsumer()
+    with ack_only_when_handled(events):
+        pass
+    _take_events_finally(events, consumer)
+    assert consumer.acked == [0, 1, 2]
+
+
+def test_a_batch_cancelled_mid_way_is_not_acknowledged() -> None:
+    """A SIGTERM while the planner waits for the broker: take_events still acks the batch in its
+    finally; with the guard, no message reaches the consumer as acknowledged."""
+    from processors.faust_compat import ack_only_when_handled
+
+    events, consumer = _batch(3), _AckingConsumer()
+    with pytest.raises(asyncio.CancelledError), ack_only_when_handled(events):
+        raise asyncio.CancelledError
+    _take_events_finally(events, consumer)
+    assert consumer.acked == []
+    assert not any(event.message.acked for event in events)
+
+
+def test_without_the_guard_take_events_acknowledges_an_unfinished_batch() -> None:
+    """The upstream behaviour the guard works around: one reference, one ack, offset done."""
+    events, consumer = _batch(2), _AckingConsumer()
+    _take_events_finally(events, consumer)
+    assert consumer.acked == [0, 1]
+
+
+def test_take_events_acknowledges_in_a_finally_around_its_yield() -> None:
+    from faust.streams import Stream
+
+    source = inspect.getsource(Stream.take_events)
+    after_yield = source.split("yield list(events)", 1)[1]
+    assert after_yield.lstrip().startswith("finally:") and "await self.ack(event)" in after_yield
