@@ -28,6 +28,7 @@ from kafka import KafkaAdminClient
 from kafka import errors as kafka_errors
 
 from kernel.errors import KafkaAccessDenied, PermanentError, RetryableError, VudsyncError
+from kernel.kafka_credentials import check_credentials
 from kernel.kafka_security import PLAINTEXT, KafkaSecurity
 from kernel.retry import Backoff
 
@@ -114,9 +115,11 @@ def admin_client(
     bootstrap: str, *, security: KafkaSecurity = PLAINTEXT, timeout: float = 30.0
 ) -> Iterator[KafkaAdminClient]:
     """A short-lived ``KafkaAdminClient``; bootstrap failures become :class:`BrokerUnavailable`,
-    refused credentials :class:`KafkaAccessDenied`."""
+    refused credentials :class:`KafkaAccessDenied` at once (:func:`check_credentials`:
+    kafka-python itself would retry them until its deadline)."""
     timeout_ms = max(int(timeout * 1000), 1000)
     hide_client_secrets()
+    check_credentials(bootstrap, security, timeout=min(timeout, 10.0))
     try:
         client = KafkaAdminClient(
             bootstrap_servers=bootstrap,

@@ -14,6 +14,7 @@ from kafka import KafkaProducer
 from kafka.errors import AuthorizationError, KafkaError, MessageSizeTooLargeError
 
 from kernel.errors import KafkaAccessDenied, OversizedRecord, RecordsTooLarge, RetryableError
+from kernel.kafka_credentials import check_credentials
 from kernel.kafka_security import PLAINTEXT, KafkaSecurity
 from kernel.publishing import Headers
 
@@ -43,6 +44,7 @@ class KafkaRecordPublisher:
             "compression_type": None,
         }
         config.update(overrides)
+        check_credentials(bootstrap, security)  # kafka-python would retry a refusal until its deadline
         try:
             self._producer = KafkaProducer(**config)
         except KafkaError as exc:

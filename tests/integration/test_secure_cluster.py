@@ -19,6 +19,8 @@ from kernel.publishing.confluent import ConfluentRecordPublisher
 from kernel.publishing.kafka_python import KafkaRecordPublisher
 from kernel.settings import Settings
 from schemas.topics import OPERATIONS, RESULTS
+from tests.pipeline import vudsync_cli
+from vudsync.ops.kafka_reader import read_ranges
 from vudsync.topics import ensure_catalogue
 
 pytestmark = pytest.mark.integration
@@ -102,30 +104,50 @@ async def test_the_planner_writes_operations_but_not_directory_topics(
         await producer.stop()
 
 
-# Upstream, kafka-python 3.0.12, two defects together (seen with its debug log and a patched
-# copy): (1) the broker answers the wrong SCRAM proof with a SaslAuthenticateResponse
-# (SASL_AUTHENTICATION_FAILED, "invalid credentials") and closes the connection at once; the
-# answer and the EOF arrive in one read, and KafkaTCPTransport._read_from_sock aborts on the EOF
-# before it hands the bytes received with it to the protocol, so the error is never parsed:
-# https://github.com/dpkp/kafka-python/blob/3.0.12/kafka/net/transport.py (_read_from_sock,
-# `if err: return self.abort(error=err)` before `data_received`); (2) with that fixed, the
-# bootstrap loop still catches every exception of a bootstrap connection, the
-# SaslAuthenticationFailedError included, and retries until its deadline:
-# https://github.com/dpkp/kafka-python/blob/3.0.12/kafka/net/manager.py (_do_bootstrap,
-# `except Exception as exc: ... continue`). Working around both would mean replacing two
-# internals of kafka-python's network layer; librdkafka and aiokafka report the same refusal
-# at once (the tests below and the planner).
-@pytest.mark.xfail(
-    strict=True,
-    reason="upstream: kafka-python 3.0.12 drops the broker's SASL_AUTHENTICATION_FAILED answer that "
-    "arrives together with the close (transport._read_from_sock), and its bootstrap retries an "
-    "authentication failure until the deadline (manager._do_bootstrap): BrokerUnavailable at the "
-    "deadline instead of KafkaAccessDenied",
-)
+def _assert_says_what_to_do(error: KafkaAccessDenied, principal: str) -> None:
+    """The refusal names the principal and the setting to check, never the password."""
+    assert principal in str(error)
+    assert error.hint is not None and "VUDSYNC_KAFKA_PASSWORD" in error.hint
+    assert "not-the-password" not in f"{error} {error.hint}"
+
+
+# kafka-python 3.0.12 alone would retry the refusal until its deadline and say "no broker
+# answered" (kernel.kafka_credentials says why): the credentials are checked with aiokafka first.
 def test_a_wrong_password_fails_the_admin_client_at_once(secure_cluster: LocalKafkaCluster) -> None:
+    security = _wrong_password(secure_cluster, "ops")
     with pytest.raises(KafkaAccessDenied) as caught:
-        wait_for_broker(secure_cluster.bootstrap(), 60, security=_wrong_password(secure_cluster, "ops"))
-    assert "not-the-password" not in str(caught.value)
+        wait_for_broker(secure_cluster.bootstrap(), 60, security=security)
+    _assert_says_what_to_do(caught.value, str(security.username))
+
+
+def test_a_wrong_password_fails_the_ops_reader_and_the_kafka_python_publisher(
+    secure_cluster: LocalKafkaCluster, catalogue: Settings
+) -> None:
+    security = _wrong_password(secure_cluster, "ops")
+    with pytest.raises(KafkaAccessDenied) as caught:
+        list(
+            read_ranges(
+                secure_cluster.bootstrap(), {(catalogue.topic(RESULTS.name), 0): (0, 1)}, security=security
+            )
+        )
+    _assert_says_what_to_do(caught.value, str(security.username))
+    security = _wrong_password(secure_cluster, "sink")
+    with pytest.raises(KafkaAccessDenied) as caught:
+        KafkaRecordPublisher(secure_cluster.bootstrap(), security=security)
+    _assert_says_what_to_do(caught.value, str(security.username))
+
+
+def test_an_ops_command_with_a_wrong_password_says_what_to_do(
+    secure_cluster: LocalKafkaCluster, catalogue: Settings
+) -> None:
+    """``vudsync topics ensure`` as an operator runs it: an error and a hint, not a time-out."""
+    done = vudsync_cli(
+        catalogue, secure_cluster.bootstrap(), "topics", "ensure", VUDSYNC_KAFKA_PASSWORD="not-the-password"
+    )
+    assert done.returncode == 2, done.stderr
+    assert "refused the credentials of 'vudsync-ops'" in done.stderr
+    assert "hint: check VUDSYNC_KAFKA_PASSWORD" in done.stderr
+    assert "not-the-password" not in done.stdout + done.stderr
 
 
 def test_a_wrong_password_fails_the_librdkafka_producer(

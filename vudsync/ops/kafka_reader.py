@@ -14,6 +14,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from kernel.admin import translate
 from kernel.errors import RetryableError
+from kernel.kafka_credentials import check_credentials
 from kernel.kafka_security import PLAINTEXT, KafkaSecurity
 from kernel.records import TopicPartition as TP
 
@@ -21,6 +22,7 @@ from kernel.records import TopicPartition as TP
 def _consumer(
     bootstrap: str, client_id: str, security: KafkaSecurity, max_poll_records: int = 2000
 ) -> KafkaConsumer:
+    check_credentials(bootstrap, security)  # kafka-python would retry a refusal until its deadline
     try:
         return KafkaConsumer(
             bootstrap_servers=bootstrap,

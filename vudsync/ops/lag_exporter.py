@@ -51,6 +51,7 @@ from prometheus_client.registry import Collector
 from kernel.admin import hide_client_secrets, translate
 from kernel.health import LagExporterFacts, Readiness, lag_exporter_readiness
 from kernel.http_status import StatusServer, registry_by_label, registry_total, status_server
+from kernel.kafka_credentials import check_credentials
 from kernel.kafka_security import PLAINTEXT, KafkaSecurity
 from kernel.records import TopicPartition as TopicPartitionKey  # kafka.TopicPartition is the client's
 from kernel.settings import Settings
@@ -152,6 +153,7 @@ class KafkaAdminOffsetReader:
         try:
             if self._client is None:
                 hide_client_secrets()
+                check_credentials(self.bootstrap, self.security, timeout=self.timeout_ms / 1000)
                 self._client = KafkaAdminClient(
                     bootstrap_servers=self.bootstrap,
                     client_id="vudsync-lag-exporter",
