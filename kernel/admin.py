@@ -26,10 +26,12 @@ from typing import Any, NamedTuple
 
 from kafka import KafkaAdminClient
 from kafka import errors as kafka_errors
+from kafka.admin import ConfigResource, ConfigResourceType
 
 from kernel.errors import KafkaAccessDenied, PermanentError, RetryableError, VudsyncError
 from kernel.kafka_credentials import check_credentials
 from kernel.kafka_security import PLAINTEXT, KafkaSecurity
+from kernel.replication import ClusterSize, replication_for, too_few_brokers_hint
 from kernel.retry import Backoff
 
 log = logging.getLogger(__name__)
@@ -187,24 +189,72 @@ def wait_for_broker(
         time.sleep(min(0.1, max(deadline - time.monotonic(), 0)))
 
 
-def replication_factor(
-    bootstrap: str, configured: int = 0, *, security: KafkaSecurity = PLAINTEXT, timeout: float = 30.0
-) -> int:
-    """``configured`` when set (> 0); else 3 on a cluster of three or more brokers, 1 below.
+def cluster_size(
+    bootstrap: str, *, security: KafkaSecurity = PLAINTEXT, timeout: float = 30.0
+) -> ClusterSize:
+    """What the cluster says of its brokers (:class:`kernel.replication.ClusterSize`).
 
     Asked through :func:`wait_for_broker`, which tries again until ``timeout``: a component
     starting while one broker of a cluster is down (its metadata still names it, so the first
-    request may go to it) waits for an answer from another instead of exiting."""
+    request may go to it) waits for an answer from another instead of exiting. The quorum's
+    voters are asked too, and counted when the brokers are combined broker/controller nodes;
+    a principal that may not describe the cluster gets the registered brokers alone."""
+    brokers = wait_for_broker(bootstrap, timeout, security=security).get("brokers") or []
+    registered = tuple(sorted(int(b["broker_id"]) for b in brokers))
+    fenced = tuple(sorted(int(b["broker_id"]) for b in brokers if b.get("is_fenced")))
+    live = [b for b in registered if b not in fenced]
+    return ClusterSize(registered, fenced, _combined_voters(bootstrap, security, timeout, live[:1]))
+
+
+def _combined_voters(
+    bootstrap: str, security: KafkaSecurity, timeout: float, live: list[int]
+) -> tuple[int, ...]:
+    """The quorum's voter ids if broker ``live[0]`` is also a controller, else ()."""
+    if not live:
+        return ()
+    try:
+        with admin_client(bootstrap, security=security, timeout=timeout) as admin:
+            asked = ConfigResource(ConfigResourceType.BROKER, str(live[0]), configs={"process.roles": None})
+            # "all": the default filter ("modified") leaves out a static broker setting
+            configs = admin.describe_configs([asked], config_filter="all")
+            roles = str(configs["broker"][str(live[0])]["process.roles"]["value"] or "")
+            if "controller" not in roles.split(","):
+                return ()
+            quorum: dict[str, Any] = admin.describe_metadata_quorum()
+    except Exception as exc:  # not allowed, or not KRaft: the registered brokers decide alone
+        log.info(
+            "cannot read the controller quorum (%s): counting registered brokers only", type(exc).__name__
+        )
+        return ()
+    return tuple(
+        sorted(
+            int(voter["replica_id"])
+            for topic in quorum.get("topics") or []
+            for partition in topic.get("partitions") or []
+            for voter in partition.get("current_voters") or []
+        )
+    )
+
+
+def replication_factor(
+    bootstrap: str, configured: int = 0, *, security: KafkaSecurity = PLAINTEXT, timeout: float = 30.0
+) -> int:
+    """``configured`` when set (> 0); else from the cluster's *configured* size, brokers that
+    are down included (:func:`kernel.replication.replication_for`): 3 on a cluster of three or
+    more brokers, so a topic created while one is down gets as many replicas as its siblings."""
     if configured > 0:
         return configured
-    brokers = len(wait_for_broker(bootstrap, timeout, security=security).get("brokers") or [])
-    return 3 if brokers >= 3 else 1
-
-
-def replication_config(replication: int) -> dict[str, str]:
-    """The topic configuration that goes with ``replication`` replicas: with three or more, a
-    write needs two in-sync replicas (acks=all), so one broker may be down without data loss."""
-    return {"min.insync.replicas": "2"} if replication >= 3 else {}
+    size = cluster_size(bootstrap, security=security, timeout=timeout)
+    replication = replication_for(size)
+    if size.missing:
+        log.warning(
+            "Kafka brokers %s of %s are not live: topics created now get %d replicas and stay "
+            "under-replicated until those brokers are back",
+            list(size.missing),
+            list(size.known),
+            replication,
+        )
+    return replication
 
 
 def _as_specs(specs: Iterable[TopicSpec | tuple[Any, ...]]) -> list[TopicSpec]:
@@ -258,6 +308,7 @@ def _ensure_once(
         }
         for spec in wanted
     }
+    replicas = {spec.name: spec.replication for spec in wanted}
     created: list[str] = []
     with admin_client(bootstrap, security=security, timeout=timeout) as admin:
         try:
@@ -274,6 +325,11 @@ def _ensure_once(
                 existing.append(result["name"])
             elif issubclass(error, _DENIED):
                 denied.append(result["name"])
+            elif error is kafka_errors.InvalidReplicationFactorError:
+                raise TopicError(
+                    f"create topic {result['name']}: {result.get('error_message')}",
+                    hint=too_few_brokers_hint(replicas[result["name"]]),
+                )
             elif error.retriable:
                 raise RetryableError(
                     f"create topic {result['name']}: {error.__name__}: {result.get('error_message')}"

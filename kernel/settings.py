@@ -65,8 +65,8 @@ class Settings(BaseSettings):
     topic_replication: int = Field(
         default=0,
         ge=0,
-        description="replicas per topic; 0 = from the cluster: 3 (min.insync.replicas=2) when it has "
-        "three or more brokers, else 1",
+        description="replicas per topic; 0 = from the cluster's configured size (brokers that are "
+        "down included): 3 (min.insync.replicas=2) when it has three or more brokers, else one per broker",
     )
     history_days: int = Field(default=7, description="days of history kept on compacted topics (replay)")
 

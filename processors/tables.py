@@ -16,7 +16,7 @@ from typing import Any
 import faust
 from faust.types import TableT
 
-from kernel.admin import replication_config
+from kernel.replication import replication_config
 
 
 def declare_table(app: faust.App) -> TableT[str, Any]:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import faust
 
 from kernel.admin import TopicSpec as AdminTopicSpec
-from kernel.admin import ensure_topics, replication_config, replication_factor
+from kernel.admin import ensure_topics, replication_factor
+from kernel.replication import replication_config
 from kernel.settings import Settings
 from schemas.topics import (
     DIRECTORY_DLQ,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from kernel.admin import TopicSpec as AdminTopicSpec
-from kernel.admin import ensure_topics, replication_config, replication_factor
+from kernel.admin import ensure_topics, replication_factor
+from kernel.replication import replication_config
 from kernel.settings import Settings
 from schemas.topics import ALL_TOPICS, TopicSpec
 

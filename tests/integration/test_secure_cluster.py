@@ -3,6 +3,7 @@ work, a wrong password and a forbidden topic fail at once with KafkaAccessDenied
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -12,13 +13,14 @@ from kafka.admin import ConfigResource, ConfigResourceType
 from pydantic import SecretStr
 
 from devtools.broker.cluster import LocalKafkaCluster
-from kernel.admin import admin_client, wait_for_broker
+from devtools.processes import wait_until
+from kernel.admin import admin_client, cluster_size, list_topics, wait_for_broker
 from kernel.errors import KafkaAccessDenied
 from kernel.kafka_security import KafkaSecurity
 from kernel.publishing.confluent import ConfluentRecordPublisher
 from kernel.publishing.kafka_python import KafkaRecordPublisher
 from kernel.settings import Settings
-from schemas.topics import OPERATIONS, RESULTS
+from schemas.topics import ALL_TOPICS, OPERATIONS, RESULTS
 from tests.pipeline import vudsync_cli
 from vudsync.ops.kafka_reader import read_ranges
 from vudsync.topics import ensure_catalogue
@@ -160,3 +162,52 @@ def test_a_wrong_password_fails_the_librdkafka_producer(
     with pytest.raises(KafkaAccessDenied, match=r"[Aa]uthentication") as caught:
         publisher.flush(60)
     assert "not-the-password" not in str(caught.value)
+
+
+def test_a_replication_factor_the_cluster_cannot_place_is_refused_with_what_to_do(
+    secure_cluster: LocalKafkaCluster, tmp_path: Path
+) -> None:
+    settings = _settings(secure_cluster, "ops", tmp_path, f"{secure_cluster.settings.topic_prefix}vud.rf4-")
+    done = vudsync_cli(
+        settings, secure_cluster.bootstrap(), "topics", "ensure", VUDSYNC_TOPIC_REPLICATION="4"
+    )
+    assert done.returncode == 2, done.stderr
+    assert "replication factor of 4" in done.stderr
+    assert "hint: new topics need 4 replicas" in done.stderr
+    assert "VUDSYNC_TOPIC_REPLICATION" in done.stderr
+    assert not [
+        t
+        for t in list_topics(secure_cluster.bootstrap(), security=settings.kafka_security())
+        if t.startswith(settings.topic_prefix)
+    ]
+
+
+# last in the module: it stops a node of the session's cluster (and starts it again)
+def test_topics_created_while_a_broker_is_down_get_three_replicas(
+    secure_cluster: LocalKafkaCluster, tmp_path: Path
+) -> None:
+    """The cluster's configured size decides, not its live brokers: `vudsync topics ensure`
+    while node 3 is down (fenced by the controller) creates every topic with three replicas and
+    ``min.insync.replicas=2``, and says that the broker is missing."""
+    settings = _settings(secure_cluster, "ops", tmp_path, f"{secure_cluster.settings.topic_prefix}vud.rf-")
+    security = settings.kafka_security()
+    bootstrap = secure_cluster.bootstrap()
+    assert cluster_size(bootstrap, security=security).combined_voters == (1, 2, 3)
+    secure_cluster.kill_node(3)
+    try:
+        wait_until(
+            lambda: cluster_size(bootstrap, security=security).fenced == (3,), 90, what="node 3 fenced"
+        )
+        done = vudsync_cli(settings, bootstrap, "topics", "ensure", "--json")
+        assert done.returncode == 0, done.stderr
+        assert "Kafka brokers [3] of [1, 2, 3] are not live" in done.stderr
+        created = json.loads(done.stdout)["created"]
+        assert len(created) == len(ALL_TOPICS)
+        with admin_client(bootstrap, security=security) as client:
+            described = client.describe_topics(created)
+            configs = client.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t) for t in created])
+        assert {len(p["replica_nodes"]) for topic in described for p in topic["partitions"]} == {3}
+        assert {configs["topic"][t]["min.insync.replicas"]["value"] for t in created} == {"2"}
+    finally:
+        secure_cluster.start_node(3)
+        wait_until(lambda: cluster_size(bootstrap, security=security).missing == (), 120, what="node 3 back")
