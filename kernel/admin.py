@@ -246,11 +246,21 @@ def replication_factor(
         return configured
     size = cluster_size(bootstrap, security=security, timeout=timeout)
     replication = replication_for(size)
-    if size.missing:
+    down = [b for b in size.missing if b in size.registered]
+    never = [b for b in size.missing if b not in size.registered]
+    if down:
         log.warning(
             "Kafka brokers %s of %s are not live: topics created now get %d replicas and stay "
             "under-replicated until those brokers are back",
-            list(size.missing),
+            down,
+            list(size.known),
+            replication,
+        )
+    if never:
+        log.warning(
+            "Kafka nodes %s of %s have never run as brokers: topics with %d replicas cannot be "
+            "created until they have",
+            never,
             list(size.known),
             replication,
         )
