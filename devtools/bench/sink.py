@@ -47,7 +47,7 @@ from devtools.bench import bench_broker, process_cpu_seconds
 from devtools.broker.cluster import KafkaTarget, LocalKafkaCluster
 from kernel.kafka_security import PLAINTEXT, KafkaSecurity
 from kernel.scrape import ScrapeFailed, scrape
-from kernel.settings import Settings
+from kernel.settings import Settings, load_settings
 from schemas.codec import encode
 from schemas.directory import ApplicationType, EntityType, ServiceAccess
 from schemas.operations import (
@@ -454,12 +454,15 @@ def run_bench(
     # the secured cluster is always fresh JVMs: warmed up as asked, else as the bench's own broker
     cluster_warm_up = WARM_UP if warm_up is None else warm_up
     with bench_broker(home=home) as (bootstrap, own_pid):
-        broker_pid = broker_pid or own_pid
+        # a given cluster: the settings' (a local one of their home: each component its principal)
+        target = KafkaTarget(bootstrap) if own_pid else KafkaTarget.from_settings(load_settings(), bootstrap)
+        given_pid = broker_pid or own_pid
+        broker_pids = [given_pid] if given_pid else []
+        if target.cluster is not None and not given_pid:
+            broker_pids = target.cluster.status().pids
         if warm_up is None:
             warm_up = WARM_UP if own_pid else 0
-        warmed, figures = _warm_and_measure(
-            KafkaTarget(bootstrap), home, spec, warm_up, [broker_pid] if broker_pid else [], profile_dir
-        )
+        warmed, figures = _warm_and_measure(target, home, spec, warm_up, broker_pids, profile_dir)
     secured: dict[str, Any] = {}
     if secure_cluster:
         cluster_settings = Settings(home=home / "secured", topic_prefix="bench-")
@@ -487,6 +490,7 @@ def run_bench(
         + f" --concurrency {concurrency} --batch-size {batch_size} --warm-up {warm_up}"
         + (" --secure-cluster" if secure_cluster else ""),
         "broker": "started by the bench" if own_pid else "given (the settings' bootstrap)",
+        "kafka": target.describe(),
         "broker_warm_up": warmed,
         **figures,
         **secured,
@@ -573,7 +577,7 @@ def _round(
         settings = Settings(
             home=home, kafka_bootstrap=bootstrap, topic_prefix=prefix, topic_partitions=6
         ).with_kafka_security(target.security("ops"))
-        if target.cluster is not None:
+        if target.cluster is not None and target.cluster.secure:
             target.cluster.grant(settings)
         ensure_catalogue(settings, bootstrap)
         api = httpx.Client(base_url=cloud.url, headers=cloud.auth_headers(), timeout=60)

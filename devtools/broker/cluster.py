@@ -104,6 +104,16 @@ class LocalKafkaCluster:
         self.credentials_path = self.dir / "credentials.json"
         self.tls_dir = self.dir / "tls"
 
+    @classmethod
+    def found(cls, settings: Settings) -> LocalKafkaCluster | None:
+        """The cluster ``vudsync kafka up --brokers N [--secure]`` made in ``settings``' home, as
+        it was made (brokers, secured or not); None when there is none."""
+        probe = cls(settings)
+        layout = probe._layout()
+        if layout is None:
+            return None
+        return cls(settings, brokers=int(layout["brokers"]), secure=bool(layout["secure"]))
+
     # -- what clients need ---------------------------------------------------------------
 
     def _layout(self) -> dict[str, Any] | None:
@@ -316,12 +326,32 @@ class LocalKafkaCluster:
 
 @dataclass(frozen=True)
 class KafkaTarget:
-    """Where a pipeline (tests, benchmarks) connects: a single PLAINTEXT broker, or a local
-    secured ``cluster``, where each component has its own principal."""
+    """Where a pipeline (tests, benchmarks) connects: a single PLAINTEXT broker, a local
+    secured ``cluster``, where each component has its own principal, or a given cluster where
+    every component connects as one ``shared`` principal."""
 
     bootstrap: str
     cluster: LocalKafkaCluster | None = None
+    shared: KafkaSecurity = PLAINTEXT
 
     def security(self, component: str) -> KafkaSecurity:
         """How ``component`` (producer, planner, sink, ops) connects."""
-        return self.cluster.security(component) if self.cluster else PLAINTEXT
+        return self.cluster.security(component) if self.cluster else self.shared
+
+    def describe(self) -> str:
+        """One line for a report: which kind of cluster, never a secret."""
+        if self.cluster is not None:
+            secured = "secured (SASL_SSL, SCRAM, ACLs)" if self.cluster.secure else "PLAINTEXT"
+            return f"local {self.cluster.brokers}-node cluster, {secured}, one principal per component"
+        return f"{self.shared.security_protocol}, every component as {self.shared.username or 'anonymous'}"
+
+    @classmethod
+    def from_settings(cls, settings: Settings, bootstrap: str) -> KafkaTarget:
+        """Where ``settings`` connect at ``bootstrap``: the local cluster of their home when
+        ``bootstrap`` is its (``vudsync kafka up --brokers 3 --secure``: each component with its
+        own principal from ``credentials.json``, the CA of ``tls/``), else ``bootstrap`` with
+        the settings' own ``VUDSYNC_KAFKA_*`` security for every component."""
+        cluster = LocalKafkaCluster.found(settings)
+        if cluster is not None and cluster.status().bootstrap == bootstrap:
+            return cls(bootstrap, cluster)
+        return cls(bootstrap, shared=settings.kafka_security())
