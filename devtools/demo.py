@@ -26,6 +26,7 @@ from rich.table import Table
 from cloud.server import CloudServer
 from devtools.bench import applied_latencies
 from devtools.broker import LocalKafkaBroker
+from devtools.broker.cluster import KafkaTarget
 from devtools.processes import PipelineWorkers, settled
 from devtools.secrets import with_run_secrets
 from devtools.seed.data import FIRST_NAMES, sample_directory, write_sample
@@ -150,6 +151,9 @@ class Demo:
         ):
             (home / stale).unlink(missing_ok=True)
         bootstrap = self._broker()
+        # a given cluster: as the settings connect (a local secured one of the home: each
+        # component its principal, the run's topics granted their ACLs)
+        target = KafkaTarget.from_settings(self.base, bootstrap) if self.base.kafka_bootstrap else None
         with con.status("starting the reference cloud API"):
             self.cloud = CloudServer(
                 db_path=home / "cloud.db",
@@ -166,6 +170,11 @@ class Demo:
                 "cloud_client_secret": SecretStr(self.cloud.client_secret),
             }
         )
+        if target is not None:
+            if target.cluster is not None and target.cluster.secure:
+                target.cluster.grant(settings)
+            settings = settings.with_kafka_security(target.security("ops"))
+            con.print(f"Kafka: {bootstrap}, {target.describe()}")
         ensure_catalogue(settings, bootstrap)
         writer = SqliteDirectoryWriter(home / "directory.db")
         sample = sample_directory(self.options.users, self.options.companies)
@@ -178,7 +187,9 @@ class Demo:
             from vudsync.commands.connect import run_connect
 
             run_connect(settings, bootstrap, snapshot=False)  # the producer snapshots, with its metrics
-        self.workers = PipelineWorkers(settings, bootstrap, settings.home / "logs").start()
+        self.workers = PipelineWorkers(
+            settings, bootstrap, settings.home / "logs", target.security if target else None
+        ).start()
         con.print(
             f"pipeline up: broker {bootstrap}, cloud {self.cloud.url}, "
             f"producer/planner/sink pids {list(self.workers.pids.values())}"
@@ -288,7 +299,9 @@ class Demo:
             users_in_store=sample_users,
             metrics_urls=self.workers.metrics_urls,
         )
-        latencies = applied_latencies(bootstrap, settings.topic(RESULTS.name))
+        latencies = applied_latencies(
+            bootstrap, settings.topic(RESULTS.name), security=settings.kafka_security()
+        )
         report.latencies = sorted(seconds for _, seconds in latencies)
         report.live_latencies = sorted(seconds for committed, seconds in latencies if committed >= live_since)
         assert self.cloud is not None

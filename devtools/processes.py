@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -143,8 +143,20 @@ class PipelineWorkers:
 
     NAMES = ("producer", "planner", "sink")
 
-    def __init__(self, settings: Settings, bootstrap: str, log_dir: Path) -> None:
-        self.env = component_env(settings, bootstrap)
+    def __init__(
+        self,
+        settings: Settings,
+        bootstrap: str,
+        log_dir: Path,
+        security: Callable[[str], KafkaSecurity] | None = None,
+    ) -> None:
+        """``security`` gives each component its own principal on a secured cluster
+        (:meth:`devtools.broker.cluster.KafkaTarget.security`); without it, they connect as
+        ``settings``."""
+        def own(name: str) -> Settings:
+            return settings.with_kafka_security(security(name)) if security else settings
+
+        self.envs = {name: component_env(own(name), bootstrap) for name in self.NAMES}
         self.log_dir = log_dir
         self.procs: dict[str, ComponentProcess] = {}
         self.ports: dict[str, int] = {}
@@ -157,7 +169,7 @@ class PipelineWorkers:
             self.procs[name] = ComponentProcess(
                 name,
                 ["run", name, "--metrics-port", str(self.ports[name])],
-                env=self.env,
+                env=self.envs[name],
                 log_dir=self.log_dir,
             ).start()
         return self

@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from kernel.kafka_security import PLAINTEXT, KafkaSecurity
+
 AREAS = ("capture", "planner", "sink", "journal", "faust", "pipeline")
 
 
@@ -145,7 +147,9 @@ def latency_figures(latencies: list[float]) -> dict[str, Any]:
     }
 
 
-def topic_reader(bootstrap: str, topic: str, idle_ms: int = 1500) -> Any:
+def topic_reader(
+    bootstrap: str, topic: str, idle_ms: int = 1500, *, security: KafkaSecurity = PLAINTEXT
+) -> Any:
     """A kafka-python consumer of ``topic`` from its beginning, in no group, that stops
     iterating after ``idle_ms`` without a record. The caller closes it."""
     from kafka import KafkaConsumer
@@ -153,6 +157,7 @@ def topic_reader(bootstrap: str, topic: str, idle_ms: int = 1500) -> Any:
     return KafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
+        **security.for_kafka_python(),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         group_id=None,
@@ -160,13 +165,15 @@ def topic_reader(bootstrap: str, topic: str, idle_ms: int = 1500) -> Any:
     )
 
 
-def applied_latencies(bootstrap: str, topic: str) -> list[tuple[float, float]]:
+def applied_latencies(
+    bootstrap: str, topic: str, *, security: KafkaSecurity = PLAINTEXT
+) -> list[tuple[float, float]]:
     """(committed in the store as a Unix time, end-to-end seconds from that commit to applied in
     the cloud) of every applied operation on the results topic ``topic`` (``vud.cloud.results``)."""
     from schemas.codec import decode_model
     from schemas.results import OperationResult, ResultOutcome
 
-    consumer = topic_reader(bootstrap, topic)
+    consumer = topic_reader(bootstrap, topic, security=security)
     out: list[tuple[float, float]] = []
     try:
         for record in consumer:

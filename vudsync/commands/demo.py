@@ -24,6 +24,20 @@ def demo(users: int, companies: int, changes: int, timeout: float, keep_running:
     Seeds a sample directory with Norwegian users and companies, syncs it to the cloud,
     makes live changes (renames, removals, new users), waits for them to arrive and prints
     a summary with end-to-end latency. Stops everything it started on exit or Ctrl-C.
+
+    Example: vudsync demo --users 300 --changes 60
+
+    On a secured three-node cluster instead of the embedded broker (each component connects
+    as its own principal, the run's topics get their ACLs):
+
+    \b
+      export VUDSYNC_HOME=~/vudsync-secured
+      vudsync kafka up --brokers 3 --secure --json      # prints the bootstrap
+      VUDSYNC_KAFKA_BOOTSTRAP=<its bootstrap> vudsync demo
+
+    Any other cluster: set VUDSYNC_KAFKA_BOOTSTRAP and VUDSYNC_KAFKA_* (docs/operations.md);
+    every component then connects as that principal, which needs the rights of all of them on
+    the run's `demo-<id>-` topics and groups.
     """
     from devtools.demo import Demo, DemoOptions, render
 
