@@ -16,9 +16,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kernel.kafka_security import PLAINTEXT, KafkaSecurity
+
+if TYPE_CHECKING:
+    from devtools.broker.cluster import KafkaTarget
 
 AREAS = ("capture", "planner", "sink", "journal", "faust", "pipeline")
 
@@ -110,6 +113,16 @@ def bench_broker(bootstrap: str | None = None, home: Path | None = None) -> Iter
     finally:
         if home is None:
             shutil.rmtree(broker_home, ignore_errors=True)
+
+
+def bench_target(bootstrap: str, own_pid: int | None) -> KafkaTarget:
+    """Where a bench's components connect: its own broker (``own_pid``) PLAINTEXT; a given one
+    as the settings say (:meth:`KafkaTarget.from_settings`: the home's secured cluster gives each
+    component its principal)."""
+    from devtools.broker.cluster import KafkaTarget
+    from kernel.settings import load_settings
+
+    return KafkaTarget(bootstrap) if own_pid else KafkaTarget.from_settings(load_settings(), bootstrap)
 
 
 def emit(result: dict[str, Any], as_json: bool) -> None:

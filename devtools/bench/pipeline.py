@@ -46,6 +46,7 @@ import click
 from devtools.bench import (
     applied_latencies,
     bench_broker,
+    bench_target,
     emit,
     latency_figures,
     process_cpu_seconds,
@@ -255,9 +256,8 @@ def _live(
     churned = time.monotonic()
     during = timeline.rows[first_row:]
     done, check = _until_in_cloud("live", workers, timeline, spec, settings)
-    latencies = [
-        s for committed, s in applied_latencies(bootstrap, settings.topic(RESULTS.name)) if committed >= since
-    ]
+    results = applied_latencies(bootstrap, settings.topic(RESULTS.name), security=settings.kafka_security())
+    latencies = [s for committed, s in results if committed >= since]
     backlogs = [_backlog(r) for r in during]
     third = max(1, len(backlogs) // 3)
     return {
@@ -282,19 +282,32 @@ def _live(
     }
 
 
-def reference(bootstrap: str, records: int, value_size: int = 600, partitions: int = 6) -> dict[str, Any]:
+def reference(
+    bootstrap: str,
+    records: int,
+    value_size: int = 600,
+    partitions: int = 6,
+    *,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
     """Raw kafka-python: produce ``records`` records (acks=all, idempotent) to a fresh topic,
-    then consume them all with one consumer; the rate of a record produced *and* consumed."""
+    then consume them all with one consumer; the rate of a record produced *and* consumed.
+    ``settings``: connect as they say, the topic under their prefix (a secured cluster's ACLs)."""
     from kafka import KafkaProducer
 
-    from kernel.admin import delete_topics, ensure_topics
+    from kernel.admin import delete_topics, ensure_topics, replication_factor
+    from kernel.kafka_security import PLAINTEXT
 
-    topic = f"bench-reference-{uuid.uuid4().hex[:8]}"
-    ensure_topics(bootstrap, [(topic, partitions)])
+    security = settings.kafka_security() if settings else PLAINTEXT
+    name = f"vud.bench-reference-{uuid.uuid4().hex[:8]}"
+    topic = settings.topic(name) if settings else name
+    replicas = replication_factor(bootstrap, settings.topic_replication if settings else 0, security=security)
+    ensure_topics(bootstrap, [(topic, partitions, replicas)], security=security)
     value = b"x" * value_size
     try:
         producer = KafkaProducer(
             bootstrap_servers=bootstrap,
+            **security.for_kafka_python(),
             acks="all",
             linger_ms=20,
             batch_size=512 * 1024,
@@ -306,7 +319,7 @@ def reference(bootstrap: str, records: int, value_size: int = 600, partitions: i
         producer.flush(timeout=600)
         produce_seconds = time.monotonic() - started
         producer.close(timeout=10)
-        consumer = topic_reader(bootstrap, topic, idle_ms=10_000)
+        consumer = topic_reader(bootstrap, topic, idle_ms=10_000, security=security)
         started = time.monotonic()
         consumed = 0
         for _record in consumer:
@@ -316,7 +329,7 @@ def reference(bootstrap: str, records: int, value_size: int = 600, partitions: i
         consume_seconds = time.monotonic() - started
         consumer.close()
     finally:
-        delete_topics(bootstrap, [topic])
+        delete_topics(bootstrap, [topic], security=security)
     total = produce_seconds + consume_seconds
     return {
         "records": records,
@@ -363,9 +376,14 @@ def run_bench(spec: PipelineSpec, bootstrap: str | None = None) -> dict[str, Any
                         cloud_client_secret=SecretStr(cloud.client_secret),
                     )
                 )
+                # a given cluster: as the settings connect (the home's secured one: a principal each)
+                target = bench_target(broker, broker_pid)
+                if target.cluster is not None and target.cluster.secure:
+                    target.cluster.grant(settings)
+                settings = settings.with_kafka_security(target.security("ops"))
                 ensure_catalogue(settings, broker)
                 run_connect(settings, broker, snapshot=False)
-                workers = PipelineWorkers(settings, broker, home / "logs")
+                workers = PipelineWorkers(settings, broker, home / "logs", target.security)
                 try:
                     _say(f"starting producer, planner and sink (logs in {home / 'logs'})")
                     started = time.monotonic()  # the connect phase starts with the producer
@@ -385,7 +403,7 @@ def run_bench(spec: PipelineSpec, bootstrap: str | None = None) -> dict[str, Any
                 finally:
                     workers.stop()
             _say(f"reference: kafka-python produce + consume of {connect['kafka_records_moved']:,} records")
-            ref = reference(broker, connect["kafka_records_moved"])
+            ref = reference(broker, connect["kafka_records_moved"], settings=settings)
         failed = False
     finally:
         if failed:
@@ -400,6 +418,7 @@ def run_bench(spec: PipelineSpec, bootstrap: str | None = None) -> dict[str, Any
         + f"--users {spec.users} --companies {spec.companies} --access-per-user {spec.access_per_user} "
         + f"--churn-rate {spec.churn_rate} --churn-seconds {spec.churn_seconds}",
         "broker": "started by the bench" if broker_pid else "given (--bootstrap or the settings)",
+        "kafka": target.describe(),
         "store_data": seeded,
         "connect": connect,
         "live": live,

@@ -43,11 +43,11 @@ from typing import Any
 import click
 import httpx
 
-from devtools.bench import bench_broker, process_cpu_seconds
+from devtools.bench import bench_broker, bench_target, process_cpu_seconds
 from devtools.broker.cluster import KafkaTarget, LocalKafkaCluster
 from kernel.kafka_security import PLAINTEXT, KafkaSecurity
 from kernel.scrape import ScrapeFailed, scrape
-from kernel.settings import Settings, load_settings
+from kernel.settings import Settings
 from schemas.codec import encode
 from schemas.directory import ApplicationType, EntityType, ServiceAccess
 from schemas.operations import (
@@ -455,7 +455,7 @@ def run_bench(
     cluster_warm_up = WARM_UP if warm_up is None else warm_up
     with bench_broker(home=home) as (bootstrap, own_pid):
         # a given cluster: the settings' (a local one of their home: each component its principal)
-        target = KafkaTarget(bootstrap) if own_pid else KafkaTarget.from_settings(load_settings(), bootstrap)
+        target = bench_target(bootstrap, own_pid)
         given_pid = broker_pid or own_pid
         broker_pids = [given_pid] if given_pid else []
         if target.cluster is not None and not given_pid:
