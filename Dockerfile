@@ -23,6 +23,7 @@ COPY schemas ./schemas
 COPY producers ./producers
 COPY processors ./processors
 COPY sinks ./sinks
+COPY cloudcapture ./cloudcapture
 COPY cloud ./cloud
 COPY vudsync ./vudsync
 # devtools/ (local broker, seed data, demo, benchmarks) stays out of the production image

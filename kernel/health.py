@@ -13,7 +13,9 @@ The rules (docs/operations.md, "Health and readiness endpoints"):
   recovering its table;
 - sink: the broker answers; the circuit to the cloud is closed; its partitions were not paused
   for back-pressure longer than ``paused_too_long``;
-- lag exporter: its last successful read of the offsets is recent.
+- lag exporter: its last successful read of the offsets is recent;
+- cloud-capture: the broker answers; the cloud's change feed answered recently (it is polled
+  every second or so) and the last attempt did not fail.
 """
 
 from __future__ import annotations
@@ -63,6 +65,15 @@ class SinkFacts:
 
 
 @dataclass(frozen=True)
+class CloudCaptureFacts:
+    bootstrap: str
+    broker_reachable: bool
+    cloud_url: str
+    poll_age: float | None  # seconds since the feed last answered; None: not yet
+    error: str | None  # the last failure (no secret in it), None after a success
+
+
+@dataclass(frozen=True)
 class LagExporterFacts:
     read_age: float | None  # seconds since the last successful read of the offsets; None: never
 
@@ -101,6 +112,21 @@ def sink_readiness(facts: SinkFacts, *, paused_too_long: float = 60.0) -> Readin
     if facts.paused_for is not None and facts.paused_for > paused_too_long:
         reasons.append(
             f"paused for back-pressure for {facts.paused_for:.0f}s: the cloud is slow or throttles"
+        )
+    return Readiness(tuple(reasons))
+
+
+def cloud_capture_readiness(facts: CloudCaptureFacts, *, poll_stale_after: float = 60.0) -> Readiness:
+    reasons = _broker(facts.bootstrap, facts.broker_reachable)
+    if facts.error is not None:
+        reasons.append(f"reading the cloud's change feed at {facts.cloud_url} fails: {facts.error}")
+    if facts.poll_age is None:
+        if facts.error is None:
+            reasons.append("the cloud's change feed has not been read yet (starting)")
+    elif facts.poll_age > poll_stale_after:
+        reasons.append(
+            f"the cloud's change feed last answered {facts.poll_age:.0f}s ago: the cloud or the "
+            "broker hangs, or a full read is under way"
         )
     return Readiness(tuple(reasons))
 

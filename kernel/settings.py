@@ -146,6 +146,12 @@ class Settings(BaseSettings):
         default="", description="sqlite:///path or postgresql://…; empty = home/sink/<prefix>ledger.db"
     )
 
+    # writeback: cloud-capture (vudsync run cloud-capture)
+    writeback_poll_interval: float = Field(
+        default=1.0, gt=0, description="seconds between polls of the cloud's change feed while it has no more"
+    )
+    writeback_page_limit: int = Field(default=500, ge=1, le=1000, description="items per page of the feed")
+
     # logging
     log_levels: str = Field(
         default="",

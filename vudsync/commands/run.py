@@ -39,6 +39,29 @@ def producer(metrics_port: int | None) -> None:
         run_producer(settings, bootstrap, metrics_port=metrics_port, progress=progress)
 
 
+@run.command("cloud-capture")
+@_METRICS
+def cloud_capture(metrics_port: int | None) -> None:
+    """Writeback: follow the cloud's change feed and publish its access changes to Kafka.
+
+    \b
+    Example:
+      VUDSYNC_CLOUD_URL=https://cloud.example VUDSYNC_CLOUD_CLIENT_SECRET=… \\
+        vudsync run cloud-capture --metrics-port 9105
+
+    The first start (and a cursor the cloud expired) reads the cloud's access in full, then
+    follows the feed (`GET /v1/changes`) from a cursor kept in the directory store.
+    """
+    from cloudcapture.service import run_cloud_capture
+    from producers.service import open_store_migrations
+
+    settings = load_settings()
+    bootstrap = resolve_bootstrap(settings)
+    ensure_catalogue(settings, bootstrap, denied_ok=True)  # a component may not create topics
+    open_store_migrations(settings.resolved_store_url())  # the cursor's column (0003 / 0002)
+    run_cloud_capture(settings, bootstrap, metrics_port=metrics_port)
+
+
 @contextmanager
 def _snapshot_bar() -> Iterator[Callable[[Any, int, int], None] | None]:
     """A rich progress bar per entity type for the snapshot, when stderr is a terminal."""

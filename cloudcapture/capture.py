@@ -1,0 +1,292 @@
+"""cloud-capture's loop: follow the cloud's change feed, publish each access it names.
+
+Commit order (per page): read a page of the feed → map its items (users and companies first:
+their external ids; then each access) → publish every event → ``flush`` (every record
+acknowledged by the broker, acks=all) → save the page's cursor. A crash anywhere before the
+save reads the page again from the saved cursor: the same items, the same event ids (at least
+once; each event is a whole state, so a repeated one changes nothing).
+
+Full read (first start without a cursor; ``410 cursor_expired``): take a cursor of *now*
+**first** (``GET /v1/changes``), then read every company and every linked user's access, page
+by page, and publish each access with ``full_read=True`` at the cursor's position; when all is
+acknowledged, save that cursor and follow the feed from it. A change made during the read comes
+again through the feed, never missed. A full read stopped or failed halfway saves nothing and
+starts again from a new cursor.
+
+Nothing escapes the loop: a failure is logged, counted in the readiness facts and tried again
+after a back-off (``kernel.retry.Backoff``), the stop event cutting any wait short. Stopping
+(SIGTERM) finishes the page in flight, flush and cursor included.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from cloudcapture.mapping import Mapped, Unlinked, feed_access_event, full_read_events, parse_time
+from cloudcapture.metrics import CaptureMetrics
+from cloudcapture.ports import (
+    Body,
+    CloudFeed,
+    CloudUnreachable,
+    CursorExpired,
+    CursorStore,
+    FeedPage,
+    SavedCursor,
+)
+from kernel.errors import RetryableError, VudsyncError
+from kernel.publishing import RecordPublisher
+from kernel.retry import Backoff
+from schemas.topics import CLOUD_CHANGES
+
+log = logging.getLogger(__name__)
+
+IdKey = tuple[str, str]  # ("user" | "company", cloud id)
+
+
+@dataclass(frozen=True)
+class CloudCaptureConfig:
+    name: str = "cloud-capture"  # the cursor's row in capture_checkpoint
+    topic_prefix: str = ""
+    page_limit: int = 500  # items per feed page (the API allows 1000)
+    poll_interval: float = 1.0  # seconds between polls while the feed has no more changes
+    read_page: int = 1000  # users per page of a full read
+
+
+@dataclass
+class Health:
+    """What readiness reads (plain values, written by the loop's thread only)."""
+
+    last_poll: float | None = None  # time.monotonic() of the last successful answer of the feed
+    error: str | None = None  # the last failure (cloud, broker or store), None after a success
+    phase: str = "starting"  # starting | full_read | streaming
+
+
+class CloudCapture:
+    """Drives the cloud's change feed into ``vud.cloud.changes``."""
+
+    def __init__(
+        self,
+        feed: CloudFeed,
+        cursors: CursorStore,
+        publisher: RecordPublisher,
+        metrics: CaptureMetrics,
+        config: CloudCaptureConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.feed = feed
+        self.cursors = cursors
+        self.publisher = publisher
+        self.metrics = metrics
+        self.config = config
+        self.clock = clock
+        self.backoff = backoff or Backoff(base=0.5, cap=30.0)
+        self.health = Health()
+        self.topic = config.topic_prefix + CLOUD_CHANGES.name
+        self._ids: dict[IdKey, str | None] = {}  # cloud id → on-premise id (None: not linked)
+        self._reported: set[IdKey] = set()  # unlinked ids logged once
+        self._saved: SavedCursor | None = None
+        self.metrics.last_advance.set(clock())  # a fresh start has the alert's whole window
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Follow the feed until ``stop`` is set; the page in flight is finished first."""
+        self._saved = self.cursors.load(self.config.name)
+        if self._saved is not None:
+            log.info("cloud-capture: following the feed from position %d", self._saved.position)
+        reason = "first_start"
+        failures = 0
+        while not stop.is_set():
+            try:
+                if self._saved is None:
+                    if self.full_read(reason, stop):
+                        failures = 0
+                    continue
+                page = self.poll_once()
+                failures = 0
+                if not page.more:
+                    stop.wait(self.config.poll_interval)
+            except CursorExpired:
+                log.warning(
+                    "cloud-capture: the feed's cursor at position %d expired (410 cursor_expired): "
+                    "reading the cloud in full from a new cursor",
+                    self._saved.position if self._saved else -1,
+                )
+                self._saved = None
+                reason = "cursor_expired"  # until a full read completes (one that fails is repeated)
+            except VudsyncError as exc:
+                failures += 1
+                self._failed(exc)
+                stop.wait(self.backoff.delay(failures, getattr(exc, "retry_after", None)))
+            except Exception as exc:  # a defect: logged by class and retried, never a dead loop
+                failures += 1
+                log.exception("cloud-capture: unexpected %s; trying again", type(exc).__name__)
+                self.health.error = f"unexpected {type(exc).__name__}"
+                stop.wait(self.backoff.delay(failures))
+
+    def _failed(self, exc: VudsyncError) -> None:
+        reachable = not isinstance(exc, CloudUnreachable)
+        self.metrics.cloud_reachable.set(1 if reachable else 0)
+        self.health.error = str(exc) if isinstance(exc, RetryableError) else type(exc).__name__
+        log.warning("cloud-capture: %s%s", exc, f" ({exc.hint})" if exc.hint else "")
+
+    def _answered(self) -> None:
+        self.metrics.cloud_reachable.set(1)
+        self.health.error = None
+        self.health.last_poll = time.monotonic()
+
+    # -- streaming ----------------------------------------------------------------------
+
+    def poll_once(self) -> FeedPage:
+        """Read one page after the saved cursor, publish it, save its cursor after the acks."""
+        assert self._saved is not None, "poll_once follows a saved cursor (run reads one in full first)"
+        page = self.feed.changes(self._saved.cursor, self.config.page_limit)
+        self._answered()
+        self.health.phase = "streaming"
+        if page.items:
+            self._resolve(page.items)
+            published = self._publish(self._events(page.items))
+            self._acknowledge(published)
+        self._save(SavedCursor(page.cursor, page.position))
+        newest = max((parse_time(i["at"]) for i in page.items), default=None)
+        if not page.more:
+            self.metrics.feed_lag.set(0)
+        elif newest is not None:
+            self.metrics.feed_lag.set(max(0.0, self.clock() - newest.timestamp()))
+        return page
+
+    def _resolve(self, items: Iterable[Body]) -> None:
+        """Learn the external ids the page's user and company items carry (their current
+        state), then look up any other user or company an access item names."""
+        for item in items:
+            kind = item["resource_type"]
+            self.metrics.changes_read.labels(resource=kind).inc()
+            if kind in ("user", "company"):
+                state = item.get("state")
+                self._ids[(kind, str(item["resource_id"]))] = (state or {}).get("external_id") or None
+        for item in items:
+            if item["resource_type"] != "access":
+                continue
+            user, _, company = str(item["resource_id"]).partition("/")
+            self._lookup("user", user)
+            self._lookup("company", company)
+
+    def _lookup(self, kind: str, cloud_id: str) -> None:
+        if (kind, cloud_id) in self._ids:
+            return
+        body = self.feed.user(cloud_id) if kind == "user" else self.feed.company(cloud_id)
+        self._ids[(kind, cloud_id)] = (body or {}).get("external_id") or None
+
+    def _events(self, items: Iterable[Body]) -> list[Mapped | Unlinked]:
+        return [feed_access_event(i, self._ids) for i in items if i["resource_type"] == "access"]
+
+    # -- full read ----------------------------------------------------------------------
+
+    def full_read(self, reason: str, stop: threading.Event) -> bool:
+        """Publish the cloud's whole access from a cursor taken first; True when it completed
+        and its cursor is saved (False: stopped halfway, nothing saved)."""
+        self.metrics.full_reads.labels(reason=reason).inc()
+        self.health.phase = "full_read"
+        start = self.feed.changes(None, 1)  # the cursor of now, before reading anything
+        self._answered()
+        log.warning("cloud-capture: full read (%s) from feed position %d", reason, start.position)
+        after: int | None = 0
+        while after is not None:
+            page = self.feed.companies(after, self.config.read_page)
+            for company in page.items:
+                self._ids[("company", str(company["id"]))] = company.get("external_id") or None
+            after = page.next_after
+        published = unlinked_users = 0
+        after = 0
+        while after is not None:
+            if stop.is_set():
+                log.info("cloud-capture: stopped during the full read; it starts again on restart")
+                return False
+            users = self.feed.users(after, self.config.read_page)
+            linked = []
+            for user in users.items:
+                key = ("user", str(user["id"]))
+                self._ids[key] = user.get("external_id") or None
+                if self._ids[key] is None:
+                    unlinked_users += 1
+                    self._unlinked(Unlinked("user", key[1]))
+                else:
+                    linked.append(key[1])
+            bodies = [body for items in self.feed.access(linked).values() for body in items]
+            count = self._publish(full_read_events(bodies, self._ids, start.position))
+            self._acknowledge(count)
+            published += count
+            self._answered()
+            self.metrics.last_advance.set(self.clock())  # a full read's progress is progress
+            after = users.next_after
+        self._save(SavedCursor(start.cursor, start.position))
+        self.metrics.feed_lag.set(0)
+        log.warning(
+            "cloud-capture: full read (%s) done: %d access published, %d users not linked; "
+            "following the feed from position %d",
+            reason,
+            published,
+            unlinked_users,
+            start.position,
+        )
+        return True
+
+    # -- publishing ---------------------------------------------------------------------
+
+    def _publish(self, results: Iterable[Mapped | Unlinked]) -> int:
+        """Queue each event (key: the on-premise user id); count and report what cannot go."""
+        queued = 0
+        for result in results:
+            if isinstance(result, Unlinked):
+                self._unlinked(result)
+                continue
+            event = result.event
+            for entry in result.skipped:
+                self._skipped(event.cloud_user_id, event.cloud_company_id, entry)
+            self.publisher.publish(self.topic, event.user_id, event.model_dump_json().encode())
+            queued += 1
+        return queued
+
+    def _acknowledge(self, queued: int) -> None:
+        """Wait until the broker acknowledged every queued event (raises otherwise): only then
+        may a cursor cover them."""
+        self.publisher.flush()
+        self.metrics.published.inc(queued)
+
+    def _save(self, cursor: SavedCursor) -> None:
+        if self._saved is None or cursor != self._saved:
+            self.cursors.save(self.config.name, cursor)
+            self._saved = cursor
+            self.metrics.position.set(cursor.position)
+        self.metrics.last_advance.set(self.clock())
+
+    def _unlinked(self, unlinked: Unlinked) -> None:
+        """Counted every time; logged once per id, with ids only (no personal data)."""
+        self.metrics.unlinked.labels(resource=unlinked.resource).inc()
+        key = (unlinked.resource, unlinked.cloud_id)
+        if key not in self._reported:
+            self._reported.add(key)
+            log.warning(
+                "cloud-capture: cloud %s %s is not linked to the directory (no external id): its "
+                "access is not published",
+                unlinked.resource,
+                unlinked.cloud_id,
+            )
+
+    def _skipped(self, cloud_user: str, cloud_company: str, entry: str) -> None:
+        self.metrics.unlinked.labels(resource="service").inc()
+        key = ("service", entry.split("/", 1)[0])
+        if key not in self._reported:
+            self._reported.add(key)
+            log.warning(
+                "cloud-capture: access %s/%s names %s, of a service the directory does not hold: left out",
+                cloud_user,
+                cloud_company,
+                entry,
+            )
