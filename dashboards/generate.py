@@ -329,6 +329,7 @@ def overview() -> Dashboard:
             [("max by (instance) (vudsync_cloud_circuit_open)", "{{instance}}")],
             stepped=True,
         ),
+        *_writeback_capture_panels(),
     ]
     return Dashboard(
         "vudsync-overview",
@@ -336,6 +337,63 @@ def overview() -> Dashboard:
         "The whole pipeline on one screen: directory store → producer → Kafka → planner → sink → cloud.",
         panels,
     )
+
+
+def _writeback_capture_panels() -> list[dict[str, Any]]:
+    """The writeback row, cloud → directory: what cloud-capture reads from the cloud's change feed."""
+    return [
+        row("Writeback (cloud → directory)"),
+        stat(
+            "Feed lag",
+            "Now minus the time of the newest item read from the cloud's change feed; 0 when the "
+            "feed has no more changes.",
+            [("max(vudsync_writeback_feed_lag_seconds)", "feed lag")],
+            unit="s",
+            thresholds=[(None, "green"), (30, "orange"), (300, "red")],
+        ),
+        stat(
+            "Since the feed last advanced",
+            "Seconds since cloud-capture last published a page and saved its cursor, or heard "
+            "\"no more changes\" (alert VudsyncWritebackFeedStalled after 5 minutes).",
+            [("time() - max(vudsync_writeback_feed_last_advance_timestamp_seconds)", "since")],
+            unit="s",
+            thresholds=[(None, "green"), (60, "orange"), (300, "red")],
+        ),
+        stat(
+            "Unlinked (1 h)",
+            "Cloud access not published in the last hour: its user or company has no on-premise id "
+            "(or the service is no on-premise application).",
+            [("sum by (resource) (increase(vudsync_writeback_unlinked_total[1h]))", "{{resource}}")],
+            thresholds=[(None, "green"), (1, "yellow")],
+        ),
+        stat(
+            "Full reads (24 h)",
+            "Full reads of the cloud's access: first start, or the feed's cursor expired (410).",
+            [("sum by (reason) (increase(vudsync_writeback_full_reads_total[24h]))", "{{reason}}")],
+            thresholds=[(None, "green"), (1, "yellow")],
+        ),
+        timeseries(
+            "Cloud changes read and published",
+            "Items read from the cloud's change feed (per resource) and access events published on "
+            "vud.cloud.changes (per second).",
+            [
+                (
+                    f"sum by (resource) (rate(vudsync_writeback_changes_read_total[{RATE}]))",
+                    "read {{resource}}",
+                ),
+                (f"sum(rate(vudsync_writeback_published_total[{RATE}]))", "published"),
+            ],
+            unit="ops",
+        ),
+        timeseries(
+            "Feed lag and cloud reachable",
+            "Feed lag in seconds; 1 while the cloud answers cloud-capture.",
+            [
+                ("max(vudsync_writeback_feed_lag_seconds)", "feed lag (s)"),
+                ("min(vudsync_writeback_cloud_reachable)", "cloud reachable"),
+            ],
+        ),
+    ]
 
 
 def producer() -> Dashboard:

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from cloudcapture.metrics import CaptureMetrics
 from processors.metrics import PlannerMetrics
 from producers.metrics import ProducerMetrics
 from schemas.topics import DIRECTORY_DLQ, OPERATIONS_DLQ
@@ -68,7 +69,8 @@ def _exported_series() -> set[str]:
     """Every series name the components can export, from their metrics modules (one registry
     each, as in the processes): counters as ``_total``, histograms as ``_bucket/_sum/_count``."""
     names = {"up"}
-    for build in (ProducerMetrics, PlannerMetrics, SinkMetrics, lambda r: LagMetrics(r, max_age=30)):
+    components = (ProducerMetrics, PlannerMetrics, SinkMetrics, CaptureMetrics)
+    for build in (*components, lambda r: LagMetrics(r, max_age=30)):
         registry = CollectorRegistry()
         build(registry)
         for family in registry.collect():
