@@ -119,7 +119,7 @@ def sink_readiness(facts: SinkFacts, *, paused_too_long: float = 60.0) -> Readin
 def cloud_capture_readiness(facts: CloudCaptureFacts, *, poll_stale_after: float = 60.0) -> Readiness:
     reasons = _broker(facts.bootstrap, facts.broker_reachable)
     if facts.error is not None:
-        reasons.append(f"reading the cloud's change feed at {facts.cloud_url} fails: {facts.error}")
+        reasons.append(f"the last read of the cloud at {facts.cloud_url} and publish failed: {facts.error}")
     if facts.poll_age is None:
         if facts.error is None:
             reasons.append("the cloud's change feed has not been read yet (starting)")
