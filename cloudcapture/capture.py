@@ -4,7 +4,10 @@ Commit order (per page): read a page of the feed → map its items (users and co
 their external ids; then each access) → publish every event → ``flush`` (every record
 acknowledged by the broker, acks=all) → save the page's cursor. A crash anywhere before the
 save reads the page again from the saved cursor: the same items, the same event ids (at least
-once; each event is a whole state, so a repeated one changes nothing).
+once; each event is a whole state, so a repeated one changes nothing). The feed gives each item
+its resource's state *now*, so a page read again may carry, under an id already sent, a state
+newer than the first time; that state also comes with the later feed position that changed it,
+so a consumer that ignores the repeat (its ``feed_seq`` seen) loses nothing.
 
 Full read (first start without a cursor; ``410 cursor_expired``): take a cursor of *now*
 **first** (``GET /v1/changes``), then read every company and every linked user's access, page
