@@ -153,8 +153,9 @@ class CloudCapture:
         self._answered()
         self.health.phase = "streaming"
         if page.items:
-            self._resolve(page.items)
-            published = self._publish(self._events(page.items))
+            linked = self._resolve(page.items)
+            published = self._publish(self._linked_access(linked))
+            published += self._publish(self._events(page.items))
             self._acknowledge(published)
         self._save(SavedCursor(page.cursor, page.position))
         newest = max((parse_time(i["at"]) for i in page.items), default=None)
@@ -164,21 +165,43 @@ class CloudCapture:
             self.metrics.feed_lag.set(max(0.0, self.clock() - newest.timestamp()))
         return page
 
-    def _resolve(self, items: Iterable[Body]) -> None:
+    def _resolve(self, items: Iterable[Body]) -> dict[str, int]:
         """Learn the external ids the page's user and company items carry (their current
-        state), then look up any other user or company an access item names."""
+        state), then look up any other user or company an access item names. Returns the users
+        this page linked that capture knew as unlinked (cloud id → the item's seq): their
+        access was counted and not published, and may not change again."""
+        linked: dict[str, int] = {}
         for item in items:
             kind = item["resource_type"]
             self.metrics.changes_read.labels(resource=kind).inc()
             if kind in ("user", "company"):
-                state = item.get("state")
-                self._ids[(kind, str(item["resource_id"]))] = (state or {}).get("external_id") or None
+                key = (kind, str(item["resource_id"]))
+                known = key in self._ids and self._ids[key] is None
+                self._ids[key] = (item.get("state") or {}).get("external_id") or None
+                if kind == "user" and known and self._ids[key] is not None:
+                    linked[key[1]] = int(item["seq"])
         for item in items:
             if item["resource_type"] != "access":
                 continue
             user, _, company = str(item["resource_id"]).partition("/")
             self._lookup("user", user)
             self._lookup("company", company)
+        return linked
+
+    def _linked_access(self, linked: dict[str, int]) -> list[Mapped | Unlinked]:
+        """The whole access of users just linked, at the feed position of their link (before
+        the page's own access items, which are at least as new)."""
+        if not linked:
+            return []
+        access = self.feed.access(list(linked))
+        for bodies in access.values():
+            for body in bodies:
+                self._lookup("company", str(body["company_id"]))
+        return [
+            event
+            for uid, bodies in access.items()
+            for event in full_read_events(bodies, self._ids, linked[uid], full_read=False)
+        ]
 
     def _lookup(self, kind: str, cloud_id: str) -> None:
         if (kind, cloud_id) in self._ids:

@@ -141,9 +141,12 @@ def full_read_events(
     access: Sequence[Mapping[str, Any]],
     external_ids: Mapping[tuple[str, str], str | None],
     position: int,
+    *,
+    full_read: bool = True,
 ) -> list[Mapped | Unlinked]:
-    """A full read's access bodies as events at feed position ``position`` (the cursor taken
-    before the read): ``full_read=True``, each stamped with the body's ``updated_at``."""
+    """Access bodies read whole (a full read; or a user's access read again when it was
+    linked) as events at feed position ``position`` (the cursor taken before a full read, the
+    user item's seq for a link), each stamped with the body's ``updated_at``."""
     out: list[Mapped | Unlinked] = []
     for body in access:
         cloud_user, cloud_company = str(body["user_id"]), str(body["company_id"])
@@ -156,7 +159,7 @@ def full_read_events(
                 state=body,
                 feed_seq=position,
                 changed_at=body["updated_at"],
-                full_read=True,
+                full_read=full_read,
             )
         )
     return out

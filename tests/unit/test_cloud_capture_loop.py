@@ -47,6 +47,10 @@ class FakeCloudFeed:
         self.company_rows[cid] = {"id": cid, "external_id": external_id}
         self._log("company", cid)
 
+    def link_user(self, cid: str, external_id: str) -> None:
+        self.user_rows[cid]["external_id"] = external_id
+        self._log("user", cid)
+
     def grant(self, user: str, company: str, name: str, origin: str = "cloud") -> None:
         self.access_rows.setdefault((user, company), {})[f"business/roles/{name}"] = origin
         self._log("access", f"{user}/{company}")
@@ -284,6 +288,21 @@ def test_unlinked_access_is_counted_and_logged_once_never_published(caplog: Any)
     }
     said = [r.getMessage() for r in caplog.records if "is not linked" in r.getMessage()]
     assert len(said) == 2 and "cu9" in said[0] and "cc9" in said[1]
+
+
+def test_a_user_linked_after_its_access_was_counted_unlinked_has_it_published() -> None:
+    feed = _linked_cloud()
+    rig = Rig(feed)
+    rig.run_until_idle()
+    feed.add_user("cu9", None)  # an administrator's user, granted access before it is linked
+    feed.grant("cu9", "cc1", "Lønn")
+    rig.run_until_idle()
+    assert rig.published() == [] and rig.metric("vudsync_writeback_unlinked_total") == 1.0
+    feed.link_user("cu9", "u9")  # the integration links it (a user created on premise)
+    rig.run_until_idle()
+    [(key, event)] = rig.published()
+    assert key == "u9" and event["feed_seq"] == 6 and not event["full_read"]
+    assert [e["name"] for e in event["entries"]] == ["Lønn"]
 
 
 def test_an_access_item_of_a_user_seen_before_capture_started_is_looked_up() -> None:
