@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 from processors.deletions import GateState, is_destructive
 from processors.model import PlannerSettings
@@ -294,6 +295,32 @@ def test_status_lists_problems_and_reads_metrics_when_scraped() -> None:
         assert expected in problems
     screen = "\n".join(render(report))
     assert "ops[0] committed 5 end 12 lag 7" in screen and "faust-1 on 10.0.0.1" in screen
+
+
+def test_status_shows_cloud_capture_when_configured_and_a_feed_that_stalled() -> None:
+    assert parse_endpoints("cloud-capture=http://h:5/metrics")[0].component == "cloud-capture"
+    assert Endpoint("cloud-capture-2", "http://h/m").component == "cloud-capture"
+    assert Endpoint("lag-exporter", "http://h/m").component == "lag-exporter"
+    stamp = "vudsync_writeback_feed_last_advance_timestamp_seconds"
+
+    def report(advanced_ago: float) -> dict[str, Any]:
+        capture = Scrape(
+            Endpoint("cloud-capture", "http://h/m"), {stamp: [({}, NOW.timestamp() - advanced_ago)]}
+        )
+        return assemble(
+            now=NOW.timestamp(),
+            members={},
+            lag=[],
+            scrapes=[capture],
+            dlq={},
+            journal=JournalStats(entries=0, last_applied=None, last_minute={}, parked_open=0, held_open=0),
+        ).as_dict()
+
+    fresh = report(2.0)
+    assert [(c["name"], c["state"]) for c in fresh["components"]][-1] == ("cloud-capture", "up")
+    assert not any("cloud-capture" in p for p in fresh["problems"])
+    stalled = report(600.0)
+    assert any("change feed has not advanced for 10m" in p for p in stalled["problems"]), stalled["problems"]
 
 
 def test_a_row_capture_rejects_is_reported_rejected_never_extra_nor_repaired() -> None:

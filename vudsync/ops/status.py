@@ -30,6 +30,7 @@ from vudsync.ops.metrics_scrape import Scrape
 from vudsync.ops.timespec import format_age
 
 STALL_AFTER = 300.0  # seconds without an applied change while operations wait: "stalled?"
+FEED_STALL_AFTER = 300.0  # seconds cloud-capture made no progress (VudsyncWritebackFeedStalled)
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,16 @@ def assemble(
         )
     for role, (group, ms) in members.items():
         components.append(_group_component(role, group, ms, scrapes))
+    writeback = [s for s in scrapes if s.endpoint.component == "cloud-capture"]
+    if writeback:  # optional: shown when its endpoint is configured
+        bad = [s for s in writeback if s.error]
+        components.append(
+            ComponentStatus(
+                "cloud-capture",
+                "down" if bad else "up",
+                "; ".join(f"{s.endpoint.name} metrics: {s.error or 'ok'}" for s in writeback),
+            )
+        )
 
     planner = [s for s in scrapes if s.endpoint.component == "planner" and not s.error]
 
@@ -190,6 +201,13 @@ def assemble(
             f"{held} deletion(s) held by the accidental-delete protection ({held_operations} "
             "operation(s): deactivations, revokes): an operator decides — `vudsync deletes list`"
         )
+    for s in writeback:
+        advanced = s.total("vudsync_writeback_feed_last_advance_timestamp_seconds")
+        if not s.error and advanced is not None and now - advanced > FEED_STALL_AFTER:
+            problems.append(
+                f"cloud-capture: the cloud's change feed has not advanced for {format_age(now - advanced)}: "
+                "administrators' changes do not reach the directory (its /readyz says why)"
+            )
     waiting = sum(r.lag for r in lag)
     if waiting and last is not None and float(last["age_seconds"]) > STALL_AFTER:
         problems.append(
