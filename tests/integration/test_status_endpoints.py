@@ -188,3 +188,32 @@ def test_sink_not_ready_while_the_circuit_to_the_cloud_is_open(
         status = _get(port, "/status")
         assert status is not None and status[0] == 200
         assert status[1]["ready"] is False and status[1]["figures"]["circuit"] == "open"
+
+
+def test_cloud_capture_ready_then_not_ready_while_the_cloud_is_down(
+    pipeline_settings: Settings, kafka_bootstrap: str, cloud_server: CloudServer
+) -> None:
+    from producers.service import open_store_migrations
+
+    ensure_catalogue(pipeline_settings, kafka_bootstrap)
+    open_store_migrations(pipeline_settings.resolved_store_url())
+    port = free_port()
+    with components(
+        pipeline_settings, kafka_bootstrap, "cloud-capture", metrics_ports={"cloud-capture": port}
+    ) as procs:
+        wait_for(procs, lambda: _ready(port), 120, what="cloud-capture ready")
+        status = _get(port, "/status")
+        assert status is not None and status[1]["component"] == "cloud-capture"
+        assert status[1]["figures"]["phase"] == "streaming"
+        assert status[1]["figures"]["full_reads"] == {"first_start": 1.0, "cursor_expired": 0.0}
+
+        cloud_server.stop()  # the cloud's outage: every poll fails to connect
+        wait_for(
+            procs,
+            lambda: _not_ready_because(port, f"the last read of the cloud at {cloud_server.url}"),
+            60,
+            what="cloud-capture not ready, the cloud down",
+        )
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        assert "vudsync_writeback_cloud_reachable 0.0" in metrics
