@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from devtools.broker.configure import free_port
-from kernel.settings import Settings
+from kernel.settings import SECRET_FIELDS, Settings
 from producers.service import open_store_migrations
 from schemas.cloud_changes import CloudAccessChanged
 from schemas.directory import EntityType
@@ -180,7 +180,12 @@ def test_an_administrators_grant_and_revoke_reach_the_users_partition_and_unlink
     stranger = portal.user("admin.own@fjord.no")
     port = free_port()
     with components(
-        settings, kafka_bootstrap, "producer", "cloud-capture", metrics_ports={"cloud-capture": port}
+        settings,
+        kafka_bootstrap,
+        "producer",
+        "cloud-capture",
+        metrics_ports={"cloud-capture": port},
+        debug=True,  # every log line there is, for the secret scan below
     ) as procs:
         wait_for(procs, lambda: _saved_cursor(url) is not None, 60, "first full read")
         portal.grant((users[0], company), "Lønn")
@@ -198,6 +203,8 @@ def test_an_administrators_grant_and_revoke_reach_the_users_partition_and_unlink
             30,
             "the unlinked user counted",
         )
+        exposed = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        exposed += httpx.get(f"http://127.0.0.1:{port}/status", timeout=10).text
     records = read_all(kafka_bootstrap, settings.topic(CLOUD_CHANGES.name))
     events = _events(records)
     assert events and all(r.key.decode() == e.user_id for r, e in events)
@@ -214,6 +221,14 @@ def test_an_administrators_grant_and_revoke_reach_the_users_partition_and_unlink
     )
     where = {r.key.decode(): r.partition for r in directory}
     assert {r.key.decode(): r.partition for r in records} == {u: where[u] for u in ("u1", "u2", "u3")}
+    # no secret of the run in cloud-capture's debug log, its metrics or status, or the topic
+    exposed += (settings.home / "logs" / "cloud-capture.log").read_text(errors="replace")
+    exposed += b"".join(r.value for r in records).decode()
+    assert "&cursor=c1." in exposed and "DEBUG" in exposed  # the debug log, polling
+    for name in SECRET_FIELDS:
+        secret = getattr(settings, name)
+        assert secret is None or secret.get_secret_value() not in exposed, name
+    assert PORTAL[1] not in exposed
     writer.close()
 
 
