@@ -28,8 +28,16 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from cloudcapture.mapping import Mapped, Unlinked, feed_access_event, full_read_events, parse_time
+from cloudcapture.mapping import (
+    Mapped,
+    Unlinked,
+    access_event,
+    feed_access_event,
+    full_read_events,
+    parse_time,
+)
 from cloudcapture.metrics import CaptureMetrics
 from cloudcapture.ports import (
     Body,
@@ -94,6 +102,9 @@ class CloudCapture:
         self._ids: dict[IdKey, str | None] = {}  # cloud id → on-premise id (None: not linked)
         self._reported: set[IdKey] = set()  # unlinked ids logged once
         self._saved: SavedCursor | None = None
+        # pairs (cloud user, cloud company) published with access since this process started: a
+        # full read that no longer finds one of a user it read publishes it deleted
+        self._live: set[tuple[str, str]] = set()
         self.metrics.last_advance.set(clock())  # a fresh start has the alert's whole window
 
     # -- the loop -----------------------------------------------------------------------
@@ -230,6 +241,8 @@ class CloudCapture:
             after = page.next_after
         published = unlinked_users = 0
         after = 0
+        read_users: set[str] = set()
+        found: set[tuple[str, str]] = set()
         while after is not None:
             if stop.is_set():
                 log.info("cloud-capture: stopped during the full read; it starts again on restart")
@@ -245,12 +258,15 @@ class CloudCapture:
                 else:
                     linked.append(key[1])
             bodies = [body for items in self.feed.access(linked).values() for body in items]
+            read_users.update(linked)
+            found.update((str(b["user_id"]), str(b["company_id"])) for b in bodies)
             count = self._publish(full_read_events(bodies, self._ids, start.position))
             self._acknowledge(count)
             published += count
             self._answered()
             self.metrics.last_advance.set(self.clock())  # a full read's progress is progress
             after = users.next_after
+        published += self._gone(read_users, found, start.position)
         self._save(SavedCursor(start.cursor, start.position))
         self.metrics.feed_lag.set(0)
         log.warning(
@@ -262,6 +278,35 @@ class CloudCapture:
             start.position,
         )
         return True
+
+    def _gone(self, read_users: set[str], found: set[tuple[str, str]], position: int) -> int:
+        """Publish deleted, at the full read's position, every pair this process published
+        with access whose user the full read read and found without it: removed whole while the
+        feed could not say so (the cursor expired). A user no longer linked is not read, so its
+        pairs are left alone, never published deleted."""
+        gone = sorted(p for p in self._live if p[0] in read_users and p not in found)
+        if not gone:
+            return 0
+        at = datetime.fromtimestamp(self.clock(), UTC)
+        events = [
+            access_event(
+                cloud_user_id=user,
+                cloud_company_id=company,
+                user_id=self._ids.get(("user", user)),
+                company_id=self._ids.get(("company", company)),
+                state=None,
+                feed_seq=position,
+                changed_at=at,
+                full_read=True,
+            )
+            for user, company in gone
+        ]
+        count = self._publish(events)
+        self._acknowledge(count)
+        log.warning(
+            "cloud-capture: full read: %d access gone since the cursor expired, published deleted", count
+        )
+        return count
 
     # -- publishing ---------------------------------------------------------------------
 
@@ -276,6 +321,11 @@ class CloudCapture:
             for entry in result.skipped:
                 self._skipped(event.cloud_user_id, event.cloud_company_id, entry)
             self.publisher.publish(self.topic, event.user_id, event.model_dump_json().encode())
+            pair = (event.cloud_user_id, event.cloud_company_id)
+            if event.deleted:
+                self._live.discard(pair)
+            else:
+                self._live.add(pair)
             queued += 1
         return queued
 

@@ -330,6 +330,22 @@ def test_an_expired_cursor_reads_in_full_from_a_new_cursor() -> None:
     assert rig.metric("vudsync_writeback_full_reads_total", "reason")["cursor_expired"] == 1.0
 
 
+def test_access_removed_whole_while_the_cursor_was_expired_is_published_deleted() -> None:
+    feed = _linked_cloud()
+    feed.add_user("cu9", "u9")
+    feed.grant("cu1", "cc1", "Regnskap")
+    feed.grant("cu2", "cc1", "Lønn")
+    feed.grant("cu9", "cc1", "Lønn")
+    rig = Rig(feed)
+    rig.run_until_idle()
+    feed.epoch += 1  # expired; meanwhile u1's access is removed whole and u9 is unlinked
+    feed.revoke_all("cu1", "cc1")
+    feed.user_rows["cu9"]["external_id"] = None
+    rig.run_until_idle()
+    after = [(k, e["deleted"], e["full_read"], e["feed_seq"]) for k, e in rig.published()[3:]]
+    assert sorted(after) == [("u1", True, True, 8), ("u2", False, True, 8)]  # u9 left alone
+
+
 def test_failures_are_retried_and_a_full_read_that_failed_starts_again() -> None:
     feed = _linked_cloud()
     feed.grant("cu1", "cc1", "Regnskap")
