@@ -111,13 +111,16 @@ class CloudCapture:
 
     def run(self, stop: threading.Event) -> None:
         """Follow the feed until ``stop`` is set; the page in flight is finished first."""
-        self._saved = self.cursors.load(self.config.name)
-        if self._saved is not None:
-            log.info("cloud-capture: following the feed from position %d", self._saved.position)
+        loaded = False
         reason = "first_start"
         failures = 0
         while not stop.is_set():
             try:
+                if not loaded:  # in the loop: a store that does not answer yet is waited for
+                    self._saved = self.cursors.load(self.config.name)
+                    loaded = True
+                    if self._saved is not None:
+                        log.info("cloud-capture: following the feed from position %d", self._saved.position)
                 if self._saved is None:
                     if self.full_read(reason, stop):
                         failures = 0

@@ -44,15 +44,18 @@ class PostgresCursorStore:
         return self._conn
 
     def load(self, name: str) -> SavedCursor | None:
-        with self._lock:
-            row = (
-                self._live()
-                .execute(
-                    "SELECT cursor, seq FROM capture_checkpoint WHERE name = %s AND cursor IS NOT NULL",
-                    (name,),
+        try:
+            with self._lock:
+                row = (
+                    self._live()
+                    .execute(
+                        "SELECT cursor, seq FROM capture_checkpoint WHERE name = %s AND cursor IS NOT NULL",
+                        (name,),
+                    )
+                    .fetchone()
                 )
-                .fetchone()
-            )
+        except psycopg.OperationalError:
+            raise RetryableError("reading the feed cursor: the directory store does not answer") from None
         return None if row is None else SavedCursor(str(row[0]), int(row[1]))
 
     def save(self, name: str, cursor: SavedCursor) -> None:

@@ -33,10 +33,14 @@ class SqliteCursorStore:
             raise ConfigurationError("the store has no column for the feed cursor", hint=MIGRATE_HINT)
 
     def load(self, name: str) -> SavedCursor | None:
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT cursor, seq FROM capture_checkpoint WHERE name = ? AND cursor IS NOT NULL", (name,)
-            ).fetchone()
+        try:
+            with self._lock:
+                row = self._conn.execute(
+                    "SELECT cursor, seq FROM capture_checkpoint WHERE name = ? AND cursor IS NOT NULL",
+                    (name,),
+                ).fetchone()
+        except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk I/O
+            raise RetryableError(f"reading the feed cursor: {type(exc).__name__}") from None
         return None if row is None else SavedCursor(str(row[0]), int(row[1]))
 
     def save(self, name: str, cursor: SavedCursor) -> None:
