@@ -56,6 +56,7 @@ from schemas.topics import CLOUD_CHANGES
 log = logging.getLogger(__name__)
 
 IdKey = tuple[str, str]  # ("user" | "company", cloud id)
+REFRESH_IDLE_CURSOR = 60.0  # seconds: an idle feed's cursor is saved at most this often
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ class CloudCapture:
         self._ids: dict[IdKey, str | None] = {}  # cloud id → on-premise id (None: not linked)
         self._reported: set[IdKey] = set()  # unlinked ids logged once
         self._saved: SavedCursor | None = None
+        self._saved_at = 0.0  # time.monotonic() of the last save
         # pairs (cloud user, cloud company) published with access since this process started: a
         # full read that no longer finds one of a user it read publishes it deleted
         self._live: set[tuple[str, str]] = set()
@@ -339,9 +341,15 @@ class CloudCapture:
         self.metrics.published.inc(queued)
 
     def _save(self, cursor: SavedCursor) -> None:
-        if self._saved is None or cursor != self._saved:
+        """Save a cursor that moved. An idle feed answers a new cursor at the same position on
+        every poll (the cloud stamps when it was issued): that one is saved once a minute, not
+        once a poll — often enough that a saved cursor never ages into expiry while capture
+        runs, rarely enough that an idle poll costs the store no write."""
+        now = time.monotonic()
+        moved = self._saved is None or cursor.position != self._saved.position
+        if moved or (cursor != self._saved and now - self._saved_at >= REFRESH_IDLE_CURSOR):
             self.cursors.save(self.config.name, cursor)
-            self._saved = cursor
+            self._saved, self._saved_at = cursor, now
             self.metrics.position.set(cursor.position)
         self.metrics.last_advance.set(self.clock())
 

@@ -34,6 +34,8 @@ class FakeCloudFeed:
         self.audit: list[tuple[int, str, str]] = []  # seq, resource type, resource id
         self.epoch = 0
         self.fail_next: list[Exception] = []
+        self.stamp = False  # True: each cursor carries a new issue time, as the real feed's do
+        self.issued = 0
         self.calls: list[str] = []
 
     def _log(self, kind: str, rid: str) -> None:
@@ -78,8 +80,9 @@ class FakeCloudFeed:
     def changes(self, cursor: str | None, limit: int) -> FeedPage:
         self._maybe_fail("changes")
         head = len(self.audit)
+        self.issued += self.stamp
         if cursor is None:
-            return FeedPage((), f"c1.{self.epoch}.{head}.0", False, head)
+            return FeedPage((), f"c1.{self.epoch}.{head}.{self.issued}", False, head)
         _, epoch, after, _ = cursor.split(".")
         if int(epoch) != self.epoch:
             raise CursorExpired("GET /v1/changes: 410 cursor_expired")
@@ -107,7 +110,7 @@ class FakeCloudFeed:
                 }
             )
         position = rows[-1][0] if rows else int(after)
-        return FeedPage(tuple(items), f"c1.{self.epoch}.{position}.0", more, position)
+        return FeedPage(tuple(items), f"c1.{self.epoch}.{position}.{self.issued}", more, position)
 
     def user(self, cloud_id: str) -> Body | None:
         self._maybe_fail("user")
@@ -344,6 +347,21 @@ def test_access_removed_whole_while_the_cursor_was_expired_is_published_deleted(
     rig.run_until_idle()
     after = [(k, e["deleted"], e["full_read"], e["feed_seq"]) for k, e in rig.published()[3:]]
     assert sorted(after) == [("u1", True, True, 8), ("u2", False, True, 8)]  # u9 left alone
+
+
+def test_an_idle_feed_costs_the_store_no_write_per_poll() -> None:
+    feed = _linked_cloud()
+    feed.stamp = True
+    rig = Rig(feed)
+    rig.run_until_idle()
+    rig.events.clear()
+    for _ in range(5):  # five idle polls, each answered with a new cursor at the same position
+        rig.run_until_idle()
+    assert rig.events == [] and rig.cursors.saved["cloud-capture"].position == 3
+    assert rig.metric("vudsync_writeback_feed_last_advance_timestamp_seconds") == 1_000_000.0
+    feed.grant("cu1", "cc1", "Lønn")
+    rig.run_until_idle()
+    assert rig.events == ["broker flushed 1", "cursor saved 4"]
 
 
 def test_failures_are_retried_and_a_full_read_that_failed_starts_again() -> None:
