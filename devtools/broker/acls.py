@@ -17,6 +17,7 @@ from typing import Literal
 from kernel.settings import Settings
 from processors.app import app_id
 from schemas.topics import (
+    CLOUD_CHANGES,
     DIRECTORY_DLQ,
     OPERATIONS,
     OPERATIONS_DLQ,
@@ -30,7 +31,7 @@ Resource = Literal["TOPIC", "GROUP", "CLUSTER"]
 Pattern = Literal["LITERAL", "PREFIXED"]
 
 #: one SCRAM user per component, and one for the operator's commands
-COMPONENTS: tuple[str, ...] = ("producer", "planner", "sink", "ops")
+COMPONENTS: tuple[str, ...] = ("producer", "planner", "sink", "cloud-capture", "ops")
 
 
 def principal(component: str) -> str:
@@ -76,6 +77,8 @@ def component_acls(settings: Settings) -> list[Grant]:
         Grant(sink, "TOPIC", t(RESULTS.name), "LITERAL", write),
         Grant(sink, "TOPIC", t(OPERATIONS_DLQ.name), "LITERAL", write),
         Grant(sink, "GROUP", sink_group(settings), "LITERAL", ("READ", "DESCRIBE")),
+        # cloud-capture (writeback): writes the cloud's changes, nothing else
+        Grant(principal("cloud-capture"), "TOPIC", t(CLOUD_CHANGES.name), "LITERAL", write),
         # ops commands: create and read every vudsync topic, publish facts, control, repairs and
         # replays, read and move the pipeline's groups' offsets
         Grant(ops, "TOPIC", t("vud."), "PREFIXED", ("ALL",)),

@@ -41,7 +41,7 @@ from devtools.broker.configure import CLUSTER_MECHANISM, cluster_node_properties
 from devtools.broker.fetch import locked
 from devtools.broker.run import BrokerStartError, LocalKafkaBroker, read_state_file
 from kernel import admin
-from kernel.errors import PermanentError
+from kernel.errors import ConfigurationError, PermanentError
 from kernel.kafka_security import PLAINTEXT, KafkaSecurity
 from kernel.settings import Settings
 
@@ -138,14 +138,20 @@ class LocalKafkaCluster:
         return dict(json.loads(self.credentials_path.read_text()))
 
     def security(self, component: str) -> KafkaSecurity:
-        """How ``component`` (producer, planner, sink, ops) connects to this cluster."""
+        """How ``component`` (producer, planner, sink, cloud-capture, ops) connects to this cluster."""
         if not self.secure:
             return KafkaSecurity()
+        passwords = self.passwords()
+        if component not in passwords:  # formatted before the component had a user
+            raise ConfigurationError(
+                f"the secured cluster in {self.dir} has no user for {component}",
+                hint=f"`vudsync kafka down --brokers {self.brokers}`, delete {self.dir}, then up again",
+            )
         return KafkaSecurity(
             security_protocol="SASL_SSL",
             sasl_mechanism=CLUSTER_MECHANISM,
             username=principal(component),
-            password=SecretStr(self.passwords()[component]),
+            password=SecretStr(passwords[component]),
             ca_file=self.tls_dir / "ca.pem",
         )
 

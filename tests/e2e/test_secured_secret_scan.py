@@ -27,7 +27,7 @@ from tests.fixtures.cloud import CloudReader
 from tests.pipeline import components, vudsync_cli, wait_for
 from vudsync.topics import ensure_catalogue
 
-COMPONENTS = ("producer", "planner", "sink")
+COMPONENTS = ("producer", "planner", "sink", "cloud-capture")
 
 
 def _flatten(record: object) -> bytes:
@@ -99,7 +99,7 @@ def test_no_secret_of_the_secured_run_in_topics_logs_metrics_or_status(
     assert set(logs) == {f"{name}.log" for name in COMPONENTS}
     for name, log in logs.items():
         assert " DEBUG " in log, name
-    for name in ("planner", "sink"):  # kafka-python's admin at their start says whom it logged in as
+    for name in ("planner", "sink", "cloud-capture"):  # kafka-python admin: whom it logged in as
         assert f"Authenticated as vudsync-{name}" in logs[f"{name}.log"]
     assert all("vudsync_" in text for text in metrics.values())
     report = json.loads(status.stdout)
