@@ -5,6 +5,7 @@
 - ``DeletionHeld`` / ``DeletionDecided`` — the gate's answer, back on the asking partition;
 - ``DeletionsDecided`` — an operator's decision on the held deletions numbered up to a bound
   (``vudsync deletes approve|reject --up-to``), to partition 0;
+- ``ConnectAwaited`` — a partition waits for ``vudsync connect`` (journalled once, on partition 0);
 - ``GateTick`` — the gate's clock, while deletions settle: the planner worker that owns
   partition 0 stamps one now and then, so a window closes though no further deletion comes.
 """
@@ -64,6 +65,18 @@ class DeletionsDecided(Message):
     up_to: int | None = Field(default=None, ge=0)
 
 
+class ConnectAwaited(Message):
+    """A partition parked its first operation on ``vudsync connect`` (``processors.connection``);
+    the gate's partition journals "waiting for connect" once for the installation."""
+
+    type: Literal["connect.awaited"] = "connect.awaited"
+    partition: int = Field(ge=0)
+    entity: EntityType
+    entity_id: str
+    version: int
+    committed_at: datetime
+
+
 class GateTick(Message):
     """The gate's clock reads ``at`` (the planner's clock when it produced the record)."""
 
@@ -72,7 +85,7 @@ class GateTick(Message):
 
 
 ControlMessage = Annotated[
-    DeletionRequested | DeletionHeld | DeletionDecided | DeletionsDecided | GateTick,
+    DeletionRequested | DeletionHeld | DeletionDecided | DeletionsDecided | GateTick | ConnectAwaited,
     Field(discriminator="type"),
 ]
 CONTROL_ADAPTER: TypeAdapter[ControlMessage] = TypeAdapter(ControlMessage)

@@ -23,17 +23,19 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from processors import journal, keys, parking, planner
+from processors import connection, journal, keys, parking, planner
 from processors.control import GATE_PARTITION, DeletionRequested
 from processors.effects import Coords, Effects, Tx
 from processors.facts import Facts
 from processors.knowledge import Knowledge
 from processors.model import EntityView, Outcome, Plan, PlannerSettings, slot_of
+from processors.needs import Need
 from schemas.directory import EntityType
 from schemas.events import EVENT_BY_ENTITY, DirectoryEvent
 from schemas.results import FactKind, PlannerFact, ResultOutcome
 
 HISTORY_MAX = 32  # safety net: uncommitted versions kept per entity
+_CONNECT = Need.connect()
 
 _STATE_TYPES: dict[EntityType, Any] = {
     entity: cls.model_fields["state"].annotation for entity, cls in EVENT_BY_ENTITY.items()
@@ -139,6 +141,8 @@ class DirectoryEvents:
         for op in plan.operations:
             fx.send("operations", op.aggregate, op)
         for x in plan.parked:
+            if x.needs[0] == _CONNECT:  # needs_of puts it first
+                connection.awaited(tx, fx, p, x.operation)
             outcome = ResultOutcome.BLOCKED if any(n.blocks for n in x.needs) else ResultOutcome.PARKED
             waiting = [n.encode() for n in x.needs]
             fx.send(

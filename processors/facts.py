@@ -19,10 +19,11 @@ Releases are sent and their acknowledgement awaited *before* the table forgets t
 (``acks_first``); a fact's own knowledge key is written last, so a recovered "known" always
 comes with its released operations gone.
 
-*Review*: a company linked to an existing cloud company that differs is journalled for an
-operator to review before activating services; and on an application instance's home partition
-(the one holding its entity) the planner says what the verdict is — once per instance version
-and registry — and registers an instance the cloud lacks.
+*Review*: a company linked to a cloud company that existed before is journalled, and waits for
+an operator's review before assignments of access to it go (:mod:`processors.reviews`); the
+*connect* fact releases what waited for ``vudsync connect`` (:mod:`processors.connection`). On
+an application instance's home partition (the one holding its entity) the planner says what the
+verdict is — once per instance version and registry — and registers an instance the cloud lacks.
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from processors import journal, keys, parking, planner
+from processors import connection, journal, keys, parking, planner, reviews
 from processors.effects import Coords, Effects, Tx
 from processors.keys import Known
 from processors.knowledge import Knowledge
-from processors.model import InstanceSeen, JournalEntry
+from processors.model import InstanceSeen, JournalEntry, Parked
 from processors.needs import Need
 from schemas.directory import ApplicationType, EntityType
 from schemas.results import FactKind, OperationResult, PlannerFact, ResultOutcome
@@ -85,6 +86,11 @@ class Facts:
                 source="results",
             )
             home = self._home(tx, result) if learned is FactKind.USER else None
+            linked = learned is FactKind.COMPANY and reviews.linked_existing(result)
+            if linked:
+                # before the company's cloud id, on every partition: nothing that waited for the
+                # company may be released before its partition knows the company waits for review
+                self.fan_out(fx, reviews.waiting_fact(result))
             if home is None:
                 # to every partition: which partition holds the parked operations depends on
                 # the directory producer's partitioner, which need not be the sink's
@@ -92,21 +98,37 @@ class Facts:
                 self.fan_out(fx, fact)
             else:
                 fx.send("facts", fact.key, fact, home)
-            review = result.details.get("review") if learned is FactKind.COMPANY else None
-            if review and "linked" in (result.effect or ""):
+            if linked:
+                differing = result.details.get("review")
                 entry = JournalEntry(
                     EntityType.COMPANY,
                     result.entity_id,
                     "company_review",
-                    f"company {result.entity_id} was linked to the existing cloud company with the same "
-                    f"organisation number; it differs in: {', '.join(review)} — review it before "
-                    "activating services",
+                    f"company {result.entity_id} was linked to the existing cloud company {result.cloud_id} "
+                    "with the same organisation number"
+                    + (f"; it differs in: {', '.join(differing)}" if differing else "")
+                    + f" — its assignments wait for review: `vudsync review accept {result.entity_id}`",
                     "warning",
                     result.source_version,
                     result.source_committed_at,
                     ref=result.operation_id,
                 )
                 journal.record(fx, entry, self.clock(), ResultOutcome.REVIEW)
+        elif kind == "user.deactivate":
+            # no cloud user is linked to this user (its upsert never went: e.g. it was created and
+            # removed on premise before `vudsync connect`): its parked revokes have nothing to revoke
+            fact = PlannerFact(
+                kind=FactKind.USER,
+                subject=result.entity_id,
+                present=False,
+                observed_at=seen,
+                source="results",
+            )
+            home = self._home(tx, result)
+            if home is None:
+                self.fan_out(fx, fact)
+            else:
+                fx.send("facts", fact.key, fact, home)
         elif kind in ("catalogue.upsert", "catalogue.remove"):
             catalogue = _CATALOGUE_KIND.get(result.entity)
             if catalogue is not None:
@@ -161,10 +183,27 @@ class Facts:
         old = tx.get(kkey)
         now = self.clock()
         if fact.kind in (FactKind.USER, FactKind.COMPANY):
+            if not fact.present and fact.kind is FactKind.USER and old is None:
+                parking.drop_revokes(tx, fx, p, Need.user(fact.subject), now)
+                fx.acks_first = bool(fx.sends)
+                return tx.effects(fx)
             if not fact.present or not fact.cloud_id or old == fact.cloud_id:
                 return fx
             tx.set(kkey, fact.cloud_id, late=True)
             self._release(tx, fx, p, fact, now)
+        elif fact.kind is FactKind.CONNECT:
+            copy = connection.newer(old, fact.present, _ts(fact.observed_at))
+            if copy is None:
+                return fx
+            tx.set(kkey, copy, late=True)
+            if fact.present and not (old and old["present"]):
+                parking.release(tx, fx, self.knowledge, p, Need.connect(), now)
+        elif fact.kind is FactKind.REVIEW:
+            if not reviews.supersedes(old, fact.present, _ts(fact.observed_at)):
+                return fx
+            tx.set(kkey, reviews.copy_of(fact), late=True)
+            if not fact.present and old is not None and old["w"]:
+                parking.release(tx, fx, self.knowledge, p, Need.review(fact.subject), now)
         elif fact.kind is FactKind.CATALOGUE:
             if old is not None and old["at"] >= _ts(fact.observed_at):
                 return fx
@@ -243,6 +282,10 @@ class Facts:
             app, instance, self.knowledge.registry(tx, p, app), committed_at=committed_at, now=now, ref=ref
         )
         for op in ops:
-            fx.send("operations", op.aggregate, op)
+            if connection.is_connected(tx, p):
+                fx.send("operations", op.aggregate, op)
+            else:  # a registry from a connect that did not finish: nothing goes before it did
+                parking.park(tx, fx, p, Parked(op, (Need.connect(),)), now)
+                connection.awaited(tx, fx, p, op)
         for entry in entries:
             journal.record(fx, entry, now)

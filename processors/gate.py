@@ -32,8 +32,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from processors import deletions, journal, keys, parking
+from processors import connection, deletions, journal, keys, parking
 from processors.control import (
+    ConnectAwaited,
     DeletionDecided,
     DeletionHeld,
     DeletionRequested,
@@ -77,6 +78,8 @@ class Gate:
             p = coords.partition
             tx.set(keys.known_key(p, Known.DELETION, msg.candidate), msg.decision.value, late=True)
             parking.release(tx, fx, self.knowledge, p, Need.deletion(msg.candidate), now)
+        elif isinstance(msg, ConnectAwaited):
+            connection.say_waiting(tx, fx, coords.partition, msg, now)
         elif isinstance(msg, DeletionHeld):
             for ref in parking.waiting_for(tx, coords.partition, Need.deletion(msg.candidate)):
                 for item in tx.get(keys.parked_key(ref)) or []:

@@ -13,7 +13,9 @@ One table per partition (:mod:`processors.tables`), key prefixes:
 
 ``k|<p>|`` holds, besides the facts (``<kind>:<subject>`` as ``PlannerFact.key`` spells it),
 the gate's decisions copied to the partition (``deletion:<candidate>``) and what the
-partition last said of each application instance (``reviewed:<application>``). The gate's
+partition last said of each application instance (``reviewed:<application>``). The connection
+(``connect:installation``) and the companies waiting for review (``review:<company id>``) are
+facts like the others. The gate's
 keys: ``g|gate`` (its state), ``g|seq`` (the range of held requests), ``g|h|<n>`` (held
 request ``n``), ``g|hc|<candidate>`` (the number under which a candidate is held) and
 ``g|d|<candidate>`` (the decision on a candidate, for a request asked again).
@@ -56,6 +58,8 @@ class Known(StrEnum):
     INSTANCE = "instance"
     DELETION = "deletion"
     REVIEWED = "reviewed"
+    CONNECT = "connect"
+    REVIEW = "review"
 
 
 # -- builders (the hot path) ----------------------------------------------------------------

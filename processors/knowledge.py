@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from processors import keys, planner
+from processors import connection, keys, planner
+from processors import reviews as reviews_rule
 from processors.effects import Tx
 from processors.keys import Known
 from processors.model import Decision, Identities, InstanceSeen, Registry, Verdict
@@ -111,17 +112,19 @@ class Knowledge:
         prefixes = self._prefixes.get(p)
         if prefixes is None:
             prefixes = self._prefixes[p] = tuple(keys.known_prefix(p, k) for k in _IDENTITIES)
-        users, companies, catalogue, deletions = prefixes
+        users, companies, catalogue, deletions, reviews = prefixes
         return Identities(
             users=FactView(tx, users),
             companies=FactView(tx, companies),
             catalogue=FactView(tx, catalogue, _present),
             applications=_Verdicts(self, tx, p),
             deletions=FactView(tx, deletions, Decision),
+            connected=connection.is_connected(tx, p),
+            reviews=FactView(tx, reviews, reviews_rule.is_waiting),
         )
 
 
-_IDENTITIES = (Known.USER, Known.COMPANY, Known.CATALOGUE, Known.DELETION)
+_IDENTITIES = (Known.USER, Known.COMPANY, Known.CATALOGUE, Known.DELETION, Known.REVIEW)
 
 
 def _present(value: Any) -> bool:

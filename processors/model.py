@@ -89,6 +89,10 @@ class Identities:
     catalogue: Mapping[str, bool] = field(default_factory=dict)  # <app>:<kind>:<name> -> exists
     applications: Mapping[ApplicationType, Verdict] = field(default_factory=dict)
     deletions: Mapping[str, Decision] = field(default_factory=dict)  # candidate -> decision
+    # `vudsync connect` has succeeded (processors.connection); a plain Identities() in the pure
+    # planner's tests stands for a connected installation, the reconciler always reads the table
+    connected: bool = True
+    reviews: Mapping[str, bool] = field(default_factory=dict)  # company id -> waits for review
 
     def verdict(self, app: ApplicationType) -> Verdict:
         return self.applications.get(app, UNVERIFIED)

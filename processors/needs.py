@@ -7,7 +7,11 @@ A *need* names one prerequisite of an operation:
   cloud's catalogue (an assignment naming a missing entry would be refused with 422);
 - ``application:<application>`` — the application's on-premise instance matches the cloud's
   registry (or ``vudsync connect`` has told what the registry holds);
-- ``deletion:<candidate>`` — the accidental-delete gate granted (or an operator approved) it.
+- ``deletion:<candidate>`` — the accidental-delete gate granted (or an operator approved) it;
+- ``connect:installation`` — ``vudsync connect`` has succeeded for this installation: nothing
+  goes to the cloud before (:mod:`processors.connection`);
+- ``review:<company id>`` — an operator reviewed the company, which was linked to a cloud
+  company that existed before (assignments of access to it only; :mod:`processors.reviews`).
 
 An operation waiting only for facts is *parked*; one waiting for its application is *blocked*
 (the application does not match the cloud, which no result will fix — an operator must).
@@ -34,6 +38,8 @@ class NeedKind(StrEnum):
     CATALOGUE = "catalogue"  # subject: <application>:<roles|layout_groups|modules>:<name>
     APPLICATION = "application"  # subject: application
     DELETION = "deletion"  # subject: the gate's candidate, <entity>:<id>:<version>
+    CONNECT = "connect"  # subject: "installation"
+    REVIEW = "review"  # subject: company id
 
 
 _OF_FACT = {
@@ -71,9 +77,19 @@ class Need:
         return cls(NeedKind.DELETION, candidate)
 
     @classmethod
+    def connect(cls) -> Need:
+        return _CONNECT
+
+    @classmethod
+    def review(cls, company_id: str) -> Need:
+        return cls(NeedKind.REVIEW, company_id)
+
+    @classmethod
     def of_fact(cls, kind: FactKind, subject: str) -> Need | None:
         """The need a fact of ``kind`` about ``subject`` meets (None: it meets none by itself —
-        registry and instance facts meet ``application:`` needs through the verdict)."""
+        registry and instance facts meet ``application:`` needs through the verdict; connect and
+        review facts meet theirs by what they say, :mod:`processors.connection` and
+        :mod:`processors.reviews`)."""
         need = _OF_FACT.get(kind)
         return None if need is None else cls(need, subject)
 
@@ -96,3 +112,7 @@ class Need:
 
     def __str__(self) -> str:
         return self.encode()
+
+
+CONNECT_SUBJECT = "installation"  # the one subject of connect facts and needs
+_CONNECT = Need(NeedKind.CONNECT, CONNECT_SUBJECT)

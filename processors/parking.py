@@ -112,6 +112,50 @@ def waiting_for(tx: Tx, p: int, need: Need) -> list[str]:
     return list(refs)
 
 
+def park(tx: Tx, fx: Effects, p: int, parked: Parked, now: datetime) -> None:
+    """Park one operation planned outside a directory event (it supersedes what waited in its
+    slot), index it under its needs and say so (a parked or blocked result)."""
+    op = parked.operation
+    ref = keys.entity_ref(op.entity, op.entity_id)
+    pkey = keys.parked_key(ref)
+    item = parked_json(parked)
+    items = tx.get(pkey) or []
+    kept = [i for i in items if i["slot"] != item["slot"]]
+    for old in items:
+        if old["slot"] == item["slot"] and old["op"]["operation_id"] != op.operation_id:
+            gone = parked_from_json(old).operation
+            fx.send("results", gone.entity_id, journal.operation_result(gone, ResultOutcome.SUPERSEDED, now))
+    tx.set(pkey, [*kept, item])
+    for need in item["needs"]:
+        index(tx, p, need, ref)
+    outcome = ResultOutcome.BLOCKED if any(n.blocks for n in parked.needs) else ResultOutcome.PARKED
+    fx.send("results", op.entity_id, journal.operation_result(op, outcome, now, waiting_for=item["needs"]))
+
+
+def drop_revokes(tx: Tx, fx: Effects, p: int, need: Need, now: datetime) -> None:
+    """The cloud has no user linked to the one ``need`` names: the revokes waiting for its cloud
+    id have nothing to revoke (the user never reached the cloud through vudsync: assignments wait
+    for its cloud id too). Each is settled (*superseded*, with the reason) and forgotten; whatever
+    else waits stays."""
+    encoded = need.encode()
+    for ref in waiting_for(tx, p, need):
+        items = tx.get(keys.parked_key(ref)) or []
+        still = []
+        for item in items:
+            if encoded in item["needs"] and item["op"]["kind"] == "access.revoke":
+                op = parked_from_json(item).operation
+                reason = "no cloud user is linked to this user: nothing to revoke"
+                fx.send(
+                    "results",
+                    op.entity_id,
+                    journal.operation_result(op, ResultOutcome.SUPERSEDED, now, reason=reason),
+                )
+            else:
+                still.append(item)
+        if len(still) != len(items):
+            tx.set(keys.parked_key(ref), still or None)
+
+
 def release(tx: Tx, fx: Effects, knowledge: Knowledge, p: int, need: Need, now: datetime) -> None:
     """Send what waited for ``need`` and may go now; re-index what still waits."""
     refs = waiting_for(tx, p, need)

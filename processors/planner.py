@@ -160,7 +160,19 @@ def needs_of(
     apps: Iterable[ApplicationType] = (),
     deletion: str | None = None,
 ) -> tuple[Need, ...] | None:
-    """The unmet needs of ``op`` (empty: it may go now); None when a rejected deletion drops it."""
+    """The unmet needs of ``op`` (empty: it may go now); None when a rejected deletion drops it.
+
+    Before ``vudsync connect`` has succeeded every operation waits for it (``connect``); an
+    assignment of access to a company waiting for review waits for the review (``review``)."""
+    if not ids.connected:
+        rest = _needs_of(op, ids, apps, deletion)
+        return None if rest is None else (Need.connect(), *rest)
+    return _needs_of(op, ids, apps, deletion)
+
+
+def _needs_of(
+    op: CloudOperation, ids: Identities, apps: Iterable[ApplicationType], deletion: str | None
+) -> tuple[Need, ...] | None:
     if deletion is None and not apps and isinstance(op, _UPSERTS):
         return ()  # the common case, first
     needs: list[Need] = []
@@ -176,6 +188,8 @@ def needs_of(
         if op.company_id not in ids.companies:
             needs.append(Need.company(op.company_id))
     if isinstance(op, AssignAccess):
+        if op.services and ids.reviews.get(op.company_id, False):  # activates services there
+            needs.append(Need.review(op.company_id))
         catalogue = ids.catalogue
         for app, svc in sorted(op.services.items()):
             for kind, names in (

@@ -89,6 +89,13 @@ class FactKind(StrEnum):
     CATALOGUE = "catalogue"  # subject: <application>:<roles|layout_groups|modules>:<name>; present
     REGISTRY = "registry"  # subject: application; the cloud's registered instance (present, uri, …)
     INSTANCE = "instance"  # subject: application; the on-premise instance (present, uri, …, version)
+    # subject: "installation"; present: `vudsync connect` succeeded (written last by connect)
+    CONNECT = "connect"
+    # subject: company id; present: linked to a cloud company that existed before (matched by
+    # organisation number), waiting for an operator's review; absent: reviewed (`vudsync review
+    # accept`); cloud_id: the cloud company; observed_at: the link's time, which an acceptance
+    # repeats (it accepts that link, whatever the clocks of the sink and the operator say)
+    REVIEW = "review"
 
 
 class PlannerFact(Message):
@@ -108,7 +115,7 @@ class PlannerFact(Message):
     license_fingerprint: str | None = Field(default=None, pattern=r"^hmac-sha256:[0-9a-f]{64}$")
     version: int = Field(default=0, ge=0, description="instances: the on-premise source version")
     observed_at: datetime
-    source: Literal["connect", "results", "planner"]
+    source: Literal["connect", "results", "planner", "operator"]
 
     @property
     def key(self) -> str:

@@ -182,3 +182,11 @@ def store_users(*numbers: int) -> list[dict[str, Any]]:
         }
         for i in numbers
     ]
+
+
+def connected_table(partitions: int = 1, at: datetime = T0) -> dict[str, Any]:
+    """A planner table whose partitions have had `vudsync connect`'s connect fact: an
+    installation that connected (processors.connection). Before it, nothing is sent."""
+    from processors import connection
+
+    return {connection.state_key(p): {"present": True, "at": at.timestamp()} for p in range(partitions)}

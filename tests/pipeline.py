@@ -32,6 +32,18 @@ def vudsync_cli(
     )
 
 
+def connected(settings: Settings, bootstrap: str) -> None:
+    """What `vudsync connect` says last, for a test that feeds the planner by hand: connected
+    (the planner sends nothing before; processors.connection)."""
+    from datetime import UTC, datetime
+
+    from processors.topics import ensure_planner_topics
+    from vudsync.commands.connect import connected_fact, publish_facts
+
+    ensure_planner_topics(settings, bootstrap)
+    publish_facts(settings, bootstrap, [connected_fact(datetime.now(UTC))])
+
+
 def run_cli(settings: Settings, bootstrap: str, *args: str, input: str | None = None) -> Result:
     """``vudsync <args>`` in this process, with the environment a component of ``settings`` gets."""
     from vudsync.cli import _register, cli

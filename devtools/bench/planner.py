@@ -144,10 +144,11 @@ def _event(entity: str, state: dict[str, Any], seq: int, op: str) -> bytes:
 
 
 def known_table(events: list[tuple[str, bytes]], partitions: int = 1) -> dict[str, Any]:
-    """A planner table in which the cloud knows every user, company and catalogue entry, and
-    every application matches: operations go at once, none is parked."""
+    """A planner table in which ``vudsync connect`` has run, the cloud knows every user, company
+    and catalogue entry, and every application matches: operations go at once, none is parked."""
     table: dict[str, Any] = {}
     for p in range(partitions):
+        table[f"k|{p}|connect:installation"] = {"present": True, "at": 0.0}
         for app in ("business", "document_center", "reporting"):
             table[f"k|{p}|registry:{app}"] = {"present": False, "uri": None, "fp": None, "at": 0.0}
             for role in ROLES:
@@ -301,6 +302,11 @@ def bench_faust(events: list[tuple[str, bytes]], partitions: int, timeout: float
                     source="connect",
                 )
             )
+        facts.append(  # connect succeeded: last, as connect says it
+            PlannerFact(
+                kind=FactKind.CONNECT, subject="installation", observed_at=datetime.now(UTC), source="connect"
+            )
+        )
         facts_topic = settings.topic(PLANNER_FACTS.name)
         for fact in {f.key: f for f in facts}.values():
             for p in range(partitions):

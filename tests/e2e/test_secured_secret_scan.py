@@ -51,6 +51,8 @@ def test_no_secret_of_the_secured_run_in_topics_logs_metrics_or_status(
          "last_name": "Brækken"}
         for i in range(5)
     )  # fmt: skip
+    connected = vudsync_cli(s, bootstrap, "connect")  # nothing is sent before it
+    assert connected.returncode == 0, connected.stderr
     ports = {name: free_port() for name in COMPONENTS}
     with components(
         s, bootstrap, *COMPONENTS, metrics_ports=ports, security=kafka_target.security, debug=True

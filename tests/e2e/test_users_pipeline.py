@@ -15,7 +15,7 @@ from schemas.topics import OPERATIONS
 from sinks.service import sink_group
 from tests.fixtures.cloud import CloudReader
 from tests.kafka_read import committed
-from tests.pipeline import alive_or_fail, components
+from tests.pipeline import alive_or_fail, components, vudsync_cli
 from vudsync.topics import ensure_catalogue
 
 
@@ -32,6 +32,8 @@ def test_insert_update_delete_reach_the_cloud(
     bootstrap = kafka_target.bootstrap
     ensure_catalogue(pipeline_settings, bootstrap)
     writer = _writer(pipeline_settings)
+    connected = vudsync_cli(pipeline_settings, bootstrap, "connect")  # nothing is sent before it
+    assert connected.returncode == 0, connected.stderr
     with components(
         pipeline_settings, bootstrap, "producer", "planner", "sink", security=kafka_target.security
     ) as procs:
@@ -81,6 +83,8 @@ def test_sink_killed_after_apply_before_commit_has_no_second_effect(
     """SIGKILL the sink while a polled batch is applied but not yet committed; restart it; the
     cloud's own audit shows one effect per write and every user present once."""
     ensure_catalogue(pipeline_settings, kafka_bootstrap)
+    connected = vudsync_cli(pipeline_settings, kafka_bootstrap, "connect")  # nothing is sent before it
+    assert connected.returncode == 0, connected.stderr
     # the cloud makes every write at once and answers it 3 s later: a write it counted cannot
     # have been committed by the sink yet, so the kill lands between apply and commit by
     # construction — not by racing a slow cloud (a batch of 500 took all 200 users at once and

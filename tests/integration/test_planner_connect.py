@@ -71,7 +71,8 @@ def test_connect_publishes_what_the_planner_must_know_and_snapshots_the_store(
         kafka_bootstrap,
         settings.topic(PLANNER_FACTS.name),
         timeout=60,
-        until=lambda rs: len(rs) >= partitions * 5,  # 3 registries, 1 catalogue entry, 1 company, …
+        # 3 registries, 1 catalogue entry, 1 company, 1 instance, and connected
+        until=lambda rs: len(rs) >= partitions * 7,
     )
     facts = [(r.partition, PlannerFact.model_validate_json(r.value)) for r in records]
     per_key = Counter(f.key for _, f in facts)
@@ -87,6 +88,10 @@ def test_connect_publishes_what_the_planner_must_know_and_snapshots_the_store(
     instance = by_key["instance:business"]
     assert instance.license_fingerprint == license_fingerprint("VB-KEY-1", key)
     assert b"VB-KEY-1" not in b"".join(r.value for r in records)
+    for p in range(partitions):  # said last, on every partition: the planner sends nothing before
+        mine = [f for q, f in facts if q == p]
+        assert mine[-1].key == "connect:installation" and mine[-1].present
+        assert [f.key for f in mine].count("connect:installation") == 1
 
     # never snapshotted before: connect took the snapshot
     events = read_all(

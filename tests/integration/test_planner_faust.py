@@ -18,7 +18,7 @@ from schemas.results import FactKind, PlannerFact
 from schemas.topics import DIRECTORY_DLQ, DIRECTORY_TOPICS, OPERATIONS, PLANNER_CONTROL, PLANNER_FACTS
 from tests.factories import T0, access, user_event
 from tests.kafka_read import read_all
-from tests.pipeline import alive_or_fail, components
+from tests.pipeline import alive_or_fail, components, connected
 from vudsync.topics import ensure_catalogue
 
 
@@ -26,6 +26,7 @@ def test_planner_plans_users_and_dead_letters_malformed_events(
     kafka_settings: Settings, kafka_bootstrap: str
 ) -> None:
     ensure_catalogue(kafka_settings, kafka_bootstrap)
+    connected(kafka_settings, kafka_bootstrap)
     users = kafka_settings.topic(DIRECTORY_TOPICS[EntityType.USER].name)
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
     try:
@@ -109,6 +110,7 @@ def test_a_rocksdb_worker_recovers_its_tables_after_sigkill(
     ops_topic = settings.topic(OPERATIONS.name)
     env = {"VUDSYNC_PLANNER_STORE": "rocksdb", "VUDSYNC_TOPIC_PARTITIONS": "1"}
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    connected(settings, kafka_bootstrap)
     try:
         for app in ApplicationType:
             _send(

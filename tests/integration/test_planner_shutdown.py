@@ -23,7 +23,7 @@ from schemas.directory import EntityType
 from schemas.topics import DIRECTORY_TOPICS, OPERATIONS
 from tests.factories import user_event
 from tests.kafka_read import read_all
-from tests.pipeline import alive_or_fail, components
+from tests.pipeline import alive_or_fail, components, connected
 from vudsync.topics import ensure_catalogue
 
 DEADLINE = 5.0
@@ -49,6 +49,7 @@ def test_a_planner_whose_broker_is_gone_exits_within_its_deadline_after_sigterm(
     bootstrap = doomed_broker
     settings = Settings(home=tmp_path, kafka_bootstrap=bootstrap, topic_prefix=unique_topic_prefix)
     ensure_catalogue(settings, bootstrap)
+    connected(settings, bootstrap)
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
     try:
         users = settings.topic(DIRECTORY_TOPICS[EntityType.USER].name)

@@ -25,8 +25,8 @@ What "every query is valid and returns data" means here, honestly:
 
 To give the error panels real data the test feeds each stage one bad input (a directory row
 with a malformed e-mail, a directory event that is not JSON, an operation that cannot be
-decoded) and lets the cloud fail 20% of its requests (retries by reason). The planner journals
-on its own (the sample's application instances, unverified without ``vudsync connect``).
+decoded) and lets the cloud fail 20% of its requests (retries by reason). ``vudsync connect``
+runs first: the planner sends nothing before it.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from tests.fixtures.prometheus import (
     alert_rules,
     dashboard_queries,
 )
-from tests.pipeline import alive_or_fail, components
+from tests.pipeline import alive_or_fail, components, vudsync_cli
 from vudsync.topics import ensure_catalogue
 
 COMPONENTS = ("producer", "planner", "sink", "lag-exporter")
@@ -132,6 +132,9 @@ def test_prometheus_scrapes_the_pipeline_and_every_dashboard_and_alert_query_ret
     def faults(error_rate: float) -> None:
         cloud.faults(error_rate=error_rate, seed=5)
 
+    # nothing is sent before connect; the producer takes the snapshot (its metrics are queried)
+    done = vudsync_cli(settings, kafka_bootstrap, "connect", "--no-snapshot")
+    assert done.returncode == 0, done.stderr
     faults(1.0)
 
     ports = {name: free_port() for name in COMPONENTS}

@@ -16,7 +16,16 @@ from schemas.directory import ApplicationType, CompanyAccess, EntityType, Servic
 from schemas.events import DirectoryEvent, Op
 from schemas.operations import AssignAccess, DeactivateUser, RegisterApplicationInstance, UpsertUser
 from schemas.results import FactKind, OperationResult, PlannerFact, ResultOutcome
-from tests.factories import T0, access, instance_event, op_result, user_event, user_state, user_upsert
+from tests.factories import (
+    T0,
+    access,
+    connected_table,
+    instance_event,
+    op_result,
+    user_event,
+    user_state,
+    user_upsert,
+)
 
 FP_A, FP_B = "hmac-sha256:" + "a" * 64, "hmac-sha256:" + "b" * 64
 URI = "https://vb.fjord.local"
@@ -25,8 +34,11 @@ URI = "https://vb.fjord.local"
 class Harness:
     """Performs effects like the Faust shell, and delivers facts and control messages back."""
 
-    def __init__(self, partitions: int = 1, settings: PlannerSettings | None = None) -> None:
-        self.table: dict[str, Any] = {}
+    def __init__(
+        self, partitions: int = 1, settings: PlannerSettings | None = None, *, connected: bool = True
+    ) -> None:
+        # an installation that ran `vudsync connect` unless ``connected=False``
+        self.table: dict[str, Any] = connected_table(partitions) if connected else {}
         self.r = Reconciler(self.table, settings or PlannerSettings(), partitions, lambda: T0)
         self.partitions = partitions
         self.ops: list[Any] = []
@@ -83,6 +95,7 @@ class Harness:
             self.fact(kind=FactKind.REGISTRY, subject=app.value, present=False)
         for entry in catalogue:
             self.fact(kind=FactKind.CATALOGUE, subject=entry)
+        self.fact(kind=FactKind.CONNECT, subject="installation")  # last, as connect sends it
 
     def tick(self, seconds: float | None = None) -> Effects:
         """The gate's clock reads ``seconds`` after T0 (default: the settling time)."""
@@ -256,11 +269,12 @@ def test_results_become_facts_and_a_linked_company_with_other_details_asks_for_r
         Coords("results", 1, 5),
     )
     facts = [s for s in fx.sends if s.role == "facts"]
-    assert sorted(s.partition for s in facts) == [0, 1]
+    for p in (0, 1):  # each partition learns that c1 waits for review before it learns c1's cloud id
+        assert [s.value.kind for s in facts if s.partition == p] == [FactKind.REVIEW, FactKind.COMPANY]
     (journal,) = [s.value for s in fx.sends if s.role == "results"]
     assert journal.outcome is ResultOutcome.REVIEW and journal.kind == "journal.company_review"
-    assert "review it before activating services" in journal.details["message"]
-    assert "name" in journal.details["message"]
+    assert "wait for review: `vudsync review accept c1`" in journal.details["message"]
+    assert "name" in journal.details["message"] and "cc-1" in journal.details["message"]
 
 
 def test_failed_results_teach_nothing() -> None:

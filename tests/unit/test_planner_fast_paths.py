@@ -40,7 +40,7 @@ def _planned() -> list[Any]:
     known = _reconcile(events, known_table(events), 10**9)
     # half the identities unknown and a low deletion threshold: parked, blocked, held results
     table = known_table(events)
-    for key in list(table)[::2]:
+    for key in [k for k in table if not k.endswith("|connect:installation")][::2]:  # still connected
         del table[key]
     return known + _reconcile(events, table, 3)
 

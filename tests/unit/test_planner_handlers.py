@@ -26,7 +26,7 @@ from processors.model import Identities, PlannerSettings
 from processors.planner import plan
 from schemas.deadletter import HEADER_EXCEPTION, HEADER_REASON, HEADER_STAGE, headers_dict
 from schemas.topics import DIRECTORY_TOPICS
-from tests.factories import T0, user_event
+from tests.factories import T0, connected_table, user_event
 
 
 @dataclass
@@ -101,6 +101,7 @@ def _handlers(
 ) -> tuple[PlannerHandlers, FakeTopics, list[str]]:
     log: list[str] = []
     table = LoggingTable(log)
+    dict.update(table, connected_table())  # an installation that ran `vudsync connect` (not logged)
     topics = FakeTopics(log)
     reconciler = reconciler or Reconciler(table, PlannerSettings(), 1, lambda: T0)
     handlers = PlannerHandlers(

@@ -64,7 +64,14 @@ def test_a_fact_meets_the_need_spelled_like_its_key() -> None:
         assert need is not None and need.encode() == fact.key
     assert Need.of_fact(FactKind.REGISTRY, "business") is None
     assert Need.of_fact(FactKind.INSTANCE, "business") is None
-    assert {k.value for k in NeedKind} == {"user", "company", "catalogue", "application", "deletion"}
+    # connect and review facts meet their needs by what they say (connected; accepted)
+    assert Need.of_fact(FactKind.CONNECT, "installation") is None
+    assert Need.of_fact(FactKind.REVIEW, "c1") is None
+    assert Need.connect().encode() == "connect:installation" == f"{FactKind.CONNECT.value}:installation"
+    assert Need.review("c1").encode() == "review:c1"
+    assert {k.value for k in NeedKind} == {
+        "user", "company", "catalogue", "application", "deletion", "connect", "review"
+    }  # fmt: skip
 
 
 KEYS: list[tuple[TableKey, str]] = [

@@ -9,6 +9,10 @@
    on ``vud.planner.facts``, each to every partition.
 3. When the directory store was never snapshotted, it takes the producer's snapshot (the
    producer, started later, streams from there).
+4. Last, once everything before has been acknowledged, it publishes the *connect* fact
+   (``connect:installation``) to every partition: the planner sends nothing to the cloud
+   before it has it (:mod:`processors.connection`), and a partition that has it has every
+   other fact of this run (one partition's records stay in order).
 
 Nothing secret is printed or published: neither the client secret nor the token nor a key.
 """
@@ -28,6 +32,7 @@ from pydantic import SecretStr
 from kernel.auth import ClientCredentials
 from kernel.errors import AuthenticationFailed, ConfigurationError, RetryableError, VudsyncError
 from kernel.settings import Settings, load_settings
+from processors.needs import CONNECT_SUBJECT
 from schemas.directory import ApplicationInstanceState, ApplicationType, EntityType
 from schemas.results import FactKind, PlannerFact
 from schemas.topics import PLANNER_FACTS
@@ -184,6 +189,17 @@ def cloud_facts(readout: CloudReadout, observed_at: datetime) -> Iterator[Planne
         )
 
 
+def connected_fact(observed_at: datetime) -> PlannerFact:
+    """``vudsync connect`` has succeeded for this installation (published last)."""
+    return PlannerFact(
+        kind=FactKind.CONNECT,
+        subject=CONNECT_SUBJECT,
+        present=True,
+        observed_at=observed_at,
+        source="connect",
+    )
+
+
 def publish_facts(settings: Settings, bootstrap: str, facts: Iterable[PlannerFact]) -> int:
     """Every fact to every partition (the planner assumes nothing about which partition holds an
     entity). Returns how many records were acknowledged (acks=all); raises
@@ -217,7 +233,8 @@ class ConnectReport:
 
 
 def run_connect(settings: Settings, bootstrap: str, *, snapshot: bool = True) -> ConnectReport:
-    """Check, read, publish, snapshot — in that order; raises :class:`ConnectRefused`."""
+    """Check, read, publish, snapshot, say connected — in that order; raises
+    :class:`ConnectRefused` (and then the planner still sends nothing)."""
     from processors.topics import ensure_planner_topics
     from vudsync.topics import ensure_catalogue
 
@@ -246,6 +263,7 @@ def run_connect(settings: Settings, bootstrap: str, *, snapshot: bool = True) ->
                 snapshotted = "skipped (--no-snapshot); the producer takes it when it starts"
     finally:
         change_log.close()
+    published += publish_facts(settings, bootstrap, [connected_fact(datetime.now(UTC))])
     return ConnectReport(
         customer=readout.customer,
         client_id=readout.client_id,
