@@ -33,14 +33,16 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 
-from processors import gate, parking
+from processors import gate, keys, parking, reviews
+from processors.control import GATE_PARTITION
 from processors.directory import DirectoryEvents
 from processors.effects import BatchTx, Coords, Effects, Send, Tx
 from processors.facts import Facts
 from processors.gate import Gate
-from processors.keys import is_parked
+from processors.keys import Known, is_parked
 from processors.knowledge import Knowledge
-from processors.model import Identities, PlannerSettings
+from processors.model import Identities, PlannerSettings, VerdictStatus
+from schemas.directory import ApplicationType
 from schemas.events import DirectoryEvent
 from schemas.results import OperationResult, PlannerFact
 
@@ -160,6 +162,22 @@ class Reconciler:
     def held_deletions(self) -> int:
         """Deletions the gate holds (0 unless this worker owns partition 0)."""
         return gate.held_deletions(self.store)
+
+    def reviews_waiting(self) -> int:
+        """Companies waiting for review, as partition 0 knows them (every review fact reaches
+        every partition: one count, on the worker that owns partition 0)."""
+        prefix = keys.known_prefix(GATE_PARTITION, Known.REVIEW)
+        return reviews.count_waiting(
+            self.store.get(k) for k in list(self.store.keys()) if k.startswith(prefix)
+        )
+
+    def mismatched_applications(self) -> dict[ApplicationType, tuple[str, ...]]:
+        """The applications whose on-premise instance differs from the cloud's registration, as
+        partition 0 judges them (instance and registry facts reach every partition), with the
+        differing fields."""
+        tx = Tx(self.store)
+        verdicts = {app: self._knowledge.verdict(tx, GATE_PARTITION, app) for app in ApplicationType}
+        return {app: v.differing for app, v in verdicts.items() if v.status is VerdictStatus.MISMATCH}
 
     def gate_tick(self) -> BaseModel | None:
         """A tick to send the gate (partition 0) while its deletions settle, else None."""

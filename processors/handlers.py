@@ -41,6 +41,7 @@ from processors.metrics import PlannerMetrics
 from processors.topics import PlannerTopics
 from schemas.codec import DecodeError, decode_event, decode_model, encode
 from schemas.deadletter import error_headers
+from schemas.directory import ApplicationType
 from schemas.results import OperationResult, PlannerFact
 from schemas.topics import DIRECTORY_DLQ, PLANNER_CONTROL, PLANNER_FACTS, RESULTS, entity_for_topic
 
@@ -388,6 +389,10 @@ class PlannerHandlers:
         self.metrics.blocked.set(waiting.blocked)
         self.metrics.parked_oldest_age.set(self.reconciler.oldest_parked_age(iter(keys)))
         self.metrics.held_deletions.set(self.reconciler.held_deletions() if gate_here else 0)
+        self.metrics.review_waiting.set(self.reconciler.reviews_waiting() if gate_here else 0)
+        mismatched = self.reconciler.mismatched_applications() if gate_here else {}
+        for app in ApplicationType:
+            self.metrics.application_blocked.labels(app.value).set(1 if app in mismatched else 0)
 
 
 class _Undecodable(Exception):

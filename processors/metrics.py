@@ -9,7 +9,12 @@ state, each operation in exactly one (:class:`processors.parking.Waiting`):
   for the accidental-delete gate or an operator;
 - ``vudsync_blocked_operations``: operations waiting for their application to match the cloud;
 - ``vudsync_held_deletions``: the deletions the gate holds — one per user or company, however
-  many operations each has (non-zero only on the worker that owns partition 0).
+  many operations each has (non-zero only on the worker that owns partition 0);
+- ``vudsync_application_blocked{application}``: 1 while the application's instance differs
+  from the cloud's registration (partition 0's verdict; every worker exports every application,
+  0 unless it owns partition 0);
+- ``vudsync_review_waiting_companies``: the companies waiting for review (their assignments
+  wait; non-zero only on the worker that owns partition 0, which has every review fact).
 
 ``vudsync_parked_oldest_age_seconds`` is this worker's oldest parked operation's age: take the
 maximum over workers.
@@ -65,6 +70,19 @@ class PlannerMetrics:
             "vudsync_held_deletions",
             "Deletions (one per user or company) held for an operator's decision "
             "(accidental-delete protection)",
+            registry=registry,
+        )
+        self.review_waiting = Gauge(
+            "vudsync_review_waiting_companies",
+            "Companies linked to a cloud company that existed before, whose assignments of access "
+            "wait for an operator's review (`vudsync review list`)",
+            registry=registry,
+        )
+        self.application_blocked = Gauge(
+            "vudsync_application_blocked",
+            "1 while the application's on-premise instance differs from the cloud's registration "
+            "(after a license change): its assignments are held",
+            ["application"],
             registry=registry,
         )
         self.journal = Counter(
