@@ -149,3 +149,26 @@ async def test_the_gauges_count_only_the_partitions_the_worker_owns_now() -> Non
     assert _gauges(registry)["parked_operations"] == 0
     # the oldest parked age, too, is of what the worker owns: nothing (the others' keys remain)
     assert registry.get_sample_value("vudsync_parked_oldest_age_seconds") == 0
+
+
+def test_a_blocked_application_and_companies_waiting_for_review_are_told_by_partition_0s_owner() -> None:
+    """The license change that blocked Business showed only as a number of blocked operations:
+    no alert could say which application, nor that companies wait for an operator's review."""
+    fp_cloud, fp_new = "hmac-sha256:" + "a" * 64, "hmac-sha256:" + "b" * 64
+    knowledge = {
+        "k|0|registry:business": {"present": True, "uri": "https://vb", "fp": fp_cloud, "at": 1.0},
+        "k|0|instance:business": {"present": True, "uri": "https://vb", "fp": fp_new, "version": 9},
+        "k|0|registry:reporting": {"present": False, "uri": None, "fp": None, "at": 1.0},
+        "k|0|review:c1": {"w": True, "at": 1.0, "cloud": "cc-1"},
+        "k|0|review:c2": {"w": False, "at": 1.0, "cloud": "cc-2"},  # accepted
+    }
+    for partitions, expected in (({0, 1}, (1, 0, 1)), ({1, 2}, (0, 0, 0))):
+        handlers, table, _, registry = _worker(partitions)
+        table.update(knowledge)
+        handlers.export_gauges()
+        blocked = {
+            app: registry.get_sample_value("vudsync_application_blocked", {"application": app})
+            for app in ("business", "reporting")
+        }
+        waiting = registry.get_sample_value("vudsync_review_waiting_companies")
+        assert (blocked["business"], blocked["reporting"], waiting) == expected, partitions
