@@ -36,6 +36,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         ("deletes", "deletes", "deletes"),
         ("instances", "instances", "instances"),
         ("conflicts", "conflicts", "conflicts"),
+        ("review", "review", "review"),
         # operations
         ("status", "status", "status"),
         ("replay", "replay", "replay"),

@@ -16,8 +16,6 @@ import click
 from kernel.settings import load_settings
 from schemas.directory import EntityType
 
-_LIMIT = 100_000  # conflict entries read from the journal index
-
 
 @click.group()
 def conflicts() -> None:
@@ -36,9 +34,8 @@ def list_conflicts(as_json: bool) -> None:
     """
     from vudsync.bootstrap import resolve_bootstrap
     from vudsync.commands.explain import indexing_progress
-    from vudsync.ops.conflicts import open_conflicts
+    from vudsync.ops.conflicts import read_open_conflicts
     from vudsync.ops.explain_runner import catch_up_journal
-    from vudsync.ops.journal import JournalFilter
     from vudsync.ops.journal_index import SqliteJournalIndex
     from vudsync.ops.journal_sync import journal_path
 
@@ -49,18 +46,9 @@ def list_conflicts(as_json: bool) -> None:
         catch_up_journal(settings, resolve_bootstrap(settings), index, progress=progress)
         if progress is not None:
             click.echo("\r\033[K", err=True, nl=False)
-        found = [e for _, e in index.query(JournalFilter(outcomes=("conflict",), limit=_LIMIT))]
-        entities = sorted({e.entity_id for e in found if e.entity_id})
-        applied = [
-            e
-            for entity_id in entities
-            for _, e in index.query(
-                JournalFilter(entity_id=entity_id, outcomes=("applied", "already_applied"), limit=_LIMIT)
-            )
-        ]
+        open_ = read_open_conflicts(index)
     finally:
         index.close()
-    open_ = open_conflicts([*found, *applied])
     if as_json:
         click.echo(json.dumps({"total": len(open_), "conflicts": [c.as_dict() for c in open_]}, indent=2))
     elif not open_:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 def collect(settings: Settings, bootstrap: str) -> StatusReport:
     """Read every source once and assemble the report."""
+    from vudsync.ops.conflicts import read_open_conflicts
     from vudsync.ops.dlq_kafka import KafkaDeadLetterQueues
     from vudsync.ops.groups import Role, group_id
     from vudsync.ops.journal_index import SqliteJournalIndex
@@ -26,6 +27,7 @@ def collect(settings: Settings, bootstrap: str) -> StatusReport:
     from vudsync.ops.kafka_admin import group_admin
     from vudsync.ops.lag_exporter import read_pipeline_lag
     from vudsync.ops.metrics_scrape import parse_endpoints, scrape
+    from vudsync.ops.planner_facts import read_planner_facts
     from vudsync.ops.status import LagRow, assemble
 
     scrapes = scrape(parse_endpoints(settings.status_metrics))
@@ -45,9 +47,20 @@ def collect(settings: Settings, bootstrap: str) -> StatusReport:
             finally:
                 indexer.close()
         stats = index.stats(time.time())
+        conflicts = len(read_open_conflicts(index))
     finally:
         index.close()
-    return assemble(now=time.time(), members=members, lag=lag, scrapes=scrapes, dlq=dlq, journal=stats)
+    told = read_planner_facts(settings, bootstrap)
+    return assemble(
+        now=time.time(),
+        members=members,
+        lag=lag,
+        scrapes=scrapes,
+        dlq=dlq,
+        journal=stats,
+        told=told,
+        conflicts=conflicts,
+    )
 
 
 @click.command()
@@ -63,7 +76,16 @@ def collect(settings: Settings, bootstrap: str) -> StatusReport:
 )
 def status(as_json: bool, watch: float | None) -> None:
     """Liveness, lag, parked and held operations, dead letters, circuit, last applied change,
-    throughput — on one screen. Exit status 1 when something needs attention."""
+    throughput, whether `vudsync connect` has succeeded, blocked applications, companies
+    waiting for review, open conflicts — on one screen. Exit status 1 when something needs
+    attention.
+
+    \b
+    Example:
+        vudsync status
+        vudsync status --json
+        vudsync status --watch
+    """
     from vudsync.bootstrap import resolve_bootstrap
     from vudsync.ops.status import render
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from vudsync.ops.journal import JournalEntry
+from vudsync.ops.journal import JournalEntry, JournalFilter
 
 SETTLES = frozenset({"applied", "already_applied"})
 
@@ -41,23 +41,42 @@ class Conflict:
         return {**self.__dict__, "what_to_do": WHAT_TO_DO.get(self.reason, "")}
 
 
-def open_conflicts(entries: Iterable[JournalEntry]) -> list[Conflict]:
-    """The conflicts no later applied upsert of the same entity settled, oldest first.
+def settles(later: JournalEntry, conflict: JournalEntry) -> bool:
+    """The one rule of when a conflict is settled (``vudsync conflicts list``, ``explain`` and
+    ``status`` all ask it): by an applied (or already applied) upsert of the same entity and
+    kind recorded after it, whatever its operation id — the operator changed the e-mail or
+    organisation number, so the state and the id changed too. "After" is the order of the
+    results partition when both are on the same one (a result is keyed by its entity: they are),
+    else the time recorded."""
+    if later.outcome not in SETTLES or (later.entity_id, later.kind) != (conflict.entity_id, conflict.kind):
+        return False
+    if (later.topic, later.partition) == (conflict.topic, conflict.partition):
+        return later.offset > conflict.offset
+    return later.time > conflict.time
 
-    ``entries``: the journal's conflict entries and the applied results of the same entities,
-    in any order."""
-    latest_conflict: dict[tuple[str, str], JournalEntry] = {}
-    latest_applied: dict[tuple[str, str], float] = {}
+
+def open_conflict_entries(entries: Iterable[JournalEntry]) -> list[JournalEntry]:
+    """The newest conflict of each entity and kind that nothing settled (:func:`settles`),
+    oldest first. ``entries``: the journal's conflict entries and the applied results of the
+    same entities, in any order."""
+    latest: dict[tuple[str, str], JournalEntry] = {}
+    settling: list[JournalEntry] = []
     for e in entries:
         if not (e.entity_id and e.kind):
             continue
-        key = (e.entity_id, e.kind)
         if e.outcome == "conflict":
-            if key not in latest_conflict or latest_conflict[key].time <= e.time:
-                latest_conflict[key] = e
+            key = (e.entity_id, e.kind)
+            if key not in latest or (latest[key].time, latest[key].offset) <= (e.time, e.offset):
+                latest[key] = e
         elif e.outcome in SETTLES:
-            latest_applied[key] = max(latest_applied.get(key, e.time), e.time)
-    out = [
+            settling.append(e)
+    found = [c for c in latest.values() if not any(settles(a, c) for a in settling)]
+    return sorted(found, key=lambda c: (c.time, c.entity_id or ""))
+
+
+def open_conflicts(entries: Iterable[JournalEntry]) -> list[Conflict]:
+    """The open conflicts (:func:`open_conflict_entries`), as the operator sees them."""
+    return [
         Conflict(
             entity=e.entity or "",
             entity_id=e.entity_id or "",
@@ -68,7 +87,23 @@ def open_conflicts(entries: Iterable[JournalEntry]) -> list[Conflict]:
             time=e.time,
             operation_id=e.operation_id,
         )
-        for key, e in latest_conflict.items()
-        if latest_applied.get(key, float("-inf")) < e.time
+        for e in open_conflict_entries(entries)
     ]
-    return sorted(out, key=lambda c: (c.time, c.entity_id))
+
+
+class JournalQuery(Protocol):
+    def query(self, flt: JournalFilter) -> list[tuple[int, JournalEntry]]: ...
+
+
+def read_open_conflicts(index: JournalQuery, limit: int = 100_000) -> list[Conflict]:
+    """The open conflicts the journal index holds (the conflicts and the applied results of
+    their entities; the index is caught up by the caller)."""
+    found = [e for _, e in index.query(JournalFilter(outcomes=("conflict",), limit=limit))]
+    applied = [
+        e
+        for entity_id in sorted({e.entity_id for e in found if e.entity_id})
+        for _, e in index.query(
+            JournalFilter(entity_id=entity_id, outcomes=tuple(sorted(SETTLES)), limit=limit)
+        )
+    ]
+    return open_conflicts([*found, *applied])

@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from schemas.directory import CompanyState, EntityType, UserState
-from vudsync.ops.conflicts import SETTLES
+from vudsync.ops.conflicts import open_conflict_entries
 from vudsync.ops.drift import CloudState, DirectoryState, Drift, compare
 from vudsync.ops.journal import JournalEntry, WaitingOperation
 from vudsync.ops.timespec import format_age
@@ -71,23 +71,15 @@ def planner_view(
         ),
         None,
     )
-    # a conflict is settled by a later applied upsert of the entity, whatever its operation id
-    # (the operator changed the e-mail, so the state and the id changed too): see ops.conflicts
-    settled = [e for e in journal if e.outcome in SETTLES]
     findings: list[JournalEntry] = []
     dead: dict[str, JournalEntry] = {}
-    conflicts: dict[str, JournalEntry] = {}
     for e in journal:
         if (e.kind or "").startswith("journal.") and e.outcome in ("blocked", "review"):
             findings.append(e)
         elif e.outcome == "dead_lettered" and (e.operation_id or "") not in applied:
             dead.setdefault(e.operation_id or f"{e.topic}@{e.offset}", e)
-        elif (
-            e.outcome == "conflict"
-            and (e.operation_id or "") not in applied
-            and not any(a.kind == e.kind and a.time > e.time for a in settled)
-        ):
-            conflicts.setdefault(e.operation_id or f"{e.topic}@{e.offset}", e)
+    # when a conflict is settled: the one rule, in ops.conflicts (`conflicts list` and status too)
+    conflicts = open_conflict_entries(journal)
     return PlannerView(
         last_version=max(versions) if versions else None,
         cloud_id=cloud_id,
@@ -96,7 +88,7 @@ def planner_view(
         blocked=tuple(w for w in waiting if w.entry.outcome == "blocked"),
         findings=tuple(findings[:5]),
         dead_lettered=tuple(dead.values()),
-        conflicts=tuple(conflicts.values()),
+        conflicts=tuple(conflicts),
     )
 
 

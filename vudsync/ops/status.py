@@ -15,19 +15,26 @@ Where each line comes from:
 - DLQ depths: unhandled dead letters (see :mod:`vudsync.ops.deadletters`);
 - circuit: the sinks' ``vudsync_cloud_circuit_open`` (unknown without their endpoints);
 - last applied change, its age and the throughput of the last minute: the journal
-  (``vud.cloud.results``).
+  (``vud.cloud.results``);
+- what the planner has been told (``vud.planner.facts``, :mod:`vudsync.ops.planner_facts`):
+  whether ``vudsync connect`` has succeeded (before, the planner sends nothing), the companies
+  waiting for review, each application whose instance differs from the cloud's registration;
+- open matching conflicts: the journal, settled by :func:`vudsync.ops.conflicts.open_conflicts`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vudsync.ops.groups import GroupMember
 from vudsync.ops.journal_index import JournalStats
 from vudsync.ops.metrics_scrape import Scrape
 from vudsync.ops.timespec import format_age
+
+if TYPE_CHECKING:
+    from vudsync.ops.planner_facts import PlannerFactsNow
 
 STALL_AFTER = 300.0  # seconds without an applied change while operations wait: "stalled?"
 FEED_STALL_AFTER = 300.0  # seconds cloud-capture made no progress (VudsyncWritebackFeedStalled)
@@ -64,6 +71,10 @@ class StatusReport:
     last_applied: Mapping[str, Any] | None
     last_minute: Mapping[str, int]
     problems: tuple[str, ...] = field(default_factory=tuple)
+    connected: bool | None = None  # `vudsync connect` succeeded (None: not known)
+    reviews: int | None = None  # companies waiting for review
+    blocked_applications: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # app -> fields
+    conflicts: int | None = None  # open matching conflicts
 
     def lag_by_group(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -89,6 +100,10 @@ class StatusReport:
                 "by_outcome": dict(self.last_minute),
                 "applied_per_second": round(self.last_minute.get("applied", 0) / 60, 2),
             },
+            "connected": self.connected,
+            "companies_waiting_for_review": self.reviews,
+            "blocked_applications": {app: list(f) for app, f in self.blocked_applications.items()},
+            "open_conflicts": self.conflicts,
         }
 
 
@@ -114,7 +129,11 @@ def assemble(
     scrapes: Sequence[Scrape],
     dlq: Mapping[str, int],
     journal: JournalStats,
+    told: PlannerFactsNow | None = None,
+    conflicts: int | None = None,
 ) -> StatusReport:
+    """The report and its problems (each one makes ``vudsync status`` exit 1). ``told``: what
+    the planner's facts topic says (None: not read); ``conflicts``: open matching conflicts."""
     components: list[ComponentStatus] = []
     producer = [s for s in scrapes if s.endpoint.component == "producer"]
     if producer:
@@ -208,6 +227,28 @@ def assemble(
                 f"cloud-capture: the cloud's change feed has not advanced for {format_age(now - advanced)}: "
                 "administrators' changes do not reach the directory (its /readyz says why)"
             )
+    if told is not None and not told.connected:
+        problems.append(
+            "`vudsync connect` has not succeeded for this installation: the planner sends nothing to "
+            "the cloud before — run `vudsync connect` with a Customer administrator's credentials"
+        )
+    for app, differing in (told.mismatched if told is not None else {}).items():
+        problems.append(
+            f"application {app} is blocked: its instance differs from the cloud's registration in "
+            f"{', '.join(differing)}; its assignments are held — after a license change on premise, "
+            f"`vudsync instances register {app}` (docs/operations.md, license change)"
+        )
+    if told is not None and told.reviews:
+        n = len(told.reviews)
+        problems.append(
+            f"{n} compan{'y' if n == 1 else 'ies'} linked to existing cloud companies wait for review "
+            "(their assignments of access wait): `vudsync review list`"
+        )
+    if conflicts:
+        problems.append(
+            f"{conflicts} open matching conflict(s): a cloud user or company linked to someone else "
+            "(its assignments wait) — `vudsync conflicts list`"
+        )
     waiting = sum(r.lag for r in lag)
     if waiting and last is not None and float(last["age_seconds"]) > STALL_AFTER:
         problems.append(
@@ -226,6 +267,10 @@ def assemble(
         last,
         dict(journal.last_minute),
         tuple(problems),
+        connected=told.connected if told is not None else None,
+        reviews=len(told.reviews) if told is not None else None,
+        blocked_applications=dict(told.mismatched) if told is not None else {},
+        conflicts=conflicts,
     )
 
 
@@ -253,9 +298,17 @@ def render(report: StatusReport) -> list[str]:
         lines.append(f"blocked operations  {report.blocked} (waiting for their application)")
     held_ops = "?" if report.held_operations is None else report.held_operations
     lines.append(f"held deletions      {report.held} ({held_ops} operation(s): deactivations, revokes)")
+    for app, differing in report.blocked_applications.items():
+        lines.append(f"blocked application {app} (its instance differs in: {', '.join(differing)})")
+    if report.reviews is not None:
+        lines.append(f"waiting for review  {report.reviews} compan{'y' if report.reviews == 1 else 'ies'}")
+    if report.conflicts is not None:
+        lines.append(f"open conflicts      {report.conflicts}")
     for topic, n in report.dlq.items():
         lines.append(f"dead letters        {n} unhandled in {topic}")
     lines.append(f"circuit to cloud    {report.circuit}")
+    if report.connected is not None:
+        lines.append(f"connected           {'yes' if report.connected else 'no: run `vudsync connect`'}")
     if report.last_applied:
         la = report.last_applied
         lines.append(f"last applied        {la['time']} ({la['age']} ago) {la['kind']} {la['entity']}")
