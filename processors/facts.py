@@ -88,9 +88,14 @@ class Facts:
             home = self._home(tx, result) if learned is FactKind.USER else None
             linked = learned is FactKind.COMPANY and reviews.linked_existing(result)
             if linked:
-                # before the company's cloud id, on every partition: nothing that waited for the
-                # company may be released before its partition knows the company waits for review
-                self.fan_out(fx, reviews.waiting_fact(result))
+                waiting = reviews.waiting_fact(result)
+                copy = tx.get(keys.fact_key(coords.partition, waiting.key))
+                if reviews.supersedes(copy, True, waiting.observed_at.timestamp()):
+                    # before the company's cloud id, on every partition: nothing that waited for the
+                    # company may be released before its partition knows it waits for review
+                    self.fan_out(fx, waiting)
+                # else: the same link, accepted already (a replay of the results): said once,
+                # so that the topic's last word on it stays the acceptance
             if home is None:
                 # to every partition: which partition holds the parked operations depends on
                 # the directory producer's partitioner, which need not be the sink's

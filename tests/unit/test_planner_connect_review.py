@@ -129,8 +129,11 @@ def test_a_company_matched_to_an_existing_cloud_company_gets_no_services_until_a
     (assign,) = h.ops
     assert isinstance(assign, AssignAccess) and assign.cloud_company_id == "cc-pre"
     # the same link answered again (a redelivery, a replay: the ledger repeats "linked")
-    h.result(company_up, "cc-pre", partition=1, effect="linked")
+    again = h.result(company_up, "cc-pre", partition=1, effect="linked")
     assert not any(h.r.identities(p).reviews.get("c1") for p in (0, 1)), "accepted stays accepted"
+    assert not [s for s in again.sends if s.role == "facts" and s.value.kind is FactKind.REVIEW], (
+        "not said again: the facts topic's last word on c1 stays the acceptance (compaction keeps it)"
+    )
 
 
 def test_an_acceptance_that_overtakes_the_link_on_a_partition_is_not_undone_by_it() -> None:
