@@ -93,6 +93,17 @@ def test_a_license_change_holds_business_access_until_the_new_instance_is_regist
         assert refused.returncode == 2 and "not a Customer administrator" in refused.stderr
         assert cloud.business_roles("u1") == [["Regnskap"]], "held while the instance differs"
 
+        # `vudsync status` names the blocked application (only the count of operations did)
+        status = vudsync_cli(settings, kafka_bootstrap, "status", "--json")
+        assert status.returncode == 1, status.stderr
+        report = json.loads(status.stdout)
+        assert report["blocked_applications"] == {"business": ["license key"]}
+        assert any(
+            "application business is blocked" in p and "`vudsync instances register business`" in p
+            for p in report["problems"]
+        )
+        assert "VB-KEY-2" not in status.stdout and license_fingerprint("VB-KEY-2", key) not in status.stdout
+
         registered = vudsync_cli(
             settings, kafka_bootstrap, "instances", "register", "business", "--yes", "--json"
         )
@@ -103,6 +114,8 @@ def test_a_license_change_holds_business_access_until_the_new_instance_is_regist
             120,
             what="the held role released once the new instance is registered",
         )
+        unblocked = json.loads(vudsync_cli(settings, kafka_bootstrap, "status", "--json").stdout)
+        assert unblocked["blocked_applications"] == {}
     (instance,) = httpx.get(
         f"{cloud.server.url}/v1/application-instances", headers=cloud.server.auth_headers()
     ).json()["items"]

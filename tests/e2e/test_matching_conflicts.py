@@ -86,6 +86,9 @@ def test_matching_by_e_mail_never_takes_over_or_deactivates_a_stranger(
         shown = {c["entity_id"]: c for c in json.loads(listed.stdout)["conflicts"]}
         assert shown.keys() == {"u2", "u3"} and shown["u2"]["linked_to"] == "u1"
         assert "customer administrator" in shown["u3"]["what_to_do"]
+        status = vudsync_cli(settings, kafka_bootstrap, "status", "--json")
+        assert status.returncode == 1 and json.loads(status.stdout)["open_conflicts"] == 2, status.stderr
+        assert any("2 open matching conflict(s)" in p for p in json.loads(status.stdout)["problems"])
         writer.update_user("u2", email="karianne@fjord.no")
         resolved = vudsync_cli(
             settings, kafka_bootstrap, "conflicts", "resolve", "user", "u2", "--timeout", "2m"
@@ -98,6 +101,8 @@ def test_matching_by_e_mail_never_takes_over_or_deactivates_a_stranger(
         assert still.returncode == 1 and "conflict" in still.stdout, still.stdout + still.stderr
         after = vudsync_cli(settings, kafka_bootstrap, "conflicts", "list", "--json")
         assert [c["entity_id"] for c in json.loads(after.stdout)["conflicts"]] == ["u3"]
+        counted = json.loads(vudsync_cli(settings, kafka_bootstrap, "status", "--json").stdout)
+        assert counted["open_conflicts"] == 1, "status settles a conflict by the list's rule"
 
         # the user whose link was refused is deleted on premise: nothing is deactivated
         writer.delete_user("u3")

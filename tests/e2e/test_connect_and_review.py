@@ -1,0 +1,167 @@
+"""Two operator steps the planner waits for, on the real broker, store and cloud API — each
+written as the mistake it prevents (issue 15, items 5 and 6):
+
+* a planner started before `vudsync connect` sent everything to a cloud whose credentials and
+  registrations nobody had checked: now it sends nothing (the cloud's audit has no write), says
+  so in the journal and in `vudsync status` (exit 1), and converges once connect succeeded;
+* an on-premise company whose organisation number matches a company that already existed in the
+  cloud was linked and got its users' services at once: now its assignments wait, `vudsync
+  review list` shows it (exit 1) and `status` counts it, the cloud's audit has nothing for its
+  access — until `vudsync review accept`, after which they are applied. A company vudsync
+  created needs no review.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from devtools.processes import wait_until
+from kernel.settings import Settings
+from schemas.results import OperationResult, ResultOutcome
+from schemas.topics import RESULTS
+from tests.fixtures.cloud import CloudReader
+from tests.kafka_read import read_all
+from tests.pipeline import alive_or_fail, business_directory, components, vudsync_cli
+
+
+def _results(settings: Settings, bootstrap: str, until: Any) -> list[OperationResult]:
+    records = read_all(
+        bootstrap,
+        settings.topic(RESULTS.name),
+        timeout=180,
+        until=lambda rs: until([OperationResult.model_validate_json(r.value) for r in rs]),
+    )
+    return [OperationResult.model_validate_json(r.value) for r in records]
+
+
+def _writes(cloud: CloudReader) -> list[dict[str, Any]]:
+    return [e for e in cloud.audit() if e["effect"] != "noop"]
+
+
+def test_a_planner_started_before_connect_sends_nothing_and_says_so_then_connect_converges(
+    pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
+) -> None:
+    settings = pipeline_settings
+    writer = business_directory(settings, kafka_bootstrap)
+    writer.upsert_companies([{"id": "c1", "name": "Fjord AS", "organisation_number": "923609016"}])
+    writer.upsert_user(id="u1", username="kari", email="kari@fjord.no", first_name="Kari", last_name="Holm")
+    writer.grant([("u1", "c1", "business", "role", "Regnskap")])
+
+    with components(settings, kafka_bootstrap, "producer", "planner", "sink") as procs:
+
+        def waiting(results: list[OperationResult]) -> bool:
+            alive_or_fail(procs)
+            parked = {
+                r.kind
+                for r in results
+                if r.outcome in (ResultOutcome.PARKED, ResultOutcome.BLOCKED)  # (no registry known either)
+                and "connect:installation" in r.details.get("waiting_for", ())
+            }
+            said = any(r.kind == "journal.waiting_for_connect" for r in results)
+            return said and {"user.upsert", "company.upsert", "access.assign"} <= parked
+
+        results = _results(settings, kafka_bootstrap, waiting)
+        said = [r for r in results if r.kind == "journal.waiting_for_connect"]
+        assert len(said) == 1, "once for the installation, not once per partition"
+        assert "run `vudsync connect`" in said[0].details["message"]
+        assert _writes(cloud) == [], "nothing written in the cloud before connect"
+
+        status = vudsync_cli(settings, kafka_bootstrap, "status", "--json")
+        assert status.returncode == 1, status.stderr
+        report = json.loads(status.stdout)
+        assert report["connected"] is False
+        assert any("`vudsync connect` has not succeeded" in p for p in report["problems"])
+
+        connected = vudsync_cli(settings, kafka_bootstrap, "connect")
+        assert connected.returncode == 0, connected.stderr
+        wait_until(
+            lambda: alive_or_fail(procs) and cloud.business_roles("u1") == [["Regnskap"]],
+            180,
+            what="u1 with its role in c1, once connected",
+        )
+        assert cloud.company("c1") is not None
+        after = json.loads(vudsync_cli(settings, kafka_bootstrap, "status", "--json").stdout)
+        assert after["connected"] is True
+        assert not any("vudsync connect" in p for p in after["problems"])
+    writer.close()
+
+
+def test_a_company_matched_to_an_existing_cloud_company_gets_no_services_until_reviewed(
+    pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
+) -> None:
+    settings = pipeline_settings
+    # in the cloud before vudsync: a company with c1's organisation number, under another name
+    existing = cloud.client.post(
+        "/v1/companies", json={"name": "Fjord Regnskap AS", "organisation_number": "923609016"}
+    ).json()
+    writer = business_directory(settings, kafka_bootstrap)
+    writer.upsert_companies(
+        [
+            {"id": "c1", "name": "Fjord AS", "organisation_number": "923 609 016"},
+            {"id": "c2", "name": "Nord AS", "organisation_number": "914778271"},  # vudsync creates it
+        ]
+    )
+    writer.upsert_user(id="u1", username="kari", email="kari@fjord.no", first_name="Kari", last_name="Holm")
+    writer.grant([("u1", "c1", "business", "role", "Regnskap"), ("u1", "c2", "business", "role", "Regnskap")])
+    assert vudsync_cli(settings, kafka_bootstrap, "connect").returncode == 0
+
+    with components(settings, kafka_bootstrap, "producer", "planner", "sink") as procs:
+
+        def held_for_review(results: list[OperationResult]) -> bool:
+            alive_or_fail(procs)
+            return any(
+                r.kind == "access.assign" and "review:c1" in r.details.get("waiting_for", ()) for r in results
+            )
+
+        results = _results(settings, kafka_bootstrap, held_for_review)
+        (review,) = [r for r in results if r.kind == "journal.company_review"]
+        assert review.outcome is ResultOutcome.REVIEW and existing["id"] in review.details["message"]
+        wait_until(
+            lambda: alive_or_fail(procs) and cloud.business_roles("u1") == [["Regnskap"]],
+            180,
+            what="u1's role in c2, which vudsync created (no review)",
+        )
+        c1, c2 = cloud.company("c1"), cloud.company("c2")
+        assert c1 is not None and c1["id"] == existing["id"], "linked, not a second company"
+        assert c1["name"] == "Fjord Regnskap AS", "the link changed nothing of the existing company"
+        assert c2 is not None
+        user = cloud.user("u1")
+        assert user is not None
+        access_to_c1 = f"{user['id']}/{existing['id']}"
+        assert not [e for e in cloud.audit() if e["resource_id"] == access_to_c1], "no access to c1"
+
+        listed = vudsync_cli(settings, kafka_bootstrap, "review", "list", "--json")
+        assert listed.returncode == 1, listed.stderr
+        shown = json.loads(listed.stdout)
+        assert [(c["company_id"], c["cloud_company_id"]) for c in shown["companies"]] == [
+            ("c1", existing["id"])
+        ]
+        assert "kari" not in listed.stdout.lower(), "ids only: no personal data of users"
+        status = json.loads(vudsync_cli(settings, kafka_bootstrap, "status", "--json").stdout)
+        assert status["companies_waiting_for_review"] == 1
+        assert any("wait for review" in p and "`vudsync review list`" in p for p in status["problems"])
+
+        # accept exactly what was listed
+        accepted = vudsync_cli(
+            settings,
+            kafka_bootstrap,
+            "review",
+            "accept",
+            "--all-up-to",
+            str(shown["up_to"]),
+            "--yes",
+            "--json",
+        )
+        assert accepted.returncode == 0, accepted.stderr
+        assert json.loads(accepted.stdout)["companies"] == ["c1"]
+        wait_until(
+            lambda: alive_or_fail(procs) and cloud.business_roles("u1") == [["Regnskap"], ["Regnskap"]],
+            180,
+            what="u1's role in c1 once reviewed",
+        )
+        written = [e for e in cloud.audit() if e["resource_id"] == access_to_c1 and e["effect"] != "noop"]
+        assert written, "applied once reviewed"
+        after = vudsync_cli(settings, kafka_bootstrap, "review", "list", "--json")
+        assert after.returncode == 0 and json.loads(after.stdout)["waiting"] == 0
+    writer.close()
