@@ -543,6 +543,16 @@ def planner() -> Dashboard:
             ],
         ),
         timeseries(
+            "Waiting for an operator: reviews and blocked applications",
+            "Companies linked to existing cloud companies whose assignments wait for `vudsync review "
+            "accept`; applications whose instance differs from the cloud's registration (1 = blocked: "
+            "the license-change procedure).",
+            [
+                (f"sum(vudsync_review_waiting_companies{{{sel}}})", "companies waiting for review"),
+                (f"max by (application) (vudsync_application_blocked{{{sel}}})", "{{application}} blocked"),
+            ],
+        ),
+        timeseries(
             "Journal entries by code",
             "What the planner recorded for people: instance mismatches, blocked applications, "
             "companies to review, …",
