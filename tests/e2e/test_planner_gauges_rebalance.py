@@ -22,7 +22,7 @@ from devtools.seed.writer import SqliteDirectoryWriter
 from kernel.settings import Settings
 from processors.app import app_id
 from tests.kafka_read import read_all
-from tests.pipeline import components, gauge, wait_for
+from tests.pipeline import components, connected, gauge, wait_for
 from vudsync.topics import ensure_catalogue
 
 USERS = 30
@@ -69,6 +69,7 @@ def test_after_a_rebalance_each_workers_gauges_count_its_own_partitions_only(
 ) -> None:
     settings = kafka_settings.model_copy(update={"topic_partitions": 3})
     ensure_catalogue(settings, kafka_bootstrap)
+    connected(settings, kafka_bootstrap)  # as after `vudsync connect`: the assignments wait for cloud ids
     writer = SqliteDirectoryWriter(settings.resolved_store_url().removeprefix("sqlite:///"))
     writer.add_application_instance("business", "https://vb.fjord.local", "VB-1")
     writer.upsert_catalogue("roles", [("business", "Regnskap", "Regnskap")])

@@ -10,7 +10,8 @@ every partition.
 
 The data exercises every rule on the way: a company whose organisation number is written
 differently on premise (``"923 609 016"``) than in the cloud (``"923609016"``, created there
-before connecting, under another name) is linked, not duplicated, with a review journal entry;
+before connecting, under another name) is linked, not duplicated, with a review journal entry,
+and its assignments wait until the operator accepts it (`vudsync review accept`);
 a user whose e-mail differs only in case from an existing cloud user is matched, not created;
 access waits (parked) until its user, company and roles exist in the cloud; one application
 instance is registered, the other matches the cloud's registry.
@@ -304,6 +305,17 @@ def test_two_planner_workers_one_killed_mid_stream_converge_without_applying_any
         d.delete(on[2])
         d.user(on[0], email=d.users[on[0]]["email"].capitalize(), active=0)
         survivors.update(later.enter_context(components(settings, kafka_bootstrap, "sink")))
+
+        # c000 was linked to the company that existed: its assignments wait for an operator's review
+        def waits_for_review() -> bool:
+            alive_or_fail(survivors)
+            listed = vudsync_cli(settings, kafka_bootstrap, "review", "list", "--json")
+            waiting = json.loads(listed.stdout)["companies"] if listed.stdout else []
+            return listed.returncode == 1 and [c["company_id"] for c in waiting] == ["c000"]
+
+        wait_until(waits_for_review, 180, interval=2, what="c000 waiting for review")
+        accepted = vudsync_cli(settings, kafka_bootstrap, "review", "accept", "c000", "--yes")
+        assert accepted.returncode == 0, accepted.stderr
         try:
             wait_until(
                 lambda: alive_or_fail(survivors) and not mismatches(d, cloud),
