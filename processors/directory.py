@@ -23,7 +23,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from processors import journal, keys, parking, planner, staging
+from processors import journal, keys, parking, planner
 from processors.control import GATE_PARTITION, DeletionRequested
 from processors.effects import Coords, Effects, Tx
 from processors.facts import Facts
@@ -138,8 +138,7 @@ class DirectoryEvents:
                     parking.index(tx, p, need.encode(), ref)
         for op in plan.operations:
             fx.send("operations", op.aggregate, op)
-        if self.settings.staging:  # what waits for a staged creation is shown with it
-            staging.stage_parked(fx, plan.parked, now)
+        fx.waiting.extend((x, None) for x in plan.parked)
         for x in plan.parked:
             outcome = ResultOutcome.BLOCKED if any(n.blocks for n in x.needs) else ResultOutcome.PARKED
             waiting = [n.encode() for n in x.needs]

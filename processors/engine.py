@@ -154,7 +154,9 @@ class Reconciler:
     def _staged(self, fx: Effects) -> Effects:
         """In staging mode, the operations to send are staged instead (:mod:`processors.staging`)."""
         if self.settings.staging:
-            fx.sends = staging.stage_sends(fx.sends, self._clock())
+            now = self._clock()
+            fx.sends = staging.stage_sends(fx.sends, now)
+            staging.stage_waiting(fx, fx.waiting, now)
         return fx
 
     # -- inspection ---------------------------------------------------------------------

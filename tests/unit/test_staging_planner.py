@@ -60,13 +60,16 @@ def test_an_assignment_waiting_for_a_creation_is_staged_with_its_needs_then_read
     assert h.ops == [] and h.r.parked() == 0
 
 
-def test_what_waits_for_the_gate_or_the_application_is_not_staged_until_let_go() -> None:
-    h = Harness(settings=PlannerSettings(staging=True))  # no connect: the registry is unknown
-    h.fact(kind=FactKind.USER, subject="u1", cloud_id="cu-1")
-    h.fact(kind=FactKind.COMPANY, subject="c1", cloud_id="cc-1")
+def test_what_is_blocked_is_staged_with_its_needs_once_it_waits_only_for_creations() -> None:
+    h = Harness(settings=PlannerSettings(staging=True))  # no connect yet: the registry is unknown
     h.event(user_event(2, access=(access("c1"),)))
     assert [s.operation.kind for s in h.staged] == ["user.upsert"], "the assignment is blocked"
     assert h.r.waiting().blocked == 1
+    h.connect(catalogue=())  # the registry is known now: it waits for creations only
+    (assign,) = [s for s in h.staged if s.operation.kind == "access.assign"]
+    assert set(assign.waiting_for) == {"user:u1", "company:c1", "catalogue:business:roles:Regnskap"}
+    h.fact(kind=FactKind.CATALOGUE, subject="business:roles:Regnskap")
+    assert len([s for s in h.staged if s.operation.kind == "access.assign"]) == 1, "staged once"
 
 
 def test_a_batch_in_staging_mode_sends_no_operation() -> None:
