@@ -26,6 +26,7 @@ def collect(settings: Settings, bootstrap: str) -> StatusReport:
     from vudsync.ops.kafka_admin import group_admin
     from vudsync.ops.lag_exporter import read_pipeline_lag
     from vudsync.ops.metrics_scrape import parse_endpoints, scrape
+    from vudsync.ops.staging import staged_count
     from vudsync.ops.status import LagRow, assemble
 
     scrapes = scrape(parse_endpoints(settings.status_metrics))
@@ -39,6 +40,7 @@ def collect(settings: Settings, bootstrap: str) -> StatusReport:
             ]
             queues = KafkaDeadLetterQueues(settings, bootstrap, admin)
             dlq = {d.topic: d.unhandled for d in (queues.depth(q) for q in ("directory", "operations"))}
+            now_staged = staged_count(settings, admin)
             indexer = JournalIndexer(settings, bootstrap, index)
             try:
                 indexer.catch_up(admin, timeout=60)
@@ -47,7 +49,15 @@ def collect(settings: Settings, bootstrap: str) -> StatusReport:
         stats = index.stats(time.time())
     finally:
         index.close()
-    return assemble(now=time.time(), members=members, lag=lag, scrapes=scrapes, dlq=dlq, journal=stats)
+    return assemble(
+        now=time.time(),
+        members=members,
+        lag=lag,
+        scrapes=scrapes,
+        dlq=dlq,
+        journal=stats,
+        staged=None if now_staged is None else now_staged.count,
+    )
 
 
 @click.command()

@@ -37,7 +37,6 @@ from kernel.records import TopicPartition as TP
 from kernel.settings import Settings
 from processors import deletions
 from processors.deletions import GateState
-from processors.service import planner_settings
 from schemas.codec import DecodeError, decode_model, encode
 from schemas.operations import CloudOperation, StagedOperation
 from schemas.topics import OPERATIONS, OPERATIONS_STAGED
@@ -116,6 +115,7 @@ def move_mark(settings: Settings, admin: KafkaGroupAdmin, offset: int, why: str)
 
 def deletions_go(settings: Settings, promotion: Promotion) -> bool:
     """The planner's accidental-delete rule on the promotion's deletions, judged as one burst."""
+    from processors.service import planner_settings  # Faust's import: only when promoting
     _, go = deletions.on_burst(
         GateState(),
         promotion.destructive,

@@ -14,6 +14,8 @@ Where each line comes from:
   number). A held operation is not also parked;
 - DLQ depths: unhandled dead letters (see :mod:`vudsync.ops.deadletters`);
 - circuit: the sinks' ``vudsync_cloud_circuit_open`` (unknown without their endpoints);
+- staging: the planners' ``vudsync_planner_staging`` (unknown without their endpoints) and the
+  records staged and not yet promoted or discarded (:mod:`vudsync.ops.staging`);
 - last applied change, its age and the throughput of the last minute: the journal
   (``vud.cloud.results``).
 """
@@ -64,6 +66,8 @@ class StatusReport:
     last_applied: Mapping[str, Any] | None
     last_minute: Mapping[str, int]
     problems: tuple[str, ...] = field(default_factory=tuple)
+    staging: str = "unknown"  # on | off | unknown (the planners' vudsync_planner_staging)
+    staged: int | None = None  # staged, not yet promoted or discarded (None: no staged topic)
 
     def lag_by_group(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -84,6 +88,7 @@ class StatusReport:
             "held_operations": self.held_operations,
             "dlq": dict(self.dlq),
             "circuit": self.circuit,
+            "staging": {"mode": self.staging, "staged_operations": self.staged},
             "last_applied": dict(self.last_applied) if self.last_applied else None,
             "last_minute": {
                 "by_outcome": dict(self.last_minute),
@@ -114,6 +119,7 @@ def assemble(
     scrapes: Sequence[Scrape],
     dlq: Mapping[str, int],
     journal: JournalStats,
+    staged: int | None = None,
 ) -> StatusReport:
     components: list[ComponentStatus] = []
     producer = [s for s in scrapes if s.endpoint.component == "producer"]
@@ -187,6 +193,9 @@ def assemble(
             "effect": e.effect,
         }
 
+    staging_on = planner_total("vudsync_planner_staging")
+    staging = "unknown" if staging_on is None else ("on" if staging_on else "off")
+
     problems: list[str] = []
     for c in components:
         if c.state == "down":
@@ -208,6 +217,11 @@ def assemble(
                 f"cloud-capture: the cloud's change feed has not advanced for {format_age(now - advanced)}: "
                 "administrators' changes do not reach the directory (its /readyz says why)"
             )
+    if staged:
+        problems.append(
+            f"{staged} staged record(s) not applied (planner staging mode: {staging}): "
+            "`vudsync staging diff`, then promote or discard"
+        )
     waiting = sum(r.lag for r in lag)
     if waiting and last is not None and float(last["age_seconds"]) > STALL_AFTER:
         problems.append(
@@ -226,6 +240,8 @@ def assemble(
         last,
         dict(journal.last_minute),
         tuple(problems),
+        staging,
+        staged,
     )
 
 
@@ -256,6 +272,8 @@ def render(report: StatusReport) -> list[str]:
     for topic, n in report.dlq.items():
         lines.append(f"dead letters        {n} unhandled in {topic}")
     lines.append(f"circuit to cloud    {report.circuit}")
+    staged = "no staged topic" if report.staged is None else f"{report.staged} staged record(s)"
+    lines.append(f"staging mode        {report.staging} ({staged})")
     if report.last_applied:
         la = report.last_applied
         lines.append(f"last applied        {la['time']} ({la['age']} ago) {la['kind']} {la['entity']}")
