@@ -184,3 +184,14 @@ def test_catalogue_and_registration_entries() -> None:
     assert result.counts() == {"catalogue": 1, "registrations": 1}
     cloud = CloudState([], [], {}, {("business", "roles", "Regnskap"): "R"}, {})
     assert diff(_staged(_rec(0, role)), cloud).counts() == {"no change": 1}
+
+
+def test_a_promotion_over_the_delete_threshold_is_judged_as_one_burst() -> None:
+    from kernel.settings import Settings
+    from vudsync.ops.staging import deletions_go
+    from vudsync.ops.staging_diff import Promotion
+
+    settings = Settings(planner_deletes_threshold=500)
+    assert deletions_go(settings, Promotion((), {}, destructive=500))
+    assert not deletions_go(settings, Promotion((), {}, destructive=1000)), "1,000 deactivations: held"
+    assert deletions_go(settings, Promotion((), {}, destructive=0))

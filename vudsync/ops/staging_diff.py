@@ -153,7 +153,9 @@ class Diff:
 
     @property
     def destructive(self) -> int:
-        return sum(1 for e in self.entries if e.destructive and e.change is not Change.NO_CHANGE)
+        """Deactivations, revokes and removals shown (no change or not): the number
+        ``promote --approve-deletions`` names when they pass the threshold."""
+        return sum(1 for e in self.entries if e.destructive)
 
     def counts(self) -> dict[str, int]:
         return {c.value: len(self.groups[c]) for c in Change if self.groups.get(c)}
