@@ -96,6 +96,11 @@ class Settings(BaseSettings):
         description="seconds: deletions wait until none came for this long, and a burst over the "
         "threshold is held whole",
     )
+    planner_staging: bool = Field(
+        default=False,
+        description="staging mode: plan every change, send nothing to the cloud; the operations "
+        "wait on vud.cloud.operations.staged for `vudsync staging diff|promote|discard`",
+    )
     planner_linger: float = Field(default=0.005, ge=0, description="producer linger of the planner, seconds")
     planner_session_timeout: float = Field(
         default=30.0, gt=0, description="seconds until a silent planner worker's partitions move"

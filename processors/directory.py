@@ -140,6 +140,7 @@ class DirectoryEvents:
                     parking.index(tx, p, need.encode(), ref)
         for op in plan.operations:
             fx.send("operations", op.aggregate, op)
+        fx.waiting.extend((x, None) for x in plan.parked)
         for x in plan.parked:
             if x.needs[0] == _CONNECT:  # needs_of puts it first
                 connection.awaited(tx, fx, p, x.operation)

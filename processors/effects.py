@@ -13,6 +13,8 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 
+from processors.model import Parked
+from processors.needs import Need
 from schemas.operations import CloudOperation
 
 
@@ -55,6 +57,9 @@ class Effects:
     partitions: dict[str, int] | None = None  # batches: key → the partition it was written for
     tallies: list[tuple[str, str]] = field(default_factory=list)  # batches: (entity, outcome)
     failed: list[tuple[int, Exception]] = field(default_factory=list)  # batches: index, error
+    #: operations parked now, or still parked after a release: each with the needs it waited
+    #: for before (None: parked now) — what staging mode shows (processors.staging)
+    waiting: list[tuple[Parked, tuple[Need, ...] | None]] = field(default_factory=list)
 
     def send(self, role: str, key: str, value: BaseModel, partition: int | None = None) -> None:
         self.sends.append(Send(role, key, value, partition))

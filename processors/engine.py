@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 
-from processors import gate, keys, parking, reviews
+from processors import gate, keys, parking, reviews, staging
 from processors.control import GATE_PARTITION
 from processors.directory import DirectoryEvents
 from processors.effects import BatchTx, Coords, Effects, Send, Tx
@@ -139,19 +139,27 @@ class Reconciler:
         self, ev: DirectoryEvent, coords: Coords, committed: int | None, tx: Tx | None = None
     ) -> Effects:
         """Plan one directory event. ``committed``: the committed offset of its topic partition."""
-        return self._directory.on_directory_event(tx or Tx(self.store), ev, coords, committed)
+        return self._staged(self._directory.on_directory_event(tx or Tx(self.store), ev, coords, committed))
 
     def on_result(self, result: OperationResult, coords: Coords, tx: Tx | None = None) -> Effects:
         """Learn from a result: cloud ids, the registry, the catalogue; the review journal."""
-        return self._facts.on_result(tx or Tx(self.store), result, coords)
+        return self._staged(self._facts.on_result(tx or Tx(self.store), result, coords))
 
     def on_fact(self, fact: PlannerFact, coords: Coords, tx: Tx | None = None) -> Effects:
         """Record a fact in this partition's copy; release what waited for it."""
-        return self._facts.on_fact(tx or Tx(self.store), fact, coords)
+        return self._staged(self._facts.on_fact(tx or Tx(self.store), fact, coords))
 
     def on_control(self, msg: BaseModel, coords: Coords, tx: Tx | None = None) -> Effects:
         """A message of the accidental-delete gate."""
-        return self._gate.on_control(tx or Tx(self.store), msg, coords)
+        return self._staged(self._gate.on_control(tx or Tx(self.store), msg, coords))
+
+    def _staged(self, fx: Effects) -> Effects:
+        """In staging mode, the operations to send are staged instead (:mod:`processors.staging`)."""
+        if self.settings.staging:
+            now = self._clock()
+            fx.sends = staging.stage_sends(fx.sends, now)
+            staging.stage_waiting(fx, fx.waiting, now)
+        return fx
 
     # -- inspection ---------------------------------------------------------------------
 

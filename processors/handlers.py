@@ -38,6 +38,7 @@ from processors.engine import Coords, Effects, Input, Reconciler
 from processors.faust_compat import Committed, Deliveries, OwnedKeys, SendNow, current_event_as
 from processors.keys import PARKED
 from processors.metrics import PlannerMetrics
+from processors.staging import STAGED
 from processors.topics import PlannerTopics
 from schemas.codec import DecodeError, decode_event, decode_model, encode
 from schemas.deadletter import error_headers
@@ -300,6 +301,8 @@ class PlannerHandlers:
         for s in fx.sends:
             if s.role == "operations":
                 metrics.child(metrics.planned, s.value.kind).inc()  # type: ignore[attr-defined]
+            elif s.role == STAGED:
+                metrics.child(metrics.staged, s.value.operation.kind).inc()  # type: ignore[attr-defined]
         for code in fx.journal:
             metrics.child(metrics.journal, code).inc()
         if fx.outcome is not None and fx.entity is not None:

@@ -16,6 +16,10 @@ state, each operation in exactly one (:class:`processors.parking.Waiting`):
 - ``vudsync_review_waiting_companies``: the companies waiting for review (their assignments
   wait; non-zero only on the worker that owns partition 0, which has every review fact).
 
+``vudsync_planner_staging`` is 1 while the worker runs in staging mode; what it stages counts
+in ``vudsync_operations_staged_total`` (what is staged and not yet promoted or discarded is the
+lag exporter's ``vudsync_staged_operations``).
+
 ``vudsync_parked_oldest_age_seconds`` is this worker's oldest parked operation's age: take the
 maximum over workers.
 """
@@ -42,6 +46,17 @@ class PlannerMetrics:
             "vudsync_operations_planned_total",
             "Cloud operations planned, by kind",
             ["kind"],
+            registry=registry,
+        )
+        self.staged = Counter(
+            "vudsync_operations_staged_total",
+            "Cloud operations staged instead of sent (staging mode), by kind",
+            ["kind"],
+            registry=registry,
+        )
+        self.staging = Gauge(
+            "vudsync_planner_staging",
+            "1 while this planner worker runs in staging mode (plans, but sends nothing to the sink)",
             registry=registry,
         )
         self.parked = Gauge(

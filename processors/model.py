@@ -163,6 +163,7 @@ class PlannerSettings:
     deletes_threshold_percent: float | None = None  # … or more than this % of live entities
     deletes_window_seconds: float = 3600.0  # … counted by commit time
     deletes_settle_seconds: float = 5.0  # deletions wait until none came for this long (0: at once)
+    staging: bool = False  # plan as ever, but stage what would be sent (processors.staging)
 
 
 ACCESS_OPS = (AssignAccess, RevokeAccess)  # isinstance() against a tuple: no union per call

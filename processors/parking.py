@@ -198,6 +198,8 @@ def release(tx: Tx, fx: Effects, knowledge: Knowledge, p: int, need: Need, now: 
                         index(tx, p, n, ref)
                 still.append({**item, "needs": remaining})
                 if set(remaining) != set(item["needs"]):
+                    now_waiting = Parked(parked.operation, needs, parked.apps, parked.deletion)
+                    fx.waiting.append((now_waiting, parked.needs))
                     # the journal says what it waits for now (explain, parked list), and a blocked
                     # operation that only waits for facts now is parked, no longer blocked
                     outcome = ResultOutcome.BLOCKED if any(n.blocks for n in needs) else ResultOutcome.PARKED

@@ -38,6 +38,7 @@ from processors.metrics import PlannerMetrics
 from processors.model import PlannerSettings
 from processors.tables import TableReads, declare_table
 from processors.topics import declare_topics, ensure_planner_topics
+from schemas.topics import OPERATIONS_STAGED
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ def planner_settings(settings: Settings) -> PlannerSettings:
         deletes_threshold_percent=settings.planner_deletes_percent,
         deletes_window_seconds=settings.planner_deletes_window,
         deletes_settle_seconds=settings.planner_deletes_settle,
+        staging=settings.planner_staging,
     )
 
 
@@ -155,11 +157,19 @@ def build_planner(settings: Settings, bootstrap: str, registry: CollectorRegistr
     reconciler = Reconciler(
         TableReads(table), planner_settings(settings), settings.topic_partitions, lambda: datetime.now(UTC)
     )
+    metrics = PlannerMetrics(registry)
+    metrics.staging.set(1 if settings.planner_staging else 0)
+    if settings.planner_staging:
+        log.warning(
+            "planner: staging mode: operations go to %s, nothing to the cloud "
+            "(vudsync staging diff | promote | discard)",
+            settings.topic(OPERATIONS_STAGED.name),
+        )
     handlers = PlannerHandlers(
         reconciler,
         table,
         topics,
-        PlannerMetrics(registry),
+        metrics,
         committed_offsets(app),
         topic_prefix=settings.topic_prefix,
         fetch=(missed := BrokerRange(bootstrap, security=settings.kafka_security())),
@@ -273,6 +283,7 @@ def planner_status_server(
             "held_operations": gauge("vudsync_held_operations"),
             "blocked_operations": gauge("vudsync_blocked_operations"),
             "held_deletions": gauge("vudsync_held_deletions"),
+            "staging": bool(gauge("vudsync_planner_staging")),
         }
 
     return status_server(settings, registry, port, "planner", readiness, figures)

@@ -20,6 +20,7 @@ from schemas.topics import (
     DIRECTORY_DLQ,
     DIRECTORY_TOPICS,
     OPERATIONS,
+    OPERATIONS_STAGED,
     PLANNER_CONTROL,
     PLANNER_FACTS,
     PLANNER_TOPICS,
@@ -43,8 +44,13 @@ class PlannerTopics:
     facts: faust.TopicT
     control: faust.TopicT
     dlq: faust.TopicT
+    staged: faust.TopicT | None = None  # staging mode: vud.cloud.operations.staged
 
     def by_role(self, role: str) -> faust.TopicT:
+        if role == "staged":
+            if self.staged is None:
+                raise ValueError("a staged operation, but the planner was not built for staging mode")
+            return self.staged
         return {
             "operations": self.operations,
             "results": self.results,
@@ -64,11 +70,12 @@ def declare_topics(app: faust.App, settings: Settings) -> PlannerTopics:
         facts=raw(settings.topic(PLANNER_FACTS.name)),
         control=raw(settings.topic(PLANNER_CONTROL.name)),
         dlq=raw(settings.topic(DIRECTORY_DLQ.name)),
+        staged=raw(settings.topic(OPERATIONS_STAGED.name)) if settings.planner_staging else None,
     )
 
 
 def ensure_planner_topics(settings: Settings, bootstrap: str) -> list[str]:
-    """Create the planner's own topics (facts, control) if missing; idempotent."""
+    """Create the planner's own topics (facts, control, staged operations) if missing; idempotent."""
     security = settings.kafka_security()
     replication = replication_factor(bootstrap, settings.topic_replication, security=security)
     return ensure_topics(
@@ -76,7 +83,7 @@ def ensure_planner_topics(settings: Settings, bootstrap: str) -> list[str]:
         [
             AdminTopicSpec(
                 settings.topic(spec.name),
-                settings.topic_partitions,
+                spec.partitions or settings.topic_partitions,
                 replication,
                 {**replication_config(replication), **spec.kafka_config(settings.history_days)},
             )

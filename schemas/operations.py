@@ -167,3 +167,15 @@ def version_slot(op: CloudOperation) -> str:
     if isinstance(op, AssignAccess | RevokeAccess):
         return f"{op.aggregate}|access:{op.company_id}"
     return op.aggregate
+
+
+class StagedOperation(Message):
+    """An operation the planner would have sent, kept on ``vud.cloud.operations.staged`` in
+    staging mode (keyed by its aggregate). ``waiting_for`` is empty when it would go now; else
+    it names the needs it waits for — what staged operations would create (a user, a company, a
+    catalogue entry) — and the planner stages it again, ready and with its cloud ids, once a
+    promotion applied those (the same operation id)."""
+
+    operation: CloudOperation
+    waiting_for: tuple[str, ...] = ()
+    staged_at: datetime

@@ -25,6 +25,7 @@ class TopicSpec:
     retention_ms: int
     description: str
     config: dict[str, str] = field(default_factory=dict)
+    partitions: int | None = None  # None: the installation's VUDSYNC_TOPIC_PARTITIONS
 
     def kafka_config(self, history_days: int = 7) -> dict[str, str]:
         history_ms = str(history_days * DAY_MS)
@@ -115,6 +116,19 @@ PLANNER_CONTROL = TopicSpec(
     "accidental-delete protection: requests to the gate (partition 0), operator approvals, releases",
 )
 
+# staging mode (``vudsync run planner --staging``): the operations the planner would send,
+# kept here until an operator promotes or discards them (``vudsync staging``). One partition:
+# one order for every aggregate, so that a listing is bounded by one offset (``--up-to``).
+OPERATIONS_STAGED = TopicSpec(
+    "vud.cloud.operations.staged",
+    "cloud aggregate (user:<id> | company:<id>)",
+    False,
+    30 * DAY_MS,
+    "staging mode: the operations the planner would send (and those waiting for what they would "
+    "create), kept until `vudsync staging promote` or `discard`",
+    partitions=1,
+)
+
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     *DIRECTORY_TOPICS.values(),
     DIRECTORY_DLQ,
@@ -127,7 +141,7 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
 
 # The planner's own topics; `vudsync run planner`, `connect` and `deletes` create them.
 # (To join ALL_TOPICS once schemas/export.py describes them.)
-PLANNER_TOPICS: tuple[TopicSpec, ...] = (PLANNER_FACTS, PLANNER_CONTROL)
+PLANNER_TOPICS: tuple[TopicSpec, ...] = (PLANNER_FACTS, PLANNER_CONTROL, OPERATIONS_STAGED)
 
 
 def entity_for_topic(name: str, prefix: str = "") -> EntityType | None:

@@ -34,6 +34,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         # planner: enabling the integration, accidental-delete protection
         ("connect", "connect", "connect"),
         ("deletes", "deletes", "deletes"),
+        ("staging", "staging", "staging"),
         ("instances", "instances", "instances"),
         ("conflicts", "conflicts", "conflicts"),
         ("review", "review", "review"),

@@ -125,3 +125,27 @@ def test_a_stale_snapshot_is_not_exported() -> None:
     assert "vudsync_consumer_lag_messages{" in _exported(registry)
     now[0] = 131.0
     assert "vudsync_consumer_lag_messages{" not in _exported(registry)
+
+
+def test_the_staged_operations_gauge_counts_after_the_staging_mark_and_is_no_group_lag() -> None:
+    registry = CollectorRegistry()
+    reader = FakeReader()  # every group committed 4 of the end offset 10
+    exporter = LagExporter(
+        reader,
+        [GroupSpec("g", ("t",))],
+        LagMetrics(registry, max_age=60),
+        interval=1,
+        staging=GroupSpec("s", ("t",)),
+    )
+    assert exporter.refresh()
+    text = _exported(registry)
+    assert "vudsync_staged_operations 6.0" in text
+    assert 'group="s"' not in text, "the staging mark is not a consumer's lag (no lag alert for it)"
+    absent = LagExporter(
+        reader,
+        [GroupSpec("g", ("t",))],
+        LagMetrics(CollectorRegistry(), max_age=60),
+        1,
+        GroupSpec("s", ("x",)),
+    )
+    assert absent.read_once().staged is None, "no staged topic: no figure"

@@ -42,6 +42,7 @@ class Harness:
         self.r = Reconciler(self.table, settings or PlannerSettings(), partitions, lambda: T0)
         self.partitions = partitions
         self.ops: list[Any] = []
+        self.staged: list[Any] = []  # staging mode: what it would have sent, and what waits
         self.results: list[OperationResult] = []
         self.control: list[Any] = []  # every control message, as `vudsync deletes list` reads them
         self.offsets = 0
@@ -51,6 +52,8 @@ class Harness:
         for s in fx.sends:
             if s.role == "operations":
                 self.ops.append(s.value)
+            elif s.role == "staged":
+                self.staged.append(s.value)
             elif s.role == "results":
                 self.results.append(s.value)  # type: ignore[arg-type]
             else:

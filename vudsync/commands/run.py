@@ -96,11 +96,26 @@ def _snapshot_bar() -> Iterator[Callable[[Any, int, int], None] | None]:
 @_METRICS
 @click.option("--worker-name", default=None, help="names this worker's state folder (default worker-1)")
 @click.option("--loglevel", default="warning", show_default=True)
-def planner(metrics_port: int | None, worker_name: str | None, loglevel: str) -> None:
-    """Reconciliation: Faust worker that plans cloud operations from directory events."""
+@click.option(
+    "--staging",
+    is_flag=True,
+    help="staging mode: plan everything, send nothing to the cloud; inspect with "
+    "`vudsync staging diff`, apply with `vudsync staging promote` (default: VUDSYNC_PLANNER_STAGING)",
+)
+def planner(metrics_port: int | None, worker_name: str | None, loglevel: str, staging: bool) -> None:
+    """Reconciliation: Faust worker that plans cloud operations from directory events.
+
+    \b
+    Example:
+      vudsync run planner --metrics-port 9102
+      vudsync run planner --staging        # a new installation: compute, inspect, then promote
+    """
     from processors.service import run_planner
 
-    settings = load_settings(**({"worker_name": worker_name} if worker_name else {}))
+    overrides: dict[str, object] = {"worker_name": worker_name} if worker_name else {}
+    if staging:
+        overrides["planner_staging"] = True
+    settings = load_settings(**overrides)
     bootstrap = resolve_bootstrap(settings)
     ensure_catalogue(settings, bootstrap, denied_ok=True)  # a component may not create topics
     run_planner(settings, bootstrap, metrics_port=metrics_port, loglevel=loglevel)

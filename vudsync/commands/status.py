@@ -28,6 +28,7 @@ def collect(settings: Settings, bootstrap: str) -> StatusReport:
     from vudsync.ops.lag_exporter import read_pipeline_lag
     from vudsync.ops.metrics_scrape import parse_endpoints, scrape
     from vudsync.ops.planner_facts import read_planner_facts
+    from vudsync.ops.staging import staged_count
     from vudsync.ops.status import LagRow, assemble
 
     scrapes = scrape(parse_endpoints(settings.status_metrics))
@@ -41,6 +42,7 @@ def collect(settings: Settings, bootstrap: str) -> StatusReport:
             ]
             queues = KafkaDeadLetterQueues(settings, bootstrap, admin)
             dlq = {d.topic: d.unhandled for d in (queues.depth(q) for q in ("directory", "operations"))}
+            now_staged = staged_count(settings, admin)
             indexer = JournalIndexer(settings, bootstrap, index)
             try:
                 indexer.catch_up(admin, timeout=60)
@@ -60,6 +62,7 @@ def collect(settings: Settings, bootstrap: str) -> StatusReport:
         journal=stats,
         told=told,
         conflicts=conflicts,
+        staged=None if now_staged is None else now_staged.count,
     )
 
 

@@ -172,7 +172,7 @@ def _diff(pairs: Sequence[tuple[str, Any, Any]]) -> tuple[FieldDiff, ...]:
     return tuple(FieldDiff(name, ours, theirs) for name, ours, theirs in pairs if _s(ours) != _s(theirs))
 
 
-def _services_from_state(services: Mapping[ApplicationType, ServiceAccess]) -> ServicesView:
+def services_from_state(services: Mapping[ApplicationType, ServiceAccess]) -> ServicesView:
     return {
         app.value: (tuple(sorted(s.roles)), tuple(sorted(s.layout_groups)), tuple(sorted(s.modules)))
         for app, s in services.items()
@@ -189,7 +189,7 @@ def _services_from_cloud(services: Mapping[str, Mapping[str, Any]]) -> ServicesV
     return out
 
 
-def _directory_part(item: Mapping[str, Any]) -> tuple[ServicesView, list[str]]:
+def directory_part(item: Mapping[str, Any]) -> tuple[ServicesView, list[str]]:
     """A cloud access item without the entries whose origin is the cloud (an administrator's:
     not the directory's to compare or repair), and those entries as "service/kind/name". A
     cloud that keeps no origins: every entry is the directory's."""
@@ -277,7 +277,7 @@ def compare(directory: DirectoryState, cloud: CloudState) -> DriftReport:
     for uid in sorted((set(directory.users) | set(cloud_users)) - directory.rejected_users):
         user_state = directory.users.get(uid)
         expected = (
-            {a.company_id: _services_from_state(a.services) for a in user_state.access} if user_state else {}
+            {a.company_id: services_from_state(a.services) for a in user_state.access} if user_state else {}
         )
         expected = {k: v for k, v in expected.items() if v}
         access_checked += len(expected)
@@ -286,7 +286,7 @@ def compare(directory: DirectoryState, cloud: CloudState) -> DriftReport:
         if found_user is not None:
             for item in cloud.access.get(found_user["id"], ()):
                 ext = company_ext.get(item.get("company_id")) or f"cloud:{item.get('company_id')}"
-                view, from_cloud = _directory_part(item)
+                view, from_cloud = directory_part(item)
                 cloud_origin += [f"{uid}/{ext}: {entry}" for entry in from_cloud]
                 if view:
                     actual[ext] = view

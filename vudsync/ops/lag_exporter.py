@@ -1,6 +1,6 @@
 """Consumer lag of the pipeline's consumer groups, read from the broker, for Prometheus.
 
-Exposes (names as in ARCHITECTURE.md; the last three are the exporter's own health):
+Exposes (names as in ARCHITECTURE.md; the three read-health metrics are the exporter's own):
 
 * ``vudsync_consumer_lag_messages{group,topic,partition}`` — messages the group has still to
   read: the partition's end offset minus the group's committed offset;
@@ -11,7 +11,10 @@ Exposes (names as in ARCHITECTURE.md; the last three are the exporter's own heal
   far the partition's log start has passed the group's committed offset (records deleted
   before the group read them); 0 while the committed offset is at or above the log start;
 * ``vudsync_consumer_lag_reads_total`` / ``vudsync_consumer_lag_read_errors_total`` and
-  ``vudsync_consumer_lag_read_timestamp_seconds`` (the last successful read, Unix time).
+  ``vudsync_consumer_lag_read_timestamp_seconds`` (the last successful read, Unix time);
+* ``vudsync_staged_operations`` — staging mode: records on ``vud.cloud.operations.staged``
+  after the staging mark (not yet promoted or discarded; :mod:`vudsync.ops.staging`); absent
+  while there is no staged topic. Not a lag: no consumer ever reads that group.
 
 Why a process of its own (``vudsync run lag-exporter``) and not a thread in the planner and
 the sink: lag matters most when a consumer is down or stuck, and an exporter inside that
@@ -86,6 +89,7 @@ class PartitionLag:
 class LagSnapshot:
     rows: tuple[PartitionLag, ...]
     taken_at: float  # time.monotonic() of the read
+    staged: int | None = None  # staging mode: records staged, not promoted or discarded (None: no topic)
 
 
 def compute_lag(
@@ -245,13 +249,25 @@ class LagCollector(Collector):
             ),
         )
 
+    @staticmethod
+    def _staged_family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "vudsync_staged_operations",
+            "Staging mode: records on vud.cloud.operations.staged not yet promoted or discarded",
+        )
+
     def describe(self) -> Iterator[GaugeMetricFamily]:
         yield from self._families()
+        yield self._staged_family()
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         lag, committed, lost = self._families()
+        staged = self._staged_family()
         snapshot = self._snapshot
-        if snapshot is not None and self.clock() - snapshot.taken_at <= self.max_age:
+        fresh = snapshot is not None and self.clock() - snapshot.taken_at <= self.max_age
+        if snapshot is not None and fresh and snapshot.staged is not None:
+            staged.add_metric([], snapshot.staged)
+        if snapshot is not None and fresh:
             for row in snapshot.rows:
                 labels = [row.group, row.topic, str(row.partition)]
                 lag.add_metric(labels, row.lag)
@@ -261,6 +277,7 @@ class LagCollector(Collector):
         yield lag
         yield committed
         yield lost
+        yield staged
 
 
 class LagMetrics:
@@ -293,20 +310,27 @@ class LagExporter:
         groups: Sequence[GroupSpec],
         metrics: LagMetrics,
         interval: float,
+        staging: GroupSpec | None = None,
     ) -> None:
         self.reader = reader
         self.groups = tuple(groups)
         self.metrics = metrics
         self.interval = interval
+        self.staging = staging  # the staging mark's group: its "lag" is what is staged
 
     def read_once(self) -> LagSnapshot:
-        committed = self.reader.committed([g.group for g in self.groups])
-        topics = {t for g in self.groups for t in g.topics}
+        extra = (self.staging,) if self.staging is not None else ()
+        committed = self.reader.committed([g.group for g in (*self.groups, *extra)])
+        topics = {t for g in (*self.groups, *extra) for t in g.topics}
         topics |= {topic for offsets in committed.values() for topic, _ in offsets}
         counts = self.reader.partitions(topics)
         partitions = [(topic, p) for topic, n in sorted(counts.items()) for p in range(n)]
         start, end = self.reader.log_offsets(partitions)
-        return LagSnapshot(tuple(compute_lag(self.groups, committed, start, end)), time.monotonic())
+        rows = tuple(compute_lag(self.groups, committed, start, end))
+        staged = None
+        if self.staging is not None and any(t in counts for t in self.staging.topics):
+            staged = sum(r.lag for r in compute_lag([self.staging], committed, start, end))
+        return LagSnapshot(rows, time.monotonic(), staged)
 
     def refresh(self) -> bool:
         """One read; True when it succeeded. Never raises: a failed read is logged and counted."""
@@ -371,7 +395,16 @@ def build_lag_exporter(settings: Settings, bootstrap: str, registry: CollectorRe
         pipeline_groups(settings),
         LagMetrics(registry, max_age=3 * settings.lag_interval),
         settings.lag_interval,
+        staging_spec(settings),
     )
+
+
+def staging_spec(settings: Settings) -> GroupSpec:
+    """The staging mark's group and the staged topic (:mod:`vudsync.ops.staging`)."""
+    from schemas.topics import OPERATIONS_STAGED
+    from vudsync.ops.staging import staging_group
+
+    return GroupSpec(staging_group(settings), (settings.topic(OPERATIONS_STAGED.name),))
 
 
 def lag_exporter_status_server(registry: CollectorRegistry, settings: Settings, port: int) -> StatusServer:

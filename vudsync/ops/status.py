@@ -14,6 +14,8 @@ Where each line comes from:
   number). A held operation is not also parked;
 - DLQ depths: unhandled dead letters (see :mod:`vudsync.ops.deadletters`);
 - circuit: the sinks' ``vudsync_cloud_circuit_open`` (unknown without their endpoints);
+- staging: the planners' ``vudsync_planner_staging`` (unknown without their endpoints) and the
+  records staged and not yet promoted or discarded (:mod:`vudsync.ops.staging`);
 - last applied change, its age and the throughput of the last minute: the journal
   (``vud.cloud.results``);
 - what the planner has been told (``vud.planner.facts``, :mod:`vudsync.ops.planner_facts`):
@@ -75,6 +77,8 @@ class StatusReport:
     reviews: int | None = None  # companies waiting for review
     blocked_applications: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # app -> fields
     conflicts: int | None = None  # open matching conflicts
+    staging: str = "unknown"  # on | off | unknown (the planners' vudsync_planner_staging)
+    staged: int | None = None  # staged, not yet promoted or discarded (None: no staged topic)
 
     def lag_by_group(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -95,6 +99,7 @@ class StatusReport:
             "held_operations": self.held_operations,
             "dlq": dict(self.dlq),
             "circuit": self.circuit,
+            "staging": {"mode": self.staging, "staged_operations": self.staged},
             "last_applied": dict(self.last_applied) if self.last_applied else None,
             "last_minute": {
                 "by_outcome": dict(self.last_minute),
@@ -131,6 +136,7 @@ def assemble(
     journal: JournalStats,
     told: PlannerFactsNow | None = None,
     conflicts: int | None = None,
+    staged: int | None = None,
 ) -> StatusReport:
     """The report and its problems (each one makes ``vudsync status`` exit 1). ``told``: what
     the planner's facts topic says (None: not read); ``conflicts``: open matching conflicts."""
@@ -206,6 +212,9 @@ def assemble(
             "effect": e.effect,
         }
 
+    staging_on = planner_total("vudsync_planner_staging")
+    staging = "unknown" if staging_on is None else ("on" if staging_on else "off")
+
     problems: list[str] = []
     for c in components:
         if c.state == "down":
@@ -249,6 +258,11 @@ def assemble(
             f"{conflicts} open matching conflict(s): a cloud user or company linked to someone else "
             "(its assignments wait) — `vudsync conflicts list`"
         )
+    if staged:
+        problems.append(
+            f"{staged} staged record(s) not applied (planner staging mode: {staging}): "
+            "`vudsync staging diff`, then promote or discard"
+        )
     waiting = sum(r.lag for r in lag)
     if waiting and last is not None and float(last["age_seconds"]) > STALL_AFTER:
         problems.append(
@@ -271,6 +285,8 @@ def assemble(
         reviews=len(told.reviews) if told is not None else None,
         blocked_applications=dict(told.mismatched) if told is not None else {},
         conflicts=conflicts,
+        staging=staging,
+        staged=staged,
     )
 
 
@@ -309,6 +325,8 @@ def render(report: StatusReport) -> list[str]:
     lines.append(f"circuit to cloud    {report.circuit}")
     if report.connected is not None:
         lines.append(f"connected           {'yes' if report.connected else 'no: run `vudsync connect`'}")
+    staged = "no staged topic" if report.staged is None else f"{report.staged} staged record(s)"
+    lines.append(f"staging mode        {report.staging} ({staged})")
     if report.last_applied:
         la = report.last_applied
         lines.append(f"last applied        {la['time']} ({la['age']} ago) {la['kind']} {la['entity']}")
