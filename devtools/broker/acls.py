@@ -21,6 +21,7 @@ from schemas.topics import (
     DIRECTORY_DLQ,
     OPERATIONS,
     OPERATIONS_DLQ,
+    OPERATIONS_STAGED,
     PLANNER_CONTROL,
     PLANNER_FACTS,
     RESULTS,
@@ -61,15 +62,17 @@ def component_acls(settings: Settings) -> list[Grant]:
     return [
         # producer: writes the directory topics and its DLQ (vud.directory.dlq), nothing else
         Grant(principal("producer"), "TOPIC", directory, "PREFIXED", write),
-        # planner: reads directory/results/facts/control; writes operations/facts/control/
-        # results and the directory DLQ; creates its own facts and control topics; its group;
-        # its changelog and Faust's internal topics
+        # planner: reads directory/results/facts/control; writes operations (in staging mode the
+        # staged operations)/facts/control/results and the directory DLQ; creates its own facts,
+        # control and staged topics; its group; its changelog and Faust's internal topics
         Grant(planner, "TOPIC", directory, "PREFIXED", read),
         Grant(planner, "TOPIC", t(DIRECTORY_DLQ.name), "LITERAL", write),
         Grant(planner, "TOPIC", t(RESULTS.name), "LITERAL", ("READ", "WRITE", "DESCRIBE")),
         Grant(planner, "TOPIC", t(PLANNER_FACTS.name), "LITERAL", ("READ", "WRITE", "DESCRIBE", "CREATE")),
         Grant(planner, "TOPIC", t(PLANNER_CONTROL.name), "LITERAL", ("READ", "WRITE", "DESCRIBE", "CREATE")),
         Grant(planner, "TOPIC", t(OPERATIONS.name), "LITERAL", write),
+        # staging mode: what it would send goes to the staged topic (created with its own topics)
+        Grant(planner, "TOPIC", t(OPERATIONS_STAGED.name), "LITERAL", ("WRITE", "DESCRIBE", "CREATE")),
         Grant(planner, "TOPIC", f"{group}-", "PREFIXED", ("ALL",)),
         Grant(planner, "GROUP", group, "PREFIXED", ("ALL",)),
         # sink: reads operations; writes results and its DLQ; its group

@@ -38,3 +38,9 @@ def test_cloud_capture_writes_the_cloud_changes_only() -> None:
     assert [(g.resource, g.name, g.pattern, g.operations) for g in grants] == [
         ("TOPIC", "p-vud.cloud.changes", "LITERAL", ("WRITE", "DESCRIBE"))
     ]
+
+
+def test_the_planner_in_staging_mode_writes_and_creates_the_staged_topic_only() -> None:
+    grants = [g for g in component_acls(Settings(topic_prefix="p-")) if g.principal == principal("planner")]
+    staged = [g for g in grants if g.name == "p-vud.cloud.operations.staged"]
+    assert [(g.pattern, g.operations) for g in staged] == [("LITERAL", ("WRITE", "DESCRIBE", "CREATE"))]
