@@ -58,6 +58,10 @@ def test_the_same_drift_repaired_twice_plans_the_same_ids_and_asks_the_gate_once
     assert h.ops == [] and h.r.held_deletions() == 1
     (held,) = gate.outstanding(h.control)
     assert held.entity_id == "u1@repair-r1"
+    h.results.clear()
+    h.event(repaired(user_event(15, active=False)))  # a pass while it is held: told "held" again
+    assert [r.outcome for r in h.results if r.outcome is not ResultOutcome.PARKED] == [ResultOutcome.HELD]
+    assert h.r.held_deletions() == 1 and len(gate.outstanding(h.control)) == 1
     h.decide(True, held.seq)
     (once,) = h.ops
     assert isinstance(once, UpsertUser) and not once.active
