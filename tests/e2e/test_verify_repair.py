@@ -98,6 +98,10 @@ def test_a_repair_deactivating_more_than_the_gate_allows_is_held_durably_and_app
         again = _vudsync(settings, kafka_bootstrap, *REPAIR, ok=(1,))
         assert sorted(json.loads(again.stdout)["repair"]["outcomes"].values()) == ["held"] * 4
         assert _listed(settings, kafka_bootstrap)["held"] == 4 and _deactivated(cloud) == {}
+        # as an operator reads it (no --json): what is held and what to run
+        text = _vudsync(settings, kafka_bootstrap, *(a for a in REPAIR if a != "--json"), ok=(1,))
+        assert "repair: 4 held" in text.stdout and "vudsync deletes approve --up-to" in text.stdout
+        assert "held" in text.stderr, "the results shown as they come"
 
         _vudsync(settings, kafka_bootstrap, "deletes", "approve", "--up-to", str(listed["up_to"]), "--yes")
         wait_until(

@@ -29,6 +29,9 @@ from vudsync.ops.drift import OBJECT_TYPES, DriftReport
 from vudsync.ops.repair_plan import RepairPlan
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from schemas.results import OperationResult
     from vudsync.ops.verify_runner import Sent
 from vudsync.ops.timespec import parse_duration
 
@@ -101,6 +104,21 @@ def _show_outcomes(sent: Sent, outcomes: dict[str, str]) -> None:
         click.echo(f"  not sent  {ref} — the store no longer holds it (the next verify sees it again)")
 
 
+def _progress(total: int) -> Callable[[OperationResult], None]:
+    """Shows the results as they come (stderr): the first ones, then a count now and then."""
+    seen = 0
+
+    def show(result: OperationResult) -> None:
+        nonlocal seen
+        seen += 1
+        if seen <= SHOWN:
+            click.echo(f"  {result.outcome.value:<15} {result.kind:<20} {result.entity_id}", err=True)
+        elif seen % 100 == 0:
+            click.echo(f"  … {seen} results for {total} operation(s)", err=True)
+
+    return show
+
+
 def _confirm(count: int) -> bool:
     if not sys.stdin.isatty():
         raise click.UsageError(
@@ -154,6 +172,7 @@ def _run(
                     sent.marks,
                     set(sent.operation_ids),
                     timeout=timeout,
+                    on_result=None if as_json else _progress(len(sent.operation_ids)),
                     security=settings.kafka_security(),
                 )
                 step["outcomes"] = outcomes
