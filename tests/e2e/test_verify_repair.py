@@ -13,8 +13,12 @@ import httpx
 from devtools.processes import wait_until
 from devtools.seed.writer import SqliteDirectoryWriter
 from kernel.settings import Settings
+from schemas.fingerprint import license_fingerprint
+from schemas.results import OperationResult
+from schemas.topics import RESULTS
 from tests.fixtures.cloud import CloudReader
-from tests.pipeline import alive_or_fail, components, vudsync_cli
+from tests.kafka_read import read_all
+from tests.pipeline import alive_or_fail, business_directory, components, vudsync_cli
 from vudsync.topics import ensure_catalogue
 
 
@@ -114,5 +118,58 @@ def test_a_repair_deactivating_more_than_the_gate_allows_is_held_durably_and_app
     assert max(_deactivated(cloud).values()) == 1, "each deactivated exactly once"
     per_key = collections.Counter(e["idempotency_key"] for e in cloud.audit() if e["idempotency_key"])
     assert max(per_key.values()) == 1
+    api.close()
+    writer.close()
+
+
+def test_a_repaired_assignment_for_a_mismatched_instance_is_blocked_like_a_directory_event(
+    pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
+) -> None:
+    """The attack: repair around the instance block. The license key changed on premise (the
+    instance no longer matches the cloud's registry) and an administrator removed the user's
+    access in the cloud: the repair of that access is blocked, as the directory's own change
+    would be — the cloud keeps no role until the instances match."""
+    settings = pipeline_settings
+    key = settings.require_secret("fingerprint_key").encode()
+    uri = "https://vb.fjord.local"
+    cloud.register_instance("business", uri, license_fingerprint("VB-KEY", key))
+    writer = business_directory(settings, kafka_bootstrap)  # topics, the role Regnskap
+    writer.add_application_instance("business", uri, "VB-KEY")
+    kari = {
+        "id": "u1",
+        "username": "kari",
+        "email": "kari@fjord.no",
+        "first_name": "Kari",
+        "last_name": "Holm",
+    }
+    with writer.transaction():
+        writer.upsert_companies([{"id": "c1", "name": "Fjord AS", "organisation_number": "923609016"}])
+        writer.upsert_users([kari])
+        writer.grant([("u1", "c1", "business", "role", "Regnskap")])
+    _vudsync(settings, kafka_bootstrap, "connect")
+    api = httpx.Client(base_url=cloud.server.url, headers=cloud.server.auth_headers(), timeout=10)
+    with components(settings, kafka_bootstrap, "producer", "planner", "sink") as procs:
+        wait_until(
+            lambda: alive_or_fail(procs) and cloud.business_roles("u1") == [["Regnskap"]], 180, what="synced"
+        )
+        writer.set_application_instance("business", uri, "VB-NEW-KEY")  # a license change on premise
+        read_all(
+            kafka_bootstrap,
+            settings.topic(RESULTS.name),
+            timeout=120,
+            security=settings.kafka_security(),
+            until=lambda rs: any(
+                OperationResult.model_validate_json(r.value).kind == "journal.instance_mismatch" for r in rs
+            ),
+        )
+        user, company = cloud.user("u1"), cloud.company("c1")
+        assert user is not None and company is not None
+        api.delete(f"/v1/users/{user['id']}/access/{company['id']}").raise_for_status()
+
+        done = _vudsync(settings, kafka_bootstrap, *REPAIR, ok=(1,))
+        repair = json.loads(done.stdout)["repair"]
+        assert repair["plan"]["by_kind"] == {"access.assign": 1}, repair["plan"]
+        assert list(repair["outcomes"].values()) == ["blocked"], repair
+        assert cloud.business_roles("u1") == [], "the repair did not go around the instance block"
     api.close()
     writer.close()
