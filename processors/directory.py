@@ -23,7 +23,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from processors import connection, journal, keys, parking, planner
+from processors import connection, journal, keys, parking, planner, repair
 from processors.control import GATE_PARTITION, DeletionRequested
 from processors.effects import Coords, Effects, Tx
 from processors.facts import Facts
@@ -65,6 +65,8 @@ class DirectoryEvents:
         ref = keys.entity_ref(ev.entity, ev.entity_id)
         ekey = keys.entity_key(ref)
         raw = tx.get(ekey)
+        if ev.repair is not None:
+            return self._on_repair(tx, fx, ev, coords, ref, raw)
         replay = False
         if raw is not None and ev.version <= raw["v"]:
             # a redelivery of an event not yet committed? then plan it again, against its past
@@ -111,6 +113,20 @@ class DirectoryEvents:
                 live = keys.live_key(coords.partition)
                 tx.set(live, max(0, (tx.get(live) or 0) + (-1 if was_live else 1)))
         fx.outcome = Outcome.REDELIVERED.value if replay else plan.outcome.value
+        return tx.effects(fx)
+
+    def _on_repair(
+        self, tx: Tx, fx: Effects, ev: DirectoryEvent, coords: Coords, ref: str, raw: Any
+    ) -> Effects:
+        """A repair from ``vudsync verify --repair`` (:mod:`processors.repair`): planned from
+        the event's state through the same gates; the entity's own ``e|`` value is left as it
+        is (a redelivered repair plans the same ids again: they are derived from the repair)."""
+        previous = _view(ev.entity, raw["v"], raw["d"], raw["s"]) if raw else None
+        now = self.clock()
+        plan = repair.plan_repair(previous, ev, self.knowledge.identities(tx, coords.partition), now=now)
+        if plan.view is not None:
+            self._apply_plan(tx, fx, coords.partition, ref, ev, plan, now)
+        fx.outcome = plan.outcome.value
         return tx.effects(fx)
 
     def _apply_plan(

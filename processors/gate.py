@@ -95,8 +95,16 @@ class Gate:
         if decided is not None:  # asked again (a redelivery upstream): the same answer
             fx.send("control", req.candidate, _decided(req, Decision(decided)), req.partition)
             return
-        if tx.get(keys.gate_candidate_key(req.candidate)) is not None:
-            return  # pending or held already
+        number = tx.get(keys.gate_candidate_key(req.candidate))
+        if number is not None:  # pending or held already
+            raw = tx.get(keys.gate_held_key(number))
+            if raw is not None and raw.get(_HELD):  # held: the same answer, to the asking partition
+                # (a repair re-planned by the next `verify --repair` pass says "held" again)
+                notice = DeletionHeld(
+                    candidate=req.candidate, partition=req.partition, reason=self._reason(number), seq=number
+                )
+                fx.send("control", req.candidate, notice, req.partition)
+            return
         arrived = (req.requested_at or req.committed_at).timestamp()
         # the request's stamp moves the gate's clock: a window quiet for long enough goes first
         state = self._settle(tx, fx, GateState.from_json(tx.get(keys.GATE_STATE)), arrived)
@@ -128,18 +136,20 @@ class Gate:
     def _hold(self, tx: Tx, fx: Effects, n: int, raw: dict[str, Any]) -> None:
         req = _request_of(raw)
         tx.set(keys.gate_held_key(n), {**raw, _HELD: True})
-        reason = (
+        fx.send(
+            "control",
+            req.candidate,
+            DeletionHeld(candidate=req.candidate, partition=req.partition, reason=self._reason(n), seq=n),
+            req.partition,
+        )
+        fx.journal.append("deletion_held")
+
+    def _reason(self, n: int) -> str:
+        return (
             f"held as #{n}: more than {self.settings.deletes_threshold} deletions within "
             f"{self.settings.deletes_window_seconds:.0f}s; the whole burst waits for "
             f"`vudsync deletes list`, then `vudsync deletes approve --up-to <n>` (or reject)"
         )
-        fx.send(
-            "control",
-            req.candidate,
-            DeletionHeld(candidate=req.candidate, partition=req.partition, reason=reason, seq=n),
-            req.partition,
-        )
-        fx.journal.append("deletion_held")
 
     def _settle(self, tx: Tx, fx: Effects, state: GateState, now: float) -> GateState:
         """Grant every pending request if the window has settled by ``now``."""

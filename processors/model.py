@@ -122,12 +122,14 @@ class JournalEntry:
 @dataclass(frozen=True)
 class Parked:
     """An operation held until its needs are met. ``apps`` are the applications it touches,
-    ``deletion`` the gate candidate it waits for (deletions only)."""
+    ``deletion`` the gate candidate it waits for (deletions only), ``tag`` the repair it belongs
+    to (``vudsync verify --repair``; its ids are derived from it)."""
 
     operation: CloudOperation
     needs: tuple[Need, ...]
     apps: tuple[ApplicationType, ...] = ()
     deletion: str | None = None
+    tag: str = ""
 
 
 @dataclass(frozen=True)

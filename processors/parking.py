@@ -70,14 +70,17 @@ def count_waiting(values: Iterable[Iterable[Mapping[str, Any]]]) -> Waiting:
 
 
 def parked_json(p: Parked) -> dict[str, Any]:
-    """The table value of one parked item."""
-    return {
+    """The table value of one parked item (``tag`` only for a repair's)."""
+    value: dict[str, Any] = {
         "slot": slot_of(p.operation),
         "op": p.operation.model_dump(mode="json"),
         "needs": [n.encode() for n in p.needs],
         "apps": [a.value for a in p.apps],
         "del": p.deletion,
     }
+    if p.tag:
+        value["tag"] = p.tag
+    return value
 
 
 def parked_from_json(raw: Mapping[str, Any]) -> Parked:
@@ -86,6 +89,7 @@ def parked_from_json(raw: Mapping[str, Any]) -> Parked:
         tuple(Need.decode(n) for n in raw["needs"]),
         tuple(ApplicationType(a) for a in raw["apps"]),
         raw.get("del"),
+        raw.get("tag") or "",
     )
 
 

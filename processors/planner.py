@@ -123,15 +123,26 @@ def plan(
 # -- building operations --------------------------------------------------------------------
 
 
-def _op(cls: type[Any], event: DirectoryEvent, now: datetime, discriminator: str = "", **fields: Any) -> Any:
+def _op(
+    cls: type[Any],
+    event: DirectoryEvent,
+    now: datetime,
+    discriminator: str = "",
+    *,
+    id_version: int | None = None,
+    **fields: Any,
+) -> Any:
     """An operation of ``event``, validated. Straight through pydantic-core's validator:
     ``cls(**fields)`` without ``BaseModel.__init__``'s Python frame and second keyword
     packing. (``model_construct`` and a hand-made unvalidated constructor were measured: no
-    cheaper than pydantic-core's validation of a dozen fields, which is C.)"""
+    cheaper than pydantic-core's validation of a dozen fields, which is C.) ``id_version``:
+    the version its id is derived from, when not the event's (repairs: :mod:`processors.repair`)."""
     kind = _OP_KIND.get(cls)
     if kind is None:
         kind = _OP_KIND[cls] = cls.model_fields["kind"].default
-    fields["operation_id"] = operation_id_for(kind, event.entity_id, event.version, discriminator)
+    fields["operation_id"] = operation_id_for(
+        kind, event.entity_id, event.version if id_version is None else id_version, discriminator
+    )
     fields["aggregate"] = f"{event.entity._value_}:{event.entity_id}"  # _value_: no enum property call
     fields["entity"] = event.entity
     fields["entity_id"] = event.entity_id
@@ -232,26 +243,29 @@ class _Router:
     """Sorts the operations of one plan into sent now, parked, and dropped. With a gate
     candidate (``deletion``), its destructive operations wait for the gate's decision."""
 
-    def __init__(self, ids: Identities, gated: DirectoryEvent | None = None) -> None:
+    def __init__(
+        self, ids: Identities, gated: DirectoryEvent | None = None, request: DeletionRequest | None = None
+    ) -> None:
         self.ids = ids
         self._gated = gated  # the event whose destructive operations are a gate candidate
+        self._request = request  # its candidate, when not the event's own (repairs)
         self.deletion: DeletionRequest | None = None  # built once one is routed (hot path)
         self.send: list[CloudOperation] = []
         self.parked: list[Parked] = []
         self.dropped: list[CloudOperation] = []
 
-    def route(self, op: CloudOperation, apps: Iterable[ApplicationType] = ()) -> None:
+    def route(self, op: CloudOperation, apps: Iterable[ApplicationType] = (), tag: str = "") -> None:
         apps = tuple(sorted(set(apps))) if apps else ()
         candidate = None
         if self._gated is not None and is_destructive(op):
             if self.deletion is None:
-                self.deletion = _candidate(self._gated)
+                self.deletion = self._request or _candidate(self._gated)
             candidate = self.deletion.candidate
         needs = needs_of(op, self.ids, apps, candidate)
         if needs is None:
             self.dropped.append(op)
         elif needs:
-            self.parked.append(Parked(op, needs, apps, candidate))
+            self.parked.append(Parked(op, needs, apps, candidate, tag))
         else:
             self.send.append(with_cloud_ids(op, self.ids))
 
@@ -369,7 +383,7 @@ def _plan_user(
 
 
 def without_blocked(
-    op: CloudOperation, apps: Iterable[ApplicationType], ids: Identities
+    op: CloudOperation, apps: Iterable[ApplicationType], ids: Identities, tag: str = ""
 ) -> tuple[AssignAccess, tuple[ApplicationType, ...]] | None:
     """The part of one company's access change that may go while some of the applications it
     touches (``apps``) are blocked (their instance does not match the cloud's registry), with
@@ -380,7 +394,8 @@ def without_blocked(
     or a revoke) and ``keep``s the blocked ones' cloud assignments as they are; ``op`` itself
     still waits for the blocked applications and, released, sets everything. Same version and
     a deterministic id: planned and released again, it is the same operation. None: ``op`` is
-    no access change, or nothing, or everything it touches is blocked."""
+    no access change, or nothing, or everything it touches is blocked. ``tag`` tells a repair's
+    part apart (:mod:`processors.repair`): its id is derived from it and version 0."""
     if not isinstance(op, ACCESS_OPS):
         return None
     touched = set(apps)
@@ -397,8 +412,8 @@ def without_blocked(
         operation_id=operation_id_for(
             "access.assign",
             op.entity_id,
-            op.source_version,
-            f"{op.company_id}|keep:{','.join(a.value for a in keep)}",
+            0 if tag else op.source_version,
+            f"{op.company_id}|keep:{','.join(a.value for a in keep)}" + (f"|{tag}" if tag else ""),
         ),
         aggregate=op.aggregate,
         entity=op.entity,
@@ -422,7 +437,7 @@ def release_unblocked(parked: Parked, ids: Identities, released: Need) -> CloudO
     go now — e.g. its user became known, or it waited for the registry of an application that
     turned out to match while another does not. None otherwise, and when ``released`` concerns
     a blocked application (the part could go before: it went then)."""
-    split = without_blocked(parked.operation, parked.apps, ids)
+    split = without_blocked(parked.operation, parked.apps, ids, parked.tag)
     if split is None:
         return None
     partial, going = split

@@ -22,10 +22,11 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from kernel.errors import OversizedRecord, RecordsTooLarge
 from kernel.publishing import RecordPublisher
@@ -36,7 +37,7 @@ from producers.model import ChangeRow, EntityRecord
 from producers.ports import ChangeLog
 from schemas.deadletter import HEADER_SOURCE_ROW, error_headers
 from schemas.directory import EntityType
-from schemas.events import Op
+from schemas.events import Op, Repair
 from schemas.topics import DIRECTORY_DLQ, DIRECTORY_TOPICS
 
 log = logging.getLogger(__name__)
@@ -294,7 +295,14 @@ class ChangeCapture:
 
     # -- on demand --------------------------------------------------------------------
 
-    def reemit(self, entity: EntityType, ids: Sequence[str]) -> Reemitted:
+    def reemit(
+        self,
+        entity: EntityType,
+        ids: Sequence[str],
+        *,
+        repairs: Mapping[str, Repair] | None = None,
+        removed: Mapping[str, dict[str, Any]] | None = None,
+    ) -> Reemitted:
         """Emit the current state of these entities again, exactly as the snapshot does (op
         ``r``, version = the change-log position read *before* the state, encoded by the same
         encoder, published by this capture's publisher), and return once the broker acked them.
@@ -304,7 +312,14 @@ class ChangeCapture:
         change committed after the position is read is streamed with a higher version, so it
         wins. A row capture rejects is reported, not dead-lettered again (its dead letter was
         written when it was captured); an id the store does not hold is reported as missing.
+
+        ``repairs`` (``vudsync verify --repair``): the events of these ids carry the
+        :class:`~schemas.events.Repair`, so the planner re-asserts their state even when it has
+        seen it. ``removed``: ids the store does not hold whose cloud objects are still live,
+        with a row of their last known values (the cloud's): each is emitted as a removal
+        (op ``d``, with its repair), so the planner deactivates it through the gate.
         """
+        repairs = repairs or {}
         position = self.log.position()
         records = self.log.read_entities(entity, list(ids))
         self.last_read = time.monotonic()
@@ -312,22 +327,30 @@ class ChangeCapture:
         topic = self._topic(entity)
         emitted: list[str] = []
         rejected: dict[str, str] = {}
-        for entity_id in ids:
-            record = records.get(entity_id)
+        gone = {i: row for i, row in (removed or {}).items() if i not in records}
+        for entity_id, op in [*((i, Op.READ) for i in ids), *((i, Op.DELETE) for i in gone)]:
+            record = (
+                records.get(entity_id)
+                if op is Op.READ
+                else deleted_record(entity, entity_id, gone[entity_id])
+            )
             if record is None:
                 continue
             value, rejections = self.encoder.encode(
                 record,
-                op=Op.READ,
+                op=op,
                 version=position,
                 seq=position,
                 committed_at=now.timestamp(),
                 now=now,
-                snapshot=True,
+                snapshot=op is Op.READ,
             )
             if value is None:
                 rejected[entity_id] = "; ".join(r.reason for r in rejections) or "rejected by capture"
                 continue
+            repair = repairs.get(entity_id)
+            if repair is not None:
+                value = _with_repair(value, repair)
             self.publisher.publish(topic, entity_id, value)
             emitted.append(entity_id)
         oversized = sum(self._flush(self.publisher).values())  # dead-lettered by reference
@@ -467,3 +490,10 @@ class ChangeCapture:
             if following.first_committed_at is not None:  # the oldest change not yet captured
                 self.metrics.capture_lag.set(max(0.0, time.time() - following.first_committed_at))
             batch = following
+
+
+def _with_repair(value: bytes, repair: Repair) -> bytes:
+    """An encoded event with its repair set (few events: verify's repairs only)."""
+    event = json.loads(value)
+    event["repair"] = repair.model_dump(mode="json")
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()

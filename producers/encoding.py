@@ -47,8 +47,8 @@ log = logging.getLogger(__name__)
 # Digest of each event model the fast path mirrors (see model_digest). Update only after
 # checking the fast path below against the changed model.
 MIRRORED: dict[EntityType, str] = {
-    EntityType.USER: "e0553e1c9e55d70e",
-    EntityType.COMPANY: "7ff8264874effb85",
+    EntityType.USER: "32557c05b8e31fa9",
+    EntityType.COMPANY: "22d93c8e84f7dac7",
 }
 
 _APPLICATIONS = frozenset(a.value for a in ApplicationType)
@@ -236,6 +236,7 @@ class EventEncoder:
                                 "snapshot": snapshot,
                                 "committed_at": self._committed_text(committed_at),
                             },
+                            "repair": None,  # only verify's repairs carry one
                             "entity": _ENTITY_TEXT[entity],
                             "state": state,
                         }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -22,6 +22,7 @@ from producers.metrics import ProducerMetrics
 from producers.ports import ChangeLog
 from producers.sqlite_changelog import SqliteChangeLog, sqlite_path
 from schemas.directory import EntityType
+from schemas.events import Repair
 
 log = logging.getLogger(__name__)
 
@@ -101,15 +102,22 @@ def build_capture(
 
 
 def reemit_current_state(
-    settings: Settings, bootstrap: str, entity: EntityType, ids: Sequence[str]
+    settings: Settings,
+    bootstrap: str,
+    entity: EntityType,
+    ids: Sequence[str],
+    *,
+    repairs: Mapping[str, Repair] | None = None,
+    removed: Mapping[str, dict[str, Any]] | None = None,
 ) -> Reemitted:
     """Send the current state of these entities through the pipeline again (provision on
-    demand, re-snapshot): :meth:`ChangeCapture.reemit` on the store opened read-only, through
-    the producer's own Kafka client (``VUDSYNC_CAPTURE_CLIENT``), so each key lands on the
-    partition the running producer puts it on, where the planner keeps that entity's state."""
+    demand, re-snapshot, verify's repairs): :meth:`ChangeCapture.reemit` on the store opened
+    read-only, through the producer's own Kafka client (``VUDSYNC_CAPTURE_CLIENT``), so each
+    key lands on the partition the running producer puts it on, where the planner keeps that
+    entity's state."""
     capture = build_capture(settings, bootstrap, read_only=True)
     try:
-        return capture.reemit(entity, ids)
+        return capture.reemit(entity, ids, repairs=repairs, removed=removed)
     finally:
         capture.publisher.close()
         capture.log.close()

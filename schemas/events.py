@@ -48,6 +48,31 @@ class Source(Message):
     committed_at: datetime = Field(description="when the change was committed in the store")
 
 
+class Repair(Message):
+    """What ``vudsync verify --repair`` asks the planner to re-assert with an event: the
+    entity's current state (or, for one the store no longer holds, its removal) for the slots
+    the cloud differs in — planned even if the state is not newer than the one the planner has
+    seen, through the same gates as any directory event.
+
+    ``run`` tells repairs apart: it is derived from the drift verify saw (including the cloud
+    object's version), so a repair of the same drift sent twice plans the same operation ids,
+    and a repair of a new drift plans new ones. ``cloud_ids`` are the cloud ids verify found
+    linked (by external id) to the entity and to the companies of its access slots: the
+    planner uses them where it has not learned them itself (an entity it never planned)."""
+
+    run: str = Field(min_length=1, max_length=64, pattern=r"^[0-9A-Za-z_-]+$")
+    slots: tuple[str, ...] = Field(
+        min_length=1, description='"user", "company", "catalogue" or "access:<company id>"'
+    )
+    cloud_ids: dict[str, str] = Field(
+        default_factory=dict, description='"user:<id>" / "company:<id>" -> the linked cloud id'
+    )
+    apps: dict[str, tuple[str, ...]] = Field(
+        default_factory=dict,
+        description="per access slot, the applications the cloud holds there (they are touched too)",
+    )
+
+
 class _DirectoryEvent(Message):
     event_id: str
     entity_id: str = Field(min_length=1)
@@ -55,6 +80,9 @@ class _DirectoryEvent(Message):
     op: Op
     ts: datetime = Field(description="when the producer emitted the event")
     source: Source
+    repair: Repair | None = Field(
+        default=None, description="set by `vudsync verify --repair` only: re-assert this state"
+    )
 
 
 class UserChanged(_DirectoryEvent):

@@ -1,5 +1,5 @@
 """``vudsync verify`` on a real SQLite directory store and the real cloud API over HTTP; the
-repair goes through a real sink worker on the real broker."""
+repair goes through a real planner and sink worker on the real broker."""
 
 from __future__ import annotations
 
@@ -84,15 +84,22 @@ def test_verify_reports_drift_by_type_and_repair_removes_it(
     text = run(s, kafka_bootstrap, "verify")
     assert "missing   user:u4" in text.stdout and "4 drift(s)." in text.stdout
 
-    # repair through the normal apply path: the sink, its ledger, the cloud's idempotency keys
+    # repair through the planner (its gates) and the normal apply path: the sink, its ledger,
+    # the cloud's idempotency keys
     ensure_catalogue(s, kafka_bootstrap)
-    with components(s, kafka_bootstrap, "sink") as procs:
+    assert run(s, kafka_bootstrap, "connect").exit_code == 0
+    with components(s, kafka_bootstrap, "planner", "sink") as procs:
         repaired = run(s, kafka_bootstrap, "verify", "--repair", "--yes", "--json", "--timeout", "3m")
         alive_or_fail(procs)
     assert repaired.exit_code == 0, repaired.output
     result = json.loads(repaired.stdout)
-    assert len(result["repair"][0]["published"]) == 4
-    assert set(result["repair"][0]["outcomes"].values()) == {"applied"}
+    assert result["repair"]["plan"]["by_kind"] == {
+        "access.assign": 1,
+        "user.deactivate": 1,
+        "user.upsert": 2,
+    }
+    assert len(result["repair"]["operation_ids"]) == 4
+    assert set(result["repair"]["outcomes"].values()) == {"applied"}
     assert result["after_repair"]["clean"]
     assert cloud.user("ghost")["active"] is False and cloud.user("u2")["first_name"] == "Åse"
     per_key = collections.Counter(e["idempotency_key"] for e in cloud.audit() if e["idempotency_key"])

@@ -6,7 +6,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from processors.deletions import GateState, is_destructive
+from processors import gate
 from processors.model import PlannerSettings
 from schemas.codec import encode
 from schemas.deadletter import error_headers
@@ -17,16 +17,16 @@ from schemas.directory import (
     CompanyState,
     ServiceAccess,
 )
-from schemas.operations import AssignAccess, DeactivateUser, UpsertCompany, UpsertUser
+from schemas.events import Op
+from schemas.operations import DeactivateUser
 from schemas.results import ResultOutcome
-from tests.factories import T0, op_result, user_state, user_upsert
+from tests.factories import T0, op_result, user_event, user_state, user_upsert
+from tests.unit.test_planner_engine import Harness
 from vudsync.ops.drift import (
     CloudState,
     DirectoryState,
     DriftKind,
     compare,
-    gate_deletions,
-    repair_operations,
 )
 from vudsync.ops.groups import GroupMember
 from vudsync.ops.journal import (
@@ -38,6 +38,7 @@ from vudsync.ops.journal import (
 )
 from vudsync.ops.journal_index import JournalStats
 from vudsync.ops.metrics_scrape import Endpoint, Scrape, parse_endpoints
+from vudsync.ops.repair_plan import repair_requests
 from vudsync.ops.status import LagRow, assemble, render
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -183,28 +184,35 @@ def test_drift_by_object_type_and_its_repair() -> None:
     assert [(f.field, f.directory, f.cloud) for f in diff.fields] == [("first_name", "Kari", "Kåre")]
     assert report.counts()["user"] == {"missing": 1, "extra": 1, "different": 1}
 
-    plan = repair_operations(report, directory, cloud, NOW)
-    kinds = sorted((op.kind, op.entity_id) for op in plan.operations)
-    assert kinds == [
-        ("access.assign", "u1"),
-        ("user.deactivate", "gone"),
-        ("user.upsert", "u2"),
-        ("user.upsert", "u3"),
+    plan = repair_requests(report, directory, cloud)
+    asked = sorted((r.entity_id, r.repair.slots, r.sends, r.removed is not None) for r in plan.requests)
+    assert asked == [
+        ("gone", ("user",), ("user.deactivate",), True),
+        ("u1", ("access:c1",), ("access.assign",), False),
+        ("u2", ("user",), ("user.upsert",), False),
+        ("u3", ("user",), ("user.upsert",), False),
     ]
-    assign = next(op for op in plan.operations if isinstance(op, AssignAccess))
-    assert (assign.cloud_user_id, assign.cloud_company_id) == ("U1", "C1")
-    upsert = next(op for op in plan.operations if isinstance(op, UpsertUser) and op.entity_id == "u2")
-    assert upsert.cloud_id == "U2" and upsert.first_name == "Kari" and upsert.aggregate == "user:u2"
-    assert next(op for op in plan.operations if isinstance(op, DeactivateUser)).cloud_id == "U9"
-    # the same drift repairs with the same ids (one effect); a new drift gets new ids
-    again = repair_operations(compare(directory, cloud), directory, cloud, NOW)
-    assert [o.operation_id for o in again.operations] == [o.operation_id for o in plan.operations]
+    by_id = {r.entity_id: r for r in plan.requests}
+    assert by_id["u1"].repair.cloud_ids == {"company:c1": "C1", "user:u1": "U1"}
+    assert by_id["gone"].repair.cloud_ids == {"user:gone": "U9"}, "the linked cloud user, never by e-mail"
+    assert by_id["gone"].removed is not None and by_id["gone"].removed["email"] == "gone@firma.no"
+    assert by_id["u3"].repair.cloud_ids == {} and plan.deletions == 1
+    # the same drift is the same repair (one effect); a new drift is a new one
+    again = repair_requests(compare(directory, cloud), directory, cloud)
+    assert [r.repair for r in again.requests] == [r.repair for r in plan.requests]
     other = _cloud(
         access={"U1": [], "U2": [], "U9": []},
         users=[*cloud.users[:1], _cloud_user("u2", "U2", first_name="K")],
     )
-    changed = repair_operations(compare(directory, other), directory, other, NOW)
-    assert upsert.operation_id not in {o.operation_id for o in changed.operations}
+    changed = {r.entity_id: r for r in repair_requests(compare(directory, other), directory, other).requests}
+    assert changed["u2"].repair.run != by_id["u2"].repair.run
+    # a repair applied moves the cloud object's version: the same-looking drift again is new
+    bumped = _cloud(
+        access={"U1": [], "U2": [], "U9": []},
+        users=[cloud.users[0], {**cloud.users[1], "version": 7}, *cloud.users[2:]],
+    )
+    later = {r.entity_id: r for r in repair_requests(compare(directory, bumped), directory, bumped).requests}
+    assert later["u2"].repair.run != by_id["u2"].repair.run and later["u3"].repair == by_id["u3"].repair
 
 
 def test_company_catalogue_and_instance_drift() -> None:
@@ -243,16 +251,12 @@ def test_company_catalogue_and_instance_drift() -> None:
     }
     instance = next(d for d in report.drifts if d.object_type == "application_instance")
     assert "x" not in str(instance.as_dict()) and {f.field for f in instance.fields} == {"uri", "license key"}
-    plan = repair_operations(report, directory, cloud, NOW)
-    assert sorted(op.kind for op in plan.operations) == [
-        "catalogue.remove",
-        "catalogue.upsert",
-        "company.upsert",
-        "company.upsert",
-    ]
-    inactive = next(op for op in plan.operations if isinstance(op, UpsertCompany) and op.entity_id == "c2")
-    assert inactive.status == "inactive" and inactive.cloud_id == "C2"
-    assert [d.object_type for d, _ in plan.skipped] == ["application_instance"]
+    plan = repair_requests(report, directory, cloud)
+    assert plan.counts() == {"catalogue.upsert": 1, "company.deactivate": 1, "company.upsert": 1}
+    by_id = {r.entity_id: r for r in plan.requests}
+    assert by_id["c2"].removed is not None and by_id["c2"].repair.cloud_ids == {"company:c2": "C2"}
+    assert by_id["business:Regnskap"].entity.value == "role"
+    assert sorted(d.object_type for d, _ in plan.skipped) == ["application_instance", "catalogue"]
 
 
 # -- status ----------------------------------------------------------------------------------
@@ -352,40 +356,41 @@ def test_a_row_capture_rejects_is_reported_rejected_never_extra_nor_repaired() -
     assert report.rejected_in_cloud == ("company:c9", "user:u4")
     assert report.as_dict()["rejected_in_cloud"] == ["company:c9", "user:u4"]
     assert report.rejected == 2
-    assert repair_operations(report, directory, cloud, NOW).operations == ()
+    assert repair_requests(report, directory, cloud).requests == ()
 
 
 def test_repair_of_more_deactivations_than_the_gate_allows_holds_them() -> None:
     """The mistake: a store that lost most of its users (a wrong database, a botched import).
-    Every cloud user is "extra", and repair used to deactivate them all at once. Its deletions
-    now pass the planner's accidental-delete gate rule as one burst: over the threshold none
-    goes (not the first two of five), and a scheduled pass (the gate carried over) sends no
-    more until the window is decided."""
+    Every cloud user is "extra", and repair used to deactivate them all at once (then: judged
+    in verify's memory, lost with it). Now each is a removal asked of the planner, whose gate
+    holds the whole burst over the threshold — the repair events exactly as verify builds them,
+    through the reconciler."""
     directory = _directory()
     gone = [_cloud_user(f"gone{i}", f"G{i}") for i in range(5)]
     cloud = _cloud(users=[_cloud_user("u1", "U1"), _cloud_user("u2", "U2"), _cloud_user("u3", "U3"), *gone])
-    plan = repair_operations(compare(directory, cloud), directory, cloud, NOW)
-    settings = PlannerSettings(deletes_threshold=2)
-    gated, gate = gate_deletions(plan, GateState(), settings, live=4, at=NOW.timestamp())
-    assert sum(isinstance(op, DeactivateUser) for op in plan.operations) == 5
-    assert [op.entity_id for op in gated.operations if isinstance(op, DeactivateUser)] == []
-    assert [op.entity_id for op in gated.held] == ["gone0", "gone1", "gone2", "gone3", "gone4"]
-    assert [op for op in gated.operations if not is_destructive(op)] == [
-        op for op in plan.operations if not is_destructive(op)
+    plan = repair_requests(compare(directory, cloud), directory, cloud)
+    assert plan.deletions == 5 and all(r.removed is not None for r in plan.requests)
+
+    h = Harness(partitions=2, settings=PlannerSettings(deletes_threshold=2))
+    h.connect()
+    for i, r in enumerate(plan.requests):
+        assert r.removed is not None
+        state = user_state(r.entity_id, email=r.removed["email"], active=False)
+        ev = user_event(40, op=Op.DELETE, state=state).model_copy(update={"repair": r.repair})
+        h.event(ev, partition=i % 2)
+    h.tick(3600)
+    assert h.ops == [] and h.r.held_deletions() == 5
+    # the next scheduled pass asks again: the same repairs, held once
+    for i, r in enumerate(repair_requests(compare(directory, cloud), directory, cloud).requests):
+        ev = user_event(41, op=Op.DELETE, state=user_state(r.entity_id, active=False))
+        h.event(ev.model_copy(update={"repair": r.repair}), partition=i % 2)
+    h.tick(7200)
+    assert h.ops == [] and h.r.held_deletions() == 5
+    assert sorted(x.entity_id.split("@")[0] for x in gate.outstanding(h.control)) == [
+        f"gone{i}" for i in range(5)
     ]
-    # the next scheduled pass: the gate holds, nothing more goes
-    again, _ = gate_deletions(plan, gate, settings, live=4, at=NOW.timestamp() + 600)
-    assert not any(is_destructive(op) for op in again.operations) and len(again.held) == 5
-    # under the threshold the whole pass goes
-    under, _ = gate_deletions(
-        plan, GateState(), PlannerSettings(deletes_threshold=5), live=4, at=NOW.timestamp()
-    )
-    assert under.operations == plan.operations and under.held == ()
-    # the percentage rule too: 2 of 4 live entities is over 25 %
-    by_percent, _ = gate_deletions(
-        plan, GateState(), PlannerSettings(deletes_threshold_percent=25.0), live=4, at=NOW.timestamp()
-    )
-    assert len(by_percent.held) == 5
+    h.decide(True, max(x.seq for x in gate.outstanding(h.control)))
+    assert sorted(o.cloud_id for o in h.ops if isinstance(o, DeactivateUser)) == [f"G{i}" for i in range(5)]
 
 
 def test_access_an_administrator_assigned_in_the_cloud_is_reported_apart_never_drift() -> None:
@@ -403,7 +408,7 @@ def test_access_an_administrator_assigned_in_the_cloud_is_reported_apart_never_d
     report = compare(directory, _cloud(users=users, access=access))
     assert report.clean, report.drifts
     assert report.cloud_origin == ("u1/c1: business/roles/Lønn", "u1/c1: reporting/roles/Leser")
-    assert repair_operations(report, directory, _cloud(users=users, access=access), NOW).operations == ()
+    assert repair_requests(report, directory, _cloud(users=users, access=access)).requests == ()
 
     # the directory's own entry gone from the cloud is still drift
     entries_without_ours = [e for e in entries if e["origin"] == "cloud"]

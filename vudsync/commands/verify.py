@@ -1,11 +1,14 @@
 """``vudsync verify``: compare the directory store with the cloud, object by object.
 
-Prints a drift report by object type (missing, extra, different fields); ``--repair`` sends
-corrective operations through the sink — after showing them and asking (``--yes`` skips the
-question, ``--dry-run`` only shows them), and with its deletions passed through the planner's
-accidental-delete gate rule; ``--every 10m`` (or ``VUDSYNC_VERIFY_EVERY``) repeats it on a
-schedule, one gate window across passes. Exit status: 0 no drift, 1 drift found (after
-repair: drift left), 2 refused (no store, an empty store, bad settings).
+Prints a drift report by object type (missing, extra, different fields); ``--repair`` asks
+the planner to re-assert each drifted entity's directory state (:mod:`vudsync.ops.repair_plan`)
+— after showing what it asks for and asking (``--yes`` skips the question, ``--dry-run`` only
+shows it). The planner plans the repairs like directory events: deactivations and revokes
+pass the accidental-delete gate (held ones in ``vudsync deletes list``), access waits for a
+matching application instance. ``--every 10m`` (or ``VUDSYNC_VERIFY_EVERY``) repeats it on a
+schedule; a drift repaired again is the same repair (the gate counts and holds it once).
+Exit status: 0 no drift, 1 drift found (after repair: drift left, or repairs held), 2 refused
+(no store, an empty store, bad settings, a confirmation that cannot be asked).
 """
 
 from __future__ import annotations
@@ -13,19 +16,27 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import sys
 import time
-from collections.abc import Iterable
+from collections import Counter
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import click
 
 from kernel.settings import Settings, load_settings
-from processors.deletions import GateState
-from schemas.operations import CloudOperation
-from vudsync.ops.drift import OBJECT_TYPES, DriftReport, RepairPlan
+from vudsync.ops.drift import OBJECT_TYPES, DriftReport
+from vudsync.ops.repair_plan import RepairPlan
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from schemas.results import OperationResult
+    from vudsync.ops.verify_runner import Sent
 from vudsync.ops.timespec import parse_duration
 
 log = logging.getLogger(__name__)
+SHOWN = 20  # repair requests listed before "… and N more"
 
 
 def _print_report(report: DriftReport) -> None:
@@ -59,29 +70,66 @@ def _print_report(report: DriftReport) -> None:
 
 
 def _show_plan(plan: RepairPlan) -> None:
-    for op in plan.operations[:200]:
-        click.echo(f"  send      {op.kind:<30} {op.aggregate}")
-    if len(plan.operations) > 200:
-        click.echo(f"  … and {len(plan.operations) - 200} more (--json lists all)")
-    for op in plan.held[:200]:
-        click.echo(f"  held      {op.kind:<30} {op.aggregate}")
-    if plan.held:
+    counts = plan.counts()
+    click.echo(
+        f"repair: {len(plan.requests)} entit(y/ies) to re-assert through the planner: "
+        + (", ".join(f"{n} {kind}" for kind, n in counts.items()) or "nothing")
+    )
+    if plan.deletions:
         click.echo(
-            f"repair: {len(plan.held)} deletion(s) held by the accidental-delete gate (more than "
-            "VUDSYNC_PLANNER_DELETES_THRESHOLD / _PERCENT in VUDSYNC_PLANNER_DELETES_WINDOW): "
-            "not sent. Check the directory store first; to send them, raise the threshold for one run."
+            f"repair: {plan.deletions} of them deactivate or revoke: they pass the accidental-delete "
+            "gate (over VUDSYNC_PLANNER_DELETES_THRESHOLD they are held: `vudsync deletes list`)"
         )
+    for r in plan.requests[:SHOWN]:
+        click.echo(f"  {r.entity.value}:{r.entity_id:<24} {', '.join(r.sends)}")
+    if len(plan.requests) > SHOWN:
+        click.echo(f"  … and {len(plan.requests) - SHOWN} more (--json lists all)")
     for d, why in plan.skipped:
-        click.echo(f"  not yet   {d.object_type}:{d.key} — {why}")
+        click.echo(f"  not repaired  {d.object_type}:{d.key} — {why}")
 
 
-def _op_rows(ops: Iterable[CloudOperation]) -> list[dict[str, object]]:
-    return [{"operation_id": op.operation_id, "kind": op.kind, "aggregate": op.aggregate} for op in ops]
+def _show_outcomes(sent: Sent, outcomes: dict[str, str]) -> None:
+    tally = Counter(outcomes.get(i, "no result yet") for i in sent.operation_ids)
+    click.echo("repair: " + ", ".join(f"{n} {outcome}" for outcome, n in sorted(tally.items())))
+    if tally["held"]:
+        click.echo(
+            "repair: deletions held by the accidental-delete gate: check the directory store, then "
+            "`vudsync deletes list` and `vudsync deletes approve --up-to N` (or reject)"
+        )
+    if tally["blocked"]:
+        click.echo("repair: access blocked by an application instance mismatch: see `vudsync instances`")
+    for entity_id, why in sent.rejected.items():
+        click.echo(f"  not sent  {entity_id} — capture rejects its row: {why}")
+    for ref in sent.not_sent:
+        click.echo(f"  not sent  {ref} — the store no longer holds it (the next verify sees it again)")
+
+
+def _progress(total: int) -> Callable[[OperationResult], None]:
+    """Shows the results as they come (stderr): the first ones, then a count now and then."""
+    seen = 0
+
+    def show(result: OperationResult) -> None:
+        nonlocal seen
+        seen += 1
+        if seen <= SHOWN:
+            click.echo(f"  {result.outcome.value:<15} {result.kind:<20} {result.entity_id}", err=True)
+        elif seen % 100 == 0:
+            click.echo(f"  … {seen} results for {total} operation(s)", err=True)
+
+    return show
+
+
+def _confirm(count: int) -> bool:
+    if not sys.stdin.isatty():
+        raise click.UsageError(
+            f"--repair would ask the planner for {count} repair(s) and cannot ask for confirmation "
+            "here (not a terminal): pass --yes to send them, or --dry-run to only show them"
+        )
+    return click.confirm(f"ask the planner to repair {count} entit(y/ies)?", err=True)
 
 
 def _run(
     settings: Settings,
-    gate: GateState,
     *,
     repair: bool,
     dry_run: bool,
@@ -89,74 +137,69 @@ def _run(
     wait: bool,
     timeout: float,
     as_json: bool,
-) -> tuple[bool, GateState]:
-    """One pass; returns whether the cloud is clean and the gate's window after it."""
+) -> bool:
+    """One pass; returns whether the cloud is clean (and no repair waits)."""
     from vudsync.bootstrap import resolve_bootstrap
     from vudsync.ops.kafka_admin import group_admin
-    from vudsync.ops.verify_runner import plan_repair, publish_repair, verify_once, wait_for_results
+    from vudsync.ops.sync_runner import not_running
+    from vudsync.ops.verify_runner import plan_repair, send_repairs, verify_once, wait_for_results
 
     verification = verify_once(settings)
     payload: dict[str, object] = {"report": verification.report.as_dict()}
     if not as_json:
         _print_report(verification.report)
-    if repair and not verification.report.clean:
-        passes = []
-        for attempt in range(3):  # access waits for its user/company: one more pass after them
-            plan, gate = plan_repair(settings, verification, gate)
-            step: dict[str, object] = {
-                "published": [] if dry_run else _op_rows(plan.operations),
-                "planned": _op_rows(plan.operations),
-                "held": _op_rows(plan.held),
-                "skipped": [{"drift": d.as_dict(), "why": why} for d, why in plan.skipped],
-            }
-            passes.append(step)
-            if not as_json:
-                _show_plan(plan)
-            if dry_run or not plan.operations:
-                break
-            if confirm and not click.confirm(
-                f"send {len(plan.operations)} repair operation(s) to the sink?", err=True
-            ):
-                step["published"] = []
-                click.echo("repair: nothing sent", err=True)
-                break
+    clean = verification.report.clean
+    if repair and not clean:
+        plan = plan_repair(verification)
+        step: dict[str, object] = {"plan": plan.as_dict(), "sent": False}
+        payload["repair"] = step
+        if not as_json:
+            _show_plan(plan)
+        if not dry_run and plan.requests and (not confirm or _confirm(len(plan.requests))):
             bootstrap = resolve_bootstrap(settings)
             with group_admin(bootstrap, security=settings.kafka_security()) as admin:
-                marks = publish_repair(settings, bootstrap, admin, plan.operations)
-            ids = {op.operation_id for op in plan.operations}
+                down = not_running(settings, admin)
+                sent = send_repairs(settings, bootstrap, admin, plan)
+            step.update(sent=True, operation_ids=sorted(sent.operation_ids), not_running=down)
+            step.update(rejected=sent.rejected, not_sent=list(sent.not_sent))
             if not as_json:
-                click.echo(f"repair: published {len(plan.operations)} operation(s) to the sink")
-            if not wait:
-                break
-            outcomes = wait_for_results(
-                bootstrap, marks, ids, timeout=timeout, security=settings.kafka_security()
-            )
-            step["outcomes"] = outcomes
-            if not as_json:
-                done = sum(1 for o in outcomes.values() if o in ("applied", "already_applied"))
-                click.echo(
-                    f"repair: {done} applied, {len(ids) - len(outcomes)} without a result yet, "
-                    f"{sum(1 for o in outcomes.values() if o == 'dead_lettered')} dead-lettered"
+                click.echo(f"repair: sent {len(plan.requests)} repair request(s) to the planner")
+                for why in down:
+                    click.echo(f"warning: {why}; the repairs wait for it in Kafka", err=True)
+            if wait:
+                outcomes = wait_for_results(
+                    bootstrap,
+                    sent.marks,
+                    set(sent.operation_ids),
+                    timeout=timeout,
+                    on_result=None if as_json else _progress(len(sent.operation_ids)),
+                    security=settings.kafka_security(),
                 )
-            verification = verify_once(settings)
-            if verification.report.clean or not plan.skipped or attempt == 2:
-                break
-        payload["repair"] = passes
-        if wait and not dry_run:
-            payload["after_repair"] = verification.report.as_dict()
-            if not as_json:
-                click.echo("after repair:")
-                _print_report(verification.report)
+                step["outcomes"] = outcomes
+                if not as_json:
+                    _show_outcomes(sent, outcomes)
+                verification = verify_once(settings)
+                clean = verification.report.clean
+                payload["after_repair"] = verification.report.as_dict()
+                if not as_json:
+                    click.echo("after repair:")
+                    _print_report(verification.report)
+        elif not dry_run and not as_json and plan.requests:
+            click.echo("repair: nothing sent", err=True)
     if as_json:
         click.echo(json.dumps(payload, indent=2, default=str))
-    return verification.report.clean, gate
+    return clean
 
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="the report as JSON")
-@click.option("--repair", is_flag=True, help="send corrective operations through the sink for each drift")
-@click.option("--dry-run", is_flag=True, help="with --repair: show what it would send, send nothing")
-@click.option("--yes", is_flag=True, help="with --repair: send without asking (required with --every)")
+@click.option(
+    "--repair", is_flag=True, help="ask the planner to re-assert each drifted entity (through its gates)"
+)
+@click.option("--dry-run", is_flag=True, help="with --repair: show what it would ask for, send nothing")
+@click.option(
+    "--yes", is_flag=True, help="with --repair: send without asking (required with --every, --json)"
+)
 @click.option(
     "--wait/--no-wait", default=True, show_default=True, help="with --repair: wait for their results"
 )
@@ -165,12 +208,25 @@ def _run(
 def verify(
     as_json: bool, repair: bool, dry_run: bool, yes: bool, wait: bool, timeout: str, every: str | None
 ) -> None:
-    """Full comparison of the directory store and the cloud: drift by object type."""
+    """Full comparison of the directory store and the cloud: drift by object type.
+
+    With --repair, each drifted user, company and catalogue entry is re-emitted to the planner
+    with a repair marker; the planner plans it like a directory event (accidental-delete gate,
+    instance block). Exit status 1 while drift is left (or repairs are held), 2 when refused.
+
+    \b
+    Example:
+      vudsync verify --repair --dry-run      # what it would ask the planner for
+      vudsync verify --repair                # the same, then asks before sending
+      vudsync verify --repair --yes --every 1h --no-wait
+    """
     settings = load_settings()
     interval = every if every is not None else settings.verify_every
     wait_seconds = parse_duration(timeout).total_seconds()
     if repair and not dry_run and not yes and (interval or as_json):
         raise click.UsageError("--repair with --every or --json cannot ask: add --yes (or --dry-run)")
+    if dry_run and not repair:
+        raise click.UsageError("--dry-run shows what --repair would send: add --repair")
     one_pass = functools.partial(
         _run,
         settings,
@@ -181,10 +237,8 @@ def verify(
         timeout=wait_seconds,
         as_json=as_json,
     )
-    gate = GateState()  # the accidental-delete window, carried over scheduled passes
     if not interval:
-        clean, _ = one_pass(gate)
-        raise SystemExit(0 if clean else 1)
+        raise SystemExit(0 if one_pass() else 1)
     period = parse_duration(interval).total_seconds()
     try:
         while True:
@@ -192,7 +246,7 @@ def verify(
             if not as_json:
                 click.echo(f"== verify at {datetime.now(UTC).isoformat(timespec='seconds')}")
             try:
-                _, gate = one_pass(gate)
+                one_pass()
             except Exception as exc:  # a scheduled run survives one failed pass
                 log.warning("verify: this pass failed: %s", exc)
                 click.echo(f"error: {exc}", err=True)

@@ -10,6 +10,7 @@ statuses become vudsync errors here, once; secrets never appear in them.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from sys import intern
 from typing import Any
 
 import httpx
@@ -24,17 +25,60 @@ PAGE = 10_000  # the API's largest page
 _BATCH = 500
 
 
-def all_pages(get: Callable[[str, Mapping[str, Any]], Any], path: str) -> list[dict[str, Any]]:
+def all_pages(
+    get: Callable[[str, Mapping[str, Any]], Any],
+    path: str,
+    keep: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
     """Every item of a paged collection, following ``next_after`` to the last page.
 
-    ``get(path, params)`` returns a page's JSON; verify and connect each bring their own."""
+    ``get(path, params)`` returns a page's JSON; verify and connect each bring their own.
+    ``keep``: what to keep of each item, as each page arrives."""
     items: list[dict[str, Any]] = []
     after: int | None = 0
     while after is not None:
         page = get(path, {"limit": PAGE, "after": after})
-        items.extend(page["items"])
+        items.extend(page["items"] if keep is None else map(keep, page["items"]))
         after = page.get("next_after")
     return items
+
+
+#: what verify compares and repairs of a cloud user; the rest (timestamps, the administrator
+#: flag) is dropped as each page arrives
+_USER_FIELDS = (
+    "id",
+    "external_id",
+    "email",
+    "username",
+    "first_name",
+    "last_name",
+    "language",
+    "active",
+    "version",
+)
+
+
+def slim_user(user: dict[str, Any]) -> dict[str, Any]:
+    return {k: user[k] for k in _USER_FIELDS if k in user}
+
+
+def slim_access(item: dict[str, Any]) -> dict[str, Any]:
+    """What verify compares of one access item: the services (names interned: the same few
+    role names recur across 100,000 users), the cloud-origin entries only (the directory's
+    are the services), the version (a repair's digest)."""
+    services = {
+        intern(app): {intern(kind): [intern(n) for n in names] for kind, names in svc.items() if names}
+        for app, svc in (item.get("services") or {}).items()
+    }
+    slim: dict[str, Any] = {
+        "company_id": intern(str(item.get("company_id"))),
+        "services": services,
+        "version": item.get("version"),
+    }
+    from_cloud = [e for e in item.get("entries") or () if e.get("origin") == "cloud"]
+    if from_cloud:
+        slim["entries"] = [{k: e.get(k) for k in ("service", "kind", "name", "origin")} for e in from_cloud]
+    return slim
 
 
 class CloudReadError(RetryableError):
@@ -107,7 +151,7 @@ class HttpCloudReader:
             for uid, answer in zip(chunk, r.json()["responses"], strict=True):
                 if answer["status"] >= 300:
                     raise CloudReadError(f"GET /v1/users/{uid}/access in a batch: {answer['status']}")
-                out[uid] = list(answer["body"]["items"])
+                out[uid] = [slim_access(item) for item in answer["body"]["items"]]
         return out
 
     def read_one(self, entity: EntityType, external_id: str) -> CloudState:
@@ -123,7 +167,7 @@ class HttpCloudReader:
         return CloudState([], companies, {}, {}, {})
 
     def read(self) -> CloudState:
-        users = self._all("/v1/users")
+        users = all_pages(self._get, "/v1/users", slim_user)
         companies = self._all("/v1/companies")
         linked = [u["id"] for u in users if u.get("external_id")]
         access = self._access(linked)

@@ -8,12 +8,7 @@ a user's access per company is exactly its non-empty services; catalogue entries
 (service, kind, name); application instances by service, compared by URI and license
 fingerprint (the values of fingerprints are never shown).
 
-:func:`repair_operations` turns a report into ordinary cloud operations (``schemas.operations``)
-that the sink applies like any other: "make the cloud match". Their ids are deterministic in
-(kind, entity, directory position, the drift seen), so a repair sent twice for the same drift
-has one effect, and a repair of a new drift is a new operation. Why not re-capture instead:
-a re-captured row with unchanged state plans nothing, and a re-planned operation id is one
-the ledger already holds — neither would touch a cloud that was changed behind our back.
+What ``--repair`` asks of the planner for a report is :mod:`vudsync.ops.repair_plan`.
 """
 
 from __future__ import annotations
@@ -21,34 +16,16 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import datetime
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
-from processors import deletions
-from processors.deletions import GateState
-from processors.model import PlannerSettings
 from schemas.directory import (
     ApplicationInstanceState,
     ApplicationType,
     CompanyState,
-    EntityType,
     ServiceAccess,
     UserState,
-    normalise_organisation_number,
-)
-from schemas.operations import (
-    AssignAccess,
-    CloudOperation,
-    DeactivateUser,
-    RegisterApplicationInstance,
-    RemoveCatalogueEntry,
-    RevokeAccess,
-    UpsertCatalogueEntry,
-    UpsertCompany,
-    UpsertUser,
-    operation_id_for,
 )
 
 CatalogueKey = tuple[str, str, str]  # (service, kind, name)
@@ -56,11 +33,6 @@ CatalogueKind = Literal["roles", "layout_groups", "modules"]
 ServicesView = dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]]
 
 OBJECT_TYPES = ("company", "user", "access", "catalogue", "application_instance")
-_CATALOGUE_ENTITY = {
-    "roles": EntityType.ROLE,
-    "layout_groups": EntityType.LAYOUT_GROUP,
-    "modules": EntityType.MODULE,
-}
 
 
 @dataclass(frozen=True)
@@ -355,188 +327,3 @@ def _pretty(view: tuple[tuple[str, ...], ...] | None) -> str | None:
         return None
     roles, groups, modules = view
     return f"roles={list(roles)} layout_groups={list(groups)} modules={list(modules)}"
-
-
-# -- repair ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RepairPlan:
-    operations: tuple[CloudOperation, ...]
-    skipped: tuple[tuple[Drift, str], ...] = field(default_factory=tuple)  # (drift, why not now)
-    held: tuple[CloudOperation, ...] = ()  # deletions beyond the accidental-delete gate
-
-
-def gate_deletions(
-    plan: RepairPlan, gate: GateState, settings: PlannerSettings, *, live: int, at: float
-) -> tuple[RepairPlan, GateState]:
-    """Pass the plan's deletions (:func:`processors.deletions.is_destructive`: the planner's own
-    count, so an upsert to ``active=false`` counts too) through the accidental-delete gate **as a
-    whole** (:func:`processors.deletions.on_burst`, committed at ``at``): all go, or, over the
-    threshold, all move to ``held`` and none is sent. ``gate`` carries the window over scheduled
-    passes, so ``--every`` never repairs more deletions in a window than the gate allows;
-    ``live`` is the directory's live users and companies (for the percentage)."""
-    destructive: list[CloudOperation] = []
-    others: list[CloudOperation] = []
-    for op in plan.operations:  # one judgement per operation
-        (destructive if deletions.is_destructive(op) else others).append(op)
-    gate, go = deletions.on_burst(
-        gate, len(destructive), committed_at=at, partition=0, live=live, settings=settings
-    )
-    if go:
-        return plan, gate
-    return replace(plan, operations=tuple(others), held=(*plan.held, *destructive)), gate
-
-
-def repair_operations(
-    report: DriftReport, directory: DirectoryState, cloud: CloudState, now: datetime
-) -> RepairPlan:
-    """The operations that make the cloud match the directory for each drift of ``report``."""
-    users_by_ext = {u["external_id"]: u for u in cloud.users if u.get("external_id")}
-    companies_by_ext = {c["external_id"]: c for c in cloud.companies if c.get("external_id")}
-    ops: list[CloudOperation] = []
-    skipped: list[tuple[Drift, str]] = []
-
-    def common(kind: str, entity: EntityType, entity_id: str, drift: Drift, aggregate: str) -> dict[str, Any]:
-        return {
-            "operation_id": operation_id_for(kind, entity_id, directory.version, f"repair:{drift.digest()}"),
-            "aggregate": aggregate,
-            "entity": entity,
-            "entity_id": entity_id,
-            "source_version": directory.version,
-            "source_committed_at": now,
-            "planned_at": now,
-        }
-
-    order = {"catalogue": 0, "application_instance": 1, "company": 2, "user": 3, "access": 4}
-    for d in sorted(report.drifts, key=lambda d: order[d.object_type]):
-        if d.object_type == "company":
-            c = d.key
-            state = directory.companies.get(c)
-            found = companies_by_ext.get(c)
-            if state is None:  # extra: inactive in the cloud, with the cloud's own values
-                assert found is not None
-                state = CompanyState(
-                    id=c,
-                    name=found.get("name") or c,
-                    organisation_number=found.get("organisation_number") or "0",
-                    country=found.get("country") or "NO",
-                    status="inactive",
-                )
-            ops.append(
-                UpsertCompany(
-                    **common("company.upsert", EntityType.COMPANY, c, d, f"company:{c}"),
-                    cloud_id=found["id"] if found else None,
-                    name=state.name,
-                    organisation_number=normalise_organisation_number(state.organisation_number),
-                    country=state.country,
-                    status=state.status,
-                )
-            )
-        elif d.object_type == "user":
-            u = d.key
-            user = directory.users.get(u)
-            found = users_by_ext.get(u)
-            if user is None:
-                assert found is not None
-                ops.append(
-                    DeactivateUser(
-                        **common("user.deactivate", EntityType.USER, u, d, f"user:{u}"),
-                        cloud_id=found["id"],
-                        email=found["email"],
-                    )
-                )
-                continue
-            ops.append(
-                UpsertUser(
-                    **common("user.upsert", EntityType.USER, u, d, f"user:{u}"),
-                    cloud_id=found["id"] if found else None,
-                    username=user.username,
-                    email=user.email,
-                    first_name=user.first_name,
-                    last_name=user.last_name,
-                    language=user.language,
-                    active=user.active,
-                )
-            )
-        elif d.object_type == "access":
-            u, _, c = d.key.partition("/")
-            cloud_user = users_by_ext.get(u)
-            cloud_company = (
-                {"id": c.removeprefix("cloud:")} if c.startswith("cloud:") else companies_by_ext.get(c)
-            )
-            if cloud_user is None or cloud_company is None:
-                skipped.append((d, "waits for its user or company to exist in the cloud: repair again after"))
-                continue
-            ids = {
-                "user_id": u,
-                "company_id": c,
-                "cloud_user_id": cloud_user["id"],
-                "cloud_company_id": cloud_company["id"],
-            }
-            user = directory.users.get(u)
-            grant = next((a for a in user.access if a.company_id == c), None) if user else None
-            services = {app: s for app, s in (grant.services.items() if grant else ()) if not s.is_empty()}
-            if services:
-                ops.append(
-                    AssignAccess(
-                        **common("access.assign", EntityType.USER, u, d, f"user:{u}"),
-                        **ids,
-                        services=services,
-                    )
-                )
-            else:
-                ops.append(RevokeAccess(**common("access.revoke", EntityType.USER, u, d, f"user:{u}"), **ids))
-        elif d.object_type == "catalogue":
-            app, kind_text, name = d.key.split("/", 2)
-            kind = cast(CatalogueKind, kind_text)
-            entity = _CATALOGUE_ENTITY[kind]
-            entity_id = f"{app}:{name}"
-            base = common(
-                "catalogue.remove" if d.kind is DriftKind.EXTRA else "catalogue.upsert",
-                entity,
-                entity_id,
-                d,
-                f"{entity.value}:{entity_id}",
-            )
-            if d.kind is DriftKind.EXTRA:
-                ops.append(
-                    RemoveCatalogueEntry(**base, application=ApplicationType(app), catalogue=kind, name=name)
-                )
-            else:
-                description = directory.catalogue[(app, kind, name)]
-                ops.append(
-                    UpsertCatalogueEntry(
-                        **base,
-                        application=ApplicationType(app),
-                        catalogue=kind,
-                        name=name,
-                        description=description,
-                    )
-                )
-        elif d.object_type == "application_instance":
-            if d.kind is not DriftKind.MISSING:
-                skipped.append(
-                    (
-                        d,
-                        "an instance that differs is an operator's decision: the planner holds the "
-                        "application until both sides match (DOMAIN.md rule 2)",
-                    )
-                )
-                continue
-            inst = directory.instances[ApplicationType(d.key)]
-            ops.append(
-                RegisterApplicationInstance(
-                    **common(
-                        "application_instance.register",
-                        EntityType.APPLICATION_INSTANCE,
-                        d.key,
-                        d,
-                        f"application_instance:{d.key}",
-                    ),
-                    application=inst.application,
-                    uri=inst.uri,
-                    license_fingerprint=inst.license_fingerprint,
-                )
-            )
-    return RepairPlan(tuple(ops), tuple(skipped))
