@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kernel.errors import OversizedRecord, RecordsTooLarge
 from kernel.publishing import RecordPublisher
@@ -35,27 +35,23 @@ from producers.mapping import RowRejected, SourceInfo, deleted_record
 from producers.metrics import ProducerMetrics
 from producers.model import ChangeRow, EntityRecord
 from producers.ports import ChangeLog
+from producers.signals import SNAPSHOT_ORDER
 from schemas.deadletter import HEADER_SOURCE_ROW, error_headers
 from schemas.directory import EntityType
 from schemas.events import Op, Repair
 from schemas.topics import DIRECTORY_DLQ, DIRECTORY_TOPICS
 
+if TYPE_CHECKING:
+    from producers.adhoc import AdhocSnapshots
+
 log = logging.getLogger(__name__)
 
 _ENTITY_BY_TOPIC = {spec.name: entity for entity, spec in DIRECTORY_TOPICS.items()}
 
-# Catalogues before the objects that refer to them; companies before users.
-SNAPSHOT_ORDER: tuple[EntityType, ...] = (
-    EntityType.APPLICATION_INSTANCE,
-    EntityType.ROLE,
-    EntityType.LAYOUT_GROUP,
-    EntityType.MODULE,
-    EntityType.COMPANY,
-    EntityType.USER,
-)
 
 ProgressFn = Callable[[EntityType, int, int], None]
 PublisherFactory = Callable[[], RecordPublisher]
+BatchSource = Callable[[EntityType], Iterator[tuple[list[str], dict[str, EntityRecord]]]]
 AckedFn = Callable[[int], None]  # called with a streaming batch's last seq once the broker acked it
 
 
@@ -117,6 +113,7 @@ class ChangeCapture:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_acked: AckedFn | None = None,
         snapshot_publisher: PublisherFactory | None = None,
+        adhoc: AdhocSnapshots | None = None,
     ) -> None:
         self.log = change_log
         self.publisher = publisher
@@ -132,6 +129,8 @@ class ChangeCapture:
         self.snapshot_publisher = snapshot_publisher
         # time.monotonic() of the last successful read of the store: the producer's readiness
         self.last_read: float | None = None
+        # ad-hoc snapshots requested through the signal table (producers.adhoc), polled between batches
+        self.adhoc = adhoc
 
     # -- topics -----------------------------------------------------------------------
 
@@ -242,9 +241,13 @@ class ChangeCapture:
         totals: dict[EntityType, int],
         publisher: RecordPublisher,
         progress: ProgressFn | None,
+        batches: BatchSource | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
-        """Emit every entity through ``publisher`` (dead letters through ``self.publisher``);
-        returns once the broker has acknowledged all of them."""
+        """Emit every entity of ``totals``' types (in snapshot order) through ``publisher``
+        (dead letters through ``self.publisher``); returns once the broker has acknowledged all
+        of them. ``batches``: where an entity type's ``(ids, records)`` come from (default: all
+        of them, read ahead); ``stop``: leave after the batch in hand once it is set."""
 
         def flush() -> int:
             refused = self._flush(publisher)
@@ -255,10 +258,13 @@ class ChangeCapture:
         now_ts = time.time()
         encode = self.encoder.encode
         publish = publisher.publish
+        read = batches or self._read_ahead
         for entity in SNAPSHOT_ORDER:
+            if entity not in totals or (stop is not None and stop.is_set()):
+                continue
             done = unacked = 0
             topic = self._topic(entity)
-            for ids, records in self._read_ahead(entity):
+            for ids, records in read(entity):
                 now = self.clock()
                 for entity_id in ids:
                     record = records.get(entity_id)
@@ -289,6 +295,8 @@ class ChangeCapture:
                 log.debug("snapshot %s: %d/%d emitted", entity.value, done, totals[entity])
                 if progress:
                     progress(entity, done, totals[entity])
+                if stop is not None and stop.is_set():
+                    break
             if unacked:
                 unacked -= flush()
                 self.metrics.captured.labels(entity=entity.value).inc(unacked)
@@ -472,7 +480,18 @@ class ChangeCapture:
             log.info("streaming: resuming after change-log position %d", position)
         mark = getattr(self.log, "mark_busy", None)
         batch = self._prepare(position)
+        try:
+            self._stream(stop, position, batch, mark)
+        finally:
+            if self.adhoc is not None:
+                self.adhoc.join()
+
+    def _stream(
+        self, stop: threading.Event, position: int, batch: PreparedBatch, mark: Callable[[], None] | None
+    ) -> None:
         while not stop.is_set():
+            if self.adhoc is not None:
+                self.adhoc.poll(self, stop)  # an ad-hoc snapshot runs beside streaming, on its own thread
             if not batch.rows:
                 self.metrics.capture_lag.set(0)
                 self.log.wait_for_changes(0.5)

@@ -6,6 +6,7 @@ from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 from producers.model import ChangeRow, EntityRecord
+from producers.signals import SnapshotSignal
 from schemas.directory import EntityType
 
 
@@ -34,6 +35,9 @@ class ChangeLog(Protocol):
         batch's records are read in one snapshot of the store (as ``read_entities``). An id
         may be missing from ``records`` when the entity was deleted since it was listed."""
 
+    def users_in_company(self, company_id: str) -> list[str]:
+        """The ids of the users with access in a company, in id order (``--where company=``)."""
+
     def count(self, entity: EntityType) -> int:
         """How many entities of a type exist now (for snapshot progress)."""
 
@@ -48,5 +52,22 @@ class ChangeLog(Protocol):
 
     def wait_for_changes(self, timeout: float) -> None:
         """Block until the change log may have grown, or ``timeout`` seconds pass."""
+
+    def close(self) -> None: ...
+
+
+class SnapshotSignals(Protocol):
+    """The producer's side of the signal table (``capture_signal``): ad-hoc snapshot requests."""
+
+    def next_open(self) -> SnapshotSignal | None:
+        """The request to work on: one left running by a stopped producer, else the oldest pending."""
+
+    def claim(self, signal_id: int, position: int, total: int) -> bool:
+        """Mark it running; False when it was cancelled meanwhile."""
+
+    def progress(self, signal_id: int, emitted: int) -> None: ...
+
+    def finish(self, signal_id: int, emitted: int, error: str | None = None) -> None:
+        """Done (``error`` None) or failed."""
 
     def close(self) -> None: ...

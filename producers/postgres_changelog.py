@@ -401,6 +401,13 @@ class PostgresChangeLog:
             yield ids
             last = ids[-1]
 
+    def users_in_company(self, company_id: str) -> list[str]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT DISTINCT user_id FROM access WHERE company_id = %s ORDER BY user_id", (company_id,)
+            ).fetchall()
+        return [r["user_id"] for r in rows]
+
     def count(self, entity: EntityType) -> int:
         table, id_expr = ENTITY_TABLES[entity]
         query = sql.SQL("SELECT COUNT(DISTINCT {}) AS n FROM {}").format(

@@ -17,9 +17,11 @@ from kernel.publishing.confluent import SNAPSHOT_OVERRIDES, ConfluentRecordPubli
 from kernel.publishing.kafka_python import KafkaRecordPublisher
 from kernel.settings import Settings
 from kernel.signals import stop_on_signals
+from producers.adhoc import AdhocSnapshots
 from producers.capture import CaptureConfig, ChangeCapture, ProgressFn, PublisherFactory, Reemitted
 from producers.metrics import ProducerMetrics
 from producers.ports import ChangeLog
+from producers.signal_table import open_signal_table
 from producers.sqlite_changelog import SqliteChangeLog, sqlite_path
 from schemas.directory import EntityType
 from schemas.events import Repair
@@ -71,7 +73,10 @@ def build_capture(
     registry: CollectorRegistry | None = None,
     *,
     read_only: bool = False,
+    signals: bool = False,
 ) -> ChangeCapture:
+    """The capture of the store in ``settings``; ``signals``: it serves ad-hoc snapshot requests
+    from the store's signal table (the running producer's)."""
     fingerprint_key = settings.require_secret("fingerprint_key").encode()  # before opening anything
     registry = registry or CollectorRegistry()
     change_log = open_change_log(settings.resolved_store_url(), read_only=read_only)
@@ -88,16 +93,23 @@ def build_capture(
 
     else:
         publisher = KafkaRecordPublisher(bootstrap, security=security)
+    metrics = ProducerMetrics(registry)
+    config = CaptureConfig(
+        topic_prefix=settings.topic_prefix,
+        batch_size=settings.capture_batch_size,
+        fingerprint_key=fingerprint_key,
+    )
+    adhoc = None
+    if signals and not read_only:
+        # ad-hoc snapshots: a publisher of their own, of streaming's client library (same partitions)
+        own_publisher = snapshot_publisher or (lambda: KafkaRecordPublisher(bootstrap, security=security))
+
+        def worker() -> ChangeCapture:
+            return ChangeCapture(change_log, own_publisher(), metrics, config)
+
+        adhoc = AdhocSnapshots(open_signal_table(settings.resolved_store_url()), worker)
     return ChangeCapture(
-        change_log,
-        publisher,
-        ProducerMetrics(registry),
-        CaptureConfig(
-            topic_prefix=settings.topic_prefix,
-            batch_size=settings.capture_batch_size,
-            fingerprint_key=fingerprint_key,
-        ),
-        snapshot_publisher=snapshot_publisher,
+        change_log, publisher, metrics, config, snapshot_publisher=snapshot_publisher, adhoc=adhoc
     )
 
 
@@ -154,7 +166,7 @@ def run_producer(
 ) -> None:
     """Run capture until SIGTERM/SIGINT; the batch in flight is finished and checkpointed."""
     registry = CollectorRegistry()
-    capture = build_capture(settings, bootstrap, registry)
+    capture = build_capture(settings, bootstrap, registry, signals=True)
     server = None
     if metrics_port is not None:
         server = producer_status_server(capture, registry, settings, bootstrap, metrics_port).start()
@@ -166,4 +178,6 @@ def run_producer(
             server.close()
         capture.publisher.close()
         capture.log.close()
+        if capture.adhoc is not None:
+            capture.adhoc.signals.close()
         log.info("producer: stopped")

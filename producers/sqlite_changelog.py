@@ -184,6 +184,12 @@ class SqliteChangeLog:
         for ids in self.snapshot_ids(entity, batch_size):
             yield ids, self.read_entities(entity, ids)
 
+    def users_in_company(self, company_id: str) -> list[str]:
+        rows = self._query(
+            "SELECT DISTINCT user_id FROM access WHERE company_id = ? ORDER BY user_id", (company_id,)
+        )
+        return [r[0] for r in rows]
+
     def count(self, entity: EntityType) -> int:
         table, id_expr = ENTITY_TABLES[entity]
         return int(self._query(f"SELECT COUNT(DISTINCT {id_expr}) FROM {table}")[0][0])

@@ -47,6 +47,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         ("explain", "explain", "explain"),
         ("parked", "parked", "parked"),
         ("sync", "sync", "sync"),
+        ("snapshot", "snapshot", "snapshot"),
     )
 }
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from devtools.seed.writer import DirectoryWriter, open_writer
 from kernel.publishing.kafka_python import KafkaRecordPublisher
 from kernel.settings import Settings
 from producers.capture import CaptureConfig, ChangeCapture
@@ -24,6 +25,14 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'directory.db'}"
     return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def writer(store_url: str) -> Iterator[DirectoryWriter]:
+    """A writer of the store (it migrates it first)."""
+    made = open_writer(store_url)
+    yield made
+    made.close()
 
 
 @pytest.fixture

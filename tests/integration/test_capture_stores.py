@@ -8,12 +8,11 @@ concurrent writers, range snapshots).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from devtools.seed.writer import DirectoryWriter, open_writer
+from devtools.seed.writer import DirectoryWriter
 from kernel.settings import Settings
 from producers.capture import ChangeCapture
 from schemas.codec import decode_event
@@ -23,13 +22,6 @@ from schemas.topics import DIRECTORY_DLQ, DIRECTORY_TOPICS
 from tests.integration.conftest import MakeCapture
 from tests.kafka_read import read_all
 from vudsync.topics import ensure_catalogue
-
-
-@pytest.fixture
-def writer(store_url: str) -> Iterator[DirectoryWriter]:
-    made = open_writer(store_url)  # migrates the store
-    yield made
-    made.close()
 
 
 @pytest.fixture
