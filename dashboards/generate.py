@@ -316,10 +316,13 @@ def overview() -> Dashboard:
             [(f"sum by (group) (vudsync_consumer_lag_messages{{{LAG_JOB}}})", "{{group}}")],
         ),
         timeseries(
-            "Parked operations and held deletions",
-            "Operations waiting for prerequisites; deletions waiting for an operator.",
+            "Waiting operations and held deletions",
+            "Operations waiting for prerequisites (parked), for their application (blocked), for an "
+            "operator (held operations); deletions waiting for an operator.",
             [
                 ("sum(vudsync_parked_operations)", "parked operations"),
+                ("sum(vudsync_blocked_operations)", "blocked operations"),
+                ("sum(vudsync_held_operations)", "held operations"),
                 ("sum(vudsync_held_deletions)", "held deletions"),
             ],
         ),
@@ -516,6 +519,22 @@ def planner() -> Dashboard:
             thresholds=[(None, "green"), (1000, "orange")],
             width=5,
         ),
+        stat(
+            "Blocked operations",
+            "Operations waiting for their application: its on-premise instance does not match the "
+            "cloud's registry, or the registry is not known yet (`vudsync instances`, `vudsync connect`).",
+            [(f"sum(vudsync_blocked_operations{{{sel}}})", "blocked")],
+            thresholds=[(None, "green"), (1, "orange")],
+            width=12,
+        ),
+        stat(
+            "Held operations",
+            "The operations of the held deletions (deactivations, revokes): one deletion holds one "
+            "or more of them (`vudsync deletes list`).",
+            [(f"sum(vudsync_held_operations{{{sel}}})", "held")],
+            thresholds=[(None, "green"), (1, "red")],
+            width=12,
+        ),
         timeseries(
             "Events by outcome",
             "planned, no_change, stale (older version), parked, blocked, redelivered, tombstone.",
@@ -535,10 +554,13 @@ def planner() -> Dashboard:
             unit="ops",
         ),
         timeseries(
-            "Parked operations and held deletions",
-            "Waiting for prerequisites; waiting for an operator.",
+            "Waiting operations and held deletions",
+            "Waiting for prerequisites (parked), for their application (blocked), for an operator "
+            "(held operations, of the held deletions).",
             [
                 (f"sum(vudsync_parked_operations{{{sel}}})", "parked operations"),
+                (f"sum(vudsync_blocked_operations{{{sel}}})", "blocked operations"),
+                (f"sum(vudsync_held_operations{{{sel}}})", "held operations"),
                 (f"sum(vudsync_held_deletions{{{sel}}})", "held deletions"),
             ],
         ),
@@ -551,6 +573,12 @@ def planner() -> Dashboard:
                 (f"sum(vudsync_review_waiting_companies{{{sel}}})", "companies waiting for review"),
                 (f"max by (application) (vudsync_application_blocked{{{sel}}})", "{{application}} blocked"),
             ],
+        ),
+        timeseries(
+            "Oldest parked operation",
+            "Age of each worker's oldest parked operation (alert VudsyncParkedTooLong).",
+            [(f"max by (instance) (vudsync_parked_oldest_age_seconds{{{sel}}})", "{{instance}}")],
+            unit="s",
         ),
         timeseries(
             "Journal entries by code",
