@@ -23,7 +23,7 @@ from producers.signals import (
     encode_entities,
     parse_where,
 )
-from producers.sqlite_changelog import sqlite_path
+from producers.sqlite_changelog import connect_sqlite_read_only, sqlite_path
 from schemas.directory import EntityType
 
 _COLUMNS = (
@@ -134,9 +134,10 @@ class SignalTable:
             self._conn.close()
 
 
-def open_signal_table(url: str) -> SignalTable:
-    """The signal table of an existing store, writable (the one table ops commands write).
-    Raises :class:`ConfigurationError` when the store or its table is missing."""
+def open_signal_table(url: str, *, read_only: bool = False) -> SignalTable:
+    """The signal table of an existing store, writable (the one table an ops command writes:
+    ``vudsync snapshot``) or ``read_only`` (``vudsync status``). Raises
+    :class:`ConfigurationError` when the store or its table is missing."""
     conn: Any
     if url.startswith("sqlite:///"):
         path = sqlite_path(url)
@@ -144,14 +145,19 @@ def open_signal_table(url: str) -> SignalTable:
             raise ConfigurationError(
                 f"no directory store at {path}", hint="check VUDSYNC_STORE_URL and the working directory"
             )
-        conn = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA busy_timeout=30000")
+        if read_only:
+            conn = connect_sqlite_read_only(path)
+        else:
+            conn = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout=30000")
         found = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'capture_signal'").fetchone()
         mark = "?"
     elif url.startswith(("postgresql://", "postgres://")):
         import psycopg
 
         conn = psycopg.connect(url, autocommit=True)
+        if read_only:
+            conn.execute("SET default_transaction_read_only TO on")
         row = conn.execute("SELECT to_regclass('capture_signal')").fetchone()
         found = row if row is not None and row[0] is not None else None
         mark = "%s"

@@ -33,6 +33,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         ("demo", "demo", "demo"),
         # planner: enabling the integration, accidental-delete protection
         ("connect", "connect", "connect"),
+        ("disconnect", "disconnect", "disconnect"),
         ("deletes", "deletes", "deletes"),
         ("staging", "staging", "staging"),
         ("instances", "instances", "instances"),

@@ -28,6 +28,7 @@ def collect(settings: Settings, bootstrap: str) -> StatusReport:
     from vudsync.ops.lag_exporter import read_pipeline_lag
     from vudsync.ops.metrics_scrape import parse_endpoints, scrape
     from vudsync.ops.planner_facts import read_planner_facts
+    from vudsync.ops.snapshot import recent_snapshots
     from vudsync.ops.staging import staged_count
     from vudsync.ops.status import LagRow, assemble
 
@@ -63,6 +64,7 @@ def collect(settings: Settings, bootstrap: str) -> StatusReport:
         told=told,
         conflicts=conflicts,
         staged=None if now_staged is None else now_staged.count,
+        snapshots=[s.as_dict() for s in recent_snapshots(settings) if s.status.open],
     )
 
 

@@ -33,12 +33,14 @@ _WANTED = tuple(
 class PlannerFactsNow:
     """``connected``: the last connect fact said connected (False: never connected, or
     disconnected since); ``reviews``: the companies waiting for review, oldest first;
-    ``mismatched``: the applications whose on-premise instance differs from the cloud's
+    ``disconnected``: the last connect fact says not connected, after a connect (``vudsync
+    disconnect``); ``mismatched``: the applications whose on-premise instance differs from the cloud's
     registration (their assignments are held), with the differing fields (never values)."""
 
     connected: bool
     reviews: list[WaitingCompany]
     mismatched: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    disconnected: bool = False  # connected once, then `vudsync disconnect`
 
     @property
     def high_water(self) -> int | None:
@@ -83,7 +85,10 @@ def fold(records: list[tuple[int, PlannerFact]]) -> PlannerFactsNow:
         if verdict.status is VerdictStatus.MISMATCH:
             mismatched[app] = verdict.differing
     return PlannerFactsNow(
-        bool(state and state["present"]), reviews.waiting_companies(records), dict(sorted(mismatched.items()))
+        bool(state and state["present"]),
+        reviews.waiting_companies(records),
+        dict(sorted(mismatched.items())),
+        disconnected=state is not None and not state["present"],
     )
 
 

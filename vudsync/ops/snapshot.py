@@ -9,6 +9,7 @@ one that starts later does not emit it by surprise) and reported as such.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from kernel.settings import Settings
 from producers.signal_table import open_signal_table
 from producers.signals import SignalStatus, SnapshotSignal, Where
 from schemas.directory import EntityType
+
+log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.25
 
@@ -120,12 +123,16 @@ def _until(
 
 
 def recent_snapshots(settings: Settings, limit: int = 5) -> list[SnapshotSignal]:
-    """The newest requests (for ``vudsync status``); none when the store has no signal table."""
+    """The newest requests, the store opened read-only (``vudsync status``); none when the
+    store has no signal table."""
     from kernel.errors import ConfigurationError
 
     try:
-        table = open_signal_table(settings.resolved_store_url())
+        table = open_signal_table(settings.resolved_store_url(), read_only=True)
     except ConfigurationError:
+        return []
+    except Exception as exc:  # the store down: status still answers, with the rest
+        log.warning("cannot read the ad-hoc snapshot requests: %s", type(exc).__name__)
         return []
     try:
         return table.recent(limit)

@@ -16,6 +16,7 @@ Where each line comes from:
 - circuit: the sinks' ``vudsync_cloud_circuit_open`` (unknown without their endpoints);
 - staging: the planners' ``vudsync_planner_staging`` (unknown without their endpoints) and the
   records staged and not yet promoted or discarded (:mod:`vudsync.ops.staging`);
+- ad-hoc snapshots: requests in the store's signal table not finished (``vudsync snapshot``);
 - last applied change, its age and the throughput of the last minute: the journal
   (``vud.cloud.results``);
 - what the planner has been told (``vud.planner.facts``, :mod:`vudsync.ops.planner_facts`):
@@ -79,6 +80,7 @@ class StatusReport:
     conflicts: int | None = None  # open matching conflicts
     staging: str = "unknown"  # on | off | unknown (the planners' vudsync_planner_staging)
     staged: int | None = None  # staged, not yet promoted or discarded (None: no staged topic)
+    snapshots: tuple[Mapping[str, Any], ...] = ()  # ad-hoc snapshot requests not finished
 
     def lag_by_group(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -101,6 +103,7 @@ class StatusReport:
             "circuit": self.circuit,
             "staging": {"mode": self.staging, "staged_operations": self.staged},
             "last_applied": dict(self.last_applied) if self.last_applied else None,
+            "snapshots": [dict(s) for s in self.snapshots],
             "last_minute": {
                 "by_outcome": dict(self.last_minute),
                 "applied_per_second": round(self.last_minute.get("applied", 0) / 60, 2),
@@ -137,6 +140,7 @@ def assemble(
     told: PlannerFactsNow | None = None,
     conflicts: int | None = None,
     staged: int | None = None,
+    snapshots: Sequence[Mapping[str, Any]] = (),
 ) -> StatusReport:
     """The report and its problems (each one makes ``vudsync status`` exit 1). ``told``: what
     the planner's facts topic says (None: not read); ``conflicts``: open matching conflicts."""
@@ -236,7 +240,12 @@ def assemble(
                 f"cloud-capture: the cloud's change feed has not advanced for {format_age(now - advanced)}: "
                 "administrators' changes do not reach the directory (its /readyz says why)"
             )
-    if told is not None and not told.connected:
+    if told is not None and told.disconnected:
+        problems.append(
+            "disconnected (`vudsync disconnect`): the planner sends nothing to the cloud, changes wait "
+            "in it — re-connect with `vudsync connect`"
+        )
+    elif told is not None and not told.connected:
         problems.append(
             "`vudsync connect` has not succeeded for this installation: the planner sends nothing to "
             "the cloud before — run `vudsync connect` with a Customer administrator's credentials"
@@ -287,6 +296,7 @@ def assemble(
         conflicts=conflicts,
         staging=staging,
         staged=staged,
+        snapshots=tuple(snapshots),
     )
 
 
@@ -327,6 +337,13 @@ def render(report: StatusReport) -> list[str]:
         lines.append(f"connected           {'yes' if report.connected else 'no: run `vudsync connect`'}")
     staged = "no staged topic" if report.staged is None else f"{report.staged} staged record(s)"
     lines.append(f"staging mode        {report.staging} ({staged})")
+    for s in report.snapshots:
+        total = "?" if s.get("total") is None else s["total"]
+        lines.append(
+            f"ad-hoc snapshot     #{s['id']} {s['status']}: {', '.join(s['entities'])}"
+            + (f" where {s['where']}" if s.get("where") else "")
+            + f", {s['emitted']} of {total} entities"
+        )
     if report.last_applied:
         la = report.last_applied
         lines.append(f"last applied        {la['time']} ({la['age']} ago) {la['kind']} {la['entity']}")
