@@ -306,7 +306,17 @@ def _user_fields(state: UserState) -> tuple[object, ...]:
 
 
 def _access_map(state: UserState | None) -> dict[str, CompanyAccess]:
-    return {a.company_id: a for a in state.access} if state is not None else {}
+    """The user's access per company, the directory's own only: entries of origin cloud
+    (``cloud_origin``) are the cloud's already and never sent as the directory's, so a
+    company that holds only those is no access of the directory's (issue 16: a writeback
+    into the store causes no cloud write)."""
+    if state is None:
+        return {}
+    return {
+        a.company_id: a if not a.cloud_origin else a.model_copy(update={"cloud_origin": {}})
+        for a in state.access
+        if not a.cloud_origin or any(not svc.is_empty() for svc in a.services.values())
+    }
 
 
 def _plan_user(

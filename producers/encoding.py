@@ -291,6 +291,8 @@ class EventEncoder:
             self._email(email)
         except ValidationError:
             return None
+        if record.cloud_access:  # rare (written back from the cloud): the pydantic path
+            return None
         access = _access_json(record.access)
         if access is None:
             return None
@@ -324,7 +326,7 @@ def _access_json(access: tuple[tuple[str, str, str, str], ...]) -> list[dict[str
                     return None
                 company, application = company_id, None
                 services = {}
-                grants.append({"company_id": company_id, "services": services})
+                grants.append({"company_id": company_id, "services": services, "cloud_origin": {}})
             if app != application:
                 if type(app) is not str or app not in _APPLICATIONS:
                     return None

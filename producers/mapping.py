@@ -49,31 +49,36 @@ _KIND_FIELD = {"role": "roles", "layout_group": "layout_groups", "module": "modu
 
 def _access_list(
     access: tuple[tuple[str, str, str, str], ...],
+    cloud_access: tuple[tuple[str, str, str, str], ...] = (),
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Group (company, application, kind, name) rows; returns grants and invalid-row reasons.
 
     Grants are plain dicts in the shape of ``CompanyAccess``: the event is validated once, as
     a whole, in :func:`record_to_event` (one pydantic call per event instead of one per model).
+    ``cloud_access`` (rows of origin ``cloud``) go to each company's ``cloud_origin``.
     """
-    grouped: dict[str, dict[str, dict[str, list[str]]]] = {}
+    grouped: dict[str, dict[str, dict[str, dict[str, list[str]]]]] = {}
     problems: list[str] = []
-    for company_id, application, kind, name in access:
-        if application not in _APPLICATIONS:
-            problems.append(f"access {company_id}/{application}/{kind}/{name}: unknown application")
-            continue
-        field = _KIND_FIELD.get(kind)
-        if field is None:
-            problems.append(f"access {company_id}/{application}/{kind}/{name}: unknown kind")
-            continue
-        grouped.setdefault(company_id, {}).setdefault(application, {}).setdefault(field, []).append(name)
+    for part, rows in (("services", access), ("cloud_origin", cloud_access)):
+        for company_id, application, kind, name in rows:
+            if application not in _APPLICATIONS:
+                problems.append(f"access {company_id}/{application}/{kind}/{name}: unknown application")
+                continue
+            field = _KIND_FIELD.get(kind)
+            if field is None:
+                problems.append(f"access {company_id}/{application}/{kind}/{name}: unknown kind")
+                continue
+            company = grouped.setdefault(company_id, {"services": {}, "cloud_origin": {}})
+            company[part].setdefault(application, {}).setdefault(field, []).append(name)
     grants = [
         {
             "company_id": company_id,
-            "services": {
-                app: {k: sorted(v) for k, v in kinds.items()} for app, kinds in sorted(apps.items())
+            **{
+                part: {app: {k: sorted(v) for k, v in kinds.items()} for app, kinds in sorted(apps.items())}
+                for part, apps in parts.items()
             },
         }
-        for company_id, apps in sorted(grouped.items())
+        for company_id, parts in sorted(grouped.items())
     ]
     return grants, problems
 
@@ -86,7 +91,7 @@ def _state(record: EntityRecord, fingerprint_key: bytes) -> tuple[dict[str, Any]
     row = record.row
     entity = record.entity
     if entity is EntityType.USER:
-        grants, problems = _access_list(record.access)
+        grants, problems = _access_list(record.access, record.cloud_access)
         state = {
             "id": row["id"],
             "username": row["username"],

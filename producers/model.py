@@ -40,9 +40,11 @@ class EntityRecord(NamedTuple):
 
     ``row`` holds the entity's own columns. For users, ``access`` lists
     ``(company_id, application, kind, name)`` tuples — a company the store does not hold (yet)
-    included: the planner parks such a grant until the company is known. For application
-    instances, ``row`` holds the license key (never leaves the producer) and ``instances``
-    counts the instances of that type.
+    included: the planner parks such a grant until the company is known. ``cloud_access``
+    lists the user's grants of origin ``cloud`` apart, in the same shape: written by the
+    directory sink because an administrator granted them in the cloud (issue 16), they are
+    never sent to the cloud as the directory's. For application instances, ``row`` holds the
+    license key (never leaves the producer) and ``instances`` counts the instances of that type.
     """
 
     entity: EntityType
@@ -50,6 +52,24 @@ class EntityRecord(NamedTuple):
     row: dict[str, Any]
     access: tuple[tuple[str, str, str, str], ...] = ()
     instances: int = 1
+    cloud_access: tuple[tuple[str, str, str, str], ...] = ()
+
+
+#: an access row as the adapters read it: (user_id, company_id, application, kind, name, origin)
+AccessRow = tuple[str, str, str, str, str, str]
+
+
+def group_access(
+    rows: Iterable[Sequence[Any]],
+) -> tuple[dict[str, list[tuple[str, str, str, str]]], dict[str, list[tuple[str, str, str, str]]]]:
+    """Each user's grants from ``(user_id, company_id, application, kind, name, origin)``
+    rows: the directory's and the cloud's (origin ``cloud``) apart, in row order."""
+    directory: dict[str, list[tuple[str, str, str, str]]] = {}
+    cloud: dict[str, list[tuple[str, str, str, str]]] = {}
+    for user_id, company_id, application, kind, name, origin in rows:
+        grants = (cloud if origin == "cloud" else directory).setdefault(user_id, [])
+        grants.append((company_id, application, kind, name))
+    return directory, cloud
 
 
 def build_records(
@@ -59,13 +79,14 @@ def build_records(
     access: dict[str, list[tuple[str, str, str, str]]],
     *,
     drop_id: bool,
+    cloud_access: dict[str, list[tuple[str, str, str, str]]] | None = None,
 ) -> dict[str, EntityRecord]:
     """Records from a store adapter's ``(_eid, *columns)`` row tuples, keyed by entity id.
 
-    ``access`` holds each user's grants. ``drop_id``: the entity's id is derived
-    (``application:name``), so the table's own ``id`` column is not part of its state. Several
-    rows of one id (only possible for application instances) yield one record, the last row's,
-    counting them in ``instances``.
+    ``access`` holds each user's grants, ``cloud_access`` those of origin ``cloud``.
+    ``drop_id``: the entity's id is derived (``application:name``), so the table's own ``id``
+    column is not part of its state. Several rows of one id (only possible for application
+    instances) yield one record, the last row's, counting them in ``instances``.
     """
     names = columns[1:]
     out: dict[str, EntityRecord] = {}
@@ -77,5 +98,8 @@ def build_records(
             data.pop("id", None)
         counts[eid] = instances = counts.get(eid, 0) + 1
         grants = access.get(eid)
-        out[eid] = EntityRecord(entity, eid, data, tuple(grants) if grants else (), instances)
+        cloud = cloud_access.get(eid) if cloud_access else None
+        out[eid] = EntityRecord(
+            entity, eid, data, tuple(grants) if grants else (), instances, tuple(cloud) if cloud else ()
+        )
     return out

@@ -56,7 +56,7 @@ from psycopg.rows import dict_row
 
 from kernel.errors import ConfigurationError
 from producers.migrations import apply_postgres_migrations
-from producers.model import ENTITIES, ENTITY_TABLES, ChangeRow, EntityRecord, build_records
+from producers.model import ENTITIES, ENTITY_TABLES, ChangeRow, EntityRecord, build_records, group_access
 from schemas.directory import EntityType
 
 log = logging.getLogger(__name__)
@@ -100,12 +100,12 @@ _RUNNING_XIDS_SQL = (
 )
 # the users' access rows
 _ACCESS_SQL = (
-    "SELECT a.user_id, a.company_id, a.application, a.kind, a.name FROM access a "
+    "SELECT a.user_id, a.company_id, a.application, a.kind, a.name, a.origin FROM access a "
     "WHERE a.user_id = ANY(%(ids)s)"
 )
 # the same for the users of a snapshot batch read by range (see snapshot_batches)
 _ACCESS_RANGE_SQL = (
-    "SELECT a.user_id, a.company_id, a.application, a.kind, a.name FROM access a "
+    "SELECT a.user_id, a.company_id, a.application, a.kind, a.name, a.origin FROM access a "
     "WHERE a.user_id > %(after)s AND a.user_id <= "
     "(SELECT max(b.id) FROM (SELECT id FROM users WHERE id > %(after)s ORDER BY id LIMIT %(limit)s) b)"
 )
@@ -376,15 +376,10 @@ class PostgresChangeLog:
         """Records from the entity rows (``results[0]``) and, for users, their access rows."""
         rows = results[0]
         access: dict[str, list[tuple[str, str, str, str]]] = {}
+        cloud: dict[str, list[tuple[str, str, str, str]]] = {}
         if entity is EntityType.USER:
-            for user_id, company_id, application, kind, name in results[1]:
-                grant = (company_id, application, kind, name)
-                grants = access.get(user_id)
-                if grants is None:
-                    access[user_id] = [grant]
-                else:
-                    grants.append(grant)
-        return build_records(entity, columns, rows, access, drop_id=entity in _CATALOGUE)
+            access, cloud = group_access(results[1])
+        return build_records(entity, columns, rows, access, drop_id=entity in _CATALOGUE, cloud_access=cloud)
 
     def snapshot_ids(self, entity: EntityType, batch_size: int) -> Iterator[list[str]]:
         table, id_expr = ENTITY_TABLES[entity]

@@ -12,7 +12,7 @@ from typing import Any
 
 from kernel.errors import ConfigurationError
 from producers.migrations import apply_sqlite_migrations
-from producers.model import ENTITIES, ENTITY_TABLES, ChangeRow, EntityRecord, build_records
+from producers.model import ENTITIES, ENTITY_TABLES, ChangeRow, EntityRecord, build_records, group_access
 from schemas.directory import EntityType
 
 _CHUNK = 2000  # ids per IN list (capped by the library's host-parameter limit, 32,766 since 3.32):
@@ -146,22 +146,18 @@ class SqliteChangeLog:
                 rows = cur.fetchall()
                 columns = [d[0] for d in cur.description]
                 access: dict[str, list[tuple[str, str, str, str]]] = {}
+                cloud: dict[str, list[tuple[str, str, str, str]]] = {}
                 if entity is EntityType.USER and rows:
                     cur.execute(
-                        "SELECT user_id, company_id, application, kind, name FROM access "
+                        "SELECT user_id, company_id, application, kind, name, origin FROM access "
                         f"WHERE user_id IN ({marks}) ORDER BY user_id, company_id, application, kind, name",
                         ids,
                     )
-                    for a in cur.fetchall():
-                        grants = access.get(a[0])
-                        if grants is None:
-                            access[a[0]] = [a[1:]]
-                        else:
-                            grants.append(a[1:])
+                    access, cloud = group_access(cur.fetchall())
             finally:
                 cur.execute("COMMIT")
                 cur.close()
-        return build_records(entity, columns, rows, access, drop_id=entity in _CATALOGUE)
+        return build_records(entity, columns, rows, access, drop_id=entity in _CATALOGUE, cloud_access=cloud)
 
     def snapshot_ids(self, entity: EntityType, batch_size: int) -> Iterator[list[str]]:
         table, id_expr = ENTITY_TABLES[entity]

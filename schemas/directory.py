@@ -75,10 +75,19 @@ class ServiceAccess(Message):
 
 
 class CompanyAccess(Message):
-    """A user's access to one company: per application, its roles, layout groups, modules."""
+    """A user's access to one company: per application, its roles, layout groups, modules.
+
+    ``services`` is the directory's own access (origin ``directory``): what the planner sends
+    to the cloud as the directory's set. ``cloud_origin`` holds, apart, the entries the store
+    holds because an administrator granted them in the cloud (origin ``cloud``, written by the
+    directory sink, issue 16): the cloud keeps them by itself, so they are never sent as the
+    directory's — which is what keeps a writeback from echoing back to the cloud."""
 
     company_id: EntityId
     services: dict[ApplicationType, ServiceAccess] = Field(default_factory=dict)
+    cloud_origin: dict[ApplicationType, ServiceAccess] = Field(
+        default_factory=dict, description="entries of origin cloud (written back from the cloud)"
+    )
 
 
 class UserState(Message):
