@@ -23,7 +23,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from processors import connection, journal, keys, parking, planner, repair
+from processors import cloud_changes, connection, journal, keys, parking, planner, repair
 from processors.control import GATE_PARTITION, DeletionRequested
 from processors.effects import Coords, Effects, Tx
 from processors.facts import Facts
@@ -87,6 +87,11 @@ class DirectoryEvents:
             later = {s for h in raw["h"] if h[1] > ev.version for s in h[5]}
             plan = _without_slots(plan, later)
         slots = self._apply_plan(tx, fx, coords.partition, ref, ev, plan, now)
+        if not replay and plan.view is not None and ev.entity is EntityType.USER:
+            before = previous.state if previous is not None and not previous.deleted else None
+            after = None if plan.view.deleted else ev.state
+            if before != after:
+                cloud_changes.on_user_changed(tx, ev.entity_id, before, after, ev.source.committed_at)  # type: ignore[arg-type]
         if not replay and plan.view is not None:
             history = [h for h in (raw["h"] if raw else ()) if committed is None or h[0] >= committed]
             history.append(

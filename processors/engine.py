@@ -17,7 +17,9 @@ very class with a dict and a simulated cloud.
 - :mod:`processors.facts` — results and facts, copied to every partition, and review;
 - :mod:`processors.parking` — parked operations, the need index, releases;
 - :mod:`processors.gate` — the accidental-delete gate's messages;
-- :mod:`processors.journal` — the event journal, as results.
+- :mod:`processors.journal` — the event journal, as results;
+- :mod:`processors.cloud_changes` — the cloud's access changes (writeback, issue 16), decided
+  by the pure rule in :mod:`processors.writeback`.
 
 Delivery (at least once, no loss). Faust flushes the producer before it commits offsets, so
 the records of a committed message are durable. Two windows remain, both closed: a directory
@@ -34,6 +36,7 @@ from typing import Any, NamedTuple
 from pydantic import BaseModel
 
 from processors import gate, keys, parking, reviews, staging
+from processors.cloud_changes import CloudChanges
 from processors.control import GATE_PARTITION
 from processors.directory import DirectoryEvents
 from processors.effects import BatchTx, Coords, Effects, Send, Tx
@@ -42,6 +45,7 @@ from processors.gate import Gate
 from processors.keys import Known, is_parked
 from processors.knowledge import Knowledge
 from processors.model import Identities, PlannerSettings, VerdictStatus
+from schemas.cloud_changes import CloudAccessChanged
 from schemas.directory import ApplicationType
 from schemas.events import DirectoryEvent
 from schemas.results import OperationResult, PlannerFact
@@ -52,7 +56,8 @@ __all__ = ["Coords", "Effects", "Input", "Reconciler", "Send"]
 class Input(NamedTuple):
     """One decoded message of a batch: ``kind`` is ``directory`` (``value`` a
     :data:`~schemas.events.DirectoryEvent`, ``committed`` the committed offset of its topic
-    partition), ``result``, ``fact`` or ``control``."""
+    partition), ``result``, ``fact``, ``control`` or ``cloud`` (a
+    :class:`~schemas.cloud_changes.CloudAccessChanged`)."""
 
     kind: str
     value: Any
@@ -78,6 +83,7 @@ class Reconciler:
         self._facts = Facts(self._knowledge, partitions, clock)
         self._directory = DirectoryEvents(self._knowledge, self._facts, settings, clock)
         self._gate = Gate(self._knowledge, settings, clock)
+        self._cloud = CloudChanges(clock)
 
     @property
     def settings(self) -> PlannerSettings:
@@ -133,6 +139,8 @@ class Reconciler:
             return self.on_fact(value, coords, tx)
         if kind == "control":
             return self.on_control(value, coords, tx)
+        if kind == "cloud":
+            return self.on_cloud_change(value, coords, tx)
         raise ValueError(f"unknown input kind {kind!r}")
 
     def on_directory_event(
@@ -160,6 +168,10 @@ class Reconciler:
             fx.sends = staging.stage_sends(fx.sends, now)
             staging.stage_waiting(fx, fx.waiting, now)
         return fx
+
+    def on_cloud_change(self, change: CloudAccessChanged, coords: Coords, tx: Tx | None = None) -> Effects:
+        """Writeback: what of the cloud's access of a user in a company the directory must hold."""
+        return self._cloud.on_cloud_change(tx or Tx(self.store), change, coords)
 
     # -- inspection ---------------------------------------------------------------------
 

@@ -40,11 +40,19 @@ from processors.keys import PARKED
 from processors.metrics import PlannerMetrics
 from processors.staging import STAGED
 from processors.topics import PlannerTopics
+from schemas.cloud_changes import CloudAccessChanged
 from schemas.codec import DecodeError, decode_event, decode_model, encode
 from schemas.deadletter import error_headers
 from schemas.directory import ApplicationType
 from schemas.results import OperationResult, PlannerFact
-from schemas.topics import DIRECTORY_DLQ, PLANNER_CONTROL, PLANNER_FACTS, RESULTS, entity_for_topic
+from schemas.topics import (
+    CLOUD_CHANGES,
+    DIRECTORY_DLQ,
+    PLANNER_CONTROL,
+    PLANNER_FACTS,
+    RESULTS,
+    entity_for_topic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +92,13 @@ class PlannerHandlers:
         self._results = topic_prefix + RESULTS.name
         self._facts = topic_prefix + PLANNER_FACTS.name
         self._control = topic_prefix + PLANNER_CONTROL.name
-        self._inputs = {self._results: "results", self._facts: "facts", self._control: "control"}
+        self._cloud = topic_prefix + CLOUD_CHANGES.name
+        self._inputs = {
+            self._results: "results",
+            self._facts: "facts",
+            self._control: "control",
+            self._cloud: "cloud_changes",
+        }
         self.fetch = fetch
         self.send_now = send_now
         self.owned_keys = owned_keys
@@ -246,6 +260,9 @@ class PlannerHandlers:
         if msg.topic == self._control:
             control = self._decode(msg, lambda raw: CONTROL_ADAPTER.validate_json(raw or b""))
             return Input("control", control, coords)
+        if msg.topic == self._cloud:
+            change = self._decode(msg, lambda raw: decode_model(CloudAccessChanged, raw))
+            return Input("cloud", change, coords)
         expected = entity_for_topic(msg.topic, self.prefix)
         if msg.value is None:  # the tombstone after a delete event: compaction's, not ours
             self.metrics.events.labels(
@@ -305,6 +322,10 @@ class PlannerHandlers:
                 metrics.child(metrics.staged, s.value.operation.kind).inc()  # type: ignore[attr-defined]
         for code in fx.journal:
             metrics.child(metrics.journal, code).inc()
+            metrics.count_writeback(code)
+        for s in fx.sends:
+            if s.role == "directory_operations":
+                metrics.child(metrics.writeback_planned, s.value.kind).inc()  # type: ignore[attr-defined]
         if fx.outcome is not None and fx.entity is not None:
             metrics.child(metrics.events, fx.entity, fx.outcome).inc()
         for entity, outcome in fx.tallies:

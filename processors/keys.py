@@ -9,6 +9,7 @@ One table per partition (:mod:`processors.tables`), key prefixes:
 ``n|<p>|<need>[|i]``   which entities have operations waiting for ``need`` (in buckets)
 ``c|<p>|live``         live entities on partition ``p`` (for the percentage threshold)
 ``g|…``                the accidental-delete gate (partition 0 only)
+``w|<user>|<company>`` the writeback's state of the pair: last feed position, both sides' changes
 =====================  ===============================================================
 
 ``k|<p>|`` holds, besides the facts (``<kind>:<subject>`` as ``PlannerFact.key`` spells it),
@@ -42,6 +43,7 @@ KNOWN = "k|"
 INDEX = "n|"
 COUNT = "c|"
 GATE = "g|"
+WRITEBACK = "w|"
 
 GATE_STATE = "g|gate"
 GATE_SEQ = "g|seq"
@@ -126,6 +128,12 @@ def gate_decided_key(candidate: str) -> str:
     return f"g|d|{candidate}"
 
 
+def writeback_key(user_id: str, company_id: str) -> str:
+    """``w|<user>|<company>``: the writeback's state of the pair (:mod:`processors.writeback`),
+    on the user's partition (``vud.cloud.changes`` is keyed and partitioned like the users)."""
+    return f"{WRITEBACK}{user_id}|{company_id}"
+
+
 def is_parked(key: str) -> bool:
     return key.startswith(PARKED)
 
@@ -195,7 +203,16 @@ class GateKey:
         return f"{GATE}{self.name}" if self.arg is None else f"{GATE}{self.name}|{self.arg}"
 
 
-TableKey = EntityKey | ParkedKey | KnownKey | IndexKey | LiveKey | GateKey
+@dataclass(frozen=True, slots=True)
+class WritebackKey:
+    user_id: str
+    company_id: str
+
+    def encode(self) -> str:
+        return writeback_key(self.user_id, self.company_id)
+
+
+TableKey = EntityKey | ParkedKey | KnownKey | IndexKey | LiveKey | GateKey | WritebackKey
 _GATE_SINGLE = {"gate", "seq"}
 _GATE_ARG = {"h", "hc", "d"}
 
@@ -237,6 +254,10 @@ def parse(key: str) -> TableKey:
         p, rest = _partition(rest)
         if rest == "live":
             return LiveKey(p)
+    if prefix == WRITEBACK:
+        user_id, sep, company_id = rest.partition("|")
+        if sep and user_id and company_id:
+            return WritebackKey(user_id, company_id)
     if prefix == GATE:
         if rest in _GATE_SINGLE:
             return GateKey(rest)

@@ -119,7 +119,42 @@ class PlannerMetrics:
             ["reason"],
             registry=registry,
         )
+        # writeback (issue 16): the cloud's access changes on their way to the directory
+        self.writeback_planned = Counter(
+            "vudsync_writeback_planned_total",
+            "Directory operations planned from the cloud's access changes, by kind",
+            ["kind"],
+            registry=registry,
+        )
+        self.writeback_rejected = Counter(
+            "vudsync_writeback_rejected_total",
+            "Cloud access changes the directory cannot hold (unknown_user, unknown_company; the "
+            "directory sink counts unknown catalogue entries), each also a journal entry",
+            ["reason"],
+            registry=registry,
+        )
+        self.writeback_conflicts = Counter(
+            "vudsync_writeback_conflicts_total",
+            "Entries changed on both sides before either saw the other's change (settled by the "
+            "later change, ties to the directory; each journalled)",
+            registry=registry,
+        )
+        self.writeback_echo_suppressed = Counter(
+            "vudsync_writeback_echo_suppressed_total",
+            "Entries of the cloud's change feed that were vudsync's own writes (origin directory): "
+            "never written back",
+            registry=registry,
+        )
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def count_writeback(self, code: str) -> None:
+        """The writeback's counters, from a journal code of :mod:`processors.writeback`."""
+        if code == "writeback_conflict":
+            self.writeback_conflicts.inc()
+        elif code == "writeback_echo_suppressed":
+            self.writeback_echo_suppressed.inc()
+        elif code.startswith("writeback_rejected_"):
+            self.child(self.writeback_rejected, code.removeprefix("writeback_rejected_")).inc()
 
     def child(self, metric: Counter, *values: str) -> Any:
         """``metric.labels(*values)``, remembered: ``labels()`` takes a lock and checks its

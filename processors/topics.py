@@ -1,9 +1,10 @@
 """Topics of the planner: what its one agent reads, and where it writes.
 
-In: the directory topics, ``vud.cloud.results``, ``vud.planner.facts`` and
-``vud.planner.control`` — all with the same number of partitions, so that Faust assigns
-partition *p* of every one of them (and of the table's changelog) to the same worker. Out:
-operations, results (journal entries), facts, control messages and dead letters.
+In: the directory topics, ``vud.cloud.results``, ``vud.planner.facts``,
+``vud.planner.control`` and ``vud.cloud.changes`` (writeback) — all with the same number of
+partitions, so that Faust assigns partition *p* of every one of them (and of the table's
+changelog) to the same worker. Out: operations, results (journal entries), facts, control
+messages, dead letters and directory operations (writeback).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from kernel.admin import ensure_topics, replication_factor
 from kernel.replication import replication_config
 from kernel.settings import Settings
 from schemas.topics import (
+    CLOUD_CHANGES,
     DIRECTORY_DLQ,
+    DIRECTORY_OPERATIONS,
     DIRECTORY_TOPICS,
     OPERATIONS,
     OPERATIONS_STAGED,
@@ -33,6 +36,7 @@ PLANNER_INPUTS: tuple[str, ...] = (
     RESULTS.name,
     PLANNER_FACTS.name,
     PLANNER_CONTROL.name,
+    CLOUD_CHANGES.name,
 )
 
 
@@ -44,6 +48,7 @@ class PlannerTopics:
     facts: faust.TopicT
     control: faust.TopicT
     dlq: faust.TopicT
+    directory_operations: faust.TopicT
     staged: faust.TopicT | None = None  # staging mode: vud.cloud.operations.staged
 
     def by_role(self, role: str) -> faust.TopicT:
@@ -56,6 +61,7 @@ class PlannerTopics:
             "results": self.results,
             "facts": self.facts,
             "control": self.control,
+            "directory_operations": self.directory_operations,
         }[role]
 
 
@@ -70,6 +76,7 @@ def declare_topics(app: faust.App, settings: Settings) -> PlannerTopics:
         facts=raw(settings.topic(PLANNER_FACTS.name)),
         control=raw(settings.topic(PLANNER_CONTROL.name)),
         dlq=raw(settings.topic(DIRECTORY_DLQ.name)),
+        directory_operations=raw(settings.topic(DIRECTORY_OPERATIONS.name)),
         staged=raw(settings.topic(OPERATIONS_STAGED.name)) if settings.planner_staging else None,
     )
 

@@ -39,6 +39,7 @@ from schemas.deadletter import (
     HEADER_TOPIC,
     HEADER_TS,
 )
+from schemas.directory_operations import DirectoryOperation
 from schemas.events import DirectoryEvent
 from schemas.operations import CloudOperation
 from schemas.results import OperationResult
@@ -46,6 +47,7 @@ from schemas.topics import (
     ALL_TOPICS,
     CLOUD_CHANGES,
     DIRECTORY_DLQ,
+    DIRECTORY_OPERATIONS,
     DIRECTORY_TOPICS,
     OPERATIONS,
     OPERATIONS_DLQ,
@@ -67,6 +69,7 @@ def _members(union: Any) -> list[type[BaseModel]]:
 EVENT_MODELS: list[type[BaseModel]] = _members(DirectoryEvent)
 OPERATION_MODELS: list[type[BaseModel]] = _members(CloudOperation)
 RESULT_MODELS: list[type[BaseModel]] = [OperationResult]
+DIRECTORY_OPERATION_MODELS: list[type[BaseModel]] = _members(DirectoryOperation)
 
 
 def _dump(document: dict[str, Any]) -> str:
@@ -150,7 +153,13 @@ def _message(name: str, payload: dict[str, Any], key: str, summary: str, dlq: bo
 
 def asyncapi_document(version: str = "0.1.0") -> dict[str, Any]:
     """The topic catalogue as an AsyncAPI 3.0 document (payload schemas under components)."""
-    models: list[type[BaseModel]] = [*EVENT_MODELS, *OPERATION_MODELS, *RESULT_MODELS, CloudAccessChanged]
+    models: list[type[BaseModel]] = [
+        *EVENT_MODELS,
+        *OPERATION_MODELS,
+        *RESULT_MODELS,
+        CloudAccessChanged,
+        *DIRECTORY_OPERATION_MODELS,
+    ]
     _, definitions = models_json_schema(
         [(m, "validation") for m in models], ref_template="#/components/schemas/{model}"
     )
@@ -225,6 +234,19 @@ def asyncapi_document(version: str = "0.1.0") -> dict[str, Any]:
         "the cloud's access of a user in a company",
     )
     channel(CLOUD_CHANGES, ["CloudAccessChanged"], "cloud-capture", CLOUD_CHANGES.description)
+    for model in DIRECTORY_OPERATION_MODELS:
+        messages[model.__name__] = _message(
+            model.__name__,
+            ref(model),
+            DIRECTORY_OPERATIONS.key,
+            (model.__doc__ or model.__name__).strip().splitlines()[0],
+        )
+    channel(
+        DIRECTORY_OPERATIONS,
+        [m.__name__ for m in DIRECTORY_OPERATION_MODELS],
+        "planner",
+        DIRECTORY_OPERATIONS.description,
+    )
     # topics without a message model of their own here (e.g. the planner's): described by
     # their catalogue entry, payload any JSON object (or a tombstone on compacted topics)
     for spec in (*ALL_TOPICS, *getattr(topics_module, "PLANNER_TOPICS", ())):
@@ -263,12 +285,16 @@ def export_documents() -> dict[str, str]:
         ("events", EVENT_MODELS),
         ("operations", OPERATION_MODELS),
         ("results", RESULT_MODELS),
+        ("directory_operations", DIRECTORY_OPERATION_MODELS),
     ):
         for model in models:
             out[f"{folder}/{model.__name__}.json"] = _dump(_model_schema(model, folder))
     out["events/DirectoryEvent.json"] = _dump(_union_schema("DirectoryEvent", DirectoryEvent, "events"))
     out["operations/CloudOperation.json"] = _dump(
         _union_schema("CloudOperation", CloudOperation, "operations")
+    )
+    out["directory_operations/DirectoryOperation.json"] = _dump(
+        _union_schema("DirectoryOperation", DirectoryOperation, "directory_operations")
     )
     out["asyncapi.json"] = _dump(asyncapi_document())
     return dict(sorted(out.items()))

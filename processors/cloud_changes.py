@@ -1,0 +1,83 @@
+"""Cloud changes: one ``CloudAccessChanged`` planned against the partition's table. Pure.
+
+Reads what the rule (:func:`processors.writeback.plan_writeback`) takes — the pair's state
+(``w|<user>|<company>``), the user's directory state (``e|user:<id>``: on this partition,
+since ``vud.cloud.changes`` is keyed and partitioned like ``vud.directory.users``) and whether
+the company is linked (``k|<p>|company:<id>``) — and turns its decision into effects: the
+directory operations sent on ``vud.directory.operations`` keyed by user id, the journal
+entries (rejections and conflicts as results on ``vud.cloud.results``, echoes counted), and
+the pair's new state, written after the sends like every table write.
+
+The directory path keeps the directory's side of the conflict rule: :meth:`on_user_changed`
+records, in a pair already tracked, which entries a directory event changed and when.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from processors import journal, keys
+from processors.effects import Coords, Effects, Tx
+from processors.keys import Known
+from processors.writeback import PairState, directory_changed, held_entries, plan_writeback
+from schemas.cloud_changes import CloudAccessChanged
+from schemas.directory import EntityType, UserState
+from schemas.results import ResultOutcome
+
+#: the role of ``vud.directory.operations`` among the planner's outputs
+ROLE = "directory_operations"
+
+
+class CloudChanges:
+    """Plans the cloud's access changes over one partition's table."""
+
+    def __init__(self, clock: Callable[[], datetime]) -> None:
+        self.clock = clock
+
+    def on_cloud_change(self, tx: Tx, change: CloudAccessChanged, coords: Coords) -> Effects:
+        fx = Effects(entity="cloud_access")
+        wkey = keys.writeback_key(change.user_id, change.company_id)
+        raw = tx.get(wkey)
+        previous = PairState.from_json(raw) if raw is not None else None
+        user = tx.get(keys.entity_key(keys.entity_ref(EntityType.USER, change.user_id)))
+        held = None
+        if user is not None and not user["d"] and user["s"] is not None:
+            held = held_entries(UserState.model_validate(user["s"]), change.company_id)
+        company_known = tx.get(keys.known_key(coords.partition, Known.COMPANY, change.company_id)) is not None
+        now = self.clock()
+        decided = plan_writeback(previous, change, held, company_known=company_known, now=now)
+        fx.outcome = decided.outcome
+        for op in decided.operations:
+            fx.send(ROLE, op.user_id, op)
+        for entry in decided.journal:
+            outcome = ResultOutcome.REJECTED if decided.outcome == "rejected" else None
+            if entry.code == "writeback_conflict":
+                outcome = ResultOutcome.REVIEW
+            journal.record(fx, entry, now, outcome if entry.level != "info" else None)
+        if decided.state is not None:
+            tx.set(wkey, decided.state.to_json())
+        return tx.effects(fx)
+
+
+def on_user_changed(
+    tx: Tx, user_id: str, before: UserState | None, after: UserState | None, committed_at: datetime
+) -> None:
+    """A directory event of a user: in each pair the writeback tracks (``w|``) whose entries
+    it changed, the directory's change and its commit time (the conflict rule's directory
+    side). Pairs not tracked are not read further than one look-up per changed company."""
+    old = {a.company_id: a for a in before.access} if before is not None else {}
+    new = {a.company_id: a for a in after.access} if after is not None else {}
+    for company_id in old.keys() | new.keys():
+        if old.get(company_id) == new.get(company_id):
+            continue
+        wkey = keys.writeback_key(user_id, company_id)
+        raw = tx.get(wkey)
+        if raw is None:
+            continue
+        state = PairState.from_json(raw)
+        changed = directory_changed(
+            state, held_entries(before, company_id), held_entries(after, company_id), committed_at
+        )
+        if changed is not state:
+            tx.set(wkey, changed.to_json())

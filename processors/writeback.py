@@ -1,0 +1,267 @@
+"""Writeback: which of the cloud's access changes the directory must hold. Pure.
+
+``plan_writeback(previous, change, held, known, now=…)`` → :class:`Writeback`: the directory
+operations for the directory sink, the journal entries, and the pair's new state. No I/O, no
+clock: the same inputs always give the same decisions, with the same operation ids (a replay
+of ``vud.cloud.changes`` plans nothing new: its events are at or below the pair's ``seq``).
+
+What reaches the directory (issue 16, docs/domain.md rule 6):
+
+- only **cloud-origin** entries (granted by anyone but vudsync's client) are written back, as
+  rows of origin ``cloud``; an entry of origin ``directory`` in the cloud is vudsync's own
+  write coming back through the feed — an *echo*: counted, never written back;
+- a cloud-origin entry the cloud no longer holds is removed on premise if the store holds it
+  as origin ``cloud`` (an entry the directory granted itself is the directory's: never
+  removed by the writeback);
+- only for a user known on premise (its directory state is on this partition) in a company
+  known on premise and linked (the planner has its cloud id); anything else is a journal
+  entry with a reason (``writeback_rejected`` + the metric), never a silent drop. Whether
+  the role, layout group or module exists in the on-premise catalogue is decided by the
+  directory sink, in the store's own transaction (the catalogue's rows are on other
+  partitions);
+- a change at or below the last feed position seen for the pair is ignored (replays, a full
+  read after ``410``).
+
+**Conflict rule** (one entry changed on both sides before either saw the other's change):
+the later change by source time wins — the directory's by the change log's commit time, the
+cloud's by the entry's ``modified_at`` (a removal: the feed item's time) — and a tie goes to
+the directory. Each conflict is a journal entry naming both sides (``writeback_conflict``,
+``vudsync_writeback_conflicts_total``). :func:`winner` is the rule; ``tests/unit/
+test_writeback.py`` checks it for any interleaving, and that a replay decides the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from processors.model import JournalEntry
+from schemas.cloud_changes import CloudAccessChanged, CloudAccessEntry
+from schemas.directory import ApplicationType, EntityType, UserState
+from schemas.directory_operations import (
+    DirectoryOperation,
+    GrantDirectoryAccess,
+    RevokeDirectoryAccess,
+    directory_operation_id,
+)
+
+Side = Literal["directory", "cloud"]
+#: the store's kind of each ``ServiceAccess`` field
+_KINDS = (("roles", "role"), ("layout_groups", "layout_group"), ("modules", "module"))
+
+#: journal codes (and the planner's metric labels: ``reason`` is what follows the prefix)
+REJECTED_UNKNOWN_USER = "writeback_rejected_unknown_user"
+REJECTED_UNKNOWN_COMPANY = "writeback_rejected_unknown_company"
+CONFLICT = "writeback_conflict"
+ECHO = "writeback_echo_suppressed"
+CLOUD_REMOVED_DIRECTORY_ENTRY = "writeback_directory_entry_removed_in_cloud"
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One side's last known change of one entry: held or not since ``at`` (source time)."""
+
+    present: bool
+    at: datetime
+
+    def to_json(self) -> list[Any]:
+        return [self.present, self.at.isoformat()]
+
+    @staticmethod
+    def from_json(raw: list[Any]) -> Change:
+        return Change(bool(raw[0]), datetime.fromisoformat(raw[1]))
+
+
+def winner(directory: Change | None, cloud: Change) -> Side:
+    """The rule: the later change by source time wins, a tie goes to the directory; a side
+    with no change of the entry since the pair is tracked never wins against one that has."""
+    if directory is None:
+        return "cloud"
+    return "cloud" if cloud.at > directory.at else "directory"
+
+
+@dataclass(frozen=True)
+class PairState:
+    """What the planner keeps per (user, company) (table key ``w|<user>|<company>``): the last
+    feed position seen, the cloud's last known change of each entry, and the directory's
+    changes of entries since the pair is tracked (``directory``, :func:`directory_changed`)."""
+
+    seq: int
+    cloud: Mapping[str, Change] = field(default_factory=dict)
+    directory: Mapping[str, Change] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "c": {k: v.to_json() for k, v in sorted(self.cloud.items())},
+            "d": {k: v.to_json() for k, v in sorted(self.directory.items())},
+        }
+
+    @staticmethod
+    def from_json(raw: Mapping[str, Any]) -> PairState:
+        return PairState(
+            int(raw["seq"]),
+            {k: Change.from_json(v) for k, v in raw.get("c", {}).items()},
+            {k: Change.from_json(v) for k, v in raw.get("d", {}).items()},
+        )
+
+
+@dataclass(frozen=True)
+class Writeback:
+    """What one cloud change comes to: ``outcome`` is ``stale`` (at or below the pair's
+    position: nothing else), ``rejected``, ``planned`` or ``no_change``."""
+
+    outcome: str
+    state: PairState | None
+    operations: tuple[DirectoryOperation, ...] = ()
+    journal: tuple[JournalEntry, ...] = ()
+
+
+def entry_key(application: str, kind: str, name: str) -> str:
+    """``<application>/<kind>/<name>``, the store's kind (``role`` …)."""
+    return f"{application}/{kind}/{name}"
+
+
+def held_entries(state: UserState | None, company_id: str) -> dict[str, str]:
+    """What the store holds for the user in the company: entry → origin."""
+    held: dict[str, str] = {}
+    for company in state.access if state is not None else ():
+        if company.company_id != company_id:
+            continue
+        for origin, services in (("directory", company.services), ("cloud", company.cloud_origin)):
+            for app, svc in services.items():
+                for attr, kind in _KINDS:
+                    for name in getattr(svc, attr):
+                        held.setdefault(entry_key(app.value, kind, name), origin)
+    return held
+
+
+def plan_writeback(
+    previous: PairState | None,
+    change: CloudAccessChanged,
+    held: Mapping[str, str] | None,
+    *,
+    company_known: bool,
+    now: datetime,
+) -> Writeback:
+    """Decide one cloud change of (user, company). ``held``: the store's entries of the pair
+    (entry → origin) as the planner last saw them, None when the user is not known on
+    premise; ``company_known``: the company is known on premise and linked."""
+    if previous is not None and change.feed_seq <= previous.seq:
+        return Writeback("stale", None)
+    old_cloud = dict(previous.cloud) if previous is not None else {}
+    directory = dict(previous.directory) if previous is not None else {}
+    now_cloud: dict[str, tuple[Change, CloudAccessEntry]] = {}
+    for e in () if change.deleted else change.entries:
+        now_cloud[entry_key(e.application.value, e.kind, e.name)] = (Change(True, e.modified_at), e)
+    cloud: dict[str, Change] = {k: c for k, (c, _) in now_cloud.items()}
+    for key, was in old_cloud.items():
+        if key not in cloud:  # removed in the cloud by this change (or known removed before)
+            cloud[key] = was if not was.present else Change(False, change.changed_at)
+    state = PairState(change.feed_seq, cloud, directory)
+
+    def note(code: str, message: str, level: str, ref: str = "") -> JournalEntry:
+        return JournalEntry(
+            EntityType.USER, change.user_id, code, message, level, change.feed_seq, change.changed_at, ref
+        )
+
+    if held is None or not company_known:
+        code, what = (
+            (REJECTED_UNKNOWN_USER, f"user {change.user_id} is not known on premise")
+            if held is None
+            else (
+                REJECTED_UNKNOWN_COMPANY,
+                f"company {change.company_id} is not known on premise or not linked",
+            )
+        )
+        message = (
+            f"the cloud's access of {change.user_id} in {change.company_id} cannot reach the "
+            f"directory: {what}"
+        )
+        return Writeback("rejected", state, (), (note(code, message, "warning", change.company_id),))
+
+    ops: list[DirectoryOperation] = []
+    journal: list[JournalEntry] = []
+    for key in sorted(cloud):
+        now_side = cloud[key]
+        if old_cloud.get(key) == now_side:
+            continue  # the cloud did not change this entry
+        entry = now_cloud.get(key)
+        if entry is not None and entry[1].origin == "directory":
+            journal.append(
+                note(ECHO, f"{key} is the directory's own write", "info", f"{change.company_id}|{key}")
+            )
+            continue
+        origin = held.get(key)
+        if now_side.present and origin is not None:
+            continue  # held already, whatever its origin
+        if not now_side.present and origin is None:
+            continue  # not held: nothing to remove
+        if not now_side.present and origin == "directory":
+            journal.append(
+                note(
+                    CLOUD_REMOVED_DIRECTORY_ENTRY,
+                    f"{key} of {change.company_id} was removed in the cloud but the directory granted it; "
+                    "the directory's set is sent again at its next change",
+                    "warning",
+                    f"{change.company_id}|{key}",
+                )
+            )
+            continue
+        theirs = directory.get(key)
+        if theirs is not None and theirs.present != now_side.present:
+            side = winner(theirs, now_side)
+            journal.append(
+                note(
+                    CONFLICT,
+                    f"{key} of {change.company_id}: the directory "
+                    f"{'granted' if theirs.present else 'removed'} it at {theirs.at.isoformat()}, "
+                    f"the cloud {'granted' if now_side.present else 'removed'} it at "
+                    f"{now_side.at.isoformat()}; the {side} wins (the later change, ties to the directory)",
+                    "warning",
+                    f"{change.company_id}|{key}",
+                )
+            )
+            if side == "directory":
+                continue
+        ops.append(_operation(change, key, grant=now_side.present, now=now))
+    return Writeback("planned" if ops else "no_change", state, tuple(ops), tuple(journal))
+
+
+def directory_changed(
+    previous: PairState, before: Mapping[str, str], after: Mapping[str, str], committed_at: datetime
+) -> PairState:
+    """The pair's state after a directory event of the user changed which entries the store
+    holds (``before`` → ``after``, entry → origin) at ``committed_at``: the directory's side of
+    the conflict rule. A change that makes the store agree with the cloud's known state is no
+    change of the directory's (the writeback's own write, or the directory catching up)."""
+    changed = {
+        k: Change(k in after, committed_at)
+        for k in before.keys() ^ after.keys()
+        # what agrees with the cloud is the writeback's own write, or the directory catching up
+        if (k in after) != (previous.cloud[k].present if k in previous.cloud else False)
+    }
+    if not changed:
+        return previous
+    return PairState(previous.seq, previous.cloud, {**previous.directory, **changed})
+
+
+def _operation(change: CloudAccessChanged, key: str, *, grant: bool, now: datetime) -> DirectoryOperation:
+    application, kind, name = key.split("/", 2)
+    cls: type[GrantDirectoryAccess] | type[RevokeDirectoryAccess] = (
+        GrantDirectoryAccess if grant else RevokeDirectoryAccess
+    )
+    op_kind = cls.model_fields["kind"].default
+    return cls(
+        operation_id=directory_operation_id(op_kind, change.user_id, change.company_id, key, change.feed_seq),
+        user_id=change.user_id,
+        company_id=change.company_id,
+        application=ApplicationType(application),
+        entry_kind=kind,  # type: ignore[arg-type]  # one of the store's kinds, from entry_key
+        name=name,
+        feed_seq=change.feed_seq,
+        cloud_changed_at=change.changed_at,
+        planned_at=now,
+    )

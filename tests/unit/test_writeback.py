@@ -1,0 +1,237 @@
+"""Writeback (issue 16): which of the cloud's access changes reach the directory. Pure: the
+rule (:mod:`processors.writeback`) alone, and the reconciler over a dict."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from processors.engine import Coords, Effects, Reconciler
+from processors.model import PlannerSettings
+from processors.writeback import Change, PairState, plan_writeback, winner
+from schemas.cloud_changes import CloudAccessChanged, CloudAccessEntry
+from schemas.directory import ApplicationType, CompanyAccess, ServiceAccess
+from schemas.directory_operations import GrantDirectoryAccess, RevokeDirectoryAccess
+from schemas.results import FactKind, OperationResult, PlannerFact, ResultOutcome
+from tests.factories import T0, user_event, user_state
+
+BUSINESS = ApplicationType.BUSINESS
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def entry(name: str, origin: str = "cloud", modified: float = 0.0) -> CloudAccessEntry:
+    return CloudAccessEntry(
+        application=BUSINESS,
+        kind="role",
+        name=name,
+        origin=origin,  # type: ignore[arg-type]
+        modified_at=at(modified),
+    )
+
+
+def change(
+    seq: int, *entries: CloudAccessEntry, changed: float | None = None, **kw: Any
+) -> CloudAccessChanged:
+    return CloudAccessChanged(
+        event_id=CloudAccessChanged.make_event_id(seq, "u1", "c1"),
+        feed_seq=seq,
+        user_id="u1",
+        company_id="c1",
+        cloud_user_id="cu-1",
+        cloud_company_id="cc-1",
+        entries=tuple(entries),
+        changed_at=at(seq if changed is None else changed),
+        **kw,
+    )
+
+
+def decide(
+    previous: PairState | None, ch: CloudAccessChanged, held: dict[str, str] | None = None, **kw: Any
+) -> Any:
+    return plan_writeback(
+        previous, ch, {} if held is None else held, company_known=kw.pop("known", True), now=T0
+    )
+
+
+# -- the rule alone ---------------------------------------------------------------------------
+
+
+def test_a_cloud_grant_becomes_one_grant_with_a_deterministic_id() -> None:
+    first = decide(None, change(7, entry("Lønn", modified=7)))
+    again = decide(None, change(7, entry("Lønn", modified=7)))
+    assert first.outcome == "planned"
+    (op,) = first.operations
+    assert isinstance(op, GrantDirectoryAccess)
+    assert (op.user_id, op.company_id, op.entry, op.feed_seq) == ("u1", "c1", "business/role/Lønn", 7)
+    assert op.operation_id == again.operations[0].operation_id
+    assert first.state is not None and first.state.seq == 7
+
+
+def test_a_replayed_or_older_change_is_ignored_and_a_full_read_of_the_same_state_plans_nothing() -> None:
+    state = decide(None, change(7, entry("Lønn", modified=7))).state
+    assert decide(state, change(7, entry("Lønn", modified=7))).outcome == "stale"
+    assert decide(state, change(5)).outcome == "stale"
+    # a full read after 410: a new position, the same entries as before — the store holds it now
+    full = decide(
+        state, change(12, entry("Lønn", modified=7), full_read=True), {"business/role/Lønn": "cloud"}
+    )
+    assert full.outcome == "no_change" and not full.operations
+
+
+def test_the_directory_s_own_entries_are_echoes_never_written_back() -> None:
+    decided = decide(None, change(3, entry("Regnskap", origin="directory", modified=3)))
+    assert decided.outcome == "no_change" and not decided.operations
+    assert [j.code for j in decided.journal] == ["writeback_echo_suppressed"]
+
+
+def test_an_entry_held_already_is_not_written_again_whatever_its_origin() -> None:
+    held = {"business/role/Lønn": "directory"}
+    assert not decide(None, change(3, entry("Lønn", modified=3)), held).operations
+
+
+def test_a_revoke_in_the_cloud_removes_only_what_the_store_holds_as_the_cloud_s() -> None:
+    state = decide(None, change(3, entry("Lønn", modified=3), entry("Innkjøp", modified=3))).state
+    held = {"business/role/Lønn": "cloud", "business/role/Innkjøp": "directory"}
+    decided = decide(state, change(4), held)  # the cloud holds neither now
+    (op,) = decided.operations
+    assert isinstance(op, RevokeDirectoryAccess) and op.name == "Lønn"
+    # the directory's own entry stays; the journal says the cloud removed it
+    assert [j.code for j in decided.journal] == ["writeback_directory_entry_removed_in_cloud"]
+
+
+def test_a_user_or_company_unknown_on_premise_is_rejected_with_a_reason() -> None:
+    unknown_user = plan_writeback(None, change(3, entry("Lønn")), None, company_known=True, now=T0)
+    unknown_company = decide(None, change(4, entry("Lønn")), known=False)
+    assert unknown_user.outcome == unknown_company.outcome == "rejected"
+    assert not unknown_user.operations and not unknown_company.operations
+    assert [j.code for j in unknown_user.journal] == ["writeback_rejected_unknown_user"]
+    assert [j.code for j in unknown_company.journal] == ["writeback_rejected_unknown_company"]
+    # the position is kept: a replay of it stays ignored
+    assert unknown_user.state is not None and unknown_user.state.seq == 3
+
+
+def test_conflict_the_later_change_wins_and_a_tie_goes_to_the_directory() -> None:
+    removed_on_premise = PairState(2, {}, {"business/role/Lønn": Change(False, at(10))})
+    later = decide(removed_on_premise, change(3, entry("Lønn", modified=11)))
+    tie = decide(removed_on_premise, change(3, entry("Lønn", modified=10)))
+    earlier = decide(removed_on_premise, change(3, entry("Lønn", modified=9)))
+    assert [type(op) for op in later.operations] == [GrantDirectoryAccess]
+    assert not tie.operations and not earlier.operations
+    for decided, side in ((later, "cloud"), (tie, "directory"), (earlier, "directory")):
+        (note,) = decided.journal
+        assert note.code == "writeback_conflict" and note.level == "warning"
+        assert "the directory removed it" in note.message and "the cloud granted it" in note.message
+        assert f"the {side} wins" in note.message
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.floats(-100, 100, allow_nan=False), st.floats(-100, 100, allow_nan=False), st.booleans(), st.booleans()
+)
+def test_the_rule_is_the_later_change_ties_to_the_directory(d: float, c: float, dp: bool, cp: bool) -> None:
+    side = winner(Change(dp, at(d)), Change(cp, at(c)))
+    assert side == ("cloud" if at(c) > at(d) else "directory")
+    assert winner(None, Change(cp, at(c))) == "cloud"
+
+
+# -- the reconciler ---------------------------------------------------------------------------
+
+
+class Planner:
+    """One partition's reconciler over a dict; performs each message's writes."""
+
+    def __init__(self) -> None:
+        self.table: dict[str, Any] = {}
+        self.r = Reconciler(self.table, PlannerSettings(), 1, lambda: T0)
+        self.offset = 0
+
+    def perform(self, fx: Effects) -> Effects:
+        for key, value in fx.writes.items():
+            if value is None:
+                self.table.pop(key, None)
+            else:
+                self.table[key] = value
+        return fx
+
+    def coords(self, topic: str) -> Coords:
+        self.offset += 1
+        return Coords(topic, 0, self.offset)
+
+    def fact(self, kind: FactKind, subject: str, cloud_id: str | None = None, present: bool = True) -> None:
+        fact = PlannerFact(
+            kind=kind, subject=subject, cloud_id=cloud_id, present=present, observed_at=T0, source="connect"
+        )
+        self.perform(self.r.on_fact(fact, self.coords("facts")))
+
+    def user(self, version: int, *companies: CompanyAccess) -> Effects:
+        ev = user_event(version, state=user_state(access=companies))
+        return self.perform(self.r.on_directory_event(ev, self.coords("users"), None))
+
+    def cloud(self, ch: CloudAccessChanged) -> Effects:
+        return self.perform(self.r.on_cloud_change(ch, self.coords("cloud")))
+
+
+def _linked() -> Planner:
+    p = Planner()
+    p.fact(FactKind.COMPANY, "c1", "cc-1")
+    p.fact(FactKind.USER, "u1", "cu-1")
+    p.fact(FactKind.REGISTRY, "business", present=False)  # no instance on premise either: not blocked
+    for role in ("Regnskap", "Innkjøp", "Lønn"):
+        p.fact(FactKind.CATALOGUE, f"business:roles:{role}")
+    return p
+
+
+def test_planner_a_cloud_grant_is_sent_to_the_directory_sink_and_its_write_back_causes_no_cloud_write() -> (
+    None
+):
+    p = _linked()
+    first = p.user(1, CompanyAccess(company_id="c1", services={BUSINESS: ServiceAccess(roles=("Regnskap",))}))
+    assert [op.kind for op in first.operations()] == ["user.upsert", "access.assign"]
+    fx = p.cloud(change(5, entry("Regnskap", origin="directory", modified=1), entry("Lønn", modified=5)))
+    sent = [s for s in fx.sends if s.role == "directory_operations"]
+    assert [(s.key, type(s.value)) for s in sent] == [("u1", GrantDirectoryAccess)]
+    # the directory sink wrote it (origin cloud): the next user event plans no cloud operation
+    echo = p.user(
+        2,
+        CompanyAccess(
+            company_id="c1",
+            services={BUSINESS: ServiceAccess(roles=("Regnskap",))},
+            cloud_origin={BUSINESS: ServiceAccess(roles=("Lønn",))},
+        ),
+    )
+    assert echo.operations() == []
+    # an unrelated on-premise change of the same user in the same company: the directory's set only
+    later = p.user(
+        3,
+        CompanyAccess(
+            company_id="c1",
+            services={BUSINESS: ServiceAccess(roles=("Innkjøp", "Regnskap"))},
+            cloud_origin={BUSINESS: ServiceAccess(roles=("Lønn",))},
+        ),
+    )
+    (assign,) = later.operations()
+    assert assign.services == {BUSINESS: ServiceAccess(roles=("Innkjøp", "Regnskap"))}  # type: ignore[union-attr]
+
+
+def test_planner_a_company_holding_only_cloud_entries_is_no_access_of_the_directory_s() -> None:
+    p = _linked()
+    p.user(1)
+    fx = p.user(2, CompanyAccess(company_id="c1", cloud_origin={BUSINESS: ServiceAccess(roles=("Lønn",))}))
+    assert fx.operations() == []
+
+
+def test_planner_rejections_are_journalled_as_results() -> None:
+    p = Planner()  # nothing linked, the user unknown
+    fx = p.cloud(change(5, entry("Lønn", modified=5)))
+    results = [s.value for s in fx.sends if isinstance(s.value, OperationResult)]
+    assert [(r.kind, r.outcome) for r in results] == [
+        ("journal.writeback_rejected_unknown_user", ResultOutcome.REJECTED)
+    ]
+    assert fx.journal == ["writeback_rejected_unknown_user"]
+    assert not [s for s in fx.sends if s.role == "directory_operations"]
