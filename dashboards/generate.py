@@ -333,6 +333,26 @@ def overview() -> Dashboard:
             stepped=True,
         ),
         *_writeback_capture_panels(),
+        timeseries(
+            "Writeback operations",
+            "Directory operations planned from the cloud's changes, applied to the store (by "
+            "effect), rejected (by reason: the directory cannot hold them), conflicts settled by the "
+            "rule, and echoes of vudsync's own writes not written back (per second).",
+            [
+                (f"sum by (kind) (rate(vudsync_writeback_planned_total[{RATE}]))", "planned {{kind}}"),
+                (f"sum by (effect) (rate(vudsync_writeback_applied_total[{RATE}]))", "applied: {{effect}}"),
+                (f"sum by (reason) (rate(vudsync_writeback_rejected_total[{RATE}]))", "rejected: {{reason}}"),
+                (f"sum(rate(vudsync_writeback_conflicts_total[{RATE}]))", "conflicts"),
+                (f"sum(rate(vudsync_writeback_echo_suppressed_total[{RATE}]))", "echoes suppressed"),
+            ],
+            unit="ops",
+        ),
+        timeseries(
+            "Writeback latency",
+            "From a change committed in the cloud to its writeback committed in the directory store.",
+            _quantiles("vudsync_writeback_latency_seconds"),
+            unit="s",
+        ),
     ]
     return Dashboard(
         "vudsync-overview",

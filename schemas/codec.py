@@ -6,6 +6,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from schemas.directory_operations import DIRECTORY_OPERATION_ADAPTER, DirectoryOperation
 from schemas.events import DIRECTORY_EVENT_ADAPTER, DirectoryEvent
 from schemas.operations import CLOUD_OPERATION_ADAPTER, CloudOperation
 
@@ -45,6 +46,10 @@ def decode_event(raw: bytes | None) -> DirectoryEvent:
 
 def decode_operation(raw: bytes | None) -> CloudOperation:
     return _decode(CLOUD_OPERATION_ADAPTER, raw)
+
+
+def decode_directory_operation(raw: bytes | None) -> DirectoryOperation:
+    return _decode(DIRECTORY_OPERATION_ADAPTER, raw)
 
 
 def decode_model(model: type[T], raw: bytes | None) -> T:

@@ -15,6 +15,7 @@ from schemas.directory import (
     ServiceAccess,
     UserState,
 )
+from schemas.directory_operations import GrantDirectoryAccess, RevokeDirectoryAccess, directory_operation_id
 from schemas.events import (
     ApplicationInstanceChanged,
     CompanyChanged,
@@ -190,3 +191,30 @@ def connected_table(partitions: int = 1, at: datetime = T0) -> dict[str, Any]:
     from processors import connection
 
     return {connection.state_key(p): {"present": True, "at": at.timestamp()} for p in range(partitions)}
+
+
+def directory_op(
+    name: str,
+    seq: int = 1,
+    revoke: bool = False,
+    user_id: str = "u1",
+    company_id: str = "c1",
+    at: datetime = T0,
+) -> GrantDirectoryAccess | RevokeDirectoryAccess:
+    """A writeback operation on Business role ``name`` of the user in the company, decided at
+    feed position ``seq``."""
+    cls: type[GrantDirectoryAccess] | type[RevokeDirectoryAccess] = (
+        RevokeDirectoryAccess if revoke else GrantDirectoryAccess
+    )
+    kind = cls.model_fields["kind"].default
+    return cls(
+        operation_id=directory_operation_id(kind, user_id, company_id, f"business/role/{name}", seq),
+        user_id=user_id,
+        company_id=company_id,
+        application=ApplicationType.BUSINESS,
+        entry_kind="role",
+        name=name,
+        feed_seq=seq,
+        cloud_changed_at=at,
+        planned_at=at,
+    )

@@ -163,6 +163,29 @@ class DirectoryWriter:
     def revoke(self, user_id: str, company_id: str) -> None:
         self._exec("DELETE FROM access WHERE user_id = ? AND company_id = ?", (user_id, company_id))
 
+    def revoke_entry(self, user_id: str, company_id: str, application: str, kind: str, name: str) -> None:
+        """Remove one entry on premise, whatever its origin (an administrator's removal)."""
+        self._exec(
+            "DELETE FROM access WHERE user_id = ? AND company_id = ? AND application = ? AND kind = ? "
+            "AND name = ?",
+            (user_id, company_id, application, kind, name),
+        )
+
+    def access_rows(self, user_id: str) -> list[tuple[str, str, str, str, str]]:
+        """The user's access rows: (company_id, application, kind, name, origin), sorted."""
+        sql = (
+            "SELECT company_id, application, kind, name, origin FROM access WHERE user_id = ? "
+            "ORDER BY company_id, application, kind, name"
+        ).replace("?", self.placeholder)
+        return [tuple(r) for r in self.conn.execute(sql, (user_id,)).fetchall()]
+
+    def change_log_origins(self, entity_id: str, after_seq: int = 0) -> list[str]:
+        """The origin of each change-log row of ``entity_id`` after ``after_seq``, in order."""
+        sql = ("SELECT origin FROM change_log WHERE entity_id = ? AND seq > ? ORDER BY seq").replace(
+            "?", self.placeholder
+        )
+        return [str(r[0]) for r in self.conn.execute(sql, (entity_id, after_seq)).fetchall()]
+
     def change_log_position(self) -> int:
         row = self.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM change_log").fetchone()
         return int(row[0]) if row else 0

@@ -21,6 +21,7 @@ from cloudcapture.metrics import CaptureMetrics
 from processors.metrics import PlannerMetrics
 from producers.metrics import ProducerMetrics
 from schemas.topics import DIRECTORY_DLQ, OPERATIONS_DLQ
+from sinks.directory_metrics import DirectorySinkMetrics
 from sinks.metrics import SinkMetrics
 from tests.fixtures.prometheus import (
     ALERT_RULES,
@@ -69,7 +70,7 @@ def _exported_series() -> set[str]:
     """Every series name the components can export, from their metrics modules (one registry
     each, as in the processes): counters as ``_total``, histograms as ``_bucket/_sum/_count``."""
     names = {"up"}
-    components = (ProducerMetrics, PlannerMetrics, SinkMetrics, CaptureMetrics)
+    components = (ProducerMetrics, PlannerMetrics, SinkMetrics, CaptureMetrics, DirectorySinkMetrics)
     for build in (*components, lambda r: LagMetrics(r, max_age=30)):
         registry = CollectorRegistry()
         build(registry)

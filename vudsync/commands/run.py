@@ -132,3 +132,22 @@ def sink(metrics_port: int | None, worker_name: str | None) -> None:
     bootstrap = resolve_bootstrap(settings)
     ensure_catalogue(settings, bootstrap, denied_ok=True)  # a component may not create topics
     run_sink(settings, bootstrap, metrics_port=metrics_port)
+
+
+@run.command("directory-sink")
+@_METRICS
+@click.option("--worker-name", default=None, help="names this worker (client id)")
+def directory_sink(metrics_port: int | None, worker_name: str | None) -> None:
+    """Writeback: apply the planner's directory operations (the cloud's access changes) to the
+    directory store, idempotently, and publish their results.
+
+    \b
+    Example:
+      vudsync run directory-sink --metrics-port 9104
+    """
+    from sinks.directory_service import run_directory_sink
+
+    settings = load_settings(**({"worker_name": worker_name} if worker_name else {}))
+    bootstrap = resolve_bootstrap(settings)
+    ensure_catalogue(settings, bootstrap, denied_ok=True)  # a component may not create topics
+    run_directory_sink(settings, bootstrap, metrics_port=metrics_port)
