@@ -17,12 +17,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from processors import journal, keys
+from processors import journal, keys, parking
 from processors.effects import Coords, Effects, Tx
 from processors.keys import Known
 from processors.writeback import PairState, directory_changed, held_entries, plan_writeback
 from schemas.cloud_changes import CloudAccessChanged
 from schemas.directory import EntityType, UserState
+from schemas.directory_operations import GrantDirectoryAccess
 from schemas.results import ResultOutcome
 
 #: the role of ``vud.directory.operations`` among the planner's outputs
@@ -50,6 +51,8 @@ class CloudChanges:
         fx.outcome = decided.outcome
         for op in decided.operations:
             fx.send(ROLE, op.user_id, op)
+            if isinstance(op, GrantDirectoryAccess):
+                self._supersede_revoke(tx, fx, op, now)
         for entry in decided.journal:
             outcome = ResultOutcome.REJECTED if decided.outcome == "rejected" else None
             if entry.code == "writeback_conflict":
@@ -58,6 +61,31 @@ class CloudChanges:
         if decided.state is not None:
             tx.set(wkey, decided.state.to_json())
         return tx.effects(fx)
+
+    @staticmethod
+    def _supersede_revoke(tx: Tx, fx: Effects, grant: GrantDirectoryAccess, now: datetime) -> None:
+        """A grant written back means the cloud's change of the entry won: a revoke of the same
+        entry that an earlier removal on premise parked (the gate holds every revoke a few
+        seconds) must never go. One already sent is beyond reach: the cloud then revokes the
+        entry and its feed brings the revoke back to the store (both sides agree again)."""
+        pkey = keys.parked_key(keys.entity_ref(EntityType.USER, grant.user_id))
+        items = tx.get(pkey) or []
+        slot = (
+            f"access:{grant.company_id}|{grant.application.value}/{_CATALOGUE[grant.entry_kind]}/{grant.name}"
+        )
+        kept = [i for i in items if i["slot"] != slot]
+        if len(kept) == len(items):
+            return
+        tx.set(pkey, kept or None)
+        for item in items:
+            if item["slot"] == slot:
+                old = parking.parked_from_json(item).operation
+                fx.send(
+                    "results", grant.user_id, journal.operation_result(old, ResultOutcome.SUPERSEDED, now)
+                )
+
+
+_CATALOGUE = {"role": "roles", "layout_group": "layout_groups", "module": "modules"}
 
 
 def on_user_changed(

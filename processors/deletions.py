@@ -37,11 +37,12 @@ from schemas.operations import (
     DeactivateUser,
     RemoveCatalogueEntry,
     RevokeAccess,
+    RevokeAccessEntry,
     UpsertCompany,
     UpsertUser,
 )
 
-_REMOVALS = (DeactivateUser, RevokeAccess, RemoveCatalogueEntry)
+_REMOVALS = (DeactivateUser, RevokeAccess, RevokeAccessEntry, RemoveCatalogueEntry)
 
 
 def is_destructive(op: CloudOperation) -> bool:

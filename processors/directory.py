@@ -162,6 +162,8 @@ class DirectoryEvents:
         for op in plan.operations:
             fx.send("operations", op.aggregate, op)
         fx.waiting.extend((x, None) for x in plan.parked)
+        for dop in plan.directory_ops:  # writeback: the conflict rule gave an entry back to the cloud
+            fx.send(cloud_changes.ROLE, dop.user_id, dop)
         for x in plan.parked:
             if x.needs[0] == _CONNECT:  # needs_of puts it first
                 connection.awaited(tx, fx, p, x.operation)
@@ -175,8 +177,9 @@ class DirectoryEvents:
         for op in plan.dropped:
             rejected = journal.operation_result(op, ResultOutcome.REJECTED, now, reason="deletion rejected")
             fx.send("results", ev.entity_id, rejected)
-        for entry in plan.journal:
-            journal.record(fx, entry, now)
+        for entry in plan.journal:  # a writeback conflict asks for a look, as the writeback's do
+            conflict = entry.code == "writeback_conflict"
+            journal.record(fx, entry, now, ResultOutcome.REVIEW if conflict else None)
         if plan.instance is not None:
             app, seen = plan.instance
             fact = PlannerFact(

@@ -17,6 +17,7 @@ from processors import reviews as reviews_rule
 from processors.effects import Tx
 from processors.keys import Known
 from processors.model import Decision, Identities, InstanceSeen, Registry, Verdict
+from processors.writeback import PairState
 from schemas.directory import ApplicationType
 
 
@@ -121,6 +122,7 @@ class Knowledge:
             deletions=FactView(tx, deletions, Decision),
             connected=connection.is_connected(tx, p),
             reviews=FactView(tx, reviews, reviews_rule.is_waiting),
+            writeback=FactView(tx, keys.WRITEBACK, PairState.from_json),
         )
 
 

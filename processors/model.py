@@ -9,10 +9,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from processors.needs import Need
 from schemas.directory import ApplicationType, EntityType
-from schemas.operations import AssignAccess, CloudOperation, RevokeAccess
+from schemas.directory_operations import DirectoryOperation
+from schemas.operations import AssignAccess, CloudOperation, RevokeAccess, RevokeAccessEntry
 
 
 class Outcome(StrEnum):
@@ -93,6 +95,8 @@ class Identities:
     # planner's tests stands for a connected installation, the reconciler always reads the table
     connected: bool = True
     reviews: Mapping[str, bool] = field(default_factory=dict)  # company id -> waits for review
+    # writeback: "<user>|<company>" -> the pair's processors.writeback.PairState
+    writeback: Mapping[str, Any] = field(default_factory=dict)
 
     def verdict(self, app: ApplicationType) -> Verdict:
         return self.applications.get(app, UNVERIFIED)
@@ -155,6 +159,7 @@ class Plan:
     instance: tuple[ApplicationType, InstanceSeen] | None = None  # publish to every partition
     deletion: DeletionRequest | None = None
     dropped: tuple[CloudOperation, ...] = ()  # rejected deletions: never sent
+    directory_ops: tuple[DirectoryOperation, ...] = ()  # writeback: to the directory sink
 
 
 @dataclass(frozen=True)
@@ -168,11 +173,17 @@ class PlannerSettings:
     staging: bool = False  # plan as ever, but stage what would be sent (processors.staging)
 
 
-ACCESS_OPS = (AssignAccess, RevokeAccess)  # isinstance() against a tuple: no union per call
+ACCESS_OPS = (
+    AssignAccess,
+    RevokeAccess,
+    RevokeAccessEntry,
+)  # isinstance() against a tuple: no union per call
 
 
 def slot_of(op: CloudOperation) -> str:
     """Operations in one slot of one entity supersede each other (the newest wins)."""
+    if isinstance(op, RevokeAccessEntry):  # one entry: never superseded by the whole set's plan
+        return f"access:{op.company_id}|{op.application.value}/{op.catalogue}/{op.name}"
     if isinstance(op, ACCESS_OPS):
         return f"access:{op.company_id}"
     return op.kind.split(".", 1)[0]

@@ -32,6 +32,7 @@ Rules (docs/domain.md):
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -53,14 +54,17 @@ from processors.model import (
     VerdictStatus,
 )
 from processors.needs import Need, NeedKind
+from processors.writeback import Change, entry_key, winner
 from schemas.directory import (
     ApplicationInstanceState,
     ApplicationType,
     CompanyAccess,
     EntityType,
     ModuleState,
+    ServiceAccess,
     UserState,
 )
+from schemas.directory_operations import GrantDirectoryAccess
 from schemas.events import (
     ApplicationInstanceChanged,
     CompanyChanged,
@@ -78,6 +82,7 @@ from schemas.operations import (
     RegisterApplicationInstance,
     RemoveCatalogueEntry,
     RevokeAccess,
+    RevokeAccessEntry,
     UpsertCatalogueEntry,
     UpsertCompany,
     UpsertUser,
@@ -327,7 +332,7 @@ def _plan_user(
     assert before is None or isinstance(before, UserState)
     old_access = _access_map(before)
 
-    if event.op is Op.DELETE:
+    if event.op is Op.DELETE:  # the cloud's entries (origin cloud) stay with the deactivated user
         if previous is not None and previous.deleted:
             return Plan(Outcome.NO_CHANGE, view)
         router = _Router(ids, event)
@@ -381,15 +386,122 @@ def _plan_user(
         split = without_blocked(op, touched, ids)
         if split is not None:
             partial, going = split
-            before = {
+            kept = {
                 app: svc
                 for app, svc in (old.services.items() if old else ())
                 if app not in partial.keep and not svc.is_empty()
             }
-            if partial.services != before:  # something changed outside the blocked applications
+            if partial.services != kept:  # something changed outside the blocked applications
                 router.route(partial, going)
         router.route(op, touched)
-    return router.plan(view)
+    if before is None or not any(a.cloud_origin for a in before.access):
+        return router.plan(view)
+    restores, notes = _cloud_entries_removed(before, event, ids, router, now)
+    return replace(router.plan(view, notes), directory_ops=restores)
+
+
+_KIND_OF = {"roles": "role", "layout_groups": "layout_group", "modules": "module"}
+
+
+def _cloud_entries_removed(
+    before: UserState, event: UserChanged, ids: Identities, router: _Router, now: datetime
+) -> tuple[tuple[GrantDirectoryAccess, ...], tuple[JournalEntry, ...]]:
+    """Entries of origin cloud the store held and no longer holds (an administrator removed
+    them on premise): the directory changed that entry, so it is revoked in the cloud, one
+    entry each (``RevokeAccessEntry``, through the gate like every revoke) — unless the cloud
+    removed it first (then this is its writeback), or the cloud changed it later than this
+    removal (the conflict rule, :mod:`processors.writeback`: the cloud wins, the entry is
+    written back again)."""
+    after = {a.company_id: a for a in event.state.access} if event.op is not Op.DELETE else {}
+    restores: list[GrantDirectoryAccess] = []
+    notes: list[JournalEntry] = []
+    removed_at = event.source.committed_at
+    for company in before.access:
+        now_held = after.get(company.company_id)
+        for app, svc in sorted(company.cloud_origin.items()):
+            for catalogue, kind in _KIND_OF.items():
+                for name in getattr(svc, catalogue):
+                    if now_held is not None and any(
+                        name in getattr(part.get(app) or ServiceAccess(), catalogue)
+                        for part in (now_held.services, now_held.cloud_origin)
+                    ):
+                        continue
+                    key = entry_key(app.value, kind, name)
+                    pair = ids.writeback.get(f"{event.entity_id}|{company.company_id}")
+                    cloud = pair.cloud.get(key) if pair is not None else None
+                    if cloud is not None and not cloud.present:
+                        continue  # the cloud removed it: this removal is its writeback
+                    if pair is not None and pair.pending.get(key) is False:
+                        continue  # the writeback's revoke, seen now
+                    side = "directory" if cloud is None else winner(Change(False, removed_at), cloud)
+                    if (
+                        cloud is not None and pair is not None and pair.is_unseen(key, cloud)
+                    ):  # changed on both sides
+                        notes.append(_conflict(event, company.company_id, key, removed_at, cloud.at, side))
+                    if side == "cloud":
+                        assert cloud is not None
+                        restores.append(
+                            _restore(event, company.company_id, app, kind, name, pair, cloud, now)
+                        )
+                        continue
+                    revoke = _op(
+                        RevokeAccessEntry,
+                        event,
+                        now,
+                        f"{company.company_id}|{key}",
+                        user_id=event.entity_id,
+                        company_id=company.company_id,
+                        cloud_user_id=ids.users.get(event.entity_id),
+                        cloud_company_id=ids.companies.get(company.company_id),
+                        application=app,
+                        catalogue=catalogue,
+                        name=name,
+                    )
+                    router.route(revoke, (app,))
+    return tuple(restores), tuple(notes)
+
+
+def _conflict(
+    event: UserChanged, company_id: str, key: str, removed_at: datetime, granted_at: datetime, side: str
+) -> JournalEntry:
+    return JournalEntry(
+        EntityType.USER,
+        event.entity_id,
+        "writeback_conflict",
+        f"{key} of {company_id}: the directory removed it at {removed_at.isoformat()}, the cloud "
+        f"granted it at {granted_at.isoformat()}; the {side} wins (the later change, ties to the directory)",
+        "warning",
+        event.version,
+        removed_at,
+        f"{company_id}|{key}",
+    )
+
+
+def _restore(
+    event: UserChanged,
+    company_id: str,
+    app: ApplicationType,
+    kind: str,
+    name: str,
+    pair: Any,
+    cloud: Change,
+    now: datetime,
+) -> GrantDirectoryAccess:
+    """The writeback again of an entry the cloud granted later than the directory removed it."""
+    key = entry_key(app.value, kind, name)
+    return GrantDirectoryAccess(
+        operation_id=operation_id_for(
+            "directory.access.grant", event.entity_id, event.version, f"{company_id}|{key}|restore"
+        ),
+        user_id=event.entity_id,
+        company_id=company_id,
+        application=app,
+        entry_kind=kind,  # type: ignore[arg-type]  # one of the store's kinds
+        name=name,
+        feed_seq=pair.seq,
+        cloud_changed_at=cloud.at,
+        planned_at=now,
+    )
 
 
 def without_blocked(
@@ -406,7 +518,7 @@ def without_blocked(
     a deterministic id: planned and released again, it is the same operation. None: ``op`` is
     no access change, or nothing, or everything it touches is blocked. ``tag`` tells a repair's
     part apart (:mod:`processors.repair`): its id is derived from it and version 0."""
-    if not isinstance(op, ACCESS_OPS):
+    if not isinstance(op, AssignAccess | RevokeAccess):  # a whole set: one entry goes alone
         return None
     touched = set(apps)
     blocked = {app for app in touched if ids.verdict(app).blocked}

@@ -85,18 +85,29 @@ def winner(directory: Change | None, cloud: Change) -> Side:
 @dataclass(frozen=True)
 class PairState:
     """What the planner keeps per (user, company) (table key ``w|<user>|<company>``): the last
-    feed position seen, the cloud's last known change of each entry, and the directory's
-    changes of entries since the pair is tracked (``directory``, :func:`directory_changed`)."""
+    feed position seen; the cloud's last known change of each entry; the directory's changes of
+    entries since the pair is tracked (``directory``, :func:`directory_changed`); the
+    writeback's own operations not yet seen in a directory event (``pending``: entry → True
+    granted, False revoked: until the store's next change of the entry shows it, the planner's
+    view of the store lags behind them); and the cloud change each entry was last written back
+    from (``seen``: its time — a later cloud change the directory has not seen).
+
+    Serialised compactly (``c``, ``d``, ``w``, ``s``); a value without the newer keys reads as
+    empty."""
 
     seq: int
     cloud: Mapping[str, Change] = field(default_factory=dict)
     directory: Mapping[str, Change] = field(default_factory=dict)
+    pending: Mapping[str, bool] = field(default_factory=dict)
+    seen: Mapping[str, datetime] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "seq": self.seq,
             "c": {k: v.to_json() for k, v in sorted(self.cloud.items())},
             "d": {k: v.to_json() for k, v in sorted(self.directory.items())},
+            "w": dict(sorted(self.pending.items())),
+            "s": {k: v.isoformat() for k, v in sorted(self.seen.items())},
         }
 
     @staticmethod
@@ -105,7 +116,21 @@ class PairState:
             int(raw["seq"]),
             {k: Change.from_json(v) for k, v in raw.get("c", {}).items()},
             {k: Change.from_json(v) for k, v in raw.get("d", {}).items()},
+            {k: bool(v) for k, v in raw.get("w", {}).items()},
+            {k: datetime.fromisoformat(v) for k, v in raw.get("s", {}).items()},
         )
+
+    def held_as_cloud(self, key: str, held: Mapping[str, str]) -> bool:
+        """Does the store hold ``key`` as the cloud's, counting the writeback's operations on
+        their way (the last directory event may not show them yet)?"""
+        pending = self.pending.get(key)
+        return pending if pending is not None else held.get(key) == "cloud"
+
+    def is_unseen(self, key: str, cloud: Change) -> bool:
+        """Is ``cloud`` a change of the entry the directory has not seen (later than the one
+        it was written back from)?"""
+        seen = self.seen.get(key)
+        return seen is not None and cloud.at > seen
 
 
 @dataclass(frozen=True)
@@ -153,6 +178,8 @@ def plan_writeback(
         return Writeback("stale", None)
     old_cloud = dict(previous.cloud) if previous is not None else {}
     directory = dict(previous.directory) if previous is not None else {}
+    pending = dict(previous.pending) if previous is not None else {}
+    seen = dict(previous.seen) if previous is not None else {}
     now_cloud: dict[str, tuple[Change, CloudAccessEntry]] = {}
     for e in () if change.deleted else change.entries:
         now_cloud[entry_key(e.application.value, e.kind, e.name)] = (Change(True, e.modified_at), e)
@@ -160,7 +187,7 @@ def plan_writeback(
     for key, was in old_cloud.items():
         if key not in cloud:  # removed in the cloud by this change (or known removed before)
             cloud[key] = was if not was.present else Change(False, change.changed_at)
-    state = PairState(change.feed_seq, cloud, directory)
+    state = PairState(change.feed_seq, cloud, directory, pending, seen)
 
     def note(code: str, message: str, level: str, ref: str = "") -> JournalEntry:
         return JournalEntry(
@@ -195,20 +222,20 @@ def plan_writeback(
             )
             continue
         origin = held.get(key)
-        if now_side.present and origin is not None:
+        as_cloud = state.held_as_cloud(key, held)
+        if now_side.present and (origin == "directory" or as_cloud):
             continue  # held already, whatever its origin
-        if not now_side.present and origin is None:
-            continue  # not held: nothing to remove
-        if not now_side.present and origin == "directory":
-            journal.append(
-                note(
-                    CLOUD_REMOVED_DIRECTORY_ENTRY,
-                    f"{key} of {change.company_id} was removed in the cloud but the directory granted it; "
-                    "the directory's set is sent again at its next change",
-                    "warning",
-                    f"{change.company_id}|{key}",
+        if not now_side.present and not as_cloud:  # not held as the cloud's: nothing to remove
+            if origin == "directory":
+                journal.append(
+                    note(
+                        CLOUD_REMOVED_DIRECTORY_ENTRY,
+                        f"{key} of {change.company_id} was removed in the cloud but the directory "
+                        "granted it; the directory's set is sent again at its next change",
+                        "warning",
+                        f"{change.company_id}|{key}",
+                    )
                 )
-            )
             continue
         theirs = directory.get(key)
         if theirs is not None and theirs.present != now_side.present:
@@ -227,6 +254,9 @@ def plan_writeback(
             if side == "directory":
                 continue
         ops.append(_operation(change, key, grant=now_side.present, now=now))
+        pending[key] = now_side.present
+        if now_side.present:
+            seen[key] = now_side.at
     return Writeback("planned" if ops else "no_change", state, tuple(ops), tuple(journal))
 
 
@@ -236,16 +266,20 @@ def directory_changed(
     """The pair's state after a directory event of the user changed which entries the store
     holds (``before`` → ``after``, entry → origin) at ``committed_at``: the directory's side of
     the conflict rule. A change that makes the store agree with the cloud's known state is no
-    change of the directory's (the writeback's own write, or the directory catching up)."""
+    change of the directory's (the writeback's own write, or the directory catching up). Any
+    change of an entry ends the writeback's operation on it that was on its way (``pending``):
+    the store's view is the truth again."""
+    flipped = before.keys() ^ after.keys()
+    if not flipped:
+        return previous
     changed = {
         k: Change(k in after, committed_at)
-        for k in before.keys() ^ after.keys()
+        for k in flipped
         # what agrees with the cloud is the writeback's own write, or the directory catching up
         if (k in after) != (previous.cloud[k].present if k in previous.cloud else False)
     }
-    if not changed:
-        return previous
-    return PairState(previous.seq, previous.cloud, {**previous.directory, **changed})
+    pending = {k: v for k, v in previous.pending.items() if k not in flipped}
+    return PairState(previous.seq, previous.cloud, {**previous.directory, **changed}, pending, previous.seen)
 
 
 def _operation(change: CloudAccessChanged, key: str, *, grant: bool, now: datetime) -> DirectoryOperation:

@@ -112,6 +112,22 @@ class RevokeAccess(_Operation):
     cloud_company_id: str | None = Field(default=None, description="unset only while parked")
 
 
+class RevokeAccessEntry(_Operation):
+    """Remove one role, layout group or module of the user in one company, whatever its origin
+    in the cloud: an administrator removed on premise an entry the directory held as the
+    cloud's (origin cloud, written back), which the whole-set writes (``scope=directory``)
+    never touch (issue 16)."""
+
+    kind: Literal["access.revoke_entry"] = "access.revoke_entry"
+    user_id: str
+    company_id: str
+    cloud_user_id: str | None = Field(default=None, description="unset only while parked")
+    cloud_company_id: str | None = Field(default=None, description="unset only while parked")
+    application: ApplicationType
+    catalogue: Literal["roles", "layout_groups", "modules"]
+    name: str
+
+
 class UpsertCatalogueEntry(_Operation):
     """Publish a role, layout group or module in its service's catalogue."""
 
@@ -144,6 +160,7 @@ CloudOperation = Annotated[
     | UpsertCompany
     | AssignAccess
     | RevokeAccess
+    | RevokeAccessEntry
     | UpsertCatalogueEntry
     | RemoveCatalogueEntry
     | RegisterApplicationInstance,
@@ -166,6 +183,8 @@ def version_slot(op: CloudOperation) -> str:
     """
     if isinstance(op, AssignAccess | RevokeAccess):
         return f"{op.aggregate}|access:{op.company_id}"
+    if isinstance(op, RevokeAccessEntry):  # one entry: apart from the whole-set writes
+        return f"{op.aggregate}|access:{op.company_id}|{op.application.value}/{op.catalogue}/{op.name}"
     return op.aggregate
 
 

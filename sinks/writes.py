@@ -32,6 +32,7 @@ from schemas.operations import (
     RegisterApplicationInstance,
     RemoveCatalogueEntry,
     RevokeAccess,
+    RevokeAccessEntry,
     UpsertCatalogueEntry,
     UpsertCompany,
     UpsertUser,
@@ -141,6 +142,12 @@ def simple_write(op: CloudOperation) -> Write | None:
         if isinstance(op, AssignAccess):
             return None if op.keep else access_write(op, {})
         return Write("DELETE", access_path(op), oid, ok_statuses=(404,))
+    if isinstance(op, RevokeAccessEntry):
+        if not (op.cloud_user_id and op.cloud_company_id):
+            return None
+        user, company = _seg(op.cloud_user_id), _seg(op.cloud_company_id)
+        entry = f"{_seg(op.application.value)}/{op.catalogue}/{_seg(op.name)}"
+        return Write("DELETE", f"/v1/users/{user}/access/{company}/{entry}", oid, ok_statuses=(404,))
     if isinstance(op, UpsertCatalogueEntry | RemoveCatalogueEntry):
         path = f"/v1/services/{_seg(op.application.value)}/{op.catalogue}/{_seg(op.name)}"
         if isinstance(op, UpsertCatalogueEntry):
@@ -349,7 +356,7 @@ def interpret(op: CloudOperation, status: int, body: Any, replayed: bool) -> App
     """
     if isinstance(op, AssignAccess):
         return Applied("assigned", op.cloud_user_id, replayed)
-    if isinstance(op, RevokeAccess):
+    if isinstance(op, RevokeAccess | RevokeAccessEntry):
         return Applied("noop" if status == 404 else "revoked", op.cloud_user_id, replayed)
     if isinstance(op, UpsertCatalogueEntry):
         return Applied("published", None, replayed)

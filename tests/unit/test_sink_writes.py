@@ -15,6 +15,7 @@ from schemas.operations import (
     AssignAccess,
     DeactivateUser,
     RevokeAccess,
+    RevokeAccessEntry,
     UpsertCatalogueEntry,
     UpsertCompany,
     UpsertUser,
@@ -433,3 +434,30 @@ async def test_an_assignment_keeping_an_application_reads_the_access_then_writes
     ]
     assert sent[1][2]["services"]["reporting"] == {"roles": ["Analyse"]}
     assert sent[1][2]["services"]["business"]["roles"] == ["Lønn"]
+
+
+def test_an_entry_revoked_on_premise_is_one_delete_of_that_entry_alone() -> None:
+    revoke = RevokeAccessEntry(
+        operation_id="op-e",
+        aggregate="user:u1",
+        entity=EntityType.USER,
+        entity_id="u1",
+        user_id="u1",
+        company_id="c1",
+        cloud_user_id="cu-1",
+        cloud_company_id="cc-1",
+        application=ApplicationType.BUSINESS,
+        catalogue="roles",
+        name="Lønn & HR",
+        **COMMON,
+    )
+    write = simple_write(revoke)
+    assert write is not None
+    assert (write.method, write.path, write.key, write.body) == (
+        "DELETE",
+        "/v1/users/cu-1/access/cc-1/business/roles/L%C3%B8nn%20%26%20HR",
+        "op-e",
+        None,
+    )
+    assert interpret(revoke, 200, {}, False) == Applied("revoked", "cu-1", False)
+    assert simple_write(revoke.model_copy(update={"cloud_company_id": None})) is None  # parked until known

@@ -96,9 +96,14 @@ def test_an_entry_held_already_is_not_written_again_whatever_its_origin() -> Non
 
 
 def test_a_revoke_in_the_cloud_removes_only_what_the_store_holds_as_the_cloud_s() -> None:
-    state = decide(None, change(3, entry("Lønn", modified=3), entry("Innkjøp", modified=3))).state
+    first = decide(
+        None,
+        change(3, entry("Lønn", modified=3), entry("Innkjøp", modified=3)),
+        {"business/role/Innkjøp": "directory"},
+    )
+    assert [op.name for op in first.operations] == ["Lønn"]
     held = {"business/role/Lønn": "cloud", "business/role/Innkjøp": "directory"}
-    decided = decide(state, change(4), held)  # the cloud holds neither now
+    decided = decide(first.state, change(4), held)  # the cloud holds neither now
     (op,) = decided.operations
     assert isinstance(op, RevokeDirectoryAccess) and op.name == "Lønn"
     # the directory's own entry stays; the journal says the cloud removed it
@@ -235,3 +240,168 @@ def test_planner_rejections_are_journalled_as_results() -> None:
     ]
     assert fx.journal == ["writeback_rejected_unknown_user"]
     assert not [s for s in fx.sends if s.role == "directory_operations"]
+
+
+# -- an entry of origin cloud removed on premise ---------------------------------------------
+
+
+def _written_back(p: Planner, modified: float) -> None:
+    """u1 holds Regnskap (the directory's) and Lønn (the cloud's, written back at ``modified``)."""
+    p.user(1, CompanyAccess(company_id="c1", services={BUSINESS: ServiceAccess(roles=("Regnskap",))}))
+    p.cloud(change(5, entry("Regnskap", origin="directory", modified=1), entry("Lønn", modified=modified)))
+    p.user(
+        2,
+        CompanyAccess(
+            company_id="c1",
+            services={BUSINESS: ServiceAccess(roles=("Regnskap",))},
+            cloud_origin={BUSINESS: ServiceAccess(roles=("Lønn",))},
+        ),
+    )
+
+
+def _parked_kinds(p: Planner) -> list[str]:
+    return [item["op"]["kind"] for item in p.table.get("p|user:u1") or ()]
+
+
+def test_planner_an_entry_of_the_cloud_s_removed_on_premise_is_revoked_in_the_cloud_entry_alone() -> None:
+    p = _linked()
+    _written_back(p, modified=1.5)
+    removed = p.user(
+        3, CompanyAccess(company_id="c1", services={BUSINESS: ServiceAccess(roles=("Regnskap",))})
+    )
+    # the revoke waits for the accidental-delete gate, as every revoke does; the set is untouched
+    assert removed.operations() == []
+    assert _parked_kinds(p) == ["access.revoke_entry"]
+    (revoke,) = [item["op"] for item in p.table["p|user:u1"]]
+    assert (revoke["application"], revoke["catalogue"], revoke["name"]) == ("business", "roles", "Lønn")
+    assert (revoke["cloud_user_id"], revoke["cloud_company_id"]) == ("cu-1", "cc-1")
+
+
+def test_planner_the_writeback_s_own_removal_is_no_change_of_the_directory_s() -> None:
+    p = _linked()
+    _written_back(p, modified=1.5)
+    p.cloud(change(6, entry("Regnskap", origin="directory", modified=1)))  # the cloud revoked Lønn
+    removed = p.user(
+        3, CompanyAccess(company_id="c1", services={BUSINESS: ServiceAccess(roles=("Regnskap",))})
+    )
+    assert removed.operations() == [] and _parked_kinds(p) == []
+
+
+def test_planner_a_cloud_change_later_than_the_removal_on_premise_wins_and_is_written_back_again() -> None:
+    p = _linked()
+    _written_back(p, modified=1.5)
+    # granted again in the cloud (revoked and granted in one feed item) later than the removal
+    # on premise below (the user events commit at T0 + version seconds); the store holds it still
+    p.cloud(change(6, entry("Regnskap", origin="directory", modified=1), entry("Lønn", modified=100)))
+    removed = p.user(
+        3, CompanyAccess(company_id="c1", services={BUSINESS: ServiceAccess(roles=("Regnskap",))})
+    )
+    assert _parked_kinds(p) == []
+    restores = [s.value for s in removed.sends if s.role == "directory_operations"]
+    assert [(type(r), r.name) for r in restores] == [(GrantDirectoryAccess, "Lønn")]
+    conflicts = [s.value for s in removed.sends if isinstance(s.value, OperationResult)]
+    assert [(r.kind, r.outcome) for r in conflicts] == [("journal.writeback_conflict", ResultOutcome.REVIEW)]
+    assert "the cloud wins" in conflicts[0].details["message"]
+
+
+# -- properties ---------------------------------------------------------------------------------
+
+ROLE_NAMES = ("Lønn", "Innkjøp", "Regnskap")
+cloud_states = st.lists(st.sets(st.sampled_from(ROLE_NAMES)), min_size=1, max_size=6)
+
+
+def _cloud_changes(states: list[set[str]], directory: dict[str, str]) -> list[CloudAccessChanged]:
+    """The feed's items: the cloud's whole access after each change, at positions 1, 2, …; an
+    entry keeps its modification time while it is held, and is the directory's (origin
+    directory) when the directory holds it, else the cloud's."""
+    out: list[CloudAccessChanged] = []
+    since: dict[str, int] = {}
+    for seq, held in enumerate(states, start=1):
+        since = {name: since.get(name, seq) for name in held}
+        entries = (entry(n, "directory" if n in directory else "cloud", since[n]) for n in sorted(held))
+        out.append(change(seq, *entries))
+    return out
+
+
+def _apply(store: dict[str, str], ops: tuple[Any, ...]) -> None:
+    """The directory sink's effect on the store's entries (entry → origin)."""
+    for op in ops:
+        if isinstance(op, GrantDirectoryAccess):
+            store.setdefault(op.entry, "cloud")
+        elif store.get(op.entry) == "cloud":
+            del store[op.entry]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    cloud_states,
+    st.randoms(use_true_random=False),
+    st.dictionaries(st.sampled_from(ROLE_NAMES), st.just("directory")),
+)
+def test_any_order_of_delivery_with_replays_ends_as_the_latest_cloud_state_and_decides_the_same_again(
+    states: list[set[str]], rnd: Any, directory: dict[str, str]
+) -> None:
+    """Deliveries out of order and again (a replay, a full read) change nothing: the store ends
+    holding, as the cloud's, exactly the latest cloud-origin entries it does not hold as the
+    directory's; the directory's own entries are never touched; and a fresh planner given the
+    same deliveries decides the same operations, with the same ids."""
+    changes = _cloud_changes(states, directory)
+    deliveries = changes + [rnd.choice(changes) for _ in range(len(changes))]
+    rnd.shuffle(deliveries)
+    deliveries.append(changes[-1])  # the latest arrives at last (the feed is read in order)
+
+    def run() -> tuple[dict[str, str], list[tuple[str, ...]]]:
+        store = {f"business/role/{n}": o for n, o in directory.items()}
+        state, decided = None, []
+        for ch in deliveries:
+            out = plan_writeback(state, ch, dict(store), company_known=True, now=T0)
+            if out.state is not None:
+                state = out.state
+            _apply(store, out.operations)
+            decided.append(tuple(op.operation_id for op in out.operations))
+        return store, decided
+
+    store, decided = run()
+    assert run() == (store, decided)  # a replay from scratch decides the same
+    latest = {f"business/role/{n}" for n in states[-1]}
+    mine = {f"business/role/{n}" for n in directory}
+    assert {k for k, o in store.items() if o == "cloud"} == latest - mine
+    assert {k for k, o in store.items() if o == "directory"} == mine
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(3, 40), st.integers(3, 40), st.booleans())
+def test_conflict_one_entry_removed_on_premise_and_granted_again_in_the_cloud_settles_by_the_rule(
+    removed_at: int, granted_at: int, cloud_first: bool
+) -> None:
+    """An entry of the cloud's, written back; then, before either side saw the other's change,
+    an administrator removes it on premise (at ``removed_at``) and one in the cloud grants it
+    again (at ``granted_at``). Whichever the planner hears of first, the outcome is the rule's:
+    the later change wins, a tie goes to the directory — the entry is written back again, or
+    revoked in the cloud (one entry, through the gate) — and the conflict is journalled."""
+    p = _linked()
+    _written_back(p, modified=1.5)
+    regrant = change(7, entry("Regnskap", origin="directory", modified=1), entry("Lønn", modified=granted_at))
+    removal = user_event(
+        removed_at,  # the version: the user events of the helpers commit at T0 + version seconds
+        state=user_state(
+            access=(CompanyAccess(company_id="c1", services={BUSINESS: ServiceAccess(roles=("Regnskap",))}),)
+        ),
+    )
+    sends = []
+    for step in ("cloud", "user") if cloud_first else ("user", "cloud"):
+        if step == "cloud":
+            fx = p.cloud(regrant)
+        else:
+            fx = p.perform(p.r.on_directory_event(removal, p.coords("users"), None))
+        sends += fx.sends
+    cloud_wins = at(granted_at) > at(removed_at)
+    written_back = [s.value for s in sends if s.role == "directory_operations"]
+    revoked_in_cloud = [k for k in _parked_kinds(p) if k == "access.revoke_entry"]  # waits at the gate
+    conflicts = [s.value for s in sends if getattr(s.value, "kind", "") == "journal.writeback_conflict"]
+    assert bool(written_back) == cloud_wins
+    assert bool(revoked_in_cloud) == (not cloud_wins)
+    assert (
+        len(conflicts) == 1
+        and ("the cloud wins" if cloud_wins else "the directory wins") in conflicts[0].details["message"]
+    )
