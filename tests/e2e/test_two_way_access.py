@@ -19,19 +19,6 @@ from vudsync.topics import ensure_catalogue
 PORTAL = ("portal-admin", "portal-admin-secret-1")
 
 
-def _entries(cloud: CloudReader, uid: str) -> dict[str, str]:
-    """Business roles of the user in its one company: name -> origin."""
-    user = cloud.user(uid)
-    if user is None:
-        return {}
-    return {
-        e["name"]: e["origin"]
-        for a in cloud.access(user["id"])
-        for e in a["entries"]
-        if (e["service"], e["kind"]) == ("business", "roles")
-    }
-
-
 def test_a_role_granted_in_the_cloud_survives_changes_and_revokes_on_premise(
     pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
 ) -> None:
@@ -48,7 +35,7 @@ def test_a_role_granted_in_the_cloud_survives_changes_and_revokes_on_premise(
 
     with components(settings, kafka_bootstrap, "producer", "planner", "sink") as procs:
         wait_until(
-            lambda: alive_or_fail(procs) and _entries(cloud, "u1") == {"Regnskap": "directory"},
+            lambda: alive_or_fail(procs) and cloud.origins("u1") == {"Regnskap": "directory"},
             180,
             what="u1's on-premise role in the cloud",
         )
@@ -64,16 +51,16 @@ def test_a_role_granted_in_the_cloud_survives_changes_and_revokes_on_premise(
         # an unrelated role of the same user in the same company changes on premise
         writer.grant([("u1", "c1", "business", "role", "Innkjøp")])
         wait_until(
-            lambda: alive_or_fail(procs) and "Innkjøp" in _entries(cloud, "u1"),
+            lambda: alive_or_fail(procs) and "Innkjøp" in cloud.origins("u1"),
             120,
             what="the on-premise grant applied",
         )
-        assert _entries(cloud, "u1") == {"Regnskap": "directory", "Innkjøp": "directory", "Lønn": "cloud"}
+        assert cloud.origins("u1") == {"Regnskap": "directory", "Innkjøp": "directory", "Lønn": "cloud"}
 
         # every on-premise access of the user in the company is revoked: the cloud's grant stays
         writer.revoke("u1", "c1")
         wait_until(
-            lambda: alive_or_fail(procs) and _entries(cloud, "u1") == {"Lønn": "cloud"},
+            lambda: alive_or_fail(procs) and cloud.origins("u1") == {"Lønn": "cloud"},
             120,
             what="the directory's roles revoked, the cloud's kept",
         )

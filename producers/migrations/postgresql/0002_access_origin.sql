@@ -3,8 +3,9 @@
 --   access.origin      'directory': granted on premise (the default, and every existing row);
 --                      'cloud': written by the directory sink because an administrator
 --                      granted it in the cloud.
---   change_log.origin  'cloud' when every access row of the user the statement wrote is the
---                      writeback's own; 'directory' for everything else.
+--   change_log.origin  'cloud' when every access row of the user the statement wrote is of
+--                      origin cloud (the writeback's own write; also an on-premise deletion of
+--                      such rows: a trigger cannot tell who deletes); 'directory' otherwise.
 --   directory_operations_applied  the directory sink's applied operation ids, written in the
 --                      same transaction as the operation's effect (idempotent apply).
 ALTER TABLE access ADD COLUMN origin TEXT NOT NULL DEFAULT 'directory'

@@ -4,8 +4,9 @@
 --                      'cloud': written by the directory sink (vudsync run directory-sink)
 --                      because an administrator granted it in the cloud.
 --   change_log.origin  the origin of the access row whose change logged it ('cloud': the
---                      writeback's own write, which capture must not echo back to the cloud);
---                      'directory' for everything else.
+--                      writeback's own write, which capture must not echo back to the cloud;
+--                      also an on-premise deletion of such a row, which carries the deleted
+--                      row's origin: a trigger cannot tell who deletes); 'directory' otherwise.
 --   directory_operations_applied  the directory sink's applied operation ids, written in the
 --                      same transaction as the operation's effect (idempotent apply).
 ALTER TABLE access ADD COLUMN origin TEXT NOT NULL DEFAULT 'directory'

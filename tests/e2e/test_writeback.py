@@ -1,0 +1,247 @@
+"""Writeback (issue 16): what an administrator grants or revokes in the cloud reaches the
+directory store — once, as origin cloud — and nothing echoes back to the cloud. On the real
+broker, store (SQLite and PostgreSQL) and cloud API, with the real producer, planner, sink and
+directory sink.
+
+The cloud's change feed is relayed by :class:`tests.cloud_feed.FeedRelay`, a stand-in for
+``vudsync run cloud-capture`` (built in parallel on branch wb-capture; not on main when this
+was written): it publishes exactly the contract's ``CloudAccessChanged``, read from the
+cloud's real feed over HTTP. To switch to the real component, start ``cloud-capture`` among
+the components and drop the ``relay.pump()`` calls."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import pytest
+
+from devtools.seed.writer import DirectoryWriter, open_writer
+from kernel.settings import Settings
+from tests.cloud_feed import FeedRelay
+from tests.factories import store_users
+from tests.fixtures.cloud import CloudReader
+from tests.pipeline import components, gauge, vudsync_cli, wait_for
+from vudsync.topics import ensure_catalogue
+
+PORTAL = ("portal-admin", "portal-admin-secret-1")
+ROLES = ("Regnskap", "Lønn", "Innkjøp")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def settings(request: pytest.FixtureRequest, pipeline_settings: Settings) -> Settings:
+    if request.param == "sqlite":
+        return pipeline_settings
+    return pipeline_settings.model_copy(update={"store_url": request.getfixturevalue("postgres_url")})
+
+
+class Portal:
+    """An administrator in the cloud's portal: another OAuth client than the integration."""
+
+    def __init__(self, cloud: CloudReader) -> None:
+        cloud.add_client(*PORTAL, customer_admin=True)
+        self.cloud = cloud
+        token = cloud.server.token(client_id=PORTAL[0], client_secret=PORTAL[1])
+        self.client = httpx.Client(
+            base_url=cloud.server.url, headers={"Authorization": f"Bearer {token}"}, timeout=10
+        )
+
+    def entry(self, method: str, uid: str, cid: str, role: str) -> int:
+        """Grant (PUT) or revoke (DELETE) one Business role of on-premise user ``uid`` in company
+        ``cid``; the audit position of the change."""
+        user, company = self.cloud.user(uid), self.cloud.company(cid)
+        assert user is not None and company is not None
+        path = f"/v1/users/{user['id']}/access/{company['id']}/business/roles/{role}"
+        self.client.request(method, path).raise_for_status()
+        return int(self.cloud.audit()[-1]["seq"])
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _integration_writes(cloud: CloudReader, after_seq: int) -> list[dict[str, Any]]:
+    """What vudsync's own client wrote in the cloud after ``after_seq`` (its audit rows)."""
+    return [a for a in cloud.audit() if a["seq"] > after_seq and a["client_id"] == cloud.server.client_id]
+
+
+@contextmanager
+def _directory(settings: Settings, bootstrap: str) -> Iterator[DirectoryWriter]:
+    ensure_catalogue(settings, bootstrap)
+    writer = open_writer(settings.resolved_store_url())
+    writer.upsert_catalogue("roles", [("business", r, r) for r in ROLES])
+    writer.upsert_companies([{"id": "c1", "name": "Fjord AS", "organisation_number": "923609016"}])
+    writer.upsert_user(id="u1", username="kari", email="kari@fjord.no", first_name="Kari", last_name="Holm")
+    writer.grant([("u1", "c1", "business", "role", "Regnskap")])
+    try:
+        yield writer
+    finally:
+        writer.close()
+
+
+@pytest.mark.timeout(900)
+def test_cloud_grants_and_revokes_reach_the_store_once_and_never_echo(
+    settings: Settings, kafka_bootstrap: str, cloud: CloudReader
+) -> None:
+    ports = {"planner": _free_port(), "directory-sink": _free_port()}
+    with _directory(settings, kafka_bootstrap) as writer:
+        assert vudsync_cli(settings, kafka_bootstrap, "connect").returncode == 0
+        portal = Portal(cloud)
+        relay = FeedRelay(cloud, settings, kafka_bootstrap)
+        names = ("producer", "planner", "sink", "directory-sink")
+        with components(settings, kafka_bootstrap, *names, metrics_ports=ports) as procs:
+            wait_for(procs, lambda: cloud.origins("u1") == {"Regnskap": "directory"}, 180, "u1 in the cloud")
+
+            # an administrator grants Lønn in the cloud → the store holds it, as the cloud's
+            before = writer.change_log_position()
+            granted_at = portal.entry("PUT", "u1", "c1", "Lønn")
+            wait_for(
+                procs,
+                lambda: (
+                    relay.pump() and ("c1", "business", "role", "Lønn", "cloud") in writer.access_rows("u1")
+                ),
+                120,
+                "the cloud's grant in the store",
+            )
+            assert writer.change_log_origins("u1", before) == ["cloud"]  # exactly one row, the writeback's
+
+            # the next on-premise change of the same user in the same company keeps it; until it,
+            # vudsync wrote nothing in the cloud (the writeback's user event planned no write)
+            writer.grant([("u1", "c1", "business", "role", "Innkjøp")])
+            wait_for(procs, lambda: relay.pump() and "Innkjøp" in cloud.origins("u1"), 120, "Innkjøp")
+            writes = _integration_writes(cloud, granted_at)
+            assert [(w["method"], w["effect"]) for w in writes] == [("PUT", "assigned")], writes
+            assert cloud.origins("u1") == {
+                "Regnskap": "directory",
+                "Innkjøp": "directory",
+                "Lønn": "cloud",
+            }
+            assert ("c1", "business", "role", "Lønn", "cloud") in writer.access_rows("u1")
+
+            # verify: the cloud's entry held on both sides is no drift either way
+            verified = vudsync_cli(settings, kafka_bootstrap, "verify", "--json")
+            assert verified.returncode == 0, verified.stdout + verified.stderr
+            report = json.loads(verified.stdout)["report"]
+            assert report["clean"] and report["cloud_origin_entries"] == ["u1/c1: business/roles/Lønn"]
+
+            # revoking it in the cloud removes it on premise, with one change-log row, no echo
+            before = writer.change_log_position()
+            revoked_at = portal.entry("DELETE", "u1", "c1", "Lønn")
+            wait_for(
+                procs,
+                lambda: relay.pump() and all(r[3] != "Lønn" for r in writer.access_rows("u1")),
+                120,
+                "the cloud's revoke in the store",
+            )
+            assert writer.change_log_origins("u1", before) == ["cloud"]
+            writer.update_user("u1", first_name="Kari Anne")  # a barrier: its write comes after any echo
+            wait_for(procs, lambda: (cloud.user("u1") or {}).get("first_name") == "Kari Anne", 120, "barrier")
+            writes = _integration_writes(cloud, revoked_at)
+            assert [w["resource_type"] for w in writes] == ["user"], writes
+            assert cloud.origins("u1") == {"Regnskap": "directory", "Innkjøp": "directory"}
+
+            # granted again in the cloud, then removed on premise by an administrator: the directory
+            # changed that entry, so it is revoked in the cloud — that entry alone
+            portal.entry("PUT", "u1", "c1", "Lønn")
+            wait_for(
+                procs,
+                lambda: (
+                    relay.pump() and ("c1", "business", "role", "Lønn", "cloud") in writer.access_rows("u1")
+                ),
+                120,
+                "the second grant in the store",
+            )
+            writer.revoke_entry("u1", "c1", "business", "role", "Lønn")
+            wait_for(
+                procs,
+                lambda: relay.pump() and "Lønn" not in cloud.origins("u1"),
+                120,
+                "Lønn revoked in the cloud",
+            )
+            assert cloud.origins("u1") == {"Regnskap": "directory", "Innkjøp": "directory"}
+            assert all(r[3] != "Lønn" for r in writer.access_rows("u1"))
+
+            # a role the directory does not know: journalled and counted, the store untouched
+            cloud.client.put("/v1/services/business/roles/Ukjent", json={"description": "cloud only"})
+            before = writer.change_log_position()
+            portal.entry("PUT", "u1", "c1", "Ukjent")
+            wait_for(
+                procs,
+                lambda: (
+                    relay.pump()
+                    and (gauge(ports["directory-sink"], "vudsync_writeback_rejected_total") or 0) >= 1
+                ),
+                120,
+                "the unknown role rejected",
+            )
+            assert writer.change_log_position() == before
+            assert all(r[3] != "Ukjent" for r in writer.access_rows("u1"))
+            journal = vudsync_cli(settings, kafka_bootstrap, "journal", "--json", "--outcome", "rejected")
+            assert "unknown_role" in journal.stdout, journal.stdout + journal.stderr
+            # the planner counted the echoes of its own writes it did not write back
+            assert (gauge(ports["planner"], "vudsync_writeback_echo_suppressed_total") or 0) >= 1
+        relay.close()
+        portal.close()
+
+
+@pytest.mark.timeout(900)
+def test_sigkill_of_the_directory_sink_mid_stream_loses_nothing_and_applies_nothing_twice(
+    settings: Settings, kafka_bootstrap: str, cloud: CloudReader
+) -> None:
+    users = [f"u{i}" for i in range(1, 31)]
+    with _directory(settings, kafka_bootstrap) as writer:
+        with writer.transaction():
+            writer.upsert_users(store_users(*range(2, len(users) + 1)))
+            writer.grant([(uid, "c1", "business", "role", "Regnskap") for uid in users[1:]])
+        assert vudsync_cli(settings, kafka_bootstrap, "connect").returncode == 0
+        portal = Portal(cloud)
+        relay = FeedRelay(cloud, settings, kafka_bootstrap)
+        with components(settings, kafka_bootstrap, "producer", "planner", "sink") as procs:
+            wait_for(procs, lambda: all(cloud.origins(u) for u in users), 240, "every user in the cloud")
+            before = writer.change_log_position()
+            first_grant = int(cloud.audit()[-1]["seq"])
+            for uid in users:
+                portal.entry("PUT", uid, "c1", "Lønn")
+            relay.pump()
+
+            with components(settings, kafka_bootstrap, "directory-sink") as sinks:
+                wait_for(
+                    {**procs, **sinks},
+                    lambda: any(writer.change_log_origins(u, before) for u in users),
+                    120,
+                    "the first writeback",
+                )
+                sinks["directory-sink"].kill()  # SIGKILL mid-stream: no goodbye, no offset commit
+            with components(settings, kafka_bootstrap, "directory-sink") as sinks:
+                wait_for(
+                    {**procs, **sinks},
+                    lambda: all(
+                        ("c1", "business", "role", "Lønn", "cloud") in writer.access_rows(u) for u in users
+                    ),
+                    180,
+                    "every grant in the store",
+                )
+                for uid in users:  # once each: one row, one change-log row of the writeback's
+                    assert writer.change_log_origins(uid, before) == ["cloud"], uid
+                    assert [r for r in writer.access_rows(uid) if r[3] == "Lønn"] == [
+                        ("c1", "business", "role", "Lønn", "cloud")
+                    ]
+                # a barrier through the whole directory path; then no write of vudsync's on any access
+                writer.update_user("u1", first_name="Barrier")
+                wait_for(
+                    procs, lambda: (cloud.user("u1") or {}).get("first_name") == "Barrier", 120, "barrier"
+                )
+                writes = _integration_writes(cloud, first_grant)
+                assert [w["resource_type"] for w in writes] == ["user"], writes
+        relay.close()
+        portal.close()
