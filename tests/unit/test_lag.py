@@ -64,11 +64,14 @@ def test_a_group_covers_its_own_topics_and_those_it_committed_only() -> None:
     assert {(r.topic, r.lag) for r in rows} == {("mine", 3), ("extra", 1)}
 
 
-def test_the_pipeline_groups_are_the_planner_and_the_sink_with_the_topic_prefix() -> None:
-    planner, sink = pipeline_groups(Settings(topic_prefix="t-1-"))
+def test_the_pipeline_groups_are_the_planner_and_the_sinks_with_the_topic_prefix() -> None:
+    planner, sink, directory_sink = pipeline_groups(Settings(topic_prefix="t-1-"))
     assert planner.group == "t-1-vudsync-planner" and "t-1-vud.directory.users" in planner.topics
     assert "t-1-vud.cloud.results" in planner.topics
     assert sink.group == "t-1-vudsync-sink" and sink.topics == ("t-1-vud.cloud.operations",)
+    assert "t-1-vud.cloud.changes" in planner.topics
+    assert directory_sink.group == "t-1-vudsync-directory-sink"
+    assert directory_sink.topics == ("t-1-vud.directory.operations",)
 
 
 class FakeReader:

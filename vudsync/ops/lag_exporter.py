@@ -352,16 +352,19 @@ class LagExporter:
 
 
 def pipeline_groups(settings: Settings) -> tuple[GroupSpec, ...]:
-    """The planner's and the sink's consumer groups with their input topics (the planner's:
-    the directory topics, results, facts and control — what it writes to itself counts too)."""
+    """The planner's, the sink's and the directory sink's consumer groups with their input
+    topics (the planner's: the directory topics, results, facts, control and the cloud's
+    changes — what it writes to itself counts too)."""
     from processors.app import app_id
     from processors.topics import PLANNER_INPUTS
-    from schemas.topics import OPERATIONS
+    from schemas.topics import DIRECTORY_OPERATIONS, OPERATIONS
+    from sinks.directory_service import directory_sink_group
     from sinks.service import sink_group
 
     return (
         GroupSpec(app_id(settings), tuple(settings.topic(name) for name in PLANNER_INPUTS)),
         GroupSpec(sink_group(settings), (settings.topic(OPERATIONS.name),)),
+        GroupSpec(directory_sink_group(settings), (settings.topic(DIRECTORY_OPERATIONS.name),)),
     )
 
 
