@@ -90,7 +90,7 @@ class DirectoryEvents:
         if not replay and plan.view is not None and ev.entity is EntityType.USER:
             before = previous.state if previous is not None and not previous.deleted else None
             after = None if plan.view.deleted else ev.state
-            if before != after:
+            if before is not None and before != after:  # a user's first sight changes nothing
                 cloud_changes.on_user_changed(tx, ev.entity_id, before, after, ev.source.committed_at)  # type: ignore[arg-type]
         if not replay and plan.view is not None:
             history = [h for h in (raw["h"] if raw else ()) if committed is None or h[0] >= committed]
