@@ -96,3 +96,34 @@ def test_invalid_rows_are_dead_lettered_and_capture_goes_on(
     assert b"bad" not in {r.key for r in users}
     (u9,) = [json.loads(r.value) for r in users if r.key == b"u9"]
     assert [a["company_id"] for a in u9["state"]["access"]] == ["nope"]
+
+
+def test_rows_written_back_from_the_cloud_are_emitted_apart_as_cloud_origin(
+    kafka_settings: Settings,
+    kafka_bootstrap: str,
+    store_url: str,
+    writer: DirectoryWriter,
+    capture: ChangeCapture,
+) -> None:
+    from sinks.directory_store import open_directory_store
+    from tests.factories import directory_op
+
+    writer.upsert_catalogue("roles", [("business", "Regnskap", ""), ("business", "Lønn", "")])
+    writer.upsert_companies([{"id": "c1", "name": "Fjord AS", "organisation_number": "923609016"}])
+    writer.upsert_user(id="u1", username="kari", email="kari@fjord.no")
+    writer.grant([("u1", "c1", "business", "role", "Regnskap")])
+    position = capture.snapshot()
+    store = open_directory_store(store_url)
+    try:
+        assert store.apply(directory_op("Lønn")).effect == "granted"
+    finally:
+        store.close()
+    assert writer.change_log_origins("u1", position) == ["cloud"]
+    capture.poll_once(position)
+    users_topic = kafka_settings.topic(DIRECTORY_TOPICS[EntityType.USER].name)
+    records = read_all(kafka_bootstrap, users_topic, until=lambda rs: len(rs) >= 2)
+    first, last = (decode_event(r.value) for r in records[:2])
+    assert first.state.access[0].cloud_origin == {}
+    (company,) = last.state.access
+    assert company.services["business"].roles == ("Regnskap",)
+    assert company.cloud_origin["business"].roles == ("Lønn",)
