@@ -113,12 +113,14 @@ class _Statements:
         if isinstance(op, GrantDirectoryAccess):
             if held is not None:
                 return "held_already"
-            self._execute(
+            # a directory writer may grant the same entry between the look-up and this insert
+            # (PostgreSQL, read committed): then it is the directory's, and held already
+            inserted = self._execute(
                 "INSERT INTO access (user_id, company_id, application, kind, name, origin) "
-                "VALUES (?, ?, ?, ?, ?, 'cloud')",
+                "VALUES (?, ?, ?, ?, ?, 'cloud') ON CONFLICT DO NOTHING RETURNING 1",
                 key,
             )
-            return "granted"
+            return "granted" if inserted else "held_already"
         if held is None or held[0] != "cloud":
             return "not_held"
         self._execute(f"DELETE FROM access WHERE {where} AND origin = 'cloud'", key)
@@ -200,7 +202,8 @@ class PostgresDirectoryStore:
 
     def apply(self, op: DirectoryOperation) -> DirectoryApplied:
         with self._lock, self._connection() as conn, conn.transaction():
-            # one operation of a pair at a time, whoever else writes it (a second sink worker)
+            # one transaction per operation id at a time (a second worker after a rebalance waits,
+            # then finds it applied, instead of failing on the applied table's primary key)
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (op.operation_id,))
 
             def execute(sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
