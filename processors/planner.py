@@ -456,6 +456,7 @@ def _cloud_entries_removed(
                         application=app,
                         catalogue=catalogue,
                         name=name,
+                        unless_changed_after=removed_at,
                     )
                     router.route(revoke, (app,))
     return tuple(restores), tuple(notes)

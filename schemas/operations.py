@@ -126,6 +126,11 @@ class RevokeAccessEntry(_Operation):
     application: ApplicationType
     catalogue: Literal["roles", "layout_groups", "modules"]
     name: str
+    unless_changed_after: datetime | None = Field(
+        default=None,
+        description="the removal's commit time on premise: an entry the cloud changed later is kept "
+        "(the conflict rule: the later change wins), checked by the sink just before it revokes",
+    )
 
 
 class UpsertCatalogueEntry(_Operation):

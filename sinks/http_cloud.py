@@ -25,7 +25,7 @@ from pydantic import SecretStr
 
 from kernel.auth import ClientCredentials
 from kernel.errors import VudsyncError
-from schemas.operations import AssignAccess, CloudOperation, UpsertUser
+from schemas.operations import AssignAccess, CloudOperation, RevokeAccessEntry, UpsertUser
 from sinks.errors import CloudRejected, CloudUnavailable
 from sinks.ports import Applied, BatchOutcome
 from sinks.writes import (
@@ -37,6 +37,7 @@ from sinks.writes import (
     access_write,
     body_text,
     create_steps,
+    entry_revoke,
     error_for,
     excerpt,
     interpret,
@@ -219,9 +220,26 @@ class HttpCloudDirectory:
             raise CloudRejected(f"{op.kind} {op.operation_id}: {answer.status_code}", status=0, excerpt="")
         return applied
 
+    async def _revoke_entry(self, op: RevokeAccessEntry) -> Applied:
+        """A per-entry revoke that yields to a later change in the cloud: read the access, then
+        revoke the entry unless the cloud changed it after the removal on premise
+        (:func:`entry_revoke`). Between the two the cloud may change it once more: that window
+        is the read's round trip, not the operation's time in the pipeline."""
+        response = await self.request("GET", access_path(op), ok_statuses=(404,))
+        current = response.json() if response.status_code != 404 else {}
+        write = entry_revoke(op, current)
+        if write is None:
+            return Applied("kept", op.cloud_user_id, details={"reason": "changed in the cloud later"})
+        answer = await self._send(write)
+        applied = interpret(op, answer.status_code, None, self._replayed(answer))
+        assert applied is not None  # a revoke is always interpreted
+        return applied
+
     async def apply(self, op: CloudOperation) -> Applied:
         if isinstance(op, AssignAccess) and op.keep and op.cloud_user_id and op.cloud_company_id:
             return await self._assign_keeping(op)
+        if isinstance(op, RevokeAccessEntry) and op.cloud_user_id and op.cloud_company_id:
+            return await self._revoke_entry(op)
         write = simple_write(op)
         if write is not None:
             response = await self._send(write)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -97,7 +98,7 @@ def company_fields(op: UpsertCompany) -> dict[str, Any]:
     }
 
 
-def access_path(op: AssignAccess | RevokeAccess) -> str:
+def access_path(op: AssignAccess | RevokeAccess | RevokeAccessEntry) -> str:
     # scope=directory: the operation is the directory's set; what an administrator assigned
     # in the cloud (origin cloud) is kept, never revoked (docs/cloud-api.md)
     user, company = _seg(op.cloud_user_id or ""), _seg(op.cloud_company_id or "")
@@ -133,6 +134,25 @@ def access_write(op: AssignAccess, current: dict[str, Any]) -> Write:
     return Write("PUT", access_path(op), op.operation_id, {"services": services})
 
 
+def entry_revoke(op: RevokeAccessEntry, current: dict[str, Any]) -> Write | None:
+    """The write of a per-entry revoke, given the body of ``GET …/access/<company>``
+    (``current``, empty when there is none): None when the cloud changed the entry later than
+    the removal on premise (``unless_changed_after``) — the conflict rule gives it to the
+    cloud, whose change the planner then writes back to the store."""
+    if op.unless_changed_after is not None:
+        for e in current.get("entries") or ():
+            same = (e.get("service"), e.get("kind"), e.get("name")) == (
+                op.application.value,
+                op.catalogue,
+                op.name,
+            )
+            if same and datetime.fromisoformat(e["modified_at"]) > op.unless_changed_after:
+                return None
+    user, company = _seg(op.cloud_user_id or ""), _seg(op.cloud_company_id or "")
+    entry = f"{_seg(op.application.value)}/{op.catalogue}/{_seg(op.name)}"
+    return Write("DELETE", f"/v1/users/{user}/access/{company}/{entry}", op.operation_id, ok_statuses=(404,))
+
+
 def simple_write(op: CloudOperation) -> Write | None:
     """The one write that applies ``op``, or None when it needs the multi-step path."""
     oid = op.operation_id
@@ -143,11 +163,9 @@ def simple_write(op: CloudOperation) -> Write | None:
             return None if op.keep else access_write(op, {})
         return Write("DELETE", access_path(op), oid, ok_statuses=(404,))
     if isinstance(op, RevokeAccessEntry):
-        if not (op.cloud_user_id and op.cloud_company_id):
-            return None
-        user, company = _seg(op.cloud_user_id), _seg(op.cloud_company_id)
-        entry = f"{_seg(op.application.value)}/{op.catalogue}/{_seg(op.name)}"
-        return Write("DELETE", f"/v1/users/{user}/access/{company}/{entry}", oid, ok_statuses=(404,))
+        if not (op.cloud_user_id and op.cloud_company_id) or op.unless_changed_after is not None:
+            return None  # parked; or read the entry first (HttpCloudDirectory: entry_revoke)
+        return entry_revoke(op, {})
     if isinstance(op, UpsertCatalogueEntry | RemoveCatalogueEntry):
         path = f"/v1/services/{_seg(op.application.value)}/{op.catalogue}/{_seg(op.name)}"
         if isinstance(op, UpsertCatalogueEntry):

@@ -4,7 +4,7 @@ translation with ``httpx.MockTransport`` (no socket)."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -27,6 +27,7 @@ from sinks.writes import (
     Steps,
     access_write,
     create_steps,
+    entry_revoke,
     error_for,
     excerpt,
     interpret,
@@ -461,3 +462,34 @@ def test_an_entry_revoked_on_premise_is_one_delete_of_that_entry_alone() -> None
     )
     assert interpret(revoke, 200, {}, False) == Applied("revoked", "cu-1", False)
     assert simple_write(revoke.model_copy(update={"cloud_company_id": None})) is None  # parked until known
+
+
+def test_a_per_entry_revoke_yields_to_a_later_change_of_the_entry_in_the_cloud() -> None:
+    """The conflict rule at the last moment: the removal on premise (at ``unless_changed_after``)
+    revokes the entry only if the cloud did not change it later."""
+    revoke = RevokeAccessEntry(
+        operation_id="op-e",
+        aggregate="user:u1",
+        entity=EntityType.USER,
+        entity_id="u1",
+        user_id="u1",
+        company_id="c1",
+        cloud_user_id="cu-1",
+        cloud_company_id="cc-1",
+        application=ApplicationType.BUSINESS,
+        catalogue="roles",
+        name="Lønn",
+        unless_changed_after=T,
+        **COMMON,
+    )
+    assert simple_write(revoke) is None  # read first: never in a batch
+
+    def access(modified: datetime) -> dict[str, Any]:
+        entry = {"service": "business", "kind": "roles", "name": "Lønn", "origin": "cloud"}
+        return {"entries": [{**entry, "modified_at": modified.isoformat()}]}
+
+    later, earlier = access(T + timedelta(seconds=1)), access(T)
+    assert entry_revoke(revoke, later) is None
+    kept = entry_revoke(revoke, earlier)
+    assert kept is not None and kept.method == "DELETE" and kept.path.endswith("/business/roles/L%C3%B8nn")
+    assert entry_revoke(revoke, {}) is not None  # not held: the DELETE is a no-op
