@@ -437,8 +437,8 @@ async def test_an_assignment_keeping_an_application_reads_the_access_then_writes
     assert sent[1][2]["services"]["business"]["roles"] == ["Lønn"]
 
 
-def test_an_entry_revoked_on_premise_is_one_delete_of_that_entry_alone() -> None:
-    revoke = RevokeAccessEntry(
+def revoke_entry(name: str = "Lønn & HR", **kw: Any) -> RevokeAccessEntry:
+    return RevokeAccessEntry(
         operation_id="op-e",
         aggregate="user:u1",
         entity=EntityType.USER,
@@ -449,9 +449,14 @@ def test_an_entry_revoked_on_premise_is_one_delete_of_that_entry_alone() -> None
         cloud_company_id="cc-1",
         application=ApplicationType.BUSINESS,
         catalogue="roles",
-        name="Lønn & HR",
+        name=name,
         **COMMON,
+        **kw,
     )
+
+
+def test_an_entry_revoked_on_premise_is_one_delete_of_that_entry_alone() -> None:
+    revoke = revoke_entry()
     write = simple_write(revoke)
     assert write is not None
     assert (write.method, write.path, write.key, write.body) == (
@@ -467,21 +472,7 @@ def test_an_entry_revoked_on_premise_is_one_delete_of_that_entry_alone() -> None
 def test_a_per_entry_revoke_yields_to_a_later_change_of_the_entry_in_the_cloud() -> None:
     """The conflict rule at the last moment: the removal on premise (at ``unless_changed_after``)
     revokes the entry only if the cloud did not change it later."""
-    revoke = RevokeAccessEntry(
-        operation_id="op-e",
-        aggregate="user:u1",
-        entity=EntityType.USER,
-        entity_id="u1",
-        user_id="u1",
-        company_id="c1",
-        cloud_user_id="cu-1",
-        cloud_company_id="cc-1",
-        application=ApplicationType.BUSINESS,
-        catalogue="roles",
-        name="Lønn",
-        unless_changed_after=T,
-        **COMMON,
-    )
+    revoke = revoke_entry("Lønn", unless_changed_after=T)
     assert simple_write(revoke) is None  # read first: never in a batch
 
     def access(modified: datetime) -> dict[str, Any]:
