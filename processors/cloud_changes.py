@@ -20,10 +20,11 @@ from datetime import datetime
 from processors import journal, keys, parking
 from processors.effects import Coords, Effects, Tx
 from processors.keys import Known
-from processors.writeback import PairState, directory_changed, held_entries, plan_writeback
+from processors.writeback import Change, PairState, directory_changed, held_entries, plan_writeback
 from schemas.cloud_changes import CloudAccessChanged
-from schemas.directory import EntityType, UserState
+from schemas.directory import ApplicationType, EntityType, UserState
 from schemas.directory_operations import GrantDirectoryAccess
+from schemas.operations import RevokeAccessEntry, operation_id_for
 from schemas.results import ResultOutcome
 
 #: the role of ``vud.directory.operations`` among the planner's outputs
@@ -53,6 +54,9 @@ class CloudChanges:
             fx.send(ROLE, op.user_id, op)
             if isinstance(op, GrantDirectoryAccess):
                 self._supersede_revoke(tx, fx, op, now)
+        for key, theirs in decided.revoke_in_cloud:
+            revoke = _revoke_in_cloud(change, key, theirs, now)
+            fx.send("operations", revoke.aggregate, revoke)
         for entry in decided.journal:
             outcome = ResultOutcome.REJECTED if decided.outcome == "rejected" else None
             if entry.code == "writeback_conflict":
@@ -88,8 +92,43 @@ class CloudChanges:
 _CATALOGUE = {"role": "roles", "layout_group": "layout_groups", "module": "modules"}
 
 
+def _revoke_in_cloud(
+    change: CloudAccessChanged, key: str, theirs: Change, now: datetime
+) -> RevokeAccessEntry:
+    """The cloud's revoke of an entry the directory removed later than the cloud changed it:
+    the operation the directory's removal would have planned (the same id: the user event's
+    version, the company and the entry), yielding to a still later change in the cloud. Not
+    through the accidental-delete gate: one entry, settled by the rule, whose removal on
+    premise passed the gate's count already when it was the directory's set."""
+    application, kind, name = key.split("/", 2)
+    return RevokeAccessEntry(
+        operation_id=operation_id_for(
+            "access.revoke_entry", change.user_id, theirs.version, f"{change.company_id}|{key}"
+        ),
+        aggregate=f"user:{change.user_id}",
+        entity=EntityType.USER,
+        entity_id=change.user_id,
+        source_version=theirs.version,
+        source_committed_at=theirs.at,
+        planned_at=now,
+        user_id=change.user_id,
+        company_id=change.company_id,
+        cloud_user_id=change.cloud_user_id,
+        cloud_company_id=change.cloud_company_id,
+        application=ApplicationType(application),
+        catalogue=_CATALOGUE[kind],  # type: ignore[arg-type]
+        name=name,
+        unless_changed_after=theirs.at,
+    )
+
+
 def on_user_changed(
-    tx: Tx, user_id: str, before: UserState | None, after: UserState | None, committed_at: datetime
+    tx: Tx,
+    user_id: str,
+    before: UserState | None,
+    after: UserState | None,
+    committed_at: datetime,
+    version: int = 0,
 ) -> None:
     """A directory event of a user: in each pair the writeback tracks (``w|``) whose entries
     it changed, the directory's change and its commit time (the conflict rule's directory
@@ -105,7 +144,7 @@ def on_user_changed(
             continue
         state = PairState.from_json(raw)
         changed = directory_changed(
-            state, held_entries(before, company_id), held_entries(after, company_id), committed_at
+            state, held_entries(before, company_id), held_entries(after, company_id), committed_at, version
         )
         if changed is not state:
             tx.set(wkey, changed.to_json())

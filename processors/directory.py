@@ -30,7 +30,7 @@ from processors.facts import Facts
 from processors.knowledge import Knowledge
 from processors.model import EntityView, Outcome, Plan, PlannerSettings, slot_of
 from processors.needs import Need
-from schemas.directory import EntityType
+from schemas.directory import EntityType, UserState
 from schemas.events import EVENT_BY_ENTITY, DirectoryEvent
 from schemas.results import FactKind, PlannerFact, ResultOutcome
 
@@ -90,8 +90,11 @@ class DirectoryEvents:
         if not replay and plan.view is not None and ev.entity is EntityType.USER:
             before = previous.state if previous is not None and not previous.deleted else None
             after = None if plan.view.deleted else ev.state
-            if before is not None and before != after:  # a user's first sight changes nothing
-                cloud_changes.on_user_changed(tx, ev.entity_id, before, after, ev.source.committed_at)  # type: ignore[arg-type]
+            if isinstance(before, UserState) and before != after:  # a user's first sight changes nothing
+                assert after is None or isinstance(after, UserState)
+                cloud_changes.on_user_changed(
+                    tx, ev.entity_id, before, after, ev.source.committed_at, ev.version
+                )
         if not replay and plan.view is not None:
             history = [h for h in (raw["h"] if raw else ()) if committed is None or h[0] >= committed]
             history.append(

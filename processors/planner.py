@@ -394,7 +394,7 @@ def _plan_user(
             if partial.services != kept:  # something changed outside the blocked applications
                 router.route(partial, going)
         router.route(op, touched)
-    if before is None or not any(a.cloud_origin for a in before.access):
+    if before is None or not (any(a.cloud_origin for a in before.access) or _tracked(before, ids)):
         return router.plan(view)
     restores, notes = _cloud_entries_removed(before, event, ids, router, now)
     return replace(router.plan(view, notes), directory_ops=restores)
@@ -403,14 +403,21 @@ def _plan_user(
 _KIND_OF = {"roles": "role", "layout_groups": "layout_group", "modules": "module"}
 
 
+def _tracked(before: UserState, ids: Identities) -> bool:
+    """Does the writeback track a pair of this user (a cloud change of it was seen)?"""
+    return any(f"{before.id}|{a.company_id}" in ids.writeback for a in before.access)
+
+
 def _cloud_entries_removed(
     before: UserState, event: UserChanged, ids: Identities, router: _Router, now: datetime
 ) -> tuple[tuple[GrantDirectoryAccess, ...], tuple[JournalEntry, ...]]:
-    """Entries of origin cloud the store held and no longer holds (an administrator removed
-    them on premise): the directory changed that entry, so it is revoked in the cloud, one
-    entry each (``RevokeAccessEntry``, through the gate like every revoke) — unless the cloud
-    removed it first (then this is its writeback), or the cloud changed it later than this
-    removal (the conflict rule, :mod:`processors.writeback`: the cloud wins, the entry is
+    """Entries the store held and no longer holds that the cloud holds as the cloud's — of
+    origin cloud on premise (written back), or the directory's that an administrator revoked
+    and granted again in the cloud (the whole-set writes never remove those): an administrator
+    removed them on premise, the directory changed that entry, so it is revoked in the cloud,
+    one entry each (``RevokeAccessEntry``, through the gate like every revoke) — unless the
+    cloud removed it first (then this is its writeback), or the cloud changed it later than
+    this removal (the conflict rule, :mod:`processors.writeback`: the cloud wins, the entry is
     written back again)."""
     after = {a.company_id: a for a in event.state.access} if event.op is not Op.DELETE else {}
     restores: list[GrantDirectoryAccess] = []
@@ -418,47 +425,52 @@ def _cloud_entries_removed(
     removed_at = event.source.committed_at
     for company in before.access:
         now_held = after.get(company.company_id)
-        for app, svc in sorted(company.cloud_origin.items()):
-            for catalogue, kind in _KIND_OF.items():
-                for name in getattr(svc, catalogue):
-                    if now_held is not None and any(
-                        name in getattr(part.get(app) or ServiceAccess(), catalogue)
-                        for part in (now_held.services, now_held.cloud_origin)
-                    ):
-                        continue
-                    key = entry_key(app.value, kind, name)
-                    pair = ids.writeback.get(f"{event.entity_id}|{company.company_id}")
-                    cloud = pair.cloud.get(key) if pair is not None else None
-                    if cloud is not None and not cloud.present:
-                        continue  # the cloud removed it: this removal is its writeback
-                    if pair is not None and pair.pending.get(key) is False:
-                        continue  # the writeback's revoke, seen now
-                    side = "directory" if cloud is None else winner(Change(False, removed_at), cloud)
-                    if (
-                        cloud is not None and pair is not None and pair.is_unseen(key, cloud)
-                    ):  # changed on both sides
-                        notes.append(_conflict(event, company.company_id, key, removed_at, cloud.at, side))
-                    if side == "cloud":
-                        assert cloud is not None
-                        restores.append(
-                            _restore(event, company.company_id, app, kind, name, pair, cloud, now)
+        pair = ids.writeback.get(f"{event.entity_id}|{company.company_id}")
+        for origin, services in (("cloud", company.cloud_origin), ("directory", company.services)):
+            for app, svc in sorted(services.items()):
+                for catalogue, kind in _KIND_OF.items():
+                    for name in getattr(svc, catalogue):
+                        if now_held is not None and any(
+                            name in getattr(part.get(app) or ServiceAccess(), catalogue)
+                            for part in (now_held.services, now_held.cloud_origin)
+                        ):
+                            continue
+                        key = entry_key(app.value, kind, name)
+                        cloud = pair.cloud.get(key) if pair is not None else None
+                        if origin == "directory" and (cloud is None or cloud.origin != "cloud"):
+                            continue  # the directory's own entry: its whole-set write removes it
+                        if cloud is not None and not cloud.present:
+                            continue  # the cloud removed it: this removal is its writeback
+                        if pair is not None and pair.pending.get(key) is False:
+                            continue  # the writeback's revoke, seen now
+                        side = "directory" if cloud is None else winner(Change(False, removed_at), cloud)
+                        if (
+                            cloud is not None and pair is not None and pair.is_unseen(key, cloud)
+                        ):  # changed on both sides
+                            notes.append(
+                                _conflict(event, company.company_id, key, removed_at, cloud.at, side)
+                            )
+                        if side == "cloud":
+                            assert cloud is not None
+                            restores.append(
+                                _restore(event, company.company_id, app, kind, name, pair, cloud, now)
+                            )
+                            continue
+                        revoke = _op(
+                            RevokeAccessEntry,
+                            event,
+                            now,
+                            f"{company.company_id}|{key}",
+                            user_id=event.entity_id,
+                            company_id=company.company_id,
+                            cloud_user_id=ids.users.get(event.entity_id),
+                            cloud_company_id=ids.companies.get(company.company_id),
+                            application=app,
+                            catalogue=catalogue,
+                            name=name,
+                            unless_changed_after=removed_at,
                         )
-                        continue
-                    revoke = _op(
-                        RevokeAccessEntry,
-                        event,
-                        now,
-                        f"{company.company_id}|{key}",
-                        user_id=event.entity_id,
-                        company_id=company.company_id,
-                        cloud_user_id=ids.users.get(event.entity_id),
-                        cloud_company_id=ids.companies.get(company.company_id),
-                        application=app,
-                        catalogue=catalogue,
-                        name=name,
-                        unless_changed_after=removed_at,
-                    )
-                    router.route(revoke, (app,))
+                        router.route(revoke, (app,))
     return tuple(restores), tuple(notes)
 
 

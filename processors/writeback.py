@@ -10,9 +10,11 @@ What reaches the directory (issue 16, docs/domain.md rule 6):
 - only **cloud-origin** entries (granted by anyone but vudsync's client) are written back, as
   rows of origin ``cloud``; an entry of origin ``directory`` in the cloud is vudsync's own
   write coming back through the feed — an *echo*: counted, never written back;
-- a cloud-origin entry the cloud no longer holds is removed on premise if the store holds it
-  as origin ``cloud`` (an entry the directory granted itself is the directory's: never
-  removed by the writeback);
+- an entry the cloud no longer holds is removed on premise if the store holds it as origin
+  ``cloud``; one the directory granted itself only when the cloud's revoke is the later
+  change (``any_origin``: the conflict rule below);
+- an entry the cloud holds as the cloud's that the directory removed later is revoked in the
+  cloud (``Writeback.revoke_in_cloud``: the rule gives it to the directory);
 - only for a user known on premise (its directory state is on this partition) in a company
   known on premise and linked (the planner has its cloud id); anything else is a journal
   entry with a reason (``writeback_rejected`` + the metric), never a silent drop. Whether
@@ -26,8 +28,10 @@ What reaches the directory (issue 16, docs/domain.md rule 6):
 the later change by source time wins — the directory's by the change log's commit time, the
 cloud's by the entry's ``modified_at`` (a removal: the feed item's time) — and a tie goes to
 the directory. Each conflict is a journal entry naming both sides (``writeback_conflict``,
-``vudsync_writeback_conflicts_total``). :func:`winner` is the rule; ``tests/unit/
-test_writeback.py`` checks it for any interleaving, and that a replay decides the same.
+``vudsync_writeback_conflicts_total``). :func:`winner` is the rule;
+``tests/unit/test_writeback_interleavings.py`` checks the pipeline ends as it says, on both
+sides, for any interleaving of the propagation steps; ``tests/unit/test_writeback.py`` that a
+replay decides the same and any delivery order ends at the latest cloud state.
 """
 
 from __future__ import annotations
@@ -65,13 +69,17 @@ class Change:
 
     present: bool
     at: datetime
+    origin: str = ""  # the cloud's side, held: directory | cloud
+    version: int = 0  # the directory's side: the user event's version (change-log position)
 
     def to_json(self) -> list[Any]:
-        return [self.present, self.at.isoformat()]
+        return [self.present, self.at.isoformat(), self.origin, self.version]
 
     @staticmethod
     def from_json(raw: list[Any]) -> Change:
-        return Change(bool(raw[0]), datetime.fromisoformat(raw[1]))
+        origin = str(raw[2]) if len(raw) > 2 else ""
+        version = int(raw[3]) if len(raw) > 3 else 0
+        return Change(bool(raw[0]), datetime.fromisoformat(raw[1]), origin, version)
 
 
 def winner(directory: Change | None, cloud: Change) -> Side:
@@ -142,6 +150,9 @@ class Writeback:
     state: PairState | None
     operations: tuple[DirectoryOperation, ...] = ()
     journal: tuple[JournalEntry, ...] = ()
+    #: entries the cloud holds as the cloud's that the directory removed later (the rule gives
+    #: them to the directory): revoke them in the cloud — (entry, the directory's change)
+    revoke_in_cloud: tuple[tuple[str, Change], ...] = ()
 
 
 def entry_key(application: str, kind: str, name: str) -> str:
@@ -182,7 +193,7 @@ def plan_writeback(
     seen = dict(previous.seen) if previous is not None else {}
     now_cloud: dict[str, tuple[Change, CloudAccessEntry]] = {}
     for e in () if change.deleted else change.entries:
-        now_cloud[entry_key(e.application.value, e.kind, e.name)] = (Change(True, e.modified_at), e)
+        now_cloud[entry_key(e.application.value, e.kind, e.name)] = (Change(True, e.modified_at, e.origin), e)
     cloud: dict[str, Change] = {k: c for k, (c, _) in now_cloud.items()}
     for key, was in old_cloud.items():
         if key not in cloud:  # removed in the cloud by this change (or known removed before)
@@ -211,6 +222,7 @@ def plan_writeback(
 
     ops: list[DirectoryOperation] = []
     journal: list[JournalEntry] = []
+    revoke_in_cloud: list[tuple[str, Change]] = []
     for key in sorted(cloud):
         now_side = cloud[key]
         if old_cloud.get(key) == now_side:
@@ -225,18 +237,8 @@ def plan_writeback(
         as_cloud = state.held_as_cloud(key, held)
         if now_side.present and (origin == "directory" or as_cloud):
             continue  # held already, whatever its origin
-        if not now_side.present and not as_cloud:  # not held as the cloud's: nothing to remove
-            if origin == "directory":
-                journal.append(
-                    note(
-                        CLOUD_REMOVED_DIRECTORY_ENTRY,
-                        f"{key} of {change.company_id} was removed in the cloud but the directory "
-                        "granted it; the directory's set is sent again at its next change",
-                        "warning",
-                        f"{change.company_id}|{key}",
-                    )
-                )
-            continue
+        if not now_side.present and not as_cloud and origin != "directory":
+            continue  # not held: nothing to remove
         theirs = directory.get(key)
         if theirs is not None and theirs.present != now_side.present:
             side = winner(theirs, now_side)
@@ -252,16 +254,34 @@ def plan_writeback(
                 )
             )
             if side == "directory":
+                if now_side.present and theirs.version:  # the cloud still holds what the directory removed
+                    revoke_in_cloud.append((key, theirs))
                 continue
-        ops.append(_operation(change, key, grant=now_side.present, now=now))
+        any_origin = not now_side.present and origin == "directory"
+        if any_origin:  # the cloud revoked an entry the directory granted: the later change wins
+            journal.append(
+                note(
+                    CLOUD_REMOVED_DIRECTORY_ENTRY,
+                    f"{key} of {change.company_id} was granted on premise and revoked in the cloud at "
+                    f"{now_side.at.isoformat()}: removed on premise too",
+                    "info",
+                    f"{change.company_id}|{key}",
+                )
+            )
+        ops.append(_operation(change, key, grant=now_side.present, now=now, any_origin=any_origin))
         pending[key] = now_side.present
         if now_side.present:
             seen[key] = now_side.at
-    return Writeback("planned" if ops else "no_change", state, tuple(ops), tuple(journal))
+    outcome = "planned" if ops or revoke_in_cloud else "no_change"
+    return Writeback(outcome, state, tuple(ops), tuple(journal), tuple(revoke_in_cloud))
 
 
 def directory_changed(
-    previous: PairState, before: Mapping[str, str], after: Mapping[str, str], committed_at: datetime
+    previous: PairState,
+    before: Mapping[str, str],
+    after: Mapping[str, str],
+    committed_at: datetime,
+    version: int = 0,
 ) -> PairState:
     """The pair's state after a directory event of the user changed which entries the store
     holds (``before`` → ``after``, entry → origin) at ``committed_at``: the directory's side of
@@ -273,7 +293,7 @@ def directory_changed(
     if not flipped:
         return previous
     changed = {
-        k: Change(k in after, committed_at)
+        k: Change(k in after, committed_at, version=version)
         for k in flipped
         # what agrees with the cloud is the writeback's own write, or the directory catching up
         if (k in after) != (previous.cloud[k].present if k in previous.cloud else False)
@@ -282,20 +302,27 @@ def directory_changed(
     return PairState(previous.seq, previous.cloud, {**previous.directory, **changed}, pending, previous.seen)
 
 
-def _operation(change: CloudAccessChanged, key: str, *, grant: bool, now: datetime) -> DirectoryOperation:
+def _operation(
+    change: CloudAccessChanged, key: str, *, grant: bool, now: datetime, any_origin: bool = False
+) -> DirectoryOperation:
     application, kind, name = key.split("/", 2)
     cls: type[GrantDirectoryAccess] | type[RevokeDirectoryAccess] = (
         GrantDirectoryAccess if grant else RevokeDirectoryAccess
     )
     op_kind = cls.model_fields["kind"].default
-    return cls(
-        operation_id=directory_operation_id(op_kind, change.user_id, change.company_id, key, change.feed_seq),
-        user_id=change.user_id,
-        company_id=change.company_id,
-        application=ApplicationType(application),
-        entry_kind=kind,  # type: ignore[arg-type]  # one of the store's kinds, from entry_key
-        name=name,
-        feed_seq=change.feed_seq,
-        cloud_changed_at=change.changed_at,
-        planned_at=now,
-    )
+    fields: dict[str, Any] = {
+        "operation_id": directory_operation_id(
+            op_kind, change.user_id, change.company_id, key, change.feed_seq
+        ),
+        "user_id": change.user_id,
+        "company_id": change.company_id,
+        "application": ApplicationType(application),
+        "entry_kind": kind,
+        "name": name,
+        "feed_seq": change.feed_seq,
+        "cloud_changed_at": change.changed_at,
+        "planned_at": now,
+    }
+    if any_origin:
+        fields["any_origin"] = True
+    return cls.model_validate(fields)

@@ -53,10 +53,12 @@ class GrantDirectoryAccess(_DirectoryOperation):
 
 
 class RevokeDirectoryAccess(_DirectoryOperation):
-    """Remove the entry on premise if the store holds it as origin ``cloud`` (an entry the
-    directory granted itself is never removed by the writeback)."""
+    """Remove the entry on premise if the store holds it as origin ``cloud`` — or whatever its
+    origin with ``any_origin``: an administrator revoked in the cloud an entry the directory
+    granted, later than the directory's last change of it (the conflict rule)."""
 
     kind: Literal["directory.access.revoke"] = "directory.access.revoke"
+    any_origin: bool = False
 
 
 DirectoryOperation = Annotated[GrantDirectoryAccess | RevokeDirectoryAccess, Field(discriminator="kind")]

@@ -121,9 +121,9 @@ class _Statements:
                 key,
             )
             return "granted" if inserted else "held_already"
-        if held is None or held[0] != "cloud":
+        if held is None or (held[0] != "cloud" and not op.any_origin):
             return "not_held"
-        self._execute(f"DELETE FROM access WHERE {where} AND origin = 'cloud'", key)
+        self._execute(f"DELETE FROM access WHERE {where}", key)
         return "revoked"
 
 

@@ -95,19 +95,33 @@ def test_an_entry_held_already_is_not_written_again_whatever_its_origin() -> Non
     assert not decide(None, change(3, entry("Lønn", modified=3)), held).operations
 
 
-def test_a_revoke_in_the_cloud_removes_only_what_the_store_holds_as_the_cloud_s() -> None:
+def test_a_revoke_in_the_cloud_is_written_back_the_directory_s_own_entries_by_the_rule_too() -> None:
     first = decide(
         None,
-        change(3, entry("Lønn", modified=3), entry("Innkjøp", modified=3)),
+        change(3, entry("Lønn", modified=3), entry("Innkjøp", origin="directory", modified=3)),
         {"business/role/Innkjøp": "directory"},
     )
     assert [op.name for op in first.operations] == ["Lønn"]
     held = {"business/role/Lønn": "cloud", "business/role/Innkjøp": "directory"}
     decided = decide(first.state, change(4), held)  # the cloud holds neither now
-    (op,) = decided.operations
-    assert isinstance(op, RevokeDirectoryAccess) and op.name == "Lønn"
-    # the directory's own entry stays; the journal says the cloud removed it
+    revokes = {op.name: op for op in decided.operations}
+    assert set(revokes) == {"Lønn", "Innkjøp"}
+    assert all(isinstance(op, RevokeDirectoryAccess) for op in revokes.values())
+    # the directory's own entry: removed whatever its origin (the cloud's change is the later)
+    assert not revokes["Lønn"].any_origin and revokes["Innkjøp"].any_origin  # type: ignore[union-attr]
     assert [j.code for j in decided.journal] == ["writeback_directory_entry_removed_in_cloud"]
+
+
+def test_a_revoke_in_the_cloud_older_than_the_directory_s_grant_leaves_the_entry() -> None:
+    granted_on_premise = PairState(
+        3,
+        {"business/role/Innkjøp": Change(True, at(1), "directory")},
+        {"business/role/Innkjøp": Change(True, at(10), version=7)},
+    )
+    decided = decide(granted_on_premise, change(4, changed=5), {"business/role/Innkjøp": "directory"})
+    assert not decided.operations
+    (note,) = decided.journal
+    assert note.code == "writeback_conflict" and "the directory wins" in note.message
 
 
 def test_a_user_or_company_unknown_on_premise_is_rejected_with_a_reason() -> None:
