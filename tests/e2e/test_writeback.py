@@ -3,11 +3,7 @@ directory store — once, as origin cloud — and nothing echoes back to the clo
 broker, store (SQLite and PostgreSQL) and cloud API, with the real producer, planner, sink and
 directory sink.
 
-The cloud's change feed is relayed by :class:`tests.cloud_feed.FeedRelay`, a stand-in for
-``vudsync run cloud-capture`` (built in parallel on branch wb-capture; not on main when this
-was written): it publishes exactly the contract's ``CloudAccessChanged``, read from the
-cloud's real feed over HTTP. To switch to the real component, start ``cloud-capture`` among
-the components and drop the ``relay.pump()`` calls."""
+The cloud's change feed is followed by the real ``vudsync run cloud-capture``."""
 
 from __future__ import annotations
 
@@ -21,7 +17,6 @@ import pytest
 
 from devtools.seed.writer import DirectoryWriter, open_writer
 from kernel.settings import Settings
-from tests.cloud_feed import FeedRelay
 from tests.factories import store_users
 from tests.fixtures.cloud import CloudReader
 from tests.pipeline import components, gauge, vudsync_cli, wait_for
@@ -97,8 +92,7 @@ def test_cloud_grants_and_revokes_reach_the_store_once_and_never_echo(
     with _directory(settings, kafka_bootstrap) as writer:
         assert vudsync_cli(settings, kafka_bootstrap, "connect").returncode == 0
         portal = Portal(cloud)
-        relay = FeedRelay(cloud, settings, kafka_bootstrap)
-        names = ("producer", "planner", "sink", "directory-sink")
+        names = ("producer", "planner", "sink", "cloud-capture", "directory-sink")
         with components(settings, kafka_bootstrap, *names, metrics_ports=ports) as procs:
             wait_for(procs, lambda: cloud.origins("u1") == {"Regnskap": "directory"}, 180, "u1 in the cloud")
 
@@ -107,9 +101,7 @@ def test_cloud_grants_and_revokes_reach_the_store_once_and_never_echo(
             granted_at = portal.entry("PUT", "u1", "c1", "Lønn")
             wait_for(
                 procs,
-                lambda: (
-                    relay.pump() and ("c1", "business", "role", "Lønn", "cloud") in writer.access_rows("u1")
-                ),
+                lambda: ("c1", "business", "role", "Lønn", "cloud") in writer.access_rows("u1"),
                 120,
                 "the cloud's grant in the store",
             )
@@ -118,7 +110,7 @@ def test_cloud_grants_and_revokes_reach_the_store_once_and_never_echo(
             # the next on-premise change of the same user in the same company keeps it; until it,
             # vudsync wrote nothing in the cloud (the writeback's user event planned no write)
             writer.grant([("u1", "c1", "business", "role", "Innkjøp")])
-            wait_for(procs, lambda: relay.pump() and "Innkjøp" in cloud.origins("u1"), 120, "Innkjøp")
+            wait_for(procs, lambda: "Innkjøp" in cloud.origins("u1"), 120, "Innkjøp")
             writes = _integration_writes(cloud, granted_at)
             assert [(w["method"], w["effect"]) for w in writes] == [("PUT", "assigned")], writes
             assert cloud.origins("u1") == {
@@ -139,7 +131,7 @@ def test_cloud_grants_and_revokes_reach_the_store_once_and_never_echo(
             revoked_at = portal.entry("DELETE", "u1", "c1", "Lønn")
             wait_for(
                 procs,
-                lambda: relay.pump() and all(r[3] != "Lønn" for r in writer.access_rows("u1")),
+                lambda: all(r[3] != "Lønn" for r in writer.access_rows("u1")),
                 120,
                 "the cloud's revoke in the store",
             )
@@ -155,16 +147,14 @@ def test_cloud_grants_and_revokes_reach_the_store_once_and_never_echo(
             portal.entry("PUT", "u1", "c1", "Lønn")
             wait_for(
                 procs,
-                lambda: (
-                    relay.pump() and ("c1", "business", "role", "Lønn", "cloud") in writer.access_rows("u1")
-                ),
+                lambda: ("c1", "business", "role", "Lønn", "cloud") in writer.access_rows("u1"),
                 120,
                 "the second grant in the store",
             )
             writer.revoke_entry("u1", "c1", "business", "role", "Lønn")
             wait_for(
                 procs,
-                lambda: relay.pump() and "Lønn" not in cloud.origins("u1"),
+                lambda: "Lønn" not in cloud.origins("u1"),
                 120,
                 "Lønn revoked in the cloud",
             )
@@ -177,10 +167,7 @@ def test_cloud_grants_and_revokes_reach_the_store_once_and_never_echo(
             portal.entry("PUT", "u1", "c1", "Ukjent")
             wait_for(
                 procs,
-                lambda: (
-                    relay.pump()
-                    and (gauge(ports["directory-sink"], "vudsync_writeback_rejected_total") or 0) >= 1
-                ),
+                lambda: (gauge(ports["directory-sink"], "vudsync_writeback_rejected_total") or 0) >= 1,
                 120,
                 "the unknown role rejected",
             )
@@ -190,7 +177,6 @@ def test_cloud_grants_and_revokes_reach_the_store_once_and_never_echo(
             assert "unknown_role" in journal.stdout, journal.stdout + journal.stderr
             # the planner counted the echoes of its own writes it did not write back
             assert (gauge(ports["planner"], "vudsync_writeback_echo_suppressed_total") or 0) >= 1
-        relay.close()
         portal.close()
 
 
@@ -205,8 +191,7 @@ def test_sigkill_of_the_directory_sink_mid_stream_loses_nothing_and_applies_noth
             writer.grant([(uid, "c1", "business", "role", "Regnskap") for uid in users[1:]])
         assert vudsync_cli(settings, kafka_bootstrap, "connect").returncode == 0
         portal = Portal(cloud)
-        relay = FeedRelay(cloud, settings, kafka_bootstrap)
-        with components(settings, kafka_bootstrap, "producer", "planner", "sink") as procs:
+        with components(settings, kafka_bootstrap, "producer", "planner", "sink", "cloud-capture") as procs:
             wait_for(procs, lambda: all(cloud.origins(u) for u in users), 240, "every user in the cloud")
             before = writer.change_log_position()
             first_grant = int(cloud.audit()[-1]["seq"])
@@ -214,7 +199,6 @@ def test_sigkill_of_the_directory_sink_mid_stream_loses_nothing_and_applies_noth
             for uid in users:
                 for role in granted:
                     portal.entry("PUT", uid, "c1", role)
-            relay.pump()
             applied = "SELECT COUNT(*) FROM directory_operations_applied"
 
             with components(settings, kafka_bootstrap, "directory-sink") as sinks:
@@ -246,5 +230,4 @@ def test_sigkill_of_the_directory_sink_mid_stream_loses_nothing_and_applies_noth
                 )
                 writes = _integration_writes(cloud, first_grant)
                 assert [w["resource_type"] for w in writes] == ["user"], writes
-        relay.close()
         portal.close()

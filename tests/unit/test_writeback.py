@@ -16,7 +16,7 @@ from schemas.cloud_changes import CloudAccessChanged, CloudAccessEntry
 from schemas.directory import ApplicationType, CompanyAccess, ServiceAccess
 from schemas.directory_operations import GrantDirectoryAccess, RevokeDirectoryAccess
 from schemas.results import FactKind, OperationResult, PlannerFact, ResultOutcome
-from tests.factories import T0, user_event, user_state
+from tests.factories import T0, connected_table, user_event, user_state
 
 BUSINESS = ApplicationType.BUSINESS
 
@@ -166,7 +166,7 @@ class Planner:
     """One partition's reconciler over a dict; performs each message's writes."""
 
     def __init__(self) -> None:
-        self.table: dict[str, Any] = {}
+        self.table: dict[str, Any] = connected_table()  # after `vudsync connect`
         self.r = Reconciler(self.table, PlannerSettings(), 1, lambda: T0)
         self.offset = 0
 

@@ -25,7 +25,7 @@ from schemas.directory_operations import GrantDirectoryAccess
 from schemas.events import Source
 from schemas.operations import AssignAccess, RevokeAccess, RevokeAccessEntry
 from schemas.results import FactKind, PlannerFact
-from tests.factories import T0, user_event, user_state
+from tests.factories import T0, connected_table, user_event, user_state
 
 BUSINESS = ApplicationType.BUSINESS
 X = "Lønn"
@@ -93,7 +93,7 @@ class World:
 class Pipeline:
     def __init__(self, world: World) -> None:
         self.w = world
-        self.table: dict[str, Any] = {}
+        self.table: dict[str, Any] = connected_table()  # after `vudsync connect`
         self.r = Reconciler(self.table, PlannerSettings(deletes_settle_seconds=0), 1, lambda: T0)
         self.offset = 0
         for kind, subject, cloud_id, present in (
