@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 # Digest of each event model the fast path mirrors (see model_digest). Update only after
 # checking the fast path below against the changed model.
 MIRRORED: dict[EntityType, str] = {
-    EntityType.USER: "32557c05b8e31fa9",
+    EntityType.USER: "4d602945c4e1dffd",
     EntityType.COMPANY: "22d93c8e84f7dac7",
 }
 

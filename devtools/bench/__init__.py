@@ -23,7 +23,17 @@ from kernel.kafka_security import PLAINTEXT, KafkaSecurity
 if TYPE_CHECKING:
     from devtools.broker.cluster import KafkaTarget
 
-AREAS = ("capture", "planner", "sink", "journal", "faust", "pipeline", "writeback", "verify", "directory_sink")
+AREAS = (
+    "capture",
+    "planner",
+    "sink",
+    "journal",
+    "faust",
+    "pipeline",
+    "writeback",
+    "verify",
+    "directory_sink",
+)
 
 
 def machine() -> dict[str, Any]:
