@@ -1,5 +1,5 @@
 -- Two-way access (issue 16): each access row says where it came from, and the change-log row
--- it causes says so too (the same as migrations/sqlite/0004_access_origin.sql).
+-- it causes says so too (the same as migrations/sqlite/0005_access_origin.sql).
 --   access.origin      'directory': granted on premise (the default, and every existing row);
 --                      'cloud': written by the directory sink because an administrator
 --                      granted it in the cloud.
