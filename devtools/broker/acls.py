@@ -5,8 +5,9 @@ Admin API when it starts) and the operator's documentation (:func:`kafka_acls_co
 the same grants as ``kafka-acls`` commands; docs/operations.md shows them).
 
 Topic names take the installation's prefix; the grants use prefixed patterns where a family
-of topics belongs to one writer (``vud.directory.`` is the producer's, the directory DLQ
-included; ``<planner group>-`` are Faust's changelog and internal topics).
+of topics belongs to one writer (``<planner group>-`` are Faust's changelog and internal
+topics). The producer's topics are named one by one: ``vud.directory.operations`` (the
+writeback's, written by the planner) shares their prefix, and the producer may not write it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from processors.app import app_id
 from schemas.topics import (
     CLOUD_CHANGES,
     DIRECTORY_DLQ,
+    DIRECTORY_OPERATIONS,
+    DIRECTORY_TOPICS,
     OPERATIONS,
     OPERATIONS_DLQ,
     OPERATIONS_STAGED,
@@ -26,13 +29,14 @@ from schemas.topics import (
     PLANNER_FACTS,
     RESULTS,
 )
+from sinks.directory_service import directory_sink_group
 from sinks.service import sink_group
 
 Resource = Literal["TOPIC", "GROUP", "CLUSTER"]
 Pattern = Literal["LITERAL", "PREFIXED"]
 
 #: one SCRAM user per component, and one for the operator's commands
-COMPONENTS: tuple[str, ...] = ("producer", "planner", "sink", "cloud-capture", "ops")
+COMPONENTS: tuple[str, ...] = ("producer", "planner", "sink", "cloud-capture", "directory-sink", "ops")
 
 
 def principal(component: str) -> str:
@@ -56,12 +60,17 @@ def component_acls(settings: Settings) -> list[Grant]:
     t = settings.topic
     directory = t("vud.directory.")  # every directory topic and the directory DLQ
     planner, sink, ops = principal("planner"), principal("sink"), principal("ops")
+    directory_sink = principal("directory-sink")
     group = app_id(settings)
     read = ("READ", "DESCRIBE")
     write = ("WRITE", "DESCRIBE")
     return [
         # producer: writes the directory topics and its DLQ (vud.directory.dlq), nothing else
-        Grant(principal("producer"), "TOPIC", directory, "PREFIXED", write),
+        # (each by name: vud.directory.operations, the writeback's, is under the same prefix)
+        *(
+            Grant(principal("producer"), "TOPIC", t(spec.name), "LITERAL", write)
+            for spec in (*DIRECTORY_TOPICS.values(), DIRECTORY_DLQ)
+        ),
         # planner: reads directory/results/facts/control; writes operations (in staging mode the
         # staged operations)/facts/control/results and the directory DLQ; creates its own facts,
         # control and staged topics; its group; its changelog and Faust's internal topics
@@ -80,8 +89,15 @@ def component_acls(settings: Settings) -> list[Grant]:
         Grant(sink, "TOPIC", t(RESULTS.name), "LITERAL", write),
         Grant(sink, "TOPIC", t(OPERATIONS_DLQ.name), "LITERAL", write),
         Grant(sink, "GROUP", sink_group(settings), "LITERAL", ("READ", "DESCRIBE")),
+        # writeback: the planner reads the cloud's changes and writes directory operations
+        Grant(planner, "TOPIC", t(CLOUD_CHANGES.name), "LITERAL", read),
+        Grant(planner, "TOPIC", t(DIRECTORY_OPERATIONS.name), "LITERAL", write),
         # cloud-capture (writeback): writes the cloud's changes, nothing else
         Grant(principal("cloud-capture"), "TOPIC", t(CLOUD_CHANGES.name), "LITERAL", write),
+        # directory sink (writeback): reads directory operations, writes results; its group
+        Grant(directory_sink, "TOPIC", t(DIRECTORY_OPERATIONS.name), "LITERAL", read),
+        Grant(directory_sink, "TOPIC", t(RESULTS.name), "LITERAL", write),
+        Grant(directory_sink, "GROUP", directory_sink_group(settings), "LITERAL", ("READ", "DESCRIBE")),
         # ops commands: create and read every vudsync topic, publish facts, control, repairs and
         # replays, read and move the pipeline's groups' offsets
         Grant(ops, "TOPIC", t("vud."), "PREFIXED", ("ALL",)),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from devtools.broker.acls import component_acls, kafka_acls_commands, principal
+from devtools.broker.acls import Grant, component_acls, kafka_acls_commands, principal
 from kernel.settings import Settings
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
@@ -18,9 +18,41 @@ def test_docs_list_every_acl_command() -> None:
 
 def test_the_producer_writes_directory_topics_only() -> None:
     grants = [g for g in component_acls(Settings(topic_prefix="p-")) if g.principal == principal("producer")]
-    assert [(g.resource, g.name, g.pattern, g.operations) for g in grants] == [
-        ("TOPIC", "p-vud.directory.", "PREFIXED", ("WRITE", "DESCRIBE"))
-    ]
+    assert {(g.resource, g.pattern, g.operations) for g in grants} == {
+        ("TOPIC", "LITERAL", ("WRITE", "DESCRIBE"))
+    }
+    assert {g.name for g in grants} == {
+        "p-vud.directory.companies",
+        "p-vud.directory.users",
+        "p-vud.directory.roles",
+        "p-vud.directory.layout-groups",
+        "p-vud.directory.modules",
+        "p-vud.directory.application-instances",
+        "p-vud.directory.dlq",
+    }
+
+
+def test_only_the_planner_writes_directory_operations_and_only_the_directory_sink_reads_them() -> None:
+    """vud.directory.operations shares the directory topics' prefix: a producer (or anyone else)
+    able to write it could make the directory sink write the store."""
+    grants = component_acls(Settings(topic_prefix="p-"))
+
+    def covers(name: str, g: Grant) -> bool:
+        return g.name == name if g.pattern == "LITERAL" else name.startswith(g.name)
+
+    name = "p-vud.directory.operations"
+    writers = {
+        g.principal
+        for g in grants
+        if g.resource == "TOPIC" and covers(name, g) and {"WRITE", "ALL"} & set(g.operations)
+    }
+    readers = {
+        g.principal
+        for g in grants
+        if g.resource == "TOPIC" and covers(name, g) and {"READ", "ALL"} & set(g.operations)
+    }
+    assert writers == {principal("planner"), principal("ops")}
+    assert principal("directory-sink") in readers and principal("producer") not in readers | writers
 
 
 def test_the_sink_reads_operations_and_writes_results_and_its_dlq() -> None:
