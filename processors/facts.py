@@ -54,6 +54,18 @@ _LEARNED_FROM = {
     "company.upsert": FactKind.COMPANY,
 }
 
+#: the other results the planner learns from: the catalogue, the cloud's registry
+_ALSO_TEACH = frozenset({"catalogue.upsert", "catalogue.remove", "application_instance.register"})
+
+
+def teaches(kind: str, outcome: str) -> bool:
+    """Whether a result of ``kind`` with ``outcome`` can teach the planner anything (a cloud
+    id, the catalogue, the registry, a company to review): only applied ones of those kinds.
+    The others — the planner's own journal entries (parked, held …), failures, applied access
+    — it skips unread (:meth:`processors.handlers.PlannerHandlers.skips`, by the record's
+    headers); :meth:`Facts.on_result` asks the same first."""
+    return outcome in _APPLIED and (kind in _LEARNED_FROM or kind in _ALSO_TEACH)
+
 
 def _ts(moment: datetime) -> float:
     return moment.timestamp()
@@ -72,7 +84,7 @@ class Facts:
     def on_result(self, tx: Tx, result: OperationResult, coords: Coords) -> Effects:
         """Learn from a result: cloud ids, the registry, the catalogue; the review journal."""
         fx = Effects()
-        if result.outcome not in _APPLIED:
+        if not teaches(result.kind, result.outcome):
             return fx
         seen = result.recorded_at
         kind = result.kind

@@ -35,6 +35,7 @@ from kernel.records import Record
 from kernel.retry import Backoff
 from processors.control import CONTROL_ADAPTER, GATE_PARTITION
 from processors.engine import Coords, Effects, Input, Reconciler
+from processors.facts import teaches
 from processors.faust_compat import Committed, Deliveries, OwnedKeys, SendNow, current_event_as
 from processors.keys import PARKED
 from processors.metrics import PlannerMetrics
@@ -43,7 +44,7 @@ from processors.topics import PlannerTopics
 from schemas.codec import DecodeError, decode_event, decode_model, encode
 from schemas.deadletter import error_headers
 from schemas.directory import ApplicationType
-from schemas.results import OperationResult, PlannerFact
+from schemas.results import OperationResult, PlannerFact, kind_and_outcome, result_headers
 from schemas.topics import DIRECTORY_DLQ, PLANNER_CONTROL, PLANNER_FACTS, RESULTS, entity_for_topic
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,22 @@ class PlannerHandlers:
         self.in_message = False  # the stall watchdog does not seek while a message is handled
 
     # -- the entry points -------------------------------------------------------------
+
+    def skips(self, topic: str, headers: Sequence[tuple[str, bytes | None]] | None) -> bool:
+        """Whether a record teaches the planner nothing, judged before its value is decoded: a
+        result whose headers say an outcome or kind the planner learns nothing from (its own
+        journal entries — parked, held … — and applied access), :func:`processors.facts.teaches`.
+        A result without the headers is read in full."""
+        if topic != self._results:
+            return False
+        said = kind_and_outcome(headers)
+        return said is not None and not teaches(*said)
+
+    def skipped(self, topic: str, partition: int, offset: int) -> None:
+        """A record :meth:`skips` judged before the stream: acknowledged, not handled; the
+        delivery tracker counts it as delivered."""
+        self.deliveries.skipped(topic, partition, offset)
+        self.metrics.child(self.metrics.skipped, self._inputs.get(topic, "directory")).inc()
 
     async def on_message(self, event: faust.EventT[Any]) -> None:
         """Handle one message of any input; never raises (but lets cancellation through)."""
@@ -240,6 +257,8 @@ class PlannerHandlers:
         coords = Coords(msg.topic, msg.partition, msg.offset)
         self.metrics.child(self.metrics.messages, self._inputs.get(msg.topic, "directory")).inc()
         if msg.topic == self._results:
+            if self.skips(msg.topic, getattr(msg, "headers", None)):
+                return None  # a record read again from the broker (a lost delivery): skipped too
             return Input("result", self._decode(msg, lambda raw: decode_model(OperationResult, raw)), coords)
         if msg.topic == self._facts:
             return Input("fact", self._decode(msg, lambda raw: decode_model(PlannerFact, raw)), coords)
@@ -283,7 +302,14 @@ class PlannerHandlers:
         futures = []
         for s in fx.sends:
             topic = self.topics.by_role(s.role)
-            futures.append(await topic.send(key=s.key.encode(), value=encode(s.value), partition=s.partition))
+            # a result (the planner's journal entries: parked, held …) says its kind and outcome
+            # in headers, so that this planner skips reading it back (:meth:`skips`)
+            headers = result_headers(s.value) if isinstance(s.value, OperationResult) else None
+            futures.append(
+                await topic.send(
+                    key=s.key.encode(), value=encode(s.value), partition=s.partition, headers=headers
+                )
+            )
         if fx.acks_first and futures:
             if self.send_now is not None:  # waited for: do not let them linger in a batch
                 await self.send_now()
