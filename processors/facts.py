@@ -113,6 +113,14 @@ class Facts:
                 # the directory producer's partitioner, which need not be the sink's
                 # (librdkafka hashes keys differently from the Java and Python clients)
                 self.fan_out(fx, fact)
+            elif home == coords.partition:
+                # the result came to the partition that needs the id (the sink's partitioner
+                # and the directory producer's agree, as with both on librdkafka, the
+                # default): learn it now, as its fact would — no fact record to read back
+                learned_here = self.on_fact(tx, fact, coords)
+                fx.sends.extend(learned_here.sends)
+                fx.journal.extend(learned_here.journal)
+                fx.acks_first = fx.acks_first or learned_here.acks_first
             else:
                 fx.send("facts", fact.key, fact, home)
             if linked:
@@ -173,7 +181,7 @@ class Facts:
                     source="results",
                 ),
             )
-        return fx
+        return tx.effects(fx)
 
     @staticmethod
     def _home(tx: Tx, result: OperationResult) -> int | None:
