@@ -37,7 +37,7 @@ from processors.control import CONTROL_ADAPTER, GATE_PARTITION
 from processors.engine import Coords, Effects, Input, Reconciler
 from processors.facts import teaches
 from processors.faust_compat import Committed, Deliveries, OwnedKeys, SendNow, current_event_as
-from processors.keys import PARKED
+from processors.keys import PARKED, is_parked
 from processors.metrics import PlannerMetrics
 from processors.staging import STAGED
 from processors.topics import PlannerTopics
@@ -406,7 +406,9 @@ class PlannerHandlers:
     def export_gauges(self, revoked: frozenset[int] = frozenset()) -> None:
         """Set the gauges from the partitions this worker owns now (all it holds without
         ``owned_keys``), less ``revoked`` ones (see :class:`processors.faust_compat.OwnedKeys`)."""
-        keys = list(self.reconciler.store.keys())
+        # only the parked keys, picked first: the table holds several keys per entity (half a
+        # million at 100,000 users) and every gauge below reads only these
+        keys = [k for k in self.reconciler.store if is_parked(k)]
         gate_here = True
         if self.owned_keys is not None:
             owned = self.owned_keys.owned(revoked)
