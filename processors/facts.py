@@ -54,6 +54,18 @@ _LEARNED_FROM = {
     "company.upsert": FactKind.COMPANY,
 }
 
+#: the other results the planner learns from: the catalogue, the cloud's registry
+_ALSO_TEACH = frozenset({"catalogue.upsert", "catalogue.remove", "application_instance.register"})
+
+
+def teaches(kind: str, outcome: str) -> bool:
+    """Whether a result of ``kind`` with ``outcome`` can teach the planner anything (a cloud
+    id, the catalogue, the registry, a company to review): only applied ones of those kinds.
+    The others — the planner's own journal entries (parked, held …), failures, applied access
+    — it skips unread (:meth:`processors.handlers.PlannerHandlers.skips`, by the record's
+    headers); :meth:`Facts.on_result` asks the same first."""
+    return outcome in _APPLIED and (kind in _LEARNED_FROM or kind in _ALSO_TEACH)
+
 
 def _ts(moment: datetime) -> float:
     return moment.timestamp()
@@ -72,7 +84,7 @@ class Facts:
     def on_result(self, tx: Tx, result: OperationResult, coords: Coords) -> Effects:
         """Learn from a result: cloud ids, the registry, the catalogue; the review journal."""
         fx = Effects()
-        if result.outcome not in _APPLIED:
+        if not teaches(result.kind, result.outcome):
             return fx
         seen = result.recorded_at
         kind = result.kind
@@ -101,6 +113,14 @@ class Facts:
                 # the directory producer's partitioner, which need not be the sink's
                 # (librdkafka hashes keys differently from the Java and Python clients)
                 self.fan_out(fx, fact)
+            elif home == coords.partition:
+                # the result came to the partition that needs the id (the sink's partitioner
+                # and the directory producer's agree, as with both on librdkafka, the
+                # default): learn it now, as its fact would — no fact record to read back
+                learned_here = self.on_fact(tx, fact, coords)
+                fx.sends.extend(learned_here.sends)
+                fx.journal.extend(learned_here.journal)
+                fx.acks_first = fx.acks_first or learned_here.acks_first
             else:
                 fx.send("facts", fact.key, fact, home)
             if linked:
@@ -161,7 +181,7 @@ class Facts:
                     source="results",
                 ),
             )
-        return fx
+        return tx.effects(fx)
 
     @staticmethod
     def _home(tx: Tx, result: OperationResult) -> int | None:

@@ -35,8 +35,9 @@ from kernel.records import Record
 from kernel.retry import Backoff
 from processors.control import CONTROL_ADAPTER, GATE_PARTITION
 from processors.engine import Coords, Effects, Input, Reconciler
+from processors.facts import teaches
 from processors.faust_compat import Committed, Deliveries, OwnedKeys, SendNow, current_event_as
-from processors.keys import PARKED
+from processors.keys import PARKED, is_parked
 from processors.metrics import PlannerMetrics
 from processors.staging import STAGED
 from processors.topics import PlannerTopics
@@ -44,7 +45,7 @@ from schemas.cloud_changes import CloudAccessChanged
 from schemas.codec import DecodeError, decode_event, decode_model, encode
 from schemas.deadletter import error_headers
 from schemas.directory import ApplicationType
-from schemas.results import OperationResult, PlannerFact
+from schemas.results import OperationResult, PlannerFact, kind_and_outcome, result_headers
 from schemas.topics import (
     CLOUD_CHANGES,
     DIRECTORY_DLQ,
@@ -107,6 +108,22 @@ class PlannerHandlers:
         self.in_message = False  # the stall watchdog does not seek while a message is handled
 
     # -- the entry points -------------------------------------------------------------
+
+    def skips(self, topic: str, headers: Sequence[tuple[str, bytes | None]] | None) -> bool:
+        """Whether a record teaches the planner nothing, judged before its value is decoded: a
+        result whose headers say an outcome or kind the planner learns nothing from (its own
+        journal entries — parked, held … — and applied access), :func:`processors.facts.teaches`.
+        A result without the headers is read in full."""
+        if topic != self._results:
+            return False
+        said = kind_and_outcome(headers)
+        return said is not None and not teaches(*said)
+
+    def skipped(self, topic: str, partition: int, offset: int) -> None:
+        """A record :meth:`skips` judged before the stream: acknowledged, not handled; the
+        delivery tracker counts it as delivered."""
+        self.deliveries.skipped(topic, partition, offset)
+        self.metrics.child(self.metrics.skipped, self._inputs.get(topic, "directory")).inc()
 
     async def on_message(self, event: faust.EventT[Any]) -> None:
         """Handle one message of any input; never raises (but lets cancellation through)."""
@@ -254,6 +271,8 @@ class PlannerHandlers:
         coords = Coords(msg.topic, msg.partition, msg.offset)
         self.metrics.child(self.metrics.messages, self._inputs.get(msg.topic, "directory")).inc()
         if msg.topic == self._results:
+            if self.skips(msg.topic, getattr(msg, "headers", None)):
+                return None  # a record read again from the broker (a lost delivery): skipped too
             return Input("result", self._decode(msg, lambda raw: decode_model(OperationResult, raw)), coords)
         if msg.topic == self._facts:
             return Input("fact", self._decode(msg, lambda raw: decode_model(PlannerFact, raw)), coords)
@@ -300,7 +319,14 @@ class PlannerHandlers:
         futures = []
         for s in fx.sends:
             topic = self.topics.by_role(s.role)
-            futures.append(await topic.send(key=s.key.encode(), value=encode(s.value), partition=s.partition))
+            # a result (the planner's journal entries: parked, held …) says its kind and outcome
+            # in headers, so that this planner skips reading it back (:meth:`skips`)
+            headers = result_headers(s.value) if isinstance(s.value, OperationResult) else None
+            futures.append(
+                await topic.send(
+                    key=s.key.encode(), value=encode(s.value), partition=s.partition, headers=headers
+                )
+            )
         if fx.acks_first and futures:
             if self.send_now is not None:  # waited for: do not let them linger in a batch
                 await self.send_now()
@@ -401,7 +427,9 @@ class PlannerHandlers:
     def export_gauges(self, revoked: frozenset[int] = frozenset()) -> None:
         """Set the gauges from the partitions this worker owns now (all it holds without
         ``owned_keys``), less ``revoked`` ones (see :class:`processors.faust_compat.OwnedKeys`)."""
-        keys = list(self.reconciler.store.keys())
+        # only the parked keys, picked first: the table holds several keys per entity (half a
+        # million at 100,000 users) and every gauge below reads only these
+        keys = [k for k in self.reconciler.store if is_parked(k)]
         gate_here = True
         if self.owned_keys is not None:
             owned = self.owned_keys.owned(revoked)

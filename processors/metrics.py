@@ -112,6 +112,13 @@ class PlannerMetrics:
             ["input"],
             registry=registry,
         )
+        self.skipped = Counter(
+            "vudsync_planner_skipped_total",
+            "Records the planner skipped unread, by input: results it learns nothing from "
+            "(its own journal entries, applied access), judged by their headers",
+            ["input"],
+            registry=registry,
+        )
         self.retries = Counter(
             "vudsync_planner_retries_total",
             "Messages handled again: the broker refused a record (reason: exception class), or a "

@@ -57,12 +57,20 @@ _BLOCKED_PREFIX = f"{NeedKind.APPLICATION.value}:"
 def count_waiting(values: Iterable[Iterable[Mapping[str, Any]]]) -> Waiting:
     """Classify the parked items of ``p|`` values (see :class:`Waiting`)."""
     parked = held = blocked = 0
+    # plain loops, no generator per item: the gauges count every parked item every few
+    # seconds (70,000 of them in a 100,000-user initial sync)
     for items in values:
         for item in items:
-            needs = item.get("needs") or ()
-            if any(n.startswith(_HELD_PREFIX) for n in needs):
+            found = 0  # 2: held, 1: blocked
+            for need in item.get("needs") or ():
+                if need.startswith(_HELD_PREFIX):
+                    found = 2
+                    break
+                if need.startswith(_BLOCKED_PREFIX):
+                    found = 1
+            if found == 2:
                 held += 1
-            elif any(n.startswith(_BLOCKED_PREFIX) for n in needs):
+            elif found:
                 blocked += 1
             else:
                 parked += 1

@@ -32,6 +32,7 @@ from processors.faust_compat import (
     prime_committed_offsets,
     producer_send_now,
     put_back_stale_fetches,
+    skip_before_stream,
 )
 from processors.handlers import PlannerHandlers
 from processors.metrics import PlannerMetrics
@@ -177,6 +178,7 @@ def build_planner(settings: Settings, bootstrap: str, registry: CollectorRegistr
         owned_keys=OwnedKeys(app, table),
     )
     declare_agents(app, topics, handlers)
+    skip_before_stream(app, handlers.skips, handlers.skipped)
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]  # mode types receivers narrowly
     async def close_missed_reader(sender: Any, **kwargs: Any) -> None:

@@ -6,6 +6,7 @@ operations; the event journal is built from them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -78,6 +79,32 @@ class OperationResult(Message):
             "source_committed_at": op.source_committed_at,
         }
         return cls(outcome=outcome, recorded_at=recorded_at, **(identity | fields))
+
+
+#: headers on every result record: its ``kind`` and ``outcome``, readable without decoding the
+#: value — the planner skips the results it learns nothing from before they reach its stream
+HEADER_KIND = "vudsync.result.kind"
+HEADER_OUTCOME = "vudsync.result.outcome"
+
+
+def result_headers(result: OperationResult) -> list[tuple[str, bytes]]:
+    """The headers a result record carries (a copy of two of its fields; the value is the
+    whole truth, a record without them is read in full)."""
+    return [(HEADER_KIND, result.kind.encode()), (HEADER_OUTCOME, result.outcome.value.encode())]
+
+
+def kind_and_outcome(headers: Sequence[tuple[str, bytes | None]] | None) -> tuple[str, str] | None:
+    """A result record's kind and outcome from its headers; None when it lacks either (a
+    record written before the headers were, or by another writer): read its value."""
+    kind = outcome = None
+    for name, value in headers or ():
+        if name == HEADER_KIND:
+            kind = value
+        elif name == HEADER_OUTCOME:
+            outcome = value
+    if kind is None or outcome is None:
+        return None
+    return kind.decode(errors="replace"), outcome.decode(errors="replace")
 
 
 # planner: facts every planner partition must know (topic ``vud.planner.facts``)

@@ -28,7 +28,7 @@ from kernel.publishing import RecordPublisher
 from schemas.codec import encode
 from schemas.deadletter import HEADER_ATTEMPTS, HEADER_HTTP_STATUS, HEADER_RESPONSE, error_headers
 from schemas.operations import CloudOperation, version_slot
-from schemas.results import OperationResult, ResultOutcome
+from schemas.results import OperationResult, ResultOutcome, result_headers
 from schemas.topics import OPERATIONS_DLQ, RESULTS
 from sinks.errors import CloudRejected, retry_reason
 from sinks.metrics import SinkMetrics
@@ -226,4 +226,4 @@ class OutcomeRecorder:
             attempts=attempts,
         )
         # keyed by entity id: the planner's partition of that entity learns its cloud id
-        self.publisher.publish(self._results_topic, op.entity_id, encode(result))
+        self.publisher.publish(self._results_topic, op.entity_id, encode(result), result_headers(result))

@@ -58,10 +58,15 @@ def test_planner_killed_mid_batch_loses_nothing_and_applies_nothing_twice(
     first_wave = USERS + len(COMPANIES) + 2  # upserts of users, companies and roles
     every_op = first_wave + sum(len(a) for a in d.access.values())  # and one per assignment
     port = _free_port()
-    # a slow cloud (every request answered after 300 ms): the sink's results, and so the
-    # planner's releases, come back a few at a time for a while — the kill lands among them
+    # a slow cloud (every request answered after 300 ms) and a sink calling it one operation
+    # at a time, two in flight: the sink's results, and so the planner's releases, come back a
+    # few at a time for a while — the kill lands among them. (With the batch endpoint, the
+    # users' results came back in one or two calls, and the planner — which releases a user's
+    # assignments in the step that reads its result — released them all in one batch, before
+    # the test could see it releasing: the kill then landed after the releases.)
     cloud.faults(latency_ms=[300, 300])
-    with components(settings, kafka_bootstrap, "producer", "sink") as procs:
+    slow_sink = {"VUDSYNC_SINK_BATCH": "false", "VUDSYNC_SINK_CONCURRENCY": "2"}
+    with components(settings, kafka_bootstrap, "producer", "sink", **slow_sink) as procs:
         with components(settings, kafka_bootstrap, "planner", metrics_ports={"planner": port}) as first:
             planned: list[float] = []
 

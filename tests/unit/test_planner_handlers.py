@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -19,13 +20,17 @@ from prometheus_client import CollectorRegistry
 from kernel.records import Record
 from kernel.retry import Backoff
 from kernel.settings import Settings
-from processors.engine import Effects, Reconciler, Send
+from processors.engine import Coords, Effects, Reconciler, Send
+from processors.facts import teaches
+from processors.faust_compat import Deliveries, skip_before_stream
 from processors.handlers import MAX_BACKOFF, PlannerHandlers
 from processors.metrics import PlannerMetrics
 from processors.model import Identities, PlannerSettings
 from processors.planner import plan
+from schemas.codec import encode
 from schemas.deadletter import HEADER_EXCEPTION, HEADER_REASON, HEADER_STAGE, headers_dict
-from schemas.topics import DIRECTORY_TOPICS
+from schemas.results import OperationResult, ResultOutcome, result_headers
+from schemas.topics import DIRECTORY_TOPICS, RESULTS
 from tests.factories import T0, connected_table, user_event
 
 
@@ -78,6 +83,7 @@ class Message:
     partition: int = 0
     offset: int = 7
     key: bytes | None = b"u1"
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 @dataclass
@@ -325,3 +331,93 @@ async def test_the_gate_is_ticked_only_by_its_partitions_owner_and_only_while_de
     await handlers.tick_gate(owner)
     (sent,) = control.sent
     assert sent["partition"] == 0 and decode_model(GateTick, sent["value"]).at == T0
+
+
+def _result(kind: str, outcome: ResultOutcome, cloud_id: str | None = None) -> OperationResult:
+    op = plan(None, user_event(3), Identities(), PlannerSettings(), now=T0).operations[0]
+    return OperationResult.for_operation(op, outcome, T0, kind=kind, cloud_id=cloud_id)
+
+
+def test_only_applied_results_of_ids_catalogue_and_registry_teach_the_planner() -> None:
+    """What the planner skips unread is what ``Facts.on_result`` would learn nothing from."""
+    applied = (ResultOutcome.APPLIED, ResultOutcome.ALREADY_APPLIED)
+    for outcome in ResultOutcome:
+        for kind in (
+            "user.upsert",
+            "user.deactivate",
+            "company.upsert",
+            "catalogue.upsert",
+            "catalogue.remove",
+            "application_instance.register",
+        ):
+            assert teaches(kind, outcome.value) is (outcome in applied), (kind, outcome)
+        for kind in ("access.assign", "access.revoke"):
+            assert not teaches(kind, outcome.value)
+    # and on_result indeed learns nothing from what is skipped: no fact, no journal entry
+    reconciler = Reconciler({}, PlannerSettings(), 2, lambda: T0)
+    for kind, outcome in (("access.assign", ResultOutcome.APPLIED), ("user.upsert", ResultOutcome.PARKED)):
+        fx = reconciler.on_result(_result(kind, outcome, "cloud-1"), Coords("r", 0, 0))
+        assert fx.sends == [] and fx.writes == {}
+
+
+async def test_results_that_teach_nothing_are_acked_before_the_stream_and_leave_no_hole() -> None:
+    """The planner's own journal entries and applied access are acknowledged as Faust's drain
+    loop takes them (``skip_before_stream``), by their headers; results without the headers and
+    those that teach are delivered; the delivery tracker sees no hole where skips were."""
+    reconciler = Recording()
+    handlers, topics, _ = _handlers(reconciler)
+    asked: list[tuple[str, int, int, int]] = []
+
+    async def fetch(topic: str, partition: int, first: int, last: int) -> list[Record]:
+        asked.append((topic, partition, first, last))
+        return []
+
+    handlers.fetch = fetch
+    # what the planner itself writes carries the headers
+    parked = _result("access.assign", ResultOutcome.PARKED)
+    await handlers.perform(Effects(sends=[Send("results", "u1", parked)]))
+    (sent,) = topics.topics["results"].sent
+    assert handlers.skips(RESULTS.name, sent["headers"])
+
+    delivered: list[int] = []
+    acked: list[int] = []
+
+    async def deliver(message: Any) -> None:
+        delivered.append(message.offset)
+
+    consumer = SimpleNamespace(callback=deliver, ack=lambda m: acked.append(m.offset))
+    skip_before_stream(SimpleNamespace(consumer=consumer), handlers.skips, handlers.skipped)  # type: ignore[arg-type]
+    user = _result("user.upsert", ResultOutcome.APPLIED, "cloud-1")
+    records = [
+        (10, result_headers(user)),  # teaches a cloud id
+        (11, result_headers(parked)),  # the planner's own journal entry
+        (12, result_headers(_result("access.assign", ResultOutcome.APPLIED))),
+        (13, []),  # no headers (written before them): read in full
+        (14, result_headers(_result("user.upsert", ResultOutcome.FAILED))),
+        (15, result_headers(user)),
+    ]
+    for offset, headers in records:
+        await consumer.callback(Message(RESULTS.name, encode(user), offset=offset, headers=headers))
+    assert delivered == [10, 13, 15] and acked == [11, 12, 14]
+    assert handlers.metrics.skipped.labels(input="results")._value.get() == 3
+    # the stream hands the delivered ones over after the skips were acked: no hole is read
+    for offset in delivered:
+        await handlers.on_message(Event(Message(RESULTS.name, encode(user), offset=offset)))  # type: ignore[arg-type]
+    assert asked == []
+    # a skip behind a hole (16 lost) is read from the broker with the hole: nothing guessed
+    await consumer.callback(Message(RESULTS.name, encode(user), offset=17, headers=result_headers(parked)))
+    await handlers.on_message(Event(Message(RESULTS.name, encode(user), offset=18)))  # type: ignore[arg-type]
+    assert asked == [(RESULTS.name, 0, 16, 17)]
+
+
+def test_deliveries_count_skipped_offsets_as_delivered() -> None:
+    d = Deliveries()
+    assert d.observe("t", 0, 5) is None
+    d.skipped("t", 0, 6)  # right after the last delivery: nothing before it is on its way
+    assert d.observe("t", 0, 7) is None
+    d.skipped("t", 0, 10)  # 8 and 9 still in the stream
+    d.skipped("t", 0, 11)
+    assert d.observe("t", 0, 8) is None and d.observe("t", 0, 9) is None
+    assert d.observe("t", 0, 12) is None
+    d.skipped("t", 0, 14)
+    assert d.observe("t", 0, 16) == (13, 15)  # 13 and 15 never came: the hole is read (14 with it)

@@ -22,7 +22,7 @@ from schemas.deadletter import (
     headers_dict,
 )
 from schemas.operations import CloudOperation, version_slot
-from schemas.results import OperationResult, ResultOutcome
+from schemas.results import OperationResult, ResultOutcome, kind_and_outcome
 from schemas.topics import OPERATIONS, OPERATIONS_DLQ, RESULTS
 from sinks.errors import CloudRejected, CloudUnavailable
 from sinks.metrics import SinkMetrics
@@ -139,6 +139,10 @@ async def test_every_path_of_an_operation_ends_in_a_result_and_a_commit(batching
     }
     assert results[known.operation_id].cloud_id == "cloud-e"
     assert known.operation_id not in cloud.attempts  # the ledger answered, no cloud call
+    # each result says its kind and outcome in headers too: the planner skips by them unread
+    for _, value, headers in sink.publisher.on(RESULTS.name):
+        result = decode_model(OperationResult, value)
+        assert kind_and_outcome(headers) == (result.kind, result.outcome.value)
     # per aggregate, in order: the second operation went out only after the first was applied
     calls_with = [i for i, ids in enumerate(cloud.calls) if first.operation_id in ids]
     assert min(i for i, ids in enumerate(cloud.calls) if second.operation_id in ids) > max(calls_with)
