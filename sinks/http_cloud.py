@@ -27,7 +27,7 @@ from kernel.auth import ClientCredentials
 from kernel.errors import VudsyncError
 from schemas.operations import AssignAccess, CloudOperation, RevokeAccessEntry, UpsertUser
 from sinks.errors import CloudRejected, CloudUnavailable
-from sinks.ports import Applied, BatchOutcome
+from sinks.ports import Applied, BatchOutcome, Intents
 from sinks.writes import (
     MULTI_STEP,
     Lookup,
@@ -41,8 +41,10 @@ from sinks.writes import (
     error_for,
     excerpt,
     interpret,
+    link_intent,
     lookups,
     parse_retry_after,
+    reads_intent,
     simple_write,
     steps_after_create,
     steps_after_lookup,
@@ -235,7 +237,7 @@ class HttpCloudDirectory:
         assert applied is not None  # a revoke is always interpreted
         return applied
 
-    async def apply(self, op: CloudOperation) -> Applied:
+    async def apply(self, op: CloudOperation, intents: Intents | None = None) -> Applied:
         if isinstance(op, AssignAccess) and op.keep and op.cloud_user_id and op.cloud_company_id:
             return await self._assign_keeping(op)
         if isinstance(op, RevokeAccessEntry) and op.cloud_user_id and op.cloud_company_id:
@@ -250,10 +252,14 @@ class HttpCloudDirectory:
             if isinstance(op, UpsertUser) and response.status_code != 404 and isinstance(body, dict):
                 # the known-id PATCH found the user, still unlinked or (in)active: go on from its
                 # answer (no look-up). Batched, such an operation is handed over to here.
-                return await self._perform(op, steps_after_patch(op, body), [self._replayed(response)])
-        return await self._multi_step(op)
+                return await self._perform(
+                    op, steps_after_patch(op, body), [self._replayed(response)], intents
+                )
+        return await self._multi_step(op, intents)
 
-    async def apply_batch(self, ops: Sequence[CloudOperation]) -> list[BatchOutcome]:
+    async def apply_batch(
+        self, ops: Sequence[CloudOperation], intents: Intents | None = None
+    ) -> list[BatchOutcome]:
         """Operations through ``POST /v1/batch`` (≤ 500), each with its own keys and outcome.
 
         Simple operations are one write each. Multi-step operations (:data:`MULTI_STEP`) go in
@@ -261,7 +267,8 @@ class HttpCloudDirectory:
         operation per round and only after its previous write succeeded — the order and the
         conditions of the one-at-a-time path, with a round trip per phase instead of per
         request. An operation that needs an answer first (a create answered 409: created
-        meanwhile) gets None: the worker applies it alone.
+        meanwhile) gets None: the worker applies it alone. ``intents``: one recall for the
+        look-ups that read one, one announce before the first round of writes.
         """
         if len(ops) > MAX_BATCH:
             raise ValueError(f"at most {MAX_BATCH} operations per batch")
@@ -278,17 +285,25 @@ class HttpCloudDirectory:
                 raise ValueError(f"apply_batch cannot apply {op.kind} (no cloud mapping)")
         if multi:
             found = await self._batch([item.batch_item() for i in multi for item in lookups(ops[i])])
+            matches: dict[int, tuple[dict[str, Any] | None, dict[str, Any] | None]] = {}
             for n, i in enumerate(multi):
-                by_id, by_key = found[2 * n], found[2 * n + 1]
-                error = next((e for e in (_lookup_error(by_id), _lookup_error(by_key)) if e), None)
+                id_answer, key_answer = found[2 * n], found[2 * n + 1]
+                error = next((e for e in (_lookup_error(id_answer), _lookup_error(key_answer)) if e), None)
                 if error is not None:
                     outcomes[i] = error
-                    continue
-                plan = steps_after_lookup(ops[i], _first(by_id), _first(by_key))
+                else:
+                    matches[i] = (_first(id_answer), _first(key_answer))
+            recalled = await self._recall(
+                intents, [ops[i] for i, (by_id, _) in matches.items() if reads_intent(ops[i], by_id)]
+            )
+            for i, (by_id, by_key) in matches.items():
+                intent = recalled.get(ops[i].operation_id)
+                plan = steps_after_lookup(ops[i], by_id, by_key, intent=intent)
                 if isinstance(plan, Steps):
                     rounds[i] = _InFlight(plan)
                 else:
                     outcomes[i] = plan
+            await self._announce(intents, [(ops[i], r.steps) for i, r in rounds.items() if not r.simple])
         while rounds:
             order = list(rounds)
             answers = await self._batch([rounds[i].next_write.batch_item() for i in order])
@@ -312,7 +327,33 @@ class HttpCloudDirectory:
             answers.extend(got)
         return answers
 
-    async def _multi_step(self, op: CloudOperation) -> Applied:
+    @staticmethod
+    async def _recall(intents: Intents | None, ops: Sequence[CloudOperation]) -> dict[str, dict[str, Any]]:
+        """The intents earlier attempts of ``ops`` announced (:func:`reads_intent` said so)."""
+        if intents is None or not ops:
+            return {}
+        return await intents.recall([op.operation_id for op in ops])
+
+    @staticmethod
+    async def _announce(intents: Intents | None, plans: Sequence[tuple[CloudOperation, Steps]]) -> None:
+        """Record the write-ahead intents of ``plans`` (:func:`link_intent`) before any of their
+        writes is sent: a crash after the cloud applied a link must not lose its review."""
+        ahead = [(op.operation_id, i) for op, plan in plans if (i := link_intent(op, plan)) is not None]
+        if intents is not None and ahead:
+            await intents.announce(ahead)
+
+    async def _decide(
+        self,
+        op: CloudOperation,
+        by_id: dict[str, Any] | None,
+        by_key: dict[str, Any] | None,
+        intents: Intents | None,
+    ) -> Steps | Applied | None:
+        """:func:`steps_after_lookup`, with the intent an earlier attempt announced if it reads one."""
+        recalled = await self._recall(intents, [op] if reads_intent(op, by_id) else [])
+        return steps_after_lookup(op, by_id, by_key, intent=recalled.get(op.operation_id))
+
+    async def _multi_step(self, op: CloudOperation, intents: Intents | None = None) -> Applied:
         """One multi-step operation alone: the look-ups :func:`lookups` names, then
         :func:`steps_after_lookup`, then its writes in order — the decisions of the batched path.
 
@@ -326,12 +367,12 @@ class HttpCloudDirectory:
                 f"{op.kind} {op.operation_id}: no cloud mapping (cloud ids missing?)", status=0, excerpt=""
             )
         by_id, by_key = await self._look_up(op)
-        plan = steps_after_lookup(op, by_id, by_key)
+        plan = await self._decide(op, by_id, by_key, intents)
         if plan is None:  # a new inactive user: create it, then deactivate what the create returns
             plan = create_steps(op)
         if isinstance(plan, Applied):
             return plan
-        return await self._perform(op, plan, [])
+        return await self._perform(op, plan, [], intents)
 
     async def _look_up(self, op: CloudOperation) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """The matches by external id and by e-mail / organisation number (:func:`lookups`).
@@ -341,26 +382,32 @@ class HttpCloudDirectory:
         by_id = await self._find(by_id_lookup)
         return by_id, (await self._find(by_key_lookup) if by_id is None else None)
 
-    async def _perform(self, op: CloudOperation, plan: Steps, replayed: list[bool]) -> Applied:
+    async def _perform(
+        self, op: CloudOperation, plan: Steps, replayed: list[bool], intents: Intents | None = None
+    ) -> Applied:
         """Sends ``plan``'s writes in order, each after the one before succeeded (an error is
         raised and stops the operation). ``replayed``: per write already answered for ``op``.
 
         A create goes on from its answer, which the batched path does not wait for: a 409
         (created meanwhile) → :meth:`_after_conflict`; else :func:`steps_after_create` (a new
-        inactive user is deactivated under ``<operation id>:deactivate``).
+        inactive user is deactivated under ``<operation id>:deactivate``). A link's intent is
+        announced before its write (:meth:`_announce`).
         """
         if plan.creates:
             (create,) = plan.writes
             response = await self._send(create)
             if response.status_code == 409:
-                return await self._after_conflict(op, response)
+                return await self._after_conflict(op, response, intents)
             replayed.append(self._replayed(response))
             plan = steps_after_create(op, response.json())
+        await self._announce(intents, [(op, plan)])
         for write in plan.writes:
             replayed.append(self._replayed(await self._send(write)))
         return Applied(plan.effect, plan.cloud_id, bool(replayed) and all(replayed), plan.details)
 
-    async def _after_conflict(self, op: CloudOperation, conflict: httpx.Response) -> Applied:
+    async def _after_conflict(
+        self, op: CloudOperation, conflict: httpx.Response, intents: Intents | None
+    ) -> Applied:
         """A create answered 409: created meanwhile, by us (a lost answer), another worker or
         someone else — and the cloud says 409 both for "this external id is linked already" and
         for "this e-mail / organisation number exists". So look again the way the operation
@@ -369,7 +416,7 @@ class HttpCloudDirectory:
         operation over to the one-at-a-time path, which ends here. The 409 itself does not count
         for ``replayed``."""
         by_id, by_key = await self._look_up(op)
-        plan = None if by_id is None and by_key is None else steps_after_lookup(op, by_id, by_key)
+        plan = None if by_id is None and by_key is None else await self._decide(op, by_id, by_key, intents)
         if plan is None:
             by_id_lookup, by_key_lookup = lookups(op)
             raise CloudRejected(
@@ -380,4 +427,4 @@ class HttpCloudDirectory:
             )
         if isinstance(plan, Applied):
             return plan
-        return await self._perform(op, plan, [])
+        return await self._perform(op, plan, [], intents)

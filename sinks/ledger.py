@@ -1,4 +1,5 @@
-"""SQLite adapter of the ``Ledger`` port: applied operation ids with their result.
+"""SQLite adapter of the ``Ledger`` port: applied operation ids with their result, the
+highest source version applied per slot, and the write-ahead intents of unfinished operations.
 
 WAL journal with ``synchronous=NORMAL``: a process crash (SIGKILL) loses nothing committed;
 a power loss may lose the last commits, which only costs a cloud call answered from the
@@ -32,6 +33,10 @@ class SqliteLedger:
         )
         self._conn.execute(
             "CREATE TABLE IF NOT EXISTS versions (slot TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+        )
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS intents (operation_id TEXT PRIMARY KEY, intent TEXT NOT NULL, "
+            "recorded_at REAL NOT NULL)"
         )
         self._lock = threading.Lock()
         self._checkpointer = WalCheckpointer(self._connect, name="ledger-checkpointer")
@@ -82,6 +87,12 @@ class SqliteLedger:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 self._conn.executemany("INSERT OR IGNORE INTO applied VALUES (?, ?, ?)", rows)
+                # an intent ends with its operation's outcome (sinks.writes.link_intent); only a
+                # link has one (another outcome's leftover is moot: its id is in ``applied``)
+                self._conn.executemany(
+                    "DELETE FROM intents WHERE operation_id = ?",
+                    [(oid,) for oid, result in entries if result.get("effect") == "linked"],
+                )
                 self._conn.executemany(
                     "INSERT INTO versions VALUES (?, ?) ON CONFLICT (slot) DO UPDATE "
                     "SET version = max(version, excluded.version)",
@@ -92,6 +103,25 @@ class SqliteLedger:
                 raise
             self._conn.execute("COMMIT")
             self._checkpointer.after_commit(self._conn)
+
+    def record_intents(self, intents: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        if not intents:
+            return
+        now = time.time()
+        rows = [(oid, json.dumps(intent), now) for oid, intent in intents]
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany("INSERT OR REPLACE INTO intents VALUES (?, ?, ?)", rows)
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+            self._checkpointer.after_commit(self._conn)
+
+    def intents(self, operation_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        select = "SELECT operation_id, intent FROM intents WHERE operation_id IN ({marks})"
+        return {oid: json.loads(intent) for oid, intent in self._rows_in(select, operation_ids)}
 
     def record(self, operation_id: str, result: dict[str, Any]) -> None:
         self.record_many([(operation_id, result)])

@@ -1,8 +1,9 @@
 """PostgreSQL adapter of the ``Ledger`` port (larger installations: workers on several hosts
 share one ledger), psycopg 3.
 
-Two tables: ``vudsync_sink_ledger`` keyed by (scope, operation id), and
-``vudsync_sink_versions``, the highest source version applied per (scope, version slot); the
+Three tables: ``vudsync_sink_ledger`` keyed by (scope, operation id);
+``vudsync_sink_versions``, the highest source version applied per (scope, version slot); and
+``vudsync_sink_intents``, the write-ahead intents of unfinished operations; the
 scope is the topic prefix, so installations (and test runs) sharing a database never see each other's ids.
 Writes commit before the result is published: a crash never forgets an applied id that a
 result announced.
@@ -30,6 +31,13 @@ CREATE TABLE IF NOT EXISTS vudsync_sink_versions (
     slot TEXT NOT NULL,
     version BIGINT NOT NULL,
     PRIMARY KEY (scope, slot)
+);
+CREATE TABLE IF NOT EXISTS vudsync_sink_intents (
+    scope TEXT NOT NULL,
+    operation_id TEXT NOT NULL,
+    intent JSONB NOT NULL,
+    recorded_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (scope, operation_id)
 )
 """
 
@@ -77,6 +85,13 @@ class PostgresLedger:
                     "ON CONFLICT DO NOTHING",
                     [(self._scope, oid, Jsonb(result)) for oid, result in entries],
                 )
+                # an intent ends with its operation's outcome (sinks.writes.link_intent); only a
+                # link has one (another outcome's leftover is moot: its id is in the ledger)
+                if linked := [oid for oid, result in entries if result.get("effect") == "linked"]:
+                    cur.execute(
+                        "DELETE FROM vudsync_sink_intents WHERE scope = %s AND operation_id = ANY(%s)",
+                        (self._scope, linked),
+                    )
             if versions:
                 cur.executemany(
                     "INSERT INTO vudsync_sink_versions (scope, slot, version) VALUES (%s, %s, %s) "
@@ -84,6 +99,28 @@ class PostgresLedger:
                     "SET version = GREATEST(vudsync_sink_versions.version, EXCLUDED.version)",
                     [(self._scope, slot, version) for slot, version in versions],
                 )
+
+    def record_intents(self, intents: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        if not intents:
+            return
+        with self._lock, self._conn.transaction(), self._conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO vudsync_sink_intents (scope, operation_id, intent) VALUES (%s, %s, %s) "
+                "ON CONFLICT (scope, operation_id) DO UPDATE "
+                "SET intent = EXCLUDED.intent, recorded_at = now()",
+                [(self._scope, oid, Jsonb(intent)) for oid, intent in intents],
+            )
+
+    def intents(self, operation_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        if not operation_ids:
+            return {}
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT operation_id, intent FROM vudsync_sink_intents "
+                "WHERE scope = %s AND operation_id = ANY(%s)",
+                (self._scope, list(operation_ids)),
+            ).fetchall()
+        return {oid: dict(intent) for oid, intent in rows}
 
     def record(self, operation_id: str, result: dict[str, Any]) -> None:
         self.record_many([(operation_id, result)])

@@ -4,7 +4,9 @@ topic, the dead-letter topic and the metrics.
 Commit order — the worker's guarantee, of which this module does the middle:
 
 1. apply the operation in the cloud (the worker);
-2. record its id in the ledger (:meth:`OutcomeRecorder.applied`, one transaction per call);
+2. record its id in the ledger (:meth:`OutcomeRecorder.applied`, one transaction per call),
+   which clears the write-ahead intent recorded before a company link was sent
+   (:meth:`OutcomeRecorder.announce`, during 1);
 3. publish its result (queued in the producer) — only once the ledger holds it, so a crash
    never forgets an applied id that a result announced;
 4. flush the producer (:meth:`OutcomeRecorder.flush`: the broker acknowledged every result
@@ -98,6 +100,20 @@ class OutcomeRecorder:
         if not slots:
             return {}
         return await self._off_loop(self.ledger.applied_versions, slots)
+
+    async def announce(self, intents: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """Write-ahead (the ``Intents`` port, for the cloud adapter): record what operations
+        are about to do (a company link, :func:`sinks.writes.link_intent`) durably, before
+        their writes are sent; :meth:`applied` clears them with the outcome. A crash between
+        the write and the outcome leaves the intent, so the retry reports the link."""
+        if intents:
+            await self._off_loop(self.ledger.record_intents, intents)
+
+    async def recall(self, operation_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The intents an earlier attempt of these operations announced (the ``Intents`` port)."""
+        if not operation_ids:
+            return {}
+        return await self._off_loop(self.ledger.intents, operation_ids)
 
     def superseded(self, item: Pending, applied: int) -> None:
         """``item`` is older than version ``applied`` of its slot: not applied, a result saying

@@ -25,6 +25,19 @@ BatchOutcome = Applied | VudsyncError | None
 """Per item of a batch: applied, failed (retryable or permanent), or None = apply it alone."""
 
 
+class Intents(Protocol):
+    """Write-ahead intents of the sink (:func:`sinks.writes.link_intent`): what an operation is
+    about to do in the cloud, durable before it does it, until its outcome is recorded."""
+
+    async def announce(self, intents: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """Record ``(operation id, intent)`` pairs durably (return only once they are)."""
+        ...
+
+    async def recall(self, operation_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The intents recorded for those of ``operation_ids`` not recorded as applied since."""
+        ...
+
+
 class CloudDirectory(Protocol):
     """The cloud's directory, by role. Errors: RetryableError / PermanentError subclasses.
 
@@ -32,13 +45,17 @@ class CloudDirectory(Protocol):
     applies ``batchable`` operations in a few round trips (simple ones in one; those resolved
     by look-ups first in phases), each with its own idempotency keys and outcome; an error of
     a round trip itself is raised, for all (every write is idempotent: a retry is safe).
+    ``intents``: where a write whose effect a retry could not see (a company link) is
+    announced before it is sent, and recalled by a retry (None: not at all).
     """
 
     def batchable(self, op: CloudOperation) -> bool: ...
 
-    async def apply(self, op: CloudOperation) -> Applied: ...
+    async def apply(self, op: CloudOperation, intents: Intents | None = None) -> Applied: ...
 
-    async def apply_batch(self, ops: Sequence[CloudOperation]) -> list[BatchOutcome]: ...
+    async def apply_batch(
+        self, ops: Sequence[CloudOperation], intents: Intents | None = None
+    ) -> list[BatchOutcome]: ...
 
     async def aclose(self) -> None: ...
 
@@ -86,8 +103,9 @@ class OperationsConsumer(Protocol):
 
 class Ledger(Protocol):
     """Operation ids already applied (durable), so replays skip them without a cloud call;
-    and per version slot (:func:`schemas.operations.version_slot`) the highest source version
-    applied, so that nothing older is applied after it."""
+    per version slot (:func:`schemas.operations.version_slot`) the highest source version
+    applied, so that nothing older is applied after it; and the write-ahead intents of
+    operations not finished yet (:class:`Intents`)."""
 
     def get(self, operation_id: str) -> dict[str, Any] | None: ...
 
@@ -104,6 +122,16 @@ class Ledger(Protocol):
 
     def applied_versions(self, slots: Sequence[str]) -> dict[str, int]:
         """The highest source version applied per slot, of those among ``slots`` with any."""
+        ...
+
+    def record_intents(self, intents: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """Record ``(operation id, intent)`` pairs (:class:`Intents`) durably, in one
+        transaction; a newer intent of the same id replaces the older. ``record_many`` clears
+        the intents of the ids it records, in its transaction."""
+        ...
+
+    def intents(self, operation_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The intents recorded for those of ``operation_ids`` that have any."""
         ...
 
     def close(self) -> None: ...

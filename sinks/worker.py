@@ -468,9 +468,9 @@ class SinkWorker:
         try:
             if len(items) > 1:
                 self.metrics.batch_size.observe(len(items))
-                outcomes = await self.cloud.apply_batch([i.op for i in items])
+                outcomes = await self.cloud.apply_batch([i.op for i in items], self.recorder)
             else:
-                outcomes = [await self.cloud.apply(items[0].op)]
+                outcomes = [await self.cloud.apply(items[0].op, self.recorder)]
         except asyncio.CancelledError:
             self.breaker.release()
             raise

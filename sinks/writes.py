@@ -285,13 +285,42 @@ def _refuse_match(external_id: str, found: dict[str, Any]) -> Applied | None:
     return Applied(CONFLICT, None, False, details)
 
 
+def link_intent(op: CloudOperation, plan: Steps) -> dict[str, Any] | None:
+    """The write-ahead intent to record durably *before* ``plan``'s writes are sent, or None.
+
+    A company link is what raises a review (:mod:`processors.reviews`), and it is the one step
+    whose effect a retry cannot see: once applied, the retry's look-up finds the company by
+    external id, which alone says "nothing to do". So the sink records "operation <id> is
+    linking company <cloud id>" (the ledger entry the finished operation would get) first,
+    and a retry that finds the company by external id reports what the first attempt did
+    (:func:`steps_after_lookup`'s ``intent``). Users linked by e-mail raise no review: none.
+    """
+    if isinstance(op, UpsertCompany) and plan.effect == "linked" and plan.cloud_id is not None:
+        return {"cloud_id": plan.cloud_id, "effect": plan.effect, "details": dict(plan.details)}
+    return None
+
+
+def reads_intent(op: CloudOperation, by_id: dict[str, Any] | None) -> bool:
+    """Whether :func:`steps_after_lookup` reads a recorded intent for these look-ups (a
+    company found by external id: linked by an earlier attempt of this operation?)."""
+    return isinstance(op, UpsertCompany) and by_id is not None
+
+
 def steps_after_lookup(
-    op: CloudOperation, by_id: dict[str, Any] | None, by_key: dict[str, Any] | None
+    op: CloudOperation,
+    by_id: dict[str, Any] | None,
+    by_key: dict[str, Any] | None,
+    *,
+    intent: dict[str, Any] | None = None,
 ) -> Steps | Applied | None:
     """What a multi-step operation does, given its look-ups: the decisions of both paths.
 
     ``by_id`` / ``by_key``: the first match by external id / by e-mail or organisation number
-    (``by_key`` is not read when ``by_id`` matched). Returns the writes to send
+    (``by_key`` is not read when ``by_id`` matched). ``intent``: the write-ahead intent an
+    earlier attempt of this operation recorded (:func:`link_intent`), if any — a company found
+    by external id that this operation was linking is ``linked`` (replayed, with the intent's
+    details: its review), as if that attempt had finished; never a silent ``noop``.
+    Returns the writes to send
     (:class:`Steps`), the outcome when nothing needs writing (:class:`Applied`), or None for a
     new user that must be created inactive: its deactivation needs the create's answer
     (:func:`steps_after_create`), so the batched path hands it to the one-at-a-time path,
@@ -321,6 +350,9 @@ def steps_after_lookup(
         fields = company_fields(op)
         if by_id is not None:
             cid = str(by_id["id"])
+            if intent is not None and intent.get("cloud_id") == cid:
+                # an earlier attempt linked it, then stopped before its outcome was recorded
+                return Applied("linked", cid, True, dict(intent.get("details") or {}))
             if any(by_id.get(k) != v for k, v in fields.items()):
                 return Steps(
                     (Write("PATCH", f"/v1/companies/{_seg(cid)}", f"{oid}:update", fields),),

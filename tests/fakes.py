@@ -17,7 +17,7 @@ from typing import Any
 
 from kernel.errors import RetryableError, VudsyncError
 from schemas.operations import CloudOperation
-from sinks.ports import Applied, BatchOutcome
+from sinks.ports import Applied, BatchOutcome, Intents
 from sinks.scheduling import TopicPartition as TP
 from tests.factories import T0
 
@@ -67,14 +67,16 @@ class FakeCloudDirectory:
             return Applied("updated", f"cloud-{op.entity_id}")
         return answers.pop(0) if len(answers) > 1 else answers[0]
 
-    async def apply(self, op: CloudOperation) -> Applied:
+    async def apply(self, op: CloudOperation, intents: Intents | None = None) -> Applied:
         self.calls.append([op.operation_id])
         answer = self._answer(op)
         if isinstance(answer, VudsyncError):
             raise answer
         return answer
 
-    async def apply_batch(self, ops: Sequence[CloudOperation]) -> list[BatchOutcome]:
+    async def apply_batch(
+        self, ops: Sequence[CloudOperation], intents: Intents | None = None
+    ) -> list[BatchOutcome]:
         self.calls.append([op.operation_id for op in ops])
         return [self._answer(op) for op in ops]
 
@@ -88,6 +90,7 @@ class FakeLedger:
     def __init__(self, entries: Mapping[str, dict[str, Any]] | None = None) -> None:
         self.entries: dict[str, dict[str, Any]] = dict(entries or {})
         self.versions: dict[str, int] = {}
+        self.intent_entries: dict[str, dict[str, Any]] = {}
         self.threads: set[str] = set()
         self.fail_with: Exception | None = None  # raised by record_many, when set
         self.closed = False
@@ -107,12 +110,22 @@ class FakeLedger:
             raise self.fail_with
         for oid, result in entries:
             self.entries.setdefault(oid, result)
+            if result.get("effect") == "linked":
+                self.intent_entries.pop(oid, None)
         for slot, version in versions:
             self.versions[slot] = max(version, self.versions.get(slot, version))
 
     def applied_versions(self, slots: Sequence[str]) -> dict[str, int]:
         self.threads.add(threading.current_thread().name)
         return {slot: self.versions[slot] for slot in slots if slot in self.versions}
+
+    def record_intents(self, intents: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        self.threads.add(threading.current_thread().name)
+        self.intent_entries.update(intents)
+
+    def intents(self, operation_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        self.threads.add(threading.current_thread().name)
+        return {oid: self.intent_entries[oid] for oid in operation_ids if oid in self.intent_entries}
 
     def close(self) -> None:
         self.closed = True

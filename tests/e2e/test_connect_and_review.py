@@ -8,12 +8,18 @@ written as the mistake it prevents (issue 15, items 5 and 6):
   cloud was linked and got its users' services at once: now its assignments wait, `vudsync
   review list` shows it (exit 1) and `status` counts it, the cloud's audit has nothing for its
   access — until `vudsync review accept`, after which they are applied. A company vudsync
-  created needs no review.
+  created needs no review;
+* the same, with the sink SIGKILLed after the cloud applied the link but before its ledger and
+  result said so: the restarted sink's look-up found the company by external id and reported
+  "noop", so no review was raised and the company got its services unchecked. Now the link's
+  write-ahead intent in the ledger makes the retry report the link: the review is raised.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
+from contextlib import closing
 from typing import Any
 
 from devtools.processes import wait_until
@@ -164,4 +170,81 @@ def test_a_company_matched_to_an_existing_cloud_company_gets_no_services_until_r
         assert written, "applied once reviewed"
         after = vudsync_cli(settings, kafka_bootstrap, "review", "list", "--json")
         assert after.returncode == 0 and json.loads(after.stdout)["waiting"] == 0
+    writer.close()
+
+
+def test_a_sink_killed_between_a_company_link_and_its_ledger_still_holds_the_company_for_review(
+    pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
+) -> None:
+    settings = pipeline_settings
+    existing = cloud.client.post(
+        "/v1/companies", json={"name": "Fjord Regnskap AS", "organisation_number": "923609016"}
+    ).json()
+    writer = business_directory(settings, kafka_bootstrap)
+    writer.upsert_companies([{"id": "c1", "name": "Fjord AS", "organisation_number": "923609016"}])
+    writer.upsert_user(id="u1", username="kari", email="kari@fjord.no", first_name="Kari", last_name="Holm")
+    writer.grant([("u1", "c1", "business", "role", "Regnskap")])
+    assert vudsync_cli(settings, kafka_bootstrap, "connect").returncode == 0
+    # every answer of the cloud leaves 6 s after its effect: the window in which the sink is
+    # killed, once the cloud's own store shows the link (the sink waits, it does not time out)
+    cloud.faults(latency_ms=[6000, 6000], latency_after_effect=True)
+    slow = {"VUDSYNC_SINK_HTTP_TIMEOUT": "60"}
+    ledger_path = settings.home / "sink" / f"{settings.topic_prefix}ledger.db"
+
+    def linked_in_the_cloud() -> bool:
+        with closing(sqlite3.connect(cloud.server.db_path)) as db:
+            row = db.execute("SELECT external_id FROM companies WHERE id = ?", (existing["id"],)).fetchone()
+        return row is not None and row[0] == "c1"
+
+    with components(settings, kafka_bootstrap, "producer", "planner") as procs:
+        with components(settings, kafka_bootstrap, "sink", **slow) as first:
+            wait_until(
+                lambda: alive_or_fail({**procs, **first}) and linked_in_the_cloud(),
+                180,
+                interval=0.05,
+                what="the cloud applying the link of c1",
+            )
+            first["sink"].kill()
+        with closing(sqlite3.connect(ledger_path)) as ledger:
+            linked_in_ledger = ledger.execute(
+                "SELECT COUNT(*) FROM applied WHERE result LIKE '%\"linked\"%'"
+            ).fetchone()[0]
+            intents = ledger.execute("SELECT intent FROM intents").fetchall()
+        assert linked_in_ledger == 0, "the kill must land before the link's ledger entry"
+        assert [json.loads(i)["cloud_id"] for (i,) in intents] == [existing["id"]]
+
+        cloud.faults()
+        with components(settings, kafka_bootstrap, "sink") as second:
+            running = {**procs, **second}
+
+            def held_for_review(results: list[OperationResult]) -> bool:
+                alive_or_fail(running)
+                return any(
+                    r.kind == "access.assign" and "review:c1" in r.details.get("waiting_for", ())
+                    for r in results
+                )
+
+            results = _results(settings, kafka_bootstrap, held_for_review)
+            (linked,) = [r for r in results if r.kind == "company.upsert" and r.effect == "linked"]
+            assert linked.outcome is ResultOutcome.ALREADY_APPLIED and linked.cloud_id == existing["id"]
+            assert "name" in linked.details["review"], "the differences the first attempt found"
+            (review,) = [r for r in results if r.kind == "journal.company_review"]
+            assert existing["id"] in review.details["message"]
+            user = cloud.user("u1")
+            assert user is not None
+            access_to_c1 = f"{user['id']}/{existing['id']}"
+            assert not [e for e in cloud.audit() if e["resource_id"] == access_to_c1], "nothing for c1"
+            listed = vudsync_cli(settings, kafka_bootstrap, "review", "list", "--json")
+            assert listed.returncode == 1, listed.stderr
+            assert [c["company_id"] for c in json.loads(listed.stdout)["companies"]] == ["c1"]
+
+            accepted = vudsync_cli(settings, kafka_bootstrap, "review", "accept", "c1", "--yes")
+            assert accepted.returncode == 0, accepted.stderr
+            wait_until(
+                lambda: alive_or_fail(running) and cloud.business_roles("u1") == [["Regnskap"]],
+                180,
+                what="u1's role in c1 once reviewed",
+            )
+        with closing(sqlite3.connect(ledger_path)) as ledger:
+            assert ledger.execute("SELECT COUNT(*) FROM intents").fetchone()[0] == 0, "ended by the outcome"
     writer.close()

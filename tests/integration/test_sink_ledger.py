@@ -54,6 +54,23 @@ def test_applied_ids_are_kept_once_and_survive_a_reopen(ledger_factory) -> None:
     assert ledger_factory("b-").get("op-1") is None  # another installation's scope
 
 
+def test_a_link_intent_survives_a_reopen_until_its_outcome_is_recorded(ledger_factory) -> None:  # type: ignore[no-untyped-def]
+    """The write-ahead intent of a company link (sinks.writes.link_intent): durable before the
+    link is sent, still there for the worker after a crash, ended by the operation's outcome."""
+    ledger = ledger_factory("i-")
+    assert ledger.intents(["op-co"]) == {} and ledger.intents([]) == {}
+    ledger.record_intents([("op-co", {"cloud_id": "cc-0", "effect": "linked", "details": {}})])
+    intent = {"cloud_id": "cc-7", "effect": "linked", "details": {"review": ["name"]}}
+    ledger.record_intents([("op-co", intent), ("op-other", {"cloud_id": "cc-8", "effect": "linked"})])
+    ledger.close()  # the worker was killed after the link, before its ledger entry
+    again = ledger_factory("i-")
+    assert again.intents(["op-co", "op-none"]) == {"op-co": intent}  # the newer intent
+    assert ledger_factory("j-").intents(["op-co"]) == {}  # another installation's scope
+    again.record_many([("op-co", {"cloud_id": "cc-7", "effect": "linked", "details": {"review": ["name"]}})])
+    assert again.intents(["op-co", "op-other"]) == {"op-other": {"cloud_id": "cc-8", "effect": "linked"}}
+    assert again.get("op-co") == {"cloud_id": "cc-7", "effect": "linked", "details": {"review": ["name"]}}
+
+
 def test_a_slots_applied_version_only_rises_in_one_transaction_with_the_ids(ledger_factory) -> None:  # type: ignore[no-untyped-def]
     ledger = ledger_factory("v-")
     assert ledger.applied_versions(["user:u1"]) == {}
