@@ -26,7 +26,9 @@ What "every query is valid and returns data" means here, honestly:
 To give the error panels real data the test feeds each stage one bad input (a directory row
 with a malformed e-mail, a directory event that is not JSON, an operation that cannot be
 decoded) and lets the cloud fail 20% of its requests (retries by reason). ``vudsync connect``
-runs first: the planner sends nothing before it.
+runs first: the planner sends nothing before it. For the writeback's panels, an administrator
+grants in the cloud a role the directory knows (written back), a role only the cloud knows
+(rejected) and access to a user of the cloud's own (unlinked).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from devtools.broker import free_port
 from devtools.processes import wait_until
-from devtools.seed.data import sample_directory, write_sample
+from devtools.seed.data import SampleDirectory, sample_directory, write_sample
 from devtools.seed.writer import open_writer
 from kernel.settings import Settings
 from schemas.directory import EntityType
@@ -59,7 +61,26 @@ from tests.fixtures.prometheus import (
 from tests.pipeline import alive_or_fail, components, vudsync_cli
 from vudsync.topics import ensure_catalogue
 
-COMPONENTS = ("producer", "planner", "sink", "lag-exporter")
+COMPONENTS = ("producer", "planner", "sink", "lag-exporter", "cloud-capture", "directory-sink")
+
+
+def _administrator_edits(cloud: CloudReader, sample: SampleDirectory) -> None:
+    """What an administrator does in the cloud's portal, for the writeback to read."""
+    user_id, company_id = next((a[0], a[1]) for a in sample.access if a[2] == "business" and a[3] == "role")
+    held = {a[4] for a in sample.access if a[:4] == (user_id, company_id, "business", "role")}
+    known = next(name for app, name, _ in sample.catalogue["roles"] if app == "business" and name not in held)
+    user, company = cloud.user(user_id), cloud.company(company_id)
+    assert user is not None and company is not None
+    cloud.client.put("/v1/services/business/roles/Cloud-only", json={"description": "x"}).raise_for_status()
+    with cloud.portal() as admin:
+        access = f"/v1/users/{user['id']}/access/{company['id']}/business/roles"
+        admin.put(f"{access}/{known}").raise_for_status()  # written back to the directory
+        admin.put(f"{access}/Cloud-only").raise_for_status()  # the directory has no such role
+        stranger = admin.post("/v1/users", json={"email": "stranger@example.org"})
+        stranger.raise_for_status()  # a user of the cloud's own: no external id
+        admin.put(
+            f"/v1/users/{stranger.json()['id']}/access/{company['id']}/business/roles/{known}"
+        ).raise_for_status()
 
 
 def _promtool(promtool: str, *args: str) -> str:
@@ -175,6 +196,8 @@ def test_prometheus_scrapes_the_pipeline_and_every_dashboard_and_alert_query_ret
                 return all(_in_cloud(cloud, user["id"]) for user in sample.users)
 
             wait_until(synced, 180, interval=1.0, what="the sample users in the cloud")
+            faults(0.0)
+            _administrator_edits(cloud, sample)
 
             def everything_has_data() -> bool:
                 alive_or_fail(procs)
