@@ -17,17 +17,22 @@ from devtools.broker import free_port
 from kernel.settings import Settings
 from schemas.topics import OPERATIONS
 from tests.fixtures.cloud import CloudReader
-from tests.pipeline import components, gauge, wait_for
+from tests.pipeline import components, metrics_of, wait_for
 from vudsync.topics import ensure_catalogue
 
 LIMIT = 40
 
 
 def _gauges(port: int) -> dict[str, float]:
-    """The sink's two back-pressure gauges; none while it is not serving."""
+    """The sink's two back-pressure gauges, from one scrape; none while it is not serving.
+
+    One scrape for both, and both or nothing: with a scrape per gauge, a scrape that failed left
+    a sample with one gauge only (a CI run: KeyError on the outstanding gauge)."""
     names = ("vudsync_sink_outstanding_operations", "vudsync_sink_paused")
-    values = {name: gauge(port, name) for name in names}
-    return {name: v for name, v in values.items() if v is not None}
+    samples = metrics_of(port)
+    if not all(samples.get(name) for name in names):
+        return {}
+    return {name: sum(v for _, v in samples[name]) for name in names}
 
 
 @pytest.mark.timeout(300)
