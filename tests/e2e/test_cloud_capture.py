@@ -42,11 +42,7 @@ class Portal:
     """An administrator in the cloud's portal: another OAuth client than the integration."""
 
     def __init__(self, cloud: CloudReader) -> None:
-        cloud.add_client(*PORTAL, customer_admin=True)
-        token = cloud.server.token(client_id=PORTAL[0], client_secret=PORTAL[1])
-        self.http = httpx.Client(
-            base_url=cloud.server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
-        )
+        self.http = cloud.portal(*PORTAL)
 
     def _path(self, pair: Pair, role: str) -> str:
         return f"/v1/users/{pair[0]}/access/{pair[1]}/business/roles/{role}"

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 
-import httpx
-
 from devtools.processes import wait_until
 from devtools.seed.writer import SqliteDirectoryWriter
 from kernel.settings import Settings
@@ -31,7 +29,6 @@ def test_a_role_granted_in_the_cloud_survives_changes_and_revokes_on_premise(
     writer.upsert_user(id="u1", username="kari", email="kari@fjord.no", first_name="Kari", last_name="Holm")
     writer.grant([("u1", "c1", "business", "role", "Regnskap")])
     assert vudsync_cli(settings, kafka_bootstrap, "connect").returncode == 0
-    cloud.add_client(*PORTAL, customer_admin=True)
 
     with components(settings, kafka_bootstrap, "producer", "planner", "sink") as procs:
         wait_until(
@@ -42,11 +39,8 @@ def test_a_role_granted_in_the_cloud_survives_changes_and_revokes_on_premise(
         # an administrator grants a role in the portal (another OAuth client than the integration)
         user, company = cloud.user("u1"), cloud.company("c1")
         assert user is not None and company is not None
-        token = cloud.server.token(client_id=PORTAL[0], client_secret=PORTAL[1])
-        httpx.put(
-            f"{cloud.server.url}/v1/users/{user['id']}/access/{company['id']}/business/roles/Lønn",
-            headers={"Authorization": f"Bearer {token}"},
-        ).raise_for_status()
+        with cloud.portal(*PORTAL) as admin:
+            admin.put(f"/v1/users/{user['id']}/access/{company['id']}/business/roles/Lønn").raise_for_status()
 
         # an unrelated role of the same user in the same company changes on premise
         writer.grant([("u1", "c1", "business", "role", "Innkjøp")])

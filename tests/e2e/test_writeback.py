@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import httpx
 import pytest
 
 from devtools.seed.writer import DirectoryWriter, open_writer
@@ -45,12 +44,8 @@ class Portal:
     """An administrator in the cloud's portal: another OAuth client than the integration."""
 
     def __init__(self, cloud: CloudReader) -> None:
-        cloud.add_client(*PORTAL, customer_admin=True)
         self.cloud = cloud
-        token = cloud.server.token(client_id=PORTAL[0], client_secret=PORTAL[1])
-        self.client = httpx.Client(
-            base_url=cloud.server.url, headers={"Authorization": f"Bearer {token}"}, timeout=10
-        )
+        self.client = cloud.portal(*PORTAL)
 
     def entry(self, method: str, uid: str, cid: str, role: str) -> int:
         """Grant (PUT) or revoke (DELETE) one Business role of on-premise user ``uid`` in company
