@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any
 from kernel.kafka_security import PLAINTEXT, KafkaSecurity
 
 if TYPE_CHECKING:
+    from cloud.server import CloudServer
     from devtools.broker.cluster import KafkaTarget
+    from kernel.settings import Settings
 
 AREAS = (
     "capture",
@@ -123,6 +125,29 @@ def bench_broker(bootstrap: str | None = None, home: Path | None = None) -> Iter
     finally:
         if home is None:
             shutil.rmtree(broker_home, ignore_errors=True)
+
+
+def bench_settings(home: Path, broker: str, store_url: str, cloud: CloudServer) -> Settings:
+    """A bench run's settings: its own home, topics (a fresh prefix), store and cloud, with the
+    run's generated secrets."""
+    import uuid
+
+    from pydantic import SecretStr
+
+    from devtools.secrets import with_run_secrets
+    from kernel.settings import Settings
+
+    return with_run_secrets(
+        Settings(
+            home=home,
+            kafka_bootstrap=broker,
+            topic_prefix=f"bench-{uuid.uuid4().hex[:8]}-",
+            store_url=store_url,
+            cloud_url=cloud.url,
+            cloud_client_id=cloud.client_id,
+            cloud_client_secret=SecretStr(cloud.client_secret),
+        )
+    )
 
 
 def bench_target(bootstrap: str, own_pid: int | None) -> KafkaTarget:

@@ -46,13 +46,13 @@ import click
 from devtools.bench import (
     applied_latencies,
     bench_broker,
+    bench_settings,
     bench_target,
     emit,
     latency_figures,
     process_cpu_seconds,
     topic_reader,
 )
-from devtools.secrets import with_run_secrets
 
 if TYPE_CHECKING:
     from devtools.processes import PipelineWorkers
@@ -346,11 +346,9 @@ def reference(
 def run_bench(spec: PipelineSpec, bootstrap: str | None = None) -> dict[str, Any]:
     """One run (see the module docstring); raises ClickException when the cloud does not end
     up holding the store, a worker dies or a phase does not settle within ``spec.timeout``."""
-    from pydantic import SecretStr
 
     from cloud.server import CloudServer
     from devtools.processes import PipelineWorkers
-    from kernel.settings import Settings
     from vudsync.commands.connect import run_connect
     from vudsync.topics import ensure_catalogue
 
@@ -365,17 +363,7 @@ def run_bench(spec: PipelineSpec, bootstrap: str | None = None) -> dict[str, Any
             )
             seeded = _seed(spec, store_url)
             with CloudServer(db_path=home / "cloud.db", extra_args=("--log-level", "warning")) as cloud:
-                settings = with_run_secrets(
-                    Settings(
-                        home=home,
-                        kafka_bootstrap=broker,
-                        topic_prefix=f"bench-{uuid.uuid4().hex[:8]}-",
-                        store_url=store_url,
-                        cloud_url=cloud.url,
-                        cloud_client_id=cloud.client_id,
-                        cloud_client_secret=SecretStr(cloud.client_secret),
-                    )
-                )
+                settings = bench_settings(home, broker, store_url, cloud)
                 # a given cluster: as the settings connect (the home's secured one: a principal each)
                 target = bench_target(broker, broker_pid)
                 if target.cluster is not None and target.cluster.secure:

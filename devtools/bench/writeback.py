@@ -29,14 +29,13 @@ import sqlite3
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import click
 import httpx
 
-from devtools.bench import bench_broker, emit, latency_figures, process_cpu_seconds
+from devtools.bench import bench_broker, bench_settings, emit, latency_figures, process_cpu_seconds
 
 EXAMPLE = "vudsync bench writeback --users 3000 --paced 200 --rate 20 --burst 2000"
 PORTAL = ("bench-portal-admin", "bench-portal-admin-secret")
@@ -121,12 +120,8 @@ def run_bench(
     bootstrap: str | None,
     timeout: float,
 ) -> dict[str, Any]:
-    from pydantic import SecretStr
-
     from cloud.server import CloudServer
     from devtools.processes import ComponentProcess, component_env, wait_until
-    from devtools.secrets import with_run_secrets
-    from kernel.settings import Settings
     from producers.service import open_store_migrations
     from schemas.topics import CLOUD_CHANGES
     from vudsync.topics import ensure_catalogue
@@ -141,17 +136,7 @@ def run_bench(
             store = home / "directory.db"
             open_store_migrations(f"sqlite:///{store}")
             with CloudServer(db_path=home / "cloud.db", extra_args=("--log-level", "warning")) as cloud:
-                settings = with_run_secrets(
-                    Settings(
-                        home=home,
-                        kafka_bootstrap=broker,
-                        topic_prefix=f"bench-{uuid.uuid4().hex[:8]}-",
-                        store_url=f"sqlite:///{store}",
-                        cloud_url=cloud.url,
-                        cloud_client_id=cloud.client_id,
-                        cloud_client_secret=SecretStr(cloud.client_secret),
-                    )
-                )
+                settings = bench_settings(home, broker, f"sqlite:///{store}", cloud)
                 ensure_catalogue(settings, broker)
                 _say(f"creating {users:,} linked users and a company in the cloud")
                 api = httpx.Client(base_url=cloud.url, headers=cloud.auth_headers(), timeout=60)
