@@ -18,6 +18,8 @@ deadline, its own :class:`~kernel.admin.BrokerUnavailable`).
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -54,7 +56,20 @@ def refused_hint(security: KafkaSecurity) -> str:
     )
 
 
-async def _first_answer(bootstrap: str, security: KafkaSecurity, timeout: float) -> None:
+#: credentials a cluster accepted in this process (bootstrap, user, mechanism, password digest):
+#: an ops command builds several kafka-python clients, and one handshake per process is enough
+_accepted: set[tuple[str, str, str, str]] = set()
+_accepted_lock = threading.Lock()
+
+
+def _key(bootstrap: str, security: KafkaSecurity) -> tuple[str, str, str, str]:
+    password = security.password.get_secret_value() if security.password else ""
+    digest = hashlib.sha256(password.encode()).hexdigest()
+    return (bootstrap, security.username or "", str(security.sasl_mechanism), digest)
+
+
+async def _first_answer(bootstrap: str, security: KafkaSecurity, timeout: float) -> bool:
+    """True once an address accepted the credentials; False when none answered."""
     options: dict[str, Any] = security.for_aiokafka()
     for host, port in _addresses(bootstrap):
         try:
@@ -70,7 +85,8 @@ async def _first_answer(bootstrap: str, security: KafkaSecurity, timeout: float)
         except (TimeoutError, OSError, aiokafka_errors.KafkaError):
             continue  # not answering is the client's business, with its own deadline
         connection.close()
-        return
+        return True
+    return False
 
 
 def check_credentials(bootstrap: str, security: KafkaSecurity, *, timeout: float = 10.0) -> None:
@@ -79,8 +95,16 @@ def check_credentials(bootstrap: str, security: KafkaSecurity, *, timeout: float
     credentials to check (PLAINTEXT, SSL). ``timeout`` in seconds, per address.
 
     Runs its own short event loop in a thread of its own: callers may be inside a running one.
+    Credentials once accepted are not checked again in this process.
     """
     if not security.sasl:
         return
+    key = _key(bootstrap, security)
+    with _accepted_lock:
+        if key in _accepted:
+            return
     with ThreadPoolExecutor(1, thread_name_prefix="vudsync-kafka-credentials") as pool:
-        pool.submit(asyncio.run, _first_answer(bootstrap, security, max(timeout, 1.0))).result()
+        accepted = pool.submit(asyncio.run, _first_answer(bootstrap, security, max(timeout, 1.0))).result()
+    if accepted:
+        with _accepted_lock:
+            _accepted.add(key)
