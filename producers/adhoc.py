@@ -10,7 +10,7 @@ on the partition streaming puts it on), while streaming goes on in the capture l
 What it emits and why that is safe beside live changes:
 
 * the chosen entities' current state, **each entity once**, through the initial snapshot's
-  code (:meth:`ChangeCapture._snapshot_entities`): op ``r``, ``source.snapshot`` true, and
+  code (:meth:`ChangeCapture.snapshot_entities`): op ``r``, ``source.snapshot`` true, and
   the change-log position ``P`` read (in the capture loop) *before* any state is read as
   ``version``;
 * a change committed before ``P`` is in the state read, so streaming's own event for it
@@ -149,7 +149,7 @@ class AdhocSnapshots:
         def batches(entity: EntityType) -> Iterator[tuple[list[str], dict[str, EntityRecord]]]:
             ids = chosen[entity]
             if ids is None:
-                yield from capture._read_ahead(entity)
+                yield from capture.read_ahead(entity)
                 return
             size = capture.config.batch_size
             for start in range(0, len(ids), size):
@@ -157,7 +157,7 @@ class AdhocSnapshots:
                 yield chunk, capture.log.read_entities(entity, chunk)
 
         try:
-            capture._snapshot_entities(position, totals, capture.publisher, progress, batches, stop)
+            capture.snapshot_entities(position, totals, capture.publisher, progress, batches, stop)
         except Exception as exc:  # no exception escapes: the request says why it stopped
             reason = f"{type(exc).__name__}: {exc}"
             log.error("ad-hoc snapshot #%d failed after %d entities: %s", signal.id, done, reason)

@@ -199,7 +199,7 @@ class ChangeCapture:
 
     # -- snapshot ---------------------------------------------------------------------
 
-    def _read_ahead(self, entity: EntityType) -> Iterator[tuple[list[str], dict[str, EntityRecord]]]:
+    def read_ahead(self, entity: EntityType) -> Iterator[tuple[list[str], dict[str, EntityRecord]]]:
         """Snapshot batches ``(ids, records)``; the next batch is read on a helper thread while
         the caller maps and publishes this one (the database works meanwhile). Only the helper
         touches the change log until the generator is exhausted."""
@@ -226,7 +226,7 @@ class ChangeCapture:
             self.metrics.snapshot_done.labels(entity=entity.value).set(0)
         bulk = self.snapshot_publisher() if self.snapshot_publisher else None
         try:
-            self._snapshot_entities(position, totals, bulk or self.publisher, progress)
+            self.snapshot_entities(position, totals, bulk or self.publisher, progress)
         finally:
             if bulk is not None:
                 bulk.close()
@@ -235,7 +235,7 @@ class ChangeCapture:
         log.info("snapshot: done, streaming from position %d", position)
         return position
 
-    def _snapshot_entities(
+    def snapshot_entities(
         self,
         position: int,
         totals: dict[EntityType, int],
@@ -258,7 +258,7 @@ class ChangeCapture:
         now_ts = time.time()
         encode = self.encoder.encode
         publish = publisher.publish
-        read = batches or self._read_ahead
+        read = batches or self.read_ahead
         for entity in SNAPSHOT_ORDER:
             if entity not in totals or (stop is not None and stop.is_set()):
                 continue

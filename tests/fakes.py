@@ -257,8 +257,9 @@ class FakeOperationsConsumer:
 
 class FakePublisher:
     """The ``RecordPublisher`` port: ``publish`` queues, ``flush`` acknowledges the queue as one
-    batch (``batches``). ``fail_flush``: that flush (1-based) raises instead, as a broker that
-    did not acknowledge. ``events``, if given, hears ``"<name> flushed <n>"`` per flush."""
+    batch (``batches``). ``fail_flush``: that flush attempt (1-based) raises instead, as a broker
+    that did not acknowledge, and keeps the queue for the retry; the attempts after it succeed.
+    ``events``, if given, hears ``"<name> flushed <n>"`` per flush."""
 
     def __init__(
         self, name: str = "publisher", events: list[str] | None = None, fail_flush: int | None = None
@@ -266,6 +267,7 @@ class FakePublisher:
         self.name = name
         self.events = events if events is not None else []
         self.fail_flush = fail_flush
+        self.flush_attempts = 0
         self.queued: list[Queued] = []
         self.batches: list[list[Queued]] = []  # what each flush acknowledged
         self.closed = False
@@ -280,7 +282,8 @@ class FakePublisher:
         self.queued.append((topic, key, value))
 
     def flush(self, timeout: float = 60.0) -> int:
-        if self.fail_flush is not None and len(self.batches) + 1 == self.fail_flush:
+        self.flush_attempts += 1
+        if self.flush_attempts == self.fail_flush:
             raise RetryableError("broker did not acknowledge 1 record(s): test")
         batch, self.queued = self.queued, []
         self.batches.append(batch)
