@@ -143,6 +143,8 @@ def test_a_company_matched_to_an_existing_cloud_company_gets_no_services_until_r
         assert [(c["company_id"], c["cloud_company_id"]) for c in shown["companies"]] == [
             ("c1", existing["id"])
         ]
+        on_premise = shown["companies"][0]
+        assert on_premise["organisation_number"] and on_premise["name"], "what to compare in the portal"
         assert "kari" not in listed.stdout.lower(), "ids only: no personal data of users"
         status = json.loads(vudsync_cli(settings, kafka_bootstrap, "status", "--json").stdout)
         assert status["companies_waiting_for_review"] == 1

@@ -21,6 +21,7 @@ import click
 
 from kernel.errors import PermanentError
 from kernel.settings import load_settings
+from schemas.directory import EntityType
 
 if TYPE_CHECKING:
     from processors.reviews import WaitingCompany
@@ -28,13 +29,38 @@ if TYPE_CHECKING:
 SHOWN = 20  # entries `list` prints (all with --json or --all)
 
 
-def _entry(w: WaitingCompany) -> dict[str, Any]:
+def _entry(w: WaitingCompany, on_premise: dict[str, tuple[str, str]]) -> dict[str, Any]:
+    name, number = on_premise.get(w.company_id, (None, None))
     return {
         "number": w.number,
         "company_id": w.company_id,
+        "name": name,
+        "organisation_number": number,
         "cloud_company_id": w.cloud_id,
         "linked_at": w.linked_at.isoformat(),
     }
+
+
+def _on_premise(store_url: str, company_ids: list[str]) -> tuple[dict[str, tuple[str, str]], str | None]:
+    """``{company id: (name, organisation number)}`` as the directory store holds them (read-only),
+    what the operator compares with the cloud company; and why it is empty when the store
+    cannot be read here (the list still works: the ids come from the facts topic)."""
+    from producers.service import open_change_log
+
+    if not company_ids:
+        return {}, None
+    try:
+        log = open_change_log(store_url, read_only=True)
+    except Exception as exc:  # an operator's host without the store: say so, and go on
+        return {}, f"the directory store could not be read here ({type(exc).__name__}): ids only"
+    try:
+        rows = log.read_entities(EntityType.COMPANY, company_ids)
+    finally:
+        log.close()
+    return {
+        cid: (str(r.row.get("name") or ""), str(r.row.get("organisation_number") or ""))
+        for cid, r in rows.items()
+    }, None
 
 
 @click.group()
@@ -66,15 +92,25 @@ def list_waiting(show_all: bool, as_json: bool) -> None:
     settings = load_settings()
     now = read_planner_facts(settings, resolve_bootstrap(settings))
     waiting = now.reviews
+    shown = waiting if show_all or as_json else waiting[:SHOWN]
+    on_premise, unreadable = _on_premise(settings.resolved_store_url(), [w.company_id for w in shown])
+    if unreadable:
+        click.echo(f"note: {unreadable}", err=True)
     if as_json:
-        doc = {"waiting": len(waiting), "up_to": now.high_water, "companies": [_entry(w) for w in waiting]}
+        doc = {
+            "waiting": len(waiting),
+            "up_to": now.high_water,
+            "companies": [_entry(w, on_premise) for w in waiting],
+        }
         click.echo(json.dumps(doc, indent=2))
     elif not waiting:
         click.echo("No company waits for review.")
     else:
-        for w in waiting if show_all else waiting[:SHOWN]:
+        for w in shown:
+            name, number = on_premise.get(w.company_id, ("", ""))
+            known = f" ({name}, org. no. {number})" if number else ""
             click.echo(
-                f"#{w.number:<8} company {w.company_id:<24} linked to cloud company {w.cloud_id} "
+                f"#{w.number:<8} company {w.company_id}{known} linked to cloud company {w.cloud_id} "
                 f"at {w.linked_at:%Y-%m-%d %H:%M:%S}"
             )
         if not show_all and len(waiting) > SHOWN:
