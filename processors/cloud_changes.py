@@ -14,28 +14,32 @@ records, in a pair already tracked, which entries a directory event changed and 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
-from processors import journal, keys, parking
-from processors.effects import Coords, Effects, Tx
+from processors import gate, journal, keys, parking, planner
+from processors.effects import DIRECTORY_ROLE, Coords, Effects, Tx
 from processors.keys import Known
+from processors.knowledge import Knowledge
+from processors.model import DeletesFrom, DeletionRequest, Parked, slot_of
+from processors.needs import NeedKind
 from processors.writeback import Change, PairState, directory_changed, held_entries, plan_writeback
 from schemas.cloud_changes import CloudAccessChanged
 from schemas.directory import ApplicationType, EntityType, UserState
-from schemas.directory_operations import GrantDirectoryAccess
+from schemas.directory_operations import GrantDirectoryAccess, RevokeDirectoryAccess
 from schemas.operations import RevokeAccessEntry, operation_id_for
 from schemas.results import ResultOutcome
 
 #: the role of ``vud.directory.operations`` among the planner's outputs
-ROLE = "directory_operations"
+ROLE = DIRECTORY_ROLE
 
 
 class CloudChanges:
     """Plans the cloud's access changes over one partition's table."""
 
-    def __init__(self, clock: Callable[[], datetime]) -> None:
+    def __init__(self, clock: Callable[[], datetime], knowledge: Knowledge | None = None) -> None:
         self.clock = clock
+        self.knowledge = knowledge or Knowledge()
 
     def on_cloud_change(self, tx: Tx, change: CloudAccessChanged, coords: Coords) -> Effects:
         fx = Effects(entity="cloud_access")
@@ -50,13 +54,21 @@ class CloudChanges:
         now = self.clock()
         decided = plan_writeback(previous, change, held, company_known=company_known, now=now)
         fx.outcome = decided.outcome
+        revokes: list[RevokeDirectoryAccess] = []
         for op in decided.operations:
-            fx.send(ROLE, op.user_id, op)
             if isinstance(op, GrantDirectoryAccess):
+                fx.send(ROLE, op.user_id, op)
                 self._supersede_revoke(tx, fx, op, now)
-        for key, theirs in decided.revoke_in_cloud:
-            revoke = _revoke_in_cloud(change, key, theirs, now)
-            fx.send("operations", revoke.aggregate, revoke)
+            else:
+                revokes.append(op)
+        # every revoke, on either side, passes the accidental-delete gate (docs/domain.md rules 6
+        # and 12): an administrator's mass revoke in the cloud must not wipe the store unasked
+        p = coords.partition
+        if revokes:
+            self._gated(tx, fx, p, _candidate(change, "directory"), revokes, now)
+        in_cloud = [_revoke_in_cloud(change, key, theirs, now) for key, theirs in decided.revoke_in_cloud]
+        if in_cloud:
+            self._gated(tx, fx, p, _candidate(change, "cloud"), in_cloud, now)
         for entry in decided.journal:
             outcome = ResultOutcome.REJECTED if decided.outcome == "rejected" else None
             if entry.code == "writeback_conflict":
@@ -66,23 +78,67 @@ class CloudChanges:
             tx.set(wkey, decided.state.to_json())
         return tx.effects(fx)
 
+    def _gated(
+        self,
+        tx: Tx,
+        fx: Effects,
+        p: int,
+        deletion: DeletionRequest,
+        ops: Sequence[RevokeDirectoryAccess | RevokeAccessEntry],
+        now: datetime,
+    ) -> None:
+        """``ops``, the revokes of one cloud change on one side, through the accidental-delete
+        gate as one deletion (``deletion``), as a directory event's are: parked until the gate
+        grants them (or an operator approves), sent at once when it has already, dropped with a
+        *rejected* result when an operator rejected them. A revoke parked already under the same
+        id waits at the gate already (the directory event that removed the entry asked for it)."""
+        ids = self.knowledge.identities(tx, p)
+        ref = keys.entity_ref(EntityType.USER, ops[0].user_id)
+        waiting = {item["op"]["operation_id"] for item in tx.get(keys.parked_key(ref)) or ()}
+        ask = False
+        for op in ops:
+            if op.operation_id in waiting:
+                continue
+            apps = (op.application,) if isinstance(op, RevokeAccessEntry) else ()
+            needs = planner.needs_of(op, ids, apps, deletion.candidate)
+            if needs is None:
+                reason = "deletion rejected"
+                fx.send(
+                    "results",
+                    op.entity_id,
+                    journal.operation_result(op, ResultOutcome.REJECTED, now, reason=reason),
+                )
+            elif isinstance(op, RevokeAccessEntry) and not needs:
+                fx.send_operation(planner.with_cloud_ids(op, ids))
+            elif not needs:
+                fx.send_operation(op)
+            else:
+                parking.park(tx, fx, p, Parked(op, needs, apps, deletion.candidate), now)
+                ask = ask or any(n.kind is NeedKind.DELETION for n in needs)
+        if ask:
+            gate.request(tx, fx, p, deletion, now)
+
     @staticmethod
     def _supersede_revoke(tx: Tx, fx: Effects, grant: GrantDirectoryAccess, now: datetime) -> None:
         """A grant written back means the cloud's change of the entry won: a revoke of the same
         entry that an earlier removal on premise parked (the gate holds every revoke a few
-        seconds) must never go. One already sent is beyond reach: the cloud then revokes the
-        entry and its feed brings the revoke back to the store (both sides agree again)."""
+        seconds), or an earlier revoke in the cloud that waits at the gate to be written back
+        (the grant is the later change), must never go. One already sent is beyond reach: the
+        cloud then revokes the entry and its feed brings the revoke back to the store (both
+        sides agree again)."""
         pkey = keys.parked_key(keys.entity_ref(EntityType.USER, grant.user_id))
         items = tx.get(pkey) or []
-        slot = (
-            f"access:{grant.company_id}|{grant.application.value}/{_CATALOGUE[grant.entry_kind]}/{grant.name}"
-        )
-        kept = [i for i in items if i["slot"] != slot]
+        # the revoke in the cloud of the entry, and the writeback's own revoke of it in the store
+        slots = {
+            f"access:{grant.company_id}|{grant.application.value}/{_CATALOGUE[grant.entry_kind]}/{grant.name}",
+            slot_of(grant),
+        }
+        kept = [i for i in items if i["slot"] not in slots]
         if len(kept) == len(items):
             return
         tx.set(pkey, kept or None)
         for item in items:
-            if item["slot"] == slot:
+            if item["slot"] in slots:
                 old = parking.parked_from_json(item).operation
                 fx.send(
                     "results", grant.user_id, journal.operation_result(old, ResultOutcome.SUPERSEDED, now)
@@ -92,14 +148,28 @@ class CloudChanges:
 _CATALOGUE = {"role": "roles", "layout_group": "layout_groups", "module": "modules"}
 
 
+def _candidate(change: CloudAccessChanged, deletes_from: DeletesFrom) -> DeletionRequest:
+    """The gate's candidate for the revokes one cloud change decided on one side:
+    ``user:<id>@writeback-<company>-<side>:<feed_seq>`` (like a repair's, apart from the
+    directory events' ``user:<id>:<version>``; the same for a redelivery, so the gate answers
+    it the same), counted at the cloud change's time."""
+    return DeletionRequest(
+        candidate=f"user:{change.user_id}@writeback-{change.company_id}-{deletes_from}:{change.feed_seq}",
+        entity=EntityType.USER,
+        entity_id=change.user_id,
+        version=change.feed_seq,
+        committed_at=change.changed_at,
+        deletes_from=deletes_from,
+    )
+
+
 def _revoke_in_cloud(
     change: CloudAccessChanged, key: str, theirs: Change, now: datetime
 ) -> RevokeAccessEntry:
     """The cloud's revoke of an entry the directory removed later than the cloud changed it:
     the operation the directory's removal would have planned (the same id: the user event's
-    version, the company and the entry), yielding to a still later change in the cloud. Not
-    through the accidental-delete gate: one entry, settled by the rule, whose removal on
-    premise passed the gate's count already when it was the directory's set."""
+    version, the company and the entry), yielding to a still later change in the cloud.
+    Through the accidental-delete gate like every revoke (:meth:`CloudChanges._gated`)."""
     application, kind, name = key.split("/", 2)
     return RevokeAccessEntry(
         operation_id=operation_id_for(

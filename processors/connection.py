@@ -27,9 +27,8 @@ from processors import journal, keys
 from processors.control import GATE_PARTITION, ConnectAwaited
 from processors.effects import Effects, Tx
 from processors.keys import Known
-from processors.model import JournalEntry
+from processors.model import JournalEntry, Planned
 from processors.needs import CONNECT_SUBJECT
-from schemas.operations import CloudOperation
 
 
 def state_key(partition: int) -> str:
@@ -60,7 +59,7 @@ def mark(tx: Tx, partition: int, flag: str) -> bool:
     return True
 
 
-def awaited(tx: Tx, fx: Effects, partition: int, op: CloudOperation) -> None:
+def awaited(tx: Tx, fx: Effects, partition: int, op: Planned) -> None:
     """``op`` parked on ``connect`` on ``partition``: the first time in this connection state,
     tell the gate's partition (which journals it once for the installation)."""
     if mark(tx, partition, "asked"):

@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, TypeAdapter
 
-from processors.model import Decision
+from processors.model import Decision, DeletesFrom
 from schemas.base import Message
 from schemas.directory import EntityType
 
@@ -36,6 +36,11 @@ class DeletionRequested(Message):
     requested_at: datetime | None = Field(
         default=None, description="when the planner asked (its clock); the gate settles windows by it"
     )
+    deletes_from: DeletesFrom = Field(
+        default="cloud",
+        description="where it deletes: the cloud (a deletion on premise, or a revoke the conflict "
+        "rule gave the directory), or the directory (a revoke in the cloud written back to the store)",
+    )
 
 
 class DeletionHeld(Message):
@@ -44,6 +49,7 @@ class DeletionHeld(Message):
     partition: int
     reason: str
     seq: int | None = Field(default=None, description="the gate's number for it: approve --up-to")
+    deletes_from: DeletesFrom = "cloud"
 
 
 class DeletionDecided(Message):

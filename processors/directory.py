@@ -23,8 +23,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from processors import cloud_changes, connection, journal, keys, parking, planner, repair
-from processors.control import GATE_PARTITION, DeletionRequested
+from processors import cloud_changes, connection, gate, journal, keys, parking, planner, repair
 from processors.effects import Coords, Effects, Tx
 from processors.facts import Facts
 from processors.knowledge import Knowledge
@@ -198,18 +197,7 @@ class DirectoryEvents:
             self.facts.fan_out(fx, fact)
             self.facts.review_home(tx, fx, p, app, now, ev.source.committed_at, pending=seen)
         if plan.deletion is not None:
-            d = plan.deletion
-            request = DeletionRequested(
-                candidate=d.candidate,
-                entity=d.entity,
-                entity_id=d.entity_id,
-                version=d.version,
-                committed_at=d.committed_at,
-                partition=p,
-                live=tx.get(keys.live_key(p)) or 0,
-                requested_at=now,
-            )
-            fx.send("control", d.candidate, request, GATE_PARTITION)
+            gate.request(tx, fx, p, plan.deletion, now)
         return slots
 
 

@@ -13,9 +13,12 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 
-from processors.model import Parked
+from processors.model import DIRECTORY_OPERATIONS, Parked, Planned
 from processors.needs import Need
 from schemas.operations import CloudOperation
+
+#: the role of ``vud.directory.operations`` among the planner's outputs (writeback)
+DIRECTORY_ROLE = "directory_operations"
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,14 @@ class Effects:
 
     def send(self, role: str, key: str, value: BaseModel, partition: int | None = None) -> None:
         self.sends.append(Send(role, key, value, partition))
+
+    def send_operation(self, op: Planned) -> None:
+        """An operation to the topic of its kind: a cloud operation by its aggregate, a
+        directory operation (writeback) to the directory sink's, by user id."""
+        if isinstance(op, DIRECTORY_OPERATIONS):
+            self.sends.append(Send(DIRECTORY_ROLE, op.user_id, op))
+        else:
+            self.sends.append(Send("operations", op.aggregate, op))
 
     def operations(self) -> list[CloudOperation]:
         return [s.value for s in self.sends if s.role == "operations"]  # type: ignore[misc]

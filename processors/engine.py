@@ -83,7 +83,7 @@ class Reconciler:
         self._facts = Facts(self._knowledge, partitions, clock)
         self._directory = DirectoryEvents(self._knowledge, self._facts, settings, clock)
         self._gate = Gate(self._knowledge, settings, clock)
-        self._cloud = CloudChanges(clock)
+        self._cloud = CloudChanges(clock, self._knowledge)
 
     @property
     def settings(self) -> PlannerSettings:

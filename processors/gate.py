@@ -34,6 +34,7 @@ from pydantic import BaseModel
 
 from processors import connection, deletions, journal, keys, parking
 from processors.control import (
+    GATE_PARTITION,
     ConnectAwaited,
     DeletionDecided,
     DeletionHeld,
@@ -45,7 +46,7 @@ from processors.deletions import Arrival, GateState
 from processors.effects import Coords, Effects, Tx
 from processors.keys import Known
 from processors.knowledge import Knowledge
-from processors.model import Decision, PlannerSettings
+from processors.model import Decision, DeletesFrom, DeletionRequest, PlannerSettings
 from processors.needs import Need
 from schemas.results import ResultOutcome
 
@@ -101,7 +102,11 @@ class Gate:
             if raw is not None and raw.get(_HELD):  # held: the same answer, to the asking partition
                 # (a repair re-planned by the next `verify --repair` pass says "held" again)
                 notice = DeletionHeld(
-                    candidate=req.candidate, partition=req.partition, reason=self._reason(number), seq=number
+                    candidate=req.candidate,
+                    partition=req.partition,
+                    reason=self._reason(number),
+                    seq=number,
+                    deletes_from=req.deletes_from,
                 )
                 fx.send("control", req.candidate, notice, req.partition)
             return
@@ -139,7 +144,13 @@ class Gate:
         fx.send(
             "control",
             req.candidate,
-            DeletionHeld(candidate=req.candidate, partition=req.partition, reason=self._reason(n), seq=n),
+            DeletionHeld(
+                candidate=req.candidate,
+                partition=req.partition,
+                reason=self._reason(n),
+                seq=n,
+                deletes_from=req.deletes_from,
+            ),
             req.partition,
         )
         fx.journal.append("deletion_held")
@@ -189,6 +200,24 @@ class Gate:
         fx.journal.append("deletions_approved" if msg.approve else "deletions_rejected")
 
 
+def request(tx: Tx, fx: Effects, p: int, deletion: DeletionRequest, now: datetime) -> None:
+    """Ask the gate (partition 0) whether ``deletion``, whose operations wait on partition
+    ``p``, may go: the answer comes back to ``p`` (:class:`DeletionDecided`, or
+    :class:`DeletionHeld` first)."""
+    request = DeletionRequested(
+        candidate=deletion.candidate,
+        entity=deletion.entity,
+        entity_id=deletion.entity_id,
+        version=deletion.version,
+        committed_at=deletion.committed_at,
+        partition=p,
+        live=tx.get(keys.live_key(p)) or 0,
+        requested_at=now,
+        deletes_from=deletion.deletes_from,
+    )
+    fx.send("control", deletion.candidate, request, GATE_PARTITION)
+
+
 def _seq(tx: Tx) -> dict[str, int]:
     """``first``: the lowest number that may still wait; ``next``: the next to give."""
     return dict(tx.get(keys.GATE_SEQ) or {"first": 0, "next": 0})
@@ -232,6 +261,7 @@ class HeldDeletion:
     candidate: str  # <entity>:<id>:<version>
     partition: int
     reason: str
+    deletes_from: DeletesFrom = "cloud"  # "directory": the writeback's revoke in the store
 
     @property
     def entity(self) -> str:
@@ -253,7 +283,9 @@ def outstanding(messages: Iterable[BaseModel]) -> list[HeldDeletion]:
     decided: set[str] = set()
     for msg in messages:
         if isinstance(msg, DeletionHeld) and msg.seq is not None:
-            held[msg.candidate] = HeldDeletion(msg.seq, msg.candidate, msg.partition, msg.reason)
+            held[msg.candidate] = HeldDeletion(
+                msg.seq, msg.candidate, msg.partition, msg.reason, msg.deletes_from
+            )
         elif isinstance(msg, DeletionDecided):
             decided.add(msg.candidate)
     return sorted((h for c, h in held.items() if c not in decided), key=lambda h: h.seq)

@@ -15,8 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from processors.effects import Effects
-from processors.model import JournalEntry
-from schemas.operations import CloudOperation
+from processors.model import JournalEntry, Planned
 from schemas.results import OperationResult, ResultOutcome
 
 
@@ -42,8 +41,6 @@ def record(fx: Effects, entry: JournalEntry, now: datetime, outcome: ResultOutco
     fx.send("results", entry.entity_id, result)
 
 
-def operation_result(
-    op: CloudOperation, outcome: ResultOutcome, now: datetime, **details: Any
-) -> OperationResult:
+def operation_result(op: Planned, outcome: ResultOutcome, now: datetime, **details: Any) -> OperationResult:
     """The result saying what became of ``op`` in the planner (parked, blocked, held, rejected)."""
     return OperationResult.for_operation(op, outcome, now, details=details)

@@ -9,11 +9,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from processors.needs import Need
 from schemas.directory import ApplicationType, EntityType
-from schemas.directory_operations import DirectoryOperation
+from schemas.directory_operations import DirectoryOperation, GrantDirectoryAccess, RevokeDirectoryAccess
 from schemas.operations import AssignAccess, CloudOperation, RevokeAccess, RevokeAccessEntry
 
 
@@ -123,13 +123,19 @@ class JournalEntry:
     ref: str = ""  # distinguishes entries of one entity version (e.g. the registry they saw)
 
 
+#: what the planner plans: cloud operations, and the writeback's directory operations (which wait
+#: in the table only for the accidental-delete gate: a cloud revoke written back to the store)
+Planned = CloudOperation | DirectoryOperation
+DeletesFrom = Literal["cloud", "directory"]
+
+
 @dataclass(frozen=True)
 class Parked:
     """An operation held until its needs are met. ``apps`` are the applications it touches,
     ``deletion`` the gate candidate it waits for (deletions only), ``tag`` the repair it belongs
     to (``vudsync verify --repair``; its ids are derived from it)."""
 
-    operation: CloudOperation
+    operation: Planned
     needs: tuple[Need, ...]
     apps: tuple[ApplicationType, ...] = ()
     deletion: str | None = None
@@ -138,13 +144,15 @@ class Parked:
 
 @dataclass(frozen=True)
 class DeletionRequest:
-    """A deletion on premise, for the accidental-delete gate."""
+    """A deletion for the accidental-delete gate: one on premise (deletes from the cloud), or a
+    revoke in the cloud the writeback would apply to the store (deletes from the directory)."""
 
     candidate: str
     entity: EntityType
     entity_id: str
     version: int
     committed_at: datetime
+    deletes_from: DeletesFrom = "cloud"  # the writeback's revokes in the store: "directory"
 
 
 @dataclass(frozen=True)
@@ -180,10 +188,15 @@ ACCESS_OPS = (
 )  # isinstance() against a tuple: no union per call
 
 
-def slot_of(op: CloudOperation) -> str:
+DIRECTORY_OPERATIONS = (GrantDirectoryAccess, RevokeDirectoryAccess)
+
+
+def slot_of(op: Planned) -> str:
     """Operations in one slot of one entity supersede each other (the newest wins)."""
     if isinstance(op, RevokeAccessEntry):  # one entry: never superseded by the whole set's plan
         return f"access:{op.company_id}|{op.application.value}/{op.catalogue}/{op.name}"
     if isinstance(op, ACCESS_OPS):
         return f"access:{op.company_id}"
+    if isinstance(op, DIRECTORY_OPERATIONS):  # the writeback's: one entry in the store
+        return f"directory:{op.company_id}|{op.entry}"
     return op.kind.split(".", 1)[0]

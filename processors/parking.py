@@ -20,9 +20,10 @@ from typing import Any
 from processors import journal, keys, planner
 from processors.effects import Effects, Tx
 from processors.knowledge import Knowledge
-from processors.model import Parked, slot_of
+from processors.model import DIRECTORY_OPERATIONS, Parked, slot_of
 from processors.needs import Need, NeedKind
 from schemas.directory import ApplicationType
+from schemas.directory_operations import DIRECTORY_OPERATION_ADAPTER
 from schemas.operations import CLOUD_OPERATION_ADAPTER
 from schemas.results import ResultOutcome
 
@@ -92,8 +93,11 @@ def parked_json(p: Parked) -> dict[str, Any]:
 
 
 def parked_from_json(raw: Mapping[str, Any]) -> Parked:
+    op = raw["op"]
+    directory = op["kind"].startswith("directory.")  # the writeback's, held by the gate
+    adapter: Any = DIRECTORY_OPERATION_ADAPTER if directory else CLOUD_OPERATION_ADAPTER
     return Parked(
-        CLOUD_OPERATION_ADAPTER.validate_python(raw["op"]),
+        adapter.validate_python(op),
         tuple(Need.decode(n) for n in raw["needs"]),
         tuple(ApplicationType(a) for a in raw["apps"]),
         raw.get("del"),
@@ -189,8 +193,7 @@ def release(tx: Tx, fx: Effects, knowledge: Knowledge, p: int, need: Need, now: 
             parked = parked_from_json(item)
             verdict, value = planner.settle(parked, ids)
             if verdict == "send":
-                op: Any = value
-                fx.send("operations", op.aggregate, op)
+                fx.send_operation(value)  # type: ignore[arg-type]
             elif verdict == "drop":
                 fx.send(
                     "results",
@@ -211,7 +214,8 @@ def release(tx: Tx, fx: Effects, knowledge: Knowledge, p: int, need: Need, now: 
                 still.append({**item, "needs": remaining})
                 if set(remaining) != set(item["needs"]):
                     now_waiting = Parked(parked.operation, needs, parked.apps, parked.deletion)
-                    fx.waiting.append((now_waiting, parked.needs))
+                    if not isinstance(parked.operation, DIRECTORY_OPERATIONS):  # staging: the cloud's
+                        fx.waiting.append((now_waiting, parked.needs))
                     # the journal says what it waits for now (explain, parked list), and a blocked
                     # operation that only waits for facts now is parked, no longer blocked
                     outcome = ResultOutcome.BLOCKED if any(n.blocks for n in needs) else ResultOutcome.PARKED

@@ -39,6 +39,7 @@ from typing import Any
 from processors.deletions import is_destructive
 from processors.model import (
     ACCESS_OPS,
+    DIRECTORY_OPERATIONS,
     Decision,
     DeletionRequest,
     EntityView,
@@ -48,6 +49,7 @@ from processors.model import (
     Outcome,
     Parked,
     Plan,
+    Planned,
     PlannerSettings,
     Registry,
     Verdict,
@@ -171,7 +173,7 @@ def _candidate(event: DirectoryEvent) -> DeletionRequest:
 
 
 def needs_of(
-    op: CloudOperation,
+    op: Planned,
     ids: Identities,
     apps: Iterable[ApplicationType] = (),
     deletion: str | None = None,
@@ -187,7 +189,7 @@ def needs_of(
 
 
 def _needs_of(
-    op: CloudOperation, ids: Identities, apps: Iterable[ApplicationType], deletion: str | None
+    op: Planned, ids: Identities, apps: Iterable[ApplicationType], deletion: str | None
 ) -> tuple[Need, ...] | None:
     if deletion is None and not apps and isinstance(op, _UPSERTS):
         return ()  # the common case, first
@@ -233,7 +235,7 @@ def with_cloud_ids(op: CloudOperation, ids: Identities) -> CloudOperation:
     return op
 
 
-def settle(parked: Parked, ids: Identities) -> tuple[str, CloudOperation | tuple[Need, ...] | None]:
+def settle(parked: Parked, ids: Identities) -> tuple[str, Planned | tuple[Need, ...] | None]:
     """Decide a parked operation again: ``("send", op)`` with its cloud ids filled in,
     ``("wait", needs)`` with the needs still unmet, or ``("drop", None)`` (rejected deletion)."""
     needs = needs_of(parked.operation, ids, parked.apps, parked.deletion)
@@ -241,7 +243,8 @@ def settle(parked: Parked, ids: Identities) -> tuple[str, CloudOperation | tuple
         return "drop", None
     if needs:
         return "wait", needs
-    return "send", with_cloud_ids(parked.operation, ids)
+    op = parked.operation
+    return "send", op if isinstance(op, DIRECTORY_OPERATIONS) else with_cloud_ids(op, ids)
 
 
 class _Router:
@@ -518,7 +521,7 @@ def _restore(
 
 
 def without_blocked(
-    op: CloudOperation, apps: Iterable[ApplicationType], ids: Identities, tag: str = ""
+    op: Planned, apps: Iterable[ApplicationType], ids: Identities, tag: str = ""
 ) -> tuple[AssignAccess, tuple[ApplicationType, ...]] | None:
     """The part of one company's access change that may go while some of the applications it
     touches (``apps``) are blocked (their instance does not match the cloud's registry), with

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from processors.effects import Effects, Send
-from processors.model import Parked
+from processors.model import DIRECTORY_OPERATIONS, Parked
 from processors.needs import Need, NeedKind
 from schemas.operations import CloudOperation, StagedOperation
 
@@ -70,4 +70,6 @@ def stage_waiting(
             before is None or not waits_for_promotion(Parked(parked.operation, before))
         ):
             op = parked.operation
+            if isinstance(op, DIRECTORY_OPERATIONS):  # the writeback's: never the cloud's to stage
+                continue
             fx.send(STAGED, op.aggregate, staged(op, now, (n.encode() for n in parked.needs)))

@@ -22,7 +22,7 @@ from pydantic import Field, TypeAdapter
 
 from schemas.base import Message
 from schemas.cloud_changes import AccessKind
-from schemas.directory import ApplicationType
+from schemas.directory import ApplicationType, EntityType
 from schemas.operations import operation_id_for
 
 
@@ -43,6 +43,28 @@ class _DirectoryOperation(Message):
     def entry(self) -> str:
         """``<application>/<kind>/<name>``: how journals and logs name the entry."""
         return f"{self.application.value}/{self.entry_kind}/{self.name}"
+
+    # what a result names of it, as of a cloud operation (a revoke the accidental-delete gate
+    # holds waits in the planner's table and is journalled like one)
+    @property
+    def aggregate(self) -> str:
+        return f"user:{self.user_id}"
+
+    @property
+    def entity(self) -> EntityType:
+        return EntityType.USER
+
+    @property
+    def entity_id(self) -> str:
+        return self.user_id
+
+    @property
+    def source_version(self) -> int:
+        return self.feed_seq
+
+    @property
+    def source_committed_at(self) -> datetime:
+        return self.cloud_changed_at
 
 
 class GrantDirectoryAccess(_DirectoryOperation):

@@ -15,6 +15,7 @@ from pydantic import Field
 
 from schemas.base import Message
 from schemas.directory import EntityType
+from schemas.directory_operations import DirectoryOperation
 from schemas.operations import CloudOperation
 
 
@@ -63,7 +64,11 @@ class OperationResult(Message):
 
     @classmethod
     def for_operation(
-        cls, op: CloudOperation, outcome: ResultOutcome, recorded_at: datetime, **fields: Any
+        cls,
+        op: CloudOperation | DirectoryOperation,
+        outcome: ResultOutcome,
+        recorded_at: datetime,
+        **fields: Any,
     ) -> OperationResult:
         """The result of ``op``: its identity (id, kind, aggregate, entity, source version and
         commit time) copied from the operation, the rest (``cloud_id``, ``effect``,

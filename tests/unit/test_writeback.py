@@ -9,6 +9,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from processors import gate
+from processors.control import DeletionsDecided, GateTick
+from processors.effects import Send
 from processors.engine import Coords, Effects, Reconciler
 from processors.model import PlannerSettings
 from processors.writeback import Change, PairState, plan_writeback, winner
@@ -36,14 +39,14 @@ def entry(name: str, origin: str = "cloud", modified: float = 0.0) -> CloudAcces
 
 
 def change(
-    seq: int, *entries: CloudAccessEntry, changed: float | None = None, **kw: Any
+    seq: int, *entries: CloudAccessEntry, changed: float | None = None, user: str = "u1", **kw: Any
 ) -> CloudAccessChanged:
     return CloudAccessChanged(
-        event_id=CloudAccessChanged.make_event_id(seq, "u1", "c1"),
+        event_id=CloudAccessChanged.make_event_id(seq, user, "c1"),
         feed_seq=seq,
-        user_id="u1",
+        user_id=user,
         company_id="c1",
-        cloud_user_id="cu-1",
+        cloud_user_id=f"cu-{user.removeprefix('u')}",
         cloud_company_id="cc-1",
         entries=tuple(entries),
         changed_at=at(seq if changed is None else changed),
@@ -165,9 +168,10 @@ def test_the_rule_is_the_later_change_ties_to_the_directory(d: float, c: float, 
 class Planner:
     """One partition's reconciler over a dict; performs each message's writes."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: PlannerSettings | None = None) -> None:
         self.table: dict[str, Any] = connected_table()  # after `vudsync connect`
-        self.r = Reconciler(self.table, PlannerSettings(), 1, lambda: T0)
+        self.r = Reconciler(self.table, settings or PlannerSettings(), 1, lambda: T0)
+        self.control: list[Any] = []  # every control message, as `vudsync deletes list` reads them
         self.offset = 0
 
     def perform(self, fx: Effects) -> Effects:
@@ -188,16 +192,37 @@ class Planner:
         )
         self.perform(self.r.on_fact(fact, self.coords("facts")))
 
-    def user(self, version: int, *companies: CompanyAccess) -> Effects:
-        ev = user_event(version, state=user_state(access=companies))
+    def user(self, version: int, *companies: CompanyAccess, uid: str = "u1") -> Effects:
+        ev = user_event(version, state=user_state(uid, access=companies))
         return self.perform(self.r.on_directory_event(ev, self.coords("users"), None))
 
     def cloud(self, ch: CloudAccessChanged) -> Effects:
         return self.perform(self.r.on_cloud_change(ch, self.coords("cloud")))
 
+    def gate(self, *fxs: Effects, settled: float | None = None) -> list[Send]:
+        """Deliver the requests of ``fxs`` to the accidental-delete gate (this one partition is
+        the gate's), and its answers back, then tick the gate's clock ``settled`` seconds after
+        T0 (default: the settling time); returns every record sent on the way."""
+        sent: list[Send] = []
+        queue = [s.value for fx in fxs for s in fx.sends if s.role == "control"]
+        after = self.r.settings.deletes_settle_seconds if settled is None else settled
+        queue.append(GateTick(at=T0 + timedelta(seconds=after)))
+        while queue:
+            msg = queue.pop(0)
+            self.control.append(msg)
+            inner = self.perform(self.r.on_control(msg, self.coords("control")))
+            sent += inner.sends
+            queue += [s.value for s in inner.sends if s.role == "control"]
+        return sent
 
-def _linked() -> Planner:
-    p = Planner()
+    def approve(self, up_to: int) -> list[Send]:
+        """``vudsync deletes approve --up-to <up_to>``."""
+        decided = DeletionsDecided(approve=True, operator="ops@fjord.no", decided_at=T0, up_to=up_to)
+        return self.gate(Effects(sends=[Send("control", "operator", decided, 0)]))
+
+
+def _linked(settings: PlannerSettings | None = None) -> Planner:
+    p = Planner(settings)
     p.fact(FactKind.COMPANY, "c1", "cc-1")
     p.fact(FactKind.USER, "u1", "cu-1")
     p.fact(FactKind.REGISTRY, "business", present=False)  # no instance on premise either: not blocked
@@ -294,7 +319,9 @@ def test_planner_an_entry_of_the_cloud_s_removed_on_premise_is_revoked_in_the_cl
 def test_planner_the_writeback_s_own_removal_is_no_change_of_the_directory_s() -> None:
     p = _linked()
     _written_back(p, modified=1.5)
-    p.cloud(change(6, entry("Regnskap", origin="directory", modified=1)))  # the cloud revoked Lønn
+    revoked = p.cloud(change(6, entry("Regnskap", origin="directory", modified=1)))  # the cloud revoked Lønn
+    went = [s.value for s in p.gate(revoked) if s.role == "directory_operations"]  # the gate granted it
+    assert [(type(op), op.name) for op in went] == [(RevokeDirectoryAccess, "Lønn")]
     removed = p.user(
         3, CompanyAccess(company_id="c1", services={BUSINESS: ServiceAccess(roles=("Regnskap",))})
     )
@@ -419,3 +446,123 @@ def test_conflict_one_entry_removed_on_premise_and_granted_again_in_the_cloud_se
         len(conflicts) == 1
         and ("the cloud wins" if cloud_wins else "the directory wins") in conflicts[0].details["message"]
     )
+
+
+# -- every revoke passes the accidental-delete gate (docs/domain.md rules 6 and 12) ------------
+
+REGNSKAP, INNKJOP = ServiceAccess(roles=("Regnskap",)), ServiceAccess(roles=("Innkjøp", "Regnskap"))
+
+
+def _holding_a_written_back_role(p: Planner, n: int) -> list[str]:
+    """``n`` users, each holding Regnskap (the directory's) and Lønn (the cloud's, written back)."""
+    users = [f"u{i}" for i in range(1, n + 1)]
+    for u in users:
+        p.fact(FactKind.USER, u, f"cu-{u[1:]}")
+        p.user(1, CompanyAccess(company_id="c1", services={BUSINESS: REGNSKAP}), uid=u)
+        p.cloud(
+            change(5, entry("Regnskap", origin="directory", modified=1), entry("Lønn", modified=1.5), user=u)
+        )
+        lonn = {BUSINESS: ServiceAccess(roles=("Lønn",))}
+        p.user(2, CompanyAccess(company_id="c1", services={BUSINESS: REGNSKAP}, cloud_origin=lonn), uid=u)
+    return users
+
+
+def _sent(sends: list[Send], role: str) -> list[Any]:
+    return [s.value for s in sends if s.role == role]
+
+
+def test_a_mass_revoke_in_the_cloud_is_held_whole_before_it_reaches_the_store_and_goes_once_approved() -> (
+    None
+):
+    """An administrator (or a portal script gone wrong) revokes a role of many users in the
+    cloud: no on-premise assignment goes until an operator approved the burst."""
+    p = _linked(PlannerSettings(deletes_threshold=2))
+    users = _holding_a_written_back_role(p, 3)
+    revoked = [p.cloud(change(6, entry("Regnskap", origin="directory", modified=1), user=u)) for u in users]
+    assert not [op for fx in revoked for op in _sent(fx.sends, "directory_operations")], (
+        "all wait for the gate"
+    )
+    sent = p.gate(*revoked, settled=3600)
+    assert _sent(sent, "directory_operations") == [], "over the threshold: held whole, none applied"
+    results = [r for fx in revoked for r in _sent(fx.sends, "results")] + _sent(sent, "results")
+    held = [r for r in results if r.outcome is ResultOutcome.HELD]
+    assert {r.entity_id for r in held} == set(users)
+    assert {r.kind for r in held} == {"directory.access.revoke"}
+    listed = gate.outstanding(p.control)
+    assert [(h.entity, h.deletes_from) for h in listed] == [("user", "directory")] * 3
+    assert p.r.held_deletions() == 3 and p.r.waiting().held == 3
+    went = _sent(p.approve(listed[-1].seq), "directory_operations")
+    assert sorted((op.user_id, type(op), op.name) for op in went) == [
+        (u, RevokeDirectoryAccess, "Lønn") for u in users
+    ]
+    assert p.r.held_deletions() == 0 and p.r.parked() == 0 and gate.outstanding(p.control) == []
+
+
+def test_revokes_in_the_cloud_under_the_threshold_settle_then_reach_the_store() -> None:
+    p = _linked(PlannerSettings(deletes_threshold=2))
+    users = _holding_a_written_back_role(p, 2)
+    revoked = [p.cloud(change(6, entry("Regnskap", origin="directory", modified=1), user=u)) for u in users]
+    assert _sent(p.gate(*revoked, settled=4.9), "directory_operations") == [], "settling: nothing goes yet"
+    assert p.r.waiting().held == 2
+    went = _sent(p.gate(settled=5), "directory_operations")
+    assert sorted((op.user_id, op.name) for op in went) == [(u, "Lønn") for u in users]
+    assert p.r.parked() == 0 and p.r.held_deletions() == 0
+
+
+def test_a_grant_in_the_cloud_later_than_a_held_revoke_supersedes_it() -> None:
+    p = _linked(PlannerSettings(deletes_threshold=0))
+    (u,) = _holding_a_written_back_role(p, 1)
+    p.gate(p.cloud(change(6, entry("Regnskap", origin="directory", modified=1), user=u)))
+    assert p.r.held_deletions() == 1
+    regranted = (entry("Regnskap", origin="directory", modified=1), entry("Lønn", modified=7))
+    again = p.cloud(change(7, *regranted, user=u))
+    assert [type(op) for op in _sent(again.sends, "directory_operations")] == [GrantDirectoryAccess]
+    superseded = [r for r in _sent(again.sends, "results") if r.outcome is ResultOutcome.SUPERSEDED]
+    assert [r.kind for r in superseded] == ["directory.access.revoke"] and p.r.parked() == 0
+    (listed,) = gate.outstanding(p.control)
+    assert _sent(p.approve(listed.seq), "directory_operations") == [], "approved: nothing left to revoke"
+
+
+def _removed_on_premise_granted_again_in_the_cloud_earlier(p: Planner, u: str) -> Effects:
+    """``u`` held Regnskap and Innkjøp (the directory's); an administrator revoked Regnskap in the
+    cloud and granted it again (origin cloud, at 8); unaware, the directory removed it at 10.
+    The rule gives the entry to the directory: it is to be revoked in the cloud."""
+    p.fact(FactKind.USER, u, f"cu-{u[1:]}")
+    p.user(1, CompanyAccess(company_id="c1", services={BUSINESS: INNKJOP}), uid=u)
+    mine = (
+        entry("Innkjøp", origin="directory", modified=1),
+        entry("Regnskap", origin="directory", modified=1),
+    )
+    p.cloud(change(5, *mine, user=u))
+    p.user(10, CompanyAccess(company_id="c1", services={BUSINESS: ServiceAccess(roles=("Innkjøp",))}), uid=u)
+    return p.cloud(change(11, mine[0], entry("Regnskap", modified=8), user=u))
+
+
+def test_a_burst_of_revokes_the_conflict_rule_sends_to_the_cloud_is_held_whole_then_approved() -> None:
+    """The writeback's revokes in the cloud (the directory won the conflict) pass the gate like a
+    removal on premise: a burst over the threshold is held whole, listed, approved."""
+    p = _linked(PlannerSettings(deletes_threshold=2))
+    users = [f"u{i}" for i in range(1, 4)]
+    decided = [_removed_on_premise_granted_again_in_the_cloud_earlier(p, u) for u in users]
+    assert not [op for fx in decided for op in fx.operations()], "none goes to the cloud before the gate"
+    sent = p.gate(*decided, settled=3600)
+    assert _sent(sent, "operations") == [], "over the threshold: held whole"
+    listed = gate.outstanding(p.control)
+    assert [(h.entity_id, h.deletes_from) for h in listed] == [
+        (f"{u}@writeback-c1-cloud", "cloud") for u in users
+    ]
+    assert p.r.held_deletions() == 3 and p.r.waiting().held == 3
+    went = _sent(p.approve(listed[-1].seq), "operations")
+    assert sorted((op.user_id, op.kind, op.name, op.cloud_user_id) for op in went) == [
+        (u, "access.revoke_entry", "Regnskap", f"cu-{u[1:]}") for u in users
+    ]
+    assert p.r.parked() == 0 and p.r.held_deletions() == 0
+
+
+def test_revokes_the_conflict_rule_sends_to_the_cloud_under_the_threshold_settle_then_go() -> None:
+    p = _linked(PlannerSettings(deletes_threshold=2))
+    decided = [_removed_on_premise_granted_again_in_the_cloud_earlier(p, u) for u in ("u1", "u2")]
+    assert _sent(p.gate(*decided, settled=4.9), "operations") == []
+    went = _sent(p.gate(settled=5), "operations")
+    assert sorted((op.user_id, op.name) for op in went) == [("u1", "Regnskap"), ("u2", "Regnskap")]
+    assert p.r.parked() == 0
