@@ -2,7 +2,9 @@
 
 When a burst of deletions passes the threshold, the planner holds **all** of them (each held
 operation has a ``held`` result on ``vud.cloud.results``) and numbers each held deletion.
-``list`` shows what is held: the count, the first entries and the highest number.
+``list`` shows what is held: the count, the first entries (and which side each deletes from:
+the cloud — removed on premise — or the directory — a revoke in the cloud the writeback would
+apply to the store) and the highest number.
 ``approve --up-to <n>`` lets the held deletions numbered up to ``n`` go — exactly what the
 operator saw; a deletion held after that stays held. ``reject`` drops them (each gets a
 ``rejected`` result; the cloud keeps the objects). The decision travels as a
@@ -171,7 +173,9 @@ def list_held(show_all: bool, as_json: bool) -> None:
         click.echo(json.dumps(doc, indent=2))
     else:
         for h in now.held if show_all else now.held[:SHOWN]:
-            click.echo(f"#{h.seq:<8} {h.entity}:{h.entity_id:<28} v{h.version}")
+            click.echo(
+                f"#{h.seq:<8} {h.entity}:{h.entity_id:<28} v{h.version:<8} deletes from the {h.deletes_from}"
+            )
         if not show_all and now.count > SHOWN:
             click.echo(f"… and {now.count - SHOWN} more (--all lists them)")
         click.echo(f"{now.count} held")
