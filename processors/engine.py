@@ -221,7 +221,8 @@ class Reconciler:
             if not is_parked(k):
                 continue
             for item in self.store.get(k) or ():
-                at = datetime.fromisoformat(item["op"]["source_committed_at"])
+                op = item["op"]  # a writeback's directory operation: since the cloud's commit
+                at = datetime.fromisoformat(op.get("source_committed_at") or op["cloud_changed_at"])
                 if oldest is None or at < oldest:
                     oldest = at
         return 0.0 if oldest is None else max((self._clock() - oldest).total_seconds(), 0.0)

@@ -491,6 +491,7 @@ def test_a_mass_revoke_in_the_cloud_is_held_whole_before_it_reaches_the_store_an
     listed = gate.outstanding(p.control)
     assert [(h.entity, h.deletes_from) for h in listed] == [("user", "directory")] * 3
     assert p.r.held_deletions() == 3 and p.r.waiting().held == 3
+    assert p.r.oldest_parked_age() == 0.0, "the gauges read a held directory operation too"
     went = _sent(p.approve(listed[-1].seq), "directory_operations")
     assert sorted((op.user_id, type(op), op.name) for op in went) == [
         (u, RevokeDirectoryAccess, "Lønn") for u in users
