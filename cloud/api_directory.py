@@ -271,9 +271,10 @@ def grant_entry(
 @router.delete(
     _ENTRY,
     response_model=models.Access,
-    responses=merge({200: _ETAG}, NOT_FOUND),
+    responses=merge({200: _ETAG}, NOT_FOUND, PRECONDITION),
     tags=["access"],
-    summary="Revoke one role, layout group or module; every other entry stays as it is",
+    summary="Revoke one role, layout group or module; every other entry stays as it is "
+    "(If-Match: the entry's etag → 412 when it changed since it was read)",
 )
 def revoke_entry(
     user_id: UserId,
@@ -282,6 +283,7 @@ def revoke_entry(
     kind: Kind,
     name: EntryName,
     write: WriteDep,
+    if_match: IfMatch = None,
 ) -> Response:
     entry = (service, kind, name)
-    return write.run(lambda conn, now: access.revoke_entry(conn, now, user_id, company_id, entry))
+    return write.run(lambda conn, now: access.revoke_entry(conn, now, user_id, company_id, entry, if_match))

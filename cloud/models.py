@@ -240,6 +240,9 @@ class AccessEntry(BaseModel):
     name: str
     origin: Literal["directory", "cloud"]
     modified_at: datetime
+    etag: str = Field(
+        description="the entry's tag: `If-Match` on its DELETE revokes it only as it was read (412 otherwise)"
+    )
 
 
 class Access(BaseModel):

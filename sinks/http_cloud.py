@@ -167,6 +167,7 @@ class HttpCloudDirectory:
         content: bytes | None = None,
         params: dict[str, str] | None = None,
         ok_statuses: tuple[int, ...] = (),
+        if_match: str | None = None,
     ) -> httpx.Response:
         """One API call; a 401 refreshes the token once (:attr:`auth`). Returns 2xx and
         ``ok_statuses`` answers; raises the translated error for anything else. ``content``: a
@@ -177,6 +178,8 @@ class HttpCloudDirectory:
             headers["Idempotency-Key"] = key
         if content is not None:
             headers["Content-Type"] = "application/json"
+        if if_match is not None:
+            headers["If-Match"] = if_match
         try:
             response = await self._client.request(
                 method, path, headers=headers, json=json, content=content, params=params
@@ -194,7 +197,12 @@ class HttpCloudDirectory:
 
     async def _send(self, write: Write) -> httpx.Response:
         return await self.request(
-            write.method, write.path, key=write.key, json=write.body, ok_statuses=write.ok_statuses
+            write.method,
+            write.path,
+            key=write.key,
+            json=write.body,
+            ok_statuses=write.ok_statuses,
+            if_match=write.if_match,
         )
 
     @staticmethod
@@ -225,13 +233,13 @@ class HttpCloudDirectory:
     async def _revoke_entry(self, op: RevokeAccessEntry) -> Applied:
         """A per-entry revoke that yields to a later change in the cloud: read the access, then
         revoke the entry unless the cloud changed it after the removal on premise
-        (:func:`entry_revoke`). Between the two the cloud may change it once more: that window
-        is the read's round trip, not the operation's time in the pipeline."""
+        (:func:`entry_revoke`). The revoke names the entry as read (``If-Match``): a change in
+        the cloud between the two is answered 412, and the entry is kept."""
         response = await self.request("GET", access_path(op), ok_statuses=(404,))
         current = response.json() if response.status_code != 404 else {}
         write = entry_revoke(op, current)
-        if write is None:
-            return Applied("kept", op.cloud_user_id, details={"reason": "changed in the cloud later"})
+        if isinstance(write, Applied):
+            return write
         answer = await self._send(write)
         applied = interpret(op, answer.status_code, None, self._replayed(answer))
         assert applied is not None  # a revoke is always interpreted

@@ -64,18 +64,22 @@ def _seg(value: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Write:
-    """One idempotent HTTP write. ``ok_statuses``: non-2xx answers that are a normal outcome."""
+    """One idempotent HTTP write. ``ok_statuses``: non-2xx answers that are a normal outcome;
+    ``if_match``: its precondition (the ``If-Match`` header), if any."""
 
     method: str
     path: str
     key: str
     body: Any = None
     ok_statuses: tuple[int, ...] = ()
+    if_match: str | None = None
 
     def batch_item(self) -> dict[str, Any]:
         item: dict[str, Any] = {"idempotency_key": self.key, "method": self.method, "path": self.path}
         if self.body is not None:
             item["body"] = self.body
+        if self.if_match is not None:
+            item["if_match"] = self.if_match
         return item
 
 
@@ -134,23 +138,35 @@ def access_write(op: AssignAccess, current: dict[str, Any]) -> Write:
     return Write("PUT", access_path(op), op.operation_id, {"services": services})
 
 
-def entry_revoke(op: RevokeAccessEntry, current: dict[str, Any]) -> Write | None:
+#: a per-entry revoke's answer when the entry changed in the cloud since it was read
+KEPT_CHANGED_SINCE_READ = "changed in the cloud after it was read (412)"
+
+
+def entry_revoke(op: RevokeAccessEntry, current: dict[str, Any]) -> Write | Applied:
     """The write of a per-entry revoke, given the body of ``GET …/access/<company>``
-    (``current``, empty when there is none): None when the cloud changed the entry later than
-    the removal on premise (``unless_changed_after``) — the conflict rule gives it to the
-    cloud, whose change the planner then writes back to the store."""
-    if op.unless_changed_after is not None:
-        for e in current.get("entries") or ():
-            same = (e.get("service"), e.get("kind"), e.get("name")) == (
-                op.application.value,
-                op.catalogue,
-                op.name,
-            )
-            if same and datetime.fromisoformat(e["modified_at"]) > op.unless_changed_after:
-                return None
+    (``current``, empty when there is none), or what it comes to without one: *kept* when the
+    cloud changed the entry later than the removal on premise (``unless_changed_after``) — the
+    conflict rule gives it to the cloud, whose change the planner then writes back to the
+    store; *noop* when the cloud does not hold it (nothing of the rule's to revoke, and a
+    revoke sent anyway could remove a grant made since the read).
+
+    The revoke names the entry as read (``If-Match``: its ``etag``), so a change in the cloud
+    between the read and the revoke is not lost: the cloud answers 412 and :func:`interpret`
+    says *kept*. Without ``unless_changed_after`` it revokes whatever the entry is."""
     user, company = _seg(op.cloud_user_id or ""), _seg(op.cloud_company_id or "")
     entry = f"{_seg(op.application.value)}/{op.catalogue}/{_seg(op.name)}"
-    return Write("DELETE", f"/v1/users/{user}/access/{company}/{entry}", op.operation_id, ok_statuses=(404,))
+    path = f"/v1/users/{user}/access/{company}/{entry}"
+    if op.unless_changed_after is None:
+        return Write("DELETE", path, op.operation_id, ok_statuses=(404,))
+    wanted = (op.application.value, op.catalogue, op.name)
+    held = [
+        e for e in current.get("entries") or () if (e.get("service"), e.get("kind"), e.get("name")) == wanted
+    ]
+    if not held:
+        return Applied("noop", op.cloud_user_id, details={"reason": "not held in the cloud"})
+    if datetime.fromisoformat(held[0]["modified_at"]) > op.unless_changed_after:
+        return Applied("kept", op.cloud_user_id, details={"reason": "changed in the cloud later"})
+    return Write("DELETE", path, op.operation_id, ok_statuses=(404, 412), if_match=held[0].get("etag"))
 
 
 def simple_write(op: CloudOperation) -> Write | None:
@@ -165,7 +181,9 @@ def simple_write(op: CloudOperation) -> Write | None:
     if isinstance(op, RevokeAccessEntry):
         if not (op.cloud_user_id and op.cloud_company_id) or op.unless_changed_after is not None:
             return None  # parked; or read the entry first (HttpCloudDirectory: entry_revoke)
-        return entry_revoke(op, {})
+        write = entry_revoke(op, {})
+        assert isinstance(write, Write)  # no precondition: always a write
+        return write
     if isinstance(op, UpsertCatalogueEntry | RemoveCatalogueEntry):
         path = f"/v1/services/{_seg(op.application.value)}/{op.catalogue}/{_seg(op.name)}"
         if isinstance(op, UpsertCatalogueEntry):
@@ -406,6 +424,8 @@ def interpret(op: CloudOperation, status: int, body: Any, replayed: bool) -> App
     """
     if isinstance(op, AssignAccess):
         return Applied("assigned", op.cloud_user_id, replayed)
+    if isinstance(op, RevokeAccessEntry) and status == 412:  # the entry changed since it was read
+        return Applied("kept", op.cloud_user_id, replayed, {"reason": KEPT_CHANGED_SINCE_READ})
     if isinstance(op, RevokeAccess | RevokeAccessEntry):
         return Applied("noop" if status == 404 else "revoked", op.cloud_user_id, replayed)
     if isinstance(op, UpsertCatalogueEntry):

@@ -13,6 +13,7 @@ from cloud.directory.companies import get_company_row
 from cloud.directory.users import get_user_row
 from cloud.directory.writes import Body, Row, outcome
 from cloud.errors import ApiError, not_found
+from cloud.normalise import entry_etag, matches_tag
 from cloud.store import Effect, Outcome, iso
 
 Services = dict[str, dict[str, list[str]]]  # service -> kind -> sorted names
@@ -35,7 +36,14 @@ def _entries(services: Services, origins: Origins, updated_at: str) -> list[Body
     """Each assignment with where it came from and when it last changed. An entry written
     before origins were kept counts as the integration's (``directory``) as of the row's time."""
     return [
-        {"service": service, "kind": kind, "name": name, "origin": origin, "modified_at": modified_at}
+        {
+            "service": service,
+            "kind": kind,
+            "name": name,
+            "origin": origin,
+            "modified_at": modified_at,
+            "etag": entry_etag(origin, modified_at),
+        }
         for service, kinds in services.items()
         for kind, names in kinds.items()
         for name in names
@@ -250,9 +258,17 @@ def grant_entry(
 
 
 def revoke_entry(
-    conn: sqlite3.Connection, now: float, user_id: str, company_id: str, entry: tuple[str, str, str]
+    conn: sqlite3.Connection,
+    now: float,
+    user_id: str,
+    company_id: str,
+    entry: tuple[str, str, str],
+    if_match: str | None = None,
 ) -> Outcome:
-    """Revoke one entry, leaving every other as it is: 200 ``revoked`` (``noop`` when not held)."""
+    """Revoke one entry, leaving every other as it is: 200 ``revoked`` (``noop`` when not held).
+    With ``If-Match`` (the entry's ``etag`` as last read), only the entry as it was read: 412
+    when it changed since or is no longer held — checked in the write's own transaction, so a
+    grant between the client's read and this revoke is never lost."""
     service, kind, name = known_service(entry[0]), known_kind(entry[1]), entry[2]
     _require(conn, "users", user_id, "user")
     _require(conn, "companies", company_id, "company")
@@ -260,12 +276,29 @@ def revoke_entry(
     if row is None:
         raise not_found("access")
     services: Services = json.loads(row["services"])
+    if if_match is not None:
+        current = _entry_tag(services, row, f"{service}/{kind}/{name}")
+        if not matches_tag(if_match, current):
+            raise ApiError(
+                412,
+                "precondition_failed",
+                "If-Match does not name the entry as it is now: it changed since it was read, "
+                "or is no longer held (read the access again)",
+            )
     names = services.get(service, {}).get(kind, [])
     if name in names:
         names.remove(name)
         if not any(services[service].values()):
             del services[service]
     return _write_services(conn, now, user_id, company_id, services, "directory", "revoked", row)
+
+
+def _entry_tag(services: Services, row: Row, key: str) -> str | None:
+    """The entry's tag as :func:`access_body` shows it, None when it is not held."""
+    for e in _entries(services, json.loads(row["entries"] or "{}"), row["updated_at"]):
+        if f"{e['service']}/{e['kind']}/{e['name']}" == key:
+            return str(e["etag"])
+    return None
 
 
 def delete_access(

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,10 @@ import pytest
 from cloud.server import CloudServer
 from cloud.store import Store
 from devtools.processes import wait_until
+from schemas.directory import ApplicationType, EntityType
+from schemas.operations import RevokeAccessEntry
+from sinks.http_cloud import HttpCloudDirectory
+from sinks.writes import KEPT_CHANGED_SINCE_READ
 
 pytestmark = pytest.mark.integration
 
@@ -219,3 +224,113 @@ def test_the_directorys_set_keeps_the_clouds_entries_and_claims_those_it_names(
     assert integration.delete(path, params={"scope": "everything"}).status_code == 422
     assert integration.delete(path).status_code == 204, "scope=all (the default) revokes everything"
     assert integration.get(path).status_code == 404
+
+
+def _entry(access: dict[str, Any], name: str) -> dict[str, Any] | None:
+    return next((e for e in access["entries"] if e["name"] == name), None)
+
+
+def test_a_revoke_naming_the_entry_as_read_is_refused_412_once_it_changed(
+    integration: httpx.Client, portal: httpx.Client
+) -> None:
+    """Issue 16: the per-entry revoke can name the entry as it was read (``If-Match``: the
+    entry's ``etag``); an administrator's revoke and grant again in between gives the entry a
+    new tag, and the revoke is refused (412) in the write's own transaction — the grant stays."""
+    user, company = _user_and_company(integration)
+    path = f"/v1/users/{user}/access/{company}"
+    _ok(integration.put(path, json={"services": {"business": {"roles": ["Regnskap"]}}}))
+    read = _entry(_ok(portal.put(f"{path}/business/roles/Lønn")), "Lønn")
+    assert read is not None and read["etag"] == f'"cloud@{read["modified_at"]}"'
+    # the administrator revokes it and grants it again after the integration read it
+    _ok(portal.delete(f"{path}/business/roles/Lønn"))
+    regranted = _entry(_ok(portal.put(f"{path}/business/roles/Lønn")), "Lønn")
+    assert regranted is not None and regranted["etag"] != read["etag"]
+
+    refused = integration.delete(f"{path}/business/roles/Lønn", headers={"If-Match": read["etag"]})
+    assert refused.status_code == 412 and refused.json()["error"] == "precondition_failed", refused.text
+    assert _entry(_ok(integration.get(path)), "Lønn") == regranted, "the grant made since the read stays"
+
+    # named as it is now (a weak tag too), the revoke goes; an entry no longer held refuses any tag
+    revoked = _ok(
+        integration.delete(f"{path}/business/roles/Lønn", headers={"If-Match": f"W/{regranted['etag']}"})
+    )
+    assert _entry(revoked, "Lønn") is None and _origins(revoked) == {"Regnskap": "directory"}
+    gone = integration.delete(f"{path}/business/roles/Lønn", headers={"If-Match": regranted["etag"]})
+    assert gone.status_code == 412
+    # without If-Match the revoke is unconditional, as before
+    assert _origins(_ok(integration.delete(f"{path}/business/roles/Regnskap"))) == {}
+
+
+async def test_the_sink_keeps_an_entry_the_cloud_changed_between_its_read_and_its_revoke(
+    server: CloudServer, integration: httpx.Client, portal: httpx.Client
+) -> None:
+    """The race rule 6 left open: the sink reads the entry (older than the removal on premise:
+    the directory wins), an administrator grants it again in the cloud, then the sink revokes.
+    The revoke names the entry as read: the cloud answers 412 and the sink records *kept*."""
+    user, company = _user_and_company(integration)
+    path = f"/v1/users/{user}/access/{company}"
+    _ok(portal.put(f"{path}/business/roles/Lønn"))
+    removed_on_premise = datetime.now(UTC)  # later than the grant: the directory's change wins
+
+    def regrant_after_the_read(request: httpx.Request) -> None:
+        if request.method == "GET" and request.url.path == path:
+            _ok(portal.delete(f"{path}/business/roles/Lønn"))
+            _ok(portal.put(f"{path}/business/roles/Lønn"))
+
+    def revoke(version: int) -> RevokeAccessEntry:
+        return RevokeAccessEntry(
+            operation_id=f"op-revoke-{uuid.uuid4().hex}",
+            aggregate="user:u1",
+            entity=EntityType.USER,
+            entity_id="u1",
+            source_version=version,
+            source_committed_at=removed_on_premise,
+            planned_at=removed_on_premise,
+            user_id="u1",
+            company_id="c1",
+            cloud_user_id=user,
+            cloud_company_id=company,
+            application=ApplicationType.BUSINESS,
+            catalogue="roles",
+            name="Lønn",
+            unless_changed_after=removed_on_premise,
+        )
+
+    racing = HttpCloudDirectory(
+        server.url, server.client_id, server.client_secret, transport=_After(regrant_after_the_read)
+    )
+    try:
+        kept = await racing.apply(revoke(7))
+    finally:
+        await racing.aclose()
+    assert (kept.effect, kept.details) == ("kept", {"reason": KEPT_CHANGED_SINCE_READ})
+    assert _origins(_ok(integration.get(path))) == {"Lønn": "cloud"}, "the administrator's grant stays"
+
+    # no race, and the entry older than the removal: revoked (the regrant above is later: kept)
+    _ok(portal.delete(f"{path}/business/roles/Lønn"))
+    _ok(portal.put(f"{path}/business/roles/Lønn"))
+    later = datetime.now(UTC)
+    plain = HttpCloudDirectory(server.url, server.client_id, server.client_secret)
+    try:
+        applied = await plain.apply(revoke(8).model_copy(update={"unless_changed_after": later}))
+    finally:
+        await plain.aclose()
+    assert applied.effect == "revoked" and _origins(_ok(integration.get(path))) == {}
+
+
+class _After(httpx.AsyncBaseTransport):
+    """Real HTTP, and ``then(request)`` once each request was answered (a change made by
+    someone else between two of the sink's calls)."""
+
+    def __init__(self, then: Callable[[httpx.Request], None]) -> None:
+        self._inner = httpx.AsyncHTTPTransport()
+        self._then = then
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._inner.handle_async_request(request)
+        await response.aread()
+        self._then(request)
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()

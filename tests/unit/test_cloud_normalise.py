@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from cloud.normalise import etag, normalise_email, normalise_org_number, parse_if_match
+from cloud.normalise import (
+    entry_etag,
+    etag,
+    matches_tag,
+    normalise_email,
+    normalise_org_number,
+    parse_if_match,
+)
 
 
 @pytest.mark.parametrize(
@@ -35,3 +42,12 @@ def test_if_match_that_names_no_version(header: str) -> None:
 
 def test_etag_round_trips_through_if_match() -> None:
     assert parse_if_match(etag(41)) == 41
+
+
+def test_an_entry_s_tag_is_matched_as_sent_weak_or_in_a_list_and_never_when_it_is_not_held() -> None:
+    tag = entry_etag("cloud", "2026-12-05T10:00:00.123456Z")
+    assert tag == '"cloud@2026-12-05T10:00:00.123456Z"'
+    assert matches_tag(tag, tag) and matches_tag(f"W/{tag}", tag) and matches_tag(f'"x", {tag}', tag)
+    assert matches_tag("*", tag) and not matches_tag("*", None), "* means: any entry held"
+    assert not matches_tag(entry_etag("cloud", "2026-12-05T10:00:01Z"), tag), "changed since it was read"
+    assert not matches_tag(entry_etag("directory", "2026-12-05T10:00:00.123456Z"), tag)

@@ -22,9 +22,12 @@ from schemas.operations import (
 )
 from sinks.errors import AuthenticationFailed, CloudRejected, CloudUnavailable, RateLimited
 from sinks.http_cloud import HttpCloudDirectory
+from sinks.policy import SinkPolicy, Step
 from sinks.ports import Applied
 from sinks.writes import (
+    KEPT_CHANGED_SINCE_READ,
     Steps,
+    Write,
     access_write,
     create_steps,
     entry_revoke,
@@ -477,10 +480,28 @@ def test_a_per_entry_revoke_yields_to_a_later_change_of_the_entry_in_the_cloud()
 
     def access(modified: datetime) -> dict[str, Any]:
         entry = {"service": "business", "kind": "roles", "name": "Lønn", "origin": "cloud"}
-        return {"entries": [{**entry, "modified_at": modified.isoformat()}]}
+        tag = f'"cloud@{modified.isoformat()}"'
+        return {"entries": [{**entry, "modified_at": modified.isoformat(), "etag": tag}]}
 
     later, earlier = access(T + timedelta(seconds=1)), access(T)
-    assert entry_revoke(revoke, later) is None
-    kept = entry_revoke(revoke, earlier)
-    assert kept is not None and kept.method == "DELETE" and kept.path.endswith("/business/roles/L%C3%B8nn")
-    assert entry_revoke(revoke, {}) is not None  # not held: the DELETE is a no-op
+    assert entry_revoke(revoke, later) == Applied(
+        "kept", "cu-1", details={"reason": "changed in the cloud later"}
+    )
+    delete = entry_revoke(revoke, earlier)
+    assert isinstance(delete, Write)
+    assert delete.method == "DELETE" and delete.path.endswith("/business/roles/L%C3%B8nn")
+    # the revoke names the entry as it was read: a change in the cloud since is answered 412
+    assert delete.if_match == f'"cloud@{T.isoformat()}"' and 412 in delete.ok_statuses
+    # not held: nothing to revoke, and a DELETE sent anyway could remove a grant made since the read
+    assert entry_revoke(revoke, {}) == Applied("noop", "cu-1", details={"reason": "not held in the cloud"})
+
+
+def test_a_per_entry_revoke_the_cloud_refuses_412_keeps_the_entry_it_is_no_failure() -> None:
+    """The entry changed in the cloud between the sink's read and its revoke (an administrator
+    granted it again): the cloud answers 412, the sink records *kept* — a result the journal
+    shows, never a dead letter or a retry."""
+    revoke = revoke_entry("Lønn", unless_changed_after=T)
+    kept = interpret(revoke, 412, {"error": "precondition_failed"}, False)
+    assert kept == Applied("kept", "cu-1", False, {"reason": KEPT_CHANGED_SINCE_READ})
+    assert SinkPolicy().next_step(kept, attempts=1, waited=0.0, circuit_open=False) is Step.RECORD
+    assert interpret(revoke, 404, None, False) == Applied("noop", "cu-1", False)  # the access is gone
