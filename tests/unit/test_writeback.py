@@ -567,3 +567,36 @@ def test_revokes_the_conflict_rule_sends_to_the_cloud_under_the_threshold_settle
     went = _sent(p.gate(settled=5), "operations")
     assert sorted((op.user_id, op.name) for op in went) == [("u1", "Regnskap"), ("u2", "Regnskap")]
     assert p.r.parked() == 0
+
+
+# -- a known limit: changes of one user folded into one event (docs/domain.md, rule 6) --------
+
+
+def test_a_removal_folded_with_a_later_change_of_the_user_is_judged_at_the_event_s_time() -> None:
+    """Pins the limit rule 6 states (found while closing issue 16's safety gaps): capture emits
+    one event per user with the *last* folded change's commit time, and the store keeps no time
+    per access row, so the directory's side of the conflict rule is the event's time, not the
+    entry's. Here an administrator removes Lønn on premise at 3 and edits the user's name at 9
+    (one event, committed at 9); in the cloud Lønn was revoked and granted again at 6. By the
+    true times the cloud's grant is the later change and should stay; judged at 9 the directory
+    wins and Lønn is revoked in the cloud. Both sides still end the same (absent): the limit
+    changes which side wins, never whether the two sides agree."""
+    p = _linked(PlannerSettings(deletes_settle_seconds=0))
+    _written_back(p, modified=1.5)
+    folded = user_event(
+        9,  # the user events of the helpers commit at T0 + version seconds: the name's edit at 9
+        state=user_state(
+            last_name="Berg",
+            access=(CompanyAccess(company_id="c1", services={BUSINESS: REGNSKAP}),),  # Lønn gone (at 3)
+        ),
+    )
+    removed = p.perform(p.r.on_directory_event(folded, p.coords("users"), None))
+    regranted = p.cloud(
+        change(7, entry("Regnskap", origin="directory", modified=1), entry("Lønn", modified=6))
+    )
+    sent = p.gate(removed, regranted)
+    conflicts = [r for r in _sent(regranted.sends, "results") if r.kind == "journal.writeback_conflict"]
+    assert len(conflicts) == 1 and "the directory wins" in conflicts[0].details["message"]
+    (revoke,) = [op for op in _sent(sent, "operations") if op.kind == "access.revoke_entry"]
+    assert revoke.name == "Lønn" and revoke.unless_changed_after == at(9), "the event's time, not 3"
+    assert _sent(regranted.sends, "directory_operations") == [], "the cloud's grant is not written back"
