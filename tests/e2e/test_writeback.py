@@ -226,3 +226,53 @@ def test_sigkill_of_the_directory_sink_mid_stream_loses_nothing_and_applies_noth
                 writes = _integration_writes(cloud, first_grant)
                 assert [w["resource_type"] for w in writes] == ["user"], writes
         portal.close()
+
+
+@pytest.mark.timeout(900)
+def test_a_mass_revoke_in_the_cloud_waits_for_an_operator_before_it_reaches_the_store(
+    settings: Settings, kafka_bootstrap: str, cloud: CloudReader
+) -> None:
+    """A portal script revokes the cloud's role of several users at once: the writeback's revokes
+    pass the accidental-delete gate (threshold 1 here; a settling time longer than the revokes
+    take to arrive, so they are one burst), are held whole — the store keeps every assignment,
+    `deletes list` shows them deleting from the directory — and reach the store once approved."""
+    users = ["u1", "u2", "u3"]
+    gate = {"VUDSYNC_PLANNER_DELETES_THRESHOLD": "1", "VUDSYNC_PLANNER_DELETES_SETTLE": "120"}
+    with _directory(settings, kafka_bootstrap) as writer:
+        writer.upsert_users(store_users(2, 3))
+        writer.grant([(uid, "c1", "business", "role", "Regnskap") for uid in users[1:]])
+        assert vudsync_cli(settings, kafka_bootstrap, "connect").returncode == 0
+        portal = Portal(cloud)
+        names = ("producer", "planner", "sink", "cloud-capture", "directory-sink")
+        with components(settings, kafka_bootstrap, *names, **gate) as procs:
+            wait_for(procs, lambda: all(cloud.origins(u) for u in users), 180, "every user in the cloud")
+            for uid in users:
+                portal.entry("PUT", uid, "c1", "Lønn")
+            lonn = [(uid, ("c1", "business", "role", "Lønn", "cloud")) for uid in users]
+            wait_for(procs, lambda: all(row in writer.access_rows(u) for u, row in lonn), 120, "the grants")
+
+            for uid in users:
+                portal.entry("DELETE", uid, "c1", "Lønn")
+
+            def listed() -> dict[str, Any]:
+                shown = vudsync_cli(settings, kafka_bootstrap, "deletes", "list", "--json")
+                assert shown.returncode in (0, 1), shown.stdout + shown.stderr
+                return dict(json.loads(shown.stdout))
+
+            wait_for(procs, lambda: listed()["held"] == len(users), 180, "the three revokes held")
+            held = listed()
+            assert {e["deletes_from"] for e in held["entries"]} == {"directory"}
+            assert all(row in writer.access_rows(u) for u, row in lonn), "held: the store keeps them all"
+
+            approved = vudsync_cli(
+                settings, kafka_bootstrap, "deletes", "approve", "--up-to", str(held["up_to"]), "--yes"
+            )
+            assert approved.returncode == 0, approved.stdout + approved.stderr
+            wait_for(
+                procs,
+                lambda: all(r[3] != "Lønn" for u in users for r in writer.access_rows(u)),
+                180,
+                "the approved revokes in the store",
+            )
+            assert listed()["held"] == 0
+        portal.close()
