@@ -102,6 +102,18 @@ class Settings(BaseSettings):
         "wait on vud.cloud.operations.staged for `vudsync staging diff|promote|discard`",
     )
     planner_linger: float = Field(default=0.005, ge=0, description="producer linger of the planner, seconds")
+    planner_fetch_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="bytes the planner fetches per partition at a time (Faust's consumer_max_fetch_size): "
+        "smaller lets results in between a directory backlog's records",
+    )
+    planner_buffer: int = Field(
+        default=1000,
+        ge=1,
+        description="messages the planner's stream buffers ahead (Faust's stream_buffer_maxsize): a result "
+        "waits behind at most this many",
+    )
     planner_session_timeout: float = Field(
         default=30.0, gt=0, description="seconds until a silent planner worker's partitions move"
     )

@@ -65,7 +65,8 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         table_standby_replicas=0,
         broker_commit_every=1000,
         broker_commit_interval=1.0,
-        stream_buffer_maxsize=4096,
+        stream_buffer_maxsize=settings.planner_buffer,
+        consumer_max_fetch_size=settings.planner_fetch_bytes,
         table_cleanup_interval=60.0,
         consumer_auto_offset_reset="earliest",
         # a killed worker's partitions move after this (faust's default is 60 s)

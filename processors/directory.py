@@ -85,7 +85,11 @@ class DirectoryEvents:
             # own redelivery follows (offsets are redelivered in order) and re-sends it
             later = {s for h in raw["h"] if h[1] > ev.version for s in h[5]}
             plan = _without_slots(plan, later)
-        slots = self._apply_plan(tx, fx, coords.partition, ref, ev, plan, now)
+        # the step writes e| naming this partition (below) unless it re-plans a redelivery
+        home = (not replay and plan.view is not None) or (
+            raw is not None and raw.get("p") == coords.partition
+        )
+        slots = self._apply_plan(tx, fx, coords.partition, ref, ev, plan, now, home)
         if not replay and plan.view is not None and ev.entity is EntityType.USER:
             before = previous.state if previous is not None and not previous.deleted else None
             after = None if plan.view.deleted else ev.state
@@ -132,14 +136,25 @@ class DirectoryEvents:
         now = self.clock()
         plan = repair.plan_repair(previous, ev, self.knowledge.identities(tx, coords.partition), now=now)
         if plan.view is not None:
-            self._apply_plan(tx, fx, coords.partition, ref, ev, plan, now)
+            home = raw is not None and raw.get("p") == coords.partition  # e| is left as it is
+            self._apply_plan(tx, fx, coords.partition, ref, ev, plan, now, home)
         fx.outcome = plan.outcome.value
         return tx.effects(fx)
 
     def _apply_plan(
-        self, tx: Tx, fx: Effects, p: int, ref: str, ev: DirectoryEvent, plan: Plan, now: datetime
+        self,
+        tx: Tx,
+        fx: Effects,
+        p: int,
+        ref: str,
+        ev: DirectoryEvent,
+        plan: Plan,
+        now: datetime,
+        home: bool,
     ) -> set[str]:
-        """Turn ``plan`` into effects; returns its slots."""
+        """Turn ``plan`` into effects; returns its slots. ``home``: the entity's ``e|`` value
+        names ``p`` after this step (its own cloud id needs no index entry,
+        :func:`processors.parking.index`)."""
         slots = _slots(plan)
         if slots:
             # the newest plan for a slot supersedes whatever waited in it
@@ -160,7 +175,7 @@ class DirectoryEvents:
                     fx.send("results", ev.entity_id, superseded)
             for x in plan.parked:
                 for need in x.needs:
-                    parking.index(tx, p, need.encode(), ref)
+                    parking.index(tx, p, need.encode(), ref, home=home)
         for op in plan.operations:
             fx.send("operations", op.aggregate, op)
         fx.waiting.extend((x, None) for x in plan.parked)

@@ -4,7 +4,11 @@ An operation whose needs (:mod:`processors.needs`) are not met is *parked* under
 ``p|`` key, one item per *slot* (the newest plan for a slot supersedes what waited in it), and
 its entity is listed under each of its needs in the need index (``n|<p>|<need>``, in buckets of
 :data:`BUCKET` entity refs, so that a company a thousand users wait for is not one ever-growing
-value rewritten per user). When a need is met — a fact arrives, an application's verdict
+value rewritten per user) — except a user's own cloud id (``user:<id>``), which only that user's
+operations wait for, parked under its own ``p|`` key by the events of the partition its ``e|``
+value names (``p``): that entry is implied, not written (:func:`index` with ``home``), so the
+initial sync's common case — assignments waiting for their user's creation — writes no index
+and deletes none. When a need is met — a fact arrives, an application's verdict
 clears, the gate decides — every entity listed under it is decided again: what may go is sent,
 what still waits is indexed under its remaining needs (and reported again with them, as a
 parked or blocked result), a rejected deletion is dropped.
@@ -22,7 +26,7 @@ from processors.effects import Effects, Tx
 from processors.knowledge import Knowledge
 from processors.model import DIRECTORY_OPERATIONS, Parked, slot_of
 from processors.needs import Need, NeedKind
-from schemas.directory import ApplicationType
+from schemas.directory import ApplicationType, EntityType
 from schemas.directory_operations import DIRECTORY_OPERATION_ADAPTER
 from schemas.operations import CLOUD_OPERATION_ADAPTER
 from schemas.results import ResultOutcome
@@ -52,6 +56,7 @@ class Waiting:
 
 
 _HELD_PREFIX = f"{NeedKind.DELETION.value}:"
+_USER_PREFIX = f"{NeedKind.USER.value}:"
 _BLOCKED_PREFIX = f"{NeedKind.APPLICATION.value}:"
 
 
@@ -105,8 +110,21 @@ def parked_from_json(raw: Mapping[str, Any]) -> Parked:
     )
 
 
-def index(tx: Tx, p: int, need: str, ref: str) -> None:
-    """List entity ``ref`` under ``need`` (encoded) on partition ``p``."""
+def _own_user(need: str) -> str | None:
+    """The entity ref of the user whose own cloud id ``need`` (encoded) is, else None."""
+    if not need.startswith(_USER_PREFIX):
+        return None
+    return keys.entity_ref(EntityType.USER, need[len(_USER_PREFIX) :])
+
+
+def index(tx: Tx, p: int, need: str, ref: str, *, home: bool = False) -> None:
+    """List entity ``ref`` under ``need`` (encoded) on partition ``p``.
+
+    ``home``: ``p`` is the partition ``ref``'s ``e|`` value names (its events arrive there, and
+    the caller's step writes it so) — then a user's own cloud id is not listed: :func:`waiting_for`
+    finds the user's ``p|`` key from the need itself."""
+    if home and _own_user(need) == ref:
+        return
     base = keys.index_key(p, need)
     buckets = tx.get(base) or 0
     last = tx.get(keys.bucket_key(p, need, buckets - 1)) if buckets else None
@@ -125,6 +143,11 @@ def waiting_for(tx: Tx, p: int, need: Need) -> list[str]:
     refs: dict[str, None] = {}
     for i in range(tx.get(keys.index_key(p, encoded)) or 0):
         refs.update(dict.fromkeys(tx.get(keys.bucket_key(p, encoded, i)) or ()))
+    if need.kind is NeedKind.USER:  # the user's own entry is implied (:func:`index`, ``home``)
+        ref = keys.entity_ref(EntityType.USER, need.subject)
+        raw = tx.get(keys.entity_key(ref))
+        if raw is not None and raw.get("p") == p and tx.get(keys.parked_key(ref)):
+            refs[ref] = None
     return list(refs)
 
 
@@ -177,11 +200,13 @@ def release(tx: Tx, fx: Effects, knowledge: Knowledge, p: int, need: Need, now: 
     refs = waiting_for(tx, p, need)
     encoded = need.encode()
     base = keys.index_key(p, encoded)
-    for i in range(tx.get(base) or 0):
+    buckets = tx.get(base) or 0
+    for i in range(buckets):
         tx.set(keys.bucket_key(p, encoded, i), None)
+    if buckets:  # an implied entry (a user's own id) has no index to delete: no tombstone either
+        tx.set(base, None)
     if not refs:
         return
-    tx.set(base, None)
     ids = knowledge.identities(tx, p)
     for ref in refs:
         items = tx.get(keys.parked_key(ref)) or []

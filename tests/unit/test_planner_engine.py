@@ -204,6 +204,38 @@ def test_access_is_parked_until_facts_confirm_user_and_company_then_released_wit
     assert kinds(h.ops)[-1] == "access.revoke" and h.ops[-1].cloud_company_id == "cc-1"
 
 
+def test_access_waiting_only_for_its_own_user_writes_no_need_index_and_is_released() -> None:
+    h = Harness(partitions=2)
+    h.connect()
+    h.fact(partition=1, kind=FactKind.COMPANY, subject="c1", cloud_id="cc-1")
+    h.event(user_event(2, access=(access("c1"),)), partition=1)
+    assert h.table["p|user:u1"][0]["needs"] == ["user:u1"]
+    assert not any(k.startswith("n|") for k in h.table), "the user's own id is implied, not indexed"
+    h.fact(partition=0, kind=FactKind.USER, subject="u1", cloud_id="cu-1")  # not its partition
+    assert kinds(h.ops) == ["user.upsert"] and h.r.parked() == 1
+    release = h.r.on_fact(
+        PlannerFact(kind=FactKind.USER, subject="u1", cloud_id="cu-1", observed_at=T0, source="results"),
+        Coords("facts", 1, 99),
+    )
+    (assign,) = release.operations()
+    assert isinstance(assign, AssignAccess) and assign.cloud_user_id == "cu-1"
+    assert not any(k.startswith("n|") for k in release.writes), "no index to delete: no tombstones"
+    h.perform(release)
+    assert h.r.parked() == 0
+
+
+def test_an_index_entry_written_before_the_implied_one_is_still_released() -> None:
+    h = Harness()
+    h.connect()
+    h.fact(kind=FactKind.COMPANY, subject="c1", cloud_id="cc-1")
+    h.event(user_event(2, access=(access("c1"),)))
+    h.table["n|0|user:u1"] = 1  # as the planner indexed a user's own id before
+    h.table["n|0|user:u1|0"] = ["user:u1"]
+    h.fact(kind=FactKind.USER, subject="u1", cloud_id="cu-1")
+    assert kinds(h.ops) == ["user.upsert", "access.assign"]
+    assert h.r.parked() == 0 and not any(k.startswith("n|") for k in h.table)
+
+
 def test_each_partition_keeps_its_own_copy_of_shared_facts() -> None:
     h = Harness(partitions=3)
     h.result(_op_of("company.upsert", "c1"), "cc-1", partition=2)
