@@ -176,8 +176,9 @@ class CloudCapture:
         self._answered()
         self.health.phase = "streaming"
         if page.items:
-            linked = self._resolve(page.items)
+            linked, companies = self._resolve(page.items)
             published = self._publish(self._linked_access(linked))
+            published += self._publish(self._company_access(companies))
             published += self._publish(self._events(page.items))
             self._acknowledge(published)
         self._save(SavedCursor(page.cursor, page.position))
@@ -188,12 +189,12 @@ class CloudCapture:
             self.metrics.feed_lag.set(max(0.0, self.clock() - newest.timestamp()))
         return page
 
-    def _resolve(self, items: Iterable[Body]) -> dict[str, int]:
+    def _resolve(self, items: Iterable[Body]) -> tuple[dict[str, int], dict[str, int]]:
         """Learn the external ids the page's user and company items carry (their current
         state), then look up any other user or company an access item names. Returns the users
-        this page linked that capture knew as unlinked (cloud id → the item's seq): their
-        access was counted and not published, and may not change again."""
-        linked: dict[str, int] = {}
+        and the companies this page linked that capture knew as unlinked (cloud id → the
+        item's seq): their access was counted and not published, and may not change again."""
+        linked: dict[str, dict[str, int]] = {"user": {}, "company": {}}
         for item in items:
             kind = item["resource_type"]
             self.metrics.changes_read.labels(resource=kind).inc()
@@ -201,15 +202,15 @@ class CloudCapture:
                 key = (kind, str(item["resource_id"]))
                 known = key in self._ids and self._ids[key] is None
                 self._ids[key] = (item.get("state") or {}).get("external_id") or None
-                if kind == "user" and known and self._ids[key] is not None:
-                    linked[key[1]] = int(item["seq"])
+                if known and self._ids[key] is not None:
+                    linked[kind][key[1]] = int(item["seq"])
         for item in items:
             if item["resource_type"] != "access":
                 continue
             user, _, company = str(item["resource_id"]).partition("/")
             self._lookup("user", user)
             self._lookup("company", company)
-        return linked
+        return linked["user"], linked["company"]
 
     def _linked_access(self, linked: dict[str, int]) -> list[Mapped | Unlinked]:
         """The whole access of users just linked, at the feed position of their link (before
@@ -225,6 +226,38 @@ class CloudCapture:
             for uid, bodies in access.items()
             for event in full_read_events(bodies, self._ids, linked[uid], full_read=False)
         ]
+
+    def _company_access(self, linked: dict[str, int]) -> list[Mapped | Unlinked]:
+        """The access of every linked user in companies just linked, at the feed position of
+        their link. The cloud lists access per user only: one pass over every user (pages of
+        ``read_page``, access in batches), for all the companies a page linked together —
+        companies are linked rarely (a company created on premise matched to one an
+        administrator made in the cloud)."""
+        if not linked:
+            return []
+        log.info("cloud-capture: %d companies linked: reading their access again", len(linked))
+        events: list[Mapped | Unlinked] = []
+        after: int | None = 0
+        while after is not None:
+            users, _, after = self._users_page(after)
+            for bodies in self.feed.access(users).values():
+                for body in bodies:
+                    seq = linked.get(str(body["company_id"]))
+                    if seq is not None:
+                        events.extend(full_read_events([body], self._ids, seq, full_read=False))
+        return events
+
+    def _users_page(self, after: int) -> tuple[list[str], list[str], int | None]:
+        """A page of every cloud user, their external ids learned: the linked ones, the
+        unlinked ones (cloud ids) and the next page's start (None: the last)."""
+        page = self.feed.users(after, self.config.read_page)
+        linked: list[str] = []
+        unlinked: list[str] = []
+        for user in page.items:
+            key = ("user", str(user["id"]))
+            self._ids[key] = user.get("external_id") or None
+            (linked if self._ids[key] is not None else unlinked).append(key[1])
+        return linked, unlinked, page.next_after
 
     def _lookup(self, kind: str, cloud_id: str) -> None:
         if (kind, cloud_id) in self._ids:
@@ -263,16 +296,10 @@ class CloudCapture:
             if stop.is_set():
                 log.info("cloud-capture: stopped during the full read; it starts again on restart")
                 return False
-            users = self.feed.users(after, self.config.read_page)
-            linked = []
-            for user in users.items:
-                key = ("user", str(user["id"]))
-                self._ids[key] = user.get("external_id") or None
-                if self._ids[key] is None:
-                    unlinked_users += 1
-                    self._unlinked(Unlinked("user", key[1]))
-                else:
-                    linked.append(key[1])
+            linked, unlinked, after = self._users_page(after)
+            for uid in unlinked:
+                self._unlinked(Unlinked("user", uid))
+            unlinked_users += len(unlinked)
             access = self.feed.access(linked)
             bodies = [body for uid in linked for body in access.get(uid, ())]
             count = self._publish(full_read_events(bodies, self._ids, start.position))
@@ -285,7 +312,6 @@ class CloudCapture:
             read_users += len(linked)
             self._answered()
             self.metrics.last_advance.set(self.clock())  # a full read's progress is progress
-            after = users.next_after
         entry = full_read_result(
             name=self.config.name,
             reason=reason,

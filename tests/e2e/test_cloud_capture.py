@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -71,6 +72,13 @@ class Portal:
     def user(self, email: str) -> str:
         """A user the administrator creates in the cloud: no external id, not in the directory."""
         created = self.http.post("/v1/users", json={"email": email})
+        created.raise_for_status()
+        return str(created.json()["id"])
+
+    def company(self, name: str) -> str:
+        """A company the administrator creates in the cloud: no external id, not linked."""
+        digits = f"{uuid.uuid4().int % 10**9:09d}"
+        created = self.http.post("/v1/companies", json={"name": name, "organisation_number": digits})
         created.raise_for_status()
         return str(created.json()["id"])
 
@@ -176,6 +184,23 @@ def _assert_repeats_lose_nothing(records: list[Any]) -> None:
 def _saved_cursor(url: str) -> tuple[str, int] | None:
     rows = store_query(url, "SELECT cursor, seq FROM capture_checkpoint WHERE name = ?", ("cloud-capture",))
     return (str(rows[0][0]), int(rows[0][1])) if rows and rows[0][0] else None
+
+
+@contextmanager
+def _capture_started(
+    settings: Settings, bootstrap: str, cloud: CloudReader, users: int
+) -> Iterator[tuple[dict[str, Any], int, list[str], str]]:
+    """The store and topics made, ``users`` linked users and a company in the cloud, and
+    cloud-capture running (its first full read done): its processes, metrics port, the cloud
+    ids of the users and of the company."""
+    url = settings.resolved_store_url()
+    ensure_catalogue(settings, bootstrap)
+    open_store_migrations(url)  # `vudsync store init`
+    ids, company = _linked(cloud, users)
+    port = free_port()
+    with components(settings, bootstrap, "cloud-capture", metrics_ports={"cloud-capture": port}) as procs:
+        wait_for(procs, lambda: _saved_cursor(url) is not None, 60, "first full read")
+        yield procs, port, ids, company
 
 
 def test_an_administrators_grant_and_revoke_reach_the_users_partition_and_unlinked_is_counted(
@@ -290,14 +315,7 @@ def test_an_expired_cursor_reads_in_full_and_converges(
 ) -> None:
     settings = pipeline_settings
     url = settings.resolved_store_url()
-    ensure_catalogue(settings, kafka_bootstrap)
-    open_store_migrations(url)  # `vudsync store init`
-    users, company = _linked(cloud, 5)
-    port = free_port()
-    with components(
-        settings, kafka_bootstrap, "cloud-capture", metrics_ports={"cloud-capture": port}
-    ) as procs:
-        wait_for(procs, lambda: _saved_cursor(url) is not None, 60, "first full read")
+    with _capture_started(settings, kafka_bootstrap, cloud, 5) as (procs, port, users, company):
         portal.many([("PUT", (u, company), "Regnskap") for u in users])
         _converged(settings, kafka_bootstrap, cloud, users)
         before = _saved_cursor(url)
@@ -328,8 +346,13 @@ def test_an_expired_cursor_reads_in_full_and_converges(
     )
     assert journal.returncode == 0, journal.stdout + journal.stderr
     entries = [json.loads(line) for line in journal.stdout.splitlines() if line.strip()]
-    reasons = [(e["outcome"], e["details"]["reason"], e["details"]["expired_position"]) for e in entries]
-    assert reasons == [("applied", "first_start", None), ("applied", "cursor_expired", before[1])]
+    reasons = [(e["outcome"], e["details"]["reason"]) for e in entries]
+    assert reasons == [("applied", "first_start"), ("applied", "cursor_expired")]
+    # the cursor saved when the feed expired it: the one read before (or one saved after it, the
+    # save follows the acks), short of the new one
+    assert entries[0]["details"]["expired_position"] is None
+    assert before[1] <= entries[1]["details"]["expired_position"] < entries[1]["details"]["position"]
+    assert entries[1]["details"]["position"] <= after[1]  # followed from there
     assert "410 cursor_expired" in entries[-1]["reason"]
 
 
@@ -385,3 +408,31 @@ def test_access_removed_whole_while_the_cursor_was_expired_is_revoked_on_premise
                 )
                 writes = _integration_writes(cloud, removed_at)
                 assert [w["resource_type"] for w in writes] == ["user"], writes  # no cloud write
+
+
+def test_a_company_linked_after_its_access_was_counted_unlinked_is_read_again_and_published(
+    pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader, portal: Portal
+) -> None:
+    """An administrator grants access in a company of their own; the integration links it later
+    (a company created on premise, matched by organisation number): its access is read again."""
+    settings = pipeline_settings
+    with _capture_started(settings, kafka_bootstrap, cloud, 2) as (procs, port, users, _company):
+        nord = portal.company("Nord AS")
+        portal.grant((users[0], nord), "Lønn")
+        portal.grant((users[1], nord), "Innkjøp")
+        wait_for(
+            procs,
+            lambda: (gauge(port, "vudsync_writeback_unlinked_total") or 0) >= 2,
+            60,
+            "the unlinked company's access counted",
+        )
+        linked = cloud.client.post(f"/v1/companies/{nord}/link", json={"external_id": "c9"})
+        linked.raise_for_status()  # as the sink links a company that existed in the cloud
+        link_seq = int(cloud.audit()[-1]["seq"])
+        records = _converged(settings, kafka_bootstrap, cloud, users)
+    events = [e for _, e in _events(records) if e.cloud_company_id == nord]
+    assert sorted((e.user_id, e.company_id, [x.name for x in e.entries]) for e in events) == [
+        ("u1", "c9", ["Lønn"]),
+        ("u2", "c9", ["Innkjøp"]),
+    ]
+    assert all(e.feed_seq == link_seq and not e.full_read for e in events)

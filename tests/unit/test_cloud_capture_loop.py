@@ -55,6 +55,10 @@ class FakeCloudFeed:
         self.user_rows[cid]["external_id"] = external_id
         self._log("user", cid)
 
+    def link_company(self, cid: str, external_id: str) -> None:
+        self.company_rows[cid]["external_id"] = external_id
+        self._log("company", cid)
+
     def grant(self, user: str, company: str, name: str, origin: str = "cloud") -> None:
         self.access_rows.setdefault((user, company), {})[f"business/roles/{name}"] = origin
         self._log("access", f"{user}/{company}")
@@ -316,6 +320,33 @@ def test_a_user_linked_after_its_access_was_counted_unlinked_has_it_published() 
     [(key, event)] = rig.published()
     assert key == "u9" and event["feed_seq"] == 6 and not event["full_read"]
     assert [e["name"] for e in event["entries"]] == ["Lønn"]
+
+
+def test_a_company_linked_after_its_access_was_counted_unlinked_has_it_published() -> None:
+    feed = _linked_cloud()
+    rig = Rig(feed, read_page=1)  # the pass over the users is paged too
+    rig.run_until_idle()
+    feed.add_company("cc9", None)  # an administrator's company, access granted before it is linked
+    feed.add_user("cu8", None)
+    feed.grant("cu1", "cc9", "Lønn")
+    feed.grant("cu2", "cc9", "Regnskap")
+    feed.grant("cu8", "cc9", "Lønn")  # a user not linked either: stays out
+    feed.grant("cu2", "cc1", "Innkjøp")
+    rig.run_until_idle()
+    assert [k for k, _ in rig.published()] == ["u2"]
+    assert rig.metric("vudsync_writeback_unlinked_total", "resource")["company"] == 2.0
+    feed.link_company("cc9", "c9")  # the integration links it (a company created on premise)
+    rig.run_until_idle()
+    later = [
+        (k, e["company_id"], e["feed_seq"], [x["name"] for x in e["entries"]]) for k, e in rig.published()[1:]
+    ]
+    assert sorted(later) == [("u1", "c9", 10, ["Lønn"]), ("u2", "c9", 10, ["Regnskap"])]
+    assert not any(e["full_read"] for _, e in rig.published())
+    # a company item of a company known linked reads nothing again
+    calls = len(feed.calls)
+    feed.link_company("cc9", "c9")
+    rig.run_until_idle()
+    assert "users" not in feed.calls[calls:] and len(rig.published()) == 3
 
 
 def test_an_access_item_of_a_user_seen_before_capture_started_is_looked_up() -> None:
