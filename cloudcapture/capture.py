@@ -11,10 +11,14 @@ so a consumer that ignores the repeat (its ``feed_seq`` seen) loses nothing.
 
 Full read (first start without a cursor; ``410 cursor_expired``): take a cursor of *now*
 **first** (``GET /v1/changes``), then read every company and every linked user's access, page
-by page, and publish each access with ``full_read=True`` at the cursor's position; when all is
-acknowledged, save that cursor and follow the feed from it. A change made during the read comes
-again through the feed, never missed. A full read stopped or failed halfway saves nothing and
-starts again from a new cursor.
+by page, and publish each access with ``full_read=True`` at the cursor's position, then each
+linked user's end-of-read marker (:class:`~schemas.cloud_changes.CloudAccessRead`: the cloud
+companies its access was found in — the planner revokes the cloud-origin access the store holds
+in any other, which the cloud removed whole while the feed could not say so); when all is
+acknowledged, journal the read (a result on ``vud.cloud.results``, :mod:`cloudcapture.journal`),
+save that cursor and follow the feed from it. A change made during the read comes again through
+the feed, never missed. A full read stopped or failed halfway saves nothing and starts again
+from a new cursor.
 
 Nothing escapes the loop: a failure is logged, counted in the readiness facts and tried again
 after a back-off (``kernel.retry.Backoff``), the stop event cutting any wait short. Stopping
@@ -30,10 +34,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from cloudcapture.journal import full_read_result
 from cloudcapture.mapping import (
     Mapped,
     Unlinked,
-    access_event,
+    access_read_event,
     feed_access_event,
     full_read_events,
     parse_time,
@@ -51,7 +56,9 @@ from cloudcapture.ports import (
 from kernel.errors import RetryableError, VudsyncError
 from kernel.publishing import RecordPublisher
 from kernel.retry import Backoff
-from schemas.topics import CLOUD_CHANGES
+from schemas.codec import encode
+from schemas.results import result_headers
+from schemas.topics import CLOUD_CHANGES, RESULTS
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +107,11 @@ class CloudCapture:
         self.backoff = backoff or Backoff(base=0.5, cap=30.0)
         self.health = Health()
         self.topic = config.topic_prefix + CLOUD_CHANGES.name
+        self.results = config.topic_prefix + RESULTS.name  # the journal's full reads
         self._ids: dict[IdKey, str | None] = {}  # cloud id → on-premise id (None: not linked)
         self._reported: set[IdKey] = set()  # unlinked ids logged once
         self._saved: SavedCursor | None = None
         self._saved_at = 0.0  # time.monotonic() of the last save
-        # pairs (cloud user, cloud company) published with access since this process started: a
-        # full read that no longer finds one of a user it read publishes it deleted
-        self._live: set[tuple[str, str]] = set()
         self.metrics.last_advance.set(clock())  # a fresh start has the alert's whole window
 
     # -- the loop -----------------------------------------------------------------------
@@ -115,6 +120,7 @@ class CloudCapture:
         """Follow the feed until ``stop`` is set; the page in flight is finished first."""
         loaded = False
         reason = "first_start"
+        expired: int | None = None  # the position of the cursor the feed expired
         failures = 0
         while not stop.is_set():
             try:
@@ -124,7 +130,7 @@ class CloudCapture:
                     if self._saved is not None:
                         log.info("cloud-capture: following the feed from position %d", self._saved.position)
                 if self._saved is None:
-                    if self.full_read(reason, stop):
+                    if self.full_read(reason, stop, expired):
                         failures = 0
                     continue
                 page = self.poll_once()
@@ -137,6 +143,7 @@ class CloudCapture:
                     "reading the cloud in full from a new cursor",
                     self._saved.position if self._saved else -1,
                 )
+                expired = self._saved.position if self._saved else expired
                 self._saved = None
                 reason = "cursor_expired"  # until a full read completes (one that fails is repeated)
             except VudsyncError as exc:
@@ -169,8 +176,9 @@ class CloudCapture:
         self._answered()
         self.health.phase = "streaming"
         if page.items:
-            linked = self._resolve(page.items)
+            linked, companies = self._resolve(page.items)
             published = self._publish(self._linked_access(linked))
+            published += self._publish(self._company_access(companies))
             published += self._publish(self._events(page.items))
             self._acknowledge(published)
         self._save(SavedCursor(page.cursor, page.position))
@@ -181,12 +189,12 @@ class CloudCapture:
             self.metrics.feed_lag.set(max(0.0, self.clock() - newest.timestamp()))
         return page
 
-    def _resolve(self, items: Iterable[Body]) -> dict[str, int]:
+    def _resolve(self, items: Iterable[Body]) -> tuple[dict[str, int], dict[str, int]]:
         """Learn the external ids the page's user and company items carry (their current
         state), then look up any other user or company an access item names. Returns the users
-        this page linked that capture knew as unlinked (cloud id → the item's seq): their
-        access was counted and not published, and may not change again."""
-        linked: dict[str, int] = {}
+        and the companies this page linked that capture knew as unlinked (cloud id → the
+        item's seq): their access was counted and not published, and may not change again."""
+        linked: dict[str, dict[str, int]] = {"user": {}, "company": {}}
         for item in items:
             kind = item["resource_type"]
             self.metrics.changes_read.labels(resource=kind).inc()
@@ -194,15 +202,15 @@ class CloudCapture:
                 key = (kind, str(item["resource_id"]))
                 known = key in self._ids and self._ids[key] is None
                 self._ids[key] = (item.get("state") or {}).get("external_id") or None
-                if kind == "user" and known and self._ids[key] is not None:
-                    linked[key[1]] = int(item["seq"])
+                if known and self._ids[key] is not None:
+                    linked[kind][key[1]] = int(item["seq"])
         for item in items:
             if item["resource_type"] != "access":
                 continue
             user, _, company = str(item["resource_id"]).partition("/")
             self._lookup("user", user)
             self._lookup("company", company)
-        return linked
+        return linked["user"], linked["company"]
 
     def _linked_access(self, linked: dict[str, int]) -> list[Mapped | Unlinked]:
         """The whole access of users just linked, at the feed position of their link (before
@@ -219,6 +227,38 @@ class CloudCapture:
             for event in full_read_events(bodies, self._ids, linked[uid], full_read=False)
         ]
 
+    def _company_access(self, linked: dict[str, int]) -> list[Mapped | Unlinked]:
+        """The access of every linked user in companies just linked, at the feed position of
+        their link. The cloud lists access per user only: one pass over every user (pages of
+        ``read_page``, access in batches), for all the companies a page linked together —
+        companies are linked rarely (a company created on premise matched to one an
+        administrator made in the cloud)."""
+        if not linked:
+            return []
+        log.info("cloud-capture: %d companies linked: reading their access again", len(linked))
+        events: list[Mapped | Unlinked] = []
+        after: int | None = 0
+        while after is not None:
+            users, _, after = self._users_page(after)
+            for bodies in self.feed.access(users).values():
+                for body in bodies:
+                    seq = linked.get(str(body["company_id"]))
+                    if seq is not None:
+                        events.extend(full_read_events([body], self._ids, seq, full_read=False))
+        return events
+
+    def _users_page(self, after: int) -> tuple[list[str], list[str], int | None]:
+        """A page of every cloud user, their external ids learned: the linked ones, the
+        unlinked ones (cloud ids) and the next page's start (None: the last)."""
+        page = self.feed.users(after, self.config.read_page)
+        linked: list[str] = []
+        unlinked: list[str] = []
+        for user in page.items:
+            key = ("user", str(user["id"]))
+            self._ids[key] = user.get("external_id") or None
+            (linked if self._ids[key] is not None else unlinked).append(key[1])
+        return linked, unlinked, page.next_after
+
     def _lookup(self, kind: str, cloud_id: str) -> None:
         if (kind, cloud_id) in self._ids:
             return
@@ -230,12 +270,18 @@ class CloudCapture:
 
     # -- full read ----------------------------------------------------------------------
 
-    def full_read(self, reason: str, stop: threading.Event) -> bool:
+    def full_read(self, reason: str, stop: threading.Event, expired: int | None = None) -> bool:
         """Publish the cloud's whole access from a cursor taken first; True when it completed
-        and its cursor is saved (False: stopped halfway, nothing saved)."""
+        and its cursor is saved (False: stopped halfway, nothing saved). After each linked
+        user's access, its end-of-read marker (:class:`~schemas.cloud_changes.CloudAccessRead`):
+        the planner revokes the cloud-origin access the store holds in any other company —
+        removed whole while the feed could not say so, after a restart too. A completed read
+        is journalled (:mod:`cloudcapture.journal`; ``expired``: the position of the cursor
+        the feed expired) before its cursor is saved."""
         self.metrics.full_reads.labels(reason=reason).inc()
         self.health.phase = "full_read"
         start = self.feed.changes(None, 1)  # the cursor of now, before reading anything
+        read_at = datetime.fromtimestamp(self.clock(), UTC)
         self._answered()
         log.warning("cloud-capture: full read (%s) from feed position %d", reason, start.position)
         after: int | None = 0
@@ -244,74 +290,52 @@ class CloudCapture:
             for company in page.items:
                 self._ids[("company", str(company["id"]))] = company.get("external_id") or None
             after = page.next_after
-        published = unlinked_users = 0
+        published = unlinked_users = read_users = 0
         after = 0
-        read_users: set[str] = set()
-        found: set[tuple[str, str]] = set()
         while after is not None:
             if stop.is_set():
                 log.info("cloud-capture: stopped during the full read; it starts again on restart")
                 return False
-            users = self.feed.users(after, self.config.read_page)
-            linked = []
-            for user in users.items:
-                key = ("user", str(user["id"]))
-                self._ids[key] = user.get("external_id") or None
-                if self._ids[key] is None:
-                    unlinked_users += 1
-                    self._unlinked(Unlinked("user", key[1]))
-                else:
-                    linked.append(key[1])
-            bodies = [body for items in self.feed.access(linked).values() for body in items]
-            read_users.update(linked)
-            found.update((str(b["user_id"]), str(b["company_id"])) for b in bodies)
+            linked, unlinked, after = self._users_page(after)
+            for uid in unlinked:
+                self._unlinked(Unlinked("user", uid))
+            unlinked_users += len(unlinked)
+            access = self.feed.access(linked)
+            bodies = [body for uid in linked for body in access.get(uid, ())]
             count = self._publish(full_read_events(bodies, self._ids, start.position))
-            self._acknowledge(count)
+            for uid in linked:  # after the user's access events: the planner reads them first
+                on_premise = str(self._ids[("user", uid)])
+                marker = access_read_event(uid, on_premise, access.get(uid, ()), start.position, read_at)
+                self.publisher.publish(self.topic, on_premise, marker.model_dump_json().encode())
+            self._acknowledge(count)  # the markers with them (counted apart: they are no access)
             published += count
+            read_users += len(linked)
             self._answered()
             self.metrics.last_advance.set(self.clock())  # a full read's progress is progress
-            after = users.next_after
-        published += self._gone(read_users, found, start.position)
+        entry = full_read_result(
+            name=self.config.name,
+            reason=reason,
+            expired_position=expired,
+            position=start.position,
+            access=published,
+            users=read_users,
+            started_at=read_at,
+            now=datetime.fromtimestamp(self.clock(), UTC),
+        )
+        self.publisher.publish(self.results, entry.entity_id, encode(entry), result_headers(entry))
+        self._acknowledge(0)
         self._save(SavedCursor(start.cursor, start.position))
         self.metrics.feed_lag.set(0)
         log.warning(
-            "cloud-capture: full read (%s) done: %d access published, %d users not linked; "
-            "following the feed from position %d",
+            "cloud-capture: full read (%s) done: %d access published, %d linked users read (each "
+            "ended with its marker), %d users not linked; following the feed from position %d",
             reason,
             published,
+            read_users,
             unlinked_users,
             start.position,
         )
         return True
-
-    def _gone(self, read_users: set[str], found: set[tuple[str, str]], position: int) -> int:
-        """Publish deleted, at the full read's position, every pair this process published
-        with access whose user the full read read and found without it: removed whole while the
-        feed could not say so (the cursor expired). A user no longer linked is not read, so its
-        pairs are left alone, never published deleted."""
-        gone = sorted(p for p in self._live if p[0] in read_users and p not in found)
-        if not gone:
-            return 0
-        at = datetime.fromtimestamp(self.clock(), UTC)
-        events = [
-            access_event(
-                cloud_user_id=user,
-                cloud_company_id=company,
-                user_id=self._ids.get(("user", user)),
-                company_id=self._ids.get(("company", company)),
-                state=None,
-                feed_seq=position,
-                changed_at=at,
-                full_read=True,
-            )
-            for user, company in gone
-        ]
-        count = self._publish(events)
-        self._acknowledge(count)
-        log.warning(
-            "cloud-capture: full read: %d access gone since the cursor expired, published deleted", count
-        )
-        return count
 
     # -- publishing ---------------------------------------------------------------------
 
@@ -326,11 +350,6 @@ class CloudCapture:
             for entry in result.skipped:
                 self._skipped(event.cloud_user_id, event.cloud_company_id, entry)
             self.publisher.publish(self.topic, event.user_id, event.model_dump_json().encode())
-            pair = (event.cloud_user_id, event.cloud_company_id)
-            if event.deleted:
-                self._live.discard(pair)
-            else:
-                self._live.add(pair)
             queued += 1
         return queued
 

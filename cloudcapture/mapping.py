@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from schemas.cloud_changes import AccessKind, CloudAccessChanged, CloudAccessEntry
+from schemas.cloud_changes import AccessKind, CloudAccessChanged, CloudAccessEntry, CloudAccessRead
 from schemas.directory import ApplicationType
 
 #: the cloud's kind words → the directory's (schemas.cloud_changes.AccessKind)
@@ -163,3 +163,18 @@ def full_read_events(
             )
         )
     return out
+
+
+def access_read_event(
+    cloud_user_id: str, user_id: str, access: Sequence[Mapping[str, Any]], position: int, read_at: datetime
+) -> CloudAccessRead:
+    """The end-of-read marker of a linked user whose whole access a full read read: the cloud
+    companies of its access bodies (linked or not), at the read's position and time."""
+    return CloudAccessRead(
+        event_id=CloudAccessRead.make_event_id(position, user_id),
+        feed_seq=position,
+        user_id=user_id,
+        cloud_user_id=cloud_user_id,
+        cloud_companies=tuple(sorted({str(body["company_id"]) for body in access})),
+        read_at=read_at,
+    )

@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 
-from processors import gate, keys, parking, reviews, staging
+from processors import full_reads, gate, keys, parking, reviews, staging
 from processors.cloud_changes import CloudChanges
 from processors.control import GATE_PARTITION
 from processors.directory import DirectoryEvents
@@ -45,7 +45,7 @@ from processors.gate import Gate
 from processors.keys import Known, is_parked
 from processors.knowledge import Knowledge
 from processors.model import Identities, PlannerSettings, VerdictStatus
-from schemas.cloud_changes import CloudAccessChanged
+from schemas.cloud_changes import CloudAccessRead, CloudChange
 from schemas.directory import ApplicationType
 from schemas.events import DirectoryEvent
 from schemas.results import OperationResult, PlannerFact
@@ -57,7 +57,8 @@ class Input(NamedTuple):
     """One decoded message of a batch: ``kind`` is ``directory`` (``value`` a
     :data:`~schemas.events.DirectoryEvent`, ``committed`` the committed offset of its topic
     partition), ``result``, ``fact``, ``control`` or ``cloud`` (a
-    :class:`~schemas.cloud_changes.CloudAccessChanged`)."""
+    :class:`~schemas.cloud_changes.CloudAccessChanged`, or a full read's end-of-read marker
+    :class:`~schemas.cloud_changes.CloudAccessRead`)."""
 
     kind: str
     value: Any
@@ -169,8 +170,11 @@ class Reconciler:
             staging.stage_waiting(fx, fx.waiting, now)
         return fx
 
-    def on_cloud_change(self, change: CloudAccessChanged, coords: Coords, tx: Tx | None = None) -> Effects:
-        """Writeback: what of the cloud's access of a user in a company the directory must hold."""
+    def on_cloud_change(self, change: CloudChange, coords: Coords, tx: Tx | None = None) -> Effects:
+        """Writeback: what of the cloud's access of a user in a company the directory must hold;
+        a full read's end-of-read marker of a user (:mod:`processors.full_reads`)."""
+        if isinstance(change, CloudAccessRead):
+            return full_reads.on_access_read(self._cloud, tx or Tx(self.store), change, coords)
         return self._cloud.on_cloud_change(tx or Tx(self.store), change, coords)
 
     # -- inspection ---------------------------------------------------------------------

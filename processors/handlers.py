@@ -41,8 +41,7 @@ from processors.keys import PARKED, is_parked
 from processors.metrics import PlannerMetrics
 from processors.staging import STAGED
 from processors.topics import PlannerTopics
-from schemas.cloud_changes import CloudAccessChanged
-from schemas.codec import DecodeError, decode_event, decode_model, encode
+from schemas.codec import DecodeError, decode_cloud_change, decode_event, decode_model, encode
 from schemas.deadletter import error_headers
 from schemas.directory import ApplicationType
 from schemas.results import OperationResult, PlannerFact, kind_and_outcome, result_headers
@@ -280,7 +279,7 @@ class PlannerHandlers:
             control = self._decode(msg, lambda raw: CONTROL_ADAPTER.validate_json(raw or b""))
             return Input("control", control, coords)
         if msg.topic == self._cloud:
-            change = self._decode(msg, lambda raw: decode_model(CloudAccessChanged, raw))
+            change = self._decode(msg, decode_cloud_change)
             return Input("cloud", change, coords)
         expected = entity_for_topic(msg.topic, self.prefix)
         if msg.value is None:  # the tombstone after a delete event: compaction's, not ours

@@ -17,6 +17,13 @@ holds its directory state. Items for users or companies that are not linked to a
 id (no ``external_id`` in the cloud) cannot reach the directory: cloud-capture journals them
 as ``unlinked`` and counts them; it never guesses a link.
 
+A full read (first start, ``410 cursor_expired``) reads what exists, so it cannot publish an
+access removed whole while the cursor was expired. After the access of each linked user it
+publishes :class:`CloudAccessRead` (the end-of-read marker for that user): the cloud companies
+in which the cloud held the user's access. The planner revokes, through the conflict rule, the
+**cloud-origin** entries the store holds for that user in any other linked company
+(``processors.full_reads``); directory-origin entries are never revoked by it.
+
 Entries whose origin is ``directory`` were written by vudsync itself; they are carried so that
 the planner sees the whole set, but the planner never writes them back (that would be an echo).
 """
@@ -26,7 +33,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, TypeAdapter
 
 from schemas.base import Message
 from schemas.directory import ApplicationType
@@ -68,3 +75,31 @@ class CloudAccessChanged(Message):
     @staticmethod
     def make_event_id(feed_seq: int, user_id: str, company_id: str) -> str:
         return f"cloud-access|{feed_seq}|{user_id}|{company_id}"
+
+
+class CloudAccessRead(Message):
+    """A full read read the whole access of one linked user: the end-of-read marker of that user.
+
+    ``cloud_companies`` are the cloud companies in which the cloud held access of the user when
+    the read found it, linked or not; any access of the user in another company was removed
+    whole before ``read_at``. Published after the user's ``CloudAccessChanged`` of the same read,
+    with the same key (the on-premise user id), so the planner handles it after them."""
+
+    type: Literal["access_read"] = "access_read"
+    event_id: str = Field(description="deterministic: cloud-read|<feed_seq>|<user>")
+    feed_seq: int = Field(ge=0, description="the full read's feed position (the cursor taken first)")
+    user_id: str = Field(min_length=1, description="on-premise user id (the cloud user's external_id)")
+    cloud_user_id: str
+    cloud_companies: tuple[str, ...] = Field(
+        default=(), description="the cloud companies holding access of the user, sorted"
+    )
+    read_at: datetime = Field(description="when the full read took its cursor")
+
+    @staticmethod
+    def make_event_id(feed_seq: int, user_id: str) -> str:
+        return f"cloud-read|{feed_seq}|{user_id}"
+
+
+#: what ``vud.cloud.changes`` carries
+CloudChange = CloudAccessChanged | CloudAccessRead
+CLOUD_CHANGE_ADAPTER: TypeAdapter[CloudChange] = TypeAdapter(CloudChange)

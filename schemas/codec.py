@@ -6,6 +6,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from schemas.cloud_changes import CLOUD_CHANGE_ADAPTER, CloudChange
 from schemas.directory_operations import DIRECTORY_OPERATION_ADAPTER, DirectoryOperation
 from schemas.events import DIRECTORY_EVENT_ADAPTER, DirectoryEvent
 from schemas.operations import CLOUD_OPERATION_ADAPTER, CloudOperation
@@ -50,6 +51,10 @@ def decode_operation(raw: bytes | None) -> CloudOperation:
 
 def decode_directory_operation(raw: bytes | None) -> DirectoryOperation:
     return _decode(DIRECTORY_OPERATION_ADAPTER, raw)
+
+
+def decode_cloud_change(raw: bytes | None) -> CloudChange:
+    return _decode(CLOUD_CHANGE_ADAPTER, raw)
 
 
 def decode_model(model: type[T], raw: bytes | None) -> T:

@@ -25,7 +25,7 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
 from schemas import topics as topics_module
-from schemas.cloud_changes import CloudAccessChanged
+from schemas.cloud_changes import CloudAccessChanged, CloudAccessRead
 from schemas.deadletter import (
     HEADER_ATTEMPTS,
     HEADER_EXCEPTION,
@@ -158,6 +158,7 @@ def asyncapi_document(version: str = "0.1.0") -> dict[str, Any]:
         *OPERATION_MODELS,
         *RESULT_MODELS,
         CloudAccessChanged,
+        CloudAccessRead,
         *DIRECTORY_OPERATION_MODELS,
     ]
     _, definitions = models_json_schema(
@@ -233,7 +234,15 @@ def asyncapi_document(version: str = "0.1.0") -> dict[str, Any]:
         CLOUD_CHANGES.key,
         "the cloud's access of a user in a company",
     )
-    channel(CLOUD_CHANGES, ["CloudAccessChanged"], "cloud-capture", CLOUD_CHANGES.description)
+    messages["CloudAccessRead"] = _message(
+        "CloudAccessRead",
+        ref(CloudAccessRead),
+        CLOUD_CHANGES.key,
+        "a full read's end-of-read marker of a user: the companies it found the user's access in",
+    )
+    channel(
+        CLOUD_CHANGES, ["CloudAccessChanged", "CloudAccessRead"], "cloud-capture", CLOUD_CHANGES.description
+    )
     for model in DIRECTORY_OPERATION_MODELS:
         messages[model.__name__] = _message(
             model.__name__,

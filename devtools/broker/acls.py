@@ -92,8 +92,9 @@ def component_acls(settings: Settings) -> list[Grant]:
         # writeback: the planner reads the cloud's changes and writes directory operations
         Grant(planner, "TOPIC", t(CLOUD_CHANGES.name), "LITERAL", read),
         Grant(planner, "TOPIC", t(DIRECTORY_OPERATIONS.name), "LITERAL", write),
-        # cloud-capture (writeback): writes the cloud's changes, nothing else
+        # cloud-capture (writeback): writes the cloud's changes, and its full reads to the journal
         Grant(principal("cloud-capture"), "TOPIC", t(CLOUD_CHANGES.name), "LITERAL", write),
+        Grant(principal("cloud-capture"), "TOPIC", t(RESULTS.name), "LITERAL", write),
         # directory sink (writeback): reads directory operations, writes results; its group
         Grant(directory_sink, "TOPIC", t(DIRECTORY_OPERATIONS.name), "LITERAL", read),
         Grant(directory_sink, "TOPIC", t(RESULTS.name), "LITERAL", write),

@@ -9,8 +9,10 @@ in full and converges."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -20,12 +22,14 @@ from devtools.broker.configure import free_port
 from kernel.settings import SECRET_FIELDS, Settings
 from producers.service import open_store_migrations
 from schemas.cloud_changes import CloudAccessChanged
+from schemas.codec import decode_cloud_change
 from schemas.directory import EntityType
 from schemas.topics import CLOUD_CHANGES, DIRECTORY_TOPICS
 from tests.capture_check import store_query
+from tests.e2e.test_writeback import _directory, _integration_writes
 from tests.fixtures.cloud import CloudReader
 from tests.kafka_read import read_all
-from tests.pipeline import business_directory, components, gauge, wait_for
+from tests.pipeline import business_directory, components, gauge, vudsync_cli, wait_for
 from vudsync.topics import ensure_catalogue
 
 pytestmark = pytest.mark.e2e
@@ -53,6 +57,10 @@ class Portal:
     def revoke(self, pair: Pair, role: str) -> None:
         self.http.delete(self._path(pair, role)).raise_for_status()
 
+    def remove_access(self, pair: Pair) -> None:
+        """The user's whole access in the company, every entry whatever its origin."""
+        self.http.delete(f"/v1/users/{pair[0]}/access/{pair[1]}", params={"scope": "all"}).raise_for_status()
+
     def many(self, changes: list[tuple[str, Pair, str]]) -> None:
         """(``PUT``|``DELETE``, pair, role) through ``POST /v1/batch``, 500 at a time."""
         for i in range(0, len(changes), 500):
@@ -67,8 +75,23 @@ class Portal:
         created.raise_for_status()
         return str(created.json()["id"])
 
+    def company(self, name: str) -> str:
+        """A company the administrator creates in the cloud: no external id, not linked."""
+        digits = f"{uuid.uuid4().int % 10**9:09d}"
+        created = self.http.post("/v1/companies", json={"name": name, "organisation_number": digits})
+        created.raise_for_status()
+        return str(created.json()["id"])
+
     def close(self) -> None:
         self.http.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_settings(request: pytest.FixtureRequest, pipeline_settings: Settings) -> Settings:
+    """The run's settings on each store (PostgreSQL's server started only for its tests)."""
+    if request.param == "sqlite":
+        return pipeline_settings
+    return pipeline_settings.model_copy(update={"store_url": request.getfixturevalue("postgres_url")})
 
 
 @pytest.fixture
@@ -108,7 +131,9 @@ def _cloud_state(cloud: CloudReader, user_ids: list[str]) -> dict[Pair, State]:
 
 
 def _events(records: list[Any]) -> list[tuple[Any, CloudAccessChanged]]:
-    return [(r, CloudAccessChanged.model_validate_json(r.value)) for r in records]
+    """The access events (a full read's end-of-read markers left out)."""
+    decoded = [(r, decode_cloud_change(r.value)) for r in records]
+    return [(r, e) for r, e in decoded if isinstance(e, CloudAccessChanged)]
 
 
 def _last_states(records: list[Any]) -> dict[Pair, State]:
@@ -159,6 +184,23 @@ def _assert_repeats_lose_nothing(records: list[Any]) -> None:
 def _saved_cursor(url: str) -> tuple[str, int] | None:
     rows = store_query(url, "SELECT cursor, seq FROM capture_checkpoint WHERE name = ?", ("cloud-capture",))
     return (str(rows[0][0]), int(rows[0][1])) if rows and rows[0][0] else None
+
+
+@contextmanager
+def _capture_started(
+    settings: Settings, bootstrap: str, cloud: CloudReader, users: int
+) -> Iterator[tuple[dict[str, Any], int, list[str], str]]:
+    """The store and topics made, ``users`` linked users and a company in the cloud, and
+    cloud-capture running (its first full read done): its processes, metrics port, the cloud
+    ids of the users and of the company."""
+    url = settings.resolved_store_url()
+    ensure_catalogue(settings, bootstrap)
+    open_store_migrations(url)  # `vudsync store init`
+    ids, company = _linked(cloud, users)
+    port = free_port()
+    with components(settings, bootstrap, "cloud-capture", metrics_ports={"cloud-capture": port}) as procs:
+        wait_for(procs, lambda: _saved_cursor(url) is not None, 60, "first full read")
+        yield procs, port, ids, company
 
 
 def test_an_administrators_grant_and_revoke_reach_the_users_partition_and_unlinked_is_counted(
@@ -228,18 +270,10 @@ def test_an_administrators_grant_and_revoke_reach_the_users_partition_and_unlink
     writer.close()
 
 
-@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
 def test_killed_mid_stream_it_loses_nothing_and_a_repeat_hides_no_state(
-    request: pytest.FixtureRequest,
-    store: str,
-    pipeline_settings: Settings,
-    kafka_bootstrap: str,
-    cloud: CloudReader,
-    portal: Portal,
+    store_settings: Settings, kafka_bootstrap: str, cloud: CloudReader, portal: Portal
 ) -> None:
-    settings = pipeline_settings
-    if store == "postgresql":
-        settings = settings.model_copy(update={"store_url": request.getfixturevalue("postgres_url")})
+    settings = store_settings
     url = settings.resolved_store_url()
     ensure_catalogue(settings, kafka_bootstrap)
     open_store_migrations(url)  # `vudsync store init`
@@ -281,14 +315,7 @@ def test_an_expired_cursor_reads_in_full_and_converges(
 ) -> None:
     settings = pipeline_settings
     url = settings.resolved_store_url()
-    ensure_catalogue(settings, kafka_bootstrap)
-    open_store_migrations(url)  # `vudsync store init`
-    users, company = _linked(cloud, 5)
-    port = free_port()
-    with components(
-        settings, kafka_bootstrap, "cloud-capture", metrics_ports={"cloud-capture": port}
-    ) as procs:
-        wait_for(procs, lambda: _saved_cursor(url) is not None, 60, "first full read")
+    with _capture_started(settings, kafka_bootstrap, cloud, 5) as (procs, port, users, company):
         portal.many([("PUT", (u, company), "Regnskap") for u in users])
         _converged(settings, kafka_bootstrap, cloud, users)
         before = _saved_cursor(url)
@@ -313,3 +340,99 @@ def test_an_expired_cursor_reads_in_full_and_converges(
     log = (settings.home / "logs").glob("cloud-capture*.log")
     text = "".join(p.read_text() for p in log)
     assert "410 cursor_expired" in text
+    # journalled, with the reason and the position the feed could not go on from
+    journal = vudsync_cli(
+        settings, kafka_bootstrap, "journal", "--json", "--kind", "journal.writeback_full_read"
+    )
+    assert journal.returncode == 0, journal.stdout + journal.stderr
+    entries = [json.loads(line) for line in journal.stdout.splitlines() if line.strip()]
+    reasons = [(e["outcome"], e["details"]["reason"]) for e in entries]
+    assert reasons == [("applied", "first_start"), ("applied", "cursor_expired")]
+    # the cursor saved when the feed expired it: the one read before (or one saved after it, the
+    # save follows the acks), short of the new one
+    assert entries[0]["details"]["expired_position"] is None
+    assert before[1] <= entries[1]["details"]["expired_position"] < entries[1]["details"]["position"]
+    assert entries[1]["details"]["position"] <= after[1]  # followed from there
+    assert "410 cursor_expired" in entries[-1]["reason"]
+
+
+@pytest.mark.timeout(900)
+def test_access_removed_whole_while_the_cursor_was_expired_is_revoked_on_premise_after_a_restart(
+    store_settings: Settings, kafka_bootstrap: str, cloud: CloudReader, portal: Portal
+) -> None:
+    """A full read lists what exists: the removal of a whole access while the cursor was expired
+    reaches the store through the read's end-of-read marker — after a restart of cloud-capture,
+    which then remembers nothing it published. Only the cloud's own entry is revoked on premise;
+    the directory's (removed in the cloud with it) stays: a marker never revokes those."""
+    settings = store_settings
+    url = settings.resolved_store_url()
+    lonn = ("c1", "business", "role", "Lønn", "cloud")
+    with _directory(settings, kafka_bootstrap) as writer:  # u1 holds Regnskap (the directory's) in c1
+        assert vudsync_cli(settings, kafka_bootstrap, "connect").returncode == 0
+        names = ("producer", "planner", "sink", "directory-sink")
+        with components(settings, kafka_bootstrap, *names) as procs:
+            wait_for(procs, lambda: cloud.origins("u1") == {"Regnskap": "directory"}, 180, "u1 in the cloud")
+            user, company = cloud.user("u1"), cloud.company("c1")
+            assert user is not None and company is not None
+            pair = (str(user["id"]), str(company["id"]))
+            with components(settings, kafka_bootstrap, "cloud-capture") as first:
+                running = {**procs, **first}
+                wait_for(running, lambda: _saved_cursor(url) is not None, 60, "first full read")
+                portal.grant(pair, "Lønn")
+                wait_for(
+                    running, lambda: lonn in writer.access_rows("u1"), 120, "the cloud's grant in the store"
+                )
+                assert first["cloud-capture"].stop() == 0
+            # while cloud-capture is down, the feed's cursor expires and an administrator removes
+            # u1's whole access in c1: no feed item will ever say so
+            httpx.post(
+                f"{cloud.server.url}/admin/changes/expire", headers=cloud.server.admin_headers()
+            ).raise_for_status()
+            before = writer.change_log_position()
+            portal.remove_access(pair)
+            removed_at = int(cloud.audit()[-1]["seq"])
+            with components(settings, kafka_bootstrap, "cloud-capture") as second:
+                running = {**procs, **second}
+                wait_for(
+                    running,
+                    lambda: lonn not in writer.access_rows("u1"),
+                    120,
+                    "the removal read in full reaching the store",
+                )
+                assert writer.change_log_origins("u1", before) == ["cloud"]  # one store write
+                assert writer.access_rows("u1") == [("c1", "business", "role", "Regnskap", "directory")]
+                # a barrier: the integration's next write comes after any echo of the removal
+                writer.update_user("u1", first_name="Kari Anne")
+                wait_for(
+                    running, lambda: (cloud.user("u1") or {}).get("first_name") == "Kari Anne", 120, "barrier"
+                )
+                writes = _integration_writes(cloud, removed_at)
+                assert [w["resource_type"] for w in writes] == ["user"], writes  # no cloud write
+
+
+def test_a_company_linked_after_its_access_was_counted_unlinked_is_read_again_and_published(
+    pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader, portal: Portal
+) -> None:
+    """An administrator grants access in a company of their own; the integration links it later
+    (a company created on premise, matched by organisation number): its access is read again."""
+    settings = pipeline_settings
+    with _capture_started(settings, kafka_bootstrap, cloud, 2) as (procs, port, users, _company):
+        nord = portal.company("Nord AS")
+        portal.grant((users[0], nord), "Lønn")
+        portal.grant((users[1], nord), "Innkjøp")
+        wait_for(
+            procs,
+            lambda: (gauge(port, "vudsync_writeback_unlinked_total") or 0) >= 2,
+            60,
+            "the unlinked company's access counted",
+        )
+        linked = cloud.client.post(f"/v1/companies/{nord}/link", json={"external_id": "c9"})
+        linked.raise_for_status()  # as the sink links a company that existed in the cloud
+        link_seq = int(cloud.audit()[-1]["seq"])
+        records = _converged(settings, kafka_bootstrap, cloud, users)
+    events = [e for _, e in _events(records) if e.cloud_company_id == nord]
+    assert sorted((e.user_id, e.company_id, [x.name for x in e.entries]) for e in events) == [
+        ("u1", "c9", ["Lønn"]),
+        ("u2", "c9", ["Innkjøp"]),
+    ]
+    assert all(e.feed_seq == link_seq and not e.full_read for e in events)

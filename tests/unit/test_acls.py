@@ -63,12 +63,13 @@ def test_the_sink_reads_operations_and_writes_results_and_its_dlq() -> None:
     assert reads == {"vud.cloud.operations"}
 
 
-def test_cloud_capture_writes_the_cloud_changes_only() -> None:
+def test_cloud_capture_writes_the_cloud_changes_and_its_full_reads_to_the_journal_only() -> None:
     grants = [
         g for g in component_acls(Settings(topic_prefix="p-")) if g.principal == principal("cloud-capture")
     ]
     assert [(g.resource, g.name, g.pattern, g.operations) for g in grants] == [
-        ("TOPIC", "p-vud.cloud.changes", "LITERAL", ("WRITE", "DESCRIBE"))
+        ("TOPIC", "p-vud.cloud.changes", "LITERAL", ("WRITE", "DESCRIBE")),
+        ("TOPIC", "p-vud.cloud.results", "LITERAL", ("WRITE", "DESCRIBE")),
     ]
 
 

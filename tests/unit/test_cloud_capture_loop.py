@@ -17,9 +17,11 @@ from cloudcapture.ports import Body, CloudUnreachable, CursorExpired, FeedPage, 
 from kernel.errors import RetryableError
 from kernel.http_status import registry_by_label, registry_total
 from kernel.retry import Backoff
+from schemas.results import OperationResult, ResultOutcome
 from tests.fakes import FakePublisher
 
 TOPIC = "t.vud.cloud.changes"
+RESULTS = "t.vud.cloud.results"
 AT = "2026-12-05T20:00:00Z"
 
 
@@ -52,6 +54,10 @@ class FakeCloudFeed:
     def link_user(self, cid: str, external_id: str) -> None:
         self.user_rows[cid]["external_id"] = external_id
         self._log("user", cid)
+
+    def link_company(self, cid: str, external_id: str) -> None:
+        self.company_rows[cid]["external_id"] = external_id
+        self._log("company", cid)
 
     def grant(self, user: str, company: str, name: str, origin: str = "cloud") -> None:
         self.access_rows.setdefault((user, company), {})[f"business/roles/{name}"] = origin
@@ -179,9 +185,17 @@ class Rig:
             backoff=Backoff(base=0.0, cap=0.0),
         )
 
-    def published(self) -> list[tuple[str, dict[str, Any]]]:
+    def published(self, markers: bool = False) -> list[tuple[str, dict[str, Any]]]:
+        """The acknowledged access events; with ``markers``, the full reads' end-of-read
+        markers among them too."""
         acked = [record for batch in self.publisher.batches for record in batch]
-        return [(key, json.loads(value or b"")) for _topic, key, value in acked]
+        events = [(key, json.loads(value or b"")) for topic, key, value in acked if topic == TOPIC]
+        return [(k, e) for k, e in events if markers or e.get("type") != "access_read"]
+
+    def journal(self) -> list[OperationResult]:
+        """The acknowledged journal entries (results) of the capture."""
+        acked = [record for batch in self.publisher.batches for record in batch]
+        return [OperationResult.model_validate_json(v or b"") for t, _, v in acked if t == RESULTS]
 
     def metric(self, name: str, label: str | None = None) -> Any:
         return registry_by_label(self.registry, name, label) if label else registry_total(self.registry, name)
@@ -308,6 +322,33 @@ def test_a_user_linked_after_its_access_was_counted_unlinked_has_it_published() 
     assert [e["name"] for e in event["entries"]] == ["Lønn"]
 
 
+def test_a_company_linked_after_its_access_was_counted_unlinked_has_it_published() -> None:
+    feed = _linked_cloud()
+    rig = Rig(feed, read_page=1)  # the pass over the users is paged too
+    rig.run_until_idle()
+    feed.add_company("cc9", None)  # an administrator's company, access granted before it is linked
+    feed.add_user("cu8", None)
+    feed.grant("cu1", "cc9", "Lønn")
+    feed.grant("cu2", "cc9", "Regnskap")
+    feed.grant("cu8", "cc9", "Lønn")  # a user not linked either: stays out
+    feed.grant("cu2", "cc1", "Innkjøp")
+    rig.run_until_idle()
+    assert [k for k, _ in rig.published()] == ["u2"]
+    assert rig.metric("vudsync_writeback_unlinked_total", "resource")["company"] == 2.0
+    feed.link_company("cc9", "c9")  # the integration links it (a company created on premise)
+    rig.run_until_idle()
+    later = [
+        (k, e["company_id"], e["feed_seq"], [x["name"] for x in e["entries"]]) for k, e in rig.published()[1:]
+    ]
+    assert sorted(later) == [("u1", "c9", 10, ["Lønn"]), ("u2", "c9", 10, ["Regnskap"])]
+    assert not any(e["full_read"] for _, e in rig.published())
+    # a company item of a company known linked reads nothing again
+    calls = len(feed.calls)
+    feed.link_company("cc9", "c9")
+    rig.run_until_idle()
+    assert "users" not in feed.calls[calls:] and len(rig.published()) == 3
+
+
 def test_an_access_item_of_a_user_seen_before_capture_started_is_looked_up() -> None:
     feed = _linked_cloud()
     rig = Rig(feed)
@@ -331,9 +372,21 @@ def test_an_expired_cursor_reads_in_full_from_a_new_cursor() -> None:
     assert full == [("u1", 4), ("u1", 5), ("u2", 5)]
     assert rig.cursors.saved["cloud-capture"] == SavedCursor("c1.1.5.0", 5)
     assert rig.metric("vudsync_writeback_full_reads_total", "reason")["cursor_expired"] == 1.0
+    # journalled: the first start, then the expiry with the position the feed could not go on from
+    first, expired = rig.journal()
+    assert (first.kind, first.details["reason"], first.outcome) == (
+        "journal.writeback_full_read",
+        "first_start",
+        ResultOutcome.APPLIED,
+    )
+    assert (expired.details["reason"], expired.details["expired_position"]) == ("cursor_expired", 4)
+    assert (expired.details["position"], expired.details["access"], expired.details["users"]) == (5, 2, 2)
+    assert "410 cursor_expired" in expired.details["message"] and expired.entity_id == "cloud-capture"
+    # published before the cursor was saved (the order of the capture's commit)
+    assert rig.events[-2:] == ["broker flushed 1", "cursor saved 5"]
 
 
-def test_access_removed_whole_while_the_cursor_was_expired_is_published_deleted() -> None:
+def test_a_full_read_ends_each_linked_user_with_the_companies_it_found_access_in() -> None:
     feed = _linked_cloud()
     feed.add_user("cu9", "u9")
     feed.grant("cu1", "cc1", "Regnskap")
@@ -344,9 +397,20 @@ def test_access_removed_whole_while_the_cursor_was_expired_is_published_deleted(
     feed.epoch += 1  # expired; meanwhile u1's access is removed whole and u9 is unlinked
     feed.revoke_all("cu1", "cc1")
     feed.user_rows["cu9"]["external_id"] = None
+    rig = Rig(feed)  # a restart: nothing remembered of what was published before
     rig.run_until_idle()
-    after = [(k, e["deleted"], e["full_read"], e["feed_seq"]) for k, e in rig.published()[3:]]
-    assert sorted(after) == [("u1", True, True, 8), ("u2", False, True, 8)]  # u9 left alone
+    published = rig.published(markers=True)
+    after = [(k, e.get("type", "access"), e.get("cloud_companies"), e["feed_seq"]) for k, e in published]
+    # each user's marker after its access events (one key, one partition: the planner reads
+    # them in order); u9, no longer linked, is not read: nothing said of it
+    assert after == [
+        ("u2", "access", None, 8),
+        ("u1", "access_read", [], 8),
+        ("u2", "access_read", ["cc1"], 8),
+    ]
+    markers = [e for _, e in published if e.get("type") == "access_read"]
+    assert all(m["read_at"] == "1970-01-12T13:46:40Z" for m in markers)  # when the cursor was taken
+    assert not any(e.get("deleted") for _, e in published)  # never a guessed removal
 
 
 def test_an_idle_feed_costs_the_store_no_write_per_poll() -> None:

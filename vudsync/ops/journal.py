@@ -3,7 +3,8 @@
 Sources (``vud.cloud.results`` and both dead-letter topics) map to :class:`JournalEntry`:
 
 - every result: applied, already applied, failed, dead-lettered (published by the sink), parked,
-  held, blocked, review (published by the planner);
+  held, blocked, review (published by the planner), cloud-capture's full reads
+  (``journal.writeback_full_read``);
 - every record of ``vud.directory.dlq`` (the planner and capture publish no result for those);
 - records of ``vud.cloud.operations.dlq`` only when they do not decode as an operation: for the
   others the sink published a ``dead_lettered`` result already, and one fact is one entry.
