@@ -13,7 +13,8 @@ Every part runs as its own process, as an operator starts them: the broker (the 
    role, one request each, ``--rate`` per second.
 3. **Burst** (throughput): ``--burst`` more grants at once through ``POST /v1/batch``; grants
    applied per second = grants / (last store commit - first cloud commit); CPU seconds per
-   grant of each process (``/proc``).
+   grant of each process on the path (``/proc``), the producer's included (it captures the
+   directory sink's writes, which the planner then recognises as its own).
 
 Latency of a grant = its commit in the store (``directory_operations_applied.applied_at``) minus
 its commit in the cloud (the feed item's time, carried as ``cloud_changed_at``), split into
@@ -60,7 +61,9 @@ EXAMPLE = "vudsync bench writeback --users 1000 --paced 200 --rate 10 --burst 50
 PORTAL = ("bench-portal-admin", "bench-portal-admin-secret")
 BASE, ROLE = "Regnskap", "Lønn"  # every user holds BASE on premise; the administrator grants ROLE
 STAGES = ("capture", "plan", "apply")
-MEASURED = ("cloud", "cloud-capture", "planner", "directory-sink")  # CPU per grant of each
+#: CPU per grant of each; the producer's too: it captures the directory sink's write (the
+#: change-log row of origin cloud) and the planner recognises it as its own (no echo)
+MEASURED = ("cloud", "cloud-capture", "planner", "directory-sink", "producer")
 
 
 def _say(message: str) -> None:
