@@ -181,6 +181,27 @@ class CloudServer:
     def auth_headers(self, scope: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token(scope)}"}
 
+    def add_client(self, client_id: str, client_secret: str, *, customer_admin: bool) -> None:
+        """Register another OAuth client of the customer (``POST /admin/clients``): a portal
+        administrator, a helpdesk that is not an administrator."""
+        httpx.post(
+            f"{self.url}/admin/clients",
+            headers=self.admin_headers(),
+            json={
+                "client_id": client_id,
+                "client_secret": client_secret,
+                "is_customer_admin": customer_admin,
+            },
+            timeout=30,
+        ).raise_for_status()
+
+    def portal(self, client_id: str, client_secret: str, timeout: float = 30.0) -> httpx.Client:
+        """An administrator in the cloud's portal: another OAuth client than the integration, so
+        its writes are of origin ``cloud``. Registers it; the caller closes the client."""
+        self.add_client(client_id, client_secret, customer_admin=True)
+        token = self.token(client_id=client_id, client_secret=client_secret)
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
+
     def set_faults(self, **config: Any) -> None:
         """Replace the running cloud's fault injection (``PUT /admin/faults``, fields of
         :class:`~cloud.faults.FaultConfig`); no arguments: a healthy cloud."""

@@ -1,9 +1,10 @@
 """``vudsync demo``: the whole pipeline on the embedded default, in one command.
 
 Starts (or reuses) the local Kafka broker, the reference cloud API, the producer, a planner
-worker and a sink worker; seeds a sample directory; makes live changes; shows the backlog
-draining; prints a summary. Everything it started is stopped on exit, Ctrl-C or SIGTERM,
-unless ``--keep-running``.
+worker and a sink worker, and the writeback's cloud-capture and directory sink; seeds a sample
+directory; makes live changes; shows the backlog draining; has an administrator grant a role
+in the cloud and waits for it in the directory store (the two-way pipeline); prints a summary.
+Everything it started is stopped on exit, Ctrl-C or SIGTERM, unless ``--keep-running``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import httpx
 from pydantic import SecretStr
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -29,7 +31,7 @@ from devtools.broker import LocalKafkaBroker
 from devtools.broker.cluster import KafkaTarget
 from devtools.processes import PipelineWorkers, settled
 from devtools.secrets import with_run_secrets
-from devtools.seed.data import FIRST_NAMES, sample_directory, write_sample
+from devtools.seed.data import CATALOGUE, FIRST_NAMES, sample_directory, write_sample
 from devtools.seed.writer import SqliteDirectoryWriter
 from kernel.errors import VudsyncError
 from kernel.scrape import total
@@ -64,6 +66,7 @@ class DemoReport:
     live_latencies: list[float] = field(default_factory=list)
     metrics_urls: dict[str, str] = field(default_factory=dict)
     elapsed: float = 0.0
+    cloud_grant: CloudGrant | None = None
 
     def percentile(self, q: float, live: bool = False) -> float | None:
         values = self.live_latencies if live else self.latencies
@@ -90,6 +93,31 @@ class DemoReport:
             "live_end_to_end_p99_seconds": self.percentile(99, live=True),
             "elapsed_seconds": round(self.elapsed, 1),
             "metrics": self.metrics_urls,
+            "cloud_grant": self.cloud_grant.as_dict() if self.cloud_grant else None,
+        }
+
+
+@dataclass(frozen=True)
+class CloudGrant:
+    """What an administrator's grant in the cloud did: the writeback (cloud → directory)."""
+
+    user: str  # on-premise user id and user name
+    company: str  # on-premise company id and name
+    role: str  # the Business role granted
+    seconds: float  # from the cloud's request to the row in the directory store
+    store_origin: str  # the store row's origin (cloud: the writeback wrote it)
+    change_log_rows: int  # change-log rows of the user since the grant (one: the writeback's)
+    cloud_writes: int  # writes of vudsync's own client in the cloud caused by it (none: no echo)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "user": self.user,
+            "company": self.company,
+            "role": self.role,
+            "to_store_seconds": round(self.seconds, 2),
+            "store_origin": self.store_origin,
+            "change_log_rows": self.change_log_rows,
+            "cloud_writes_by_vudsync": self.cloud_writes,
         }
 
 
@@ -188,18 +216,21 @@ class Demo:
 
             run_connect(settings, bootstrap, snapshot=False)  # the producer snapshots, with its metrics
         self.workers = PipelineWorkers(
-            settings, bootstrap, settings.home / "logs", target.security if target else None
+            settings, bootstrap, settings.home / "logs", target.security if target else None, writeback=True
         ).start()
         con.print(
             f"pipeline up: broker {bootstrap}, cloud {self.cloud.url}, "
-            f"producer/planner/sink pids {list(self.workers.pids.values())}"
+            f"producer/planner/sink/cloud-capture/directory-sink pids {list(self.workers.pids.values())}"
         )
         self._drain("initial sync (snapshot)")
         live_since = time.time()
         self._live_changes(writer, sample.users)
         self._drain("live changes")
+        grant = self._cloud_grant(writer)
         writer.close()
-        return self._report(settings, bootstrap, self._store_users(home), live_since)
+        report = self._report(settings, bootstrap, self._store_users(home), live_since)
+        report.cloud_grant = grant
+        return report
 
     def _broker(self) -> str:
         if self.base.kafka_bootstrap:
@@ -274,6 +305,62 @@ class Demo:
                     last_name="Ærø",
                 )
 
+    def _cloud_grant(self, writer: SqliteDirectoryWriter) -> CloudGrant:
+        """An administrator grants a Business role in the cloud (its portal: another OAuth client
+        than vudsync's) to a user of the directory; wait until the directory store holds it, then
+        until the pipeline is quiet again, and count what vudsync wrote in the cloud since (an
+        echo of the writeback would be such a write)."""
+        assert self.cloud is not None and self.workers is not None
+        row = writer.conn.execute(
+            "SELECT u.id, u.username, c.id, c.name FROM access a JOIN users u ON u.id = a.user_id "
+            "JOIN companies c ON c.id = a.company_id WHERE a.application = 'business' "
+            "ORDER BY u.id, c.id LIMIT 1"
+        ).fetchone()
+        if row is None:
+            raise VudsyncError("no user with Business access in the sample", hint="seed more users")
+        uid, username, cid, company_name = (str(v) for v in row)
+        held = {r[3] for r in writer.access_rows(uid) if r[0] == cid and r[1:3] == ("business", "role")}
+        role = next(r for r in CATALOGUE["business"]["roles"] if r not in held)
+        entry = ("business", "role", role)
+        api = httpx.Client(base_url=self.cloud.url, headers=self.cloud.auth_headers(), timeout=30)
+        portal = self.cloud.portal(f"demo-portal-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex)
+        try:
+            user = api.get("/v1/users", params={"external_id": uid}).json()["items"][0]
+            company = api.get("/v1/companies", params={"external_id": cid}).json()["items"][0]
+            with self.console.status(
+                f"an administrator grants {role} to {username} in {company_name} in the cloud"
+            ):
+                before, audit_seq = writer.change_log_position(), _audit(api)[-1]["seq"]
+                sent = time.monotonic()
+                portal.put(
+                    f"/v1/users/{user['id']}/access/{company['id']}/business/roles/{role}"
+                ).raise_for_status()
+                deadline = sent + self.options.timeout
+                while (origin := _origin(writer, uid, cid, entry)) is None:
+                    self.workers.check_alive()
+                    if time.monotonic() > deadline:
+                        raise VudsyncError(
+                            f"the administrator's grant of {role} did not reach the directory store "
+                            f"within {self.options.timeout:.0f}s",
+                            hint=f"see the cloud-capture and directory-sink logs in {self.workers.log_dir}",
+                        )
+                    time.sleep(0.05)
+                seconds = time.monotonic() - sent
+            self._drain("writeback settles")  # an echo would be captured, planned and applied by now
+            ours = [a for a in _audit(api, audit_seq) if a["client_id"] == self.cloud.client_id]
+        finally:
+            portal.close()
+            api.close()
+        return CloudGrant(
+            user=f"{uid} ({username})",
+            company=f"{cid} ({company_name})",
+            role=role,
+            seconds=seconds,
+            store_origin=origin,
+            change_log_rows=len(writer.change_log_origins(uid, before)),
+            cloud_writes=len(ours),
+        )
+
     # -- summary ------------------------------------------------------------------------
 
     @staticmethod
@@ -305,14 +392,30 @@ class Demo:
         report.latencies = sorted(seconds for _, seconds in latencies)
         report.live_latencies = sorted(seconds for committed, seconds in latencies if committed >= live_since)
         assert self.cloud is not None
-        import httpx
-
         with httpx.Client(base_url=self.cloud.url, headers=self.cloud.auth_headers(), timeout=10) as client:
             response = client.get("/v1/users", params={"limit": 10_000})
             response.raise_for_status()
             items = response.json()["items"]
         report.users_in_cloud = sum(1 for u in items if u.get("active"))
         return report
+
+
+def _origin(writer: SqliteDirectoryWriter, uid: str, cid: str, entry: tuple[str, str, str]) -> str | None:
+    """The origin of the user's access row ``entry`` in company ``cid``; None while not held."""
+    return next((r[4] for r in writer.access_rows(uid) if r[0] == cid and r[1:4] == entry), None)
+
+
+def _audit(api: httpx.Client, after_seq: int = 0) -> list[dict[str, Any]]:
+    """The cloud's audit rows after ``after_seq`` (``GET /v1/audit``, every page)."""
+    rows: list[dict[str, Any]] = []
+    while True:
+        page = api.get("/v1/audit", params={"after_seq": after_seq, "limit": 1000})
+        page.raise_for_status()
+        items = page.json()["items"]
+        if not items:
+            return rows
+        rows.extend(items)
+        after_seq = page.json()["next_after_seq"]
 
 
 def render(report: DemoReport, console: Console) -> None:
@@ -338,6 +441,18 @@ def render(report: DemoReport, console: Console) -> None:
         ),
         ("elapsed", f"{d['elapsed_seconds']} s"),
     ]
+    grant = report.cloud_grant
+    if grant is not None:  # the writeback: cloud → directory
+        rows += [
+            (
+                f"cloud grant by an administrator: {grant.role} to {grant.user} in {grant.company}",
+                f"in the store after {grant.seconds * 1000:.0f} ms",
+            ),
+            (
+                "  store row origin / change-log rows / vudsync writes in the cloud (echo)",
+                f"{grant.store_origin} / {grant.change_log_rows} / {grant.cloud_writes}",
+            ),
+        ]
     for what, value in rows:
         table.add_row(what, str(value))
     console.print(table)

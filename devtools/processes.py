@@ -135,13 +135,14 @@ def component_env(settings: Settings, bootstrap: str, **extra: str) -> dict[str,
     return env
 
 
-
 class PipelineWorkers:
-    """The producer, a planner and a sink as separate ``vudsync run`` processes, as an operator
+    """The producer, a planner and a sink — with ``writeback``, also cloud-capture and a
+    directory sink (cloud → directory) — as separate ``vudsync run`` processes, as an operator
     starts them, each with a metrics port: started, watched and stopped together (the demo,
-    ``vudsync bench pipeline``)."""
+    ``vudsync bench pipeline``, ``vudsync bench writeback``)."""
 
     NAMES = ("producer", "planner", "sink")
+    WRITEBACK = ("cloud-capture", "directory-sink")
 
     def __init__(
         self,
@@ -149,14 +150,21 @@ class PipelineWorkers:
         bootstrap: str,
         log_dir: Path,
         security: Callable[[str], KafkaSecurity] | None = None,
+        *,
+        writeback: bool = False,
+        **extra: str,
     ) -> None:
         """``security`` gives each component its own principal on a secured cluster
         (:meth:`devtools.broker.cluster.KafkaTarget.security`); without it, they connect as
-        ``settings``."""
+        ``settings``. ``writeback`` adds cloud-capture and the directory sink (off by default:
+        two more processes a run that does not need them would wait for); ``extra``: more
+        environment for every component (``VUDSYNC_WRITEBACK_POLL_INTERVAL`` …)."""
+
         def own(name: str) -> Settings:
             return settings.with_kafka_security(security(name)) if security else settings
 
-        self.envs = {name: component_env(own(name), bootstrap) for name in self.NAMES}
+        self.names = self.NAMES + (self.WRITEBACK if writeback else ())
+        self.envs = {name: component_env(own(name), bootstrap, **extra) for name in self.names}
         self.log_dir = log_dir
         self.procs: dict[str, ComponentProcess] = {}
         self.ports: dict[str, int] = {}
@@ -164,7 +172,7 @@ class PipelineWorkers:
     def start(self) -> PipelineWorkers:
         from devtools.broker import free_port
 
-        for name in self.NAMES:
+        for name in self.names:
             self.ports[name] = free_port()
             self.procs[name] = ComponentProcess(
                 name,
@@ -208,8 +216,8 @@ class PipelineWorkers:
     def progress(self) -> dict[str, float]:
         """The pipeline's counters now: changes captured, events the planner has taken (any
         outcome), operations planned, operations the sink has handled (any outcome),
-        dead-lettered, parked, the producer's capture lag, and how many of the three metrics
-        endpoints did not answer (their counters then read 0)."""
+        dead-lettered, parked, the producer's capture lag, how many of the metrics endpoints
+        did not answer (their counters then read 0), and with ``writeback`` its counters."""
         m = self.scrape()
         return {
             "captured": total(m["producer"], "vudsync_source_changes_captured_total"),
@@ -220,6 +228,18 @@ class PipelineWorkers:
             "parked": total(m["planner"], "vudsync_parked_operations"),
             "capture_lag_seconds": total(m["producer"], "vudsync_source_capture_lag_seconds"),
             "unanswered": float(sum(1 for samples in m.values() if not samples)),
+            **self._writeback_progress(m),
+        }
+
+    def _writeback_progress(self, m: Mapping[str, Samples]) -> dict[str, float]:
+        """With ``writeback``: the cloud's access changes cloud-capture published, the directory
+        operations the directory sink applied (any effect) and those it rejected."""
+        if "directory-sink" not in m:
+            return {}
+        return {
+            "cloud_changes_published": total(m["cloud-capture"], "vudsync_writeback_published_total"),
+            "directory_applied": total(m["directory-sink"], "vudsync_writeback_applied_total"),
+            "directory_rejected": total(m["directory-sink"], "vudsync_writeback_rejected_total"),
         }
 
 

@@ -32,6 +32,15 @@ def vudsync_cli(
     )
 
 
+def lag_by_group(settings: Settings, bootstrap: str) -> dict[str, int]:
+    """Each consumer group's lag, as ``vudsync status --json`` reads it (as ``settings`` connect)."""
+    import json
+
+    done = vudsync_cli(settings, bootstrap, "status", "--json")
+    by_group: dict[str, int] = json.loads(done.stdout)["lag"]["by_group"]
+    return by_group
+
+
 def connected(settings: Settings, bootstrap: str) -> None:
     """What `vudsync connect` says last, for a test that feeds the planner by hand: connected
     (the planner sends nothing before; processors.connection)."""

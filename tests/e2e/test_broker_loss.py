@@ -33,7 +33,7 @@ from kernel.admin import admin_client
 from kernel.settings import Settings
 from processors.app import app_id
 from tests.fixtures.cloud import CloudReader
-from tests.pipeline import components, vudsync_cli, wait_for
+from tests.pipeline import components, lag_by_group, vudsync_cli, wait_for
 from vudsync.ops.kafka_admin import group_admin
 from vudsync.topics import ensure_catalogue
 
@@ -109,12 +109,6 @@ def _ready(port: int) -> bool:
         return False
 
 
-def _lag(settings: Settings, bootstrap: str) -> dict[str, int]:
-    done = vudsync_cli(settings, bootstrap, "status", "--json")
-    by_group: dict[str, int] = json.loads(done.stdout)["lag"]["by_group"]
-    return by_group
-
-
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("kafka_target", ["secured"], indirect=True)
 def test_a_broker_lost_mid_stream_loses_nothing_and_applies_nothing_twice(
@@ -180,7 +174,7 @@ def test_a_broker_lost_mid_stream_loses_nothing_and_applies_nothing_twice(
             wait_for(procs, lambda: _clean(s, bootstrap), 300, "the cloud holding the store", interval=2)
             wait_for(
                 procs,
-                lambda: set(_lag(s, bootstrap).values()) == {0},
+                lambda: set(lag_by_group(s, bootstrap).values()) == {0},
                 120,
                 "the planner's and the sink's lag back to 0",
                 interval=2,

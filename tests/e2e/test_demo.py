@@ -1,4 +1,5 @@
-"""`vudsync demo` as a user runs it: exits 0 with non-zero applied counts and a matching cloud —
+"""`vudsync demo` as a user runs it: exits 0 with non-zero applied counts and a matching cloud,
+and an administrator's grant in the cloud written back to the store once, without an echo —
 on the embedded default's single broker, and on the secured three-node cluster of its home."""
 
 from __future__ import annotations
@@ -55,6 +56,11 @@ def _assert_synced(report: dict[str, Any]) -> None:
     # the live changes are reported apart from the initial sync that queued behind the snapshot
     assert report["live_changes_applied"] > 0
     assert report["live_end_to_end_p99_seconds"] is not None
+    # the two-way pipeline: an administrator's grant in the cloud reached the store as the
+    # cloud's, in one change-log row, and vudsync wrote nothing in the cloud because of it
+    grant = report["cloud_grant"]
+    assert grant["store_origin"] == "cloud" and grant["change_log_rows"] == 1, grant
+    assert grant["cloud_writes_by_vudsync"] == 0 and grant["to_store_seconds"] > 0, grant
 
 
 def test_demo_syncs_the_sample_directory(kafka_bootstrap: str, tmp_path: Path) -> None:

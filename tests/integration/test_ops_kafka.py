@@ -262,6 +262,8 @@ def test_status_on_a_quiet_pipeline(kafka_settings: Settings, kafka_bootstrap: s
         "producer": "unknown",
         "planner": "down",
         "sink": "down",
+        "directory-sink": "down",
+        "cloud-capture": "unknown",
     }
     assert data["last_applied"]["entity"] == "user:u0" and data["last_minute"]["by_outcome"] == {"applied": 1}
     assert data["circuit"] == "unknown"

@@ -291,7 +291,12 @@ def test_status_lists_problems_and_reads_metrics_when_scraped() -> None:
         and data["parked_operations"] == 3
         and data["parked_source"] == "planner metrics"
     )
-    assert [c["state"] for c in data["components"]] == ["down", "up", "down"]
+    assert [(c["name"], c["state"]) for c in data["components"]] == [
+        ("producer", "down"),
+        ("planner", "up"),
+        ("sink", "down"),
+        ("cloud-capture", "unknown"),  # writeback: no endpoint configured, no group to ask
+    ]
     assert data["lag"]["by_group"] == {"g-sink": 7}
     assert data["last_minute"]["applied_per_second"] == 0.5
     problems = " | ".join(data["problems"])
@@ -321,6 +326,7 @@ def test_status_shows_cloud_capture_when_configured_and_a_feed_that_stalled() ->
         ).as_dict()
 
     fresh = report(2.0)
+    assert fresh["components"][-1]["detail"] == "cloud-capture metrics: ok"  # no feed lag served yet
     assert [(c["name"], c["state"]) for c in fresh["components"]][-1] == ("cloud-capture", "up")
     assert not any("cloud-capture" in p for p in fresh["problems"])
     stalled = report(600.0)
@@ -416,3 +422,37 @@ def test_access_an_administrator_assigned_in_the_cloud_is_reported_apart_never_d
     access["U1"] = [{"company_id": "C1", "services": services_without_ours, "entries": entries_without_ours}]
     drifted = compare(directory, _cloud(users=users, access=access))
     assert {(d.key, d.kind) for d in drifted.drifts} == {("u1/c1", DriftKind.MISSING)}
+
+
+def test_status_shows_the_writeback_components_the_directory_sink_by_its_group() -> None:
+    assert Endpoint("directory-sink-2", "http://h/m").component == "directory-sink"
+    capture = Scrape(
+        Endpoint("cloud-capture", "http://h/m"), {"vudsync_writeback_feed_lag_seconds": [({}, 1.5)]}
+    )
+    sink = Scrape(Endpoint("directory-sink", "http://h/m"), {"vudsync_writeback_applied_total": [({}, 3.0)]})
+    journal = JournalStats(entries=0, last_applied=None, last_minute={}, parked_open=0, held_open=0)
+
+    def report(members: list[GroupMember]) -> Any:
+        return assemble(
+            now=NOW.timestamp(),
+            members={"directory-sink": ("g-directory-sink", members)},
+            lag=[LagRow("g-directory-sink", "vud.directory.operations", 0, 4, 6, 2)],
+            scrapes=[capture, sink],
+            dlq={},
+            journal=journal,
+        )
+
+    up = report([GroupMember("vudsync-directory-sink-w1", "/10.0.0.2", "m")])
+    states = {c.name: (c.state, c.detail) for c in up.components}
+    assert states["directory-sink"] == (
+        "up",
+        "group g-directory-sink: 1 member(s) (vudsync-directory-sink-w1 on 10.0.0.2); "
+        "directory-sink metrics: ok",
+    )
+    assert states["cloud-capture"] == ("up", "cloud-capture metrics: ok, feed lag 1.5s")
+    assert up.lag_by_group() == {"g-directory-sink": 2} and not up.problems
+    assert "directory-sink  up" in "\n".join(render(up))
+    down = report([])
+    assert any(
+        p.startswith("directory-sink is down: group g-directory-sink: 0 member(s)") for p in down.problems
+    )

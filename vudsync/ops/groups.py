@@ -1,7 +1,10 @@
 """The pipeline's consumer groups and topics as operators name them. Pure.
 
-Two groups can be rewound: the planner's (Faust app id, reads the directory topics) and the
-sink's (reads ``vud.cloud.operations``). Topics are named by their short name (``users``,
+Three groups, each a member of ``vudsync status``: the planner's (Faust app id, reads the
+directory topics), the sink's (reads ``vud.cloud.operations``) and the directory sink's (the
+writeback's, reads ``vud.directory.operations``). The first two can be rewound (``vudsync
+replay``); the directory sink's is not offered there (an operation it applied is recorded in the
+store, so a rewind would only re-read it). Topics are named by their short name (``users``,
 ``operations``), their catalogue name (``vud.directory.users``) or their full name with
 this installation's prefix.
 """
@@ -15,12 +18,13 @@ from typing import Any
 
 from kernel.errors import ConfigurationError, VudsyncError
 from kernel.settings import Settings
-from schemas.topics import DIRECTORY_TOPICS, OPERATIONS, RESULTS
+from schemas.topics import DIRECTORY_OPERATIONS, DIRECTORY_TOPICS, OPERATIONS, RESULTS
 
 
 class Role(StrEnum):
     PLANNER = "planner"
     SINK = "sink"
+    DIRECTORY_SINK = "directory-sink"
 
 
 def roles_for(choice: str) -> tuple[Role, ...]:
@@ -36,6 +40,10 @@ def group_id(role: Role, settings: Settings) -> str:
         from processors.app import app_id  # imports faust: only when asked
 
         return app_id(settings)
+    if role is Role.DIRECTORY_SINK:
+        from sinks.directory_service import directory_sink_group
+
+        return directory_sink_group(settings)
     from sinks.service import sink_group
 
     return sink_group(settings)
@@ -57,6 +65,8 @@ def default_topics(role: Role, settings: Settings) -> list[str]:
     """What a replay of a role rewinds unless ``--topics`` says otherwise."""
     if role is Role.PLANNER:
         return [settings.topic(spec.name) for spec in DIRECTORY_TOPICS.values()]
+    if role is Role.DIRECTORY_SINK:
+        return [settings.topic(DIRECTORY_OPERATIONS.name)]
     return [settings.topic(OPERATIONS.name)]
 
 

@@ -16,7 +16,7 @@ from kernel.errors import ConfigurationError
 from kernel.scrape import Samples, ScrapeFailed
 from kernel.scrape import scrape as scrape_one
 
-_DASHED = ("cloud-capture", "lag-exporter")
+_DASHED = ("cloud-capture", "directory-sink", "lag-exporter")
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class Endpoint:
     @property
     def component(self) -> str:
         """The component an endpoint's name says (``sink-2`` → ``sink``); a component whose
-        own name has a dash keeps it (``cloud-capture``, ``cloud-capture-2``)."""
+        own name has a dash keeps it (``cloud-capture``, ``cloud-capture-2``, ``directory-sink-2``)."""
         for dashed in _DASHED:
             if self.name == dashed or self.name.startswith(dashed + "-"):
                 return dashed

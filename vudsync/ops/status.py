@@ -2,8 +2,9 @@
 
 Where each line comes from:
 
-- liveness: consumer-group membership (planner, sink) and the ``/metrics`` endpoints when
-  configured (every component, the producer only that way);
+- liveness: consumer-group membership (planner, sink, directory sink) and the ``/metrics``
+  endpoints when configured (every component; the producer and cloud-capture only that way,
+  cloud-capture with its feed lag);
 - lag: committed vs end offsets per group/topic/partition;
 - waiting operations, one number per state with its unit (the planner's gauges when scraped,
   else the journal: parked / held results with no applied, dead-lettered or rejected result
@@ -129,6 +130,23 @@ def _group_component(
     return ComponentStatus(role, state, "; ".join(parts))
 
 
+def _cloud_capture(scrapes: Sequence[Scrape]) -> ComponentStatus:
+    """Cloud-capture has no consumer group: its metrics say whether it runs and how far the
+    cloud's change feed is ahead of it (``vudsync_writeback_feed_lag_seconds``)."""
+    if not scrapes:
+        return ComponentStatus(
+            "cloud-capture", "unknown", "no metrics endpoint configured (VUDSYNC_STATUS_METRICS)"
+        )
+    parts = []
+    for s in scrapes:
+        lag = None if s.error else s.total("vudsync_writeback_feed_lag_seconds")
+        feed = "" if lag is None else f", feed lag {lag:.1f}s"
+        parts.append(f"{s.endpoint.name} metrics: {s.error or 'ok'}{feed}")
+    return ComponentStatus(
+        "cloud-capture", "down" if any(s.error for s in scrapes) else "up", "; ".join(parts)
+    )
+
+
 def assemble(
     *,
     now: float,
@@ -162,15 +180,7 @@ def assemble(
     for role, (group, ms) in members.items():
         components.append(_group_component(role, group, ms, scrapes))
     writeback = [s for s in scrapes if s.endpoint.component == "cloud-capture"]
-    if writeback:  # optional: shown when its endpoint is configured
-        bad = [s for s in writeback if s.error]
-        components.append(
-            ComponentStatus(
-                "cloud-capture",
-                "down" if bad else "up",
-                "; ".join(f"{s.endpoint.name} metrics: {s.error or 'ok'}" for s in writeback),
-            )
-        )
+    components.append(_cloud_capture(writeback))
 
     planner = [s for s in scrapes if s.endpoint.component == "planner" and not s.error]
 
@@ -308,7 +318,7 @@ def render(report: StatusReport) -> list[str]:
     lines.append("")
     lines.append("components")
     for c in report.components:
-        lines.append(f"  {c.name:<9} {c.state:<8} {c.detail}")
+        lines.append(f"  {c.name:<15} {c.state:<8} {c.detail}")
     lines.append("")
     lines.append("consumer lag")
     by_group = report.lag_by_group()
