@@ -132,6 +132,7 @@ def _timestamps(broker: str, settings: Settings, store: Path) -> dict[str, dict[
     import sqlite3
 
     from schemas.cloud_changes import CloudAccessChanged
+    from schemas.codec import decode_cloud_change
     from schemas.directory_operations import DIRECTORY_OPERATION_ADAPTER, GrantDirectoryAccess
     from schemas.topics import CLOUD_CHANGES, DIRECTORY_OPERATIONS
 
@@ -140,7 +141,9 @@ def _timestamps(broker: str, settings: Settings, store: Path) -> dict[str, dict[
     reader = topic_reader(broker, settings.topic(CLOUD_CHANGES.name), security=security)
     try:
         for record in reader:
-            event = CloudAccessChanged.model_validate_json(record.value)
+            event = decode_cloud_change(record.value)
+            if not isinstance(event, CloudAccessChanged):
+                continue  # a full read's end-of-read marker: no grant of its own
             published.setdefault((event.user_id, event.feed_seq), record.timestamp / 1000)
     finally:
         reader.close()

@@ -75,9 +75,12 @@ def test_the_marker_decodes_as_itself_and_a_change_as_a_change() -> None:
 
 
 def _directory_ops(p: Planner, marker: CloudAccessRead) -> list[RevokeDirectoryAccess]:
+    """What the marker sends to the directory sink, through the accidental-delete gate (a
+    store revoke is a deletion: it goes once it has settled)."""
     fx = p.cloud(marker)  # type: ignore[arg-type]
     assert fx.operations() == []  # never a cloud write
-    return [s.value for s in fx.sends if s.role == "directory_operations"]  # type: ignore[misc]
+    sent = [*fx.sends, *p.gate(fx)]
+    return [s.value for s in sent if s.role == "directory_operations"]  # type: ignore[misc]
 
 
 def test_planner_access_removed_whole_while_expired_revokes_the_cloud_s_entry_only() -> None:
