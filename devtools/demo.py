@@ -347,7 +347,13 @@ class Demo:
                     time.sleep(0.05)
                 seconds = time.monotonic() - sent
             self._drain("writeback settles")  # an echo would be captured, planned and applied by now
-            ours = [a for a in _audit(api, audit_seq) if a["client_id"] == self.cloud.client_id]
+            # an echo would be a write of vudsync's own client to this user (its access): the
+            # live phase's held deletions of other users may still settle meanwhile, and count not
+            ours = [
+                a
+                for a in _audit(api, audit_seq)
+                if a["client_id"] == self.cloud.client_id and str(a["resource_id"]).startswith(user["id"])
+            ]
         finally:
             portal.close()
             api.close()
