@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from processors import gate, journal, keys, parking, planner
-from processors.effects import DIRECTORY_ROLE, Coords, Effects, Tx
+from processors.effects import Coords, Effects, Tx
 from processors.keys import Known
 from processors.knowledge import Knowledge
 from processors.model import DeletesFrom, DeletionRequest, Parked, slot_of
@@ -29,9 +29,6 @@ from schemas.directory import ApplicationType, EntityType, UserState
 from schemas.directory_operations import GrantDirectoryAccess, RevokeDirectoryAccess
 from schemas.operations import RevokeAccessEntry, operation_id_for
 from schemas.results import ResultOutcome
-
-#: the role of ``vud.directory.operations`` among the planner's outputs
-ROLE = DIRECTORY_ROLE
 
 
 class CloudChanges:
@@ -57,7 +54,7 @@ class CloudChanges:
         revokes: list[RevokeDirectoryAccess] = []
         for op in decided.operations:
             if isinstance(op, GrantDirectoryAccess):
-                fx.send(ROLE, op.user_id, op)
+                fx.send_operation(op)
                 self._supersede_revoke(tx, fx, op, now)
             else:
                 revokes.append(op)
@@ -108,10 +105,10 @@ class CloudChanges:
                     op.entity_id,
                     journal.operation_result(op, ResultOutcome.REJECTED, now, reason=reason),
                 )
-            elif isinstance(op, RevokeAccessEntry) and not needs:
-                fx.send_operation(planner.with_cloud_ids(op, ids))
             elif not needs:
-                fx.send_operation(op)
+                fx.send_operation(
+                    planner.with_cloud_ids(op, ids) if isinstance(op, RevokeAccessEntry) else op
+                )
             else:
                 parking.park(tx, fx, p, Parked(op, needs, apps, deletion.candidate), now)
                 ask = ask or any(n.kind is NeedKind.DELETION for n in needs)

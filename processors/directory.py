@@ -180,7 +180,7 @@ class DirectoryEvents:
             fx.send("operations", op.aggregate, op)
         fx.waiting.extend((x, None) for x in plan.parked)
         for dop in plan.directory_ops:  # writeback: the conflict rule gave an entry back to the cloud
-            fx.send(cloud_changes.ROLE, dop.user_id, dop)
+            fx.send_operation(dop)
         for x in plan.parked:
             if x.needs[0] == _CONNECT:  # needs_of puts it first
                 connection.awaited(tx, fx, p, x.operation)

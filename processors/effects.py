@@ -75,6 +75,13 @@ class Effects:
         else:
             self.sends.append(Send("operations", op.aggregate, op))
 
+    def absorb(self, other: Effects) -> None:
+        """Take the sends and journal codes of ``other``, a step planned inside this one over the
+        same :class:`Tx` (its writes are the Tx's, taken once at the end)."""
+        self.sends.extend(other.sends)
+        self.journal.extend(other.journal)
+        self.acks_first = self.acks_first or other.acks_first
+
     def operations(self) -> list[CloudOperation]:
         return [s.value for s in self.sends if s.role == "operations"]  # type: ignore[misc]
 

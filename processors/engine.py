@@ -122,9 +122,7 @@ class Reconciler:
                 continue
             for key, value in fx.writes.items():  # none from the paths here: their Tx collects them
                 tx.set(key, value)
-            out.sends.extend(fx.sends)
-            out.acks_first = out.acks_first or fx.acks_first
-            out.journal.extend(fx.journal)
+            out.absorb(fx)
             if fx.outcome is not None and fx.entity is not None:
                 out.tallies.append((fx.entity, fx.outcome))
         out.writes = tx.all_writes()

@@ -117,10 +117,7 @@ class Facts:
                 # the result came to the partition that needs the id (the sink's partitioner
                 # and the directory producer's agree, as with both on librdkafka, the
                 # default): learn it now, as its fact would — no fact record to read back
-                learned_here = self.on_fact(tx, fact, coords)
-                fx.sends.extend(learned_here.sends)
-                fx.journal.extend(learned_here.journal)
-                fx.acks_first = fx.acks_first or learned_here.acks_first
+                fx.absorb(self.on_fact(tx, fact, coords))
             else:
                 fx.send("facts", fact.key, fact, home)
             if linked:

@@ -130,9 +130,7 @@ def on_access_read(cloud: CloudChanges, tx: Tx, read: CloudAccessRead, coords: C
         if found.state is not previous:
             tx.set(wkey, found.state.to_json())
         done = cloud.on_cloud_change(tx, found.change, coords)
-        fx.sends.extend(done.sends)
-        fx.journal.extend(done.journal)
-        fx.acks_first = fx.acks_first or done.acks_first
+        fx.absorb(done)
         if done.outcome == "planned":
             fx.outcome = "planned"
     return tx.effects(fx)

@@ -106,12 +106,16 @@ def _granted(store: Path) -> int:
 
 def _wait(what: str, condition: Callable[[], bool], alive: Callable[[], None], timeout: float) -> None:
     """Poll ``condition`` until true; fail naming ``what`` after ``timeout`` s or when a worker dies."""
-    deadline = time.monotonic() + timeout
-    while not condition():
+    from devtools.processes import wait_until
+
+    def reached() -> bool:
         alive()
-        if time.monotonic() > deadline:
-            raise click.ClickException(f"{what}: not reached within {timeout:.0f}s")
-        time.sleep(0.2)
+        return condition()
+
+    try:
+        wait_until(reached, timeout, interval=0.2, what=what)
+    except TimeoutError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _cloud_ids(api: httpx.Client) -> dict[str, str]:
