@@ -25,7 +25,7 @@ from schemas.events import (
     UserChanged,
     event_id_for,
 )
-from schemas.operations import AssignAccess, RevokeAccess, UpsertUser, operation_id_for
+from schemas.operations import AssignAccess, RevokeAccess, UpsertCompany, UpsertUser, operation_id_for
 from schemas.results import OperationResult, ResultOutcome
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -122,6 +122,26 @@ def user_upsert(uid: str = "u1", version: int = 1, **kw: Any) -> UpsertUser:
     )
     base.update(kw)
     return UpsertUser(**base)
+
+
+def company_upsert(cid: str = "c1", version: int = 1, **kw: Any) -> UpsertCompany:
+    """The cloud operation ``UpsertCompany`` of active company ``cid`` (Fjord AS, 923609016) at
+    ``version``, on its own aggregate; ``kw`` replaces any field."""
+    base: dict[str, Any] = dict(
+        operation_id=f"op-{cid}-{version}",
+        aggregate=f"company:{cid}",
+        entity=EntityType.COMPANY,
+        entity_id=cid,
+        source_version=version,
+        source_committed_at=T0,
+        planned_at=T0,
+        name="Fjord AS",
+        organisation_number="923609016",
+        country="NO",
+        status="active",
+    )
+    base.update(kw)
+    return UpsertCompany(**base)
 
 
 def access_op(

@@ -17,7 +17,6 @@ from schemas.operations import (
     RevokeAccess,
     RevokeAccessEntry,
     UpsertCatalogueEntry,
-    UpsertCompany,
     UpsertUser,
 )
 from sinks.errors import AuthenticationFailed, CloudRejected, CloudUnavailable, RateLimited
@@ -38,6 +37,7 @@ from sinks.writes import (
     steps_after_patch,
     user_fields,
 )
+from tests.factories import company_upsert
 
 T = datetime(2026, 11, 27, 12, tzinfo=UTC)
 COMMON: dict[str, Any] = {
@@ -109,17 +109,7 @@ def test_simple_operations_map_to_one_idempotent_write() -> None:
 
 def test_operations_without_a_known_cloud_id_are_multi_step() -> None:
     assert simple_write(upsert_user(cloud_id=None)) is None
-    company = UpsertCompany(
-        operation_id="op-co",
-        aggregate="company:c1",
-        entity=EntityType.COMPANY,
-        entity_id="c1",
-        name="Fjord AS",
-        organisation_number="974760673",
-        country="NO",
-        status="active",
-        **COMMON,
-    )
+    company = company_upsert(operation_id="op-co", organisation_number="974760673", **COMMON)
     assert simple_write(company) is None
     parked = RevokeAccess(
         operation_id="op-r", aggregate="user:u1", entity=EntityType.USER, entity_id="u1",
@@ -288,10 +278,7 @@ def test_steps_after_lookup_make_the_one_at_a_time_decisions() -> None:
     assert steps_after_lookup(gone, None, None) == Applied(
         "noop", None, False, {"reason": "no cloud user is linked to this user"}
     )
-    company = UpsertCompany(
-        operation_id="op-co", aggregate="company:c1", entity=EntityType.COMPANY, entity_id="c1",
-        name="Fjord AS", organisation_number="923609016", country="NO", status="active", **COMMON,
-    )  # fmt: skip
+    company = company_upsert(operation_id="op-co", **COMMON)
     other = {"id": "cc-7", "name": "Fjord Regnskap AS", "country": "NO", "status": "active"}
     link = steps_after_lookup(company, None, other)
     assert isinstance(link, Steps) and link.effect == "linked" and link.details == {"review": ["name"]}
