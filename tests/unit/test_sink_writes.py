@@ -37,7 +37,7 @@ from sinks.writes import (
     steps_after_patch,
     user_fields,
 )
-from tests.factories import company_upsert
+from tests.factories import company_upsert, in_company, planned
 
 T = datetime(2026, 11, 27, 12, tzinfo=UTC)
 COMMON: dict[str, Any] = {
@@ -49,25 +49,15 @@ COMMON: dict[str, Any] = {
 
 def assign(op_id: str = "op-1", role: str = "Regnskap") -> AssignAccess:
     return AssignAccess(
-        operation_id=op_id,
-        aggregate="user:u1",
-        entity=EntityType.USER,
-        entity_id="u1",
-        user_id="u1",
-        company_id="c1",
-        cloud_user_id="cu-1",
-        cloud_company_id="cc-1",
+        **planned(EntityType.USER, "u1", 3, op_id, T),
+        **in_company(),
         services={ApplicationType.BUSINESS: ServiceAccess(roles=(role,))},
-        **COMMON,
     )
 
 
 def upsert_user(cloud_id: str | None = "cu-1", active: bool = True) -> UpsertUser:
     return UpsertUser(
-        operation_id="op-u",
-        aggregate="user:u1",
-        entity=EntityType.USER,
-        entity_id="u1",
+        **planned(EntityType.USER, "u1", 3, "op-u", T),
         cloud_id=cloud_id,
         username="kari",
         email="kari@fjord.no",
@@ -75,7 +65,6 @@ def upsert_user(cloud_id: str | None = "cu-1", active: bool = True) -> UpsertUse
         last_name="Ødegård",
         language="nb",
         active=active,
-        **COMMON,
     )
 
 
@@ -425,21 +414,14 @@ async def test_an_assignment_keeping_an_application_reads_the_access_then_writes
 
 
 def revoke_entry(name: str = "Lønn & HR", **kw: Any) -> RevokeAccessEntry:
-    return RevokeAccessEntry(
-        operation_id="op-e",
-        aggregate="user:u1",
-        entity=EntityType.USER,
-        entity_id="u1",
-        user_id="u1",
-        company_id="c1",
-        cloud_user_id="cu-1",
-        cloud_company_id="cc-1",
-        application=ApplicationType.BUSINESS,
-        catalogue="roles",
-        name=name,
-        **COMMON,
-        **kw,
-    )
+    fields = {
+        **planned(EntityType.USER, "u1", 3, "op-e", T),
+        **in_company(),
+        "application": ApplicationType.BUSINESS,
+        "catalogue": "roles",
+        "name": name,
+    }
+    return RevokeAccessEntry(**(fields | kw))
 
 
 def test_an_entry_revoked_on_premise_is_one_delete_of_that_entry_alone() -> None:
