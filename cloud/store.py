@@ -37,7 +37,7 @@ import orjson
 
 from cloud.errors import ApiError
 from cloud.idempotency import StoredResponse
-from kernel.sqlite_wal import WalCheckpointer
+from kernel.sqlite_wal import WalCheckpointer, immediate
 
 Clock = Callable[[], float]
 
@@ -338,13 +338,8 @@ class Store:
             conn = self._writer
             if conn is None:
                 raise RuntimeError("store is closed")
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with immediate(conn):
                 yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
             self._committed(conn)
 
     def _committed(self, writer: sqlite3.Connection) -> None:

@@ -20,7 +20,7 @@ import httpx
 from pydantic import SecretStr
 
 from cloudcapture.ports import Body, CloudUnreachable, CursorExpired, FeedPage, Page
-from kernel.auth import ClientCredentials
+from kernel.auth import reading_client
 from kernel.errors import PermanentError, RetryableError, VudsyncError
 
 _BATCH = 500
@@ -73,15 +73,15 @@ class HttpCloudFeed:
         auth_cooldown: float = 30.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        auth = ClientCredentials(
-            f"{base_url.rstrip('/')}/oauth/token",
+        self._client = reading_client(
+            base_url,
             client_id,
             client_secret,
-            scope="directory:read",
-            cooldown=auth_cooldown,
+            timeout=timeout,
             token_error=lambda r: _error(r, "POST /oauth/token"),
+            cooldown=auth_cooldown,
+            transport=transport,
         )
-        self._client = httpx.Client(base_url=base_url, timeout=timeout, transport=transport, auth=auth)
 
     def close(self) -> None:
         self._client.close()

@@ -79,6 +79,18 @@ def translate(exc: BaseException, what: str) -> VudsyncError:
     return PermanentError(message)
 
 
+@contextmanager
+def translated(what: str) -> Iterator[None]:
+    """Errors of the Kafka client raised in the block become vudsync errors (:func:`translate`),
+    chained to the original; vudsync errors pass as they are."""
+    try:
+        yield
+    except VudsyncError:
+        raise
+    except Exception as exc:
+        raise translate(exc, what) from exc
+
+
 #: kafka-python options whose values are secrets
 _SECRET_OPTIONS = frozenset({"sasl_plain_password", "ssl_password"})
 
@@ -321,10 +333,8 @@ def _ensure_once(
     replicas = {spec.name: spec.replication for spec in wanted}
     created: list[str] = []
     with admin_client(bootstrap, security=security, timeout=timeout) as admin:
-        try:
+        with translated(f"create topics {sorted(request)}"):
             response = admin.create_topics(request, timeout_ms=int(timeout * 1000), raise_errors=False)
-        except Exception as exc:
-            raise translate(exc, f"create topics {sorted(request)}") from exc
         existing: list[str] = []
         denied: list[str] = []
         for result in response["topics"]:
@@ -352,15 +362,11 @@ def _ensure_once(
             raise KafkaAccessDenied(f"not allowed to create topics {sorted(denied)}", hint=_DENIED_HINT)
         if denied:
             log.warning("not allowed to create topics %s: left to `vudsync topics ensure`", sorted(denied))
-        try:
+        with translated(f"wait for topics {sorted(request)}"):
             visible = [spec.name for spec in wanted if spec.name not in denied]
             admin.wait_for_topics(visible, timeout_ms=int(timeout * 1000))
             if existing:
                 _warn_on_partition_mismatch(admin, [s for s in wanted if s.name in existing])
-        except VudsyncError:
-            raise
-        except Exception as exc:
-            raise translate(exc, f"wait for topics {sorted(request)}") from exc
     if created:
         log.info("created topics %s", created)
     return created
@@ -387,11 +393,9 @@ def delete_topics(
     if not names:
         return []
     deleted: list[str] = []
-    with admin_client(bootstrap, security=security, timeout=timeout) as admin:
-        try:
-            response = admin.delete_topics(names, timeout_ms=int(timeout * 1000), raise_errors=False)
-        except Exception as exc:
-            raise translate(exc, f"delete topics {names}") from exc
+    what = f"delete topics {names}"
+    with admin_client(bootstrap, security=security, timeout=timeout) as admin, translated(what):
+        response = admin.delete_topics(names, timeout_ms=int(timeout * 1000), raise_errors=False)
     for result in response["topics"]:
         error = kafka_errors.for_code(result["error_code"])
         if error is kafka_errors.NoError:
@@ -404,8 +408,5 @@ def delete_topics(
 
 def list_topics(bootstrap: str, *, security: KafkaSecurity = PLAINTEXT, timeout: float = 30.0) -> list[str]:
     """Names of every topic in the cluster (internal ones included)."""
-    with admin_client(bootstrap, security=security, timeout=timeout) as admin:
-        try:
-            return sorted(admin.list_topics())
-        except Exception as exc:
-            raise translate(exc, "list topics") from exc
+    with admin_client(bootstrap, security=security, timeout=timeout) as admin, translated("list topics"):
+        return sorted(admin.list_topics())

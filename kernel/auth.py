@@ -158,3 +158,36 @@ class ClientCredentials(httpx.Auth):
         # refreshed a little before it expires
         self._token = _Token(value, expires_at=self._clock() + ttl - min(30.0, ttl / 4))
         return value
+
+
+#: the scope of a client that only reads the cloud directory (verify, cloud-capture)
+READ_SCOPE = "directory:read"
+
+
+def cloud_token_url(base_url: str) -> str:
+    """The token endpoint of the cloud API at ``base_url``."""
+    return f"{base_url.rstrip('/')}/oauth/token"
+
+
+def reading_client(
+    base_url: str,
+    client_id: str,
+    client_secret: SecretStr,
+    *,
+    timeout: float,
+    token_error: Callable[[httpx.Response], VudsyncError],
+    cooldown: float = 0.0,
+    transport: httpx.BaseTransport | None = None,
+) -> httpx.Client:
+    """A client of the cloud API at ``base_url`` whose requests carry a token of
+    :data:`READ_SCOPE` for ``client_id``: what a reader of the whole directory uses (verify's
+    reader, cloud-capture's feed)."""
+    auth = ClientCredentials(
+        cloud_token_url(base_url),
+        client_id,
+        client_secret,
+        scope=READ_SCOPE,
+        cooldown=cooldown,
+        token_error=token_error,
+    )
+    return httpx.Client(base_url=base_url, timeout=timeout, transport=transport, auth=auth)

@@ -82,15 +82,24 @@ def _broker(bootstrap: str, reachable: bool) -> list[str]:
     return [] if reachable else [BROKER_DOWN.format(bootstrap=bootstrap)]
 
 
+def _overdue(age: float | None, limit: float, *, never: str | None, stale: str) -> list[str]:
+    """The reason a recurring activity is overdue: ``never`` while it has not happened yet
+    (None: no reason then), ``stale`` (formatted with ``age``, in seconds) once it last
+    happened more than ``limit`` seconds ago."""
+    if age is None:
+        return [] if never is None else [never]
+    return [stale.format(age=age)] if age > limit else []
+
+
 def producer_readiness(facts: ProducerFacts, *, read_stale_after: float = 30.0) -> Readiness:
     reasons = _broker(facts.bootstrap, facts.broker_reachable)
-    if facts.read_age is None:
-        reasons.append("the capture has not read the directory store yet (starting, or snapshot)")
-    elif facts.read_age > read_stale_after:
-        reasons.append(
-            f"the capture last read the directory store {facts.read_age:.0f}s ago: "
-            "the store hangs or fails, or the broker does not acknowledge"
-        )
+    reasons += _overdue(
+        facts.read_age,
+        read_stale_after,
+        never="the capture has not read the directory store yet (starting, or snapshot)",
+        stale="the capture last read the directory store {age:.0f}s ago: "
+        "the store hangs or fails, or the broker does not acknowledge",
+    )
     return Readiness(tuple(reasons))
 
 
@@ -120,28 +129,24 @@ def cloud_capture_readiness(facts: CloudCaptureFacts, *, poll_stale_after: float
     reasons = _broker(facts.bootstrap, facts.broker_reachable)
     if facts.error is not None:
         reasons.append(f"the last read of the cloud at {facts.cloud_url} and publish failed: {facts.error}")
-    if facts.poll_age is None:
-        if facts.error is None:
-            reasons.append("the cloud's change feed has not been read yet (starting)")
-    elif facts.poll_age > poll_stale_after:
-        reasons.append(
-            f"the cloud's change feed last answered {facts.poll_age:.0f}s ago: the cloud or the "
-            "broker hangs, or a full read is under way"
-        )
+    reasons += _overdue(
+        facts.poll_age,
+        poll_stale_after,
+        never=None if facts.error is not None else "the cloud's change feed has not been read yet (starting)",
+        stale="the cloud's change feed last answered {age:.0f}s ago: the cloud or the broker hangs, "
+        "or a full read is under way",
+    )
     return Readiness(tuple(reasons))
 
 
 def lag_exporter_readiness(facts: LagExporterFacts, *, stale_after: float) -> Readiness:
-    if facts.read_age is None:
-        return Readiness(("no successful read of the consumer offsets yet",))
-    if facts.read_age > stale_after:
-        return Readiness(
-            (
-                f"the last successful read of the consumer offsets was {facts.read_age:.0f}s ago "
-                "(broker unreachable?)",
-            )
-        )
-    return Readiness()
+    reasons = _overdue(
+        facts.read_age,
+        stale_after,
+        never="no successful read of the consumer offsets yet",
+        stale="the last successful read of the consumer offsets was {age:.0f}s ago (broker unreachable?)",
+    )
+    return Readiness(tuple(reasons))
 
 
 class Since:

@@ -24,3 +24,19 @@ def dlq_counter(registry: CollectorRegistry, topic: str) -> Counter:
     )
     counter.labels(topic=topic)
     return counter
+
+
+def writeback_rejected_counter(registry: CollectorRegistry) -> Counter:
+    """``vudsync_writeback_rejected_total{reason}``: what of the cloud's access changes the
+    directory cannot hold. The planner counts the changes it cannot plan (``unknown_user``,
+    ``unknown_company``, each also a journal entry); the directory sink the operations the store
+    refuses (``unknown_role``, ``unknown_layout_group``, ``unknown_module``, ``unknown_user``,
+    ``unknown_company``, each a result on ``vud.cloud.results``). One declaration, so that both
+    processes export the same help."""
+    return Counter(
+        "vudsync_writeback_rejected_total",
+        "Cloud access changes the directory cannot hold, by reason (planner: unknown_user, "
+        "unknown_company; directory sink: also unknown_role, unknown_layout_group, unknown_module)",
+        ["reason"],
+        registry=registry,
+    )

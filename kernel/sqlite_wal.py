@@ -1,4 +1,5 @@
-"""WAL checkpoints in a thread of their own, off a SQLite writer's commit path.
+"""WAL checkpoints in a thread of their own, off a SQLite writer's commit path; and
+:func:`immediate`, the one write transaction of every SQLite writer of vudsync.
 
 SQLite's automatic checkpoint runs inside whichever COMMIT takes the WAL past 1,000 pages:
 that commit copies the pages into the database file and waits on two fsyncs. For a writer
@@ -38,9 +39,26 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction on a connection in autocommit mode (``isolation_level=None``):
+    ``BEGIN IMMEDIATE`` (the write lock from the start, so the statements inside never fail
+    half-way on a busy database), ``COMMIT`` when the block ends, ``ROLLBACK`` when it raises
+    anything (``KeyboardInterrupt`` and cancellation included), the exception going on."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
 
 # how long a writer's WAL restart may wait for readers or another process's writer
 RESTART_WAIT_MS = 200

@@ -30,7 +30,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from kernel.metrics import dlq_counter
+from kernel.metrics import dlq_counter, writeback_rejected_counter
 from schemas.topics import DIRECTORY_DLQ
 
 
@@ -133,13 +133,7 @@ class PlannerMetrics:
             ["kind"],
             registry=registry,
         )
-        self.writeback_rejected = Counter(
-            "vudsync_writeback_rejected_total",
-            "Cloud access changes the directory cannot hold (unknown_user, unknown_company; the "
-            "directory sink counts unknown catalogue entries), each also a journal entry",
-            ["reason"],
-            registry=registry,
-        )
+        self.writeback_rejected = writeback_rejected_counter(registry)
         self.writeback_conflicts = Counter(
             "vudsync_writeback_conflicts_total",
             "Entries changed on both sides before either saw the other's change (settled by the "

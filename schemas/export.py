@@ -18,6 +18,7 @@ checked-in files (``vudsync schemas export`` rewrites them).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, get_args
 
@@ -189,6 +190,13 @@ def asyncapi_document(version: str = "0.1.0") -> dict[str, Any]:
             "messages": [{"$ref": f"#/channels/{spec.name}/messages/{n}"} for n in names],
         }
 
+    def commands(spec: TopicSpec, models: Sequence[type[BaseModel]], sender: str) -> None:
+        """A topic of operations: one message per model, titled by its docstring's first line."""
+        for model in models:
+            title = (model.__doc__ or model.__name__).strip().splitlines()[0]
+            messages[model.__name__] = _message(model.__name__, ref(model), spec.key, title)
+        channel(spec, [m.__name__ for m in models], sender, spec.description)
+
     messages["Tombstone"] = _message(
         "Tombstone",
         {"type": "null"},
@@ -206,15 +214,8 @@ def asyncapi_document(version: str = "0.1.0") -> dict[str, Any]:
         "invalid directory row", dlq=True,
     )  # fmt: skip
     channel(DIRECTORY_DLQ, ["CaptureRejection"], "producer", DIRECTORY_DLQ.description)
+    commands(OPERATIONS, OPERATION_MODELS, "planner")
     operation_names = [m.__name__ for m in OPERATION_MODELS]
-    for model in OPERATION_MODELS:
-        messages[model.__name__] = _message(
-            model.__name__,
-            ref(model),
-            OPERATIONS.key,
-            (model.__doc__ or model.__name__).strip().splitlines()[0],
-        )
-    channel(OPERATIONS, operation_names, "planner", OPERATIONS.description)
     for model in OPERATION_MODELS:
         messages[f"Failed{model.__name__}"] = _message(
             f"Failed{model.__name__}",
@@ -243,19 +244,7 @@ def asyncapi_document(version: str = "0.1.0") -> dict[str, Any]:
     channel(
         CLOUD_CHANGES, ["CloudAccessChanged", "CloudAccessRead"], "cloud-capture", CLOUD_CHANGES.description
     )
-    for model in DIRECTORY_OPERATION_MODELS:
-        messages[model.__name__] = _message(
-            model.__name__,
-            ref(model),
-            DIRECTORY_OPERATIONS.key,
-            (model.__doc__ or model.__name__).strip().splitlines()[0],
-        )
-    channel(
-        DIRECTORY_OPERATIONS,
-        [m.__name__ for m in DIRECTORY_OPERATION_MODELS],
-        "planner",
-        DIRECTORY_OPERATIONS.description,
-    )
+    commands(DIRECTORY_OPERATIONS, DIRECTORY_OPERATION_MODELS, "planner")
     # topics without a message model of their own here (e.g. the planner's): described by
     # their catalogue entry, payload any JSON object (or a tombstone on compacted topics)
     for spec in (*ALL_TOPICS, *getattr(topics_module, "PLANNER_TOPICS", ())):

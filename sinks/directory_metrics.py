@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from kernel.metrics import dlq_counter
+from kernel.metrics import dlq_counter, writeback_rejected_counter
 from schemas.topics import DIRECTORY_DLQ
 
 #: cloud commit → store commit; the issue's budget is 2 s at p99
@@ -20,13 +20,7 @@ class DirectorySinkMetrics:
             ["effect"],
             registry=registry,
         )
-        self.rejected = Counter(
-            "vudsync_writeback_rejected_total",
-            "Directory operations the store cannot hold (unknown_role, unknown_layout_group, "
-            "unknown_module, unknown_user, unknown_company), each a result on vud.cloud.results",
-            ["reason"],
-            registry=registry,
-        )
+        self.rejected = writeback_rejected_counter(registry)
         self.latency = Histogram(
             "vudsync_writeback_latency_seconds",
             "Seconds from the cloud's commit of a change to the store's commit of its writeback",

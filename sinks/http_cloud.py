@@ -23,7 +23,7 @@ import httpx
 import orjson
 from pydantic import SecretStr
 
-from kernel.auth import ClientCredentials
+from kernel.auth import ClientCredentials, cloud_token_url
 from kernel.errors import VudsyncError
 from schemas.operations import AssignAccess, CloudOperation, RevokeAccessEntry, UpsertUser
 from sinks.errors import CloudRejected, CloudUnavailable
@@ -129,7 +129,7 @@ class HttpCloudDirectory:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.auth = ClientCredentials(
-            f"{base_url.rstrip('/')}/oauth/token",
+            cloud_token_url(base_url),
             client_id,
             client_secret if isinstance(client_secret, SecretStr) else SecretStr(client_secret),
             scope="directory:read directory:write",

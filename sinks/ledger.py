@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kernel.sqlite_wal import WalCheckpointer
+from kernel.sqlite_wal import WalCheckpointer, immediate
 
 
 class SqliteLedger:
@@ -84,24 +84,19 @@ class SqliteLedger:
         now = time.time()
         rows = [(oid, json.dumps(result), now) for oid, result in entries]
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.executemany("INSERT OR IGNORE INTO applied VALUES (?, ?, ?)", rows)
+            with immediate(self._conn) as conn:
+                conn.executemany("INSERT OR IGNORE INTO applied VALUES (?, ?, ?)", rows)
                 # an intent ends with its operation's outcome (sinks.writes.link_intent); only a
                 # link has one (another outcome's leftover is moot: its id is in ``applied``)
-                self._conn.executemany(
+                conn.executemany(
                     "DELETE FROM intents WHERE operation_id = ?",
                     [(oid,) for oid, result in entries if result.get("effect") == "linked"],
                 )
-                self._conn.executemany(
+                conn.executemany(
                     "INSERT INTO versions VALUES (?, ?) ON CONFLICT (slot) DO UPDATE "
                     "SET version = max(version, excluded.version)",
                     versions,
                 )
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
             self._checkpointer.after_commit(self._conn)
 
     def record_intents(self, intents: Sequence[tuple[str, dict[str, Any]]]) -> None:
@@ -110,13 +105,8 @@ class SqliteLedger:
         now = time.time()
         rows = [(oid, json.dumps(intent), now) for oid, intent in intents]
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.executemany("INSERT OR REPLACE INTO intents VALUES (?, ?, ?)", rows)
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+            with immediate(self._conn) as conn:
+                conn.executemany("INSERT OR REPLACE INTO intents VALUES (?, ?, ?)", rows)
             self._checkpointer.after_commit(self._conn)
 
     def intents(self, operation_ids: Sequence[str]) -> dict[str, dict[str, Any]]:

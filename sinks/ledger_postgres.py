@@ -52,25 +52,21 @@ class PostgresLedger:
     def get(self, operation_id: str) -> dict[str, Any] | None:
         return self.get_many([operation_id]).get(operation_id)
 
-    def get_many(self, operation_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        if not operation_ids:
-            return {}
+    def _rows_any(self, table: str, key: str, value: str, keys: Sequence[str]) -> list[tuple[Any, Any]]:
+        """``(key, value)`` of the rows of ``table`` (one of this module's) in this ledger's scope
+        whose ``key`` is one of ``keys``."""
+        if not keys:
+            return []
+        select = f"SELECT {key}, {value} FROM {table} WHERE scope = %s AND {key} = ANY(%s)"
         with self._lock:
-            rows = self._conn.execute(
-                "SELECT operation_id, result FROM vudsync_sink_ledger "
-                "WHERE scope = %s AND operation_id = ANY(%s)",
-                (self._scope, list(operation_ids)),
-            ).fetchall()
+            return self._conn.execute(select, (self._scope, list(dict.fromkeys(keys)))).fetchall()
+
+    def get_many(self, operation_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        rows = self._rows_any("vudsync_sink_ledger", "operation_id", "result", operation_ids)
         return {oid: dict(result) for oid, result in rows}
 
     def applied_versions(self, slots: Sequence[str]) -> dict[str, int]:
-        if not slots:
-            return {}
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT slot, version FROM vudsync_sink_versions WHERE scope = %s AND slot = ANY(%s)",
-                (self._scope, list(dict.fromkeys(slots))),
-            ).fetchall()
+        rows = self._rows_any("vudsync_sink_versions", "slot", "version", slots)
         return {slot: int(version) for slot, version in rows}
 
     def record_many(
@@ -112,14 +108,7 @@ class PostgresLedger:
             )
 
     def intents(self, operation_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        if not operation_ids:
-            return {}
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT operation_id, intent FROM vudsync_sink_intents "
-                "WHERE scope = %s AND operation_id = ANY(%s)",
-                (self._scope, list(operation_ids)),
-            ).fetchall()
+        rows = self._rows_any("vudsync_sink_intents", "operation_id", "intent", operation_ids)
         return {oid: dict(intent) for oid, intent in rows}
 
     def record(self, operation_id: str, result: dict[str, Any]) -> None:

@@ -25,7 +25,7 @@ from schemas.events import (
     UserChanged,
     event_id_for,
 )
-from schemas.operations import AssignAccess, RevokeAccess, UpsertUser, operation_id_for
+from schemas.operations import AssignAccess, RevokeAccess, UpsertCompany, UpsertUser, operation_id_for
 from schemas.results import OperationResult, ResultOutcome
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -104,16 +104,34 @@ def instance_event(
     return _changed(ApplicationInstanceChanged, EntityType.APPLICATION_INSTANCE, state, version, op)
 
 
+def planned(
+    entity: EntityType, entity_id: str, version: int, operation_id: str, at: datetime = T0
+) -> dict[str, Any]:
+    """The fields every planned cloud operation carries: its id, its aggregate (the entity's
+    own), the entity, the source version and when it was committed and planned (``at``)."""
+    return dict(
+        operation_id=operation_id,
+        aggregate=f"{entity.value}:{entity_id}",
+        entity=entity,
+        entity_id=entity_id,
+        source_version=version,
+        source_committed_at=at,
+        planned_at=at,
+    )
+
+
+def in_company(
+    uid: str = "u1", company: str = "c1", cloud_user: str | None = "cu-1", cloud_company: str | None = "cc-1"
+) -> dict[str, Any]:
+    """The fields of an operation on user ``uid``'s access in ``company``: both ids, on premise
+    and in the cloud (None: not known yet)."""
+    return dict(user_id=uid, company_id=company, cloud_user_id=cloud_user, cloud_company_id=cloud_company)
+
+
 def user_upsert(uid: str = "u1", version: int = 1, **kw: Any) -> UpsertUser:
     """The cloud operation ``UpsertUser`` of user ``uid`` at ``version``, on its own aggregate."""
     base: dict[str, Any] = dict(
-        operation_id=f"op-{uid}-{version}",
-        aggregate=f"user:{uid}",
-        entity=EntityType.USER,
-        entity_id=uid,
-        source_version=version,
-        source_committed_at=T0,
-        planned_at=T0,
+        planned(EntityType.USER, uid, version, f"op-{uid}-{version}"),
         username=uid,
         email=f"{uid}@fjord.no",
         first_name="Åse",
@@ -122,6 +140,20 @@ def user_upsert(uid: str = "u1", version: int = 1, **kw: Any) -> UpsertUser:
     )
     base.update(kw)
     return UpsertUser(**base)
+
+
+def company_upsert(cid: str = "c1", version: int = 1, **kw: Any) -> UpsertCompany:
+    """The cloud operation ``UpsertCompany`` of active company ``cid`` (Fjord AS, 923609016) at
+    ``version``, on its own aggregate; ``kw`` replaces any field."""
+    base: dict[str, Any] = dict(
+        planned(EntityType.COMPANY, cid, version, f"op-{cid}-{version}"),
+        name="Fjord AS",
+        organisation_number="923609016",
+        country="NO",
+        status="active",
+    )
+    base.update(kw)
+    return UpsertCompany(**base)
 
 
 def access_op(
@@ -138,17 +170,8 @@ def access_op(
     revoke it all (``role`` None); its id as the planner derives it."""
     kind = "access.assign" if role is not None else "access.revoke"
     fields: dict[str, Any] = dict(
-        operation_id=operation_id_for(kind, uid, version, company),
-        aggregate=f"user:{uid}",
-        entity=EntityType.USER,
-        entity_id=uid,
-        source_version=version,
-        source_committed_at=committed_at,
-        planned_at=committed_at,
-        user_id=uid,
-        company_id=company,
-        cloud_user_id=cloud_user,
-        cloud_company_id=cloud_company,
+        planned(EntityType.USER, uid, version, operation_id_for(kind, uid, version, company), committed_at),
+        **in_company(uid, company, cloud_user, cloud_company),
     )
     if role is None:
         return RevokeAccess(**fields)
@@ -171,11 +194,12 @@ def op_result(
     return OperationResult.for_operation(op, outcome, T0, **(subject | kw))
 
 
-def store_users(*numbers: int) -> list[dict[str, Any]]:
-    """Rows for ``DirectoryWriter.upsert_users``: users ``u<n>`` of one family, one per number."""
+def store_users(*numbers: int, digits: int = 0) -> list[dict[str, Any]]:
+    """Rows for ``DirectoryWriter.upsert_users``: users ``u<n>`` of one family, one per number
+    (``n`` zero-padded to ``digits``)."""
     return [
         {
-            "id": f"u{i}",
+            "id": f"u{i:0{digits}d}",
             "username": f"bruker{i}",
             "email": f"bruker{i}@fjord.no",
             "first_name": "Åse",

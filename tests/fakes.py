@@ -3,7 +3,7 @@
 The record publisher (:class:`FakePublisher`); one per port of the sink (``sinks.ports``):
 :class:`FakeCloudDirectory`, :class:`FakeLedger`, :class:`FakeRecordPublisher`,
 :class:`FakeOperationsConsumer`; and :class:`FakeClock`, a monotonic clock that moves only
-when told.
+when told; :func:`apply_writes`, a planner table after an effect's writes.
 """
 
 from __future__ import annotations
@@ -22,6 +22,16 @@ from sinks.scheduling import TopicPartition as TP
 from tests.factories import T0
 
 Queued = tuple[str, str, bytes | None]  # topic, key, value
+
+
+def apply_writes(table: dict[str, Any], writes: Mapping[str, Any]) -> None:
+    """Apply a reconciler's ``Effects.writes`` to a planner table held in a dict, as the Faust
+    shell applies them to its table: in order, a None value deleting the key."""
+    for key, value in writes.items():
+        if value is None:
+            table.pop(key, None)
+        else:
+            table[key] = value
 
 
 class FakeClock:

@@ -16,6 +16,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
+from kernel.sqlite_wal import immediate
 from producers.migrations import apply_sqlite_migrations
 from producers.sqlite_changelog import connect_sqlite
 
@@ -210,14 +211,8 @@ class SqliteDirectoryWriter(DirectoryWriter):
 
     @contextmanager
     def _outermost(self) -> Iterator[None]:
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(self.conn):
             yield
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        else:
-            self.conn.execute("COMMIT")
 
     def _run(self, sql: str, params: tuple[Any, ...]) -> int:
         return int(self.conn.execute(sql, params).rowcount)

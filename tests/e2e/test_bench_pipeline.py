@@ -5,26 +5,20 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.bench_cli import run_bench
 
 
 def test_the_pipeline_bench_connects_then_measures_live_churn_and_the_reference(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
-    env = {
-        **os.environ,
-        "VUDSYNC_HOME": str(tmp_path),
-        "VUDSYNC_KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "VUDSYNC_CONFIG": "/nonexistent/vudsync.toml",
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "vudsync", "bench", "pipeline", "--users", "200", "--companies", "10",
-         "--access-per-user", "3", "--churn-rate", "50", "--churn-seconds", "3", "--interval", "1",
-         "--timeout", "300", "--json"],
-        env=env, capture_output=True, text=True, timeout=900, check=False,
+    done = run_bench(
+        kafka_bootstrap, tmp_path,
+        "pipeline", "--users", "200", "--companies", "10",
+        "--access-per-user", "3", "--churn-rate", "50", "--churn-seconds", "3", "--interval", "1",
+        "--timeout", "300", "--json",
+        timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)

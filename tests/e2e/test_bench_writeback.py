@@ -6,25 +6,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.bench_cli import run_bench
 
 
 def test_the_writeback_bench_applies_every_grant_once_and_measures_each_stage(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
-    env = {
-        **os.environ,
-        "VUDSYNC_HOME": str(tmp_path),
-        "VUDSYNC_KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "VUDSYNC_CONFIG": "/nonexistent/vudsync.toml",
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "vudsync", "bench", "writeback", "--users", "30", "--paced", "10",
-         "--rate", "20", "--burst", "20", "--poll-interval", "0.2", "--timeout", "240", "--json"],
-        env=env, capture_output=True, text=True, timeout=900, check=False,
+    done = run_bench(
+        kafka_bootstrap, tmp_path,
+        "writeback", "--users", "30", "--paced", "10",
+        "--rate", "20", "--burst", "20", "--poll-interval", "0.2", "--timeout", "240", "--json",
+        timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)

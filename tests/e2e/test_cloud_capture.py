@@ -27,63 +27,17 @@ from schemas.directory import EntityType
 from schemas.topics import CLOUD_CHANGES, DIRECTORY_TOPICS
 from tests.capture_check import store_query
 from tests.e2e.test_writeback import _directory, _integration_writes
-from tests.fixtures.cloud import CloudReader
+from tests.fixtures.cloud import PORTAL, CloudReader, Pair, Portal
 from tests.kafka_read import read_all
 from tests.pipeline import business_directory, components, gauge, vudsync_cli, wait_for
 from vudsync.topics import ensure_catalogue
 
 pytestmark = pytest.mark.e2e
 
-PORTAL = ("portal-admin", "portal-admin-secret-1")
 ROLES = ("Regnskap", "Lønn", "Innkjøp", "Attestasjon")
 KIND = {"roles": "role", "layout_groups": "layout_group", "modules": "module"}
 
-Pair = tuple[str, str]  # cloud user id, cloud company id
 State = frozenset[tuple[str, str, str, str]]  # (application, kind, name, origin)
-
-
-class Portal:
-    """An administrator in the cloud's portal: another OAuth client than the integration."""
-
-    def __init__(self, cloud: CloudReader) -> None:
-        self.http = cloud.portal(*PORTAL)
-
-    def _path(self, pair: Pair, role: str) -> str:
-        return f"/v1/users/{pair[0]}/access/{pair[1]}/business/roles/{role}"
-
-    def grant(self, pair: Pair, role: str) -> None:
-        self.http.put(self._path(pair, role)).raise_for_status()
-
-    def revoke(self, pair: Pair, role: str) -> None:
-        self.http.delete(self._path(pair, role)).raise_for_status()
-
-    def remove_access(self, pair: Pair) -> None:
-        """The user's whole access in the company, every entry whatever its origin."""
-        self.http.delete(f"/v1/users/{pair[0]}/access/{pair[1]}", params={"scope": "all"}).raise_for_status()
-
-    def many(self, changes: list[tuple[str, Pair, str]]) -> None:
-        """(``PUT``|``DELETE``, pair, role) through ``POST /v1/batch``, 500 at a time."""
-        for i in range(0, len(changes), 500):
-            items = [{"method": m, "path": self._path(p, r)} for m, p, r in changes[i : i + 500]]
-            answer = self.http.post("/v1/batch", json={"requests": items})
-            answer.raise_for_status()
-            assert all(r["status"] < 300 for r in answer.json()["responses"])
-
-    def user(self, email: str) -> str:
-        """A user the administrator creates in the cloud: no external id, not in the directory."""
-        created = self.http.post("/v1/users", json={"email": email})
-        created.raise_for_status()
-        return str(created.json()["id"])
-
-    def company(self, name: str) -> str:
-        """A company the administrator creates in the cloud: no external id, not linked."""
-        digits = f"{uuid.uuid4().int % 10**9:09d}"
-        created = self.http.post("/v1/companies", json={"name": name, "organisation_number": digits})
-        created.raise_for_status()
-        return str(created.json()["id"])
-
-    def close(self) -> None:
-        self.http.close()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -92,13 +46,6 @@ def store_settings(request: pytest.FixtureRequest, pipeline_settings: Settings) 
     if request.param == "sqlite":
         return pipeline_settings
     return pipeline_settings.model_copy(update={"store_url": request.getfixturevalue("postgres_url")})
-
-
-@pytest.fixture
-def portal(cloud: CloudReader) -> Iterator[Portal]:
-    admin = Portal(cloud)
-    yield admin
-    admin.close()
 
 
 def _linked(cloud: CloudReader, users: int, company: str = "c1") -> tuple[list[str], str]:

@@ -13,10 +13,9 @@ import httpx
 from devtools.processes import wait_until
 from devtools.seed.writer import SqliteDirectoryWriter
 from kernel.settings import Settings
-from schemas.fingerprint import license_fingerprint
 from schemas.results import OperationResult, ResultOutcome
 from schemas.topics import RESULTS
-from tests.fixtures.cloud import CloudReader
+from tests.fixtures.cloud import CloudReader, fingerprint
 from tests.kafka_read import read_all
 from tests.pipeline import alive_or_fail, components, vudsync_cli
 from vudsync.topics import ensure_catalogue
@@ -29,8 +28,7 @@ def test_a_license_change_holds_business_access_until_the_new_instance_is_regist
 ) -> None:
     settings = pipeline_settings
     ensure_catalogue(settings, kafka_bootstrap)
-    key = settings.fingerprint_key.get_secret_value().encode()
-    cloud.register_instance("business", URI, license_fingerprint("VB-KEY-1", key))
+    cloud.register_instance("business", URI, fingerprint(settings, "VB-KEY-1"))
     writer = SqliteDirectoryWriter(settings.resolved_store_url().removeprefix("sqlite:///"))
     writer.add_application_instance("business", URI, "VB-KEY-1")
     writer.upsert_catalogue("roles", [("business", "Regnskap", "Regnskap"), ("business", "Lønn", "Lønn")])
@@ -75,7 +73,7 @@ def test_a_license_change_holds_business_access_until_the_new_instance_is_regist
         wait_until(says_mismatch, 60, what="instances reports the mismatch (exit 1)")
         shown = vudsync_cli(settings, kafka_bootstrap, "instances")
         assert "vudsync instances register" in shown.stdout
-        for secret in ("VB-KEY-1", "VB-KEY-2", license_fingerprint("VB-KEY-2", key)):
+        for secret in ("VB-KEY-1", "VB-KEY-2", fingerprint(settings, "VB-KEY-2")):
             assert secret not in shown.stdout + shown.stderr
 
         # a client that is not a Customer administrator may not register
@@ -102,7 +100,7 @@ def test_a_license_change_holds_business_access_until_the_new_instance_is_regist
             "application business is blocked" in p and "`vudsync instances register business`" in p
             for p in report["problems"]
         )
-        assert "VB-KEY-2" not in status.stdout and license_fingerprint("VB-KEY-2", key) not in status.stdout
+        assert "VB-KEY-2" not in status.stdout and fingerprint(settings, "VB-KEY-2") not in status.stdout
 
         registered = vudsync_cli(
             settings, kafka_bootstrap, "instances", "register", "business", "--yes", "--json"
@@ -119,7 +117,7 @@ def test_a_license_change_holds_business_access_until_the_new_instance_is_regist
     (instance,) = httpx.get(
         f"{cloud.server.url}/v1/application-instances", headers=cloud.server.auth_headers()
     ).json()["items"]
-    assert instance["license_fingerprint"] == license_fingerprint("VB-KEY-2", key)
+    assert instance["license_fingerprint"] == fingerprint(settings, "VB-KEY-2")
     again = vudsync_cli(settings, kafka_bootstrap, "instances", "register", "business", "--yes")
     assert again.returncode == 0 and "already registered" in again.stdout
     writer.close()

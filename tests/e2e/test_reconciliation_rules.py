@@ -16,10 +16,9 @@ from devtools.broker.cluster import KafkaTarget
 from devtools.processes import wait_until
 from devtools.seed.writer import SqliteDirectoryWriter
 from kernel.settings import Settings
-from schemas.fingerprint import license_fingerprint
 from schemas.results import OperationResult, ResultOutcome
 from schemas.topics import RESULTS
-from tests.fixtures.cloud import CloudReader
+from tests.fixtures.cloud import CloudReader, fingerprint
 from tests.kafka_read import read_all
 from tests.pipeline import alive_or_fail, components, gauge, vudsync_cli
 from vudsync.topics import ensure_catalogue
@@ -59,8 +58,7 @@ def test_a_mismatching_instance_blocks_its_access_until_it_is_fixed(
     settings = pipeline_settings
     kafka_bootstrap = kafka_target.bootstrap
     ensure_catalogue(settings, kafka_bootstrap)
-    key = settings.fingerprint_key.get_secret_value().encode()
-    cloud.register_instance("business", URI, license_fingerprint("VB-CLOUD-KEY", key))
+    cloud.register_instance("business", URI, fingerprint(settings, "VB-CLOUD-KEY"))
     writer = _writer(settings)
     writer.add_application_instance("business", URI, "VB-OTHER-KEY")
     writer.upsert_catalogue("roles", [("business", "Regnskap", "Regnskap")])
@@ -90,7 +88,7 @@ def test_a_mismatching_instance_blocks_its_access_until_it_is_fixed(
         assert "license key" in mismatch.details["message"] and "uri" not in mismatch.details["message"]
         everything = "".join(r.model_dump_json() for r in results)
         assert "VB-OTHER-KEY" not in everything and "VB-CLOUD-KEY" not in everything
-        assert license_fingerprint("VB-OTHER-KEY", key) not in mismatch.model_dump_json()
+        assert fingerprint(settings, "VB-OTHER-KEY") not in mismatch.model_dump_json()
         assert cloud.business_roles("u1") == [], "held while it differs"
 
         writer.set_application_instance("business", URI, "VB-CLOUD-KEY")  # the operator fixes the key
@@ -134,9 +132,8 @@ def test_a_mismatched_application_holds_its_own_access_only(
     in the same company reaches the cloud anyway; Reporting's waits until the key is fixed."""
     settings = pipeline_settings
     ensure_catalogue(settings, kafka_bootstrap)
-    key = settings.fingerprint_key.get_secret_value().encode()
     for app, cloud_key in (("business", "VB-KEY"), ("reporting", "REPORTING-CLOUD-KEY")):
-        cloud.register_instance(app, URI, license_fingerprint(cloud_key, key))
+        cloud.register_instance(app, URI, fingerprint(settings, cloud_key))
     writer = _writer(settings)
     writer.add_application_instance("business", URI, "VB-KEY")
     writer.add_application_instance("reporting", URI, "REPORTING-OTHER-KEY")

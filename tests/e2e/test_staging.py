@@ -23,6 +23,7 @@ from devtools.seed.data import organisation_number
 from devtools.seed.writer import SqliteDirectoryWriter
 from kernel.settings import Settings
 from schemas.topics import OPERATIONS
+from tests.factories import store_users
 from tests.fixtures.cloud import CloudReader
 from tests.pipeline import business_directory, components, vudsync_cli, wait_for
 from vudsync.ops.kafka_admin import group_admin
@@ -39,16 +40,7 @@ def _directory(settings: Settings, bootstrap: str, users: int) -> SqliteDirector
             for c in COMPANIES
         ]
     )
-    writer.upsert_users(
-        {
-            "id": f"u{i:04d}",
-            "username": f"bruker{i}",
-            "email": f"bruker{i}@fjord.no",
-            "first_name": "Åse",
-            "last_name": "Brækken",
-        }
-        for i in range(users)
-    )
+    writer.upsert_users(store_users(*range(users), digits=4))
     writer.grant((f"u{i:04d}", COMPANIES[i % 3], "business", "role", "Regnskap") for i in range(users))
     return writer
 

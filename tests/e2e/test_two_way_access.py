@@ -10,11 +10,9 @@ import json
 from devtools.processes import wait_until
 from devtools.seed.writer import SqliteDirectoryWriter
 from kernel.settings import Settings
-from tests.fixtures.cloud import CloudReader
+from tests.fixtures.cloud import CloudReader, Portal
 from tests.pipeline import alive_or_fail, components, vudsync_cli
 from vudsync.topics import ensure_catalogue
-
-PORTAL = ("portal-admin", "portal-admin-secret-1")
 
 
 def test_a_role_granted_in_the_cloud_survives_changes_and_revokes_on_premise(
@@ -37,10 +35,9 @@ def test_a_role_granted_in_the_cloud_survives_changes_and_revokes_on_premise(
             what="u1's on-premise role in the cloud",
         )
         # an administrator grants a role in the portal (another OAuth client than the integration)
-        user, company = cloud.user("u1"), cloud.company("c1")
-        assert user is not None and company is not None
-        with cloud.portal(*PORTAL) as admin:
-            admin.put(f"/v1/users/{user['id']}/access/{company['id']}/business/roles/Lønn").raise_for_status()
+        admin = Portal(cloud)
+        admin.entry("PUT", "u1", "c1", "Lønn")
+        admin.close()
 
         # an unrelated role of the same user in the same company changes on premise
         writer.grant([("u1", "c1", "business", "role", "Innkjøp")])

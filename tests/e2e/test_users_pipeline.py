@@ -13,6 +13,7 @@ from devtools.seed.writer import SqliteDirectoryWriter
 from kernel.settings import Settings
 from schemas.topics import OPERATIONS
 from sinks.service import sink_group
+from tests.factories import store_users
 from tests.fixtures.cloud import CloudReader
 from tests.kafka_read import committed
 from tests.pipeline import alive_or_fail, components, vudsync_cli
@@ -92,16 +93,7 @@ def test_sink_killed_after_apply_before_commit_has_no_second_effect(
     cloud.faults(latency_ms=[3000, 3000], latency_after_effect=True)
     writer = _writer(pipeline_settings)
     n = 200
-    writer.upsert_users(
-        {
-            "id": f"u{i:04d}",
-            "username": f"bruker{i}",
-            "email": f"bruker{i}@fjord.no",
-            "first_name": "Åse",
-            "last_name": "Brækken",
-        }
-        for i in range(n)
-    )
+    writer.upsert_users(store_users(*range(n), digits=4))
     ops_topic = pipeline_settings.topic(OPERATIONS.name)
     group = sink_group(pipeline_settings)
     with components(pipeline_settings, kafka_bootstrap, "producer", "planner", "sink") as procs:

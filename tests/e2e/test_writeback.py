@@ -17,11 +17,10 @@ import pytest
 from devtools.seed.writer import DirectoryWriter, open_writer
 from kernel.settings import Settings
 from tests.factories import store_users
-from tests.fixtures.cloud import CloudReader
+from tests.fixtures.cloud import CloudReader, Portal
 from tests.pipeline import components, gauge, vudsync_cli, wait_for
 from vudsync.topics import ensure_catalogue
 
-PORTAL = ("portal-admin", "portal-admin-secret-1")
 ROLES = ("Regnskap", "Lønn", "Innkjøp", "Salg", "Revisor")
 
 
@@ -38,26 +37,6 @@ def settings(request: pytest.FixtureRequest, pipeline_settings: Settings) -> Set
     if request.param == "sqlite":
         return pipeline_settings
     return pipeline_settings.model_copy(update={"store_url": request.getfixturevalue("postgres_url")})
-
-
-class Portal:
-    """An administrator in the cloud's portal: another OAuth client than the integration."""
-
-    def __init__(self, cloud: CloudReader) -> None:
-        self.cloud = cloud
-        self.client = cloud.portal(*PORTAL)
-
-    def entry(self, method: str, uid: str, cid: str, role: str) -> int:
-        """Grant (PUT) or revoke (DELETE) one Business role of on-premise user ``uid`` in company
-        ``cid``; the audit position of the change."""
-        user, company = self.cloud.user(uid), self.cloud.company(cid)
-        assert user is not None and company is not None
-        path = f"/v1/users/{user['id']}/access/{company['id']}/business/roles/{role}"
-        self.client.request(method, path).raise_for_status()
-        return int(self.cloud.audit()[-1]["seq"])
-
-    def close(self) -> None:
-        self.client.close()
 
 
 def _integration_writes(cloud: CloudReader, after_seq: int) -> list[dict[str, Any]]:

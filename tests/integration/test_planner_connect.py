@@ -10,10 +10,9 @@ import httpx
 from devtools.seed.writer import SqliteDirectoryWriter
 from kernel.settings import Settings
 from schemas.directory import EntityType
-from schemas.fingerprint import license_fingerprint
 from schemas.results import PlannerFact
 from schemas.topics import DIRECTORY_TOPICS, PLANNER_FACTS
-from tests.fixtures.cloud import CloudReader
+from tests.fixtures.cloud import CloudReader, fingerprint
 from tests.kafka_read import read_all
 from tests.pipeline import vudsync_cli
 from vudsync.commands.connect import read_cloud
@@ -45,17 +44,12 @@ def test_connect_publishes_what_the_planner_must_know_and_snapshots_the_store(
     pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
 ) -> None:
     settings = pipeline_settings
-    key = settings.fingerprint_key.get_secret_value().encode()
-    api = httpx.Client(base_url=cloud.server.url, headers=cloud.server.auth_headers(), timeout=10)
-    api.put(
-        "/v1/application-instances/business",
-        json={"uri": "https://vb.fjord.local", "license_fingerprint": license_fingerprint("VB-KEY-1", key)},
-    ).raise_for_status()
+    cloud.register_instance("business", "https://vb.fjord.local", fingerprint(settings, "VB-KEY-1"))
+    api = cloud.client
     api.put("/v1/services/business/roles/Regnskap", json={"description": "Regnskap"}).raise_for_status()
     linked = api.post(
         "/v1/companies", json={"external_id": "c1", "name": "Fjord AS", "organisation_number": "923609016"}
     ).json()
-    api.close()
     writer = SqliteDirectoryWriter(settings.resolved_store_url().removeprefix("sqlite:///"))
     writer.add_application_instance("business", "https://vb.fjord.local", "VB-KEY-1")
     writer.upsert_companies([{"id": "c1", "name": "Fjord AS", "organisation_number": "923 609 016"}])
@@ -86,7 +80,7 @@ def test_connect_publishes_what_the_planner_must_know_and_snapshots_the_store(
     assert by_key["company:c1"].cloud_id == linked["id"]
     assert by_key["catalogue:business:roles:Regnskap"].present
     instance = by_key["instance:business"]
-    assert instance.license_fingerprint == license_fingerprint("VB-KEY-1", key)
+    assert instance.license_fingerprint == fingerprint(settings, "VB-KEY-1")
     assert b"VB-KEY-1" not in b"".join(r.value for r in records)
     for p in range(partitions):  # said last, on every partition: the planner sends nothing before
         mine = [f for q, f in facts if q == p]

@@ -22,6 +22,7 @@ from schemas.directory import ApplicationType, EntityType
 from schemas.operations import CloudOperation, DeactivateUser, UpsertCatalogueEntry, UpsertCompany, UpsertUser
 from sinks.http_cloud import HttpCloudDirectory
 from sinks.ports import Applied, BatchOutcome
+from tests.factories import company_upsert
 
 pytestmark = pytest.mark.integration
 
@@ -38,10 +39,7 @@ def user(uid: str, email: str, *, first: str = "Kari", active: bool = True) -> U
 
 
 def company(cid: str, org: str, name: str) -> UpsertCompany:
-    return UpsertCompany(
-        operation_id=f"op-{cid}", aggregate=f"company:{cid}", entity=EntityType.COMPANY, entity_id=cid,
-        name=name, organisation_number=org, country="NO", status="active", **COMMON,
-    )  # fmt: skip
+    return company_upsert(cid, operation_id=f"op-{cid}", name=name, organisation_number=org, **COMMON)
 
 
 def deactivate(uid: str, email: str) -> DeactivateUser:

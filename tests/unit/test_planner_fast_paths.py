@@ -16,6 +16,7 @@ from processors.engine import Coords, Reconciler
 from processors.model import PlannerSettings
 from schemas.codec import decode_event, decode_operation, encode
 from schemas.operations import CLOUD_OPERATION_ADAPTER
+from tests.fakes import apply_writes
 
 
 def _reconcile(events: list[tuple[str, bytes]], table: dict[str, Any], threshold: int) -> list[Any]:
@@ -26,11 +27,7 @@ def _reconcile(events: list[tuple[str, bytes]], table: dict[str, Any], threshold
     for offset, (_, raw) in enumerate(events):
         fx = reconciler.on_directory_event(decode_event(raw), Coords("users", 0, offset), offset)
         sent.extend(s.value for s in fx.sends)
-        for key, value in fx.writes.items():
-            if value is None:
-                table.pop(key, None)
-            else:
-                table[key] = value
+        apply_writes(table, fx.writes)
     parked = [item["op"] for key, items in table.items() if key.startswith("p|") for item in items]
     return sent + [CLOUD_OPERATION_ADAPTER.validate_python(op) for op in parked]
 

@@ -19,7 +19,6 @@ import httpx
 import pytest
 
 from schemas.codec import decode_model
-from schemas.directory import EntityType
 from schemas.operations import UpsertCompany
 from schemas.results import OperationResult, ResultOutcome
 from schemas.topics import RESULTS
@@ -27,7 +26,7 @@ from sinks.http_cloud import HttpCloudDirectory
 from sinks.ports import Applied
 from sinks.worker import SinkFatal
 from sinks.writes import Steps, create_steps, link_intent, reads_intent, steps_after_lookup
-from tests.factories import user_upsert
+from tests.factories import company_upsert, user_upsert
 from tests.fakes import FakeLedger
 from tests.unit.test_sink_worker import Sink
 
@@ -35,11 +34,7 @@ T = datetime(2026, 12, 5, 12, tzinfo=UTC)
 
 
 def company(op_id: str = "op-co", version: int = 3) -> UpsertCompany:
-    return UpsertCompany(
-        operation_id=op_id, aggregate="company:c1", entity=EntityType.COMPANY, entity_id="c1",
-        name="Fjord AS", organisation_number="923609016", country="NO", status="active",
-        source_version=version, source_committed_at=T, planned_at=T,
-    )  # fmt: skip
+    return company_upsert("c1", version, operation_id=op_id, source_committed_at=T, planned_at=T)
 
 
 CLOUD_COMPANY = {"id": "cc-7", "external_id": None, "name": "Fjord Regnskap AS", "country": "NO",

@@ -21,6 +21,7 @@ from schemas.operations import DeactivateUser, UpsertCompany, UpsertUser
 from sinks.errors import CloudRejected
 from sinks.http_cloud import HttpCloudDirectory
 from sinks.ports import Applied
+from tests.factories import company_upsert
 
 T = datetime(2026, 11, 27, 12, tzinfo=UTC)
 COMMON: dict[str, Any] = {"source_version": 3, "source_committed_at": T, "planned_at": T}
@@ -38,10 +39,7 @@ def upsert_user(cloud_id: str | None = None, active: bool = True) -> UpsertUser:
 
 
 def upsert_company() -> UpsertCompany:
-    return UpsertCompany(
-        operation_id="op-c", aggregate="company:c1", entity=EntityType.COMPANY, entity_id="c1",
-        name="Fjord AS", organisation_number="923609016", country="NO", status="active", **COMMON,
-    )  # fmt: skip
+    return company_upsert(operation_id="op-c", **COMMON)
 
 
 def deactivate_user(cloud_id: str | None = None) -> DeactivateUser:

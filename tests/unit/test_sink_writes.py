@@ -17,7 +17,6 @@ from schemas.operations import (
     RevokeAccess,
     RevokeAccessEntry,
     UpsertCatalogueEntry,
-    UpsertCompany,
     UpsertUser,
 )
 from sinks.errors import AuthenticationFailed, CloudRejected, CloudUnavailable, RateLimited
@@ -41,6 +40,7 @@ from sinks.writes import (
     steps_after_patch,
     user_fields,
 )
+from tests.factories import company_upsert, in_company, planned
 
 T = datetime(2026, 11, 27, 12, tzinfo=UTC)
 COMMON: dict[str, Any] = {
@@ -52,25 +52,15 @@ COMMON: dict[str, Any] = {
 
 def assign(op_id: str = "op-1", role: str = "Regnskap") -> AssignAccess:
     return AssignAccess(
-        operation_id=op_id,
-        aggregate="user:u1",
-        entity=EntityType.USER,
-        entity_id="u1",
-        user_id="u1",
-        company_id="c1",
-        cloud_user_id="cu-1",
-        cloud_company_id="cc-1",
+        **planned(EntityType.USER, "u1", 3, op_id, T),
+        **in_company(),
         services={ApplicationType.BUSINESS: ServiceAccess(roles=(role,))},
-        **COMMON,
     )
 
 
 def upsert_user(cloud_id: str | None = "cu-1", active: bool = True) -> UpsertUser:
     return UpsertUser(
-        operation_id="op-u",
-        aggregate="user:u1",
-        entity=EntityType.USER,
-        entity_id="u1",
+        **planned(EntityType.USER, "u1", 3, "op-u", T),
         cloud_id=cloud_id,
         username="kari",
         email="kari@fjord.no",
@@ -78,7 +68,6 @@ def upsert_user(cloud_id: str | None = "cu-1", active: bool = True) -> UpsertUse
         last_name="Ødegård",
         language="nb",
         active=active,
-        **COMMON,
     )
 
 
@@ -112,17 +101,7 @@ def test_simple_operations_map_to_one_idempotent_write() -> None:
 
 def test_operations_without_a_known_cloud_id_are_multi_step() -> None:
     assert simple_write(upsert_user(cloud_id=None)) is None
-    company = UpsertCompany(
-        operation_id="op-co",
-        aggregate="company:c1",
-        entity=EntityType.COMPANY,
-        entity_id="c1",
-        name="Fjord AS",
-        organisation_number="974760673",
-        country="NO",
-        status="active",
-        **COMMON,
-    )
+    company = company_upsert(operation_id="op-co", organisation_number="974760673", **COMMON)
     assert simple_write(company) is None
     parked = RevokeAccess(
         operation_id="op-r", aggregate="user:u1", entity=EntityType.USER, entity_id="u1",
@@ -291,10 +270,7 @@ def test_steps_after_lookup_make_the_one_at_a_time_decisions() -> None:
     assert steps_after_lookup(gone, None, None) == Applied(
         "noop", None, False, {"reason": "no cloud user is linked to this user"}
     )
-    company = UpsertCompany(
-        operation_id="op-co", aggregate="company:c1", entity=EntityType.COMPANY, entity_id="c1",
-        name="Fjord AS", organisation_number="923609016", country="NO", status="active", **COMMON,
-    )  # fmt: skip
+    company = company_upsert(operation_id="op-co", **COMMON)
     other = {"id": "cc-7", "name": "Fjord Regnskap AS", "country": "NO", "status": "active"}
     link = steps_after_lookup(company, None, other)
     assert isinstance(link, Steps) and link.effect == "linked" and link.details == {"review": ["name"]}
@@ -441,21 +417,14 @@ async def test_an_assignment_keeping_an_application_reads_the_access_then_writes
 
 
 def revoke_entry(name: str = "Lønn & HR", **kw: Any) -> RevokeAccessEntry:
-    return RevokeAccessEntry(
-        operation_id="op-e",
-        aggregate="user:u1",
-        entity=EntityType.USER,
-        entity_id="u1",
-        user_id="u1",
-        company_id="c1",
-        cloud_user_id="cu-1",
-        cloud_company_id="cc-1",
-        application=ApplicationType.BUSINESS,
-        catalogue="roles",
-        name=name,
-        **COMMON,
-        **kw,
-    )
+    fields = {
+        **planned(EntityType.USER, "u1", 3, "op-e", T),
+        **in_company(),
+        "application": ApplicationType.BUSINESS,
+        "catalogue": "roles",
+        "name": name,
+    }
+    return RevokeAccessEntry(**(fields | kw))
 
 
 def test_an_entry_revoked_on_premise_is_one_delete_of_that_entry_alone() -> None:

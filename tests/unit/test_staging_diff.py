@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from schemas.directory import ApplicationType, EntityType
-from schemas.operations import CloudOperation, DeactivateUser, StagedOperation, UpsertCompany
-from tests.factories import T0, access_op, user_upsert
+from schemas.operations import CloudOperation, DeactivateUser, StagedOperation
+from tests.factories import T0, access_op, company_upsert, user_upsert
 from vudsync.ops.drift import CloudState
 from vudsync.ops.staging_diff import Change, Staged, StagedRecord, diff, promotion, settled_through
 
@@ -24,22 +24,6 @@ def _cloud(
     users: list[dict[str, Any]] = (), access: dict[str, Any] | None = None, companies: Any = ()
 ) -> CloudState:  # type: ignore[assignment]
     return CloudState(list(users), list(companies), access or {}, {}, {})
-
-
-def _company(cid: str = "c1", version: int = 1, status: str = "active") -> UpsertCompany:
-    return UpsertCompany(
-        operation_id=f"op-{cid}-{version}",
-        aggregate=f"company:{cid}",
-        entity=EntityType.COMPANY,
-        entity_id=cid,
-        source_version=version,
-        source_committed_at=T0,
-        planned_at=T0,
-        name="Fjord AS",
-        organisation_number="923609016",
-        country="NO",
-        status=status,
-    )
 
 
 CLOUD_U1 = {
@@ -74,7 +58,7 @@ def test_assignments_waiting_for_a_creation_say_so_and_identical_access_is_no_ch
     same = access_op(2, uid="u1", company="c1")
     staged = _staged(
         _rec(0, user_upsert("u2")),
-        _rec(1, _company("c1")),
+        _rec(1, company_upsert("c1")),
         _rec(2, waiting, "user:u2"),
         _rec(3, same),
     )
@@ -137,7 +121,7 @@ def test_the_promotion_splits_ready_from_waiting_and_counts_deletions() -> None:
         _rec(0, user_upsert("u1")),
         _rec(1, access_op(2, cloud_user=None), "user:u1"),
         _rec(2, deactivate),
-        _rec(3, _company("c2", status="inactive")),
+        _rec(3, company_upsert("c2", status="inactive")),
     )
     p = promotion(staged)
     assert [o.operation_id for o in p.ready] == ["op-u1-1", "d1", "op-c2-1"]

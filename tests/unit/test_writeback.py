@@ -20,6 +20,7 @@ from schemas.directory import ApplicationType, CompanyAccess, ServiceAccess
 from schemas.directory_operations import GrantDirectoryAccess, RevokeDirectoryAccess
 from schemas.results import FactKind, OperationResult, PlannerFact, ResultOutcome
 from tests.factories import T0, connected_table, user_event, user_state
+from tests.fakes import apply_writes
 
 BUSINESS = ApplicationType.BUSINESS
 
@@ -175,11 +176,7 @@ class Planner:
         self.offset = 0
 
     def perform(self, fx: Effects) -> Effects:
-        for key, value in fx.writes.items():
-            if value is None:
-                self.table.pop(key, None)
-            else:
-                self.table[key] = value
+        apply_writes(self.table, fx.writes)
         return fx
 
     def coords(self, topic: str) -> Coords:

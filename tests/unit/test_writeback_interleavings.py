@@ -26,6 +26,7 @@ from schemas.events import Source
 from schemas.operations import AssignAccess, RevokeAccess, RevokeAccessEntry
 from schemas.results import FactKind, PlannerFact
 from tests.factories import T0, connected_table, user_event, user_state
+from tests.fakes import apply_writes
 
 BUSINESS = ApplicationType.BUSINESS
 X = "Lønn"
@@ -119,11 +120,7 @@ class Pipeline:
         return Coords(topic, 0, self.offset)
 
     def perform(self, fx: Any) -> None:
-        for key, value in fx.writes.items():
-            if value is None:
-                self.table.pop(key, None)
-            else:
-                self.table[key] = value
+        apply_writes(self.table, fx.writes)
         for s in fx.sends:
             if s.role == "operations":
                 self.w.cloud_ops.append(s.value)

@@ -32,23 +32,11 @@ def list_conflicts(as_json: bool) -> None:
       vudsync conflicts list
       vudsync conflicts list --json
     """
-    from vudsync.bootstrap import resolve_bootstrap
-    from vudsync.commands.explain import indexing_progress
+    from vudsync.commands.explain import caught_up_index
     from vudsync.ops.conflicts import read_open_conflicts
-    from vudsync.ops.explain_runner import catch_up_journal
-    from vudsync.ops.journal_index import SqliteJournalIndex
-    from vudsync.ops.journal_sync import journal_path
 
-    settings = load_settings()
-    index = SqliteJournalIndex(journal_path(settings))
-    try:
-        progress = indexing_progress()
-        catch_up_journal(settings, resolve_bootstrap(settings), index, progress=progress)
-        if progress is not None:
-            click.echo("\r\033[K", err=True, nl=False)
+    with caught_up_index(load_settings()) as index:
         open_ = read_open_conflicts(index)
-    finally:
-        index.close()
     if as_json:
         click.echo(json.dumps({"total": len(open_), "conflicts": [c.as_dict() for c in open_]}, indent=2))
     elif not open_:

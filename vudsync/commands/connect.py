@@ -29,7 +29,7 @@ import click
 import httpx
 from pydantic import SecretStr
 
-from kernel.auth import ClientCredentials
+from kernel.auth import ClientCredentials, cloud_token_url
 from kernel.errors import AuthenticationFailed, ConfigurationError, RetryableError, VudsyncError
 from kernel.settings import Settings, load_settings
 from processors.needs import CONNECT_SUBJECT
@@ -62,7 +62,7 @@ class CloudReadout:
 
 def cloud_client(settings: Settings, transport: httpx.BaseTransport | None = None) -> httpx.Client:
     auth = ClientCredentials(
-        f"{settings.cloud_url.rstrip('/')}/oauth/token",
+        cloud_token_url(settings.cloud_url),
         settings.cloud_client_id,
         SecretStr(settings.require_secret("cloud_client_secret")),
         token_error=lambda r: RetryableError(f"the cloud's token endpoint answered {r.status_code}"),

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import click
 
-from kernel.settings import load_settings
+from kernel.settings import Settings, load_settings
 from schemas.directory import EntityType
+
+if TYPE_CHECKING:
+    from vudsync.ops.journal_index import SqliteJournalIndex
 
 
 def indexing_progress() -> Callable[[int], None] | None:
@@ -28,6 +33,26 @@ def indexing_progress() -> Callable[[int], None] | None:
         click.echo(f"\rindexing the journal: {read[0]} records", err=True, nl=False)
 
     return show
+
+
+@contextmanager
+def caught_up_index(settings: Settings) -> Iterator[SqliteJournalIndex]:
+    """The journal's index, caught up with the journal's topics first (a running count on a
+    terminal's stderr while it reads); closed when the block ends."""
+    from vudsync.bootstrap import resolve_bootstrap
+    from vudsync.ops.explain_runner import catch_up_journal
+    from vudsync.ops.journal_index import SqliteJournalIndex
+    from vudsync.ops.journal_sync import journal_path
+
+    index = SqliteJournalIndex(journal_path(settings))
+    try:
+        progress = indexing_progress()
+        catch_up_journal(settings, resolve_bootstrap(settings), index, progress=progress)
+        if progress is not None:
+            click.echo("\r\033[K", err=True, nl=False)
+        yield index
+    finally:
+        index.close()
 
 
 def _explain(entity: EntityType, key: str, as_json: bool, limit: int) -> None:

@@ -38,26 +38,14 @@ def list_parked(limit: int, held: bool, older_than: str | None, as_json: bool) -
       vudsync parked list --limit 20
       vudsync parked list --older-than 15m --json   # exit status 1 when any
     """
-    from vudsync.bootstrap import resolve_bootstrap
-    from vudsync.commands.explain import indexing_progress
-    from vudsync.ops.explain_runner import catch_up_journal
+    from vudsync.commands.explain import caught_up_index
     from vudsync.ops.journal import waiting_lines
-    from vudsync.ops.journal_index import SqliteJournalIndex
-    from vudsync.ops.journal_sync import journal_path
     from vudsync.ops.timespec import parse_duration
 
-    settings = load_settings()
     minimum = parse_duration(older_than).total_seconds() if older_than else None
-    index = SqliteJournalIndex(journal_path(settings))
-    try:
-        progress = indexing_progress()
-        catch_up_journal(settings, resolve_bootstrap(settings), index, progress=progress)
-        if progress is not None:
-            click.echo("\r\033[K", err=True, nl=False)
+    with caught_up_index(load_settings()) as index:
         outcomes = ("parked", "blocked", "held") if held else ("parked", "blocked")
         waiting, total = index.waiting(outcomes=outcomes, limit=limit if minimum is None else 1_000_000)
-    finally:
-        index.close()
     now = time.time()
     if minimum is not None:
         waiting = [w for w in waiting if w.age(now) >= minimum]

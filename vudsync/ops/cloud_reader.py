@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
-from kernel.auth import ClientCredentials
+from kernel.auth import reading_client
 from kernel.errors import AuthenticationFailed, PermanentError, RetryableError, VudsyncError
 from schemas.directory import EntityType
 from vudsync.ops.drift import CatalogueKey, CloudState
@@ -94,14 +94,14 @@ class HttpCloudReader:
         *,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        auth = ClientCredentials(
-            f"{base_url.rstrip('/')}/oauth/token",
+        self._client = reading_client(
+            base_url,
             client_id,
             client_secret,
-            scope="directory:read",
+            timeout=30.0,
             token_error=lambda r: self._error(r, "POST /oauth/token"),
+            transport=transport,
         )
-        self._client = httpx.Client(base_url=base_url, timeout=30.0, transport=transport, auth=auth)
 
     def close(self) -> None:
         self._client.close()

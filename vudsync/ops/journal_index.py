@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from kernel.records import TopicPartition as TP
+from kernel.sqlite_wal import immediate
 from vudsync.ops.journal import JournalEntry, JournalFilter, WaitingOperation
 
 _SCHEMA = """
@@ -156,24 +157,18 @@ class SqliteJournalIndex:
         A position only moves forward: two indexers running at once cannot move it back.
         """
         rows = [_row(e) for e in entries]
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                before = self._conn.total_changes
-                if rows:
-                    self._conn.executemany(_INSERT, rows)
-                added = self._conn.total_changes - before
-                self._track_waiting(rows)
-                self._conn.executemany(
-                    "INSERT INTO positions (topic, partition, next_offset) VALUES (?, ?, ?) "
-                    "ON CONFLICT (topic, partition) DO UPDATE "
-                    "SET next_offset = max(next_offset, excluded.next_offset)",
-                    [(t, p, o) for (t, p), o in positions.items()],
-                )
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+        with self._lock, immediate(self._conn) as conn:
+            before = conn.total_changes
+            if rows:
+                conn.executemany(_INSERT, rows)
+            added = conn.total_changes - before
+            self._track_waiting(rows)
+            conn.executemany(
+                "INSERT INTO positions (topic, partition, next_offset) VALUES (?, ?, ?) "
+                "ON CONFLICT (topic, partition) DO UPDATE "
+                "SET next_offset = max(next_offset, excluded.next_offset)",
+                [(t, p, o) for (t, p), o in positions.items()],
+            )
         return added
 
     def _track_waiting(self, rows: Sequence[tuple[Any, ...]]) -> None:

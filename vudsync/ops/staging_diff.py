@@ -17,7 +17,7 @@ offset a listing showed, and :meth:`Staged.up_to` gives exactly what that listin
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -36,6 +36,7 @@ from schemas.operations import (
     UpsertUser,
     version_slot,
 )
+from sinks.writes import company_fields, user_fields
 from vudsync.ops.drift import CloudState, directory_part, services_from_state
 
 
@@ -201,8 +202,14 @@ class _Cloud:
         return None
 
 
-def _fields(pairs: Iterable[tuple[str, Any, Any]]) -> list[str]:
-    return [name for name, ours, theirs in pairs if (ours if ours is not None else "") != (theirs or "")]
+def _differing(ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> list[str]:
+    """The fields the sink writes (``sinks.writes``) whose value differs in the cloud (None and
+    "" alike)."""
+    return [
+        name
+        for name, value in ours.items()
+        if (value if value is not None else "") != (theirs.get(name) or "")
+    ]
 
 
 def _user(op: UpsertUser, cloud: _Cloud) -> tuple[Change, str]:
@@ -217,15 +224,7 @@ def _user(op: UpsertUser, cloud: _Cloud) -> tuple[Change, str]:
     active = bool(found.get("active", True))
     if active and not op.active:
         return Change.DEACTIVATION, f"{op.email} (set inactive on premise)"
-    diffs = _fields(
-        [
-            ("username", op.username, found.get("username")),
-            ("email", op.email, found.get("email")),
-            ("first_name", op.first_name, found.get("first_name")),
-            ("last_name", op.last_name, found.get("last_name")),
-            ("language", op.language, found.get("language")),
-        ]
-    )
+    diffs = _differing(user_fields(op), found)
     if op.active != active:
         diffs.append("active")
     return (Change.UPDATE, ", ".join(diffs)) if diffs else (Change.NO_CHANGE, op.email)
@@ -240,14 +239,7 @@ def _company(op: UpsertCompany, cloud: _Cloud) -> tuple[Change, str]:
         return Change.LINK, f"{op.name}: existing cloud company {by_org['id']} ({op.organisation_number})"
     if op.status == "inactive" and found.get("status") == "active":
         return Change.DEACTIVATION, f"{op.name} (inactive on premise)"
-    diffs = _fields(
-        [
-            ("name", op.name, found.get("name")),
-            ("organisation_number", op.organisation_number, found.get("organisation_number")),
-            ("country", op.country, found.get("country")),
-            ("status", op.status, found.get("status")),
-        ]
-    )
+    diffs = _differing(company_fields(op), found)
     return (Change.UPDATE, ", ".join(diffs)) if diffs else (Change.NO_CHANGE, op.name)
 
 
