@@ -10,9 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-worker-per-stage", "two-planners-two-sinks"])
 def test_the_pipeline_bench_connects_then_measures_live_churn_and_the_reference(
-    kafka_bootstrap: str, tmp_path: Path
+    kafka_bootstrap: str, tmp_path: Path, workers: int
 ) -> None:
     env = {
         **os.environ,
@@ -23,7 +26,7 @@ def test_the_pipeline_bench_connects_then_measures_live_churn_and_the_reference(
     done = subprocess.run(
         [sys.executable, "-m", "vudsync", "bench", "pipeline", "--users", "200", "--companies", "10",
          "--access-per-user", "3", "--churn-rate", "50", "--churn-seconds", "3", "--interval", "1",
-         "--timeout", "300", "--json"],
+         "--timeout", "300", "--planners", str(workers), "--sinks", str(workers), "--json"],
         env=env, capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -35,7 +38,19 @@ def test_the_pipeline_bench_connects_then_measures_live_churn_and_the_reference(
     assert connect["cloud"]["active_users_in_cloud"] == connect["cloud"]["active_users_in_store"] == 200
     assert connect["cloud"]["assignments_in_cloud"] == connect["cloud"]["assignments_in_store"] > 0
     assert connect["operations_handled"] == connect["operations_planned"] > 0
-    assert set(connect["cpu_seconds"]) >= {"producer", "planner", "sink", "cloud"}
+    if workers == 1:
+        assert set(connect["cpu_seconds"]) >= {"producer", "planner", "sink", "cloud"}
+        assert connect["workers"] is None
+    else:  # separate processes in one consumer group per stage: each took its share
+        names = {f"{role}-{i}" for role in ("planner", "sink") for i in (1, 2)}
+        assert set(connect["cpu_seconds"]) >= {"producer", "cloud"} | names
+        assert set(connect["workers"]) == names
+        for name in names:
+            counters = connect["workers"][name]
+            assert counters["cpu_seconds"] > 0
+            assert counters.get("events", counters.get("handled", 0)) > 0, (name, connect["workers"])
+    # users and their access reach the cloud through POST /v1/batch
+    assert connect["sink_calls"]["batch_calls"] > 0 and connect["sink_calls"]["batched_operations"] > 0
 
     live = result["live"]
     assert live["churn"]["changes"] > 0
