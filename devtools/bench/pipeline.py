@@ -160,8 +160,11 @@ def _until_in_cloud(
         row = timeline.sample(progress, per_worker if len(per_worker) > 2 else None)
         _say(_line(phase, row))
         counters = ("captured", "planner_events", "planned", "handled")
-        if not settled(progress) or first is None or any(row[k] != first[k] for k in counters):
-            first = row if settled(progress) else None
+        # a worker that did not answer reads 0: with several of a role the sums still look
+        # settled (planned > 0), so such a row never counts as settled
+        calm = settled(progress) and not progress["unanswered"]
+        if not calm or first is None or any(row[k] != first[k] for k in counters):
+            first = row if calm else None
         elif row["t"] - first["t"] >= HOLD and (checked is None or checked is not first):
             check = _cloud_check(settings)
             shown = {k: v for k, v in check.items() if k != "drift_sample"}
