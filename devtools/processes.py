@@ -136,12 +136,17 @@ def component_env(settings: Settings, bootstrap: str, **extra: str) -> dict[str,
 
 
 class PipelineWorkers:
-    """The producer, a planner and a sink — with ``writeback``, also cloud-capture and a
+    """The producer, the planners and the sinks — with ``writeback``, also cloud-capture and a
     directory sink (cloud → directory) — as separate ``vudsync run`` processes, as an operator
     starts them, each with a metrics port: started, watched and stopped together (the demo,
-    ``vudsync bench pipeline``, ``vudsync bench writeback``)."""
+    ``vudsync bench pipeline``, ``vudsync bench writeback``).
 
-    NAMES = ("producer", "planner", "sink")
+    ``planners`` / ``sinks`` > 1: that many processes of the role, named ``planner-1`` … (one
+    process of a role keeps the role's name), each with its own ``--worker-name`` (a planner's
+    state folder, a sink's client id) and sharing the role's consumer group, so the partitions
+    split between them as between an operator's workers."""
+
+    ROLES = ("producer", "planner", "sink")
     WRITEBACK = ("cloud-capture", "directory-sink")
 
     def __init__(
@@ -151,32 +156,52 @@ class PipelineWorkers:
         log_dir: Path,
         security: Callable[[str], KafkaSecurity] | None = None,
         *,
+        planners: int = 1,
+        sinks: int = 1,
         writeback: bool = False,
         **extra: str,
     ) -> None:
-        """``security`` gives each component its own principal on a secured cluster
+        """``security`` gives each role its own principal on a secured cluster
         (:meth:`devtools.broker.cluster.KafkaTarget.security`); without it, they connect as
         ``settings``. ``writeback`` adds cloud-capture and the directory sink (off by default:
         two more processes a run that does not need them would wait for); ``extra``: more
         environment for every component (``VUDSYNC_WRITEBACK_POLL_INTERVAL`` …)."""
 
-        def own(name: str) -> Settings:
-            return settings.with_kafka_security(security(name)) if security else settings
+        def own(role: str) -> Settings:
+            return settings.with_kafka_security(security(role)) if security else settings
 
-        self.names = self.NAMES + (self.WRITEBACK if writeback else ())
-        self.envs = {name: component_env(own(name), bootstrap, **extra) for name in self.names}
+        counts = {"producer": 1, "planner": planners, "sink": sinks}
+        if writeback:
+            counts |= {role: 1 for role in self.WRITEBACK}
+        self.roles: dict[str, str] = {}  # process name → role
+        self.worker_names: dict[str, str] = {}  # process name → --worker-name, when several
+        for role, count in counts.items():
+            if count < 1:
+                raise ValueError(f"at least one {role}")
+            for i in range(1, count + 1):
+                name = role if count == 1 else f"{role}-{i}"
+                self.roles[name] = role
+                if count > 1:
+                    self.worker_names[name] = f"worker-{i}"
+        envs = {role: component_env(own(role), bootstrap, **extra) for role in counts}
+        self.envs = {name: envs[role] for name, role in self.roles.items()}
         self.log_dir = log_dir
         self.procs: dict[str, ComponentProcess] = {}
         self.ports: dict[str, int] = {}
 
+    def names(self, role: str) -> list[str]:
+        """The processes of ``role``, in start order."""
+        return [name for name, r in self.roles.items() if r == role]
+
     def start(self) -> PipelineWorkers:
         from devtools.broker import free_port
 
-        for name in self.names:
+        for name, role in self.roles.items():
             self.ports[name] = free_port()
+            worker = ["--worker-name", self.worker_names[name]] if name in self.worker_names else []
             self.procs[name] = ComponentProcess(
                 name,
-                ["run", name, "--metrics-port", str(self.ports[name])],
+                ["run", role, "--metrics-port", str(self.ports[name]), *worker],
                 env=self.envs[name],
                 log_dir=self.log_dir,
             ).start()
@@ -213,21 +238,42 @@ class PipelineWorkers:
                     hint=f"its log: {proc.log_path}",
                 )
 
-    def progress(self) -> dict[str, float]:
-        """The pipeline's counters now: changes captured, events the planner has taken (any
-        outcome), operations planned, operations the sink has handled (any outcome),
-        dead-lettered, parked, the producer's capture lag, how many of the metrics endpoints
-        did not answer (their counters then read 0), and with ``writeback`` its counters."""
+    def progress(self, per_worker: dict[str, dict[str, float]] | None = None) -> dict[str, float]:
+        """The pipeline's counters now, summed over the processes of each role: changes
+        captured, events the planners have taken (any outcome), operations planned, operations
+        the sinks have handled (any outcome), dead-lettered, parked, the producer's capture
+        lag, how many metrics endpoints did not answer (their counters then read 0), the
+        sinks' calls to the cloud (batches, the operations in them, single calls), and with
+        ``writeback`` its counters. ``per_worker``: filled with each planner's and sink's own
+        counters."""
         m = self.scrape()
+
+        def role_total(role: str, metric: str, **labels: str) -> float:
+            return sum(total(m[name], metric, **labels) for name in self.names(role))
+
+        if per_worker is not None:
+            for name in self.names("planner"):
+                per_worker[name] = {
+                    "events": total(m[name], "vudsync_planner_events_total"),
+                    "planned": total(m[name], "vudsync_operations_planned_total"),
+                    "parked": total(m[name], "vudsync_parked_operations"),
+                }
+            for name in self.names("sink"):
+                per_worker[name] = {"handled": total(m[name], "vudsync_sink_operations_total")}
         return {
-            "captured": total(m["producer"], "vudsync_source_changes_captured_total"),
-            "planner_events": total(m["planner"], "vudsync_planner_events_total"),
-            "planned": total(m["planner"], "vudsync_operations_planned_total"),
-            "handled": total(m["sink"], "vudsync_sink_operations_total"),
-            "dead_lettered": total(m["sink"], "vudsync_sink_operations_total", outcome="dead_lettered"),
-            "parked": total(m["planner"], "vudsync_parked_operations"),
-            "capture_lag_seconds": total(m["producer"], "vudsync_source_capture_lag_seconds"),
+            "captured": role_total("producer", "vudsync_source_changes_captured_total"),
+            "planner_events": role_total("planner", "vudsync_planner_events_total"),
+            "planned": role_total("planner", "vudsync_operations_planned_total"),
+            "handled": role_total("sink", "vudsync_sink_operations_total"),
+            "dead_lettered": role_total("sink", "vudsync_sink_operations_total", outcome="dead_lettered"),
+            "parked": role_total("planner", "vudsync_parked_operations"),
+            "capture_lag_seconds": role_total("producer", "vudsync_source_capture_lag_seconds"),
             "unanswered": float(sum(1 for samples in m.values() if not samples)),
+            # how the sinks reach the cloud: calls of POST /v1/batch (and the operations they
+            # carried) against calls of one operation alone
+            "sink_batch_calls": role_total("sink", "vudsync_sink_cloud_calls_total", endpoint="batch"),
+            "sink_batched_operations": role_total("sink", "vudsync_sink_batch_operations_sum"),
+            "sink_single_calls": role_total("sink", "vudsync_sink_cloud_calls_total", endpoint="single"),
             **self._writeback_progress(m),
         }
 

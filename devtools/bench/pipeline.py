@@ -60,7 +60,8 @@ if TYPE_CHECKING:
 
 EXAMPLE = (
     "vudsync bench pipeline --users 10000 --companies 100 --access-per-user 3 "
-    "--churn-rate 200 --churn-seconds 20"
+    "--churn-rate 200 --churn-seconds 20\n"
+    "    vudsync bench pipeline --users 10000 --churn-seconds 0 --planners 2 --sinks 2"
 )
 
 
@@ -73,6 +74,8 @@ class PipelineSpec:
     churn_seconds: float
     interval: float = 5.0
     timeout: float = 3600.0
+    planners: int = 1
+    sinks: int = 1
 
 
 @dataclass
@@ -86,13 +89,17 @@ class Timeline:
     def cpu(self) -> dict[str, float]:
         return {name: process_cpu_seconds(pid) or 0.0 for name, pid in self.pids.items()}
 
-    def sample(self, progress: dict[str, float]) -> dict[str, Any]:
+    def sample(
+        self, progress: dict[str, float], per_worker: dict[str, dict[str, float]] | None = None
+    ) -> dict[str, Any]:
         row = {
             "t": round(time.monotonic() - self.started, 1),
             **{k: int(v) for k, v in progress.items() if k != "capture_lag_seconds"},
             "capture_lag_seconds": round(progress["capture_lag_seconds"], 2),
             "cpu_seconds": {k: round(v, 1) for k, v in self.cpu().items()},
         }
+        if per_worker:  # several planners or sinks: each one's own counters
+            row["workers"] = {name: {k: int(v) for k, v in c.items()} for name, c in per_worker.items()}
         self.rows.append(row)
         return row
 
@@ -109,6 +116,10 @@ def _line(phase: str, row: dict[str, Any]) -> str:
         f"handled {row['handled']:,} parked {row['parked']:,} dead {row['dead_lettered']:,} "
         f"lag {row['capture_lag_seconds']:.1f}s | cpu s: {cpu}"
         + (f" | {row['unanswered']} metrics endpoint(s) did not answer" if row["unanswered"] else "")
+        + "".join(
+            f" | {name} {c.get('events', c.get('handled', 0)):,}"
+            for name, c in row.get("workers", {}).items()
+        )
     )
 
 
@@ -144,12 +155,16 @@ def _until_in_cloud(
     drift: list[dict[str, Any]] = []  # the last comparison's first drifts
     while True:
         workers.check_alive()
-        progress = workers.progress()
-        row = timeline.sample(progress)
+        per_worker: dict[str, dict[str, float]] = {}
+        progress = workers.progress(per_worker)
+        row = timeline.sample(progress, per_worker if len(per_worker) > 2 else None)
         _say(_line(phase, row))
         counters = ("captured", "planner_events", "planned", "handled")
-        if not settled(progress) or first is None or any(row[k] != first[k] for k in counters):
-            first = row if settled(progress) else None
+        # a worker that did not answer reads 0: with several of a role the sums still look
+        # settled (planned > 0), so such a row never counts as settled
+        calm = settled(progress) and not progress["unanswered"]
+        if not calm or first is None or any(row[k] != first[k] for k in counters):
+            first = row if calm else None
         elif row["t"] - first["t"] >= HOLD and (checked is None or checked is not first):
             check = _cloud_check(settings)
             shown = {k: v for k, v in check.items() if k != "drift_sample"}
@@ -202,15 +217,43 @@ def _connect(
     moved = done["captured"] + done["planned"] + done["handled"]
     return {
         "seconds": seconds,
+        "workers": _workers(workers, done, cpu),
         "events_captured": done["captured"],
         "operations_planned": done["planned"],
         "operations_handled": done["handled"],
         "operations_per_s": round(done["handled"] / seconds, 1) if seconds else None,
+        "sink_calls": _sink_calls(done),
         "kafka_records_moved": moved,
         "kafka_records_per_s": round(moved / seconds, 1) if seconds else None,
         "cpu_seconds": cpu,
         "busiest_process": max(cpu, key=lambda k: cpu[k]) if cpu else None,
         "cloud": check,
+    }
+
+
+def _workers(workers: PipelineWorkers, done: dict[str, Any], cpu: dict[str, float]) -> dict[str, Any] | None:
+    """Per planner and sink process, when there are several of a role: the records it took
+    (events, operations planned / handled) and its CPU seconds over the phase — how the
+    partitions split the work."""
+    counters: dict[str, dict[str, int]] = done.get("workers") or {}
+    if not counters:
+        return None
+    return {
+        name: {**counters.get(name, {}), "cpu_seconds": cpu.get(name, 0.0)}
+        for role in ("planner", "sink")
+        for name in workers.names(role)
+    }
+
+
+def _sink_calls(row: dict[str, Any]) -> dict[str, Any]:
+    """How the sinks reached the cloud up to ``row``: ``POST /v1/batch`` calls and the
+    operations they carried, single-operation calls."""
+    batches, batched = int(row["sink_batch_calls"]), int(row["sink_batched_operations"])
+    return {
+        "batch_calls": batches,
+        "batched_operations": batched,
+        "operations_per_batch_call": round(batched / batches, 1) if batches else None,
+        "single_calls": int(row["sink_single_calls"]),
     }
 
 
@@ -242,7 +285,9 @@ def _live(
     try:
         while churn.poll() is None:
             workers.check_alive()
-            _say(_line("live", timeline.sample(workers.progress())))
+            per_worker: dict[str, dict[str, float]] = {}
+            progress = workers.progress(per_worker)
+            _say(_line("live", timeline.sample(progress, per_worker if len(per_worker) > 2 else None)))
             with contextlib.suppress(subprocess.TimeoutExpired):
                 churn.wait(timeout=min(spec.interval, 2.0))
         out, err = churn.communicate()
@@ -371,9 +416,14 @@ def run_bench(spec: PipelineSpec, bootstrap: str | None = None) -> dict[str, Any
                 settings = settings.with_kafka_security(target.security("ops"))
                 ensure_catalogue(settings, broker)
                 run_connect(settings, broker, snapshot=False)
-                workers = PipelineWorkers(settings, broker, home / "logs", target.security)
+                workers = PipelineWorkers(
+                    settings, broker, home / "logs", target.security, planners=spec.planners, sinks=spec.sinks
+                )
                 try:
-                    _say(f"starting producer, planner and sink (logs in {home / 'logs'})")
+                    _say(
+                        f"starting the producer, {spec.planners} planner(s) and {spec.sinks} sink(s) "
+                        f"(logs in {home / 'logs'})"
+                    )
                     started = time.monotonic()  # the connect phase starts with the producer
                     workers.start()
                     pids = {
@@ -404,7 +454,10 @@ def run_bench(spec: PipelineSpec, bootstrap: str | None = None) -> dict[str, Any
         "benchmark": "pipeline",
         "command": "vudsync bench pipeline "
         + f"--users {spec.users} --companies {spec.companies} --access-per-user {spec.access_per_user} "
-        + f"--churn-rate {spec.churn_rate} --churn-seconds {spec.churn_seconds}",
+        + f"--churn-rate {spec.churn_rate} --churn-seconds {spec.churn_seconds}"
+        + f" --planners {spec.planners} --sinks {spec.sinks}",
+        "partitions": settings.topic_partitions,
+        "cpu_count": os.cpu_count(),
         "broker": "started by the bench" if broker_pid else "given (--bootstrap or the settings)",
         "kafka": target.describe(),
         "store_data": seeded,
@@ -417,6 +470,10 @@ def run_bench(spec: PipelineSpec, bootstrap: str | None = None) -> dict[str, Any
         "timeline": timeline.rows,
         "load_average": {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]},
     }
+
+
+_WORKERS = click.IntRange(1, 6)  # at most one per partition (VUDSYNC_TOPIC_PARTITIONS, 6)
+_SPLIT = "{} processes, one consumer group: the partitions split between them"
 
 
 @click.command("pipeline", epilog=f"\b\nExample:\n    {EXAMPLE}")
@@ -433,6 +490,8 @@ def run_bench(spec: PipelineSpec, bootstrap: str | None = None) -> dict[str, Any
     "--interval", type=click.FloatRange(0.5), default=5.0, show_default=True, help="seconds per timeline row"
 )
 @click.option("--timeout", type=float, default=3600.0, show_default=True, help="give up a phase after (s)")
+@click.option("--planners", type=_WORKERS, default=1, show_default=True, help=_SPLIT.format("planner"))
+@click.option("--sinks", type=_WORKERS, default=1, show_default=True, help=_SPLIT.format("sink"))
 @click.option(
     "--bootstrap", default=None, help="broker (default: VUDSYNC_KAFKA_BOOTSTRAP or a temporary one)"
 )
@@ -445,13 +504,17 @@ def command(
     churn_seconds: float,
     interval: float,
     timeout: float,
+    planners: int,
+    sinks: int,
     bootstrap: str | None,
     as_json: bool,
 ) -> None:
     """The whole pipeline as separate processes: initial sync (connect) of a seeded store until
     the cloud holds it, then live churn with end-to-end latency; raw kafka-python as the
     reference."""
-    spec = PipelineSpec(users, companies, access_per_user, churn_rate, churn_seconds, interval, timeout)
+    spec = PipelineSpec(
+        users, companies, access_per_user, churn_rate, churn_seconds, interval, timeout, planners, sinks
+    )
     result = run_bench(spec, bootstrap)
     if not as_json:
         result = {k: v for k, v in result.items() if k != "timeline"}
