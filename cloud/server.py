@@ -183,8 +183,10 @@ class CloudServer:
 
     def add_client(self, client_id: str, client_secret: str, *, customer_admin: bool) -> None:
         """Register another OAuth client of the customer (``POST /admin/clients``): a portal
-        administrator, a helpdesk that is not an administrator."""
-        httpx.post(
+        administrator, a helpdesk that is not an administrator. A client already registered
+        with this id is taken when its secret and role are these (a server kept across tests
+        keeps its clients); another secret or role is a ``ValueError``."""
+        added = httpx.post(
             f"{self.url}/admin/clients",
             headers=self.admin_headers(),
             json={
@@ -193,7 +195,20 @@ class CloudServer:
                 "is_customer_admin": customer_admin,
             },
             timeout=30,
-        ).raise_for_status()
+        )
+        if added.status_code != 409:
+            added.raise_for_status()
+            return
+        try:
+            token = self.token(client_id=client_id, client_secret=client_secret)
+        except httpx.HTTPStatusError:
+            token = ""
+        me = httpx.get(f"{self.url}/v1/me", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        if me.status_code != 200 or me.json()["is_customer_admin"] != customer_admin:
+            raise ValueError(
+                f"client {client_id!r} is registered already with another secret or role: "
+                "give this one another id"
+            )
 
     def portal(self, client_id: str, client_secret: str, timeout: float = 30.0) -> httpx.Client:
         """An administrator in the cloud's portal: another OAuth client than the integration, so

@@ -21,8 +21,10 @@ def read_all(
     idle: float = 1.0,
     security: KafkaSecurity = PLAINTEXT,
 ) -> list[Any]:
-    """Records of ``topic`` from the beginning: until ``until(records)`` holds, or else until no
-    record has arrived for ``idle`` seconds; fails the test at ``timeout``."""
+    """Records of ``topic`` from the beginning: until ``until(records)`` holds; or else until
+    every partition is read to the end offset it had when the topic was assigned and no record
+    has arrived for ``idle`` seconds (an empty topic too: it used to wait for ``timeout``).
+    With ``until`` it fails the test at ``timeout``; without, it returns what it read then."""
     consumer = KafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
@@ -35,6 +37,7 @@ def read_all(
     records: list[Any] = []
     deadline = time.monotonic() + timeout
     last_arrival = time.monotonic()
+    ends: dict[TopicPartition, int] = {}  # of the partitions once assigned (no until)
     try:
         while time.monotonic() < deadline:
             batch = consumer.poll(timeout_ms=200)
@@ -45,7 +48,15 @@ def read_all(
             if until is not None:
                 if until(records):
                     return records
-            elif not fresh and records and time.monotonic() - last_arrival > idle:
+            elif not ends:
+                if assigned := consumer.assignment():
+                    ends = consumer.end_offsets(list(assigned))
+                    last_arrival = time.monotonic()  # an empty topic: idle from its assignment
+            elif (
+                not fresh
+                and time.monotonic() - last_arrival > idle
+                and all(consumer.position(tp) >= end for tp, end in ends.items())
+            ):
                 return records
         if until is not None:
             raise AssertionError(f"{topic}: condition not met within {timeout}s ({len(records)} records)")

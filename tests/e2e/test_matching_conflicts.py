@@ -99,6 +99,8 @@ def test_matching_by_e_mail_never_takes_over_or_deactivates_a_stranger(
             settings, kafka_bootstrap, "conflicts", "resolve", "user", "u3", "--timeout", "1m"
         )
         assert still.returncode == 1 and "conflict" in still.stdout, still.stdout + still.stderr
+        # said as soon as the planner planned nothing new, not after the time-out
+        assert "conflict" in still.stdout.splitlines(), still.stdout
         after = vudsync_cli(settings, kafka_bootstrap, "conflicts", "list", "--json")
         assert [c["entity_id"] for c in json.loads(after.stdout)["conflicts"]] == ["u3"]
         counted = json.loads(vudsync_cli(settings, kafka_bootstrap, "status", "--json").stdout)

@@ -12,7 +12,7 @@ from vudsync.ops.drift import CloudState
 from vudsync.ops.explain import DirectoryView, explain, render
 from vudsync.ops.journal import JournalEntry, WaitingOperation, waiting_lines
 from vudsync.ops.journal_index import SqliteJournalIndex
-from vudsync.ops.sync_follow import Step, Verdict, from_result, from_waiting, verdict
+from vudsync.ops.sync_follow import Step, Verdict, from_result, from_waiting, planned, verdict
 
 NOW = T0.timestamp()
 GRANT = CompanyAccess(
@@ -238,6 +238,24 @@ def test_a_conflict_is_a_reason_and_ends_a_sync_until_an_operator_resolves_it() 
     step = from_result(conflict)
     assert step.text == "user.upsert: linked to another on-premise id (cloud object U7)"
     assert verdict(x, [step], timed_out=False) == Verdict("conflict", 1, tuple(x.reasons()))
+
+
+def test_a_sync_that_planned_nothing_ends_at_once_on_an_open_conflict() -> None:
+    """`conflicts resolve` before the cause is fixed: the state is unchanged, the planner plans
+    nothing, no result will come; waiting for the time-out would change nothing."""
+    details = {"conflict": "customer_administrator", "cloud_id": "U7"}
+    conflict = _entry(4, "conflict", "user.upsert", "op-u", NOW - 5, details=details)
+    x = explain(EntityType.USER, _directory(), [conflict], [], CloudState([], [], {}, {}, {}), NOW)
+    reasons = tuple(x.reasons())
+    captured_only = [Step("captured", "", NOW)]
+    assert verdict(x, captured_only, timed_out=False) == Verdict("following", None, reasons)
+    assert verdict(x, captured_only, timed_out=False, nothing_planned=True) == Verdict("conflict", 1, reasons)
+    again = [*captured_only, planned("user.upsert", "op-v", NOW)]
+    assert verdict(x, again, timed_out=False, nothing_planned=True).exit_status is None, "its result decides"
+    waiting = explain(EntityType.USER, _directory(), [PARKED.entry], [PARKED], _cloud(), NOW)
+    assert verdict(waiting, captured_only, timed_out=False, nothing_planned=True).exit_status is None, (
+        "a parked operation may still be released by a fact"
+    )
 
 
 def test_a_superseded_operation_no_longer_waits(tmp_path: Path) -> None:

@@ -101,16 +101,23 @@ class Verdict:
     reasons: tuple[str, ...] = ()
 
 
-def verdict(now_view: Explanation | None, seen: Sequence[Step], *, timed_out: bool) -> Verdict:
+def verdict(
+    now_view: Explanation | None, seen: Sequence[Step], *, timed_out: bool, nothing_planned: bool = False
+) -> Verdict:
     """Whether following is done, and how it ended.
 
     ``now_view`` is the entity's explanation now (None before the planner has read the event);
-    ``seen`` the steps shown so far.
+    ``seen`` the steps shown so far; ``nothing_planned``: the planner had read the event before
+    the operations topic was last read, and no operation of the entity was on it (its state
+    was unchanged). Then an open conflict ends the sync at once: no operation is on its way
+    that could settle it, only an operator can (waiting for the time-out changed nothing).
     """
     stages = {s.stage for s in seen}
     reasons = tuple(now_view.reasons()) if now_view is not None else ()
     for final in sorted(FINAL & stages):
         return Verdict(final, 1, reasons)
+    if nothing_planned and "planned" not in stages and now_view is not None and now_view.planner.conflicts:
+        return Verdict("conflict", 1, reasons)
     if now_view is not None and not reasons:
         applied = bool(stages & {"applied", "already_applied"})
         return Verdict("applied" if applied else "in_sync", 0)

@@ -78,6 +78,7 @@ class _Follower:
             bootstrap, dict(ops_ends), client_id="vudsync-sync", security=settings.kafka_security()
         )
         self.directory_ends: dict[tuple[str, int], int] = {}
+        self.read_to_end = False  # the last poll read the operations topic to where it ended
 
     def close(self) -> None:
         self.indexer.close()
@@ -114,7 +115,8 @@ class _Follower:
                     continue
                 steps.append(planned(op.kind, op.operation_id, time.time()))
             positions = self.operations.positions()
-            if all(positions.get(tp, 0) >= end for tp, end in ends.items()) or time.monotonic() > deadline:
+            self.read_to_end = all(positions.get(tp, 0) >= end for tp, end in ends.items())
+            if self.read_to_end or time.monotonic() > deadline:
                 break
         for row_id, entry in results:
             self.mark = row_id
@@ -180,6 +182,9 @@ def _follow(
     read = False
     last_look = 0.0
     while True:
+        # read before this poll: every operation the planner made of the event is on the topic
+        # before this poll looks where it ends (it flushes them before it commits past the event)
+        read_before_poll = read
         news = follower.poll(aggregate(entity, directory.entity_id), directory.entity_id)
         if not read and follower.planner_has_read():
             read = True
@@ -192,6 +197,7 @@ def _follow(
             follower.waiting_now(view)
         elif not read and not timed_out:
             continue
-        done = verdict(view, follower.seen, timed_out=timed_out)
+        quiet = read_before_poll and follower.read_to_end
+        done = verdict(view, follower.seen, timed_out=timed_out, nothing_planned=quiet)
         if done.exit_status is not None:
             return done
