@@ -53,7 +53,8 @@ def test_matching_by_e_mail_never_takes_over_or_deactivates_a_stranger(
     writer.upsert_user(id="u1", username="kari", email="kari@fjord.no", first_name="Kari", last_name="Holm")
     assert vudsync_cli(settings, kafka_bootstrap, "connect").returncode == 0
 
-    with components(settings, kafka_bootstrap, "producer", "planner", "sink") as procs:
+    settle = {"VUDSYNC_PLANNER_DELETES_SETTLE": "0.5"}  # the gate on, its settle short: less waiting
+    with components(settings, kafka_bootstrap, "producer", "planner", "sink", **settle) as procs:
         wait_until(lambda: alive_or_fail(procs) and cloud.user("u1") is not None, 180, what="u1 linked")
         kari = cloud.user("u1")
         assert kari is not None

@@ -47,7 +47,8 @@ from vudsync.topics import ensure_catalogue
 
 USERS = 24
 COMPANIES = ["c000", "c001", "c002", "c003"]
-PLANNER_ENV = {"VUDSYNC_PLANNER_SESSION_TIMEOUT": "10"}
+# deletions settle for 0.5 s, not the default 5 s: the gate is on, the test waits less
+PLANNER_ENV = {"VUDSYNC_PLANNER_SESSION_TIMEOUT": "10", "VUDSYNC_PLANNER_DELETES_SETTLE": "0.5"}
 
 
 class Directory:

@@ -36,7 +36,13 @@ def test_insert_update_delete_reach_the_cloud(
     connected = vudsync_cli(pipeline_settings, bootstrap, "connect")  # nothing is sent before it
     assert connected.returncode == 0, connected.stderr
     with components(
-        pipeline_settings, bootstrap, "producer", "planner", "sink", security=kafka_target.security
+        pipeline_settings,
+        bootstrap,
+        "producer",
+        "planner",
+        "sink",
+        security=kafka_target.security,
+        VUDSYNC_PLANNER_DELETES_SETTLE="0.5",  # the gate on, its settle short: the test waits less
     ) as procs:
         writer.upsert_user(
             id="u1", username="kari", email="Kari.Odegard@fjord.no", first_name="Kari", last_name="Ødegård"
