@@ -22,7 +22,7 @@ from processors.effects import Coords, Effects, Tx
 from processors.keys import Known
 from processors.knowledge import Knowledge
 from processors.model import DeletesFrom, DeletionRequest, Parked, slot_of
-from processors.needs import NeedKind
+from processors.needs import Need, NeedKind
 from processors.writeback import Change, PairState, directory_changed, held_entries, plan_writeback
 from schemas.cloud_changes import CloudAccessChanged
 from schemas.directory import ApplicationType, EntityType, UserState
@@ -40,16 +40,32 @@ class CloudChanges:
 
     def on_cloud_change(self, tx: Tx, change: CloudAccessChanged, coords: Coords) -> Effects:
         fx = Effects(entity="cloud_access")
+        self.decide(tx, fx, change, coords.partition)
+        return tx.effects(fx)
+
+    def decide(self, tx: Tx, fx: Effects, change: CloudAccessChanged, p: int) -> None:
+        """Decide ``change`` on partition ``p`` into ``fx``: a new change, or one a release took
+        from the table (its user's directory state or its company's link arrived)."""
         wkey = keys.writeback_key(change.user_id, change.company_id)
         raw = tx.get(wkey)
         previous = PairState.from_json(raw) if raw is not None else None
         user = tx.get(keys.entity_key(keys.entity_ref(EntityType.USER, change.user_id)))
+        removed = user is not None and (bool(user["d"]) or user["s"] is None)
         held = None
-        if user is not None and not user["d"] and user["s"] is not None:
+        if user is not None and not removed:
             held = held_entries(UserState.model_validate(user["s"]), change.company_id)
-        company_known = tx.get(keys.known_key(coords.partition, Known.COMPANY, change.company_id)) is not None
+        company_known = tx.get(keys.known_key(p, Known.COMPANY, change.company_id)) is not None
         now = self.clock()
-        decided = plan_writeback(previous, change, held, company_known=company_known, now=now)
+        decided = plan_writeback(
+            previous, change, held, company_known=company_known, now=now, user_removed=removed
+        )
+        if decided.waits_for is not None:
+            fx.outcome = "parked"
+            if not self._wait(tx, fx, p, change, decided.waits_for):
+                return  # waits already, or a newer change of the pair does
+            for entry in decided.journal:
+                journal.record(fx, entry, now, ResultOutcome.PARKED)
+            return
         fx.outcome = decided.outcome
         revokes: list[RevokeDirectoryAccess] = []
         for op in decided.operations:
@@ -60,7 +76,6 @@ class CloudChanges:
                 revokes.append(op)
         # every revoke, on either side, passes the accidental-delete gate (docs/domain.md rules 6
         # and 12): an administrator's mass revoke in the cloud must not wipe the store unasked
-        p = coords.partition
         if revokes:
             self._gated(tx, fx, p, _candidate(change, "directory"), revokes, now)
         in_cloud = [_revoke_in_cloud(change, key, theirs, now) for key, theirs in decided.revoke_in_cloud]
@@ -73,7 +88,39 @@ class CloudChanges:
             journal.record(fx, entry, now, outcome if entry.level != "info" else None)
         if decided.state is not None:
             tx.set(wkey, decided.state.to_json())
-        return tx.effects(fx)
+
+    @staticmethod
+    def _wait(tx: Tx, fx: Effects, p: int, change: CloudAccessChanged, need: Need) -> bool:
+        """Park ``change`` until ``need`` is met, one per pair (slot ``writeback:<company>``: the
+        newest feed position waits, an older one redelivered changes nothing — each change is
+        the pair's whole state). Under the user's ``p|`` key, like the user's operations: a
+        company's link releases it through the need index; the user's directory state through
+        the user's own ``p|`` key (:func:`release_on_premise`, not indexed). Nothing is sent.
+        False: it waits already (or a newer change of the pair does)."""
+        ref = keys.entity_ref(EntityType.USER, change.user_id)
+        pkey = keys.parked_key(ref)
+        items = tx.get(pkey) or []
+        slot = f"{_WAITING_SLOT}{change.company_id}"
+        old = next((i for i in items if i["slot"] == slot), None)
+        if old is not None and old["op"]["feed_seq"] >= change.feed_seq:
+            return False
+        item = {
+            "slot": slot,
+            "op": {
+                "kind": parking.CLOUD_CHANGE,
+                "operation_id": change.event_id,
+                "feed_seq": change.feed_seq,
+                "cloud_changed_at": change.changed_at.isoformat(),
+                "change": change.model_dump(mode="json"),
+            },
+            "needs": [need.encode()],
+            "apps": [],
+            "del": None,
+        }
+        tx.set(pkey, [*(i for i in items if i["slot"] != slot), item])
+        if need.kind is not NeedKind.ON_PREMISE:
+            parking.index(tx, p, need.encode(), ref)
+        return True
 
     def _gated(
         self,
@@ -143,6 +190,26 @@ class CloudChanges:
 
 
 _CATALOGUE = {"role": "roles", "layout_group": "layout_groups", "module": "modules"}
+_WAITING_SLOT = "writeback:"  # the slot of a cloud change waiting for its user or company
+
+
+def release_on_premise(tx: Tx, fx: Effects, user_id: str) -> None:
+    """The user's directory state has arrived: hand the cloud changes of the user that waited
+    for it (``on_premise:<user>``, in the user's ``p|`` key) to be decided again
+    (:attr:`Effects.released`). One read of a key the directory event has read already."""
+    pkey = keys.parked_key(keys.entity_ref(EntityType.USER, user_id))
+    items = tx.get(pkey)
+    if not items:
+        return
+    need = Need.on_premise(user_id).encode()
+    still = []
+    for item in items:
+        if need in item["needs"] and item["op"]["kind"] == parking.CLOUD_CHANGE:
+            fx.released.append(item["op"]["change"])
+        else:
+            still.append(item)
+    if len(still) != len(items):
+        tx.set(pkey, still or None)
 
 
 def _candidate(change: CloudAccessChanged, deletes_from: DeletesFrom) -> DeletionRequest:
