@@ -234,6 +234,8 @@ def release(tx: Tx, fx: Effects, knowledge: Knowledge, p: int, need: Need, now: 
                         parked.operation, ResultOutcome.REJECTED, now, reason="deletion rejected"
                     ),
                 )
+                if parked.operation.kind == "directory.access.revoke":  # the directory's entry stands
+                    fx.rejected.append(parked.operation)
             else:
                 needs: tuple[Need, ...] = value  # type: ignore[assignment]
                 unblocked = planner.release_unblocked(parked, ids, need)

@@ -19,6 +19,7 @@ from schemas.cloud_changes import CloudAccessChanged, CloudAccessEntry
 from schemas.directory import ApplicationType, CompanyAccess, EntityType, ServiceAccess
 from schemas.directory_operations import GrantDirectoryAccess, RevokeDirectoryAccess
 from schemas.events import Op
+from schemas.operations import AssignAccess
 from schemas.results import FactKind, OperationResult, PlannerFact, ResultOutcome
 from tests.factories import T0, connected_table, user_event, user_state
 from tests.fakes import apply_writes
@@ -228,9 +229,9 @@ class Planner:
             queue += [s.value for s in inner.sends if s.role == "control"]
         return sent
 
-    def approve(self, up_to: int) -> list[Send]:
-        """``vudsync deletes approve --up-to <up_to>``."""
-        decided = DeletionsDecided(approve=True, operator="ops@fjord.no", decided_at=T0, up_to=up_to)
+    def approve(self, up_to: int, approve: bool = True) -> list[Send]:
+        """``vudsync deletes approve --up-to <up_to>`` (``reject`` with ``approve=False``)."""
+        decided = DeletionsDecided(approve=approve, operator="ops@fjord.no", decided_at=T0, up_to=up_to)
         return self.gate(Effects(sends=[Send("control", "operator", decided, 0)]))
 
 
@@ -645,6 +646,57 @@ def test_a_mass_revoke_in_the_cloud_is_held_whole_before_it_reaches_the_store_an
         (u, RevokeDirectoryAccess, "Lønn") for u in users
     ]
     assert p.r.held_deletions() == 0 and p.r.parked() == 0 and gate.outstanding(p.control) == []
+
+
+def test_a_rejected_revoke_in_the_store_keeps_the_directory_s_entry_and_brings_the_cloud_back_to_it() -> None:
+    """An operator rejected the held burst: nothing is removed on premise, the directory's entry
+    stands — and the cloud gets it back, never by a revoke: the cloud's entry (Lønn) is adopted
+    as the directory's in the store (then its next event assigns it), the directory's own
+    (Regnskap, revoked in the cloud later than it was granted) is assigned again at once."""
+    p = _linked(PlannerSettings(deletes_threshold=2))
+    users = _holding_a_written_back_role(p, 3)
+    revoked = [p.cloud(change(6, changed=6, user=u)) for u in users]  # the whole access, in the cloud
+    p.gate(*revoked, settled=3600)
+    listed = gate.outstanding(p.control)
+    assert len(listed) == 3
+    sent = p.approve(listed[-1].seq, approve=False)
+    to_store = _sent(sent, "directory_operations")
+    assert not [op for op in to_store if isinstance(op, RevokeDirectoryAccess)], "rejected: none removed"
+    assert sorted((op.user_id, op.name, op.adopt) for op in to_store) == [(u, "Lønn", True) for u in users]
+    assigned = [op for op in _sent(sent, "operations") if isinstance(op, AssignAccess)]
+    assert sorted((op.user_id, op.services) for op in assigned) == [(u, {BUSINESS: REGNSKAP}) for u in users]
+    assert not [op for op in _sent(sent, "operations") if "revoke" in op.kind], "never a revoke"
+    journal = [r for r in _sent(sent, "results") if r.kind == "journal.writeback_revoke_rejected"]
+    assert sorted(r.entity_id for r in journal) == sorted(users * 2)  # one per entry
+    assert p.r.waiting().total == 0
+    for u in users:  # the pair no longer counts a revoke on its way
+        assert p.table[f"w|{u}|c1"]["w"] == {}
+    # the directory sink adopted Lønn: the user's next event assigns it in the cloud with Regnskap
+    adopted = p.user(
+        3, CompanyAccess(company_id="c1", services={BUSINESS: ServiceAccess(roles=("Lønn", "Regnskap"))})
+    )
+    (assign,) = adopted.operations()
+    assert isinstance(assign, AssignAccess)
+    assert assign.services == {BUSINESS: ServiceAccess(roles=("Lønn", "Regnskap"))}
+    # a rejection seen again (a redelivered decision) plans the same ids: applied once
+    again = p.approve(listed[-1].seq, approve=False)
+    assert {op.operation_id for op in _sent(again, "directory_operations")} <= {
+        op.operation_id for op in to_store
+    }
+
+
+def test_a_rejected_revoke_in_the_store_of_an_entry_granted_again_in_the_cloud_needs_nothing() -> None:
+    p = _linked(PlannerSettings(deletes_threshold=2))
+    users = _holding_a_written_back_role(p, 3)
+    revoked = [p.cloud(change(6, entry("Regnskap", origin="directory", modified=1), user=u)) for u in users]
+    p.gate(*revoked, settled=3600)
+    # an administrator grants Lønn again to u1 before the operator decides: the grant supersedes
+    # u1's held revoke; the others are rejected
+    p.cloud(change(7, entry("Regnskap", origin="directory", modified=1), entry("Lønn", modified=7)))
+    sent = p.approve(gate.outstanding(p.control)[-1].seq, approve=False)
+    adopted = sorted(op.user_id for op in _sent(sent, "directory_operations") if op.adopt)
+    assert adopted == ["u2", "u3"]
+    assert not [op for op in _sent(sent, "operations") if op.user_id == "u1"]
 
 
 def test_revokes_in_the_cloud_under_the_threshold_settle_then_reach_the_store() -> None:
