@@ -336,11 +336,7 @@ class Partitions:
         self.facts: list[tuple[int, PlannerFact]] = []  # sent, not yet delivered
 
     def perform(self, fx: Effects) -> Effects:
-        for key, value in fx.writes.items():
-            if value is None:
-                self.table.pop(key, None)
-            else:
-                self.table[key] = value
+        apply_writes(self.table, fx.writes)
         self.facts += [(s.partition or 0, s.value) for s in fx.sends if s.role == "facts"]  # type: ignore[misc]
         return fx
 
