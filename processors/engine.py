@@ -153,7 +153,8 @@ class Reconciler:
 
     def on_result(self, result: OperationResult, coords: Coords, tx: Tx | None = None) -> Effects:
         """Learn from a result: cloud ids, the registry, the catalogue; the review journal."""
-        return self._staged(self._facts.on_result(tx or Tx(self.store), result, coords))
+        tx = tx or Tx(self.store)  # a fact learned on its home partition may release too
+        return self._staged(self._decide_released(tx, self._facts.on_result(tx, result, coords), coords))
 
     def on_fact(self, fact: PlannerFact, coords: Coords, tx: Tx | None = None) -> Effects:
         """Record a fact in this partition's copy; release what waited for it."""
