@@ -109,6 +109,10 @@ class CloudCapture:
         self.topic = config.topic_prefix + CLOUD_CHANGES.name
         self.results = config.topic_prefix + RESULTS.name  # the journal's full reads
         self._ids: dict[IdKey, str | None] = {}  # cloud id → on-premise id (None: not linked)
+        # the ids known not linked, saved with each cursor (SavedCursor.unlinked): a link after
+        # the cursor is followed by a read of their access, after a restart too
+        self._unlinked_ids: set[IdKey] = set()
+        self._unlinked_saved: frozenset[str] | None = None  # its text, until it changes
         self._reported: set[IdKey] = set()  # unlinked ids logged once
         self._saved: SavedCursor | None = None
         self._saved_at = 0.0  # time.monotonic() of the last save
@@ -128,7 +132,13 @@ class CloudCapture:
                     self._saved = self.cursors.load(self.config.name)
                     loaded = True
                     if self._saved is not None:
-                        log.info("cloud-capture: following the feed from position %d", self._saved.position)
+                        self._remember_unlinked(self._saved.unlinked)
+                        log.info(
+                            "cloud-capture: following the feed from position %d (%d users or companies "
+                            "known unlinked there)",
+                            self._saved.position,
+                            len(self._saved.unlinked),
+                        )
                 if self._saved is None:
                     if self.full_read(reason, stop, expired):
                         failures = 0
@@ -181,7 +191,7 @@ class CloudCapture:
             published += self._publish(self._company_access(companies))
             published += self._publish(self._events(page.items))
             self._acknowledge(published)
-        self._save(SavedCursor(page.cursor, page.position))
+        self._save(self._cursor(page.cursor, page.position))
         newest = max((parse_time(i["at"]) for i in page.items), default=None)
         if not page.more:
             self.metrics.feed_lag.set(0)
@@ -201,7 +211,7 @@ class CloudCapture:
             if kind in ("user", "company"):
                 key = (kind, str(item["resource_id"]))
                 known = key in self._ids and self._ids[key] is None
-                self._ids[key] = (item.get("state") or {}).get("external_id") or None
+                self._learn(key, (item.get("state") or {}).get("external_id") or None)
                 if known and self._ids[key] is not None:
                     linked[kind][key[1]] = int(item["seq"])
         for item in items:
@@ -255,15 +265,39 @@ class CloudCapture:
         unlinked: list[str] = []
         for user in page.items:
             key = ("user", str(user["id"]))
-            self._ids[key] = user.get("external_id") or None
+            self._learn(key, user.get("external_id") or None)
             (linked if self._ids[key] is not None else unlinked).append(key[1])
         return linked, unlinked, page.next_after
+
+    def _learn(self, key: IdKey, external_id: str | None) -> None:
+        """What the cloud says ``key`` is linked to now (None: not linked)."""
+        self._ids[key] = external_id
+        if (external_id is None) != (key in self._unlinked_ids):
+            self._unlinked_saved = None
+            if external_id is None:
+                self._unlinked_ids.add(key)
+            else:
+                self._unlinked_ids.discard(key)
+
+    def _remember_unlinked(self, saved: frozenset[str]) -> None:
+        """The ids the saved cursor knew unlinked (``user:<id>``, ``company:<id>``): known
+        unlinked again, so that a link the feed brings after the cursor reads their access."""
+        for text in saved:
+            kind, _, cloud_id = text.partition(":")
+            if kind in ("user", "company") and cloud_id:
+                self._learn((kind, cloud_id), None)
+
+    def _cursor(self, cursor: str, position: int) -> SavedCursor:
+        """The cursor to save, with the ids known unlinked at it."""
+        if self._unlinked_saved is None:
+            self._unlinked_saved = frozenset(f"{k}:{i}" for k, i in self._unlinked_ids)
+        return SavedCursor(cursor, position, self._unlinked_saved)
 
     def _lookup(self, kind: str, cloud_id: str) -> None:
         if (kind, cloud_id) in self._ids:
             return
         body = self.feed.user(cloud_id) if kind == "user" else self.feed.company(cloud_id)
-        self._ids[(kind, cloud_id)] = (body or {}).get("external_id") or None
+        self._learn((kind, cloud_id), (body or {}).get("external_id") or None)
 
     def _events(self, items: Iterable[Body]) -> list[Mapped | Unlinked]:
         return [feed_access_event(i, self._ids) for i in items if i["resource_type"] == "access"]
@@ -288,7 +322,7 @@ class CloudCapture:
         while after is not None:
             page = self.feed.companies(after, self.config.read_page)
             for company in page.items:
-                self._ids[("company", str(company["id"]))] = company.get("external_id") or None
+                self._learn(("company", str(company["id"])), company.get("external_id") or None)
             after = page.next_after
         published = unlinked_users = read_users = 0
         after = 0
@@ -324,7 +358,7 @@ class CloudCapture:
         )
         self.publisher.publish(self.results, entry.entity_id, encode(entry), result_headers(entry))
         self._acknowledge(0)
-        self._save(SavedCursor(start.cursor, start.position))
+        self._save(self._cursor(start.cursor, start.position))
         self.metrics.feed_lag.set(0)
         log.warning(
             "cloud-capture: full read (%s) done: %d access published, %d linked users read (each "
@@ -365,7 +399,11 @@ class CloudCapture:
         once a poll — often enough that a saved cursor never ages into expiry while capture
         runs, rarely enough that an idle poll costs the store no write."""
         now = time.monotonic()
-        moved = self._saved is None or cursor.position != self._saved.position
+        moved = (
+            self._saved is None
+            or cursor.position != self._saved.position
+            or cursor.unlinked != self._saved.unlinked
+        )
         if moved or (cursor != self._saved and now - self._saved_at >= REFRESH_IDLE_CURSOR):
             self.cursors.save(self.config.name, cursor)
             self._saved, self._saved_at = cursor, now

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -68,8 +69,23 @@ class CloudFeed(Protocol):
 
 @dataclass(frozen=True)
 class SavedCursor:
+    """The feed's cursor, its position, and the cloud users and companies cloud-capture knew
+    as **not linked** there (``user:<cloud id>``, ``company:<cloud id>``): their access was
+    counted, not published, so a link after the cursor must be followed by a read of it — after
+    a restart too (the feed item of the link gives only the state *now*: linked)."""
+
     cursor: str
     position: int
+    unlinked: frozenset[str] = frozenset()
+
+    def unlinked_json(self) -> str:
+        """``unlinked`` as the store keeps it (a sorted JSON list)."""
+        return json.dumps(sorted(self.unlinked))
+
+    @staticmethod
+    def unlinked_from(raw: str | None) -> frozenset[str]:
+        """The unlinked ids a store kept (none in a row saved before the column existed)."""
+        return frozenset(json.loads(raw)) if raw else frozenset()
 
 
 class CursorStore(Protocol):
@@ -82,6 +98,7 @@ class CursorStore(Protocol):
         """The saved cursor of the named capture; None before the first full read."""
 
     def save(self, name: str, cursor: SavedCursor) -> None:
-        """Record the cursor durably (replacing the one before)."""
+        """Record the cursor and its unlinked ids durably, in one write (replacing the ones
+        before)."""
 
     def close(self) -> None: ...

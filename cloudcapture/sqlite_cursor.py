@@ -1,6 +1,7 @@
 """The feed cursor in a SQLite directory store: the ``capture_checkpoint`` table, beside the
 producer's checkpoint (row ``name``, ``phase`` 'streaming', ``seq`` the feed position, ``cursor``;
-migration ``0003_cloud_feed_cursor``)."""
+migration ``0003_cloud_feed_cursor``; ``unlinked``, the ids known unlinked there: migration
+``0006_cloud_capture_unlinked``)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ from cloudcapture.ports import SavedCursor
 from kernel.errors import ConfigurationError, RetryableError
 
 _BUSY_TIMEOUT_MS = 30_000
-MIGRATE_HINT = "the store lacks migration 0003_cloud_feed_cursor: run `vudsync store init` once"
+MIGRATE_HINT = (
+    "the store lacks migration 0003_cloud_feed_cursor or 0006_cloud_capture_unlinked: "
+    "run `vudsync store init` once"
+)
 
 
 class SqliteCursorStore:
@@ -28,7 +32,7 @@ class SqliteCursorStore:
         self._conn = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
         self._conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
         columns = {row[1] for row in self._conn.execute("PRAGMA table_info(capture_checkpoint)")}
-        if "cursor" not in columns:
+        if not {"cursor", "unlinked"} <= columns:
             self._conn.close()
             raise ConfigurationError("the store has no column for the feed cursor", hint=MIGRATE_HINT)
 
@@ -36,22 +40,26 @@ class SqliteCursorStore:
         try:
             with self._lock:
                 row = self._conn.execute(
-                    "SELECT cursor, seq FROM capture_checkpoint WHERE name = ? AND cursor IS NOT NULL",
+                    "SELECT cursor, seq, unlinked FROM capture_checkpoint "
+                    "WHERE name = ? AND cursor IS NOT NULL",
                     (name,),
                 ).fetchone()
         except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk I/O
             raise RetryableError(f"reading the feed cursor: {type(exc).__name__}") from None
-        return None if row is None else SavedCursor(str(row[0]), int(row[1]))
+        return (
+            None if row is None else SavedCursor(str(row[0]), int(row[1]), SavedCursor.unlinked_from(row[2]))
+        )
 
     def save(self, name: str, cursor: SavedCursor) -> None:
         try:
             with self._lock:
                 self._conn.execute(
-                    "INSERT INTO capture_checkpoint (name, phase, seq, cursor, updated_at) "
-                    "VALUES (?, 'streaming', ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                    "INSERT INTO capture_checkpoint (name, phase, seq, cursor, unlinked, updated_at) "
+                    "VALUES (?, 'streaming', ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
                     "phase = excluded.phase, seq = excluded.seq, cursor = excluded.cursor, "
+                    "unlinked = excluded.unlinked, "
                     "updated_at = excluded.updated_at",
-                    (name, cursor.position, cursor.cursor, time.time()),
+                    (name, cursor.position, cursor.cursor, cursor.unlinked_json(), time.time()),
                 )
         except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk I/O
             raise RetryableError(f"saving the feed cursor: {type(exc).__name__}") from None

@@ -123,6 +123,9 @@ class DirectoryEvents:
             if was_live != (not plan.view.deleted) and self.settings.deletes_threshold_percent is not None:
                 live = keys.live_key(coords.partition)
                 tx.set(live, max(0, (tx.get(live) or 0) + (-1 if was_live else 1)))
+            if not was_live and not plan.view.deleted and ev.entity is EntityType.USER:
+                # cloud changes of the user that came before its directory state: decide them now
+                cloud_changes.release_on_premise(tx, fx, ev.entity_id)
         fx.outcome = Outcome.REDELIVERED.value if replay else plan.outcome.value
         return tx.effects(fx)
 

@@ -63,6 +63,12 @@ class Effects:
     #: operations parked now, or still parked after a release: each with the needs it waited
     #: for before (None: parked now) — what staging mode shows (processors.staging)
     waiting: list[tuple[Parked, tuple[Need, ...] | None]] = field(default_factory=list)
+    #: cloud changes of the writeback a release took from the table (their JSON): the
+    #: reconciler decides each again, in this step (processors.cloud_changes)
+    released: list[dict[str, Any]] = field(default_factory=list)
+    #: the writeback's store revokes an operator's rejection dropped now: the reconciler
+    #: re-asserts each entry (processors.cloud_changes.CloudChanges.reassert)
+    rejected: list[Planned] = field(default_factory=list)
 
     def send(self, role: str, key: str, value: BaseModel, partition: int | None = None) -> None:
         self.sends.append(Send(role, key, value, partition))
@@ -80,6 +86,8 @@ class Effects:
         same :class:`Tx` (its writes are the Tx's, taken once at the end)."""
         self.sends.extend(other.sends)
         self.journal.extend(other.journal)
+        self.released.extend(other.released)
+        self.rejected.extend(other.rejected)
         self.acks_first = self.acks_first or other.acks_first
 
     def operations(self) -> list[CloudOperation]:

@@ -45,8 +45,9 @@ from processors.gate import Gate
 from processors.keys import Known, is_parked
 from processors.knowledge import Knowledge
 from processors.model import Identities, PlannerSettings, VerdictStatus
-from schemas.cloud_changes import CloudAccessRead, CloudChange
+from schemas.cloud_changes import CloudAccessChanged, CloudAccessRead, CloudChange
 from schemas.directory import ApplicationType
+from schemas.directory_operations import RevokeDirectoryAccess
 from schemas.events import DirectoryEvent
 from schemas.results import OperationResult, PlannerFact
 
@@ -146,19 +147,41 @@ class Reconciler:
         self, ev: DirectoryEvent, coords: Coords, committed: int | None, tx: Tx | None = None
     ) -> Effects:
         """Plan one directory event. ``committed``: the committed offset of its topic partition."""
-        return self._staged(self._directory.on_directory_event(tx or Tx(self.store), ev, coords, committed))
+        tx = tx or Tx(self.store)
+        fx = self._directory.on_directory_event(tx, ev, coords, committed)
+        return self._staged(self._decide_released(tx, fx, coords))
 
     def on_result(self, result: OperationResult, coords: Coords, tx: Tx | None = None) -> Effects:
         """Learn from a result: cloud ids, the registry, the catalogue; the review journal."""
-        return self._staged(self._facts.on_result(tx or Tx(self.store), result, coords))
+        tx = tx or Tx(self.store)  # a fact learned on its home partition may release too
+        return self._staged(self._decide_released(tx, self._facts.on_result(tx, result, coords), coords))
 
     def on_fact(self, fact: PlannerFact, coords: Coords, tx: Tx | None = None) -> Effects:
         """Record a fact in this partition's copy; release what waited for it."""
-        return self._staged(self._facts.on_fact(tx or Tx(self.store), fact, coords))
+        tx = tx or Tx(self.store)
+        return self._staged(self._decide_released(tx, self._facts.on_fact(tx, fact, coords), coords))
+
+    def _decide_released(self, tx: Tx, fx: Effects, coords: Coords) -> Effects:
+        """Decide again, in this step, the writeback's cloud changes a release took from the
+        table (their user's directory state or their company's link arrived), and re-assert the
+        entries whose store revoke an operator's rejection dropped: sent before the table
+        forgets them, like every release (``acks_first``)."""
+        if not fx.released and not fx.rejected:
+            return fx
+        released, fx.released = fx.released, []
+        for raw in released:
+            self._cloud.decide(tx, fx, CloudAccessChanged.model_validate(raw), coords.partition)
+        rejected, fx.rejected = fx.rejected, []
+        for op in rejected:  # the writeback's store revokes an operator rejected: re-asserted
+            assert isinstance(op, RevokeDirectoryAccess)
+            self._cloud.reassert(tx, fx, coords.partition, op, self._clock())
+        fx.acks_first = fx.acks_first or bool(fx.sends)
+        return tx.effects(fx)
 
     def on_control(self, msg: BaseModel, coords: Coords, tx: Tx | None = None) -> Effects:
         """A message of the accidental-delete gate."""
-        return self._staged(self._gate.on_control(tx or Tx(self.store), msg, coords))
+        tx = tx or Tx(self.store)
+        return self._staged(self._decide_released(tx, self._gate.on_control(tx, msg, coords), coords))
 
     def _staged(self, fx: Effects) -> Effects:
         """In staging mode, the operations to send are staged instead (:mod:`processors.staging`)."""

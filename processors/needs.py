@@ -10,6 +10,9 @@ A *need* names one prerequisite of an operation:
 - ``deletion:<candidate>`` — the accidental-delete gate granted (or an operator approved) it;
 - ``connect:installation`` — ``vudsync connect`` has succeeded for this installation: nothing
   goes to the cloud before (:mod:`processors.connection`);
+- ``on_premise:<user id>`` — the user's directory state reached this partition: a cloud change
+  of the writeback waits for it (:mod:`processors.cloud_changes`; found in the user's own
+  ``p|`` key by the user's directory event, never indexed);
 - ``review:<company id>`` — an operator reviewed the company, which was linked to a cloud
   company that existed before (assignments of access to it only; :mod:`processors.reviews`).
 
@@ -40,6 +43,7 @@ class NeedKind(StrEnum):
     DELETION = "deletion"  # subject: the gate's candidate, <entity>:<id>:<version>
     CONNECT = "connect"  # subject: "installation"
     REVIEW = "review"  # subject: company id
+    ON_PREMISE = "on_premise"  # subject: user id (a writeback cloud change waits for its user)
 
 
 _OF_FACT = {
@@ -83,6 +87,10 @@ class Need:
     @classmethod
     def review(cls, company_id: str) -> Need:
         return cls(NeedKind.REVIEW, company_id)
+
+    @classmethod
+    def on_premise(cls, user_id: str) -> Need:
+        return cls(NeedKind.ON_PREMISE, user_id)
 
     @classmethod
     def of_fact(cls, kind: FactKind, subject: str) -> Need | None:

@@ -32,6 +32,10 @@ from schemas.operations import CLOUD_OPERATION_ADAPTER
 from schemas.results import ResultOutcome
 
 BUCKET = 256  # entity keys per index bucket
+#: the ``op`` kind of a parked item that is no operation but a cloud change of the writeback
+#: waiting for its user or company (:mod:`processors.cloud_changes`): a release hands it back
+#: to be decided again (:attr:`Effects.released`) instead of sending it
+CLOUD_CHANGE = "writeback.cloud_change"
 
 
 @dataclass(frozen=True)
@@ -215,6 +219,9 @@ def release(tx: Tx, fx: Effects, knowledge: Knowledge, p: int, need: Need, now: 
             if encoded not in item["needs"]:
                 still.append(item)
                 continue
+            if item["op"]["kind"] == CLOUD_CHANGE:  # decided again (and parked again if it still waits)
+                fx.released.append(item["op"]["change"])
+                continue
             parked = parked_from_json(item)
             verdict, value = planner.settle(parked, ids)
             if verdict == "send":
@@ -227,6 +234,8 @@ def release(tx: Tx, fx: Effects, knowledge: Knowledge, p: int, need: Need, now: 
                         parked.operation, ResultOutcome.REJECTED, now, reason="deletion rejected"
                     ),
                 )
+                if parked.operation.kind == "directory.access.revoke":  # the directory's entry stands
+                    fx.rejected.append(parked.operation)
             else:
                 needs: tuple[Need, ...] = value  # type: ignore[assignment]
                 unblocked = planner.release_unblocked(parked, ids, need)

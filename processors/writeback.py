@@ -16,8 +16,12 @@ What reaches the directory (issue 16, docs/domain.md rule 6):
 - an entry the cloud holds as the cloud's that the directory removed later is revoked in the
   cloud (``Writeback.revoke_in_cloud``: the rule gives it to the directory);
 - only for a user known on premise (its directory state is on this partition) in a company
-  known on premise and linked (the planner has its cloud id); anything else is a journal
-  entry with a reason (``writeback_rejected`` + the metric), never a silent drop. Whether
+  known on premise and linked (the planner has its cloud id). A change that comes before
+  either is known *waits* (outcome ``waiting``, :attr:`Writeback.waits_for`: the reconciler
+  parks it and decides it again when the user's directory state or the company's link
+  arrives — they come on other topics, in no order with ``vud.cloud.changes``) and leaves the
+  pair's position where it was; a user removed on premise is a journal entry with a reason
+  (``writeback_rejected`` + the metric), never a silent drop. Whether
   the role, layout group or module exists in the on-premise catalogue is decided by the
   directory sink, in the store's own transaction (the catalogue's rows are on other
   partitions);
@@ -42,6 +46,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from processors.model import JournalEntry
+from processors.needs import Need
 from schemas.cloud_changes import CloudAccessChanged, CloudAccessEntry
 from schemas.directory import ApplicationType, EntityType, UserState
 from schemas.directory_operations import (
@@ -57,7 +62,9 @@ _KINDS = (("roles", "role"), ("layout_groups", "layout_group"), ("modules", "mod
 
 #: journal codes (and the planner's metric labels: ``reason`` is what follows the prefix)
 REJECTED_UNKNOWN_USER = "writeback_rejected_unknown_user"
-REJECTED_UNKNOWN_COMPANY = "writeback_rejected_unknown_company"
+REJECTED_UNKNOWN_COMPANY = "writeback_rejected_unknown_company"  # no longer planned: it waits
+WAITING_USER = "writeback_waiting_for_user"
+WAITING_COMPANY = "writeback_waiting_for_company"
 CONFLICT = "writeback_conflict"
 ECHO = "writeback_echo_suppressed"
 CLOUD_REMOVED_DIRECTORY_ENTRY = "writeback_directory_entry_removed_in_cloud"
@@ -144,7 +151,8 @@ class PairState:
 @dataclass(frozen=True)
 class Writeback:
     """What one cloud change comes to: ``outcome`` is ``stale`` (at or below the pair's
-    position: nothing else), ``rejected``, ``planned`` or ``no_change``."""
+    position: nothing else), ``waiting`` (for ``waits_for``: no state, the position is not
+    advanced), ``rejected``, ``planned`` or ``no_change``."""
 
     outcome: str
     state: PairState | None
@@ -153,6 +161,9 @@ class Writeback:
     #: entries the cloud holds as the cloud's that the directory removed later (the rule gives
     #: them to the directory): revoke them in the cloud — (entry, the directory's change)
     revoke_in_cloud: tuple[tuple[str, Change], ...] = ()
+    #: ``waiting``: what the change waits for — the user's directory state
+    #: (``on_premise:<user>``) or the company's link (``company:<company>``)
+    waits_for: Need | None = None
 
 
 def entry_key(application: str, kind: str, name: str) -> str:
@@ -181,12 +192,43 @@ def plan_writeback(
     *,
     company_known: bool,
     now: datetime,
+    user_removed: bool = False,
 ) -> Writeback:
     """Decide one cloud change of (user, company). ``held``: the store's entries of the pair
     (entry → origin) as the planner last saw them, None when the user is not known on
-    premise; ``company_known``: the company is known on premise and linked."""
+    premise (yet: the change waits for it); ``company_known``: the company is known on premise
+    and linked (else the change waits for it); ``user_removed``: the user was removed on
+    premise (rejected)."""
     if previous is not None and change.feed_seq <= previous.seq:
         return Writeback("stale", None)
+
+    def note(code: str, message: str, level: str, ref: str = "") -> JournalEntry:
+        return JournalEntry(
+            EntityType.USER, change.user_id, code, message, level, change.feed_seq, change.changed_at, ref
+        )
+
+    if not user_removed and (held is None or not company_known):
+        # the link comes on another topic: wait for it, the pair's position untouched, so the
+        # change is decided in full once it is known (a rejection here would advance the
+        # position past a grant that must reach the store)
+        need, code, what = (
+            (
+                Need.on_premise(change.user_id),
+                WAITING_USER,
+                f"user {change.user_id} is not known on premise yet",
+            )
+            if held is None
+            else (
+                Need.company(change.company_id),
+                WAITING_COMPANY,
+                f"company {change.company_id} is not known on premise or not linked yet",
+            )
+        )
+        message = f"the cloud's access of {change.user_id} in {change.company_id} waits: {what}"
+        return Writeback(
+            "waiting", None, (), (note(code, message, "info", change.company_id),), waits_for=need
+        )
+
     old_cloud = dict(previous.cloud) if previous is not None else {}
     directory = dict(previous.directory) if previous is not None else {}
     pending = dict(previous.pending) if previous is not None else {}
@@ -200,25 +242,14 @@ def plan_writeback(
             cloud[key] = was if not was.present else Change(False, change.changed_at)
     state = PairState(change.feed_seq, cloud, directory, pending, seen)
 
-    def note(code: str, message: str, level: str, ref: str = "") -> JournalEntry:
-        return JournalEntry(
-            EntityType.USER, change.user_id, code, message, level, change.feed_seq, change.changed_at, ref
-        )
-
-    if held is None or not company_known:
-        code, what = (
-            (REJECTED_UNKNOWN_USER, f"user {change.user_id} is not known on premise")
-            if held is None
-            else (
-                REJECTED_UNKNOWN_COMPANY,
-                f"company {change.company_id} is not known on premise or not linked",
-            )
-        )
+    if user_removed or held is None:
         message = (
             f"the cloud's access of {change.user_id} in {change.company_id} cannot reach the "
-            f"directory: {what}"
+            f"directory: user {change.user_id} was removed on premise"
         )
-        return Writeback("rejected", state, (), (note(code, message, "warning", change.company_id),))
+        return Writeback(
+            "rejected", state, (), (note(REJECTED_UNKNOWN_USER, message, "warning", change.company_id),)
+        )
 
     ops: list[DirectoryOperation] = []
     journal: list[JournalEntry] = []

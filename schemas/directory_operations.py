@@ -69,9 +69,15 @@ class _DirectoryOperation(Message):
 
 class GrantDirectoryAccess(_DirectoryOperation):
     """Hold the entry on premise as origin ``cloud`` (already held, whatever its origin: no
-    effect — an entry the directory granted itself stays the directory's)."""
+    effect — an entry the directory granted itself stays the directory's).
+
+    With ``adopt``: an operator rejected the writeback's revoke of the entry (the directory's
+    entry stands, docs/domain.md rule 6): the store's row of origin ``cloud`` becomes the
+    directory's, so the directory's own path re-asserts it in the cloud; no row, or one of the
+    directory's already: no effect (never a new row)."""
 
     kind: Literal["directory.access.grant"] = "directory.access.grant"
+    adopt: bool = False
 
 
 class RevokeDirectoryAccess(_DirectoryOperation):

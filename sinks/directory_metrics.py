@@ -16,7 +16,7 @@ class DirectorySinkMetrics:
         self.applied = Counter(
             "vudsync_writeback_applied_total",
             "Directory operations applied to the store (effect: granted, revoked, held_already, "
-            "not_held) or found applied already (effect: already_applied)",
+            "not_held, adopted) or found applied already (effect: already_applied)",
             ["effect"],
             registry=registry,
         )

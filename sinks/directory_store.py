@@ -16,8 +16,9 @@ the offset commit, a replay) is applied once. A rejection is recorded too: asked
 answer is the same.
 
 A grant never changes an entry the store holds already, whatever its origin (an entry the
-directory granted itself stays the directory's); a revoke removes only a row of origin
-``cloud``.
+directory granted itself stays the directory's) — except an *adoption* (``adopt``: an operator
+rejected the writeback's revoke of it), which turns a row of origin ``cloud`` into the
+directory's; a revoke removes only a row of origin ``cloud``.
 """
 
 from __future__ import annotations
@@ -111,6 +112,11 @@ class _Statements:
         where = "user_id = ? AND company_id = ? AND application = ? AND kind = ? AND name = ?"
         held = self.one(f"SELECT origin FROM access WHERE {where}", *key)
         if isinstance(op, GrantDirectoryAccess):
+            if op.adopt:  # an operator kept it against the cloud's revoke: now the directory's
+                if held is None or held[0] != "cloud":
+                    return "not_held" if held is None else "held_already"
+                self._execute(f"UPDATE access SET origin = 'directory' WHERE {where}", key)
+                return "adopted"
             if held is not None:
                 return "held_already"
             # a directory writer may grant the same entry between the look-up and this insert

@@ -24,7 +24,8 @@ from producers.service import open_store_migrations
 from schemas.cloud_changes import CloudAccessChanged
 from schemas.codec import decode_cloud_change
 from schemas.directory import EntityType
-from schemas.topics import CLOUD_CHANGES, DIRECTORY_TOPICS
+from schemas.results import OperationResult
+from schemas.topics import CLOUD_CHANGES, DIRECTORY_TOPICS, RESULTS
 from tests.capture_check import store_query
 from tests.e2e.test_writeback import _directory, _integration_writes
 from tests.fixtures.cloud import PORTAL, CloudReader, Pair, Portal
@@ -363,29 +364,120 @@ def test_access_removed_whole_while_the_cursor_was_expired_is_revoked_on_premise
                 assert [w["resource_type"] for w in writes] == ["user"], writes  # no cloud write
 
 
-def test_a_company_linked_after_its_access_was_counted_unlinked_is_read_again_and_published(
+def _waits_for_company(bootstrap: str, settings: Settings, user: str, company: str) -> Any:
+    """The planner's journal entry for the cloud change of (user, company) that came before it
+    knew the company's link (read from ``vud.cloud.results``)."""
+
+    def entries(records: list[Any]) -> list[OperationResult]:
+        found = []
+        for r in records:
+            if r.key is None or r.key.decode() != user or b"writeback_" not in r.value:
+                continue
+            result = OperationResult.model_validate_json(r.value)
+            if result.kind.startswith("journal.writeback_") and result.operation_id.endswith(f":{company}"):
+                found.append(result)
+        return found
+
+    records = read_all(
+        bootstrap, settings.topic(RESULTS.name), until=lambda rs: bool(entries(rs)), timeout=120
+    )
+    return entries(records)[0]
+
+
+@pytest.mark.timeout(900)
+def test_a_company_linked_late_has_its_access_read_again_and_written_to_the_store_after_a_restart_too(
     pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader, portal: Portal
 ) -> None:
     """An administrator grants access in a company of their own; the integration links it later
-    (a company created on premise, matched by organisation number): its access is read again."""
+    (a company created on premise, matched to it). Its access is read again and published at the
+    link's position — and reaches the planner *before* the planner knows the link (the company
+    does not exist on premise yet): the planner holds it until the company's fact arrives, then
+    the directory sink writes it to the store, once, with no write back to the cloud. The same
+    after a restart of cloud-capture, for a company linked while it was down."""
     settings = pipeline_settings
-    with _capture_started(settings, kafka_bootstrap, cloud, 2) as (procs, port, users, _company):
-        nord = portal.company("Nord AS")
-        portal.grant((users[0], nord), "Lønn")
-        portal.grant((users[1], nord), "Innkjøp")
-        wait_for(
-            procs,
-            lambda: (gauge(port, "vudsync_writeback_unlinked_total") or 0) >= 2,
-            60,
-            "the unlinked company's access counted",
-        )
-        linked = cloud.client.post(f"/v1/companies/{nord}/link", json={"external_id": "c9"})
-        linked.raise_for_status()  # as the sink links a company that existed in the cloud
-        link_seq = int(cloud.audit()[-1]["seq"])
-        records = _converged(settings, kafka_bootstrap, cloud, users)
-    events = [e for _, e in _events(records) if e.cloud_company_id == nord]
-    assert sorted((e.user_id, e.company_id, [x.name for x in e.entries]) for e in events) == [
-        ("u1", "c9", ["Lønn"]),
-        ("u2", "c9", ["Innkjøp"]),
-    ]
-    assert all(e.feed_seq == link_seq and not e.full_read for e in events)
+    url = settings.resolved_store_url()
+    with _directory(settings, kafka_bootstrap) as writer:  # u1 holds Regnskap (the directory's) in c1
+        assert vudsync_cli(settings, kafka_bootstrap, "connect").returncode == 0
+        names = ("producer", "planner", "sink", "directory-sink")
+        with components(settings, kafka_bootstrap, *names) as procs:
+            wait_for(procs, lambda: cloud.origins("u1") == {"Regnskap": "directory"}, 180, "u1 in the cloud")
+            u1 = str((cloud.user("u1") or {})["id"])
+            port = free_port()
+            with components(
+                settings, kafka_bootstrap, "cloud-capture", metrics_ports={"cloud-capture": port}
+            ) as first:
+                running = {**procs, **first}
+                wait_for(running, lambda: _saved_cursor(url) is not None, 60, "first full read")
+                nord = portal.company("Nord AS")
+                portal.grant((u1, nord), "Lønn")
+                wait_for(
+                    running,
+                    lambda: (gauge(port, "vudsync_writeback_unlinked_total") or 0) >= 1,
+                    60,
+                    "the unlinked company's access counted",
+                )
+                cloud.client.post(f"/v1/companies/{nord}/link", json={"external_id": "c9"}).raise_for_status()
+                link_seq = int(cloud.audit()[-1]["seq"])
+                records = read_all(
+                    kafka_bootstrap,
+                    settings.topic(CLOUD_CHANGES.name),
+                    until=lambda rs: any(e.cloud_company_id == nord for _, e in _events(rs)),
+                    timeout=120,
+                )
+                events = [e for _, e in _events(records) if e.cloud_company_id == nord]
+                assert [(e.user_id, e.company_id, [x.name for x in e.entries]) for e in events] == [
+                    ("u1", "c9", ["Lønn"])
+                ]
+                assert all(e.feed_seq == link_seq and not e.full_read for e in events)
+                # the planner has it before it knows c9: it waits (a rejection would lose it)
+                held = _waits_for_company(kafka_bootstrap, settings, "u1", "c9")
+                assert held.kind == "journal.writeback_waiting_for_company", held.kind
+                before = writer.change_log_position()
+                _company_on_premise(cloud, writer, nord, "c9")
+                lonn = ("c9", "business", "role", "Lønn", "cloud")
+                wait_for(running, lambda: lonn in writer.access_rows("u1"), 120, "the grant in the store")
+                assert writer.change_log_origins("u1", before) == ["cloud"]  # one store write
+                _no_cloud_write(running, cloud, writer, "Kari Anne")
+
+                # an administrator's grant in another company of their own, counted unlinked; then
+                # cloud-capture stops, and the company is linked while it is down
+                sor = portal.company("Sør AS")
+                portal.grant((u1, sor), "Innkjøp")
+                granted = int(cloud.audit()[-1]["seq"])
+                wait_for(
+                    running,
+                    lambda: (_saved_cursor(url) or ("", 0))[1] >= granted,
+                    60,
+                    "the cursor past the unlinked grant",
+                )
+                assert first["cloud-capture"].stop() == 0
+            cloud.client.post(f"/v1/companies/{sor}/link", json={"external_id": "c8"}).raise_for_status()
+            before = writer.change_log_position()
+            _company_on_premise(cloud, writer, sor, "c8")
+            with components(settings, kafka_bootstrap, "cloud-capture") as second:
+                running = {**procs, **second}
+                innkjop = ("c8", "business", "role", "Innkjøp", "cloud")
+                wait_for(
+                    running, lambda: innkjop in writer.access_rows("u1"), 120, "the grant after the restart"
+                )
+                assert writer.change_log_origins("u1", before) == ["cloud"]
+                _no_cloud_write(running, cloud, writer, "Kari Marie")
+
+
+def _company_on_premise(cloud: CloudReader, writer: Any, cloud_id: str, company: str) -> None:
+    """The on-premise company the cloud company ``cloud_id`` was linked to (same organisation
+    number): the pipeline upserts it, and the planner learns the link from its result."""
+    body = cloud.client.get(f"/v1/companies/{cloud_id}").json()
+    writer.upsert_companies(
+        [{"id": company, "name": body["name"], "organisation_number": body["organisation_number"]}]
+    )
+
+
+def _no_cloud_write(running: dict[str, Any], cloud: CloudReader, writer: Any, name: str) -> None:
+    """The writeback's store write caused no write in the cloud: the integration's next write,
+    after a barrier on the same user (its event comes after the writeback's), is the barrier's."""
+    after = int(cloud.audit()[-1]["seq"])
+    writer.update_user("u1", first_name=name)
+    wait_for(running, lambda: (cloud.user("u1") or {}).get("first_name") == name, 120, "barrier")
+    writes = _integration_writes(cloud, after)
+    assert [w["resource_type"] for w in writes] == ["user"], writes

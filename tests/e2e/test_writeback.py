@@ -8,7 +8,7 @@ The cloud's change feed is followed by the real ``vudsync run cloud-capture``.""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -207,23 +207,25 @@ def test_sigkill_of_the_directory_sink_mid_stream_loses_nothing_and_applies_noth
         portal.close()
 
 
-@pytest.mark.timeout(900)
-def test_a_mass_revoke_in_the_cloud_waits_for_an_operator_before_it_reaches_the_store(
-    settings: Settings, kafka_bootstrap: str, cloud: CloudReader
-) -> None:
-    """A portal script revokes the cloud's role of several users at once: the writeback's revokes
-    pass the accidental-delete gate (threshold 1 here; a settling time longer than the revokes
-    take to arrive, so they are one burst), are held whole — the store keeps every assignment,
-    `deletes list` shows them deleting from the directory — and reach the store once approved."""
+MassRevoke = tuple[dict[str, Any], DirectoryWriter, Portal, dict[str, Any], Callable[[], dict[str, Any]]]
+
+
+@contextmanager
+def _mass_revoke_held(settings: Settings, bootstrap: str, cloud: CloudReader) -> Iterator[MassRevoke]:
+    """u1…u3 hold Lønn, granted in the cloud and written back; a portal script revokes it of
+    all three at once: the writeback's revokes pass the accidental-delete gate (threshold 1
+    here; a settling time longer than the revokes take to arrive, so they are one burst) and
+    are held whole. Yields the processes, the store's writer, the portal, what `deletes list
+    --json` showed, and a function that shows it again."""
     users = ["u1", "u2", "u3"]
     gate = {"VUDSYNC_PLANNER_DELETES_THRESHOLD": "1", "VUDSYNC_PLANNER_DELETES_SETTLE": "120"}
-    with _directory(settings, kafka_bootstrap) as writer:
+    with _directory(settings, bootstrap) as writer:
         writer.upsert_users(store_users(2, 3))
         writer.grant([(uid, "c1", "business", "role", "Regnskap") for uid in users[1:]])
-        assert vudsync_cli(settings, kafka_bootstrap, "connect").returncode == 0
+        assert vudsync_cli(settings, bootstrap, "connect").returncode == 0
         portal = Portal(cloud)
         names = ("producer", "planner", "sink", "cloud-capture", "directory-sink")
-        with components(settings, kafka_bootstrap, *names, **gate) as procs:
+        with components(settings, bootstrap, *names, **gate) as procs:
             wait_for(procs, lambda: all(cloud.origins(u) for u in users), 180, "every user in the cloud")
             for uid in users:
                 portal.entry("PUT", uid, "c1", "Lønn")
@@ -234,7 +236,7 @@ def test_a_mass_revoke_in_the_cloud_waits_for_an_operator_before_it_reaches_the_
                 portal.entry("DELETE", uid, "c1", "Lønn")
 
             def listed() -> dict[str, Any]:
-                shown = vudsync_cli(settings, kafka_bootstrap, "deletes", "list", "--json")
+                shown = vudsync_cli(settings, bootstrap, "deletes", "list", "--json")
                 assert shown.returncode in (0, 1), shown.stdout + shown.stderr
                 return dict(json.loads(shown.stdout))
 
@@ -242,16 +244,57 @@ def test_a_mass_revoke_in_the_cloud_waits_for_an_operator_before_it_reaches_the_
             held = listed()
             assert {e["deletes_from"] for e in held["entries"]} == {"directory"}
             assert all(row in writer.access_rows(u) for u, row in lonn), "held: the store keeps them all"
-
-            approved = vudsync_cli(
-                settings, kafka_bootstrap, "deletes", "approve", "--up-to", str(held["up_to"]), "--yes"
-            )
-            assert approved.returncode == 0, approved.stdout + approved.stderr
-            wait_for(
-                procs,
-                lambda: all(r[3] != "Lønn" for u in users for r in writer.access_rows(u)),
-                180,
-                "the approved revokes in the store",
-            )
-            assert listed()["held"] == 0
+            yield procs, writer, portal, held, listed
         portal.close()
+
+
+@pytest.mark.timeout(900)
+def test_a_mass_revoke_in_the_cloud_waits_for_an_operator_before_it_reaches_the_store(
+    settings: Settings, kafka_bootstrap: str, cloud: CloudReader
+) -> None:
+    """A portal script revokes the cloud's role of several users at once: held whole — the store
+    keeps every assignment, `deletes list` shows them deleting from the directory — and the
+    revokes reach the store once approved."""
+    users = ["u1", "u2", "u3"]
+    with _mass_revoke_held(settings, kafka_bootstrap, cloud) as (procs, writer, _portal, held, listed):
+        approved = vudsync_cli(
+            settings, kafka_bootstrap, "deletes", "approve", "--up-to", str(held["up_to"]), "--yes"
+        )
+        assert approved.returncode == 0, approved.stdout + approved.stderr
+        wait_for(
+            procs,
+            lambda: all(r[3] != "Lønn" for u in users for r in writer.access_rows(u)),
+            180,
+            "the approved revokes in the store",
+        )
+        assert listed()["held"] == 0
+
+
+@pytest.mark.timeout(900)
+def test_a_rejected_mass_revoke_keeps_the_store_and_brings_the_cloud_back_to_it(
+    pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
+) -> None:
+    """The operator rejects the held burst: nothing is removed on premise, the entries become
+    the directory's, and the cloud holds them again — granted by vudsync, never revoking."""
+    settings, users = pipeline_settings, ["u1", "u2", "u3"]
+    with _mass_revoke_held(settings, kafka_bootstrap, cloud) as (procs, writer, _portal, held, listed):
+        before = writer.change_log_position()
+        rejected_at = int(cloud.audit()[-1]["seq"])
+        rejected = vudsync_cli(
+            settings, kafka_bootstrap, "deletes", "reject", "--up-to", str(held["up_to"]), "--yes"
+        )
+        assert rejected.returncode == 0, rejected.stdout + rejected.stderr
+        wait_for(
+            procs,
+            lambda: all(cloud.origins(u).get("Lønn") == "directory" for u in users),
+            180,
+            "the kept entries in the cloud again",
+        )
+        for uid in users:
+            assert ("c1", "business", "role", "Lønn", "directory") in writer.access_rows(uid)
+            assert writer.change_log_origins(uid, before) == ["directory"]  # the adoption, once
+        writes = _integration_writes(cloud, rejected_at)
+        assert sorted((w["method"], w["effect"]) for w in writes) == [("PUT", "assigned")] * len(users), (
+            writes
+        )
+        assert listed()["held"] == 0

@@ -94,3 +94,30 @@ def test_what_the_directory_cannot_hold_is_rejected_and_the_store_untouched(
     assert store.apply(grant).reason == reason  # asked again: the same answer
     assert writer.change_log_position() == before
     assert writer.access_rows("u1") == [("c1", "business", "role", "Regnskap", "directory")]
+
+
+def test_an_adoption_makes_a_row_of_origin_cloud_the_directory_s_and_nothing_else(
+    writer: DirectoryWriter, store: DirectoryStore
+) -> None:
+    """An operator rejected the writeback's revoke of an entry: the store's row of origin cloud
+    becomes the directory's (one change-log row, of the directory: the user's next event assigns
+    it in the cloud); one of the directory's already, or none, stays as it is."""
+    store.apply(op(GrantDirectoryAccess, "Lønn", 7))
+    before = writer.change_log_position()
+    adopt = op(GrantDirectoryAccess, "Lønn", 8).model_copy(update={"operation_id": "adopt-1", "adopt": True})
+    first = store.apply(adopt)
+    assert (first.outcome, first.effect) == ("applied", "adopted")
+    assert (store.apply(adopt).outcome, store.apply(adopt).effect) == ("already_applied", "adopted")
+    assert writer.access_rows("u1") == [
+        ("c1", "business", "role", "Lønn", "directory"),
+        ("c1", "business", "role", "Regnskap", "directory"),
+    ]
+    assert writer.change_log_origins("u1", before) == ["directory"]
+    held = op(GrantDirectoryAccess, "Regnskap", 9).model_copy(
+        update={"operation_id": "adopt-2", "adopt": True}
+    )
+    assert store.apply(held).effect == "held_already"
+    writer.revoke_entry("u1", "c1", "business", "role", "Lønn")  # removed on premise since
+    gone = op(GrantDirectoryAccess, "Lønn", 10).model_copy(update={"operation_id": "adopt-3", "adopt": True})
+    assert store.apply(gone).effect == "not_held"  # never a new row
+    assert writer.access_rows("u1") == [("c1", "business", "role", "Regnskap", "directory")]

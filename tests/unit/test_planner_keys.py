@@ -69,8 +69,10 @@ def test_a_fact_meets_the_need_spelled_like_its_key() -> None:
     assert Need.of_fact(FactKind.REVIEW, "c1") is None
     assert Need.connect().encode() == "connect:installation" == f"{FactKind.CONNECT.value}:installation"
     assert Need.review("c1").encode() == "review:c1"
+    # no fact meets it: a user's directory event releases the writeback's changes waiting for it
+    assert Need.on_premise("u1").encode() == "on_premise:u1"
     assert {k.value for k in NeedKind} == {
-        "user", "company", "catalogue", "application", "deletion", "connect", "review"
+        "user", "company", "catalogue", "application", "deletion", "connect", "review", "on_premise"
     }  # fmt: skip
 
 

@@ -16,8 +16,10 @@ from processors.engine import Coords, Effects, Reconciler
 from processors.model import PlannerSettings
 from processors.writeback import Change, PairState, plan_writeback, winner
 from schemas.cloud_changes import CloudAccessChanged, CloudAccessEntry
-from schemas.directory import ApplicationType, CompanyAccess, ServiceAccess
+from schemas.directory import ApplicationType, CompanyAccess, EntityType, ServiceAccess
 from schemas.directory_operations import GrantDirectoryAccess, RevokeDirectoryAccess
+from schemas.events import Op
+from schemas.operations import AssignAccess
 from schemas.results import FactKind, OperationResult, PlannerFact, ResultOutcome
 from tests.factories import T0, connected_table, user_event, user_state
 from tests.fakes import apply_writes
@@ -128,15 +130,30 @@ def test_a_revoke_in_the_cloud_older_than_the_directory_s_grant_leaves_the_entry
     assert note.code == "writeback_conflict" and "the directory wins" in note.message
 
 
-def test_a_user_or_company_unknown_on_premise_is_rejected_with_a_reason() -> None:
+def test_a_change_before_its_user_or_company_is_known_waits_and_keeps_the_position() -> None:
+    """The user's directory state and the company's link come on other topics, in no order with
+    ``vud.cloud.changes``: a change that comes first waits for them, the pair's position not
+    advanced (a rejection would advance it past a grant that must reach the store)."""
     unknown_user = plan_writeback(None, change(3, entry("Lønn")), None, company_known=True, now=T0)
     unknown_company = decide(None, change(4, entry("Lønn")), known=False)
-    assert unknown_user.outcome == unknown_company.outcome == "rejected"
+    both = plan_writeback(None, change(5, entry("Lønn")), None, company_known=False, now=T0)
+    assert unknown_user.outcome == unknown_company.outcome == both.outcome == "waiting"
+    assert unknown_user.state is unknown_company.state is None
     assert not unknown_user.operations and not unknown_company.operations
-    assert [j.code for j in unknown_user.journal] == ["writeback_rejected_unknown_user"]
-    assert [j.code for j in unknown_company.journal] == ["writeback_rejected_unknown_company"]
+    assert str(unknown_user.waits_for) == str(both.waits_for) == "on_premise:u1"  # the user first
+    assert str(unknown_company.waits_for) == "company:c1"
+    assert [j.code for j in unknown_user.journal] == ["writeback_waiting_for_user"]
+    assert [j.code for j in unknown_company.journal] == ["writeback_waiting_for_company"]
+
+
+def test_a_user_removed_on_premise_is_rejected_with_a_reason_and_its_position_kept() -> None:
+    removed = plan_writeback(
+        None, change(3, entry("Lønn")), None, company_known=True, now=T0, user_removed=True
+    )
+    assert removed.outcome == "rejected" and not removed.operations
+    assert [j.code for j in removed.journal] == ["writeback_rejected_unknown_user"]
     # the position is kept: a replay of it stays ignored
-    assert unknown_user.state is not None and unknown_user.state.seq == 3
+    assert removed.state is not None and removed.state.seq == 3
 
 
 def test_conflict_the_later_change_wins_and_a_tie_goes_to_the_directory() -> None:
@@ -212,9 +229,9 @@ class Planner:
             queue += [s.value for s in inner.sends if s.role == "control"]
         return sent
 
-    def approve(self, up_to: int) -> list[Send]:
-        """``vudsync deletes approve --up-to <up_to>``."""
-        decided = DeletionsDecided(approve=True, operator="ops@fjord.no", decided_at=T0, up_to=up_to)
+    def approve(self, up_to: int, approve: bool = True) -> list[Send]:
+        """``vudsync deletes approve --up-to <up_to>`` (``reject`` with ``approve=False``)."""
+        decided = DeletionsDecided(approve=approve, operator="ops@fjord.no", decided_at=T0, up_to=up_to)
         return self.gate(Effects(sends=[Send("control", "operator", decided, 0)]))
 
 
@@ -267,15 +284,146 @@ def test_planner_a_company_holding_only_cloud_entries_is_no_access_of_the_direct
     assert fx.operations() == []
 
 
-def test_planner_rejections_are_journalled_as_results() -> None:
-    p = Planner()  # nothing linked, the user unknown
+def test_planner_a_change_before_its_user_is_known_is_parked_and_decided_when_its_directory_state_comes() -> (
+    None
+):
+    p = _linked()  # the company linked, the user's directory state not here yet
+    fx = p.cloud(change(5, entry("Lønn", modified=5)))
+    results = [s.value for s in fx.sends if isinstance(s.value, OperationResult)]
+    assert [(r.kind, r.outcome) for r in results] == [
+        ("journal.writeback_waiting_for_user", ResultOutcome.PARKED)
+    ]
+    assert fx.journal == ["writeback_waiting_for_user"]
+    assert not [s for s in fx.sends if s.role == "directory_operations"]
+    assert "w|u1|c1" not in p.table  # the pair's position did not move
+    assert p.r.waiting().parked == 1
+    assert p.cloud(change(5, entry("Lønn", modified=5))).sends == []  # redelivered: waits once
+    # the user's directory state arrives: the change is decided in the same step
+    fx = p.user(1, CompanyAccess(company_id="c1", services={BUSINESS: ServiceAccess(roles=("Regnskap",))}))
+    (grant,) = [s.value for s in fx.sends if s.role == "directory_operations"]
+    assert isinstance(grant, GrantDirectoryAccess) and grant.name == "Lønn" and grant.feed_seq == 5
+    assert fx.acks_first  # sent before the table forgets it
+    assert p.r.waiting().total == 0 and p.table["w|u1|c1"]["seq"] == 5
+    # and only once: the same change again is a replay
+    assert not [
+        s for s in p.cloud(change(5, entry("Lønn", modified=5))).sends if s.role == "directory_operations"
+    ]
+
+
+def test_planner_a_user_removed_on_premise_is_rejected_as_a_result() -> None:
+    p = _linked()
+    p.user(1)
+    p.perform(p.r.on_directory_event(user_event(2, op=Op.DELETE), p.coords("users"), None))
     fx = p.cloud(change(5, entry("Lønn", modified=5)))
     results = [s.value for s in fx.sends if isinstance(s.value, OperationResult)]
     assert [(r.kind, r.outcome) for r in results] == [
         ("journal.writeback_rejected_unknown_user", ResultOutcome.REJECTED)
     ]
-    assert fx.journal == ["writeback_rejected_unknown_user"]
     assert not [s for s in fx.sends if s.role == "directory_operations"]
+
+
+# -- the company's link and the cloud change race (they come on different topics) ------------
+
+
+class Partitions:
+    """A two-partition reconciler over a dict: the user's events and cloud changes on
+    partition 1, the company's result on partition 0; facts delivered to the partition given."""
+
+    def __init__(self) -> None:
+        self.table: dict[str, Any] = connected_table(2)
+        self.r = Reconciler(self.table, PlannerSettings(), 2, lambda: T0)
+        self.offset = 0
+        self.facts: list[tuple[int, PlannerFact]] = []  # sent, not yet delivered
+
+    def perform(self, fx: Effects) -> Effects:
+        apply_writes(self.table, fx.writes)
+        self.facts += [(s.partition or 0, s.value) for s in fx.sends if s.role == "facts"]  # type: ignore[misc]
+        return fx
+
+    def at(self, topic: str, partition: int) -> Coords:
+        self.offset += 1
+        return Coords(topic, partition, self.offset)
+
+    def company_linked(self) -> None:
+        """The sink linked c1 to cc-1: its result, on partition 0, becomes a fact per partition."""
+        result = OperationResult(
+            operation_id="op-c1",
+            kind="company.upsert",
+            aggregate="company:c1",
+            entity=EntityType.COMPANY,
+            entity_id="c1",
+            source_version=1,
+            outcome=ResultOutcome.APPLIED,
+            cloud_id="cc-1",
+            source_committed_at=T0,
+            recorded_at=T0,
+        )
+        self.perform(self.r.on_result(result, self.at("results", 0)))
+
+    def deliver_facts(self, partition: int) -> list[Send]:
+        sent: list[Send] = []
+        for p, fact in [f for f in self.facts if f[0] == partition]:
+            self.facts.remove((p, fact))
+            sent += self.perform(self.r.on_fact(fact, self.at("facts", p))).sends
+        return sent
+
+    def user(self, version: int) -> None:
+        access = CompanyAccess(company_id="c1", services={BUSINESS: ServiceAccess(roles=("Regnskap",))})
+        ev = user_event(version, state=user_state("u1", access=(access,)))
+        self.perform(self.r.on_directory_event(ev, self.at("users", 1), None))
+
+    def cloud(self, ch: CloudAccessChanged) -> list[Send]:
+        return self.perform(self.r.on_cloud_change(ch, self.at("cloud", 1))).sends
+
+
+def _waiting_changes(table: dict[str, Any]) -> int:
+    """Cloud changes waiting in the table (the user's own operations may wait beside them)."""
+    parked = [i for k, v in table.items() if k.startswith("p|") for i in v]
+    return sum(1 for i in parked if i["slot"].startswith("writeback:"))
+
+
+def _grants(sends: list[Send]) -> list[tuple[str, int]]:
+    return [(s.value.name, s.value.feed_seq) for s in sends if isinstance(s.value, GrantDirectoryAccess)]
+
+
+def test_race_the_company_s_link_after_the_cloud_change_releases_it_on_the_user_s_partition() -> None:
+    w = Partitions()
+    w.user(1)
+    # cloud-capture re-read the late-linked company's access: it reaches the planner first
+    sent = w.cloud(change(7, entry("Lønn", modified=6)))
+    assert _grants(sent) == [] and "w|u1|c1" not in w.table
+    assert [s.value.kind for s in sent if isinstance(s.value, OperationResult)] == [
+        "journal.writeback_waiting_for_company"
+    ]
+    w.company_linked()
+    assert w.deliver_facts(0) == []  # partition 0 has nothing waiting
+    assert _grants(w.deliver_facts(1)) == [("Lønn", 7)]
+    assert w.table["w|u1|c1"]["seq"] == 7 and _waiting_changes(w.table) == 0
+    assert not any(k.startswith("n|1|company:c1") for k in w.table)  # the index is gone with it
+    assert _grants(w.cloud(change(7, entry("Lønn", modified=6)))) == []  # a replay: nothing again
+
+
+def test_race_the_company_s_link_before_the_cloud_change_plans_it_at_once() -> None:
+    w = Partitions()
+    w.user(1)
+    w.company_linked()
+    w.deliver_facts(0)
+    w.deliver_facts(1)
+    assert _grants(w.cloud(change(7, entry("Lønn", modified=6)))) == [("Lønn", 7)]
+
+
+def test_race_a_newer_change_waiting_for_the_company_replaces_the_older_and_the_user_comes_last() -> None:
+    w = Partitions()
+    w.cloud(change(7, entry("Lønn", modified=6)))  # neither the user nor the company known yet
+    w.cloud(change(9, entry("Lønn", modified=6), entry("Innkjøp", modified=8)))
+    w.cloud(change(7, entry("Lønn", modified=6)))  # an older one redelivered: the newer waits on
+    assert _waiting_changes(w.table) == 1
+    w.user(1)  # the user's directory state: the change now waits for the company
+    assert _waiting_changes(w.table) == 1 and "w|u1|c1" not in w.table
+    w.company_linked()
+    w.deliver_facts(0)
+    assert sorted(_grants(w.deliver_facts(1))) == [("Innkjøp", 9), ("Lønn", 9)]
+    assert _waiting_changes(w.table) == 0
 
 
 # -- an entry of origin cloud removed on premise ---------------------------------------------
@@ -494,6 +642,57 @@ def test_a_mass_revoke_in_the_cloud_is_held_whole_before_it_reaches_the_store_an
         (u, RevokeDirectoryAccess, "Lønn") for u in users
     ]
     assert p.r.held_deletions() == 0 and p.r.parked() == 0 and gate.outstanding(p.control) == []
+
+
+def test_a_rejected_revoke_in_the_store_keeps_the_directory_s_entry_and_brings_the_cloud_back_to_it() -> None:
+    """An operator rejected the held burst: nothing is removed on premise, the directory's entry
+    stands — and the cloud gets it back, never by a revoke: the cloud's entry (Lønn) is adopted
+    as the directory's in the store (then its next event assigns it), the directory's own
+    (Regnskap, revoked in the cloud later than it was granted) is assigned again at once."""
+    p = _linked(PlannerSettings(deletes_threshold=2))
+    users = _holding_a_written_back_role(p, 3)
+    revoked = [p.cloud(change(6, changed=6, user=u)) for u in users]  # the whole access, in the cloud
+    p.gate(*revoked, settled=3600)
+    listed = gate.outstanding(p.control)
+    assert len(listed) == 3
+    sent = p.approve(listed[-1].seq, approve=False)
+    to_store = _sent(sent, "directory_operations")
+    assert not [op for op in to_store if isinstance(op, RevokeDirectoryAccess)], "rejected: none removed"
+    assert sorted((op.user_id, op.name, op.adopt) for op in to_store) == [(u, "Lønn", True) for u in users]
+    assigned = [op for op in _sent(sent, "operations") if isinstance(op, AssignAccess)]
+    assert sorted((op.user_id, op.services) for op in assigned) == [(u, {BUSINESS: REGNSKAP}) for u in users]
+    assert not [op for op in _sent(sent, "operations") if "revoke" in op.kind], "never a revoke"
+    journal = [r for r in _sent(sent, "results") if r.kind == "journal.writeback_revoke_rejected"]
+    assert sorted(r.entity_id for r in journal) == sorted(users * 2)  # one per entry
+    assert p.r.waiting().total == 0
+    for u in users:  # the pair no longer counts a revoke on its way
+        assert p.table[f"w|{u}|c1"]["w"] == {}
+    # the directory sink adopted Lønn: the user's next event assigns it in the cloud with Regnskap
+    adopted = p.user(
+        3, CompanyAccess(company_id="c1", services={BUSINESS: ServiceAccess(roles=("Lønn", "Regnskap"))})
+    )
+    (assign,) = adopted.operations()
+    assert isinstance(assign, AssignAccess)
+    assert assign.services == {BUSINESS: ServiceAccess(roles=("Lønn", "Regnskap"))}
+    # a rejection seen again (a redelivered decision) plans the same ids: applied once
+    again = p.approve(listed[-1].seq, approve=False)
+    assert {op.operation_id for op in _sent(again, "directory_operations")} <= {
+        op.operation_id for op in to_store
+    }
+
+
+def test_a_rejected_revoke_in_the_store_of_an_entry_granted_again_in_the_cloud_needs_nothing() -> None:
+    p = _linked(PlannerSettings(deletes_threshold=2))
+    users = _holding_a_written_back_role(p, 3)
+    revoked = [p.cloud(change(6, entry("Regnskap", origin="directory", modified=1), user=u)) for u in users]
+    p.gate(*revoked, settled=3600)
+    # an administrator grants Lønn again to u1 before the operator decides: the grant supersedes
+    # u1's held revoke; the others are rejected
+    p.cloud(change(7, entry("Regnskap", origin="directory", modified=1), entry("Lønn", modified=7)))
+    sent = p.approve(gate.outstanding(p.control)[-1].seq, approve=False)
+    adopted = sorted(op.user_id for op in _sent(sent, "directory_operations") if op.adopt)
+    assert adopted == ["u2", "u3"]
+    assert not [op for op in _sent(sent, "operations") if op.user_id == "u1"]
 
 
 def test_revokes_in_the_cloud_under_the_threshold_settle_then_reach_the_store() -> None:

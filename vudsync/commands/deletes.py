@@ -107,7 +107,12 @@ def _decide(approve: bool, up_to: int | None, operator: str | None, yes: bool, a
         return
     click.echo(
         f"{verb}d {len(chosen)} held deletion(s){bound}: "
-        + ("the planner releases them" if approve else "dropped, the cloud keeps those objects")
+        + (
+            "the planner releases them"
+            if approve
+            else "dropped: the side each deletes from keeps what it holds (a revoke in the cloud "
+            "written back: the store keeps the entry, and the cloud gets it back)"
+        )
         + (f"; {later} held later stay held" if later else "")
     )
 
