@@ -4,7 +4,8 @@ the directory store — the whole writeback path (issue 16, cloud → directory)
 Every part runs as its own process, as an operator starts them: the broker (the settings',
 ``--bootstrap``, or one of the bench's own), the reference cloud API (``CloudServer``), and
 ``vudsync run producer | planner | sink | cloud-capture | directory-sink``
-(:class:`devtools.processes.PipelineWorkers` with ``writeback``) on a fresh SQLite store.
+(:class:`devtools.processes.PipelineWorkers` with ``writeback``) on a fresh SQLite store, or the
+empty PostgreSQL database ``--store-url`` names.
 
 1. **Setup** (not measured): the store holds ``--users`` users with a Business role in one
    company and the role the administrator will grant; the pipeline syncs them to the cloud
@@ -69,6 +70,7 @@ from devtools.bench import (
 
 if TYPE_CHECKING:
     from devtools.processes import PipelineWorkers
+    from devtools.seed.writer import DirectoryWriter
     from kernel.settings import Settings
 
 EXAMPLE = "vudsync bench writeback --users 1000 --paced 200 --rate 10 --burst 500 --revokes 10"
@@ -86,38 +88,27 @@ def _say(message: str) -> None:
     click.echo(message, err=True)
 
 
-def _seed(store: Path, users: int) -> None:
+def _seed(writer: DirectoryWriter, users: int) -> None:
     """``users`` users, each with ``BASE`` in company c1; both roles in the catalogue."""
-    from devtools.seed.writer import SqliteDirectoryWriter
-
-    writer = SqliteDirectoryWriter(store)
-    try:
-        with writer.transaction():
-            writer.upsert_catalogue("roles", [("business", r, r) for r in (BASE, ROLE)])
-            writer.upsert_companies([{"id": "c1", "name": "Bench AS", "organisation_number": "923609016"}])
-            writer.upsert_users(
-                {"id": f"u{n}", "username": f"bruker{n}", "email": f"u{n}@b.no", "first_name": "Åse",
-                 "last_name": "Berg"}
-                for n in range(users)
-            )  # fmt: skip
-            writer.grant([(f"u{n}", "c1", "business", "role", BASE) for n in range(users)])
-    finally:
-        writer.close()
+    with writer.transaction():
+        writer.upsert_catalogue("roles", [("business", r, r) for r in (BASE, ROLE)])
+        writer.upsert_companies([{"id": "c1", "name": "Bench AS", "organisation_number": "923609016"}])
+        writer.upsert_users(
+            {"id": f"u{n}", "username": f"bruker{n}", "email": f"u{n}@b.no", "first_name": "Åse",
+             "last_name": "Berg"}
+            for n in range(users)
+        )  # fmt: skip
+        writer.grant([(f"u{n}", "c1", "business", "role", BASE) for n in range(users)])
 
 
-def _store_count(store: Path, sql: str, *args: str) -> int:
-    import sqlite3
-
-    conn = sqlite3.connect(store, timeout=30)
-    try:
-        return int(conn.execute(sql, args).fetchone()[0])
-    finally:
-        conn.close()
+def _rows(writer: DirectoryWriter, sql: str, *args: str) -> list[tuple[Any, ...]]:
+    """A read of the store, on the writer's connection (autocommit: each read sees every commit)."""
+    return [tuple(r) for r in writer.conn.execute(sql.replace("?", writer.placeholder), args).fetchall()]
 
 
-def _granted(store: Path) -> int:
+def _granted(writer: DirectoryWriter) -> int:
     """Rows of ``ROLE`` the directory sink wrote (origin cloud)."""
-    return _store_count(store, "SELECT COUNT(*) FROM access WHERE origin = 'cloud' AND name = ?", ROLE)
+    return int(_rows(writer, "SELECT COUNT(*) FROM access WHERE origin = 'cloud' AND name = ?", ROLE)[0][0])
 
 
 def _wait(what: str, condition: Callable[[], bool], alive: Callable[[], None], timeout: float) -> None:
@@ -146,15 +137,13 @@ def _cloud_ids(api: httpx.Client) -> dict[str, str]:
 
 
 def _timestamps(
-    broker: str, settings: Settings, store: Path
+    broker: str, settings: Settings, writer: DirectoryWriter
 ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
     """Per user granted ``ROLE``, and per user whose ``ROLE`` was revoked: the Unix times of the
     change at each point of :data:`POINTS` — ``cloud`` (committed in the cloud), ``published``
     (on ``vud.cloud.changes``), ``planned``, ``sent`` (on ``vud.directory.operations``: after the
     gate for a revoke), ``applied`` (committed in the store). A change that did not get that far
     lacks the key."""
-    import sqlite3
-
     from schemas.cloud_changes import CloudAccessChanged
     from schemas.codec import decode_cloud_change
     from schemas.directory_operations import (
@@ -175,11 +164,7 @@ def _timestamps(
             published.setdefault((event.user_id, event.feed_seq), record.timestamp / 1000)
     finally:
         reader.close()
-    conn = sqlite3.connect(store, timeout=30)
-    try:
-        applied = dict(conn.execute("SELECT operation_id, applied_at FROM directory_operations_applied"))
-    finally:
-        conn.close()
+    applied = dict(_rows(writer, "SELECT operation_id, applied_at FROM directory_operations_applied"))
     grants: dict[str, dict[str, float]] = {}
     revokes: dict[str, dict[str, float]] = {}
     reader = topic_reader(broker, settings.topic(DIRECTORY_OPERATIONS.name), security=security)
@@ -293,9 +278,11 @@ def run_bench(
     poll_interval: float,
     bootstrap: str | None,
     timeout: float,
+    store_url: str | None = None,
 ) -> dict[str, Any]:
     from cloud.server import CloudServer
     from devtools.processes import PipelineWorkers
+    from devtools.seed.writer import open_writer
     from vudsync.commands.connect import run_connect
     from vudsync.topics import ensure_catalogue
 
@@ -305,14 +292,15 @@ def run_bench(
         raise click.BadParameter("--revokes must not exceed --paced (it revokes paced grants)")
     load_before = [round(x, 2) for x in os.getloadavg()]
     home = Path(tempfile.mkdtemp(prefix="vudsync-bench-writeback-"))
-    store = home / "directory.db"
+    url = store_url or f"sqlite:///{home / 'directory.db'}"
+    store = open_writer(url)  # migrates the store
     failed = True
     try:
         with bench_broker(bootstrap, home=home) as (broker, broker_pid):
-            _say(f"seeding {users:,} users with a Business role in one company")
+            _say(f"seeding {users:,} users with a Business role in one company ({url.split(':')[0]})")
             _seed(store, users)
             with CloudServer(db_path=home / "cloud.db", extra_args=("--log-level", "warning")) as cloud:
-                settings = bench_settings(home, broker, f"sqlite:///{store}", cloud)
+                settings = bench_settings(home, broker, url, cloud)
                 target = bench_target(broker, broker_pid)
                 if target.cluster is not None and target.cluster.secure:
                     target.cluster.grant(settings)
@@ -367,7 +355,9 @@ def run_bench(
                     _wait("every burst revoke in the store", lambda: _granted(store) <= paced - revokes,
                           workers.check_alive, timeout)  # fmt: skip
                     revoke_cpu = {n: (process_cpu_seconds(pids[n]) or 0.0) - cpu_before[n] for n in MEASURED}
-                    applied_once = _store_count(store, "SELECT COUNT(*) FROM directory_operations_applied")
+                    applied_once = int(
+                        _rows(store, "SELECT COUNT(*) FROM directory_operations_applied")[0][0]
+                    )
                 finally:
                     workers.stop()
                     portal.close()
@@ -375,6 +365,7 @@ def run_bench(
                 granted, revoked = _timestamps(broker, settings, store)
         failed = False
     finally:
+        store.close()
         if failed:
             _say(f"failed: logs kept in {home}")
         else:
@@ -387,6 +378,7 @@ def run_bench(
         f"--revokes {revokes} --poll-interval {poll_interval}",
         "broker": "started by the bench" if broker_pid else "given (--bootstrap or the settings)",
         "kafka": target.describe(),
+        "store": "postgresql" if store_url else "sqlite",
         "poll_interval_s": poll_interval,
         "setup_s": round(setup_s, 1),
         "grants": {
@@ -469,6 +461,7 @@ def _burst_figures(
     "--bootstrap", default=None, help="an existing broker (default: the settings', else the bench's own)"
 )
 @click.option("--timeout", type=float, default=600.0, show_default=True, help="give up a phase after (s)")
+@click.option("--store-url", default=None, help="an empty PostgreSQL store (default: a temporary SQLite one)")
 @click.option("--json", "as_json", is_flag=True, help="print JSON (progress goes to stderr)")
 def command(
     users: int,
@@ -479,10 +472,11 @@ def command(
     poll_interval: float,
     bootstrap: str | None,
     timeout: float,
+    store_url: str | None,
     as_json: bool,
 ) -> None:
     """Writeback, the whole path: an administrator's grants and revokes in the cloud → the
     directory store, every part a process of its own (latency p50/p99 by stage; changes applied/s
     in a burst; CPU per change of each part). Revokes wait the accidental-delete gate's settle:
     their latency is given as measured and minus the configured settle."""
-    emit(run_bench(users, paced, rate, burst, revokes, poll_interval, bootstrap, timeout), as_json)
+    emit(run_bench(users, paced, rate, burst, revokes, poll_interval, bootstrap, timeout, store_url), as_json)
