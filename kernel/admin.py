@@ -2,10 +2,14 @@
 
 Contracts:
 
-* :func:`ensure_topics` is idempotent: a topic that already exists is fine (only
-  ``TOPIC_ALREADY_EXISTS`` is swallowed, every other per-topic error is raised), and it
-  returns only when every requested topic is visible in the broker's metadata with a
-  leader for each partition.
+* :func:`ensure_topics` is idempotent: it asks the broker which of the topics exist first
+  (a metadata request: ``DESCRIBE``, which a component's ACLs allow on its own topics) and asks
+  to create only the missing ones — a create request for a topic that exists is still checked
+  against ``CREATE`` per topic, and the brokers' authorizer logs each refusal. A topic created
+  meanwhile is fine (``TOPIC_ALREADY_EXISTS`` is swallowed, every other per-topic error is
+  raised); it returns only when every requested topic is visible in the broker's metadata with
+  a leader for each partition. :func:`ensure_missing_topics` describes the cluster (for the
+  replication) only when something is missing.
 * :func:`delete_topics` is idempotent too: an unknown topic is fine.
 * :func:`wait_for_broker` returns the cluster description once a metadata request
   succeeds, or raises :class:`BrokerUnavailable` at its deadline.
@@ -20,7 +24,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
@@ -279,6 +283,23 @@ def replication_factor(
     return replication
 
 
+def replicas_of(
+    bootstrap: str, topic: str, *, security: KafkaSecurity = PLAINTEXT, timeout: float = 30.0
+) -> int | None:
+    """How many replicas ``topic`` has (its first partition's); None when it is missing or this
+    principal may not describe it. One metadata request — ``DESCRIBE`` on the topic, where
+    :func:`replication_factor` needs the cluster's (which a component's ACLs do not grant, and
+    the brokers' authorizer logs each refusal)."""
+    what = f"describe topic {topic}"
+    with admin_client(bootstrap, security=security, timeout=timeout) as admin, translated(what):
+        described = admin.describe_topics([topic])
+    for found in described:
+        partitions = found.get("partitions") or []
+        if found.get("name") == topic and found.get("error_code") == 0 and partitions:
+            return len(partitions[0].get("replica_nodes") or []) or None
+    return None
+
+
 def _as_specs(specs: Iterable[TopicSpec | tuple[Any, ...]]) -> list[TopicSpec]:
     return [spec if isinstance(spec, TopicSpec) else TopicSpec(*spec) for spec in specs]
 
@@ -319,30 +340,93 @@ def ensure_topics(
             time.sleep(min(backoff.delay(attempt), left))
 
 
+class _Described(NamedTuple):
+    """What a metadata request says of some topics: ``existing`` (name → partitions),
+    ``missing`` (unknown to the cluster), ``hidden`` (this principal may not describe them)."""
+
+    existing: dict[str, int]
+    missing: list[str]
+    hidden: list[str]
+
+
+def _describe(admin: KafkaAdminClient, names: list[str]) -> _Described:
+    """One metadata request for ``names`` (kafka-python asks it without auto-creation)."""
+    with translated(f"describe topics {sorted(names)}"):
+        topics = admin.describe_topics(names)
+    by_name = {t.get("name"): t for t in topics}
+    out = _Described({}, [], [])
+    for name in names:
+        error = kafka_errors.for_code(int((by_name.get(name) or {"error_code": 3})["error_code"]))
+        if error is kafka_errors.UnknownTopicOrPartitionError:
+            out.missing.append(name)
+        elif issubclass(error, _DENIED):
+            out.hidden.append(name)
+        else:  # known; a leader may still be on its way (LEADER_NOT_AVAILABLE): waited for below
+            out.existing[name] = len(by_name[name].get("partitions") or [])
+    return out
+
+
+def missing_topics(
+    bootstrap: str, names: Iterable[str], *, security: KafkaSecurity = PLAINTEXT, timeout: float = 30.0
+) -> list[str]:
+    """Those of ``names`` not known to exist: missing, or not describable by this principal."""
+    names = list(names)
+    if not names:
+        return []
+    with admin_client(bootstrap, security=security, timeout=timeout) as admin:
+        described = _describe(admin, names)
+    return [*described.missing, *described.hidden]
+
+
+def ensure_missing_topics(
+    bootstrap: str,
+    specs: Callable[[int], Iterable[TopicSpec]],
+    configured_replication: int = 0,
+    *,
+    security: KafkaSecurity = PLAINTEXT,
+    timeout: float = 30.0,
+    denied_ok: bool = False,
+) -> list[str]:
+    """:func:`ensure_topics` for ``specs(replicas)``, where the replicas come from
+    ``configured_replication`` or else the cluster (:func:`replication_factor`) — asked only
+    when a topic is missing. When every topic exists nothing but one metadata request is made
+    (a component's start: no cluster description, no create request its ACLs would refuse)."""
+    names = [spec.name for spec in _as_specs(specs(1))]
+    if not missing_topics(bootstrap, names, security=security, timeout=timeout):
+        return []
+    replication = replication_factor(bootstrap, configured_replication, security=security, timeout=timeout)
+    return ensure_topics(
+        bootstrap, specs(replication), security=security, timeout=timeout, denied_ok=denied_ok
+    )
+
+
 def _ensure_once(
     bootstrap: str, wanted: list[TopicSpec], security: KafkaSecurity, timeout: float, denied_ok: bool
 ) -> list[str]:
-    request = {
-        spec.name: {
-            "num_partitions": spec.partitions,
-            "replication_factor": spec.replication,
-            "configs": {k: str(v) for k, v in (spec.config or {}).items()},
-        }
-        for spec in wanted
-    }
     replicas = {spec.name: spec.replication for spec in wanted}
     created: list[str] = []
     with admin_client(bootstrap, security=security, timeout=timeout) as admin:
-        with translated(f"create topics {sorted(request)}"):
-            response = admin.create_topics(request, timeout_ms=int(timeout * 1000), raise_errors=False)
-        existing: list[str] = []
-        denied: list[str] = []
+        described = _describe(admin, [spec.name for spec in wanted])
+        request = {
+            spec.name: {
+                "num_partitions": spec.partitions,
+                "replication_factor": spec.replication,
+                "configs": {k: str(v) for k, v in (spec.config or {}).items()},
+            }
+            for spec in wanted
+            if spec.name in described.missing
+        }
+        response: dict[str, Any] = {"topics": []}
+        if request:
+            with translated(f"create topics {sorted(request)}"):
+                response = admin.create_topics(request, timeout_ms=int(timeout * 1000), raise_errors=False)
+        denied: list[str] = list(described.hidden)  # not even described: not asked to create either
         for result in response["topics"]:
             error = kafka_errors.for_code(result["error_code"])
             if error is kafka_errors.NoError:
                 created.append(result["name"])
             elif error is kafka_errors.TopicAlreadyExistsError:
-                existing.append(result["name"])
+                continue  # created since it was described: fine
             elif issubclass(error, _DENIED):
                 denied.append(result["name"])
             elif error is kafka_errors.InvalidReplicationFactorError:
@@ -359,23 +443,25 @@ def _ensure_once(
                     f"create topic {result['name']}: {error.__name__}: {result.get('error_message')}"
                 )
         if denied and not denied_ok:
-            raise KafkaAccessDenied(f"not allowed to create topics {sorted(denied)}", hint=_DENIED_HINT)
+            raise KafkaAccessDenied(
+                f"not allowed to describe or create topics {sorted(denied)}", hint=_DENIED_HINT
+            )
         if denied:
-            log.warning("not allowed to create topics %s: left to `vudsync topics ensure`", sorted(denied))
-        with translated(f"wait for topics {sorted(request)}"):
-            visible = [spec.name for spec in wanted if spec.name not in denied]
+            log.warning(
+                "not allowed to describe or create topics %s: left to `vudsync topics ensure`", sorted(denied)
+            )
+        visible = [spec.name for spec in wanted if spec.name not in denied]
+        with translated(f"wait for topics {sorted(visible)}"):
             admin.wait_for_topics(visible, timeout_ms=int(timeout * 1000))
-            if existing:
-                _warn_on_partition_mismatch(admin, [s for s in wanted if s.name in existing])
+    _warn_on_partition_mismatch(described.existing, [s for s in wanted if s.name in described.existing])
     if created:
         log.info("created topics %s", created)
     return created
 
 
-def _warn_on_partition_mismatch(admin: KafkaAdminClient, specs: list[TopicSpec]) -> None:
-    described = {t["name"]: t for t in admin.describe_topics([s.name for s in specs])}
+def _warn_on_partition_mismatch(partitions: Mapping[str, int], specs: list[TopicSpec]) -> None:
     for spec in specs:
-        have = len(described.get(spec.name, {}).get("partitions") or [])
+        have = partitions.get(spec.name, 0)
         if have and have != spec.partitions:
             log.warning(
                 "topic %s exists with %d partitions, spec asks for %d: left unchanged",

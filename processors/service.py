@@ -15,7 +15,7 @@ import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from kernel.admin import replication_factor
+from kernel.admin import replicas_of, replication_factor
 from kernel.health import PlannerFacts, Readiness, planner_readiness
 from kernel.http_status import BrokerCheck, StatusServer, registry_total, status_server
 from kernel.kafka_security import PLAINTEXT, KafkaSecurity
@@ -39,7 +39,7 @@ from processors.metrics import PlannerMetrics
 from processors.model import PlannerSettings
 from processors.tables import TableReads, declare_table
 from processors.topics import declare_topics, ensure_planner_topics
-from schemas.topics import OPERATIONS_STAGED
+from schemas.topics import OPERATIONS_STAGED, RESULTS
 
 log = logging.getLogger(__name__)
 
@@ -291,6 +291,18 @@ def planner_status_server(
     return status_server(settings, registry, port, "planner", readiness, figures)
 
 
+def _changelog_replication(settings: Settings, bootstrap: str) -> int:
+    """The table's changelog gets as many replicas as the catalogue's topics: the configured
+    number, else as many as ``vud.cloud.results`` has (describing a topic the planner reads is
+    within its ACLs; describing the cluster is not, and the brokers would log the refusal), else
+    what the cluster's size gives."""
+    security = settings.kafka_security()
+    if settings.topic_replication > 0:
+        return settings.topic_replication
+    found = replicas_of(bootstrap, settings.topic(RESULTS.name), security=security)
+    return found or replication_factor(bootstrap, 0, security=security)
+
+
 def run_planner(
     settings: Settings, bootstrap: str, *, metrics_port: int | None = None, loglevel: str = "warning"
 ) -> None:
@@ -298,14 +310,7 @@ def run_planner(
     that cannot finish within ``planner_shutdown_deadline`` exits without the last commit)."""
     check_versions(allow_untested=settings.planner_allow_untested_faust)
     ensure_planner_topics(settings, bootstrap)
-    # the table's changelog gets as many replicas as the catalogue's topics (0 = from the cluster)
-    settings = settings.model_copy(
-        update={
-            "topic_replication": replication_factor(
-                bootstrap, settings.topic_replication, security=settings.kafka_security()
-            )
-        }
-    )
+    settings = settings.model_copy(update={"topic_replication": _changelog_replication(settings, bootstrap)})
     prime_committed_offsets(settings, bootstrap)
     registry = CollectorRegistry()
     app = build_planner(settings, bootstrap, registry)

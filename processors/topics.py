@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import faust
 
 from kernel.admin import TopicSpec as AdminTopicSpec
-from kernel.admin import ensure_topics, replication_factor
+from kernel.admin import ensure_missing_topics
 from kernel.replication import replication_config
 from kernel.settings import Settings
 from schemas.topics import (
@@ -82,12 +82,11 @@ def declare_topics(app: faust.App, settings: Settings) -> PlannerTopics:
 
 
 def ensure_planner_topics(settings: Settings, bootstrap: str) -> list[str]:
-    """Create the planner's own topics (facts, control, staged operations) if missing; idempotent."""
-    security = settings.kafka_security()
-    replication = replication_factor(bootstrap, settings.topic_replication, security=security)
-    return ensure_topics(
+    """Create the planner's own topics (facts, control, staged operations) if missing;
+    idempotent. Described first: where they exist, nothing else is asked of the cluster."""
+    return ensure_missing_topics(
         bootstrap,
-        [
+        lambda replication: [
             AdminTopicSpec(
                 settings.topic(spec.name),
                 spec.partitions or settings.topic_partitions,
@@ -96,5 +95,6 @@ def ensure_planner_topics(settings: Settings, bootstrap: str) -> list[str]:
             )
             for spec in PLANNER_TOPICS
         ],
-        security=security,
+        settings.topic_replication,
+        security=settings.kafka_security(),
     )

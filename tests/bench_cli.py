@@ -9,15 +9,17 @@ from pathlib import Path
 
 
 def run_bench(
-    kafka_bootstrap: str, home: Path, *args: str, timeout: float
+    kafka_bootstrap: str, home: Path, *args: str, timeout: float, **env: str
 ) -> subprocess.CompletedProcess[str]:
-    """``vudsync bench <args>`` in a child process with its own home, this test's broker and no
-    configuration file; its output captured, its exit status left to the caller to check."""
+    """``vudsync bench <args>`` in a child process with its own home, this test's broker, no
+    configuration file and ``env`` (settings for the bench and its workers); its output
+    captured, its exit status left to the caller to check."""
     env = {
         **os.environ,
         "VUDSYNC_HOME": str(home),
         "VUDSYNC_KAFKA_BOOTSTRAP": kafka_bootstrap,
         "VUDSYNC_CONFIG": "/nonexistent/vudsync.toml",
+        **env,
     }
     return subprocess.run(
         [sys.executable, "-m", "vudsync", "bench", *args],

@@ -95,9 +95,11 @@ def component_acls(settings: Settings) -> list[Grant]:
         # cloud-capture (writeback): writes the cloud's changes, and its full reads to the journal
         Grant(principal("cloud-capture"), "TOPIC", t(CLOUD_CHANGES.name), "LITERAL", write),
         Grant(principal("cloud-capture"), "TOPIC", t(RESULTS.name), "LITERAL", write),
-        # directory sink (writeback): reads directory operations, writes results; its group
+        # directory sink (writeback): reads directory operations, writes results and its dead
+        # letters (vud.directory.dlq: an operation the store cannot apply); its group
         Grant(directory_sink, "TOPIC", t(DIRECTORY_OPERATIONS.name), "LITERAL", read),
         Grant(directory_sink, "TOPIC", t(RESULTS.name), "LITERAL", write),
+        Grant(directory_sink, "TOPIC", t(DIRECTORY_DLQ.name), "LITERAL", write),
         Grant(directory_sink, "GROUP", directory_sink_group(settings), "LITERAL", ("READ", "DESCRIBE")),
         # ops commands: create and read every vudsync topic, publish facts, control, repairs and
         # replays, read and move the pipeline's groups' offsets

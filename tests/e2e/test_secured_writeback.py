@@ -1,14 +1,14 @@
 """Writeback on the secured three-node cluster (SASL_SSL, SCRAM, ACLs): an administrator's grant
 in the cloud reaches the directory store through cloud-capture → planner → directory sink, each
 component connecting as its own principal with the least privilege ``devtools.broker.acls``
-grants it — and from the moment every component is up until the directory sink has committed,
-the brokers deny nothing to anyone.
+grants it — and neither while the five components start nor from then until the directory sink
+has committed do the brokers deny anything to anyone.
 
 "Denied nothing" is read where the brokers say it: their authorizer logs every denied request
 (``kafka.authorizer.logger`` at INFO, ``devtools/broker/log4j2.xml``). A forbidden write made on
-purpose afterwards shows the check sees denials at all. (Each component's start is left out of
-the window: its catalogue check, ``ensure_catalogue(denied_ok=True)``, asks to create every
-catalogue topic and to describe the cluster, and is refused by design.)"""
+purpose afterwards shows the check sees denials at all. A component's start checks only the
+topics it uses (``vudsync.topics.COMPONENT_TOPICS``), by describing them, and asks to create
+only a missing one — none here: the operator's ``connect`` created the catalogue."""
 
 from __future__ import annotations
 
@@ -70,6 +70,7 @@ def test_a_cloud_grant_reaches_the_store_with_each_component_as_its_own_principa
     assert len(_broker_logs(cluster)) == cluster.brokers
     ports = {name: free_port() for name in COMPONENTS}
 
+    started = _sizes(cluster)  # before any component starts
     with components(s, bootstrap, *COMPONENTS, metrics_ports=ports, security=kafka_target.security) as procs:
         wait_for(procs, lambda: cloud.origins("u1") == {"Regnskap": "directory"}, 240, "u1 in the cloud")
         wait_for(procs, lambda: all(metrics_of(port) for port in ports.values()), 120, "every component up")
@@ -103,6 +104,9 @@ def test_a_cloud_grant_reaches_the_store_with_each_component_as_its_own_principa
     assert "vudsync-directory-sink-" in members["directory-sink"], members
     for name in COMPONENTS:  # each component was given one principal's credentials, and used them
         assert procs[name].env["VUDSYNC_KAFKA_USERNAME"] == f"vudsync-{name}", name
+    # nothing denied while each component started (its topic check, its consumer group, Faust's
+    # topics), nor afterwards
+    assert _denials(cluster, started, since) == []
     assert _denials(cluster, since, until) == []
 
     # the check sees a denial when there is one: cloud-capture may write vud.cloud.changes only

@@ -14,16 +14,16 @@ from pydantic import SecretStr
 
 from devtools.broker.cluster import LocalKafkaCluster
 from devtools.processes import wait_until
-from kernel.admin import admin_client, cluster_size, list_topics, wait_for_broker
+from kernel.admin import admin_client, cluster_size, list_topics, missing_topics, replicas_of, wait_for_broker
 from kernel.errors import KafkaAccessDenied
 from kernel.kafka_security import KafkaSecurity
 from kernel.publishing.confluent import ConfluentRecordPublisher
 from kernel.publishing.kafka_python import KafkaRecordPublisher
 from kernel.settings import Settings
-from schemas.topics import ALL_TOPICS, OPERATIONS, RESULTS
+from schemas.topics import ALL_TOPICS, OPERATIONS, OPERATIONS_DLQ, RESULTS
 from tests.pipeline import vudsync_cli
 from vudsync.ops.kafka_reader import read_ranges
-from vudsync.topics import ensure_catalogue
+from vudsync.topics import COMPONENT_TOPICS, ensure_catalogue, ensure_component_topics
 
 pytestmark = pytest.mark.integration
 
@@ -60,6 +60,27 @@ def test_topics_get_three_replicas_and_two_in_sync(
         configs = client.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
     assert {len(p["replica_nodes"]) for p in described["partitions"]} == {3}
     assert configs["topic"][topic]["min.insync.replicas"]["value"] == "2"
+
+
+def test_each_component_finds_its_topics_by_describing_them_and_the_planner_its_replication(
+    secure_cluster: LocalKafkaCluster, catalogue: Settings, tmp_path: Path
+) -> None:
+    """A component's start (``vudsync run``) describes the topics it uses and creates none that
+    exist; the planner sizes its changelog from a topic it reads, not from the cluster's
+    description (which its ACLs do not grant)."""
+    bootstrap = secure_cluster.bootstrap()
+    for component in COMPONENT_TOPICS:
+        settings = _settings(secure_cluster, component, tmp_path / component, catalogue.topic_prefix)
+        assert ensure_component_topics(settings, bootstrap, component) == [], component
+    planner = _settings(secure_cluster, "planner", tmp_path / "planner", catalogue.topic_prefix)
+    assert replicas_of(bootstrap, planner.topic(RESULTS.name), security=planner.kafka_security()) == 3
+    # a topic it may not describe is as good as missing (the planner then asks the cluster)
+    assert (
+        replicas_of(bootstrap, planner.topic(OPERATIONS_DLQ.name), security=planner.kafka_security()) is None
+    )
+    assert missing_topics(
+        bootstrap, [planner.topic(OPERATIONS_DLQ.name)], security=planner.kafka_security()
+    ) == [planner.topic(OPERATIONS_DLQ.name)]
 
 
 def test_the_producer_writes_directory_topics_only(

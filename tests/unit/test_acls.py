@@ -6,6 +6,7 @@ from pathlib import Path
 
 from devtools.broker.acls import Grant, component_acls, kafka_acls_commands, principal
 from kernel.settings import Settings
+from vudsync.topics import COMPONENT_TOPICS
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 
@@ -14,6 +15,27 @@ def test_docs_list_every_acl_command() -> None:
     docs = DOCS.read_text()
     for command in kafka_acls_commands(Settings(home=Path("/nonexistent"))):
         assert command in docs, command
+
+
+def test_each_component_may_describe_every_topic_its_start_checks() -> None:
+    """A component's start describes the topics it uses (``vudsync.topics.COMPONENT_TOPICS``)
+    before it asks to create any: on the secured cluster that is allowed for each, so a start
+    where they exist leaves no denial in the brokers' authorizer log."""
+    s = Settings(topic_prefix="p-")
+    grants = component_acls(s)
+
+    def may_describe(who: str, topic: str) -> bool:
+        return any(
+            g.principal == who
+            and g.resource == "TOPIC"
+            and (g.name == topic if g.pattern == "LITERAL" else topic.startswith(g.name))
+            and {"DESCRIBE", "READ", "WRITE", "ALL"} & set(g.operations)
+            for g in grants
+        )
+
+    for component, specs in COMPONENT_TOPICS.items():
+        for spec in specs:
+            assert may_describe(principal(component), s.topic(spec.name)), (component, spec.name)
 
 
 def test_the_producer_writes_directory_topics_only() -> None:

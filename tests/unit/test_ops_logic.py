@@ -24,6 +24,8 @@ from vudsync.ops.groups import (
     Role,
     members_from_description,
     resolve_topics,
+    roles_for,
+    topic_aliases,
     topics_for_role,
 )
 from vudsync.ops.replay import parse_offsets, plan_partitions, progress, summarize
@@ -70,6 +72,25 @@ def test_topics_by_short_catalogue_or_full_name() -> None:
     assert topics_for_role(Role.PLANNER, chosen, s) == ["p-vud.directory.users"]
     assert topics_for_role(Role.SINK, chosen, s) == ["p-vud.cloud.operations"]
     assert len(topics_for_role(Role.PLANNER, [], s)) == 6
+
+
+def test_the_directory_sink_group_is_offered_with_its_topic_under_a_name_of_its_own() -> None:
+    s = settings()
+    assert roles_for("directory-sink") == (Role.DIRECTORY_SINK,)
+    assert roles_for("both") == (Role.PLANNER, Role.SINK)  # the cloud-bound path, as before
+    # "operations" stays the cloud's; the writeback's topic is "directory-operations"
+    assert resolve_topics(["operations", "directory-operations"], s) == [
+        "p-vud.cloud.operations",
+        "p-vud.directory.operations",
+    ]
+    assert topics_for_role(Role.DIRECTORY_SINK, [], s) == ["p-vud.directory.operations"]
+    chosen = resolve_topics(["users", "vud.directory.operations"], s)
+    assert topics_for_role(Role.DIRECTORY_SINK, chosen, s) == ["p-vud.directory.operations"]
+    # the planner writes that topic and does not read it: rewinding the planner leaves it alone
+    assert topics_for_role(Role.PLANNER, chosen, s) == ["p-vud.directory.users"]
+    assert parse_offsets("directory-operations:1=4", topic_aliases(s)) == {
+        ("p-vud.directory.operations", 1): 4
+    }
 
 
 def test_refusal_names_every_live_member() -> None:

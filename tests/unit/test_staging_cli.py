@@ -20,7 +20,7 @@ def started(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
     seen: list[Settings] = []
     monkeypatch.setattr(processors.service, "run_planner", lambda settings, *a, **kw: seen.append(settings))
     monkeypatch.setattr(run_module, "resolve_bootstrap", lambda settings: "127.0.0.1:9")
-    monkeypatch.setattr(run_module, "ensure_catalogue", lambda *a, **kw: [])
+    monkeypatch.setattr(run_module, "ensure_component_topics", lambda *a, **kw: [])
     return seen
 
 

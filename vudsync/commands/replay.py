@@ -1,5 +1,5 @@
-"""``vudsync replay``: rewind the planner's and/or the sink's consumer group after a failed
-integration, wait while the backlog drains, and say what it did.
+"""``vudsync replay``: rewind the planner's, the sink's and/or the directory sink's consumer group
+after a failed integration, wait while the backlog drains, and say what it did.
 
 The logic is in :mod:`vudsync.ops.replay` (pure) and :mod:`vudsync.ops.replay_runner`.
 """
@@ -15,7 +15,7 @@ import click
 from kernel.errors import ConfigurationError
 from kernel.settings import load_settings
 from vudsync.bootstrap import resolve_bootstrap
-from vudsync.ops.groups import group_id, resolve_topics, roles_for, topic_aliases
+from vudsync.ops.groups import GROUP_CHOICES, group_id, resolve_topics, roles_for, topic_aliases
 from vudsync.ops.replay import ReplayPlan, ReplaySummary, parse_offsets
 from vudsync.ops.timespec import parse_duration, parse_since
 
@@ -55,9 +55,10 @@ def _summary_text(s: ReplaySummary) -> str:
 @click.option(
     "--group",
     "group_choice",
-    type=click.Choice(["planner", "sink", "both"]),
+    type=click.Choice(GROUP_CHOICES),
     default="both",
     show_default=True,
+    help="both = planner and sink; directory-sink is the writeback's (vud.directory.operations)",
 )
 @click.option("--topics", default="", help="comma-separated topics to rewind (default: each group's own)")
 @click.option("--dry-run", is_flag=True, help="print what would be read again and re-planned; change nothing")
@@ -74,12 +75,20 @@ def replay(
     timeout: str,
     as_json: bool,
 ) -> None:
-    """Rewind the planner's and/or the sink's consumer group and apply again what was missed.
+    """Rewind the planner's, the sink's and/or the directory sink's consumer group and apply
+    again what was missed.
 
-    Nothing is applied twice: the planner plans the same operation ids again, and the sink's
-    ledger and the cloud's idempotency keys turn what was applied into "already applied".
+    Nothing is applied twice: the planner plans the same operation ids again, the sink's
+    ledger and the cloud's idempotency keys turn what was applied into "already applied", and
+    so does the directory store's record of the operations it applied (writeback).
     Refuses while a worker of a replayed group is running (stop them first). The backlog
     drains only when the workers run again: start them after the reset.
+
+    \b
+    Examples:
+      vudsync replay --since 2h --dry-run
+      vudsync replay --since 2026-11-27T10:00            # planner and sink
+      vudsync replay --since 2h --group directory-sink   # the writeback's store writes
     """
     from vudsync.ops.journal_index import SqliteJournalIndex
     from vudsync.ops.journal_sync import JournalIndexer, journal_path

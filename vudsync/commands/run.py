@@ -11,7 +11,7 @@ import click
 
 from kernel.settings import load_settings
 from vudsync.bootstrap import resolve_bootstrap
-from vudsync.topics import ensure_catalogue
+from vudsync.topics import ensure_component_topics
 
 _METRICS = click.option(
     "--metrics-port",
@@ -34,7 +34,7 @@ def producer(metrics_port: int | None) -> None:
 
     settings = load_settings()
     bootstrap = resolve_bootstrap(settings)
-    ensure_catalogue(settings, bootstrap, denied_ok=True)  # a component may not create topics
+    ensure_component_topics(settings, bootstrap, "producer")  # what it uses: nothing its ACLs refuse
     with _snapshot_bar() as progress:
         run_producer(settings, bootstrap, metrics_port=metrics_port, progress=progress)
 
@@ -57,7 +57,7 @@ def cloud_capture(metrics_port: int | None) -> None:
 
     settings = load_settings()
     bootstrap = resolve_bootstrap(settings)
-    ensure_catalogue(settings, bootstrap, denied_ok=True)  # a component may not create topics
+    ensure_component_topics(settings, bootstrap, "cloud-capture")  # what it uses: nothing its ACLs refuse
     open_store_migrations(settings.resolved_store_url())  # the cursor's column (0003 / 0002)
     run_cloud_capture(settings, bootstrap, metrics_port=metrics_port)
 
@@ -117,7 +117,7 @@ def planner(metrics_port: int | None, worker_name: str | None, loglevel: str, st
         overrides["planner_staging"] = True
     settings = load_settings(**overrides)
     bootstrap = resolve_bootstrap(settings)
-    ensure_catalogue(settings, bootstrap, denied_ok=True)  # a component may not create topics
+    ensure_component_topics(settings, bootstrap, "planner")  # what it uses: nothing its ACLs refuse
     run_planner(settings, bootstrap, metrics_port=metrics_port, loglevel=loglevel)
 
 
@@ -130,7 +130,7 @@ def sink(metrics_port: int | None, worker_name: str | None) -> None:
 
     settings = load_settings(**({"worker_name": worker_name} if worker_name else {}))
     bootstrap = resolve_bootstrap(settings)
-    ensure_catalogue(settings, bootstrap, denied_ok=True)  # a component may not create topics
+    ensure_component_topics(settings, bootstrap, "sink")  # what it uses: nothing its ACLs refuse
     run_sink(settings, bootstrap, metrics_port=metrics_port)
 
 
@@ -149,5 +149,5 @@ def directory_sink(metrics_port: int | None, worker_name: str | None) -> None:
 
     settings = load_settings(**({"worker_name": worker_name} if worker_name else {}))
     bootstrap = resolve_bootstrap(settings)
-    ensure_catalogue(settings, bootstrap, denied_ok=True)  # a component may not create topics
+    ensure_component_topics(settings, bootstrap, "directory-sink")  # what it uses: nothing its ACLs refuse
     run_directory_sink(settings, bootstrap, metrics_port=metrics_port)

@@ -1,12 +1,11 @@
 """The pipeline's consumer groups and topics as operators name them. Pure.
 
-Three groups, each a member of ``vudsync status``: the planner's (Faust app id, reads the
-directory topics), the sink's (reads ``vud.cloud.operations``) and the directory sink's (the
-writeback's, reads ``vud.directory.operations``). The first two can be rewound (``vudsync
-replay``); the directory sink's is not offered there (an operation it applied is recorded in the
-store, so a rewind would only re-read it). Topics are named by their short name (``users``,
-``operations``), their catalogue name (``vud.directory.users``) or their full name with
-this installation's prefix.
+Three groups, each a member of ``vudsync status`` and each offered by ``vudsync replay``: the
+planner's (Faust app id, reads the directory topics), the sink's (reads ``vud.cloud.operations``)
+and the directory sink's (the writeback's, reads ``vud.directory.operations``). Topics are named
+by their short name (``users``, ``operations``; the writeback's ``directory-operations``: its
+last word is the sink's topic's), their catalogue name (``vud.directory.users``) or their full
+name with this installation's prefix.
 """
 
 from __future__ import annotations
@@ -27,8 +26,12 @@ class Role(StrEnum):
     DIRECTORY_SINK = "directory-sink"
 
 
+#: what ``--group`` offers: each role, and ``both`` (planner and sink: the cloud-bound path)
+GROUP_CHOICES = (*(role.value for role in Role), "both")
+
+
 def roles_for(choice: str) -> tuple[Role, ...]:
-    """``planner`` | ``sink`` | ``both`` → the roles, planner first."""
+    """``planner`` | ``sink`` | ``directory-sink`` | ``both`` → the roles, planner first."""
     if choice == "both":
         return (Role.PLANNER, Role.SINK)
     return (Role(choice),)
@@ -49,13 +52,17 @@ def group_id(role: Role, settings: Settings) -> str:
     return sink_group(settings)
 
 
+#: short names that are not the catalogue name's last word (that one is taken)
+_SHORT = {DIRECTORY_OPERATIONS.name: "directory-operations"}
+
+
 def topic_aliases(settings: Settings) -> dict[str, str]:
     """Short and catalogue names → full topic names with this installation's prefix."""
-    specs = [*DIRECTORY_TOPICS.values(), OPERATIONS, RESULTS]
+    specs = [*DIRECTORY_TOPICS.values(), OPERATIONS, RESULTS, DIRECTORY_OPERATIONS]
     aliases: dict[str, str] = {}
     for spec in specs:
         full = settings.topic(spec.name)
-        aliases[spec.name.rsplit(".", 1)[-1]] = full
+        aliases[_SHORT.get(spec.name, spec.name.rsplit(".", 1)[-1])] = full
         aliases[spec.name] = full
         aliases[full] = full
     return aliases

@@ -12,6 +12,11 @@ How a replay re-applies what was missed, and why nothing is applied twice:
   state); the newest one equals the planner's table and is planned again as a redelivery,
   against the state before it — the same operations with the same ids, which the sink
   dedupes. This recovers operations that never reached ``vud.cloud.operations``.
+- **directory sink** (``vud.directory.operations``, the writeback's): every directory operation
+  since the point in time is applied again. The store records each operation id it applied (or
+  rejected) in the transaction of its effect, so those come back as ``already_applied`` (or
+  ``rejected`` again) without a write — no access row, no change-log row; only what the store
+  never committed is applied now.
 
 A replay never moves a group forward: where the group has not even reached the point in time
 yet, its offset stays (moving it would skip what it has not read).

@@ -25,9 +25,15 @@ from typing import Any
 
 from kernel.records import TopicPartition as TP
 from kernel.settings import Settings
-from schemas.codec import DecodeError, decode_event, decode_model, decode_operation
+from schemas.codec import (
+    DecodeError,
+    decode_directory_operation,
+    decode_event,
+    decode_model,
+    decode_operation,
+)
 from schemas.results import OperationResult
-from schemas.topics import OPERATIONS, RESULTS
+from schemas.topics import DIRECTORY_OPERATIONS, OPERATIONS, RESULTS
 from vudsync.ops.groups import GroupHasLiveMembers, GroupMember, Role, group_id, topics_for_role
 from vudsync.ops.kafka_admin import KafkaGroupAdmin
 from vudsync.ops.kafka_reader import read_ranges
@@ -76,6 +82,7 @@ class ReplayRunner:
         self.admin = admin
         self.results_topic = settings.topic(RESULTS.name)
         self.operations_topic = settings.topic(OPERATIONS.name)
+        self.directory_operations_topic = settings.topic(DIRECTORY_OPERATIONS.name)
 
     def live_members(self, roles: Sequence[Role]) -> dict[Role, list[GroupMember]]:
         return {role: self.admin.members(group_id(role, self.settings)) for role in roles}
@@ -112,9 +119,12 @@ class ReplayRunner:
         for record in read_ranges(
             self.bootstrap, ranges, client_id="vudsync-replay", security=self.settings.kafka_security()
         ):
-            if record.topic == self.operations_topic:
+            if record.topic in (self.operations_topic, self.directory_operations_topic):
+                decode = (
+                    decode_operation if record.topic == self.operations_topic else decode_directory_operation
+                )
                 try:
-                    op = decode_operation(record.value)
+                    op = decode(record.value)
                 except DecodeError:
                     content.unreadable += 1
                     continue
@@ -196,8 +206,8 @@ class ReplayRunner:
             ops_end = self.admin.end_offsets(list(mark.operations_end))
             ranges = {tp: (mark.operations_end[tp], ops_end.get(tp, 0)) for tp in mark.operations_end}
             for record in read_ranges(
-            self.bootstrap, ranges, client_id="vudsync-replay", security=self.settings.kafka_security()
-        ):
+                self.bootstrap, ranges, client_id="vudsync-replay", security=self.settings.kafka_security()
+            ):
                 try:
                     op = decode_operation(record.value)
                 except DecodeError:
