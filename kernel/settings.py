@@ -101,7 +101,11 @@ class Settings(BaseSettings):
         description="staging mode: plan every change, send nothing to the cloud; the operations "
         "wait on vud.cloud.operations.staged for `vudsync staging diff|promote|discard`",
     )
-    planner_linger: float = Field(default=0.005, ge=0, description="producer linger of the planner, seconds")
+    # 50 ms, not 5: a produce request per few events was the largest item of the planner's
+    # profile (the socket write, the broker's CPU); what must not wait is flushed at once
+    # (a release's sends before its table write, faust_compat.producer_send_now), and 50 ms
+    # is a twentieth of the 1 s end-to-end target (docs/benchmarks.md, "Fewer produce requests")
+    planner_linger: float = Field(default=0.05, ge=0, description="producer linger of the planner, seconds")
     planner_fetch_bytes: int = Field(
         default=64 * 1024,
         ge=1024,

@@ -46,6 +46,7 @@ def declare_agents(app: faust.App, topics: PlannerTopics, handlers: PlannerHandl
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode types receivers narrowly
     async def forget_deliveries(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         handlers.deliveries.forget()
+        handlers.table_changed()
         # the gauges drop what the revoked partitions hold now, not at the next tick
         revoked = args[0] if args else kwargs.get("revoked", ())
         handlers.export_gauges(frozenset(tp.partition for tp in revoked))

@@ -42,6 +42,7 @@ from processors.directory import DirectoryEvents
 from processors.effects import BatchTx, Coords, Effects, Send, Tx
 from processors.facts import Facts
 from processors.gate import Gate
+from processors.gauge_keys import oldest_committed
 from processors.keys import Known, is_parked
 from processors.knowledge import Knowledge
 from processors.model import Identities, PlannerSettings, VerdictStatus
@@ -208,13 +209,18 @@ class Reconciler:
         """Deletions the gate holds (0 unless this worker owns partition 0)."""
         return gate.held_deletions(self.store)
 
-    def reviews_waiting(self) -> int:
+    def reviews_waiting(self, keys: Iterable[str] | None = None) -> int:
         """Companies waiting for review, as partition 0 knows them (every review fact reaches
-        every partition: one count, on the worker that owns partition 0)."""
-        prefix = keys.known_prefix(GATE_PARTITION, Known.REVIEW)
-        return reviews.count_waiting(
-            self.store.get(k) for k in list(self.store.keys()) if k.startswith(prefix)
-        )
+        every partition: one count, on the worker that owns partition 0); ``keys``: where to
+        look (the table's keys, or a superset of its review keys: :mod:`processors.gauge_keys`)."""
+        prefix = self.review_prefix()
+        chosen = list(self.store.keys()) if keys is None else keys
+        return reviews.count_waiting(self.store.get(k) for k in chosen if k.startswith(prefix))
+
+    @staticmethod
+    def review_prefix() -> str:
+        """The keys :meth:`reviews_waiting` reads."""
+        return keys.known_prefix(GATE_PARTITION, Known.REVIEW)
 
     def mismatched_applications(self) -> dict[ApplicationType, tuple[str, ...]]:
         """The applications whose on-premise instance differs from the cloud's registration, as
@@ -245,9 +251,11 @@ class Reconciler:
         for k in keys or iter(list(self.store.keys())):
             if not is_parked(k):
                 continue
-            for item in self.store.get(k) or ():
-                op = item["op"]  # a writeback's directory operation: since the cloud's commit
-                at = datetime.fromisoformat(op.get("source_committed_at") or op["cloud_changed_at"])
-                if oldest is None or at < oldest:
-                    oldest = at
-        return 0.0 if oldest is None else max((self._clock() - oldest).total_seconds(), 0.0)
+            at = oldest_committed(self.store.get(k) or ())  # a writeback's: the cloud's commit
+            if at is not None and (oldest is None or at < oldest):
+                oldest = at
+        return self.age(oldest)
+
+    def age(self, committed: datetime | None) -> float:
+        """Seconds since ``committed`` by the reconciler's clock; 0 for None."""
+        return 0.0 if committed is None else max((self._clock() - committed).total_seconds(), 0.0)

@@ -37,7 +37,8 @@ from processors.control import CONTROL_ADAPTER, GATE_PARTITION
 from processors.engine import Coords, Effects, Input, Reconciler
 from processors.facts import teaches
 from processors.faust_compat import Committed, Deliveries, OwnedKeys, SendNow, current_event_as
-from processors.keys import PARKED, is_parked
+from processors.gauge_keys import WaitingSummaries, WatchedKeys
+from processors.keys import PARKED
 from processors.metrics import PlannerMetrics
 from processors.staging import STAGED
 from processors.topics import PlannerTopics
@@ -104,6 +105,9 @@ class PlannerHandlers:
         self.owned_keys = owned_keys
         self.backoff = backoff or Backoff(base=BACKOFF_BASE, cap=MAX_BACKOFF)
         self.deliveries = Deliveries(committed)
+        # the keys the gauges read, kept as written (:mod:`processors.gauge_keys`)
+        self.watched = WatchedKeys((PARKED, reconciler.review_prefix()))
+        self._summaries = WaitingSummaries()
         self.in_message = False  # the stall watchdog does not seek while a message is handled
 
     # -- the entry points -------------------------------------------------------------
@@ -358,14 +362,17 @@ class PlannerHandlers:
 
     def _write(self, writes: Mapping[str, Any], partitions: Mapping[str, int] | None) -> None:
         """The table writes; the parked keys' partitions told to ``owned_keys`` (the gauges
-        count only what this worker's partitions hold: :class:`faust_compat.OwnedKeys`)."""
+        count only what this worker's partitions hold: :class:`faust_compat.OwnedKeys`), the
+        keys the gauges read to :attr:`watched`."""
         table = self.table
         owned = self.owned_keys
+        watched = self.watched
         for key, value in writes.items():
             if value is None:
                 table.pop(key, None)
             else:
                 table[key] = value
+            watched.wrote(key, value is None)
             if owned is not None and partitions is not None and key.startswith(PARKED):
                 owned.wrote(key, partitions[key], value is None)
 
@@ -423,24 +430,31 @@ class PlannerHandlers:
 
     # -- gauges -----------------------------------------------------------------------
 
+    def table_changed(self) -> None:
+        """The table may hold keys the agent did not write (recovered from the changelog, a
+        rebalance): the next gauge refresh walks it once (:class:`gauge_keys.WatchedKeys`)."""
+        self.watched.stale()
+
     def export_gauges(self, revoked: frozenset[int] = frozenset()) -> None:
         """Set the gauges from the partitions this worker owns now (all it holds without
         ``owned_keys``), less ``revoked`` ones (see :class:`processors.faust_compat.OwnedKeys`)."""
-        # only the parked keys, picked first: the table holds several keys per entity (half a
-        # million at 100,000 users) and every gauge below reads only these
-        keys = [k for k in self.reconciler.store if is_parked(k)]
+        # only the watched keys: the table holds several keys per entity (half a million at
+        # 100,000 users) and every gauge below reads only its parked keys or its review keys
+        store = self.reconciler.store
+        keys = self.watched.keys(store, PARKED)
         gate_here = True
         if self.owned_keys is not None:
             owned = self.owned_keys.owned(revoked)
             keys = list(self.owned_keys.select(keys, owned))
             gate_here = GATE_PARTITION in owned
-        waiting = self.reconciler.waiting(keys)
+        waiting, oldest = self._summaries.summarise(store, keys)
         self.metrics.parked.set(waiting.parked)
         self.metrics.held_operations.set(waiting.held)
         self.metrics.blocked.set(waiting.blocked)
-        self.metrics.parked_oldest_age.set(self.reconciler.oldest_parked_age(iter(keys)))
+        self.metrics.parked_oldest_age.set(self.reconciler.age(oldest))
         self.metrics.held_deletions.set(self.reconciler.held_deletions() if gate_here else 0)
-        self.metrics.review_waiting.set(self.reconciler.reviews_waiting() if gate_here else 0)
+        reviews = self.watched.keys(store, self.reconciler.review_prefix()) if gate_here else []
+        self.metrics.review_waiting.set(self.reconciler.reviews_waiting(reviews) if gate_here else 0)
         mismatched = self.reconciler.mismatched_applications() if gate_here else {}
         for app in ApplicationType:
             self.metrics.application_blocked.labels(app.value).set(1 if app in mismatched else 0)

@@ -178,6 +178,11 @@ def build_planner(settings: Settings, bootstrap: str, registry: CollectorRegistr
         owned_keys=OwnedKeys(app, table),
     )
     declare_agents(app, topics, handlers)
+
+    @table.on_recover
+    async def walk_the_table_again() -> None:  # recovered keys: the gauges' watched keys are stale
+        handlers.table_changed()
+
     skip_before_stream(app, handlers.skips, handlers.skipped)
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]  # mode types receivers narrowly

@@ -172,3 +172,50 @@ def test_a_blocked_application_and_companies_waiting_for_review_are_told_by_part
         }
         waiting = registry.get_sample_value("vudsync_review_waiting_companies")
         assert (blocked["business"], blocked["reporting"], waiting) == expected, partitions
+
+
+async def test_the_gauges_walk_the_table_only_when_it_may_hold_keys_the_agent_did_not_write() -> None:
+    """A refresh walked every key of the table twice (half a million at 100,000 users): the
+    keys the gauges read are now kept as the agent writes them, and the table is walked again
+    only after a recovery or a rebalance (``table_changed``) — never counted wrong meanwhile."""
+    handlers, table, _, registry = _worker({0, 1})
+    handlers.export_gauges()  # the first refresh walks the (empty) table
+    walked: list[int] = []
+    real_iter = FakeTable.__iter__
+
+    def counting_iter(self: FakeTable) -> Any:
+        walked.append(1)
+        return real_iter(self)
+
+    FakeTable.__iter__ = counting_iter  # type: ignore[method-assign]
+    try:
+        await handlers.perform(
+            Effects(writes={"p|user:u1": [item("company:c1")]}, partitions={"p|user:u1": 1})
+        )
+        handlers.export_gauges()
+        assert _gauges(registry)["parked_operations"] == 1 and not walked, "written keys: no walk"
+
+        # the same key rewritten with more items: a new value, summarised again
+        two = [item("company:c1"), item("deletion:user:u1:3")]
+        await handlers.perform(Effects(writes={"p|user:u1": two}, partitions={"p|user:u1": 1}))
+        handlers.export_gauges()
+        assert (_gauges(registry)["parked_operations"], _gauges(registry)["held_operations"]) == (1, 1)
+
+        # a recovery brings keys the agent never wrote; the recovery callback says so
+        table["p|user:u2"] = [item("company:c2")]
+        table.data._key_partition["p|user:u2"] = 0
+        table["k|0|review:c9"] = {"w": True, "at": 1.0, "cloud": "cc-9"}
+        handlers.table_changed()
+        handlers.export_gauges()
+        assert _gauges(registry)["parked_operations"] == 2 and walked, "walked once after the recovery"
+        assert registry.get_sample_value("vudsync_review_waiting_companies") == 1
+        walks = len(walked)
+        handlers.export_gauges()
+        assert len(walked) == walks, "and not again"
+
+        # a key the table lost behind the agent's back (a tombstone recovered) reads as nothing
+        del table["p|user:u2"]
+        handlers.export_gauges()
+        assert _gauges(registry)["parked_operations"] == 1
+    finally:
+        FakeTable.__iter__ = real_iter  # type: ignore[method-assign]
