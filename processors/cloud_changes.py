@@ -14,7 +14,7 @@ records, in a pair already tracked, which entries a directory event changed and 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 
 from processors import gate, journal, keys, parking, planner
@@ -196,10 +196,13 @@ def on_user_changed(
     after: UserState | None,
     committed_at: datetime,
     version: int = 0,
+    entry_times: Mapping[str, datetime] | None = None,
 ) -> None:
     """A directory event of a user: in each pair the writeback tracks (``w|``) whose entries
-    it changed, the directory's change and its commit time (the conflict rule's directory
-    side). Pairs not tracked are not read further than one look-up per changed company."""
+    it changed, the directory's change and its time (the conflict rule's directory side): each
+    entry's own change time in the store (``entry_times``: the event's ``access_changed_at``),
+    else the event's commit time. Pairs not tracked are not read further than one look-up per
+    changed company."""
     old = {a.company_id: a for a in before.access} if before is not None else {}
     new = {a.company_id: a for a in after.access} if after is not None else {}
     for company_id in old.keys() | new.keys():
@@ -210,8 +213,15 @@ def on_user_changed(
         if raw is None:
             continue
         state = PairState.from_json(raw)
+        prefix = f"{company_id}|"  # schemas.events.access_entry_key
+        times = {k[len(prefix) :]: at for k, at in (entry_times or {}).items() if k.startswith(prefix)}
         changed = directory_changed(
-            state, held_entries(before, company_id), held_entries(after, company_id), committed_at, version
+            state,
+            held_entries(before, company_id),
+            held_entries(after, company_id),
+            committed_at,
+            version,
+            times,
         )
         if changed is not state:
             tx.set(wkey, changed.to_json())

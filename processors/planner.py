@@ -425,7 +425,6 @@ def _cloud_entries_removed(
     after = {a.company_id: a for a in event.state.access} if event.op is not Op.DELETE else {}
     restores: list[GrantDirectoryAccess] = []
     notes: list[JournalEntry] = []
-    removed_at = event.source.committed_at
     for company in before.access:
         now_held = after.get(company.company_id)
         pair = ids.writeback.get(f"{event.entity_id}|{company.company_id}")
@@ -439,6 +438,8 @@ def _cloud_entries_removed(
                         ):
                             continue
                         key = entry_key(app.value, kind, name)
+                        # the removal's own time in the store, else the event's (rule 6)
+                        removed_at = event.entry_changed_at(company.company_id, app.value, kind, name)
                         cloud = pair.cloud.get(key) if pair is not None else None
                         if origin == "directory" and (cloud is None or cloud.origin != "cloud"):
                             continue  # the directory's own entry: its whole-set write removes it

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +19,7 @@ from processors.writeback import Change, PairState, plan_writeback, winner
 from schemas.cloud_changes import CloudAccessChanged, CloudAccessEntry
 from schemas.directory import ApplicationType, CompanyAccess, ServiceAccess
 from schemas.directory_operations import GrantDirectoryAccess, RevokeDirectoryAccess
+from schemas.events import access_entry_key
 from schemas.results import FactKind, OperationResult, PlannerFact, ResultOutcome
 from tests.factories import T0, connected_table, user_event, user_state
 from tests.fakes import apply_writes
@@ -566,34 +568,77 @@ def test_revokes_the_conflict_rule_sends_to_the_cloud_under_the_threshold_settle
     assert p.r.parked() == 0
 
 
-# -- a known limit: changes of one user folded into one event (docs/domain.md, rule 6) --------
+# -- changes of one user folded into one event (docs/domain.md, rule 6) -----------------------
 
 
-def test_a_removal_folded_with_a_later_change_of_the_user_is_judged_at_the_event_s_time() -> None:
-    """Pins the limit rule 6 states (found while closing issue 16's safety gaps): capture emits
-    one event per user with the *last* folded change's commit time, and the store keeps no time
-    per access row, so the directory's side of the conflict rule is the event's time, not the
-    entry's. Here an administrator removes Lønn on premise at 3 and edits the user's name at 9
-    (one event, committed at 9); in the cloud Lønn was revoked and granted again at 6. By the
-    true times the cloud's grant is the later change and should stay; judged at 9 the directory
-    wins and Lønn is revoked in the cloud. Both sides still end the same (absent): the limit
-    changes which side wins, never whether the two sides agree."""
+@pytest.mark.parametrize("removed", [3.0, 7.0])
+def test_a_removal_folded_with_a_later_change_of_the_user_is_judged_at_the_entry_s_own_time(
+    removed: float,
+) -> None:
+    """Capture emits one event per user at the *last* folded change's commit time; the store's
+    triggers keep each access entry's own change time and the event carries it
+    (``access_changed_at``), so the directory's side of the conflict rule is the entry's time.
+    Here an administrator removes Lønn on premise at ``removed`` and edits the user's name at 9
+    (one event, committed at 9); in the cloud Lønn was revoked and granted again at 6. Removed
+    at 3, the cloud's grant is the later change and stays (written back to the store again; the
+    revoke the removal planned is superseded before it leaves the gate); removed at 7, the
+    directory wins and Lønn is revoked in the cloud. Judged at the event's time (9) the
+    directory would win both."""
     p = _linked(PlannerSettings(deletes_settle_seconds=0))
     _written_back(p, modified=1.5)
     folded = user_event(
         9,  # the user events of the helpers commit at T0 + version seconds: the name's edit at 9
         state=user_state(
             last_name="Berg",
-            access=(CompanyAccess(company_id="c1", services={BUSINESS: REGNSKAP}),),  # Lønn gone (at 3)
+            access=(CompanyAccess(company_id="c1", services={BUSINESS: REGNSKAP}),),  # Lønn gone
         ),
+    ).model_copy(
+        update={
+            "access_changed_at": {
+                access_entry_key("c1", "business", "role", "Regnskap"): at(0.5),
+                access_entry_key("c1", "business", "role", "Lønn"): at(removed),
+            }
+        }
     )
-    removed = p.perform(p.r.on_directory_event(folded, p.coords("users"), None))
+    assert folded.source.committed_at == at(9)
+    removed_fx = p.perform(p.r.on_directory_event(folded, p.coords("users"), None))
     regranted = p.cloud(
         change(7, entry("Regnskap", origin="directory", modified=1), entry("Lønn", modified=6))
     )
-    sent = p.gate(removed, regranted)
+    sent = p.gate(removed_fx, regranted)
     conflicts = [r for r in _sent(regranted.sends, "results") if r.kind == "journal.writeback_conflict"]
-    assert len(conflicts) == 1 and "the directory wins" in conflicts[0].details["message"]
+    assert len(conflicts) == 1, conflicts
+    message = conflicts[0].details["message"]
+    assert f"removed it at {at(removed).isoformat()}" in message, message
+    revokes = [op for op in _sent(sent, "operations") if op.kind == "access.revoke_entry"]
+    written_back = _sent(regranted.sends, "directory_operations")
+    if removed < 6:
+        assert "the cloud wins" in message
+        assert [(op.name, op.entry_kind) for op in written_back] == [("Lønn", "role")], "written back again"
+        assert all(isinstance(op, GrantDirectoryAccess) for op in written_back)
+        # the removal's revoke, planned before the cloud's grant was seen, is superseded by it
+        assert revokes == []
+    else:
+        assert "the directory wins" in message
+        assert written_back == [], "the cloud's grant is not written back"
+        (revoke,) = revokes
+        assert revoke.name == "Lønn" and revoke.unless_changed_after == at(removed), "the entry's time, not 9"
+
+
+def test_an_event_without_entry_times_judges_its_entries_at_its_own_time() -> None:
+    """Backwards compatible: a user event written before the store kept entry times (no
+    ``access_changed_at``) counts every entry at its commit time, as before."""
+    p = _linked(PlannerSettings(deletes_settle_seconds=0))
+    _written_back(p, modified=1.5)
+    folded = user_event(
+        9, state=user_state(access=(CompanyAccess(company_id="c1", services={BUSINESS: REGNSKAP}),))
+    )
+    assert folded.access_changed_at == {}
+    removed_fx = p.perform(p.r.on_directory_event(folded, p.coords("users"), None))
+    regranted = p.cloud(
+        change(7, entry("Regnskap", origin="directory", modified=1), entry("Lønn", modified=6))
+    )
+    sent = p.gate(removed_fx, regranted)
     (revoke,) = [op for op in _sent(sent, "operations") if op.kind == "access.revoke_entry"]
-    assert revoke.name == "Lønn" and revoke.unless_changed_after == at(9), "the event's time, not 3"
-    assert _sent(regranted.sends, "directory_operations") == [], "the cloud's grant is not written back"
+    assert revoke.name == "Lønn" and revoke.unless_changed_after == at(9)
+    assert _sent(regranted.sends, "directory_operations") == []
