@@ -205,8 +205,16 @@ def on_user_changed(
     changed company."""
     old = {a.company_id: a for a in before.access} if before is not None else {}
     new = {a.company_id: a for a in after.access} if after is not None else {}
-    for company_id in old.keys() | new.keys():
-        if old.get(company_id) == new.get(company_id):
+    times = entry_times or {}
+    # an unchanged company is read only if the event names an entry the user does not hold
+    # there (its removal's time): a written-back grant removed before capture saw it
+    named: dict[str, list[str]] = {}
+    for ref in times:
+        company_id, _, key = ref.partition("|")
+        named.setdefault(company_id, []).append(key)
+    removals = {c for c, entries in named.items() if not held_entries(after, c).keys() >= set(entries)}
+    for company_id in old.keys() | new.keys() | removals:
+        if old.get(company_id) == new.get(company_id) and company_id not in removals:
             continue
         wkey = keys.writeback_key(user_id, company_id)
         raw = tx.get(wkey)
@@ -214,14 +222,14 @@ def on_user_changed(
             continue
         state = PairState.from_json(raw)
         prefix = f"{company_id}|"  # schemas.events.access_entry_key
-        times = {k[len(prefix) :]: at for k, at in (entry_times or {}).items() if k.startswith(prefix)}
+        mine = {k[len(prefix) :]: at for k, at in times.items() if k.startswith(prefix)}
         changed = directory_changed(
             state,
             held_entries(before, company_id),
             held_entries(after, company_id),
             committed_at,
             version,
-            times,
+            mine,
         )
         if changed is not state:
             tx.set(wkey, changed.to_json())

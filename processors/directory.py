@@ -93,9 +93,11 @@ class DirectoryEvents:
         if not replay and plan.view is not None and ev.entity is EntityType.USER:
             before = previous.state if previous is not None and not previous.deleted else None
             after = None if plan.view.deleted else ev.state
-            if isinstance(before, UserState) and before != after:  # a user's first sight changes nothing
+            assert isinstance(ev, UserChanged)
+            # a user's first sight changes nothing; the same state may still hide a folded grant
+            # and removal, which only the entries' own times show
+            if isinstance(before, UserState) and (before != after or ev.access_changed_at):
                 assert after is None or isinstance(after, UserState)
-                assert isinstance(ev, UserChanged)
                 cloud_changes.on_user_changed(
                     tx, ev.entity_id, before, after, ev.source.committed_at, ev.version, ev.access_changed_at
                 )

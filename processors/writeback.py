@@ -294,10 +294,22 @@ def directory_changed(
     writeback's own write, or the directory catching up). Any
     change of an entry ends the writeback's operation on it that was on its way (``pending``):
     the store's view is the truth again."""
-    flipped = before.keys() ^ after.keys()
+    at = times or {}
+    # a written-back grant the store held and the directory removed before capture read it (one
+    # event shows neither): the entry's removal is later than the cloud change it came from
+    folded = {
+        k
+        for k, granted in previous.pending.items()
+        if granted
+        and k not in before
+        and k not in after
+        and k in at
+        and k in previous.seen
+        and at[k] > previous.seen[k]
+    }
+    flipped = (before.keys() ^ after.keys()) | folded
     if not flipped:
         return previous
-    at = times or {}
     changed = {
         k: Change(k in after, at.get(k, committed_at), version=version)
         for k in flipped

@@ -642,3 +642,56 @@ def test_an_event_without_entry_times_judges_its_entries_at_its_own_time() -> No
     (revoke,) = [op for op in _sent(sent, "operations") if op.kind == "access.revoke_entry"]
     assert revoke.name == "Lønn" and revoke.unless_changed_after == at(9)
     assert _sent(regranted.sends, "directory_operations") == []
+
+
+def test_a_written_back_grant_removed_on_premise_before_capture_saw_it_is_revoked_in_the_cloud() -> None:
+    """The flaky e2e's cause (tests/e2e/test_writeback.py, grants_and_revokes): the directory
+    sink writes the cloud's grant of Lønn (at 3) and an administrator removes it on premise (at
+    3.5) before capture reads the first change; capture folds both into one event whose state
+    shows no Lønn, like the one before. The entry's own time (its removal, after the cloud's
+    grant it was written back from) tells the planner the store held it and the directory
+    removed it: revoked in the cloud (the directory's change is the later one), and the
+    writeback's grant is no longer on its way."""
+    p = _linked(PlannerSettings(deletes_settle_seconds=0))
+    p.user(1, CompanyAccess(company_id="c1", services={BUSINESS: REGNSKAP}))
+    granted = p.cloud(change(5, entry("Regnskap", origin="directory", modified=1), entry("Lønn", modified=2)))
+    assert [op.name for op in _sent(granted.sends, "directory_operations")] == ["Lønn"]
+    folded = user_event(
+        4, state=user_state(access=(CompanyAccess(company_id="c1", services={BUSINESS: REGNSKAP}),))
+    ).model_copy(
+        update={
+            "access_changed_at": {
+                access_entry_key("c1", "business", "role", "Regnskap"): at(0.5),
+                access_entry_key("c1", "business", "role", "Lønn"): at(3.5),
+            }
+        }
+    )
+    removed = p.perform(p.r.on_directory_event(folded, p.coords("users"), None))
+    sent = p.gate(removed)
+    (revoke,) = [op for op in _sent(sent, "operations") if op.kind == "access.revoke_entry"]
+    assert (revoke.name, revoke.unless_changed_after) == ("Lønn", at(3.5))
+    pair = PairState.from_json(p.table["w|u1|c1"])
+    assert "business/role/Lønn" not in pair.pending
+    assert pair.directory["business/role/Lønn"] == Change(False, at(3.5), version=4)
+    # the cloud's revoke (vudsync's own) comes back through the feed: nothing more to do
+    echoed = p.cloud(change(6, entry("Regnskap", origin="directory", modified=1), changed=4))
+    assert _sent(echoed.sends, "directory_operations") == [] and _sent(echoed.sends, "operations") == []
+
+
+def test_a_written_back_grant_not_yet_applied_is_not_taken_for_a_removal() -> None:
+    """The same event while the directory sink has not applied the grant yet: the entry's last
+    time in the store is older than the cloud's grant (an earlier removal), or it has none —
+    nothing was removed, nothing is revoked in the cloud."""
+    for times in ({access_entry_key("c1", "business", "role", "Lønn"): at(1.5)}, {}):
+        p = _linked(PlannerSettings(deletes_settle_seconds=0))
+        p.user(1, CompanyAccess(company_id="c1", services={BUSINESS: REGNSKAP}))
+        p.cloud(change(5, entry("Regnskap", origin="directory", modified=1), entry("Lønn", modified=2)))
+        ev = user_event(
+            4,
+            state=user_state(
+                last_name="Berg", access=(CompanyAccess(company_id="c1", services={BUSINESS: REGNSKAP}),)
+            ),
+        ).model_copy(update={"access_changed_at": times})
+        fx = p.perform(p.r.on_directory_event(ev, p.coords("users"), None))
+        assert [op for op in _sent(p.gate(fx), "operations") if op.kind == "access.revoke_entry"] == []
+        assert PairState.from_json(p.table["w|u1|c1"]).pending == {"business/role/Lønn": True}
