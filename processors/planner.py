@@ -427,6 +427,7 @@ def _folded_removals(before: UserState, event: UserChanged, ids: Identities) -> 
     held = {a.company_id: a for a in event.state.access} if event.op is not Op.DELETE else {}
     was = {a.company_id: a for a in before.access}
     found: list[_Removed] = []
+    pairs: dict[str, Any] = {}  # one look-up per company
     for ref, removed_at in sorted(event.access_changed_at.items()):
         company_id, _, key = ref.partition("|")
         application, kind, name = key.split("/", 2)
@@ -438,7 +439,9 @@ def _folded_removals(before: UserState, event: UserChanged, ids: Identities) -> 
             was.get(company_id), app, catalogue, name
         ):
             continue  # held now (a grant's time), or held before (a removal the event shows)
-        pair = ids.writeback.get(f"{event.entity_id}|{company_id}")
+        if company_id not in pairs:
+            pairs[company_id] = ids.writeback.get(f"{event.entity_id}|{company_id}")
+        pair = pairs[company_id]
         seen = pair.seen.get(key) if pair is not None else None
         if pair is not None and pair.pending.get(key) is True and seen is not None and removed_at > seen:
             found.append((company_id, "cloud", app, catalogue, kind, name))
