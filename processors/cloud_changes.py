@@ -14,7 +14,7 @@ records, in a pair already tracked, which entries a directory event changed and 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 
@@ -364,22 +364,40 @@ def on_user_changed(
     after: UserState | None,
     committed_at: datetime,
     version: int = 0,
+    entry_times: Mapping[str, datetime] | None = None,
 ) -> None:
     """A directory event of a user: in each pair the writeback tracks (``w|``) whose entries
-    it changed, the directory's change and its commit time (the conflict rule's directory
-    side). Pairs not tracked are not read further than one look-up per changed company."""
+    it changed, the directory's change and its time (the conflict rule's directory side): each
+    entry's own change time in the store (``entry_times``: the event's ``access_changed_at``),
+    else the event's commit time. Pairs not tracked are not read further than one look-up per
+    changed company."""
     old = {a.company_id: a for a in before.access} if before is not None else {}
     new = {a.company_id: a for a in after.access} if after is not None else {}
-    for company_id in old.keys() | new.keys():
-        if old.get(company_id) == new.get(company_id):
+    times = entry_times or {}
+    # an unchanged company is read only if the event names an entry the user does not hold
+    # there (its removal's time): a written-back grant removed before capture saw it
+    named: dict[str, list[str]] = {}
+    for ref in times:
+        company_id, _, key = ref.partition("|")
+        named.setdefault(company_id, []).append(key)
+    removals = {c for c, entries in named.items() if not held_entries(after, c).keys() >= set(entries)}
+    for company_id in old.keys() | new.keys() | removals:
+        if old.get(company_id) == new.get(company_id) and company_id not in removals:
             continue
         wkey = keys.writeback_key(user_id, company_id)
         raw = tx.get(wkey)
         if raw is None:
             continue
         state = PairState.from_json(raw)
+        prefix = f"{company_id}|"  # schemas.events.access_entry_key
+        mine = {k[len(prefix) :]: at for k, at in times.items() if k.startswith(prefix)}
         changed = directory_changed(
-            state, held_entries(before, company_id), held_entries(after, company_id), committed_at, version
+            state,
+            held_entries(before, company_id),
+            held_entries(after, company_id),
+            committed_at,
+            version,
+            mine,
         )
         if changed is not state:
             tx.set(wkey, changed.to_json())

@@ -30,7 +30,7 @@ from processors.knowledge import Knowledge
 from processors.model import EntityView, Outcome, Plan, PlannerSettings, slot_of
 from processors.needs import Need
 from schemas.directory import EntityType, UserState
-from schemas.events import EVENT_BY_ENTITY, DirectoryEvent
+from schemas.events import EVENT_BY_ENTITY, DirectoryEvent, UserChanged
 from schemas.results import FactKind, PlannerFact, ResultOutcome
 
 HISTORY_MAX = 32  # safety net: uncommitted versions kept per entity
@@ -93,10 +93,13 @@ class DirectoryEvents:
         if not replay and plan.view is not None and ev.entity is EntityType.USER:
             before = previous.state if previous is not None and not previous.deleted else None
             after = None if plan.view.deleted else ev.state
-            if isinstance(before, UserState) and before != after:  # a user's first sight changes nothing
+            assert isinstance(ev, UserChanged)
+            # a user's first sight changes nothing; the same state may still hide a folded grant
+            # and removal, which only the entries' own times show
+            if isinstance(before, UserState) and (before != after or ev.access_changed_at):
                 assert after is None or isinstance(after, UserState)
                 cloud_changes.on_user_changed(
-                    tx, ev.entity_id, before, after, ev.source.committed_at, ev.version
+                    tx, ev.entity_id, before, after, ev.source.committed_at, ev.version, ev.access_changed_at
                 )
         if not replay and plan.view is not None:
             history = [h for h in (raw["h"] if raw else ()) if committed is None or h[0] >= committed]

@@ -397,13 +397,16 @@ def _plan_user(
             if partial.services != kept:  # something changed outside the blocked applications
                 router.route(partial, going)
         router.route(op, touched)
-    if before is None or not (any(a.cloud_origin for a in before.access) or _tracked(before, ids)):
+    folded = _folded_removals(before, event, ids) if before is not None else []
+    if before is None or not (any(a.cloud_origin for a in before.access) or _tracked(before, ids) or folded):
         return router.plan(view)
-    restores, notes = _cloud_entries_removed(before, event, ids, router, now)
+    restores, notes = _cloud_entries_removed(before, event, ids, router, now, folded)
     return replace(router.plan(view, notes), directory_ops=restores)
 
 
 _KIND_OF = {"roles": "role", "layout_groups": "layout_group", "modules": "module"}
+_CATALOGUE_OF = {kind: catalogue for catalogue, kind in _KIND_OF.items()}
+_APPLICATIONS = frozenset(a.value for a in ApplicationType)
 
 
 def _tracked(before: UserState, ids: Identities) -> bool:
@@ -411,8 +414,54 @@ def _tracked(before: UserState, ids: Identities) -> bool:
     return any(f"{before.id}|{a.company_id}" in ids.writeback for a in before.access)
 
 
+#: an entry the store no longer holds: (company, origin, application, catalogue, kind, name)
+_Removed = tuple[str, str, ApplicationType, str, str, str]
+
+
+def _folded_removals(before: UserState, event: UserChanged, ids: Identities) -> list[_Removed]:
+    """Entries the writeback granted (still on its way in the pair's view: ``pending``) that
+    the store held and the directory removed before capture read the grant: one event shows
+    neither (a grant and a removal folded), only the entry's own time in the store says it —
+    a removal later than the cloud change the grant was written back from. Read only for
+    companies in which the event names an entry the user does not hold."""
+    held = {a.company_id: a for a in event.state.access} if event.op is not Op.DELETE else {}
+    was = {a.company_id: a for a in before.access}
+    found: list[_Removed] = []
+    pairs: dict[str, Any] = {}  # one look-up per company
+    for ref, removed_at in sorted(event.access_changed_at.items()):
+        company_id, _, key = ref.partition("|")
+        application, kind, name = key.split("/", 2)
+        catalogue = _CATALOGUE_OF.get(kind)
+        if catalogue is None or application not in _APPLICATIONS:
+            continue
+        app = ApplicationType(application)
+        if _holds(held.get(company_id), app, catalogue, name) or _holds(
+            was.get(company_id), app, catalogue, name
+        ):
+            continue  # held now (a grant's time), or held before (a removal the event shows)
+        if company_id not in pairs:
+            pairs[company_id] = ids.writeback.get(f"{event.entity_id}|{company_id}")
+        pair = pairs[company_id]
+        seen = pair.seen.get(key) if pair is not None else None
+        if pair is not None and pair.pending.get(key) is True and seen is not None and removed_at > seen:
+            found.append((company_id, "cloud", app, catalogue, kind, name))
+    return found
+
+
+def _holds(access: CompanyAccess | None, app: ApplicationType, catalogue: str, name: str) -> bool:
+    return access is not None and any(
+        name in getattr(part.get(app) or ServiceAccess(), catalogue)
+        for part in (access.services, access.cloud_origin)
+    )
+
+
 def _cloud_entries_removed(
-    before: UserState, event: UserChanged, ids: Identities, router: _Router, now: datetime
+    before: UserState,
+    event: UserChanged,
+    ids: Identities,
+    router: _Router,
+    now: datetime,
+    folded: Iterable[_Removed] = (),
 ) -> tuple[tuple[GrantDirectoryAccess, ...], tuple[JournalEntry, ...]]:
     """Entries the store held and no longer holds that the cloud holds as the cloud's — of
     origin cloud on premise (written back), or the directory's that an administrator revoked
@@ -422,59 +471,56 @@ def _cloud_entries_removed(
     cloud removed it first (then this is its writeback), or the cloud changed it later than
     this removal (the conflict rule, :mod:`processors.writeback`: the cloud wins, the entry is
     written back again)."""
-    after = {a.company_id: a for a in event.state.access} if event.op is not Op.DELETE else {}
     restores: list[GrantDirectoryAccess] = []
     notes: list[JournalEntry] = []
-    removed_at = event.source.committed_at
+    for company_id, origin, app, catalogue, kind, name in (*_removed_entries(before, event), *folded):
+        pair = ids.writeback.get(f"{event.entity_id}|{company_id}")
+        key = entry_key(app.value, kind, name)
+        # the removal's own time in the store, else the event's (rule 6)
+        removed_at = event.entry_changed_at(company_id, app.value, kind, name)
+        cloud = pair.cloud.get(key) if pair is not None else None
+        if origin == "directory" and (cloud is None or cloud.origin != "cloud"):
+            continue  # the directory's own entry: its whole-set write removes it
+        if cloud is not None and not cloud.present:
+            continue  # the cloud removed it: this removal is its writeback
+        if pair is not None and pair.pending.get(key) is False:
+            continue  # the writeback's revoke, seen now
+        side = "directory" if cloud is None else winner(Change(False, removed_at), cloud)
+        if cloud is not None and pair is not None and pair.is_unseen(key, cloud):  # changed on both sides
+            notes.append(_conflict(event, company_id, key, removed_at, cloud.at, side))
+        if side == "cloud":
+            assert cloud is not None
+            restores.append(_restore(event, company_id, app, kind, name, pair, cloud, now))
+            continue
+        revoke = _op(
+            RevokeAccessEntry,
+            event,
+            now,
+            f"{company_id}|{key}",
+            user_id=event.entity_id,
+            company_id=company_id,
+            cloud_user_id=ids.users.get(event.entity_id),
+            cloud_company_id=ids.companies.get(company_id),
+            application=app,
+            catalogue=catalogue,
+            name=name,
+            unless_changed_after=removed_at,
+        )
+        router.route(revoke, (app,))
+    return tuple(restores), tuple(notes)
+
+
+def _removed_entries(before: UserState, event: UserChanged) -> Iterable[_Removed]:
+    """The entries ``before`` holds that the event's state does not, with their origin."""
+    after = {a.company_id: a for a in event.state.access} if event.op is not Op.DELETE else {}
     for company in before.access:
         now_held = after.get(company.company_id)
-        pair = ids.writeback.get(f"{event.entity_id}|{company.company_id}")
         for origin, services in (("cloud", company.cloud_origin), ("directory", company.services)):
             for app, svc in sorted(services.items()):
                 for catalogue, kind in _KIND_OF.items():
                     for name in getattr(svc, catalogue):
-                        if now_held is not None and any(
-                            name in getattr(part.get(app) or ServiceAccess(), catalogue)
-                            for part in (now_held.services, now_held.cloud_origin)
-                        ):
-                            continue
-                        key = entry_key(app.value, kind, name)
-                        cloud = pair.cloud.get(key) if pair is not None else None
-                        if origin == "directory" and (cloud is None or cloud.origin != "cloud"):
-                            continue  # the directory's own entry: its whole-set write removes it
-                        if cloud is not None and not cloud.present:
-                            continue  # the cloud removed it: this removal is its writeback
-                        if pair is not None and pair.pending.get(key) is False:
-                            continue  # the writeback's revoke, seen now
-                        side = "directory" if cloud is None else winner(Change(False, removed_at), cloud)
-                        if (
-                            cloud is not None and pair is not None and pair.is_unseen(key, cloud)
-                        ):  # changed on both sides
-                            notes.append(
-                                _conflict(event, company.company_id, key, removed_at, cloud.at, side)
-                            )
-                        if side == "cloud":
-                            assert cloud is not None
-                            restores.append(
-                                _restore(event, company.company_id, app, kind, name, pair, cloud, now)
-                            )
-                            continue
-                        revoke = _op(
-                            RevokeAccessEntry,
-                            event,
-                            now,
-                            f"{company.company_id}|{key}",
-                            user_id=event.entity_id,
-                            company_id=company.company_id,
-                            cloud_user_id=ids.users.get(event.entity_id),
-                            cloud_company_id=ids.companies.get(company.company_id),
-                            application=app,
-                            catalogue=catalogue,
-                            name=name,
-                            unless_changed_after=removed_at,
-                        )
-                        router.route(revoke, (app,))
-    return tuple(restores), tuple(notes)
+                        if not _holds(now_held, app, catalogue, name):
+                            yield company.company_id, origin, app, catalogue, kind, name
 
 
 def _conflict(

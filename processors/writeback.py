@@ -29,7 +29,8 @@ What reaches the directory (issue 16, docs/domain.md rule 6):
   read after ``410``).
 
 **Conflict rule** (one entry changed on both sides before either saw the other's change):
-the later change by source time wins — the directory's by the change log's commit time, the
+the later change by source time wins — the directory's by the entry's own change time in the
+store (``UserChanged.access_changed_at``; the event's commit time for an event without it), the
 cloud's by the entry's ``modified_at`` (a removal: the feed item's time) — and a tie goes to
 the directory. Each conflict is a journal entry naming both sides (``writeback_conflict``,
 ``vudsync_writeback_conflicts_total``). :func:`winner` is the rule;
@@ -313,18 +314,35 @@ def directory_changed(
     after: Mapping[str, str],
     committed_at: datetime,
     version: int = 0,
+    times: Mapping[str, datetime] | None = None,
 ) -> PairState:
     """The pair's state after a directory event of the user changed which entries the store
-    holds (``before`` → ``after``, entry → origin) at ``committed_at``: the directory's side of
-    the conflict rule. A change that makes the store agree with the cloud's known state is no
-    change of the directory's (the writeback's own write, or the directory catching up). Any
+    holds (``before`` → ``after``, entry → origin): the directory's side of the conflict rule,
+    each entry at its own change time in the store (``times``, entry → time: the event's
+    ``access_changed_at`` for this company), an entry without one at the event's
+    ``committed_at`` (an event of a store or producer that kept no such times). A change that
+    makes the store agree with the cloud's known state is no change of the directory's (the
+    writeback's own write, or the directory catching up). Any
     change of an entry ends the writeback's operation on it that was on its way (``pending``):
     the store's view is the truth again."""
-    flipped = before.keys() ^ after.keys()
+    at = times or {}
+    # a written-back grant the store held and the directory removed before capture read it (one
+    # event shows neither): the entry's removal is later than the cloud change it came from
+    folded = {
+        k
+        for k, granted in previous.pending.items()
+        if granted
+        and k not in before
+        and k not in after
+        and k in at
+        and k in previous.seen
+        and at[k] > previous.seen[k]
+    }
+    flipped = (before.keys() ^ after.keys()) | folded
     if not flipped:
         return previous
     changed = {
-        k: Change(k in after, committed_at, version=version)
+        k: Change(k in after, at.get(k, committed_at), version=version)
         for k in flipped
         # what agrees with the cloud is the writeback's own write, or the directory catching up
         if (k in after) != (previous.cloud[k].present if k in previous.cloud else False)

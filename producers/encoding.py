@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 # Digest of each event model the fast path mirrors (see model_digest). Update only after
 # checking the fast path below against the changed model.
 MIRRORED: dict[EntityType, str] = {
-    EntityType.USER: "4d602945c4e1dffd",
+    EntityType.USER: "0e6e9f01e8a1b914",
     EntityType.COMPANY: "22d93c8e84f7dac7",
 }
 
@@ -239,6 +239,11 @@ class EventEncoder:
                             "repair": None,  # only verify's repairs carry one
                             "entity": _ENTITY_TEXT[entity],
                             "state": state,
+                            **(
+                                {"access_changed_at": self._entry_times(record.access_times)}
+                                if entity is EntityType.USER
+                                else {}
+                            ),
                         }
                     )
                 except Exception:  # any doubt: let pydantic decide and word it
@@ -263,6 +268,13 @@ class EventEncoder:
         text = str(self._format_dt(datetime.fromtimestamp(committed_at, UTC), mode="json"))
         self._last_committed = (committed_at, text)
         return text
+
+    def _entry_times(self, times: tuple[tuple[str, float], ...]) -> dict[str, str]:
+        """``access_changed_at`` as pydantic writes it (producers.mapping._entry_times)."""
+        return {
+            key: str(self._format_dt(datetime.fromtimestamp(at, UTC), mode="json"))
+            for key, at in sorted(times)
+        }
 
     def _user_state(self, record: EntityRecord) -> dict[str, Any] | None:
         """The ``UserState`` JSON fields, or None when pydantic must decide."""

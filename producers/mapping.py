@@ -179,6 +179,11 @@ def record_to_event(
                     "committed_at": datetime.fromtimestamp(committed_at, UTC),
                 },
                 "state": state,
+                **(
+                    {"access_changed_at": _entry_times(record.access_times)}
+                    if record.entity is EntityType.USER
+                    else {}
+                ),
             }
         )
     except Exception as exc:  # any of them: the row is rejected, the capture goes on
@@ -197,6 +202,12 @@ def record_to_event(
         for p in problems
     ]
     return event, rejections
+
+
+def _entry_times(times: tuple[tuple[str, float], ...]) -> dict[str, datetime]:
+    """``UserChanged.access_changed_at`` from a record's entry times, in key order (the same
+    event JSON however the store returned its rows)."""
+    return {key: datetime.fromtimestamp(at, UTC) for key, at in sorted(times)}
 
 
 def deleted_record(entity: EntityType, entity_id: str, before: dict[str, Any] | None) -> EntityRecord:

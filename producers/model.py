@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 from schemas.directory import EntityType
+from schemas.events import access_entry_key
 
 #: entity -> (its table, the SQL expression of its id): the same in both stores' dialects
 ENTITY_TABLES: dict[EntityType, tuple[str, str]] = {
@@ -45,6 +46,10 @@ class EntityRecord(NamedTuple):
     directory sink because an administrator granted them in the cloud (issue 16), they are
     never sent to the cloud as the directory's. For application instances, ``row`` holds the
     license key (never leaves the producer) and ``instances`` counts the instances of that type.
+    ``access_times`` (users, read by ``read_entities``) holds each access entry's own change
+    time from the store's ``access_entry_times``: ``(key, unix seconds)``, the key
+    ``<company>|<application>/<kind>/<name>`` (:func:`schemas.events.access_entry_key`), for
+    the entries the user holds (granted then) and those removed (removed then).
     """
 
     entity: EntityType
@@ -53,6 +58,7 @@ class EntityRecord(NamedTuple):
     access: tuple[tuple[str, str, str, str], ...] = ()
     instances: int = 1
     cloud_access: tuple[tuple[str, str, str, str], ...] = ()
+    access_times: tuple[tuple[str, float], ...] = ()
 
 
 #: an access row as the adapters read it: (user_id, company_id, application, kind, name, origin)
@@ -72,6 +78,44 @@ def group_access(
     return directory, cloud
 
 
+def group_access_times(rows: Iterable[Sequence[Any]]) -> dict[str, list[tuple[str, float]]]:
+    """Each user's entry times from ``(user_id, company_id, application, kind, name,
+    changed_at)`` rows of ``access_entry_times``."""
+    times: dict[str, list[tuple[str, float]]] = {}
+    for user_id, company_id, application, kind, name, changed_at in rows:
+        times.setdefault(user_id, []).append(
+            (access_entry_key(company_id, application, kind, name), float(changed_at))
+        )
+    return times
+
+
+#: entities whose id is derived (``application:name``): the table's own ``id`` is no state
+DERIVED_IDS = frozenset(
+    {EntityType.ROLE, EntityType.LAYOUT_GROUP, EntityType.MODULE, EntityType.APPLICATION_INSTANCE}
+)
+
+
+def records_from_rows(
+    entity: EntityType,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    access_rows: Iterable[Sequence[Any]] = (),
+    time_rows: Iterable[Sequence[Any]] = (),
+) -> dict[str, EntityRecord]:
+    """The records of one read of a store adapter: the entity rows, and for users their
+    access rows (:func:`group_access`) and access entry times (:func:`group_access_times`)."""
+    access, cloud = group_access(access_rows)
+    return build_records(
+        entity,
+        columns,
+        rows,
+        access,
+        drop_id=entity in DERIVED_IDS,
+        cloud_access=cloud,
+        access_times=group_access_times(time_rows),
+    )
+
+
 def build_records(
     entity: EntityType,
     columns: Sequence[str],
@@ -80,10 +124,12 @@ def build_records(
     *,
     drop_id: bool,
     cloud_access: dict[str, list[tuple[str, str, str, str]]] | None = None,
+    access_times: dict[str, list[tuple[str, float]]] | None = None,
 ) -> dict[str, EntityRecord]:
     """Records from a store adapter's ``(_eid, *columns)`` row tuples, keyed by entity id.
 
-    ``access`` holds each user's grants, ``cloud_access`` those of origin ``cloud``.
+    ``access`` holds each user's grants, ``cloud_access`` those of origin ``cloud``,
+    ``access_times`` each user's entry times (:func:`group_access_times`).
     ``drop_id``: the entity's id is derived (``application:name``), so the table's own ``id``
     column is not part of its state. Several rows of one id (only possible for application
     instances) yield one record, the last row's, counting them in ``instances``.
@@ -99,7 +145,14 @@ def build_records(
         counts[eid] = instances = counts.get(eid, 0) + 1
         grants = access.get(eid)
         cloud = cloud_access.get(eid) if cloud_access else None
+        times = access_times.get(eid) if access_times else None
         out[eid] = EntityRecord(
-            entity, eid, data, tuple(grants) if grants else (), instances, tuple(cloud) if cloud else ()
+            entity,
+            eid,
+            data,
+            tuple(grants) if grants else (),
+            instances,
+            tuple(cloud) if cloud else (),
+            tuple(times) if times else (),
         )
     return out

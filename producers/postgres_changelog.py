@@ -56,14 +56,13 @@ from psycopg.rows import dict_row
 
 from kernel.errors import ConfigurationError
 from producers.migrations import apply_postgres_migrations
-from producers.model import ENTITIES, ENTITY_TABLES, ChangeRow, EntityRecord, build_records, group_access
+from producers.model import ENTITIES, ENTITY_TABLES, ChangeRow, EntityRecord, records_from_rows
 from schemas.directory import EntityType
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "vud_change_log"
 
-_CATALOGUE = (EntityType.ROLE, EntityType.LAYOUT_GROUP, EntityType.MODULE, EntityType.APPLICATION_INSTANCE)
 
 _SNAPSHOT_SQL = (
     "SELECT pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint, "
@@ -102,6 +101,12 @@ _RUNNING_XIDS_SQL = (
 _ACCESS_SQL = (
     "SELECT a.user_id, a.company_id, a.application, a.kind, a.name, a.origin FROM access a "
     "WHERE a.user_id = ANY(%(ids)s)"
+)
+# the users' access entry times (read with the users' rows by id, as streaming does; a
+# snapshot by range reads none: its events fall back to their own time)
+_ACCESS_TIMES_SQL = (
+    "SELECT t.user_id, t.company_id, t.application, t.kind, t.name, t.changed_at "
+    "FROM access_entry_times t WHERE t.user_id = ANY(%(ids)s)"
 )
 # the same for the users of a snapshot batch read by range (see snapshot_batches)
 _ACCESS_RANGE_SQL = (
@@ -314,6 +319,7 @@ class PostgresChangeLog:
         ]
         if entity is EntityType.USER:
             statements.append(sql.SQL(_ACCESS_SQL))
+            statements.append(sql.SQL(_ACCESS_TIMES_SQL))
         columns, results = self._read_statements(statements, {"ids": list(ids)})
         return self._records(entity, columns, results)
 
@@ -373,13 +379,13 @@ class PostgresChangeLog:
     def _records(
         entity: EntityType, columns: list[str], results: list[list[tuple[Any, ...]]]
     ) -> dict[str, EntityRecord]:
-        """Records from the entity rows (``results[0]``) and, for users, their access rows."""
-        rows = results[0]
-        access: dict[str, list[tuple[str, str, str, str]]] = {}
-        cloud: dict[str, list[tuple[str, str, str, str]]] = {}
-        if entity is EntityType.USER:
-            access, cloud = group_access(results[1])
-        return build_records(entity, columns, rows, access, drop_id=entity in _CATALOGUE, cloud_access=cloud)
+        """Records from the entity rows (``results[0]``) and, for users, their access rows
+        (and, when read, their access entry times: ``results[2]``)."""
+        if entity is not EntityType.USER:
+            return records_from_rows(entity, columns, results[0])
+        return records_from_rows(
+            entity, columns, results[0], results[1], results[2] if len(results) > 2 else ()
+        )
 
     def snapshot_ids(self, entity: EntityType, batch_size: int) -> Iterator[list[str]]:
         table, id_expr = ENTITY_TABLES[entity]

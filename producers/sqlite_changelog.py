@@ -12,12 +12,11 @@ from typing import Any
 
 from kernel.errors import ConfigurationError
 from producers.migrations import apply_sqlite_migrations
-from producers.model import ENTITIES, ENTITY_TABLES, ChangeRow, EntityRecord, build_records, group_access
+from producers.model import ENTITIES, ENTITY_TABLES, ChangeRow, EntityRecord, records_from_rows
 from schemas.directory import EntityType
 
 _CHUNK = 2000  # ids per IN list (capped by the library's host-parameter limit, 32,766 since 3.32):
 # fewer, larger reads are cheaper per entity (the unknown-company check runs once per chunk)
-_CATALOGUE = (EntityType.ROLE, EntityType.LAYOUT_GROUP, EntityType.MODULE, EntityType.APPLICATION_INSTANCE)
 
 
 _BUSY_TIMEOUT_MS = 30_000
@@ -145,19 +144,25 @@ class SqliteChangeLog:
                 cur.execute(f"SELECT {id_expr} AS _eid, * FROM {table} WHERE {id_expr} IN ({marks})", ids)
                 rows = cur.fetchall()
                 columns = [d[0] for d in cur.description]
-                access: dict[str, list[tuple[str, str, str, str]]] = {}
-                cloud: dict[str, list[tuple[str, str, str, str]]] = {}
+                access: list[tuple[Any, ...]] = []
+                times: list[tuple[Any, ...]] = []
                 if entity is EntityType.USER and rows:
                     cur.execute(
                         "SELECT user_id, company_id, application, kind, name, origin FROM access "
                         f"WHERE user_id IN ({marks}) ORDER BY user_id, company_id, application, kind, name",
                         ids,
                     )
-                    access, cloud = group_access(cur.fetchall())
+                    access = cur.fetchall()
+                    cur.execute(
+                        "SELECT user_id, company_id, application, kind, name, changed_at "
+                        f"FROM access_entry_times WHERE user_id IN ({marks})",
+                        ids,
+                    )
+                    times = cur.fetchall()
             finally:
                 cur.execute("COMMIT")
                 cur.close()
-        return build_records(entity, columns, rows, access, drop_id=entity in _CATALOGUE, cloud_access=cloud)
+        return records_from_rows(entity, columns, rows, access, times)
 
     def snapshot_ids(self, entity: EntityType, batch_size: int) -> Iterator[list[str]]:
         table, id_expr = ENTITY_TABLES[entity]

@@ -85,9 +85,32 @@ class _DirectoryEvent(Message):
     )
 
 
+def access_entry_key(company_id: str, application: str, kind: str, name: str) -> str:
+    """``<company>|<application>/<kind>/<name>``: one access entry of a user, ``kind`` the
+    store's (``role``, ``layout_group``, ``module``); the keys of
+    :attr:`UserChanged.access_changed_at`."""
+    return f"{company_id}|{application}/{kind}/{name}"
+
+
 class UserChanged(_DirectoryEvent):
     entity: Literal[EntityType.USER] = EntityType.USER
     state: UserState
+    access_changed_at: dict[str, datetime] = Field(
+        default_factory=dict,
+        description=(
+            "each access entry's own change time in the store, by access_entry_key: when an "
+            "entry the state holds was granted, when one it no longer holds was removed. "
+            "Capture folds a user's changes into one event at the last one's time; the "
+            "conflict rule judges each entry at its own. An entry not listed (an event "
+            "written before the store kept these times, a snapshot) counts at source.committed_at"
+        ),
+    )
+
+    def entry_changed_at(self, company_id: str, application: str, kind: str, name: str) -> datetime:
+        """When the store last changed this access entry: its own time, else the event's."""
+        return self.access_changed_at.get(
+            access_entry_key(company_id, application, kind, name), self.source.committed_at
+        )
 
 
 class CompanyChanged(_DirectoryEvent):

@@ -44,6 +44,11 @@ def _integration_writes(cloud: CloudReader, after_seq: int) -> list[dict[str, An
     return [a for a in cloud.audit() if a["seq"] > after_seq and a["client_id"] == cloud.server.client_id]
 
 
+def _wait_held_as_cloud(procs: dict[str, Any], writer: DirectoryWriter, role: str, what: str) -> None:
+    """Until the store holds ``role`` of u1 in c1 as the cloud's (written back)."""
+    wait_for(procs, lambda: ("c1", "business", "role", role, "cloud") in writer.access_rows("u1"), 120, what)
+
+
 @contextmanager
 def _directory(settings: Settings, bootstrap: str) -> Iterator[DirectoryWriter]:
     ensure_catalogue(settings, bootstrap)
@@ -73,12 +78,7 @@ def test_cloud_grants_and_revokes_reach_the_store_once_and_never_echo(
             # an administrator grants Lønn in the cloud → the store holds it, as the cloud's
             before = writer.change_log_position()
             granted_at = portal.entry("PUT", "u1", "c1", "Lønn")
-            wait_for(
-                procs,
-                lambda: ("c1", "business", "role", "Lønn", "cloud") in writer.access_rows("u1"),
-                120,
-                "the cloud's grant in the store",
-            )
+            _wait_held_as_cloud(procs, writer, "Lønn", "the cloud's grant in the store")
             assert writer.change_log_origins("u1", before) == ["cloud"]  # exactly one row, the writeback's
 
             # the next on-premise change of the same user in the same company keeps it; until it,
@@ -119,12 +119,7 @@ def test_cloud_grants_and_revokes_reach_the_store_once_and_never_echo(
             # granted again in the cloud, then removed on premise by an administrator: the directory
             # changed that entry, so it is revoked in the cloud — that entry alone
             portal.entry("PUT", "u1", "c1", "Lønn")
-            wait_for(
-                procs,
-                lambda: ("c1", "business", "role", "Lønn", "cloud") in writer.access_rows("u1"),
-                120,
-                "the second grant in the store",
-            )
+            _wait_held_as_cloud(procs, writer, "Lønn", "the second grant in the store")
             writer.revoke_entry("u1", "c1", "business", "role", "Lønn")
             wait_for(
                 procs,
@@ -151,6 +146,45 @@ def test_cloud_grants_and_revokes_reach_the_store_once_and_never_echo(
             assert "unknown_role" in journal.stdout, journal.stdout + journal.stderr
             # the planner counted the echoes of its own writes it did not write back
             assert (gauge(ports["planner"], "vudsync_writeback_echo_suppressed_total") or 0) >= 1
+        portal.close()
+
+
+@pytest.mark.timeout(900)
+def test_a_written_back_grant_removed_on_premise_before_capture_read_it_is_revoked_in_the_cloud(
+    settings: Settings, kafka_bootstrap: str, cloud: CloudReader
+) -> None:
+    """What made ``grants_and_revokes`` flaky under load, made certain: the directory sink
+    writes the cloud's grant and an administrator removes it on premise before capture reads
+    the first change, so capture folds both into one event whose state is the one before. The
+    removal's own time in the store (later than the cloud's grant) says the directory changed
+    the entry: it is revoked in the cloud, and the two sides agree."""
+    with _directory(settings, kafka_bootstrap) as writer:
+        assert vudsync_cli(settings, kafka_bootstrap, "connect").returncode == 0
+        portal = Portal(cloud)
+        names = ("planner", "sink", "cloud-capture", "directory-sink")
+        with components(settings, kafka_bootstrap, *names) as procs:
+            with components(settings, kafka_bootstrap, "producer") as producer:
+                wait_for(
+                    {**procs, **producer},
+                    lambda: cloud.origins("u1") == {"Regnskap": "directory"},
+                    180,
+                    "u1 in the cloud",
+                )
+            # capture stopped: the writeback's grant and the removal on premise wait for it together
+            before = writer.change_log_position()
+            portal.entry("PUT", "u1", "c1", "Lønn")
+            _wait_held_as_cloud(procs, writer, "Lønn", "the cloud's grant in the store")
+            writer.revoke_entry("u1", "c1", "business", "role", "Lønn")
+            assert writer.change_log_origins("u1", before) == ["cloud", "cloud"]  # the grant, its removal
+            with components(settings, kafka_bootstrap, "producer") as producer:
+                wait_for(
+                    {**procs, **producer},
+                    lambda: "Lønn" not in cloud.origins("u1"),
+                    120,
+                    "Lønn revoked in the cloud",
+                )
+            assert cloud.origins("u1") == {"Regnskap": "directory"}
+            assert all(r[3] != "Lønn" for r in writer.access_rows("u1"))
         portal.close()
 
 

@@ -18,10 +18,13 @@ from producers.capture import ChangeCapture
 from schemas.codec import decode_event
 from schemas.deadletter import HEADER_REASON, HEADER_SOURCE_ROW, headers_dict
 from schemas.directory import EntityType
+from schemas.events import UserChanged
 from schemas.topics import DIRECTORY_DLQ, DIRECTORY_TOPICS
 from tests.integration.conftest import MakeCapture
 from tests.kafka_read import read_all
 from vudsync.topics import ensure_catalogue
+
+US = 1e-6
 
 
 @pytest.fixture
@@ -127,3 +130,60 @@ def test_rows_written_back_from_the_cloud_are_emitted_apart_as_cloud_origin(
     (company,) = last.state.access
     assert company.services["business"].roles == ("Regnskap",)
     assert company.cloud_origin["business"].roles == ("Lønn",)
+
+
+def test_each_access_entry_carries_its_own_change_time_when_capture_folds_a_user_s_changes(
+    kafka_settings: Settings, kafka_bootstrap: str, writer: DirectoryWriter, capture: ChangeCapture
+) -> None:
+    """Rule 6: a grant, a removal and a name edit of one user read in one batch are one event at
+    the edit's time; the store's triggers kept each entry's own time and the event carries it:
+    the held entry at its grant, the removed one at its removal (the change-log rows' times)."""
+    writer.upsert_companies([{"id": "c1", "name": "Fjord AS", "organisation_number": "923609016"}])
+    writer.upsert_user(id="u1", username="kari", email="kari@fjord.no")
+    position = capture.snapshot()
+    writer.grant([("u1", "c1", "business", "role", "Regnskap")])
+    writer.grant([("u1", "c1", "business", "role", "Lønn")])
+    writer.revoke_entry("u1", "c1", "business", "role", "Lønn")
+    writer.update_user("u1", last_name="Berg")
+    granted, _, removed, edited = [r.committed_at for r in capture.log.read_changes(position, 100)]
+    assert granted <= removed <= edited
+    stats = capture.poll_once(position)
+    assert stats.last_seq == writer.change_log_position()
+    users_topic = kafka_settings.topic(DIRECTORY_TOPICS[EntityType.USER].name)
+    records = read_all(kafka_bootstrap, users_topic, until=lambda rs: len(rs) >= 2)
+    event = decode_event(records[-1].value)
+    assert isinstance(event, UserChanged) and event.state.last_name == "Berg"
+    assert event.source.committed_at.timestamp() == pytest.approx(edited, abs=US)
+    (company,) = event.state.access
+    assert company.services["business"].roles == ("Regnskap",)
+    times = {k: v.timestamp() for k, v in event.access_changed_at.items()}
+    assert times.keys() == {"c1|business/role/Regnskap", "c1|business/role/Lønn"}
+    # the same statement as the change-log row: the same clock (SQLite: the same value;
+    # PostgreSQL: clock_timestamp() read just before the change-log trigger's); the event's
+    # datetimes hold microseconds (US = one)
+    assert times["c1|business/role/Regnskap"] == pytest.approx(granted, abs=0.05)
+    assert times["c1|business/role/Regnskap"] <= granted + US
+    assert times["c1|business/role/Lønn"] == pytest.approx(removed, abs=0.05)
+    assert times["c1|business/role/Lønn"] <= removed + US
+    assert (
+        event.entry_changed_at("c1", "business", "role", "Lønn").timestamp() == times["c1|business/role/Lønn"]
+    )
+
+
+def test_an_update_of_an_access_row_s_key_times_the_entry_it_gives_up_and_the_one_it_takes(
+    writer: DirectoryWriter, capture: ChangeCapture
+) -> None:
+    """No product path updates an access row, but the triggers must not lie if one does: the
+    old key counts as removed and the new one as granted at the update; an update that keeps
+    the key (its origin) changes neither entry's time."""
+    writer.upsert_companies([{"id": "c1", "name": "Fjord AS", "organisation_number": "923609016"}])
+    writer.upsert_user(id="u1", username="kari", email="kari@fjord.no")
+    writer.grant([("u1", "c1", "business", "role", "Regnskap"), ("u1", "c1", "business", "role", "Lønn")])
+    before = capture.log.read_entities(EntityType.USER, ["u1"])["u1"].access_times
+    writer._exec("UPDATE access SET name = ? WHERE user_id = ? AND name = ?", ("Innkjøp", "u1", "Regnskap"))
+    writer._exec("UPDATE access SET origin = ? WHERE user_id = ? AND name = ?", ("cloud", "u1", "Lønn"))
+    after = dict(capture.log.read_entities(EntityType.USER, ["u1"])["u1"].access_times)
+    assert after.keys() == {"c1|business/role/Regnskap", "c1|business/role/Lønn", "c1|business/role/Innkjøp"}
+    assert after["c1|business/role/Lønn"] == dict(before)["c1|business/role/Lønn"]
+    assert after["c1|business/role/Regnskap"] == after["c1|business/role/Innkjøp"]
+    assert after["c1|business/role/Regnskap"] >= dict(before)["c1|business/role/Regnskap"]

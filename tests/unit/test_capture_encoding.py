@@ -24,7 +24,7 @@ from producers.encoding import MIRRORED, EventEncoder, model_digest
 from producers.mapping import SourceInfo, deleted_record
 from producers.model import EntityRecord
 from schemas.directory import EntityType
-from schemas.events import EVENT_BY_ENTITY, Op, event_id_for
+from schemas.events import EVENT_BY_ENTITY, Op, UserChanged, event_id_for
 from schemas.export import DEFAULT_OUT
 
 SRC = SourceInfo("sqlite", "directory.db")
@@ -131,6 +131,27 @@ def test_user_access_is_grouped_and_sorted_like_the_model() -> None:
         "layout_groups": [],
         "modules": ["M1"],
     }
+
+
+def test_each_access_entry_s_own_time_is_carried_like_the_model_in_key_order() -> None:
+    """The store's per-entry times (issue 16, rule 6): keyed by access_entry_key, in key order
+    whatever order the store returned them, the same bytes on both paths; the planner reads an
+    entry's own time, and the event's for one not listed."""
+    times = (("c1|business/role/Regnskap", 1_795_000_003.5), ("c1|business/role/Lønn", 1_795_000_001.0))
+    record = EntityRecord(EntityType.USER, "u1", USER, GRANTS, access_times=times)
+    (value, rejections), fast = both(record, committed_at=1_795_000_009.0)
+    assert rejections == [] and fast.fast_encoded == 1 and value is not None
+    assert list(json.loads(value)["access_changed_at"]) == [
+        "c1|business/role/Lønn",
+        "c1|business/role/Regnskap",
+    ]
+    event = UserChanged.model_validate_json(value)
+    assert event.entry_changed_at("c1", "business", "role", "Lønn").timestamp() == 1_795_000_001.0
+    assert event.entry_changed_at("c1", "business", "role", "Attestant").timestamp() == 1_795_000_009.0
+    older = json.loads(value)
+    del older["access_changed_at"]  # a record written before the field: the event's time for all
+    legacy = UserChanged.model_validate(older)
+    assert legacy.entry_changed_at("c1", "business", "role", "Lønn") == legacy.source.committed_at
 
 
 def test_every_code_point_is_escaped_as_pydantic_escapes_it() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,7 +19,7 @@ from processors.writeback import Change, PairState, plan_writeback, winner
 from schemas.cloud_changes import CloudAccessChanged, CloudAccessEntry
 from schemas.directory import ApplicationType, CompanyAccess, EntityType, ServiceAccess
 from schemas.directory_operations import GrantDirectoryAccess, RevokeDirectoryAccess
-from schemas.events import Op
+from schemas.events import Op, access_entry_key
 from schemas.operations import AssignAccess
 from schemas.results import FactKind, OperationResult, PlannerFact, ResultOutcome
 from tests.factories import T0, connected_table, user_event, user_state
@@ -765,34 +766,130 @@ def test_revokes_the_conflict_rule_sends_to_the_cloud_under_the_threshold_settle
     assert p.r.parked() == 0
 
 
-# -- a known limit: changes of one user folded into one event (docs/domain.md, rule 6) --------
+# -- changes of one user folded into one event (docs/domain.md, rule 6) -----------------------
 
 
-def test_a_removal_folded_with_a_later_change_of_the_user_is_judged_at_the_event_s_time() -> None:
-    """Pins the limit rule 6 states (found while closing issue 16's safety gaps): capture emits
-    one event per user with the *last* folded change's commit time, and the store keeps no time
-    per access row, so the directory's side of the conflict rule is the event's time, not the
-    entry's. Here an administrator removes Lønn on premise at 3 and edits the user's name at 9
-    (one event, committed at 9); in the cloud Lønn was revoked and granted again at 6. By the
-    true times the cloud's grant is the later change and should stay; judged at 9 the directory
-    wins and Lønn is revoked in the cloud. Both sides still end the same (absent): the limit
-    changes which side wins, never whether the two sides agree."""
+@pytest.mark.parametrize("removed", [3.0, 7.0])
+def test_a_removal_folded_with_a_later_change_of_the_user_is_judged_at_the_entry_s_own_time(
+    removed: float,
+) -> None:
+    """Capture emits one event per user at the *last* folded change's commit time; the store's
+    triggers keep each access entry's own change time and the event carries it
+    (``access_changed_at``), so the directory's side of the conflict rule is the entry's time.
+    Here an administrator removes Lønn on premise at ``removed`` and edits the user's name at 9
+    (one event, committed at 9); in the cloud Lønn was revoked and granted again at 6. Removed
+    at 3, the cloud's grant is the later change and stays (written back to the store again; the
+    revoke the removal planned is superseded before it leaves the gate); removed at 7, the
+    directory wins and Lønn is revoked in the cloud. Judged at the event's time (9) the
+    directory would win both."""
     p = _linked(PlannerSettings(deletes_settle_seconds=0))
     _written_back(p, modified=1.5)
     folded = user_event(
         9,  # the user events of the helpers commit at T0 + version seconds: the name's edit at 9
         state=user_state(
             last_name="Berg",
-            access=(CompanyAccess(company_id="c1", services={BUSINESS: REGNSKAP}),),  # Lønn gone (at 3)
+            access=(CompanyAccess(company_id="c1", services={BUSINESS: REGNSKAP}),),  # Lønn gone
         ),
+    ).model_copy(
+        update={
+            "access_changed_at": {
+                access_entry_key("c1", "business", "role", "Regnskap"): at(0.5),
+                access_entry_key("c1", "business", "role", "Lønn"): at(removed),
+            }
+        }
     )
-    removed = p.perform(p.r.on_directory_event(folded, p.coords("users"), None))
+    assert folded.source.committed_at == at(9)
+    removed_fx = p.perform(p.r.on_directory_event(folded, p.coords("users"), None))
     regranted = p.cloud(
         change(7, entry("Regnskap", origin="directory", modified=1), entry("Lønn", modified=6))
     )
-    sent = p.gate(removed, regranted)
+    sent = p.gate(removed_fx, regranted)
     conflicts = [r for r in _sent(regranted.sends, "results") if r.kind == "journal.writeback_conflict"]
-    assert len(conflicts) == 1 and "the directory wins" in conflicts[0].details["message"]
+    assert len(conflicts) == 1, conflicts
+    message = conflicts[0].details["message"]
+    assert f"removed it at {at(removed).isoformat()}" in message, message
+    revokes = [op for op in _sent(sent, "operations") if op.kind == "access.revoke_entry"]
+    written_back = _sent(regranted.sends, "directory_operations")
+    if removed < 6:
+        assert "the cloud wins" in message
+        assert [(op.name, op.entry_kind) for op in written_back] == [("Lønn", "role")], "written back again"
+        assert all(isinstance(op, GrantDirectoryAccess) for op in written_back)
+        # the removal's revoke, planned before the cloud's grant was seen, is superseded by it
+        assert revokes == []
+    else:
+        assert "the directory wins" in message
+        assert written_back == [], "the cloud's grant is not written back"
+        (revoke,) = revokes
+        assert revoke.name == "Lønn" and revoke.unless_changed_after == at(removed), "the entry's time, not 9"
+
+
+def test_an_event_without_entry_times_judges_its_entries_at_its_own_time() -> None:
+    """Backwards compatible: a user event written before the store kept entry times (no
+    ``access_changed_at``) counts every entry at its commit time, as before."""
+    p = _linked(PlannerSettings(deletes_settle_seconds=0))
+    _written_back(p, modified=1.5)
+    folded = user_event(
+        9, state=user_state(access=(CompanyAccess(company_id="c1", services={BUSINESS: REGNSKAP}),))
+    )
+    assert folded.access_changed_at == {}
+    removed_fx = p.perform(p.r.on_directory_event(folded, p.coords("users"), None))
+    regranted = p.cloud(
+        change(7, entry("Regnskap", origin="directory", modified=1), entry("Lønn", modified=6))
+    )
+    sent = p.gate(removed_fx, regranted)
     (revoke,) = [op for op in _sent(sent, "operations") if op.kind == "access.revoke_entry"]
-    assert revoke.name == "Lønn" and revoke.unless_changed_after == at(9), "the event's time, not 3"
-    assert _sent(regranted.sends, "directory_operations") == [], "the cloud's grant is not written back"
+    assert revoke.name == "Lønn" and revoke.unless_changed_after == at(9)
+    assert _sent(regranted.sends, "directory_operations") == []
+
+
+def test_a_written_back_grant_removed_on_premise_before_capture_saw_it_is_revoked_in_the_cloud() -> None:
+    """The flaky e2e's cause (tests/e2e/test_writeback.py, grants_and_revokes): the directory
+    sink writes the cloud's grant of Lønn (at 3) and an administrator removes it on premise (at
+    3.5) before capture reads the first change; capture folds both into one event whose state
+    shows no Lønn, like the one before. The entry's own time (its removal, after the cloud's
+    grant it was written back from) tells the planner the store held it and the directory
+    removed it: revoked in the cloud (the directory's change is the later one), and the
+    writeback's grant is no longer on its way."""
+    p = _linked(PlannerSettings(deletes_settle_seconds=0))
+    p.user(1, CompanyAccess(company_id="c1", services={BUSINESS: REGNSKAP}))
+    granted = p.cloud(change(5, entry("Regnskap", origin="directory", modified=1), entry("Lønn", modified=2)))
+    assert [op.name for op in _sent(granted.sends, "directory_operations")] == ["Lønn"]
+    folded = user_event(
+        4, state=user_state(access=(CompanyAccess(company_id="c1", services={BUSINESS: REGNSKAP}),))
+    ).model_copy(
+        update={
+            "access_changed_at": {
+                access_entry_key("c1", "business", "role", "Regnskap"): at(0.5),
+                access_entry_key("c1", "business", "role", "Lønn"): at(3.5),
+            }
+        }
+    )
+    removed = p.perform(p.r.on_directory_event(folded, p.coords("users"), None))
+    sent = p.gate(removed)
+    (revoke,) = [op for op in _sent(sent, "operations") if op.kind == "access.revoke_entry"]
+    assert (revoke.name, revoke.unless_changed_after) == ("Lønn", at(3.5))
+    pair = PairState.from_json(p.table["w|u1|c1"])
+    assert "business/role/Lønn" not in pair.pending
+    assert pair.directory["business/role/Lønn"] == Change(False, at(3.5), version=4)
+    # the cloud's revoke (vudsync's own) comes back through the feed: nothing more to do
+    echoed = p.cloud(change(6, entry("Regnskap", origin="directory", modified=1), changed=4))
+    assert _sent(echoed.sends, "directory_operations") == [] and _sent(echoed.sends, "operations") == []
+
+
+def test_a_written_back_grant_not_yet_applied_is_not_taken_for_a_removal() -> None:
+    """The same event while the directory sink has not applied the grant yet: the entry's last
+    time in the store is older than the cloud's grant (an earlier removal), or it has none —
+    nothing was removed, nothing is revoked in the cloud."""
+    for times in ({access_entry_key("c1", "business", "role", "Lønn"): at(1.5)}, {}):
+        p = _linked(PlannerSettings(deletes_settle_seconds=0))
+        p.user(1, CompanyAccess(company_id="c1", services={BUSINESS: REGNSKAP}))
+        p.cloud(change(5, entry("Regnskap", origin="directory", modified=1), entry("Lønn", modified=2)))
+        ev = user_event(
+            4,
+            state=user_state(
+                last_name="Berg", access=(CompanyAccess(company_id="c1", services={BUSINESS: REGNSKAP}),)
+            ),
+        ).model_copy(update={"access_changed_at": times})
+        fx = p.perform(p.r.on_directory_event(ev, p.coords("users"), None))
+        assert [op for op in _sent(p.gate(fx), "operations") if op.kind == "access.revoke_entry"] == []
+        assert PairState.from_json(p.table["w|u1|c1"]).pending == {"business/role/Lønn": True}

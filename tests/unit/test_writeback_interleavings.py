@@ -5,8 +5,10 @@ rule says: the later change by source time wins, a tie goes to the directory.
 
 Pure: the real reconciler over a dict; the store, the cloud (``scope=directory`` whole-set
 writes, per-entry revokes that yield to a later change) and both sinks are small models here.
-One change per side: changes of one side folded into one directory event by capture are
-judged at the event's time (docs/domain.md, rule 6, limits)."""
+One change per side, and the directory's may be folded by capture with a later edit of the
+same user into one event (committed at the edit's time): the entry is judged at its own change
+time, which the store keeps per entry and the event carries (``access_changed_at``; docs/domain.md,
+rule 6)."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from processors.model import PlannerSettings
 from schemas.cloud_changes import CloudAccessChanged, CloudAccessEntry
 from schemas.directory import ApplicationType, CompanyAccess, ServiceAccess
 from schemas.directory_operations import GrantDirectoryAccess
-from schemas.events import Source
+from schemas.events import Source, access_entry_key
 from schemas.operations import AssignAccess, RevokeAccess, RevokeAccessEntry
 from schemas.results import FactKind, PlannerFact
 from tests.factories import T0, connected_table, user_event, user_state
@@ -38,7 +40,8 @@ class World:
 
     store: str | None = None  # origin of the row, None: not held
     store_seq: int = 0
-    store_at: float = 0.0
+    store_at: float = 0.0  # the store's last change of the user (the event's commit time)
+    entry_at: float = 0.0  # the entry's own last change (access_entry_times), 0: never changed
     captured: int = 0
     cloud: tuple[str, float] | None = None  # (origin, modified_at)
     cloud_seq: int = 0
@@ -56,7 +59,11 @@ class World:
 
     def store_write(self, origin: str | None, at: float) -> None:
         if origin != self.store:
-            self.store, self.store_seq, self.store_at = origin, self.store_seq + 1, at
+            self.store, self.store_seq, self.store_at, self.entry_at = origin, self.store_seq + 1, at, at
+
+    def edit_user(self, at: float) -> None:
+        """Another change of the user (its name), not of the entry."""
+        self.store_seq, self.store_at = self.store_seq + 1, at
 
     def cloud_write(self, value: tuple[str, float] | None, at: float) -> None:
         if value != self.cloud:
@@ -147,11 +154,13 @@ class Pipeline:
             fields = {"services": part} if w.store == "directory" else {"cloud_origin": part}
             access = (CompanyAccess(company_id="c1", **fields),)
         ev = user_event(w.store_seq, state=user_state(access=access))
+        times = {access_entry_key("c1", BUSINESS.value, "role", X): T0 + timedelta(seconds=w.entry_at)}
         ev = ev.model_copy(
             update={
                 "source": Source(
                     store="sqlite", db="t", seq=w.store_seq, committed_at=T0 + timedelta(seconds=w.store_at)
-                )
+                ),
+                "access_changed_at": times if w.entry_at else {},
             }
         )
         self.perform(self.r.on_directory_event(ev, self.coords("users"), None))
@@ -224,13 +233,14 @@ class Pipeline:
         }[step]
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=800, deadline=None)
 @given(
     initial=st.sampled_from(["absent", "cloud", "directory"]),
     directory_change=st.booleans(),
     cloud_change=st.sampled_from(["none", "toggle", "touch"]),
     directory_at=st.integers(0, 4),
     cloud_at=st.integers(0, 4),
+    folded_edit=st.none() | st.integers(1, 5),
     choices=st.lists(st.integers(0, 3), max_size=30),
 )
 def test_any_interleaving_ends_the_same_on_both_sides_and_as_the_rule_says(
@@ -239,8 +249,11 @@ def test_any_interleaving_ends_the_same_on_both_sides_and_as_the_rule_says(
     cloud_change: str,
     directory_at: int,
     cloud_at: int,
+    folded_edit: int | None,
     choices: list[int],
 ) -> None:
+    """``folded_edit``: the user is edited on premise that many seconds after the directory's
+    change of the entry, before capture reads it: one event, at the edit's time."""
     w = World()
     p = Pipeline(w)
     # the starting point, synced: held by both sides as the directory's or the cloud's, or by neither
@@ -258,6 +271,8 @@ def test_any_interleaving_ends_the_same_on_both_sides_and_as_the_rule_says(
         at = base + directory_at
         w.store_write(None if present else "directory", at)
         changes.append((at, 0, not present))
+        if folded_edit is not None:
+            w.edit_user(at + folded_edit)  # folded with the entry's change: the event is at the edit's time
     if cloud_change == "toggle" or (cloud_change == "touch" and present):
         at = base + cloud_at
         target = not present if cloud_change == "toggle" else True  # touch: revoked and granted again
@@ -274,6 +289,7 @@ def test_any_interleaving_ends_the_same_on_both_sides_and_as_the_rule_says(
         cloud_change,
         directory_at,
         cloud_at,
+        folded_edit,
         choices,
         changes,
         w.store,
