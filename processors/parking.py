@@ -94,6 +94,8 @@ def parked_json(p: Parked) -> dict[str, Any]:
     }
     if p.tag:
         value["tag"] = p.tag
+    if p.behind:
+        value["behind"] = True
     return value
 
 
@@ -107,6 +109,7 @@ def parked_from_json(raw: Mapping[str, Any]) -> Parked:
         tuple(ApplicationType(a) for a in raw["apps"]),
         raw.get("del"),
         raw.get("tag") or "",
+        bool(raw.get("behind")),
     )
 
 
@@ -238,7 +241,9 @@ def release(tx: Tx, fx: Effects, knowledge: Knowledge, p: int, need: Need, now: 
                         index(tx, p, n, ref)
                 still.append({**item, "needs": remaining})
                 if set(remaining) != set(item["needs"]):
-                    now_waiting = Parked(parked.operation, needs, parked.apps, parked.deletion)
+                    now_waiting = Parked(
+                        parked.operation, needs, parked.apps, parked.deletion, behind=parked.behind
+                    )
                     if not isinstance(parked.operation, DIRECTORY_OPERATIONS):  # staging: the cloud's
                         fx.waiting.append((now_waiting, parked.needs))
                     # the journal says what it waits for now (explain, parked list), and a blocked

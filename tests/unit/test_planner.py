@@ -44,6 +44,7 @@ from tests.factories import (
 )
 
 SETTINGS = PlannerSettings()
+STAGING = PlannerSettings(staging=True)
 BUSINESS, REPORTING = ApplicationType.BUSINESS, ApplicationType.REPORTING
 FP_A, FP_B = "hmac-sha256:" + "a" * 64, "hmac-sha256:" + "b" * 64
 
@@ -206,15 +207,49 @@ def test_reactivation_after_removal_upserts_and_assigns_again() -> None:
 
 
 def test_access_waits_for_the_cloud_ids_of_user_and_company_then_goes_with_them() -> None:
-    result = run(None, user_event(2, access=(access("c1"),)), ids())
-    assert [type(o) for o in result.operations] == [UpsertUser]
-    (parked,) = result.parked
-    assert parked.needs == (Need.user("u1"), Need.company("c1"))
+    # staging: nothing goes to the sink, so nothing goes behind the user's upsert either
+    staging = plan(None, user_event(2, access=(access("c1"),)), ids(), STAGING, now=T0)
+    assert [type(o) for o in staging.operations] == [UpsertUser]
+    (parked,) = staging.parked
+    assert parked.needs == (Need.user("u1"), Need.company("c1")) and not parked.behind
     assert settle(parked, ids(users={"u1": "cu-1"})) == ("wait", (Need.company("c1"),))
     verdict, op = settle(parked, ids(users={"u1": "cu-1"}, companies={"c1": "cc-1"}))
     assert verdict == "send" and isinstance(op, AssignAccess)
     assert (op.cloud_user_id, op.cloud_company_id) == ("cu-1", "cc-1")
     assert op.operation_id == parked.operation.operation_id and valid(op) == op
+
+
+def test_a_new_users_access_goes_behind_its_upsert_and_waits_for_its_company_only() -> None:
+    result = run(None, user_event(2, access=(access("c1"),)), ids())
+    assert [type(o) for o in result.operations] == [UpsertUser]
+    (parked,) = result.parked
+    assert parked.needs == (Need.company("c1"),) and parked.behind
+    # the company known, it goes — without the user's cloud id: the sink finds the user, whose
+    # upsert was sent before it on the same aggregate
+    verdict, op = settle(parked, ids(companies={"c1": "cc-1"}))
+    assert verdict == "send" and isinstance(op, AssignAccess)
+    assert (op.cloud_user_id, op.cloud_company_id) == (None, "cc-1") and valid(op) == op
+    verdict, op = settle(parked, ids(users={"u1": "cu-1"}, companies={"c1": "cc-1"}))
+    assert isinstance(op, AssignAccess) and (op.cloud_user_id, op.cloud_company_id) == ("cu-1", "cc-1")
+    assert op.operation_id == parked.operation.operation_id
+
+
+def test_access_goes_behind_the_upsert_only_when_the_upsert_goes() -> None:
+    known_company = ids(companies={"c1": "cc-1"})
+    went = run(None, user_event(2, access=(access("c1"),)), known_company)
+    upsert, assign = went.operations
+    assert isinstance(upsert, UpsertUser) and isinstance(assign, AssignAccess)
+    assert assign.cloud_user_id is None and assign.cloud_company_id == "cc-1" and not went.parked
+    # an access change without a new upsert (the user's fields unchanged): it waits for the id
+    seen = EntityView(2, user_state(access=(access("c1"),)))
+    later = run(seen, user_event(3, access=(access("c1", roles=("Lønn",)),)), known_company)
+    assert not later.operations
+    (parked,) = later.parked
+    assert parked.needs == (Need.user("u1"),) and not parked.behind
+    # the upsert itself waits (not connected): the assignment waits for the user as before
+    waiting = run(None, user_event(2, access=(access("c1"),)), replace(known_company, connected=False))
+    assert not waiting.operations
+    assert [x.needs for x in waiting.parked] == [(Need.connect(),), (Need.connect(), Need.user("u1"))]
 
 
 def test_an_assignment_waits_for_its_catalogue_entries() -> None:
