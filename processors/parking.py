@@ -6,12 +6,13 @@ its entity is listed under each of its needs in the need index (``n|<p>|<need>``
 :data:`BUCKET` entity refs, so that a company a thousand users wait for is not one ever-growing
 value rewritten per user) — except a user's own cloud id (``user:<id>``), which only that user's
 operations wait for, parked under its own ``p|`` key by the events of the partition its ``e|``
-value names (``p``): that entry is implied, not written (:func:`index` with ``home``), so the
-initial sync's common case — assignments waiting for their user's creation — writes no index
-and deletes none. When a need is met — a fact arrives, an application's verdict
-clears, the gate decides — every entity listed under it is decided again: what may go is sent,
-what still waits is indexed under its remaining needs (and reported again with them, as a
-parked or blocked result), a rejected deletion is dropped.
+value names (``p``): that entry is implied, not written (:func:`index` with ``home``), so
+assignments waiting for their user's creation write no index and delete none. (A new user's
+assignments planned with its upsert do not wait for its id at all: they go behind the upsert,
+:func:`processors.planner.needs_of`, ``behind``.) When a need is met — a fact arrives, an
+application's verdict clears, the gate decides — every entity listed under it is decided
+again: what may go is sent, what still waits is indexed under its remaining needs (and reported
+again with them, as a parked or blocked result), a rejected deletion is dropped.
 """
 
 from __future__ import annotations
