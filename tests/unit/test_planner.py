@@ -6,6 +6,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
+import pytest
+
 from processors.model import (
     VERIFIED,
     Decision,
@@ -425,3 +427,31 @@ def test_operation_ids_are_uuid5_of_kind_entity_version_and_discriminator() -> N
     for args in (("user.upsert", "u1", 5, ""), ("access.assign", "Ørjan-æ", 123456789, "c1")):
         expected = uuid.uuid5(_OPERATION_NAMESPACE, "|".join(str(a) for a in args))
         assert operation_id_for(*args) == str(expected)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "companies",
+    [("c1",), ("c1", "c2"), ("c2", "c1", "c3")],
+)
+def test_behind_its_upsert_or_parked_until_its_id_a_new_user_plans_the_same_operations(
+    companies: tuple[str, ...],
+) -> None:
+    """The operations a new user's event plans are the same — ids, order, fields — whether its
+    assignments go behind its upsert or (staging, as before) wait for its cloud id and are
+    released with it, but for the user's cloud id, which the sink finds for them."""
+    event = user_event(2, access=tuple(access(c, roles=("Lønn", "Regnskap")) for c in companies))
+    known = ids(companies={c: f"cc-{c}" for c in companies})
+    behind = plan(None, event, known, SETTINGS, now=T0)
+    waited = plan(None, event, known, STAGING, now=T0)
+    assert not behind.parked and len(waited.parked) == len(companies)
+    with_id = replace(known, users={"u1": "cu-1"})
+    released = [settle(p, with_id) for p in waited.parked]
+    assert all(verdict == "send" for verdict, _ in released)
+    before = [*waited.operations, *(op for _, op in released)]
+    assert [o.operation_id for o in behind.operations] == [o.operation_id for o in before]
+    found = [
+        o.model_copy(update={"cloud_user_id": "cu-1"}) if isinstance(o, AssignAccess) else o
+        for o in behind.operations
+    ]
+    assert found == before
+    assert all(o.cloud_user_id is None for o in behind.operations if isinstance(o, AssignAccess))
