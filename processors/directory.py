@@ -78,7 +78,12 @@ class DirectoryEvents:
             previous = _view(ev.entity, raw["v"], raw["d"], raw["s"]) if raw else None
         now = self.clock()
         plan = planner.plan(
-            previous, ev, self.knowledge.identities(tx, coords.partition), self.settings, now=now
+            previous,
+            ev,
+            self.knowledge.identities(tx, coords.partition),
+            self.settings,
+            now=now,
+            behind_upsert=not replay,  # a redelivery may lose its upsert to a later version's plan
         )
         if replay:
             # what a later version planned for a slot supersedes this version's plan for it: its

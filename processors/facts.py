@@ -36,9 +36,10 @@ from processors import connection, journal, keys, parking, planner, reviews
 from processors.effects import Coords, Effects, Tx
 from processors.keys import Known
 from processors.knowledge import Knowledge
-from processors.model import InstanceSeen, JournalEntry, Parked
+from processors.model import InstanceSeen, JournalEntry, Parked, slot_of
 from processors.needs import Need
 from schemas.directory import ApplicationType, EntityType
+from schemas.operations import CLOUD_OPERATION_ADAPTER, AssignAccess
 from schemas.results import FactKind, OperationResult, PlannerFact, ResultOutcome
 
 _CATALOGUE_KIND = {
@@ -63,7 +64,10 @@ def teaches(kind: str, outcome: str) -> bool:
     id, the catalogue, the registry, a company to review): only applied ones of those kinds.
     The others — the planner's own journal entries (parked, held …), failures, applied access
     — it skips unread (:meth:`processors.handlers.PlannerHandlers.skips`, by the record's
-    headers); :meth:`Facts.on_result` asks the same first."""
+    headers); :meth:`Facts.on_result` asks the same first. Also an assignment the sink could
+    not resolve (*unresolved*): the planner parks it again."""
+    if outcome == ResultOutcome.UNRESOLVED:
+        return kind == "access.assign"
     return outcome in _APPLIED and (kind in _LEARNED_FROM or kind in _ALSO_TEACH)
 
 
@@ -86,6 +90,8 @@ class Facts:
         fx = Effects()
         if not teaches(result.kind, result.outcome):
             return fx
+        if result.outcome is ResultOutcome.UNRESOLVED:
+            return self._unresolved(tx, fx, result, coords)
         seen = result.recorded_at
         kind = result.kind
         learned = _LEARNED_FROM.get(kind)
@@ -120,6 +126,10 @@ class Facts:
                 fx.absorb(self.on_fact(tx, fact, coords))
             else:
                 fx.send("facts", fact.key, fact, home)
+                if tx.get(keys.index_key(coords.partition, Need.user(result.entity_id).encode())):
+                    # an assignment the sink could not resolve waits here, where its result came
+                    # (and so this one: the sink keys both by the user's id) — _unresolved
+                    fx.absorb(self.on_fact(tx, fact, coords))
             if linked:
                 differing = result.details.get("review")
                 entry = JournalEntry(
@@ -178,6 +188,33 @@ class Facts:
                     source="results",
                 ),
             )
+        return tx.effects(fx)
+
+    def _unresolved(self, tx: Tx, fx: Effects, result: OperationResult, coords: Coords) -> Effects:
+        """An assignment sent behind its user's upsert found no cloud user linked to its user
+        (that upsert linked none: a conflict, a dead letter): it waits again for the user's cloud
+        id, as it would have without going behind the upsert — parked here, on the partition
+        its result came to, where the user's next result comes too (:meth:`on_result`). Unless
+        a newer plan for its slot waits already (it supersedes this one); one the planner sent
+        already is newer at the sink, which answers this one *superseded* when it comes."""
+        raw = result.details.get("operation")
+        op = CLOUD_OPERATION_ADAPTER.validate_python(raw) if raw is not None else None
+        if not isinstance(op, AssignAccess):
+            return fx
+        p = coords.partition
+        ref = keys.entity_ref(op.entity, op.entity_id)
+        slot = slot_of(op)
+        for item in tx.get(keys.parked_key(ref)) or ():
+            if item["slot"] == slot and item["op"]["source_version"] >= op.source_version:
+                return fx  # waiting already: the same plan, or a newer one
+        now = self.clock()
+        ids = self.knowledge.identities(tx, p)
+        apps = tuple(sorted(op.services, key=lambda a: a.value))
+        needs = planner.needs_of(op, ids, apps)
+        if needs:
+            parking.park(tx, fx, p, Parked(op, needs, apps), now)
+        elif needs is not None:  # its user became known here meanwhile
+            fx.send_operation(planner.with_cloud_ids(op, ids))
         return tx.effects(fx)
 
     @staticmethod

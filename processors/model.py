@@ -133,13 +133,17 @@ DeletesFrom = Literal["cloud", "directory"]
 class Parked:
     """An operation held until its needs are met. ``apps`` are the applications it touches,
     ``deletion`` the gate candidate it waits for (deletions only), ``tag`` the repair it belongs
-    to (``vudsync verify --repair``; its ids are derived from it)."""
+    to (``vudsync verify --repair``; its ids are derived from it). ``behind``: an assignment
+    planned in the same step as its user's upsert, which was sent then — it goes behind that
+    upsert on the user's aggregate and never waits for the user's cloud id
+    (:func:`processors.planner.needs_of`)."""
 
     operation: Planned
     needs: tuple[Need, ...]
     apps: tuple[ApplicationType, ...] = ()
     deletion: str | None = None
     tag: str = ""
+    behind: bool = False
 
 
 @dataclass(frozen=True)

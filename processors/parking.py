@@ -6,12 +6,13 @@ its entity is listed under each of its needs in the need index (``n|<p>|<need>``
 :data:`BUCKET` entity refs, so that a company a thousand users wait for is not one ever-growing
 value rewritten per user) — except a user's own cloud id (``user:<id>``), which only that user's
 operations wait for, parked under its own ``p|`` key by the events of the partition its ``e|``
-value names (``p``): that entry is implied, not written (:func:`index` with ``home``), so the
-initial sync's common case — assignments waiting for their user's creation — writes no index
-and deletes none. When a need is met — a fact arrives, an application's verdict
-clears, the gate decides — every entity listed under it is decided again: what may go is sent,
-what still waits is indexed under its remaining needs (and reported again with them, as a
-parked or blocked result), a rejected deletion is dropped.
+value names (``p``): that entry is implied, not written (:func:`index` with ``home``), so
+assignments waiting for their user's creation write no index and delete none. (A new user's
+assignments planned with its upsert do not wait for its id at all: they go behind the upsert,
+:func:`processors.planner.needs_of`, ``behind``.) When a need is met — a fact arrives, an
+application's verdict clears, the gate decides — every entity listed under it is decided
+again: what may go is sent, what still waits is indexed under its remaining needs (and reported
+again with them, as a parked or blocked result), a rejected deletion is dropped.
 """
 
 from __future__ import annotations
@@ -98,6 +99,8 @@ def parked_json(p: Parked) -> dict[str, Any]:
     }
     if p.tag:
         value["tag"] = p.tag
+    if p.behind:
+        value["behind"] = True
     return value
 
 
@@ -111,6 +114,7 @@ def parked_from_json(raw: Mapping[str, Any]) -> Parked:
         tuple(ApplicationType(a) for a in raw["apps"]),
         raw.get("del"),
         raw.get("tag") or "",
+        bool(raw.get("behind")),
     )
 
 
@@ -247,7 +251,9 @@ def release(tx: Tx, fx: Effects, knowledge: Knowledge, p: int, need: Need, now: 
                         index(tx, p, n, ref)
                 still.append({**item, "needs": remaining})
                 if set(remaining) != set(item["needs"]):
-                    now_waiting = Parked(parked.operation, needs, parked.apps, parked.deletion)
+                    now_waiting = Parked(
+                        parked.operation, needs, parked.apps, parked.deletion, behind=parked.behind
+                    )
                     if not isinstance(parked.operation, DIRECTORY_OPERATIONS):  # staging: the cloud's
                         fx.waiting.append((now_waiting, parked.needs))
                     # the journal says what it waits for now (explain, parked list), and a blocked

@@ -110,14 +110,21 @@ def plan(
     settings: PlannerSettings,
     *,
     now: datetime,
+    behind_upsert: bool = True,
 ) -> Plan:
-    """Reconcile one directory event against the state seen before it."""
-    del settings  # the rules need none yet; the gate's thresholds live in processors.deletions
+    """Reconcile one directory event against the state seen before it. ``settings``: only
+    ``staging`` counts here (the gate's thresholds live in :mod:`processors.deletions`).
+
+    ``behind_upsert``: a user's assignments planned with its upsert, which goes now, go right
+    behind it without waiting for the user's cloud id (:class:`_Router`) — not when staging
+    (nothing is sent), nor when the caller may drop the upsert from this plan (a redelivery
+    re-planned without the slots a later version planned: :mod:`processors.directory`)."""
     if previous is not None and event.version <= previous.version:
         return Plan(Outcome.STALE, None)
     view = EntityView(event.version, event.state, deleted=event.op is Op.DELETE)
     if isinstance(event, UserChanged):
-        return _plan_user(previous, event, identities, now, view)
+        behind = behind_upsert and not settings.staging
+        return _plan_user(previous, event, identities, now, view, behind_upsert=behind)
     if isinstance(event, CompanyChanged):
         return _plan_company(previous, event, identities, now, view)
     if isinstance(event, RoleChanged | LayoutGroupChanged | ModuleChanged):
@@ -177,19 +184,24 @@ def needs_of(
     ids: Identities,
     apps: Iterable[ApplicationType] = (),
     deletion: str | None = None,
+    *,
+    behind: bool = False,
 ) -> tuple[Need, ...] | None:
     """The unmet needs of ``op`` (empty: it may go now); None when a rejected deletion drops it.
 
     Before ``vudsync connect`` has succeeded every operation waits for it (``connect``); an
-    assignment of access to a company waiting for review waits for the review (``review``)."""
+    assignment of access to a company waiting for review waits for the review (``review``).
+    ``behind``: ``op`` is an assignment sent behind its user's upsert (:class:`_Router`): it
+    does not wait for the user's cloud id — the sink applies one aggregate's operations in
+    order and finds the user by its external id (``sinks.writes.resolves_user``)."""
     if not ids.connected:
-        rest = _needs_of(op, ids, apps, deletion)
+        rest = _needs_of(op, ids, apps, deletion, behind)
         return None if rest is None else (Need.connect(), *rest)
-    return _needs_of(op, ids, apps, deletion)
+    return _needs_of(op, ids, apps, deletion, behind)
 
 
 def _needs_of(
-    op: Planned, ids: Identities, apps: Iterable[ApplicationType], deletion: str | None
+    op: Planned, ids: Identities, apps: Iterable[ApplicationType], deletion: str | None, behind: bool
 ) -> tuple[Need, ...] | None:
     if deletion is None and not apps and isinstance(op, _UPSERTS):
         return ()  # the common case, first
@@ -201,7 +213,7 @@ def _needs_of(
         if decision is None:
             needs.append(Need.deletion(deletion))
     if isinstance(op, ACCESS_OPS):
-        if op.user_id not in ids.users:
+        if op.user_id not in ids.users and not (behind and isinstance(op, AssignAccess)):
             needs.append(Need.user(op.user_id))
         if op.company_id not in ids.companies:
             needs.append(Need.company(op.company_id))
@@ -226,25 +238,28 @@ def _needs_of(
     return tuple(needs)
 
 
-def with_cloud_ids(op: CloudOperation, ids: Identities) -> CloudOperation:
-    """``op`` with the cloud ids of its user and company filled in (access operations)."""
+def with_cloud_ids(op: CloudOperation, ids: Identities, *, behind: bool = False) -> CloudOperation:
+    """``op`` with the cloud ids of its user and company filled in (access operations).
+    ``behind`` (an assignment behind its user's upsert, :func:`needs_of`): the user's id only
+    if known, else the sink finds it."""
     if isinstance(op, ACCESS_OPS) and (op.cloud_user_id is None or op.cloud_company_id is None):
-        return op.model_copy(
-            update={"cloud_user_id": ids.users[op.user_id], "cloud_company_id": ids.companies[op.company_id]}
-        )
+        user = ids.users.get(op.user_id) if behind else ids.users[op.user_id]
+        return op.model_copy(update={"cloud_user_id": user, "cloud_company_id": ids.companies[op.company_id]})
     return op
 
 
 def settle(parked: Parked, ids: Identities) -> tuple[str, Planned | tuple[Need, ...] | None]:
     """Decide a parked operation again: ``("send", op)`` with its cloud ids filled in,
     ``("wait", needs)`` with the needs still unmet, or ``("drop", None)`` (rejected deletion)."""
-    needs = needs_of(parked.operation, ids, parked.apps, parked.deletion)
+    needs = needs_of(parked.operation, ids, parked.apps, parked.deletion, behind=parked.behind)
     if needs is None:
         return "drop", None
     if needs:
         return "wait", needs
     op = parked.operation
-    return "send", op if isinstance(op, DIRECTORY_OPERATIONS) else with_cloud_ids(op, ids)
+    if isinstance(op, DIRECTORY_OPERATIONS):
+        return "send", op
+    return "send", with_cloud_ids(op, ids, behind=parked.behind)
 
 
 class _Router:
@@ -252,9 +267,19 @@ class _Router:
     candidate (``deletion``), its destructive operations wait for the gate's decision."""
 
     def __init__(
-        self, ids: Identities, gated: DirectoryEvent | None = None, request: DeletionRequest | None = None
+        self,
+        ids: Identities,
+        gated: DirectoryEvent | None = None,
+        request: DeletionRequest | None = None,
+        *,
+        behind_upsert: bool = False,
     ) -> None:
         self.ids = ids
+        # a user's assignments routed after its upsert went: they go behind it, on the user's
+        # aggregate, without waiting for its cloud id (needs_of, behind); off in staging mode,
+        # where nothing goes to the sink (processors.staging)
+        self._behind_upsert = behind_upsert
+        self._upsert_sent: str | None = None
         self._gated = gated  # the event whose destructive operations are a gate candidate
         self._request = request  # its candidate, when not the event's own (repairs)
         self.deletion: DeletionRequest | None = None  # built once one is routed (hot path)
@@ -269,13 +294,16 @@ class _Router:
             if self.deletion is None:
                 self.deletion = self._request or _candidate(self._gated)
             candidate = self.deletion.candidate
-        needs = needs_of(op, self.ids, apps, candidate)
+        behind = isinstance(op, AssignAccess) and op.user_id == self._upsert_sent
+        needs = needs_of(op, self.ids, apps, candidate, behind=behind)
         if needs is None:
             self.dropped.append(op)
         elif needs:
-            self.parked.append(Parked(op, needs, apps, candidate, tag))
+            self.parked.append(Parked(op, needs, apps, candidate, tag, behind))
         else:
-            self.send.append(with_cloud_ids(op, self.ids))
+            self.send.append(with_cloud_ids(op, self.ids, behind=behind))
+            if self._behind_upsert and isinstance(op, UpsertUser):
+                self._upsert_sent = op.entity_id
 
     def plan(self, view: EntityView, journal: tuple[JournalEntry, ...] = ()) -> Plan:
         if self.send:
@@ -328,7 +356,13 @@ def _access_map(state: UserState | None) -> dict[str, CompanyAccess]:
 
 
 def _plan_user(
-    previous: EntityView | None, event: UserChanged, ids: Identities, now: datetime, view: EntityView
+    previous: EntityView | None,
+    event: UserChanged,
+    ids: Identities,
+    now: datetime,
+    view: EntityView,
+    *,
+    behind_upsert: bool = False,
 ) -> Plan:
     state = event.state
     before = previous.state if previous is not None and not previous.deleted else None
@@ -348,7 +382,7 @@ def _plan_user(
         return router.plan(view)
 
     # a user seen before that becomes (or stays) inactive, or loses access: the gate counts it
-    router = _Router(ids, event if previous is not None else None)
+    router = _Router(ids, event if previous is not None else None, behind_upsert=behind_upsert)
     cloud_user_id = ids.users.get(event.entity_id)  # read once: every operation names it
     if before is None or _user_fields(before) != _user_fields(state):
         router.route(
@@ -627,9 +661,9 @@ def release_unblocked(parked: Parked, ids: Identities, released: Need) -> CloudO
     partial, going = split
     if any(released.subject.split(":", 1)[0] == app.value for app in partial.keep):
         return None
-    if needs_of(partial, ids, going, parked.deletion):
+    if needs_of(partial, ids, going, parked.deletion, behind=parked.behind):
         return None
-    return with_cloud_ids(partial, ids)
+    return with_cloud_ids(partial, ids, behind=parked.behind)
 
 
 def _revoke(event: UserChanged, now: datetime, company_id: str, ids: Identities) -> RevokeAccess:

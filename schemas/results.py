@@ -27,6 +27,11 @@ class ResultOutcome(StrEnum):
     # sink: matching by e-mail / organisation number found a cloud object it may not take over
     # (linked to another on-premise id, or a customer administrator): nothing written
     CONFLICT = "conflict"
+    # sink: an assignment sent right behind its user's upsert, before the planner knew the
+    # user's cloud id, found no cloud user linked to its user (that upsert linked none: a
+    # conflict, a dead letter): nothing written. ``details.operation`` carries it: the planner
+    # parks it again until the user's cloud id is known (processors.facts)
+    UNRESOLVED = "unresolved"
     # recorded by the planner, for the journal
     PARKED = "parked"
     HELD = "held"

@@ -45,10 +45,13 @@ from sinks.writes import (
     lookups,
     parse_retry_after,
     reads_intent,
+    resolves_user,
     simple_write,
     steps_after_create,
     steps_after_lookup,
     steps_after_patch,
+    user_lookup,
+    with_user,
 )
 
 log = logging.getLogger(__name__)
@@ -153,6 +156,8 @@ class HttpCloudDirectory:
         await self._client.aclose()
 
     def batchable(self, op: CloudOperation) -> bool:
+        if resolves_user(op):  # its user's look-up, then its one write (keep: read first, alone)
+            return not op.keep  # type: ignore[union-attr]  # resolves_user: an AssignAccess
         return simple_write(op) is not None or isinstance(op, MULTI_STEP)
 
     # -- transport --------------------------------------------------------------------
@@ -246,6 +251,11 @@ class HttpCloudDirectory:
         return applied
 
     async def apply(self, op: CloudOperation, intents: Intents | None = None) -> Applied:
+        if isinstance(op, AssignAccess) and resolves_user(op):
+            resolved = with_user(op, await self._find(user_lookup(op)))
+            if isinstance(resolved, Applied):
+                return resolved
+            op = resolved
         if isinstance(op, AssignAccess) and op.keep and op.cloud_user_id and op.cloud_company_id:
             return await self._assign_keeping(op)
         if isinstance(op, RevokeAccessEntry) and op.cloud_user_id and op.cloud_company_id:
@@ -276,14 +286,21 @@ class HttpCloudDirectory:
         conditions of the one-at-a-time path, with a round trip per phase instead of per
         request. An operation that needs an answer first (a create answered 409: created
         meanwhile) gets None: the worker applies it alone. ``intents``: one recall for the
-        look-ups that read one, one announce before the first round of writes.
+        look-ups that read one, one announce before the first round of writes. An assignment
+        behind its user's upsert (:func:`resolves_user`) has its user looked up by external id
+        in the same round trip as those look-ups, then goes as a simple write.
         """
         if len(ops) > MAX_BATCH:
             raise ValueError(f"at most {MAX_BATCH} operations per batch")
         outcomes: list[BatchOutcome] = [None] * len(ops)
         rounds: dict[int, _InFlight] = {}
         multi: list[int] = []
+        behind: list[int] = []  # assignments whose user is looked up first (resolves_user)
+        resolved: dict[int, CloudOperation] = {}
         for i, op in enumerate(ops):
+            if resolves_user(op):
+                behind.append(i)
+                continue
             write = simple_write(op)
             if write is not None:
                 rounds[i] = _InFlight(Steps((write,), "", None, {}), simple=True)
@@ -291,8 +308,23 @@ class HttpCloudDirectory:
                 multi.append(i)
             else:
                 raise ValueError(f"apply_batch cannot apply {op.kind} (no cloud mapping)")
-        if multi:
-            found = await self._batch([item.batch_item() for i in multi for item in lookups(ops[i])])
+        if multi or behind:
+            # every look-up in one round trip: the multi-step operations' (two each), then the
+            # users of the assignments behind their upserts (one each; never the same aggregate
+            # as a multi-step operation here: one operation per aggregate is in flight)
+            found = await self._batch(
+                [item.batch_item() for i in multi for item in lookups(ops[i])]
+                + [user_lookup(ops[i]).batch_item() for i in behind]  # type: ignore[arg-type]
+            )
+            for i, answer in zip(behind, found[2 * len(multi) :], strict=True):
+                error = _lookup_error(answer)
+                user = with_user(ops[i], _first(answer)) if error is None else error  # type: ignore[arg-type]
+                write = simple_write(user) if isinstance(user, AssignAccess) else None
+                if isinstance(user, AssignAccess) and write is not None:
+                    resolved[i] = user
+                    rounds[i] = _InFlight(Steps((write,), "", None, {}), simple=True)
+                elif not isinstance(user, AssignAccess):
+                    outcomes[i] = user
             matches: dict[int, tuple[dict[str, Any] | None, dict[str, Any] | None]] = {}
             for n, i in enumerate(multi):
                 id_answer, key_answer = found[2 * n], found[2 * n + 1]
@@ -316,7 +348,7 @@ class HttpCloudDirectory:
             order = list(rounds)
             answers = await self._batch([rounds[i].next_write.batch_item() for i in order])
             for i, answer in zip(order, answers, strict=True):
-                finished, outcome = rounds[i].answered(ops[i], answer)
+                finished, outcome = rounds[i].answered(resolved.get(i, ops[i]), answer)
                 if finished:
                     outcomes[i] = outcome
                     del rounds[i]

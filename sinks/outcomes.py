@@ -36,7 +36,10 @@ from sinks.errors import CloudRejected, retry_reason
 from sinks.metrics import SinkMetrics
 from sinks.ports import Applied, Ledger
 from sinks.scheduling import Pending
-from sinks.writes import CONFLICT
+from sinks.writes import CONFLICT, UNRESOLVED
+
+#: outcomes that wrote nothing and are judged again later: never in the ledger
+_NOT_DONE = (CONFLICT, UNRESOLVED)
 
 log = logging.getLogger(__name__)
 
@@ -151,15 +154,16 @@ class OutcomeRecorder:
         if not done:
             return
         # a conflict wrote nothing: not in the ledger, so the same operation is judged again
-        # once the operator has resolved it (docs/operations.md, "Conflicts")
+        # once the operator has resolved it (docs/operations.md, "Conflicts"); nor an
+        # unresolved assignment, which the planner sends again, same id, once its user is known
         await self._off_loop(
             self.ledger.record_many,
             [
                 (i.op.operation_id, {"cloud_id": a.cloud_id, "effect": a.effect, "details": a.details})
                 for i, a in done
-                if a.effect != CONFLICT
+                if a.effect not in _NOT_DONE
             ],
-            [(version_slot(i.op), i.op.source_version) for i, _ in done],
+            [(version_slot(i.op), i.op.source_version) for i, a in done if a.effect != UNRESOLVED],
         )
         now = self.monotonic()
         for item, outcome in done:
@@ -172,6 +176,12 @@ class OutcomeRecorder:
                     item.op.operation_id,
                     outcome.details.get("conflict"),
                     outcome.details.get("cloud_id"),
+                )
+            elif outcome.effect == UNRESOLVED:
+                result = ResultOutcome.UNRESOLVED
+                # the planner parks the operation itself again: the result carries it
+                outcome = Applied(
+                    UNRESOLVED, None, False, {**outcome.details, "operation": item.op.model_dump(mode="json")}
                 )
             self._publish_result(item.op, result, outcome, item.attempts)
             self.metrics.operations.labels(kind=item.op.kind, outcome=result.value).inc()

@@ -203,6 +203,33 @@ def simple_write(op: CloudOperation) -> Write | None:
     return None
 
 
+# -- assignments behind their user's upsert -------------------------------------------
+
+UNRESOLVED = "unresolved"  # the effect of an assignment whose user no cloud user is linked to
+
+
+def resolves_user(op: CloudOperation) -> bool:
+    """An assignment the planner sent right behind its user's upsert, before it knew the user's
+    cloud id (``processors.planner.needs_of``, ``behind``): the sink finds the user by its
+    external id first (:func:`user_lookup`). The two are on one aggregate, applied in order, so
+    the upsert has finished by then (created or linked the user, or failed)."""
+    return isinstance(op, AssignAccess) and op.cloud_user_id is None and op.cloud_company_id is not None
+
+
+def user_lookup(op: AssignAccess) -> Lookup:
+    return Lookup("users", "external_id", op.user_id)
+
+
+def with_user(op: AssignAccess, found: dict[str, Any] | None) -> AssignAccess | Applied:
+    """``op`` with the cloud id of the user its look-up found (``found``: the first match by
+    external id), or, none found, its outcome: *unresolved* — nothing written; the planner
+    parks it again until the user's cloud id is known (the user's upsert linked no cloud user:
+    a conflict, a dead letter), as it would have waited before it was sent."""
+    if found is None:
+        return Applied(UNRESOLVED, None, False, {"reason": "no cloud user is linked to this user"})
+    return op.model_copy(update={"cloud_user_id": str(found["id"])})
+
+
 # -- multi-step operations in two batched phases ---------------------------------------
 
 MULTI_STEP = (UpsertUser, DeactivateUser, UpsertCompany)

@@ -6,12 +6,16 @@ the mistake it prevents, on the real broker, store and cloud API:
 * a cloud user that is a customer administrator, with the e-mail of a new on-premise user → a
   conflict, never linked;
 * the deletion on premise of a user whose link was refused → nothing deactivated (a deactivation
-  without a known link never deactivates whoever has that e-mail).
+  without a known link never deactivates whoever has that e-mail);
+* the access of a new user whose link is refused, sent right behind its upsert (issue 14) → never
+  assigned to the linked user with that e-mail: the sink answers it *unresolved*, the planner
+  parks it again, and it is applied to the user's own cloud account once the conflict is resolved.
 """
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import httpx
 
@@ -37,6 +41,11 @@ def _conflicts(settings: Settings, bootstrap: str, count: int) -> list[Operation
     return [r for r in results if r.outcome is ResultOutcome.CONFLICT]
 
 
+def _outcomes(records: list[Any], entity_id: str, kind: str) -> set[str]:
+    results = (OperationResult.model_validate_json(r.value) for r in records)
+    return {r.outcome.value for r in results if r.entity_id == entity_id and r.kind == kind}
+
+
 def test_matching_by_e_mail_never_takes_over_or_deactivates_a_stranger(
     pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
 ) -> None:
@@ -51,18 +60,27 @@ def test_matching_by_e_mail_never_takes_over_or_deactivates_a_stranger(
     ).raise_for_status()
     writer = SqliteDirectoryWriter(settings.resolved_store_url().removeprefix("sqlite:///"))
     writer.upsert_user(id="u1", username="kari", email="kari@fjord.no", first_name="Kari", last_name="Holm")
+    writer.upsert_catalogue("roles", [("business", "Regnskap", "Regnskap")])
+    writer.upsert_companies([{"id": "c1", "name": "Fjord AS", "organisation_number": "923609016"}])
     assert vudsync_cli(settings, kafka_bootstrap, "connect").returncode == 0
 
     settle = {"VUDSYNC_PLANNER_DELETES_SETTLE": "0.5"}  # the gate on, its settle short: less waiting
     with components(settings, kafka_bootstrap, "producer", "planner", "sink", **settle) as procs:
-        wait_until(lambda: alive_or_fail(procs) and cloud.user("u1") is not None, 180, what="u1 linked")
+        wait_until(
+            lambda: alive_or_fail(procs) and cloud.user("u1") is not None and cloud.company("c1") is not None,
+            180,
+            what="u1 linked, c1 created",
+        )
         kari = cloud.user("u1")
         assert kari is not None
 
-        # a new on-premise user with a linked user's e-mail, and one with the administrator's
-        writer.upsert_user(
-            id="u2", username="kari2", email="KARI@fjord.no", first_name="Karianne", last_name="Li"
-        )
+        # a new on-premise user with a linked user's e-mail — with access, in the same commit: its
+        # assignment goes right behind its upsert — and one with the administrator's e-mail
+        with writer.transaction():
+            writer.upsert_user(
+                id="u2", username="kari2", email="KARI@fjord.no", first_name="Karianne", last_name="Li"
+            )
+            writer.grant([("u2", "c1", "business", "role", "Regnskap")])
         writer.upsert_user(
             id="u3", username="sjef", email="sjef@fjord.no", first_name="Overtatt", last_name="Li"
         )
@@ -78,6 +96,14 @@ def test_matching_by_e_mail_never_takes_over_or_deactivates_a_stranger(
         # the linked user is untouched, the administrator stays unlinked and unchanged
         assert cloud.user("u1") == kari
         assert cloud.user("u2") is None and cloud.user("u3") is None
+        # u2's assignment: not given to the linked user with its e-mail; waits again for u2's link
+        read_all(
+            kafka_bootstrap,
+            settings.topic(RESULTS.name),
+            timeout=120,
+            until=lambda rs: {"unresolved", "parked"} <= _outcomes(rs, "u2", "access.assign"),
+        )
+        assert cloud.access(kari["id"]) == [], "nothing assigned to the linked user with u2's e-mail"
         stays = cloud.client.get(f"/v1/users/{admin['id']}").json()
         assert (stays["external_id"], stays["first_name"], stays["active"]) == (None, "Sjef", True)
 
@@ -96,6 +122,12 @@ def test_matching_by_e_mail_never_takes_over_or_deactivates_a_stranger(
         )
         assert resolved.returncode == 0, resolved.stdout + resolved.stderr
         assert cloud.user("u2") is not None and cloud.user("u2")["id"] != kari["id"]
+        wait_until(
+            lambda: alive_or_fail(procs) and cloud.business_roles("u2") == [["Regnskap"]],
+            120,
+            what="u2's parked assignment applied to its own cloud user once linked",
+        )
+        assert cloud.access(kari["id"]) == []
         still = vudsync_cli(
             settings, kafka_bootstrap, "conflicts", "resolve", "user", "u3", "--timeout", "1m"
         )

@@ -19,10 +19,18 @@ import pytest
 
 from cloud.server import CloudServer
 from schemas.directory import ApplicationType, EntityType
-from schemas.operations import CloudOperation, DeactivateUser, UpsertCatalogueEntry, UpsertCompany, UpsertUser
+from schemas.operations import (
+    AssignAccess,
+    CloudOperation,
+    DeactivateUser,
+    UpsertCatalogueEntry,
+    UpsertCompany,
+    UpsertUser,
+)
 from sinks.http_cloud import HttpCloudDirectory
 from sinks.ports import Applied, BatchOutcome
-from tests.factories import company_upsert
+from sinks.writes import UNRESOLVED
+from tests.factories import access_op, company_upsert
 
 pytestmark = pytest.mark.integration
 
@@ -187,3 +195,44 @@ async def test_batched_multi_step_operations_match_the_one_at_a_time_path(
         assert [co["external_id"] for co in by_org] == ["c1"]
         kari = c.get("/v1/users", params={"email": "kari.lie@fjord.no"}).json()["items"]
         assert [(u["external_id"], u["first_name"]) for u in kari] == [("u2", "Kari")]
+
+
+def assign(uid: str, cloud_company_id: str | None) -> AssignAccess:
+    """An assignment the planner sent right behind its user's upsert: no cloud user id."""
+    op = access_op(7, uid=uid, company="c2", cloud_user=None, cloud_company=cloud_company_id)
+    assert isinstance(op, AssignAccess)
+    return op.model_copy(update={"operation_id": f"op-a-{uid}"})  # audit_keys: the "op-" keys
+
+
+async def test_an_assignment_behind_its_users_upsert_finds_the_user_by_external_id(
+    two_clouds: tuple[CloudServer, CloudServer],
+) -> None:
+    """Both paths: the user its upsert created is found by external id and assigned; the user
+    whose upsert was refused (a conflict) is not — *unresolved*, nothing written, so that the
+    planner parks it again — never the cloud user that has its e-mail."""
+    for server, batched in zip(two_clouds, (False, True), strict=True):
+        cloud = adapter(server)
+        catalogue = workload()[-1]
+        first = [user("u1", "ny.bruker@fjord.no"), user("u7", "per@fjord.no")]
+        first += [company("c2", "974760673", "N"), catalogue]
+        done = await cloud.apply_batch(first) if batched else [await cloud.apply(op) for op in first]
+        effects = [o.effect for o in done if isinstance(o, Applied)]
+        assert effects == ["created", "conflict", "created", "published"]
+        created, company_id = done[0], done[2]
+        assert isinstance(created, Applied) and isinstance(company_id, Applied)
+        behind = [assign("u1", company_id.cloud_id), assign("u7", company_id.cloud_id)]
+        assert all(cloud.batchable(op) for op in behind)
+        out = await cloud.apply_batch(behind) if batched else [await cloud.apply(op) for op in behind]
+        assert out[0] == Applied("assigned", created.cloud_id, False)
+        assert isinstance(out[1], Applied) and (out[1].effect, out[1].cloud_id) == (UNRESOLVED, None)
+        again = await cloud.apply_batch(behind) if batched else [await cloud.apply(op) for op in behind]
+        assert again[0] == Applied("assigned", created.cloud_id, True), "the same key: replayed"
+        await cloud.aclose()
+        with httpx.Client(base_url=server.url, headers=server.auth_headers(), timeout=10) as c:
+            access = c.get(f"/v1/users/{created.cloud_id}/access/{company_id.cloud_id}").json()
+            assert access["services"]["business"]["roles"] == ["Regnskap"]
+            per = c.get("/v1/users", params={"email": "per@fjord.no"}).json()["items"]
+            assert [u["external_id"] for u in per] == ["u3"]
+            assert c.get(f"/v1/users/{per[0]['id']}/access/{company_id.cloud_id}").status_code == 404
+        keys = audit_keys(server)
+        assert "op-a-u1" in keys and "op-a-u7" not in keys and len(keys) == len(set(keys))

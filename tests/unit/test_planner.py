@@ -6,6 +6,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
+import pytest
+
 from processors.model import (
     VERIFIED,
     Decision,
@@ -44,6 +46,7 @@ from tests.factories import (
 )
 
 SETTINGS = PlannerSettings()
+STAGING = PlannerSettings(staging=True)
 BUSINESS, REPORTING = ApplicationType.BUSINESS, ApplicationType.REPORTING
 FP_A, FP_B = "hmac-sha256:" + "a" * 64, "hmac-sha256:" + "b" * 64
 
@@ -206,15 +209,49 @@ def test_reactivation_after_removal_upserts_and_assigns_again() -> None:
 
 
 def test_access_waits_for_the_cloud_ids_of_user_and_company_then_goes_with_them() -> None:
-    result = run(None, user_event(2, access=(access("c1"),)), ids())
-    assert [type(o) for o in result.operations] == [UpsertUser]
-    (parked,) = result.parked
-    assert parked.needs == (Need.user("u1"), Need.company("c1"))
+    # staging: nothing goes to the sink, so nothing goes behind the user's upsert either
+    staging = plan(None, user_event(2, access=(access("c1"),)), ids(), STAGING, now=T0)
+    assert [type(o) for o in staging.operations] == [UpsertUser]
+    (parked,) = staging.parked
+    assert parked.needs == (Need.user("u1"), Need.company("c1")) and not parked.behind
     assert settle(parked, ids(users={"u1": "cu-1"})) == ("wait", (Need.company("c1"),))
     verdict, op = settle(parked, ids(users={"u1": "cu-1"}, companies={"c1": "cc-1"}))
     assert verdict == "send" and isinstance(op, AssignAccess)
     assert (op.cloud_user_id, op.cloud_company_id) == ("cu-1", "cc-1")
     assert op.operation_id == parked.operation.operation_id and valid(op) == op
+
+
+def test_a_new_users_access_goes_behind_its_upsert_and_waits_for_its_company_only() -> None:
+    result = run(None, user_event(2, access=(access("c1"),)), ids())
+    assert [type(o) for o in result.operations] == [UpsertUser]
+    (parked,) = result.parked
+    assert parked.needs == (Need.company("c1"),) and parked.behind
+    # the company known, it goes — without the user's cloud id: the sink finds the user, whose
+    # upsert was sent before it on the same aggregate
+    verdict, op = settle(parked, ids(companies={"c1": "cc-1"}))
+    assert verdict == "send" and isinstance(op, AssignAccess)
+    assert (op.cloud_user_id, op.cloud_company_id) == (None, "cc-1") and valid(op) == op
+    verdict, op = settle(parked, ids(users={"u1": "cu-1"}, companies={"c1": "cc-1"}))
+    assert isinstance(op, AssignAccess) and (op.cloud_user_id, op.cloud_company_id) == ("cu-1", "cc-1")
+    assert op.operation_id == parked.operation.operation_id
+
+
+def test_access_goes_behind_the_upsert_only_when_the_upsert_goes() -> None:
+    known_company = ids(companies={"c1": "cc-1"})
+    went = run(None, user_event(2, access=(access("c1"),)), known_company)
+    upsert, assign = went.operations
+    assert isinstance(upsert, UpsertUser) and isinstance(assign, AssignAccess)
+    assert assign.cloud_user_id is None and assign.cloud_company_id == "cc-1" and not went.parked
+    # an access change without a new upsert (the user's fields unchanged): it waits for the id
+    seen = EntityView(2, user_state(access=(access("c1"),)))
+    later = run(seen, user_event(3, access=(access("c1", roles=("Lønn",)),)), known_company)
+    assert not later.operations
+    (parked,) = later.parked
+    assert parked.needs == (Need.user("u1"),) and not parked.behind
+    # the upsert itself waits (not connected): the assignment waits for the user as before
+    waiting = run(None, user_event(2, access=(access("c1"),)), replace(known_company, connected=False))
+    assert not waiting.operations
+    assert [x.needs for x in waiting.parked] == [(Need.connect(),), (Need.connect(), Need.user("u1"))]
 
 
 def test_an_assignment_waits_for_its_catalogue_entries() -> None:
@@ -390,3 +427,31 @@ def test_operation_ids_are_uuid5_of_kind_entity_version_and_discriminator() -> N
     for args in (("user.upsert", "u1", 5, ""), ("access.assign", "Ørjan-æ", 123456789, "c1")):
         expected = uuid.uuid5(_OPERATION_NAMESPACE, "|".join(str(a) for a in args))
         assert operation_id_for(*args) == str(expected)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "companies",
+    [("c1",), ("c1", "c2"), ("c2", "c1", "c3")],
+)
+def test_behind_its_upsert_or_parked_until_its_id_a_new_user_plans_the_same_operations(
+    companies: tuple[str, ...],
+) -> None:
+    """The operations a new user's event plans are the same — ids, order, fields — whether its
+    assignments go behind its upsert or (staging, as before) wait for its cloud id and are
+    released with it, but for the user's cloud id, which the sink finds for them."""
+    event = user_event(2, access=tuple(access(c, roles=("Lønn", "Regnskap")) for c in companies))
+    known = ids(companies={c: f"cc-{c}" for c in companies})
+    behind = plan(None, event, known, SETTINGS, now=T0)
+    waited = plan(None, event, known, STAGING, now=T0)
+    assert not behind.parked and len(waited.parked) == len(companies)
+    with_id = replace(known, users={"u1": "cu-1"})
+    released = [settle(p, with_id) for p in waited.parked]
+    assert all(verdict == "send" for verdict, _ in released)
+    before = [*waited.operations, *(op for _, op in released)]
+    assert [o.operation_id for o in behind.operations] == [o.operation_id for o in before]
+    found = [
+        o.model_copy(update={"cloud_user_id": "cu-1"}) if isinstance(o, AssignAccess) else o
+        for o in behind.operations
+    ]
+    assert found == before
+    assert all(o.cloud_user_id is None for o in behind.operations if isinstance(o, AssignAccess))

@@ -134,6 +134,8 @@ def test_the_oldest_parked_operation_ages_from_its_source_commit_and_is_zero_onc
     h.r = Reconciler(h.table, PlannerSettings(), 1, lambda: now[0])
     assert h.r.oldest_parked_age() == 0.0, "nothing parked"
     h.connect()
+    h.event(user_event(1))  # seen before: no upsert ahead of its access
+    h.event(user_event(6, state=user_state("u2")))
     h.event(user_event(2, access=(access("c1"),)))  # committed at T0 + 2 s
     h.event(user_event(7, state=user_state("u2", access=(access("c1"),))))  # T0 + 7 s
     now[0] = T0 + timedelta(seconds=92)
@@ -176,6 +178,7 @@ def test_a_newer_plan_for_a_parked_slot_supersedes_the_operation_that_waited_the
 def test_access_is_parked_until_facts_confirm_user_and_company_then_released_with_acks_first() -> None:
     h = Harness(partitions=2)
     h.connect()
+    h.event(user_event(1), partition=1)  # seen before: no upsert ahead of its access
     h.event(user_event(2, access=(access("c1"),)), partition=1)
     assert kinds(h.ops) == ["user.upsert"]
     assert [r.outcome for r in h.results] == [ResultOutcome.PARKED]
@@ -208,6 +211,7 @@ def test_access_waiting_only_for_its_own_user_writes_no_need_index_and_is_releas
     h = Harness(partitions=2)
     h.connect()
     h.fact(partition=1, kind=FactKind.COMPANY, subject="c1", cloud_id="cc-1")
+    h.event(user_event(1), partition=1)  # seen before: no upsert ahead of its access
     h.event(user_event(2, access=(access("c1"),)), partition=1)
     assert h.table["p|user:u1"][0]["needs"] == ["user:u1"]
     assert not any(k.startswith("n|") for k in h.table), "the user's own id is implied, not indexed"
@@ -716,6 +720,7 @@ def test_a_users_cloud_id_goes_to_the_partition_its_events_arrive_on_only() -> N
     h = Harness(partitions=6)
     h.connect()
     h.fact(kind=FactKind.COMPANY, subject="c1", cloud_id="cc-1")
+    h.event(user_event(2), partition=4)  # seen before: no upsert ahead of its access
     h.event(user_event(3, access=(access("c1"),)), partition=4)
     (upsert,) = [op for op in h.ops if isinstance(op, UpsertUser)]
     assert h.r.parked() == 1
@@ -739,6 +744,7 @@ def test_a_users_result_on_its_home_partition_releases_its_parked_operations_the
         h = Harness(partitions=6)
         h.connect()
         h.fact(kind=FactKind.COMPANY, subject="c1", cloud_id="cc-1")
+        h.event(user_event(2), partition=4)  # seen before: no upsert ahead of its access
         h.event(user_event(3, access=(access("c1"),)), partition=4)
         (upsert,) = [op for op in h.ops if isinstance(op, UpsertUser)]
         fx = h.r.on_result(
@@ -771,3 +777,71 @@ def test_a_users_cloud_id_goes_to_every_partition_when_its_home_is_not_known_her
         Coords("results", 1, 99),
     )
     assert sorted(s.partition for s in fx.sends if s.role == "facts") == list(range(6))
+
+
+# -- assignments behind their user's upsert --------------------------------------------------------
+
+
+def _unresolved(op: AssignAccess) -> OperationResult:
+    """What the sink answers for an assignment behind its user's upsert that found no cloud user
+    linked to its user (sinks.outcomes)."""
+    return OperationResult.for_operation(
+        op,
+        ResultOutcome.UNRESOLVED,
+        T0,
+        effect="unresolved",
+        details={"reason": "no cloud user is linked to this user", "operation": op.model_dump(mode="json")},
+    )
+
+
+def test_a_new_users_assignment_goes_behind_its_upsert_and_parks_nothing() -> None:
+    h = Harness(partitions=2)
+    h.connect()
+    h.fact(kind=FactKind.COMPANY, subject="c1", cloud_id="cc-1")
+    h.event(user_event(2, access=(access("c1"),)), partition=1)
+    upsert, assign = h.ops
+    assert isinstance(upsert, UpsertUser) and isinstance(assign, AssignAccess)
+    assert assign.aggregate == upsert.aggregate
+    assert (assign.cloud_user_id, assign.cloud_company_id) == (None, "cc-1")
+    assert h.r.parked() == 0 and h.results == [] and not any(k.startswith(("p|", "n|")) for k in h.table)
+    h.result(upsert, "cu-1", partition=1)  # the user's result: learned, nothing to release
+    assert len(h.ops) == 2 and h.table["k|1|user:u1"] == "cu-1"
+
+
+def test_an_unresolved_assignment_waits_again_for_its_users_cloud_id() -> None:
+    """The user's upsert linked no cloud user (a conflict): the sink answers its assignment
+    *unresolved*, and the planner parks it where that result came, until the user is known."""
+    for result_partition in (1, 0):  # the user's home partition, or another one
+        h = Harness(partitions=2)
+        h.connect()
+        h.fact(kind=FactKind.COMPANY, subject="c1", cloud_id="cc-1")
+        h.event(user_event(2, access=(access("c1"),)), partition=1)
+        upsert, assign = h.ops
+        fx = h.perform(h.r.on_result(_unresolved(assign), Coords("results", result_partition, 50)))
+        assert fx.sends and not [s for s in fx.sends if s.role == "operations"]
+        (parked,) = [r for r in h.results if r.outcome is ResultOutcome.PARKED]
+        assert parked.operation_id == assign.operation_id and parked.details["waiting_for"] == ["user:u1"]
+        assert h.r.parked() == 1
+        # redelivered: nothing new
+        again = h.r.on_result(_unresolved(assign), Coords("results", result_partition, 50))
+        assert not [s for s in again.sends if s.role == "operations"]
+        # resolved (`vudsync conflicts resolve`): the user's result, on the same partition as before
+        h.result(upsert, "cu-1", partition=result_partition)
+        assert h.r.parked() == 0
+        released = h.ops[2:]
+        assert [(o.operation_id, o.cloud_user_id, o.cloud_company_id) for o in released] == [
+            (assign.operation_id, "cu-1", "cc-1")
+        ]
+
+
+def test_an_unresolved_assignment_yields_to_a_newer_plan_for_its_slot() -> None:
+    h = Harness()
+    h.connect()
+    h.event(user_event(2, access=(access("c1"),)))
+    assert [o.kind for o in h.ops] == ["user.upsert"]
+    (waiting,) = h.table["p|user:u1"]
+    old = AssignAccess.model_validate(waiting["op"])
+    h.event(user_event(3, access=(access("c1", roles=("Regnskap", "Lønn")),)))
+    newer = h.table["p|user:u1"]
+    h.perform(h.r.on_result(_unresolved(old), Coords("results", 0, 50)))
+    assert h.table["p|user:u1"] == newer, "the newer plan waits; the older one is not parked over it"

@@ -339,7 +339,8 @@ def _result(kind: str, outcome: ResultOutcome, cloud_id: str | None = None) -> O
 
 
 def test_only_applied_results_of_ids_catalogue_and_registry_teach_the_planner() -> None:
-    """What the planner skips unread is what ``Facts.on_result`` would learn nothing from."""
+    """What the planner skips unread is what ``Facts.on_result`` would learn nothing from; and
+    an assignment the sink could not resolve (*unresolved*), which it parks again."""
     applied = (ResultOutcome.APPLIED, ResultOutcome.ALREADY_APPLIED)
     for outcome in ResultOutcome:
         for kind in (
@@ -351,8 +352,8 @@ def test_only_applied_results_of_ids_catalogue_and_registry_teach_the_planner() 
             "application_instance.register",
         ):
             assert teaches(kind, outcome.value) is (outcome in applied), (kind, outcome)
-        for kind in ("access.assign", "access.revoke"):
-            assert not teaches(kind, outcome.value)
+        assert teaches("access.assign", outcome.value) is (outcome is ResultOutcome.UNRESOLVED)
+        assert not teaches("access.revoke", outcome.value)
     # and on_result indeed learns nothing from what is skipped: no fact, no journal entry
     reconciler = Reconciler({}, PlannerSettings(), 2, lambda: T0)
     for kind, outcome in (("access.assign", ResultOutcome.APPLIED), ("user.upsert", ResultOutcome.PARKED)):

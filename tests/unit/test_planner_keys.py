@@ -134,8 +134,12 @@ def test_what_is_no_table_key_is_refused(text: str) -> None:
 
 def test_a_parked_item_stores_its_needs_as_their_strings_and_reads_them_back() -> None:
     event = user_event(2, access=(access("c1"),))
-    (parked,) = plan(None, event, Identities(), PlannerSettings(), now=T0).parked
+    # staging: nothing goes behind the user's upsert, so the assignment waits for the user too
+    (parked,) = plan(None, event, Identities(), PlannerSettings(staging=True), now=T0).parked
     raw = parked_json(parked)
+    assert "behind" not in raw
+    (behind,) = plan(None, event, Identities(), PlannerSettings(), now=T0).parked
+    assert parked_json(behind)["behind"] is True and parked_from_json(parked_json(behind)) == behind
     assert raw["needs"] == [
         "user:u1",
         "company:c1",

@@ -13,7 +13,9 @@ Properties:
 1. whatever the interleaving, the cloud converges to the latest directory state;
 2. the same input plans the same operation ids, whatever the interleaving;
 3. no assignment is ever planned before its prerequisites are known — the cloud already has
-   its user, its company and the catalogue entries it names when the planner emits it.
+   its user, its company and the catalogue entries it names when the planner emits it; except
+   its user's cloud id for an assignment sent right behind its user's upsert (on the user's
+   aggregate, applied in order): the sink finds the user by external id, as the model does.
 """
 
 from __future__ import annotations
@@ -235,7 +237,14 @@ class Cloud:
         return None
 
     def apply(self, op: CloudOperation) -> tuple[str | None, str, dict[str, Any]]:
-        """Apply once per operation id (the ledger / idempotency keys); returns the result."""
+        """Apply once per operation id (the ledger / idempotency keys); returns the result.
+        An assignment behind its user's upsert (no cloud user id) finds its user by external
+        id first, as the sink does; none linked: *unresolved*, nothing applied or recorded."""
+        if isinstance(op, AssignAccess) and op.cloud_user_id is None:
+            found = next((c for c, u in self.users.items() if u["external_id"] == op.user_id), None)
+            if found is None:
+                return None, "unresolved", {}
+            op = op.model_copy(update={"cloud_user_id": found})
         if op.operation_id in self.ledger:
             return self.ledger[op.operation_id]
         out = self._apply(op)
@@ -297,11 +306,13 @@ class Cloud:
             return None, "registered", {"uri": op.uri, "license_fingerprint": op.license_fingerprint}
         raise AssertionError(f"unexpected {op.kind}")
 
-    def check_prerequisites(self, op: AssignAccess | RevokeAccess) -> None:
-        """Property 3: what the operation needs exists in the cloud, under the right ids."""
+    def check_prerequisites(self, op: AssignAccess | RevokeAccess, *, behind: bool = False) -> None:
+        """Property 3: what the operation needs exists in the cloud, under the right ids
+        (``behind``: its user's upsert is before it on its aggregate, so not its user yet)."""
         user = self.users.get(op.cloud_user_id or "")
         company = self.companies.get(op.cloud_company_id or "")
-        assert user is not None and user["external_id"] == op.user_id, f"{op.kind} before its user"
+        if not behind:
+            assert user is not None and user["external_id"] == op.user_id, f"{op.kind} before its user"
         assert company is not None and company["external_id"] == op.company_id, (
             f"{op.kind} before its company"
         )
@@ -361,7 +372,13 @@ class Pipeline:
         for s in fx.sends:
             if s.role == "operations":
                 op: Any = s.value
-                if isinstance(op, AssignAccess | RevokeAccess):
+                if isinstance(op, AssignAccess) and op.cloud_user_id is None:  # behind its upsert
+                    # its user's upsert waits before it on the aggregate, or was applied already
+                    ahead = any(isinstance(o, UpsertUser) for o in self.ops[op.aggregate])
+                    linked = any(u["external_id"] == op.user_id for u in self.cloud.users.values())
+                    assert ahead or linked, f"{op.kind} without its user's cloud id, and no upsert before it"
+                    self.cloud.check_prerequisites(op, behind=True)
+                elif isinstance(op, AssignAccess | RevokeAccess):
                     self.cloud.check_prerequisites(op)  # property 3, at the moment it is planned
                 if isinstance(op, AssignAccess) and op.services:
                     # a company linked to a cloud company that existed gets services only once reviewed
@@ -408,6 +425,16 @@ class Pipeline:
     def apply_next(self, aggregate: str) -> None:
         op = self.ops[aggregate].popleft()
         cloud_id, effect, details = self.cloud.apply(op)
+        if effect == "unresolved":
+            result = OperationResult.for_operation(
+                op,
+                ResultOutcome.UNRESOLVED,
+                T0 + timedelta(hours=2, seconds=self.offset),
+                effect=effect,
+                details={"operation": op.model_dump(mode="json")},
+            )
+            self.inbox[("results", partition_of(op.entity_id))].append(result)
+            return
         if effect == "linked":
             self.linked_existing.add(op.entity_id)
             self.linked_version[op.entity_id] = op.source_version

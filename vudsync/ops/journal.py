@@ -49,6 +49,7 @@ OUTCOMES = (
     "failed",
     "dead_lettered",
     "conflict",
+    "unresolved",
     "parked",
     "held",
     "blocked",
