@@ -377,7 +377,7 @@ def _writeback_capture_panels() -> list[dict[str, Any]]:
         stat(
             "Since the feed last advanced",
             "Seconds since cloud-capture last published a page and saved its cursor, or heard "
-            "\"no more changes\" (alert VudsyncWritebackFeedStalled after 5 minutes).",
+            '"no more changes" (alert VudsyncWritebackFeedStalled after 5 minutes).',
             [("time() - max(vudsync_writeback_feed_last_advance_timestamp_seconds)", "since")],
             unit="s",
             thresholds=[(None, "green"), (60, "orange"), (300, "red")],

@@ -41,9 +41,7 @@ def default_ssl_context(
 ) -> ssl.SSLContext:
     """A client TLS context: verifies the broker (``ca_file``, else the system's CAs) and its host
     name; presents ``cert_file``/``key_file`` when given (mutual TLS)."""
-    context = ssl.create_default_context(
-        ssl.Purpose.SERVER_AUTH, cafile=str(ca_file) if ca_file else None
-    )
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_file) if ca_file else None)
     if cert_file:
         context.load_cert_chain(str(cert_file), str(key_file) if key_file else None)
     return context

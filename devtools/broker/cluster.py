@@ -176,9 +176,7 @@ class LocalKafkaCluster:
         nodes = []
         for node_id in range(1, self.brokers + 1):
             home = self.dir / f"node-{node_id}"
-            properties = cluster_node_properties(
-                node_id, ports, home / "kafka" / "data", keystore=keystore
-            )
+            properties = cluster_node_properties(node_id, ports, home / "kafka" / "data", keystore=keystore)
             nodes.append(
                 _Node(
                     home,

@@ -116,6 +116,9 @@ def read_properties(path: Path) -> dict[str, str]:
 CLUSTER_MECHANISM: Mechanism = "SCRAM-SHA-512"
 
 
+SCRAM_LOGIN_MODULE = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+
+
 def cluster_node_properties(
     node_id: int,
     ports: list[tuple[int, int, int]],
@@ -168,8 +171,7 @@ def cluster_node_properties(
             "auto.create.topics.enable": "false",
             "sasl.enabled.mechanisms": CLUSTER_MECHANISM,
             "listener.name.client.sasl.enabled.mechanisms": CLUSTER_MECHANISM,
-            f"listener.name.client.{mechanism}.sasl.jaas.config":
-                "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            f"listener.name.client.{mechanism}.sasl.jaas.config": SCRAM_LOGIN_MODULE,
             "listener.name.client.ssl.keystore.type": "PKCS12",
             "listener.name.client.ssl.keystore.location": str(path),
             "listener.name.client.ssl.keystore.password": password,

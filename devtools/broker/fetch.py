@@ -76,9 +76,7 @@ class JarCache:
         return self.dir / "libs"
 
     def is_fetched(self) -> bool:
-        return (self.dir / _MARKER).is_file() and any(
-            self.libs_dir.glob(f"kafka_2.13-{self.version}.jar")
-        )
+        return (self.dir / _MARKER).is_file() and any(self.libs_dir.glob(f"kafka_2.13-{self.version}.jar"))
 
     def fetch(self, *, force: bool = False) -> Path:
         """Copy the broker's run-time jars from Maven Central into the cache; return the libs folder.
@@ -101,9 +99,15 @@ class JarCache:
             staging = self.dir / f"libs.tmp-{os.getpid()}"
             shutil.rmtree(staging, ignore_errors=True)
             command = [
-                mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(self.pom),
+                mvn,
+                "-q",
+                "-B",
+                "-Dstyle.color=never",
+                "-f",
+                str(self.pom),
                 "dependency:copy-dependencies",
-                f"-Dkafka.version={self.version}", "-DincludeScope=runtime",
+                f"-Dkafka.version={self.version}",
+                "-DincludeScope=runtime",
                 f"-DoutputDirectory={staging}",
             ]
             started = time.monotonic()

@@ -258,7 +258,8 @@ class LocalKafkaBroker:
                 if current.version != self.version:
                     log.warning(
                         "the running broker is Kafka %s, not %s: `vudsync kafka down` first to switch",
-                        current.version, self.version,
+                        current.version,
+                        self.version,
                     )
                 self._wait_ready(current.pid, current.bootstrap, timeout)
                 return self.status()
@@ -376,10 +377,17 @@ class LocalKafkaBroker:
         if (self.data_dir / "meta.properties").is_file():
             return
         command = [
-            java, "-Xmx256m", "-XX:TieredStopAtLevel=1", "-cp", f"{libs}/*",
+            java,
+            "-Xmx256m",
+            "-XX:TieredStopAtLevel=1",
+            "-cp",
+            f"{libs}/*",
             f"-Dlog4j2.configurationFile={LOG4J2_CONFIG}",
-            "kafka.tools.StorageTool", "format", *self._format_args(),
-            "--config", str(self.properties_path),
+            "kafka.tools.StorageTool",
+            "format",
+            *self._format_args(),
+            "--config",
+            str(self.properties_path),
         ]
         with self.log_path.open("ab") as out:
             out.write(f"\n=== vudsync: format {self.data_dir} ===\n".encode())
@@ -404,10 +412,15 @@ class LocalKafkaBroker:
 
     def _jvm_command(self, java: str, libs: Path) -> list[str]:
         return [
-            java, f"-Xmx{self.heap}", f"-Xms{self.heap}", *JVM_FLAGS,
+            java,
+            f"-Xmx{self.heap}",
+            f"-Xms{self.heap}",
+            *JVM_FLAGS,
             f"-Dlog4j2.configurationFile={LOG4J2_CONFIG}",
-            "-cp", f"{libs}/*",
-            "kafka.Kafka", str(self.properties_path),
+            "-cp",
+            f"{libs}/*",
+            "kafka.Kafka",
+            str(self.properties_path),
         ]
 
     def _spawn(self, java: str, libs: Path) -> int:

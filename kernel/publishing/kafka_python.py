@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 _DENIED_HINT = "check the component's ACLs (docs/operations.md)"
 
+
 class KafkaRecordPublisher:
     def __init__(
         self,

@@ -69,7 +69,10 @@ def fetch(force: bool, as_json: bool) -> None:
 
 
 _brokers_option = click.option(
-    "--brokers", default=1, show_default=True, type=click.IntRange(1, 9),
+    "--brokers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 9),
     help="nodes (each broker and controller); more than 1 = a cluster in <home>/kafka-cluster",
 )
 

@@ -314,6 +314,4 @@ class SqliteJournalIndex:
                     "WHERE w.outcome = 'held'"
                 ).fetchone()[0]
             )
-        return JournalStats(
-            total, _entry(last)[1] if last else None, minute, parked, held, held_deletions
-        )
+        return JournalStats(total, _entry(last)[1] if last else None, minute, parked, held, held_deletions)

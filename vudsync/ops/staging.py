@@ -116,6 +116,7 @@ def move_mark(settings: Settings, admin: KafkaGroupAdmin, offset: int, why: str)
 def deletions_go(settings: Settings, promotion: Promotion) -> bool:
     """The planner's accidental-delete rule on the promotion's deletions, judged as one burst."""
     from processors.service import planner_settings  # Faust's import: only when promoting
+
     _, go = deletions.on_burst(
         GateState(),
         promotion.destructive,
