@@ -174,29 +174,24 @@ class Rig:
         self.feed = feed or FakeCloudFeed()
         self.cursors = MemoryCursors(self.events)
         self.publisher = FakePublisher("broker", self.events)
+        self.capture = self._started(CloudCaptureConfig(topic_prefix="t.", **config))
+
+    def _started(self, config: CloudCaptureConfig) -> CloudCapture:
+        """A capture process over this rig's feed, cursor store and broker (fresh metrics)."""
         self.registry = CollectorRegistry()
-        self.capture = CloudCapture(
+        return CloudCapture(
             self.feed,
             self.cursors,
             self.publisher,
             CaptureMetrics(self.registry),
-            CloudCaptureConfig(topic_prefix="t.", **config),
+            config,
             clock=lambda: 1_000_000.0,
             backoff=Backoff(base=0.0, cap=0.0),
         )
 
     def restart(self) -> None:
         """A new process: nothing remembered but what the cursor store holds."""
-        self.registry = CollectorRegistry()
-        self.capture = CloudCapture(
-            self.feed,
-            self.cursors,
-            self.publisher,
-            CaptureMetrics(self.registry),
-            self.capture.config,
-            clock=lambda: 1_000_000.0,
-            backoff=Backoff(base=0.0, cap=0.0),
-        )
+        self.capture = self._started(self.capture.config)
 
     def published(self, markers: bool = False) -> list[tuple[str, dict[str, Any]]]:
         """The acknowledged access events; with ``markers``, the full reads' end-of-read
