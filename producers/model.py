@@ -46,7 +46,7 @@ class EntityRecord(NamedTuple):
     directory sink because an administrator granted them in the cloud (issue 16), they are
     never sent to the cloud as the directory's. For application instances, ``row`` holds the
     license key (never leaves the producer) and ``instances`` counts the instances of that type.
-    ``access_times`` (users, read by ``read_entities``) holds each access entry's own change
+    ``access_times`` (users, read with their access rows) holds each access entry's own change
     time from the store's ``access_entry_times``: ``(key, unix seconds)``, the key
     ``<company>|<application>/<kind>/<name>`` (:func:`schemas.events.access_entry_key`), for
     the entries the user holds (granted then) and those removed (removed then).
@@ -63,6 +63,10 @@ class EntityRecord(NamedTuple):
 
 #: an access row as the adapters read it: (user_id, company_id, application, kind, name, origin)
 AccessRow = tuple[str, str, str, str, str, str]
+#: the columns of ``access`` the adapters read, in :func:`group_access`'s order
+ACCESS_COLUMNS = "user_id, company_id, application, kind, name, origin"
+#: the columns of ``access_entry_times`` the adapters read, in :func:`group_access_times`'s order
+ACCESS_TIME_COLUMNS = "user_id, company_id, application, kind, name, changed_at"
 
 
 def group_access(

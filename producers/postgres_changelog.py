@@ -56,7 +56,15 @@ from psycopg.rows import dict_row
 
 from kernel.errors import ConfigurationError
 from producers.migrations import apply_postgres_migrations
-from producers.model import ENTITIES, ENTITY_TABLES, ChangeRow, EntityRecord, records_from_rows
+from producers.model import (
+    ACCESS_COLUMNS,
+    ACCESS_TIME_COLUMNS,
+    ENTITIES,
+    ENTITY_TABLES,
+    ChangeRow,
+    EntityRecord,
+    records_from_rows,
+)
 from schemas.directory import EntityType
 
 log = logging.getLogger(__name__)
@@ -97,23 +105,18 @@ _RUNNING_XIDS_SQL = (
     "SELECT transactionid::text::bigint FROM pg_locks "
     "WHERE locktype = 'transactionid' AND mode = 'ExclusiveLock' AND granted"
 )
-# the users' access rows
-_ACCESS_SQL = (
-    "SELECT a.user_id, a.company_id, a.application, a.kind, a.name, a.origin FROM access a "
-    "WHERE a.user_id = ANY(%(ids)s)"
-)
-# the users' access entry times (read with the users' rows by id, as streaming does; a
-# snapshot by range reads none: its events fall back to their own time)
-_ACCESS_TIMES_SQL = (
-    "SELECT t.user_id, t.company_id, t.application, t.kind, t.name, t.changed_at "
-    "FROM access_entry_times t WHERE t.user_id = ANY(%(ids)s)"
-)
-# the same for the users of a snapshot batch read by range (see snapshot_batches)
-_ACCESS_RANGE_SQL = (
-    "SELECT a.user_id, a.company_id, a.application, a.kind, a.name, a.origin FROM access a "
-    "WHERE a.user_id > %(after)s AND a.user_id <= "
+# which users' access rows and entry times a read takes: those of the ids it reads, or (a
+# snapshot batch read by range, see snapshot_batches) those after %(after)s up to the batch's
+# last user; the same condition on both tables, so a batch's times come with its access rows
+_BY_IDS = "user_id = ANY(%(ids)s)"
+_BY_RANGE = (
+    "user_id > %(after)s AND user_id <= "
     "(SELECT max(b.id) FROM (SELECT id FROM users WHERE id > %(after)s ORDER BY id LIMIT %(limit)s) b)"
 )
+_ACCESS_SQL = f"SELECT {ACCESS_COLUMNS} FROM access WHERE {_BY_IDS}"
+_ACCESS_TIMES_SQL = f"SELECT {ACCESS_TIME_COLUMNS} FROM access_entry_times WHERE {_BY_IDS}"
+_ACCESS_RANGE_SQL = f"SELECT {ACCESS_COLUMNS} FROM access WHERE {_BY_RANGE}"
+_ACCESS_TIMES_RANGE_SQL = f"SELECT {ACCESS_TIME_COLUMNS} FROM access_entry_times WHERE {_BY_RANGE}"
 _RANGE_READ = frozenset({EntityType.USER, EntityType.COMPANY})
 
 
@@ -327,10 +330,11 @@ class PostgresChangeLog:
         self, entity: EntityType, batch_size: int
     ) -> Iterator[tuple[list[str], dict[str, EntityRecord]]]:
         """Users and companies are read by id range (``id > last ORDER BY id LIMIT n``, and the
-        users' access rows by the same range), in one snapshot per batch: an index range scan
-        instead of sending 2,000 ids twice as array literals (client-side quoting) and looking
-        each up (the server's CPU per user fell by about half; docs/benchmarks.md). The other
-        types are small, and an application type can have several rows: ids, then rows."""
+        users' access rows and access entry times by the same range), in one snapshot per
+        batch: an index range scan instead of sending 2,000 ids twice as array literals
+        (client-side quoting) and looking each up (the server's CPU per user fell by about
+        half; docs/benchmarks.md). The other types are small, and an application type can
+        have several rows: ids, then rows."""
         if entity not in _RANGE_READ:
             for ids in self.snapshot_ids(entity, batch_size):
                 yield ids, self.read_entities(entity, ids)
@@ -343,6 +347,7 @@ class PostgresChangeLog:
         ]
         if entity is EntityType.USER:
             statements.append(sql.SQL(_ACCESS_RANGE_SQL))
+            statements.append(sql.SQL(_ACCESS_TIMES_RANGE_SQL))
         after = ""
         while True:
             columns, results = self._read_statements(statements, {"after": after, "limit": batch_size})
@@ -380,12 +385,10 @@ class PostgresChangeLog:
         entity: EntityType, columns: list[str], results: list[list[tuple[Any, ...]]]
     ) -> dict[str, EntityRecord]:
         """Records from the entity rows (``results[0]``) and, for users, their access rows
-        (and, when read, their access entry times: ``results[2]``)."""
+        (``results[1]``) and access entry times (``results[2]``)."""
         if entity is not EntityType.USER:
             return records_from_rows(entity, columns, results[0])
-        return records_from_rows(
-            entity, columns, results[0], results[1], results[2] if len(results) > 2 else ()
-        )
+        return records_from_rows(entity, columns, results[0], results[1], results[2])
 
     def snapshot_ids(self, entity: EntityType, batch_size: int) -> Iterator[list[str]]:
         table, id_expr = ENTITY_TABLES[entity]

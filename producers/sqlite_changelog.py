@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from kernel.errors import ConfigurationError
+from producers import model
 from producers.migrations import apply_sqlite_migrations
 from producers.model import ENTITIES, ENTITY_TABLES, ChangeRow, EntityRecord, records_from_rows
 from schemas.directory import EntityType
@@ -148,14 +149,14 @@ class SqliteChangeLog:
                 times: list[tuple[Any, ...]] = []
                 if entity is EntityType.USER and rows:
                     cur.execute(
-                        "SELECT user_id, company_id, application, kind, name, origin FROM access "
-                        f"WHERE user_id IN ({marks}) ORDER BY user_id, company_id, application, kind, name",
+                        f"SELECT {model.ACCESS_COLUMNS} FROM access WHERE user_id IN ({marks}) "
+                        "ORDER BY user_id, company_id, application, kind, name",
                         ids,
                     )
                     access = cur.fetchall()
                     cur.execute(
-                        "SELECT user_id, company_id, application, kind, name, changed_at "
-                        f"FROM access_entry_times WHERE user_id IN ({marks})",
+                        f"SELECT {model.ACCESS_TIME_COLUMNS} FROM access_entry_times "
+                        f"WHERE user_id IN ({marks})",
                         ids,
                     )
                     times = cur.fetchall()

@@ -212,7 +212,8 @@ def test_snapshot_batches_read_by_range_what_the_id_lookups_read(
 ) -> None:
     """Users and companies are snapshotted by id range (snapshot_batches): every entity once,
     batches of at most the batch size, each record as ``read_entities`` reads it (access
-    included, an unknown company flagged), and batch edges cut no user's access apart."""
+    included, an unknown company flagged, and each entry's change time, a removed entry's
+    too), and batch edges cut no user's access or times apart."""
     writer.upsert_companies(
         [{"id": f"c{i}", "name": f"Fjord {i} AS", "organisation_number": "923 609 016"} for i in range(5)]
     )
@@ -222,6 +223,7 @@ def test_snapshot_batches_read_by_range_what_the_id_lookups_read(
         [(f"u{i:02d}", f"c{i % 5}", "business", "role", r) for i in range(0, 23, 2) for r in ("A", "B")]
         + [("u07", "nope", "reporting", "module", "M")]
     )
+    writer.revoke_entry("u08", "c3", "business", "role", "B")
     log = PostgresChangeLog(postgres_url)
     try:
         for entity, expected in ((EntityType.USER, 23), (EntityType.COMPANY, 5)):
@@ -234,9 +236,15 @@ def test_snapshot_batches_read_by_range_what_the_id_lookups_read(
             assert by_range.keys() == by_id.keys() == set(ids)
             for key, record in by_range.items():
                 other = by_id[key]
-                assert (record.row, sorted(record.access)) == (other.row, sorted(other.access))
+                assert (record.row, sorted(record.access), sorted(record.access_times)) == (
+                    other.row,
+                    sorted(other.access),
+                    sorted(other.access_times),
+                )
         batches = list(log.snapshot_batches(EntityType.USER, 7))
         users = {k: v for _ids, records in batches for k, v in records.items()}
         assert len(users["u06"].access) == 2 and [a[0] for a in users["u07"].access] == ["nope"]
+        assert len(users["u08"].access) == 1 and len(users["u08"].access_times) == 2
+        assert {len(u.access_times) for k, u in users.items() if k not in ("u07", "u08")} == {0, 2}
     finally:
         log.close()

@@ -170,6 +170,35 @@ def test_each_access_entry_carries_its_own_change_time_when_capture_folds_a_user
     )
 
 
+def test_a_snapshot_s_user_event_carries_the_same_entry_times_as_streaming_gives(
+    kafka_settings: Settings, kafka_bootstrap: str, writer: DirectoryWriter, capture: ChangeCapture
+) -> None:
+    """Rule 6: a snapshot (PostgreSQL reads it by id range, SQLite by ids) carries each entry's
+    own change time, as streaming does: an entry held and one removed before the snapshot are
+    timed at their grant and removal, not at the snapshot event's time, and a later edit of the
+    user streamed after it carries the very same times."""
+    writer.upsert_companies([{"id": "c1", "name": "Fjord AS", "organisation_number": "923609016"}])
+    writer.upsert_user(id="u1", username="kari", email="kari@fjord.no")
+    writer.grant([("u1", "c1", "business", "role", "Regnskap")])
+    writer.grant([("u1", "c1", "business", "role", "Lønn")])
+    writer.revoke_entry("u1", "c1", "business", "role", "Lønn")
+    granted, _, removed = [r.committed_at for r in capture.log.read_changes(0, 100)][-3:]
+    position = capture.snapshot()
+    writer.update_user("u1", last_name="Berg")
+    capture.poll_once(position)
+    users_topic = kafka_settings.topic(DIRECTORY_TOPICS[EntityType.USER].name)
+    records = read_all(kafka_bootstrap, users_topic, until=lambda rs: len(rs) >= 2)
+    snapshot, streamed = (decode_event(r.value) for r in records)
+    assert isinstance(snapshot, UserChanged) and isinstance(streamed, UserChanged)
+    assert (snapshot.op.value, streamed.op.value) == ("r", "u")
+    assert streamed.state.last_name == "Berg"
+    times = {k: v.timestamp() for k, v in snapshot.access_changed_at.items()}
+    assert times.keys() == {"c1|business/role/Regnskap", "c1|business/role/Lønn"}
+    assert times["c1|business/role/Regnskap"] == pytest.approx(granted, abs=0.05)
+    assert times["c1|business/role/Lønn"] == pytest.approx(removed, abs=0.05)
+    assert snapshot.access_changed_at == streamed.access_changed_at
+
+
 def test_an_update_of_an_access_row_s_key_times_the_entry_it_gives_up_and_the_one_it_takes(
     writer: DirectoryWriter, capture: ChangeCapture
 ) -> None:
