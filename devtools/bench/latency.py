@@ -20,7 +20,7 @@ topic has no held time (counted in ``held_unknown``).
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,6 +135,7 @@ def breakdown(applied: list[Applied]) -> dict[str, Any]:
         "ungated": _figures([a.seconds for a in applied if not a.gated]),
         "gated": {
             **_figures([a.seconds for a in gated]),
+            "operations_by_kind": dict(sorted(Counter(a.kind for a in gated).items())),
             "held_unknown": len(gated) - len(known),
             "held_by_gate": _figures([a.held_seconds for a in known if a.held_seconds is not None]),
             "without_gate_hold": _figures(

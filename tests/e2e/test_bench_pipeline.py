@@ -73,6 +73,8 @@ def test_the_pipeline_bench_connects_then_measures_live_churn_and_the_reference(
     assert max(f["latency_max_ms"] for f in by_kind.values()) == live["latency_max_ms"]
     gated, ungated = live["gated"], live["ungated"]
     assert gated["operations"] + ungated["operations"] == live["operations_applied"]
+    assert sum(gated["operations_by_kind"].values()) == gated["operations"]
+    assert all(n <= by_kind[kind]["operations"] for kind, n in gated["operations_by_kind"].items())
     assert ungated["operations"] > 0
     if live["churn"]["by_kind"].get("revoke") or live["churn"]["by_kind"].get("delete_user"):
         assert gated["operations"] > 0  # revokes and deletions wait for the gate

@@ -32,6 +32,7 @@ def test_gated_operations_apart_and_without_the_time_the_gate_held_them() -> Non
     assert report["ungated"]["operations"] == 3 and report["ungated"]["latency_max_ms"] == 400.0
     gated = report["gated"]
     assert gated["operations"] == 3 and gated["latency_max_ms"] == 9000.0
+    assert gated["operations_by_kind"] == {"access.revoke_entry": 2, "user.deactivate": 1}
     assert gated["held_unknown"] == 1  # its decision was not found: no held time, not guessed
     assert gated["held_by_gate"]["operations"] == gated["without_gate_hold"]["operations"] == 2
     assert gated["held_by_gate"]["latency_max_ms"] == 8500.0
