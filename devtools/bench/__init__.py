@@ -218,17 +218,6 @@ def applied_latencies(
 ) -> list[tuple[float, float]]:
     """(committed in the store as a Unix time, end-to-end seconds from that commit to applied in
     the cloud) of every applied operation on the results topic ``topic`` (``vud.cloud.results``)."""
-    from schemas.codec import decode_model
-    from schemas.results import OperationResult, ResultOutcome
+    from devtools.bench.latency import applied_operations
 
-    consumer = topic_reader(bootstrap, topic, security=security)
-    out: list[tuple[float, float]] = []
-    try:
-        for record in consumer:
-            result = decode_model(OperationResult, record.value)
-            if result.outcome is ResultOutcome.APPLIED:
-                committed = result.source_committed_at
-                out.append((committed.timestamp(), (result.recorded_at - committed).total_seconds()))
-    finally:
-        consumer.close()
-    return out
+    return [(a.committed, a.seconds) for a in applied_operations(bootstrap, topic, security=security)]

@@ -44,7 +44,6 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from devtools.bench import (
-    applied_latencies,
     bench_broker,
     bench_settings,
     bench_target,
@@ -272,7 +271,8 @@ def _live(
     bootstrap: str,
     store_url: str,
 ) -> dict[str, Any]:
-    from schemas.topics import RESULTS
+    from devtools.bench.latency import applied_operations, breakdown
+    from schemas.topics import PLANNER_CONTROL, RESULTS
 
     cpu_before = timeline.cpu()
     since = time.time()
@@ -301,8 +301,17 @@ def _live(
     churned = time.monotonic()
     during = timeline.rows[first_row:]
     done, check = _until_in_cloud("live", workers, timeline, spec, settings)
-    results = applied_latencies(bootstrap, settings.topic(RESULTS.name), security=settings.kafka_security())
-    latencies = [s for committed, s in results if committed >= since]
+    applied = [
+        a
+        for a in applied_operations(
+            bootstrap,
+            settings.topic(RESULTS.name),
+            settings.topic(PLANNER_CONTROL.name),
+            security=settings.kafka_security(),
+        )
+        if a.committed >= since
+    ]
+    latencies = [a.seconds for a in applied]
     backlogs = [_backlog(r) for r in during]
     third = max(1, len(backlogs) // 3)
     return {
@@ -312,6 +321,9 @@ def _live(
         "operations_applied": len(latencies),
         "latency_basis": "store commit → applied in the cloud (vud.cloud.results)",
         **latency_figures(latencies),
+        # the gate holds deletions and revokes by policy (VUDSYNC_PLANNER_DELETES_SETTLE): the
+        # path's latency is the ungated operations'; per kind, every operation applied
+        **breakdown(applied),
         "backlog_basis": "events captured, not taken by the planner + operations planned, not handled",
         "backlog_max": max(backlogs, default=0),
         "backlog_first_third_max": max(backlogs[:third], default=0),
@@ -516,6 +528,13 @@ def command(
         users, companies, access_per_user, churn_rate, churn_seconds, interval, timeout, planners, sinks
     )
     result = run_bench(spec, bootstrap)
-    if not as_json:
-        result = {k: v for k, v in result.items() if k != "timeline"}
-    emit(result, as_json)
+    if as_json:
+        emit(result, as_json)
+        return
+    from devtools.bench.latency import BREAKDOWN, table
+
+    live = result["live"]
+    shown = {k: v for k, v in live.items() if k not in BREAKDOWN} if live else live
+    emit({**{k: v for k, v in result.items() if k != "timeline"}, "live": shown}, as_json)
+    if live:  # per kind, ungated and gated: a table rather than nested dicts
+        click.echo("\n".join(table(live)))

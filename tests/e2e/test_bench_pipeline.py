@@ -11,6 +11,11 @@ import pytest
 
 from tests.bench_cli import run_bench
 
+OPERATION_KINDS = {
+    "user.upsert", "user.deactivate", "company.upsert", "access.assign", "access.revoke",
+    "access.revoke_entry", "catalogue.upsert", "catalogue.remove", "application_instance.register",
+}  # fmt: skip
+
 
 @pytest.mark.parametrize("workers", [1, 2], ids=["one-worker-per-stage", "two-planners-two-sinks"])
 def test_the_pipeline_bench_connects_then_measures_live_churn_and_the_reference(
@@ -60,6 +65,28 @@ def test_the_pipeline_bench_connects_then_measures_live_churn_and_the_reference(
     assert live["operations_applied"] > 0
     for figure in ("latency_p50_ms", "latency_p99_ms", "latency_max_ms"):
         assert not math.isnan(live[figure]) and live[figure] > 0
+    # per kind (the kinds the results carry), and apart: what the deletion gate held, what it did not
+    by_kind = live["latency_by_kind"]
+    assert set(by_kind) <= OPERATION_KINDS and "user.upsert" in by_kind
+    assert sum(f["operations"] for f in by_kind.values()) == live["operations_applied"]
+    assert all(f["operations"] > 0 and f["latency_max_ms"] > 0 for f in by_kind.values())
+    assert max(f["latency_max_ms"] for f in by_kind.values()) == live["latency_max_ms"]
+    gated, ungated = live["gated"], live["ungated"]
+    assert gated["operations"] + ungated["operations"] == live["operations_applied"]
+    assert sum(gated["operations_by_kind"].values()) == gated["operations"]
+    assert all(n <= by_kind[kind]["operations"] for kind, n in gated["operations_by_kind"].items())
+    assert ungated["operations"] > 0
+    if live["churn"]["by_kind"].get("revoke") or live["churn"]["by_kind"].get("delete_user"):
+        assert gated["operations"] > 0  # revokes and deletions wait for the gate
+    # every gated operation applied was let go by a decision on the control topic
+    assert gated["held_unknown"] == 0
+    assert (
+        gated["held_by_gate"]["operations"] == gated["without_gate_hold"]["operations"] == gated["operations"]
+    )
+    if gated["operations"]:  # each one's latency less its hold: no quantile can grow
+        for figure in ("latency_p50_ms", "latency_p99_ms", "latency_max_ms"):
+            assert 0 <= gated["without_gate_hold"][figure] <= gated[figure]
+            assert 0 <= gated["held_by_gate"][figure] <= gated[figure]
 
     reference = result["reference_kafka_python"]
     assert reference["records"] == reference["consumed"] == connect["kafka_records_moved"]
