@@ -152,6 +152,7 @@ class HttpCloudDirectory:
         # users whose cloud id this sink's own upserts and look-ups just told (their
         # assignments behind the upsert skip the look-up): :class:`sinks.writes.KnownUsers`
         self.known_users = KnownUsers(known_users)
+        self._clock = clock
 
     @property
     def token_requests(self) -> int:
@@ -259,14 +260,14 @@ class HttpCloudDirectory:
         try:
             applied = await self._apply(op, intents)
         except BaseException:
-            self.known_users.learn(op, None)  # nothing learned: forget what was known
+            self.known_users.learn(op, None, self._clock())  # nothing learned: forget what was known
             raise
-        self.known_users.learn(op, applied)
+        self.known_users.learn(op, applied, self._clock())
         return applied
 
     async def _apply(self, op: CloudOperation, intents: Intents | None) -> Applied:
         if isinstance(op, AssignAccess) and resolves_user(op):
-            known = self.known_users.resolve(op)
+            known = self.known_users.resolve(op, self._clock())
             resolved = known or with_user(op, await self._find(user_lookup(op)))
             if isinstance(resolved, Applied):
                 return resolved
@@ -297,10 +298,10 @@ class HttpCloudDirectory:
             outcomes = await self._apply_batch(ops, intents)
         except BaseException:
             for op in ops:
-                self.known_users.learn(op, None)
+                self.known_users.learn(op, None, self._clock())
             raise
         for op, outcome in zip(ops, outcomes, strict=True):
-            self.known_users.learn(op, outcome)
+            self.known_users.learn(op, outcome, self._clock())
         return outcomes
 
     async def _apply_batch(
@@ -329,7 +330,7 @@ class HttpCloudDirectory:
         resolved: dict[int, CloudOperation] = {}
         for i, op in enumerate(ops):
             if resolves_user(op):
-                known = self.known_users.resolve(op)  # type: ignore[arg-type]  # an AssignAccess
+                known = self.known_users.resolve(op, self._clock())  # type: ignore[arg-type]  # an AssignAccess
                 if known is None:
                     behind.append(i)
                 elif (write := simple_write(known)) is not None:

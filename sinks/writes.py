@@ -255,31 +255,38 @@ class KnownUsers:
     """The cloud ids of users this sink has just upserted or found (:func:`learned_user`), so
     that an assignment sent behind its user's upsert (:func:`resolves_user`) skips the look-up
     by external id. An aggregate has one operation in flight and its operations go in order,
-    so the upsert's outcome is learned before its assignments are sent. Bounded: the least
-    recently learned are forgotten first (their assignments are looked up, as without it)."""
+    so the upsert's outcome is learned before its assignments are sent. Bounded in number and
+    in age (``max_age`` seconds of the caller's monotonic clock, ``now``): the assignments come
+    right behind their upsert, and an older id is looked up again rather than trusted — the
+    cloud may have unlinked the user since. Forgotten entries cost a look-up, as without it."""
 
-    def __init__(self, limit: int = 20_000) -> None:
+    def __init__(self, limit: int = 20_000, max_age: float = 30.0) -> None:
         self.limit = limit
-        self._ids: OrderedDict[str, str] = OrderedDict()
+        self.max_age = max_age
+        self._ids: OrderedDict[str, tuple[str, float]] = OrderedDict()  # oldest first
 
     def __len__(self) -> int:
         return len(self._ids)
 
-    def learn(self, op: CloudOperation, outcome: BatchOutcome) -> None:
+    def learn(self, op: CloudOperation, outcome: BatchOutcome, now: float) -> None:
         learned = learned_user(op, outcome)
         if learned is None:
             return
         external_id, cloud_id = learned
         self._ids.pop(external_id, None)
         if cloud_id is not None:
-            self._ids[external_id] = cloud_id
-            if len(self._ids) > self.limit:
-                self._ids.popitem(last=False)
+            self._ids[external_id] = (cloud_id, now)
+        while self._ids and (
+            len(self._ids) > self.limit or now - next(iter(self._ids.values()))[1] > self.max_age
+        ):
+            self._ids.popitem(last=False)
 
-    def resolve(self, op: AssignAccess) -> AssignAccess | None:
-        """``op`` with its user's known cloud id, or None: not known, look it up."""
-        cloud_id = self._ids.get(op.user_id)
-        return None if cloud_id is None else op.model_copy(update={"cloud_user_id": cloud_id})
+    def resolve(self, op: AssignAccess, now: float) -> AssignAccess | None:
+        """``op`` with its user's known cloud id, or None: not known (or too old), look it up."""
+        known = self._ids.get(op.user_id)
+        if known is None or now - known[1] > self.max_age:
+            return None
+        return op.model_copy(update={"cloud_user_id": known[0]})
 
 
 # -- multi-step operations in two batched phases ---------------------------------------

@@ -51,20 +51,24 @@ def test_what_an_outcome_teaches_about_its_users_cloud_id() -> None:
 
 
 def test_known_users_hold_only_what_was_learned_for_that_exact_external_id() -> None:
-    known = KnownUsers(limit=2)
-    assert known.resolve(behind("u1")) is None  # nothing learned: look it up
-    known.learn(user_upsert("u1"), Applied("created", "cu-1"))
-    resolved = known.resolve(behind("u1"))
+    known = KnownUsers(limit=2, max_age=30.0)
+    assert known.resolve(behind("u1"), 0.0) is None  # nothing learned: look it up
+    known.learn(user_upsert("u1"), Applied("created", "cu-1"), 0.0)
+    resolved = known.resolve(behind("u1"), 1.0)
     assert resolved is not None and resolved.cloud_user_id == "cu-1"
     assert resolved == with_user(behind("u1"), {"id": "cu-1"}), "the same operation as after a look-up"
-    assert known.resolve(behind("u10")) is None and known.resolve(behind("U1")) is None
-    known.learn(user_upsert("u1"), Applied(CONFLICT, None))  # linked no more: forgotten
-    assert known.resolve(behind("u1")) is None
+    assert known.resolve(behind("u10"), 1.0) is None and known.resolve(behind("U1"), 1.0) is None
+    known.learn(user_upsert("u1"), Applied(CONFLICT, None), 2.0)  # linked no more: forgotten
+    assert known.resolve(behind("u1"), 2.0) is None
     # bounded: the least recently learned goes first
     for uid in ("u1", "u2", "u3"):
-        known.learn(user_upsert(uid), Applied("created", f"cu-{uid}"))
-    assert len(known) == 2 and known.resolve(behind("u1")) is None
-    assert known.resolve(behind("u3")) is not None
+        known.learn(user_upsert(uid), Applied("created", f"cu-{uid}"), 3.0)
+    assert len(known) == 2 and known.resolve(behind("u1"), 3.0) is None
+    assert known.resolve(behind("u3"), 3.0) is not None
+    # and in age: an id learned longer ago than max_age is looked up again, then dropped
+    assert known.resolve(behind("u3"), 33.0) is not None and known.resolve(behind("u3"), 33.1) is None
+    known.learn(user_upsert("u4"), Applied("created", "cu-u4"), 40.0)
+    assert len(known) == 1 and known.resolve(behind("u4"), 40.0) is not None
 
 
 class Cloud:
