@@ -30,6 +30,7 @@ from sinks.errors import CloudRejected, CloudUnavailable
 from sinks.ports import Applied, BatchOutcome, Intents
 from sinks.writes import (
     MULTI_STEP,
+    KnownUsers,
     Lookup,
     Steps,
     Write,
@@ -130,6 +131,7 @@ class HttpCloudDirectory:
         auth_cooldown: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
+        known_users: int = 20_000,
     ) -> None:
         self.auth = ClientCredentials(
             cloud_token_url(base_url),
@@ -147,6 +149,10 @@ class HttpCloudDirectory:
             transport=transport,
             auth=self.auth,
         )
+        # users whose cloud id this sink's own upserts and look-ups just told (their
+        # assignments behind the upsert skip the look-up): :class:`sinks.writes.KnownUsers`
+        self.known_users = KnownUsers(known_users)
+        self._clock = clock
 
     @property
     def token_requests(self) -> int:
@@ -251,8 +257,18 @@ class HttpCloudDirectory:
         return applied
 
     async def apply(self, op: CloudOperation, intents: Intents | None = None) -> Applied:
+        try:
+            applied = await self._apply(op, intents)
+        except BaseException:
+            self.known_users.learn(op, None, self._clock())  # nothing learned: forget what was known
+            raise
+        self.known_users.learn(op, applied, self._clock())
+        return applied
+
+    async def _apply(self, op: CloudOperation, intents: Intents | None) -> Applied:
         if isinstance(op, AssignAccess) and resolves_user(op):
-            resolved = with_user(op, await self._find(user_lookup(op)))
+            known = self.known_users.resolve(op, self._clock())
+            resolved = known or with_user(op, await self._find(user_lookup(op)))
             if isinstance(resolved, Applied):
                 return resolved
             op = resolved
@@ -278,6 +294,19 @@ class HttpCloudDirectory:
     async def apply_batch(
         self, ops: Sequence[CloudOperation], intents: Intents | None = None
     ) -> list[BatchOutcome]:
+        try:
+            outcomes = await self._apply_batch(ops, intents)
+        except BaseException:
+            for op in ops:
+                self.known_users.learn(op, None, self._clock())
+            raise
+        for op, outcome in zip(ops, outcomes, strict=True):
+            self.known_users.learn(op, outcome, self._clock())
+        return outcomes
+
+    async def _apply_batch(
+        self, ops: Sequence[CloudOperation], intents: Intents | None
+    ) -> list[BatchOutcome]:
         """Operations through ``POST /v1/batch`` (≤ 500), each with its own keys and outcome.
 
         Simple operations are one write each. Multi-step operations (:data:`MULTI_STEP`) go in
@@ -288,7 +317,9 @@ class HttpCloudDirectory:
         meanwhile) gets None: the worker applies it alone. ``intents``: one recall for the
         look-ups that read one, one announce before the first round of writes. An assignment
         behind its user's upsert (:func:`resolves_user`) has its user looked up by external id
-        in the same round trip as those look-ups, then goes as a simple write.
+        in the same round trip as those look-ups, then goes as a simple write — or at once,
+        when this sink's own upsert or look-up of that user just told its cloud id
+        (:class:`KnownUsers`).
         """
         if len(ops) > MAX_BATCH:
             raise ValueError(f"at most {MAX_BATCH} operations per batch")
@@ -299,7 +330,12 @@ class HttpCloudDirectory:
         resolved: dict[int, CloudOperation] = {}
         for i, op in enumerate(ops):
             if resolves_user(op):
-                behind.append(i)
+                known = self.known_users.resolve(op, self._clock())  # type: ignore[arg-type]  # an AssignAccess
+                if known is None:
+                    behind.append(i)
+                elif (write := simple_write(known)) is not None:
+                    resolved[i] = known
+                    rounds[i] = _InFlight(Steps((write,), "", None, {}), simple=True)
                 continue
             write = simple_write(op)
             if write is not None:

@@ -20,6 +20,7 @@ step of a multi-step operation (``create``, ``link``, ``update``, ``reactivate``
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -39,7 +40,7 @@ from schemas.operations import (
     UpsertUser,
 )
 from sinks.errors import AuthenticationFailed, CloudRejected, CloudUnavailable, RateLimited
-from sinks.ports import Applied
+from sinks.ports import Applied, BatchOutcome
 
 EXCERPT_CHARS = 300
 _SECRET_WORDS = ("secret", "token", "license_key", "password", "authorization")
@@ -228,6 +229,64 @@ def with_user(op: AssignAccess, found: dict[str, Any] | None) -> AssignAccess | 
     if found is None:
         return Applied(UNRESOLVED, None, False, {"reason": "no cloud user is linked to this user"})
     return op.model_copy(update={"cloud_user_id": str(found["id"])})
+
+
+def learned_user(op: CloudOperation, outcome: BatchOutcome) -> tuple[str, str | None] | None:
+    """What ``op``'s outcome in this sink teaches about its user's cloud id: (external id,
+    cloud id), a cloud id None meaning "forget what you knew", or None: nothing.
+
+    Only what the cloud itself answered for that very external id counts: an upsert that
+    applied (created, linked, updated or found it by external id — every such answer names the
+    cloud user now linked to the external id), an assignment whose user was found (or known)
+    and written. Anything else about the user — a conflict, an error, an unfinished upsert, a
+    deactivation, an unresolved or failed assignment — forgets it, so that the next assignment
+    behind looks the user up again (:func:`user_lookup`) and may be *unresolved*."""
+    if isinstance(op, UpsertUser):
+        return op.entity_id, outcome.cloud_id if isinstance(outcome, Applied) else None
+    if isinstance(op, DeactivateUser):
+        return op.entity_id, None
+    if isinstance(op, AssignAccess) and resolves_user(op):
+        known = isinstance(outcome, Applied) and outcome.effect == "assigned"
+        return op.user_id, outcome.cloud_id if known and isinstance(outcome, Applied) else None
+    return None
+
+
+class KnownUsers:
+    """The cloud ids of users this sink has just upserted or found (:func:`learned_user`), so
+    that an assignment sent behind its user's upsert (:func:`resolves_user`) skips the look-up
+    by external id. An aggregate has one operation in flight and its operations go in order,
+    so the upsert's outcome is learned before its assignments are sent. Bounded in number and
+    in age (``max_age`` seconds of the caller's monotonic clock, ``now``): the assignments come
+    right behind their upsert, and an older id is looked up again rather than trusted — the
+    cloud may have unlinked the user since. Forgotten entries cost a look-up, as without it."""
+
+    def __init__(self, limit: int = 20_000, max_age: float = 30.0) -> None:
+        self.limit = limit
+        self.max_age = max_age
+        self._ids: OrderedDict[str, tuple[str, float]] = OrderedDict()  # oldest first
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def learn(self, op: CloudOperation, outcome: BatchOutcome, now: float) -> None:
+        learned = learned_user(op, outcome)
+        if learned is None:
+            return
+        external_id, cloud_id = learned
+        self._ids.pop(external_id, None)
+        if cloud_id is not None:
+            self._ids[external_id] = (cloud_id, now)
+        while self._ids and (
+            len(self._ids) > self.limit or now - next(iter(self._ids.values()))[1] > self.max_age
+        ):
+            self._ids.popitem(last=False)
+
+    def resolve(self, op: AssignAccess, now: float) -> AssignAccess | None:
+        """``op`` with its user's known cloud id, or None: not known (or too old), look it up."""
+        known = self._ids.get(op.user_id)
+        if known is None or now - known[1] > self.max_age:
+            return None
+        return op.model_copy(update={"cloud_user_id": known[0]})
 
 
 # -- multi-step operations in two batched phases ---------------------------------------

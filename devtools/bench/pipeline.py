@@ -256,6 +256,22 @@ def _sink_calls(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _cloud_requests(stats: dict[str, Any]) -> dict[str, Any]:
+    """The cloud's own count of the requests it answered so far (``GET /admin/stats``): the
+    ``POST /v1/batch`` requests (a sink's batch call is one or more: a look-up round, then a
+    round per write step) and their items by route — the look-ups (``GET`` items) and the
+    writes. Requests outside a batch also count the bench's own reads of the cloud."""
+    requests: dict[str, dict[str, int]] = stats.get("requests") or {}
+    items = {route: sum(c.values()) for route, c in (stats.get("batch_items") or {}).items()}
+    return {
+        "total_requests": int(stats.get("total_requests", 0)),
+        "batch_requests": sum((requests.get("POST /v1/batch") or {}).values()),
+        "batch_items": sum(items.values()),
+        "batch_look_ups": sum(n for route, n in items.items() if route.startswith("GET ")),
+        "batch_items_by_route": items,
+    }
+
+
 def _backlog(row: dict[str, Any]) -> int:
     """Events captured that the planner has not taken yet, plus operations planned that the
     sink has not handled yet."""
@@ -445,6 +461,7 @@ def run_bench(spec: PipelineSpec, bootstrap: str | None = None) -> dict[str, Any
                     }
                     timeline = Timeline(started, pids)
                     connect = _connect(workers, timeline, spec, settings)
+                    connect["cloud_requests"] = _cloud_requests(cloud.stats())
                     live = (
                         _live(workers, timeline, spec, settings, broker, store_url)
                         if spec.churn_seconds > 0

@@ -56,6 +56,9 @@ def test_the_pipeline_bench_connects_then_measures_live_churn_and_the_reference(
         assert per["sink-1"]["handled"] + per["sink-2"]["handled"] == connect["operations_handled"]
     # users and their access reach the cloud through POST /v1/batch
     assert connect["sink_calls"]["batch_calls"] > 0 and connect["sink_calls"]["batched_operations"] > 0
+    requests = connect["cloud_requests"]  # the cloud's own count: batches carry the writes
+    assert requests["batch_requests"] >= connect["sink_calls"]["batch_calls"]
+    assert requests["batch_items"] >= connect["sink_calls"]["batched_operations"] > 0
 
     live = result["live"]
     assert live["churn"]["changes"] > 0

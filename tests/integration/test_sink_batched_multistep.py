@@ -207,7 +207,8 @@ def assign(uid: str, cloud_company_id: str | None) -> AssignAccess:
 async def test_an_assignment_behind_its_users_upsert_finds_the_user_by_external_id(
     two_clouds: tuple[CloudServer, CloudServer],
 ) -> None:
-    """Both paths: the user its upsert created is found by external id and assigned; the user
+    """Both paths: the user its upsert created is assigned (under the id the upsert's answer
+    told this sink, or, by a sink that did not apply it, found by external id); the user
     whose upsert was refused (a conflict) is not — *unresolved*, nothing written, so that the
     planner parks it again — never the cloud user that has its e-mail."""
     for server, batched in zip(two_clouds, (False, True), strict=True):
@@ -228,6 +229,15 @@ async def test_an_assignment_behind_its_users_upsert_finds_the_user_by_external_
         again = await cloud.apply_batch(behind) if batched else [await cloud.apply(op) for op in behind]
         assert again[0] == Applied("assigned", created.cloud_id, True), "the same key: replayed"
         await cloud.aclose()
+        # a sink that did not apply the upserts (a restart, another worker) looks the users up
+        fresh = adapter(server)
+        looked_up = await fresh.apply_batch(behind) if batched else [await fresh.apply(op) for op in behind]
+        assert looked_up[0] == Applied("assigned", created.cloud_id, True)
+        assert isinstance(looked_up[1], Applied) and (looked_up[1].effect, looked_up[1].cloud_id) == (
+            UNRESOLVED,
+            None,
+        )
+        await fresh.aclose()
         with httpx.Client(base_url=server.url, headers=server.auth_headers(), timeout=10) as c:
             access = c.get(f"/v1/users/{created.cloud_id}/access/{company_id.cloud_id}").json()
             assert access["services"]["business"]["roles"] == ["Regnskap"]
