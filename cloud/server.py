@@ -199,16 +199,17 @@ class CloudServer:
         if added.status_code != 409:
             added.raise_for_status()
             return
+        taken = ValueError(
+            f"client {client_id!r} is registered already with another secret or role: "
+            "give this one another id"
+        )
         try:
             token = self.token(client_id=client_id, client_secret=client_secret)
         except httpx.HTTPStatusError:
-            token = ""
+            raise taken from None  # another secret
         me = httpx.get(f"{self.url}/v1/me", headers={"Authorization": f"Bearer {token}"}, timeout=10)
         if me.status_code != 200 or me.json()["is_customer_admin"] != customer_admin:
-            raise ValueError(
-                f"client {client_id!r} is registered already with another secret or role: "
-                "give this one another id"
-            )
+            raise taken
 
     def portal(self, client_id: str, client_secret: str, timeout: float = 30.0) -> httpx.Client:
         """An administrator in the cloud's portal: another OAuth client than the integration, so

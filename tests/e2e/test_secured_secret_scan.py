@@ -32,7 +32,8 @@ from tests.pipeline import components, vudsync_cli, wait_for
 from vudsync.topics import ensure_catalogue
 
 COMPONENTS = ("producer", "planner", "sink", "cloud-capture", "directory-sink")
-PORTAL = ("portal-admin", "portal-admin-secret-of-the-scan")
+# its own client id: the session's cloud keeps clients, and "portal-admin" has another secret
+PORTAL = ("portal-admin-of-the-scan", "portal-admin-secret-of-the-scan")
 
 
 def _flatten(record: object) -> bytes:
