@@ -661,6 +661,12 @@ def _round(
             cpu_end = cpu_now()
             cpu = {k: v - cpu_start.get(k, 0.0) for k, v in cpu_end.items()}
             first_applied, cpu_first = steady or (0, cpu_start)
+            cpu_basis = "applying (start-up excluded)"
+            if len(work.keys) - first_applied < max(1, len(work.keys) // 10):
+                # most of the round was applied before the first sample (a small round on a
+                # quiet machine): too few operations and clock ticks after it to divide by
+                first_applied, cpu_first = 0, cpu_start
+                cpu_basis = "whole round (start-up included): most was applied before the first sample"
             steady_ops = max(1, len(work.keys) - first_applied)
             steady_cpu = {k: v - cpu_first.get(k, 0.0) for k, v in cpu_end.items()}
             metrics = [_scrape(p) for p in ports]
@@ -708,7 +714,9 @@ def _round(
         "cloud_requests": stats.get("total_requests", 0) - stats_before.get("total_requests", 0),
         "cloud_faults_injected": stats.get("faults_injected"),
         "cpu_seconds": {k: round(v, 1) for k, v in cpu.items()},
-        # CPU per operation while applying (start-up excluded), from /proc: load-independent
+        # CPU per operation while applying (start-up excluded, unless ``cpu_basis`` says
+        # otherwise), from /proc: load-independent
+        "cpu_basis": cpu_basis,
         "cloud_cpu_ms_per_op": round(1000 * steady_cpu["cloud"] / steady_ops, 3),
         "sink_cpu_ms_per_op": round(1000 * sink_cpu / steady_ops, 3),
         **broker_figure,
