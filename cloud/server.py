@@ -225,6 +225,11 @@ class CloudServer:
             f"{self.url}/admin/faults", headers=self.admin_headers(), json=config, timeout=10
         ).raise_for_status()
 
+    def reset(self) -> None:
+        """Wipe the running cloud's directory data, audit and idempotency keys (``POST
+        /admin/reset``); its OAuth clients stay."""
+        httpx.post(f"{self.url}/admin/reset", headers=self.admin_headers(), timeout=10).raise_for_status()
+
     def stats(self) -> dict[str, Any]:
         """The running cloud's request counters (``GET /admin/stats``; never faulted)."""
         response = httpx.get(f"{self.url}/admin/stats", headers=self.admin_headers(), timeout=10)
