@@ -16,14 +16,16 @@ help:  ## list the targets
 demo: system-deps-demo kafka-jars  ## run the whole pipeline on the embedded default and print a summary
 	$(BIN)/vudsync demo
 
-test: system-deps kafka-jars  ## lint, check the layers and types, run every test (unit, integration, e2e)
+test: system-deps kafka-jars  ## lint, check the format, layers and types, run every test (unit, integration, e2e)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
 	$(BIN)/pytest
 
-lint: $(STAMP)  ## ruff and the import layers (import-linter)
+lint: $(STAMP)  ## ruff (lint and format check) and the import layers (import-linter)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-cache
 
 typecheck: $(STAMP)  ## mypy --strict on the packages
