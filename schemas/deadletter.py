@@ -15,6 +15,20 @@ HEADER_ATTEMPTS = "vudsync.error.attempts"
 HEADER_HTTP_STATUS = "vudsync.error.http_status"
 HEADER_RESPONSE = "vudsync.error.response"
 HEADER_TS = "vudsync.error.ts"
+# what each header carries, as the AsyncAPI document of the dead-letter topics describes it
+HEADER_DESCRIPTIONS: dict[str, str] = {
+    HEADER_REASON: "why the message was dead-lettered (no secrets)",
+    HEADER_STAGE: "capture | planner | sink",
+    HEADER_EXCEPTION: "exception class",
+    HEADER_TOPIC: "original topic",
+    HEADER_PARTITION: "original partition",
+    HEADER_OFFSET: "original offset",
+    HEADER_SOURCE_ROW: "source row reference <entity>:<id> (capture)",
+    HEADER_ATTEMPTS: "attempts made (sink)",
+    HEADER_HTTP_STATUS: "last HTTP status (sink)",
+    HEADER_RESPONSE: "last response body, truncated (sink)",
+    HEADER_TS: "when it was dead-lettered",
+}
 
 _MAX_HEADER = 2000
 

@@ -25,36 +25,13 @@ from typing import Any, get_args
 from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
-from schemas import topics as topics_module
+from schemas import topics
 from schemas.cloud_changes import CloudAccessChanged, CloudAccessRead
-from schemas.deadletter import (
-    HEADER_ATTEMPTS,
-    HEADER_EXCEPTION,
-    HEADER_HTTP_STATUS,
-    HEADER_OFFSET,
-    HEADER_PARTITION,
-    HEADER_REASON,
-    HEADER_RESPONSE,
-    HEADER_SOURCE_ROW,
-    HEADER_STAGE,
-    HEADER_TOPIC,
-    HEADER_TS,
-)
+from schemas.deadletter import HEADER_DESCRIPTIONS, HEADER_REASON, HEADER_STAGE
 from schemas.directory_operations import DirectoryOperation
 from schemas.events import DirectoryEvent
 from schemas.operations import CloudOperation
 from schemas.results import OperationResult
-from schemas.topics import (
-    ALL_TOPICS,
-    CLOUD_CHANGES,
-    DIRECTORY_DLQ,
-    DIRECTORY_OPERATIONS,
-    DIRECTORY_TOPICS,
-    OPERATIONS,
-    OPERATIONS_DLQ,
-    RESULTS,
-    TopicSpec,
-)
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_ID_BASE = "https://vudsync.example/schemas/"
@@ -96,20 +73,6 @@ def _union_schema(name: str, union: Any, folder: str) -> dict[str, Any]:
 
 # -- AsyncAPI ----------------------------------------------------------------------------
 
-_DLQ_HEADERS = {
-    HEADER_REASON: "why the message was dead-lettered (no secrets)",
-    HEADER_STAGE: "capture | planner | sink",
-    HEADER_EXCEPTION: "exception class",
-    HEADER_TOPIC: "original topic",
-    HEADER_PARTITION: "original partition",
-    HEADER_OFFSET: "original offset",
-    HEADER_SOURCE_ROW: "source row reference <entity>:<id> (capture)",
-    HEADER_ATTEMPTS: "attempts made (sink)",
-    HEADER_HTTP_STATUS: "last HTTP status (sink)",
-    HEADER_RESPONSE: "last response body, truncated (sink)",
-    HEADER_TS: "when it was dead-lettered",
-}
-
 _CAPTURE_REJECTION = {
     "type": "object",
     "title": "CaptureRejection",
@@ -127,7 +90,7 @@ _CAPTURE_REJECTION = {
 }
 
 
-def _topic_bindings(spec: TopicSpec) -> dict[str, Any]:
+def _topic_bindings(spec: topics.TopicSpec) -> dict[str, Any]:
     config: dict[str, Any] = {"cleanup.policy": ["compact"] if spec.compacted else ["delete"]}
     if not spec.compacted:
         config["retention.ms"] = spec.retention_ms
@@ -146,7 +109,7 @@ def _message(name: str, payload: dict[str, Any], key: str, summary: str, dlq: bo
     if dlq:
         message["headers"] = {
             "type": "object",
-            "properties": {h: {"type": "string", "description": d} for h, d in _DLQ_HEADERS.items()},
+            "properties": {h: {"type": "string", "description": d} for h, d in HEADER_DESCRIPTIONS.items()},
             "required": [HEADER_REASON, HEADER_STAGE],
         }
     return message
@@ -175,11 +138,11 @@ def asyncapi_document(version: str = "0.1.0") -> dict[str, Any]:
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
 
-    def channel(spec: TopicSpec, names: list[str], sender: str, description: str) -> None:
+    def channel(spec: topics.TopicSpec, names: list[str], sender: str) -> None:
         channels[spec.name] = {
             "address": spec.name,
             "title": spec.name,
-            "description": description,
+            "description": spec.description,
             "messages": {n: {"$ref": f"#/components/messages/{n}"} for n in names},
             "bindings": _topic_bindings(spec),
         }
@@ -190,12 +153,12 @@ def asyncapi_document(version: str = "0.1.0") -> dict[str, Any]:
             "messages": [{"$ref": f"#/channels/{spec.name}/messages/{n}"} for n in names],
         }
 
-    def commands(spec: TopicSpec, models: Sequence[type[BaseModel]], sender: str) -> None:
+    def commands(spec: topics.TopicSpec, models: Sequence[type[BaseModel]], sender: str) -> None:
         """A topic of operations: one message per model, titled by its docstring's first line."""
         for model in models:
             title = (model.__doc__ or model.__name__).strip().splitlines()[0]
             messages[model.__name__] = _message(model.__name__, ref(model), spec.key, title)
-        channel(spec, [m.__name__ for m in models], sender, spec.description)
+        channel(spec, [m.__name__ for m in models], sender)
 
     messages["Tombstone"] = _message(
         "Tombstone",
@@ -203,58 +166,56 @@ def asyncapi_document(version: str = "0.1.0") -> dict[str, Any]:
         "entity id",
         "null value after a delete event, so that compaction can drop the key",
     )
-    for entity, spec in DIRECTORY_TOPICS.items():
+    for entity, spec in topics.DIRECTORY_TOPICS.items():
         model = next(m for m in EVENT_MODELS if m.model_fields["entity"].default == entity)
         messages[model.__name__] = _message(
             model.__name__, ref(model), spec.key, f"{entity.value} state (op r/c/u/d), version = source seq"
         )
-        channel(spec, [model.__name__, "Tombstone"], "producer", spec.description)
+        channel(spec, [model.__name__, "Tombstone"], "producer")
     messages["CaptureRejection"] = _message(
-        "CaptureRejection", {"$ref": "#/components/schemas/CaptureRejection"}, DIRECTORY_DLQ.key,
+        "CaptureRejection", {"$ref": "#/components/schemas/CaptureRejection"}, topics.DIRECTORY_DLQ.key,
         "invalid directory row", dlq=True,
     )  # fmt: skip
-    channel(DIRECTORY_DLQ, ["CaptureRejection"], "producer", DIRECTORY_DLQ.description)
-    commands(OPERATIONS, OPERATION_MODELS, "planner")
+    channel(topics.DIRECTORY_DLQ, ["CaptureRejection"], "producer")
+    commands(topics.OPERATIONS, OPERATION_MODELS, "planner")
     operation_names = [m.__name__ for m in OPERATION_MODELS]
     for model in OPERATION_MODELS:
         messages[f"Failed{model.__name__}"] = _message(
             f"Failed{model.__name__}",
             ref(model),
-            OPERATIONS_DLQ.key,
+            topics.OPERATIONS_DLQ.key,
             f"dead-lettered {model.__name__}",
             dlq=True,
         )
-    channel(OPERATIONS_DLQ, [f"Failed{n}" for n in operation_names], "sink", OPERATIONS_DLQ.description)
+    channel(topics.OPERATIONS_DLQ, [f"Failed{n}" for n in operation_names], "sink")
     messages["OperationResult"] = _message(
-        "OperationResult", ref(OperationResult), RESULTS.key, "what became of an operation"
+        "OperationResult", ref(OperationResult), topics.RESULTS.key, "what became of an operation"
     )
-    channel(RESULTS, ["OperationResult"], "sink", RESULTS.description)
+    channel(topics.RESULTS, ["OperationResult"], "sink")
     messages["CloudAccessChanged"] = _message(
         "CloudAccessChanged",
         ref(CloudAccessChanged),
-        CLOUD_CHANGES.key,
+        topics.CLOUD_CHANGES.key,
         "the cloud's access of a user in a company",
     )
     messages["CloudAccessRead"] = _message(
         "CloudAccessRead",
         ref(CloudAccessRead),
-        CLOUD_CHANGES.key,
+        topics.CLOUD_CHANGES.key,
         "a full read's end-of-read marker of a user: the companies it found the user's access in",
     )
-    channel(
-        CLOUD_CHANGES, ["CloudAccessChanged", "CloudAccessRead"], "cloud-capture", CLOUD_CHANGES.description
-    )
-    commands(DIRECTORY_OPERATIONS, DIRECTORY_OPERATION_MODELS, "planner")
+    channel(topics.CLOUD_CHANGES, ["CloudAccessChanged", "CloudAccessRead"], "cloud-capture")
+    commands(topics.DIRECTORY_OPERATIONS, DIRECTORY_OPERATION_MODELS, "planner")
     # topics without a message model of their own here (e.g. the planner's): described by
     # their catalogue entry, payload any JSON object (or a tombstone on compacted topics)
-    for spec in (*ALL_TOPICS, *getattr(topics_module, "PLANNER_TOPICS", ())):
+    for spec in (*topics.ALL_TOPICS, *topics.PLANNER_TOPICS):
         if spec.name in channels:
             continue
         name = "".join(part.title() for part in spec.name.replace("-", ".").split(".")[1:]) + "Record"
         payload: dict[str, Any] = {"type": ["object", "null"] if spec.compacted else "object"}
         messages[name] = _message(name, payload, spec.key, spec.description)
         sender = spec.name.split(".")[1] if spec.name.count(".") >= 2 else "vudsync"
-        channel(spec, [name], sender, spec.description)
+        channel(spec, [name], sender)
     return {
         "asyncapi": "3.0.0",
         "info": {
