@@ -20,7 +20,7 @@ from kernel.publishing import RecordPublisher
 from kernel.publishing.confluent import ConfluentRecordPublisher
 from kernel.publishing.kafka_python import KafkaRecordPublisher
 from kernel.settings import Settings
-from kernel.signals import stop_on_signals
+from kernel.signals import run_until_stopped
 
 log = logging.getLogger(__name__)
 
@@ -113,16 +113,10 @@ def run_cloud_capture(settings: Settings, bootstrap: str, *, metrics_port: int |
     """Run cloud-capture until SIGTERM/SIGINT; the page in flight is finished and its cursor saved."""
     registry = CollectorRegistry()
     capture = build_cloud_capture(settings, bootstrap, registry)
-    server = None
-    if metrics_port is not None:
-        server = cloud_capture_status_server(capture, registry, settings, bootstrap, metrics_port).start()
-    stop = stop_on_signals("cloud-capture")
-    try:
-        capture.run(stop)
-    finally:
-        if server is not None:
-            server.close()
-        capture.publisher.close()
-        capture.feed.close()
-        capture.cursors.close()
-        log.info("cloud-capture: stopped")
+    run_until_stopped(
+        "cloud-capture",
+        capture.run,
+        status_port=metrics_port,
+        status=lambda port: cloud_capture_status_server(capture, registry, settings, bootstrap, port),
+        close=(capture.publisher.close, capture.feed.close, capture.cursors.close),
+    )

@@ -16,7 +16,7 @@ from kernel.publishing import RecordPublisher
 from kernel.publishing.confluent import SNAPSHOT_OVERRIDES, ConfluentRecordPublisher
 from kernel.publishing.kafka_python import KafkaRecordPublisher
 from kernel.settings import Settings
-from kernel.signals import stop_on_signals
+from kernel.signals import run_until_stopped
 from producers.adhoc import AdhocSnapshots
 from producers.capture import CaptureConfig, ChangeCapture, ProgressFn, PublisherFactory, Reemitted
 from producers.metrics import ProducerMetrics
@@ -167,17 +167,13 @@ def run_producer(
     """Run capture until SIGTERM/SIGINT; the batch in flight is finished and checkpointed."""
     registry = CollectorRegistry()
     capture = build_capture(settings, bootstrap, registry, signals=True)
-    server = None
-    if metrics_port is not None:
-        server = producer_status_server(capture, registry, settings, bootstrap, metrics_port).start()
-    stop = stop_on_signals("producer")  # the batch in flight is finished and checkpointed
-    try:
-        capture.run(stop, progress)
-    finally:
-        if server is not None:
-            server.close()
-        capture.publisher.close()
-        capture.log.close()
-        if capture.adhoc is not None:
-            capture.adhoc.signals.close()
-        log.info("producer: stopped")
+    closing = [capture.publisher.close, capture.log.close]
+    if capture.adhoc is not None:
+        closing.append(capture.adhoc.signals.close)
+    run_until_stopped(
+        "producer",  # the batch in flight is finished and checkpointed
+        lambda stop: capture.run(stop, progress),
+        status_port=metrics_port,
+        status=lambda port: producer_status_server(capture, registry, settings, bootstrap, port),
+        close=closing,
+    )

@@ -58,7 +58,7 @@ from kernel.kafka_credentials import check_credentials
 from kernel.kafka_security import PLAINTEXT, KafkaSecurity
 from kernel.records import TopicPartition as TopicPartitionKey  # kafka.TopicPartition is the client's
 from kernel.settings import Settings
-from kernel.signals import stop_on_signals
+from kernel.signals import run_until_stopped
 
 log = logging.getLogger(__name__)
 
@@ -432,14 +432,10 @@ def run_lag_exporter(settings: Settings, bootstrap: str, *, metrics_port: int | 
     """Export consumer lag until SIGTERM/SIGINT."""
     registry = CollectorRegistry()
     exporter = build_lag_exporter(settings, bootstrap, registry)
-    server = None
-    if metrics_port is not None:
-        server = lag_exporter_status_server(registry, settings, metrics_port).start()
-    stop = stop_on_signals("lag exporter")
-    try:
-        exporter.run(stop)
-    finally:
-        if server is not None:
-            server.close()
-        exporter.reader.close()
-        log.info("lag exporter: stopped")
+    run_until_stopped(
+        "lag exporter",
+        exporter.run,
+        status_port=metrics_port,
+        status=lambda port: lag_exporter_status_server(registry, settings, port),
+        close=(exporter.reader.close,),
+    )
