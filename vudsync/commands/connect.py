@@ -148,56 +148,50 @@ def on_premise_instances(settings: Settings) -> tuple[list[PlannerFact], Any]:
         state = event.state
         assert isinstance(state, ApplicationInstanceState)
         facts.append(
-            PlannerFact(
-                kind=FactKind.INSTANCE,
-                subject=state.application.value,
+            _fact(
+                FactKind.INSTANCE,
+                state.application.value,
+                now,
                 uri=state.uri,
                 license_fingerprint=state.license_fingerprint,
                 version=position,
-                observed_at=now,
-                source="connect",
             )
         )
     return facts, change_log
 
 
+def _fact(kind: FactKind, subject: str, observed_at: datetime, **known: Any) -> PlannerFact:
+    """A fact as connect learned it (``source`` connect), at ``observed_at``."""
+    return PlannerFact(kind=kind, subject=subject, observed_at=observed_at, source="connect", **known)
+
+
+def registry_fact(application: str, instance: dict[str, Any] | None, observed_at: datetime) -> PlannerFact:
+    """What the cloud's registry says of ``application``: its registered instance, or none."""
+    return _fact(
+        FactKind.REGISTRY,
+        application,
+        observed_at,
+        present=instance is not None,
+        uri=instance["uri"] if instance else None,
+        license_fingerprint=instance["license_fingerprint"] if instance else None,
+    )
+
+
 def cloud_facts(readout: CloudReadout, observed_at: datetime) -> Iterator[PlannerFact]:
     """The facts of a cloud readout (pure)."""
     for app, instance in readout.registry.items():
-        yield PlannerFact(
-            kind=FactKind.REGISTRY,
-            subject=app,
-            present=instance is not None,
-            uri=instance["uri"] if instance else None,
-            license_fingerprint=instance["license_fingerprint"] if instance else None,
-            observed_at=observed_at,
-            source="connect",
-        )
+        yield registry_fact(app, instance, observed_at)
     for entry in readout.catalogue:
-        yield PlannerFact(kind=FactKind.CATALOGUE, subject=entry, observed_at=observed_at, source="connect")
+        yield _fact(FactKind.CATALOGUE, entry, observed_at)
     for external, cloud_id in sorted(readout.companies.items()):
-        yield PlannerFact(
-            kind=FactKind.COMPANY,
-            subject=external,
-            cloud_id=cloud_id,
-            observed_at=observed_at,
-            source="connect",
-        )
+        yield _fact(FactKind.COMPANY, external, observed_at, cloud_id=cloud_id)
     for external, cloud_id in sorted(readout.users.items()):
-        yield PlannerFact(
-            kind=FactKind.USER, subject=external, cloud_id=cloud_id, observed_at=observed_at, source="connect"
-        )
+        yield _fact(FactKind.USER, external, observed_at, cloud_id=cloud_id)
 
 
 def connected_fact(observed_at: datetime) -> PlannerFact:
     """``vudsync connect`` has succeeded for this installation (published last)."""
-    return PlannerFact(
-        kind=FactKind.CONNECT,
-        subject=CONNECT_SUBJECT,
-        present=True,
-        observed_at=observed_at,
-        source="connect",
-    )
+    return _fact(FactKind.CONNECT, CONNECT_SUBJECT, observed_at, present=True)
 
 
 def publish_facts(settings: Settings, bootstrap: str, facts: Iterable[PlannerFact]) -> int:

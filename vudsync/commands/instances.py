@@ -24,12 +24,13 @@ from kernel.settings import Settings, load_settings
 from processors.model import InstanceSeen, Registry, VerdictStatus
 from processors.planner import instance_verdict
 from schemas.directory import ApplicationType
-from schemas.results import FactKind, PlannerFact
+from schemas.results import PlannerFact
 from vudsync.commands.connect import (
     cloud_client,
     on_premise_instances,
     publish_facts,
     read_registry,
+    registry_fact,
     require_customer_admin,
 )
 
@@ -191,17 +192,7 @@ def register(application: str, yes: bool, as_json: bool) -> None:
     told = publish_facts(
         settings,
         resolve_bootstrap(settings),
-        [
-            PlannerFact(
-                kind=FactKind.REGISTRY,
-                subject=application,
-                present=registered is not None,
-                uri=registered["uri"] if registered else None,
-                license_fingerprint=registered["license_fingerprint"] if registered else None,
-                observed_at=datetime.now(UTC),
-                source="connect",  # what connect would read from the cloud now
-            )
-        ],
+        [registry_fact(application, registered, datetime.now(UTC))],  # what connect would read now
     )
     _done(
         {"application": application, "changed": True, "says": f"registered ({changes})", "facts": told},
