@@ -135,6 +135,37 @@ def _quantiles(metric: str, selector: str = "") -> list[tuple[str, str]]:
     ]
 
 
+def _rate_by(label: str, metric: str, selector: str) -> tuple[str, str]:
+    """Per second, summed by ``label``, legend the label's value."""
+    return f"sum by ({label}) (rate({metric}{{{selector}}}[{RATE}]))", f"{{{{{label}}}}}"
+
+
+def _up(title: str, description: str, selector: str, *, width: int = 6) -> dict[str, Any]:
+    """How many of a job's processes answer the scrape: red at none."""
+    return stat(
+        title,
+        description,
+        [(f"sum(up{{{selector}}})", "up")],
+        thresholds=[(None, "red"), (1, "green")],
+        width=width,
+    )
+
+
+def _dead_letters_last_hour(description: str, selector: str) -> dict[str, Any]:
+    return stat(
+        "Dead letters (1 h)",
+        description,
+        [(f"sum(increase(vudsync_dlq_messages_total{{{selector}}}[1h]))", "dead letters")],
+        thresholds=[(None, "green"), (1, "orange")],
+    )
+
+
+def _dead_letters(description: str, selector: str) -> dict[str, Any]:
+    return timeseries(
+        "Dead letters", description, [_rate_by("topic", "vudsync_dlq_messages_total", selector)], unit="ops"
+    )
+
+
 # --- dashboards --------------------------------------------------------------------------
 
 
@@ -226,6 +257,16 @@ def _label_variable(name: str, label: str, definition: str) -> dict[str, Any]:
 
 def _instance_variable(job: str) -> dict[str, Any]:
     return _label_variable("instance", "Instance", f'label_values(up{{job="{job}"}}, instance)')
+
+
+def _selector(job: str) -> str:
+    """A component dashboard's selector: its job, the instances picked in ``$instance``."""
+    return f'job="{job}", instance=~"$instance"'
+
+
+def _component(job: str, title: str, description: str, panels: list[dict[str, Any]]) -> Dashboard:
+    """A component's dashboard (uid: its job), with the ``$instance`` variable."""
+    return Dashboard(job, title, description, panels, [_instance_variable(job)])
 
 
 def overview() -> Dashboard:
@@ -420,14 +461,9 @@ def _writeback_capture_panels() -> list[dict[str, Any]]:
 
 
 def producer() -> Dashboard:
-    sel = 'job="vudsync-producer", instance=~"$instance"'
+    sel = _selector("vudsync-producer")
     panels = [
-        stat(
-            "Up",
-            "Producer processes that answer (one per directory store).",
-            [(f"sum(up{{{sel}}})", "up")],
-            thresholds=[(None, "red"), (1, "green")],
-        ),
+        _up("Up", "Producer processes that answer (one per directory store).", sel),
         stat(
             "Capture lag",
             "Age of the oldest change not yet emitted (alert VudsyncCaptureStalled above 5 min).",
@@ -441,21 +477,13 @@ def producer() -> Dashboard:
             [(f"max(vudsync_source_checkpoint_seq{{{sel}}})", "checkpoint")],
             unit="none",
         ),
-        stat(
-            "Dead letters (1 h)",
-            "Rows that failed validation and went to the directory dead-letter topic.",
-            [(f"sum(increase(vudsync_dlq_messages_total{{{sel}}}[1h]))", "dead letters")],
-            thresholds=[(None, "green"), (1, "orange")],
+        _dead_letters_last_hour(
+            "Rows that failed validation and went to the directory dead-letter topic.", sel
         ),
         timeseries(
             "Changes captured by entity",
             "Directory changes emitted to Kafka and acknowledged, per second.",
-            [
-                (
-                    f"sum by (entity) (rate(vudsync_source_changes_captured_total{{{sel}}}[{RATE}]))",
-                    "{{entity}}",
-                )
-            ],
+            [_rate_by("entity", "vudsync_source_changes_captured_total", sel)],
             unit="ops",
         ),
         timeseries(
@@ -476,12 +504,7 @@ def producer() -> Dashboard:
             ],
             unit="percentunit",
         ),
-        timeseries(
-            "Dead letters",
-            "Rows rejected by validation, per second.",
-            [(f"sum by (topic) (rate(vudsync_dlq_messages_total{{{sel}}}[{RATE}]))", "{{topic}}")],
-            unit="ops",
-        ),
+        _dead_letters("Rows rejected by validation, per second.", sel),
         timeseries(
             "Checkpoint position",
             "The durable change-log position; flat while changes wait means capture is stuck.",
@@ -489,26 +512,19 @@ def producer() -> Dashboard:
             unit="none",
         ),
     ]
-    return Dashboard(
+    return _component(
         "vudsync-producer",
         "vudsync — producer (change capture)",
         "Change capture from the directory store to the vud.directory.* topics.",
         panels,
-        [_instance_variable("vudsync-producer")],
     )
 
 
 def planner() -> Dashboard:
-    sel = 'job="vudsync-planner", instance=~"$instance"'
+    sel = _selector("vudsync-planner")
     group = f'{LAG_JOB}, group=~".*vudsync-planner"'
     panels = [
-        stat(
-            "Workers up",
-            "Planner workers that answer.",
-            [(f"sum(up{{{sel}}})", "up")],
-            thresholds=[(None, "red"), (1, "green")],
-            width=4,
-        ),
+        _up("Workers up", "Planner workers that answer.", sel, width=4),
         stat(
             "Parked operations",
             "Access assignments waiting for their user and company in the cloud.",
@@ -558,19 +574,19 @@ def planner() -> Dashboard:
         timeseries(
             "Events by outcome",
             "planned, no_change, stale (older version), parked, blocked, redelivered, tombstone.",
-            [(f"sum by (outcome) (rate(vudsync_planner_events_total{{{sel}}}[{RATE}]))", "{{outcome}}")],
+            [_rate_by("outcome", "vudsync_planner_events_total", sel)],
             unit="ops",
         ),
         timeseries(
             "Events by entity",
             "Directory events handled, per entity type.",
-            [(f"sum by (entity) (rate(vudsync_planner_events_total{{{sel}}}[{RATE}]))", "{{entity}}")],
+            [_rate_by("entity", "vudsync_planner_events_total", sel)],
             unit="ops",
         ),
         timeseries(
             "Operations planned by kind",
             "Cloud operations sent to vud.cloud.operations.",
-            [(f"sum by (kind) (rate(vudsync_operations_planned_total{{{sel}}}[{RATE}]))", "{{kind}}")],
+            [_rate_by("kind", "vudsync_operations_planned_total", sel)],
             unit="ops",
         ),
         timeseries(
@@ -604,15 +620,10 @@ def planner() -> Dashboard:
             "Journal entries by code",
             "What the planner recorded for people: instance mismatches, blocked applications, "
             "companies to review, …",
-            [(f"sum by (code) (rate(vudsync_journal_entries_total{{{sel}}}[{RATE}]))", "{{code}}")],
+            [_rate_by("code", "vudsync_journal_entries_total", sel)],
             unit="ops",
         ),
-        timeseries(
-            "Dead letters",
-            "Directory events that could not be decoded or planned.",
-            [(f"sum by (topic) (rate(vudsync_dlq_messages_total{{{sel}}}[{RATE}]))", "{{topic}}")],
-            unit="ops",
-        ),
+        _dead_letters("Directory events that could not be decoded or planned.", sel),
         timeseries(
             "Lag by topic",
             "Messages the planner's group still has to read, per input topic.",
@@ -621,29 +632,23 @@ def planner() -> Dashboard:
         timeseries(
             "Consumption by topic",
             "Committed offsets advancing per second: what the planner's group consumes.",
-            [(f"sum by (topic) (rate(vudsync_consumer_committed_offset{{{group}}}[{RATE}]))", "{{topic}}")],
+            [_rate_by("topic", "vudsync_consumer_committed_offset", group)],
             unit="ops",
         ),
     ]
-    return Dashboard(
+    return _component(
         "vudsync-planner",
         "vudsync — planner (reconciliation)",
         "The Faust planner: directory events in, cloud operations out.",
         panels,
-        [_instance_variable("vudsync-planner")],
     )
 
 
 def sink() -> Dashboard:
-    sel = 'job="vudsync-sink", instance=~"$instance"'
+    sel = _selector("vudsync-sink")
     group = f'{LAG_JOB}, group=~".*vudsync-sink"'
     panels = [
-        stat(
-            "Workers up",
-            "Sink workers that answer.",
-            [(f"sum(up{{{sel}}})", "up")],
-            thresholds=[(None, "red"), (1, "green")],
-        ),
+        _up("Workers up", "Sink workers that answer.", sel),
         stat(
             "Cloud circuit",
             "OPEN when any selected worker stopped calling the cloud.",
@@ -657,22 +662,17 @@ def sink() -> Dashboard:
             [(f"sum(rate(vudsync_sink_operations_total{{{sel}, {APPLIED}}}[{RATE}]))", "applied")],
             unit="ops",
         ),
-        stat(
-            "Dead letters (1 h)",
-            "Operations that failed for good and went to vud.cloud.operations.dlq.",
-            [(f"sum(increase(vudsync_dlq_messages_total{{{sel}}}[1h]))", "dead letters")],
-            thresholds=[(None, "green"), (1, "orange")],
-        ),
+        _dead_letters_last_hour("Operations that failed for good and went to vud.cloud.operations.dlq.", sel),
         timeseries(
             "Operations by outcome",
             "applied, already_applied (a replay or a retry the cloud had seen), dead_lettered.",
-            [(f"sum by (outcome) (rate(vudsync_sink_operations_total{{{sel}}}[{RATE}]))", "{{outcome}}")],
+            [_rate_by("outcome", "vudsync_sink_operations_total", sel)],
             unit="ops",
         ),
         timeseries(
             "Operations by kind",
             "Operations handled, per kind.",
-            [(f"sum by (kind) (rate(vudsync_sink_operations_total{{{sel}}}[{RATE}]))", "{{kind}}")],
+            [_rate_by("kind", "vudsync_sink_operations_total", sel)],
             unit="ops",
         ),
         timeseries(
@@ -690,7 +690,7 @@ def sink() -> Dashboard:
         timeseries(
             "Retries by reason",
             "Cloud calls retried: 5xx, 429 (rate limited), time-outs, connection errors.",
-            [(f"sum by (reason) (rate(vudsync_sink_retries_total{{{sel}}}[{RATE}]))", "{{reason}}")],
+            [_rate_by("reason", "vudsync_sink_retries_total", sel)],
             unit="ops",
         ),
         timeseries(
@@ -725,35 +725,28 @@ def sink() -> Dashboard:
             ],
             stepped=True,
         ),
-        timeseries(
-            "Dead letters",
-            "Operations dead-lettered, per second.",
-            [(f"sum by (topic) (rate(vudsync_dlq_messages_total{{{sel}}}[{RATE}]))", "{{topic}}")],
-            unit="ops",
-        ),
+        _dead_letters("Operations dead-lettered, per second.", sel),
         timeseries(
             "Lag by partition",
             "Operations the sink's group still has to apply, per partition of vud.cloud.operations.",
             [(f"sum by (partition) (vudsync_consumer_lag_messages{{{group}}})", "partition {{partition}}")],
         ),
     ]
-    return Dashboard(
+    return _component(
         "vudsync-sink",
         "vudsync — sink (cloud apply)",
         "Sink workers: operations applied to the cloud API, idempotently, with retries and a circuit breaker",
         panels,
-        [_instance_variable("vudsync-sink")],
     )
 
 
 def lag() -> Dashboard:
     sel = f'{LAG_JOB}, group=~"$group"'
     panels = [
-        stat(
+        _up(
             "Exporter up",
             "The lag exporter answers (without it, lag is unknown and lag alerts stay silent).",
-            [('sum(up{job="vudsync-lag-exporter"})', "up")],
-            thresholds=[(None, "red"), (1, "green")],
+            LAG_JOB,
         ),
         stat(
             "Last read",
