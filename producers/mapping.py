@@ -226,28 +226,3 @@ def deleted_record(entity: EntityType, entity_id: str, before: dict[str, Any] | 
     elif entity in (EntityType.ROLE, EntityType.LAYOUT_GROUP, EntityType.MODULE):
         row = {k: v for k, v in row.items() if k != "id"}
     return EntityRecord(entity, entity_id, row)
-
-
-def deleted_event(
-    entity: EntityType,
-    entity_id: str,
-    before: dict[str, Any] | None,
-    *,
-    version: int,
-    seq: int,
-    committed_at: float,
-    source: SourceInfo,
-    now: datetime,
-    fingerprint_key: bytes,
-) -> tuple[Any | None, list[RowRejected]]:
-    """The ``op = d`` event of a deleted entity, carrying its last known state."""
-    return record_to_event(
-        deleted_record(entity, entity_id, before),
-        op=Op.DELETE,
-        version=version,
-        seq=seq,
-        committed_at=committed_at,
-        source=source,
-        now=now,
-        fingerprint_key=fingerprint_key,
-    )
