@@ -21,20 +21,9 @@ from processors.model import (
 )
 from processors.needs import Need
 from processors.planner import instance_verdict, plan, review_instance, settle
+from schemas import operations
 from schemas.directory import ApplicationType
 from schemas.events import DirectoryEvent, Op
-from schemas.operations import (
-    CLOUD_OPERATION_ADAPTER,
-    AssignAccess,
-    CloudOperation,
-    DeactivateUser,
-    RegisterApplicationInstance,
-    RemoveCatalogueEntry,
-    RevokeAccess,
-    UpsertCatalogueEntry,
-    UpsertCompany,
-    UpsertUser,
-)
 from tests.factories import (
     T0,
     access,
@@ -85,9 +74,9 @@ def run(previous: EntityView | None, event: DirectoryEvent, identities: Identiti
     return plan(previous, event, identities, SETTINGS, now=T0)
 
 
-def valid(op: CloudOperation) -> CloudOperation:
+def valid(op: operations.CloudOperation) -> operations.CloudOperation:
     """The planner builds operations without re-validation: they must validate all the same."""
-    return CLOUD_OPERATION_ADAPTER.validate_python(op.model_dump())
+    return operations.CLOUD_OPERATION_ADAPTER.validate_python(op.model_dump())
 
 
 # -- versions --------------------------------------------------------------------------------
@@ -122,14 +111,14 @@ def test_newer_version_with_the_same_state_plans_nothing() -> None:
 
 def test_new_user_is_upserted_for_the_sink_to_match_by_email() -> None:
     (op,) = run(None, user_event(5), ids()).operations
-    assert isinstance(op, UpsertUser) and valid(op) == op
+    assert isinstance(op, operations.UpsertUser) and valid(op) == op
     assert op.email == "u1@firma.no" and op.cloud_id is None and op.aggregate == "user:u1"
 
 
 def test_email_case_change_is_an_update_and_the_known_cloud_id_is_used() -> None:
     seen = EntityView(3, user_state(email="kari@firma.no"))
     (op,) = run(seen, user_event(4, email="Kari@Firma.no")).operations
-    assert isinstance(op, UpsertUser) and op.cloud_id == "cu-1" and op.email == "Kari@Firma.no"
+    assert isinstance(op, operations.UpsertUser) and op.cloud_id == "cu-1" and op.email == "Kari@Firma.no"
 
 
 def test_deactivated_on_premise_waits_for_the_gate_then_is_deactivated_in_the_cloud() -> None:
@@ -139,9 +128,11 @@ def test_deactivated_on_premise_waits_for_the_gate_then_is_deactivated_in_the_cl
     assert waiting.outcome is Outcome.HELD and waiting.operations == ()
     assert waiting.deletion is not None and waiting.deletion.candidate == "user:u1:4"
     (parked,) = waiting.parked
-    assert isinstance(parked.operation, UpsertUser) and parked.needs == (Need.deletion("user:u1:4"),)
+    assert isinstance(parked.operation, operations.UpsertUser) and parked.needs == (
+        Need.deletion("user:u1:4"),
+    )
     (op,) = run(EntityView(3, user_state()), user_event(4, active=False), granted("user:u1:4")).operations
-    assert isinstance(op, UpsertUser) and op.active is False
+    assert isinstance(op, operations.UpsertUser) and op.active is False
 
 
 def test_an_edit_of_an_inactive_user_cannot_overtake_its_held_deactivation() -> None:
@@ -155,7 +146,7 @@ def test_an_edit_of_an_inactive_user_cannot_overtake_its_held_deactivation() -> 
 
 def test_a_user_first_seen_inactive_is_created_without_the_gate() -> None:
     (op,) = run(None, user_event(2, active=False)).operations
-    assert isinstance(op, UpsertUser) and op.active is False
+    assert isinstance(op, operations.UpsertUser) and op.active is False
 
 
 def test_a_company_set_inactive_on_premise_waits_for_the_gate() -> None:
@@ -169,14 +160,14 @@ def test_removal_deactivates_and_revokes_after_the_delete_gate() -> None:
     waiting = run(seen, user_event(4, op=Op.DELETE))
     assert waiting.outcome is Outcome.HELD and waiting.operations == ()
     assert waiting.deletion is not None and waiting.deletion.candidate == "user:u1:4"
-    assert [type(p.operation) for p in waiting.parked] == [DeactivateUser, RevokeAccess]
+    assert [type(p.operation) for p in waiting.parked] == [operations.DeactivateUser, operations.RevokeAccess]
     assert all(p.needs == (Need.deletion("user:u1:4"),) for p in waiting.parked)
     assert waiting.view is not None and waiting.view.deleted
 
     granted = run(
         seen, user_event(4, op=Op.DELETE), ids(**_known(), deletions={"user:u1:4": Decision.GRANTED})
     )
-    assert [type(o) for o in granted.operations] == [DeactivateUser, RevokeAccess]
+    assert [type(o) for o in granted.operations] == [operations.DeactivateUser, operations.RevokeAccess]
     assert (
         granted.deletion is None
         and granted.operations[0].operation_id == waiting.parked[0].operation.operation_id
@@ -201,8 +192,8 @@ def test_reactivation_after_removal_upserts_and_assigns_again() -> None:
     gone = EntityView(4, user_state(access=(access("c1"),)), deleted=True)
     result = run(gone, user_event(7, op=Op.CREATE, access=(access("c1"),)))
     upsert, assign = result.operations
-    assert isinstance(upsert, UpsertUser) and upsert.active and upsert.cloud_id == "cu-1"
-    assert isinstance(assign, AssignAccess) and assign.company_id == "c1"
+    assert isinstance(upsert, operations.UpsertUser) and upsert.active and upsert.cloud_id == "cu-1"
+    assert isinstance(assign, operations.AssignAccess) and assign.company_id == "c1"
 
 
 # -- access and its prerequisites ------------------------------------------------------------
@@ -211,28 +202,31 @@ def test_reactivation_after_removal_upserts_and_assigns_again() -> None:
 def test_access_waits_for_the_cloud_ids_of_user_and_company_then_goes_with_them() -> None:
     # staging: nothing goes to the sink, so nothing goes behind the user's upsert either
     staging = plan(None, user_event(2, access=(access("c1"),)), ids(), STAGING, now=T0)
-    assert [type(o) for o in staging.operations] == [UpsertUser]
+    assert [type(o) for o in staging.operations] == [operations.UpsertUser]
     (parked,) = staging.parked
     assert parked.needs == (Need.user("u1"), Need.company("c1")) and not parked.behind
     assert settle(parked, ids(users={"u1": "cu-1"})) == ("wait", (Need.company("c1"),))
     verdict, op = settle(parked, ids(users={"u1": "cu-1"}, companies={"c1": "cc-1"}))
-    assert verdict == "send" and isinstance(op, AssignAccess)
+    assert verdict == "send" and isinstance(op, operations.AssignAccess)
     assert (op.cloud_user_id, op.cloud_company_id) == ("cu-1", "cc-1")
     assert op.operation_id == parked.operation.operation_id and valid(op) == op
 
 
 def test_a_new_users_access_goes_behind_its_upsert_and_waits_for_its_company_only() -> None:
     result = run(None, user_event(2, access=(access("c1"),)), ids())
-    assert [type(o) for o in result.operations] == [UpsertUser]
+    assert [type(o) for o in result.operations] == [operations.UpsertUser]
     (parked,) = result.parked
     assert parked.needs == (Need.company("c1"),) and parked.behind
     # the company known, it goes — without the user's cloud id: the sink finds the user, whose
     # upsert was sent before it on the same aggregate
     verdict, op = settle(parked, ids(companies={"c1": "cc-1"}))
-    assert verdict == "send" and isinstance(op, AssignAccess)
+    assert verdict == "send" and isinstance(op, operations.AssignAccess)
     assert (op.cloud_user_id, op.cloud_company_id) == (None, "cc-1") and valid(op) == op
     verdict, op = settle(parked, ids(users={"u1": "cu-1"}, companies={"c1": "cc-1"}))
-    assert isinstance(op, AssignAccess) and (op.cloud_user_id, op.cloud_company_id) == ("cu-1", "cc-1")
+    assert isinstance(op, operations.AssignAccess) and (op.cloud_user_id, op.cloud_company_id) == (
+        "cu-1",
+        "cc-1",
+    )
     assert op.operation_id == parked.operation.operation_id
 
 
@@ -240,7 +234,7 @@ def test_access_goes_behind_the_upsert_only_when_the_upsert_goes() -> None:
     known_company = ids(companies={"c1": "cc-1"})
     went = run(None, user_event(2, access=(access("c1"),)), known_company)
     upsert, assign = went.operations
-    assert isinstance(upsert, UpsertUser) and isinstance(assign, AssignAccess)
+    assert isinstance(upsert, operations.UpsertUser) and isinstance(assign, operations.AssignAccess)
     assert assign.cloud_user_id is None and assign.cloud_company_id == "cc-1" and not went.parked
     # an access change without a new upsert (the user's fields unchanged): it waits for the id
     seen = EntityView(2, user_state(access=(access("c1"),)))
@@ -267,23 +261,28 @@ def test_access_diff_assigns_changed_companies_and_revokes_dropped_ones() -> Non
     seen = EntityView(2, user_state(access=(access("c1"), access("c2"))))
     new = user_state(access=(access("c1"), access("c2", roles=("Lønn",)), access("c3")))
     result = run(seen, user_event(3, state=new))
-    assert {o.company_id for o in result.operations if isinstance(o, AssignAccess)} == {"c2", "c3"}
-    assert all(o.cloud_user_id == "cu-1" for o in result.operations if isinstance(o, AssignAccess))
+    assert {o.company_id for o in result.operations if isinstance(o, operations.AssignAccess)} == {"c2", "c3"}
+    assert all(o.cloud_user_id == "cu-1" for o in result.operations if isinstance(o, operations.AssignAccess))
     dropped = run(EntityView(3, new), user_event(4, access=(access("c3"),)))
     assert dropped.outcome is Outcome.HELD, "revocations count toward the accidental-delete gate"
-    assert {x.operation.company_id for x in dropped.parked if isinstance(x.operation, RevokeAccess)} == {
+    assert {
+        x.operation.company_id for x in dropped.parked if isinstance(x.operation, operations.RevokeAccess)
+    } == {
         "c1",
         "c2",
     }
     dropped = run(EntityView(3, new), user_event(4, access=(access("c3"),)), granted("user:u1:4"))
-    assert {o.company_id for o in dropped.operations if isinstance(o, RevokeAccess)} == {"c1", "c2"}
+    assert {o.company_id for o in dropped.operations if isinstance(o, operations.RevokeAccess)} == {
+        "c1",
+        "c2",
+    }
 
 
 def test_a_company_whose_services_all_emptied_is_revoked() -> None:
     seen = EntityView(2, user_state(access=(access("c1"),)))
     empty = user_state(access=(access("c1", roles=()),))
     (op,) = run(seen, user_event(3, state=empty), granted("user:u1:3")).operations
-    assert isinstance(op, RevokeAccess) and op.company_id == "c1"
+    assert isinstance(op, operations.RevokeAccess) and op.company_id == "c1"
 
 
 # -- application instances -------------------------------------------------------------------
@@ -324,7 +323,7 @@ def test_mismatch_journal_names_the_field_never_the_key_and_registration_is_plan
     assert entry.code == "instance_mismatch" and entry.level == "error"
     assert "license key" in entry.message and FP_A not in entry.message and FP_B not in entry.message
     _, (register,), (note,) = review_instance(BUSINESS, mine, Registry(False), committed_at=T0, now=T0)
-    assert isinstance(register, RegisterApplicationInstance) and valid(register) == register
+    assert isinstance(register, operations.RegisterApplicationInstance) and valid(register) == register
     assert (register.uri, register.license_fingerprint, note.code) == (mine.uri, FP_A, "instance_register")
     _, _, (unknown,) = review_instance(BUSINESS, mine, None, committed_at=T0, now=T0)
     assert unknown.code == "instance_unverified" and "vudsync connect" in unknown.message
@@ -339,7 +338,7 @@ def test_a_blocked_application_holds_its_access_and_fixing_it_releases_it() -> N
     held = ids(**_known(), applications={BUSINESS: blocked, REPORTING: VERIFIED})
     result = run(None, user_event(2, state=state), held)
     # reporting in c2 goes; business in c1 waits for its application, with a blocked outcome
-    assert [o.company_id for o in result.operations if isinstance(o, AssignAccess)] == ["c2"]
+    assert [o.company_id for o in result.operations if isinstance(o, operations.AssignAccess)] == ["c2"]
     (parked,) = result.parked
     assert parked.needs == (Need.application(BUSINESS),) and parked.apps == (BUSINESS,)
     assert settle(parked, ids(**_known()))[0] == "send"
@@ -352,7 +351,7 @@ def test_removing_access_in_a_blocked_application_is_held_too() -> None:
     seen = EntityView(2, user_state(access=(access("c1"),)))
     result = run(seen, user_event(3, access=()), ids(**_known(), applications={BUSINESS: blocked}))
     (parked,) = result.parked
-    assert isinstance(parked.operation, RevokeAccess)
+    assert isinstance(parked.operation, operations.RevokeAccess)
     assert parked.needs == (Need.deletion("user:u1:3"), Need.application(BUSINESS))
     result = run(
         seen,
@@ -374,14 +373,20 @@ def test_before_connect_every_application_is_unverified_and_holds_its_access() -
 
 def test_company_organisation_number_is_normalised_for_the_sink_to_link_by() -> None:
     (op,) = run(None, company_event(1, org="923 609 016"), ids()).operations
-    assert isinstance(op, UpsertCompany) and op.organisation_number == "923609016" and op.cloud_id is None
+    assert (
+        isinstance(op, operations.UpsertCompany)
+        and op.organisation_number == "923609016"
+        and op.cloud_id is None
+    )
     assert valid(op) == op
 
 
 def test_a_linked_company_is_updated_by_its_cloud_id() -> None:
     seen = EntityView(1, company_event(1).state)
     (op,) = run(seen, company_event(2, name="Fjord Holding AS")).operations
-    assert isinstance(op, UpsertCompany) and op.cloud_id == "cc-1" and op.name == "Fjord Holding AS"
+    assert (
+        isinstance(op, operations.UpsertCompany) and op.cloud_id == "cc-1" and op.name == "Fjord Holding AS"
+    )
 
 
 def test_company_removal_marks_it_inactive_after_the_delete_gate() -> None:
@@ -390,7 +395,7 @@ def test_company_removal_marks_it_inactive_after_the_delete_gate() -> None:
         seen, company_event(2, op=Op.DELETE), ids(**_known(), deletions={"company:c1:2": Decision.APPROVED})
     )
     (op,) = result.operations
-    assert isinstance(op, UpsertCompany) and op.status == "inactive" and op.cloud_id == "cc-1"
+    assert isinstance(op, operations.UpsertCompany) and op.status == "inactive" and op.cloud_id == "cc-1"
 
 
 # -- catalogues ------------------------------------------------------------------------------
@@ -398,7 +403,7 @@ def test_company_removal_marks_it_inactive_after_the_delete_gate() -> None:
 
 def test_roles_are_published_per_service_and_removal_passes_the_gate() -> None:
     (op,) = run(None, role_event(1)).operations
-    assert isinstance(op, UpsertCatalogueEntry) and valid(op) == op
+    assert isinstance(op, operations.UpsertCatalogueEntry) and valid(op) == op
     assert (op.application, op.catalogue, op.name, op.aggregate) == (
         BUSINESS,
         "roles",
@@ -408,7 +413,7 @@ def test_roles_are_published_per_service_and_removal_passes_the_gate() -> None:
     assert run(EntityView(1, role_event(1).state), role_event(2)).outcome is Outcome.NO_CHANGE
     removal = run(EntityView(2, role_event(2).state), role_event(3, op=Op.DELETE))
     (parked,) = removal.parked
-    assert isinstance(parked.operation, RemoveCatalogueEntry) and parked.needs == (
+    assert isinstance(parked.operation, operations.RemoveCatalogueEntry) and parked.needs == (
         Need.deletion("role:business:Regnskap:3"),
     )
 
@@ -450,8 +455,8 @@ def test_behind_its_upsert_or_parked_until_its_id_a_new_user_plans_the_same_oper
     before = [*waited.operations, *(op for _, op in released)]
     assert [o.operation_id for o in behind.operations] == [o.operation_id for o in before]
     found = [
-        o.model_copy(update={"cloud_user_id": "cu-1"}) if isinstance(o, AssignAccess) else o
+        o.model_copy(update={"cloud_user_id": "cu-1"}) if isinstance(o, operations.AssignAccess) else o
         for o in behind.operations
     ]
     assert found == before
-    assert all(o.cloud_user_id is None for o in behind.operations if isinstance(o, AssignAccess))
+    assert all(o.cloud_user_id is None for o in behind.operations if isinstance(o, operations.AssignAccess))

@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 from processors.control import DeletionsDecided
 from processors.engine import Coords, Effects, Reconciler
 from processors.model import PlannerSettings, slot_of
+from schemas import operations
 from schemas.directory import (
     ApplicationInstanceState,
     ApplicationType,
@@ -53,18 +54,6 @@ from schemas.events import (
     Source,
     UserChanged,
     event_id_for,
-)
-from schemas.operations import (
-    CLOUD_OPERATION_ADAPTER,
-    AssignAccess,
-    CloudOperation,
-    DeactivateUser,
-    RegisterApplicationInstance,
-    RemoveCatalogueEntry,
-    RevokeAccess,
-    UpsertCatalogueEntry,
-    UpsertCompany,
-    UpsertUser,
 )
 from schemas.results import FactKind, OperationResult, PlannerFact, ResultOutcome
 from tests.factories import T0
@@ -225,8 +214,8 @@ class Cloud:
         self._n += 1
         return f"{prefix}-{self._n}"
 
-    def _user(self, op: UpsertUser | DeactivateUser) -> str | None:
-        if isinstance(op, UpsertUser) and op.cloud_id in self.users:
+    def _user(self, op: operations.UpsertUser | operations.DeactivateUser) -> str | None:
+        if isinstance(op, operations.UpsertUser) and op.cloud_id in self.users:
             return op.cloud_id
         for cid, u in self.users.items():
             if u["external_id"] == op.entity_id:
@@ -236,11 +225,11 @@ class Cloud:
                 return cid
         return None
 
-    def apply(self, op: CloudOperation) -> tuple[str | None, str, dict[str, Any]]:
+    def apply(self, op: operations.CloudOperation) -> tuple[str | None, str, dict[str, Any]]:
         """Apply once per operation id (the ledger / idempotency keys); returns the result.
         An assignment behind its user's upsert (no cloud user id) finds its user by external
         id first, as the sink does; none linked: *unresolved*, nothing applied or recorded."""
-        if isinstance(op, AssignAccess) and op.cloud_user_id is None:
+        if isinstance(op, operations.AssignAccess) and op.cloud_user_id is None:
             found = next((c for c, u in self.users.items() if u["external_id"] == op.user_id), None)
             if found is None:
                 return None, "unresolved", {}
@@ -252,8 +241,8 @@ class Cloud:
         self.effects.append(op.operation_id)
         return out
 
-    def _apply(self, op: CloudOperation) -> tuple[str | None, str, dict[str, Any]]:
-        if isinstance(op, UpsertUser):
+    def _apply(self, op: operations.CloudOperation) -> tuple[str | None, str, dict[str, Any]]:
+        if isinstance(op, operations.UpsertUser):
             cid = self._user(op)
             if cid is None:
                 cid = self._new("cu")
@@ -263,13 +252,13 @@ class Cloud:
                 raise AssertionError(f"{op.entity_id} would take over another user's cloud account")
             user.update(external_id=op.entity_id, email=op.email, first_name=op.first_name, active=op.active)
             return cid, "upserted", {}
-        if isinstance(op, DeactivateUser):
+        if isinstance(op, operations.DeactivateUser):
             # as the sink: only the cloud user linked to this user, never "whoever has that e-mail"
             cid = next((c for c, u in self.users.items() if u["external_id"] == op.entity_id), None)
             if cid is not None:
                 self.users[cid]["active"] = False
             return cid, "deactivated", {}
-        if isinstance(op, UpsertCompany):
+        if isinstance(op, operations.UpsertCompany):
             for cid, c in self.companies.items():
                 if c["external_id"] == op.entity_id:
                     c.update(name=op.name, org=op.organisation_number)
@@ -286,27 +275,29 @@ class Cloud:
                 "name": op.name,
             }
             return cid, "created", {}
-        if isinstance(op, AssignAccess):
+        if isinstance(op, operations.AssignAccess):
             self.check_prerequisites(op)
             services = {app.value: svc.roles for app, svc in op.services.items()}
             self.access[(op.cloud_user_id, op.cloud_company_id)] = services  # type: ignore[index]
             return op.cloud_user_id, "assigned", {}
-        if isinstance(op, RevokeAccess):
+        if isinstance(op, operations.RevokeAccess):
             self.check_prerequisites(op)
             self.access.pop((op.cloud_user_id, op.cloud_company_id), None)  # type: ignore[arg-type]
             return op.cloud_user_id, "revoked", {}
-        if isinstance(op, UpsertCatalogueEntry):
+        if isinstance(op, operations.UpsertCatalogueEntry):
             self.catalogue.add(f"{op.application.value}:{op.catalogue}:{op.name}")
             return None, "published", {}
-        if isinstance(op, RemoveCatalogueEntry):
+        if isinstance(op, operations.RemoveCatalogueEntry):
             self.catalogue.discard(f"{op.application.value}:{op.catalogue}:{op.name}")
             return None, "removed", {}
-        if isinstance(op, RegisterApplicationInstance):
+        if isinstance(op, operations.RegisterApplicationInstance):
             self.registry[op.application.value] = (op.uri, op.license_fingerprint)
             return None, "registered", {"uri": op.uri, "license_fingerprint": op.license_fingerprint}
         raise AssertionError(f"unexpected {op.kind}")
 
-    def check_prerequisites(self, op: AssignAccess | RevokeAccess, *, behind: bool = False) -> None:
+    def check_prerequisites(
+        self, op: operations.AssignAccess | operations.RevokeAccess, *, behind: bool = False
+    ) -> None:
         """Property 3: what the operation needs exists in the cloud, under the right ids
         (``behind``: its user's upsert is before it on its aggregate, so not its user yet)."""
         user = self.users.get(op.cloud_user_id or "")
@@ -316,7 +307,7 @@ class Cloud:
         assert company is not None and company["external_id"] == op.company_id, (
             f"{op.kind} before its company"
         )
-        if isinstance(op, AssignAccess):
+        if isinstance(op, operations.AssignAccess):
             for app, svc in op.services.items():
                 for role in svc.roles:
                     assert f"{app.value}:roles:{role}" in self.catalogue, f"{op.kind} before role {role}"
@@ -336,7 +327,7 @@ class Pipeline:
         self.linked_version: dict[str, int] = {}  # company -> the version of the upsert that linked it
         self.directory: dict[str, deque[DirectoryEvent]] = {k: deque(v) for k, v in directory.events.items()}
         self.delivered: list[tuple[DirectoryEvent, int]] = []
-        self.ops: dict[str, deque[CloudOperation]] = defaultdict(deque)
+        self.ops: dict[str, deque[operations.CloudOperation]] = defaultdict(deque)
         self.inbox: dict[tuple[str, int], deque[Any]] = defaultdict(deque)  # (results|facts|control, p)
         self.planned_ids: set[str] = set()
         self.planned: dict[str, Any] = {}
@@ -372,15 +363,15 @@ class Pipeline:
         for s in fx.sends:
             if s.role == "operations":
                 op: Any = s.value
-                if isinstance(op, AssignAccess) and op.cloud_user_id is None:  # behind its upsert
+                if isinstance(op, operations.AssignAccess) and op.cloud_user_id is None:  # behind its upsert
                     # its user's upsert waits before it on the aggregate, or was applied already
-                    ahead = any(isinstance(o, UpsertUser) for o in self.ops[op.aggregate])
+                    ahead = any(isinstance(o, operations.UpsertUser) for o in self.ops[op.aggregate])
                     linked = any(u["external_id"] == op.user_id for u in self.cloud.users.values())
                     assert ahead or linked, f"{op.kind} without its user's cloud id, and no upsert before it"
                     self.cloud.check_prerequisites(op, behind=True)
-                elif isinstance(op, AssignAccess | RevokeAccess):
+                elif isinstance(op, operations.AssignAccess | operations.RevokeAccess):
                     self.cloud.check_prerequisites(op)  # property 3, at the moment it is planned
-                if isinstance(op, AssignAccess) and op.services:
+                if isinstance(op, operations.AssignAccess) and op.services:
                     # a company linked to a cloud company that existed gets services only once reviewed
                     assert op.company_id not in self.linked_existing - self.accepted, (
                         f"access to {op.company_id} before its review"
@@ -396,7 +387,9 @@ class Pipeline:
                     # its slot as much as a sent one (it is still in the table: writes come next)
                     items = self.table.get(f"p|{r.aggregate}") or ()
                     (item,) = [i for i in items if i["op"]["operation_id"] == r.operation_id]
-                    self.settled[r.operation_id] = CLOUD_OPERATION_ADAPTER.validate_python(item["op"])
+                    self.settled[r.operation_id] = operations.CLOUD_OPERATION_ADAPTER.validate_python(
+                        item["op"]
+                    )
             else:
                 p = s.partition if s.partition is not None else partition_of(s.key)
                 self.inbox[(s.role, p)].append(s.value)

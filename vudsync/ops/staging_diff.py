@@ -23,19 +23,8 @@ from enum import StrEnum
 from typing import Any
 
 from processors.deletions import is_destructive
-from schemas.operations import (
-    AssignAccess,
-    CloudOperation,
-    DeactivateUser,
-    RegisterApplicationInstance,
-    RemoveCatalogueEntry,
-    RevokeAccess,
-    StagedOperation,
-    UpsertCatalogueEntry,
-    UpsertCompany,
-    UpsertUser,
-    version_slot,
-)
+from schemas import operations
+from schemas.operations import StagedOperation, version_slot
 from sinks.writes import company_fields, user_fields
 from vudsync.ops.drift import CloudState, directory_part, services_from_state
 
@@ -60,7 +49,7 @@ class StagedRecord:
     staged: StagedOperation
 
     @property
-    def operation(self) -> CloudOperation:
+    def operation(self) -> operations.CloudOperation:
         return self.staged.operation
 
 
@@ -101,9 +90,13 @@ class Staged:
         return [r for r in latest.values() if id(r) in kept]
 
 
-def _slot(op: CloudOperation) -> str:
+def _slot(op: operations.CloudOperation) -> str:
     # the blocked applications' partial assignment shares its slot's version: keep both apart
-    keep = f"|keep:{','.join(a.value for a in op.keep)}" if isinstance(op, AssignAccess) and op.keep else ""
+    keep = (
+        f"|keep:{','.join(a.value for a in op.keep)}"
+        if isinstance(op, operations.AssignAccess) and op.keep
+        else ""
+    )
     return version_slot(op) + keep
 
 
@@ -212,7 +205,7 @@ def _differing(ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def _user(op: UpsertUser, cloud: _Cloud) -> tuple[Change, str]:
+def _user(op: operations.UpsertUser, cloud: _Cloud) -> tuple[Change, str]:
     found = cloud.users.get(op.entity_id)
     if found is None:
         by_email = cloud.user_emails.get(op.email.casefold())
@@ -230,7 +223,7 @@ def _user(op: UpsertUser, cloud: _Cloud) -> tuple[Change, str]:
     return (Change.UPDATE, ", ".join(diffs)) if diffs else (Change.NO_CHANGE, op.email)
 
 
-def _company(op: UpsertCompany, cloud: _Cloud) -> tuple[Change, str]:
+def _company(op: operations.UpsertCompany, cloud: _Cloud) -> tuple[Change, str]:
     found = cloud.companies.get(op.entity_id)
     if found is None:
         by_org = cloud.company_orgs.get(op.organisation_number)
@@ -243,7 +236,7 @@ def _company(op: UpsertCompany, cloud: _Cloud) -> tuple[Change, str]:
     return (Change.UPDATE, ", ".join(diffs)) if diffs else (Change.NO_CHANGE, op.name)
 
 
-def _assign(op: AssignAccess, cloud: _Cloud) -> tuple[Change, str]:
+def _assign(op: operations.AssignAccess, cloud: _Cloud) -> tuple[Change, str]:
     where = f"{op.user_id} in {op.company_id}"
     item = cloud.access_of(op.user_id, op.company_id)
     if item is None:
@@ -255,35 +248,35 @@ def _assign(op: AssignAccess, cloud: _Cloud) -> tuple[Change, str]:
     return (Change.NO_CHANGE, where) if ours == theirs else (Change.ASSIGNMENT, f"{where} (changed)")
 
 
-def classify(op: CloudOperation, cloud: _Cloud) -> tuple[Change, str]:
+def classify(op: operations.CloudOperation, cloud: _Cloud) -> tuple[Change, str]:
     """What ``op`` would change in ``cloud``, with a short detail."""
-    if isinstance(op, UpsertUser):
+    if isinstance(op, operations.UpsertUser):
         return _user(op, cloud)
-    if isinstance(op, UpsertCompany):
+    if isinstance(op, operations.UpsertCompany):
         return _company(op, cloud)
-    if isinstance(op, DeactivateUser):
+    if isinstance(op, operations.DeactivateUser):
         found = cloud.users.get(op.entity_id)
         if found is None or not found.get("active", True):
             return Change.NO_CHANGE, f"{op.email} (not in the cloud, or inactive)"
         return Change.DEACTIVATION, op.email
-    if isinstance(op, AssignAccess):
+    if isinstance(op, operations.AssignAccess):
         return _assign(op, cloud)
-    if isinstance(op, RevokeAccess):
+    if isinstance(op, operations.RevokeAccess):
         where = f"{op.user_id} in {op.company_id}"
         return (
             Change.NO_CHANGE if cloud.access_of(op.user_id, op.company_id) is None else Change.REVOKE
         ), where
-    if isinstance(op, UpsertCatalogueEntry | RemoveCatalogueEntry):
+    if isinstance(op, operations.UpsertCatalogueEntry | operations.RemoveCatalogueEntry):
         key = (op.application.value, op.catalogue, op.name)
         name = "/".join(key)
-        if isinstance(op, RemoveCatalogueEntry):
+        if isinstance(op, operations.RemoveCatalogueEntry):
             return (
                 (Change.CATALOGUE, f"remove {name}") if key in cloud.catalogue else (Change.NO_CHANGE, name)
             )
         if key in cloud.catalogue and (cloud.catalogue[key] or "") == op.description:
             return Change.NO_CHANGE, name
         return Change.CATALOGUE, name
-    assert isinstance(op, RegisterApplicationInstance)
+    assert isinstance(op, operations.RegisterApplicationInstance)
     seen = cloud.instances.get(op.application.value)
     if seen and seen.get("uri") == op.uri and seen.get("license_fingerprint") == op.license_fingerprint:
         return Change.NO_CHANGE, op.application.value
@@ -322,7 +315,8 @@ def diff(staged: Staged, cloud: CloudState) -> Diff:
     creations = {
         _need_met_by(r.operation)
         for r, e in zip(shown, entries, strict=True)
-        if e.change in (Change.CREATION, Change.LINK) or isinstance(r.operation, UpsertCatalogueEntry)
+        if e.change in (Change.CREATION, Change.LINK)
+        or isinstance(r.operation, operations.UpsertCatalogueEntry)
     }
     entries = [
         e if not e.waiting_for else _with_detail(e, _waiting_detail(e.waiting_for, creations))
@@ -340,9 +334,9 @@ def diff(staged: Staged, cloud: CloudState) -> Diff:
     )
 
 
-def _need_met_by(op: CloudOperation) -> str:
+def _need_met_by(op: operations.CloudOperation) -> str:
     """The need (:mod:`processors.needs`, encoded) whose fact the result of ``op`` gives."""
-    if isinstance(op, UpsertCatalogueEntry):
+    if isinstance(op, operations.UpsertCatalogueEntry):
         return f"catalogue:{op.application.value}:{op.catalogue}:{op.name}"
     return op.aggregate  # user:<id>, company:<id>
 
@@ -370,7 +364,7 @@ class Promotion:
     the shown ones still waiting for what those create (applied when the planner stages them
     again, ready), by operation id."""
 
-    ready: tuple[CloudOperation, ...]
+    ready: tuple[operations.CloudOperation, ...]
     waiting: Mapping[str, tuple[str, ...]]  # operation id -> what it waits for
     destructive: int  # deactivations, revokes, removals among them (the gate's count)
 
