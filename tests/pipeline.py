@@ -139,11 +139,16 @@ def wait_for(
         raise AssertionError(f"{exc}\n{logs}") from None
 
 
+def directory_writer(settings: Settings) -> SqliteDirectoryWriter:
+    """A writer of this test's directory store (the SQLite file of ``settings``' store URL), as VUD writes."""
+    return SqliteDirectoryWriter(settings.resolved_store_url().removeprefix("sqlite:///"))
+
+
 def business_directory(
     settings: Settings, bootstrap: str, roles: tuple[str, ...] = ("Regnskap",)
 ) -> SqliteDirectoryWriter:
     """This test's directory store, with the catalogue's topics created and these Business roles."""
     ensure_catalogue(settings, bootstrap)
-    writer = SqliteDirectoryWriter(settings.resolved_store_url().removeprefix("sqlite:///"))
+    writer = directory_writer(settings)
     writer.upsert_catalogue("roles", [("business", r, r) for r in roles])
     return writer

@@ -7,22 +7,18 @@ without the operator rewriting the row."""
 from __future__ import annotations
 
 from devtools.processes import wait_until
-from devtools.seed.writer import SqliteDirectoryWriter
 from kernel.settings import Settings
 from schemas.topics import DIRECTORY_DLQ
 from tests.fixtures.cloud import CloudReader
 from tests.kafka_read import read_all
-from tests.pipeline import alive_or_fail, components, vudsync_cli
-from vudsync.topics import ensure_catalogue
+from tests.pipeline import alive_or_fail, business_directory, components, vudsync_cli
 
 
 def test_access_written_before_its_company_is_applied_once_the_company_exists(
     pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
 ) -> None:
     settings = pipeline_settings
-    ensure_catalogue(settings, kafka_bootstrap)
-    writer = SqliteDirectoryWriter(settings.resolved_store_url().removeprefix("sqlite:///"))
-    writer.upsert_catalogue("roles", [("business", "Regnskap", "Regnskap")])
+    writer = business_directory(settings, kafka_bootstrap)
     writer.upsert_user(id="u0", username="ola", email="ola@fjord.no", first_name="Ola", last_name="Nordmann")
     assert vudsync_cli(settings, kafka_bootstrap, "connect").returncode == 0
 

@@ -11,13 +11,12 @@ from typing import Any
 import httpx
 
 from devtools.processes import wait_until
-from devtools.seed.writer import SqliteDirectoryWriter
 from kernel.settings import Settings
 from schemas.results import OperationResult, ResultOutcome
 from schemas.topics import RESULTS
 from tests.fixtures.cloud import CloudReader, fingerprint
 from tests.kafka_read import read_all
-from tests.pipeline import alive_or_fail, components, vudsync_cli
+from tests.pipeline import alive_or_fail, components, directory_writer, vudsync_cli
 from vudsync.topics import ensure_catalogue
 
 URI = "https://vb.fjord.local"
@@ -29,7 +28,7 @@ def test_a_license_change_holds_business_access_until_the_new_instance_is_regist
     settings = pipeline_settings
     ensure_catalogue(settings, kafka_bootstrap)
     cloud.register_instance("business", URI, fingerprint(settings, "VB-KEY-1"))
-    writer = SqliteDirectoryWriter(settings.resolved_store_url().removeprefix("sqlite:///"))
+    writer = directory_writer(settings)
     writer.add_application_instance("business", URI, "VB-KEY-1")
     writer.upsert_catalogue("roles", [("business", "Regnskap", "Regnskap"), ("business", "Lønn", "Lønn")])
     writer.upsert_companies([{"id": "c1", "name": "Fjord AS", "organisation_number": "923609016"}])

@@ -20,13 +20,12 @@ from typing import Any
 import httpx
 
 from devtools.processes import wait_until
-from devtools.seed.writer import SqliteDirectoryWriter
 from kernel.settings import Settings
 from schemas.results import OperationResult, ResultOutcome
 from schemas.topics import RESULTS
 from tests.fixtures.cloud import CloudReader
 from tests.kafka_read import read_all
-from tests.pipeline import alive_or_fail, components, vudsync_cli
+from tests.pipeline import alive_or_fail, components, directory_writer, vudsync_cli
 from vudsync.topics import ensure_catalogue
 
 
@@ -58,7 +57,7 @@ def test_matching_by_e_mail_never_takes_over_or_deactivates_a_stranger(
         headers=cloud.server.admin_headers(),
         json={"customer_admin": True},
     ).raise_for_status()
-    writer = SqliteDirectoryWriter(settings.resolved_store_url().removeprefix("sqlite:///"))
+    writer = directory_writer(settings)
     writer.upsert_user(id="u1", username="kari", email="kari@fjord.no", first_name="Kari", last_name="Holm")
     writer.upsert_catalogue("roles", [("business", "Regnskap", "Regnskap")])
     writer.upsert_companies([{"id": "c1", "name": "Fjord AS", "organisation_number": "923609016"}])

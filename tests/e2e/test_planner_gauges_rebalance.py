@@ -18,11 +18,11 @@ from typing import Any
 
 import httpx
 
-from devtools.seed.writer import SqliteDirectoryWriter
 from kernel.settings import Settings
 from processors.app import app_id
+from tests.factories import store_users
 from tests.kafka_read import read_all
-from tests.pipeline import components, connected, gauge, wait_for
+from tests.pipeline import components, connected, directory_writer, gauge, wait_for
 from vudsync.topics import ensure_catalogue
 
 USERS = 30
@@ -70,18 +70,16 @@ def test_after_a_rebalance_each_workers_gauges_count_its_own_partitions_only(
     settings = kafka_settings.model_copy(update={"topic_partitions": 3})
     ensure_catalogue(settings, kafka_bootstrap)
     connected(settings, kafka_bootstrap)  # as after `vudsync connect`: the assignments wait for cloud ids
-    writer = SqliteDirectoryWriter(settings.resolved_store_url().removeprefix("sqlite:///"))
+    writer = directory_writer(settings)
     writer.add_application_instance("business", "https://vb.fjord.local", "VB-1")
     writer.upsert_catalogue("roles", [("business", "Regnskap", "Regnskap")])
     writer.upsert_companies(
         {"id": cid, "name": f"Fjord {cid} AS", "organisation_number": f"92360901{i}"}
         for i, cid in enumerate(COMPANIES)
     )
-    users = [f"u{i:03d}" for i in range(USERS)]
-    writer.upsert_users(
-        {"id": u, "username": u, "email": f"{u}@fjord.no", "first_name": "Åse", "last_name": "Lie"}
-        for u in users
-    )
+    rows = store_users(*range(USERS), digits=3)
+    writer.upsert_users(rows)
+    users = [row["id"] for row in rows]
     writer.grant(
         [(u, COMPANIES[i % len(COMPANIES)], "business", "role", "Regnskap") for i, u in enumerate(users)]
     )

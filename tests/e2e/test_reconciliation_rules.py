@@ -18,9 +18,10 @@ from devtools.seed.writer import SqliteDirectoryWriter
 from kernel.settings import Settings
 from schemas.results import OperationResult, ResultOutcome
 from schemas.topics import RESULTS
+from tests.factories import store_users
 from tests.fixtures.cloud import CloudReader, fingerprint
 from tests.kafka_read import read_all
-from tests.pipeline import alive_or_fail, components, gauge, vudsync_cli
+from tests.pipeline import alive_or_fail, components, directory_writer, gauge, vudsync_cli
 from vudsync.topics import ensure_catalogue
 
 URI = "https://vb.fjord.local"
@@ -32,10 +33,6 @@ def _vudsync(
     done = vudsync_cli(settings, bootstrap, *args)
     assert done.returncode in ok, done.stderr
     return done
-
-
-def _writer(settings: Settings) -> SqliteDirectoryWriter:
-    return SqliteDirectoryWriter(settings.resolved_store_url().removeprefix("sqlite:///"))
 
 
 def _results(settings: Settings, bootstrap: str, until: Any, timeout: float = 120) -> list[OperationResult]:
@@ -59,7 +56,7 @@ def test_a_mismatching_instance_blocks_its_access_until_it_is_fixed(
     kafka_bootstrap = kafka_target.bootstrap
     ensure_catalogue(settings, kafka_bootstrap)
     cloud.register_instance("business", URI, fingerprint(settings, "VB-CLOUD-KEY"))
-    writer = _writer(settings)
+    writer = directory_writer(settings)
     writer.add_application_instance("business", URI, "VB-OTHER-KEY")
     writer.upsert_catalogue("roles", [("business", "Regnskap", "Regnskap")])
     writer.upsert_companies([{"id": "c1", "name": "Fjord AS", "organisation_number": "923609016"}])
@@ -134,7 +131,7 @@ def test_a_mismatched_application_holds_its_own_access_only(
     ensure_catalogue(settings, kafka_bootstrap)
     for app, cloud_key in (("business", "VB-KEY"), ("reporting", "REPORTING-CLOUD-KEY")):
         cloud.register_instance(app, URI, fingerprint(settings, cloud_key))
-    writer = _writer(settings)
+    writer = directory_writer(settings)
     writer.add_application_instance("business", URI, "VB-KEY")
     writer.add_application_instance("reporting", URI, "REPORTING-OTHER-KEY")
     writer.upsert_catalogue(
@@ -177,6 +174,19 @@ def _listed(settings: Settings, bootstrap: str) -> dict[str, Any]:
     return dict(json.loads(_vudsync(settings, bootstrap, "deletes", "list", "--json", ok=(0, 1)).stdout))
 
 
+def _connected_users(
+    settings: Settings, bootstrap: str, n: int, *, digits: int
+) -> tuple[SqliteDirectoryWriter, list[str]]:
+    """This test's store (catalogue topics created) with ``n`` users ``u<i>``, after `vudsync
+    connect`: the writer and the users' ids."""
+    ensure_catalogue(settings, bootstrap)
+    writer = directory_writer(settings)
+    rows = store_users(*range(n), digits=digits)
+    writer.upsert_users(rows)
+    _vudsync(settings, bootstrap, "connect")
+    return writer, [row["id"] for row in rows]
+
+
 def _effects(cloud: CloudReader, effect: str) -> set[str]:
     """The cloud users that had ``effect`` (audit: created, deactivated …), by cloud id."""
     return {e["resource_id"] for e in cloud.audit() if e["resource_type"] == "user" and e["effect"] == effect}
@@ -190,15 +200,8 @@ def test_a_burst_of_600_deletions_over_500_is_held_whole_and_approved_only_as_sh
     looked. Now none of the burst reaches the cloud (its audit says so) until approved, and the
     approval names the highest number ``deletes list`` showed."""
     settings = pipeline_settings
-    ensure_catalogue(settings, kafka_bootstrap)
-    writer = _writer(settings)
-    users = [f"u{i:03d}" for i in range(603)]
+    writer, users = _connected_users(settings, kafka_bootstrap, 603, digits=3)
     burst, later = users[:600], users[600:]
-    writer.upsert_users(
-        {"id": u, "username": u, "email": f"{u}@fjord.no", "first_name": "Åse", "last_name": "Lie"}
-        for u in users
-    )
-    _vudsync(settings, kafka_bootstrap, "connect")
     port = _free_port()
     env = {"VUDSYNC_PLANNER_DELETES_THRESHOLD": "500", "VUDSYNC_PLANNER_SESSION_TIMEOUT": "10"}
     with components(
@@ -254,14 +257,7 @@ def test_mass_deactivation_by_active_false_is_held_until_approved(
     """The mistake: a bad import sets ``active = false`` on every user; the gate counted only
     removals, so each went straight to the cloud."""
     settings = pipeline_settings
-    ensure_catalogue(settings, kafka_bootstrap)
-    writer = _writer(settings)
-    users = [f"u{i:02d}" for i in range(5)]
-    writer.upsert_users(
-        {"id": u, "username": u, "email": f"{u}@fjord.no", "first_name": "Åse", "last_name": "Lie"}
-        for u in users
-    )
-    _vudsync(settings, kafka_bootstrap, "connect")
+    writer, users = _connected_users(settings, kafka_bootstrap, 5, digits=2)
     port = _free_port()
     env = {"VUDSYNC_PLANNER_DELETES_THRESHOLD": "3", "VUDSYNC_PLANNER_SESSION_TIMEOUT": "10"}
 

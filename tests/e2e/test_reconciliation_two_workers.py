@@ -32,7 +32,6 @@ from kafka.errors import KafkaError
 
 from devtools.processes import wait_until
 from devtools.seed.data import organisation_number
-from devtools.seed.writer import SqliteDirectoryWriter
 from kernel.scrape import total
 from kernel.settings import Settings
 from processors.app import app_id
@@ -42,7 +41,7 @@ from schemas.results import OperationResult, ResultOutcome
 from schemas.topics import DIRECTORY_TOPICS, OPERATIONS, OPERATIONS_DLQ, PLANNER_CONTROL, RESULTS
 from tests.fixtures.cloud import CloudReader, fingerprint
 from tests.kafka_read import read_all
-from tests.pipeline import alive_or_fail, components, metrics_of, vudsync_cli
+from tests.pipeline import alive_or_fail, components, directory_writer, metrics_of, vudsync_cli
 from vudsync.topics import ensure_catalogue
 
 USERS = 24
@@ -55,7 +54,7 @@ class Directory:
     """The on-premise directory, written as VUD does, and what the cloud must end up with."""
 
     def __init__(self, settings: Settings) -> None:
-        self.writer = SqliteDirectoryWriter(settings.resolved_store_url().removeprefix("sqlite:///"))
+        self.writer = directory_writer(settings)
         self.users: dict[str, dict[str, Any]] = {}
         self.access: dict[str, dict[str, dict[str, set[str]]]] = {}  # user -> company -> app -> roles
         self.companies: dict[str, dict[str, Any]] = {}

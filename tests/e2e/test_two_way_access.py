@@ -8,21 +8,17 @@ from __future__ import annotations
 import json
 
 from devtools.processes import wait_until
-from devtools.seed.writer import SqliteDirectoryWriter
 from kernel.settings import Settings
 from tests.fixtures.cloud import CloudReader, Portal
-from tests.pipeline import alive_or_fail, components, vudsync_cli
-from vudsync.topics import ensure_catalogue
+from tests.pipeline import alive_or_fail, business_directory, components, vudsync_cli
 
 
 def test_a_role_granted_in_the_cloud_survives_changes_and_revokes_on_premise(
     pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
 ) -> None:
     settings = pipeline_settings
-    ensure_catalogue(settings, kafka_bootstrap)
-    writer = SqliteDirectoryWriter(settings.resolved_store_url().removeprefix("sqlite:///"))
     roles = ("Regnskap", "Lønn", "Innkjøp")
-    writer.upsert_catalogue("roles", [("business", r, r) for r in roles])
+    writer = business_directory(settings, kafka_bootstrap, roles)
     writer.upsert_companies([{"id": "c1", "name": "Fjord AS", "organisation_number": "923609016"}])
     writer.upsert_user(id="u1", username="kari", email="kari@fjord.no", first_name="Kari", last_name="Holm")
     writer.grant([("u1", "c1", "business", "role", "Regnskap")])

@@ -9,19 +9,14 @@ import pytest
 
 from devtools.broker.cluster import KafkaTarget
 from devtools.processes import wait_until
-from devtools.seed.writer import SqliteDirectoryWriter
 from kernel.settings import Settings
 from schemas.topics import OPERATIONS
 from sinks.service import sink_group
 from tests.factories import store_users
 from tests.fixtures.cloud import CloudReader
 from tests.kafka_read import committed
-from tests.pipeline import alive_or_fail, components, vudsync_cli
+from tests.pipeline import alive_or_fail, components, directory_writer, vudsync_cli
 from vudsync.topics import ensure_catalogue
-
-
-def _writer(settings: Settings) -> SqliteDirectoryWriter:
-    return SqliteDirectoryWriter(settings.resolved_store_url().removeprefix("sqlite:///"))
 
 
 @pytest.mark.parametrize("kafka_target", ["plaintext", "secured"], indirect=True)
@@ -32,7 +27,7 @@ def test_insert_update_delete_reach_the_cloud(
     component its own principal and ACLs, topics with three replicas)."""
     bootstrap = kafka_target.bootstrap
     ensure_catalogue(pipeline_settings, bootstrap)
-    writer = _writer(pipeline_settings)
+    writer = directory_writer(pipeline_settings)
     connected = vudsync_cli(pipeline_settings, bootstrap, "connect")  # nothing is sent before it
     assert connected.returncode == 0, connected.stderr
     with components(
@@ -97,7 +92,7 @@ def test_sink_killed_after_apply_before_commit_has_no_second_effect(
     # construction — not by racing a slow cloud (a batch of 500 took all 200 users at once and
     # was committed before the test could look)
     cloud.faults(latency_ms=[3000, 3000], latency_after_effect=True)
-    writer = _writer(pipeline_settings)
+    writer = directory_writer(pipeline_settings)
     n = 200
     writer.upsert_users(store_users(*range(n), digits=4))
     ops_topic = pipeline_settings.topic(OPERATIONS.name)

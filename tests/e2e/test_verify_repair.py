@@ -11,14 +11,14 @@ from typing import Any
 import httpx
 
 from devtools.processes import wait_until
-from devtools.seed.writer import SqliteDirectoryWriter
 from kernel.settings import Settings
 from schemas.fingerprint import license_fingerprint
 from schemas.results import OperationResult
 from schemas.topics import RESULTS
+from tests.factories import store_users
 from tests.fixtures.cloud import CloudReader
 from tests.kafka_read import read_all
-from tests.pipeline import alive_or_fail, business_directory, components, vudsync_cli
+from tests.pipeline import alive_or_fail, business_directory, components, directory_writer, vudsync_cli
 from vudsync.topics import ensure_catalogue
 
 
@@ -59,11 +59,8 @@ def test_a_repair_deactivating_more_than_the_gate_allows_is_held_durably_and_app
     (a field changed in the cloud) goes at once."""
     settings = pipeline_settings
     ensure_catalogue(settings, kafka_bootstrap)
-    writer = SqliteDirectoryWriter(settings.resolved_store_url().removeprefix("sqlite:///"))
-    writer.upsert_users(
-        {"id": u, "username": u, "email": f"{u}@fjord.no", "first_name": "Åse", "last_name": "Lie"}
-        for u in ("u1", "u2")
-    )
+    writer = directory_writer(settings)
+    writer.upsert_users(store_users(1, 2))
     _vudsync(settings, kafka_bootstrap, "connect")
     env = {"VUDSYNC_PLANNER_DELETES_THRESHOLD": "3", "VUDSYNC_PLANNER_SESSION_TIMEOUT": "10"}
     api = httpx.Client(base_url=cloud.server.url, headers=cloud.server.auth_headers(), timeout=10)

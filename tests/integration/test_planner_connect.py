@@ -7,14 +7,13 @@ from collections import Counter
 
 import httpx
 
-from devtools.seed.writer import SqliteDirectoryWriter
 from kernel.settings import Settings
 from schemas.directory import EntityType
 from schemas.results import PlannerFact
 from schemas.topics import DIRECTORY_TOPICS, PLANNER_FACTS
 from tests.fixtures.cloud import CloudReader, fingerprint
 from tests.kafka_read import read_all
-from tests.pipeline import vudsync_cli
+from tests.pipeline import directory_writer, vudsync_cli
 from vudsync.commands.connect import read_cloud
 from vudsync.ops import cloud_reader
 
@@ -50,7 +49,7 @@ def test_connect_publishes_what_the_planner_must_know_and_snapshots_the_store(
     linked = api.post(
         "/v1/companies", json={"external_id": "c1", "name": "Fjord AS", "organisation_number": "923609016"}
     ).json()
-    writer = SqliteDirectoryWriter(settings.resolved_store_url().removeprefix("sqlite:///"))
+    writer = directory_writer(settings)
     writer.add_application_instance("business", "https://vb.fjord.local", "VB-KEY-1")
     writer.upsert_companies([{"id": "c1", "name": "Fjord AS", "organisation_number": "923 609 016"}])
     writer.close()
