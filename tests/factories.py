@@ -37,7 +37,7 @@ def source(seq: int) -> Source:
     return Source(store="sqlite", db="test.db", seq=seq, committed_at=T0 + timedelta(seconds=seq))
 
 
-def _changed(event: type[E], entity: EntityType, state: Any, version: int, op: Op) -> E:
+def changed(event: type[E], entity: EntityType, state: Any, version: int, op: Op) -> E:
     """The event of ``state`` at ``version``: its id, timestamp and source as a store emits them."""
     return event(
         event_id=event_id_for(entity, state.id, version, op),
@@ -71,14 +71,14 @@ def access(
 
 
 def user_event(version: int, op: Op = Op.UPDATE, state: UserState | None = None, **kw: Any) -> UserChanged:
-    return _changed(UserChanged, EntityType.USER, state or user_state(**kw), version, op)
+    return changed(UserChanged, EntityType.USER, state or user_state(**kw), version, op)
 
 
 def company_event(
     version: int, cid: str = "c1", org: str = "923609016", op: Op = Op.UPDATE, **kw: Any
 ) -> CompanyChanged:
     state = CompanyState(id=cid, name=kw.pop("name", "Fjord AS"), organisation_number=org, **kw)
-    return _changed(CompanyChanged, EntityType.COMPANY, state, version, op)
+    return changed(CompanyChanged, EntityType.COMPANY, state, version, op)
 
 
 # planner: catalogue entries and application instances
@@ -90,7 +90,7 @@ def role_event(
     state = RoleState(
         id=f"{app.value}:{name}", application=app, name=name, description=f"{name} i {app.value}"
     )
-    return _changed(RoleChanged, EntityType.ROLE, state, version, op)
+    return changed(RoleChanged, EntityType.ROLE, state, version, op)
 
 
 def instance_event(
@@ -101,7 +101,7 @@ def instance_event(
     op: Op = Op.UPDATE,
 ) -> ApplicationInstanceChanged:
     state = ApplicationInstanceState(id=app.value, application=app, uri=uri, license_fingerprint=fingerprint)
-    return _changed(ApplicationInstanceChanged, EntityType.APPLICATION_INSTANCE, state, version, op)
+    return changed(ApplicationInstanceChanged, EntityType.APPLICATION_INSTANCE, state, version, op)
 
 
 def planned(

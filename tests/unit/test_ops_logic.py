@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,7 @@ from schemas.deadletter import error_headers
 from schemas.results import OperationResult, ResultOutcome
 from tests.factories import op_result
 from vudsync.ops.deadletters import (
+    DeadLetter,
     DeadLetterRef,
     HandledMarks,
     dead_letter_from_record,
@@ -177,57 +179,39 @@ def test_refs() -> None:
         DeadLetterRef.parse("operations:1")
 
 
-def _record(topic: str, headers: list[tuple[str, bytes]], value: bytes = b"{}") -> SimpleNamespace:
-    return SimpleNamespace(
-        topic=topic,
+def _dead_letter(queue: str, value: bytes = b"{}", **headers: Any) -> DeadLetter:
+    """A record of ``queue``'s dead-letter topic (prefix ``p-``) at offset 4 of partition 0,
+    with the error headers ``headers``, as ``dlq`` reads it (not handled)."""
+    dlq = {"operations": "p-vud.cloud.operations.dlq", "directory": "p-vud.directory.dlq"}[queue]
+    record = SimpleNamespace(
+        topic=dlq,
         partition=0,
         offset=4,
         key=b"u1",
         value=value,
-        headers=headers,
+        headers=error_headers(**headers),
         timestamp=1_700_000_000_000,
     )
+    return dead_letter_from_record(queue, record, handled=False)
 
 
 def test_retry_goes_back_through_the_normal_path() -> None:
     s = settings()
     allowed = ["p-vud.directory.users", "p-vud.cloud.operations"]
-    op = dead_letter_from_record(
-        "operations",
-        _record(
-            "p-vud.cloud.operations.dlq",
-            error_headers(reason="boom", stage="apply", topic="x", partition=0, offset=1),
-        ),
-        handled=False,
-    )
+    op = _dead_letter("operations", reason="boom", stage="apply", topic="x", partition=0, offset=1)
     assert retry_target(op, s, allowed).topic == "p-vud.cloud.operations"
-    planner = dead_letter_from_record(
-        "directory",
-        _record(
-            "p-vud.directory.dlq",
-            error_headers(reason="bug", stage="plan", topic="p-vud.directory.users", partition=2, offset=9),
-        ),
-        handled=False,
+    planner = _dead_letter(
+        "directory", reason="bug", stage="plan", topic="p-vud.directory.users", partition=2, offset=9
     )
     assert planner.original == ("p-vud.directory.users", 2, 9)
     assert retry_target(planner, s, allowed).topic == "p-vud.directory.users"
-    foreign = dead_letter_from_record(
-        "directory",
-        _record(
-            "p-vud.directory.dlq",
-            error_headers(reason="bug", stage="plan", topic="other", partition=0, offset=1),
-        ),
-        handled=False,
-    )
+    foreign = _dead_letter("directory", reason="bug", stage="plan", topic="other", partition=0, offset=1)
     assert retry_target(foreign, s, allowed).topic is None
-    capture = dead_letter_from_record(
+    capture = _dead_letter(
         "directory",
-        _record(
-            "p-vud.directory.dlq",
-            error_headers(reason="malformed e-mail", stage="capture"),
-            b'{"entity": "user", "entity_id": "u9", "version": 12}',
-        ),
-        handled=False,
+        b'{"entity": "user", "entity_id": "u9", "version": 12}',
+        reason="malformed e-mail",
+        stage="capture",
     )
     target = retry_target(capture, s, allowed)
     assert target.topic is None and "fix the row" in (target.why_not or "")

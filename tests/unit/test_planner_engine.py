@@ -7,6 +7,8 @@ from collections import deque
 from datetime import timedelta
 from typing import Any
 
+import pytest
+
 from processors import deletions, gate
 from processors.control import DeletionsDecided, GateTick
 from processors.engine import Coords, Effects, Reconciler
@@ -713,10 +715,14 @@ def test_upserts_are_unaffected_by_the_gate() -> None:
 # -- where a user's cloud id goes ----------------------------------------------------------------
 
 
-def test_a_users_cloud_id_goes_to_the_partition_its_events_arrive_on_only() -> None:
+@pytest.mark.parametrize("home_result", [False, True], ids=["result-elsewhere", "result-at-home"])
+def test_a_users_cloud_id_goes_to_the_partition_its_events_arrive_on_only(home_result: bool) -> None:
     """Only the user's own operations wait for its cloud id, and they are planned on the
     partition its events arrive on (whichever partitioner put them there): one fact, not one
-    per partition; its parked assignment is released there."""
+    per partition; its parked assignment is released there. When the result comes to that
+    partition itself (the sink and the directory producer hash keys alike, as with librdkafka
+    on both), the id is learned and the parked assignment released in the same step: no fact
+    record to read back — and the table ends as with the fact."""
     h = Harness(partitions=6)
     h.connect()
     h.fact(kind=FactKind.COMPANY, subject="c1", cloud_id="cc-1")
@@ -726,46 +732,23 @@ def test_a_users_cloud_id_goes_to_the_partition_its_events_arrive_on_only() -> N
     assert h.r.parked() == 1
     fx = h.r.on_result(
         OperationResult.for_operation(upsert, ResultOutcome.APPLIED, T0, cloud_id="cu-1"),
-        Coords("results", 1, 99),
+        Coords("results", 4 if home_result else 1, 99),
     )
-    assert [(s.role, s.partition) for s in fx.sends] == [("facts", 4)]
+    if home_result:
+        assert [s.role for s in fx.sends] == ["operations"] and fx.acks_first
+        assert fx.writes["k|4|user:u1"] == "cu-1" and list(fx.writes)[-1] == "k|4|user:u1"
+    else:
+        assert [(s.role, s.partition) for s in fx.sends] == [("facts", 4)]
     h.perform(fx)
     assert h.r.parked() == 0 and h.table.get("k|4|user:u1") == "cu-1"
     (assign,) = [op for op in h.ops if isinstance(op, AssignAccess)]
     assert assign.cloud_user_id == "cu-1"
-
-
-def test_a_users_result_on_its_home_partition_releases_its_parked_operations_there() -> None:
-    """When the result comes to the partition the user's events arrive on (the sink and the
-    directory producer hash keys alike, as with librdkafka on both), the id is learned and the
-    parked assignment released in the same step: no fact record to read back — and the table
-    ends as with the fact."""
-    for home_result in (True, False):
-        h = Harness(partitions=6)
-        h.connect()
-        h.fact(kind=FactKind.COMPANY, subject="c1", cloud_id="cc-1")
-        h.event(user_event(2), partition=4)  # seen before: no upsert ahead of its access
-        h.event(user_event(3, access=(access("c1"),)), partition=4)
-        (upsert,) = [op for op in h.ops if isinstance(op, UpsertUser)]
-        fx = h.r.on_result(
-            OperationResult.for_operation(upsert, ResultOutcome.APPLIED, T0, cloud_id="cu-1"),
-            Coords("results", 4 if home_result else 1, 99),
-        )
-        if home_result:
-            assert [s.role for s in fx.sends] == ["operations"] and fx.acks_first
-            assert fx.writes["k|4|user:u1"] == "cu-1" and list(fx.writes)[-1] == "k|4|user:u1"
-        else:
-            assert [(s.role, s.partition) for s in fx.sends] == [("facts", 4)]
-        h.perform(fx)
-        assert h.r.parked() == 0 and h.table.get("k|4|user:u1") == "cu-1"
-        (assign,) = [op for op in h.ops if isinstance(op, AssignAccess)]
-        assert assign.cloud_user_id == "cu-1"
-        # the same result again (a redelivery) changes nothing and sends nothing new
-        again = h.r.on_result(
-            OperationResult.for_operation(upsert, ResultOutcome.APPLIED, T0, cloud_id="cu-1"),
-            Coords("results", 4, 99),
-        )
-        assert again.sends == [] and again.writes == {}
+    # the same result again (a redelivery) changes nothing and sends nothing new
+    again = h.r.on_result(
+        OperationResult.for_operation(upsert, ResultOutcome.APPLIED, T0, cloud_id="cu-1"),
+        Coords("results", 4, 99),
+    )
+    assert again.sends == [] and again.writes == {}
 
 
 def test_a_users_cloud_id_goes_to_every_partition_when_its_home_is_not_known_here() -> None:

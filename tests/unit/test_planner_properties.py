@@ -37,11 +37,9 @@ from schemas import operations
 from schemas.directory import (
     ApplicationInstanceState,
     ApplicationType,
-    CompanyAccess,
     CompanyState,
     EntityType,
     RoleState,
-    ServiceAccess,
     UserState,
     normalise_organisation_number,
 )
@@ -51,12 +49,10 @@ from schemas.events import (
     DirectoryEvent,
     Op,
     RoleChanged,
-    Source,
     UserChanged,
-    event_id_for,
 )
 from schemas.results import FactKind, OperationResult, PlannerFact, ResultOutcome
-from tests.factories import T0
+from tests.factories import T0, access, changed
 
 PARTITIONS = 2
 USERS = ("u0", "u1", "u2")
@@ -105,44 +101,25 @@ def company_changes(draw: st.DrawFn) -> tuple[str, str, dict[str, Any] | None]:
 changes = st.lists(st.one_of(user_changes(), company_changes()), min_size=1, max_size=14)
 
 
-def _source(seq: int) -> Source:
-    return Source(store="sqlite", db="sim.db", seq=seq, committed_at=T0 + timedelta(seconds=seq))
-
-
 def _event(kind: str, entity_id: str, seq: int, op: Op, data: dict[str, Any]) -> DirectoryEvent:
-    common: dict[str, Any] = {
-        "entity_id": entity_id,
-        "version": seq,
-        "op": op,
-        "ts": T0,
-        "source": _source(seq),
-    }
     if kind == "user":
-        access = tuple(
-            CompanyAccess(company_id=cid, services={BUSINESS: ServiceAccess(roles=tuple(sorted(roles)))})
-            for cid, roles in sorted(data["access"].items())
-        )
         state = UserState(
             id=entity_id,
             username=entity_id,
             email=data["email"],
             first_name=data["first_name"],
             active=data["active"],
-            access=access,
+            access=tuple(access(cid, tuple(sorted(roles))) for cid, roles in sorted(data["access"].items())),
         )
-        return UserChanged(event_id=event_id_for(EntityType.USER, entity_id, seq, op), state=state, **common)
+        return changed(UserChanged, EntityType.USER, state, seq, op)
     if kind == "company":
         company = CompanyState(id=entity_id, name=data["name"], organisation_number=data["org"])
-        return CompanyChanged(
-            event_id=event_id_for(EntityType.COMPANY, entity_id, seq, op), state=company, **common
-        )
+        return changed(CompanyChanged, EntityType.COMPANY, company, seq, op)
     if kind == "role":
         role = RoleState(id=entity_id, application=BUSINESS, name=entity_id.split(":")[1])
-        return RoleChanged(event_id=event_id_for(EntityType.ROLE, entity_id, seq, op), state=role, **common)
+        return changed(RoleChanged, EntityType.ROLE, role, seq, op)
     instance = ApplicationInstanceState(id="business", application=BUSINESS, uri=URI, license_fingerprint=FP)
-    return ApplicationInstanceChanged(
-        event_id=event_id_for(EntityType.APPLICATION_INSTANCE, "business", seq, op), state=instance, **common
-    )
+    return changed(ApplicationInstanceChanged, EntityType.APPLICATION_INSTANCE, instance, seq, op)
 
 
 @dataclass

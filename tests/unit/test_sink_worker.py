@@ -96,6 +96,10 @@ class Sink:
         decoded = [decode_model(OperationResult, v) for _, v, _ in self.publisher.on(RESULTS.name)]
         return {r.operation_id: r for r in decoded}
 
+    def outcomes(self) -> dict[str, ResultOutcome]:
+        """Each result's outcome, by operation id."""
+        return {oid: r.outcome for oid, r in self.results().items()}
+
     def counted(self, outcome: str, kind: str = "user.upsert") -> float:
         value = self.registry.get_sample_value(
             "vudsync_sink_operations_total", {"kind": kind, "outcome": outcome}
@@ -226,8 +230,7 @@ async def test_an_older_operation_queued_behind_a_newer_one_is_superseded_once_t
 
     await sink.run_until(sink.all_committed)
 
-    outcomes = {oid: r.outcome for oid, r in sink.results().items()}
-    assert outcomes == {
+    assert sink.outcomes() == {
         newer.operation_id: ResultOutcome.APPLIED,
         stale.operation_id: ResultOutcome.SUPERSEDED,
     }
@@ -245,8 +248,7 @@ async def test_an_old_assignment_retried_after_its_revoke_stays_revoked() -> Non
 
     await sink.run_until(sink.all_committed)
 
-    outcomes = {oid: r.outcome for oid, r in sink.results().items()}
-    assert outcomes == {
+    assert sink.outcomes() == {
         revoke.operation_id: ResultOutcome.APPLIED,
         old_assign.operation_id: ResultOutcome.SUPERSEDED,
         elsewhere.operation_id: ResultOutcome.APPLIED,
