@@ -38,7 +38,7 @@ from typing import Any
 
 import click
 
-from devtools.bench import bench_broker, emit, process_cpu_seconds
+from devtools.bench import bench_broker, bench_producer, emit, process_cpu_seconds
 
 INPUT = "bench.floor.in"
 OUTPUT = "bench.floor.out"
@@ -249,8 +249,6 @@ def _output_span(bootstrap: str, topic: str, partitions: int) -> float | None:
 def bench_variant(
     bootstrap: str, variant: Variant, records: list[tuple[bytes, bytes]], partitions: int, timeout: float
 ) -> dict[str, Any]:
-    from kafka import KafkaProducer
-
     from devtools.processes import ComponentProcess
     from kernel.admin import TopicSpec, delete_topics, ensure_topics
     from kernel.settings import load_settings
@@ -267,7 +265,7 @@ def bench_variant(
         changelog = f"{app_id(settings)}-state-changelog"
         ensure_topics(bootstrap, [TopicSpec(source, partitions), TopicSpec(sink, partitions)])
         stack.callback(delete_topics, bootstrap, [source, sink, changelog])
-        producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, batch_size=512 * 1024)
+        producer = bench_producer(bootstrap)
         for key, value in records:
             producer.send(source, key=key, value=value)
         producer.flush()

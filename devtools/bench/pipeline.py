@@ -45,6 +45,7 @@ import click
 
 from devtools.bench import (
     bench_broker,
+    bench_producer,
     bench_settings,
     bench_target,
     emit,
@@ -366,8 +367,6 @@ def reference(
     """Raw kafka-python: produce ``records`` records (acks=all, idempotent) to a fresh topic,
     then consume them all with one consumer; the rate of a record produced *and* consumed.
     ``settings``: connect as they say, the topic under their prefix (a secured cluster's ACLs)."""
-    from kafka import KafkaProducer
-
     from kernel.admin import delete_topics, ensure_topics, replication_factor
     from kernel.kafka_security import PLAINTEXT
 
@@ -378,14 +377,7 @@ def reference(
     ensure_topics(bootstrap, [(topic, partitions, replicas)], security=security)
     value = b"x" * value_size
     try:
-        producer = KafkaProducer(
-            bootstrap_servers=bootstrap,
-            **security.for_kafka_python(),
-            acks="all",
-            linger_ms=20,
-            batch_size=512 * 1024,
-            enable_idempotence=True,
-        )
+        producer = bench_producer(bootstrap, security=security)
         started = time.monotonic()
         for i in range(records):
             producer.send(topic, key=f"k{i}".encode(), value=value)

@@ -46,7 +46,7 @@ from typing import Any
 
 import click
 
-from devtools.bench import bench_broker, emit, process_cpu_seconds
+from devtools.bench import bench_broker, bench_producer, emit, process_cpu_seconds
 
 APPS = ("business", "reporting")
 ROLES = ("Regnskap", "Lønn", "Innkjøp", "Salg")
@@ -249,7 +249,7 @@ def bench_in_process(events: list[tuple[str, bytes]], profile: Path | None) -> d
 
 
 def bench_faust(events: list[tuple[str, bytes]], partitions: int, timeout: float) -> dict[str, Any]:
-    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka import KafkaConsumer, TopicPartition
 
     from devtools.processes import ComponentProcess
     from kernel.settings import load_settings
@@ -270,7 +270,7 @@ def bench_faust(events: list[tuple[str, bytes]], partitions: int, timeout: float
         )
         ensure_catalogue(settings, bootstrap)
         ensure_planner_topics(settings, bootstrap)
-        producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, batch_size=512 * 1024)
+        producer = bench_producer(bootstrap)
         # what `vudsync connect` and the results would have taught: everything is known
         facts = [
             PlannerFact(

@@ -43,7 +43,7 @@ from typing import Any
 import click
 import httpx
 
-from devtools.bench import bench_broker, bench_target, process_cpu_seconds
+from devtools.bench import bench_broker, bench_producer, bench_target, process_cpu_seconds
 from devtools.broker.cluster import KafkaTarget, LocalKafkaCluster
 from kernel.kafka_security import PLAINTEXT, KafkaSecurity
 from kernel.scrape import ScrapeFailed, scrape
@@ -291,16 +291,7 @@ def feed(
     bootstrap: str, topic: str, operations: Sequence[CloudOperation], *, security: KafkaSecurity = PLAINTEXT
 ) -> None:
     """Write the operations to ``topic``, keyed by aggregate (acks=all), and wait for the acks."""
-    from kafka import KafkaProducer
-
-    producer = KafkaProducer(
-        bootstrap_servers=bootstrap,
-        acks="all",
-        linger_ms=20,
-        batch_size=512 * 1024,
-        enable_idempotence=True,
-        **security.for_kafka_python(),
-    )
+    producer = bench_producer(bootstrap, security=security)
     try:
         futures = [producer.send(topic, key=op.aggregate.encode(), value=encode(op)) for op in operations]
         producer.flush(timeout=120)

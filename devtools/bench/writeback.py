@@ -463,20 +463,9 @@ def _burst_figures(
 @click.option("--timeout", type=float, default=600.0, show_default=True, help="give up a phase after (s)")
 @click.option("--store-url", default=None, help="an empty PostgreSQL store (default: a temporary SQLite one)")
 @click.option("--json", "as_json", is_flag=True, help="print JSON (progress goes to stderr)")
-def command(
-    users: int,
-    paced: int,
-    rate: float,
-    burst: int,
-    revokes: int,
-    poll_interval: float,
-    bootstrap: str | None,
-    timeout: float,
-    store_url: str | None,
-    as_json: bool,
-) -> None:
+def command(as_json: bool, **options: Any) -> None:
     """Writeback, the whole path: an administrator's grants and revokes in the cloud → the
     directory store, every part a process of its own (latency p50/p99 by stage; changes applied/s
     in a burst; CPU per change of each part). Revokes wait the accidental-delete gate's settle:
     their latency is given as measured and minus the configured settle."""
-    emit(run_bench(users, paced, rate, burst, revokes, poll_interval, bootstrap, timeout, store_url), as_json)
+    emit(run_bench(**options), as_json)  # the options are run_bench's parameters, by name
