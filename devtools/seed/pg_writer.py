@@ -31,9 +31,6 @@ class PostgresDirectoryWriter(DirectoryWriter):
         apply_postgres_migrations(self.conn)
         self._staged: set[str] = set()
 
-    def close(self) -> None:
-        self.conn.close()
-
     def analyze(self) -> None:
         """Refresh the planner's statistics after a bulk load. Without them (autovacuum gets to
         a fresh table only a minute or more later) PostgreSQL estimated a capture's
@@ -49,9 +46,6 @@ class PostgresDirectoryWriter(DirectoryWriter):
         except BaseException:
             self._staged.clear()  # staging tables created in a rolled-back transaction are gone
             raise
-
-    def _run(self, sql: str, params: tuple[Any, ...]) -> int:
-        return int(self.conn.execute(sql, params).rowcount)
 
     def _upsert(
         self, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]], conflict: str, action: str

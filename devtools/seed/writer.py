@@ -39,15 +39,16 @@ def _user_row(user: dict[str, Any]) -> tuple[Any, ...]:
 
 
 class DirectoryWriter:
-    """The directory's writes, whatever the store. Subclasses give ``conn``, ``placeholder``,
-    :meth:`_outermost` (the store's own transaction), :meth:`_run` and :meth:`_upsert`."""
+    """The directory's writes, whatever the store. Subclasses give ``conn`` (a DB-API connection
+    whose ``execute`` returns its cursor: sqlite3's, psycopg's), ``placeholder``,
+    :meth:`_outermost` (the store's own transaction) and :meth:`_upsert`."""
 
     placeholder = "?"
     conn: Any  # the store's DB-API connection
     _depth = 0  # transaction blocks open
 
     def close(self) -> None:
-        raise NotImplementedError
+        self.conn.close()
 
     def analyze(self) -> None:
         """Refresh the store's statistics after a bulk load."""
@@ -76,7 +77,7 @@ class DirectoryWriter:
 
     def _run(self, sql: str, params: tuple[Any, ...]) -> int:
         """Execute one statement in the store's own parameter style; its row count."""
-        raise NotImplementedError
+        return int(self.conn.execute(sql, params).rowcount)
 
     def _upsert(
         self, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]], conflict: str, action: str
@@ -202,9 +203,6 @@ class SqliteDirectoryWriter(DirectoryWriter):
         self.conn = connect_sqlite(path)
         apply_sqlite_migrations(self.conn)
 
-    def close(self) -> None:
-        self.conn.close()
-
     def analyze(self) -> None:
         """After a bulk load (the PostgreSQL writer refreshes statistics here). SQLite plans the
         capture's reads as primary-key lookups whatever its statistics: nothing to do."""
@@ -213,9 +211,6 @@ class SqliteDirectoryWriter(DirectoryWriter):
     def _outermost(self) -> Iterator[None]:
         with immediate(self.conn):
             yield
-
-    def _run(self, sql: str, params: tuple[Any, ...]) -> int:
-        return int(self.conn.execute(sql, params).rowcount)
 
     def _upsert(
         self, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]], conflict: str, action: str
