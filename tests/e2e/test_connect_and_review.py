@@ -98,9 +98,7 @@ def test_a_company_matched_to_an_existing_cloud_company_gets_no_services_until_r
 ) -> None:
     settings = pipeline_settings
     # in the cloud before vudsync: a company with c1's organisation number, under another name
-    existing = cloud.client.post(
-        "/v1/companies", json={"name": "Fjord Regnskap AS", "organisation_number": "923609016"}
-    ).json()
+    existing = cloud.company_before_vudsync()
     writer = business_directory(settings, kafka_bootstrap)
     writer.upsert_companies(
         [
@@ -179,9 +177,7 @@ def test_a_sink_killed_between_a_company_link_and_its_ledger_still_holds_the_com
     pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
 ) -> None:
     settings = pipeline_settings
-    existing = cloud.client.post(
-        "/v1/companies", json={"name": "Fjord Regnskap AS", "organisation_number": "923609016"}
-    ).json()
+    existing = cloud.company_before_vudsync()
     writer = business_directory(settings, kafka_bootstrap)
     writer.upsert_companies([{"id": "c1", "name": "Fjord AS", "organisation_number": "923609016"}])
     writer.upsert_user(id="u1", username="kari", email="kari@fjord.no", first_name="Kari", last_name="Holm")

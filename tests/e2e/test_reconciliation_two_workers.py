@@ -224,9 +224,7 @@ def test_two_planner_workers_one_killed_mid_stream_converge_without_applying_any
     api = cloud.client
     # in the cloud before connecting: the same company (organisation number without spaces,
     # another name), a user with the same e-mail in other case, the Business instance
-    pre_company = api.post(
-        "/v1/companies", json={"name": "Fjord Regnskap AS", "organisation_number": "923609016"}
-    ).json()
+    pre_company = cloud.company_before_vudsync()
     pre_user = api.post(
         "/v1/users",
         json={"email": "Kari.Nordmann@Fjord.NO", "username": "kari", "first_name": "Kari", "last_name": "N"},

@@ -32,7 +32,9 @@ COMPANIES = ("c1", "c2", "c3")
 STAGING = {"VUDSYNC_PLANNER_STAGING": "true"}
 
 
-def _directory(settings: Settings, bootstrap: str, users: int) -> SqliteDirectoryWriter:
+def _connected_directory(settings: Settings, bootstrap: str, users: int) -> SqliteDirectoryWriter:
+    """This test's directory: three companies and ``users`` users with a role in one of them,
+    after `vudsync connect`."""
     writer = business_directory(settings, bootstrap)
     writer.upsert_companies(
         [
@@ -42,6 +44,8 @@ def _directory(settings: Settings, bootstrap: str, users: int) -> SqliteDirector
     )
     writer.upsert_users(store_users(*range(users), digits=4))
     writer.grant((f"u{i:04d}", COMPANIES[i % 3], "business", "role", "Regnskap") for i in range(users))
+    connected = vudsync_cli(settings, bootstrap, "connect")
+    assert connected.returncode == 0, connected.stderr
     return writer
 
 
@@ -84,9 +88,7 @@ def test_a_thousand_users_staged_are_diffed_against_the_cloud_then_promoted_with
     pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
 ) -> None:
     settings, users = pipeline_settings, 1000
-    _directory(settings, kafka_bootstrap, users)
-    connected = vudsync_cli(settings, kafka_bootstrap, "connect")
-    assert connected.returncode == 0, connected.stderr
+    _connected_directory(settings, kafka_bootstrap, users)
     audit_before = len(cloud.audit())
 
     with components(settings, kafka_bootstrap, "producer", "planner", "sink", **STAGING) as procs:
@@ -128,9 +130,7 @@ def test_discard_leaves_the_cloud_untouched(
     pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
 ) -> None:
     settings, users = pipeline_settings, 30
-    _directory(settings, kafka_bootstrap, users)
-    connected = vudsync_cli(settings, kafka_bootstrap, "connect")
-    assert connected.returncode == 0, connected.stderr
+    _connected_directory(settings, kafka_bootstrap, users)
     audit_before = cloud.audit()
 
     with components(settings, kafka_bootstrap, "producer", "planner", "sink", **STAGING) as procs:
@@ -156,9 +156,7 @@ def test_deletions_are_gated_when_planned_and_judged_again_as_one_burst_when_pro
     pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
 ) -> None:
     settings, users = pipeline_settings, 30
-    writer = _directory(settings, kafka_bootstrap, users)
-    connected = vudsync_cli(settings, kafka_bootstrap, "connect")
-    assert connected.returncode == 0, connected.stderr
+    writer = _connected_directory(settings, kafka_bootstrap, users)
     gate = {"VUDSYNC_PLANNER_DELETES_THRESHOLD": "20", "VUDSYNC_PLANNER_DELETES_SETTLE": "1"}
 
     def clean() -> bool:
