@@ -17,16 +17,14 @@ from schemas.topics import RESULTS
 from tests.fixtures.cloud import CloudReader, fingerprint
 from tests.kafka_read import read_all
 from tests.pipeline import alive_or_fail, components, directory_writer, vudsync_cli
-from vudsync.topics import ensure_catalogue
 
 URI = "https://vb.fjord.local"
 
 
 def test_a_license_change_holds_business_access_until_the_new_instance_is_registered(
-    pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
+    catalogued_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
 ) -> None:
-    settings = pipeline_settings
-    ensure_catalogue(settings, kafka_bootstrap)
+    settings = catalogued_settings
     cloud.register_instance("business", URI, fingerprint(settings, "VB-KEY-1"))
     writer = directory_writer(settings)
     writer.add_application_instance("business", URI, "VB-KEY-1")

@@ -26,7 +26,6 @@ from schemas.topics import RESULTS
 from tests.fixtures.cloud import CloudReader
 from tests.kafka_read import read_all
 from tests.pipeline import alive_or_fail, components, directory_writer, vudsync_cli
-from vudsync.topics import ensure_catalogue
 
 
 def _conflicts(settings: Settings, bootstrap: str, count: int) -> list[OperationResult]:
@@ -46,10 +45,9 @@ def _outcomes(records: list[Any], entity_id: str, kind: str) -> set[str]:
 
 
 def test_matching_by_e_mail_never_takes_over_or_deactivates_a_stranger(
-    pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
+    catalogued_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
 ) -> None:
-    settings = pipeline_settings
-    ensure_catalogue(settings, kafka_bootstrap)
+    settings = catalogued_settings
     # a customer administrator in the cloud, not linked to anyone on premise
     admin = cloud.client.post("/v1/users", json={"email": "sjef@fjord.no", "first_name": "Sjef"}).json()
     httpx.put(

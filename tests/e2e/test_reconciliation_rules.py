@@ -123,12 +123,11 @@ def _services(cloud: CloudReader, uid: str) -> dict[str, list[str]]:
 
 
 def test_a_mismatched_application_holds_its_own_access_only(
-    pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
+    catalogued_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
 ) -> None:
     """Reporting's license key differs from the cloud's registry: the same user's Business role
     in the same company reaches the cloud anyway; Reporting's waits until the key is fixed."""
-    settings = pipeline_settings
-    ensure_catalogue(settings, kafka_bootstrap)
+    settings = catalogued_settings
     for app, cloud_key in (("business", "VB-KEY"), ("reporting", "REPORTING-CLOUD-KEY")):
         cloud.register_instance(app, URI, fingerprint(settings, cloud_key))
     writer = directory_writer(settings)
@@ -177,9 +176,8 @@ def _listed(settings: Settings, bootstrap: str) -> dict[str, Any]:
 def _connected_users(
     settings: Settings, bootstrap: str, n: int, *, digits: int
 ) -> tuple[SqliteDirectoryWriter, list[str]]:
-    """This test's store (catalogue topics created) with ``n`` users ``u<i>``, after `vudsync
-    connect`: the writer and the users' ids."""
-    ensure_catalogue(settings, bootstrap)
+    """This test's store with ``n`` users ``u<i>``, after `vudsync connect`: the writer and the
+    users' ids."""
     writer = directory_writer(settings)
     rows = store_users(*range(n), digits=digits)
     writer.upsert_users(rows)
@@ -193,13 +191,13 @@ def _effects(cloud: CloudReader, effect: str) -> set[str]:
 
 
 def test_a_burst_of_600_deletions_over_500_is_held_whole_and_approved_only_as_shown(
-    pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
+    catalogued_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
 ) -> None:
     """The mistakes: 600 users deleted at once with the threshold at 500 — 499 were deactivated
     before the gate held the other 101; and ``approve`` let go deletions held after the operator
     looked. Now none of the burst reaches the cloud (its audit says so) until approved, and the
     approval names the highest number ``deletes list`` showed."""
-    settings = pipeline_settings
+    settings = catalogued_settings
     writer, users = _connected_users(settings, kafka_bootstrap, 603, digits=3)
     burst, later = users[:600], users[600:]
     port = _free_port()
@@ -252,11 +250,11 @@ def test_a_burst_of_600_deletions_over_500_is_held_whole_and_approved_only_as_sh
 
 
 def test_mass_deactivation_by_active_false_is_held_until_approved(
-    pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
+    catalogued_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
 ) -> None:
     """The mistake: a bad import sets ``active = false`` on every user; the gate counted only
     removals, so each went straight to the cloud."""
-    settings = pipeline_settings
+    settings = catalogued_settings
     writer, users = _connected_users(settings, kafka_bootstrap, 5, digits=2)
     port = _free_port()
     env = {"VUDSYNC_PLANNER_DELETES_THRESHOLD": "3", "VUDSYNC_PLANNER_SESSION_TIMEOUT": "10"}

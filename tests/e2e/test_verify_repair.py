@@ -19,7 +19,6 @@ from tests.factories import store_users
 from tests.fixtures.cloud import CloudReader
 from tests.kafka_read import read_all
 from tests.pipeline import alive_or_fail, business_directory, components, directory_writer, vudsync_cli
-from vudsync.topics import ensure_catalogue
 
 
 def _vudsync(
@@ -48,7 +47,7 @@ def _listed(settings: Settings, bootstrap: str) -> dict[str, Any]:
 
 
 def test_a_repair_deactivating_more_than_the_gate_allows_is_held_durably_and_applied_once(
-    pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
+    catalogued_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
 ) -> None:
     """The attack: verify run against a cloud holding linked users the directory does not have
     (another installation's import; or a store that lost its users) — ``--repair`` used to
@@ -57,8 +56,7 @@ def test_a_repair_deactivating_more_than_the_gate_allows_is_held_durably_and_app
     by ``deletes list`` like any held deletion, held once though repaired twice, and released by
     ``deletes approve --up-to``; each cloud user is deactivated exactly once. A harmless repair
     (a field changed in the cloud) goes at once."""
-    settings = pipeline_settings
-    ensure_catalogue(settings, kafka_bootstrap)
+    settings = catalogued_settings
     writer = directory_writer(settings)
     writer.upsert_users(store_users(1, 2))
     _vudsync(settings, kafka_bootstrap, "connect")

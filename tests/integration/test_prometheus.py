@@ -59,7 +59,6 @@ from tests.fixtures.prometheus import (
     dashboard_queries,
 )
 from tests.pipeline import alive_or_fail, components, vudsync_cli
-from vudsync.topics import ensure_catalogue
 
 COMPONENTS = ("producer", "planner", "sink", "lag-exporter", "cloud-capture", "directory-sink")
 
@@ -136,13 +135,12 @@ def _poll(condition: Callable[[], bool], timeout: float, what: str, explain: Cal
 
 
 def test_prometheus_scrapes_the_pipeline_and_every_dashboard_and_alert_query_returns_data(
-    pipeline_settings: Settings,
+    catalogued_settings: Settings,
     kafka_bootstrap: str,
     cloud: CloudReader,
     prometheus_factory: PrometheusFactory,
 ) -> None:
-    settings = pipeline_settings
-    ensure_catalogue(settings, kafka_bootstrap)
+    settings = catalogued_settings
     sample = sample_directory(users=6, companies=2, seed=11)
     writer = open_writer(settings.resolved_store_url())
     write_sample(writer, sample)

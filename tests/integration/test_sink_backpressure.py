@@ -18,7 +18,6 @@ from kernel.settings import Settings
 from schemas.topics import OPERATIONS
 from tests.fixtures.cloud import CloudReader
 from tests.pipeline import components, metrics_of, wait_for
-from vudsync.topics import ensure_catalogue
 
 LIMIT = 40
 
@@ -37,10 +36,9 @@ def _gauges(port: int) -> dict[str, float]:
 
 @pytest.mark.timeout(300)
 def test_a_down_cloud_bounds_what_the_sink_holds_and_nothing_is_lost(
-    pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
+    catalogued_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
 ) -> None:
-    settings = pipeline_settings
-    ensure_catalogue(settings, kafka_bootstrap)
+    settings = catalogued_settings
     work = prepare_workload(cloud.client, 400)
     cloud.faults(error_rate=1.0)  # down: every /v1 request is a 5xx without effect
     feed(kafka_bootstrap, settings.topic(OPERATIONS.name), work.operations)

@@ -30,7 +30,6 @@ from tests.factories import access_op
 from tests.fixtures.cloud import CloudReader
 from tests.kafka_read import read_all
 from tests.pipeline import alive_or_fail, components
-from vudsync.topics import ensure_catalogue
 
 NOW = datetime.now(UTC)
 
@@ -42,10 +41,9 @@ def _assign(version: int, role: str, cloud_user: str, cloud_company: str) -> Ass
 
 
 def test_a_validation_failure_is_dead_lettered_with_context_and_the_next_operation_applies(
-    pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
+    catalogued_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
 ) -> None:
-    settings = pipeline_settings
-    ensure_catalogue(settings, kafka_bootstrap)
+    settings = catalogued_settings
     user, company = cloud.user_and_company()
     unknown_role = _assign(1, "Finnes ikke", user, company)  # not in the catalogue: 422
     good = _assign(2, "Regnskap", user, company)  # the same aggregate, next in line

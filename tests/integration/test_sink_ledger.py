@@ -18,7 +18,6 @@ from sinks.ports import Ledger
 from tests.fixtures.cloud import CloudReader
 from tests.pipeline import alive_or_fail, components
 from tests.sqlite_files import rows_in_main_file, threads_named
-from vudsync.topics import ensure_catalogue
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -110,10 +109,9 @@ def test_the_sqlite_ledger_checkpoints_in_its_own_thread_not_in_record_many(tmp_
 
 
 def test_a_sink_on_the_postgresql_ledger_records_every_applied_operation(
-    pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader, postgres_url: str
+    catalogued_settings: Settings, kafka_bootstrap: str, cloud: CloudReader, postgres_url: str
 ) -> None:
-    settings = pipeline_settings
-    ensure_catalogue(settings, kafka_bootstrap)
+    settings = catalogued_settings
     work = prepare_workload(cloud.client, 300)
     feed(kafka_bootstrap, settings.topic(OPERATIONS.name), work.operations)
     reader = AuditReader(cloud.client, work)

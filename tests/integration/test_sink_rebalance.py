@@ -10,14 +10,12 @@ from kernel.settings import Settings
 from schemas.topics import OPERATIONS
 from tests.fixtures.cloud import CloudReader
 from tests.pipeline import alive_or_fail, components
-from vudsync.topics import ensure_catalogue
 
 
 def test_rebalance_and_sigterm_lose_nothing_and_keep_order(
-    pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
+    catalogued_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
 ) -> None:
-    settings = pipeline_settings
-    ensure_catalogue(settings, kafka_bootstrap)
+    settings = catalogued_settings
     work = prepare_workload(cloud.client, 3000)
     feed(kafka_bootstrap, settings.topic(OPERATIONS.name), work.operations)
     cloud.faults(latency_ms=[100, 150])  # slow enough that the run spans both rebalances

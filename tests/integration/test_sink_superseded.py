@@ -21,7 +21,6 @@ from tests.factories import access_op, user_upsert
 from tests.fixtures.cloud import CloudReader
 from tests.kafka_read import read_all
 from tests.pipeline import alive_or_fail, components, run_cli
-from vudsync.topics import ensure_catalogue
 
 NOW = datetime.now(UTC)
 
@@ -40,10 +39,9 @@ def _update(version: int, cloud_user: str, first_name: str) -> UpsertUser:
 
 
 def test_dlq_retry_of_stale_operations_is_superseded_and_the_cloud_keeps_the_newer(
-    pipeline_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
+    catalogued_settings: Settings, kafka_bootstrap: str, cloud: CloudReader
 ) -> None:
-    settings = pipeline_settings
-    ensure_catalogue(settings, kafka_bootstrap)
+    settings = catalogued_settings
     user, company = cloud.user_and_company()
 
     # v10 of the user and of its access in c1 failed earlier and wait in the dead-letter queue
