@@ -92,41 +92,48 @@ class SinkWorkload:
         self.order.setdefault(op.aggregate, []).append(key)
 
 
+def _planned(
+    kind: str, entity: EntityType, entity_id: str, version: int, at: datetime, discriminator: str = ""
+) -> dict[str, Any]:
+    """The fields every planned operation carries, as the planner sets them: its id (of ``kind``),
+    the entity's own aggregate, the source version, committed and planned ``at``."""
+    return {
+        "operation_id": operation_id_for(kind, entity_id, version, discriminator),
+        "aggregate": f"{entity.value}:{entity_id}",
+        "entity": entity,
+        "entity_id": entity_id,
+        "source_version": version,
+        "source_committed_at": at,
+        "planned_at": at,
+    }
+
+
 def prepare_initial_workload(n: int, *, tag: str | None = None) -> SinkWorkload:
     """``n`` users and companies the cloud does not know yet: each is created (one effect)."""
     tag = tag or uuid.uuid4().hex[:8]
     work = SinkWorkload(tag)
     now = datetime.now(UTC)
     for i in range(n):
-        common: dict[str, Any] = {"source_version": 1, "source_committed_at": now, "planned_at": now}
         op: CloudOperation
         if i % 10 == 0:
             entity_id = f"{tag}-c{i}"
             op = UpsertCompany(
-                operation_id=operation_id_for("company.upsert", entity_id, 1),
-                aggregate=f"company:{entity_id}",
-                entity=EntityType.COMPANY,
-                entity_id=entity_id,
+                **_planned("company.upsert", EntityType.COMPANY, entity_id, 1, now),
                 name=f"Nordlys {i} AS",
                 organisation_number=f"8{int(tag, 16) % 10**2:02d}{i:06d}",
                 country="NO",
                 status="active",
-                **common,
             )
         else:
             entity_id = f"{tag}-u{i}"
             op = UpsertUser(
-                operation_id=operation_id_for("user.upsert", entity_id, 1),
-                aggregate=f"user:{entity_id}",
-                entity=EntityType.USER,
-                entity_id=entity_id,
+                **_planned("user.upsert", EntityType.USER, entity_id, 1, now),
                 username=f"ny{i}{tag}",
                 email=f"ny.bruker{i}.{tag}@fjord.no",
                 first_name="Solveig",
                 last_name="Ærø",
                 language="nb",
                 active=True,
-                **common,
             )
         work.add(op, key=f"{op.operation_id}:create")
     return work
@@ -211,26 +218,17 @@ def prepare_workload(
         for version in range(1, ops_per_user + 1):
             if made >= n - n_catalogue:
                 break
-            common: dict[str, Any] = {
-                "aggregate": f"user:{entity_id}",
-                "entity": EntityType.USER,
-                "entity_id": entity_id,
-                "source_version": version,
-                "source_committed_at": now,
-                "planned_at": now,
-            }
             if version % 2:
                 name = f"Åse v{version}"
                 ops.append(
                     UpsertUser(
-                        operation_id=operation_id_for("user.upsert", entity_id, version),
+                        **_planned("user.upsert", EntityType.USER, entity_id, version, now),
                         cloud_id=cloud_user,
                         username=f"b{u}{tag}",
                         email=f"bruker{u}.{tag}@fjord.no",
                         first_name=name,
                         last_name="Brækken",
                         language="nb",
-                        **common,
                     )
                 )
                 work.last_first_name[cloud_user] = name
@@ -238,7 +236,7 @@ def prepare_workload(
                 company = company_ids[(u + version) % len(company_ids)]
                 ops.append(
                     AssignAccess(
-                        operation_id=operation_id_for("access.assign", entity_id, version, company),
+                        **_planned("access.assign", EntityType.USER, entity_id, version, now, company),
                         user_id=entity_id,
                         company_id=f"c{(u + version) % len(company_ids)}",
                         cloud_user_id=cloud_user,
@@ -248,7 +246,6 @@ def prepare_workload(
                                 roles=(ROLES[(u + version) % len(ROLES)],)
                             )
                         },
-                        **common,
                     )
                 )
             made += 1
@@ -258,13 +255,7 @@ def prepare_workload(
         name = f"Rolle {tag} {i}"
         catalogue.append(
             UpsertCatalogueEntry(
-                operation_id=operation_id_for("catalogue.upsert", f"business:{name}", 1),
-                aggregate=f"role:business:{name}",
-                entity=EntityType.ROLE,
-                entity_id=f"business:{name}",
-                source_version=1,
-                source_committed_at=now,
-                planned_at=now,
+                **_planned("catalogue.upsert", EntityType.ROLE, f"business:{name}", 1, now),
                 application=ApplicationType.BUSINESS,
                 catalogue="roles",
                 name=name,
