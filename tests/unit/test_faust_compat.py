@@ -28,6 +28,7 @@ from processors.faust_compat import (
     ALLOW_UNTESTED_ENV,
     CHECKED_SOURCES,
     TESTED_VERSIONS,
+    DirectTopic,
     check_versions,
     committed_offsets,
 )
@@ -104,6 +105,53 @@ def test_the_kafka_producer_is_reachable_and_can_send_what_it_holds() -> None:
     assert inspect.iscoroutinefunction(MessageAccumulator.flush_for_commit)
     assert list(inspect.signature(MessageAccumulator.flush_for_commit).parameters) == ["self"]
     assert list(inspect.signature(Producer._ensure_producer).parameters) == ["self"]
+
+
+def test_fausts_flush_before_a_commit_flushes_the_kafka_producer_too() -> None:
+    """``DirectTopic``: records handed straight to aiokafka are flushed by the ``Producer.flush``
+    that ``Consumer._commit_offsets`` awaits before it commits, after Faust's own buffer."""
+    flushed: list[str] = []
+
+    async def flush_buffer() -> None:
+        flushed.append("faust buffer")
+
+    async def flush_kafka_producer() -> None:
+        flushed.append("aiokafka producer")
+
+    fake: Any = SimpleNamespace(
+        buffer=SimpleNamespace(flush=flush_buffer),
+        _producer=SimpleNamespace(flush=flush_kafka_producer),
+        _transaction_producers={},
+    )
+    asyncio.run(Producer.flush(fake))
+    assert flushed == ["faust buffer", "aiokafka producer"]
+    assert "await self.app.producer.flush()" in inspect.getsource(Consumer._commit_offsets)
+
+
+def test_a_direct_topic_hands_its_record_to_the_kafka_producer_as_is() -> None:
+    """``DirectTopic.send``: the topic's name, the raw key, value, partition and headers, and
+    the producer's own future (the broker's acknowledgement) back."""
+    calls: list[tuple[Any, ...]] = []
+
+    async def main() -> None:
+        acked: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+        async def send(topic: str, value: bytes, **kw: Any) -> asyncio.Future[str]:
+            calls.append((topic, value, kw))
+            return acked
+
+        kafka_producer = SimpleNamespace(send=send)
+        app: Any = SimpleNamespace(producer=SimpleNamespace(_ensure_producer=lambda: kafka_producer))
+        topic: Any = SimpleNamespace(get_topic_name=lambda: "vud.cloud.operations")
+        direct = DirectTopic(app, topic)
+        fut = await direct.send(key=b"user:u1", value=b"{}", partition=3, headers=[("kind", b"x")])
+        acked.set_result("acknowledged")
+        assert await fut == "acknowledged"
+
+    asyncio.run(main())
+    assert calls == [
+        ("vud.cloud.operations", b"{}", {"key": b"user:u1", "partition": 3, "headers": [("kind", b"x")]})
+    ]
 
 
 # -- the start-up check -----------------------------------------------------------------
