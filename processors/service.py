@@ -29,6 +29,7 @@ from processors.faust_compat import (
     OwnedKeys,
     check_versions,
     committed_offsets,
+    deliver_without_tasks,
     drain_buffer_before_commit,
     prime_committed_offsets,
     producer_send_now,
@@ -154,6 +155,7 @@ def build_planner(settings: Settings, bootstrap: str, registry: CollectorRegistr
     app = create_app(settings, bootstrap)
     drain_buffer_before_commit(app)
     put_back_stale_fetches(app)
+    deliver_without_tasks(app)
     # the planner's own records go straight to the Kafka producer (faust_compat.DirectTopic)
     topics = declare_topics(app, settings).with_outputs(lambda topic: DirectTopic(app, topic))
     table = declare_table(app)
