@@ -45,6 +45,19 @@ _handle_missed``)              jumps, ``_add_gap`` records the hole as done and 
 :func:`producer_send_now`      aiokafka has no public "send what you hold now";
                                ``MessageAccumulator.flush_for_commit`` closes the open batches and
                                wakes the sender (reached through Faust's ``_ensure_producer``).
+:class:`DirectTopic`          ``Topic.send`` wraps every record in a ``FutureMessage`` and a
+                               second future, runs the sensors and Faust's ``Producer.send``
+                               (≈ half of the planner's send path in its profiles) before
+                               aiokafka's ``AIOKafkaProducer.send``; records handed to aiokafka
+                               directly are still flushed before every offset commit, because
+                               ``Consumer._commit_offsets`` awaits ``Producer.flush``, which
+                               flushes aiokafka's producer after Faust's buffer.
+:func:`deliver_without_tasks`  ``Consumer._drain_messages`` hands every record over with
+                               ``wait_first(callback(message), suspend_flow.wait())``: mode's
+                               ``Service.wait_first`` makes four tasks per record (the delivery,
+                               the suspension, ``stopped`` and ``crashed``) and an
+                               ``asyncio.wait``, although a delivery most often finishes without
+                               waiting (the stream's queue has room; a skipped record is acked).
 :func:`ack_only_when_handled`  ``Stream.take_events`` acknowledges a batch's events in the
                                ``finally`` around its ``yield``: also when the agent was cancelled
                                (or failed) in the middle of the batch, so the offsets of records
@@ -104,11 +117,14 @@ CHECKED_SOURCES: dict[str, str] = {
     "faust.transport.producer.ProducerBuffer._send_pending": "4a9d5f932b56bc68",
     "faust.tables.base.Collection.send_changelog": "3dd3884e1b5fc0e1",
     "faust.transport.drivers.aiokafka.Producer._ensure_producer": "5592a4bbdf251325",
+    "faust.transport.drivers.aiokafka.Producer.flush": "36d0cb3615f65b01",
     "aiokafka.producer.message_accumulator.MessageAccumulator.flush_for_commit": "39683730fcffc2a4",
     "faust.transport.drivers.aiokafka.AIOKafkaConsumerThread.getmany": "26fc5fc9f3b667e1",
     "faust.transport.drivers.aiokafka.AIOKafkaConsumerThread._fetch_records": "39a2c6c79fc1455a",
     "aiokafka.consumer.fetcher.Fetcher.fetched_records": "be4348896b9b66af",
     "faust.transport.consumer.Consumer.getmany": "4b168d84882a70d6",
+    "faust.transport.consumer.Consumer.stop_flow": "cf7e875a2b0d40e8",
+    "mode.services.Service.wait_first": "feade6a31f8a6789",
     "faust.transport.consumer.Consumer._wait_next_records": "6218e1969a636b3f",
     "aiokafka.consumer.consumer.AIOKafkaConsumer.seek_to_committed": "f6cd85c8b70a4ccf",
     "faust.stores.memory.Store._create_batch_iterator": "b082c8bcc0403823",
@@ -250,6 +266,44 @@ def producer_send_now(app: faust.App) -> SendNow:
     return send_now
 
 
+class DirectTopic:
+    """One of the planner's output topics, its records handed straight to aiokafka's producer
+    (``AIOKafkaProducer.send``: the record is in the producer's accumulator when it returns;
+    the future it returns resolves with the broker's acknowledgement), not through Faust's
+    ``Topic.send``.
+
+    Why: ``Topic.send`` (faust-streaming 0.15.3, pinned) builds a ``FutureMessage`` and a
+    ``PendingMessage`` per record, runs the sensors and its own ``Producer.send`` before it
+    reaches aiokafka's — about half of the 9-12 % of the planner's samples its sends took, for
+    records the planner has already encoded (raw key and value serializers) and partitioned.
+    The guarantee is unchanged: before every offset commit Faust awaits ``Producer.flush``
+    (``Consumer._commit_offsets``), which flushes aiokafka's producer after Faust's buffer, so
+    the records of a committed message are durable either way; an acknowledgement the planner
+    waits for (``acks_first``) is the same aiokafka future. A send that fails raises aiokafka's
+    ``KafkaError`` (retried by the handler) instead of Faust's ``ProducerSendError``.
+    tests/unit/test_faust_compat.py pins ``Producer.flush`` and ``_ensure_producer``.
+    """
+
+    def __init__(self, app: faust.App, topic: faust.TopicT) -> None:
+        self._app = app
+        self.topic = topic
+        self.name = topic.get_topic_name()
+
+    async def send(
+        self,
+        *,
+        key: bytes | None = None,
+        value: bytes | None = None,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> Awaitable[Any]:
+        producer = self._app.producer._ensure_producer()  # type: ignore[attr-defined]
+        acked: Awaitable[Any] = await producer.send(
+            self.name, value, key=key, partition=partition, headers=headers
+        )
+        return acked
+
+
 @contextlib.contextmanager
 def ack_only_when_handled(events: Iterable[Any]) -> Iterator[None]:
     """Let a batch's events be acknowledged only if the block that handles them completes.
@@ -383,6 +437,86 @@ def skip_before_stream(
         await deliver(message)
 
     consumer.callback = on_message
+
+
+def deliver_without_tasks(app: faust.App) -> None:
+    """Hand a fetched record to the stream in the drain loop's own task when the delivery does
+    not wait, instead of racing it, in tasks, against a rebalance.
+
+    Why: ``Consumer._drain_messages`` (faust-streaming 0.15.3, pinned) delivers each record with
+    ``await self.wait_first(callback(message), self.suspend_flow.wait())`` so that a rebalance
+    (``stop_flow`` sets ``suspend_flow``) interrupts a delivery stuck on a full stream queue.
+    mode's ``Service.wait_first`` wraps both coroutines and the service's ``stopped`` and
+    ``crashed`` events in four tasks and an ``asyncio.wait`` — per record, whatever the record:
+    two thirds of Faust's fetcher in the planner's profiles (7 % of its busy samples at 100,000
+    users), for deliveries that mostly finish at once (the stream's queue has room; a record
+    :func:`skip_before_stream` judges useless is only acknowledged).
+
+    Here the delivery runs one step in the drain loop's task first. If it finishes there, the
+    race had one possible winner anyway: the suspension's coroutine is closed unstarted (it
+    only waits on an event) and ``wait_first``'s result is not read by the drain loop. If it
+    waits (a full queue), the rest of it is raced against the suspension by mode's own
+    ``wait_first``, as before. When the flow is already suspended, the service stopping or
+    crashed, or the call is any other, mode's ``wait_first`` does everything, as before. An
+    exception of the delivery propagates in both cases, as ``wait_first`` propagates it.
+    tests/unit/test_faust_compat.py pins the call and probes both paths.
+    """
+    consumer: Any = app.consumer
+    fausts_wait_first = consumer.wait_first
+    suspend_wait = type(consumer.suspend_flow).wait.__code__
+
+    async def wait_first(*coros: Any, timeout: Any = None) -> Any:
+        if (
+            len(coros) != 2
+            or timeout is not None
+            or getattr(coros[1], "cr_code", None) is not suspend_wait
+            or consumer.suspend_flow.is_set()
+            or consumer._stopped.is_set()
+            or consumer._crashed.is_set()
+        ):
+            return await fausts_wait_first(*coros, timeout=timeout)
+        delivery, suspended = coros
+        try:
+            waiting_on = delivery.send(None)
+        except StopIteration:
+            suspended.close()  # never started: it waits on an event, nothing to undo
+            return None
+        except BaseException:
+            suspended.close()
+            raise
+        return await fausts_wait_first(_Resumed(delivery, waiting_on), suspended)
+
+    consumer.wait_first = wait_first
+
+
+class _Resumed:
+    """An awaitable that finishes ``coro``, already stepped once (it yielded ``waiting_on``):
+    what ``await coro`` would have done from there, so that a task can run the rest of it."""
+
+    __slots__ = ("_coro", "_waiting_on")
+
+    def __init__(self, coro: Any, waiting_on: Any) -> None:
+        self._coro = coro
+        self._waiting_on = waiting_on
+
+    def __await__(self) -> Any:
+        coro, waiting_on = self._coro, self._waiting_on
+        while True:
+            try:
+                sent = yield waiting_on
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # a cancellation, or an error set on the awaited future
+                try:
+                    waiting_on = coro.throw(exc)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    waiting_on = coro.send(sent)
+                except StopIteration as done:
+                    return done.value
 
 
 def put_back_stale_fetches(app: faust.App) -> None:

@@ -25,9 +25,11 @@ from processors.agents import declare_agents
 from processors.app import create_app
 from processors.engine import Reconciler
 from processors.faust_compat import (
+    DirectTopic,
     OwnedKeys,
     check_versions,
     committed_offsets,
+    deliver_without_tasks,
     drain_buffer_before_commit,
     prime_committed_offsets,
     producer_send_now,
@@ -153,7 +155,9 @@ def build_planner(settings: Settings, bootstrap: str, registry: CollectorRegistr
     app = create_app(settings, bootstrap)
     drain_buffer_before_commit(app)
     put_back_stale_fetches(app)
-    topics = declare_topics(app, settings)
+    deliver_without_tasks(app)
+    # the planner's own records go straight to the Kafka producer (faust_compat.DirectTopic)
+    topics = declare_topics(app, settings).with_outputs(lambda topic: DirectTopic(app, topic))
     table = declare_table(app)
     reconciler = Reconciler(
         TableReads(table), planner_settings(settings), settings.topic_partitions, lambda: datetime.now(UTC)

@@ -9,7 +9,9 @@ messages, dead letters and directory operations (writeback).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 import faust
 
@@ -40,18 +42,47 @@ PLANNER_INPUTS: tuple[str, ...] = (
 )
 
 
+class OutputTopic(Protocol):
+    """Where the planner writes a record: a Faust topic, or the same topic's records handed
+    straight to the Kafka producer (:class:`processors.faust_compat.DirectTopic`). ``send``
+    returns once the producer holds the record; the awaitable it returns resolves with the
+    broker's acknowledgement."""
+
+    async def send(
+        self,
+        *,
+        key: bytes | None = None,
+        value: bytes | None = None,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> Awaitable[Any]: ...
+
+
 @dataclass(frozen=True)
 class PlannerTopics:
     inputs: faust.TopicT
-    operations: faust.TopicT
-    results: faust.TopicT
-    facts: faust.TopicT
-    control: faust.TopicT
-    dlq: faust.TopicT
-    directory_operations: faust.TopicT
-    staged: faust.TopicT | None = None  # staging mode: vud.cloud.operations.staged
+    operations: OutputTopic
+    results: OutputTopic
+    facts: OutputTopic
+    control: OutputTopic
+    dlq: OutputTopic
+    directory_operations: OutputTopic
+    staged: OutputTopic | None = None  # staging mode: vud.cloud.operations.staged
 
-    def by_role(self, role: str) -> faust.TopicT:
+    def with_outputs(self, wrap: Callable[[Any], OutputTopic]) -> PlannerTopics:
+        """The same topics, every output wrapped (the inputs stay the agent's Faust topic)."""
+        return replace(
+            self,
+            operations=wrap(self.operations),
+            results=wrap(self.results),
+            facts=wrap(self.facts),
+            control=wrap(self.control),
+            dlq=wrap(self.dlq),
+            directory_operations=wrap(self.directory_operations),
+            staged=None if self.staged is None else wrap(self.staged),
+        )
+
+    def by_role(self, role: str) -> OutputTopic:
         if role == "staged":
             if self.staged is None:
                 raise ValueError("a staged operation, but the planner was not built for staging mode")

@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import importlib
 import inspect
+import warnings
 from collections import defaultdict
 from importlib import metadata
 from types import SimpleNamespace
@@ -28,8 +29,10 @@ from processors.faust_compat import (
     ALLOW_UNTESTED_ENV,
     CHECKED_SOURCES,
     TESTED_VERSIONS,
+    DirectTopic,
     check_versions,
     committed_offsets,
+    deliver_without_tasks,
 )
 
 FACTS0 = TP("vud.planner.facts", 0)
@@ -104,6 +107,143 @@ def test_the_kafka_producer_is_reachable_and_can_send_what_it_holds() -> None:
     assert inspect.iscoroutinefunction(MessageAccumulator.flush_for_commit)
     assert list(inspect.signature(MessageAccumulator.flush_for_commit).parameters) == ["self"]
     assert list(inspect.signature(Producer._ensure_producer).parameters) == ["self"]
+
+
+def test_fausts_flush_before_a_commit_flushes_the_kafka_producer_too() -> None:
+    """``DirectTopic``: records handed straight to aiokafka are flushed by the ``Producer.flush``
+    that ``Consumer._commit_offsets`` awaits before it commits, after Faust's own buffer."""
+    flushed: list[str] = []
+
+    async def flush_buffer() -> None:
+        flushed.append("faust buffer")
+
+    async def flush_kafka_producer() -> None:
+        flushed.append("aiokafka producer")
+
+    fake: Any = SimpleNamespace(
+        buffer=SimpleNamespace(flush=flush_buffer),
+        _producer=SimpleNamespace(flush=flush_kafka_producer),
+        _transaction_producers={},
+    )
+    asyncio.run(Producer.flush(fake))
+    assert flushed == ["faust buffer", "aiokafka producer"]
+    assert "await self.app.producer.flush()" in inspect.getsource(Consumer._commit_offsets)
+
+
+def test_a_direct_topic_hands_its_record_to_the_kafka_producer_as_is() -> None:
+    """``DirectTopic.send``: the topic's name, the raw key, value, partition and headers, and
+    the producer's own future (the broker's acknowledgement) back."""
+    calls: list[tuple[Any, ...]] = []
+
+    async def main() -> None:
+        acked: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+        async def send(topic: str, value: bytes, **kw: Any) -> asyncio.Future[str]:
+            calls.append((topic, value, kw))
+            return acked
+
+        kafka_producer = SimpleNamespace(send=send)
+        app: Any = SimpleNamespace(producer=SimpleNamespace(_ensure_producer=lambda: kafka_producer))
+        topic: Any = SimpleNamespace(get_topic_name=lambda: "vud.cloud.operations")
+        direct = DirectTopic(app, topic)
+        fut = await direct.send(key=b"user:u1", value=b"{}", partition=3, headers=[("kind", b"x")])
+        acked.set_result("acknowledged")
+        assert await fut == "acknowledged"
+
+    asyncio.run(main())
+    assert calls == [
+        ("vud.cloud.operations", b"{}", {"key": b"user:u1", "partition": 3, "headers": [("kind", b"x")]})
+    ]
+
+
+class _Consumer:
+    """What ``deliver_without_tasks`` reads of Faust's consumer: a mode service (its own
+    ``wait_first``, ``stopped`` and ``crashed``) with Faust's ``suspend_flow`` event; mode's
+    ``wait_first`` calls are counted."""
+
+    def __init__(self) -> None:
+        import mode
+
+        self.service = mode.Service()
+        self._stopped = self.service._stopped
+        self._crashed = self.service._crashed
+        self.suspend_flow = asyncio.Event()
+        self.raced: list[int] = []
+
+    async def wait_first(self, *coros: Any, timeout: Any = None) -> Any:
+        self.raced.append(len(coros))
+        return await self.service.wait_first(*coros, timeout=timeout)
+
+
+def test_a_delivery_that_does_not_wait_runs_in_the_drain_loops_task() -> None:
+    """``deliver_without_tasks``: no race (no task) for a delivery that finishes at once; the
+    suspension's coroutine is closed unstarted (no 'never awaited' warning)."""
+
+    async def main() -> None:
+        consumer = _Consumer()
+        deliver_without_tasks(SimpleNamespace(consumer=consumer))  # type: ignore[arg-type]
+        delivered: list[str] = []
+
+        async def deliver(record: str) -> None:
+            delivered.append(record)
+
+        suspended = consumer.suspend_flow.wait()
+        await consumer.wait_first(deliver("r1"), suspended)  # type: ignore[call-arg]
+        assert delivered == ["r1"] and consumer.raced == []
+        assert suspended.cr_frame is None  # closed
+
+        async def refuse(record: str) -> None:
+            raise ValueError(record)
+
+        with pytest.raises(ValueError, match="r2"):
+            await consumer.wait_first(refuse("r2"), consumer.suspend_flow.wait())  # type: ignore[call-arg]
+        assert consumer.raced == []
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        asyncio.run(main())
+
+
+def test_a_delivery_that_waits_is_raced_against_a_rebalance_as_before() -> None:
+    """The rest of a delivery that waits (a full stream queue) goes to mode's ``wait_first``:
+    it finishes when its wait ends, or is cancelled when the flow is suspended first; with the
+    flow already suspended mode's ``wait_first`` does it all."""
+
+    async def main() -> None:
+        consumer = _Consumer()
+        deliver_without_tasks(SimpleNamespace(consumer=consumer))  # type: ignore[arg-type]
+        loop = asyncio.get_running_loop()
+        steps: list[str] = []
+
+        async def deliver(record: str, room: asyncio.Future[None]) -> str:
+            steps.append(f"{record} waits")
+            try:
+                await room
+            except asyncio.CancelledError:
+                steps.append(f"{record} cancelled")
+                raise
+            steps.append(f"{record} delivered")
+            return record
+
+        room: asyncio.Future[None] = loop.create_future()
+        loop.call_later(0.01, room.set_result, None)
+        result = await consumer.wait_first(deliver("r1", room), consumer.suspend_flow.wait())  # type: ignore[call-arg]
+        assert steps == ["r1 waits", "r1 delivered"] and consumer.raced == [2]
+        assert result.results == ["r1"]
+
+        steps.clear()
+        loop.call_later(0.01, consumer.suspend_flow.set)
+        never: asyncio.Future[None] = loop.create_future()
+        await consumer.wait_first(deliver("r2", never), consumer.suspend_flow.wait())  # type: ignore[call-arg]
+        await asyncio.sleep(0)  # the cancelled delivery's task runs its except clause
+        assert steps == ["r2 waits", "r2 cancelled"] and consumer.raced == [2, 2]
+
+        steps.clear()  # suspended already: mode's wait_first from the start
+        await consumer.wait_first(deliver("r3", loop.create_future()), consumer.suspend_flow.wait())  # type: ignore[call-arg]
+        await asyncio.sleep(0)
+        assert consumer.raced == [2, 2, 2] and "r3 delivered" not in steps
+
+    asyncio.run(main())
 
 
 # -- the start-up check -----------------------------------------------------------------
