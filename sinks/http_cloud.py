@@ -74,6 +74,11 @@ def _lookup_error(answer: dict[str, Any]) -> VudsyncError | None:
     return error_for("GET (look-up in a batch)", status, body, parse_retry_after(headers.get("retry-after")))
 
 
+def gone(outcome: BatchOutcome | BaseException) -> bool:
+    """A 404 to a write: the cloud user (or company) it names is not there."""
+    return isinstance(outcome, CloudRejected) and outcome.status == 404
+
+
 def _token_error(response: httpx.Response) -> VudsyncError:
     """A token endpoint's 5xx or 429, as any other call's (circuit failure, rate limit)."""
     return error_for(
@@ -268,10 +273,25 @@ class HttpCloudDirectory:
     async def _apply(self, op: CloudOperation, intents: Intents | None) -> Applied:
         if isinstance(op, AssignAccess) and resolves_user(op):
             known = self.known_users.resolve(op, self._clock())
-            resolved = known or with_user(op, await self._find(user_lookup(op)))
+            if known is not None:
+                try:
+                    return await self._apply_resolved(known, intents)
+                except CloudRejected as exc:
+                    if not gone(exc):
+                        raise
+                    # the remembered cloud user is gone: look the user up as if never known
+                    resolved = with_user(op, await self._find(user_lookup(op)))
+                    if not isinstance(resolved, Applied) and resolved.cloud_user_id == known.cloud_user_id:
+                        raise  # still that user: the 404 is about something else
+            else:
+                resolved = with_user(op, await self._find(user_lookup(op)))
             if isinstance(resolved, Applied):
                 return resolved
             op = resolved
+        return await self._apply_resolved(op, intents)
+
+    async def _apply_resolved(self, op: CloudOperation, intents: Intents | None) -> Applied:
+        """``op`` alone, its user's cloud id known when it needed one."""
         if isinstance(op, AssignAccess) and op.keep and op.cloud_user_id and op.cloud_company_id:
             return await self._assign_keeping(op)
         if isinstance(op, RevokeAccessEntry) and op.cloud_user_id and op.cloud_company_id:
@@ -328,13 +348,14 @@ class HttpCloudDirectory:
         multi: list[int] = []
         behind: list[int] = []  # assignments whose user is looked up first (resolves_user)
         resolved: dict[int, CloudOperation] = {}
+        remembered: dict[int, AssignAccess] = {}  # … or whose user's id KnownUsers told
         for i, op in enumerate(ops):
             if resolves_user(op):
                 known = self.known_users.resolve(op, self._clock())  # type: ignore[arg-type]  # an AssignAccess
                 if known is None:
                     behind.append(i)
                 elif (write := simple_write(known)) is not None:
-                    resolved[i] = known
+                    resolved[i] = remembered[i] = known
                     rounds[i] = _InFlight(Steps((write,), "", None, {}), simple=True)
                 continue
             write = simple_write(op)
@@ -380,6 +401,22 @@ class HttpCloudDirectory:
                 else:
                     outcomes[i] = plan
             await self._announce(intents, [(ops[i], r.steps) for i, r in rounds.items() if not r.simple])
+        await self._rounds(rounds, resolved, ops, outcomes)
+        again = {i: op for i, op in remembered.items() if gone(outcomes[i])}
+        if again:
+            await self._look_up_again(again, ops, outcomes)
+        return outcomes
+
+    async def _rounds(
+        self,
+        rounds: dict[int, _InFlight],
+        resolved: dict[int, CloudOperation],
+        ops: Sequence[CloudOperation],
+        outcomes: list[BatchOutcome],
+    ) -> None:
+        """Send the writes of ``rounds`` (one of each operation per round trip) until each is
+        finished; its outcome into ``outcomes``. ``resolved``: an operation as sent, its user's
+        cloud id filled in."""
         while rounds:
             order = list(rounds)
             answers = await self._batch([rounds[i].next_write.batch_item() for i in order])
@@ -388,7 +425,27 @@ class HttpCloudDirectory:
                 if finished:
                     outcomes[i] = outcome
                     del rounds[i]
-        return outcomes
+
+    async def _look_up_again(
+        self, sent: dict[int, AssignAccess], ops: Sequence[CloudOperation], outcomes: list[BatchOutcome]
+    ) -> None:
+        """Assignments sent under the cloud id :class:`KnownUsers` remembered, answered 404
+        (:func:`gone`): that cloud user may be gone since. Each user is looked up by external
+        id, as if never known (one round trip), then: no cloud user linked — *unresolved*, as
+        the look-up would have said at first; another one — its write, under the same key (the
+        404 stored nothing); the same one — the 404 was about something else, and stays."""
+        found = await self._batch([user_lookup(ops[i]).batch_item() for i in sent])  # type: ignore[arg-type]
+        rounds: dict[int, _InFlight] = {}
+        resolved: dict[int, CloudOperation] = {}
+        for (i, before), answer in zip(sent.items(), found, strict=True):
+            error = _lookup_error(answer)
+            user = with_user(ops[i], _first(answer)) if error is None else error  # type: ignore[arg-type]
+            if not isinstance(user, AssignAccess):
+                outcomes[i] = user
+            elif user.cloud_user_id != before.cloud_user_id and (write := simple_write(user)) is not None:
+                resolved[i] = user
+                rounds[i] = _InFlight(Steps((write,), "", None, {}), simple=True)
+        await self._rounds(rounds, resolved, ops, outcomes)
 
     async def _batch(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Items through ``POST /v1/batch`` in order (≤ 500 a request); their answers."""

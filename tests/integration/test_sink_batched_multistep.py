@@ -246,3 +246,45 @@ async def test_an_assignment_behind_its_users_upsert_finds_the_user_by_external_
             assert c.get(f"/v1/users/{per[0]['id']}/access/{company_id.cloud_id}").status_code == 404
         keys = audit_keys(server)
         assert "op-a-u1" in keys and "op-a-u7" not in keys and len(keys) == len(set(keys))
+
+
+async def test_a_remembered_user_gone_from_the_cloud_is_looked_up_again(
+    two_clouds: tuple[CloudServer, CloudServer],
+) -> None:
+    """Both paths: the sink remembers the cloud id its own upsert told it (``KnownUsers``), and
+    that cloud user goes away before the assignment behind the upsert is written (here the
+    whole cloud is wiped: ``POST /admin/reset``). The write answers 404; the sink looks the
+    user up by external id as if it had never known it — *unresolved* when no cloud user is
+    linked to it (the planner parks it again), never a dead letter; written to the cloud user
+    linked to it now (created again by someone else), under the same key, when there is one."""
+
+    async def apply(
+        cloud: HttpCloudDirectory, batched: bool, ops: list[CloudOperation]
+    ) -> list[BatchOutcome]:
+        return await cloud.apply_batch(ops) if batched else [await cloud.apply(op) for op in ops]
+
+    for server, batched in zip(two_clouds, (False, True), strict=True):
+        cloud = adapter(server)
+        catalogue = workload()[-1]
+        upserts = [user("u1", "ny.bruker@fjord.no"), user("u5", "eva@fjord.no")]
+        done = await apply(cloud, batched, [*upserts, company("c2", "974760673", "N"), catalogue])
+        assert [o.effect for o in done if isinstance(o, Applied)] == ["created"] * 3 + ["published"]
+        assert len(cloud.known_users) == 2, "both users' cloud ids remembered"
+        server.reset()
+        # the company and the catalogue entry again (new ids); u5's user again, by another writer
+        again = await apply(cloud, batched, [company("c2", "974760673", "N"), catalogue])
+        company_id = again[0]
+        assert isinstance(company_id, Applied) and company_id.cloud_id is not None
+        with httpx.Client(base_url=server.url, headers=server.auth_headers(), timeout=10) as c:
+            eva = c.post("/v1/users", json={"external_id": "u5", "email": "eva@fjord.no"})
+            eva.raise_for_status()
+        behind = [assign("u1", company_id.cloud_id), assign("u5", company_id.cloud_id)]
+        out = await apply(cloud, batched, behind)
+        assert isinstance(out[0], Applied) and (out[0].effect, out[0].cloud_id) == (UNRESOLVED, None)
+        assert out[1] == Applied("assigned", eva.json()["id"], False)
+        await cloud.aclose()
+        with httpx.Client(base_url=server.url, headers=server.auth_headers(), timeout=10) as c:
+            access = c.get(f"/v1/users/{eva.json()['id']}/access/{company_id.cloud_id}").json()
+            assert access["services"]["business"]["roles"] == ["Regnskap"]
+        keys = audit_keys(server)
+        assert "op-a-u5" in keys and "op-a-u1" not in keys and len(keys) == len(set(keys))
