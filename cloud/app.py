@@ -19,7 +19,7 @@ from cloud import api_admin, api_directory, api_oauth, api_services
 from cloud.auth import Authenticator
 from cloud.context import CloudContext
 from cloud.direct import DirectDispatch
-from cloud.direct_lane import DirectLane
+from cloud.direct_lane import BATCH_PATH, DirectLane
 from cloud.errors import ApiError, error_response, unicode_error_response
 from cloud.faults import FaultInjector
 from cloud.limits import RequestLimits
@@ -165,8 +165,11 @@ def build_app(settings: CloudSettings, *, clock: Callable[[], float] = time.time
     direct: DirectDispatch | None = None
     if settings.direct_dispatch:
         # the same routes, in the same order, called without the ASGI stack (cloud.direct)
-        direct = DirectDispatch(context, [route for router in routers for route in router.routes])
-        app.add_middleware(DirectLane, direct=direct)  # inside TrafficMiddleware: added first
+        routes = [route for router in routers for route in router.routes]
+        direct = DirectDispatch(context, routes)
+        (batch_route,) = [r for r in routes if getattr(r, "path", None) == BATCH_PATH]
+        # inside TrafficMiddleware: added first
+        app.add_middleware(DirectLane, direct=direct, batch_route=batch_route)
     app.state.direct = direct
     app.add_middleware(
         TrafficMiddleware,

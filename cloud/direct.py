@@ -152,7 +152,7 @@ class DirectDispatch:
         headers = Headers(scope=scope)
         parsed: Any = NO_BODY
         if endpoint.body is not None and body:
-            if _media_type(headers.get("content-type")) != "application/json":
+            if media_type(headers.get("content-type")) != "application/json":
                 return None
             try:
                 parsed = json.loads(body)
@@ -252,5 +252,6 @@ class _BatchCaller:
         return principal
 
 
-def _media_type(content_type: str | None) -> str:
+def media_type(content_type: str | None) -> str:
+    """A ``Content-Type``'s media type, lower case (``""``: none)."""
     return (content_type or "").split(";")[0].strip().lower()

@@ -861,6 +861,18 @@ def _script(cloud: CloudServer) -> list[Any]:
         ]
         send("POST", "/v1/batch", json={"requests": items})
         send("POST", "/v1/batch", client=reader, json={"requests": items[:2]})
+        # the batch request itself: answered without FastAPI (cloud.batch.respond) or left to it
+        send("POST", "/v1/batch", json={"requests": items[:2]}, headers={"Authorization": "Bearer nope"})
+        send(
+            "POST", "/v1/batch", json={"requests": [{"method": "GET"}]}, headers={"Authorization": "Bearer x"}
+        )
+        send("POST", "/v1/batch", json={"requests": [{"method": "GET"}]})
+        send("POST", "/v1/batch", json={"requests": [{"method": "GET", "path": "/v1/me", "body": 2**70}]})
+        send("POST", "/v1/batch", content=b'{"requests": [', headers={"Content-Type": "application/json"})
+        send("POST", "/v1/batch", content=b'{"requests": []}', headers={"Content-Type": "text/plain"})
+        send("POST", "/v1/batch", content=b'{"requests": []}', headers={"Content-Type": "application/json"})
+        send("POST", "/v1/batch")
+        send("GET", "/v1/batch")
         send("GET", "/v1/audit", params={"limit": "1000"})
     with admin(cloud) as admin_api:
         seen.append(admin_api.get("/admin/stats").json())
