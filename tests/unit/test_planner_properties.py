@@ -5,7 +5,11 @@ The simulation is the pipeline with its I/O replaced by queues: directory events
 partition, and a model of the cloud that matches as the sink does (users by external id, then
 e-mail case-insensitively; companies by external id, then normalised organisation number).
 Hypothesis picks which queue moves next — reordering different entities, interleaving the
-sink and the planner — and redelivers events already delivered (duplicates, at least once).
+sink and the planner — and redelivers events already delivered (duplicates, at least once), as
+Kafka does: a consumer resumes from its committed offset, so an event delivered again is followed,
+in order, by every later event of its key delivered since (the planner relies on it, see
+:mod:`processors.directory`: a replayed version leaves a later version's slots to that version's
+own redelivery).
 The reconciler under test is the very class the Faust worker runs.
 
 Properties:
@@ -303,7 +307,9 @@ class Pipeline:
         self.cloud = Cloud()
         self.linked_version: dict[str, int] = {}  # company -> the version of the upsert that linked it
         self.directory: dict[str, deque[DirectoryEvent]] = {k: deque(v) for k, v in directory.events.items()}
-        self.delivered: list[tuple[DirectoryEvent, int]] = []
+        self.delivered: list[tuple[DirectoryEvent, str]] = []  # first deliveries, and their keys
+        # per key, the events a redelivery brings again before the key's next new event
+        self.redelivering: dict[str, deque[DirectoryEvent]] = defaultdict(deque)
         self.ops: dict[str, deque[operations.CloudOperation]] = defaultdict(deque)
         self.inbox: dict[tuple[str, int], deque[Any]] = defaultdict(deque)  # (results|facts|control, p)
         self.planned_ids: set[str] = set()
@@ -379,17 +385,24 @@ class Pipeline:
     # one step of each kind ------------------------------------------------------------------
 
     def deliver_event(self, key: str) -> None:
+        if self.redelivering[key]:
+            self._plan(self.redelivering[key].popleft())
+            return
         ev = self.directory[key].popleft()
+        self.delivered.append((ev, key))
         self._plan(ev)
 
     def redeliver(self, index: int) -> None:
-        ev, _ = self.delivered[index % len(self.delivered)]
-        self._plan(ev, again=True)
+        """Deliver a delivered event again; every later event of its key delivered since comes
+        again after it, in order (interleaved with anything else, like a rewound consumer's)."""
+        ev, key = self.delivered[index % len(self.delivered)]
+        later = {e.version: e for e, k in self.delivered if k == key and e.version > ev.version}
+        later.update((e.version, e) for e in self.redelivering[key])
+        self.redelivering[key] = deque(later[v] for v in sorted(later))
+        self._plan(ev)
 
-    def _plan(self, ev: DirectoryEvent, again: bool = False) -> None:
+    def _plan(self, ev: DirectoryEvent) -> None:
         p = partition_of(ev.entity_id)
-        if not again:
-            self.delivered.append((ev, p))
         self.perform(self.planner.on_directory_event(ev, self._coords(f"dir.{ev.entity.value}", p), None))
 
     def apply_next(self, aggregate: str) -> None:
@@ -445,7 +458,10 @@ class Pipeline:
             self.inbox[("facts", p)].append(fact)
 
     def choices(self) -> list[tuple[str, Any]]:
-        out: list[tuple[str, Any]] = [("event", k) for k, q in sorted(self.directory.items()) if q]
+        keys = sorted(
+            k for k in {*self.directory, *self.redelivering} if self.directory.get(k) or self.redelivering[k]
+        )
+        out: list[tuple[str, Any]] = [("event", k) for k in keys]
         out += [("apply", a) for a, q in sorted(self.ops.items()) if q]
         out += [("receive", b) for b, q in sorted(self.inbox.items()) if q]
         out += [
@@ -599,5 +615,33 @@ def test_held_deletions_approved_late_still_converge(changes: list[Any], data: s
     shown = pipe.table.get("g|seq", {"next": 0})["next"] - 1  # what `vudsync deletes list` showed
     approve = DeletionsDecided(approve=True, operator="ops", decided_at=T0, up_to=max(shown, 0))
     pipe.inbox[("control", 0)].append(approve)
+    pipe.drain()
+    assert_converged(pipe, directory)
+
+
+def test_a_version_redelivered_after_its_revokes_were_settled_moot_is_settled_again_by_the_next() -> None:
+    """Shrunk from a failing example of the first property. A user created (access to c1),
+    moved to c0 and removed before `vudsync connect`: the deactivation finds no cloud user, so
+    both revokes (c1 of the move, c0 of the removal) are settled as moot, and nothing in the
+    table remembers why. The move redelivered re-plans its revoke of c1 (the removal's slots are
+    the user's and c0's), which waits for a cloud id no result will bring — until the removal's
+    redelivery, which Kafka brings after it (in order from the committed offset): its
+    deactivation again, answered from the ledger, settles the revoke again."""
+    user = {"email": "u2@firma.no", "first_name": "Kari", "active": True}
+    directory = Directory.build(
+        [
+            ("user", "u2", {**user, "access": {"c1": ["Regnskap"]}}),
+            ("user", "u2", {**user, "access": {"c0": ["Regnskap"]}}),
+            ("user", "u2", None),
+        ]
+    )
+    pipe = Pipeline(directory)
+    pipe.drain()
+    assert pipe.planner.parked() == 0
+    assert sorted(op.company_id for op in pipe.settled.values() if op.kind == "access.revoke") == ["c0", "c1"]
+    move = directory.events["user:u2"][1]
+    pipe.redeliver(next(i for i, (ev, _) in enumerate(pipe.delivered) if ev is move))
+    waiting = [(i["op"]["kind"], i["op"]["company_id"], i["needs"]) for i in pipe.table["p|user:u2"]]
+    assert waiting == [("access.revoke", "c1", ["user:u2"])]
     pipe.drain()
     assert_converged(pipe, directory)
