@@ -163,6 +163,12 @@ class Settings(BaseSettings):
     sink_retry_timeout: float = Field(default=300.0, description="… and this many seconds (then DLQ)")
     sink_http_timeout: float = Field(default=10.0, description="seconds per cloud call")
     sink_auth_cooldown: float = Field(default=30.0, description="circuit open after refused credentials")
+    sink_session_timeout: float = Field(
+        default=45.0,
+        gt=0,
+        description="seconds until a silent sink's partitions move (the operations sink and the "
+        "directory sink; librdkafka's default; within the broker's group.min/max.session.timeout.ms)",
+    )
     sink_ledger_url: str = Field(
         default="", description="sqlite:///path or postgresql://…; empty = home/sink/<prefix>ledger.db"
     )
@@ -247,6 +253,12 @@ class Settings(BaseSettings):
                 )
             levels[name.strip()] = number
         return levels
+
+
+def heartbeat_interval(session_timeout: float) -> float:
+    """Seconds between a group member's heartbeats for ``session_timeout``: a quarter of it, at
+    most 3 s (the clients' default), so that a member misses three before the broker drops it."""
+    return min(3.0, session_timeout / 4)
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import faust
 
 from kernel.errors import ConfigurationError
-from kernel.settings import Settings
+from kernel.settings import Settings, heartbeat_interval
 
 STORES = {"memory": "memory://", "rocksdb": "rocksdb://"}
 
@@ -71,5 +71,5 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         consumer_auto_offset_reset="earliest",
         # a killed worker's partitions move after this (faust's default is 60 s)
         broker_session_timeout=settings.planner_session_timeout,
-        broker_heartbeat_interval=min(3.0, settings.planner_session_timeout / 4),
+        broker_heartbeat_interval=heartbeat_interval(settings.planner_session_timeout),
     )

@@ -34,7 +34,13 @@ def build_directory_sink(
     client_id = f"vudsync-directory-sink-{settings.worker_name}"
     security = settings.kafka_security()
     return DirectorySink(
-        ConfluentOperationsConsumer(bootstrap, directory_sink_group(settings), client_id, security=security),
+        ConfluentOperationsConsumer(
+            bootstrap,
+            directory_sink_group(settings),
+            client_id,
+            security=security,
+            session_timeout=settings.sink_session_timeout,
+        ),
         settings.topic(DIRECTORY_OPERATIONS.name),
         ConfluentRecordPublisher(bootstrap, client_id=client_id, security=security),
         store,

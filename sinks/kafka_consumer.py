@@ -25,6 +25,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from kernel.kafka_security import PLAINTEXT, KafkaSecurity
 from kernel.records import Record
+from kernel.settings import heartbeat_interval
 from sinks.errors import CommitRefused
 from sinks.scheduling import TopicPartition as TP
 
@@ -44,14 +45,19 @@ class ConfluentOperationsConsumer:
         client_id: str,
         *,
         security: KafkaSecurity = PLAINTEXT,
+        session_timeout: float = 45.0,
         **config: Any,
     ) -> None:
+        """``session_timeout``: seconds until the group moves the partitions of a member that
+        stopped heartbeating (one killed without leaving the group)."""
         self._consumer = Consumer(
             {
                 "bootstrap.servers": bootstrap,
                 **security.for_confluent(),
                 "group.id": group_id,
                 "client.id": client_id,
+                "session.timeout.ms": round(session_timeout * 1000),
+                "heartbeat.interval.ms": round(heartbeat_interval(session_timeout) * 1000),
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": "earliest",

@@ -72,6 +72,7 @@ def build_sink(settings: Settings, bootstrap: str, registry: CollectorRegistry) 
         sink_group(settings),
         client_id=f"vudsync-sink-{settings.worker_name}",
         security=settings.kafka_security(),
+        session_timeout=settings.sink_session_timeout,
     )
     cloud = HttpCloudDirectory(
         settings.cloud_url,

@@ -17,6 +17,16 @@ from kernel.scrape import Samples, ScrapeFailed, scrape
 from kernel.settings import Settings
 from vudsync.topics import ensure_catalogue
 
+#: The environment of a worker a test SIGKILLs and starts again: a member killed without leaving
+#: its group holds its partitions until its session times out, and the worker started after it
+#: gets none before. 6 s (the broker's ``group.min.session.timeout.ms``) instead of the defaults,
+#: 45 s for a sink (``SINK_FAILOVER``, the directory sink's too) and 30 s for a planner
+#: (``PLANNER_FAILOVER``), which were most of such a test's time. Give it to the killed worker
+#: and to the one started after it: the broker waits for the dead member's own timeout.
+FAILOVER_SECONDS = "6"
+SINK_FAILOVER: dict[str, str] = {"VUDSYNC_SINK_SESSION_TIMEOUT": FAILOVER_SECONDS}
+PLANNER_FAILOVER: dict[str, str] = {"VUDSYNC_PLANNER_SESSION_TIMEOUT": FAILOVER_SECONDS}
+
 
 def vudsync_cli(
     settings: Settings, bootstrap: str, *args: str, timeout: float = 180, **env: str

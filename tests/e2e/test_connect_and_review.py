@@ -28,7 +28,7 @@ from schemas.results import OperationResult, ResultOutcome
 from schemas.topics import RESULTS
 from tests.fixtures.cloud import CloudReader
 from tests.kafka_read import read_all
-from tests.pipeline import alive_or_fail, business_directory, components, vudsync_cli
+from tests.pipeline import SINK_FAILOVER, alive_or_fail, business_directory, components, vudsync_cli
 
 
 def _results(settings: Settings, bootstrap: str, until: Any) -> list[OperationResult]:
@@ -186,7 +186,7 @@ def test_a_sink_killed_between_a_company_link_and_its_ledger_still_holds_the_com
     # every answer of the cloud leaves 6 s after its effect: the window in which the sink is
     # killed, once the cloud's own store shows the link (the sink waits, it does not time out)
     cloud.faults(latency_ms=[6000, 6000], latency_after_effect=True)
-    slow = {"VUDSYNC_SINK_HTTP_TIMEOUT": "60"}
+    slow = {"VUDSYNC_SINK_HTTP_TIMEOUT": "60", **SINK_FAILOVER}
     ledger_path = settings.home / "sink" / f"{settings.topic_prefix}ledger.db"
 
     def linked_in_the_cloud() -> bool:
@@ -212,7 +212,7 @@ def test_a_sink_killed_between_a_company_link_and_its_ledger_still_holds_the_com
         assert [json.loads(i)["cloud_id"] for (i,) in intents] == [existing["id"]]
 
         cloud.faults()
-        with components(settings, kafka_bootstrap, "sink") as second:
+        with components(settings, kafka_bootstrap, "sink", **SINK_FAILOVER) as second:
             running = {**procs, **second}
 
             def held_for_review(results: list[OperationResult]) -> bool:

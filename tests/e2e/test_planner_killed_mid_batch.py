@@ -21,7 +21,7 @@ from kernel.settings import Settings
 from tests.e2e.test_reconciliation_rules import _vudsync
 from tests.e2e.test_reconciliation_two_workers import Directory, _free_port, mismatches
 from tests.fixtures.cloud import CloudReader, fingerprint
-from tests.pipeline import alive_or_fail, components, metrics_of
+from tests.pipeline import PLANNER_FAILOVER, alive_or_fail, components, metrics_of
 from vudsync.topics import ensure_catalogue
 
 USERS = 300
@@ -58,7 +58,9 @@ def test_planner_killed_mid_batch_loses_nothing_and_applies_nothing_twice(
     cloud.faults(latency_ms=[300, 300])
     slow_sink = {"VUDSYNC_SINK_BATCH": "false", "VUDSYNC_SINK_CONCURRENCY": "2"}
     with components(settings, kafka_bootstrap, "producer", "sink", **slow_sink) as procs:
-        with components(settings, kafka_bootstrap, "planner", metrics_ports={"planner": port}) as first:
+        with components(
+            settings, kafka_bootstrap, "planner", metrics_ports={"planner": port}, **PLANNER_FAILOVER
+        ) as first:
             planned: list[float] = []
 
             def releasing() -> bool:  # some parked assignments released, not all: batches in flight
@@ -70,7 +72,7 @@ def test_planner_killed_mid_batch_loses_nothing_and_applies_nothing_twice(
             first["planner"].kill()
             assert planned[0] < every_op, "the kill must land while assignments are still parked"
         cloud.faults()
-        with components(settings, kafka_bootstrap, "planner") as restarted:
+        with components(settings, kafka_bootstrap, "planner", **PLANNER_FAILOVER) as restarted:
             running = {**procs, **restarted}
             wait_until(
                 lambda: alive_or_fail(running) and not mismatches(d, cloud),

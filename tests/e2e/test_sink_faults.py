@@ -26,7 +26,7 @@ from schemas.topics import OPERATIONS, RESULTS
 from sinks.service import sink_group
 from tests.fixtures.cloud import CloudReader
 from tests.kafka_read import committed, read_all
-from tests.pipeline import components, metrics_of, wait_for
+from tests.pipeline import SINK_FAILOVER, components, metrics_of, wait_for
 from vudsync.topics import ensure_catalogue
 
 
@@ -111,7 +111,7 @@ def test_sink_killed_while_a_batch_is_in_flight_has_no_second_effect(
     port = free_port()
     group = sink_group(settings)
     # small batches, two at a time: the run lasts ~25 s, so the kill lands well inside it
-    sink_env = {"VUDSYNC_SINK_BATCH_SIZE": "20", "VUDSYNC_SINK_CONCURRENCY": "2"}
+    sink_env = {"VUDSYNC_SINK_BATCH_SIZE": "20", "VUDSYNC_SINK_CONCURRENCY": "2", **SINK_FAILOVER}
     with components(settings, kafka_bootstrap, "sink", metrics_ports={"sink": port}, **sink_env) as procs:
 
         def batch_in_flight() -> bool:  # the sink's own metrics: fast to read, unlike the audit

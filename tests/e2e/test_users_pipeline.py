@@ -15,7 +15,7 @@ from sinks.service import sink_group
 from tests.factories import store_users
 from tests.fixtures.cloud import CloudReader
 from tests.kafka_read import committed
-from tests.pipeline import alive_or_fail, components, directory_writer, vudsync_cli
+from tests.pipeline import SINK_FAILOVER, alive_or_fail, components, directory_writer, vudsync_cli
 from vudsync.topics import ensure_catalogue
 
 
@@ -97,7 +97,9 @@ def test_sink_killed_after_apply_before_commit_has_no_second_effect(
     writer.upsert_users(store_users(*range(n), digits=4))
     ops_topic = pipeline_settings.topic(OPERATIONS.name)
     group = sink_group(pipeline_settings)
-    with components(pipeline_settings, kafka_bootstrap, "producer", "planner", "sink") as procs:
+    with components(
+        pipeline_settings, kafka_bootstrap, "producer", "planner", "sink", **SINK_FAILOVER
+    ) as procs:
         # (on the admin's counters: the audit is read through /v1, slow now)
         wait_until(
             lambda: alive_or_fail(procs) and _writes_made(cloud) >= 5,
@@ -109,7 +111,7 @@ def test_sink_killed_after_apply_before_commit_has_no_second_effect(
         cloud.faults()
         applied_at_kill = len(cloud.audit())  # what the sink sent before it died
         assert committed_at_kill < applied_at_kill, "the kill must land between apply and commit"
-    with components(pipeline_settings, kafka_bootstrap, "sink") as procs:
+    with components(pipeline_settings, kafka_bootstrap, "sink", **SINK_FAILOVER) as procs:
         wait_until(
             lambda: (
                 alive_or_fail(procs)

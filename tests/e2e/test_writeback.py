@@ -18,7 +18,7 @@ from devtools.seed.writer import DirectoryWriter, open_writer
 from kernel.settings import Settings
 from tests.factories import store_users
 from tests.fixtures.cloud import CloudReader, Portal
-from tests.pipeline import components, gauge, vudsync_cli, wait_for
+from tests.pipeline import SINK_FAILOVER, components, gauge, vudsync_cli, wait_for
 from vudsync.topics import ensure_catalogue
 
 ROLES = ("Regnskap", "Lønn", "Innkjøp", "Salg", "Revisor")
@@ -209,7 +209,7 @@ def test_sigkill_of_the_directory_sink_mid_stream_loses_nothing_and_applies_noth
                     portal.entry("PUT", uid, "c1", role)
             applied = "SELECT COUNT(*) FROM directory_operations_applied"
 
-            with components(settings, kafka_bootstrap, "directory-sink") as sinks:
+            with components(settings, kafka_bootstrap, "directory-sink", **SINK_FAILOVER) as sinks:
                 wait_for(
                     {**procs, **sinks},
                     lambda: writer.conn.execute(applied).fetchone()[0] > 0,
@@ -219,7 +219,7 @@ def test_sigkill_of_the_directory_sink_mid_stream_loses_nothing_and_applies_noth
                 sinks["directory-sink"].kill()  # SIGKILL mid-stream: no goodbye, no offset commit
                 at_kill = writer.conn.execute(applied).fetchone()[0]
                 print(f"directory sink killed with {at_kill} of {len(users) * len(granted)} applied")
-            with components(settings, kafka_bootstrap, "directory-sink") as sinks:
+            with components(settings, kafka_bootstrap, "directory-sink", **SINK_FAILOVER) as sinks:
                 wait_for(
                     {**procs, **sinks},
                     lambda: writer.conn.execute(applied).fetchone()[0] >= len(users) * len(granted),

@@ -18,7 +18,7 @@ from schemas.results import FactKind, PlannerFact
 from schemas.topics import DIRECTORY_DLQ, DIRECTORY_TOPICS, OPERATIONS, PLANNER_CONTROL, PLANNER_FACTS
 from tests.factories import T0, access, user_event
 from tests.kafka_read import read_all
-from tests.pipeline import alive_or_fail, components, connected
+from tests.pipeline import PLANNER_FAILOVER, alive_or_fail, components, connected
 from vudsync.topics import ensure_catalogue
 
 
@@ -108,7 +108,7 @@ def test_a_rocksdb_worker_recovers_its_tables_after_sigkill(
     users = settings.topic(DIRECTORY_TOPICS[EntityType.USER].name)
     facts = settings.topic(PLANNER_FACTS.name)
     ops_topic = settings.topic(OPERATIONS.name)
-    env = {"VUDSYNC_PLANNER_STORE": "rocksdb", "VUDSYNC_TOPIC_PARTITIONS": "1"}
+    env = {"VUDSYNC_PLANNER_STORE": "rocksdb", "VUDSYNC_TOPIC_PARTITIONS": "1", **PLANNER_FAILOVER}
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
     connected(settings, kafka_bootstrap)
     try:
