@@ -47,10 +47,6 @@ class KafkaAccessDenied(PermanentError):
     """The Kafka cluster refused this client's credentials, or an ACL forbids what it asked."""
 
 
-class InvalidEvent(PermanentError):
-    """A message that does not decode or validate against its schema."""
-
-
 class OversizedRecord(NamedTuple):
     """A record refused for its size: where it was going, its key, its size in bytes."""
 
