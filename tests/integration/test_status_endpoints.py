@@ -112,6 +112,11 @@ def _ready(port: int) -> bool:
     return answer is not None and answer[0] == 200
 
 
+def _phase(port: int) -> str | None:
+    answer = _get(port, "/status")
+    return None if answer is None else answer[1]["figures"]["phase"]
+
+
 def _not_ready_because(port: int, words: str) -> bool:
     answer = _get(port, "/readyz")
     return answer is not None and answer[0] == 503 and any(words in r for r in answer[1]["reasons"])
@@ -202,9 +207,12 @@ def test_cloud_capture_ready_then_not_ready_while_the_cloud_is_down(
         pipeline_settings, kafka_bootstrap, "cloud-capture", metrics_ports={"cloud-capture": port}
     ) as procs:
         wait_for(procs, lambda: _ready(port), 120, what="cloud-capture ready")
+        # ready as soon as the cloud answers, which is already during the first full read (a
+        # long read is work, not unreadiness): streaming comes when its cursor is saved
+        wait_for(procs, lambda: _phase(port) == "streaming", 120, what="cloud-capture streaming")
         status = _get(port, "/status")
         assert status is not None and status[1]["component"] == "cloud-capture"
-        assert status[1]["figures"]["phase"] == "streaming"
+        assert status[1]["ready"] is True and status[1]["figures"]["phase"] == "streaming"
         assert status[1]["figures"]["full_reads"] == {"first_start": 1.0, "cursor_expired": 0.0}
 
         cloud_server.stop()  # the cloud's outage: every poll fails to connect
