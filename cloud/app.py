@@ -17,9 +17,10 @@ from starlette.routing import Match
 
 from cloud import api_admin, api_directory, api_oauth, api_services
 from cloud.auth import Authenticator
+from cloud.batch_items import BATCH_PATH
 from cloud.context import CloudContext
 from cloud.direct import DirectDispatch
-from cloud.direct_lane import BATCH_PATH, DirectLane
+from cloud.direct_lane import DirectLane
 from cloud.errors import ApiError, error_response, unicode_error_response
 from cloud.faults import FaultInjector
 from cloud.limits import RequestLimits

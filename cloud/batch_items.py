@@ -22,6 +22,8 @@ Answer = dict[str, Any]
 RawHeaders = list[tuple[bytes, bytes]]
 
 # response headers not worth returning per item
+BATCH_PATH = "/v1/batch"  # the batch endpoint (cloud.api_services), answered on the direct lane too
+
 _SKIP_HEADERS = frozenset({"content-length", "content-type", "date", "server"})
 # request headers an item inherits from the batch request
 _INHERITED = (b"authorization", b"host", b"user-agent")
@@ -34,7 +36,7 @@ def split_path(item: BatchItem) -> tuple[str, str, str]:
 
 
 def is_batch(path: str) -> bool:
-    return path.rstrip("/") == "/v1/batch"
+    return path.rstrip("/") == BATCH_PATH
 
 
 def item_body(item: BatchItem) -> bytes:

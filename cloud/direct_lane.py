@@ -7,11 +7,10 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cloud import batch
+from cloud.batch_items import BATCH_PATH
 from cloud.context import BATCH_ITEM
 from cloud.direct import DirectDispatch
 from cloud.middleware import read_body
-
-BATCH_PATH = "/v1/batch"
 
 
 class DirectLane:

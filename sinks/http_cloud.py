@@ -273,20 +273,19 @@ class HttpCloudDirectory:
     async def _apply(self, op: CloudOperation, intents: Intents | None) -> Applied:
         if isinstance(op, AssignAccess) and resolves_user(op):
             known = self.known_users.resolve(op, self._clock())
+            rejected: CloudRejected | None = None  # a 404 under the remembered id: the user may be gone
             if known is not None:
                 try:
                     return await self._apply_resolved(known, intents)
                 except CloudRejected as exc:
                     if not gone(exc):
                         raise
-                    # the remembered cloud user is gone: look the user up as if never known
-                    resolved = with_user(op, await self._find(user_lookup(op)))
-                    if not isinstance(resolved, Applied) and resolved.cloud_user_id == known.cloud_user_id:
-                        raise  # still that user: the 404 is about something else
-            else:
-                resolved = with_user(op, await self._find(user_lookup(op)))
+                    rejected = exc
+            resolved = with_user(op, await self._find(user_lookup(op)))  # as if never known
             if isinstance(resolved, Applied):
                 return resolved
+            if rejected is not None and known is not None and resolved.cloud_user_id == known.cloud_user_id:
+                raise rejected  # still that user: the 404 is about something else
             op = resolved
         return await self._apply_resolved(op, intents)
 
